@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Install couchgate's build and test dependencies on Debian 12 (bookworm).
+#
+# Idempotent: every package is checked with dpkg-query first, and apt-get (including
+# `apt-get update`) only runs when something is actually missing, so on a prepared
+# machine this is a fast no-op that needs neither root nor network.
+#
+# Usage: deploy/install-deps.sh [--with-bench] [--no-node]
+#   --with-bench  also install gnuplot-nox (plots for the benchmark reports)
+#   --no-node     skip nodejs/npm (they only run the test server; the Docker build
+#                 stage doesn't need them)
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+with_bench=0
+with_node=1
+for arg in "$@"; do
+  case "$arg" in
+    --with-bench) with_bench=1 ;;
+    --no-node) with_node=0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+# Everything CMakeLists.txt finds, plus the tools the scripts and tests call
+# (git, curl for readiness probes, iproute2/procps for ss/ps/pgrep in tests).
+packages=(
+  build-essential cmake pkg-config git ca-certificates curl iproute2 procps
+  libcurl4-openssl-dev libcpp-httplib-dev libsimdjson-dev libspdlog-dev
+  libyaml-cpp-dev doctest-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
+)
+if (( with_bench )); then
+  packages+=(gnuplot-nox)
+fi
+# node/npm run pouchdb-server for the tests. A machine may already have them from
+# somewhere other than Debian (nodesource, nvm, a CI image): use whatever is on PATH
+# rather than installing Debian's packages next to it, which could conflict.
+if (( with_node )); then
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
+
+is_installed() {
+  # "install ok installed" is the only state in which the files are really there
+  # (half-configured or removed-but-config-kept packages don't count).
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+missing=()
+for pkg in "${packages[@]}"; do
+  is_installed "$pkg" || missing+=("$pkg")
+done
+
+if (( ${#missing[@]} == 0 )); then
+  echo "install-deps: all ${#packages[@]} packages already installed; nothing to do" >&2
+  exit 0
+fi
+
+# Root (CI, Docker) runs apt directly; everyone else goes through sudo. sudo resets the
+# environment, so DEBIAN_FRONTEND is passed explicitly via env.
+if [[ "$(id -u)" -eq 0 ]]; then
+  as_root=(env DEBIAN_FRONTEND=noninteractive)
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
+else
+  echo "install-deps: need root to install: ${missing[*]} (and sudo is not available)" >&2
+  exit 1
+fi
+
+echo "install-deps: installing: ${missing[*]}" >&2
+echo "install-deps: + apt-get update" >&2
+"${as_root[@]}" apt-get update -q
+# --no-install-recommends keeps images and CI machines lean; everything needed is listed.
+echo "install-deps: + apt-get install -y --no-install-recommends ${missing[*]}" >&2
+"${as_root[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# Catch typos / unavailable packages that apt might otherwise not flag.
+still_missing=()
+for pkg in "${missing[@]}"; do
+  is_installed "$pkg" || still_missing+=("$pkg")
+done
+if (( ${#still_missing[@]} )); then
+  echo "install-deps: still not installed after apt-get: ${still_missing[*]}" >&2
+  exit 1
+fi
+echo "install-deps: done" >&2

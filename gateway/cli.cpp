@@ -1,0 +1,141 @@
+// Owns: argument parsing, config loading with exit code 2 on errors, signal handling for the
+// daemon, and the restore command's terminal output (see cli.hpp).
+#include "gateway/cli.hpp"
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "gateway/config.hpp"
+#include "gateway/daemon.hpp"
+#include "gateway/logging.hpp"
+#include "gateway/restore.hpp"
+
+namespace couchgate::gateway {
+
+namespace {
+
+// Loads the file (or the defaults + environment when no file is given); prints every problem.
+std::optional<config> load_or_report(const std::string& path) {
+  load_result r = path.empty() ? default_config(process_env()) : load_config_file(path, process_env());
+  if (!r.errors.empty()) {
+    std::cerr << "couchgate: invalid configuration (" << r.errors.size() << " problem" << (r.errors.size() == 1 ? "" : "s")
+              << "):\n"
+              << format_errors(path.empty() ? "(defaults)" : path, r.errors);
+    return std::nullopt;
+  }
+  return r.cfg;
+}
+
+int run_daemon(const std::string& path) {
+  auto cfg = load_or_report(path);
+  if (!cfg) return 2;
+  setup_logging(cfg->log);
+  // Signals are taken by one thread with sigwait; every other thread has them blocked.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+  daemon d(*cfg, path);
+  std::thread signals([&d, set] {
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&set, &sig) != 0) continue;
+      if (sig == SIGHUP) {
+        d.request_reload();
+        continue;
+      }
+      d.request_stop();
+      return;
+    }
+  });
+  int rc = d.run();
+  // Wake the signal thread if run() ended on its own (admin API bind failure).
+  kill(getpid(), SIGTERM);
+  signals.join();
+  return rc;
+}
+
+int run_restore_cmd(const std::string& path, const restore_options& opts) {
+  auto cfg = load_or_report(path);
+  if (!cfg) return 2;
+  setup_logging(cfg->log);
+  restore_options o = opts;
+  o.progress_bar = isatty(STDERR_FILENO) == 1;
+  std::cerr << "restore " << (o.all ? std::string("all users") : std::to_string(o.users.size()) + " user(s)") << " from "
+            << cfg->fanin.central_db << (o.dry_run ? " (dry run: nothing is written)" : "") << "\n";
+  auto s = run_restore(*cfg, o, std::cerr);
+  std::size_t failed = 0, docs = 0;
+  for (const auto& u : s.users) {
+    docs += u.docs;
+    if (!u.error.empty()) ++failed;
+  }
+  std::cout << (o.dry_run ? "dry run: " : "") << s.users.size() << " user database(s), " << docs
+            << (o.dry_run ? " revisions would be written" : " revisions written") << ", " << s.central_changes
+            << " central changes read in " << static_cast<long long>(s.seconds * 1000) << " ms\n";
+  for (const auto& u : s.users) {
+    std::cout << "  " << (u.error.empty() ? "ok     " : "FAILED ") << u.user << " -> " << u.db << ": " << u.docs
+              << (o.dry_run ? " to write" : " written") << (u.created ? (o.dry_run ? ", would create" : ", created") : "")
+              << (u.error.empty() ? "" : ", " + u.error) << "\n";
+  }
+  if (s.interrupted) std::cout << "restore stopped before the end of the central database; run it again to continue\n";
+  if (failed) std::cout << failed << " user database(s) failed\n";
+  return s.ok() ? 0 : 1;
+}
+
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  CLI::App app{"couchgate: per-user CouchDB databases, provisioned, fanned in to one central database, and restorable"};
+  app.set_version_flag("--version", std::string("couchgate ") + COUCHGATE_VERSION);
+  app.require_subcommand(1);
+
+  std::string run_config;
+  auto* run = app.add_subcommand("run", "Run the daemon");
+  run->add_option("-c,--config", run_config, "YAML config file (default: built-in defaults + environment)");
+
+  std::string check_path;
+  auto* check = app.add_subcommand("check-config", "Validate a config file; exit 2 listing every problem");
+  check->add_option("file", check_path, "YAML config file")->required();
+
+  std::string restore_config;
+  restore_options ropts;
+  auto* restore = app.add_subcommand("restore", "Rebuild user databases from the central database");
+  restore->add_option("-c,--config", restore_config, "YAML config file");
+  auto* users_opt = restore->add_option("-u,--user", ropts.users, "User name to restore (repeatable)");
+  auto* all_flag = restore->add_flag("--all", ropts.all, "Restore every user found in the central database");
+  restore->add_flag("--dry-run", ropts.dry_run, "Report what would be written; write nothing");
+  restore->add_flag("--merge", ropts.merge, "Write into non-empty databases (adds missing revisions only)");
+  restore->add_option("--max-changes", ropts.max_docs, "Stop after this many central changes (0 = all)");
+  users_opt->excludes(all_flag);
+  restore->callback([&] {
+    if (ropts.users.empty() && !ropts.all) throw CLI::ValidationError("restore", "give --user NAME (repeatable) or --all");
+  });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+
+  if (*check) {
+    auto cfg = load_or_report(check_path);
+    if (!cfg) return 2;
+    std::cout << check_path << ": OK\n";
+    return 0;
+  }
+  if (*run) return run_daemon(run_config);
+  if (*restore) return run_restore_cmd(restore_config, ropts);
+  return 2;
+}
+
+}  // namespace couchgate::gateway

@@ -1,0 +1,1160 @@
+#include "gateway/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace couchgate::gateway {
+namespace {
+
+// CouchDB's longest legal database name.
+constexpr std::size_t max_db_name_length = 238;
+// A user database is prefix + hex(name), or prefix + hex that fits + "-" + 64 hex digits of
+// sha256 when the name is long: the prefix must leave room for the 65 characters of the latter.
+constexpr std::size_t max_db_prefix_length = max_db_name_length - 65;
+// Durations are capped so that every consumer can convert them to milliseconds in 64 bits.
+constexpr long long max_duration_seconds = std::numeric_limits<std::int32_t>::max();
+constexpr long long max_duration_ms = max_duration_seconds * 1000;
+
+// ---------------------------------------------------------------------------------------------
+// Text helpers
+
+std::string join_path(const std::string& parent, std::string_view key) {
+  return parent.empty() ? std::string(key) : parent + "." + std::string(key);
+}
+
+int line_of(const YAML::Mark& mark) { return mark.line >= 0 ? mark.line + 1 : 0; }
+
+// User text made safe for a one-line message: control characters escaped, long values cut.
+std::string printable(std::string_view s) {
+  constexpr std::size_t limit = 80;
+  std::size_t n = s.size();
+  const bool cut = n > limit;
+  if (cut) {
+    n = limit;
+    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // UTF-8 boundary
+  }
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      static constexpr char hex[] = "0123456789abcdef";
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 0xf];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (cut) out += "...";
+  return out;
+}
+
+std::string quote_value(std::string_view s) { return "'" + printable(s) + "'"; }
+
+void replace_all(std::string& s, const std::string& from, const std::string& to) {
+  if (from.empty()) return;
+  for (std::size_t pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size())) {
+    s.replace(pos, from.size(), to);
+  }
+}
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0u : 1u)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// [+-]?[0-9]+; saturates instead of overflowing (range checks then reject the value).
+constexpr long long saturated = std::numeric_limits<long long>::max();
+std::optional<long long> parse_integer(std::string_view s) {
+  std::size_t i = 0;
+  bool negative = false;
+  if (!s.empty() && (s[0] == '+' || s[0] == '-')) {
+    negative = s[0] == '-';
+    i = 1;
+  }
+  if (i == s.size()) return std::nullopt;
+  long long value = 0;
+  constexpr long long max = std::numeric_limits<long long>::max();
+  for (; i < s.size(); ++i) {
+    if (s[i] < '0' || s[i] > '9') return std::nullopt;
+    const int digit = s[i] - '0';
+    value = value > (max - digit) / 10 ? max : value * 10 + digit;
+  }
+  return negative ? -value : value;
+}
+
+// "250ms" -> {250, "ms"}, "30" -> {30, ""}, "8 MiB" -> {8, "MiB"}; nullopt unless
+// [+-]?digits, optional spaces, optional letters.
+struct number_and_unit {
+  long long number = 0;
+  std::string unit;
+};
+std::optional<number_and_unit> split_number_unit(std::string_view s) {
+  std::size_t end = 0;
+  if (end < s.size() && (s[end] == '+' || s[end] == '-')) ++end;
+  while (end < s.size() && s[end] >= '0' && s[end] <= '9') ++end;
+  const auto number = parse_integer(s.substr(0, end));
+  if (!number) return std::nullopt;
+  std::size_t unit_start = end;
+  while (unit_start < s.size() && s[unit_start] == ' ') ++unit_start;
+  const std::string_view unit = s.substr(unit_start);
+  for (const char c : unit) {
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) return std::nullopt;
+  }
+  if (unit.empty() && unit_start != end) return std::nullopt;  // trailing spaces only
+  return number_and_unit{*number, std::string(unit)};
+}
+
+std::string format_duration(long long ms) {
+  if (ms % 3'600'000 == 0 && ms != 0) return std::to_string(ms / 3'600'000) + "h";
+  if (ms % 60'000 == 0 && ms != 0) return std::to_string(ms / 60'000) + "m";
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+std::string format_size(long long bytes) {
+  if (bytes != 0 && bytes % (1LL << 30) == 0) return std::to_string(bytes >> 30) + "GiB";
+  if (bytes != 0 && bytes % (1LL << 20) == 0) return std::to_string(bytes >> 20) + "MiB";
+  if (bytes != 0 && bytes % (1LL << 10) == 0) return std::to_string(bytes >> 10) + "KiB";
+  return std::to_string(bytes) + "B";
+}
+
+// ---------------------------------------------------------------------------------------------
+// URLs
+
+struct url_parts {
+  std::string url;              // without user info
+  bool has_userinfo = false;
+  std::string userinfo;         // raw (still percent-encoded)
+};
+
+url_parts split_userinfo(const std::string& url) {
+  const std::size_t scheme_end = url.find("://");
+  const std::size_t start = scheme_end == std::string::npos ? 0 : scheme_end + 3;
+  std::size_t end = url.find_first_of("/?#", start);
+  if (end == std::string::npos) end = url.size();
+  const std::string_view authority = std::string_view(url).substr(start, end - start);
+  const std::size_t at = authority.rfind('@');
+  if (at == std::string_view::npos) return {url, false, {}};
+  return {url.substr(0, start) + url.substr(start + at + 1), true, std::string(authority.substr(0, at))};
+}
+
+std::optional<std::string> percent_decode(std::string_view s) {
+  const auto hex_value = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    const int hi = hex_value(s[i + 1]);
+    const int lo = hex_value(s[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+struct credentials {
+  std::string username;
+  std::optional<std::string> password;  // nullopt: the user info had no ':'
+};
+
+std::optional<credentials> decode_userinfo(std::string_view userinfo) {
+  const std::size_t colon = userinfo.find(':');
+  auto user = percent_decode(userinfo.substr(0, colon));
+  if (!user) return std::nullopt;
+  credentials c{*user, std::nullopt};
+  if (colon != std::string_view::npos) {
+    auto password = percent_decode(userinfo.substr(colon + 1));
+    if (!password) return std::nullopt;
+    c.password = std::move(*password);
+  }
+  return c;
+}
+
+// Checks an http(s) URL without user info. Returns the normalized URL (lowercase scheme, no
+// trailing '/') or the reason it is rejected.
+struct url_check {
+  std::string url;
+  std::string problem;  // empty: valid
+};
+
+url_check check_url(const std::string& url) {
+  const auto fail = [](std::string why) { return url_check{{}, std::move(why)}; };
+  std::string lower_scheme;
+  const std::size_t scheme_end = url.find("://");
+  if (scheme_end != std::string::npos) {
+    lower_scheme = url.substr(0, scheme_end);
+    std::transform(lower_scheme.begin(), lower_scheme.end(), lower_scheme.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  }
+  if (lower_scheme != "http" && lower_scheme != "https") {
+    return fail("must start with http:// or https://");
+  }
+  for (const char c : url) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return fail("must not contain spaces or control characters");
+  }
+  const std::size_t start = scheme_end + 3;
+  std::size_t end = url.find_first_of("/?#", start);
+  if (end == std::string::npos) end = url.size();
+  const std::string_view authority = std::string_view(url).substr(start, end - start);
+  std::string_view host = authority;
+  std::string_view port;
+  if (!authority.empty() && authority[0] == '[') {
+    const std::size_t close = authority.find(']');
+    if (close == std::string_view::npos || close == 1) return fail("has an invalid IPv6 host");
+    host = authority.substr(0, close + 1);
+    const std::string_view rest = authority.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest[0] != ':') return fail("has an invalid host");
+      port = rest.substr(1);
+      if (port.empty()) return fail("has an empty port");
+    }
+  } else {
+    const std::size_t colon = authority.find(':');
+    if (colon != std::string_view::npos) {
+      host = authority.substr(0, colon);
+      port = authority.substr(colon + 1);
+      if (port.empty()) return fail("has an empty port");
+    }
+    if (host.empty()) return fail("has no host");
+    for (const char c : host) {
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                      c == '.' || c == '_' || c == '~';
+      if (!ok) return fail("has an invalid host");
+    }
+  }
+  if (!port.empty()) {
+    const auto p = parse_integer(port);
+    if (!p || port[0] == '+' || port[0] == '-' || *p < 1 || *p > 65535) return fail("has an invalid port (expected 1..65535)");
+  }
+  std::string path = url.substr(end);
+  if (path.find_first_of("?#") != std::string::npos) return fail("must not contain a query string or fragment");
+  if (path.find('@') != std::string::npos) {
+    return fail("contains '@' outside the user info (percent-encode '@', '/', '?' and '#' in the password as %40, %2F, %3F and %23)");
+  }
+  while (!path.empty() && path.back() == '/') path.pop_back();
+  return {lower_scheme + url.substr(scheme_end, end - scheme_end) + path, {}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database names
+
+bool is_db_name_char(char c, bool allow_slash) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '$' || c == '(' || c == ')' ||
+         c == '+' || c == '-' || (allow_slash && c == '/');
+}
+
+bool is_valid_db_name(std::string_view name) {
+  if (name.empty() || name.size() > max_db_name_length) return false;
+  if (name[0] < 'a' || name[0] > 'z') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) { return is_db_name_char(c, true); });
+}
+
+bool is_valid_system_db_name(std::string_view name) {
+  return name.size() >= 2 && name[0] == '_' && is_valid_db_name(name.substr(1)) && name.size() <= max_db_name_length;
+}
+
+bool is_valid_db_prefix(std::string_view prefix) {
+  if (prefix.empty() || prefix.size() > max_db_prefix_length) return false;
+  if (prefix[0] < 'a' || prefix[0] > 'z') return false;
+  return std::all_of(prefix.begin(), prefix.end(), [](char c) { return is_db_name_char(c, false); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+struct file_read {
+  std::optional<std::string> content;
+  std::string error;  // strerror text when content is nullopt
+};
+
+file_read read_whole_file(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return {std::nullopt, std::strerror(errno)};
+  std::string content;
+  char buffer[8192];
+  std::size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof buffer, f)) > 0) content.append(buffer, n);
+  const bool failed = std::ferror(f) != 0;
+  const int err = errno;
+  std::fclose(f);
+  if (failed) return {std::nullopt, std::strerror(err)};
+  return {std::move(content), {}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loader
+
+struct issue {
+  std::string path;
+  int line = 0;
+  std::string message;
+  std::vector<std::string> shown;  // user-supplied values quoted in the message (or keys in the path)
+};
+
+class loader {
+ public:
+  explicit loader(const env_lookup& env) : env_(env) {}
+
+  load_result run(const std::string* yaml_text) {
+    if (yaml_text != nullptr) parse_text(*yaml_text);
+    resolve_file_credentials();
+    apply_env();
+    finish_credentials();
+    validate();
+    return {std::move(cfg_), collect_errors()};
+  }
+
+ private:
+  using parse_fn = std::function<void(const YAML::Node& value, const std::string& path, int line)>;
+  struct field {
+    std::string_view name;
+    parse_fn parse;
+  };
+
+  enum class password_source { none, value, file };
+
+  const env_lookup& env_;
+  config cfg_{};
+  std::vector<issue> issues_;
+  std::map<std::string, int> lines_;  // key path -> line of the key (1-based), for later checks
+  std::vector<std::string> secrets_;
+  bool parsed_ok_ = true;
+
+  // What the file said about credentials (empty strings count as not set).
+  std::optional<credentials> file_url_credentials_;
+  std::string file_username_;
+  std::string file_password_;
+  std::string file_password_file_;
+  // Resolved credentials.
+  password_source source_ = password_source::none;
+  bool url_from_env_ = false;
+
+  // ----- reporting
+
+  void add(std::string path, int line, std::string message, std::vector<std::string> shown = {}) {
+    issues_.push_back({std::move(path), line, std::move(message), std::move(shown)});
+  }
+
+  void add_secret(const std::string& s) {
+    if (!s.empty()) secrets_.push_back(s);
+  }
+
+  // The still percent-encoded password of a URL's user info is as secret as the decoded one.
+  void add_raw_password_secret(const std::string& userinfo) {
+    const std::size_t colon = userinfo.find(':');
+    if (colon != std::string::npos) add_secret(userinfo.substr(colon + 1));
+  }
+
+  std::vector<config_error> collect_errors() const {
+    std::vector<config_error> out;
+    out.reserve(issues_.size());
+    for (const auto& i : issues_) {
+      config_error e{i.path, i.line, i.message};
+      const bool hide = std::any_of(i.shown.begin(), i.shown.end(), [&](const std::string& value) {
+        return std::any_of(secrets_.begin(), secrets_.end(),
+                           [&](const std::string& secret) { return value.find(secret) != std::string::npos; });
+      });
+      if (hide) {
+        for (const auto& value : i.shown) {
+          replace_all(e.message, quote_value(value), "(value hidden: it contains the CouchDB password)");
+          replace_all(e.path, printable(value), "(hidden)");
+        }
+      }
+      out.push_back(std::move(e));
+    }
+    // In file order; problems without a line (environment, defaults) last.
+    std::stable_sort(out.begin(), out.end(), [](const config_error& a, const config_error& b) {
+      const auto key = [](const config_error& e) { return e.line == 0 ? std::numeric_limits<int>::max() : e.line; };
+      return key(a) < key(b);
+    });
+    return out;
+  }
+
+  int line_for(const std::string& path) const {
+    const auto it = lines_.find(path);
+    return it == lines_.end() ? 0 : it->second;
+  }
+
+  // "a list", "a map", "null" or the quoted scalar (recorded in shown).
+  static std::string describe(const YAML::Node& n, std::vector<std::string>& shown) {
+    switch (n.Type()) {
+      case YAML::NodeType::Null:
+        return "null (an empty value)";
+      case YAML::NodeType::Sequence:
+        return "a list";
+      case YAML::NodeType::Map:
+        return "a map";
+      case YAML::NodeType::Scalar:
+        shown.push_back(n.Scalar());
+        return quote_value(n.Scalar());
+      case YAML::NodeType::Undefined:
+        break;
+    }
+    return "nothing";
+  }
+
+  void type_error(const YAML::Node& n, const std::string& path, int line, std::string_view expected) {
+    std::vector<std::string> shown;
+    std::string got = describe(n, shown);
+    add(path, line, "expected " + std::string(expected) + ", got " + got, std::move(shown));
+  }
+
+  // ----- YAML walking
+
+  void parse_text(const std::string& text) {
+    std::vector<YAML::Node> documents;
+    try {
+      documents = YAML::LoadAll(text);
+    } catch (const YAML::ParserException& e) {
+      add("", line_of(e.mark), "invalid YAML: " + e.msg);
+      return;
+    } catch (const YAML::Exception& e) {
+      add("", line_of(e.mark), "invalid YAML: " + e.msg);
+      return;
+    }
+    if (documents.empty()) return;  // empty file: all defaults
+    if (documents.size() > 1) {
+      add("", line_of(documents[1].Mark()),
+          "expected a single YAML document, found " + std::to_string(documents.size()) + " ('---' separators)");
+      return;
+    }
+    const YAML::Node& root = documents.front();
+    if (root.IsNull()) return;  // only comments
+    if (!root.IsMap()) {
+      std::vector<std::string> shown;
+      std::string got = describe(root, shown);
+      add("", line_of(root.Mark()), "the top level must be a map of settings (couchdb:, fanin:, ...), got " + got,
+          std::move(shown));
+      return;
+    }
+    try {
+      walk_map(root, "", 0, top_level_fields());
+    } catch (const YAML::Exception& e) {
+      add("", line_of(e.mark), "invalid YAML: " + e.msg);
+    }
+  }
+
+  void walk_map(const YAML::Node& node, const std::string& path, int line, const std::vector<field>& fields) {
+    if (node.IsNull()) return;  // "section:" with every key commented out: all defaults
+    if (!node.IsMap()) {
+      type_error(node, path, line, "a map of settings");
+      return;
+    }
+    std::map<std::string, int> seen;
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      // Copies: the iterator's operator-> returns a temporary proxy.
+      const YAML::Node key_node = it->first;
+      const YAML::Node value_node = it->second;
+      const int key_line = line_of(key_node.Mark());
+      if (!key_node.IsScalar()) {
+        type_error(key_node, path, key_line, "a key name");
+        continue;
+      }
+      const std::string& key = key_node.Scalar();
+      const auto f = std::find_if(fields.begin(), fields.end(), [&](const field& x) { return x.name == key; });
+      if (f == fields.end()) {
+        unknown_key(path, key, key_line, fields);
+        continue;
+      }
+      const std::string key_path = join_path(path, key);
+      if (const auto previous = seen.find(key); previous != seen.end()) {
+        add(key_path, key_line, "duplicate key '" + key + "' (first set on line " + std::to_string(previous->second) + ")");
+        continue;
+      }
+      seen.emplace(key, key_line);
+      lines_[key_path] = key_line;
+      f->parse(value_node, key_path, key_line);
+    }
+  }
+
+  void unknown_key(const std::string& path, const std::string& key, int line, const std::vector<field>& fields) {
+    std::string_view best;
+    std::size_t best_distance = 3;
+    for (const auto& f : fields) {
+      const std::size_t d = edit_distance(key, f.name);
+      if (d < best_distance) {
+        best_distance = d;
+        best = f.name;
+      }
+    }
+    std::string message = "unknown key " + quote_value(key);
+    if (!best.empty()) {
+      message += "; did you mean '" + std::string(best) + "'?";
+    } else {
+      message += "; expected one of: ";
+      for (std::size_t i = 0; i < fields.size(); ++i) message += (i ? ", " : "") + std::string(fields[i].name);
+    }
+    add(join_path(path, printable(key)), line, std::move(message), {key});
+  }
+
+  // ----- scalar readers
+
+  std::optional<std::string> scalar(const YAML::Node& n, const std::string& path, int line, std::string_view expected) {
+    if (!n.IsScalar()) {
+      type_error(n, path, line, expected);
+      return std::nullopt;
+    }
+    return n.Scalar();
+  }
+
+  void read_string(const YAML::Node& n, const std::string& path, int line, std::string& out) {
+    if (auto s = scalar(n, path, line, "a string")) out = std::move(*s);
+  }
+
+  void read_bool(const YAML::Node& n, const std::string& path, int line, bool& out) {
+    const auto s = scalar(n, path, line, "true or false");
+    if (!s) return;
+    if (*s == "true" || *s == "True" || *s == "TRUE") {
+      out = true;
+    } else if (*s == "false" || *s == "False" || *s == "FALSE") {
+      out = false;
+    } else {
+      add(path, line, "expected true or false, got " + quote_value(*s), {*s});
+    }
+  }
+
+  template <typename T>
+  void read_integer(const YAML::Node& n, const std::string& path, int line, long long min, std::optional<long long> max,
+                    T& out, std::string_view note = {}) {
+    const auto s = scalar(n, path, line, "an integer");
+    if (!s) return;
+    const auto value = parse_integer(*s);
+    if (!value) {
+      add(path, line, "expected an integer, got " + quote_value(*s), {*s});
+      return;
+    }
+    if (!max && *value == saturated) {
+      add(path, line, "is too large, got " + quote_value(*s), {*s});
+      return;
+    }
+    if (*value < min || (max && *value > *max)) {
+      std::string message = max ? "must be between " + std::to_string(min) + " and " + std::to_string(*max)
+                                : "must be at least " + std::to_string(min);
+      message += ", got " + quote_value(*s);
+      if (!note.empty()) message += " (" + std::string(note) + ")";
+      add(path, line, std::move(message), {*s});
+      return;
+    }
+    out = static_cast<T>(*value);
+  }
+
+  void read_positive_number(const YAML::Node& n, const std::string& path, int line, double& out) {
+    const auto s = scalar(n, path, line, "a number");
+    if (!s) return;
+    // Plain decimal notation only ("200", "0.5", "1e3"); no hex, inf or nan.
+    const std::string& t = *s;
+    std::size_t i = (!t.empty() && (t[0] == '+' || t[0] == '-')) ? 1 : 0;
+    const auto skip_digits = [&] {
+      const std::size_t start = i;
+      while (i < t.size() && t[i] >= '0' && t[i] <= '9') ++i;
+      return i > start;
+    };
+    bool digits = skip_digits();
+    if (i < t.size() && t[i] == '.') {
+      ++i;
+      digits = skip_digits() || digits;
+    }
+    if (digits && i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
+      ++i;
+      if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
+      digits = skip_digits();
+    }
+    if (!digits || i != t.size()) {
+      add(path, line, "expected a number, got " + quote_value(t), {t});
+      return;
+    }
+    const double value = std::strtod(t.c_str(), nullptr);
+    if (!std::isfinite(value) || value <= 0) {
+      add(path, line, "must be a number greater than 0, got " + quote_value(t), {t});
+      return;
+    }
+    out = value;
+  }
+
+  // Integer seconds, or an integer with unit ms, s, m or h. Returns milliseconds.
+  std::optional<long long> read_duration_ms(const YAML::Node& n, const std::string& path, int line, long long min_ms,
+                                            bool whole_seconds) {
+    static constexpr std::string_view expected =
+        "a duration: an integer number of seconds or an integer with unit ms, s, m or h (e.g. 250ms, 30s, 10m)";
+    const auto s = scalar(n, path, line, expected);
+    if (!s) return std::nullopt;
+    const auto parts = split_number_unit(*s);
+    if (!parts) {
+      add(path, line, "expected " + std::string(expected) + ", got " + quote_value(*s), {*s});
+      return std::nullopt;
+    }
+    long long factor = 0;
+    if (parts->unit.empty() || parts->unit == "s") {
+      factor = 1000;
+    } else if (parts->unit == "ms") {
+      factor = 1;
+    } else if (parts->unit == "m") {
+      factor = 60'000;
+    } else if (parts->unit == "h") {
+      factor = 3'600'000;
+    } else {
+      add(path, line, "unknown duration unit " + quote_value(parts->unit) + " in " + quote_value(*s) + "; use ms, s, m or h",
+          {*s});
+      return std::nullopt;
+    }
+    if (parts->number < 0) {
+      add(path, line, "must not be negative, got " + quote_value(*s), {*s});
+      return std::nullopt;
+    }
+    if (parts->number > max_duration_ms / factor) {
+      add(path, line, "is too large, got " + quote_value(*s) + " (at most " + std::to_string(max_duration_seconds) + "s)",
+          {*s});
+      return std::nullopt;
+    }
+    const long long ms = parts->number * factor;
+    if (whole_seconds && ms % 1000 != 0) {
+      add(path, line, "must be a whole number of seconds, got " + quote_value(*s), {*s});
+      return std::nullopt;
+    }
+    if (ms < min_ms) {
+      add(path, line, "must be at least " + format_duration(min_ms) + ", got " + quote_value(*s), {*s});
+      return std::nullopt;
+    }
+    return ms;
+  }
+
+  void read_seconds(const YAML::Node& n, const std::string& path, int line, long long min_seconds, seconds& out) {
+    if (const auto ms = read_duration_ms(n, path, line, min_seconds * 1000, true)) out = seconds{*ms / 1000};
+  }
+
+  void read_milliseconds(const YAML::Node& n, const std::string& path, int line, long long min_ms, milliseconds& out) {
+    if (const auto ms = read_duration_ms(n, path, line, min_ms, false)) out = milliseconds{*ms};
+  }
+
+  // Integer bytes, or an integer with unit B, KiB, MiB or GiB.
+  void read_size(const YAML::Node& n, const std::string& path, int line, long long min_bytes, std::size_t& out) {
+    static constexpr std::string_view expected =
+        "a size: an integer number of bytes or an integer with unit B, KiB, MiB or GiB (e.g. 8MiB)";
+    const auto s = scalar(n, path, line, expected);
+    if (!s) return;
+    const auto parts = split_number_unit(*s);
+    if (!parts) {
+      add(path, line, "expected " + std::string(expected) + ", got " + quote_value(*s), {*s});
+      return;
+    }
+    long long factor = 0;
+    if (parts->unit.empty() || parts->unit == "B") {
+      factor = 1;
+    } else if (parts->unit == "KiB") {
+      factor = 1LL << 10;
+    } else if (parts->unit == "MiB") {
+      factor = 1LL << 20;
+    } else if (parts->unit == "GiB") {
+      factor = 1LL << 30;
+    } else {
+      add(path, line,
+          "unknown size unit " + quote_value(parts->unit) + " in " + quote_value(*s) + "; use B, KiB, MiB or GiB (1024-based)",
+          {*s});
+      return;
+    }
+    if (parts->number < 0) {
+      add(path, line, "must not be negative, got " + quote_value(*s), {*s});
+      return;
+    }
+    constexpr long long max_bytes = std::numeric_limits<long long>::max();
+    if (parts->number > max_bytes / factor ||
+        static_cast<unsigned long long>(parts->number * factor) > std::numeric_limits<std::size_t>::max()) {
+      add(path, line, "is too large, got " + quote_value(*s), {*s});
+      return;
+    }
+    const long long bytes = parts->number * factor;
+    if (bytes < min_bytes) {
+      add(path, line,
+          "must be at least " + format_size(min_bytes) + " (" + std::to_string(min_bytes) + " bytes), got " + quote_value(*s),
+          {*s});
+      return;
+    }
+    out = static_cast<std::size_t>(bytes);
+  }
+
+  template <typename E>
+  void read_enum(const YAML::Node& n, const std::string& path, int line,
+                 const std::vector<std::pair<std::string_view, E>>& choices, E& out) {
+    std::string expected = "one of ";
+    for (std::size_t i = 0; i < choices.size(); ++i) expected += (i ? ", " : "") + std::string(choices[i].first);
+    const auto s = scalar(n, path, line, expected);
+    if (!s) return;
+    for (const auto& [name, value] : choices) {
+      if (*s == name) {
+        out = value;
+        return;
+      }
+    }
+    add(path, line, "expected " + expected + ", got " + quote_value(*s), {*s});
+  }
+
+  void read_string_list(const YAML::Node& n, const std::string& path, int line, std::vector<std::string>& out) {
+    if (!n.IsSequence()) {
+      type_error(n, path, line, "a list of strings (e.g. [a, b] or [])");
+      return;
+    }
+    std::vector<std::string> values;
+    bool ok = true;
+    for (std::size_t i = 0; i < n.size(); ++i) {
+      const YAML::Node item = n[i];
+      const std::string item_path = path + "[" + std::to_string(i) + "]";
+      const int item_line = line_of(item.Mark()) != 0 ? line_of(item.Mark()) : line;
+      if (!item.IsScalar()) {
+        type_error(item, item_path, item_line, "a string");
+        ok = false;
+      } else if (item.Scalar().empty()) {
+        add(item_path, item_line, "must not be an empty string");
+        ok = false;
+      } else {
+        values.push_back(item.Scalar());
+      }
+    }
+    if (ok) out = std::move(values);
+  }
+
+  // ----- the schema
+
+  std::vector<field> top_level_fields() {
+    return {
+        {"couchdb", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, couchdb_fields()); }},
+        {"state_db", [this](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, cfg_.state_db); }},
+        {"provisioning",
+         [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, provisioning_fields()); }},
+        {"fanin", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, fanin_fields()); }},
+        {"shared", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, shared_fields()); }},
+        {"admin_api",
+         [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, admin_api_fields()); }},
+        {"log", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, log_fields()); }},
+    };
+  }
+
+  std::vector<field> couchdb_fields() {
+    auto& c = cfg_.couchdb;
+    return {
+        {"url",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           if (!v.IsScalar()) {
+             type_error(v, p, l, "a URL string such as http://127.0.0.1:5984");
+             return;
+           }
+           const url_parts parts = split_userinfo(v.Scalar());
+           c.url = parts.url;
+           if (!parts.has_userinfo) return;
+           add_raw_password_secret(parts.userinfo);
+           auto creds = decode_userinfo(parts.userinfo);
+           if (!creds) {
+             add(p, l, "the user info (user:password@) is not valid percent-encoding (use %XX for special characters)");
+             return;
+           }
+           if (creds->password) add_secret(*creds->password);
+           file_url_credentials_ = std::move(creds);
+         }},
+        {"username", [this](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, file_username_); }},
+        {"password",
+         [this](const YAML::Node& v, const std::string& p, int l) {
+           read_string(v, p, l, file_password_);
+           add_secret(file_password_);
+         }},
+        {"password_file",
+         [this](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, file_password_file_); }},
+        {"request_timeout",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, 1, c.request_timeout); }},
+        {"feed_timeout",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, 1, c.feed_timeout); }},
+        {"heartbeat",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 1, c.heartbeat); }},
+    };
+  }
+
+  std::vector<field> provisioning_fields() {
+    auto& c = cfg_.provisioning;
+    return {
+        {"enabled", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.enabled); }},
+        {"users_db", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.users_db); }},
+        {"db_prefix",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.db_prefix); }},
+        {"select",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           walk_map(v, p, l,
+                    {
+                        {"roles_any", list_reader(c.select.roles_any)},
+                        {"roles_all", list_reader(c.select.roles_all)},
+                        {"roles_none", list_reader(c.select.roles_none)},
+                        {"names", list_reader(c.select.names)},
+                    });
+         }},
+        {"security",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           auto& s = c.security;
+           walk_map(v, p, l,
+                    {
+                        {"owner_is_admin", [this, &s](const YAML::Node& v2, const std::string& p2,
+                                                      int l2) { read_bool(v2, p2, l2, s.owner_is_admin); }},
+                        {"member_names", list_reader(s.member_names)},
+                        {"member_roles", list_reader(s.member_roles)},
+                        {"admin_names", list_reader(s.admin_names)},
+                        {"admin_roles", list_reader(s.admin_roles)},
+                    });
+         }},
+        {"on_delete",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_enum<policy::on_delete>(v, p, l, {{"keep", policy::on_delete::keep}, {"delete", policy::on_delete::remove}},
+                                        c.on_delete);
+         }},
+        {"reconcile_interval",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, 0, c.reconcile_interval); }},
+        {"batch",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 10000, c.batch); }},
+    };
+  }
+
+  std::vector<field> fanin_fields() {
+    auto& c = cfg_.fanin;
+    return {
+        {"enabled", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.enabled); }},
+        {"central_db",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.central_db); }},
+        {"ids",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_enum<policy::id_mode>(
+               v, p, l, {{"namespaced", policy::id_mode::namespaced}, {"unchanged", policy::id_mode::unchanged}}, c.ids);
+         }},
+        {"max_connections",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_integer(v, p, l, 3, 1024, c.max_connections, "the change feeds take 2 of them");
+         }},
+        {"max_active",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_integer(v, p, l, 1, std::nullopt, c.max_active);
+         }},
+        {"batch_docs",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 100000, c.batch_docs); }},
+        {"batch_bytes",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_size(v, p, l, 64 * 1024, c.batch_bytes); }},
+        {"turn_docs",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_integer(v, p, l, 1, std::nullopt, c.turn_docs);
+         }},
+        {"detection",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_enum<detection_mode>(v, p, l,
+                                     {{"auto", detection_mode::automatic},
+                                      {"db_updates", detection_mode::db_updates},
+                                      {"sweep", detection_mode::sweep}},
+                                     c.detection);
+         }},
+        {"create_global_changes",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.create_global_changes); }},
+        {"sweep_rate",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_positive_number(v, p, l, c.sweep_rate); }},
+        {"sweep_interval",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.sweep_interval); }},
+    };
+  }
+
+  std::vector<field> shared_fields() {
+    auto& c = cfg_.shared;
+    return {
+        {"enabled", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.enabled); }},
+        {"db", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.db); }},
+        {"member_roles", list_reader(c.member_roles)},
+        {"admin_roles", list_reader(c.admin_roles)},
+    };
+  }
+
+  std::vector<field> admin_api_fields() {
+    auto& c = cfg_.admin_api;
+    return {
+        {"address",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_string(v, p, l, c.address);
+           if (v.IsScalar() && c.address.empty()) add(p, l, "must not be empty (e.g. 127.0.0.1, ::1 or 0.0.0.0)");
+         }},
+        {"port", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 65535, c.port); }},
+        {"port_file",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.port_file); }},
+    };
+  }
+
+  std::vector<field> log_fields() {
+    auto& c = cfg_.log;
+    return {
+        {"level",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           static const std::vector<std::pair<std::string_view, std::string_view>> levels{
+               {"trace", "trace"}, {"debug", "debug"}, {"info", "info"},         {"warn", "warn"},
+               {"error", "error"}, {"critical", "critical"}, {"off", "off"}};
+           std::string_view level = c.level;
+           read_enum<std::string_view>(v, p, l, levels, level);
+           c.level = std::string(level);
+         }},
+        {"format",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_enum<log_format>(v, p, l, {{"text", log_format::text}, {"json", log_format::json}}, c.format);
+         }},
+    };
+  }
+
+  parse_fn list_reader(std::vector<std::string>& out) {
+    return [this, &out](const YAML::Node& v, const std::string& p, int l) { read_string_list(v, p, l, out); };
+  }
+
+  // ----- credentials and environment
+
+  // Within the file, explicit keys win over the URL's user info.
+  void resolve_file_credentials() {
+    auto& c = cfg_.couchdb;
+    if (file_url_credentials_) {
+      c.username = file_url_credentials_->username;
+      c.password = file_url_credentials_->password.value_or("");
+      source_ = file_url_credentials_->password ? password_source::value : password_source::none;
+    }
+    if (!file_username_.empty()) c.username = file_username_;
+    c.password_file = file_password_file_;
+    if (!file_password_.empty() && !file_password_file_.empty()) {
+      add("couchdb.password_file", line_for("couchdb.password_file"),
+          "cannot be used together with couchdb.password; set only one (password_file or the COUCHDB_PASSWORD "
+          "environment variable is preferred)");
+      c.password = file_password_;
+      source_ = password_source::value;  // the file is not read: the configuration is rejected anyway
+    } else if (!file_password_.empty()) {
+      c.password = file_password_;
+      source_ = password_source::value;
+    } else if (!file_password_file_.empty()) {
+      c.password.clear();
+      source_ = password_source::file;
+    }
+  }
+
+  std::optional<std::string> env(const std::string& name) const {
+    if (!env_) return std::nullopt;
+    auto value = env_(name);
+    if (value && value->empty()) return std::nullopt;  // an empty variable counts as unset
+    return value;
+  }
+
+  // The environment wins over the file; COUCHDB_USER / COUCHDB_PASSWORD win over COUCHDB_URL's user info.
+  void apply_env() {
+    auto& c = cfg_.couchdb;
+    if (const auto url = env("COUCHDB_URL")) {
+      const url_parts parts = split_userinfo(*url);
+      c.url = parts.url;
+      url_from_env_ = true;
+      lines_["couchdb.url"] = 0;
+      if (parts.has_userinfo) {
+        add_raw_password_secret(parts.userinfo);
+        if (const auto creds = decode_userinfo(parts.userinfo)) {
+          if (creds->password) add_secret(*creds->password);
+          c.username = creds->username;
+          c.password = creds->password.value_or("");
+          source_ = creds->password ? password_source::value : password_source::none;
+        } else {
+          add("couchdb.url", 0,
+              "the user info (user:password@) in the environment variable COUCHDB_URL is not valid percent-encoding "
+              "(use %XX for special characters)");
+        }
+      }
+    }
+    if (const auto user = env("COUCHDB_USER")) c.username = *user;
+    if (const auto password = env("COUCHDB_PASSWORD")) {
+      add_secret(*password);
+      c.password = *password;
+      source_ = password_source::value;
+    }
+  }
+
+  void finish_credentials() {
+    auto& c = cfg_.couchdb;
+    if (source_ != password_source::file) return;
+    const std::string path_key = "couchdb.password_file";
+    const file_read r = read_whole_file(c.password_file);
+    if (!r.content) {
+      add(path_key, line_for(path_key), "cannot read the password file " + quote_value(c.password_file) + ": " + r.error);
+      return;
+    }
+    std::string password = *r.content;
+    while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) password.pop_back();
+    add_secret(password);
+    if (password.empty()) {
+      add(path_key, line_for(path_key), "the password file " + quote_value(c.password_file) + " is empty");
+      return;
+    }
+    c.password = std::move(password);
+  }
+
+  // ----- checks that need the whole configuration
+
+  void validate() {
+    auto& c = cfg_;
+    {
+      const std::string suffix = url_from_env_ ? " (set by the environment variable COUCHDB_URL)" : "";
+      const url_check checked = check_url(c.couchdb.url);
+      if (!checked.problem.empty()) {
+        std::string message = "expected an http:// or https:// URL with a host (e.g. http://127.0.0.1:5984): it " +
+                              checked.problem;
+        std::vector<std::string> shown;
+        if (c.couchdb.url.find('@') == std::string::npos) {
+          message += ", got " + quote_value(c.couchdb.url);
+          shown.push_back(c.couchdb.url);
+        }
+        add("couchdb.url", line_for("couchdb.url"), message + suffix, std::move(shown));
+      } else {
+        c.couchdb.url = checked.url;
+      }
+    }
+
+    const std::string prefix_path = "provisioning.db_prefix";
+    const bool prefix_ok = is_valid_db_prefix(c.provisioning.db_prefix);
+    if (!prefix_ok) {
+      add(prefix_path, line_for(prefix_path),
+          "expected a non-empty prefix that starts with a lowercase letter and contains only a-z, 0-9 and _$()+- "
+          "(at most " + std::to_string(max_db_prefix_length) + " characters), got " + quote_value(c.provisioning.db_prefix),
+          {c.provisioning.db_prefix});
+    }
+
+    struct named_db {
+      std::string path;
+      const std::string* name;
+      bool system_allowed;
+    };
+    const std::vector<named_db> dbs{
+        {"provisioning.users_db", &c.provisioning.users_db, true},
+        {"state_db", &c.state_db, false},
+        {"fanin.central_db", &c.fanin.central_db, false},
+        {"shared.db", &c.shared.db, false},
+    };
+    std::vector<const named_db*> valid;
+    for (const auto& db : dbs) {
+      const std::string& name = *db.name;
+      const bool ok = is_valid_db_name(name) || (db.system_allowed && is_valid_system_db_name(name));
+      if (!ok) {
+        std::string message = "expected a CouchDB database name: a lowercase letter first";
+        if (db.system_allowed) message += " (or '_' for a system database such as _users)";
+        message += ", then only a-z, 0-9 and _$()+/- (at most " + std::to_string(max_db_name_length) +
+                   " characters), got " + quote_value(name);
+        if (!db.system_allowed && !name.empty() && name[0] == '_') {
+          message += "; names starting with '_' are reserved for CouchDB's system databases";
+        }
+        add(db.path, line_for(db.path), std::move(message), {name});
+        continue;
+      }
+      // A clash is reported where it was made: at the key set later in the file (a default has
+      // no line, so an explicit key is blamed rather than a default).
+      for (const named_db* other : valid) {
+        if (*other->name == name) {
+          const bool blame_this = line_for(db.path) >= line_for(other->path);
+          const std::string& at = blame_this ? db.path : other->path;
+          const std::string& with = blame_this ? other->path : db.path;
+          add(at, line_for(at), "must differ from " + with + " (both are " + quote_value(name) + ")", {name});
+          break;
+        }
+      }
+      if (prefix_ok && name.starts_with(c.provisioning.db_prefix)) {
+        const std::string& prefix = c.provisioning.db_prefix;
+        if (line_for(db.path) >= line_for(prefix_path)) {
+          add(db.path, line_for(db.path),
+              quote_value(name) + " starts with provisioning.db_prefix " + quote_value(prefix) +
+                  ", so it would be taken for a user's database; choose another name or prefix",
+              {name, prefix});
+        } else {
+          add(prefix_path, line_for(prefix_path),
+              quote_value(prefix) + " is the start of " + db.path + " " + quote_value(name) +
+                  ", so that database would be taken for a user's database; choose another prefix or name",
+              {name, prefix});
+        }
+      }
+      valid.push_back(&db);
+    }
+
+    if (c.shared.enabled && c.shared.member_roles.empty()) {
+      int line = line_for("shared.member_roles");
+      if (line == 0) line = line_for("shared.enabled");
+      add("shared.member_roles", line,
+          "must not be empty when shared.enabled is true: a database without members is readable by everyone");
+    }
+  }
+};
+
+}  // namespace
+
+env_lookup process_env() {
+  return [](const std::string& name) -> std::optional<std::string> {
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) return std::nullopt;
+    return std::string(value);
+  };
+}
+
+load_result load_config_text(const std::string& yaml_text, const env_lookup& env) {
+  return loader(env).run(&yaml_text);
+}
+
+load_result load_config_file(const std::string& path, const env_lookup& env) {
+  const file_read r = read_whole_file(path);
+  if (!r.content) {
+    load_result result;
+    result.errors.push_back({"", 0, "cannot read the configuration file " + quote_value(path) + ": " + r.error});
+    return result;
+  }
+  return load_config_text(*r.content, env);
+}
+
+load_result default_config(const env_lookup& env) { return loader(env).run(nullptr); }
+
+std::string format_errors(const std::string& file, const std::vector<config_error>& errors) {
+  std::string out;
+  for (const auto& e : errors) {
+    out += file;
+    if (e.line > 0) out += ":" + std::to_string(e.line);
+    out += ": ";
+    if (!e.path.empty()) out += e.path + ": ";
+    out += e.message;
+    out += '\n';
+  }
+  return out;
+}
+
+std::string redact_url(const std::string& url) { return split_userinfo(url).url; }
+
+}  // namespace couchgate::gateway

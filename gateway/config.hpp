@@ -1,0 +1,116 @@
+#pragma once
+// Owns: couchgate's configuration: the structs with their defaults, the YAML parser that
+// rejects unknown keys and collects every problem (with key path and line), and the
+// environment overrides for the connection (COUCHDB_URL, COUCHDB_USER, COUCHDB_PASSWORD).
+// Exceptions are fine here: this runs at startup only.
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "policy/id_map.hpp"
+#include "policy/security.hpp"
+#include "policy/users.hpp"
+
+namespace couchgate::gateway {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+struct couchdb_config {
+  std::string url = "http://127.0.0.1:5984";  // never contains credentials after load
+  std::string username;                         // "" = anonymous
+  std::string password;                         // secret: never logged or printed
+  std::string password_file;                    // read at load time when set
+  seconds request_timeout{30};
+  seconds feed_timeout{60};        // longpoll `timeout`; the client read timeout is feed_timeout + 15 s
+  milliseconds heartbeat{10000};   // feed heartbeat; no byte for 3 heartbeats = dead connection
+};
+
+struct provisioning_config {
+  bool enabled = true;
+  std::string users_db = "_users";
+  std::string db_prefix = "userdb-";
+  policy::criteria select{};
+  policy::security_template security{};
+  policy::on_delete on_delete = policy::on_delete::keep;
+  seconds reconcile_interval{600};   // 0 = only at start
+  std::size_t batch = 500;           // _users changes per request
+};
+
+enum class detection_mode { automatic, db_updates, sweep };
+
+struct fanin_config {
+  bool enabled = true;
+  std::string central_db = "couchgate-central";
+  policy::id_mode ids = policy::id_mode::namespaced;
+  std::size_t max_connections = 8;   // hard cap on sockets to CouchDB, feeds included
+  std::size_t max_active = 32;       // databases in flight
+  std::size_t batch_docs = 1000;     // docs per central _bulk_docs
+  std::size_t batch_bytes = 8u << 20;
+  std::size_t turn_docs = 500;       // changes per database per turn (fairness cap)
+  detection_mode detection = detection_mode::automatic;
+  bool create_global_changes = true;
+  double sweep_rate = 200;           // databases checked per second in sweep mode
+  milliseconds sweep_interval{5000}; // minimum time between two sweeps of the same database
+};
+
+struct shared_config {
+  bool enabled = false;
+  std::string db = "shared";
+  std::vector<std::string> member_roles{};  // required (non-empty) when enabled: empty members would make it public
+  std::vector<std::string> admin_roles{};
+};
+
+struct admin_api_config {
+  std::string address = "127.0.0.1";
+  int port = 8490;                   // 0 = pick a free port (logged, and written to port_file)
+  std::string port_file;             // optional: the bound port is written here (tests)
+};
+
+enum class log_format { text, json };
+struct log_config {
+  std::string level = "info";        // trace debug info warn error critical off
+  log_format format = log_format::text;
+};
+
+struct config {
+  couchdb_config couchdb{};
+  std::string state_db = "couchgate";
+  provisioning_config provisioning{};
+  fanin_config fanin{};
+  shared_config shared{};
+  admin_api_config admin_api{};
+  log_config log{};
+};
+
+struct config_error {
+  std::string path;   // dotted key path, e.g. "fanin.max_connections"
+  int line = 0;       // 1-based, 0 when unknown
+  std::string message;
+};
+
+// Every problem found, not only the first; an empty vector means success.
+struct load_result {
+  config cfg;
+  std::vector<config_error> errors;
+};
+
+using env_lookup = std::function<std::optional<std::string>(const std::string&)>;
+env_lookup process_env();
+
+// Parse YAML text (name used in messages), then apply environment overrides, then validate.
+load_result load_config_text(const std::string& yaml_text, const env_lookup& env);
+load_result load_config_file(const std::string& path, const env_lookup& env);
+// Defaults + environment only (the embedded default when no file is given).
+load_result default_config(const env_lookup& env);
+
+// "file:LINE: path: message" lines, one per error.
+std::string format_errors(const std::string& file, const std::vector<config_error>& errors);
+
+// URL without userinfo, for logs and API output.
+std::string redact_url(const std::string& url);
+
+}  // namespace couchgate::gateway

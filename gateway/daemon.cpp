@@ -1,0 +1,369 @@
+// Owns: wiring the components together and the start/stop sequence (see daemon.hpp).
+#include "gateway/daemon.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#ifdef COUCHGATE_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "gateway/admin_api.hpp"
+#include "gateway/databases.hpp"
+#include "gateway/logging.hpp"
+#include "gateway/provisioner.hpp"
+#include "policy/naming.hpp"
+#include "replicator/backoff.hpp"
+#include "replicator/change_detector.hpp"
+#include "replicator/couch_client.hpp"
+#include "replicator/fanin.hpp"
+#include "replicator/http_pool.hpp"
+#include "replicator/logger.hpp"
+#include "replicator/metrics.hpp"
+#include "replicator/state_store.hpp"
+
+namespace couchgate::gateway {
+
+using replicator::json;
+namespace r = replicator;
+
+namespace {
+std::shared_ptr<spdlog::logger> log() {
+  static auto l = r::named_logger("daemon");
+  return l;
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  auto tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+void notify(const char* state) {
+#ifdef COUCHGATE_HAVE_SYSTEMD
+  sd_notify(0, state);
+#else
+  (void)state;
+#endif
+}
+
+r::detection to_detection(detection_mode m) {
+  switch (m) {
+    case detection_mode::db_updates: return r::detection::db_updates;
+    case detection_mode::sweep: return r::detection::sweep;
+    default: return r::detection::automatic;
+  }
+}
+}  // namespace
+
+struct daemon::impl {
+  config cfg;
+  std::string config_path;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  bool reload = false;
+  std::atomic<bool> couch_ok{false};
+  std::atomic<bool> setup_done{false};
+
+  r::registry metrics;
+  std::unique_ptr<r::http_pool> pool;
+  std::unique_ptr<r::couch_client> client;
+  std::unique_ptr<r::state_store> state;
+  std::unique_ptr<r::fanin> fan;
+  std::unique_ptr<r::change_detector> detector;
+  std::unique_ptr<provisioner> prov;
+  std::unique_ptr<admin_api> api;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  bool wait(std::chrono::milliseconds d) {
+    std::unique_lock lk(mu);
+    return !cv.wait_for(lk, d, [this] { return stop; });
+  }
+  bool stopping() {
+    std::lock_guard lk(mu);
+    return stop;
+  }
+
+  std::pair<bool, std::string> ready() const {
+    if (!couch_ok.load()) return {false, "CouchDB is not reachable"};
+    if (!setup_done.load()) return {false, "setting up databases"};
+    if (prov && !prov->ready()) return {false, "first reconcile not finished"};
+    return {true, ""};
+  }
+
+  std::string render_metrics() const {
+    std::string out = metrics.render();
+    if (pool) {
+      auto s = pool->stats();
+      out += "# HELP couchgate_couchdb_connections Open connections to CouchDB\n# TYPE couchgate_couchdb_connections gauge\n";
+      out += "couchgate_couchdb_connections " + std::to_string(s.open_sockets) + "\n";
+      out += "# HELP couchgate_couchdb_connections_peak Most connections to CouchDB open at once\n# TYPE couchgate_couchdb_connections_peak gauge\n";
+      out += "couchgate_couchdb_connections_peak " + std::to_string(s.peak_sockets) + "\n";
+      out += "# HELP couchgate_couchdb_connections_max Configured connection cap\n# TYPE couchgate_couchdb_connections_max gauge\n";
+      out += "couchgate_couchdb_connections_max " + std::to_string(pool->max_connections()) + "\n";
+      out += "# HELP couchgate_couchdb_requests_total HTTP requests sent to CouchDB\n# TYPE couchgate_couchdb_requests_total counter\n";
+      out += "couchgate_couchdb_requests_total " + std::to_string(s.requests) + "\n";
+      out += "# HELP couchgate_couchdb_transport_errors_total Requests that failed below HTTP\n# TYPE couchgate_couchdb_transport_errors_total counter\n";
+      out += "couchgate_couchdb_transport_errors_total " + std::to_string(s.transport_errors) + "\n";
+    }
+    out += "# HELP couchgate_up 1 when ready\n# TYPE couchgate_up gauge\ncouchgate_up " + std::string(ready().first ? "1" : "0") + "\n";
+    return out;
+  }
+
+  json status() const {
+    json j;
+    j["version"] = COUCHGATE_VERSION;
+    j["couchdb"] = redact_url(cfg.couchdb.url);
+    auto [ok, why] = ready();
+    j["ready"] = ok;
+    if (!ok) j["not_ready_reason"] = why;
+    j["uptime_seconds"] = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count();
+    j["state_db"] = cfg.state_db;
+    if (fan) {
+      auto c = fan->counts();
+      j["fanin"] = {{"central_db", cfg.fanin.central_db},
+                    {"ids", cfg.fanin.ids == policy::id_mode::namespaced ? "namespaced" : "unchanged"},
+                    {"detection", detector ? r::to_string(detector->active_mode()) : "off"},
+                    {"sources", c.known},
+                    {"dirty", c.dirty},
+                    {"active", c.active},
+                    {"backing_off", c.backing_off}};
+    }
+    if (prov) j["provisioning"] = {{"users_db", cfg.provisioning.users_db}, {"users", prov->known_users()}, {"ready", prov->ready()}};
+    if (pool) {
+      auto s = pool->stats();
+      j["connections"] = {{"open", s.open_sockets}, {"peak", s.peak_sockets}, {"max", pool->max_connections()}, {"in_flight", s.in_flight}};
+    }
+    return j;
+  }
+
+  std::optional<json> user_status(const std::string& name) {
+    std::string db = policy::user_db_name(cfg.provisioning.db_prefix, name);
+    json j{{"name", name}, {"db", db}};
+    bool known = false;
+    if (prov) {
+      if (auto u = prov->user(name)) {
+        known = true;
+        const char* action = u->action == policy::user_action::ensure ? "ensure"
+                             : u->action == policy::user_action::revoke_owner ? "revoke_owner" : "delete_db";
+        j["provisioning"] = {{"action", action}, {"done", u->done}, {"last_error", u->last_error}, {"updated", iso_time(u->updated)}};
+      }
+    }
+    if (fan) {
+      if (auto s = fan->status(db)) {
+        known = true;
+        json rep{{"checkpoint", s->checkpoint}, {"docs_written", s->docs_written}, {"failures", s->failures},
+                 {"active", s->active}, {"last_error", s->last_error}};
+        rep["last_success"] = s->last_success ? json(iso_time(*s->last_success)) : json(nullptr);
+        auto info = client->db_info(db).get();
+        if (info.ok() && info.value().contains("update_seq")) {
+          rep["update_seq"] = info.value()["update_seq"];
+          auto a = r::couch_client::seq_number(info.value()["update_seq"]);
+          auto b = r::couch_client::seq_number(s->checkpoint);
+          if (a && b) rep["behind"] = *a >= *b ? *a - *b : 0;
+        }
+        j["replication"] = rep;
+      }
+    }
+    if (!known) return std::nullopt;
+    return j;
+  }
+
+  void add_source(const std::string& db, const policy::owner& o) {
+    if (fan) fan->add_source(db, o);
+  }
+  void unknown_db_created(const std::string& db) {
+    if (!fan) return;
+    if (auto owner = policy::user_from_db_name(cfg.provisioning.db_prefix, db)) {
+      fan->add_source(db, policy::owner{policy::owner::kind::user, *owner});
+    }
+  }
+
+  // Waits for CouchDB and creates couchgate's own databases. False when stopping.
+  bool setup() {
+    auto rnd = r::random_uniform_source();
+    r::backoff_policy bp{};
+    std::uint32_t failures = 0;
+    auto retry = [&](const std::string& what, const r::couch_error& e) {
+      auto delay = r::backoff_delay(bp, ++failures, rnd);
+      log()->warn("{}: {} (retry in {} ms)", what, e.describe(), delay.count());
+      return wait(delay);
+    };
+    for (;;) {
+      auto info = client->server_info().get();
+      if (info.ok()) break;
+      couch_ok.store(false);
+      if (!retry("CouchDB at " + redact_url(cfg.couchdb.url) + " not reachable", info.error())) return false;
+    }
+    couch_ok.store(true);
+    log()->info("connected to CouchDB at {}", redact_url(cfg.couchdb.url));
+    for (;;) {
+      auto s = state->ensure_db();
+      if (s.ok()) break;
+      if (!retry("cannot prepare state database " + cfg.state_db, s.error())) return false;
+    }
+    if (cfg.fanin.enabled) {
+      while (auto e = ensure_central_db(*client, cfg.fanin.central_db)) {
+        if (!retry("cannot prepare central database " + cfg.fanin.central_db, *e)) return false;
+      }
+      for (;;) {
+        auto l = state->load_checkpoints();
+        if (l.ok()) {
+          log()->info("loaded {} checkpoints", l.value());
+          break;
+        }
+        if (!retry("cannot load checkpoints", l.error())) return false;
+      }
+    }
+    if (cfg.shared.enabled) {
+      while (auto e = ensure_shared_db(*client, cfg.shared.db, cfg.shared.member_roles, cfg.shared.admin_roles)) {
+        if (!retry("cannot prepare shared database " + cfg.shared.db, *e)) return false;
+      }
+      if (fan) fan->add_source(cfg.shared.db, policy::owner{policy::owner::kind::shared, ""});
+    }
+    setup_done.store(true);
+    return true;
+  }
+};
+
+daemon::daemon(config cfg, std::string config_path) : impl_(std::make_unique<impl>()) {
+  impl_->cfg = std::move(cfg);
+  impl_->config_path = std::move(config_path);
+}
+
+daemon::~daemon() = default;
+
+void daemon::request_stop() {
+  {
+    std::lock_guard lk(impl_->mu);
+    impl_->stop = true;
+  }
+  impl_->cv.notify_all();
+}
+
+void daemon::request_reload() {
+  {
+    std::lock_guard lk(impl_->mu);
+    impl_->reload = true;
+  }
+  impl_->cv.notify_all();
+}
+
+int daemon::run() {
+  auto& d = *impl_;
+  const auto& cfg = d.cfg;
+
+  d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, cfg.couchdb.username, cfg.couchdb.password,
+                                                                cfg.fanin.max_connections, std::string("couchgate/") + COUCHGATE_VERSION});
+  d.client = std::make_unique<r::couch_client>(
+      *d.pool, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
+  d.state = std::make_unique<r::state_store>(*d.client, cfg.state_db);
+
+  d.api = std::make_unique<admin_api>(admin_handlers{
+      [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
+      [&d](const std::string& u) { return d.user_status(u); }});
+  std::string err;
+  int port = d.api->start(cfg.admin_api.address, cfg.admin_api.port, err);
+  if (port < 0) {
+    log()->critical("admin API: {}", err);
+    return 1;
+  }
+  log()->info("admin API on http://{}:{}", cfg.admin_api.address, port);
+  if (!cfg.admin_api.port_file.empty()) std::ofstream(cfg.admin_api.port_file) << port << "\n";
+
+  if (cfg.fanin.enabled) {
+    r::fanin_options fo;
+    fo.central_db = cfg.fanin.central_db;
+    fo.ids = cfg.fanin.ids;
+    fo.max_active = cfg.fanin.max_active;
+    fo.turn_docs = cfg.fanin.turn_docs;
+    fo.transfer.batch_docs = cfg.fanin.batch_docs;
+    fo.transfer.batch_bytes = cfg.fanin.batch_bytes;
+    d.fan = std::make_unique<r::fanin>(*d.client, *d.state, d.metrics, fo);
+  }
+
+  bool ok = d.setup();
+  if (ok) {
+    if (d.fan) {
+      d.fan->start();
+      r::detector_options dop;
+      dop.mode = to_detection(cfg.fanin.detection);
+      dop.create_global_changes = cfg.fanin.create_global_changes;
+      dop.sweep_rate = cfg.fanin.sweep_rate;
+      dop.sweep_interval = cfg.fanin.sweep_interval;
+      d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
+                                                        [&d](const std::string& db) { d.unknown_db_created(db); });
+      d.detector->start();
+    }
+    if (cfg.provisioning.enabled) {
+      d.prov = std::make_unique<provisioner>(
+          *d.client, *d.state, d.metrics, cfg.provisioning,
+          provisioner_hooks{[&d](const std::string& db, const policy::owner& o) { d.add_source(db, o); },
+                            [&d](const std::string& db) {
+                              if (d.fan) d.fan->remove_source(db);
+                            }});
+      d.prov->start();
+    }
+  }
+
+  // Main loop: readiness notification, watchdog, CouchDB liveness, reload.
+  bool notified_ready = false;
+  std::uint64_t watchdog_usec = 0;
+#ifdef COUCHGATE_HAVE_SYSTEMD
+  if (sd_watchdog_enabled(0, &watchdog_usec) <= 0) watchdog_usec = 0;
+#endif
+  auto tick = std::chrono::milliseconds(watchdog_usec ? std::max<std::uint64_t>(watchdog_usec / 3000, 100) : 2000);
+  auto next_probe = std::chrono::steady_clock::now();
+  while (ok) {
+    {
+      std::unique_lock lk(d.mu);
+      d.cv.wait_for(lk, tick, [&d] { return d.stop || d.reload; });
+      if (d.stop) break;
+      if (d.reload) {
+        d.reload = false;
+        lk.unlock();
+        if (!d.config_path.empty()) {
+          auto fresh = load_config_file(d.config_path, process_env());
+          if (fresh.errors.empty()) {
+            setup_logging(fresh.cfg.log);
+            log()->info("reloaded {}: log settings applied (other keys need a restart)", d.config_path);
+          } else {
+            log()->error("reload of {} rejected:\n{}", d.config_path, format_errors(d.config_path, fresh.errors));
+          }
+        }
+      }
+    }
+    if (std::chrono::steady_clock::now() >= next_probe) {
+      next_probe = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      auto info = d.client->server_info().get();
+      bool was = d.couch_ok.exchange(info.ok());
+      if (was && !info.ok()) log()->warn("CouchDB not reachable: {}", info.error().describe());
+      if (!was && info.ok()) log()->info("CouchDB reachable again");
+    }
+    if (!notified_ready && d.ready().first) {
+      notified_ready = true;
+      notify("READY=1\nSTATUS=ready");
+      log()->info("ready");
+    }
+    if (watchdog_usec) notify("WATCHDOG=1");
+  }
+
+  log()->info("stopping");
+  notify("STOPPING=1");
+  d.pool->shutdown();
+  if (d.prov) d.prov->stop();
+  if (d.detector) d.detector->stop();
+  if (d.fan) d.fan->stop();
+  d.api->stop();
+  log()->info("stopped");
+  return 0;
+}
+
+}  // namespace couchgate::gateway

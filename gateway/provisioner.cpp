@@ -1,0 +1,384 @@
+// Owns: applying the provisioning policy to `_users` (see provisioner.hpp).
+#include "gateway/provisioner.hpp"
+
+
+#include <set>
+#include <unordered_map>
+
+#include "policy/naming.hpp"
+#include "replicator/backoff.hpp"
+#include "replicator/logger.hpp"
+#include "policy/security.hpp"
+
+namespace couchgate::gateway {
+
+using replicator::couch_error_kind;
+using replicator::json;
+using replicator::pending_json;
+
+namespace {
+std::shared_ptr<spdlog::logger> log() {
+  static auto l = replicator::named_logger("provision");
+  return l;
+}
+constexpr const char* users_feed_key = "users";
+constexpr std::size_t pipeline_chunk = 256;  // users in flight at once inside one apply()
+}  // namespace
+
+provisioner::provisioner(replicator::couch_client& client, replicator::state_store& state,
+                         replicator::registry& metrics, provisioning_config cfg, provisioner_hooks hooks)
+    : client_(client),
+      state_(state),
+      cfg_(std::move(cfg)),
+      hooks_(std::move(hooks)),
+      users_seen_(metrics.add_counter("couchgate_users_seen_total", "User documents processed (feed and reconcile)")),
+      dbs_created_(metrics.add_counter("couchgate_databases_provisioned_total", "User databases created")),
+      dbs_deleted_(metrics.add_counter("couchgate_databases_deleted_total", "User databases deleted by the on_delete: delete policy")),
+      security_writes_(metrics.add_counter("couchgate_security_writes_total", "_security objects written (they differed)")),
+      errors_(metrics.add_counter("couchgate_provisioning_errors_total", "Failed provisioning actions (retried)")),
+      malformed_(metrics.add_counter("couchgate_malformed_user_docs_total", "User documents skipped as malformed")),
+      reconnects_(metrics.add_counter("couchgate_feed_reconnects_total", "Feed reconnects after an error", "feed=\"users\"")),
+      reconciles_(metrics.add_counter("couchgate_reconciles_total", "Completed reconcile passes")),
+      orphans_(metrics.add_gauge("couchgate_orphan_databases", "Databases with the user prefix and no matching user (reported, never deleted by reconcile)")),
+      pending_(metrics.add_gauge("couchgate_users_feed_pending", "Changes in _users not processed yet (CouchDB's pending count)")) {}
+
+provisioner::~provisioner() { stop(); }
+
+std::string provisioner::db_for(const std::string& name) const { return policy::user_db_name(cfg_.db_prefix, name); }
+
+void provisioner::record(const std::string& name, const std::string& db, policy::user_action a, const std::string& error) {
+  std::lock_guard lk(mu_);
+  auto& u = users_[name];
+  u.name = name;
+  u.db = db;
+  u.action = a;
+  u.done = error.empty();
+  u.last_error = error;
+  u.updated = std::chrono::system_clock::now();
+}
+
+std::optional<user_state> provisioner::user(const std::string& name) const {
+  std::lock_guard lk(mu_);
+  auto it = users_.find(name);
+  if (it == users_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::size_t provisioner::known_users() const {
+  std::lock_guard lk(mu_);
+  return users_.size();
+}
+
+std::size_t provisioner::apply(const std::vector<policy::user_doc>& input) {
+  // Last document per name wins (a feed batch may hold several revisions of one user).
+  std::vector<policy::user_doc> users;
+  {
+    std::unordered_map<std::string, std::size_t> pos;
+    for (const auto& u : input) {
+      auto [it, fresh] = pos.emplace(u.name, users.size());
+      if (fresh) users.push_back(u);
+      else users[it->second] = u;
+    }
+  }
+  std::size_t retryable = 0;
+  for (std::size_t off = 0; off < users.size(); off += pipeline_chunk) {
+    const std::size_t end = std::min(users.size(), off + pipeline_chunk);
+    struct job {
+      const policy::user_doc* u;
+      policy::user_action action;
+      std::string db;
+      json want;
+      pending_json first, second;
+      bool created = false;
+      std::optional<replicator::couch_error> error;
+    };
+    std::vector<job> jobs;
+    for (std::size_t i = off; i < end; ++i) {
+      job j;
+      j.u = &users[i];
+      j.action = policy::decide(cfg_.select, cfg_.on_delete, users[i]);
+      j.db = db_for(users[i].name);
+      users_seen_.inc();
+      if (j.action == policy::user_action::ensure) {
+        j.want = policy::render_security(cfg_.security, users[i].name);
+        j.first = client_.create_db(j.db);
+      } else if (j.action == policy::user_action::revoke_owner) {
+        j.want = policy::render_security(cfg_.security, std::nullopt);
+        j.first = client_.get_security(j.db);
+      } else {
+        j.first = client_.delete_db(j.db);
+      }
+      jobs.push_back(std::move(j));
+    }
+    // Phase 2: read _security where the database already existed.
+    for (auto& j : jobs) {
+      auto r = j.first.get();
+      if (j.action == policy::user_action::ensure) {
+        if (r.ok()) {
+          j.created = true;
+          dbs_created_.inc();
+          j.second = client_.put_security(j.db, j.want);
+        } else if (r.error().kind == couch_error_kind::conflict) {
+          j.second = client_.get_security(j.db);
+        } else {
+          j.error = r.error();
+        }
+      } else if (j.action == policy::user_action::revoke_owner) {
+        if (r.ok()) {
+          if (!policy::security_equal(r.value(), j.want)) {
+            j.second = client_.put_security(j.db, j.want);
+            j.created = true;  // marks "second is a write"
+          }
+        } else if (r.error().kind != couch_error_kind::not_found) {
+          j.error = r.error();
+        }
+      } else {
+        if (r.ok()) {
+          dbs_deleted_.inc();
+          log()->info("user={} db={} deleted (on_delete: delete)", j.u->name, j.db);
+        } else if (r.error().kind != couch_error_kind::not_found) {
+          j.error = r.error();
+        }
+      }
+    }
+    // Phase 3: write _security where it differs.
+    std::vector<std::pair<job*, pending_json>> writes;
+    for (auto& j : jobs) {
+      if (!j.second.valid()) continue;
+      auto r = j.second.get();
+      if (!r.ok()) {
+        j.error = r.error();
+        continue;
+      }
+      if (j.created) {
+        security_writes_.inc();
+        continue;
+      }
+      if (!policy::security_equal(r.value(), j.want)) writes.emplace_back(&j, client_.put_security(j.db, j.want));
+    }
+    for (auto& [j, call] : writes) {
+      auto r = call.get();
+      if (!r.ok()) j->error = r.error();
+      else {
+        security_writes_.inc();
+        log()->info("user={} db={} _security repaired", j->u->name, j->db);
+      }
+    }
+    for (auto& j : jobs) {
+      if (j.error) {
+        if (j.error->kind == couch_error_kind::cancelled) {
+          ++retryable;
+          continue;
+        }
+        errors_.inc();
+        if (j.error->retryable() || j.error->kind == couch_error_kind::conflict) ++retryable;
+        log()->warn("user={} db={} provisioning failed: {}", j.u->name, j.db, j.error->describe());
+        record(j.u->name, j.db, j.action, j.error->describe());
+        continue;
+      }
+      record(j.u->name, j.db, j.action, "");
+      if (j.action == policy::user_action::delete_db) {
+        if (hooks_.source_removed) hooks_.source_removed(j.db);
+      } else if (j.action == policy::user_action::ensure && hooks_.source_added) {
+        // A revoked user's database keeps its data and stays a source; reconcile registers it.
+        hooks_.source_added(j.db, policy::owner{policy::owner::kind::user, j.u->name});
+      }
+      if (j.created && j.action == policy::user_action::ensure) {
+        log()->debug("user={} db={} provisioned", j.u->name, j.db);
+      }
+    }
+  }
+  return retryable;
+}
+
+bool provisioner::reconcile() {
+  auto started = std::chrono::steady_clock::now();
+  // 1. Every user document, a page at a time.
+  std::vector<policy::user_doc> users;
+  std::set<std::string> user_names;
+  std::string startkey;
+  bool ok = true;
+  for (;;) {
+    std::string q = "include_docs=true&limit=1000";
+    if (!startkey.empty()) q += "&skip=1&startkey=" + replicator::encode_query_value(json(startkey).dump());
+    auto r = client_.all_docs(cfg_.users_db, q).get();
+    if (!r.ok()) {
+      log()->warn("reconcile: cannot list {}: {}", cfg_.users_db, r.error().describe());
+      return false;
+    }
+    const json& j = r.value();
+    if (!j.contains("rows") || !j["rows"].is_array()) {
+      log()->warn("reconcile: _all_docs answer of {} has no rows", cfg_.users_db);
+      return false;
+    }
+    const auto& rows = j["rows"];
+    for (const auto& row : rows) {
+      if (!row.is_object()) continue;
+      json doc = row.contains("doc") ? row["doc"] : json(nullptr);
+      auto parsed = policy::parse_user_doc(doc, false, doc.is_null() ? 0 : doc.dump().size());
+      if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
+        user_names.insert(u->name);
+        users.push_back(std::move(*u));
+      } else if (auto* e = std::get_if<policy::user_doc_error>(&parsed)) {
+        malformed_.inc();
+        log()->warn("reconcile: skipping user document {}: {}", e->doc_id, e->reason);
+      }
+    }
+    if (rows.size() < 1000) break;
+    if (!rows.back().contains("id") || !rows.back()["id"].is_string()) break;
+    startkey = rows.back()["id"].get<std::string>();
+  }
+  // 2. Existing databases.
+  auto dbs = client_.all_dbs().get();
+  if (!dbs.ok() || !dbs.value().is_array()) {
+    log()->warn("reconcile: cannot list databases: {}", dbs.ok() ? "not an array" : dbs.error().describe());
+    return false;
+  }
+  std::set<std::string> existing;
+  for (const auto& d : dbs.value()) {
+    if (d.is_string() && d.get<std::string>().rfind(cfg_.db_prefix, 0) == 0) existing.insert(d.get<std::string>());
+  }
+  // 3. Apply the policy to every user (idempotent; writes only what differs).
+  if (apply(users) > 0) ok = false;
+  // 4. Databases with the prefix and no user: reported, never deleted here.
+  std::set<std::string> expected;
+  for (const auto& n : user_names) expected.insert(db_for(n));
+  std::size_t orphans = 0;
+  for (const auto& db : existing) {
+    if (expected.count(db)) continue;
+    ++orphans;
+    if (orphans <= 10) log()->warn("reconcile: db={} has the user prefix but no user{}", db, orphans == 10 ? " (further ones not listed)" : "");
+    // Its data still belongs to someone: keep replicating it if the owner is recoverable.
+    if (auto owner = policy::user_from_db_name(cfg_.db_prefix, db); owner && hooks_.source_added) {
+      hooks_.source_added(db, policy::owner{policy::owner::kind::user, *owner});
+    }
+  }
+  // Revoked users whose database still exists keep being replicated.
+  for (const auto& u : users) {
+    auto db = db_for(u.name);
+    if (existing.count(db) && hooks_.source_added) hooks_.source_added(db, policy::owner{policy::owner::kind::user, u.name});
+  }
+  orphans_.set(static_cast<double>(orphans));
+  if (ok) reconciles_.inc();
+  log()->info("reconcile: {} users, {} user databases, {} orphans, {} in {} ms", users.size(), existing.size(), orphans,
+              ok ? "complete" : "incomplete (retrying)",
+              std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
+  return ok;
+}
+
+void provisioner::start() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = false;
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+void provisioner::stop() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool provisioner::stopping() const {
+  std::lock_guard lk(mu_);
+  return stopping_;
+}
+
+bool provisioner::sleep_for(std::chrono::milliseconds d) {
+  std::unique_lock lk(mu_);
+  return !cv_.wait_for(lk, d, [this] { return stopping_; });
+}
+
+void provisioner::run() {
+  const auto rnd = replicator::random_uniform_source();
+  replicator::backoff_policy bp{};
+  std::uint32_t failures = 0;
+  // First reconcile: readiness waits for it.
+  while (!stopping()) {
+    if (reconcile()) break;
+    if (!sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
+  }
+  ready_.store(true);
+  next_reconcile_ = std::chrono::steady_clock::now() + cfg_.reconcile_interval;
+  follow();
+}
+
+void provisioner::follow() {
+  const auto rnd = replicator::random_uniform_source();
+  replicator::backoff_policy bp{};
+  std::uint32_t failures = 0;
+  json since = nullptr;
+  while (!stopping() && since.is_null()) {
+    auto stored = state_.get_value(users_feed_key);
+    if (stored.ok()) {
+      if (stored.value()) {
+        since = *stored.value();
+      } else {
+        // First start ever: the reconcile just covered everything, so follow from here on.
+        auto info = client_.db_info(cfg_.users_db).get();
+        if (info.ok() && info.value().contains("update_seq")) since = info.value()["update_seq"];
+      }
+    }
+    if (since.is_null() && !sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
+  }
+  failures = 0;
+  while (!stopping()) {
+    if (cfg_.reconcile_interval.count() > 0 && std::chrono::steady_clock::now() >= next_reconcile_) {
+      reconcile();
+      next_reconcile_ = std::chrono::steady_clock::now() + cfg_.reconcile_interval;
+    }
+    replicator::changes_query q;
+    q.since = since;
+    q.limit = cfg_.batch;
+    q.include_docs = true;
+    q.all_docs_style = false;
+    q.feed = replicator::changes_query::feed_kind::longpoll;
+    auto r = client_.changes(cfg_.users_db, q).get();
+    if (!r.ok()) {
+      if (r.error().kind == couch_error_kind::cancelled) return;
+      reconnects_.inc();
+      auto delay = replicator::backoff_delay(bp, ++failures, rnd);
+      log()->warn("_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
+      if (!sleep_for(delay)) return;
+      continue;
+    }
+    const json& a = r.value();
+    if (!a.is_object() || !a.contains("results") || !a["results"].is_array()) {
+      reconnects_.inc();
+      log()->warn("_users feed answer has no results array");
+      if (!sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
+      continue;
+    }
+    std::vector<policy::user_doc> users;
+    for (const auto& row : a["results"]) {
+      auto parsed = policy::parse_user_change(row);
+      if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
+        users.push_back(std::move(*u));
+      } else if (auto* e = std::get_if<policy::user_doc_error>(&parsed)) {
+        malformed_.inc();
+        log()->warn("skipping user document {}: {}", e->doc_id.empty() ? "(no id)" : e->doc_id, e->reason);
+      }
+    }
+    if (a.contains("pending") && a["pending"].is_number()) pending_.set(a["pending"].get<double>());
+    if (!users.empty() && apply(users) > 0) {
+      // Something retryable failed: do not move past it; the batch is idempotent.
+      auto delay = replicator::backoff_delay(bp, ++failures, rnd);
+      if (!sleep_for(delay)) return;
+      continue;
+    }
+    failures = 0;
+    json next = a.contains("last_seq") ? a["last_seq"] : json(nullptr);
+    if (next.is_null() && !a["results"].empty() && a["results"].back().contains("seq")) next = a["results"].back()["seq"];
+    if (!next.is_null() && next != since) {
+      since = next;
+      auto saved = state_.put_value(users_feed_key, since);
+      if (!saved.ok()) log()->warn("could not store the _users feed position: {}", saved.error().describe());
+    }
+  }
+}
+
+}  // namespace couchgate::gateway

@@ -1,0 +1,93 @@
+#pragma once
+// Owns: per-user databases. Follows `_users/_changes` (longpoll, resumed from the position
+// stored in the state database, never replayed from 0 after the first start), applies the
+// policy to every user document, and reconciles everything at start and periodically.
+// All writes are idempotent (412 on create is success, `_security` written only when it
+// differs), so two processes or a restart mid-way end in the same state.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gateway/config.hpp"
+#include "policy/id_map.hpp"
+#include "policy/users.hpp"
+#include "replicator/couch_client.hpp"
+#include "replicator/metrics.hpp"
+#include "replicator/state_store.hpp"
+
+namespace couchgate::gateway {
+
+struct user_state {
+  std::string name;
+  std::string db;
+  policy::user_action action = policy::user_action::ensure;
+  bool done = false;            // the last action completed
+  std::string last_error;
+  std::chrono::system_clock::time_point updated{};
+};
+
+struct provisioner_hooks {
+  std::function<void(const std::string& db, const policy::owner&)> source_added;
+  std::function<void(const std::string& db)> source_removed;
+};
+
+class provisioner {
+ public:
+  provisioner(replicator::couch_client& client, replicator::state_store& state, replicator::registry& metrics,
+              provisioning_config cfg, provisioner_hooks hooks);
+  ~provisioner();
+
+  void start();
+  void stop();
+  bool ready() const { return ready_.load(); }
+
+  // One full pass; false if anything failed (it is retried by the next pass).
+  bool reconcile();
+  // Applies the policy to these users (deduplicated by name, last wins). Returns the number of
+  // users whose action failed with a retryable error.
+  std::size_t apply(const std::vector<policy::user_doc>& users);
+
+  std::optional<user_state> user(const std::string& name) const;
+  std::size_t known_users() const;
+  std::string db_for(const std::string& name) const;
+
+ private:
+  void run();
+  void follow();
+  bool sleep_for(std::chrono::milliseconds d);
+  bool stopping() const;
+  void record(const std::string& name, const std::string& db, policy::user_action a, const std::string& error);
+
+  replicator::couch_client& client_;
+  replicator::state_store& state_;
+  provisioning_config cfg_;
+  provisioner_hooks hooks_;
+  std::atomic<bool> ready_{false};
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::map<std::string, user_state> users_;
+  std::thread thread_;
+  std::chrono::steady_clock::time_point next_reconcile_{};
+
+  replicator::counter& users_seen_;
+  replicator::counter& dbs_created_;
+  replicator::counter& dbs_deleted_;
+  replicator::counter& security_writes_;
+  replicator::counter& errors_;
+  replicator::counter& malformed_;
+  replicator::counter& reconnects_;
+  replicator::counter& reconciles_;
+  replicator::gauge& orphans_;
+  replicator::gauge& pending_;
+};
+
+}  // namespace couchgate::gateway

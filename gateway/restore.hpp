@@ -1,0 +1,48 @@
+#pragma once
+// Owns: `couchgate restore`: rebuilding user databases from the central database with their
+// original ids, revision histories, conflicts, deletions and attachments (new_edits:false), so
+// that PouchDB clients keep syncing. One pass over the central `_changes` feed serves every
+// selected user: rows are split by owner and written through the same transfer() round and
+// connection pool as fan-in.
+//
+// Safety: a target database that already holds documents is refused unless --merge (which only
+// adds missing revisions, never deletes). A `_local/couchgate-restore` marker in the target makes
+// an interrupted restore resumable: a rerun continues into it without --merge and writes only
+// what is missing (_revs_diff), so nothing is duplicated.
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "gateway/config.hpp"
+
+namespace couchgate::gateway {
+
+struct restore_options {
+  std::vector<std::string> users;
+  bool all = false;
+  bool dry_run = false;
+  bool merge = false;
+  bool progress_bar = false;   // draw on a terminal; otherwise periodic log lines
+  std::size_t max_docs = 0;    // stop after this many central changes (tests of interruption); 0 = no limit
+};
+
+struct restore_user_result {
+  std::string user;
+  std::string db;
+  std::size_t docs = 0;        // revisions written (or that would be, in dry-run)
+  bool created = false;
+  std::string error;           // empty = success
+};
+
+struct restore_summary {
+  std::vector<restore_user_result> users;
+  std::size_t central_changes = 0;
+  double seconds = 0;
+  bool interrupted = false;
+  bool ok() const;
+};
+
+restore_summary run_restore(const config& cfg, const restore_options& opts, std::ostream& progress);
+
+}  // namespace couchgate::gateway

@@ -1,0 +1,47 @@
+#pragma once
+// Owns: what a `_users` document means to couchgate: parsing it defensively (server answers are
+// untrusted input), the selection criteria, and the decision of what to do for it.
+#include <nlohmann/json.hpp>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace couchgate::policy {
+
+struct user_doc {
+  std::string name;
+  std::vector<std::string> roles;
+  bool deleted = false;  // a tombstone: only the name (from the id) is known
+};
+
+struct user_doc_error {
+  std::string doc_id;   // may be empty when even the id is missing
+  std::string reason;   // one line, names what is wrong, never contains the password fields
+};
+
+inline constexpr std::size_t max_user_doc_bytes = 64 * 1024;
+
+// A `_changes` row (with include_docs) or a bare document. Design docs are not users:
+// parse_user_change returns std::monostate for them.
+using parsed_user = std::variant<std::monostate, user_doc, user_doc_error>;
+parsed_user parse_user_change(const nlohmann::json& change_row);
+parsed_user parse_user_doc(const nlohmann::json& doc, bool deleted, std::size_t raw_size);
+
+struct criteria {
+  std::vector<std::string> roles_any;   // empty = no requirement
+  std::vector<std::string> roles_all;
+  std::vector<std::string> roles_none;
+  std::vector<std::string> names;       // explicit allow-list; empty = everyone
+};
+bool matches(const criteria& c, const user_doc& u);
+
+enum class on_delete { keep, remove };  // keep: db stays, owner removed from _security
+
+enum class user_action {
+  ensure,        // database exists, _security = template with owner
+  revoke_owner,  // database (if any) keeps data, _security = template without owner
+  delete_db,     // database is deleted
+};
+user_action decide(const criteria& c, on_delete policy, const user_doc& u);
+
+}  // namespace couchgate::policy

@@ -1,0 +1,257 @@
+// Owns: the `_db_updates` follower and the update_seq sweep (see change_detector.hpp).
+#include "replicator/change_detector.hpp"
+
+#include "replicator/logger.hpp"
+
+
+namespace couchgate::replicator {
+
+namespace {
+std::shared_ptr<spdlog::logger> log() {
+  static auto l = named_logger("detector");
+  return l;
+}
+constexpr const char* db_updates_key = "db_updates";
+}  // namespace
+
+const char* to_string(detection d) {
+  switch (d) {
+    case detection::automatic: return "auto";
+    case detection::db_updates: return "db_updates";
+    case detection::sweep: return "sweep";
+  }
+  return "unknown";
+}
+
+result<db_updates_page> parse_db_updates(const json& answer) {
+  if (!answer.is_object() || !answer.contains("results") || !answer["results"].is_array()) {
+    return couch_error{couch_error_kind::protocol, 0, "_db_updates answer has no results array", ""};
+  }
+  db_updates_page page;
+  page.last_seq = answer.contains("last_seq") ? answer["last_seq"] : json(nullptr);
+  for (const auto& row : answer["results"]) {
+    if (!row.is_object() || !row.contains("db_name") || !row["db_name"].is_string()) continue;
+    db_event e;
+    e.db = row["db_name"].get<std::string>();
+    e.type = row.contains("type") && row["type"].is_string() ? row["type"].get<std::string>() : "updated";
+    if (page.last_seq.is_null() && row.contains("seq")) page.last_seq = row["seq"];
+    page.events.push_back(std::move(e));
+  }
+  if (!answer.contains("last_seq") && !answer["results"].empty() && answer["results"].back().contains("seq")) {
+    page.last_seq = answer["results"].back()["seq"];
+  }
+  return page;
+}
+
+change_detector::change_detector(couch_client& client, state_store& state, fanin& target, registry& metrics,
+                                 detector_options opts, std::function<void(const std::string&)> on_unknown_created)
+    : client_(client),
+      state_(state),
+      fanin_(target),
+      opts_(opts),
+      on_unknown_created_(std::move(on_unknown_created)),
+      events_(metrics.add_counter("couchgate_db_updates_events_total", "_db_updates events received")),
+      reconnects_(metrics.add_counter("couchgate_feed_reconnects_total", "Feed reconnects after an error", "feed=\"db_updates\"")),
+      mode_gauge_(metrics.add_gauge("couchgate_detection_mode", "Change detection in use: 0 undecided, 1 db_updates, 2 sweep")) {}
+
+change_detector::~change_detector() { stop(); }
+
+void change_detector::start() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = false;
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+void change_detector::stop() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool change_detector::sleep_for(std::chrono::milliseconds d) {
+  std::unique_lock lk(mu_);
+  return !cv_.wait_for(lk, d, [this] { return stopping_; });
+}
+
+bool change_detector::probe() {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto r = client_.db_updates(json("now"), false, 1).get();
+    if (r.ok()) return true;
+    const auto& e = r.error();
+    if (e.kind == couch_error_kind::not_found && opts_.create_global_changes && attempt == 0) {
+      log()->info("_db_updates needs the _global_changes database; creating it");
+      auto c = client_.create_db("_global_changes").get();
+      if (!c.ok() && c.error().kind != couch_error_kind::conflict) {
+        log()->warn("could not create _global_changes: {}", c.error().describe());
+        return false;
+      }
+      continue;
+    }
+    if (e.kind == couch_error_kind::network || e.kind == couch_error_kind::timeout || e.kind == couch_error_kind::cancelled) {
+      throw e;  // undecided: the caller retries
+    }
+    log()->info("_db_updates unavailable ({})", e.describe());
+    return false;
+  }
+  return false;
+}
+
+void change_detector::run() {
+  const auto rnd = random_uniform_source();
+  std::uint32_t failures = 0;
+  while (true) {
+    {
+      std::lock_guard lk(mu_);
+      if (stopping_) return;
+    }
+    if (active_.load() == detection::automatic) {
+      detection chosen = opts_.mode;
+      if (opts_.mode != detection::sweep) {
+        try {
+          bool ok = probe();
+          if (!ok && opts_.mode == detection::db_updates) {
+            log()->error("detection is db_updates but the server's _db_updates does not work; retrying");
+            if (!sleep_for(backoff_delay(opts_.backoff, ++failures, rnd))) return;
+            continue;
+          }
+          chosen = ok ? detection::db_updates : detection::sweep;
+        } catch (const couch_error& e) {
+          reconnects_.inc();
+          if (!sleep_for(backoff_delay(opts_.backoff, ++failures, rnd))) return;
+          continue;
+        }
+      }
+      failures = 0;
+      active_.store(chosen);
+      mode_gauge_.set(chosen == detection::db_updates ? 1 : 2);
+      log()->info("change detection: {}", to_string(chosen));
+    }
+    if (active_.load() == detection::db_updates) {
+      follow_db_updates();
+    } else {
+      auto started = std::chrono::steady_clock::now();
+      sweep_once();
+      auto next = started + opts_.sweep_interval;
+      auto now = std::chrono::steady_clock::now();
+      if (next > now && !sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+    }
+  }
+}
+
+void change_detector::follow_db_updates() {
+  const auto rnd = random_uniform_source();
+  json since = "now";
+  if (auto stored = state_.get_value(db_updates_key); stored.ok() && stored.value()) since = *stored.value();
+  json saved = since;
+  auto last_save = std::chrono::steady_clock::now();
+  std::uint32_t failures = 0;
+  auto save = [&](bool force) {
+    auto now = std::chrono::steady_clock::now();
+    if (since == saved || (!force && now - last_save < std::chrono::seconds(2))) return;
+    if (state_.put_value(db_updates_key, since).ok()) saved = since;
+    last_save = now;
+  };
+  while (true) {
+    {
+      std::lock_guard lk(mu_);
+      if (stopping_) break;
+    }
+    auto r = client_.db_updates(since, true, 1000).get();
+    if (!r.ok()) {
+      const auto& e = r.error();
+      if (e.kind == couch_error_kind::cancelled) break;
+      reconnects_.inc();
+      if (e.kind == couch_error_kind::bad_request && since != json("now")) {
+        log()->warn("stored _db_updates position rejected ({}); restarting from now and sweeping every source once",
+                    e.describe());
+        since = "now";
+        fanin_.mark_all_dirty();
+        continue;
+      }
+      if (e.kind == couch_error_kind::not_found) {
+        log()->warn("_db_updates stopped working ({}); deciding the mode again", e.describe());
+        active_.store(detection::automatic);
+        fanin_.mark_all_dirty();
+        break;
+      }
+      auto delay = backoff_delay(opts_.backoff, ++failures, rnd);
+      log()->warn("_db_updates feed failed: {} (retry in {} ms)", e.describe(), delay.count());
+      if (!sleep_for(delay)) break;
+      if (failures == 1) continue;
+      // After an outage, events may have been lost with the connection: catch up every source.
+      fanin_.mark_all_dirty();
+      continue;
+    }
+    failures = 0;
+    auto page = parse_db_updates(r.value());
+    if (!page.ok()) {
+      reconnects_.inc();
+      log()->warn("_db_updates answer malformed: {}", page.error().describe());
+      if (!sleep_for(backoff_delay(opts_.backoff, 1, rnd))) break;
+      continue;
+    }
+    events_.inc(page.value().events.size());
+    for (const auto& e : page.value().events) {
+      if (e.type == "deleted") {
+        if (fanin_.knows(e.db)) {
+          log()->info("db={} deleted; dropped from fan-in", e.db);
+          fanin_.remove_source(e.db);
+        }
+      } else if (e.type == "created") {
+        if (fanin_.knows(e.db)) fanin_.source_recreated(e.db);
+        else if (on_unknown_created_) on_unknown_created_(e.db);
+      } else if (!fanin_.mark_dirty(e.db) && on_unknown_created_ && e.type == "updated") {
+        on_unknown_created_(e.db);
+      }
+    }
+    if (!page.value().last_seq.is_null()) since = page.value().last_seq;
+    save(false);
+  }
+  save(true);
+}
+
+void change_detector::sweep_once() {
+  auto dbs = fanin_.sources();
+  const double rate = opts_.sweep_rate > 0 ? opts_.sweep_rate : 1;
+  const std::size_t window = std::max<std::size_t>(1, std::min<std::size_t>(64, static_cast<std::size_t>(rate / 10)));
+  const auto window_time = std::chrono::duration<double>(static_cast<double>(window) / rate);
+  for (std::size_t off = 0; off < dbs.size(); off += window) {
+    auto started = std::chrono::steady_clock::now();
+    std::vector<std::pair<std::string, pending_json>> calls;
+    for (std::size_t i = off; i < std::min(dbs.size(), off + window); ++i) calls.emplace_back(dbs[i], client_.db_info(dbs[i]));
+    for (auto& [db, call] : calls) {
+      auto r = call.get();
+      if (!r.ok()) {
+        if (r.error().kind == couch_error_kind::cancelled) return;
+        if (r.error().kind == couch_error_kind::not_found && fanin_.knows(db)) {
+          log()->info("db={} is gone; dropped from fan-in", db);
+          fanin_.remove_source(db);
+        }
+        continue;
+      }
+      const json& info = r.value();
+      if (!info.is_object() || !info.contains("update_seq")) continue;
+      auto current = couch_client::seq_number(info["update_seq"]);
+      auto cp = state_.checkpoint(db);
+      auto done = cp ? couch_client::seq_number(*cp) : std::optional<std::uint64_t>(0);
+      if (!current || !done) {
+        fanin_.mark_dirty(db);
+      } else if (*current < *done) {
+        // The database is younger than its checkpoint: it was deleted and created again.
+        fanin_.source_recreated(db);
+      } else if (*current != *done) {
+        fanin_.mark_dirty(db);
+      }
+    }
+    auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(window_time);
+    auto now = std::chrono::steady_clock::now();
+    if (next > now && !sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+  }
+}
+
+}  // namespace couchgate::replicator

@@ -1,0 +1,82 @@
+#pragma once
+// Owns: noticing which source databases changed, without a connection per database.
+// - db_updates mode: one longpoll `_db_updates` feed for the whole server, resumed from the seq
+//   stored in the state database. CouchDB 3.x needs the `_global_changes` database for it; when
+//   missing it is created (if allowed).
+// - sweep mode (servers without `_db_updates`): every known source's `update_seq` is read through
+//   the shared pool at a bounded rate and compared with its checkpoint.
+// Either way the result is fanin::mark_dirty; an idle database costs nothing but a map entry.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "replicator/couch_client.hpp"
+#include "replicator/fanin.hpp"
+#include "replicator/metrics.hpp"
+#include "replicator/state_store.hpp"
+
+namespace couchgate::replicator {
+
+enum class detection { automatic, db_updates, sweep };
+const char* to_string(detection d);
+
+struct detector_options {
+  detection mode = detection::automatic;
+  bool create_global_changes = true;
+  double sweep_rate = 200;                      // databases per second
+  std::chrono::milliseconds sweep_interval{5000};
+  backoff_policy backoff{};
+};
+
+// A `_db_updates` event, parsed.
+struct db_event {
+  std::string db;
+  std::string type;  // created | updated | deleted | ...
+};
+struct db_updates_page {
+  std::vector<db_event> events;
+  json last_seq;
+};
+result<db_updates_page> parse_db_updates(const json& answer);
+
+class change_detector {
+ public:
+  // on_unknown_created: a database that is not (yet) a source was created (e.g. by another
+  // provisioner); the owner of the callback decides whether it becomes one.
+  change_detector(couch_client& client, state_store& state, fanin& target, registry& metrics,
+                  detector_options opts, std::function<void(const std::string&)> on_unknown_created);
+  ~change_detector();
+
+  // Decides the mode (probing the server in automatic mode) and starts the thread.
+  // Returns the mode chosen; throws nothing: a probe failure is retried inside the thread.
+  void start();
+  void stop();
+  detection active_mode() const { return active_.load(); }
+
+ private:
+  void run();
+  bool probe();  // true when _db_updates works (creating _global_changes if allowed)
+  void follow_db_updates();
+  void sweep_once();
+  bool sleep_for(std::chrono::milliseconds d);  // false when stopping
+
+  couch_client& client_;
+  state_store& state_;
+  fanin& fanin_;
+  detector_options opts_;
+  std::function<void(const std::string&)> on_unknown_created_;
+  std::atomic<detection> active_{detection::automatic};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+  counter& events_;
+  counter& reconnects_;
+  gauge& mode_gauge_;
+};
+
+}  // namespace couchgate::replicator

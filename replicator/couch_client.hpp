@@ -1,0 +1,86 @@
+#pragma once
+// Owns: the typed CouchDB calls couchgate makes (the api_wrap of couch_replicator), all through
+// one http_pool. Each call returns at once; get() waits and parses the answer on the caller's
+// thread, so many calls can be in flight and the pool's thread never parses JSON.
+#include <chrono>
+#include <functional>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "replicator/couch_error.hpp"
+#include "replicator/http_pool.hpp"
+
+namespace couchgate::replicator {
+
+using json = nlohmann::json;
+
+class pending_json {
+ public:
+  pending_json() = default;
+  explicit pending_json(std::future<http_response> f) : f_(std::move(f)) {}
+  // Success = 2xx with a JSON body. Everything else is an error value.
+  result<json> get();
+  // The raw answer, for callers that inspect it themselves.
+  http_response get_raw() { return f_.get(); }
+  bool valid() const { return f_.valid(); }
+
+ private:
+  std::future<http_response> f_;
+};
+
+struct changes_query {
+  json since = 0;  // opaque: a string on CouchDB 2+, an integer on others; sent unquoted
+  std::optional<std::size_t> limit;
+  bool all_docs_style = true;   // every leaf revision (conflicts)
+  bool include_docs = false;
+  enum class feed_kind { normal, longpoll } feed = feed_kind::normal;
+};
+
+struct timeouts {
+  std::chrono::milliseconds request{30000};
+  std::chrono::milliseconds feed{60000};      // server-side longpoll timeout
+  std::chrono::milliseconds heartbeat{10000};
+};
+
+class couch_client {
+ public:
+  couch_client(http_pool& pool, timeouts t) : pool_(pool), t_(t) {}
+
+  pending_json request(const std::string& method, const std::string& target, std::string body = {});
+
+  pending_json server_info() { return request("GET", "/"); }
+  pending_json db_info(const std::string& db) { return request("GET", "/" + encode_segment(db)); }
+  pending_json create_db(const std::string& db) { return request("PUT", "/" + encode_segment(db)); }
+  pending_json delete_db(const std::string& db) { return request("DELETE", "/" + encode_segment(db)); }
+  pending_json get_security(const std::string& db);
+  pending_json put_security(const std::string& db, const json& sec);
+  pending_json get_doc(const std::string& db, const std::string& id, const std::string& query = {});
+  pending_json put_doc(const std::string& db, const std::string& id, const json& doc);
+  pending_json all_dbs() { return request("GET", "/_all_dbs"); }
+  pending_json all_docs(const std::string& db, const std::string& query);
+  pending_json changes(const std::string& db, const changes_query& q);
+  pending_json revs_diff(const std::string& db, const json& body);
+  pending_json bulk_get(const std::string& db, const json& body, bool attachments);
+  pending_json open_revs(const std::string& db, const std::string& id, const std::vector<std::string>& revs,
+                         bool attachments);
+  pending_json bulk_docs(const std::string& db, std::string body);
+  pending_json db_updates(const json& since, bool longpoll, std::optional<std::size_t> limit);
+
+  const timeouts& limits() const { return t_; }
+  http_pool& pool() { return pool_; }
+
+  // Seq values are opaque; for CouchDB strings "N-..." the N before the dash is a sum of shard
+  // positions, comparable for "has anything changed" checks. nullopt when not recognisable.
+  static std::optional<std::uint64_t> seq_number(const json& seq);
+  static std::string seq_param(const json& seq);
+
+ private:
+  pending_json feed_request(const std::string& target);
+  http_pool& pool_;
+  timeouts t_;
+};
+
+}  // namespace couchgate::replicator

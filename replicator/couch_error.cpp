@@ -1,0 +1,71 @@
+// Owns: classification of CouchDB answers into couch_error kinds (see couch_error.hpp).
+#include "replicator/couch_error.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace couchgate::replicator {
+
+bool couch_error::retryable() const {
+  switch (kind) {
+    case couch_error_kind::network:
+    case couch_error_kind::timeout:
+    case couch_error_kind::server:
+    case couch_error_kind::protocol:
+    case couch_error_kind::unauthorized:
+      return true;
+    default:
+      return false;
+  }
+}
+
+const char* to_string(couch_error_kind k) {
+  switch (k) {
+    case couch_error_kind::network: return "network";
+    case couch_error_kind::timeout: return "timeout";
+    case couch_error_kind::unauthorized: return "unauthorized";
+    case couch_error_kind::not_found: return "not_found";
+    case couch_error_kind::conflict: return "conflict";
+    case couch_error_kind::bad_request: return "bad_request";
+    case couch_error_kind::server: return "server";
+    case couch_error_kind::protocol: return "protocol";
+    case couch_error_kind::cancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+std::string couch_error::describe() const {
+  std::string s = to_string(kind);
+  if (status) s += " (HTTP " + std::to_string(status) + ")";
+  if (!error.empty()) s += ": " + error;
+  if (!reason.empty()) s += ": " + reason;
+  return s;
+}
+
+couch_error error_from(const http_response& r) {
+  couch_error e;
+  switch (r.kind) {
+    case error_kind::network: e.kind = couch_error_kind::network; e.error = r.error; return e;
+    case error_kind::timeout: e.kind = couch_error_kind::timeout; e.error = r.error; return e;
+    case error_kind::cancelled: e.kind = couch_error_kind::cancelled; e.error = r.error; return e;
+    case error_kind::none: break;
+  }
+  e.status = r.status;
+  auto j = nlohmann::json::parse(r.body, nullptr, false);
+  if (j.is_object()) {
+    if (auto it = j.find("error"); it != j.end() && it->is_string()) e.error = it->get<std::string>();
+    if (auto it = j.find("reason"); it != j.end() && it->is_string()) e.reason = it->get<std::string>();
+  }
+  if (e.reason.size() > 300) e.reason.resize(300);
+  if (r.status == 401 || r.status == 403) e.kind = couch_error_kind::unauthorized;
+  else if (r.status == 404) e.kind = couch_error_kind::not_found;
+  else if (r.status == 409 || r.status == 412) e.kind = couch_error_kind::conflict;
+  else if (r.status >= 400 && r.status < 500) e.kind = couch_error_kind::bad_request;
+  else if (r.status >= 500) e.kind = couch_error_kind::server;
+  else {
+    e.kind = couch_error_kind::protocol;
+    if (e.error.empty()) e.error = "unexpected HTTP status";
+  }
+  return e;
+}
+
+}  // namespace couchgate::replicator

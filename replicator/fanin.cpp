@@ -1,0 +1,292 @@
+// Owns: the fan-in worker loop and its bookkeeping (see fanin.hpp).
+#include "replicator/fanin.hpp"
+
+#include "replicator/logger.hpp"
+
+namespace couchgate::replicator {
+
+namespace {
+std::shared_ptr<spdlog::logger> log() {
+  static auto l = named_logger("fanin");
+  return l;
+}
+}  // namespace
+
+fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_options opts)
+    : client_(client),
+      state_(state),
+      opts_(std::move(opts)),
+      sched_(scheduler::options{opts_.max_active, opts_.backoff}, random_uniform_source()),
+      docs_(metrics.add_counter("couchgate_replicated_docs_total", "Document revisions written to the central database")),
+      bytes_(metrics.add_counter("couchgate_replicated_bytes_total", "JSON bytes written to the central database")),
+      rounds_(metrics.add_counter("couchgate_replication_batches_total", "Replication rounds (coalesced batches) run")),
+      central_requests_(metrics.add_counter("couchgate_replication_requests_total", "HTTP requests made by replication rounds")),
+      skipped_design_(metrics.add_counter("couchgate_replication_skipped_docs_total",
+                                          "Documents never sent to the central database (design documents in unchanged-id mode)")),
+      lag_(metrics.add_histogram("couchgate_replication_lag_seconds",
+                                 "Time from a source becoming dirty to its changes being checkpointed in the central database")) {
+  for (auto k : {couch_error_kind::network, couch_error_kind::timeout, couch_error_kind::unauthorized,
+                 couch_error_kind::not_found, couch_error_kind::conflict, couch_error_kind::bad_request,
+                 couch_error_kind::server, couch_error_kind::protocol, couch_error_kind::cancelled}) {
+    errors_[k] = &metrics.add_counter("couchgate_replication_errors_total", "Replication errors by kind",
+                                      std::string("kind=\"") + to_string(k) + "\"");
+  }
+  metrics.add_callback("couchgate_sources", "Known source databases", [this] { return double(counts().known); });
+  metrics.add_callback("couchgate_sources_dirty", "Source databases waiting for a turn", [this] { return double(counts().dirty); });
+  metrics.add_callback("couchgate_sources_active", "Source databases in a running round", [this] { return double(counts().active); });
+  metrics.add_callback("couchgate_sources_backing_off", "Source databases backing off after an error",
+                       [this] { return double(counts().backing_off); });
+  metrics.add_callback("couchgate_replication_lag_max_seconds", "Largest replication lag observed", [this] { return lag_.max(); });
+  metrics.add_callback("couchgate_replication_lag_p99_seconds", "99th percentile replication lag (from the histogram)",
+                       [this] { return lag_.quantile(0.99); });
+}
+
+fanin::~fanin() { stop(); }
+
+void fanin::add_source(const std::string& db, const policy::owner& owner) {
+  std::lock_guard lk(mu_);
+  auto [it, fresh] = sources_.try_emplace(db);
+  it->second.owner = owner;
+  if (fresh) {
+    it->second.dirty_since = std::chrono::steady_clock::now();
+    sched_.mark_dirty(db, sched_clock::now());
+    cv_.notify_one();
+  }
+}
+
+void fanin::remove_source(const std::string& db) {
+  std::lock_guard lk(mu_);
+  sources_.erase(db);
+  sched_.remove(db);
+}
+
+void fanin::source_recreated(const std::string& db) {
+  auto r = state_.reset_checkpoint(db);
+  if (!r.ok()) log()->warn("db={} could not reset checkpoint after recreation: {}", db, r.error().describe());
+  mark_dirty(db);
+}
+
+bool fanin::mark_dirty(const std::string& db) {
+  std::lock_guard lk(mu_);
+  auto it = sources_.find(db);
+  if (it == sources_.end()) return false;
+  if (!it->second.dirty_since) it->second.dirty_since = std::chrono::steady_clock::now();
+  sched_.mark_dirty(db, sched_clock::now());
+  cv_.notify_one();
+  return true;
+}
+
+void fanin::mark_all_dirty() {
+  std::lock_guard lk(mu_);
+  auto now = sched_clock::now();
+  for (auto& [db, s] : sources_) {
+    if (!s.dirty_since) s.dirty_since = std::chrono::steady_clock::now();
+    sched_.mark_dirty(db, now);
+  }
+  cv_.notify_all();
+}
+
+bool fanin::knows(const std::string& db) const {
+  std::lock_guard lk(mu_);
+  return sources_.count(db) > 0;
+}
+
+std::vector<std::string> fanin::sources() const {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> out;
+  out.reserve(sources_.size());
+  for (const auto& [db, s] : sources_) out.push_back(db);
+  return out;
+}
+
+void fanin::start() {
+  std::lock_guard lk(mu_);
+  stopping_ = false;
+  for (std::size_t i = 0; i < std::max<std::size_t>(1, opts_.workers); ++i) threads_.emplace_back([this] { worker(); });
+}
+
+void fanin::stop() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+}
+
+std::optional<source_status> fanin::status(const std::string& db) const {
+  std::optional<source_status> out;
+  {
+    std::lock_guard lk(mu_);
+    auto it = sources_.find(db);
+    if (it == sources_.end()) return out;
+    out.emplace();
+    out->db = db;
+    out->owner = it->second.owner;
+    out->docs_written = it->second.docs_written;
+    out->last_success = it->second.last_success;
+    out->last_error = it->second.last_error;
+    out->failures = sched_.failures(db);
+    out->active = sched_.is_active(db);
+  }
+  auto cp = state_.checkpoint(db);
+  out->checkpoint = cp ? *cp : json(nullptr);
+  return out;
+}
+
+scheduler::counts fanin::counts() const {
+  std::lock_guard lk(mu_);
+  return sched_.count(sched_clock::now());
+}
+
+bool fanin::idle() const {
+  auto c = counts();
+  return c.dirty == 0 && c.active == 0 && c.backing_off == 0;
+}
+
+void fanin::worker() {
+  const std::size_t per_round = std::max<std::size_t>(1, opts_.max_active / std::max<std::size_t>(1, opts_.workers));
+  std::unique_lock lk(mu_);
+  while (!stopping_) {
+    auto batch = sched_.take(per_round, sched_clock::now());
+    if (batch.empty()) {
+      auto wake = sched_.next_wakeup();
+      if (wake) cv_.wait_until(lk, *wake);
+      else cv_.wait_for(lk, std::chrono::seconds(5));
+      continue;
+    }
+    lk.unlock();
+    run_round(batch);
+    lk.lock();
+  }
+}
+
+void fanin::run_round(const std::vector<std::string>& dbs) {
+  rounds_.inc();
+  struct turn {
+    std::string db;
+    policy::owner owner;
+    json since;
+    pending_json call;
+    std::optional<feed_page> page;
+    std::optional<couch_error> error;
+    bool removed = false;
+  };
+  std::vector<turn> turns;
+  turns.reserve(dbs.size());
+  std::vector<std::string> refresh;
+  {
+    std::lock_guard lk(mu_);
+    for (const auto& db : dbs) {
+      auto it = sources_.find(db);
+      if (it == sources_.end()) continue;
+      turn t;
+      t.db = db;
+      t.owner = it->second.owner;
+      if (it->second.needs_refresh) refresh.push_back(db);
+      it->second.needs_refresh = false;
+      turns.push_back(std::move(t));
+    }
+  }
+  for (const auto& db : refresh) (void)state_.refresh_checkpoint(db);
+
+  // 1. One _changes per source, all in flight together.
+  for (auto& t : turns) {
+    auto cp = state_.checkpoint(t.db);
+    t.since = cp ? *cp : json(0);
+    changes_query q;
+    q.since = t.since;
+    q.limit = opts_.turn_docs;
+    t.call = client_.changes(t.db, q);
+  }
+  std::size_t requests = turns.size();
+  std::vector<change_row> rows;
+  std::size_t skipped = 0;
+  for (auto& t : turns) {
+    auto answer = t.call.get();
+    if (!answer.ok()) {
+      if (answer.error().kind == couch_error_kind::not_found) t.removed = true;
+      else t.error = answer.error();
+      continue;
+    }
+    auto page = parse_changes(answer.value());
+    if (!page.ok()) {
+      t.error = page.error();
+      continue;
+    }
+    for (auto& c : page.value().changes) {
+      auto central = policy::to_central_id(opts_.ids, t.owner, c.id);
+      if (!central) {
+        ++skipped;
+        continue;
+      }
+      rows.push_back(change_row{t.db, t.db, c.id, opts_.central_db, std::move(*central), std::move(c.revs)});
+    }
+    t.page = std::move(page.value());
+  }
+  if (skipped) skipped_design_.inc(skipped);
+
+  // 2. The coalesced protocol round against the central database.
+  transfer_result res = transfer(client_, rows, opts_.transfer, caps_);
+  requests += res.requests;
+  docs_.inc(res.docs_written);
+  bytes_.inc(res.bytes_written);
+
+  // 3. Checkpoint every source whose documents all arrived.
+  std::vector<std::pair<std::string, json>> cps;
+  for (auto& t : turns) {
+    if (t.removed || t.error || !t.page) continue;
+    if (auto f = res.failed.find(t.db); f != res.failed.end()) {
+      t.error = f->second;
+      continue;
+    }
+    if (!t.page->last_seq.is_null() && t.page->last_seq != t.since) cps.emplace_back(t.db, t.page->last_seq);
+  }
+  if (!cps.empty()) {
+    ++requests;
+    auto saved = state_.save_checkpoints(cps);
+    if (!saved.ok()) {
+      for (auto& t : turns) {
+        if (!t.error && !t.removed && t.page) t.error = saved.error();
+      }
+    }
+  }
+  central_requests_.inc(requests);
+
+  // 4. Tell the scheduler.
+  std::lock_guard lk(mu_);
+  auto now = sched_clock::now();
+  for (auto& t : turns) {
+    auto it = sources_.find(t.db);
+    if (t.removed) {
+      log()->info("db={} is gone; dropped from fan-in", t.db);
+      if (it != sources_.end()) sources_.erase(it);
+      sched_.remove(t.db);
+      continue;
+    }
+    if (it == sources_.end()) continue;  // removed while the round ran
+    auto& s = it->second;
+    if (t.error) {
+      errors_[t.error->kind]->inc();
+      auto delay = sched_.fail(t.db, now);
+      if (s.last_error != t.error->describe() || s.docs_written == 0) {
+        log()->warn("db={} replication failed: {} (retry in {} ms)", t.db, t.error->describe(), delay.count());
+      }
+      s.last_error = t.error->describe();
+      continue;
+    }
+    bool more = t.page->changes.size() >= opts_.turn_docs;
+    if (auto w = res.written_by_unit.find(t.db); w != res.written_by_unit.end()) s.docs_written += w->second;
+    s.last_success = std::chrono::system_clock::now();
+    s.last_error.clear();
+    sched_.complete(t.db, more, now);
+    if (!more && s.dirty_since) {
+      lag_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - *s.dirty_since).count());
+      s.dirty_since.reset();
+    }
+  }
+  cv_.notify_all();
+}
+
+}  // namespace couchgate::replicator

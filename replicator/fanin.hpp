@@ -1,0 +1,106 @@
+#pragma once
+// Owns: continuous one-way replication of every known source database (user databases and the
+// shared database) into the central database. Change detection (db_updates or sweep) calls
+// mark_dirty; worker threads take dirty databases from the scheduler, a batch at a time, and
+// run one transfer() round for the whole batch: one `_changes` per source, then coalesced
+// `_revs_diff` / `_bulk_docs` on the central database, then one batched checkpoint write.
+// Checkpoints advance only after the central database acknowledged the documents.
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "policy/id_map.hpp"
+#include "replicator/couch_client.hpp"
+#include "replicator/metrics.hpp"
+#include "replicator/scheduler.hpp"
+#include "replicator/state_store.hpp"
+#include "replicator/transfer.hpp"
+
+namespace couchgate::replicator {
+
+struct fanin_options {
+  std::string central_db;
+  policy::id_mode ids = policy::id_mode::namespaced;
+  std::size_t max_active = 32;
+  std::size_t workers = 2;       // rounds in flight at once
+  std::size_t turn_docs = 500;   // changes per source per turn
+  transfer_options transfer{};
+  backoff_policy backoff{};
+};
+
+struct source_status {
+  std::string db;
+  policy::owner owner;
+  json checkpoint;                 // null when none yet
+  std::uint64_t docs_written = 0;
+  std::optional<std::chrono::system_clock::time_point> last_success;
+  std::string last_error;
+  std::uint32_t failures = 0;
+  bool active = false;
+};
+
+class fanin {
+ public:
+  fanin(couch_client& client, state_store& state, registry& metrics, fanin_options opts);
+  ~fanin();
+
+  // Known sources. add_source marks the database dirty (a first turn catches it up).
+  void add_source(const std::string& db, const policy::owner& owner);
+  void remove_source(const std::string& db);
+  // The database was deleted and created again: its old checkpoint means nothing now.
+  void source_recreated(const std::string& db);
+  // Returns false for databases that are not sources.
+  bool mark_dirty(const std::string& db);
+  void mark_all_dirty();
+  bool knows(const std::string& db) const;
+  std::vector<std::string> sources() const;
+
+  void start();
+  void stop();
+
+  std::optional<source_status> status(const std::string& db) const;
+  scheduler::counts counts() const;
+  // True when no database is dirty, active or backing off.
+  bool idle() const;
+
+ private:
+  struct source {
+    policy::owner owner;
+    std::uint64_t docs_written = 0;
+    std::optional<std::chrono::system_clock::time_point> last_success;
+    std::string last_error;
+    std::optional<std::chrono::steady_clock::time_point> dirty_since;
+    bool needs_refresh = false;  // re-read the checkpoint from the state db before the next turn
+  };
+  void worker();
+  void run_round(const std::vector<std::string>& dbs);
+
+  couch_client& client_;
+  state_store& state_;
+  fanin_options opts_;
+  protocol_caps caps_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  scheduler sched_;
+  std::unordered_map<std::string, source> sources_;
+  std::vector<std::thread> threads_;
+
+  counter& docs_;
+  counter& bytes_;
+  counter& rounds_;
+  counter& central_requests_;
+  std::map<couch_error_kind, counter*> errors_;
+  counter& skipped_design_;
+  histogram& lag_;
+};
+
+}  // namespace couchgate::replicator

@@ -1,0 +1,277 @@
+// Owns: the libcurl multi loop behind http_pool (see http_pool.hpp).
+#include "replicator/http_pool.hpp"
+
+#include <curl/curl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <deque>
+#include <unordered_map>
+
+namespace couchgate::replicator {
+
+namespace {
+
+struct transfer {
+  http_request req;
+  http_pool::callback done;
+  CURL* easy = nullptr;
+  curl_slist* headers = nullptr;
+  http_response resp;
+  char errbuf[CURL_ERROR_SIZE] = {0};
+};
+
+size_t on_write(char* ptr, size_t size, size_t nmemb, void* userdata) {
+  auto* t = static_cast<transfer*>(userdata);
+  t->resp.body.append(ptr, size * nmemb);
+  return size * nmemb;
+}
+
+std::once_flag curl_global_once;
+
+}  // namespace
+
+struct http_pool::impl {
+  options opts;
+  CURLM* multi = nullptr;
+  std::thread loop;
+  mutable std::mutex mu;
+  std::deque<std::unique_ptr<transfer>> pending;  // guarded by mu
+  bool stopping = false;                          // guarded by mu
+  std::atomic<std::uint64_t> requests{0}, transport_errors{0}, sockets_opened{0};
+  std::atomic<std::int64_t> open_sockets{0}, peak_sockets{0}, in_flight{0};
+
+  static curl_socket_t open_socket(void* clientp, curlsocktype, curl_sockaddr* addr) {
+    auto* self = static_cast<impl*>(clientp);
+    curl_socket_t fd = ::socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    if (fd != CURL_SOCKET_BAD) {
+      auto now = ++self->open_sockets;
+      ++self->sockets_opened;
+      auto peak = self->peak_sockets.load();
+      while (now > peak && !self->peak_sockets.compare_exchange_weak(peak, now)) {
+      }
+    }
+    return fd;
+  }
+  static int close_socket(void* clientp, curl_socket_t fd) {
+    auto* self = static_cast<impl*>(clientp);
+    --self->open_sockets;
+    return ::close(fd);
+  }
+
+  void start(transfer* t) {
+    CURL* e = curl_easy_init();
+    t->easy = e;
+    std::string url = opts.base_url + t->req.target;
+    curl_easy_setopt(e, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, opts.user_agent.c_str());
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(t->req.timeout.count()));
+    if (t->req.idle_timeout.count() > 0) {
+      curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+      long secs = static_cast<long>((t->req.idle_timeout.count() + 999) / 1000);
+      curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, secs);
+    }
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &impl::open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &impl::close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, this);
+    if (!opts.username.empty()) {
+      curl_easy_setopt(e, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+      curl_easy_setopt(e, CURLOPT_USERNAME, opts.username.c_str());
+      curl_easy_setopt(e, CURLOPT_PASSWORD, opts.password.c_str());
+    }
+    t->headers = curl_slist_append(t->headers, ("Accept: " + t->req.accept).c_str());
+    t->headers = curl_slist_append(t->headers, "Expect:");  // no 100-continue round trip
+    const auto& m = t->req.method;
+    if (m == "GET") {
+      curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else if (m == "HEAD") {
+      curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else {
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
+      if (!t->req.body.empty() || m == "POST" || m == "PUT") {
+        t->headers = curl_slist_append(t->headers, ("Content-Type: " + t->req.content_type).c_str());
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->req.body.data());
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->req.body.size()));
+      }
+    }
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+    ++requests;
+    ++in_flight;
+    curl_multi_add_handle(multi, e);
+  }
+
+  void finish(transfer* t, CURLcode rc) {
+    if (rc == CURLE_OK) {
+      curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->resp.status);
+    } else {
+      ++transport_errors;
+      t->resp.kind = (rc == CURLE_OPERATION_TIMEDOUT) ? error_kind::timeout : error_kind::network;
+      t->resp.error = t->errbuf[0] ? std::string(t->errbuf) : std::string(curl_easy_strerror(rc));
+    }
+    curl_multi_remove_handle(multi, t->easy);
+    curl_easy_cleanup(t->easy);
+    curl_slist_free_all(t->headers);
+    --in_flight;
+  }
+
+  void run() {
+    std::unordered_map<transfer*, std::unique_ptr<transfer>> active;
+    for (;;) {
+      std::deque<std::unique_ptr<transfer>> fresh;
+      bool stop;
+      {
+        std::lock_guard lk(mu);
+        fresh.swap(pending);
+        stop = stopping;
+      }
+      if (stop) {
+        for (auto& t : fresh) cancel(*t);
+        for (auto& entry : active) {
+          auto& t = entry.second;
+          curl_multi_remove_handle(multi, t->easy);
+          curl_easy_cleanup(t->easy);
+          curl_slist_free_all(t->headers);
+          --in_flight;
+          cancel(*t);
+        }
+        return;
+      }
+      for (auto& t : fresh) {
+        start(t.get());
+        auto* key = t.get();
+        active.emplace(key, std::move(t));
+      }
+      int running = 0;
+      curl_multi_perform(multi, &running);
+      int left = 0;
+      while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        transfer* t = nullptr;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &t);
+        finish(t, msg->data.result);
+        auto it = active.find(t);
+        if (it == active.end()) continue;
+        auto owned = std::move(it->second);
+        active.erase(it);
+        if (owned->done) owned->done(std::move(owned->resp));
+      }
+      curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
+    }
+  }
+
+  static void cancel(transfer& t) {
+    t.resp.kind = error_kind::cancelled;
+    t.resp.error = "couchgate is shutting down";
+    if (t.done) t.done(std::move(t.resp));
+  }
+};
+
+http_pool::http_pool(options opts) : opts_(std::move(opts)), impl_(std::make_unique<impl>()) {
+  std::call_once(curl_global_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  while (!opts_.base_url.empty() && opts_.base_url.back() == '/') opts_.base_url.pop_back();
+  impl_->opts = opts_;
+  impl_->multi = curl_multi_init();
+  const long cap = static_cast<long>(opts_.max_connections);
+  curl_multi_setopt(impl_->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, cap);
+  curl_multi_setopt(impl_->multi, CURLMOPT_MAX_HOST_CONNECTIONS, cap);
+  curl_multi_setopt(impl_->multi, CURLMOPT_MAXCONNECTS, cap);
+  curl_multi_setopt(impl_->multi, CURLMOPT_PIPELINING, CURLPIPE_NOTHING);
+  impl_->loop = std::thread([this] { impl_->run(); });
+}
+
+http_pool::~http_pool() {
+  shutdown();
+  curl_multi_cleanup(impl_->multi);
+}
+
+void http_pool::shutdown() {
+  {
+    std::lock_guard lk(impl_->mu);
+    if (impl_->stopping && !impl_->loop.joinable()) return;
+    impl_->stopping = true;
+  }
+  curl_multi_wakeup(impl_->multi);
+  if (impl_->loop.joinable()) impl_->loop.join();
+  // Anything submitted after the loop ended is cancelled right away in submit().
+}
+
+void http_pool::submit(http_request req, callback done) {
+  auto t = std::make_unique<transfer>();
+  t->req = std::move(req);
+  t->done = std::move(done);
+  {
+    std::lock_guard lk(impl_->mu);
+    if (!impl_->stopping) {
+      impl_->pending.push_back(std::move(t));
+    }
+  }
+  if (t) {
+    impl::cancel(*t);
+    return;
+  }
+  curl_multi_wakeup(impl_->multi);
+}
+
+std::future<http_response> http_pool::request(http_request req) {
+  auto p = std::make_shared<std::promise<http_response>>();
+  auto f = p->get_future();
+  submit(std::move(req), [p](http_response r) { p->set_value(std::move(r)); });
+  return f;
+}
+
+http_pool_stats http_pool::stats() const {
+  http_pool_stats s;
+  s.requests = impl_->requests.load();
+  s.transport_errors = impl_->transport_errors.load();
+  s.open_sockets = impl_->open_sockets.load();
+  s.peak_sockets = impl_->peak_sockets.load();
+  s.sockets_opened = impl_->sockets_opened.load();
+  s.in_flight = impl_->in_flight.load();
+  return s;
+}
+
+namespace {
+bool unreserved(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '_' || c == '.' || c == '~';
+}
+}  // namespace
+
+std::string encode_segment(std::string_view s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size() * 3);
+  for (unsigned char c : s) {
+    if (unreserved(c)) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    }
+  }
+  return out;
+}
+
+std::string encode_doc_id(std::string_view id) {
+  for (std::string_view prefix : {std::string_view("_design/"), std::string_view("_local/")}) {
+    if (id.substr(0, prefix.size()) == prefix) {
+      return std::string(prefix) + encode_segment(id.substr(prefix.size()));
+    }
+  }
+  return encode_segment(id);
+}
+
+std::string encode_query_value(std::string_view s) { return encode_segment(s); }
+
+}  // namespace couchgate::replicator

@@ -1,0 +1,335 @@
+// Implementation of the integration test harness (see harness.hpp).
+#include "tests/support/harness.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace couchgate::test {
+
+namespace {
+std::string getenv_or(const char* k, const std::string& d) {
+  const char* v = std::getenv(k);
+  return v && *v ? std::string(v) : d;
+}
+std::string read_file(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+const server_env& env() {
+  static server_env e = [] {
+    server_env s;
+    s.url = getenv_or("COUCHDB_URL", "");
+    if (s.url.empty()) throw std::runtime_error("COUCHDB_URL is not set: run the tests through tests/run.sh");
+    s.user = getenv_or("COUCHDB_USER", "");
+    s.password = getenv_or("COUCHDB_PASSWORD", "");
+    // Credentials inside the URL: split them out.
+    auto scheme = s.url.find("://");
+    auto at = s.url.find('@', scheme + 3);
+    if (at != std::string::npos) {
+      std::string userinfo = s.url.substr(scheme + 3, at - scheme - 3);
+      auto colon = userinfo.find(':');
+      if (s.user.empty()) s.user = userinfo.substr(0, colon);
+      if (s.password.empty() && colon != std::string::npos) s.password = userinfo.substr(colon + 1);
+      s.url = s.url.substr(0, scheme + 3) + s.url.substr(at + 1);
+    }
+    while (!s.url.empty() && s.url.back() == '/') s.url.pop_back();
+    std::string hostport = s.url.substr(scheme + 3);
+    auto slash = hostport.find('/');
+    if (slash != std::string::npos) hostport = hostport.substr(0, slash);
+    auto colon = hostport.rfind(':');
+    s.host = hostport.substr(0, colon);
+    s.port = colon == std::string::npos ? 80 : std::stoi(hostport.substr(colon + 1));
+    s.pouchdb = getenv_or("COUCHGATE_TEST_SERVER", "") == "pouchdb";
+    return s;
+  }();
+  return e;
+}
+
+couch::couch() : user_(env().user), password_(env().password) {}
+couch::couch(std::string user, std::string password) : user_(std::move(user)), password_(std::move(password)) {}
+
+reply couch::call(const std::string& method, const std::string& target, const std::string* body) const {
+  httplib::Client cli(env().host, env().port);
+  cli.set_connection_timeout(10);
+  cli.set_read_timeout(60);
+  if (!user_.empty()) cli.set_basic_auth(user_.c_str(), password_.c_str());
+  httplib::Headers h{{"Accept", "application/json"}};
+  httplib::Result res{nullptr, httplib::Error::Unknown};
+  if (method == "GET") res = cli.Get(target.c_str(), h);
+  else if (method == "DELETE") res = cli.Delete(target.c_str(), h);
+  else if (method == "PUT") res = cli.Put(target.c_str(), h, body ? *body : std::string(), "application/json");
+  else res = cli.Post(target.c_str(), h, body ? *body : std::string(), "application/json");
+  reply r;
+  if (!res) return r;
+  r.status = res->status;
+  r.raw = res->body;
+  r.body = json::parse(res->body, nullptr, false);
+  return r;
+}
+
+reply couch::get(const std::string& target) const { return call("GET", target, nullptr); }
+reply couch::put(const std::string& target, const json& body) const {
+  std::string b = body.dump();
+  return call("PUT", target, &b);
+}
+reply couch::post(const std::string& target, const json& body) const {
+  std::string b = body.dump();
+  return call("POST", target, &b);
+}
+reply couch::del(const std::string& target) const { return call("DELETE", target, nullptr); }
+
+std::string enc(const std::string& s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') out.push_back(static_cast<char>(c));
+    else {
+      out.push_back('%');
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    }
+  }
+  return out;
+}
+
+std::string unique(const std::string& stem) {
+  static std::atomic<int> n{0};
+  static const std::string run = [] {
+    std::mt19937 rng(std::random_device{}());
+    std::string s;
+    for (int i = 0; i < 6; ++i) s.push_back("abcdefghijklmnopqrstuvwxyz"[rng() % 26]);
+    return s;
+  }();
+  return stem + "-" + run + std::to_string(++n);
+}
+
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  for (;;) {
+    if (pred()) return true;
+    if (std::chrono::steady_clock::now() >= end) return pred();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+bool server_alive() { return couch().get("/").status == 200; }
+
+reply create_user(const std::string& name, const std::vector<std::string>& roles, const std::string& password) {
+  json doc{{"_id", "org.couchdb.user:" + name}, {"name", name}, {"type", "user"}, {"roles", roles}, {"password", password}};
+  return couch().put("/_users/" + enc("org.couchdb.user:" + name), doc);
+}
+
+reply delete_user(const std::string& name) {
+  couch c;
+  auto cur = c.get("/_users/" + enc("org.couchdb.user:" + name));
+  if (cur.status != 200) return cur;
+  return c.del("/_users/" + enc("org.couchdb.user:" + name) + "?rev=" + enc(cur.body["_rev"].get<std::string>()));
+}
+
+names fresh_names(const std::string& stem) {
+  std::string u = unique(stem);
+  return names{"t" + u + "-userdb-", "t" + u + "-state", "t" + u + "-central", "role-" + u};
+}
+
+json base_config(const names& n) {
+  return json{
+      {"couchdb", {{"request_timeout", "30s"}, {"feed_timeout", "10s"}, {"heartbeat", "1s"}}},
+      {"state_db", n.state},
+      {"provisioning",
+       {{"db_prefix", n.prefix}, {"select", {{"roles_any", {n.role}}}}, {"reconcile_interval", "10m"}, {"batch", 200}}},
+      {"fanin", {{"central_db", n.central}, {"max_connections", 8}, {"sweep_interval", "200ms"}, {"sweep_rate", 2000}}},
+      {"admin_api", {{"address", "127.0.0.1"}, {"port", 0}}},
+      {"log", {{"level", "debug"}}},
+  };
+}
+
+couchgate_process::couchgate_process(json config, std::map<std::string, std::string> extra_env)
+    : config_(std::move(config)), env_(std::move(extra_env)) {
+  char tmpl[] = "/tmp/couchgate-test-XXXXXX";
+  dir_ = mkdtemp(tmpl);
+  config_["admin_api"]["port_file"] = dir_ + "/port";
+  std::ofstream(dir_ + "/config.yaml") << config_.dump(2) << "\n";
+}
+
+couchgate_process::~couchgate_process() {
+  if (pid_ > 0) kill9();
+}
+
+void couchgate_process::start() {
+  std::remove((dir_ + "/port").c_str());
+  port_ = 0;
+  pid_t child = fork();
+  if (child == 0) {
+    int err = open((dir_ + "/stderr.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int out = open((dir_ + "/stdout.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(err, 2);
+    dup2(out, 1);
+    for (const auto& [k, v] : env_) setenv(k.c_str(), v.c_str(), 1);
+    std::string cfg = dir_ + "/config.yaml";
+    execl(COUCHGATE_BINARY, COUCHGATE_BINARY, "run", "--config", cfg.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  pid_ = child;
+}
+
+bool couchgate_process::running() {
+  if (pid_ <= 0) return false;
+  int status = 0;
+  if (waitpid(pid_, &status, WNOHANG) == pid_) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+bool couchgate_process::wait_ready(std::chrono::milliseconds deadline) {
+  return eventually(
+      [this] {
+        if (!running()) return false;
+        if (port_ == 0) {
+          std::string p = read_file(dir_ + "/port");
+          if (p.empty()) return false;
+          port_ = std::atoi(p.c_str());
+        }
+        return admin_get("/readyz").status == 200;
+      },
+      deadline);
+}
+
+void couchgate_process::kill9() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+int couchgate_process::terminate() {
+  if (pid_ <= 0) return -1;
+  ::kill(pid_, SIGTERM);
+  int status = 0;
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (waitpid(pid_, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > end) {
+      ::kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+      pid_ = -1;
+      return -9;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+reply couchgate_process::admin_get(const std::string& target) const {
+  reply r;
+  if (port_ == 0) return r;
+  httplib::Client cli("127.0.0.1", port_);
+  cli.set_read_timeout(30);
+  auto res = cli.Get(target.c_str());
+  if (!res) return r;
+  r.status = res->status;
+  r.raw = res->body;
+  r.body = json::parse(res->body, nullptr, false);
+  return r;
+}
+
+std::optional<double> couchgate_process::metric(const std::string& name, const std::string& labels) const {
+  auto r = admin_get("/metrics");
+  if (r.status != 200) return std::nullopt;
+  std::istringstream in(r.raw);
+  std::string line;
+  std::optional<double> sum;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    auto sp = line.rfind(' ');
+    std::string key = line.substr(0, sp);
+    std::string base = key.substr(0, key.find('{'));
+    if (base != name) continue;
+    if (!labels.empty() && key.find(labels) == std::string::npos) continue;
+    sum = sum.value_or(0) + std::stod(line.substr(sp + 1));
+  }
+  return sum;
+}
+
+std::string couchgate_process::log() const { return read_file(dir_ + "/stderr.log"); }
+
+int connections_to_server(pid_t pid) {
+  // Socket inodes this process holds.
+  std::vector<std::string> inodes;
+  std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  if (DIR* d = opendir(fd_dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      char buf[256];
+      std::string link = fd_dir + "/" + e->d_name;
+      ssize_t n = readlink(link.c_str(), buf, sizeof buf - 1);
+      if (n <= 0) continue;
+      buf[n] = 0;
+      std::string target(buf);
+      if (target.rfind("socket:[", 0) == 0) inodes.push_back(target.substr(8, target.size() - 9));
+    }
+    closedir(d);
+  }
+  int count = 0;
+  char port_hex[8];
+  std::snprintf(port_hex, sizeof port_hex, "%04X", env().port);
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream f(table);
+    std::string line;
+    std::getline(f, line);  // header
+    while (std::getline(f, line)) {
+      std::istringstream ls(line);
+      std::string sl, local, remote, st, queues, tr, retr, uid, timeout, inode;
+      ls >> sl >> local >> remote >> st >> queues >> tr >> retr >> uid >> timeout >> inode;
+      if (st != "01") continue;  // ESTABLISHED
+      if (remote.substr(remote.find(':') + 1) != port_hex) continue;
+      if (std::find(inodes.begin(), inodes.end(), inode) != inodes.end()) ++count;
+    }
+  }
+  return count;
+}
+
+run_result run_couchgate(const std::vector<std::string>& args, const std::map<std::string, std::string>& extra_env) {
+  char tmpl[] = "/tmp/couchgate-run-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  pid_t child = fork();
+  if (child == 0) {
+    int out = open((dir + "/out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = open((dir + "/err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(out, 1);
+    dup2(err, 2);
+    for (const auto& [k, v] : extra_env) setenv(k.c_str(), v.c_str(), 1);
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(COUCHGATE_BINARY));
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(COUCHGATE_BINARY, argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  run_result r;
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_file(dir + "/out");
+  r.err = read_file(dir + "/err");
+  return r;
+}
+
+}  // namespace couchgate::test

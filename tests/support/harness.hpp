@@ -1,0 +1,113 @@
+#pragma once
+// Test-side support for integration tests: a small CouchDB client of its own (cpp-httplib, not
+// couchgate's code, so a bug in couchgate's client cannot hide itself), unique names, polling
+// with deadlines, a couchgate child process, and counting a process's sockets from /proc.
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace couchgate::test {
+
+using json = nlohmann::json;
+
+struct server_env {
+  std::string url;       // http://host:port, no credentials
+  std::string host;
+  int port = 0;
+  std::string user, password;
+  bool pouchdb = false;  // COUCHGATE_TEST_SERVER=pouchdb: adapt to its documented gaps
+};
+const server_env& env();
+
+struct reply {
+  int status = 0;  // 0 = transport failure
+  json body;       // discarded JSON when the body was not JSON
+  std::string raw;
+};
+
+class couch {
+ public:
+  // Admin by default; pass name/password for a user, or empty name for anonymous.
+  couch();
+  couch(std::string user, std::string password);
+  reply get(const std::string& target) const;
+  reply put(const std::string& target, const json& body) const;
+  reply post(const std::string& target, const json& body) const;
+  reply del(const std::string& target) const;
+
+ private:
+  reply call(const std::string& method, const std::string& target, const std::string* body) const;
+  std::string user_, password_;
+};
+
+std::string enc(const std::string& s);  // percent-encode a path segment
+std::string unique(const std::string& stem);  // lowercase, unique per run and call
+
+// Polls pred every 50 ms until it is true or the deadline passes. Returns pred's last value.
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds deadline);
+
+// True when the server answers GET /.
+bool server_alive();
+
+// Creates a `_users` document (admin write).
+reply create_user(const std::string& name, const std::vector<std::string>& roles, const std::string& password = "pw-123456");
+reply delete_user(const std::string& name);
+
+// couchgate as a child process with a generated YAML config.
+class couchgate_process {
+ public:
+  explicit couchgate_process(json config, std::map<std::string, std::string> extra_env = {});
+  ~couchgate_process();
+  couchgate_process(const couchgate_process&) = delete;
+  couchgate_process& operator=(const couchgate_process&) = delete;
+
+  void start();
+  bool wait_ready(std::chrono::milliseconds deadline);
+  void kill9();
+  int terminate();  // SIGTERM and wait; returns the exit status
+  bool running();
+  pid_t pid() const { return pid_; }
+  int admin_port() const { return port_; }
+  reply admin_get(const std::string& target) const;
+  // A metric's value (sum over its label sets), or nullopt when absent.
+  std::optional<double> metric(const std::string& name, const std::string& labels = {}) const;
+  std::string log() const;  // its stderr so far
+  const std::string& dir() const { return dir_; }
+
+ private:
+  json config_;
+  std::map<std::string, std::string> env_;
+  std::string dir_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+// The YAML every test starts from: credentials come from the environment, the admin API on a
+// free port, names unique to the test.
+struct names {
+  std::string prefix;   // user db prefix
+  std::string state;
+  std::string central;
+  std::string role;     // selection role
+};
+names fresh_names(const std::string& stem);
+// A config object (JSON is valid YAML) that tests adjust before starting couchgate.
+json base_config(const names& n);
+
+// Established TCP connections from pid to the test server's port, read from /proc.
+int connections_to_server(pid_t pid);
+
+// Runs `couchgate ARGS...` to completion; returns exit status, stdout and stderr.
+struct run_result {
+  int status = -1;
+  std::string out, err;
+};
+run_result run_couchgate(const std::vector<std::string>& args, const std::map<std::string, std::string>& extra_env = {});
+
+}  // namespace couchgate::test

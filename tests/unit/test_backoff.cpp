@@ -1,0 +1,91 @@
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "replicator/backoff.hpp"
+
+using couchgate::replicator::backoff_delay;
+using couchgate::replicator::backoff_policy;
+using std::chrono::milliseconds;
+
+namespace {
+auto fixed(double v) {
+  return [v] { return v; };
+}
+}  // namespace
+
+TEST_CASE("backoff_delay: exact values with rnd=0.5 grow exponentially and cap") {
+  const backoff_policy p{};  // base 250ms, cap 30s
+  const std::vector<std::int64_t> expected{187, 375, 750, 1500, 3000, 6000, 12000, 22500, 22500};
+  for (std::uint32_t f = 1; f <= expected.size(); ++f) {
+    CAPTURE(f);
+    CHECK(backoff_delay(p, f, fixed(0.5)) == milliseconds{expected[f - 1]});
+  }
+  const backoff_policy round{milliseconds{1000}, milliseconds{8000}};
+  CHECK(backoff_delay(round, 1, fixed(0.5)) == milliseconds{750});
+  CHECK(backoff_delay(round, 2, fixed(0.5)) == milliseconds{1500});
+  CHECK(backoff_delay(round, 3, fixed(0.5)) == milliseconds{3000});
+  CHECK(backoff_delay(round, 4, fixed(0.5)) == milliseconds{6000});
+  CHECK(backoff_delay(round, 5, fixed(0.5)) == milliseconds{6000});
+}
+
+TEST_CASE("backoff_delay: jitter spans [d/2, d)") {
+  const backoff_policy p{milliseconds{1000}, milliseconds{8000}};
+  CHECK(backoff_delay(p, 1, fixed(0.0)) == milliseconds{500});
+  CHECK(backoff_delay(p, 1, fixed(0.999)) == milliseconds{999});
+  CHECK(backoff_delay(p, 10, fixed(0.0)) == milliseconds{4000});
+  CHECK(backoff_delay(p, 10, fixed(std::nextafter(1.0, 0.0))) == milliseconds{7999});
+}
+
+TEST_CASE("backoff_delay: failures==0 is treated as 1") {
+  const backoff_policy p{};
+  CHECK(backoff_delay(p, 0, fixed(0.5)) == backoff_delay(p, 1, fixed(0.5)));
+}
+
+TEST_CASE("backoff_delay: huge failure counts do not overflow") {
+  const backoff_policy p{};
+  for (std::uint32_t f : {31u, 32u, 33u, 63u, 64u, 65u, 1000u, std::numeric_limits<std::uint32_t>::max()}) {
+    CAPTURE(f);
+    CHECK(backoff_delay(p, f, fixed(0.0)) == milliseconds{15000});
+    CHECK(backoff_delay(p, f, fixed(0.5)) == milliseconds{22500});
+  }
+  // A cap near the representable maximum: doubling must stop at the cap, not wrap.
+  const auto max = milliseconds::max();
+  const backoff_policy big{milliseconds{1}, max};
+  CHECK(backoff_delay(big, 1000, fixed(0.0)) == milliseconds{max.count() / 2});
+  const auto top = backoff_delay(big, 1000, fixed(0.999999));
+  CHECK(top > milliseconds{max.count() / 2});
+  CHECK(top <= max);
+  const backoff_policy big_base{milliseconds{max.count() / 3}, max};
+  CHECK(backoff_delay(big_base, 2, fixed(0.0)) == milliseconds{(max.count() / 3 * 2) / 2});
+  CHECK(backoff_delay(big_base, 3, fixed(0.0)) == milliseconds{max.count() / 2});
+}
+
+TEST_CASE("backoff_delay: never zero, never above cap") {
+  CHECK(backoff_delay({milliseconds{1}, milliseconds{30000}}, 1, fixed(0.0)) == milliseconds{1});
+  CHECK(backoff_delay({milliseconds{0}, milliseconds{30000}}, 5, fixed(0.5)) == milliseconds{1});
+  CHECK(backoff_delay({milliseconds{-5}, milliseconds{30000}}, 5, fixed(0.5)) == milliseconds{1});
+  // base above cap: capped from the first retry.
+  CHECK(backoff_delay({milliseconds{10000}, milliseconds{2000}}, 1, fixed(0.5)) == milliseconds{1500});
+  // Sweep: always within [1ms, cap].
+  const backoff_policy p{milliseconds{3}, milliseconds{1001}};
+  for (std::uint32_t f = 0; f < 40; ++f) {
+    for (double r : {0.0, 0.1, 0.5, 0.9, 0.999999}) {
+      const auto d = backoff_delay(p, f, fixed(r));
+      CHECK(d >= milliseconds{1});
+      CHECK(d <= p.cap);
+    }
+  }
+}
+
+TEST_CASE("backoff_delay: out-of-range randomness is clamped") {
+  const backoff_policy p{milliseconds{1000}, milliseconds{8000}};
+  CHECK(backoff_delay(p, 1, fixed(-1.0)) == milliseconds{500});
+  CHECK(backoff_delay(p, 1, fixed(std::nan(""))) == milliseconds{500});
+  CHECK(backoff_delay(p, 1, fixed(7.0)) == milliseconds{1000});
+  CHECK(backoff_delay(p, 4, fixed(7.0)) == milliseconds{8000});
+}
