@@ -1,0 +1,72 @@
+// Owns: the benchmark's keep-alive CouchDB client (see client.hpp).
+#include "tests/bench/client.hpp"
+
+#include <httplib.h>
+
+namespace couchgate::bench {
+
+bench_client::bench_client(std::chrono::seconds read_timeout)
+    : cli_(std::make_unique<httplib::Client>(test::env().host, test::env().port)) {
+  cli_->set_keep_alive(true);
+  cli_->set_connection_timeout(10);
+  cli_->set_read_timeout(static_cast<time_t>(read_timeout.count()));
+  cli_->set_write_timeout(60);
+  if (!test::env().user.empty()) cli_->set_basic_auth(test::env().user.c_str(), test::env().password.c_str());
+}
+
+bench_client::~bench_client() = default;
+
+reply bench_client::call(const char* method, const std::string& target, const std::string* body) {
+  httplib::Headers h{{"Accept", "application/json"}};
+  httplib::Result res{nullptr, httplib::Error::Unknown};
+  std::string m(method);
+  if (m == "GET") res = cli_->Get(target.c_str(), h);
+  else if (m == "DELETE") res = cli_->Delete(target.c_str(), h);
+  else if (m == "PUT") res = cli_->Put(target.c_str(), h, body ? *body : std::string(), "application/json");
+  else res = cli_->Post(target.c_str(), h, body ? *body : std::string(), "application/json");
+  reply r;
+  if (!res) {
+    r.raw = httplib::to_string(res.error());
+    return r;
+  }
+  r.status = res->status;
+  r.raw = std::move(res->body);
+  r.body = json::parse(r.raw, nullptr, false);
+  return r;
+}
+
+reply bench_client::get(const std::string& target) { return call("GET", target, nullptr); }
+reply bench_client::put(const std::string& target, const std::string& body) { return call("PUT", target, &body); }
+reply bench_client::post(const std::string& target, const std::string& body) { return call("POST", target, &body); }
+reply bench_client::del(const std::string& target) { return call("DELETE", target, nullptr); }
+
+std::string db_path(const std::string& db) { return "/" + test::enc(db); }
+
+std::string url_with_credentials() {
+  const auto& e = test::env();
+  if (e.user.empty()) return e.url;
+  auto scheme = e.url.find("://");
+  return e.url.substr(0, scheme + 3) + test::enc(e.user) + ":" + test::enc(e.password) + "@" + e.url.substr(scheme + 3);
+}
+
+std::optional<std::uint64_t> doc_count(bench_client& c, const std::string& db) {
+  auto r = c.get(db_path(db));
+  if (r.status != 200 || !r.body.is_object() || !r.body.contains("doc_count") || !r.body["doc_count"].is_number()) {
+    return std::nullopt;
+  }
+  return r.body["doc_count"].get<std::uint64_t>();
+}
+
+std::string seq_param(const json& seq) {
+  if (seq.is_string()) return test::enc(seq.get<std::string>());
+  if (seq.is_number()) return seq.dump();
+  return "0";
+}
+
+std::string describe(const reply& r) {
+  if (r.status == 0) return "transport failure (" + r.raw + ")";
+  std::string body = r.raw.size() > 300 ? r.raw.substr(0, 300) + "..." : r.raw;
+  return "HTTP " + std::to_string(r.status) + " " + body;
+}
+
+}  // namespace couchgate::bench

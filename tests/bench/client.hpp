@@ -1,0 +1,51 @@
+#pragma once
+// Owns: the benchmark's own CouchDB connection: one keep-alive admin connection per object
+// (cpp-httplib, like the test harness, so couchgate's client cannot flatter itself), plus the
+// few request shapes the phases share. Not thread-safe: one bench_client per thread.
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tests/support/harness.hpp"
+
+namespace httplib {
+class Client;
+}
+
+namespace couchgate::bench {
+
+using test::json;
+using test::reply;
+
+class bench_client {
+ public:
+  explicit bench_client(std::chrono::seconds read_timeout = std::chrono::seconds(120));
+  ~bench_client();
+  bench_client(const bench_client&) = delete;
+  bench_client& operator=(const bench_client&) = delete;
+
+  reply get(const std::string& target);
+  reply put(const std::string& target, const std::string& body);
+  reply post(const std::string& target, const std::string& body);
+  reply del(const std::string& target);
+
+ private:
+  reply call(const char* method, const std::string& target, const std::string* body);
+  std::unique_ptr<httplib::Client> cli_;
+};
+
+// "/" + percent-encoded database name.
+std::string db_path(const std::string& db);
+// The server URL with the admin credentials in it, for _replicator documents.
+std::string url_with_credentials();
+// doc_count of a database; nullopt when it cannot be read (missing, server down).
+std::optional<std::uint64_t> doc_count(bench_client& c, const std::string& db);
+// A seq as a query parameter value: numbers as digits, strings as they are (opaque).
+std::string seq_param(const json& seq);
+// One line describing a failed reply, for messages.
+std::string describe(const reply& r);
+
+}  // namespace couchgate::bench

@@ -1,0 +1,94 @@
+#pragma once
+// Owns: what every phase of the benchmark shares: the options, the record of databases and
+// name bases this run created (for cleanup), functional failures, interruption (SIGINT/SIGTERM)
+// and the clock/deadline helpers. Every loop in the benchmark is bounded by a deadline and
+// gives up early once interrupted() is true.
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tests/support/harness.hpp"
+
+namespace couchgate::bench {
+
+using json = nlohmann::json;
+using steady = std::chrono::steady_clock;
+
+struct size_spec {
+  int dbs = 0;
+  int docs_per_db = 0;
+  std::string label() const { return std::to_string(dbs) + "x" + std::to_string(docs_per_db); }
+};
+
+struct options {
+  bool smoke = false;
+  std::vector<size_spec> sizes;
+  int steady_dbs = 1000;
+  int rate = 100;             // writes per second in the steady-state phase
+  double seconds = 60;        // steady-state write window
+  int users = 1000;           // provisioning burst
+  double builtin_timeout = 300;
+  std::string out = "bench-results.json";
+  std::string plots;          // directory; empty = no plots
+  std::set<std::string> skip; // fanin ceiling builtin restore steady provisioning
+  json couchgate_overrides = json::object();  // JSON merge patch applied to every couchgate config
+  std::string log_level = "info";
+  bool user_passwords = false;
+  int threads = 4;            // bench-side parallelism for seeding, deleting and verifying
+  bool skipped(const std::string& what) const { return skip.count(what) > 0; }
+};
+
+class context {
+ public:
+  options opt;
+  pid_t server_pid = -1;      // COUCHGATE_SERVER_PID when set (the local pouchdb-server)
+
+  // fresh_names() that also remembers the name base, so cleanup can find every database of
+  // this run even after a phase failed half-way.
+  test::names fresh(const std::string& stem);
+  // The couchgate config every phase starts from: base_config + log level + overrides.
+  json couchgate_config(const test::names& n) const;
+
+  void created(const std::string& db);
+  void dropped(const std::string& db);
+  std::vector<std::string> created_dbs() const;
+  std::vector<std::string> name_bases() const;
+
+  // A functional failure (not a timing): reported, and the exit status becomes 1.
+  void fail(const std::string& what);
+  std::vector<std::string> failures() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::set<std::string> dbs_;
+  std::vector<std::string> bases_;
+  std::vector<std::string> failures_;
+};
+
+// Progress on stderr, prefixed with the time since the benchmark started.
+void note(const std::string& line);
+
+void install_signal_handlers();
+bool interrupted();
+
+double seconds_since(steady::time_point t0);
+double round_to(double v, int decimals = 3);
+std::string pad(long long value, int width);
+std::string iso_now();
+
+// Calls pred every period until it returns true, the deadline passes or the run is
+// interrupted. Returns pred's last value.
+bool poll_until(const std::function<bool()>& pred, std::chrono::duration<double> deadline,
+                std::chrono::milliseconds period);
+
+// Nearest-rank percentile of an ascending vector (empty -> -1).
+double percentile(const std::vector<double>& sorted, double p);
+
+}  // namespace couchgate::bench

@@ -1,0 +1,167 @@
+// Owns: /proc readings and the sampler thread (see probe.hpp).
+#include "tests/bench/probe.hpp"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <unordered_set>
+
+#include "tests/bench/context.hpp"
+#include "tests/support/harness.hpp"
+
+namespace couchgate::bench {
+
+namespace {
+
+long status_kb(const std::string& status, const char* key) {
+  auto at = status.find(key);
+  if (at == std::string::npos) return -1;
+  return std::strtol(status.c_str() + at + std::char_traits<char>::length(key), nullptr, 10);
+}
+
+// Socket inodes held by pid (empty when the process is gone or not readable), and the fd count.
+std::unordered_set<std::string> socket_inodes(pid_t pid, int* fd_count = nullptr) {
+  std::unordered_set<std::string> out;
+  std::string dir = pid == 0 ? std::string("/proc/self/fd") : "/proc/" + std::to_string(pid) + "/fd";
+  int n = 0;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      ++n;
+      char buf[128];
+      std::string link = dir + "/" + e->d_name;
+      ssize_t len = readlink(link.c_str(), buf, sizeof buf - 1);
+      if (len <= 0) continue;
+      buf[len] = 0;
+      std::string target(buf);
+      if (target.rfind("socket:[", 0) == 0) out.insert(target.substr(8, target.size() - 9));
+    }
+    closedir(d);
+  } else {
+    n = -1;
+  }
+  if (fd_count) *fd_count = n;
+  return out;
+}
+
+}  // namespace
+
+proc_usage read_usage(pid_t pid) {
+  proc_usage u;
+  if (pid <= 0) return u;
+  std::string base = "/proc/" + std::to_string(pid);
+  {
+    std::ifstream f(base + "/status");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    std::string s = ss.str();
+    u.rss_kb = status_kb(s, "VmRSS:");
+    u.hwm_kb = status_kb(s, "VmHWM:");
+  }
+  {
+    std::ifstream f(base + "/stat");
+    std::string line;
+    std::getline(f, line);
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    auto close = line.rfind(')');
+    if (close != std::string::npos) {
+      std::istringstream ls(line.substr(close + 2));
+      std::string field;
+      double utime = -1, stime = -1;
+      // state is field 3; utime 14, stime 15 (1-based over the whole line).
+      for (int i = 3; i <= 15 && ls >> field; ++i) {
+        if (i == 14) utime = std::stod(field);
+        if (i == 15) stime = std::stod(field);
+      }
+      if (utime >= 0 && stime >= 0) u.cpu_seconds = (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    }
+  }
+  int fds = -1;
+  socket_inodes(pid, &fds);
+  u.fds = fds;
+  return u;
+}
+
+socket_counts count_sockets(pid_t watched, pid_t server) {
+  socket_counts c;
+  auto mine = socket_inodes(0);
+  auto theirs = watched > 0 ? socket_inodes(watched) : std::unordered_set<std::string>{};
+  if (server > 0) {
+    int fds = -1;
+    auto held = socket_inodes(server, &fds);
+    c.server_held = fds < 0 ? -1 : static_cast<int>(held.size());
+  }
+  char port_hex[8];
+  std::snprintf(port_hex, sizeof port_hex, "%04X", test::env().port);
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream f(table);
+    std::string line;
+    std::getline(f, line);  // header
+    while (std::getline(f, line)) {
+      std::istringstream ls(line);
+      std::string sl, local, remote, st, queues, tr, retr, uid, timeout, inode;
+      ls >> sl >> local >> remote >> st >> queues >> tr >> retr >> uid >> timeout >> inode;
+      if (st != "01") continue;  // ESTABLISHED
+      auto colon = remote.rfind(':');
+      if (colon == std::string::npos || remote.substr(colon + 1) != port_hex) continue;  // client side only
+      if (mine.count(inode)) {
+        ++c.bench;
+        continue;
+      }
+      ++c.clients;
+      if (theirs.count(inode)) ++c.watched;
+    }
+  }
+  return c;
+}
+
+sampler::sampler(pid_t server_pid, std::chrono::milliseconds period) : server_(server_pid), period_(period) {
+  thread_ = std::thread([this] { run(); });
+}
+
+sampler::~sampler() { stop(); }
+
+void sampler::watch(pid_t pid) { watched_.store(pid); }
+
+void sampler::stop() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+sampler::summary sampler::result() const {
+  std::lock_guard lk(mu_);
+  return sum_;
+}
+
+std::vector<std::pair<double, int>> sampler::clients_series() const {
+  std::lock_guard lk(mu_);
+  return series_;
+}
+
+void sampler::run() {
+  auto t0 = steady::now();
+  while (!stop_.load()) {
+    pid_t w = watched_.load();
+    auto s = count_sockets(w, server_);
+    proc_usage u = w > 0 ? read_usage(w) : proc_usage{};
+    {
+      std::lock_guard lk(mu_);
+      sum_.bench_peak = std::max(sum_.bench_peak, s.bench);
+      sum_.watched_peak = std::max(sum_.watched_peak, s.watched);
+      sum_.clients_peak = std::max(sum_.clients_peak, s.clients);
+      sum_.server_held_peak = std::max(sum_.server_held_peak, s.server_held);
+      if (u.rss_kb > 0) sum_.rss_peak_kb = std::max(sum_.rss_peak_kb, u.rss_kb);
+      if (u.hwm_kb > 0) sum_.rss_peak_kb = std::max(sum_.rss_peak_kb, u.hwm_kb);
+      if (u.fds > 0) sum_.fds_peak = std::max(sum_.fds_peak, u.fds);
+      ++sum_.samples;
+      if (series_.size() < 20000) series_.emplace_back(seconds_since(t0), s.clients);
+    }
+    std::this_thread::sleep_for(period_);
+  }
+}
+
+}  // namespace couchgate::bench

@@ -1,0 +1,69 @@
+#pragma once
+// Owns: what the benchmark reads from /proc while a phase runs: a process's memory, open fds and
+// CPU time, and the established TCP connections to the server's port, split by who holds them.
+// A sampler thread takes these every period and keeps the peaks (and a short time series).
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace couchgate::bench {
+
+struct proc_usage {
+  long rss_kb = -1;         // VmRSS
+  long hwm_kb = -1;         // VmHWM: the kernel's own peak RSS
+  int fds = -1;             // entries in /proc/<pid>/fd
+  double cpu_seconds = -1;  // utime + stime
+};
+proc_usage read_usage(pid_t pid);
+
+struct socket_counts {
+  int bench = 0;            // this process's connections to the server port
+  int watched = 0;          // the watched process's (couchgate)
+  int clients = 0;          // every client connection to the server port except the bench's own
+  int server_held = -1;     // socket fds the server process holds (-1: server pid unknown)
+};
+// Established TCP connections to the test server's port in this network namespace, read from
+// /proc/net/tcp{,6}. `clients` sees any local process (couchgate, restore, the server's own
+// replicator connecting to itself), which is how the built-in replicator is measured.
+socket_counts count_sockets(pid_t watched, pid_t server);
+
+class sampler {
+ public:
+  struct summary {
+    int bench_peak = 0;
+    int watched_peak = 0;
+    int clients_peak = 0;
+    int server_held_peak = -1;
+    long rss_peak_kb = -1;  // of the watched process
+    int fds_peak = -1;
+    int samples = 0;
+  };
+  explicit sampler(pid_t server_pid, std::chrono::milliseconds period = std::chrono::milliseconds(50));
+  ~sampler();
+  sampler(const sampler&) = delete;
+  sampler& operator=(const sampler&) = delete;
+
+  void watch(pid_t pid);  // the process whose memory, fds and sockets are tracked
+  void stop();
+  summary result() const;
+  // (seconds since the sampler started, clients) pairs, for plots.
+  std::vector<std::pair<double, int>> clients_series() const;
+
+ private:
+  void run();
+  pid_t server_;
+  std::chrono::milliseconds period_;
+  std::atomic<pid_t> watched_{-1};
+  std::atomic<bool> stop_{false};
+  mutable std::mutex mu_;
+  summary sum_;
+  std::vector<std::pair<double, int>> series_;
+  std::thread thread_;
+};
+
+}  // namespace couchgate::bench
