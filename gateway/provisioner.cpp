@@ -341,6 +341,13 @@ void provisioner::follow() {
     if (!r.ok()) {
       if (r.error().kind == couch_error_kind::cancelled) return;
       reconnects_.inc();
+      if (r.error().kind == couch_error_kind::timeout) {
+        // The longpoll ended on the client's clock (some servers ignore `timeout`, and a silent
+        // connection is cut after three missed heartbeats): the wait itself spaced the attempts,
+        // so reconnect at once.
+        log()->debug("_users feed: {}; reconnecting", r.error().describe());
+        continue;
+      }
       auto delay = replicator::backoff_delay(bp, ++failures, rnd);
       log()->warn("_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
       if (!sleep_for(delay)) return;
@@ -371,8 +378,7 @@ void provisioner::follow() {
       continue;
     }
     failures = 0;
-    json next = a.contains("last_seq") ? a["last_seq"] : json(nullptr);
-    if (next.is_null() && !a["results"].empty() && a["results"].back().contains("seq")) next = a["results"].back()["seq"];
+    json next = replicator::couch_client::resume_seq(a);
     if (!next.is_null() && next != since) {
       since = next;
       auto saved = state_.put_value(users_feed_key, since);

@@ -170,7 +170,9 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   for (;;) {
     r::changes_query q;
     q.since = since;
-    q.limit = cfg.fanin.batch_docs;
+    std::size_t limit = cfg.fanin.batch_docs;
+    if (opts.max_docs) limit = std::min(limit, opts.max_docs - summary.central_changes);
+    q.limit = limit;
     auto a = client.changes(central, q).get();
     r::result<r::feed_page> page = a.ok() ? r::parse_changes(a.value()) : r::result<r::feed_page>(a.error());
     if (!page.ok()) {
@@ -204,7 +206,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     }
     summary.central_changes += page.value().changes.size();
     pr.update(targets.size(), summary.central_changes, total, written);
-    if (page.value().changes.size() < cfg.fanin.batch_docs || page.value().last_seq.is_null()) break;
+    if (page.value().changes.size() < limit || page.value().last_seq.is_null()) break;
     since = page.value().last_seq;
     if (opts.max_docs && summary.central_changes >= opts.max_docs) {
       summary.interrupted = true;

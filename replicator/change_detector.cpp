@@ -28,17 +28,13 @@ result<db_updates_page> parse_db_updates(const json& answer) {
     return couch_error{couch_error_kind::protocol, 0, "_db_updates answer has no results array", ""};
   }
   db_updates_page page;
-  page.last_seq = answer.contains("last_seq") ? answer["last_seq"] : json(nullptr);
+  page.last_seq = couch_client::resume_seq(answer);
   for (const auto& row : answer["results"]) {
     if (!row.is_object() || !row.contains("db_name") || !row["db_name"].is_string()) continue;
     db_event e;
     e.db = row["db_name"].get<std::string>();
     e.type = row.contains("type") && row["type"].is_string() ? row["type"].get<std::string>() : "updated";
-    if (page.last_seq.is_null() && row.contains("seq")) page.last_seq = row["seq"];
     page.events.push_back(std::move(e));
-  }
-  if (!answer.contains("last_seq") && !answer["results"].empty() && answer["results"].back().contains("seq")) {
-    page.last_seq = answer["results"].back()["seq"];
   }
   return page;
 }
@@ -166,6 +162,11 @@ void change_detector::follow_db_updates() {
       const auto& e = r.error();
       if (e.kind == couch_error_kind::cancelled) break;
       reconnects_.inc();
+      if (e.kind == couch_error_kind::timeout) {
+        // Ended on the client's clock; the wait spaced the attempts (see provisioner::follow).
+        log()->debug("_db_updates feed: {}; reconnecting", e.describe());
+        continue;
+      }
       if (e.kind == couch_error_kind::bad_request && since != json("now")) {
         log()->warn("stored _db_updates position rejected ({}); restarting from now and sweeping every source once",
                     e.describe());

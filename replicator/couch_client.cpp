@@ -112,6 +112,16 @@ pending_json couch_client::db_updates(const json& since, bool longpoll, std::opt
   return request("GET", t);
 }
 
+json couch_client::resume_seq(const json& answer) {
+  if (!answer.is_object()) return nullptr;
+  auto it = answer.find("results");
+  if (it != answer.end() && it->is_array() && !it->empty() && it->back().is_object() && it->back().contains("seq")) {
+    return it->back()["seq"];
+  }
+  auto ls = answer.find("last_seq");
+  return ls != answer.end() ? *ls : json(nullptr);
+}
+
 std::optional<std::uint64_t> couch_client::seq_number(const json& seq) {
   if (seq.is_number_unsigned()) return seq.get<std::uint64_t>();
   if (seq.is_number_integer()) {

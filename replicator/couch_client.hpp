@@ -76,6 +76,11 @@ class couch_client {
   // positions, comparable for "has anything changed" checks. nullopt when not recognisable.
   static std::optional<std::uint64_t> seq_number(const json& seq);
   static std::string seq_param(const json& seq);
+  // Where a feed answer ({"results":[...],"last_seq":...}) says to resume: the seq of its last
+  // row, as couch_replicator checkpoints, because `last_seq` may already count a write made after
+  // the rows were read (seen on pouchdb-server) and resuming there would skip that write.
+  // `last_seq` when there are no rows; null when neither is present.
+  static json resume_seq(const json& answer);
 
  private:
   pending_json feed_request(const std::string& target);

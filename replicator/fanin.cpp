@@ -277,7 +277,11 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
       continue;
     }
     bool more = t.page->changes.size() >= opts_.turn_docs;
-    if (auto w = res.written_by_unit.find(t.db); w != res.written_by_unit.end()) s.docs_written += w->second;
+    std::size_t written = 0;
+    if (auto w = res.written_by_unit.find(t.db); w != res.written_by_unit.end()) written = w->second;
+    s.docs_written += written;
+    log()->debug("db={} turn since={} changes={} resume={} written={}", t.db, t.since.dump(), t.page->changes.size(),
+                 t.page->last_seq.dump(), written);
     s.last_success = std::chrono::system_clock::now();
     s.last_error.clear();
     sched_.complete(t.db, more, now);

@@ -47,7 +47,7 @@ result<feed_page> parse_changes(const json& answer) {
     return protocol_error("_changes answer has no results array");
   }
   feed_page page;
-  page.last_seq = answer.contains("last_seq") ? answer["last_seq"] : json(nullptr);
+  page.last_seq = couch_client::resume_seq(answer);
   for (const auto& row : answer["results"]) {
     if (!row.is_object() || !row.contains("id") || !row["id"].is_string() || !row.contains("changes") ||
         !row["changes"].is_array()) {
@@ -59,12 +59,7 @@ result<feed_page> parse_changes(const json& answer) {
       if (ch.is_object() && ch.contains("rev") && ch["rev"].is_string()) c.revs.push_back(ch["rev"].get<std::string>());
     }
     c.deleted = row.value("deleted", false) == true;
-    if (page.last_seq.is_null() && row.contains("seq")) page.last_seq = row["seq"];
     page.changes.push_back(std::move(c));
-  }
-  // Some servers (and continuous feeds) omit last_seq: the last row's seq is the position.
-  if (!answer.contains("last_seq") && !answer["results"].empty() && answer["results"].back().contains("seq")) {
-    page.last_seq = answer["results"].back()["seq"];
   }
   return page;
 }

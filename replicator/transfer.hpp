@@ -58,7 +58,7 @@ struct feed_change {
 };
 struct feed_page {
   std::vector<feed_change> changes;
-  json last_seq;
+  json last_seq;  // where to resume: the last row's seq, or the answer's last_seq when it has no rows
 };
 result<feed_page> parse_changes(const json& answer);
 

@@ -37,6 +37,7 @@ struct options {
   double builtin_timeout = 300;
   std::string out = "bench-results.json";
   std::string plots;          // directory; empty = no plots
+  std::string logs;           // directory to keep couchgate's logs in; empty = discard them
   std::set<std::string> skip; // fanin ceiling builtin restore steady provisioning
   json couchgate_overrides = json::object();  // JSON merge patch applied to every couchgate config
   std::string log_level = "info";
@@ -49,6 +50,7 @@ class context {
  public:
   options opt;
   pid_t server_pid = -1;      // COUCHGATE_SERVER_PID when set (the local pouchdb-server)
+  bool pouchdb = false;       // the server is pouchdb-server (GET / has "express-pouchdb")
 
   // fresh_names() that also remembers the name base, so cleanup can find every database of
   // this run even after a phase failed half-way.

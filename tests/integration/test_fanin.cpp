@@ -11,6 +11,7 @@
 
 #include "policy/id_map.hpp"
 #include "policy/naming.hpp"
+#include "tests/integration/fixtures.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace couchgate::test;
@@ -18,96 +19,6 @@ using namespace std::chrono_literals;
 namespace policy = couchgate::policy;
 
 namespace {
-
-using leaf_map = std::map<std::string, std::set<std::string>>;  // id -> leaf revs (deleted included)
-
-// Every document id with all its leaf revisions, from _changes?style=all_docs.
-leaf_map leaves(const std::string& db) {
-  leaf_map out;
-  auto r = couch().get("/" + enc(db) + "/_changes?style=all_docs");
-  REQUIRE_MESSAGE(r.status == 200, db << ": " << r.raw);
-  for (const auto& row : r.body["results"]) {
-    auto& revs = out[row["id"].get<std::string>()];
-    for (const auto& c : row["changes"]) revs.insert(c["rev"].get<std::string>());
-  }
-  return out;
-}
-
-leaf_map expected_central(const std::map<std::string, std::string>& db_owner) {
-  leaf_map out;
-  for (const auto& [db, owner] : db_owner) {
-    for (auto& [id, revs] : leaves(db)) {
-      auto central = policy::to_central_id(policy::id_mode::namespaced, policy::owner{policy::owner::kind::user, owner}, id);
-      REQUIRE(central);
-      out[*central] = revs;
-    }
-  }
-  return out;
-}
-
-leaf_map central_user_docs(const std::string& central) {
-  leaf_map all = leaves(central);
-  all.erase("_design/couchgate");
-  return all;
-}
-
-std::string b64(const std::string& s) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  std::size_t i = 0;
-  for (; i + 2 < s.size(); i += 3) {
-    unsigned v = (unsigned char)s[i] << 16 | (unsigned char)s[i + 1] << 8 | (unsigned char)s[i + 2];
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
-  }
-  if (i + 1 == s.size()) {
-    unsigned v = (unsigned char)s[i] << 16;
-    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
-  } else if (i + 2 == s.size()) {
-    unsigned v = (unsigned char)s[i] << 16 | (unsigned char)s[i + 1] << 8;
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
-  }
-  return out;
-}
-
-// Writes a varied history into one database: creates, an update, a deletion, a conflict written
-// with new_edits:false, an attachment, a design document and an odd id.
-void write_varied(const std::string& db, int salt) {
-  couch c;
-  std::string base = "/" + enc(db);
-  auto r1 = c.put(base + "/doc-1", json{{"v", 1}, {"salt", salt}});
-  REQUIRE_MESSAGE(r1.status == 201, r1.raw);
-  auto r2 = c.put(base + "/doc-1", json{{"v", 2}, {"_rev", r1.body["rev"]}});
-  REQUIRE_MESSAGE(r2.status == 201, r2.raw);
-  auto r3 = c.put(base + "/to-delete", json{{"v", 1}});
-  REQUIRE(r3.status == 201);
-  REQUIRE(c.del(base + "/to-delete?rev=" + enc(r3.body["rev"].get<std::string>())).status == 200);
-  // Two conflicting branches of one document.
-  auto conflict = c.post(base + "/_bulk_docs",
-                         json{{"new_edits", false},
-                              {"docs",
-                               {{{"_id", "conflicted"}, {"_rev", "2-aaaa" + std::to_string(salt)}, {"side", "a"},
-                                 {"_revisions", {{"start", 2}, {"ids", {"aaaa" + std::to_string(salt), "root"}}}}},
-                                {{"_id", "conflicted"}, {"_rev", "2-bbbb" + std::to_string(salt)}, {"side", "b"},
-                                 {"_revisions", {{"start", 2}, {"ids", {"bbbb" + std::to_string(salt), "root"}}}}}}}});
-  REQUIRE_MESSAGE(conflict.status == 201, conflict.raw);
-  auto att = c.put(base + "/with-attachment",
-                   json{{"_attachments",
-                         {{"hello.txt", {{"content_type", "text/plain"}, {"data", b64("hello " + std::to_string(salt))}}}}}});
-  REQUIRE_MESSAGE(att.status == 201, att.raw);
-  REQUIRE(c.put(base + "/" + enc("odd id:/%é"), json{{"odd", true}}).status == 201);
-  // User code: rejects every write by a non-admin. In the central database it must stay data.
-  auto ddoc = c.put(base + "/_design/evil",
-                    json{{"validate_doc_update",
-                          "function(n, o, u){ if (u.roles.indexOf('_admin') === -1) throw({forbidden:'user code'}); }"},
-                         {"views", {{"all", {{"map", "function(d){ emit(d._id); }"}}}}}});
-  REQUIRE_MESSAGE(ddoc.status == 201, ddoc.raw);
-}
-
-std::string attachment_digest(const std::string& db, const std::string& id) {
-  auto r = couch().get("/" + enc(db) + "/" + enc(id));
-  if (r.status != 200 || !r.body.contains("_attachments")) return "";
-  return r.body["_attachments"]["hello.txt"].value("digest", "");
-}
 
 // Samples a process's connections to the server every 20 ms until stopped (or destroyed, so a
 // failed REQUIRE does not leave a joinable thread behind).
@@ -170,7 +81,7 @@ TEST_CASE("fan-in: 200 user databases converge exactly into the central database
   leaf_map want = expected_central(db_owner);
   CHECK(want.size() == static_cast<std::size_t>(users) * 6);
   bool converged = eventually([&] { return central_user_docs(n.central) == want; }, 180s);
-  CHECK_MESSAGE(converged, cg.log().substr(0, 4000));
+  CHECK_MESSAGE(converged, describe_diff(central_user_docs(n.central), want) << tail(cg.log()));
 
   // kill -9 again after convergence, restart: the same exact result, nothing duplicated.
   cg.kill9();
@@ -183,7 +94,7 @@ TEST_CASE("fan-in: 200 user databases converge exactly into the central database
   couch c;
   REQUIRE(c.put("/" + enc(first_db) + "/late-write", json{{"late", true}}).status == 201);
   want = expected_central(db_owner);
-  CHECK_MESSAGE(eventually([&] { return central_user_docs(n.central) == want; }, 60s), cg.log().substr(0, 4000));
+  CHECK_MESSAGE(eventually([&] { return central_user_docs(n.central) == want; }, 60s), tail(cg.log()));
 
   int peak = sampler.stop();
   MESSAGE("peak connections to the server: " << peak);

@@ -1,0 +1,259 @@
+// couchgate_bench: the benchmark of issue #5, run with one command against the server in
+// COUCHDB_URL (COUCHDB_USER / COUCHDB_PASSWORD: a server admin). See tests/bench/README.md.
+//
+// Owns: the command line, the description of the environment, the order of the phases, the
+// final cleanup and the exit status (0 unless something functionally failed; timings never
+// fail the run).
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/bench/client.hpp"
+#include "tests/bench/context.hpp"
+#include "tests/bench/dataset.hpp"
+#include "tests/bench/phases.hpp"
+#include "tests/bench/report.hpp"
+#include "tests/bench/runner.hpp"
+
+using namespace couchgate::bench;
+using couchgate::test::env;
+namespace test = couchgate::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::set<std::string> phase_names = {"fanin", "ceiling", "builtin", "restore", "steady", "provisioning"};
+
+std::vector<size_spec> parse_sizes(const std::string& text) {
+  std::vector<size_spec> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    auto x = item.find('x');
+    if (x == std::string::npos) throw CLI::ValidationError("--sizes", "expected NxM, got '" + item + "'");
+    size_spec s{std::atoi(item.substr(0, x).c_str()), std::atoi(item.substr(x + 1).c_str())};
+    if (s.dbs <= 0 || s.docs_per_db <= 0) throw CLI::ValidationError("--sizes", "expected NxM with N, M > 0, got '" + item + "'");
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::string first_line_of(const std::string& path, const std::string& key) {
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(key, 0) == 0) {
+      auto colon = line.find_first_of(":=");
+      std::string v = colon == std::string::npos ? line : line.substr(colon + 1);
+      while (!v.empty() && (v.front() == ' ' || v.front() == '\t' || v.front() == '"')) v.erase(0, 1);
+      while (!v.empty() && (v.back() == ' ' || v.back() == '"')) v.pop_back();
+      return v;
+    }
+  }
+  return {};
+}
+
+json describe_environment(context& ctx, const json& server_root) {
+  json e;
+  e["server_url"] = env().url;
+  e["server_root"] = server_root;
+  std::string server;
+  if (server_root.contains("couchdb")) {
+    server = "Apache CouchDB " + server_root.value("version", "?");
+    if (server_root.contains("vendor") && server_root["vendor"].is_object()) {
+      server += " (vendor " + server_root["vendor"].value("name", "?") + ")";
+    }
+  } else if (server_root.contains("express-pouchdb")) {
+    server = "pouchdb-server " + server_root.value("version", "?") + " (express-pouchdb; in-memory when started by tests/server)";
+  } else {
+    server = server_root.dump();
+  }
+  e["server"] = server;
+  e["server_is_couchdb"] = server_root.contains("couchdb");
+  e["server_pid"] = ctx.server_pid > 0 ? json(ctx.server_pid) : json(nullptr);
+  auto v = run_command({"--version"}, std::chrono::seconds(10));
+  std::string ver = v.out;
+  while (!ver.empty() && (ver.back() == '\n' || ver.back() == '\r')) ver.pop_back();
+  e["couchgate_version"] = ver;
+  e["couchgate_binary"] = COUCHGATE_BINARY;
+  test::names dummy{"p-", "s", "c", "r"};
+  json cfg = ctx.couchgate_config(dummy);
+  e["max_connections"] = cfg["fanin"].value("max_connections", 8);
+  e["couchgate_config"] = {{"couchdb", cfg["couchdb"]}, {"fanin", cfg["fanin"]}, {"provisioning_batch", cfg["provisioning"]["batch"]},
+                           {"log_level", cfg["log"]["level"]}, {"overrides", ctx.opt.couchgate_overrides}};
+  struct utsname u {};
+  uname(&u);
+  std::string cpu = first_line_of("/proc/cpuinfo", "model name");
+  long mem_kb = std::atol(first_line_of("/proc/meminfo", "MemTotal").c_str());
+  unsigned cpus = std::thread::hardware_concurrency();
+  std::string os = first_line_of("/etc/os-release", "PRETTY_NAME");
+  e["machine"] = {{"cpus", cpus}, {"cpu_model", cpu}, {"mem_total_mb", mem_kb / 1024}, {"kernel", std::string(u.release)},
+                  {"os", os}, {"hostname", std::string(u.nodename)}};
+  e["machine_summary"] = std::to_string(cpus) + " CPUs (" + cpu + "), " + std::to_string(mem_kb / 1024 / 1024) + " GiB, " + os +
+                         ", Linux " + u.release;
+  if (!server_root.contains("couchdb")) {
+    e["target_caveat"] = "this server is not Apache CouchDB: it lacks _db_updates (couchgate sweeps update_seq instead) and "
+                         "its speed differs; judge the targets on CouchDB 3.5 (COUCHDB_URL=...)";
+  }
+  return e;
+}
+
+// Deletes whatever this run created and still exists: tracked databases, and any database
+// carrying one of this run's name bases (a phase may have failed half-way).
+void final_cleanup(context& ctx) {
+  std::set<std::string> doomed;
+  for (const auto& db : ctx.created_dbs()) doomed.insert(db);
+  bench_client c(60s);
+  auto all = c.get("/_all_dbs");
+  if (all.status == 200 && all.body.is_array()) {
+    std::set<std::string> existing;
+    for (const auto& v : all.body) {
+      if (!v.is_string()) continue;
+      existing.insert(v.get<std::string>());
+      for (const auto& base : ctx.name_bases()) {
+        if (v.get<std::string>().rfind(base, 0) == 0) doomed.insert(v.get<std::string>());
+      }
+    }
+    // pouchdb-server answers 200 to DELETE of a missing database; skip those not listed.
+    for (auto it = doomed.begin(); it != doomed.end();) it = existing.count(*it) ? std::next(it) : doomed.erase(it);
+  }
+  if (doomed.empty()) return;
+  note("cleanup: deleting " + std::to_string(doomed.size()) + " leftover databases");
+  if (auto e = delete_dbs(ctx, {doomed.begin(), doomed.end()}); !e.empty()) note("cleanup: " + e);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  context ctx;
+  options& o = ctx.opt;
+  CLI::App app{"couchgate_bench: fan-in, steady state, provisioning and restore against the server in COUCHDB_URL"};
+  std::string sizes_text, skip_text, overrides_text;
+  std::optional<int> steady_dbs, rate, users;
+  std::optional<double> seconds, builtin_timeout;
+  app.add_flag("--smoke", o.smoke, "tiny sizes (20x5 fan-in, 5 s at 20 writes/s over 20 dbs, 20 users): CI keeps the bench from rotting");
+  app.add_option("--sizes", sizes_text, "fan-in sizes, NxM,... (N databases x M documents; default 200x50,1000x20)");
+  app.add_option("--steady-dbs", steady_dbs, "steady state: source databases (default 1000)");
+  app.add_option("--rate", rate, "steady state: writes per second (default 100)");
+  app.add_option("--seconds", seconds, "steady state: seconds of writing (default 60)");
+  app.add_option("--users", users, "provisioning: users created at once (default 1000)");
+  app.add_option("--builtin-timeout", builtin_timeout, "seconds CouchDB's own replicator gets per size (default 300; 60 with --smoke)");
+  app.add_option("--out", o.out, "JSON results file")->capture_default_str();
+  app.add_option("--plots", o.plots, "directory for gnuplot data, bench.gp and PNGs (PNGs only when gnuplot is on PATH)");
+  app.add_option("--logs", o.logs, "directory to keep each couchgate run's log in (default: discarded)");
+  app.add_option("--skip", skip_text, "comma-separated phases to skip: fanin,ceiling,builtin,restore,steady,provisioning");
+  app.add_option("--couchgate-config", overrides_text, "JSON merge patch applied to every couchgate config, e.g. '{\"fanin\":{\"max_connections\":4}}'");
+  app.add_option("--log-level", o.log_level, "couchgate's log level during the bench")->capture_default_str();
+  app.add_flag("--user-passwords", o.user_passwords, "provisioning: create users with passwords (the server's hashing cost is then included)");
+  app.add_option("--threads", o.threads, "bench-side threads for seeding, deleting, verifying and steady-state writes")->capture_default_str();
+  try {
+    app.parse(argc, argv);
+    o.sizes = parse_sizes(sizes_text.empty() ? (o.smoke ? "20x5" : "200x50,1000x20") : sizes_text);
+    std::stringstream ss(skip_text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      if (item.empty()) continue;
+      if (!phase_names.count(item)) throw CLI::ValidationError("--skip", "unknown phase '" + item + "'");
+      o.skip.insert(item);
+    }
+    if (!overrides_text.empty()) {
+      o.couchgate_overrides = json::parse(overrides_text, nullptr, false);
+      if (!o.couchgate_overrides.is_object()) throw CLI::ValidationError("--couchgate-config", "not a JSON object");
+    }
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  o.steady_dbs = steady_dbs.value_or(o.smoke ? 20 : 1000);
+  o.rate = rate.value_or(o.smoke ? 20 : 100);
+  o.seconds = seconds.value_or(o.smoke ? 5 : 60);
+  o.users = users.value_or(o.smoke ? 20 : 1000);
+  o.builtin_timeout = builtin_timeout.value_or(o.smoke ? 60 : 300);
+  o.threads = std::max(1, o.threads);
+
+  if (const char* u = std::getenv("COUCHDB_URL"); !u || !*u) {
+    std::cerr << "couchgate_bench: COUCHDB_URL is not set. Start a local server with\n"
+                 "  eval \"$(tests/server/start-server.sh)\"\n"
+                 "or point COUCHDB_URL (and COUCHDB_USER/COUCHDB_PASSWORD, a server admin) at Apache CouchDB.\n";
+    return 2;
+  }
+  if (const char* p = std::getenv("COUCHGATE_SERVER_PID"); p && *p) ctx.server_pid = std::atoi(p);
+  install_signal_handlers();
+
+  json results;
+  results["bench"] = {{"version", 1}, {"date", iso_now()}, {"mode", o.smoke ? "smoke" : "full"}};
+  {
+    std::string cmd;
+    for (int i = 0; i < argc; ++i) cmd += (i ? " " : "") + std::string(argv[i]);
+    results["bench"]["command"] = cmd;
+  }
+  reply root;
+  {
+    // A connection of its own, closed before the phases (the bench counts its own sockets).
+    bench_client root_client(30s);
+    root = root_client.get("/");
+    if (root.status != 200) {
+      std::cerr << "couchgate_bench: GET " << env().url << "/ failed: " << describe(root) << "\n";
+      return 1;
+    }
+    if (auto s = root_client.get("/_session"); s.status != 200 || s.raw.find("\"_admin\"") == std::string::npos) {
+      std::cerr << "couchgate_bench: COUCHDB_USER is not a server admin at " << env().url << " (" << describe(s) << ")\n";
+      return 1;
+    }
+  }
+  ctx.pouchdb = root.body.is_object() && root.body.contains("express-pouchdb");
+  results["environment"] = describe_environment(ctx, root.body);
+  note("server: " + results["environment"]["server"].get<std::string>() + "; couchgate: " +
+       results["environment"]["couchgate_version"].get<std::string>());
+
+  plot_data plots;
+  auto server_ok = [&](const std::string& before) {
+    if (test::server_alive()) return true;
+    ctx.fail("the server at " + env().url + " stopped answering before " + before);
+    return false;
+  };
+  auto t_total = steady::now();
+  if (!o.skipped("fanin")) {
+    results["fanin"] = json::array();
+    for (const auto& s : o.sizes) {
+      if (interrupted() || !server_ok("fan-in " + s.label())) break;
+      results["fanin"].push_back(run_fanin(ctx, s, plots));
+    }
+  }
+  if (!o.skipped("steady") && !interrupted() && server_ok("steady state")) results["steady"] = run_steady(ctx, plots);
+  if (!o.skipped("provisioning") && !interrupted() && server_ok("provisioning")) {
+    results["provisioning"] = run_provisioning(ctx, plots);
+  }
+  if (interrupted()) note("interrupted: cleaning up");
+  if (test::server_alive()) final_cleanup(ctx);
+  else ctx.fail("the server at " + env().url + " stopped answering; nothing was cleaned up");
+
+  results["bench"]["seconds"] = round_to(seconds_since(t_total), 1);
+  results["bench"]["interrupted"] = interrupted();
+  results["targets"] = judge_targets(results);
+  results["failures"] = ctx.failures();
+  if (!o.plots.empty()) {
+    std::string n = write_plots(o.plots, plots);
+    results["bench"]["plots"] = n;
+    note(n);
+  }
+  {
+    std::ofstream f(o.out);
+    f << results.dump(2) << "\n";
+    if (!f) ctx.fail("cannot write " + o.out);
+    else note("results written to " + o.out);
+  }
+  results["failures"] = ctx.failures();
+  print_table(results);
+  if (interrupted()) return 130;
+  return ctx.failures().empty() ? 0 : 1;
+}

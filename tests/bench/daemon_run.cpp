@@ -1,0 +1,122 @@
+// Owns: a measured couchgate daemon (see daemon_run.hpp).
+#include "tests/bench/daemon_run.hpp"
+
+#include <filesystem>
+#include <sstream>
+
+#include "tests/bench/runner.hpp"
+
+namespace couchgate::bench {
+
+daemon_run::daemon_run(context& ctx, json config, std::string label)
+    : ctx_(ctx), config_(std::move(config)), label_(std::move(label)), proc_(std::make_unique<test::couchgate_process>(config_)) {}
+
+daemon_run::~daemon_run() {
+  if (sampler_) sampler_->stop();
+  std::string dir = proc_->dir();
+  proc_.reset();  // kills the process if still running
+  if (!ctx_.opt.logs.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(ctx_.opt.logs, ec);
+    std::filesystem::copy_file(dir + "/stderr.log", ctx_.opt.logs + "/couchgate-" + label_ + ".log",
+                               std::filesystem::copy_options::overwrite_existing, ec);
+  }
+  remove_dir(dir);
+}
+
+void daemon_run::start() {
+  sampler_ = std::make_unique<sampler>(ctx_.server_pid);
+  t0_ = steady::now();
+  proc_->start();
+  sampler_->watch(proc_->pid());
+}
+
+double daemon_run::seconds() const { return seconds_since(t0_); }
+
+bool daemon_run::running() { return proc_->running(); }
+
+pid_t daemon_run::pid() const { return proc_->pid(); }
+
+bool daemon_run::check_ready() {
+  if (ready_s_ >= 0) return true;
+  // wait_ready with a zero deadline is a single non-blocking check.
+  if (proc_->wait_ready(std::chrono::milliseconds(0))) {
+    ready_s_ = seconds();
+    return true;
+  }
+  return false;
+}
+
+bool daemon_run::wait_ready(std::chrono::duration<double> deadline) {
+  return poll_until([this] { return !running() || check_ready(); }, deadline, std::chrono::milliseconds(50)) &&
+         ready_s_ >= 0;
+}
+
+std::map<std::string, double> daemon_run::metrics() {
+  std::map<std::string, double> out;
+  auto r = proc_->admin_get("/metrics");
+  if (r.status != 200) return out;
+  std::istringstream in(r.raw);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    auto sp = line.rfind(' ');
+    if (sp == std::string::npos) continue;
+    std::string key = line.substr(0, sp);
+    std::string name = key.substr(0, key.find('{'));
+    try {
+      out[name] += std::stod(line.substr(sp + 1));
+    } catch (...) {
+    }
+  }
+  return out;
+}
+
+json daemon_run::status() {
+  auto r = proc_->admin_get("/status");
+  return r.status == 200 ? r.body : json(nullptr);
+}
+
+json daemon_run::stop(const std::string& phase) {
+  json out = json::object();
+  if (stopped_) return out;
+  stopped_ = true;
+  auto m = metrics();
+  auto st = status();
+  proc_usage u = read_usage(pid());
+  sampler_->stop();
+  auto s = sampler_->result();
+  out["sockets_peak"] = s.watched_peak;
+  out["pool_connections_peak"] = m.count("couchgate_couchdb_connections_peak") ? json(m["couchgate_couchdb_connections_peak"]) : json(nullptr);
+  out["max_connections"] = config_["fanin"].value("max_connections", 8);
+  out["requests"] = m.count("couchgate_couchdb_requests_total") ? json(m["couchgate_couchdb_requests_total"]) : json(nullptr);
+  out["rss_peak_mb"] = s.rss_peak_kb > 0 || u.hwm_kb > 0 ? json(round_to(static_cast<double>(std::max(s.rss_peak_kb, u.hwm_kb)) / 1024.0, 1)) : json(nullptr);
+  out["rss_end_mb"] = u.rss_kb > 0 ? json(round_to(static_cast<double>(u.rss_kb) / 1024.0, 1)) : json(nullptr);
+  out["fds_peak"] = s.fds_peak;
+  out["cpu_seconds"] = u.cpu_seconds >= 0 ? json(round_to(u.cpu_seconds, 2)) : json(nullptr);
+  out["ready_seconds"] = ready_s_ >= 0 ? json(round_to(ready_s_)) : json(nullptr);
+  if (st.is_object() && st.contains("fanin")) out["detection"] = st["fanin"].value("detection", "");
+  int rc = proc_->running() ? proc_->terminate() : -1000;
+  out["exit_status"] = rc;
+  if (rc != 0) {
+    ctx_.fail(phase + ": couchgate " + (rc == -1000 ? std::string("had already exited") : "exited with " + std::to_string(rc)) +
+              " on SIGTERM; log tail:\n" + log_tail(30));
+  }
+  return out;
+}
+
+std::string daemon_run::log_tail(std::size_t lines) const {
+  std::string log = proc_->log();
+  std::size_t pos = log.size();
+  for (std::size_t n = 0; n <= lines && pos > 0; ++n) {
+    auto p = log.rfind('\n', pos - 1);
+    if (p == std::string::npos) {
+      pos = 0;
+      break;
+    }
+    pos = p;
+  }
+  return log.substr(pos);
+}
+
+}  // namespace couchgate::bench

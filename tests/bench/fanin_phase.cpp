@@ -1,0 +1,435 @@
+// Owns: the fan-in phase of one size and the restore that follows it (see phases.hpp).
+//
+// Order: seed N source databases with M documents each (admin _bulk_docs new_edits:false, before
+// couchgate runs: "catch-up" mode), then
+//   ceiling   - the same documents, under their central ids, written by the bench into a fresh
+//               database with _bulk_docs new_edits:false, 1000 per request, one connection;
+//   couchgate - couchgate started; time from its fork until the central doc_count is N*M;
+//   builtin   - one continuous _replicator document per source into another fresh database
+//               (one-shot on pouchdb-server, see run_builtin);
+//   restore   - sources deleted, `couchgate restore --all`, every source checked.
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <regex>
+#include <thread>
+
+#include "tests/bench/client.hpp"
+#include "tests/bench/daemon_run.hpp"
+#include "tests/bench/dataset.hpp"
+#include "tests/bench/phases.hpp"
+#include "tests/bench/probe.hpp"
+#include "tests/bench/runner.hpp"
+
+namespace couchgate::bench {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string base_of(const test::names& n) { return n.prefix.substr(0, n.prefix.size() - std::string("-userdb-").size()); }
+
+double rate(double docs, double seconds) { return seconds > 0 ? round_to(docs / seconds, 1) : 0; }
+
+json run_ceiling(context& ctx, const test::names& n, const std::vector<source_db>& sources, int m, plot_data& plots,
+                 const std::string& label) {
+  const std::uint64_t total = sources.size() * static_cast<std::uint64_t>(m);
+  const std::size_t batch = 1000;
+  std::string db = base_of(n) + "-ceiling";
+  json out{{"db_kind", "fresh database"}, {"batch_docs", batch}, {"connections", 1}};
+  // Serialized before the clock starts: the ceiling measures the server, not the bench.
+  std::vector<std::string> bodies;
+  {
+    json docs = json::array();
+    auto flush = [&] {
+      bodies.push_back(json{{"new_edits", false}, {"docs", std::move(docs)}}.dump());
+      docs = json::array();
+    };
+    for (const auto& s : sources) {
+      for (int j = 0; j < m; ++j) {
+        docs.push_back(central_doc(s, j));
+        if (docs.size() == batch) flush();
+      }
+    }
+    if (!docs.empty()) flush();
+  }
+  bench_client c;
+  if (auto e = create_db(ctx, c, db); !e.empty()) {
+    ctx.fail("ceiling: " + e);
+    return out;
+  }
+  sampler s(ctx.server_pid);
+  plot_series series{label + " ceiling", {{0, 0}}};
+  auto t0 = steady::now();
+  std::uint64_t written = 0;
+  std::string error;
+  for (const auto& b : bodies) {
+    auto r = c.post(db_path(db) + "/_bulk_docs", b);
+    if (r.status != 201) {
+      error = describe(r);
+      break;
+    }
+    written += std::min<std::uint64_t>(batch, total - written);
+    series.points.emplace_back(seconds_since(t0), static_cast<double>(written));
+    if (interrupted()) break;
+  }
+  double secs = seconds_since(t0);
+  s.stop();
+  if (!error.empty()) {
+    ctx.fail("ceiling: _bulk_docs failed: " + error);
+  } else if (auto dc = doc_count(c, db); !dc || *dc != total) {
+    ctx.fail("ceiling: " + db + " holds " + (dc ? std::to_string(*dc) : std::string("?")) + " documents, expected " +
+             std::to_string(total));
+  }
+  out["seconds"] = round_to(secs);
+  out["docs_per_s"] = rate(static_cast<double>(written), secs);
+  out["sockets_peak"] = s.result().bench_peak;
+  plots.fanin.push_back(std::move(series));
+  if (auto e = delete_db(ctx, c, db); !e.empty()) note("cleanup: " + e);
+  return out;
+}
+
+// Design documents in db (CouchDB's doc_count includes them).
+std::optional<std::uint64_t> design_doc_count(bench_client& c, const std::string& db) {
+  auto r = c.get(db_path(db) + "/_all_docs?startkey=%22_design%2F%22&endkey=%22_design0%22");
+  if (r.status != 200 || !r.body.contains("rows") || !r.body["rows"].is_array()) return std::nullopt;
+  return r.body["rows"].size();
+}
+
+json run_couchgate(context& ctx, const json& cfg, const test::names& n, std::uint64_t total, plot_data& plots,
+                   const std::string& label, bool& complete) {
+  json out = json::object();
+  bench_client c(30s);
+  daemon_run d(ctx, cfg, "fanin-" + label);
+  ctx.created(n.central);
+  ctx.created(n.state);
+  plot_series series{label + " couchgate", {{0, 0}}};
+  double first_doc = -1, done = -1;
+  std::uint64_t last = 0;
+  std::optional<std::uint64_t> ddocs;  // couchgate's own design document(s) in the central database
+  bool died = false;
+  const double deadline = 120 + static_cast<double>(total) / 100.0;
+  d.start();
+  poll_until(
+      [&] {
+        if (!d.running()) {
+          died = true;
+          return true;
+        }
+        d.check_ready();
+        auto dc = doc_count(c, n.central);
+        double t = d.seconds();
+        if (!dc) return false;
+        // couchgate writes its guard design document before replicating anything: once the
+        // database holds a document, count the design documents once.
+        if (*dc > 0 && !ddocs) ddocs = design_doc_count(c, n.central);
+        std::uint64_t user_docs = *dc - std::min<std::uint64_t>(*dc, ddocs.value_or(0));
+        series.points.emplace_back(t, static_cast<double>(user_docs));
+        if (user_docs > 0 && first_doc < 0) first_doc = t;
+        last = user_docs;
+        if (last >= total) {
+          done = t;
+          return true;
+        }
+        return false;
+      },
+      std::chrono::duration<double>(deadline), 50ms);
+  complete = done >= 0;
+  out["seconds"] = complete ? json(round_to(done)) : json(nullptr);
+  out["docs_per_s"] = complete ? json(rate(static_cast<double>(total), done)) : json(nullptr);
+  out["first_doc_seconds"] = first_doc >= 0 ? json(round_to(first_doc)) : json(nullptr);
+  // Replication proper: from the first document in the central database to the last.
+  out["replication_seconds"] = complete && first_doc >= 0 ? json(round_to(done - first_doc)) : json(nullptr);
+  out["docs_at_end"] = last;
+  if (!complete) {
+    std::string why = died ? "couchgate exited" : interrupted() ? "interrupted" : "deadline of " + std::to_string(static_cast<int>(deadline)) + " s passed";
+    ctx.fail("fan-in " + label + ": the central database holds " + std::to_string(last) + " of " + std::to_string(total) +
+             " documents (" + why + "); couchgate log tail:\n" + d.log_tail(30));
+  }
+  plots.fanin.push_back(std::move(series));
+  json stats = d.stop("fan-in " + label);
+  out.update(stats);
+  return out;
+}
+
+// The _replication_state of each _replicator document (pouchdb-server writes it; CouchDB 3
+// does so only for finished or failed jobs), "missing" when the document is gone.
+std::map<std::string, std::string> replication_states(bench_client& c, const std::vector<std::string>& ids) {
+  std::map<std::string, std::string> out;
+  for (const auto& id : ids) out[id] = "missing";
+  auto r = c.post("/_replicator/_all_docs?include_docs=true", json{{"keys", ids}}.dump());
+  if (r.status != 200 || !r.body.contains("rows")) return out;
+  for (const auto& row : r.body["rows"]) {
+    if (!row.is_object() || !row.contains("key") || !row["key"].is_string()) continue;
+    if (row.contains("doc") && row["doc"].is_object()) {
+      out[row["key"].get<std::string>()] = row["doc"].value("_replication_state", "(none)");
+    }
+  }
+  return out;
+}
+
+// Deletes the _replicator documents, retrying when the server updated them meanwhile.
+void delete_replications(bench_client& c, const std::vector<std::string>& ids) {
+  std::vector<std::string> left = ids;
+  for (int attempt = 0; attempt < 6 && !left.empty(); ++attempt) {
+    auto r = c.post("/_replicator/_all_docs", json{{"keys", left}}.dump());
+    if (r.status != 200 || !r.body.contains("rows")) {
+      note("builtin: cannot list _replicator documents: " + describe(r));
+      return;
+    }
+    json dels = json::array();
+    for (const auto& row : r.body["rows"]) {
+      if (!row.is_object() || !row.contains("value") || !row["value"].is_object()) continue;
+      if (row["value"].value("deleted", false)) continue;
+      dels.push_back({{"_id", row["id"]}, {"_rev", row["value"]["rev"]}, {"_deleted", true}});
+    }
+    if (dels.empty()) return;
+    auto d = c.post("/_replicator/_bulk_docs", json{{"docs", dels}}.dump());
+    left.clear();
+    if (d.body.is_array()) {
+      for (const auto& row : d.body) {
+        if (row.is_object() && row.contains("error")) left.push_back(row.value("id", ""));
+      }
+    }
+    if (!left.empty()) std::this_thread::sleep_for(200ms);
+  }
+  if (!left.empty()) note("builtin: " + std::to_string(left.size()) + " _replicator documents could not be deleted");
+}
+
+json run_builtin(context& ctx, const test::names& n, const std::vector<source_db>& sources, std::uint64_t total,
+                 plot_data& plots, const std::string& label) {
+  json out = json::object();
+  bench_client c(30s);
+  if (auto r = c.get("/_replicator"); r.status != 200) {
+    out["available"] = false;
+    out["note"] = "no _replicator database (" + describe(r) + ")";
+    return out;
+  }
+  out["available"] = true;
+  out["timeout_seconds"] = ctx.opt.builtin_timeout;
+  // pouchdb-server 4.2.0 dies when the _replicator document of a running replication is deleted
+  // (pouchdb-replicator's onReplicationComplete reads the deleted document with no catch): there,
+  // the documents are one-shot and deleted only once their replication has finished.
+  const bool continuous = !ctx.pouchdb;
+  out["continuous"] = continuous;
+  if (!continuous) {
+    out["note"] = "one-shot _replicator documents (continuous:false): pouchdb-server crashes when a running "
+                  "replication's document is deleted";
+  }
+  std::string target = base_of(n) + "-builtin";
+  if (auto e = create_db(ctx, c, target); !e.empty()) {
+    ctx.fail("builtin: " + e);
+    return out;
+  }
+  const std::string url = url_with_credentials();
+  json docs = json::array();
+  std::vector<std::string> ids;
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    ids.push_back(base_of(n) + "-" + pad(static_cast<long long>(i), 5));
+    docs.push_back({{"_id", ids.back()},
+                    {"source", url + db_path(sources[i].db)},
+                    {"target", url + db_path(target)},
+                    {"continuous", continuous}});
+  }
+  sampler s(ctx.server_pid);
+  plot_series series{label + " builtin", {{0, 0}}};
+  auto t0 = steady::now();
+  auto r = c.post("/_replicator/_bulk_docs", json{{"docs", docs}}.dump());
+  bool created = r.status == 201;
+  if (created && r.body.is_array()) {
+    for (const auto& row : r.body) {
+      if (row.is_object() && row.contains("error")) created = false;
+    }
+  }
+  if (!created) {
+    s.stop();
+    out["note"] = "creating the _replicator documents failed: " + describe(r);
+    note("builtin " + label + ": " + out["note"].get<std::string>());
+    delete_replications(c, ids);
+    delete_db(ctx, c, target);
+    return out;
+  }
+  double done = -1;
+  std::uint64_t last = 0;
+  poll_until(
+      [&] {
+        auto dc = doc_count(c, target);
+        double t = seconds_since(t0);
+        if (!dc) return false;
+        series.points.emplace_back(t, static_cast<double>(*dc));
+        last = *dc;
+        if (last >= total) done = t;
+        return last >= total;
+      },
+      std::chrono::duration<double>(ctx.opt.builtin_timeout), 100ms);
+  double elapsed = seconds_since(t0);
+  s.stop();
+  auto sum = s.result();
+  out["complete"] = done >= 0;
+  out["seconds"] = done >= 0 ? json(round_to(done)) : json(nullptr);
+  out["docs_per_s"] = rate(static_cast<double>(last), done >= 0 ? done : elapsed);
+  out["docs_at_end"] = last;
+  out["timed_out"] = done < 0;
+  // Connections to the server from any local process but the bench: the replicator's own
+  // (on a server elsewhere, e.g. in a container, these are invisible: then 0).
+  out["sockets_peak"] = sum.clients_peak;
+  out["server_process_sockets_peak"] = sum.server_held_peak >= 0 ? json(sum.server_held_peak) : json("n/a");
+  if (done < 0) {
+    // Why: the states the server reports for its jobs.
+    std::map<std::string, int> states;
+    for (const auto& [id, state] : replication_states(c, ids)) ++states[state];
+    out["replication_states"] = states;
+    note("builtin " + label + ": timed out after " + std::to_string(static_cast<int>(ctx.opt.builtin_timeout)) + " s with " +
+         std::to_string(last) + "/" + std::to_string(total) + " documents");
+  }
+  plots.fanin.push_back(std::move(series));
+  std::vector<std::string> deletable = ids;
+  if (!continuous) {
+    // Only finished replications may lose their document (see above).
+    std::map<std::string, std::string> states;
+    poll_until(
+        [&] {
+          states = replication_states(c, ids);
+          for (const auto& [id, state] : states) {
+            if (state != "completed" && state != "error") return false;
+          }
+          return true;
+        },
+        30s, 200ms);
+    deletable.clear();
+    for (const auto& [id, state] : states) {
+      if (state == "completed" || state == "error") deletable.push_back(id);
+    }
+    if (deletable.size() < ids.size()) {
+      note("builtin: " + std::to_string(ids.size() - deletable.size()) +
+           " replications still running; their _replicator documents stay (deleting them would crash pouchdb-server)");
+    }
+  }
+  delete_replications(c, deletable);
+  std::this_thread::sleep_for(1s);  // let the server cancel the jobs before their target goes
+  if (auto e = delete_db(ctx, c, target); !e.empty()) note("cleanup: " + e);
+  return out;
+}
+
+json run_restore(context& ctx, const json& cfg, const std::vector<source_db>& sources, int m) {
+  json out = json::object();
+  std::vector<std::string> dbs;
+  for (const auto& s : sources) dbs.push_back(s.db);
+  if (auto e = delete_dbs(ctx, dbs); !e.empty()) {
+    ctx.fail("restore: deleting the sources failed: " + e);
+    return out;
+  }
+  std::string dir = make_temp_dir("couchgate-bench-restore");
+  std::string path = dir + "/config.yaml";
+  json c = cfg;
+  c["admin_api"].erase("port_file");
+  std::ofstream(path) << c.dump(2) << "\n";
+  const std::uint64_t total = sources.size() * static_cast<std::uint64_t>(m);
+  sampler s(ctx.server_pid);
+  auto res = run_command({"restore", "--all", "--config", path}, std::chrono::duration<double>(120 + static_cast<double>(total) / 50.0),
+                         [&s](pid_t pid) { s.watch(pid); });
+  s.stop();
+  remove_dir(dir);
+  for (const auto& d : dbs) ctx.created(d);  // restore recreated them
+  std::smatch mt;
+  std::uint64_t revs = 0;
+  static const std::regex written_re(R"((\d+) revisions written)");
+  if (std::regex_search(res.out, mt, written_re)) revs = std::stoull(mt[1].str());
+  out["seconds"] = round_to(res.seconds);
+  out["revisions_written"] = revs;
+  out["docs_per_s"] = rate(static_cast<double>(revs), res.seconds);
+  out["exit_status"] = res.status;
+  out["sockets_peak"] = s.result().watched_peak;
+  out["rss_peak_mb"] = s.result().rss_peak_kb > 0 ? json(round_to(static_cast<double>(s.result().rss_peak_kb) / 1024.0, 1)) : json(nullptr);
+  if (res.status != 0 || res.timed_out) {
+    ctx.fail("restore --all " + std::string(res.timed_out ? "timed out" : "exited with " + std::to_string(res.status)) +
+             "; stdout:\n" + res.out.substr(0, 2000) + "\nstderr tail:\n" + res.err.substr(res.err.size() > 2000 ? res.err.size() - 2000 : 0));
+    return out;
+  }
+  // Every source is back with all its documents.
+  std::atomic<int> wrong{0};
+  std::mutex mu;
+  std::string example;
+  parallel_for(static_cast<int>(sources.size()), ctx.opt.threads, [&](int i, bench_client& cl) -> std::string {
+    const auto& src = sources[static_cast<std::size_t>(i)];
+    auto dc = doc_count(cl, src.db);
+    if (!dc || *dc != static_cast<std::uint64_t>(m)) {
+      ++wrong;
+      std::lock_guard lk(mu);
+      if (example.empty()) example = src.db + " holds " + (dc ? std::to_string(*dc) : std::string("?")) + " documents";
+    }
+    return "";
+  });
+  out["verified"] = wrong.load() == 0;
+  if (wrong.load() != 0) {
+    ctx.fail("restore: " + std::to_string(wrong.load()) + " of " + std::to_string(sources.size()) +
+             " restored databases are incomplete (e.g. " + example + ", expected " + std::to_string(m) + ")");
+  }
+  if (revs != total) note("restore: " + std::to_string(revs) + " revisions written, expected " + std::to_string(total));
+  return out;
+}
+
+}  // namespace
+
+json run_fanin(context& ctx, const size_spec& size, plot_data& plots) {
+  const std::string label = size.label();
+  const std::uint64_t total = static_cast<std::uint64_t>(size.dbs) * static_cast<std::uint64_t>(size.docs_per_db);
+  json out{{"size", label}, {"dbs", size.dbs}, {"docs_per_db", size.docs_per_db}, {"docs_total", total}};
+  test::names n = ctx.fresh("bench-fanin");
+  auto sources = make_sources(n.prefix, "u", size.dbs);
+  out["doc_bytes"] = sources.empty() ? 0 : doc_bytes(sources[0], 0);
+  out["mode"] = "catch-up: sources written before couchgate starts; registered by its reconcile (prefix + hex(user))";
+
+  note("fan-in " + label + ": seeding " + std::to_string(size.dbs) + " databases with " + std::to_string(size.docs_per_db) +
+       " documents each");
+  auto t0 = steady::now();
+  if (auto e = seed_sources(ctx, sources, size.docs_per_db); !e.empty()) {
+    ctx.fail("fan-in " + label + ": seeding failed: " + e);
+    std::vector<std::string> dbs;
+    for (const auto& s : sources) dbs.push_back(s.db);
+    delete_dbs(ctx, dbs);
+    return out;
+  }
+  out["seed_seconds"] = round_to(seconds_since(t0));
+
+  if (!ctx.opt.skipped("ceiling") && !interrupted()) {
+    note("fan-in " + label + ": ingest ceiling (_bulk_docs new_edits:false, one connection)");
+    out["ceiling"] = run_ceiling(ctx, n, sources, size.docs_per_db, plots, label);
+  }
+  json cfg = ctx.couchgate_config(n);
+  bool complete = false;
+  if (!interrupted()) {
+    note("fan-in " + label + ": couchgate");
+    out["couchgate"] = run_couchgate(ctx, cfg, n, total, plots, label, complete);
+  }
+  if (!ctx.opt.skipped("builtin") && !interrupted()) {
+    note("fan-in " + label + ": the server's own replicator (one _replicator document per source)");
+    out["builtin"] = run_builtin(ctx, n, sources, total, plots, label);
+  }
+  if (complete && !ctx.opt.skipped("restore") && !interrupted()) {
+    note("fan-in " + label + ": restore --all");
+    out["restore"] = run_restore(ctx, cfg, sources, size.docs_per_db);
+  }
+
+  // Ratios of throughput (documents per second).
+  auto rate_of = [&](const char* k) -> double {
+    if (!out.contains(k) || !out[k].contains("docs_per_s") || !out[k]["docs_per_s"].is_number()) return -1;
+    if (out[k].contains("complete") && !out[k]["complete"].get<bool>()) return -1;
+    return out[k]["docs_per_s"].get<double>();
+  };
+  double cg = rate_of("couchgate"), ceil = rate_of("ceiling"), bi = rate_of("builtin");
+  out["ratio_couchgate_to_ceiling"] = cg > 0 && ceil > 0 ? json(round_to(cg / ceil)) : json(nullptr);
+  out["ratio_couchgate_to_builtin"] = cg > 0 && bi > 0 ? json(round_to(cg / bi)) : json(nullptr);
+
+  note("fan-in " + label + ": cleaning up");
+  std::vector<std::string> dbs;
+  for (const auto& s : sources) dbs.push_back(s.db);
+  dbs.push_back(n.central);
+  dbs.push_back(n.state);
+  if (auto e = delete_dbs(ctx, dbs); !e.empty()) note("cleanup: " + e);
+  return out;
+}
+
+}  // namespace couchgate::bench
