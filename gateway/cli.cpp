@@ -95,7 +95,7 @@ int run_restore_cmd(const std::string& path, const restore_options& opts) {
 
 int cli_main(int argc, char** argv) {
   CLI::App app{"couchgate: per-user CouchDB databases, provisioned, fanned in to one central database, and restorable"};
-  app.set_version_flag("--version", std::string("couchgate ") + COUCHGATE_VERSION);
+  app.set_version_flag("--version", std::string("couchgate ") + COUCHGATE_VERSION + "\n");
   app.require_subcommand(1);
 
   std::string run_config;
