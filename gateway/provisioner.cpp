@@ -267,30 +267,13 @@ bool provisioner::reconcile() {
 }
 
 void provisioner::start() {
-  {
-    std::lock_guard lk(mu_);
-    stopping_ = false;
-  }
+  stop_.reset();
   thread_ = std::thread([this] { run(); });
 }
 
 void provisioner::stop() {
-  {
-    std::lock_guard lk(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
+  stop_.request();
   if (thread_.joinable()) thread_.join();
-}
-
-bool provisioner::stopping() const {
-  std::lock_guard lk(mu_);
-  return stopping_;
-}
-
-bool provisioner::sleep_for(std::chrono::milliseconds d) {
-  std::unique_lock lk(mu_);
-  return !cv_.wait_for(lk, d, [this] { return stopping_; });
 }
 
 void provisioner::run() {
@@ -298,9 +281,9 @@ void provisioner::run() {
   replicator::backoff_policy bp{};
   std::uint32_t failures = 0;
   // First reconcile: readiness waits for it.
-  while (!stopping()) {
+  while (!stop_.requested()) {
     if (reconcile()) break;
-    if (!sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
+    if (!stop_.sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
   }
   ready_.store(true);
   next_reconcile_ = std::chrono::steady_clock::now() + cfg_.reconcile_interval;
@@ -312,7 +295,7 @@ void provisioner::follow() {
   replicator::backoff_policy bp{};
   std::uint32_t failures = 0;
   json since = nullptr;
-  while (!stopping() && since.is_null()) {
+  while (!stop_.requested() && since.is_null()) {
     auto stored = state_.get_value(users_feed_key);
     if (stored.ok()) {
       if (stored.value()) {
@@ -323,10 +306,10 @@ void provisioner::follow() {
         if (info.ok() && info.value().contains("update_seq")) since = info.value()["update_seq"];
       }
     }
-    if (since.is_null() && !sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
+    if (since.is_null() && !stop_.sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
   }
   failures = 0;
-  while (!stopping()) {
+  while (!stop_.requested()) {
     if (cfg_.reconcile_interval.count() > 0 && std::chrono::steady_clock::now() >= next_reconcile_) {
       reconcile();
       next_reconcile_ = std::chrono::steady_clock::now() + cfg_.reconcile_interval;
@@ -350,14 +333,14 @@ void provisioner::follow() {
       }
       auto delay = replicator::backoff_delay(bp, ++failures, rnd);
       log()->warn("_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
-      if (!sleep_for(delay)) return;
+      if (!stop_.sleep_for(delay)) return;
       continue;
     }
     const json& a = r.value();
     if (!a.is_object() || !a.contains("results") || !a["results"].is_array()) {
       reconnects_.inc();
       log()->warn("_users feed answer has no results array");
-      if (!sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
+      if (!stop_.sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
       continue;
     }
     std::vector<policy::user_doc> users;
@@ -374,7 +357,7 @@ void provisioner::follow() {
     if (!users.empty() && apply(users) > 0) {
       // Something retryable failed: do not move past it; the batch is idempotent.
       auto delay = replicator::backoff_delay(bp, ++failures, rnd);
-      if (!sleep_for(delay)) return;
+      if (!stop_.sleep_for(delay)) return;
       continue;
     }
     failures = 0;

@@ -21,6 +21,7 @@
 #include "replicator/couch_client.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/state_store.hpp"
+#include "replicator/stop_flag.hpp"
 
 namespace couchgate::gateway {
 
@@ -61,8 +62,6 @@ class provisioner {
  private:
   void run();
   void follow();
-  bool sleep_for(std::chrono::milliseconds d);
-  bool stopping() const;
   void record(const std::string& name, const std::string& db, policy::user_action a, const std::string& error);
 
   replicator::couch_client& client_;
@@ -71,9 +70,8 @@ class provisioner {
   provisioner_hooks hooks_;
   std::atomic<bool> ready_{false};
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
+  mutable std::mutex mu_;  // guards users_
+  replicator::stop_flag stop_;
   std::map<std::string, user_state> users_;
   std::thread thread_;
   std::chrono::steady_clock::time_point next_reconcile_{};

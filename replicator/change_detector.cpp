@@ -53,25 +53,13 @@ change_detector::change_detector(couch_client& client, state_store& state, fanin
 change_detector::~change_detector() { stop(); }
 
 void change_detector::start() {
-  {
-    std::lock_guard lk(mu_);
-    stopping_ = false;
-  }
+  stop_.reset();
   thread_ = std::thread([this] { run(); });
 }
 
 void change_detector::stop() {
-  {
-    std::lock_guard lk(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
+  stop_.request();
   if (thread_.joinable()) thread_.join();
-}
-
-bool change_detector::sleep_for(std::chrono::milliseconds d) {
-  std::unique_lock lk(mu_);
-  return !cv_.wait_for(lk, d, [this] { return stopping_; });
 }
 
 bool change_detector::probe() {
@@ -101,10 +89,7 @@ void change_detector::run() {
   const auto rnd = random_uniform_source();
   std::uint32_t failures = 0;
   while (true) {
-    {
-      std::lock_guard lk(mu_);
-      if (stopping_) return;
-    }
+    if (stop_.requested()) return;
     if (active_.load() == detection::automatic) {
       detection chosen = opts_.mode;
       if (opts_.mode != detection::sweep) {
@@ -112,13 +97,13 @@ void change_detector::run() {
           bool ok = probe();
           if (!ok && opts_.mode == detection::db_updates) {
             log()->error("detection is db_updates but the server's _db_updates does not work; retrying");
-            if (!sleep_for(backoff_delay(opts_.backoff, ++failures, rnd))) return;
+            if (!stop_.sleep_for(backoff_delay(opts_.backoff, ++failures, rnd))) return;
             continue;
           }
           chosen = ok ? detection::db_updates : detection::sweep;
         } catch (const couch_error& e) {
           reconnects_.inc();
-          if (!sleep_for(backoff_delay(opts_.backoff, ++failures, rnd))) return;
+          if (!stop_.sleep_for(backoff_delay(opts_.backoff, ++failures, rnd))) return;
           continue;
         }
       }
@@ -134,7 +119,7 @@ void change_detector::run() {
       sweep_once();
       auto next = started + opts_.sweep_interval;
       auto now = std::chrono::steady_clock::now();
-      if (next > now && !sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+      if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
     }
   }
 }
@@ -153,10 +138,7 @@ void change_detector::follow_db_updates() {
     last_save = now;
   };
   while (true) {
-    {
-      std::lock_guard lk(mu_);
-      if (stopping_) break;
-    }
+    if (stop_.requested()) break;
     auto r = client_.db_updates(since, true, 1000).get();
     if (!r.ok()) {
       const auto& e = r.error();
@@ -182,7 +164,7 @@ void change_detector::follow_db_updates() {
       }
       auto delay = backoff_delay(opts_.backoff, ++failures, rnd);
       log()->warn("_db_updates feed failed: {} (retry in {} ms)", e.describe(), delay.count());
-      if (!sleep_for(delay)) break;
+      if (!stop_.sleep_for(delay)) break;
       if (failures == 1) continue;
       // After an outage, events may have been lost with the connection: catch up every source.
       fanin_.mark_all_dirty();
@@ -193,7 +175,7 @@ void change_detector::follow_db_updates() {
     if (!page.ok()) {
       reconnects_.inc();
       log()->warn("_db_updates answer malformed: {}", page.error().describe());
-      if (!sleep_for(backoff_delay(opts_.backoff, 1, rnd))) break;
+      if (!stop_.sleep_for(backoff_delay(opts_.backoff, 1, rnd))) break;
       continue;
     }
     events_.inc(page.value().events.size());
@@ -251,7 +233,7 @@ void change_detector::sweep_once() {
     }
     auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(window_time);
     auto now = std::chrono::steady_clock::now();
-    if (next > now && !sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+    if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
   }
 }
 

@@ -18,6 +18,7 @@
 #include "replicator/fanin.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/state_store.hpp"
+#include "replicator/stop_flag.hpp"
 
 namespace couchgate::replicator {
 
@@ -62,7 +63,6 @@ class change_detector {
   bool probe();  // true when _db_updates works (creating _global_changes if allowed)
   void follow_db_updates();
   void sweep_once();
-  bool sleep_for(std::chrono::milliseconds d);  // false when stopping
 
   couch_client& client_;
   state_store& state_;
@@ -70,9 +70,7 @@ class change_detector {
   detector_options opts_;
   std::function<void(const std::string&)> on_unknown_created_;
   std::atomic<detection> active_{detection::automatic};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
+  stop_flag stop_;
   std::thread thread_;
   counter& events_;
   counter& reconnects_;

@@ -268,6 +268,10 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     if (it == sources_.end()) continue;  // removed while the round ran
     auto& s = it->second;
     if (t.error) {
+      if (t.error->kind == couch_error_kind::cancelled) {  // shutting down: retried at next start
+        sched_.fail(t.db, now);
+        continue;
+      }
       errors_[t.error->kind]->inc();
       auto delay = sched_.fail(t.db, now);
       if (s.last_error != t.error->describe() || s.docs_written == 0) {

@@ -3,6 +3,8 @@
 
 #include <unordered_map>
 
+#include "replicator/batching.hpp"
+
 namespace couchgate::replicator {
 
 namespace {
@@ -85,11 +87,11 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   };
   std::vector<diff_call> diffs;
   for (auto& [target, firsts] : by_target) {
-    for (std::size_t off = 0; off < firsts.size(); off += batch) {
+    for (auto [from, to] : plan_batches(firsts.size(), batch)) {
       diff_call d;
       d.target = target;
       json body = json::object();
-      for (std::size_t k = off; k < std::min(firsts.size(), off + batch); ++k) {
+      for (std::size_t k = from; k < to; ++k) {
         std::size_t i = firsts[k];
         d.rows.push_back(i);
         json revs = json::array();
@@ -195,11 +197,10 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   };
   std::vector<get_call> gets;
   for (auto& [source, fs] : fetches) {
-    for (std::size_t off = 0; off < fs.size(); off += batch) {
+    for (auto [from, to] : plan_batches(fs.size(), batch)) {
       get_call g;
       g.source = source;
-      g.fs.assign(fs.begin() + static_cast<std::ptrdiff_t>(off),
-                  fs.begin() + static_cast<std::ptrdiff_t>(std::min(fs.size(), off + batch)));
+      g.fs.assign(fs.begin() + static_cast<std::ptrdiff_t>(from), fs.begin() + static_cast<std::ptrdiff_t>(to));
       if (caps.bulk_get.load() != 0) {
         json list = json::array();
         for (const auto& f : g.fs) list.push_back({{"id", rows[f.row].source_id}, {"rev", f.rev}});
@@ -253,17 +254,17 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   };
   std::vector<write_call> writes;
   for (auto& [target, idx] : docs_by_target) {
-    std::size_t k = 0;
-    while (k < idx.size()) {
+    std::vector<std::size_t> sizes;
+    sizes.reserve(idx.size());
+    for (std::size_t i : idx) sizes.push_back(docs[i].body.size());
+    for (auto [from, to] : plan_batches(sizes, batch, opts.batch_bytes)) {
       write_call w;
       std::string body = "{\"new_edits\":false,\"docs\":[";
-      while (k < idx.size() && w.docs.size() < batch &&
-             (w.docs.empty() || w.bytes + docs[idx[k]].body.size() <= opts.batch_bytes)) {
-        if (!w.docs.empty()) body.push_back(',');
+      for (std::size_t k = from; k < to; ++k) {
+        if (k != from) body.push_back(',');
         body += docs[idx[k]].body;
-        w.bytes += docs[idx[k]].body.size();
+        w.bytes += sizes[k];
         w.docs.push_back(idx[k]);
-        ++k;
       }
       body += "]}";
       w.call = client.bulk_docs(target, std::move(body));

@@ -148,6 +148,9 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", seconds, "steady state: seconds of writing (default 60)");
   app.add_option("--users", users, "provisioning: users created at once (default 1000)");
   app.add_option("--builtin-timeout", builtin_timeout, "seconds CouchDB's own replicator gets per size (default 300; 60 with --smoke)");
+  app.add_option("--builtin-url", o.builtin_url,
+                 "URL (no credentials) the server's own replicator uses to reach the server, when COUCHDB_URL does not work "
+                 "from inside it (e.g. a container with a remapped port: http://127.0.0.1:5984)");
   app.add_option("--out", o.out, "JSON results file")->capture_default_str();
   app.add_option("--plots", o.plots, "directory for gnuplot data, bench.gp and PNGs (PNGs only when gnuplot is on PATH)");
   app.add_option("--logs", o.logs, "directory to keep each couchgate run's log in (default: discarded)");

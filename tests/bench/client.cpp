@@ -8,6 +8,7 @@ namespace couchgate::bench {
 bench_client::bench_client(std::chrono::seconds read_timeout)
     : cli_(std::make_unique<httplib::Client>(test::env().host, test::env().port)) {
   cli_->set_keep_alive(true);
+  cli_->set_tcp_nodelay(true);  // headers and body go out in separate writes: no Nagle stall
   cli_->set_connection_timeout(10);
   cli_->set_read_timeout(static_cast<time_t>(read_timeout.count()));
   cli_->set_write_timeout(60);
@@ -42,11 +43,13 @@ reply bench_client::del(const std::string& target) { return call("DELETE", targe
 
 std::string db_path(const std::string& db) { return "/" + test::enc(db); }
 
-std::string url_with_credentials() {
+std::string url_with_credentials(std::string base) {
   const auto& e = test::env();
-  if (e.user.empty()) return e.url;
-  auto scheme = e.url.find("://");
-  return e.url.substr(0, scheme + 3) + test::enc(e.user) + ":" + test::enc(e.password) + "@" + e.url.substr(scheme + 3);
+  if (base.empty()) base = e.url;
+  while (!base.empty() && base.back() == '/') base.pop_back();
+  auto scheme = base.find("://");
+  if (e.user.empty() || scheme == std::string::npos) return base;
+  return base.substr(0, scheme + 3) + test::enc(e.user) + ":" + test::enc(e.password) + "@" + base.substr(scheme + 3);
 }
 
 std::optional<std::uint64_t> doc_count(bench_client& c, const std::string& db) {

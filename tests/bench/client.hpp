@@ -39,8 +39,9 @@ class bench_client {
 
 // "/" + percent-encoded database name.
 std::string db_path(const std::string& db);
-// The server URL with the admin credentials in it, for _replicator documents.
-std::string url_with_credentials();
+// The server URL (base, default COUCHDB_URL) with the admin credentials in it, for
+// _replicator documents.
+std::string url_with_credentials(std::string base = {});
 // doc_count of a database; nullopt when it cannot be read (missing, server down).
 std::optional<std::uint64_t> doc_count(bench_client& c, const std::string& db);
 // A seq as a query parameter value: numbers as digits, strings as they are (opaque).

@@ -35,6 +35,7 @@ struct options {
   double seconds = 60;        // steady-state write window
   int users = 1000;           // provisioning burst
   double builtin_timeout = 300;
+  std::string builtin_url;    // how the server's replicator reaches the server; empty = COUCHDB_URL
   std::string out = "bench-results.json";
   std::string plots;          // directory; empty = no plots
   std::string logs;           // directory to keep couchgate's logs in; empty = discard them
@@ -55,7 +56,8 @@ class context {
   // fresh_names() that also remembers the name base, so cleanup can find every database of
   // this run even after a phase failed half-way.
   test::names fresh(const std::string& stem);
-  // The couchgate config every phase starts from: base_config + log level + overrides.
+  // The couchgate config every phase starts from: names, selection role and admin port from
+  // base_config, couchgate's defaults for the rest, then the log level and --couchgate-config.
   json couchgate_config(const test::names& n) const;
 
   void created(const std::string& db);

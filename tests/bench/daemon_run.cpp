@@ -87,6 +87,7 @@ json daemon_run::stop(const std::string& phase) {
   sampler_->stop();
   auto s = sampler_->result();
   out["sockets_peak"] = s.watched_peak;
+  out["server_cpu_percent"] = cpu_or_null(s);  // from couchgate's start to its stop
   out["pool_connections_peak"] = m.count("couchgate_couchdb_connections_peak") ? json(m["couchgate_couchdb_connections_peak"]) : json(nullptr);
   out["max_connections"] = config_["fanin"].value("max_connections", 8);
   out["requests"] = m.count("couchgate_couchdb_requests_total") ? json(m["couchgate_couchdb_requests_total"]) : json(nullptr);

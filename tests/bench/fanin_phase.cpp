@@ -86,6 +86,7 @@ json run_ceiling(context& ctx, const test::names& n, const std::vector<source_db
   out["seconds"] = round_to(secs);
   out["docs_per_s"] = rate(static_cast<double>(written), secs);
   out["sockets_peak"] = s.result().bench_peak;
+  out["server_cpu_percent"] = cpu_or_null(s.result());
   plots.fanin.push_back(std::move(series));
   if (auto e = delete_db(ctx, c, db); !e.empty()) note("cleanup: " + e);
   return out;
@@ -147,6 +148,19 @@ json run_couchgate(context& ctx, const json& cfg, const test::names& n, std::uin
     std::string why = died ? "couchgate exited" : interrupted() ? "interrupted" : "deadline of " + std::to_string(static_cast<int>(deadline)) + " s passed";
     ctx.fail("fan-in " + label + ": the central database holds " + std::to_string(last) + " of " + std::to_string(total) +
              " documents (" + why + "); couchgate log tail:\n" + d.log_tail(30));
+  }
+  if (complete) {
+    // Every document is in; couchgate is done once its checkpoints are written and nothing is
+    // dirty or in flight any more.
+    bool idle = poll_until(
+        [&] {
+          json st = d.status();
+          if (!st.is_object() || !st.contains("fanin")) return false;
+          const json& f = st["fanin"];
+          return f.value("dirty", 1) == 0 && f.value("active", 1) == 0 && f.value("backing_off", 1) == 0;
+        },
+        60s, 50ms);
+    out["idle_seconds"] = idle ? json(round_to(d.seconds())) : json(nullptr);
   }
   plots.fanin.push_back(std::move(series));
   json stats = d.stop("fan-in " + label);
@@ -223,7 +237,7 @@ json run_builtin(context& ctx, const test::names& n, const std::vector<source_db
     ctx.fail("builtin: " + e);
     return out;
   }
-  const std::string url = url_with_credentials();
+  const std::string url = url_with_credentials(ctx.opt.builtin_url);
   json docs = json::array();
   std::vector<std::string> ids;
   for (std::size_t i = 0; i < sources.size(); ++i) {
@@ -276,6 +290,7 @@ json run_builtin(context& ctx, const test::names& n, const std::vector<source_db
   // (on a server elsewhere, e.g. in a container, these are invisible: then 0).
   out["sockets_peak"] = sum.clients_peak;
   out["server_process_sockets_peak"] = sum.server_held_peak >= 0 ? json(sum.server_held_peak) : json("n/a");
+  out["server_cpu_percent"] = cpu_or_null(sum);
   if (done < 0) {
     // Why: the states the server reports for its jobs.
     std::map<std::string, int> states;
@@ -342,6 +357,7 @@ json run_restore(context& ctx, const json& cfg, const std::vector<source_db>& so
   out["docs_per_s"] = rate(static_cast<double>(revs), res.seconds);
   out["exit_status"] = res.status;
   out["sockets_peak"] = s.result().watched_peak;
+  out["server_cpu_percent"] = cpu_or_null(s.result());
   out["rss_peak_mb"] = s.result().rss_peak_kb > 0 ? json(round_to(static_cast<double>(s.result().rss_peak_kb) / 1024.0, 1)) : json(nullptr);
   if (res.status != 0 || res.timed_out) {
     ctx.fail("restore --all " + std::string(res.timed_out ? "timed out" : "exited with " + std::to_string(res.status)) +

@@ -119,7 +119,8 @@ socket_counts count_sockets(pid_t watched, pid_t server) {
   return c;
 }
 
-sampler::sampler(pid_t server_pid, std::chrono::milliseconds period) : server_(server_pid), period_(period) {
+sampler::sampler(pid_t server_pid, std::chrono::milliseconds period)
+    : server_(server_pid), period_(period), t0_(steady::now()), server_cpu0_(read_usage(server_pid).cpu_seconds) {
   thread_ = std::thread([this] { run(); });
 }
 
@@ -128,8 +129,13 @@ sampler::~sampler() { stop(); }
 void sampler::watch(pid_t pid) { watched_.store(pid); }
 
 void sampler::stop() {
-  stop_.store(true);
+  if (stop_.exchange(true)) return;
   if (thread_.joinable()) thread_.join();
+  double secs = seconds_since(t0_);
+  double cpu1 = read_usage(server_).cpu_seconds;
+  std::lock_guard lk(mu_);
+  sum_.seconds = secs;
+  if (server_cpu0_ >= 0 && cpu1 >= 0 && secs > 0) sum_.server_cpu_percent = round_to((cpu1 - server_cpu0_) / secs * 100, 1);
 }
 
 sampler::summary sampler::result() const {
@@ -140,6 +146,10 @@ sampler::summary sampler::result() const {
 std::vector<std::pair<double, int>> sampler::clients_series() const {
   std::lock_guard lk(mu_);
   return series_;
+}
+
+nlohmann::json cpu_or_null(const sampler::summary& s) {
+  return s.server_cpu_percent >= 0 ? nlohmann::json(s.server_cpu_percent) : nlohmann::json(nullptr);
 }
 
 void sampler::run() {

@@ -7,11 +7,14 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <utility>
 #include <vector>
 
 namespace couchgate::bench {
+
+using steady_time = std::chrono::steady_clock::time_point;
 
 struct proc_usage {
   long rss_kb = -1;         // VmRSS
@@ -42,6 +45,8 @@ class sampler {
     long rss_peak_kb = -1;  // of the watched process
     int fds_peak = -1;
     int samples = 0;
+    double seconds = 0;              // from construction to stop()
+    double server_cpu_percent = -1;  // the server process's CPU over that time (-1: pid unknown)
   };
   explicit sampler(pid_t server_pid, std::chrono::milliseconds period = std::chrono::milliseconds(50));
   ~sampler();
@@ -63,7 +68,12 @@ class sampler {
   mutable std::mutex mu_;
   summary sum_;
   std::vector<std::pair<double, int>> series_;
+  steady_time t0_;
+  double server_cpu0_ = -1;
   std::thread thread_;
 };
+
+// summary.server_cpu_percent as JSON (null when unknown).
+nlohmann::json cpu_or_null(const sampler::summary& s);
 
 }  // namespace couchgate::bench

@@ -221,24 +221,28 @@ std::string write_plots(const std::string& dir, const plot_data& plots) {
   std::map<std::string, std::vector<const plot_series*>> by_size;
   for (const auto& s : plots.fanin) by_size[s.name.substr(0, s.name.find(' '))].push_back(&s);
   for (const auto& [size, list] : by_size) {
-    std::string plot_cmd;
+    std::string plot_cmd, cumulative_cmd;
     for (const auto* s : list) {
       std::string approach = s->name.substr(s->name.find(' ') + 1);
       std::string file = "fanin-" + size + "-" + approach + ".dat";
       std::ofstream f(dir + "/" + file);
-      f << "# seconds documents docs_per_s(over >=0.5 s)\n";
+      f << "# seconds documents docs_per_s(over >=1 s)\n";
       std::size_t j = 0;
       for (std::size_t i = 0; i < s->points.size(); ++i) {
         const auto& [t, c] = s->points[i];
-        while (j + 1 < i && s->points[j + 1].first <= t - 0.5) ++j;
+        while (j + 1 < i && s->points[j + 1].first <= t - 1.0) ++j;
         double dt = t - s->points[j].first;
         double r = dt > 0 ? (c - s->points[j].second) / dt : 0;
         f << t << " " << c << " " << r << "\n";
       }
       plot_cmd += std::string(plot_cmd.empty() ? "plot " : ", ") + "'" + file + "' using 1:3 with lines lw 2 title '" + approach + "'";
+      cumulative_cmd += std::string(cumulative_cmd.empty() ? "plot " : ", ") + "'" + file + "' using 1:2 with lines lw 2 title '" + approach + "'";
     }
+    gp += "set output 'fanin-" + size + "-documents.png'\nset title 'fan-in " + size +
+          ": documents in the target'\nset xlabel 'seconds since start'\nset ylabel 'documents'\nunset logscale\n" +
+          cumulative_cmd + "\n";
     gp += "set output 'fanin-" + size + ".png'\nset title 'fan-in " + size +
-          ": documents/s into the target (0.5 s window)'\nset xlabel 'seconds since start'\nset ylabel 'docs/s'\nunset logscale\n" +
+          ": documents/s into the target (1 s window)'\nset xlabel 'seconds since start'\nset ylabel 'docs/s'\nunset logscale\n" +
           plot_cmd + "\n";
   }
   auto cdf = [&](const std::vector<double>& v, const std::string& file, const std::string& title, const std::string& xlabel) {

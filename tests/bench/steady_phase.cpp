@@ -5,6 +5,7 @@
 // and its write time in the body. One bench thread polls the central database's _changes feed
 // (normal feed, every 20 ms) and records when each document's central id first appears.
 // Latency = first seen in central - start of the PUT into the source (steady clock).
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <thread>
@@ -149,13 +150,15 @@ json run_steady(context& ctx, plot_data& plots) {
 
   note("steady state: writing " + std::to_string(total) + " documents at " + std::to_string(rate) + "/s over " +
        std::to_string(n_dbs) + " databases");
-  proc_usage w0 = read_usage(d.pid());
+  proc_usage w0 = read_usage(d.pid()), s0 = read_usage(ctx.server_pid);
   auto t_writes = steady::now();
   std::atomic<std::size_t> write_errors{0};
   std::string first_write_error;
   std::mutex err_mu;
   {
-    const int writers = std::max(1, ctx.opt.threads);
+    // Enough writers that a slow server (100 ms per PUT) still gets the rate; each has its own
+    // connection.
+    const int writers = std::clamp((rate + 9) / 10, std::max(1, ctx.opt.threads), 64);
     std::vector<std::thread> pool;
     for (int w = 0; w < writers; ++w) {
       pool.emplace_back([&, w] {
@@ -186,7 +189,7 @@ json run_steady(context& ctx, plot_data& plots) {
   const double drain = ctx.opt.smoke ? 30 : 60;
   poll_until([&] { return seen.load() >= written; }, std::chrono::duration<double>(drain), 20ms);
   double window = seconds_since(t_writes);
-  proc_usage w1 = read_usage(d.pid());
+  proc_usage w1 = read_usage(d.pid()), s1 = read_usage(ctx.server_pid);
   stop_poll.store(true);
   poller.join();
 
@@ -214,6 +217,7 @@ json run_steady(context& ctx, plot_data& plots) {
   out["poll_errors"] = poll_errors.load();
   out["cpu_percent"] = w0.cpu_seconds >= 0 && w1.cpu_seconds >= 0 ? json(round_to((w1.cpu_seconds - w0.cpu_seconds) / window * 100, 1)) : json(nullptr);
   out["cpu_window_seconds"] = round_to(window, 1);
+  out["server_cpu_percent_window"] = s0.cpu_seconds >= 0 && s1.cpu_seconds >= 0 ? json(round_to((s1.cpu_seconds - s0.cpu_seconds) / window * 100, 1)) : json(nullptr);
   auto m = d.metrics();
   if (m.count("couchgate_replication_lag_p99_seconds")) out["couchgate_reported_lag_p99_s"] = round_to(m["couchgate_replication_lag_p99_seconds"]);
   out.update(d.stop("steady state"));

@@ -182,3 +182,29 @@ TEST_CASE("fan-in: the sweep path is used when forced, and the db_updates path w
     CHECK(cg.terminate() == 0);
   }
 }
+
+TEST_CASE("the shared database: its role may read and write, and it is fanned in under %shared") {
+  auto n = fresh_names("shared");
+  json cfg = base_config(n);
+  std::string shared_db = "t" + unique("shared") + "-mutual";
+  cfg["shared"] = {{"enabled", true}, {"db", shared_db}, {"member_roles", {"mutual-" + n.role}}};
+  std::string member = "member-" + n.role, outsider = "outsider-" + n.role;
+  REQUIRE(create_user(member, {"mutual-" + n.role}).status == 201);
+  REQUIRE(create_user(outsider, {"unrelated"}).status == 201);
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+
+  couch m(member, "pw-123456"), o(outsider, "pw-123456");
+  auto w = m.put("/" + enc(shared_db) + "/note-1", json{{"text", "hello"}});
+  CHECK_MESSAGE(w.status == 201, w.raw);
+  CHECK(m.get("/" + enc(shared_db) + "/note-1").status == 200);
+  auto denied = o.get("/" + enc(shared_db) + "/note-1");
+  CHECK((denied.status == 401 || denied.status == 403));
+
+  std::string central_id = "%shared:note-1";
+  CHECK_MESSAGE(eventually([&] { return couch().get("/" + enc(n.central) + "/" + enc(central_id)).status == 200; }, 60s),
+                tail(cg.log()));
+  CHECK(couch().get("/" + enc(n.central) + "/" + enc(central_id)).body["text"] == "hello");
+  CHECK(cg.terminate() == 0);
+}

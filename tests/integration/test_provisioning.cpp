@@ -107,6 +107,11 @@ TEST_CASE("a restart mid-way misses no user and resumes from the stored position
   }
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  // A second couchgate on the same configuration at the same time: both race on every user and
+  // must end in the same state (412 on create is success, _security written only when it differs).
+  couchgate_process twin(cfg);
+  twin.start();
+  REQUIRE_MESSAGE(twin.wait_ready(60s), twin.log());
   for (int i = 30; i < 40; ++i) {
     users.push_back("r" + std::to_string(i) + "-" + n.role);
     REQUIRE(create_user(users.back(), {n.role}).status == 201);
@@ -123,6 +128,8 @@ TEST_CASE("a restart mid-way misses no user and resumes from the stored position
   CHECK(stored.status == 200);
   CHECK(stored.body.contains("value"));
   CHECK(cg.terminate() == 0);
+  CHECK(twin.terminate() == 0);
+  for (const auto& u : users) CHECK(provisioned(n, cfg, u));
 }
 
 TEST_CASE("deleted users: keep revokes the owner, delete removes the database") {
@@ -218,6 +225,11 @@ TEST_CASE("reconcile repairs a _security changed by hand") {
   std::string db = user_db_name(n.prefix, u);
   REQUIRE(couch().put("/" + enc(db) + "/_security", json{{"members", {{"names", {"intruder"}}}}}).status == 200);
   CHECK_FALSE(provisioned(n, cfg, u));
+  // A database with the prefix and no user is reported, never deleted.
+  std::string orphan = n.prefix + couchgate::policy::hex_encode("nobody-" + n.role);
+  REQUIRE(couch().put("/" + enc(orphan), json::object()).status == 201);
   CHECK_MESSAGE(eventually([&] { return provisioned(n, cfg, u); }, 30s), cg.log());
+  CHECK(eventually([&] { return cg.metric("couchgate_orphan_databases").value_or(0) >= 1; }, 30s));
+  CHECK(db_exists(orphan));
   CHECK(cg.terminate() == 0);
 }

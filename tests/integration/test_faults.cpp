@@ -1,0 +1,341 @@
+// Fault injection: couchgate talks to the server through a TCP proxy (tests/support/fault_proxy)
+// that can refuse connections (server down), cut every open one (server restart / network
+// error) or stall them (hung server). Whatever happens, couchgate keeps running, does not spin,
+// reconnects by itself and provisions every user created while it could not see the server.
+// Users are always created directly on the real server, never through the proxy.
+#include <dirent.h>
+#include <doctest/doctest.h>
+#include <httplib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "policy/naming.hpp"
+#include "policy/security.hpp"
+#include "tests/integration/fixtures.hpp"
+#include "tests/support/fault_proxy.hpp"
+#include "tests/support/harness.hpp"
+
+using namespace couchgate::test;
+using namespace std::chrono_literals;
+using couchgate::policy::user_db_name;
+using std::chrono::steady_clock;
+
+namespace {
+
+const std::string users_feed = "feed=\"users\"";
+
+// base_config with short timeouts, pointed at the proxy.
+json fault_config(const names& n, const fault_proxy& proxy) {
+  json cfg = base_config(n);
+  cfg["couchdb"]["url"] = proxy.url();
+  cfg["couchdb"]["request_timeout"] = "5s";
+  cfg["couchdb"]["feed_timeout"] = "3s";
+  cfg["couchdb"]["heartbeat"] = "1s";
+  return cfg;
+}
+
+// COUCHDB_URL in the environment overrides the file's url (and the test process has one, which
+// the child inherits), so the proxy goes there too. Credentials as the tests have them, in case
+// they only came inside the test's COUCHDB_URL.
+std::map<std::string, std::string> proxy_env(const fault_proxy& proxy) {
+  std::map<std::string, std::string> e{{"COUCHDB_URL", proxy.url()}};
+  if (!env().user.empty()) e["COUCHDB_USER"] = env().user;
+  if (!env().password.empty()) e["COUCHDB_PASSWORD"] = env().password;
+  return e;
+}
+
+// The user's database exists with the default policy's _security (owner as the only member).
+bool provisioned(const names& n, const std::string& user) {
+  std::string db = user_db_name(n.prefix, user);
+  auto sec = couch().get("/" + enc(db) + "/_security");
+  if (sec.status != 200) return false;
+  return couchgate::policy::security_equal(
+      sec.body, couchgate::policy::render_security(couchgate::policy::security_template{}, std::string_view(user)));
+}
+
+bool all_provisioned(const names& n, const std::vector<std::string>& users) {
+  for (const auto& u : users)
+    if (!provisioned(n, u)) return false;
+  return true;
+}
+
+std::string missing(const names& n, const std::vector<std::string>& users) {
+  std::string out;
+  for (const auto& u : users)
+    if (!provisioned(n, u)) out += u + " ";
+  return out;
+}
+
+double seconds_since(steady_clock::time_point t) {
+  return std::chrono::duration<double>(steady_clock::now() - t).count();
+}
+
+// Keeps a fault in place: runs each() about every 100 ms for at least `min`, then until done()
+// or `max`. Returns done()'s last value. (A bounded wait that does useful checks meanwhile.)
+bool hold(std::chrono::milliseconds min, std::chrono::milliseconds max, const std::function<void()>& each,
+          const std::function<bool()>& done) {
+  const auto start = steady_clock::now();
+  for (;;) {
+    each();
+    bool finished = done();
+    auto now = steady_clock::now();
+    if (now - start >= max || (finished && now - start >= min)) return finished;
+    std::this_thread::sleep_for(100ms);
+  }
+}
+
+// What a running couchgate must keep doing whatever the server does: live, and answer /healthz.
+struct liveness {
+  bool alive = true;
+  int health_failures = 0;
+  std::string first_health_failure;
+  void sample(couchgate_process& cg) {
+    if (!cg.running()) {
+      alive = false;
+      return;
+    }
+    auto h = cg.admin_get("/healthz");
+    if (h.status != 200 && health_failures++ == 0)
+      first_health_failure = "status " + std::to_string(h.status) + ": " + h.raw;
+  }
+};
+
+// Starts couchgate through the proxy and checks that provisioning works before any fault.
+void start_and_provision_one(couchgate_process& cg, const fault_proxy& proxy, const names& n) {
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), tail(cg.log()));
+  REQUIRE_MESSAGE(proxy.accepted() > 0, "couchgate did not connect through the proxy");
+  std::string first = "first-" + n.role;
+  REQUIRE(create_user(first, {n.role}).status == 201);
+  REQUIRE_MESSAGE(eventually([&] { return provisioned(n, first); }, 60s), tail(cg.log()));
+}
+
+// Entries in a /proc/self directory (fd: open descriptors, task: threads).
+int count_entries(const char* dir) {
+  int n = 0;
+  if (DIR* d = opendir(dir)) {
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.') ++n;
+    closedir(d);
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("fault_proxy: forwards, refuses, stalls and cuts on command, and leaks nothing") {
+  const int fds_before = count_entries("/proc/self/fd");
+  const int threads_before = count_entries("/proc/self/task");
+  {
+    fault_proxy proxy;
+    CHECK(count_entries("/proc/self/task") == threads_before + 1);
+    httplib::Client cli("127.0.0.1", proxy.port());
+    cli.set_keep_alive(true);
+    cli.set_connection_timeout(2, 0);
+    cli.set_read_timeout(2, 0);
+
+    auto r = cli.Get("/");
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    auto again = cli.Get("/");
+    REQUIRE(again);
+    CHECK(again->status == 200);  // same connection (keep-alive)
+    CHECK(proxy.accepted() == 1);
+    CHECK(proxy.open_connections() == 1);
+
+    for (auto mode : {fault_proxy::close_mode::reset, fault_proxy::close_mode::graceful}) {
+      proxy.cut(mode);
+      CHECK(proxy.open_connections() == 0);
+      auto fresh = cli.Get("/");  // a fresh connection after the cut
+      REQUIRE(fresh);
+      CHECK(fresh->status == 200);
+    }
+    CHECK(proxy.accepted() == 3);
+
+    proxy.refuse(true);
+    proxy.cut();
+    CHECK_FALSE(cli.Get("/"));
+    CHECK(proxy.accepted() == 4);
+    CHECK(proxy.open_connections() == 0);
+    proxy.refuse(false);
+    CHECK(cli.Get("/"));
+
+    proxy.stall(true);
+    const auto t0 = steady_clock::now();
+    CHECK_FALSE(cli.Get("/"));  // the read timeout, not an error from the proxy
+    CHECK(seconds_since(t0) >= 1.5);
+    proxy.stall(false);
+    // The client closed its side on the timeout; the proxy notices and lets go.
+    CHECK(eventually([&] { return proxy.open_connections() <= 1; }, 5s));
+    auto after = cli.Get("/");
+    REQUIRE(after);
+    CHECK(after->status == 200);
+    cli.stop();
+  }
+  CHECK(count_entries("/proc/self/task") == threads_before);
+  CHECK(count_entries("/proc/self/fd") == fds_before);
+}
+
+TEST_CASE("network errors and server restarts: couchgate reconnects and provisions what was created meanwhile") {
+  fault_proxy proxy;
+  auto n = fresh_names("outage");
+  json cfg = fault_config(n, proxy);
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_and_provision_one(cg, proxy, n);
+  const double reconnects_before = cg.metric("couchgate_feed_reconnects_total", users_feed).value_or(0);
+
+  // The server goes away: every open connection dies, new ones are closed at once.
+  const auto accepted_before = proxy.accepted();
+  const auto outage_start = steady_clock::now();
+  proxy.refuse(true);
+  proxy.cut();
+  CHECK(proxy.open_connections() == 0);
+
+  std::vector<std::string> meanwhile;
+  liveness live;
+  std::optional<double> not_ready_after;
+  std::string readyz_answer;
+  bool held = hold(
+      3s, 20s,
+      [&] {
+        if (meanwhile.size() < 5) {
+          meanwhile.push_back("meanwhile" + std::to_string(meanwhile.size()) + "-" + n.role);
+          auto r = create_user(meanwhile.back(), {n.role});
+          REQUIRE_MESSAGE(r.status == 201, r.raw);
+        }
+        live.sample(cg);
+        if (!not_ready_after && live.alive) {
+          auto r = cg.admin_get("/readyz");  // couchgate probes CouchDB every 5 s
+          if (r.status == 503) {
+            not_ready_after = seconds_since(outage_start);
+            readyz_answer = r.raw;
+          }
+        }
+      },
+      [&] { return !live.alive || (meanwhile.size() == 5 && not_ready_after.has_value()); });
+  const double outage_s = seconds_since(outage_start);
+  const auto accepted_during = proxy.accepted() - accepted_before;
+
+  REQUIRE_MESSAGE(live.alive, "couchgate exited during the outage:\n" << tail(cg.log()));
+  CHECK_MESSAGE(live.health_failures == 0, "/healthz failed " << live.health_failures << " times, first: "
+                                                              << live.first_health_failure);
+  CHECK_MESSAGE(held, "/readyz never answered 503 during the outage:\n" << tail(cg.log()));
+  if (not_ready_after) MESSAGE("/readyz answered 503 after " << *not_ready_after << " s: " << readyz_answer);
+  // No spinning: with capped, jittered backoff a few dozen attempts at most.
+  MESSAGE("connections attempted during the " << outage_s << " s outage: " << accepted_during);
+  CHECK_MESSAGE(accepted_during < static_cast<std::uint64_t>(40 * std::max(5.0, outage_s)), tail(cg.log()));
+
+  // The server is back.
+  proxy.refuse(false);
+  const auto back = steady_clock::now();
+  CHECK_MESSAGE(eventually([&] { return all_provisioned(n, meanwhile); }, 60s),
+                "not provisioned: " << missing(n, meanwhile) << "\n" << tail(cg.log()));
+  MESSAGE("users created during the outage provisioned " << seconds_since(back) << " s after it ended");
+  auto reconnects = cg.metric("couchgate_feed_reconnects_total", users_feed);
+  REQUIRE(reconnects);
+  CHECK(*reconnects > 0);
+  CHECK(*reconnects > reconnects_before);
+  CHECK_MESSAGE(eventually([&] { return cg.admin_get("/readyz").status == 200; }, 20s), tail(cg.log()));
+  // Nothing leaked past the pool's cap on the server side of the proxy either.
+  const int cap = cfg["fanin"]["max_connections"].get<int>();
+  CHECK_MESSAGE(eventually([&] { return proxy.open_connections() <= cap; }, 10s),
+                "open through the proxy: " << proxy.open_connections());
+  CHECK(cg.terminate() == 0);
+}
+
+TEST_CASE("a hung server: the feed's idle timeout fires and couchgate recovers") {
+  fault_proxy proxy;
+  auto n = fresh_names("hung");
+  json cfg = fault_config(n, proxy);
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_and_provision_one(cg, proxy, n);
+  const double reconnects_before = cg.metric("couchgate_feed_reconnects_total", users_feed).value_or(0);
+
+  // The server hangs: connections stay open (new ones too) and nothing comes back. Held for at
+  // least 6 s, and until the _users feed has given up on its silent connection (at most 20 s).
+  const auto stall_start = steady_clock::now();
+  proxy.stall(true);
+  std::string during = "during-" + n.role;
+  REQUIRE(create_user(during, {n.role}).status == 201);
+  liveness live;
+  std::optional<double> timeout_after;
+  hold(
+      6s, 20s,
+      [&] {
+        live.sample(cg);
+        if (!timeout_after && live.alive &&
+            cg.metric("couchgate_feed_reconnects_total", users_feed).value_or(0) > reconnects_before)
+          timeout_after = seconds_since(stall_start);
+      },
+      [&] { return !live.alive || timeout_after.has_value(); });
+  MESSAGE("stalled " << seconds_since(stall_start) << " s; connections open through the proxy: "
+                     << proxy.open_connections() << ", accepted so far: " << proxy.accepted());
+  REQUIRE_MESSAGE(live.alive, "couchgate exited while the server hung:\n" << tail(cg.log()));
+  CHECK_MESSAGE(live.health_failures == 0, "/healthz failed " << live.health_failures << " times, first: "
+                                                              << live.first_health_failure);
+  // The feed's own deadline is feed_timeout + 15 s = 18 s; its idle timeout is "no byte for three
+  // heartbeats" (3 s here), enforced with libcurl's low-speed check (under 1 byte/s for 3 s).
+  // Measured against pouchdb-server: the longpoll in flight when the stall began gives up about
+  // 9 s in, the following attempts (which receive nothing at all) every 3 s. libcurl judges an
+  // averaged speed, so the bytes received just before the silence (the response headers) seem
+  // to delay the first trip by a few seconds. Anything under 15 s is the idle timeout, not the
+  // 18 s overall deadline.
+  REQUIRE_MESSAGE(timeout_after.has_value(), "the _users feed never gave up on the silent connection:\n" << tail(cg.log()));
+  MESSAGE("the _users feed gave up on the silent connection " << *timeout_after << " s into the stall");
+  CHECK_MESSAGE(*timeout_after < 15.0, tail(cg.log()));
+
+  // The server is back; the hung connections are dropped as a restart would.
+  proxy.stall(false);
+  proxy.cut();
+  std::string after = "after-" + n.role;
+  REQUIRE(create_user(after, {n.role}).status == 201);
+  const auto back = steady_clock::now();
+  CHECK_MESSAGE(eventually([&] { return all_provisioned(n, {during, after}); }, 60s),
+                "not provisioned: " << missing(n, {during, after}) << "\n" << tail(cg.log()));
+  MESSAGE("provisioned " << seconds_since(back) << " s after the server came back");
+  CHECK_MESSAGE(eventually([&] { return cg.admin_get("/readyz").status == 200; }, 20s), tail(cg.log()));
+  CHECK(cg.terminate() == 0);
+}
+
+TEST_CASE("kill -9 during an outage loses nothing") {
+  fault_proxy proxy;
+  auto n = fresh_names("outage-kill");
+  json cfg = fault_config(n, proxy);
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_and_provision_one(cg, proxy, n);
+
+  proxy.refuse(true);
+  proxy.cut();
+  std::vector<std::string> meanwhile;
+  for (int i = 0; i < 5; ++i) {
+    meanwhile.push_back("k" + std::to_string(i) + "-" + n.role);
+    REQUIRE(create_user(meanwhile.back(), {n.role}).status == 201);
+  }
+  cg.kill9();
+  // Restarted while the server is still down: it waits for it (not ready), it does not exit.
+  const auto accepted_at_restart = proxy.accepted();
+  const auto restart = steady_clock::now();
+  cg.start();
+  CHECK_FALSE(cg.wait_ready(4s));  // polls for 4 s, and learns the admin port meanwhile
+  REQUIRE_MESSAGE(cg.running(), "couchgate exited when started without a server:\n" << tail(cg.log()));
+  REQUIRE_MESSAGE(cg.admin_port() != 0, tail(cg.log()));
+  CHECK(cg.admin_get("/healthz").status == 200);
+  auto r = cg.admin_get("/readyz");
+  CHECK_MESSAGE(r.status == 503, r.raw);
+  MESSAGE("connections attempted in the " << seconds_since(restart)
+                                          << " s after the restart: " << proxy.accepted() - accepted_at_restart);
+
+  proxy.refuse(false);
+  REQUIRE_MESSAGE(cg.wait_ready(60s), tail(cg.log()));
+  CHECK_MESSAGE(eventually([&] { return all_provisioned(n, meanwhile); }, 60s),
+                "not provisioned: " << missing(n, meanwhile) << "\n" << tail(cg.log()));
+  CHECK(cg.terminate() == 0);
+}

@@ -1,0 +1,330 @@
+// Implementation of the fault-injection TCP proxy (see fault_proxy.hpp).
+#include "tests/support/fault_proxy.hpp"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "tests/support/harness.hpp"
+
+namespace couchgate::test {
+
+namespace {
+
+void close_fd(int& fd, fault_proxy::close_mode mode) {
+  if (fd < 0) return;
+  if (mode == fault_proxy::close_mode::reset) {
+    linger l{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  }
+  ::close(fd);
+  fd = -1;
+}
+
+// One proxied connection: the client's socket, ours to the server, and what is in flight.
+struct connection {
+  int client = -1;
+  int server = -1;
+  bool connecting = true;         // non-blocking connect to the server not finished yet
+  std::string c2s, s2c;           // bytes read from one side, not yet written to the other
+  bool client_eof = false, server_eof = false;      // read side saw EOF
+  bool c2s_shut = false, s2c_shut = false;          // EOF passed on (shutdown(SHUT_WR))
+  bool dead = false;
+  fault_proxy::close_mode close_as = fault_proxy::close_mode::graceful;
+
+  void fail() {  // an error on one side: the other side sees a reset, as through a real path
+    dead = true;
+    close_as = fault_proxy::close_mode::reset;
+  }
+  void close_both(fault_proxy::close_mode mode) {
+    close_fd(client, mode);
+    close_fd(server, mode);
+  }
+};
+
+// Reads what fits into buf; sets eof at the end of input, marks the connection failed on error.
+void read_into(int fd, std::string& buf, bool& eof, connection& c) {
+  char chunk[16384];
+  while (buf.size() < fault_proxy::buffer_cap) {
+    std::size_t room = std::min(sizeof chunk, fault_proxy::buffer_cap - buf.size());
+    ssize_t n = ::recv(fd, chunk, room, 0);
+    if (n > 0) {
+      buf.append(chunk, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n == 0) {
+      eof = true;
+      return;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) c.fail();
+    return;
+  }
+}
+
+// Writes what the socket takes now and keeps the rest; marks the connection failed on error.
+void write_from(int fd, std::string& buf, connection& c) {
+  std::size_t off = 0;
+  while (off < buf.size()) {
+    ssize_t n = ::send(fd, buf.data() + off, buf.size() - off, MSG_NOSIGNAL);
+    if (n > 0) {
+      off += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) c.fail();
+    break;
+  }
+  buf.erase(0, off);
+}
+
+}  // namespace
+
+fault_proxy::fault_proxy() : fault_proxy(env().host, env().port) {}
+
+fault_proxy::fault_proxy(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  std::string service = std::to_string(port);
+  int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
+  if (rc != 0 || !res) throw std::runtime_error("fault_proxy: cannot resolve " + host + ": " + gai_strerror(rc));
+  const addrinfo* pick = res;
+  for (const addrinfo* a = res; a; a = a->ai_next)
+    if (a->ai_family == AF_INET) {  // pouchdb-server and CouchDB listen on 127.0.0.1 by default
+      pick = a;
+      break;
+    }
+  std::memcpy(&upstream_, pick->ai_addr, pick->ai_addrlen);
+  upstream_len_ = static_cast<socklen_t>(pick->ai_addrlen);
+  ::freeaddrinfo(res);
+
+  auto fail = [this](const std::string& what) {
+    std::string msg = "fault_proxy: " + what + ": " + std::strerror(errno);
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+    if (wake_r_ >= 0) ::close(wake_r_);
+    if (wake_w_ >= 0) ::close(wake_w_);
+    throw std::runtime_error(msg);
+  };
+  listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) fail("socket");
+  int one = 1;
+  ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) fail("bind 127.0.0.1:0");
+  if (::listen(listen_fd_, 128) != 0) fail("listen");
+  socklen_t len = sizeof addr;
+  if (::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) fail("getsockname");
+  port_ = ntohs(addr.sin_port);
+  int p[2];
+  if (::pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) fail("pipe2");
+  wake_r_ = p[0];
+  wake_w_ = p[1];
+  thread_ = std::thread([this] { run(); });
+}
+
+fault_proxy::~fault_proxy() {
+  stop_ = true;
+  wake();
+  if (thread_.joinable()) thread_.join();
+  ::close(listen_fd_);
+  ::close(wake_r_);
+  ::close(wake_w_);
+}
+
+void fault_proxy::wake() {
+  char b = 1;
+  [[maybe_unused]] ssize_t n = ::write(wake_w_, &b, 1);  // a full pipe already wakes the thread
+}
+
+template <class F>
+void fault_proxy::control(F&& change) {
+  std::unique_lock lk(mu_);
+  change();
+  std::uint64_t want = ++requested_;
+  lk.unlock();
+  wake();
+  lk.lock();
+  cv_.wait_for(lk, std::chrono::seconds(5), [&] { return seen_ >= want; });
+}
+
+void fault_proxy::cut(close_mode mode) {
+  control([&] {
+    cut_pending_ = true;
+    cut_mode_ = mode;
+  });
+}
+
+void fault_proxy::refuse(bool on) {
+  control([&] { refuse_ = on; });
+}
+
+void fault_proxy::stall(bool on) {
+  control([&] { stall_ = on; });
+}
+
+void fault_proxy::run() {
+  std::vector<std::unique_ptr<connection>> conns;
+  std::vector<pollfd> pfds;
+  while (!stop_.load()) {
+    // Controls first: after a control call returns, the change is in force.
+    bool do_cut = false;
+    close_mode cut_as = close_mode::reset;
+    std::uint64_t snapshot = 0;
+    {
+      std::lock_guard lk(mu_);
+      snapshot = requested_;
+      do_cut = cut_pending_;
+      cut_as = cut_mode_;
+      cut_pending_ = false;
+    }
+    if (do_cut) {
+      for (auto& c : conns) c->close_both(cut_as);
+      conns.clear();
+    }
+    open_ = static_cast<int>(conns.size());
+    {
+      std::lock_guard lk(mu_);
+      seen_ = snapshot;
+    }
+    cv_.notify_all();
+    const bool stalled = stall_.load();
+
+    pfds.clear();
+    pfds.push_back({wake_r_, POLLIN, 0});
+    pfds.push_back({listen_fd_, POLLIN, 0});
+    for (auto& c : conns) {
+      if (stalled) {
+        // Forward nothing; only notice the client going away.
+        pfds.push_back({c->client, POLLRDHUP, 0});
+        pfds.push_back({-1, 0, 0});
+        continue;
+      }
+      short ce = 0, se = 0;
+      if (!c->client_eof && c->c2s.size() < buffer_cap) ce |= POLLIN;
+      if (!c->s2c.empty()) ce |= POLLOUT;
+      if (c->connecting) {
+        se = POLLOUT;
+      } else {
+        if (!c->server_eof && c->s2c.size() < buffer_cap) se |= POLLIN;
+        if (!c->c2s.empty()) se |= POLLOUT;
+      }
+      pfds.push_back({c->client, ce, 0});
+      pfds.push_back({c->server, se, 0});
+    }
+
+    int n = ::poll(pfds.data(), pfds.size(), 250);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;  // cannot happen with valid descriptors; stop rather than spin
+    }
+    if (pfds[0].revents) {
+      char buf[64];
+      while (::read(wake_r_, buf, sizeof buf) > 0) {
+      }
+      continue;  // re-read the controls before touching any connection
+    }
+
+    for (std::size_t i = 0; i < conns.size(); ++i) {
+      connection& c = *conns[i];
+      short cr = pfds[2 + 2 * i].revents;
+      short sr = pfds[3 + 2 * i].revents;
+      if (stalled) {
+        if (cr & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) c.dead = true;
+        continue;
+      }
+      if ((cr & (POLLERR | POLLNVAL)) || (sr & (POLLERR | POLLNVAL))) {
+        c.fail();
+        continue;
+      }
+      // POLLHUP without asking for input (buffer full, or input already ended): nothing more
+      // can come from that side and we cannot wait for the other to drain without spinning.
+      if (((cr & POLLHUP) && !(pfds[2 + 2 * i].events & POLLIN)) ||
+          ((sr & POLLHUP) && !c.connecting && !(pfds[3 + 2 * i].events & POLLIN))) {
+        c.fail();
+        continue;
+      }
+      if (c.connecting && (sr & (POLLOUT | POLLHUP))) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        ::getsockopt(c.server, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0) {
+          c.dead = true;  // server down: the client sees its connection closed
+          continue;
+        }
+        c.connecting = false;
+      }
+      if (cr & (POLLIN | POLLHUP)) read_into(c.client, c.c2s, c.client_eof, c);
+      if (!c.connecting && (sr & (POLLIN | POLLHUP))) read_into(c.server, c.s2c, c.server_eof, c);
+      if (c.dead) continue;
+      if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);
+      if (!c.s2c.empty()) write_from(c.client, c.s2c, c);
+      if (c.dead) continue;
+      if (c.client_eof && c.c2s.empty() && !c.connecting && !c.c2s_shut) {
+        ::shutdown(c.server, SHUT_WR);
+        c.c2s_shut = true;
+      }
+      if (c.server_eof && c.s2c.empty() && !c.s2c_shut) {
+        ::shutdown(c.client, SHUT_WR);
+        c.s2c_shut = true;
+      }
+      if (c.c2s_shut && c.s2c_shut) c.dead = true;
+    }
+
+    if (pfds[1].revents & POLLIN) {
+      for (int k = 0; k < 64; ++k) {  // bounded per round
+        int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;  // EAGAIN, or a transient error: poll again
+        ++accepted_;
+        if (refuse_.load() || conns.size() >= max_connections) {
+          ::close(fd);
+          continue;
+        }
+        auto c = std::make_unique<connection>();
+        c->client = fd;
+        c->server = ::socket(upstream_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->server < 0) {
+          c->close_both(close_mode::graceful);
+          continue;
+        }
+        int rc = ::connect(c->server, reinterpret_cast<const sockaddr*>(&upstream_), upstream_len_);
+        if (rc == 0) {
+          c->connecting = false;
+        } else if (errno != EINPROGRESS) {
+          c->close_both(close_mode::graceful);
+          continue;
+        }
+        conns.push_back(std::move(c));
+      }
+    }
+
+    for (auto& c : conns)
+      if (c->dead) c->close_both(c->close_as);
+    std::erase_if(conns, [](const std::unique_ptr<connection>& c) { return c->dead; });
+    open_ = static_cast<int>(conns.size());
+  }
+  for (auto& c : conns) c->close_both(close_mode::reset);
+  conns.clear();
+  open_ = 0;
+  {
+    std::lock_guard lk(mu_);
+    seen_ = requested_;  // nobody waits forever on a stopped proxy
+  }
+  cv_.notify_all();
+}
+
+}  // namespace couchgate::test

@@ -1,0 +1,89 @@
+#pragma once
+// A TCP proxy for fault-injection tests: listens on 127.0.0.1 (a free port) and forwards every
+// connection to the test server (env().host:env().port), with switches that make the server
+// look down, hung or restarted to whoever connects through it.
+//
+// One thread of its own (poll() over non-blocking sockets, all of them close-on-exec so a child
+// such as couchgate never inherits them). The destructor stops the thread and closes every
+// socket. Bounded: at most max_connections proxied connections at once (further ones are
+// accepted and closed at once), and at most buffer_cap bytes buffered per direction.
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <sys/socket.h>
+#include <thread>
+
+namespace couchgate::test {
+
+class fault_proxy {
+ public:
+  enum class close_mode {
+    reset,     // abortive close (SO_LINGER 0): the peer sees a RST, "connection reset by peer"
+    graceful,  // plain close(): the peer sees a FIN, "empty reply" / EOF
+  };
+
+  // Forwards to the test server (env().host:env().port).
+  fault_proxy();
+  // Forwards to host:port (resolved once, here). Throws std::runtime_error on failure.
+  fault_proxy(const std::string& host, int port);
+  ~fault_proxy();
+  fault_proxy(const fault_proxy&) = delete;
+  fault_proxy& operator=(const fault_proxy&) = delete;
+
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  // Closes every open connection, both sides (client and server), at once. Returns once the
+  // proxy thread has done it (or after 5 s if it did not answer).
+  void cut(close_mode mode = close_mode::reset);
+  // While on, new connections are accepted and closed at once: a server that is down, as a
+  // client sees it. Open connections are left alone (combine with cut()).
+  void refuse(bool on);
+  // While on, connections stay open (new ones are accepted and connected upstream) but no
+  // byte is forwarded in either direction: a hung server. A client closing its side closes
+  // the connection.
+  void stall(bool on);
+
+  // Connections accepted since construction (refused ones included).
+  std::uint64_t accepted() const { return accepted_.load(); }
+  // Connections being proxied now.
+  int open_connections() const { return open_.load(); }
+
+  static constexpr std::size_t max_connections = 256;
+  static constexpr std::size_t buffer_cap = 256 * 1024;
+
+ private:
+  void run();
+  void wake();
+  // Applies a change under the lock, wakes the thread and waits (at most 5 s) until it has
+  // started a new round with the change visible: after a control returns, it is in force.
+  template <class F>
+  void control(F&& change);
+
+  sockaddr_storage upstream_{};
+  socklen_t upstream_len_ = 0;
+  int listen_fd_ = -1;
+  int wake_r_ = -1, wake_w_ = -1;
+  int port_ = 0;
+
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> refuse_{false};
+  std::atomic<bool> stall_{false};
+  std::atomic<std::uint64_t> accepted_{0};
+  std::atomic<int> open_{0};
+
+  // Control requests: the caller bumps requested_, the thread acknowledges with seen_.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::uint64_t requested_ = 0;
+  std::uint64_t seen_ = 0;
+  bool cut_pending_ = false;
+  close_mode cut_mode_ = close_mode::reset;
+
+  std::thread thread_;
+};
+
+}  // namespace couchgate::test
