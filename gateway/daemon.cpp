@@ -321,6 +321,7 @@ int daemon::run() {
 #endif
   auto tick = std::chrono::milliseconds(watchdog_usec ? std::max<std::uint64_t>(watchdog_usec / 3000, 100) : 2000);
   auto next_probe = std::chrono::steady_clock::now();
+  r::pending_json probe;
   while (ok) {
     {
       std::unique_lock lk(d.mu);
@@ -340,12 +341,18 @@ int daemon::run() {
         }
       }
     }
-    if (std::chrono::steady_clock::now() >= next_probe) {
-      next_probe = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      auto info = d.client->server_info().get();
+    // CouchDB liveness, probed without blocking this loop (the watchdog must keep ticking while
+    // a hung server holds the probe for up to request_timeout).
+    if (probe.valid() && probe.ready()) {
+      auto info = probe.get();
+      probe = r::pending_json();
       bool was = d.couch_ok.exchange(info.ok());
       if (was && !info.ok()) log()->warn("CouchDB not reachable: {}", info.error().describe());
       if (!was && info.ok()) log()->info("CouchDB reachable again");
+    }
+    if (!probe.valid() && std::chrono::steady_clock::now() >= next_probe) {
+      next_probe = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      probe = d.client->server_info();
     }
     if (!notified_ready && d.ready().first) {
       notified_ready = true;

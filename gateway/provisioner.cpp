@@ -69,7 +69,7 @@ std::size_t provisioner::known_users() const {
   return users_.size();
 }
 
-std::size_t provisioner::apply(const std::vector<policy::user_doc>& input) {
+std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const std::set<std::string>* existing) {
   // Last document per name wins (a feed batch may hold several revisions of one user).
   std::vector<policy::user_doc> users;
   {
@@ -99,6 +99,9 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input) {
       j.action = policy::decide(cfg_.select, cfg_.on_delete, users[i]);
       j.db = db_for(users[i].name);
       users_seen_.inc();
+      // Reconcile knows which databases exist: a user who is not (or no longer) selected and
+      // has no database needs nothing, and thousands of unselected users cost no request.
+      if (existing && j.action != policy::user_action::ensure && !existing->count(j.db)) continue;
       if (j.action == policy::user_action::ensure) {
         j.want = policy::render_security(cfg_.security, users[i].name);
         j.first = client_.create_db(j.db);
@@ -106,7 +109,8 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input) {
         j.want = policy::render_security(cfg_.security, std::nullopt);
         j.first = client_.get_security(j.db);
       } else {
-        j.first = client_.delete_db(j.db);
+        // Look first: some servers answer 200 to deleting a database that does not exist.
+        j.first = client_.db_info(j.db);
       }
       jobs.push_back(std::move(j));
     }
@@ -134,8 +138,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input) {
         }
       } else {
         if (r.ok()) {
-          dbs_deleted_.inc();
-          log()->info("user={} db={} deleted (on_delete: delete)", j.u->name, j.db);
+          j.second = client_.delete_db(j.db);
         } else if (r.error().kind != couch_error_kind::not_found) {
           j.error = r.error();
         }
@@ -148,6 +151,11 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input) {
       auto r = j.second.get();
       if (!r.ok()) {
         j.error = r.error();
+        continue;
+      }
+      if (j.action == policy::user_action::delete_db) {
+        dbs_deleted_.inc();
+        log()->info("user={} db={} deleted (on_delete: delete)", j.u->name, j.db);
         continue;
       }
       if (j.created) {
@@ -239,7 +247,7 @@ bool provisioner::reconcile() {
     if (d.is_string() && d.get<std::string>().rfind(cfg_.db_prefix, 0) == 0) existing.insert(d.get<std::string>());
   }
   // 3. Apply the policy to every user (idempotent; writes only what differs).
-  if (apply(users) > 0) ok = false;
+  if (apply(users, &existing) > 0) ok = false;
   // 4. Databases with the prefix and no user: reported, never deleted here.
   std::set<std::string> expected;
   for (const auto& n : user_names) expected.insert(db_for(n));

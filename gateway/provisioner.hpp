@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,9 +52,10 @@ class provisioner {
 
   // One full pass; false if anything failed (it is retried by the next pass).
   bool reconcile();
-  // Applies the policy to these users (deduplicated by name, last wins). Returns the number of
-  // users whose action failed with a retryable error.
-  std::size_t apply(const std::vector<policy::user_doc>& users);
+  // Applies the policy to these users (deduplicated by name, last wins). With `existing` (the
+  // databases that exist), users needing no database are skipped without a request. Returns the
+  // number of users whose action failed with a retryable error.
+  std::size_t apply(const std::vector<policy::user_doc>& users, const std::set<std::string>* existing = nullptr);
 
   std::optional<user_state> user(const std::string& name) const;
   std::size_t known_users() const;

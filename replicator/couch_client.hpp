@@ -26,6 +26,8 @@ class pending_json {
   // The raw answer, for callers that inspect it themselves.
   http_response get_raw() { return f_.get(); }
   bool valid() const { return f_.valid(); }
+  // True when get() would not block.
+  bool ready() const { return f_.valid() && f_.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }
 
  private:
   std::future<http_response> f_;

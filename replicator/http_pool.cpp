@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <deque>
 #include <unordered_map>
 
@@ -19,12 +20,27 @@ struct transfer {
   curl_slist* headers = nullptr;
   http_response resp;
   char errbuf[CURL_ERROR_SIZE] = {0};
+  std::chrono::steady_clock::time_point last_byte = std::chrono::steady_clock::now();
+  bool idle_expired = false;
 };
 
 size_t on_write(char* ptr, size_t size, size_t nmemb, void* userdata) {
   auto* t = static_cast<transfer*>(userdata);
   t->resp.body.append(ptr, size * nmemb);
+  t->last_byte = std::chrono::steady_clock::now();
   return size * nmemb;
+}
+
+// Idle timeout: abort when no byte arrived for req.idle_timeout. (libcurl's low-speed limit
+// averages bytes per second, which would cut a healthy feed whose heartbeat is one byte every
+// 10 s.) libcurl calls this at least once a second per transfer.
+int on_progress(void* userdata, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  auto* t = static_cast<transfer*>(userdata);
+  if (std::chrono::steady_clock::now() - t->last_byte > t->req.idle_timeout) {
+    t->idle_expired = true;
+    return 1;
+  }
+  return 0;
 }
 
 std::once_flag curl_global_once;
@@ -76,9 +92,10 @@ struct http_pool::impl {
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(t->req.timeout.count()));
     if (t->req.idle_timeout.count() > 0) {
-      curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-      long secs = static_cast<long>((t->req.idle_timeout.count() + 999) / 1000);
-      curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, secs);
+      t->last_byte = std::chrono::steady_clock::now();
+      curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+      curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &on_progress);
+      curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
     }
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &impl::open_socket);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
@@ -115,8 +132,13 @@ struct http_pool::impl {
       curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->resp.status);
     } else {
       ++transport_errors;
-      t->resp.kind = (rc == CURLE_OPERATION_TIMEDOUT) ? error_kind::timeout : error_kind::network;
-      t->resp.error = t->errbuf[0] ? std::string(t->errbuf) : std::string(curl_easy_strerror(rc));
+      if (t->idle_expired) {
+        t->resp.kind = error_kind::timeout;
+        t->resp.error = "no data for " + std::to_string(t->req.idle_timeout.count()) + " ms";
+      } else {
+        t->resp.kind = (rc == CURLE_OPERATION_TIMEDOUT) ? error_kind::timeout : error_kind::network;
+        t->resp.error = t->errbuf[0] ? std::string(t->errbuf) : std::string(curl_easy_strerror(rc));
+      }
     }
     curl_multi_remove_handle(multi, t->easy);
     curl_easy_cleanup(t->easy);

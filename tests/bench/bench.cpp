@@ -4,11 +4,13 @@
 // Owns: the command line, the description of the environment, the order of the phases, the
 // final cleanup and the exit status (0 unless something functionally failed; timings never
 // fail the run).
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -86,6 +88,17 @@ json describe_environment(context& ctx, const json& server_root) {
   while (!ver.empty() && (ver.back() == '\n' || ver.back() == '\r')) ver.pop_back();
   e["couchgate_version"] = ver;
   e["couchgate_binary"] = COUCHGATE_BINARY;
+  {
+    // Which build was measured (the bench target does not rebuild couchgate by itself).
+    struct stat st {};
+    if (stat(COUCHGATE_BINARY, &st) == 0) {
+      std::tm tm{};
+      gmtime_r(&st.st_mtime, &tm);
+      char buf[32];
+      std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+      e["couchgate_binary_built"] = buf;
+    }
+  }
   test::names dummy{"p-", "s", "c", "r"};
   json cfg = ctx.couchgate_config(dummy);
   e["max_connections"] = cfg["fanin"].value("max_connections", 8);
@@ -225,16 +238,23 @@ int main(int argc, char** argv) {
     return false;
   };
   auto t_total = steady::now();
+  std::vector<fanin_sources> kept;
   if (!o.skipped("fanin")) {
     results["fanin"] = json::array();
     for (const auto& s : o.sizes) {
       if (interrupted() || !server_ok("fan-in " + s.label())) break;
-      results["fanin"].push_back(run_fanin(ctx, s, plots));
+      kept.emplace_back();
+      results["fanin"].push_back(run_fanin(ctx, s, plots, kept.back()));
     }
   }
   if (!o.skipped("steady") && !interrupted() && server_ok("steady state")) results["steady"] = run_steady(ctx, plots);
   if (!o.skipped("provisioning") && !interrupted() && server_ok("provisioning")) {
     results["provisioning"] = run_provisioning(ctx, plots);
+  }
+  // Last: the server's own replicator (it leaves pouchdb-server slower for whatever follows).
+  for (std::size_t i = 0; i < kept.size(); ++i) {
+    if (kept[i].sources.empty()) continue;
+    if (!interrupted() && server_ok("the built-in replicator")) run_fanin_builtin(ctx, kept[i], results["fanin"][i], plots);
   }
   if (interrupted()) note("interrupted: cleaning up");
   if (test::server_alive()) final_cleanup(ctx);

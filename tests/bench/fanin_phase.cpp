@@ -5,9 +5,11 @@
 //   ceiling   - the same documents, under their central ids, written by the bench into a fresh
 //               database with _bulk_docs new_edits:false, 1000 per request, one connection;
 //   couchgate - couchgate started; time from its fork until the central doc_count is N*M;
-//   builtin   - one continuous _replicator document per source into another fresh database
-//               (one-shot on pouchdb-server, see run_builtin);
-//   restore   - sources deleted, `couchgate restore --all`, every source checked.
+//   restore   - sources deleted, `couchgate restore --all`, every source checked;
+// and, at the very end of the whole run (run_fanin_builtin):
+//   builtin   - one continuous _replicator document per (restored) source into another fresh
+//               database (one-shot on pouchdb-server, see run_builtin). It runs last because
+//               thousands of replications leave pouchdb-server slower for everything after them.
 #include <atomic>
 #include <fstream>
 #include <map>
@@ -389,12 +391,32 @@ json run_restore(context& ctx, const json& cfg, const std::vector<source_db>& so
 
 }  // namespace
 
-json run_fanin(context& ctx, const size_spec& size, plot_data& plots) {
+namespace {
+void set_ratios(json& out) {
+  auto rate_of = [&](const char* k) -> double {
+    if (!out.contains(k) || !out[k].contains("docs_per_s") || !out[k]["docs_per_s"].is_number()) return -1;
+    if (out[k].contains("complete") && !out[k]["complete"].get<bool>()) return -1;
+    return out[k]["docs_per_s"].get<double>();
+  };
+  double cg = rate_of("couchgate"), ceil = rate_of("ceiling"), bi = rate_of("builtin");
+  out["ratio_couchgate_to_ceiling"] = cg > 0 && ceil > 0 ? json(round_to(cg / ceil)) : json(nullptr);
+  out["ratio_couchgate_to_builtin"] = cg > 0 && bi > 0 ? json(round_to(cg / bi)) : json(nullptr);
+}
+
+std::vector<std::string> db_names(const std::vector<source_db>& sources) {
+  std::vector<std::string> dbs;
+  for (const auto& s : sources) dbs.push_back(s.db);
+  return dbs;
+}
+}  // namespace
+
+json run_fanin(context& ctx, const size_spec& size, plot_data& plots, fanin_sources& keep) {
   const std::string label = size.label();
   const std::uint64_t total = static_cast<std::uint64_t>(size.dbs) * static_cast<std::uint64_t>(size.docs_per_db);
   json out{{"size", label}, {"dbs", size.dbs}, {"docs_per_db", size.docs_per_db}, {"docs_total", total}};
   test::names n = ctx.fresh("bench-fanin");
   auto sources = make_sources(n.prefix, "u", size.dbs);
+  keep = fanin_sources{size, n, {}};
   out["doc_bytes"] = sources.empty() ? 0 : doc_bytes(sources[0], 0);
   out["mode"] = "catch-up: sources written before couchgate starts; registered by its reconcile (prefix + hex(user))";
 
@@ -403,9 +425,7 @@ json run_fanin(context& ctx, const size_spec& size, plot_data& plots) {
   auto t0 = steady::now();
   if (auto e = seed_sources(ctx, sources, size.docs_per_db); !e.empty()) {
     ctx.fail("fan-in " + label + ": seeding failed: " + e);
-    std::vector<std::string> dbs;
-    for (const auto& s : sources) dbs.push_back(s.db);
-    delete_dbs(ctx, dbs);
+    delete_dbs(ctx, db_names(sources));
     return out;
   }
   out["seed_seconds"] = round_to(seconds_since(t0));
@@ -420,32 +440,38 @@ json run_fanin(context& ctx, const size_spec& size, plot_data& plots) {
     note("fan-in " + label + ": couchgate");
     out["couchgate"] = run_couchgate(ctx, cfg, n, total, plots, label, complete);
   }
-  if (!ctx.opt.skipped("builtin") && !interrupted()) {
-    note("fan-in " + label + ": the server's own replicator (one _replicator document per source)");
-    out["builtin"] = run_builtin(ctx, n, sources, total, plots, label);
-  }
+  // The sources hold their documents unless a restore deleted them and did not bring them all back.
+  bool sources_intact = true;
   if (complete && !ctx.opt.skipped("restore") && !interrupted()) {
     note("fan-in " + label + ": restore --all");
     out["restore"] = run_restore(ctx, cfg, sources, size.docs_per_db);
+    sources_intact = out["restore"].value("verified", false);
   }
-
-  // Ratios of throughput (documents per second).
-  auto rate_of = [&](const char* k) -> double {
-    if (!out.contains(k) || !out[k].contains("docs_per_s") || !out[k]["docs_per_s"].is_number()) return -1;
-    if (out[k].contains("complete") && !out[k]["complete"].get<bool>()) return -1;
-    return out[k]["docs_per_s"].get<double>();
-  };
-  double cg = rate_of("couchgate"), ceil = rate_of("ceiling"), bi = rate_of("builtin");
-  out["ratio_couchgate_to_ceiling"] = cg > 0 && ceil > 0 ? json(round_to(cg / ceil)) : json(nullptr);
-  out["ratio_couchgate_to_builtin"] = cg > 0 && bi > 0 ? json(round_to(cg / bi)) : json(nullptr);
+  set_ratios(out);
 
   note("fan-in " + label + ": cleaning up");
-  std::vector<std::string> dbs;
-  for (const auto& s : sources) dbs.push_back(s.db);
-  dbs.push_back(n.central);
-  dbs.push_back(n.state);
+  std::vector<std::string> dbs{n.central, n.state};
+  if (!ctx.opt.skipped("builtin") && sources_intact && !interrupted()) {
+    keep.sources = std::move(sources);  // the server's own replicator reads them at the end of the run
+  } else {
+    for (const auto& d : db_names(sources)) dbs.push_back(d);
+  }
   if (auto e = delete_dbs(ctx, dbs); !e.empty()) note("cleanup: " + e);
   return out;
+}
+
+void run_fanin_builtin(context& ctx, fanin_sources& kept, json& entry, plot_data& plots) {
+  if (kept.sources.empty()) return;
+  const std::string label = kept.size.label();
+  const std::uint64_t total = static_cast<std::uint64_t>(kept.size.dbs) * static_cast<std::uint64_t>(kept.size.docs_per_db);
+  if (!interrupted()) {
+    note("fan-in " + label + ": the server's own replicator (one _replicator document per source)");
+    entry["builtin"] = run_builtin(ctx, kept.names, kept.sources, total, plots, label);
+    set_ratios(entry);
+  }
+  note("fan-in " + label + ": deleting the sources");
+  if (auto e = delete_dbs(ctx, db_names(kept.sources)); !e.empty()) note("cleanup: " + e);
+  kept.sources.clear();
 }
 
 }  // namespace couchgate::bench

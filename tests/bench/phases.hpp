@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "tests/bench/context.hpp"
+#include "tests/bench/dataset.hpp"
 
 namespace couchgate::bench {
 
@@ -21,9 +22,20 @@ struct plot_data {
   std::vector<double> provision_ms;    // provisioning, every user
 };
 
-// 1. Fan-in of one size: seeding, the ingest ceiling, couchgate (catch-up), CouchDB's own
-// replicator, then restore of the central database into the (deleted) sources.
-json run_fanin(context& ctx, const size_spec& size, plot_data& plots);
+// What run_fanin leaves for run_fanin_builtin: the source databases (empty when nothing is left
+// to replicate; they are then already deleted).
+struct fanin_sources {
+  size_spec size;
+  test::names names;
+  std::vector<source_db> sources;
+};
+
+// 1. Fan-in of one size: seeding, the ingest ceiling, couchgate (catch-up), then restore of the
+// central database into the (deleted) sources. The sources stay for run_fanin_builtin.
+json run_fanin(context& ctx, const size_spec& size, plot_data& plots, fanin_sources& keep);
+// 1b. The server's own replicator over the kept sources (adds "builtin" and the ratio to the
+// size's entry), then deletes the sources. Runs after every other phase.
+void run_fanin_builtin(context& ctx, fanin_sources& kept, json& entry, plot_data& plots);
 // 2. Steady state: rate writes/s over steady_dbs databases for seconds.
 json run_steady(context& ctx, plot_data& plots);
 // 3. Provisioning: users created at once.
