@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "tests/support/harness.hpp"
 
@@ -72,4 +73,29 @@ TEST_CASE("credentials from COUCHDB_URL never reach the logs or the admin API") 
   CHECK(cg.terminate() == 0);
   CHECK(cg.log().find(env().password) == std::string::npos);
   CHECK(cg.log().find("connected to CouchDB at " + url) != std::string::npos);
+}
+
+TEST_CASE("log.format json: every log line is a JSON object") {
+  auto n = fresh_names("jsonlog");
+  json cfg = base_config(n);
+  cfg["log"] = {{"level", "debug"}, {"format", "json"}};
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(std::chrono::seconds(60)), cg.log());
+  CHECK(cg.terminate() == 0);
+  std::istringstream in(cg.log());
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    ++lines;
+    auto j = json::parse(line, nullptr, false);
+    INFO(line);
+    REQUIRE(j.is_object());
+    CHECK(j.contains("time"));
+    CHECK(j.contains("level"));
+    CHECK(j.contains("logger"));
+    CHECK(j["msg"].is_string());
+  }
+  CHECK(lines >= 3);
 }
