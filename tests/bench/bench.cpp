@@ -112,6 +112,17 @@ json describe_environment(context& ctx, const json& server_root) {
   std::string os = first_line_of("/etc/os-release", "PRETTY_NAME");
   e["machine"] = {{"cpus", cpus}, {"cpu_model", cpu}, {"mem_total_mb", mem_kb / 1024}, {"kernel", std::string(u.release)},
                   {"os", os}, {"hostname", std::string(u.nodename)}};
+  {
+    // Other load on the machine skews every figure: say so.
+    std::ifstream la("/proc/loadavg");
+    double l1 = -1;
+    la >> l1;
+    e["loadavg_1m_at_start"] = l1;
+    if (l1 >= 0.5) {
+      note("warning: the machine is already busy (1-minute load average " + std::to_string(l1).substr(0, 4) +
+           " before the bench started); the figures will be slower than on an idle machine");
+    }
+  }
   e["machine_summary"] = std::to_string(cpus) + " CPUs (" + cpu + "), " + std::to_string(mem_kb / 1024 / 1024) + " GiB, " + os +
                          ", Linux " + u.release;
   if (!server_root.contains("couchdb")) {
@@ -261,6 +272,12 @@ int main(int argc, char** argv) {
   else ctx.fail("the server at " + env().url + " stopped answering; nothing was cleaned up");
 
   results["bench"]["seconds"] = round_to(seconds_since(t_total), 1);
+  {
+    std::ifstream la("/proc/loadavg");
+    double l1 = -1;
+    la >> l1;
+    results["bench"]["loadavg_1m_at_end"] = l1;
+  }
   results["bench"]["interrupted"] = interrupted();
   results["targets"] = judge_targets(results);
   results["failures"] = ctx.failures();

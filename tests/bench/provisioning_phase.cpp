@@ -99,7 +99,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
   d.start();
   if (!d.wait_ready(60s)) {
     ctx.fail("provisioning: couchgate not ready; log tail:\n" + d.log_tail(30));
-    d.stop("provisioning");
+    out.update(d.stop("provisioning"));
     cleanup();
     return out;
   }

@@ -130,7 +130,8 @@ void print_table(const json& results) {
   o += fmt("server:    %s at %s\n", env.value("server", "").c_str(), env.value("server_url", "").c_str());
   o += fmt("couchgate: %s (binary built %s), max_connections %d\n", env.value("couchgate_version", "").c_str(),
            env.value("couchgate_binary_built", "?").c_str(), env.value("max_connections", 0));
-  o += fmt("machine:   %s\n", env.value("machine_summary", "").c_str());
+  o += fmt("machine:   %s; load average before the run %.2f\n", env.value("machine_summary", "").c_str(),
+           env.value("loadavg_1m_at_start", -1.0));
 
   const json fanin = results.value("fanin", json::array());
   if (!fanin.empty()) {
@@ -179,6 +180,8 @@ void print_table(const json& results) {
              cell(num(s, {"latency_ms", "p99"}), "%.0f").c_str(), cell(num(s, {"latency_ms", "max"}), "%.0f").c_str(),
              cell(num(s, {"latency_ms", "count"}), "%.0f").c_str(), cell(num(s, {"missing"}), "%.0f").c_str(),
              cell(num(s, {"achieved_rate"}), "%.1f").c_str());
+    o += fmt("  before the writes: all sources registered after %s s, first turns done (idle) after %s s\n",
+             cell(num(s, {"registered_after_seconds"}), "%.1f").c_str(), cell(num(s, {"idle_after_seconds"}), "%.1f").c_str());
     o += fmt("  couchgate: sockets %s, CPU %s%% (idle %s%%), RSS %s MB, fds %s;  source write ack ms p50 %s p99 %s\n",
              cell(num(s, {"sockets_peak"}), "%.0f").c_str(), cell(num(s, {"cpu_percent"}), "%.1f").c_str(),
              cell(num(s, {"idle_cpu_percent"}), "%.1f").c_str(), cell(num(s, {"rss_peak_mb"}), "%.1f").c_str(),

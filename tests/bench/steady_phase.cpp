@@ -74,25 +74,37 @@ json run_steady(context& ctx, plot_data& plots) {
   d.start();
   if (!d.wait_ready(std::chrono::duration<double>(60 + n_dbs / 100.0))) {
     ctx.fail("steady state: couchgate not ready; log tail:\n" + d.log_tail(30));
-    d.stop("steady state");
+    out.update(d.stop("steady state"));
     cleanup();
     return out;
   }
-  // Idle: every source known, nothing dirty or in flight.
+  // Every source known (reconcile), then idle: each source's first turn done, nothing dirty or
+  // in flight. The first is functional; the second is couchgate taking in N empty sources, which
+  // without _db_updates on a slow server takes minutes at 10000 (generous deadline).
   json last_status;
-  bool idle = poll_until(
+  auto fanin_status = [&]() -> const json* {
+    last_status = d.status();
+    if (!last_status.is_object() || !last_status.contains("fanin")) return nullptr;
+    return &last_status["fanin"];
+  };
+  bool registered = poll_until(
       [&] {
-        last_status = d.status();
-        if (!last_status.is_object() || !last_status.contains("fanin")) return false;
-        const auto& f = last_status["fanin"];
-        return f.value("sources", 0) >= n_dbs && f.value("dirty", 1) == 0 && f.value("active", 1) == 0;
+        const json* f = fanin_status();
+        return f && f->value("sources", 0) >= n_dbs;
       },
-      std::chrono::duration<double>(60 + n_dbs / 50.0), 200ms);
+      std::chrono::duration<double>(60 + n_dbs / 100.0), 200ms);
+  out["registered_after_seconds"] = round_to(d.seconds());
+  bool idle = registered && poll_until(
+                                [&] {
+                                  const json* f = fanin_status();
+                                  return f && f->value("dirty", 1) == 0 && f->value("active", 1) == 0;
+                                },
+                                std::chrono::duration<double>(120 + n_dbs / 10.0), 200ms);
   out["idle_after_seconds"] = round_to(d.seconds());
   if (!idle) {
-    ctx.fail("steady state: couchgate did not register all " + std::to_string(n_dbs) + " sources and go idle; /status: " +
-             last_status.dump());
-    d.stop("steady state");
+    ctx.fail("steady state: couchgate did not " + std::string(registered ? "go idle" : "register all " + std::to_string(n_dbs) + " sources") +
+             " in time; /status: " + last_status.dump());
+    out.update(d.stop("steady state"));
     cleanup();
     return out;
   }
@@ -186,7 +198,9 @@ json run_steady(context& ctx, plot_data& plots) {
   double write_secs = seconds_since(t_writes);
   std::size_t written = 0;
   for (std::size_t i = 0; i < total; ++i) written += acked[i] >= 0 ? 1 : 0;
-  const double drain = ctx.opt.smoke ? 30 : 60;
+  // Generous: the deadline is for "never arrived", not for slow (a sweep over many databases
+  // on a server without _db_updates takes a while).
+  const double drain = (ctx.opt.smoke ? 30 : 60) + n_dbs / 50.0;
   poll_until([&] { return seen.load() >= written; }, std::chrono::duration<double>(drain), 20ms);
   double window = seconds_since(t_writes);
   proc_usage w1 = read_usage(d.pid()), s1 = read_usage(ctx.server_pid);
