@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -287,7 +288,9 @@ int connections_to_server(pid_t pid) {
     }
     closedir(d);
   }
-  int count = 0;
+  // A connection can be listed twice in one read of /proc/net/tcp while others open and close:
+  // count each socket inode once.
+  std::set<std::string> seen;
   char port_hex[8];
   std::snprintf(port_hex, sizeof port_hex, "%04X", env().port);
   for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
@@ -300,10 +303,10 @@ int connections_to_server(pid_t pid) {
       ls >> sl >> local >> remote >> st >> queues >> tr >> retr >> uid >> timeout >> inode;
       if (st != "01") continue;  // ESTABLISHED
       if (remote.substr(remote.find(':') + 1) != port_hex) continue;
-      if (std::find(inodes.begin(), inodes.end(), inode) != inodes.end()) ++count;
+      if (std::find(inodes.begin(), inodes.end(), inode) != inodes.end()) seen.insert(inode);
     }
   }
-  return count;
+  return static_cast<int>(seen.size());
 }
 
 run_result run_couchgate(const std::vector<std::string>& args, const std::map<std::string, std::string>& extra_env) {
