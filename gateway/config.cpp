@@ -886,6 +886,8 @@ class loader {
          }},
         {"create_global_changes",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.create_global_changes); }},
+        {"central_guard",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.central_guard); }},
         {"sweep_rate",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_positive_number(v, p, l, c.sweep_rate); }},
         {"sweep_interval",

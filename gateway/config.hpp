@@ -53,6 +53,10 @@ struct fanin_config {
   std::size_t turn_docs = 500;       // changes per database per turn (fairness cap)
   detection_mode detection = detection_mode::automatic;
   bool create_global_changes = true;
+  // Install _design/couchgate, a validate_doc_update that refuses every non-admin write to the
+  // central database (defence in depth behind its admin-only _security). Every central write
+  // then runs through the server's JavaScript engine; false removes the guard.
+  bool central_guard = true;
   double sweep_rate = 200;           // databases checked per second in sweep mode
   milliseconds sweep_interval{5000}; // minimum time between two sweeps of the same database
 };

@@ -210,7 +210,7 @@ struct daemon::impl {
       if (!retry("cannot prepare state database " + cfg.state_db, s.error())) return false;
     }
     if (cfg.fanin.enabled) {
-      while (auto e = ensure_central_db(*client, cfg.fanin.central_db)) {
+      while (auto e = ensure_central_db(*client, cfg.fanin.central_db, cfg.fanin.central_guard)) {
         if (!retry("cannot prepare central database " + cfg.fanin.central_db, *e)) return false;
       }
       for (;;) {

@@ -34,17 +34,26 @@ std::optional<replicator::couch_error> ensure_db(replicator::couch_client& clien
 }
 }  // namespace
 
-std::optional<replicator::couch_error> ensure_central_db(replicator::couch_client& client, const std::string& db) {
+std::optional<replicator::couch_error> ensure_central_db(replicator::couch_client& client, const std::string& db,
+                                                         bool guard) {
   if (auto e = ensure_db(client, db, policy::render_admin_only_security())) return e;
   json want = central_guard_ddoc();
-  auto current = client.get_doc(db, want["_id"].get<std::string>()).get();
+  const std::string id = want["_id"].get<std::string>();
+  auto current = client.get_doc(db, id).get();
+  if (!current.ok() && current.error().kind != couch_error_kind::not_found) return current.error();
+  if (!guard) {
+    if (!current.ok()) return std::nullopt;
+    auto gone = client.delete_doc(db, id, current.value().value("_rev", "")).get();
+    if (!gone.ok() && gone.error().kind != couch_error_kind::not_found && gone.error().kind != couch_error_kind::conflict) {
+      return gone.error();
+    }
+    return std::nullopt;
+  }
   if (current.ok()) {
     if (current.value().value("validate_doc_update", "") == want["validate_doc_update"]) return std::nullopt;
     want["_rev"] = current.value()["_rev"];
-  } else if (current.error().kind != couch_error_kind::not_found) {
-    return current.error();
   }
-  auto put = client.put_doc(db, want["_id"].get<std::string>(), want).get();
+  auto put = client.put_doc(db, id, want).get();
   if (!put.ok() && put.error().kind != couch_error_kind::conflict) return put.error();
   return std::nullopt;
 }

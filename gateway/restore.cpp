@@ -224,8 +224,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (t.st != target_state::ready) continue;
       auto m = client.get_doc(t.res.db, marker_id).get();
       if (m.ok() && m.value().contains("_rev") && m.value()["_rev"].is_string()) {
-        auto del = client.request("DELETE", "/" + r::encode_segment(t.res.db) + "/" + r::encode_doc_id(marker_id) +
-                                                "?rev=" + r::encode_query_value(m.value()["_rev"].get<std::string>())).get();
+        auto del = client.delete_doc(t.res.db, marker_id, m.value()["_rev"].get<std::string>()).get();
         if (!del.ok()) t.res.error = "restored, but could not remove the restore marker: " + del.error().describe();
       }
       if (t.res.created || t.had_marker) {

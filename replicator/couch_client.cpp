@@ -56,6 +56,10 @@ pending_json couch_client::put_doc(const std::string& db, const std::string& id,
   return request("PUT", "/" + encode_segment(db) + "/" + encode_doc_id(id), doc.dump());
 }
 
+pending_json couch_client::delete_doc(const std::string& db, const std::string& id, const std::string& rev) {
+  return request("DELETE", "/" + encode_segment(db) + "/" + encode_doc_id(id) + "?rev=" + encode_query_value(rev));
+}
+
 pending_json couch_client::all_docs(const std::string& db, const std::string& query) {
   return request("GET", "/" + encode_segment(db) + "/_all_docs" + (query.empty() ? "" : "?" + query));
 }

@@ -61,6 +61,7 @@ class couch_client {
   pending_json put_security(const std::string& db, const json& sec);
   pending_json get_doc(const std::string& db, const std::string& id, const std::string& query = {});
   pending_json put_doc(const std::string& db, const std::string& id, const json& doc);
+  pending_json delete_doc(const std::string& db, const std::string& id, const std::string& rev);
   pending_json all_dbs() { return request("GET", "/_all_dbs"); }
   pending_json all_docs(const std::string& db, const std::string& query);
   pending_json changes(const std::string& db, const changes_query& q);

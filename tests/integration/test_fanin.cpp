@@ -93,6 +93,14 @@ TEST_CASE("fan-in: 200 user databases converge exactly into the central database
   std::string first_db = db_owner.begin()->first;
   couch c;
   REQUIRE(c.put("/" + enc(first_db) + "/late-write", json{{"late", true}}).status == 201);
+  // ... and so do updates and deletions of documents the central database already holds.
+  auto doc1 = c.get("/" + enc(first_db) + "/doc-1");
+  REQUIRE(doc1.status == 200);
+  doc1.body["v"] = 3;
+  REQUIRE(c.put("/" + enc(first_db) + "/doc-1", doc1.body).status == 201);
+  auto odd = c.get("/" + enc(first_db) + "/" + enc("odd id:/%é"));
+  REQUIRE(odd.status == 200);
+  REQUIRE(c.del("/" + enc(first_db) + "/" + enc("odd id:/%é") + "?rev=" + enc(odd.body["_rev"].get<std::string>())).status == 200);
   want = expected_central(db_owner);
   CHECK_MESSAGE(eventually([&] { return central_user_docs(n.central) == want; }, 60s), tail(cg.log()));
 
@@ -101,11 +109,13 @@ TEST_CASE("fan-in: 200 user databases converge exactly into the central database
   CHECK(peak > 0);
   CHECK(peak <= 6);
 
-  // No user design document became a design document centrally; the only one is couchgate's guard.
+  // No user design document became a design document centrally; the only one there may be is
+  // couchgate's guard.
   auto ddocs = couch().get("/" + enc(n.central) + "/_all_docs?startkey=%22_design%2F%22&endkey=%22_design0%22");
   REQUIRE(ddocs.status == 200);
-  REQUIRE(ddocs.body["rows"].size() == 1);
-  CHECK(ddocs.body["rows"][0]["id"] == "_design/couchgate");
+  const bool guarded = cfg["fanin"].value("central_guard", true);
+  REQUIRE(ddocs.body["rows"].size() == (guarded ? 1u : 0u));
+  if (guarded) CHECK(ddocs.body["rows"][0]["id"] == "_design/couchgate");
   std::string owner0 = db_owner.begin()->second;
   auto as_data = couch().get("/" + enc(n.central) + "/" + enc(owner0 + ":_design/evil"));
   CHECK(as_data.status == 200);
@@ -136,11 +146,16 @@ TEST_CASE("fan-in: 200 user databases converge exactly into the central database
 TEST_CASE("fan-in: a user cannot write the central database") {
   auto n = fresh_names("guard");
   json cfg = base_config(n);
+  cfg["fanin"]["central_guard"] = true;
   std::string u = "writer-" + n.role;
   REQUIRE(create_user(u, {n.role}).status == 201);
   couchgate_process cg(cfg);
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  const std::string guard_path = "/" + enc(n.central) + "/_design%2Fcouchgate";
+  auto guard = couch().get(guard_path);
+  REQUIRE(guard.status == 200);
+  CHECK(guard.body.contains("validate_doc_update"));
   couch user(u, "pw-123456");
   auto r = user.put("/" + enc(n.central) + "/sneaky", json{{"x", 1}});
   CHECK((r.status == 401 || r.status == 403));
@@ -151,6 +166,18 @@ TEST_CASE("fan-in: a user cannot write the central database") {
   // Readers: only admins.
   CHECK((user.get("/" + enc(n.central) + "/_all_docs").status == 401 || user.get("/" + enc(n.central) + "/_all_docs").status == 403));
   CHECK(cg.terminate() == 0);
+
+  // central_guard: false removes couchgate's guard; _security alone keeps users out.
+  json unguarded = cfg;
+  unguarded["fanin"]["central_guard"] = false;
+  couchgate_process cg2(unguarded);
+  cg2.start();
+  REQUIRE_MESSAGE(cg2.wait_ready(60s), cg2.log());
+  CHECK(couch().get(guard_path).status == 404);
+  CHECK((user.put("/" + enc(n.central) + "/sneaky3", json{{"x", 1}}).status == 401 ||
+         user.put("/" + enc(n.central) + "/sneaky3", json{{"x", 1}}).status == 403));
+  CHECK(couch().get("/" + enc(n.central) + "/sneaky3").status == 404);
+  CHECK(cg2.terminate() == 0);
 }
 
 TEST_CASE("fan-in: the sweep path is used when forced, and the db_updates path where the server has it") {

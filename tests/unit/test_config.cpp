@@ -124,6 +124,7 @@ void check_defaults(const cg::config& c) {
   CHECK(c.fanin.turn_docs == 500);
   CHECK(c.fanin.detection == cg::detection_mode::automatic);
   CHECK(c.fanin.create_global_changes);
+  CHECK(c.fanin.central_guard);
   CHECK(c.fanin.sweep_rate == 200.0);
   CHECK(c.fanin.sweep_interval == seconds{5});
   CHECK_FALSE(c.shared.enabled);
@@ -169,7 +170,7 @@ TEST_CASE("config: the example file names every key of the schema") {
         "roles_none:", "names:", "security:", "owner_is_admin:", "member_names:", "member_roles:", "admin_names:",
         "admin_roles:", "on_delete:", "reconcile_interval:", "batch:", "fanin:", "central_db:", "ids:",
         "max_connections:", "max_active:", "batch_docs:", "batch_bytes:", "turn_docs:", "detection:",
-        "create_global_changes:", "sweep_rate:", "sweep_interval:", "shared:", "db:", "admin_api:", "address:",
+        "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "shared:", "db:", "admin_api:", "address:",
         "port:", "port_file:", "log:", "level:", "format:"}) {
     const std::string k = key;
     CAPTURE(k);
@@ -211,6 +212,7 @@ fanin:
   turn_docs: 1
   detection: sweep
   create_global_changes: false
+  central_guard: false
   sweep_rate: 0.5
   sweep_interval: 1h
 shared: {enabled: true, db: common, member_roles: [staff], admin_roles: [boss]}
@@ -250,6 +252,7 @@ log: {level: critical, format: json}
   CHECK(c.fanin.turn_docs == 1);
   CHECK(c.fanin.detection == cg::detection_mode::sweep);
   CHECK_FALSE(c.fanin.create_global_changes);
+  CHECK_FALSE(c.fanin.central_guard);
   CHECK(c.fanin.sweep_rate == 0.5);
   CHECK(c.fanin.sweep_interval == seconds{3600});
   CHECK(c.shared.enabled);
