@@ -1,10 +1,8 @@
 // Owns: /proc readings and the sampler thread (see probe.hpp).
 #include "tests/bench/probe.hpp"
 
-#include <dirent.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -21,31 +19,6 @@ long status_kb(const std::string& status, const char* key) {
   auto at = status.find(key);
   if (at == std::string::npos) return -1;
   return std::strtol(status.c_str() + at + std::char_traits<char>::length(key), nullptr, 10);
-}
-
-// Socket inodes held by pid (empty when the process is gone or not readable), and the fd count.
-std::unordered_set<std::string> socket_inodes(pid_t pid, int* fd_count = nullptr) {
-  std::unordered_set<std::string> out;
-  std::string dir = pid == 0 ? std::string("/proc/self/fd") : "/proc/" + std::to_string(pid) + "/fd";
-  int n = 0;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      if (e->d_name[0] == '.') continue;
-      ++n;
-      char buf[128];
-      std::string link = dir + "/" + e->d_name;
-      ssize_t len = readlink(link.c_str(), buf, sizeof buf - 1);
-      if (len <= 0) continue;
-      buf[len] = 0;
-      std::string target(buf);
-      if (target.rfind("socket:[", 0) == 0) out.insert(target.substr(8, target.size() - 9));
-    }
-    closedir(d);
-  } else {
-    n = -1;
-  }
-  if (fd_count) *fd_count = n;
-  return out;
 }
 
 }  // namespace
@@ -81,45 +54,27 @@ proc_usage read_usage(pid_t pid) {
     }
   }
   int fds = -1;
-  socket_inodes(pid, &fds);
+  test::socket_inodes(pid, &fds);
   u.fds = fds;
   return u;
 }
 
 socket_counts count_sockets(pid_t watched, pid_t server) {
   socket_counts c;
-  auto mine = socket_inodes(0);
-  auto theirs = watched > 0 ? socket_inodes(watched) : std::unordered_set<std::string>{};
+  auto mine = test::socket_inodes(0);
+  auto theirs = watched > 0 ? test::socket_inodes(watched) : std::unordered_set<std::string>{};
   if (server > 0) {
     int fds = -1;
-    auto held = socket_inodes(server, &fds);
+    auto held = test::socket_inodes(server, &fds);
     c.server_held = fds < 0 ? -1 : static_cast<int>(held.size());
   }
-  char port_hex[8];
-  std::snprintf(port_hex, sizeof port_hex, "%04X", test::env().port);
-  // The kernel writes /proc/net/tcp a page at a time while connections come and go: one read can
-  // list a socket twice (seen here as couchgate holding 10 sockets while ss and its own pool
-  // counted 8). Count each inode once.
-  std::unordered_set<std::string> counted;
-  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::ifstream f(table);
-    std::string line;
-    std::getline(f, line);  // header
-    while (std::getline(f, line)) {
-      std::istringstream ls(line);
-      std::string sl, local, remote, st, queues, tr, retr, uid, timeout, inode;
-      ls >> sl >> local >> remote >> st >> queues >> tr >> retr >> uid >> timeout >> inode;
-      if (st != "01") continue;  // ESTABLISHED
-      auto colon = remote.rfind(':');
-      if (colon == std::string::npos || remote.substr(colon + 1) != port_hex) continue;  // client side only
-      if (inode == "0" || !counted.insert(inode).second) continue;
-      if (mine.count(inode)) {
-        ++c.bench;
-        continue;
-      }
-      ++c.clients;
-      if (theirs.count(inode)) ++c.watched;
+  for (const auto& inode : test::connections_to_server_inodes()) {
+    if (mine.count(inode)) {
+      ++c.bench;
+      continue;
     }
+    ++c.clients;
+    if (theirs.count(inode)) ++c.watched;
   }
   return c;
 }

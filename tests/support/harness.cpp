@@ -13,6 +13,7 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <unordered_set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -279,27 +280,38 @@ std::optional<double> couchgate_process::metric(const std::string& name, const s
 
 std::string couchgate_process::log() const { return read_file(dir_ + "/stderr.log"); }
 
-int connections_to_server(pid_t pid) {
-  // Socket inodes this process holds.
-  std::vector<std::string> inodes;
-  std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
-  if (DIR* d = opendir(fd_dir.c_str())) {
+std::unordered_set<std::string> socket_inodes(pid_t pid, int* fd_count) {
+  std::unordered_set<std::string> out;
+  std::string dir = pid == 0 ? std::string("/proc/self/fd") : "/proc/" + std::to_string(pid) + "/fd";
+  int n = 0;
+  if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
-      char buf[256];
-      std::string link = fd_dir + "/" + e->d_name;
-      ssize_t n = readlink(link.c_str(), buf, sizeof buf - 1);
-      if (n <= 0) continue;
-      buf[n] = 0;
+      if (e->d_name[0] == '.') continue;
+      ++n;
+      char buf[128];
+      std::string link = dir + "/" + e->d_name;
+      ssize_t len = readlink(link.c_str(), buf, sizeof buf - 1);
+      if (len <= 0) continue;
+      buf[len] = 0;
       std::string target(buf);
-      if (target.rfind("socket:[", 0) == 0) inodes.push_back(target.substr(8, target.size() - 9));
+      if (target.rfind("socket:[", 0) == 0) out.insert(target.substr(8, target.size() - 9));
     }
     closedir(d);
+  } else {
+    n = -1;
   }
-  // A connection can be listed twice in one read of /proc/net/tcp while others open and close:
-  // count each socket inode once.
-  std::set<std::string> seen;
+  if (fd_count) *fd_count = n;
+  return out;
+}
+
+std::vector<std::string> connections_to_server_inodes() {
   char port_hex[8];
   std::snprintf(port_hex, sizeof port_hex, "%04X", env().port);
+  // The kernel writes /proc/net/tcp a page at a time while connections come and go: one read can
+  // list a socket twice (seen as couchgate holding 10 sockets while ss and its own pool counted
+  // 8). Each inode is listed once.
+  std::unordered_set<std::string> seen;
+  std::vector<std::string> out;
   for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
     std::ifstream f(table);
     std::string line;
@@ -309,11 +321,20 @@ int connections_to_server(pid_t pid) {
       std::string sl, local, remote, st, queues, tr, retr, uid, timeout, inode;
       ls >> sl >> local >> remote >> st >> queues >> tr >> retr >> uid >> timeout >> inode;
       if (st != "01") continue;  // ESTABLISHED
-      if (remote.substr(remote.find(':') + 1) != port_hex) continue;
-      if (std::find(inodes.begin(), inodes.end(), inode) != inodes.end()) seen.insert(inode);
+      auto colon = remote.rfind(':');
+      if (colon == std::string::npos || remote.substr(colon + 1) != port_hex) continue;  // client side only
+      if (inode == "0" || !seen.insert(inode).second) continue;
+      out.push_back(inode);
     }
   }
-  return static_cast<int>(seen.size());
+  return out;
+}
+
+int connections_to_server(pid_t pid) {
+  auto held = socket_inodes(pid);
+  int n = 0;
+  for (const auto& inode : connections_to_server_inodes()) n += held.count(inode) ? 1 : 0;
+  return n;
 }
 
 run_result run_couchgate(const std::vector<std::string>& args, const std::map<std::string, std::string>& extra_env) {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace couchgate::test {
@@ -101,6 +102,12 @@ names fresh_names(const std::string& stem);
 json base_config(const names& n);
 
 // Established TCP connections from pid to the test server's port, read from /proc.
+// Socket inodes a process holds (pid 0 = this one; empty when it is gone), and its fd count (-1
+// when unreadable).
+std::unordered_set<std::string> socket_inodes(pid_t pid, int* fd_count = nullptr);
+// Inodes of established client-side connections to the server's port, each listed once.
+std::vector<std::string> connections_to_server_inodes();
+// How many of those the process holds.
 int connections_to_server(pid_t pid);
 
 // Runs `couchgate ARGS...` to completion; returns exit status, stdout and stderr.
