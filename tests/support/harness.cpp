@@ -13,10 +13,10 @@
 #include <fstream>
 #include <random>
 #include <set>
-#include <unordered_set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <unordered_set>
 
 namespace couchgate::test {
 
