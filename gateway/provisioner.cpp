@@ -284,39 +284,39 @@ void provisioner::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+replicator::json provisioner::start_position() {
+  auto stored = state_.get_value(users_feed_key);
+  if (!stored.ok()) return nullptr;
+  if (stored.value()) return *stored.value();
+  // First start ever: the reconcile that follows covers everything up to here.
+  auto info = client_.db_info(cfg_.users_db).get();
+  if (info.ok() && info.value().contains("update_seq")) return info.value()["update_seq"];
+  return nullptr;
+}
+
 void provisioner::run() {
   const auto rnd = replicator::random_uniform_source();
   replicator::backoff_policy bp{};
   std::uint32_t failures = 0;
-  // First reconcile: readiness waits for it.
+  // The feed's start is taken *before* the first reconcile: a user written while it lists
+  // _users is then seen by the feed, not skipped until the next reconcile. Readiness waits for
+  // both.
+  json since = nullptr;
   while (!stop_.requested()) {
-    if (reconcile()) break;
+    if (since.is_null()) since = start_position();
+    if (!since.is_null() && reconcile()) break;
     if (!stop_.sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
   }
+  if (stop_.requested()) return;
   ready_.store(true);
   next_reconcile_ = std::chrono::steady_clock::now() + cfg_.reconcile_interval;
-  follow();
+  follow(std::move(since));
 }
 
-void provisioner::follow() {
+void provisioner::follow(json since) {
   const auto rnd = replicator::random_uniform_source();
   replicator::backoff_policy bp{};
   std::uint32_t failures = 0;
-  json since = nullptr;
-  while (!stop_.requested() && since.is_null()) {
-    auto stored = state_.get_value(users_feed_key);
-    if (stored.ok()) {
-      if (stored.value()) {
-        since = *stored.value();
-      } else {
-        // First start ever: the reconcile just covered everything, so follow from here on.
-        auto info = client_.db_info(cfg_.users_db).get();
-        if (info.ok() && info.value().contains("update_seq")) since = info.value()["update_seq"];
-      }
-    }
-    if (since.is_null() && !stop_.sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
-  }
-  failures = 0;
   while (!stop_.requested()) {
     if (cfg_.reconcile_interval.count() > 0 && std::chrono::steady_clock::now() >= next_reconcile_) {
       reconcile();

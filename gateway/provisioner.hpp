@@ -63,7 +63,10 @@ class provisioner {
 
  private:
   void run();
-  void follow();
+  // Where the _users feed starts: the stored position, or on a first start the current
+  // update_seq. Null when neither can be read yet.
+  replicator::json start_position();
+  void follow(replicator::json since);
   void record(const std::string& name, const std::string& db, policy::user_action a, const std::string& error);
 
   replicator::couch_client& client_;
