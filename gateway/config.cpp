@@ -886,6 +886,8 @@ class loader {
          }},
         {"create_global_changes",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.create_global_changes); }},
+        {"inline_docs",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.inline_docs); }},
         {"central_guard",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.central_guard); }},
         {"sweep_rate",

@@ -51,6 +51,9 @@ struct fanin_config {
   std::size_t batch_docs = 1000;     // docs per central _bulk_docs
   std::size_t batch_bytes = 8u << 20;
   std::size_t turn_docs = 500;       // changes per database per turn (fairness cap)
+  // Ask _changes for document bodies and write first-generation revisions straight from them,
+  // skipping the _bulk_get (adaptive per database; see replicator::include_docs_next).
+  bool inline_docs = true;
   detection_mode detection = detection_mode::automatic;
   bool create_global_changes = true;
   // Install _design/couchgate, a validate_doc_update that refuses every non-admin write to the

@@ -284,6 +284,7 @@ int daemon::run() {
     fo.ids = cfg.fanin.ids;
     fo.max_active = cfg.fanin.max_active;
     fo.turn_docs = cfg.fanin.turn_docs;
+    fo.inline_docs = cfg.fanin.inline_docs;
     fo.transfer.batch_docs = cfg.fanin.batch_docs;
     fo.transfer.batch_bytes = cfg.fanin.batch_bytes;
     d.fan = std::make_unique<r::fanin>(*d.client, *d.state, d.metrics, fo);

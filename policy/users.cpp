@@ -135,7 +135,7 @@ bool matches(const criteria& c, const user_doc& u) {
 }
 
 user_action decide(const criteria& c, on_delete policy, const user_doc& u) {
-  if (!u.deleted && matches(c, u)) return user_action::ensure;
+  if (!u.deleted) return matches(c, u) ? user_action::ensure : user_action::revoke_owner;
   return policy == on_delete::keep ? user_action::revoke_owner : user_action::delete_db;
 }
 

@@ -35,7 +35,10 @@ struct criteria {
 };
 bool matches(const criteria& c, const user_doc& u);
 
-enum class on_delete { keep, remove };  // keep: db stays, owner removed from _security
+// What happens to a deleted user's database. keep: it stays, owner removed from _security.
+// A user who merely stops matching the criteria (a role taken away, say) is always handled as
+// keep: a roles edit must never destroy data.
+enum class on_delete { keep, remove };
 
 enum class user_action {
   ensure,        // database exists, _security = template with owner

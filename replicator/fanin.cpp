@@ -19,6 +19,8 @@ fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_
       sched_(scheduler::options{opts_.max_active, opts_.backoff}, random_uniform_source()),
       docs_(metrics.add_counter("couchgate_replicated_docs_total", "Document revisions written to the central database")),
       bytes_(metrics.add_counter("couchgate_replicated_bytes_total", "JSON bytes written to the central database")),
+      inline_(metrics.add_counter("couchgate_replicated_inline_docs_total",
+                                  "Of the revisions written, those taken from the _changes body without a _bulk_get")),
       rounds_(metrics.add_counter("couchgate_replication_batches_total", "Replication rounds (coalesced batches) run")),
       central_requests_(metrics.add_counter("couchgate_replication_requests_total", "HTTP requests made by replication rounds")),
       skipped_design_(metrics.add_counter("couchgate_replication_skipped_docs_total",
@@ -168,6 +170,8 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     std::string db;
     policy::owner owner;
     json since;
+    bool include_docs = false;
+    std::size_t first_generation_rows = 0;
     pending_json call;
     std::optional<feed_page> page;
     std::optional<couch_error> error;
@@ -184,6 +188,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
       turn t;
       t.db = db;
       t.owner = it->second.owner;
+      t.include_docs = opts_.inline_docs && it->second.include_docs;
       if (it->second.needs_refresh) refresh.push_back(db);
       it->second.needs_refresh = false;
       turns.push_back(std::move(t));
@@ -198,6 +203,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     changes_query q;
     q.since = t.since;
     q.limit = opts_.turn_docs;
+    q.include_docs = t.include_docs;
     t.call = client_.changes(t.db, q);
   }
   std::size_t requests = turns.size();
@@ -216,12 +222,13 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
       continue;
     }
     for (auto& c : page.value().changes) {
+      if (first_generation(c)) ++t.first_generation_rows;
       auto central = policy::to_central_id(opts_.ids, t.owner, c.id);
       if (!central) {
         ++skipped;
         continue;
       }
-      rows.push_back(change_row{t.db, t.db, c.id, opts_.central_db, std::move(*central), std::move(c.revs)});
+      rows.push_back(change_row{t.db, t.db, c.id, opts_.central_db, std::move(*central), std::move(c.revs), std::move(c.body)});
     }
     t.page = std::move(page.value());
   }
@@ -232,6 +239,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
   requests += res.requests;
   docs_.inc(res.docs_written);
   bytes_.inc(res.bytes_written);
+  inline_.inc(res.docs_inline);
 
   // 3. Checkpoint every source whose documents all arrived.
   std::vector<std::pair<std::string, json>> cps;
@@ -288,6 +296,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
                  t.page->last_seq.dump(), written);
     s.last_success = std::chrono::system_clock::now();
     s.last_error.clear();
+    s.include_docs = include_docs_next(s.include_docs, t.first_generation_rows, t.page->changes.size());
     sched_.complete(t.db, more, now);
     if (!more && s.dirty_since) {
       lag_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - *s.dirty_since).count());

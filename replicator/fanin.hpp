@@ -31,6 +31,7 @@ struct fanin_options {
   std::size_t max_active = 32;
   std::size_t workers = 2;       // rounds in flight at once
   std::size_t turn_docs = 500;   // changes per source per turn
+  bool inline_docs = true;       // take first-generation bodies from _changes (include_docs_next)
   transfer_options transfer{};
   backoff_policy backoff{};
 };
@@ -78,6 +79,7 @@ class fanin {
     std::string last_error;
     std::optional<std::chrono::steady_clock::time_point> dirty_since;
     bool needs_refresh = false;  // re-read the checkpoint from the state db before the next turn
+    bool include_docs = true;    // ask _changes for bodies (see include_docs_next)
   };
   void worker();
   void run_round(const std::vector<std::string>& dbs);
@@ -96,6 +98,7 @@ class fanin {
 
   counter& docs_;
   counter& bytes_;
+  counter& inline_;
   counter& rounds_;
   counter& central_requests_;
   std::map<couch_error_kind, counter*> errors_;

@@ -61,9 +61,31 @@ result<feed_page> parse_changes(const json& answer) {
       if (ch.is_object() && ch.contains("rev") && ch["rev"].is_string()) c.revs.push_back(ch["rev"].get<std::string>());
     }
     c.deleted = row.value("deleted", false) == true;
+    if (auto d = row.find("doc"); d != row.end()) c.body = inline_revision(c.revs, *d);
     page.changes.push_back(std::move(c));
   }
   return page;
+}
+
+std::optional<json> inline_revision(const std::vector<std::string>& leaf_revs, const json& doc) {
+  if (leaf_revs.size() != 1 || !doc.is_object()) return std::nullopt;
+  const std::string& rev = leaf_revs.front();
+  if (rev.size() <= 2 || rev.compare(0, 2, "1-") != 0) return std::nullopt;
+  auto r = doc.find("_rev");
+  if (r == doc.end() || !r->is_string() || r->get_ref<const std::string&>() != rev) return std::nullopt;
+  if (doc.contains("_attachments") || doc.contains("_deleted") || !doc.contains("_id")) return std::nullopt;
+  json out = doc;
+  out["_revisions"] = json{{"start", 1}, {"ids", json::array({rev.substr(2)})}};
+  return out;
+}
+
+bool first_generation(const feed_change& c) {
+  return !c.deleted && c.revs.size() == 1 && c.revs.front().size() > 2 && c.revs.front().compare(0, 2, "1-") == 0;
+}
+
+bool include_docs_next(bool current, std::size_t first_generation_rows, std::size_t rows) {
+  if (rows == 0) return current;
+  return first_generation_rows * 2 >= rows;
 }
 
 transfer_result transfer(couch_client& client, const std::vector<change_row>& rows, const transfer_options& opts,
@@ -107,8 +129,17 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   }
 
   // 2. What each source must send: (row, rev) for every missing revision, from the first row
-  // that listed it.
+  // that listed it. Revisions whose body the feed already carried go straight to the writes.
   std::map<std::string, std::vector<fetch>> fetches;  // source db -> fetches
+  struct fetched_doc {
+    std::size_t row;
+    std::string body;
+  };
+  std::vector<fetched_doc> docs;
+  auto add_doc = [&](std::size_t row, json doc) {
+    doc["_id"] = rows[row].target_id;
+    docs.push_back({row, doc.dump()});
+  };
   for (auto& d : diffs) {
     auto answer = d.call.get();
     if (!answer.ok() || !answer.value().is_object()) {
@@ -128,33 +159,31 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
         for (std::size_t r : by_target_key[key_of(d.target, rows[i].target_id)]) {
           const auto& rr = rows[r].revs;
           if (std::find(rr.begin(), rr.end(), rev) != rr.end()) {
-            fetches[rows[r].source_db].push_back({r, rev});
             ++res.revs_missing;
+            if (rows[r].body && rows[r].body->value("_rev", std::string()) == rev) {
+              add_doc(r, *rows[r].body);
+              ++res.docs_inline;
+            } else {
+              fetches[rows[r].source_db].push_back({r, rev});
+            }
             break;
           }
         }
       }
     }
   }
-  if (fetches.empty()) return res;
 
   // 3. Fetch the missing revisions with their histories, one _bulk_get per source and chunk.
   std::unordered_map<std::string, std::size_t> row_of_source;  // (source db, id) -> row
   for (const auto& [source, fs] : fetches) {
     for (const auto& f : fs) row_of_source.emplace(key_of(source, rows[f.row].source_id), f.row);
   }
-  struct fetched_doc {
-    std::size_t row;
-    std::string body;
-  };
-  std::vector<fetched_doc> docs;
 
   auto accept_doc = [&](const std::string& source, json doc) {
     if (!doc.is_object() || !doc.contains("_id") || !doc["_id"].is_string()) return false;
     auto it = row_of_source.find(key_of(source, doc["_id"].get<std::string>()));
     if (it == row_of_source.end()) return false;
-    doc["_id"] = rows[it->second].target_id;
-    docs.push_back({it->second, doc.dump()});
+    add_doc(it->second, std::move(doc));
     return true;
   };
 

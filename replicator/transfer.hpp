@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstddef>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ struct change_row {
   std::string source_db, source_id;
   std::string target_db, target_id;
   std::vector<std::string> revs;  // leaf revisions listed by the source's _changes (style=all_docs)
+  // The revision's complete body with its `_revisions`, when the feed already carried it (see
+  // inline_revision): the round then writes it without asking the source again.
+  std::optional<json> body;
 };
 
 struct transfer_options {
@@ -41,6 +45,7 @@ struct transfer_result {
   std::size_t docs_written = 0;
   std::size_t bytes_written = 0;
   std::size_t revs_missing = 0;        // revisions the targets lacked
+  std::size_t docs_inline = 0;         // of those, written from the feed's body without a fetch
   std::size_t docs_vanished = 0;       // revisions gone from the source meanwhile (newer ones follow)
   std::size_t requests = 0;
   std::map<std::string, couch_error> failed;  // unit -> first error
@@ -55,11 +60,29 @@ struct feed_change {
   std::string id;
   std::vector<std::string> revs;
   bool deleted = false;
+  std::optional<json> body;  // from include_docs=true, only where inline_revision accepts it
 };
 struct feed_page {
   std::vector<feed_change> changes;
   json last_seq;  // where to resume: the last row's seq, or the answer's last_seq when it has no rows
 };
 result<feed_page> parse_changes(const json& answer);
+
+// A document included in a `_changes` row (include_docs=true) is enough to replicate when its
+// whole history is the revision itself: a first-generation ("1-...") sole leaf, not deleted,
+// without attachments (the feed has only their stubs), and the body is that very revision (the
+// server includes the *current* winner, which may be newer than the row). Then `_revisions` is
+// {start:1, ids:[hash]} and no `_bulk_get` is needed. Anything else: nullopt, and the round
+// fetches the revision with its history as usual.
+std::optional<json> inline_revision(const std::vector<std::string>& leaf_revs, const json& doc);
+
+// A row whose revision could be written from an included body: its sole leaf is a live "1-..."
+// (judged from the row alone, so it works whether or not the turn asked for bodies).
+bool first_generation(const feed_change& c);
+
+// Whether a source's next `_changes` should include documents: worth it while at least half of
+// the rows its last turn saw were first-generation; otherwise the bodies would mostly be fetched
+// again. A source whose turn saw no rows keeps its current setting.
+bool include_docs_next(bool current, std::size_t first_generation_rows, std::size_t rows);
 
 }  // namespace couchgate::replicator

@@ -132,7 +132,7 @@ TEST_CASE("a restart mid-way misses no user and resumes from the stored position
   for (const auto& u : users) CHECK(provisioned(n, cfg, u));
 }
 
-TEST_CASE("deleted users: keep revokes the owner, delete removes the database") {
+TEST_CASE("deleted users: keep revokes the owner, delete removes the database; unselected users keep theirs") {
   for (std::string policy : {"keep", "delete"}) {
     CAPTURE(policy);
     auto n = fresh_names("del-" + policy);
@@ -142,11 +142,28 @@ TEST_CASE("deleted users: keep revokes the owner, delete removes the database") 
     couchgate_process cg(cfg);
     cg.start();
     REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
-    std::string u = "gone-" + n.role, stays = "stays-" + n.role;
+    std::string u = "gone-" + n.role, stays = "stays-" + n.role, demoted = "demoted-" + n.role;
     REQUIRE(create_user(u, {n.role}).status == 201);
     REQUIRE(create_user(stays, {n.role}).status == 201);
-    REQUIRE(eventually([&] { return provisioned(n, cfg, u) && provisioned(n, cfg, stays); }, 60s));
+    REQUIRE(create_user(demoted, {n.role}).status == 201);
+    REQUIRE(eventually([&] { return provisioned(n, cfg, u) && provisioned(n, cfg, stays) && provisioned(n, cfg, demoted); },
+                       60s));
     REQUIRE(delete_user(u).status == 200);
+    // The selecting role taken away: the database stays under either policy, without its owner.
+    {
+      const std::string path = "/_users/" + enc("org.couchdb.user:" + demoted);
+      auto doc = couch().get(path);
+      REQUIRE(doc.status == 200);
+      doc.body["roles"] = json::array();
+      REQUIRE(couch().put(path, doc.body).status == 201);
+    }
+    const std::string demoted_db = user_db_name(n.prefix, demoted);
+    CHECK_MESSAGE(eventually([&] {
+                    return db_exists(demoted_db) && couchgate::policy::security_equal(security_of(demoted_db),
+                                                                                     expected_security(cfg, std::nullopt));
+                  },
+                  60s),
+                  cg.log());
     std::string db = user_db_name(n.prefix, u);
     if (policy == "keep") {
       CHECK_MESSAGE(eventually([&] {

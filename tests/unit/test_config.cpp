@@ -122,6 +122,7 @@ void check_defaults(const cg::config& c) {
   CHECK(c.fanin.batch_docs == 1000);
   CHECK(c.fanin.batch_bytes == 8u << 20);
   CHECK(c.fanin.turn_docs == 500);
+  CHECK(c.fanin.inline_docs);
   CHECK(c.fanin.detection == cg::detection_mode::automatic);
   CHECK(c.fanin.create_global_changes);
   CHECK(c.fanin.central_guard);
@@ -169,7 +170,7 @@ TEST_CASE("config: the example file names every key of the schema") {
         "heartbeat:", "state_db:", "provisioning:", "users_db:", "db_prefix:", "select:", "roles_any:", "roles_all:",
         "roles_none:", "names:", "security:", "owner_is_admin:", "member_names:", "member_roles:", "admin_names:",
         "admin_roles:", "on_delete:", "reconcile_interval:", "batch:", "fanin:", "central_db:", "ids:",
-        "max_connections:", "max_active:", "batch_docs:", "batch_bytes:", "turn_docs:", "detection:",
+        "max_connections:", "max_active:", "batch_docs:", "batch_bytes:", "turn_docs:", "inline_docs:", "detection:",
         "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "shared:", "db:", "admin_api:", "address:",
         "port:", "port_file:", "log:", "level:", "format:"}) {
     const std::string k = key;
@@ -210,6 +211,7 @@ fanin:
   batch_docs: 100000
   batch_bytes: 64KiB
   turn_docs: 1
+  inline_docs: false
   detection: sweep
   create_global_changes: false
   central_guard: false
@@ -250,6 +252,7 @@ log: {level: critical, format: json}
   CHECK(c.fanin.batch_docs == 100000);
   CHECK(c.fanin.batch_bytes == 65536);
   CHECK(c.fanin.turn_docs == 1);
+  CHECK_FALSE(c.fanin.inline_docs);
   CHECK(c.fanin.detection == cg::detection_mode::sweep);
   CHECK_FALSE(c.fanin.create_global_changes);
   CHECK_FALSE(c.fanin.central_guard);

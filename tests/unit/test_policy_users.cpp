@@ -306,7 +306,8 @@ TEST_CASE("decide") {
   CHECK(decide(staff_only, on_delete::keep, staff) == user_action::ensure);
   CHECK(decide(staff_only, on_delete::remove, staff) == user_action::ensure);
   CHECK(decide(staff_only, on_delete::keep, other) == user_action::revoke_owner);
-  CHECK(decide(staff_only, on_delete::remove, other) == user_action::delete_db);
+  // Stopping to match is not deletion: the data stays whatever on_delete says.
+  CHECK(decide(staff_only, on_delete::remove, other) == user_action::revoke_owner);
   CHECK(decide(criteria{}, on_delete::keep, gone) == user_action::revoke_owner);
   CHECK(decide(criteria{}, on_delete::remove, gone) == user_action::delete_db);
   // A tombstone never ensures, even if its (empty) roles would match.

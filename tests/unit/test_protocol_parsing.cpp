@@ -33,6 +33,9 @@ using couchgate::replicator::error_from;
 using couchgate::replicator::error_kind;
 using couchgate::replicator::histogram;
 using couchgate::replicator::http_response;
+using couchgate::replicator::first_generation;
+using couchgate::replicator::include_docs_next;
+using couchgate::replicator::inline_revision;
 using couchgate::replicator::parse_changes;
 using couchgate::replicator::parse_db_updates;
 using couchgate::replicator::registry;
@@ -339,6 +342,67 @@ TEST_CASE("parse_changes: limit=2 page (20) ends at its last row's seq") {
   CHECK(last.get<std::string>() == k20_last_seq);
   CHECK(last == answer["results"][1]["seq"]);
   CHECK(couch_client::seq_number(last) == std::optional<std::uint64_t>(4));
+}
+
+TEST_CASE("parse_changes with include_docs (11): first-generation live docs come with their history") {
+  const auto t = load_transcript("11-users-changes-normal.http");
+  REQUIRE(t.target.find("include_docs=true") != std::string::npos);
+  const json answer = body_json(t);
+  auto page = parse_changes(answer);
+  REQUIRE(page.ok());
+  const auto& ch = page.value().changes;
+  REQUIRE(ch.size() == 3);
+
+  // "1-..." sole leaf, live: written inline, its history the revision itself.
+  CHECK(ch[0].id == "_design/_auth");
+  REQUIRE(ch[0].body);
+  CHECK(first_generation(ch[0]));
+  CHECK(ch[0].body->at("_rev") == "1-625dc565328e800ce8dfe08fff750098");
+  CHECK(ch[0].body->at("_revisions") == json{{"start", 1}, {"ids", {"625dc565328e800ce8dfe08fff750098"}}});
+  CHECK(ch[0].body->at("validate_doc_update") == answer["results"][0]["doc"]["validate_doc_update"]);
+
+  // A tombstone ("2-...", deleted): its history needs the source.
+  CHECK(ch[1].id == "org.couchdb.user:alice");
+  CHECK(ch[1].deleted);
+  CHECK_FALSE(ch[1].body);
+  CHECK_FALSE(first_generation(ch[1]));
+
+  CHECK(ch[2].id == "org.couchdb.user:tx-bob");
+  REQUIRE(ch[2].body);
+  CHECK(ch[2].body->at("name") == "tx-bob");
+  CHECK(ch[2].body->at("_revisions").at("ids") == json{"565b3f721520908112ca45a72f386b65"});
+
+  // Without include_docs (19) there is never a body.
+  auto plain = parse_changes(body_json(load_transcript("19-changes-normal-all-docs.http")));
+  REQUIRE(plain.ok());
+  for (const auto& c : plain.value().changes) CHECK_FALSE(c.body);
+}
+
+TEST_CASE("inline_revision: only a body that is exactly the sole first-generation leaf") {
+  const json doc = {{"_id", "a"}, {"_rev", "1-abc"}, {"v", 1}};
+  auto ok = inline_revision({"1-abc"}, doc);
+  REQUIRE(ok);
+  CHECK(ok->at("v") == 1);
+  CHECK(ok->at("_revisions") == json{{"start", 1}, {"ids", {"abc"}}});
+
+  CHECK_FALSE(inline_revision({"2-abc"}, json{{"_id", "a"}, {"_rev", "2-abc"}}));    // history unknown
+  CHECK_FALSE(inline_revision({"1-abc", "1-def"}, doc));                           // conflicted
+  CHECK_FALSE(inline_revision({"1-abc"}, json{{"_id", "a"}, {"_rev", "2-xyz"}}));   // updated since the row
+  CHECK_FALSE(inline_revision({"1-abc"}, json{{"_id", "a"}, {"_rev", "1-abc"}, {"_deleted", true}}));
+  CHECK_FALSE(inline_revision({"1-abc"}, json{{"_id", "a"}, {"_rev", "1-abc"}, {"_attachments", {{"f", {{"stub", true}}}}}}));
+  CHECK_FALSE(inline_revision({"1-abc"}, json(nullptr)));  // CouchDB's "doc": null
+  CHECK_FALSE(inline_revision({"1-abc"}, json{{"_rev", "1-abc"}}));
+  CHECK_FALSE(inline_revision({"1-"}, json{{"_id", "a"}, {"_rev", "1-"}}));
+  CHECK_FALSE(inline_revision({}, doc));
+}
+
+TEST_CASE("include_docs_next: bodies while at least half the rows were first-generation") {
+  CHECK(include_docs_next(false, 5, 10));
+  CHECK_FALSE(include_docs_next(true, 4, 10));
+  CHECK(include_docs_next(true, 10, 10));
+  CHECK_FALSE(include_docs_next(true, 0, 1));
+  CHECK(include_docs_next(true, 0, 0));   // nothing seen: unchanged
+  CHECK_FALSE(include_docs_next(false, 0, 0));
 }
 
 TEST_CASE("_changes continuous (38): heartbeat lines and one change object per line") {
