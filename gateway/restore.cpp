@@ -167,9 +167,24 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   r::transfer_options topts{cfg.fanin.batch_docs, cfg.fanin.batch_bytes, true};
   json since = 0;
   std::size_t written = 0;
+  // Design documents are written last: a user's validate_doc_update would otherwise judge every
+  // restore write that follows it (CouchDB runs it for admins too).
+  std::vector<r::change_row> design_rows;
+  auto run_transfer = [&](const std::vector<r::change_row>& rows) {
+    auto res = r::transfer(client, rows, topts, caps);
+    written += res.docs_written;
+    for (const auto& [user, n] : res.written_by_unit) targets[user].res.docs += n;
+    for (const auto& [user, e] : res.failed) {
+      auto& t = targets[user];
+      t.st = target_state::failed;
+      if (t.res.error.empty()) t.res.error = e.describe();
+    }
+  };
   for (;;) {
     r::changes_query q;
     q.since = since;
+    // Every body is read anyway when restoring everything; then new documents need no _bulk_get.
+    q.include_docs = opts.all;
     std::size_t limit = cfg.fanin.batch_docs;
     if (opts.max_docs) limit = std::min(limit, opts.max_docs - summary.central_changes);
     q.limit = limit;
@@ -192,18 +207,11 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
         t.res.docs += c.revs.size();
         continue;
       }
-      rows.push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs)});
+      const bool design = policy::is_design_id(ref->doc_id);
+      (design ? design_rows : rows)
+          .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), std::move(c.body)});
     }
-    if (!rows.empty()) {
-      auto res = r::transfer(client, rows, topts, caps);
-      written += res.docs_written;
-      for (const auto& [user, n] : res.written_by_unit) targets[user].res.docs += n;
-      for (const auto& [user, e] : res.failed) {
-        auto& t = targets[user];
-        t.st = target_state::failed;
-        if (t.res.error.empty()) t.res.error = e.describe();
-      }
-    }
+    if (!rows.empty()) run_transfer(rows);
     summary.central_changes += page.value().changes.size();
     pr.update(targets.size(), summary.central_changes, total, written);
     if (page.value().changes.size() < limit || page.value().last_seq.is_null()) break;
@@ -213,6 +221,9 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       break;
     }
   }
+  // (only into databases whose data all arrived: a failed one is left for the rerun to finish).
+  std::erase_if(design_rows, [&](const r::change_row& row) { return targets[row.unit].st != target_state::ready; });
+  if (!summary.interrupted && !design_rows.empty()) run_transfer(design_rows);
   pr.update(targets.size(), summary.central_changes, std::max(total, summary.central_changes), written, true);
   pr.finish();
 

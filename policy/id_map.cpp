@@ -22,6 +22,8 @@ bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.
 
 }  // namespace
 
+bool is_design_id(std::string_view doc_id) { return starts_with(doc_id, design_prefix); }
+
 std::string owner_token(const owner& o) {
   if (o.what == owner::kind::shared) return std::string(shared_token);
   std::string out;
@@ -74,7 +76,7 @@ std::optional<std::string> to_central_id(id_mode mode, const owner& o, std::stri
   // Empty ids are not CouchDB documents, and from_central_id could not map them back.
   if (doc_id.empty() || starts_with(doc_id, local_prefix)) return std::nullopt;
   if (mode == id_mode::unchanged) {
-    if (starts_with(doc_id, design_prefix)) return std::nullopt;
+    if (is_design_id(doc_id)) return std::nullopt;
     return std::string(doc_id);
   }
   std::string out = owner_token(o);

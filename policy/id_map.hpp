@@ -23,6 +23,9 @@ struct owner {
 std::string owner_token(const owner& o);
 std::optional<owner> owner_from_token(std::string_view token);
 
+// A design document's id ("_design/…"): code the server runs, not data.
+bool is_design_id(std::string_view doc_id);
+
 // nullopt when the document must not reach the central database: `_local/…` always, and
 // `_design/…` in unchanged mode.
 std::optional<std::string> to_central_id(id_mode mode, const owner& o, std::string_view doc_id);

@@ -164,3 +164,59 @@ TEST_CASE("restore rebuilds user databases from the central database exactly") {
     CHECK(cg.terminate() == 0);
   }
 }
+
+TEST_CASE("restore writes a user's design documents last, so their validate_doc_update cannot block it") {
+  auto n = fresh_names("rs-ddoc");
+  json cfg = base_config(n);
+  // One change per restore page and per write: without design-documents-last, the function
+  // below would be in force before the data documents arrive.
+  cfg["fanin"]["batch_docs"] = 1;
+  const std::string u = "strict-" + n.role;
+  REQUIRE(create_user(u, {n.role}).status == 201);
+  const std::string db = couchgate::policy::user_db_name(n.prefix, u);
+  const std::string base = "/" + enc(db);
+  std::vector<std::string> ids = {"_design/strict", "a", "b", "c"};
+  snapshot original;
+  {
+    couchgate_process cg(cfg);
+    cg.start();
+    REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+    REQUIRE(eventually([&] { return couch().get(base).status == 200; }, 60s));
+    // The app's own rule: data is written by its users, never by an admin (CouchDB runs a
+    // validate_doc_update for server admins too).
+    auto ddoc = couch().put(base + "/_design%2Fstrict",
+                            json{{"validate_doc_update",
+                                  "function(n, o, u) { if (u.roles.indexOf('_admin') !== -1 && n._id.indexOf('_design/') !== 0)"
+                                  " throw({forbidden: 'admins write no data here'}); }"}});
+    REQUIRE_MESSAGE(ddoc.status == 201, ddoc.raw);
+    auto by_admin = couch().put(base + "/by-admin", json{{"x", 0}});
+    if (by_admin.status != 403) {
+      MESSAGE("this server does not run validate_doc_update for admins (" << by_admin.status
+                                                                           << "); the ordering is not observable here");
+      CHECK(cg.terminate() == 0);
+      return;
+    }
+    couch owner(u, "pw-123456");
+    for (std::size_t i = 1; i < ids.size(); ++i) {
+      auto w = owner.put(base + "/" + ids[i], json{{"i", i}});
+      REQUIRE_MESSAGE(w.status == 201, w.raw);
+    }
+    REQUIRE_MESSAGE(eventually(
+                        [&] {
+                          for (const auto& id : ids) {
+                            if (couch().get("/" + enc(n.central) + "/" + enc(u + ":" + id)).status != 200) return false;
+                          }
+                          return true;
+                        },
+                        60s),
+                    tail(cg.log()));
+    original = take(db);
+    CHECK(cg.terminate() == 0);
+  }
+  REQUIRE(couch().del(base).status == 200);
+  auto r = run_couchgate({"restore", "--config", write_config(cfg), "--user", u});
+  INFO(r.out << r.err);
+  CHECK(r.status == 0);
+  CHECK(same(take(db), original));
+  CHECK(original.leaves.size() == ids.size());
+}
