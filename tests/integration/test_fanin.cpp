@@ -172,7 +172,7 @@ TEST_CASE("fan-in: a user cannot write the central database") {
   couchgate_process cg(cfg);
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
-  const std::string guard_path = "/" + enc(n.central) + "/_design%2Fcouchgate";
+  const std::string guard_path = "/" + enc(n.central) + "/_design/couchgate";
   auto guard = couch().get(guard_path);
   REQUIRE(guard.status == 200);
   CHECK(guard.body.contains("validate_doc_update"));

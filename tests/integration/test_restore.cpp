@@ -184,7 +184,7 @@ TEST_CASE("restore writes a user's design documents last, so their validate_doc_
     REQUIRE(eventually([&] { return couch().get(base).status == 200; }, 60s));
     // The app's own rule: data is written by its users, never by an admin (CouchDB runs a
     // validate_doc_update for server admins too).
-    auto ddoc = couch().put(base + "/_design%2Fstrict",
+    auto ddoc = couch().put(base + "/_design/strict",
                             json{{"validate_doc_update",
                                   "function(n, o, u) { if (u.roles.indexOf('_admin') !== -1 && n._id.indexOf('_design/') !== 0)"
                                   " throw({forbidden: 'admins write no data here'}); }"}});
