@@ -1161,4 +1161,60 @@ std::string format_errors(const std::string& file, const std::vector<config_erro
 
 std::string redact_url(const std::string& url) { return split_userinfo(url).url; }
 
+namespace {
+// Every key a reload compares: live ones are applied in place (apply_live_keys), the others
+// need a restart.
+struct reload_key {
+  const char* name;
+  bool live;
+  bool (*same)(const config&, const config&);
+};
+// Compares the member reached through Path (e.g. &config::provisioning, &provisioning_config::batch).
+template <auto... Path>
+bool same(const config& a, const config& b) {
+  return (a .* ... .* Path) == (b .* ... .* Path);
+}
+using pc = provisioning_config;
+constexpr reload_key reload_keys[] = {
+    {"couchdb", false, same<&config::couchdb>},
+    {"state_db", false, same<&config::state_db>},
+    {"provisioning.enabled", false, same<&config::provisioning, &pc::enabled>},
+    {"provisioning.users_db", false, same<&config::provisioning, &pc::users_db>},
+    {"provisioning.db_prefix", false, same<&config::provisioning, &pc::db_prefix>},
+    {"provisioning.select", true, same<&config::provisioning, &pc::select>},
+    {"provisioning.security", true, same<&config::provisioning, &pc::security>},
+    {"provisioning.on_delete", true, same<&config::provisioning, &pc::on_delete>},
+    {"provisioning.reconcile_interval", true, same<&config::provisioning, &pc::reconcile_interval>},
+    {"provisioning.batch", false, same<&config::provisioning, &pc::batch>},
+    {"fanin", false, same<&config::fanin>},
+    {"shared", false, same<&config::shared>},
+    {"admin_api", false, same<&config::admin_api>},
+    {"log", true, same<&config::log>},
+};
+
+std::vector<std::string> changed_keys(const config& running, const config& fresh, bool live) {
+  std::vector<std::string> out;
+  for (const auto& k : reload_keys) {
+    if (k.live == live && !k.same(running, fresh)) out.emplace_back(k.name);
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<std::string> live_changes(const config& running, const config& fresh) {
+  return changed_keys(running, fresh, true);
+}
+
+std::vector<std::string> restart_needed(const config& running, const config& fresh) {
+  return changed_keys(running, fresh, false);
+}
+
+void apply_live_keys(config& running, const config& fresh) {
+  running.log = fresh.log;
+  running.provisioning.select = fresh.provisioning.select;
+  running.provisioning.security = fresh.provisioning.security;
+  running.provisioning.on_delete = fresh.provisioning.on_delete;
+  running.provisioning.reconcile_interval = fresh.provisioning.reconcile_interval;
+}
+
 }  // namespace couchgate::gateway

@@ -27,6 +27,7 @@ struct couchdb_config {
   seconds request_timeout{30};
   seconds feed_timeout{60};        // longpoll `timeout`; the client read timeout is feed_timeout + 15 s
   milliseconds heartbeat{10000};   // feed heartbeat; no byte for 3 heartbeats = dead connection
+  bool operator==(const couchdb_config&) const = default;
 };
 
 struct provisioning_config {
@@ -38,6 +39,7 @@ struct provisioning_config {
   policy::on_delete on_delete = policy::on_delete::keep;
   seconds reconcile_interval{600};   // 0 = only at start
   std::size_t batch = 500;           // _users changes per request
+  bool operator==(const provisioning_config&) const = default;
 };
 
 enum class detection_mode { automatic, db_updates, sweep };
@@ -62,6 +64,7 @@ struct fanin_config {
   bool central_guard = true;
   double sweep_rate = 200;           // databases checked per second in sweep mode
   milliseconds sweep_interval{5000}; // minimum time between two sweeps of the same database
+  bool operator==(const fanin_config&) const = default;
 };
 
 struct shared_config {
@@ -69,18 +72,21 @@ struct shared_config {
   std::string db = "shared";
   std::vector<std::string> member_roles{};  // required (non-empty) when enabled: empty members would make it public
   std::vector<std::string> admin_roles{};
+  bool operator==(const shared_config&) const = default;
 };
 
 struct admin_api_config {
   std::string address = "127.0.0.1";
   int port = 8490;                   // 0 = pick a free port (logged, and written to port_file)
   std::string port_file;             // optional: the bound port is written here (tests)
+  bool operator==(const admin_api_config&) const = default;
 };
 
 enum class log_format { text, json };
 struct log_config {
   std::string level = "info";        // trace debug info warn error critical off
   log_format format = log_format::text;
+  bool operator==(const log_config&) const = default;
 };
 
 struct config {
@@ -91,6 +97,7 @@ struct config {
   shared_config shared{};
   admin_api_config admin_api{};
   log_config log{};
+  bool operator==(const config&) const = default;
 };
 
 struct config_error {
@@ -116,6 +123,17 @@ load_result default_config(const env_lookup& env);
 
 // "file:LINE: path: message" lines, one per error.
 std::string format_errors(const std::string& file, const std::vector<config_error>& errors);
+
+// SIGHUP. A reload applies `log` and the provisioning policy (`provisioning.select`, `.security`,
+// `.on_delete`, `.reconcile_interval`) in place; every other key needs a restart.
+// The dotted keys (whole sections for couchdb, fanin, shared, admin_api) that differ between the
+// running and the freshly loaded configuration, split by that rule. Names only, never values:
+// `couchdb` holds the credentials.
+std::vector<std::string> live_changes(const config& running, const config& fresh);
+std::vector<std::string> restart_needed(const config& running, const config& fresh);
+// Copies the keys a reload applies from fresh into running, member by member (other threads may
+// be reading the keys that stay).
+void apply_live_keys(config& running, const config& fresh);
 
 // URL without userinfo, for logs and API output.
 std::string redact_url(const std::string& url);

@@ -53,6 +53,12 @@ void notify(const char* state) {
 #endif
 }
 
+std::string join(const std::vector<std::string>& keys) {
+  std::string out;
+  for (const auto& k : keys) out += (out.empty() ? "" : ", ") + k;
+  return out;
+}
+
 r::detection to_detection(detection_mode m) {
   switch (m) {
     case detection_mode::db_updates: return r::detection::db_updates;
@@ -184,6 +190,25 @@ struct daemon::impl {
     if (auto owner = policy::user_from_db_name(cfg.provisioning.db_prefix, db)) {
       fan->add_source(db, policy::owner{policy::owner::kind::user, *owner});
     }
+  }
+
+  // SIGHUP: applies `log` and the provisioning policy of the config file, names the changed keys
+  // that need a restart, and keeps the running configuration when the file is invalid.
+  void reload_config() {
+    if (config_path.empty()) return;
+    auto fresh = load_config_file(config_path, process_env());
+    if (!fresh.errors.empty()) {
+      log()->error("reload of {} rejected:\n{}", config_path, format_errors(config_path, fresh.errors));
+      return;
+    }
+    const auto applied = live_changes(cfg, fresh.cfg);
+    const auto restart = restart_needed(cfg, fresh.cfg);
+    const bool policy_changed = live_policy::of(cfg.provisioning) != live_policy::of(fresh.cfg.provisioning);
+    setup_logging(fresh.cfg.log);
+    apply_live_keys(cfg, fresh.cfg);  // member-wise: the admin API threads read the other keys
+    log()->info("reloaded {}: {}", config_path, applied.empty() ? "nothing to apply" : "applied " + join(applied));
+    if (!restart.empty()) log()->warn("reload of {}: changed keys need a restart to take effect: {}", config_path, join(restart));
+    if (policy_changed && prov) prov->update_policy(cfg.provisioning);
   }
 
   // Waits for CouchDB and creates couchgate's own databases. False when stopping.
@@ -331,15 +356,7 @@ int daemon::run() {
       if (d.reload) {
         d.reload = false;
         lk.unlock();
-        if (!d.config_path.empty()) {
-          auto fresh = load_config_file(d.config_path, process_env());
-          if (fresh.errors.empty()) {
-            setup_logging(fresh.cfg.log);
-            log()->info("reloaded {}: log settings applied (other keys need a restart)", d.config_path);
-          } else {
-            log()->error("reload of {} rejected:\n{}", d.config_path, format_errors(d.config_path, fresh.errors));
-          }
-        }
+        d.reload_config();
       }
     }
     // CouchDB liveness, probed without blocking this loop (the watchdog must keep ticking while

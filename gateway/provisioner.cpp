@@ -31,6 +31,7 @@ provisioner::provisioner(replicator::couch_client& client, replicator::state_sto
       state_(state),
       cfg_(std::move(cfg)),
       hooks_(std::move(hooks)),
+      policy_(live_policy::of(cfg_)),
       users_seen_(metrics.add_counter("couchgate_users_seen_total", "User documents processed (feed and reconcile)")),
       dbs_created_(metrics.add_counter("couchgate_databases_provisioned_total", "User databases created")),
       dbs_deleted_(metrics.add_counter("couchgate_databases_deleted_total", "User databases deleted by the on_delete: delete policy")),
@@ -43,6 +44,21 @@ provisioner::provisioner(replicator::couch_client& client, replicator::state_sto
       pending_(metrics.add_gauge("couchgate_users_feed_pending", "Changes in _users not processed yet (CouchDB's pending count)")) {}
 
 provisioner::~provisioner() { stop(); }
+
+live_policy provisioner::policy() const {
+  std::lock_guard lk(mu_);
+  return policy_;
+}
+
+void provisioner::update_policy(const provisioning_config& fresh) {
+  {
+    std::lock_guard lk(mu_);
+    policy_ = live_policy::of(fresh);
+    reconcile_requested_ = true;
+  }
+  wake_.notify_all();
+  log()->info("policy updated; reconciling every user database");
+}
 
 std::string provisioner::db_for(const std::string& name) const { return policy::user_db_name(cfg_.db_prefix, name); }
 
@@ -80,6 +96,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
       else users[it->second] = u;
     }
   }
+  const live_policy p = policy();
   std::size_t retryable = 0;
   for (std::size_t off = 0; off < users.size(); off += pipeline_chunk) {
     const std::size_t end = std::min(users.size(), off + pipeline_chunk);
@@ -96,17 +113,17 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
     for (std::size_t i = off; i < end; ++i) {
       job j;
       j.u = &users[i];
-      j.action = policy::decide(cfg_.select, cfg_.on_delete, users[i]);
+      j.action = policy::decide(p.select, p.on_delete, users[i]);
       j.db = db_for(users[i].name);
       users_seen_.inc();
       // Reconcile knows which databases exist: a user who is not (or no longer) selected and
       // has no database needs nothing, and thousands of unselected users cost no request.
       if (existing && j.action != policy::user_action::ensure && !existing->count(j.db)) continue;
       if (j.action == policy::user_action::ensure) {
-        j.want = policy::render_security(cfg_.security, users[i].name);
+        j.want = policy::render_security(p.security, users[i].name);
         j.first = client_.create_db(j.db);
       } else if (j.action == policy::user_action::revoke_owner) {
-        j.want = policy::render_security(cfg_.security, std::nullopt);
+        j.want = policy::render_security(p.security, std::nullopt);
         j.first = client_.get_security(j.db);
       } else {
         // Look first: some servers answer 200 to deleting a database that does not exist.
@@ -281,6 +298,10 @@ void provisioner::start() {
 
 void provisioner::stop() {
   stop_.request();
+  {
+    std::lock_guard lk(mu_);  // a waiter in idle() is either before its check or in wait_for
+  }
+  wake_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -304,31 +325,67 @@ void provisioner::run() {
   json since = nullptr;
   while (!stop_.requested()) {
     if (since.is_null()) since = start_position();
-    if (!since.is_null() && reconcile()) break;
+    if (!since.is_null()) {
+      {
+        std::lock_guard lk(mu_);
+        reconcile_requested_ = false;  // this pass reads the policy in force now
+      }
+      if (reconcile()) break;
+    }
     if (!stop_.sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
   }
   if (stop_.requested()) return;
   ready_.store(true);
-  next_reconcile_ = std::chrono::steady_clock::now() + cfg_.reconcile_interval;
+  const auto interval = policy().reconcile_interval;
+  if (interval.count() > 0) next_reconcile_ = std::chrono::steady_clock::now() + interval;
   follow(std::move(since));
+}
+
+void provisioner::reconcile_if_due() {
+  {
+    std::lock_guard lk(mu_);
+    if (!reconcile_requested_ && std::chrono::steady_clock::now() < next_reconcile_) return;
+    reconcile_requested_ = false;
+  }
+  const bool ok = reconcile();
+  const auto interval = policy().reconcile_interval;
+  const auto now = std::chrono::steady_clock::now();
+  if (!ok) {
+    // Retried soon whatever the interval (0 = only at start): a reload's pass must not be lost.
+    const replicator::backoff_policy bp{std::chrono::seconds(1), std::chrono::seconds(60)};
+    next_reconcile_ = now + replicator::backoff_delay(bp, ++reconcile_failures_, rnd_);
+    return;
+  }
+  reconcile_failures_ = 0;
+  next_reconcile_ = interval.count() > 0 ? now + interval : std::chrono::steady_clock::time_point::max();
+}
+
+bool provisioner::idle(const std::function<bool()>& done, std::chrono::steady_clock::time_point until) {
+  for (;;) {
+    reconcile_if_due();
+    std::unique_lock lk(mu_);
+    if (stop_.requested()) return false;
+    if (done() || std::chrono::steady_clock::now() >= until) return true;
+    wake_.wait_for(lk, feed_wait_slice, [this] { return reconcile_requested_ || stop_.requested(); });
+  }
 }
 
 void provisioner::follow(json since) {
   const auto rnd = replicator::random_uniform_source();
   replicator::backoff_policy bp{};
   std::uint32_t failures = 0;
+  // Backoff sleeps, like the longpoll, leave room for a requested reconcile.
+  auto rest = [this](std::chrono::milliseconds d) { return idle([] { return false; }, std::chrono::steady_clock::now() + d); };
   while (!stop_.requested()) {
-    if (cfg_.reconcile_interval.count() > 0 && std::chrono::steady_clock::now() >= next_reconcile_) {
-      reconcile();
-      next_reconcile_ = std::chrono::steady_clock::now() + cfg_.reconcile_interval;
-    }
     replicator::changes_query q;
     q.since = since;
     q.limit = cfg_.batch;
     q.include_docs = true;
     q.all_docs_style = false;
     q.feed = replicator::changes_query::feed_kind::longpoll;
-    auto r = client_.changes(cfg_.users_db, q).get();
+    auto call = client_.changes(cfg_.users_db, q);
+    if (!idle([&call] { return call.ready(); }, std::chrono::steady_clock::time_point::max())) return;
+    auto r = call.get();
     if (!r.ok()) {
       if (r.error().kind == couch_error_kind::cancelled) return;
       reconnects_.inc();
@@ -341,14 +398,14 @@ void provisioner::follow(json since) {
       }
       auto delay = replicator::backoff_delay(bp, ++failures, rnd);
       log()->warn("_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
-      if (!stop_.sleep_for(delay)) return;
+      if (!rest(delay)) return;
       continue;
     }
     const json& a = r.value();
     if (!a.is_object() || !a.contains("results") || !a["results"].is_array()) {
       reconnects_.inc();
       log()->warn("_users feed answer has no results array");
-      if (!stop_.sleep_for(replicator::backoff_delay(bp, ++failures, rnd))) return;
+      if (!rest(replicator::backoff_delay(bp, ++failures, rnd))) return;
       continue;
     }
     std::vector<policy::user_doc> users;
@@ -365,7 +422,7 @@ void provisioner::follow(json since) {
     if (!users.empty() && apply(users) > 0) {
       // Something retryable failed: do not move past it; the batch is idempotent.
       auto delay = replicator::backoff_delay(bp, ++failures, rnd);
-      if (!stop_.sleep_for(delay)) return;
+      if (!rest(delay)) return;
       continue;
     }
     failures = 0;

@@ -2,6 +2,8 @@
 // Owns: per-user databases. Follows `_users/_changes` (longpoll, resumed from the position
 // stored in the state database, never replayed from 0 after the first start), applies the
 // policy to every user document, and reconciles everything at start and periodically.
+// The policy (select, security, on_delete, reconcile_interval) can be replaced while it runs
+// (update_policy, on SIGHUP): a reconcile then brings every user database in line at once.
 // All writes are idempotent (412 on create is success, `_security` written only when it
 // differs), so two processes or a restart mid-way end in the same state.
 #include <atomic>
@@ -19,6 +21,7 @@
 #include "gateway/config.hpp"
 #include "policy/id_map.hpp"
 #include "policy/users.hpp"
+#include "replicator/backoff.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/state_store.hpp"
@@ -35,6 +38,16 @@ struct user_state {
   std::chrono::system_clock::time_point updated{};
 };
 
+// The part of provisioning_config a reload may replace. Each apply() works on one copy.
+struct live_policy {
+  policy::criteria select;
+  policy::security_template security;
+  policy::on_delete on_delete = policy::on_delete::keep;
+  std::chrono::seconds reconcile_interval{0};
+  static live_policy of(const provisioning_config& c) { return {c.select, c.security, c.on_delete, c.reconcile_interval}; }
+  bool operator==(const live_policy&) const = default;
+};
+
 struct provisioner_hooks {
   std::function<void(const std::string& db, const policy::owner&)> source_added;
   std::function<void(const std::string& db)> source_removed;
@@ -42,6 +55,9 @@ struct provisioner_hooks {
 
 class provisioner {
  public:
+  // How often a wait for the _users feed looks whether its answer arrived.
+  static constexpr std::chrono::milliseconds feed_wait_slice{20};
+
   provisioner(replicator::couch_client& client, replicator::state_store& state, replicator::registry& metrics,
               provisioning_config cfg, provisioner_hooks hooks);
   ~provisioner();
@@ -49,6 +65,13 @@ class provisioner {
   void start();
   void stop();
   bool ready() const { return ready_.load(); }
+
+  // Swaps in fresh's live policy (its other keys are ignored: they need a restart) and requests
+  // a reconcile, which starts at once, beside the _users longpoll if one is open (or after the
+  // first reconcile, or the feed batch being applied, finished).
+  void update_policy(const provisioning_config& fresh);
+  // The policy in force (a copy: the caller works on one consistent version).
+  live_policy policy() const;
 
   // One full pass; false if anything failed (it is retried by the next pass).
   bool reconcile();
@@ -67,19 +90,31 @@ class provisioner {
   // update_seq. Null when neither can be read yet.
   replicator::json start_position();
   void follow(replicator::json since);
+  // Waits until `done` (checked every feed_wait_slice: it looks at the _users longpoll, open for
+  // up to feed_timeout) or `until`, running any reconcile requested or due meanwhile. False when
+  // stopping.
+  bool idle(const std::function<bool()>& done, std::chrono::steady_clock::time_point until);
+  // Runs a reconcile if one was requested or is due, and schedules the next one.
+  void reconcile_if_due();
   void record(const std::string& name, const std::string& db, policy::user_action a, const std::string& error);
 
   replicator::couch_client& client_;
   replicator::state_store& state_;
-  provisioning_config cfg_;
+  const provisioning_config cfg_;  // as started: read only its fixed keys (users_db, db_prefix, batch)
   provisioner_hooks hooks_;
   std::atomic<bool> ready_{false};
 
-  mutable std::mutex mu_;  // guards users_
+  mutable std::mutex mu_;  // guards users_, policy_, reconcile_requested_
+  std::condition_variable wake_;  // reconcile requested, or stopping
+  live_policy policy_;
+  bool reconcile_requested_ = false;
   replicator::stop_flag stop_;
   std::map<std::string, user_state> users_;
   std::thread thread_;
-  std::chrono::steady_clock::time_point next_reconcile_{};
+  // Worker thread only.
+  std::chrono::steady_clock::time_point next_reconcile_ = std::chrono::steady_clock::time_point::max();
+  std::uint32_t reconcile_failures_ = 0;
+  replicator::uniform_source rnd_ = replicator::random_uniform_source();
 
   replicator::counter& users_seen_;
   replicator::counter& dbs_created_;

@@ -15,6 +15,7 @@ struct security_template {
   std::vector<std::string> member_roles;  // friends, support
   std::vector<std::string> admin_names;
   std::vector<std::string> admin_roles;   // moderators
+  bool operator==(const security_template&) const = default;
 };
 
 // {"admins":{"names":[...],"roles":[...]},"members":{"names":[...],"roles":[...]}} with lists

@@ -32,6 +32,7 @@ struct criteria {
   std::vector<std::string> roles_all;
   std::vector<std::string> roles_none;
   std::vector<std::string> names;       // explicit allow-list; empty = everyone
+  bool operator==(const criteria&) const = default;
 };
 bool matches(const criteria& c, const user_doc& u);
 

@@ -250,3 +250,54 @@ TEST_CASE("reconcile repairs a _security changed by hand") {
   CHECK(db_exists(orphan));
   CHECK(cg.terminate() == 0);
 }
+
+TEST_CASE("SIGHUP applies a changed provisioning policy to every user database without waiting for the _users longpoll") {
+  auto n = fresh_names("reload");
+  json cfg = base_config(n);
+  // A long longpoll: the feed stays open for a minute, so an update that waited for it to end
+  // would arrive far later than the deadline below.
+  cfg["couchdb"]["feed_timeout"] = "60s";
+  cfg["provisioning"]["security"] = {{"member_roles", {"friends"}}};
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  const std::vector<std::string> users = {"alice-" + n.role, "bob-" + n.role};
+  for (const auto& u : users) REQUIRE(create_user(u, {n.role}).status == 201);
+  REQUIRE_MESSAGE(eventually([&] { return provisioned(n, cfg, users[0]) && provisioned(n, cfg, users[1]); }, 60s), cg.log());
+
+  json edited = cfg;
+  edited["provisioning"]["security"]["member_roles"] = {"friends", "support"};
+  edited["fanin"]["max_active"] = 5;
+  REQUIRE_FALSE(provisioned(n, edited, users[0]));
+  const auto sent = std::chrono::steady_clock::now();
+  cg.reload(edited);
+  CHECK_MESSAGE(eventually([&] { return provisioned(n, edited, users[0]) && provisioned(n, edited, users[1]); }, 30s),
+                cg.log());
+  const auto took = std::chrono::steady_clock::now() - sent;
+  CHECK_MESSAGE(took < 10s, "the update took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                                                << " ms\n" << cg.log());
+  // The fan-in key is reported as needing a restart, by name; the policy as applied.
+  CHECK_MESSAGE(eventually([&] { return cg.log().find("need a restart to take effect: fanin") != std::string::npos; }, 10s),
+                cg.log());
+  CHECK(cg.log().find("applied provisioning.security") != std::string::npos);
+  // Users written after the reload get the new template from the feed.
+  const std::string carol = "carol-" + n.role;
+  REQUIRE(create_user(carol, {n.role}).status == 201);
+  CHECK_MESSAGE(eventually([&] { return provisioned(n, edited, carol); }, 30s), cg.log());
+
+  // An invalid file is rejected and the policy in force kept.
+  json broken = edited;
+  broken["provisioning"]["security"]["member_roles"] = {"nobody-else"};
+  broken["provisioning"]["reconcile_intervall"] = "1s";
+  cg.reload(broken);
+  CHECK_MESSAGE(eventually([&] { return cg.log().find("rejected") != std::string::npos; }, 10s), cg.log());
+  const std::string dave = "dave-" + n.role;
+  REQUIRE(create_user(dave, {n.role}).status == 201);
+  CHECK_MESSAGE(eventually([&] { return provisioned(n, edited, dave); }, 30s), cg.log());
+  for (const auto& u : users) CHECK(provisioned(n, edited, u));
+  CHECK(cg.running());
+  // Stopping does not wait for the open longpoll either.
+  const auto stopping = std::chrono::steady_clock::now();
+  CHECK(cg.terminate() == 0);
+  CHECK(std::chrono::steady_clock::now() - stopping < 10s);
+}

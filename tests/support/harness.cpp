@@ -169,11 +169,23 @@ json base_config(const names& n) {
 }
 
 couchgate_process::couchgate_process(json config, std::map<std::string, std::string> extra_env)
-    : config_(std::move(config)), env_(std::move(extra_env)) {
+    : env_(std::move(extra_env)) {
   char tmpl[] = "/tmp/couchgate-test-XXXXXX";
   dir_ = mkdtemp(tmpl);
+  write_config(std::move(config));
+}
+
+void couchgate_process::write_config(json config) {
+  config_ = std::move(config);
   config_["admin_api"]["port_file"] = dir_ + "/port";
-  std::ofstream(dir_ + "/config.yaml") << config_.dump(2) << "\n";
+  // Written whole, then renamed: a reload never reads half a file.
+  { std::ofstream(dir_ + "/config.yaml.new") << config_.dump(2) << "\n"; }
+  std::rename((dir_ + "/config.yaml.new").c_str(), (dir_ + "/config.yaml").c_str());
+}
+
+void couchgate_process::reload(json config) {
+  write_config(std::move(config));
+  if (pid_ > 0) ::kill(pid_, SIGHUP);
 }
 
 couchgate_process::~couchgate_process() {

@@ -72,6 +72,8 @@ class couchgate_process {
   bool wait_ready(std::chrono::milliseconds deadline);
   void kill9();
   int terminate();  // SIGTERM and wait; returns the exit status
+  // Rewrites the config file (the admin API's port_file kept) and sends SIGHUP.
+  void reload(json config);
   bool running();
   pid_t pid() const { return pid_; }
   int admin_port() const { return port_; }
@@ -82,6 +84,7 @@ class couchgate_process {
   const std::string& dir() const { return dir_; }
 
  private:
+  void write_config(json config);
   json config_;
   std::map<std::string, std::string> env_;
   std::string dir_;

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <optional>
@@ -828,4 +829,147 @@ TEST_CASE("config: process_env reads the process environment") {
   CHECK(env("COUCHGATE_TEST_CONFIG_VAR") == std::optional<std::string>("value-1"));
   ::unsetenv("COUCHGATE_TEST_CONFIG_VAR");
   CHECK_FALSE(env("COUCHGATE_TEST_CONFIG_VAR").has_value());
+}
+
+namespace {
+// One changed key each, with the name a reload reports for it.
+struct key_change {
+  std::string key;
+  std::function<void(cg::config&)> change;
+};
+
+std::vector<key_change> live_key_changes() {
+  return {
+      {"log", [](cg::config& c) { c.log.level = "debug"; }},
+      {"log", [](cg::config& c) { c.log.format = cg::log_format::json; }},
+      {"provisioning.select", [](cg::config& c) { c.provisioning.select.roles_any = {"app"}; }},
+      {"provisioning.select", [](cg::config& c) { c.provisioning.select.roles_all = {"a"}; }},
+      {"provisioning.select", [](cg::config& c) { c.provisioning.select.roles_none = {"banned"}; }},
+      {"provisioning.select", [](cg::config& c) { c.provisioning.select.names = {"alice"}; }},
+      {"provisioning.security", [](cg::config& c) { c.provisioning.security.owner_is_admin = true; }},
+      {"provisioning.security", [](cg::config& c) { c.provisioning.security.member_names = {"bob"}; }},
+      {"provisioning.security", [](cg::config& c) { c.provisioning.security.member_roles = {"support"}; }},
+      {"provisioning.security", [](cg::config& c) { c.provisioning.security.admin_names = {"carol"}; }},
+      {"provisioning.security", [](cg::config& c) { c.provisioning.security.admin_roles = {"moderator"}; }},
+      {"provisioning.on_delete", [](cg::config& c) { c.provisioning.on_delete = on_delete::remove; }},
+      {"provisioning.reconcile_interval", [](cg::config& c) { c.provisioning.reconcile_interval = seconds{60}; }},
+  };
+}
+
+std::vector<key_change> restart_key_changes() {
+  return {
+      {"couchdb", [](cg::config& c) { c.couchdb.url = "http://10.0.0.1:5984"; }},
+      {"couchdb", [](cg::config& c) { c.couchdb.username = "admin2"; }},
+      {"couchdb", [](cg::config& c) { c.couchdb.password = "other"; }},
+      {"couchdb", [](cg::config& c) { c.couchdb.password_file = "/run/pw"; }},
+      {"couchdb", [](cg::config& c) { c.couchdb.request_timeout = seconds{5}; }},
+      {"couchdb", [](cg::config& c) { c.couchdb.feed_timeout = seconds{5}; }},
+      {"couchdb", [](cg::config& c) { c.couchdb.heartbeat = milliseconds{500}; }},
+      {"state_db", [](cg::config& c) { c.state_db = "other-state"; }},
+      {"provisioning.enabled", [](cg::config& c) { c.provisioning.enabled = false; }},
+      {"provisioning.users_db", [](cg::config& c) { c.provisioning.users_db = "_users2"; }},
+      {"provisioning.db_prefix", [](cg::config& c) { c.provisioning.db_prefix = "u-"; }},
+      {"provisioning.batch", [](cg::config& c) { c.provisioning.batch = 10; }},
+      {"fanin", [](cg::config& c) { c.fanin.enabled = false; }},
+      {"fanin", [](cg::config& c) { c.fanin.central_db = "c2"; }},
+      {"fanin", [](cg::config& c) { c.fanin.ids = id_mode::unchanged; }},
+      {"fanin", [](cg::config& c) { c.fanin.max_connections = 4; }},
+      {"fanin", [](cg::config& c) { c.fanin.max_active = 4; }},
+      {"fanin", [](cg::config& c) { c.fanin.batch_docs = 4; }},
+      {"fanin", [](cg::config& c) { c.fanin.batch_bytes = 4096; }},
+      {"fanin", [](cg::config& c) { c.fanin.turn_docs = 4; }},
+      {"fanin", [](cg::config& c) { c.fanin.inline_docs = false; }},
+      {"fanin", [](cg::config& c) { c.fanin.detection = cg::detection_mode::sweep; }},
+      {"fanin", [](cg::config& c) { c.fanin.create_global_changes = false; }},
+      {"fanin", [](cg::config& c) { c.fanin.central_guard = false; }},
+      {"fanin", [](cg::config& c) { c.fanin.sweep_rate = 5; }},
+      {"fanin", [](cg::config& c) { c.fanin.sweep_interval = milliseconds{100}; }},
+      {"shared", [](cg::config& c) { c.shared.enabled = true; }},
+      {"shared", [](cg::config& c) { c.shared.db = "s2"; }},
+      {"shared", [](cg::config& c) { c.shared.member_roles = {"all"}; }},
+      {"shared", [](cg::config& c) { c.shared.admin_roles = {"mods"}; }},
+      {"admin_api", [](cg::config& c) { c.admin_api.address = "0.0.0.0"; }},
+      {"admin_api", [](cg::config& c) { c.admin_api.port = 9000; }},
+      {"admin_api", [](cg::config& c) { c.admin_api.port_file = "/tmp/port"; }},
+  };
+}
+
+using keys = std::vector<std::string>;
+
+// One changed key: reported once, in its list only; applying the live keys takes it or leaves it.
+void check_one_change(const key_change& k, bool live) {
+  CAPTURE(k.key);
+  const cg::config running;
+  cg::config fresh;
+  k.change(fresh);
+  REQUIRE_FALSE(running == fresh);
+  CHECK(cg::live_changes(running, fresh) == (live ? keys{k.key} : keys{}));
+  CHECK(cg::restart_needed(running, fresh) == (live ? keys{} : keys{k.key}));
+  cg::config applied = running;
+  cg::apply_live_keys(applied, fresh);
+  CHECK(applied == (live ? fresh : running));
+}
+}  // namespace
+
+TEST_CASE("config reload: identical configurations change nothing") {
+  const cg::config a;
+  CHECK(cg::restart_needed(a, a).empty());
+  CHECK(cg::live_changes(a, a).empty());
+  const auto example = cg::load_config_file(example_path(), no_env());
+  REQUIRE(example.errors.empty());
+  CHECK(cg::restart_needed(example.cfg, cg::load_config_file(example_path(), no_env()).cfg).empty());
+}
+
+TEST_CASE("config reload: log and the provisioning policy are applied live, never listed as needing a restart") {
+  for (const auto& k : live_key_changes()) check_one_change(k, true);
+}
+
+TEST_CASE("config reload: every other key is listed as needing a restart, and not applied") {
+  for (const auto& k : restart_key_changes()) check_one_change(k, false);
+}
+
+TEST_CASE("config reload: several changes are listed once each, in a stable order; applying keeps the restart ones") {
+  const cg::config running;
+  cg::config fresh;
+  for (const auto& k : restart_key_changes()) k.change(fresh);
+  for (const auto& k : live_key_changes()) k.change(fresh);
+  CHECK(cg::restart_needed(running, fresh) == keys{"couchdb", "state_db", "provisioning.enabled", "provisioning.users_db",
+                                                   "provisioning.db_prefix", "provisioning.batch", "fanin", "shared",
+                                                   "admin_api"});
+  CHECK(cg::live_changes(running, fresh) == keys{"provisioning.select", "provisioning.security", "provisioning.on_delete",
+                                                 "provisioning.reconcile_interval", "log"});
+  cg::config applied = running;
+  cg::apply_live_keys(applied, fresh);
+  CHECK(cg::live_changes(applied, fresh).empty());
+  CHECK(cg::restart_needed(applied, fresh) == cg::restart_needed(running, fresh));
+  CHECK(applied.couchdb == running.couchdb);
+  CHECK(applied.fanin == running.fanin);
+}
+
+TEST_CASE("config reload: changed credentials are named by section only, never by value") {
+  const std::string old_pw = "old-Secret-7341", new_pw = "new-Secret-9052";
+  const auto running = load("couchdb:\n  url: http://usr-Alpha:" + old_pw + "@127.0.0.1:5984\n");
+  const auto fresh = load("couchdb:\n  url: http://usr-Beta:" + new_pw + "@127.0.0.1:5984\n");
+  REQUIRE(running.errors.empty());
+  REQUIRE(fresh.errors.empty());
+  REQUIRE(fresh.cfg.couchdb.password == new_pw);
+  const auto restart = cg::restart_needed(running.cfg, fresh.cfg);
+  CHECK(restart == keys{"couchdb"});
+  for (const auto& k : restart) {
+    CHECK_FALSE(contains(k, old_pw));
+    CHECK_FALSE(contains(k, new_pw));
+    CHECK_FALSE(contains(k, "usr-"));
+  }
+  CHECK(cg::live_changes(running.cfg, fresh.cfg).empty());
+}
+
+TEST_CASE("config reload: an edited file") {
+  const std::string before = "provisioning:\n  security:\n    member_roles: [friends]\nfanin:\n  max_active: 8\n";
+  const std::string after =
+      "provisioning:\n  security:\n    member_roles: [friends, support]\nfanin:\n  max_active: 16\nlog:\n  level: debug\n";
+  const auto a = load(before), b = load(after);
+  REQUIRE(a.errors.empty());
+  REQUIRE(b.errors.empty());
+  CHECK(cg::restart_needed(a.cfg, b.cfg) == keys{"fanin"});
+  CHECK(cg::live_changes(a.cfg, b.cfg) == keys{"provisioning.security", "log"});
 }
