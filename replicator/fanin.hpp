@@ -28,7 +28,7 @@ namespace couchgate::replicator {
 struct fanin_options {
   std::string central_db;
   policy::id_mode ids = policy::id_mode::namespaced;
-  std::size_t max_active = 32;
+  std::size_t max_active = 64;
   std::size_t workers = 2;       // rounds in flight at once
   std::size_t turn_docs = 500;   // changes per source per turn
   bool inline_docs = true;       // take first-generation bodies from _changes (include_docs_next)

@@ -162,9 +162,9 @@ json base_config(const names& n) {
   // pouchdb-server gap: its validation plugin replaces the `_revisions` of every write into a
   // database that has a validate_doc_update with the stored document's history, so a
   // new_edits:false update of an existing document is silently dropped (201 []) and new ones lose
-  // their history. CouchDB runs the guard correctly, so only pouchdb runs without it; the guard
-  // test turns it on explicitly.
-  if (env().pouchdb) cfg["fanin"]["central_guard"] = false;
+  // their history. CouchDB runs the guard correctly, so there every test runs with it (it is off
+  // by default); on pouchdb only the guard test turns it on.
+  cfg["fanin"]["central_guard"] = !env().pouchdb;
   return cfg;
 }
 

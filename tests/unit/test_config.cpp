@@ -119,14 +119,14 @@ void check_defaults(const cg::config& c) {
   CHECK(c.fanin.central_db == "couchgate-central");
   CHECK(c.fanin.ids == id_mode::namespaced);
   CHECK(c.fanin.max_connections == 8);
-  CHECK(c.fanin.max_active == 32);
+  CHECK(c.fanin.max_active == 64);
   CHECK(c.fanin.batch_docs == 1000);
   CHECK(c.fanin.batch_bytes == 8u << 20);
   CHECK(c.fanin.turn_docs == 500);
   CHECK(c.fanin.inline_docs);
   CHECK(c.fanin.detection == cg::detection_mode::automatic);
   CHECK(c.fanin.create_global_changes);
-  CHECK(c.fanin.central_guard);
+  CHECK_FALSE(c.fanin.central_guard);
   CHECK(c.fanin.sweep_rate == 200.0);
   CHECK(c.fanin.sweep_interval == seconds{5});
   CHECK_FALSE(c.shared.enabled);
@@ -215,7 +215,7 @@ fanin:
   inline_docs: false
   detection: sweep
   create_global_changes: false
-  central_guard: false
+  central_guard: true
   sweep_rate: 0.5
   sweep_interval: 1h
 shared: {enabled: true, db: common, member_roles: [staff], admin_roles: [boss]}
@@ -256,7 +256,7 @@ log: {level: critical, format: json}
   CHECK_FALSE(c.fanin.inline_docs);
   CHECK(c.fanin.detection == cg::detection_mode::sweep);
   CHECK_FALSE(c.fanin.create_global_changes);
-  CHECK_FALSE(c.fanin.central_guard);
+  CHECK(c.fanin.central_guard);
   CHECK(c.fanin.sweep_rate == 0.5);
   CHECK(c.fanin.sweep_interval == seconds{3600});
   CHECK(c.shared.enabled);
@@ -881,7 +881,7 @@ std::vector<key_change> restart_key_changes() {
       {"fanin", [](cg::config& c) { c.fanin.inline_docs = false; }},
       {"fanin", [](cg::config& c) { c.fanin.detection = cg::detection_mode::sweep; }},
       {"fanin", [](cg::config& c) { c.fanin.create_global_changes = false; }},
-      {"fanin", [](cg::config& c) { c.fanin.central_guard = false; }},
+      {"fanin", [](cg::config& c) { c.fanin.central_guard = true; }},
       {"fanin", [](cg::config& c) { c.fanin.sweep_rate = 5; }},
       {"fanin", [](cg::config& c) { c.fanin.sweep_interval = milliseconds{100}; }},
       {"shared", [](cg::config& c) { c.shared.enabled = true; }},
