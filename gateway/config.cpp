@@ -868,6 +868,8 @@ class loader {
          [this, &c](const YAML::Node& v, const std::string& p, int l) {
            read_integer(v, p, l, 1, std::nullopt, c.max_active);
          }},
+        {"rounds",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 64, c.rounds); }},
         {"batch_docs",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 100000, c.batch_docs); }},
         {"batch_bytes",
@@ -894,6 +896,8 @@ class loader {
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_positive_number(v, p, l, c.sweep_rate); }},
         {"sweep_interval",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.sweep_interval); }},
+        {"checkpoint_interval",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.checkpoint_interval); }},
     };
   }
 

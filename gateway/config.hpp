@@ -50,6 +50,7 @@ struct fanin_config {
   policy::id_mode ids = policy::id_mode::namespaced;
   std::size_t max_connections = 8;   // hard cap on sockets to CouchDB, feeds included
   std::size_t max_active = 64;       // databases in flight
+  std::size_t rounds = 2;            // replication rounds in flight; each takes max_active / rounds databases
   std::size_t batch_docs = 1000;     // docs per central _bulk_docs
   std::size_t batch_bytes = 8u << 20;
   std::size_t turn_docs = 500;       // changes per database per turn (fairness cap)
@@ -65,6 +66,7 @@ struct fanin_config {
   bool central_guard = false;
   double sweep_rate = 200;           // databases checked per second in sweep mode
   milliseconds sweep_interval{5000}; // minimum time between two sweeps of the same database
+  milliseconds checkpoint_interval{1000};  // checkpoints written to the state db at most this often (0 = every round)
   bool operator==(const fanin_config&) const = default;
 };
 

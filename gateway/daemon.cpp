@@ -308,6 +308,8 @@ int daemon::run() {
     fo.central_db = cfg.fanin.central_db;
     fo.ids = cfg.fanin.ids;
     fo.max_active = cfg.fanin.max_active;
+    fo.workers = cfg.fanin.rounds;
+    fo.checkpoint_interval = cfg.fanin.checkpoint_interval;
     fo.turn_docs = cfg.fanin.turn_docs;
     fo.inline_docs = cfg.fanin.inline_docs;
     fo.transfer.batch_docs = cfg.fanin.batch_docs;
@@ -382,6 +384,7 @@ int daemon::run() {
 
   log()->info("stopping");
   notify("STOPPING=1");
+  if (d.fan) d.fan->flush_checkpoints();  // while the pool still runs (rounds ending later are re-read at start)
   d.pool->shutdown();
   if (d.prov) d.prov->stop();
   if (d.detector) d.detector->stop();

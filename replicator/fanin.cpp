@@ -115,6 +115,16 @@ void fanin::stop() {
   cv_.notify_all();
   for (auto& t : threads_) t.join();
   threads_.clear();
+  flush_checkpoints();
+}
+
+void fanin::flush_checkpoints() {
+  if (!state_.has_unflushed()) return;
+  auto r = state_.flush();
+  if (!r.ok() && r.error().kind != couch_error_kind::cancelled) {
+    errors_[r.error().kind]->inc();
+    log()->warn("could not write checkpoints to {}: {} (kept in memory; retried)", state_.db(), r.error().describe());
+  }
 }
 
 std::optional<source_status> fanin::status(const std::string& db) const {
@@ -151,9 +161,23 @@ void fanin::worker() {
   const std::size_t per_round = std::max<std::size_t>(1, opts_.max_active / std::max<std::size_t>(1, opts_.workers));
   std::unique_lock lk(mu_);
   while (!stopping_) {
+    if (opts_.checkpoint_interval.count() > 0 && std::chrono::steady_clock::now() >= next_flush_ && state_.has_unflushed()) {
+      next_flush_ = std::chrono::steady_clock::now() + opts_.checkpoint_interval;
+      lk.unlock();
+      flush_checkpoints();
+      lk.lock();
+      continue;
+    }
     auto batch = sched_.take(per_round, sched_clock::now());
     if (batch.empty()) {
       auto wake = sched_.next_wakeup();
+      // Wake for the checkpoint write too when one is waiting (a fresh advance notifies).
+      if (opts_.checkpoint_interval.count() > 0 && state_.has_unflushed()) {
+        if (!wake || *wake > next_flush_) {
+          cv_.wait_until(lk, next_flush_);
+          continue;
+        }
+      }
       if (wake) cv_.wait_until(lk, *wake);
       else cv_.wait_for(lk, std::chrono::seconds(5));
       continue;
@@ -251,7 +275,9 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     }
     if (!t.page->last_seq.is_null() && t.page->last_seq != t.since) cps.emplace_back(t.db, t.page->last_seq);
   }
-  if (!cps.empty()) {
+  if (!cps.empty() && opts_.checkpoint_interval.count() > 0) {
+    state_.advance(cps);  // written by the next due flush (worker loop)
+  } else if (!cps.empty()) {
     ++requests;
     auto saved = state_.save_checkpoints(cps);
     if (!saved.ok()) {

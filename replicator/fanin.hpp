@@ -32,6 +32,9 @@ struct fanin_options {
   std::size_t workers = 2;       // rounds in flight at once
   std::size_t turn_docs = 500;   // changes per source per turn
   bool inline_docs = true;       // take first-generation bodies from _changes (include_docs_next)
+  // How often advanced checkpoints are written to the state database (0 = after every round,
+  // inside it). In between they live in memory; see state_store::advance.
+  std::chrono::milliseconds checkpoint_interval{1000};
   transfer_options transfer{};
   backoff_policy backoff{};
 };
@@ -64,7 +67,9 @@ class fanin {
   std::vector<std::string> sources() const;
 
   void start();
-  void stop();
+  void stop();  // ends the rounds, then writes the checkpoints still in memory
+  // Writes the checkpoints advanced since the last write (also called by the rounds when due).
+  void flush_checkpoints();
 
   std::optional<source_status> status(const std::string& db) const;
   scheduler::counts counts() const;
@@ -83,6 +88,7 @@ class fanin {
   };
   void worker();
   void run_round(const std::vector<std::string>& dbs);
+  std::chrono::steady_clock::time_point next_flush_{};  // guarded by mu_
 
   couch_client& client_;
   state_store& state_;

@@ -1,6 +1,8 @@
 // Owns: reading and writing couchgate's state documents (see state_store.hpp).
 #include "replicator/state_store.hpp"
 
+#include <algorithm>
+
 #include "policy/security.hpp"
 
 namespace couchgate::replicator {
@@ -46,7 +48,11 @@ std::optional<json> state_store::checkpoint(const std::string& source) const {
   return it->second;
 }
 
-result<std::size_t> state_store::write(std::vector<json> docs, bool retry_conflicts) {
+json state_store::checkpoint_doc(const std::string& source, const json& seq) {
+  return json{{"_id", checkpoint_id(source)}, {"type", "checkpoint"}, {"source", source}, {"seq", seq}};
+}
+
+result<std::size_t> state_store::write(std::vector<json> docs, bool retry_conflicts, std::vector<std::string>* conflicts) {
   {
     std::lock_guard lk(mu_);
     for (auto& d : docs) {
@@ -69,8 +75,9 @@ result<std::size_t> state_store::write(std::vector<json> docs, bool retry_confli
       std::lock_guard lk(mu_);
       revs_[id] = row["rev"].get<std::string>();
       ++written;
-    } else if (row.value("error", "") == "conflict" && retry_conflicts && by_id.count(id)) {
-      retry.push_back(*by_id[id]);
+    } else if (row.value("error", "") == "conflict" && by_id.count(id)) {
+      if (retry_conflicts) retry.push_back(*by_id[id]);
+      else if (conflicts) conflicts->push_back(id);
     }
   }
   if (!retry.empty()) {
@@ -93,14 +100,61 @@ result<std::size_t> state_store::save_checkpoints(const std::vector<std::pair<st
   if (cps.empty()) return std::size_t{0};
   std::vector<json> docs;
   docs.reserve(cps.size());
-  for (const auto& [source, seq] : cps) {
-    docs.push_back({{"_id", checkpoint_id(source)}, {"type", "checkpoint"}, {"source", source}, {"seq", seq}});
-  }
+  for (const auto& [source, seq] : cps) docs.push_back(checkpoint_doc(source, seq));
   auto r = write(std::move(docs), true);
   if (r.ok()) {
     std::lock_guard lk(mu_);
-    for (const auto& [source, seq] : cps) checkpoints_[source] = seq;
+    for (const auto& [source, seq] : cps) {
+      checkpoints_[source] = seq;
+      unflushed_.erase(source);
+    }
   }
+  return r;
+}
+
+void state_store::advance(const std::vector<std::pair<std::string, json>>& cps) {
+  std::lock_guard lk(mu_);
+  for (const auto& [source, seq] : cps) {
+    checkpoints_[source] = seq;
+    unflushed_[source] = seq;
+  }
+}
+
+bool state_store::has_unflushed() const {
+  std::lock_guard lk(mu_);
+  return !unflushed_.empty();
+}
+
+result<std::size_t> state_store::flush() {
+  std::unique_lock one(flush_mu_, std::try_to_lock);
+  if (!one.owns_lock()) return std::size_t{0};
+  std::vector<std::pair<std::string, json>> batch;
+  {
+    std::lock_guard lk(mu_);
+    batch.assign(unflushed_.begin(), unflushed_.end());
+  }
+  if (batch.empty()) return std::size_t{0};
+  std::vector<json> docs;
+  docs.reserve(batch.size());
+  for (const auto& [source, seq] : batch) docs.push_back(checkpoint_doc(source, seq));
+  std::vector<std::string> conflicts;
+  auto r = write(std::move(docs), false, &conflicts);
+  if (!r.ok()) return r;  // everything stays unflushed for the next attempt
+  std::vector<std::string> adopt;
+  {
+    std::lock_guard lk(mu_);
+    for (const auto& [source, seq] : batch) {
+      const bool conflicted = std::find(conflicts.begin(), conflicts.end(), checkpoint_id(source)) != conflicts.end();
+      auto it = unflushed_.find(source);
+      if (conflicted) {
+        if (it != unflushed_.end()) unflushed_.erase(it);
+        adopt.push_back(source);
+      } else if (it != unflushed_.end() && it->second == seq) {
+        unflushed_.erase(it);  // a newer advance since the snapshot stays for the next flush
+      }
+    }
+  }
+  for (const auto& source : adopt) (void)refresh_checkpoint(source);
   return r;
 }
 
@@ -108,8 +162,9 @@ result<bool> state_store::reset_checkpoint(const std::string& source) {
   {
     std::lock_guard lk(mu_);
     checkpoints_.erase(source);
+    unflushed_.erase(source);
   }
-  auto r = write({json{{"_id", checkpoint_id(source)}, {"type", "checkpoint"}, {"source", source}, {"seq", 0}}}, true);
+  auto r = write({checkpoint_doc(source, 0)}, true);
   if (!r.ok()) return r.error();
   std::lock_guard lk(mu_);
   checkpoints_[source] = 0;
@@ -119,6 +174,7 @@ result<bool> state_store::reset_checkpoint(const std::string& source) {
 result<bool> state_store::refresh_checkpoint(const std::string& source) {
   auto r = client_.get_doc(db_, checkpoint_id(source)).get();
   std::lock_guard lk(mu_);
+  unflushed_.erase(source);  // asked to re-read: the stored checkpoint is the truth
   if (!r.ok()) {
     if (r.error().kind != couch_error_kind::not_found) return r.error();
     checkpoints_.erase(source);

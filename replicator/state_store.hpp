@@ -29,6 +29,15 @@ class state_store {
   std::optional<json> checkpoint(const std::string& source) const;
   // Writes the given checkpoints in one request. Returns how many were written.
   result<std::size_t> save_checkpoints(const std::vector<std::pair<std::string, json>>& cps);
+  // Deferred persistence (what CouchDB's replicator does with checkpoint_interval): advance()
+  // moves the checkpoints in memory at once, so the next turn starts there; flush() writes
+  // every one advanced since the last flush in one request. A crash in between only means
+  // those changes are read again (the central database already has them: nothing is written
+  // twice). Another writer's checkpoint (restore, a second couchgate) wins a conflict and is
+  // adopted. One flush at a time; a concurrent call returns 0 at once.
+  void advance(const std::vector<std::pair<std::string, json>>& cps);
+  result<std::size_t> flush();
+  bool has_unflushed() const;
   // Forget a checkpoint (the source was recreated): the next turn starts from 0.
   result<bool> reset_checkpoint(const std::string& source);
   // Re-reads one checkpoint from the server (another process, e.g. restore, may have reset it).
@@ -40,12 +49,16 @@ class state_store {
   static std::string checkpoint_id(const std::string& source) { return "checkpoint:" + source; }
 
  private:
-  result<std::size_t> write(std::vector<json> docs, bool retry_conflicts);
+  // conflicts: when given (and retry_conflicts is false), receives the ids that conflicted.
+  result<std::size_t> write(std::vector<json> docs, bool retry_conflicts, std::vector<std::string>* conflicts = nullptr);
+  static json checkpoint_doc(const std::string& source, const json& seq);
   couch_client& client_;
   std::string db_;
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::string> revs_;    // doc id -> rev
   std::unordered_map<std::string, json> checkpoints_;    // source db -> seq
+  std::unordered_map<std::string, json> unflushed_;      // source db -> seq advanced, not yet written
+  std::mutex flush_mu_;
 };
 
 }  // namespace couchgate::replicator

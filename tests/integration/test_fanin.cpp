@@ -161,6 +161,15 @@ TEST_CASE("fan-in: 200 user databases converge exactly into the central database
   CHECK(*taken_inline >= 1);
   CHECK(*taken_inline < *written);
   CHECK(cg.terminate() == 0);
+  // Checkpoints are kept in memory between writes (fanin.checkpoint_interval); a graceful stop
+  // writes them all.
+  for (const auto& [db, owner] : db_owner) {
+    CAPTURE(db);
+    auto cp = couch().get("/" + enc(n.state) + "/" + enc("checkpoint:" + db));
+    REQUIRE(cp.status == 200);
+    CHECK(cp.body["source"] == db);
+    CHECK(cp.body["seq"] != json(0));
+  }
 }
 
 TEST_CASE("fan-in: a user cannot write the central database") {

@@ -120,6 +120,7 @@ void check_defaults(const cg::config& c) {
   CHECK(c.fanin.ids == id_mode::namespaced);
   CHECK(c.fanin.max_connections == 8);
   CHECK(c.fanin.max_active == 64);
+  CHECK(c.fanin.rounds == 2);
   CHECK(c.fanin.batch_docs == 1000);
   CHECK(c.fanin.batch_bytes == 8u << 20);
   CHECK(c.fanin.turn_docs == 500);
@@ -129,6 +130,7 @@ void check_defaults(const cg::config& c) {
   CHECK_FALSE(c.fanin.central_guard);
   CHECK(c.fanin.sweep_rate == 200.0);
   CHECK(c.fanin.sweep_interval == seconds{5});
+  CHECK(c.fanin.checkpoint_interval == seconds{1});
   CHECK_FALSE(c.shared.enabled);
   CHECK(c.shared.db == "shared");
   CHECK(c.shared.member_roles.empty());
@@ -171,8 +173,8 @@ TEST_CASE("config: the example file names every key of the schema") {
         "heartbeat:", "state_db:", "provisioning:", "users_db:", "db_prefix:", "select:", "roles_any:", "roles_all:",
         "roles_none:", "names:", "security:", "owner_is_admin:", "member_names:", "member_roles:", "admin_names:",
         "admin_roles:", "on_delete:", "reconcile_interval:", "batch:", "fanin:", "central_db:", "ids:",
-        "max_connections:", "max_active:", "batch_docs:", "batch_bytes:", "turn_docs:", "inline_docs:", "detection:",
-        "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "shared:", "db:", "admin_api:", "address:",
+        "max_connections:", "max_active:", "rounds:", "batch_docs:", "batch_bytes:", "turn_docs:", "inline_docs:", "detection:",
+        "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "checkpoint_interval:", "shared:", "db:", "admin_api:", "address:",
         "port:", "port_file:", "log:", "level:", "format:"}) {
     const std::string k = key;
     CAPTURE(k);
@@ -209,6 +211,7 @@ fanin:
   ids: unchanged
   max_connections: 3
   max_active: 1
+  rounds: 64
   batch_docs: 100000
   batch_bytes: 64KiB
   turn_docs: 1
@@ -218,6 +221,7 @@ fanin:
   central_guard: true
   sweep_rate: 0.5
   sweep_interval: 1h
+  checkpoint_interval: 0
 shared: {enabled: true, db: common, member_roles: [staff], admin_roles: [boss]}
 admin_api: {address: "::1", port: 0, port_file: /tmp/port}
 log: {level: critical, format: json}
@@ -250,6 +254,7 @@ log: {level: critical, format: json}
   CHECK(c.fanin.ids == id_mode::unchanged);
   CHECK(c.fanin.max_connections == 3);
   CHECK(c.fanin.max_active == 1);
+  CHECK(c.fanin.rounds == 64);
   CHECK(c.fanin.batch_docs == 100000);
   CHECK(c.fanin.batch_bytes == 65536);
   CHECK(c.fanin.turn_docs == 1);
@@ -259,6 +264,7 @@ log: {level: critical, format: json}
   CHECK(c.fanin.central_guard);
   CHECK(c.fanin.sweep_rate == 0.5);
   CHECK(c.fanin.sweep_interval == seconds{3600});
+  CHECK(c.fanin.checkpoint_interval == milliseconds{0});
   CHECK(c.shared.enabled);
   CHECK(c.shared.db == "common");
   CHECK(c.shared.member_roles == std::vector<std::string>{"staff"});
@@ -351,7 +357,7 @@ TEST_CASE("config: integer ranges") {
     long long low, high;  // high < 0: no upper bound
   };
   const std::vector<range_case> cases{
-      {"fanin", "max_connections", 3, 1024}, {"fanin", "max_active", 1, -1},       {"fanin", "batch_docs", 1, 100000},
+      {"fanin", "max_connections", 3, 1024}, {"fanin", "max_active", 1, -1}, {"fanin", "rounds", 1, 64},       {"fanin", "batch_docs", 1, 100000},
       {"fanin", "turn_docs", 1, -1},         {"admin_api", "port", 0, 65535},      {"provisioning", "batch", 1, 10000},
   };
   for (const auto& c : cases) {
@@ -875,6 +881,7 @@ std::vector<key_change> restart_key_changes() {
       {"fanin", [](cg::config& c) { c.fanin.ids = id_mode::unchanged; }},
       {"fanin", [](cg::config& c) { c.fanin.max_connections = 4; }},
       {"fanin", [](cg::config& c) { c.fanin.max_active = 4; }},
+      {"fanin", [](cg::config& c) { c.fanin.rounds = 3; }},
       {"fanin", [](cg::config& c) { c.fanin.batch_docs = 4; }},
       {"fanin", [](cg::config& c) { c.fanin.batch_bytes = 4096; }},
       {"fanin", [](cg::config& c) { c.fanin.turn_docs = 4; }},
@@ -884,6 +891,7 @@ std::vector<key_change> restart_key_changes() {
       {"fanin", [](cg::config& c) { c.fanin.central_guard = true; }},
       {"fanin", [](cg::config& c) { c.fanin.sweep_rate = 5; }},
       {"fanin", [](cg::config& c) { c.fanin.sweep_interval = milliseconds{100}; }},
+      {"fanin", [](cg::config& c) { c.fanin.checkpoint_interval = milliseconds{0}; }},
       {"shared", [](cg::config& c) { c.shared.enabled = true; }},
       {"shared", [](cg::config& c) { c.shared.db = "s2"; }},
       {"shared", [](cg::config& c) { c.shared.member_roles = {"all"}; }},
