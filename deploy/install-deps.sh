@@ -27,7 +27,7 @@ done
 # (git, curl for readiness probes, iproute2/procps for ss/ps/pgrep in tests).
 packages=(
   build-essential cmake pkg-config git ca-certificates curl iproute2 procps
-  libcurl4-openssl-dev libcpp-httplib-dev libsimdjson-dev libspdlog-dev
+  libcurl4-openssl-dev libcpp-httplib-dev libspdlog-dev
   libyaml-cpp-dev doctest-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
 )
 if (( with_bench )); then

@@ -384,7 +384,9 @@ int daemon::run() {
 
   log()->info("stopping");
   notify("STOPPING=1");
-  if (d.fan) d.fan->flush_checkpoints();  // while the pool still runs (rounds ending later are re-read at start)
+  // Rounds end and checkpoints are written while the pool still runs; whatever is cut off is
+  // read again at the next start.
+  if (d.fan) d.fan->drain(std::chrono::seconds(5));
   d.pool->shutdown();
   if (d.prov) d.prov->stop();
   if (d.detector) d.detector->stop();

@@ -341,6 +341,14 @@ void provisioner::run() {
   follow(std::move(since));
 }
 
+std::chrono::milliseconds reconcile_retry_delay(std::uint32_t failures, std::chrono::seconds interval,
+                                                const replicator::uniform_source& rnd) {
+  constexpr std::uint32_t quick = 5;
+  if (failures > quick) return interval.count() > 0 ? std::chrono::milliseconds(interval) : std::chrono::minutes(10);
+  const replicator::backoff_policy bp{std::chrono::seconds(1), std::chrono::seconds(60)};
+  return replicator::backoff_delay(bp, failures, rnd);
+}
+
 void provisioner::reconcile_if_due() {
   {
     std::lock_guard lk(mu_);
@@ -351,9 +359,7 @@ void provisioner::reconcile_if_due() {
   const auto interval = policy().reconcile_interval;
   const auto now = std::chrono::steady_clock::now();
   if (!ok) {
-    // Retried soon whatever the interval (0 = only at start): a reload's pass must not be lost.
-    const replicator::backoff_policy bp{std::chrono::seconds(1), std::chrono::seconds(60)};
-    next_reconcile_ = now + replicator::backoff_delay(bp, ++reconcile_failures_, rnd_);
+    next_reconcile_ = now + reconcile_retry_delay(++reconcile_failures_, interval, rnd_);
     return;
   }
   reconcile_failures_ = 0;

@@ -48,6 +48,13 @@ struct live_policy {
   bool operator==(const live_policy&) const = default;
 };
 
+// How long after a failed reconcile pass the next one runs: soon at first (1 s doubling to
+// 60 s, jittered), so a reload's pass is not lost to one blip; from the 6th failure in a row on,
+// the normal `interval` (10 minutes when periodic reconcile is off), so a user whose database
+// keeps failing does not turn into a full `_users` scan every minute.
+std::chrono::milliseconds reconcile_retry_delay(std::uint32_t failures, std::chrono::seconds interval,
+                                                const replicator::uniform_source& rnd);
+
 struct provisioner_hooks {
   std::function<void(const std::string& db, const policy::owner&)> source_added;
   std::function<void(const std::string& db)> source_removed;

@@ -115,7 +115,19 @@ void fanin::stop() {
   cv_.notify_all();
   for (auto& t : threads_) t.join();
   threads_.clear();
+}
+
+bool fanin::drain(std::chrono::milliseconds grace) {
+  bool ended = true;
+  {
+    std::unique_lock lk(mu_);
+    stopping_ = true;
+    cv_.notify_all();
+    ended = cv_.wait_for(lk, grace, [this] { return rounds_running_ == 0; });
+  }
+  if (!ended) log()->warn("fan-in rounds still running after {} ms; their progress is read again at the next start", grace.count());
   flush_checkpoints();
+  return ended;
 }
 
 void fanin::flush_checkpoints() {
@@ -182,9 +194,12 @@ void fanin::worker() {
       else cv_.wait_for(lk, std::chrono::seconds(5));
       continue;
     }
+    ++rounds_running_;
     lk.unlock();
     run_round(batch);
     lk.lock();
+    --rounds_running_;
+    cv_.notify_all();
   }
 }
 
@@ -194,6 +209,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     std::string db;
     policy::owner owner;
     json since;
+    std::uint64_t epoch = 0;
     bool include_docs = false;
     std::size_t first_generation_rows = 0;
     pending_json call;
@@ -203,7 +219,6 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
   };
   std::vector<turn> turns;
   turns.reserve(dbs.size());
-  std::vector<std::string> refresh;
   {
     std::lock_guard lk(mu_);
     for (const auto& db : dbs) {
@@ -213,17 +228,15 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
       t.db = db;
       t.owner = it->second.owner;
       t.include_docs = opts_.inline_docs && it->second.include_docs;
-      if (it->second.needs_refresh) refresh.push_back(db);
-      it->second.needs_refresh = false;
       turns.push_back(std::move(t));
     }
   }
-  for (const auto& db : refresh) (void)state_.refresh_checkpoint(db);
 
   // 1. One _changes per source, all in flight together.
   for (auto& t : turns) {
-    auto cp = state_.checkpoint(t.db);
-    t.since = cp ? *cp : json(0);
+    auto at = state_.start_position(t.db);
+    t.since = std::move(at.seq);
+    t.epoch = at.epoch;
     changes_query q;
     q.since = t.since;
     q.limit = opts_.turn_docs;
@@ -266,23 +279,24 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
   inline_.inc(res.docs_inline);
 
   // 3. Checkpoint every source whose documents all arrived.
-  std::vector<std::pair<std::string, json>> cps;
+  std::vector<state_store::advance_to> cps;
   for (auto& t : turns) {
     if (t.removed || t.error || !t.page) continue;
     if (auto f = res.failed.find(t.db); f != res.failed.end()) {
       t.error = f->second;
       continue;
     }
-    if (!t.page->last_seq.is_null() && t.page->last_seq != t.since) cps.emplace_back(t.db, t.page->last_seq);
+    if (!t.page->last_seq.is_null() && t.page->last_seq != t.since) cps.push_back({t.db, t.page->last_seq, t.epoch});
   }
-  if (!cps.empty() && opts_.checkpoint_interval.count() > 0) {
-    state_.advance(cps);  // written by the next due flush (worker loop)
-  } else if (!cps.empty()) {
-    ++requests;
-    auto saved = state_.save_checkpoints(cps);
-    if (!saved.ok()) {
-      for (auto& t : turns) {
-        if (!t.error && !t.removed && t.page) t.error = saved.error();
+  if (!cps.empty()) {
+    state_.advance(cps);  // written by the next due flush (worker loop), or right here:
+    if (opts_.checkpoint_interval.count() == 0) {
+      ++requests;
+      auto saved = state_.flush();
+      if (!saved.ok()) {
+        for (auto& t : turns) {
+          if (!t.error && !t.removed && t.page) t.error = saved.error();
+        }
       }
     }
   }

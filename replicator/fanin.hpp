@@ -67,7 +67,11 @@ class fanin {
   std::vector<std::string> sources() const;
 
   void start();
-  void stop();  // ends the rounds, then writes the checkpoints still in memory
+  // Graceful stop, while the HTTP pool still runs: no new rounds start, the running ones may end
+  // (for at most `grace`), then every checkpoint still in memory is written. False when rounds
+  // were still running at the deadline (their progress is read again at the next start).
+  bool drain(std::chrono::milliseconds grace);
+  void stop();  // joins the round threads (after drain, or after the pool was shut down)
   // Writes the checkpoints advanced since the last write (also called by the rounds when due).
   void flush_checkpoints();
 
@@ -83,7 +87,6 @@ class fanin {
     std::optional<std::chrono::system_clock::time_point> last_success;
     std::string last_error;
     std::optional<std::chrono::steady_clock::time_point> dirty_since;
-    bool needs_refresh = false;  // re-read the checkpoint from the state db before the next turn
     bool include_docs = true;    // ask _changes for bodies (see include_docs_next)
   };
   void worker();
@@ -98,6 +101,7 @@ class fanin {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
+  std::size_t rounds_running_ = 0;
   scheduler sched_;
   std::unordered_map<std::string, source> sources_;
   std::vector<std::thread> threads_;

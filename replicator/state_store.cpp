@@ -52,10 +52,19 @@ json state_store::checkpoint_doc(const std::string& source, const json& seq) {
   return json{{"_id", checkpoint_id(source)}, {"type", "checkpoint"}, {"source", source}, {"seq", seq}};
 }
 
-result<std::size_t> state_store::write(std::vector<json> docs, bool retry_conflicts, std::vector<std::string>* conflicts) {
+state_store::position state_store::start_position(const std::string& source) const {
+  std::lock_guard lk(mu_);
+  position p;
+  if (auto it = checkpoints_.find(source); it != checkpoints_.end()) p.seq = it->second;
+  if (auto it = epochs_.find(source); it != epochs_.end()) p.epoch = it->second;
+  return p;
+}
+
+result<std::size_t> state_store::write(std::vector<json> docs, bool retry_conflicts, write_rows* rows) {
   {
     std::lock_guard lk(mu_);
     for (auto& d : docs) {
+      if (d.contains("_rev")) continue;
       auto it = revs_.find(d["_id"].get<std::string>());
       if (it != revs_.end()) d["_rev"] = it->second;
     }
@@ -71,13 +80,27 @@ result<std::size_t> state_store::write(std::vector<json> docs, bool retry_confli
   for (const auto& row : r.value()) {
     if (!row.is_object() || !row.contains("id") || !row["id"].is_string()) continue;
     std::string id = row["id"].get<std::string>();
+    auto mine = by_id.find(id);
+    if (mine == by_id.end()) continue;
     if (row.contains("rev") && row["rev"].is_string() && !row.contains("error")) {
       std::lock_guard lk(mu_);
       revs_[id] = row["rev"].get<std::string>();
       ++written;
-    } else if (row.value("error", "") == "conflict" && by_id.count(id)) {
-      if (retry_conflicts) retry.push_back(*by_id[id]);
-      else if (conflicts) conflicts->push_back(id);
+      if (rows) rows->written.push_back(id);
+    } else if (row.value("error", "") == "conflict" && retry_conflicts) {
+      retry.push_back(*mine->second);
+    } else if (row.value("error", "") == "conflict") {
+      if (rows) rows->conflicts.push_back(id);
+    } else if (rows) {
+      rows->failed.push_back(id);
+      if (rows->first_error.empty()) rows->first_error = id + ": " + row.value("error", std::string("?")) + " " + row.value("reason", std::string());
+    }
+    by_id.erase(mine);
+  }
+  if (rows) {
+    for (const auto& [id, d] : by_id) {
+      rows->failed.push_back(id);
+      if (rows->first_error.empty()) rows->first_error = id + ": no row in the _bulk_docs answer";
     }
   }
   if (!retry.empty()) {
@@ -89,73 +112,91 @@ result<std::size_t> state_store::write(std::vector<json> docs, bool retry_confli
       else revs_.erase(id);
       d.erase("_rev");
     }
-    auto again = write(std::move(retry), false);
+    auto again = write(std::move(retry), false, rows);
     if (!again.ok()) return again.error();
     written += again.value();
   }
   return written;
 }
 
-result<std::size_t> state_store::save_checkpoints(const std::vector<std::pair<std::string, json>>& cps) {
-  if (cps.empty()) return std::size_t{0};
-  std::vector<json> docs;
-  docs.reserve(cps.size());
-  for (const auto& [source, seq] : cps) docs.push_back(checkpoint_doc(source, seq));
-  auto r = write(std::move(docs), true);
-  if (r.ok()) {
-    std::lock_guard lk(mu_);
-    for (const auto& [source, seq] : cps) {
-      checkpoints_[source] = seq;
-      unflushed_.erase(source);
-    }
-  }
-  return r;
-}
-
-void state_store::advance(const std::vector<std::pair<std::string, json>>& cps) {
+std::size_t state_store::advance(const std::vector<advance_to>& cps) {
   std::lock_guard lk(mu_);
-  for (const auto& [source, seq] : cps) {
-    checkpoints_[source] = seq;
-    unflushed_[source] = seq;
+  std::size_t taken = 0;
+  for (const auto& cp : cps) {
+    auto e = epochs_.find(cp.source);
+    if (cp.epoch != (e == epochs_.end() ? 0 : e->second)) continue;  // reset or adopted meanwhile
+    checkpoints_[cp.source] = cp.seq;
+    unflushed_[cp.source] = cp.seq;
+    ++taken;
   }
+  return taken;
 }
 
 bool state_store::has_unflushed() const {
   std::lock_guard lk(mu_);
-  return !unflushed_.empty();
+  return !unflushed_.empty() || !adopt_pending_.empty();
 }
 
 result<std::size_t> state_store::flush() {
-  std::unique_lock one(flush_mu_, std::try_to_lock);
-  if (!one.owns_lock()) return std::size_t{0};
-  std::vector<std::pair<std::string, json>> batch;
+  std::lock_guard one(flush_mu_);
+  std::vector<std::string> retry_adopt;
   {
     std::lock_guard lk(mu_);
-    batch.assign(unflushed_.begin(), unflushed_.end());
+    retry_adopt.swap(adopt_pending_);
   }
-  if (batch.empty()) return std::size_t{0};
+  for (const auto& source : retry_adopt) adopt(source);
+
+  struct item {
+    std::string source;
+    json seq;
+    std::uint64_t epoch;
+  };
+  std::vector<item> batch;
   std::vector<json> docs;
-  docs.reserve(batch.size());
-  for (const auto& [source, seq] : batch) docs.push_back(checkpoint_doc(source, seq));
-  std::vector<std::string> conflicts;
-  auto r = write(std::move(docs), false, &conflicts);
-  if (!r.ok()) return r;  // everything stays unflushed for the next attempt
-  std::vector<std::string> adopt;
   {
+    // The revision is taken together with the value: a reset_checkpoint that writes between
+    // here and the request makes this write conflict instead of overwriting it.
     std::lock_guard lk(mu_);
-    for (const auto& [source, seq] : batch) {
-      const bool conflicted = std::find(conflicts.begin(), conflicts.end(), checkpoint_id(source)) != conflicts.end();
-      auto it = unflushed_.find(source);
-      if (conflicted) {
-        if (it != unflushed_.end()) unflushed_.erase(it);
-        adopt.push_back(source);
-      } else if (it != unflushed_.end() && it->second == seq) {
-        unflushed_.erase(it);  // a newer advance since the snapshot stays for the next flush
-      }
+    for (const auto& [source, seq] : unflushed_) {
+      json d = checkpoint_doc(source, seq);
+      if (auto r = revs_.find(checkpoint_id(source)); r != revs_.end()) d["_rev"] = r->second;
+      batch.push_back({source, seq, epochs_[source]});
+      docs.push_back(std::move(d));
     }
   }
-  for (const auto& source : adopt) (void)refresh_checkpoint(source);
+  if (docs.empty()) return std::size_t{0};
+  write_rows rows;
+  auto r = write(std::move(docs), false, &rows);
+  if (!r.ok()) return r;  // everything stays unflushed for the next attempt
+  auto has = [](const std::vector<std::string>& v, const std::string& id) { return std::find(v.begin(), v.end(), id) != v.end(); };
+  std::vector<std::string> adopting;
+  {
+    std::lock_guard lk(mu_);
+    for (const auto& it : batch) {
+      const std::string id = checkpoint_id(it.source);
+      auto u = unflushed_.find(it.source);
+      if (has(rows.written, id)) {
+        if (u != unflushed_.end() && u->second == it.seq) unflushed_.erase(u);  // a newer advance stays
+      } else if (has(rows.conflicts, id) && epochs_[it.source] == it.epoch) {
+        if (u != unflushed_.end()) unflushed_.erase(u);  // the other writer wins
+        adopting.push_back(it.source);
+      }
+      // failed rows stay unflushed and are retried; a conflict after a reset is the reset's.
+    }
+  }
+  for (const auto& source : adopting) adopt(source);
+  if (!rows.failed.empty()) {
+    return couch_error{couch_error_kind::bad_request, 0, "checkpoint not written", std::to_string(rows.failed.size()) + " refused, first " + rows.first_error};
+  }
   return r;
+}
+
+void state_store::adopt(const std::string& source) {
+  auto r = refresh_checkpoint(source);
+  if (!r.ok()) {
+    std::lock_guard lk(mu_);
+    adopt_pending_.push_back(source);
+  }
 }
 
 result<bool> state_store::reset_checkpoint(const std::string& source) {
@@ -163,20 +204,23 @@ result<bool> state_store::reset_checkpoint(const std::string& source) {
     std::lock_guard lk(mu_);
     checkpoints_.erase(source);
     unflushed_.erase(source);
+    ++epochs_[source];  // a turn still running on the old database cannot advance it
   }
   auto r = write({checkpoint_doc(source, 0)}, true);
   if (!r.ok()) return r.error();
   std::lock_guard lk(mu_);
-  checkpoints_[source] = 0;
+  checkpoints_.try_emplace(source, 0);  // a turn started since may already be further
   return true;
 }
 
 result<bool> state_store::refresh_checkpoint(const std::string& source) {
   auto r = client_.get_doc(db_, checkpoint_id(source)).get();
+  if (!r.ok() && r.error().kind != couch_error_kind::not_found) return r.error();
   std::lock_guard lk(mu_);
-  unflushed_.erase(source);  // asked to re-read: the stored checkpoint is the truth
+  // The stored checkpoint is the truth from here on: what turns advanced before is dropped.
+  unflushed_.erase(source);
+  ++epochs_[source];
   if (!r.ok()) {
-    if (r.error().kind != couch_error_kind::not_found) return r.error();
     checkpoints_.erase(source);
     revs_.erase(checkpoint_id(source));
     return false;
@@ -184,6 +228,7 @@ result<bool> state_store::refresh_checkpoint(const std::string& source) {
   const json& doc = r.value();
   if (doc.contains("_rev") && doc["_rev"].is_string()) revs_[checkpoint_id(source)] = doc["_rev"].get<std::string>();
   if (doc.contains("seq")) checkpoints_[source] = doc["seq"];
+  else checkpoints_.erase(source);
   return true;
 }
 

@@ -1,9 +1,11 @@
 #pragma once
 // Owns: couchgate's own state in its CouchDB state database: replication checkpoints (one
 // document per source database, "checkpoint:<db>") and feed positions ("feed:<name>"). Document
-// revisions are cached so that writes are single, batched `_bulk_docs` calls; a conflict (another
-// couchgate, or an operator) re-reads the revision and retries once.
+// revisions are cached so that writes are single, batched `_bulk_docs` calls. On a conflict a
+// feed position or a reset re-reads the revision and retries once; an advanced checkpoint gives
+// way instead (the other writer's checkpoint is adopted: see flush).
 // Thread-safe.
+#include <cstdint>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -27,15 +29,29 @@ class state_store {
   result<std::size_t> load_checkpoints();
 
   std::optional<json> checkpoint(const std::string& source) const;
-  // Writes the given checkpoints in one request. Returns how many were written.
-  result<std::size_t> save_checkpoints(const std::vector<std::pair<std::string, json>>& cps);
+
+  // Where a turn starts: the checkpoint (0 when none) and the source's epoch. The epoch changes
+  // whenever the checkpoint is replaced from outside the turns (reset_checkpoint, or adopting
+  // another writer's checkpoint), so a turn that started before cannot move it afterwards.
+  struct position {
+    json seq = 0;
+    std::uint64_t epoch = 0;
+  };
+  position start_position(const std::string& source) const;
+
+  struct advance_to {
+    std::string source;
+    json seq;
+    std::uint64_t epoch = 0;  // from start_position() when the turn began
+  };
   // Deferred persistence (what CouchDB's replicator does with checkpoint_interval): advance()
   // moves the checkpoints in memory at once, so the next turn starts there; flush() writes
   // every one advanced since the last flush in one request. A crash in between only means
   // those changes are read again (the central database already has them: nothing is written
-  // twice). Another writer's checkpoint (restore, a second couchgate) wins a conflict and is
-  // adopted. One flush at a time; a concurrent call returns 0 at once.
-  void advance(const std::vector<std::pair<std::string, json>>& cps);
+  // twice). An entry whose epoch is stale is dropped (returns how many were taken). Another
+  // writer's checkpoint (restore, a second couchgate) wins a conflict and is adopted; one
+  // flush runs at a time (a second call waits for it).
+  std::size_t advance(const std::vector<advance_to>& cps);
   result<std::size_t> flush();
   bool has_unflushed() const;
   // Forget a checkpoint (the source was recreated): the next turn starts from 0.
@@ -49,15 +65,26 @@ class state_store {
   static std::string checkpoint_id(const std::string& source) { return "checkpoint:" + source; }
 
  private:
-  // conflicts: when given (and retry_conflicts is false), receives the ids that conflicted.
-  result<std::size_t> write(std::vector<json> docs, bool retry_conflicts, std::vector<std::string>* conflicts = nullptr);
+  // What one _bulk_docs did with each id (filled when given).
+  struct write_rows {
+    std::vector<std::string> written;
+    std::vector<std::string> conflicts;  // only when retry_conflicts is false
+    std::vector<std::string> failed;     // any other error row, or no row at all
+    std::string first_error;
+  };
+  // Documents that carry a _rev are written with it; the others get the cached revision.
+  result<std::size_t> write(std::vector<json> docs, bool retry_conflicts, write_rows* rows = nullptr);
   static json checkpoint_doc(const std::string& source, const json& seq);
+  // Re-reads a checkpoint another writer stored; on failure it is retried by the next flush.
+  void adopt(const std::string& source);
   couch_client& client_;
   std::string db_;
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::string> revs_;    // doc id -> rev
   std::unordered_map<std::string, json> checkpoints_;    // source db -> seq
   std::unordered_map<std::string, json> unflushed_;      // source db -> seq advanced, not yet written
+  std::unordered_map<std::string, std::uint64_t> epochs_;  // source db -> see start_position
+  std::vector<std::string> adopt_pending_;                // conflicts whose re-read failed
   std::mutex flush_mu_;
 };
 

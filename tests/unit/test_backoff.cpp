@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "gateway/provisioner.hpp"
 #include "replicator/backoff.hpp"
 
 using couchgate::replicator::backoff_delay;
@@ -88,4 +89,21 @@ TEST_CASE("backoff_delay: out-of-range randomness is clamped") {
   CHECK(backoff_delay(p, 1, fixed(std::nan(""))) == milliseconds{500});
   CHECK(backoff_delay(p, 1, fixed(7.0)) == milliseconds{1000});
   CHECK(backoff_delay(p, 4, fixed(7.0)) == milliseconds{8000});
+}
+
+TEST_CASE("reconcile_retry_delay: quick retries first, then the reconcile interval") {
+  using couchgate::gateway::reconcile_retry_delay;
+  const std::chrono::seconds hour{3600};
+  // 1 s doubling, jittered into [d/2, d): 0.75 s, 1.5 s, 3 s, 6 s, 12 s with rnd=0.5.
+  const std::vector<std::int64_t> quick{750, 1500, 3000, 6000, 12000};
+  for (std::uint32_t f = 1; f <= quick.size(); ++f) {
+    CAPTURE(f);
+    CHECK(reconcile_retry_delay(f, hour, fixed(0.5)) == milliseconds{quick[f - 1]});
+  }
+  // A user who keeps failing no longer causes a full scan every minute.
+  CHECK(reconcile_retry_delay(6, hour, fixed(0.5)) == milliseconds{3600000});
+  CHECK(reconcile_retry_delay(100, hour, fixed(0.99)) == milliseconds{3600000});
+  // Periodic reconcile off (interval 0): still retried, every 10 minutes.
+  CHECK(reconcile_retry_delay(6, std::chrono::seconds{0}, fixed(0.5)) == milliseconds{600000});
+  CHECK(reconcile_retry_delay(1, std::chrono::seconds{0}, fixed(0.5)) == milliseconds{750});
 }

@@ -1,0 +1,111 @@
+// Deferred checkpoints against the real server: what state_store writes, and who wins when
+// another writer (restore, a second couchgate) or a reset gets in between. Checked with the
+// test's own HTTP client, never through state_store.
+#include <doctest/doctest.h>
+
+#include "replicator/couch_client.hpp"
+#include "replicator/http_pool.hpp"
+#include "replicator/state_store.hpp"
+#include "tests/support/harness.hpp"
+
+using namespace couchgate::test;
+namespace r = couchgate::replicator;
+
+namespace {
+
+struct store_fixture {
+  std::string db = unique("cg-state");
+  r::http_pool pool{r::http_pool::options{env().url, env().user, env().password, 2, "couchgate-test"}};
+  r::couch_client client{pool, r::timeouts{}};
+  r::state_store store{client, db};
+
+  store_fixture() {
+    auto made = store.ensure_db();
+    REQUIRE_MESSAGE(made.ok(), made.error().describe());
+  }
+  ~store_fixture() {
+    pool.shutdown();
+    couch().del("/" + enc(db));
+  }
+  reply stored(const std::string& source) const { return couch().get("/" + enc(db) + "/" + enc("checkpoint:" + source)); }
+};
+
+}  // namespace
+
+TEST_CASE("state_store: advanced checkpoints stay in memory until flushed, then are written in one request") {
+  store_fixture f;
+  auto at = f.store.start_position("userdb-a");
+  CHECK(at.seq == json(0));
+  CHECK(f.store.advance({{"userdb-a", "5-x", at.epoch}, {"userdb-b", "7-y", f.store.start_position("userdb-b").epoch}}) == 2);
+  CHECK(f.store.has_unflushed());
+  CHECK(f.store.checkpoint("userdb-a") == json("5-x"));  // the next turn starts there
+  CHECK(f.stored("userdb-a").status == 404);             // nothing written yet
+
+  auto flushed = f.store.flush();
+  REQUIRE_MESSAGE(flushed.ok(), flushed.error().describe());
+  CHECK(flushed.value() == 2);
+  CHECK_FALSE(f.store.has_unflushed());
+  CHECK(f.stored("userdb-a").body["seq"] == "5-x");
+  CHECK(f.stored("userdb-b").body["seq"] == "7-y");
+
+  // A second advance updates the same document (the cached revision is used).
+  CHECK(f.store.advance({{"userdb-a", "9-z", f.store.start_position("userdb-a").epoch}}) == 1);
+  REQUIRE(f.store.flush().ok());
+  CHECK(f.stored("userdb-a").body["seq"] == "9-z");
+
+  // A fresh store (a restart) loads what was flushed.
+  r::state_store again(f.client, f.db);
+  REQUIRE(again.load_checkpoints().ok());
+  CHECK(again.checkpoint("userdb-a") == json("9-z"));
+  CHECK(again.checkpoint("userdb-b") == json("7-y"));
+}
+
+TEST_CASE("state_store: another writer's checkpoint wins a conflict and is adopted") {
+  store_fixture f;
+  REQUIRE(f.store.advance({{"userdb-a", "5-x", 0}}) == 1);
+  REQUIRE(f.store.flush().ok());
+  // Another process (e.g. restore) resets the checkpoint behind this store's back.
+  auto cur = f.stored("userdb-a");
+  REQUIRE(cur.status == 200);
+  json other = cur.body;
+  other["seq"] = 0;
+  other["by"] = "restore";
+  auto put = couch().put("/" + enc(f.db) + "/" + enc("checkpoint:userdb-a"), other);
+  REQUIRE_MESSAGE(put.status == 201, put.raw);
+
+  // This store advanced meanwhile; its write must not overwrite the other writer's.
+  const auto before = f.store.start_position("userdb-a");
+  REQUIRE(f.store.advance({{"userdb-a", "8-w", before.epoch}}) == 1);
+  auto flushed = f.store.flush();
+  REQUIRE_MESSAGE(flushed.ok(), flushed.error().describe());
+  CHECK(flushed.value() == 0);
+  auto now = f.stored("userdb-a");
+  CHECK(now.body["seq"] == json(0));
+  CHECK(now.body["by"] == "restore");
+  CHECK(f.store.checkpoint("userdb-a") == json(0));  // adopted: the next turn starts from 0
+  CHECK_FALSE(f.store.has_unflushed());
+  // A turn that began before the adoption cannot move it back.
+  CHECK(f.store.advance({{"userdb-a", "9-v", before.epoch}}) == 0);
+  CHECK(f.store.checkpoint("userdb-a") == json(0));
+  // Turns from here on advance it again, with the adopted revision.
+  CHECK(f.store.advance({{"userdb-a", "2-n", f.store.start_position("userdb-a").epoch}}) == 1);
+  REQUIRE(f.store.flush().ok());
+  CHECK(f.stored("userdb-a").body["seq"] == "2-n");
+}
+
+TEST_CASE("state_store: a reset is not undone by a turn that started before it or by a pending flush") {
+  store_fixture f;
+  REQUIRE(f.store.advance({{"userdb-a", "5-x", 0}}) == 1);
+  REQUIRE(f.store.flush().ok());
+
+  const auto turn = f.store.start_position("userdb-a");  // a turn starts on the old database
+  CHECK(turn.seq == json("5-x"));
+  REQUIRE(f.store.advance({{"userdb-a", "6-x", turn.epoch}}) == 1);  // advanced, not yet flushed
+  auto reset = f.store.reset_checkpoint("userdb-a");                // the database was recreated
+  REQUIRE_MESSAGE(reset.ok(), reset.error().describe());
+  CHECK_FALSE(f.store.has_unflushed());  // the old database's progress is dropped
+  CHECK(f.store.advance({{"userdb-a", "7-x", turn.epoch}}) == 0);  // the old turn ends late
+  CHECK(f.store.checkpoint("userdb-a") == json(0));
+  REQUIRE(f.store.flush().ok());
+  CHECK(f.stored("userdb-a").body["seq"] == json(0));
+}
