@@ -846,6 +846,8 @@ class loader {
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, 0, c.reconcile_interval); }},
         {"batch",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 10000, c.batch); }},
+        {"q", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 1024, c.q); }},
+        {"n", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 16, c.n); }},
     };
   }
 
@@ -1190,6 +1192,8 @@ constexpr reload_key reload_keys[] = {
     {"provisioning.on_delete", true, same<&config::provisioning, &pc::on_delete>},
     {"provisioning.reconcile_interval", true, same<&config::provisioning, &pc::reconcile_interval>},
     {"provisioning.batch", false, same<&config::provisioning, &pc::batch>},
+    {"provisioning.q", false, same<&config::provisioning, &pc::q>},
+    {"provisioning.n", false, same<&config::provisioning, &pc::n>},
     {"fanin", false, same<&config::fanin>},
     {"shared", false, same<&config::shared>},
     {"admin_api", false, same<&config::admin_api>},

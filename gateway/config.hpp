@@ -39,6 +39,10 @@ struct provisioning_config {
   policy::on_delete on_delete = policy::on_delete::keep;
   seconds reconcile_interval{600};   // 0 = only at start
   std::size_t batch = 500;           // _users changes per request
+  // CouchDB's q (shards) and n (replicas) for the user databases couchgate creates (provisioning
+  // and restore); 0 = the server's [cluster] default.
+  std::size_t q = 0;
+  std::size_t n = 0;
   bool operator==(const provisioning_config&) const = default;
 };
 

@@ -121,7 +121,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
       if (existing && j.action != policy::user_action::ensure && !existing->count(j.db)) continue;
       if (j.action == policy::user_action::ensure) {
         j.want = policy::render_security(p.security, users[i].name);
-        j.first = client_.create_db(j.db);
+        j.first = client_.create_db(j.db, cfg_.q, cfg_.n);
       } else if (j.action == policy::user_action::revoke_owner) {
         j.want = policy::render_security(p.security, std::nullopt);
         j.first = client_.get_security(j.db);

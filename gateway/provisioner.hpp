@@ -107,7 +107,7 @@ class provisioner {
 
   replicator::couch_client& client_;
   replicator::state_store& state_;
-  const provisioning_config cfg_;  // as started: read only its fixed keys (users_db, db_prefix, batch)
+  const provisioning_config cfg_;  // as started: read only its fixed keys (users_db, db_prefix, batch, q, n)
   provisioner_hooks hooks_;
   std::atomic<bool> ready_{false};
 

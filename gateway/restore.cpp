@@ -108,7 +108,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       }
       t.res.created = true;
       if (opts.dry_run) return t;
-      auto c = client.create_db(t.res.db).get();
+      auto c = client.create_db(t.res.db, cfg.provisioning.q, cfg.provisioning.n).get();
       if (!c.ok() && c.error().kind != couch_error_kind::conflict) {
         t.st = target_state::failed;
         t.res.error = "cannot create " + t.res.db + ": " + c.error().describe();

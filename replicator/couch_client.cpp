@@ -2,6 +2,7 @@
 #include "replicator/couch_client.hpp"
 
 #include <charconv>
+#include <utility>
 
 namespace couchgate::replicator {
 
@@ -85,6 +86,14 @@ pending_json couch_client::changes(const std::string& db, const changes_query& q
 
 pending_json couch_client::revs_diff(const std::string& db, const json& body) {
   return request("POST", "/" + encode_segment(db) + "/_revs_diff", body.dump());
+}
+
+pending_json couch_client::create_db(const std::string& db, std::size_t q, std::size_t n) {
+  std::string t = "/" + encode_segment(db);
+  char sep = '?';
+  if (q) t += std::exchange(sep, '&') + std::string("q=") + std::to_string(q);
+  if (n) t += std::exchange(sep, '&') + std::string("n=") + std::to_string(n);
+  return request("PUT", t);
 }
 
 pending_json couch_client::bulk_get(const std::string& db, const json& body, bool attachments) {

@@ -55,7 +55,8 @@ class couch_client {
 
   pending_json server_info() { return request("GET", "/"); }
   pending_json db_info(const std::string& db) { return request("GET", "/" + encode_segment(db)); }
-  pending_json create_db(const std::string& db) { return request("PUT", "/" + encode_segment(db)); }
+  // q (shards) and n (replicas): 0 = the server's default.
+  pending_json create_db(const std::string& db, std::size_t q = 0, std::size_t n = 0);
   pending_json delete_db(const std::string& db) { return request("DELETE", "/" + encode_segment(db)); }
   pending_json get_security(const std::string& db);
   pending_json put_security(const std::string& db, const json& sec);

@@ -115,6 +115,8 @@ void check_defaults(const cg::config& c) {
   CHECK(c.provisioning.on_delete == on_delete::keep);
   CHECK(c.provisioning.reconcile_interval == seconds{600});
   CHECK(c.provisioning.batch == 500);
+  CHECK(c.provisioning.q == 0);
+  CHECK(c.provisioning.n == 0);
   CHECK(c.fanin.enabled);
   CHECK(c.fanin.central_db == "couchgate-central");
   CHECK(c.fanin.ids == id_mode::namespaced);
@@ -172,7 +174,7 @@ TEST_CASE("config: the example file names every key of the schema") {
        {"couchdb:", "url:", "username:", "password:", "password_file:", "request_timeout:", "feed_timeout:",
         "heartbeat:", "state_db:", "provisioning:", "users_db:", "db_prefix:", "select:", "roles_any:", "roles_all:",
         "roles_none:", "names:", "security:", "owner_is_admin:", "member_names:", "member_roles:", "admin_names:",
-        "admin_roles:", "on_delete:", "reconcile_interval:", "batch:", "fanin:", "central_db:", "ids:",
+        "admin_roles:", "on_delete:", "reconcile_interval:", "batch:", "q:", "n:", "fanin:", "central_db:", "ids:",
         "max_connections:", "max_active:", "rounds:", "batch_docs:", "batch_bytes:", "turn_docs:", "inline_docs:", "detection:",
         "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "checkpoint_interval:", "shared:", "db:", "admin_api:", "address:",
         "port:", "port_file:", "log:", "level:", "format:"}) {
@@ -205,6 +207,8 @@ provisioning:
   on_delete: delete
   reconcile_interval: 0
   batch: 10000
+  q: 1
+  n: 3
 fanin:
   enabled: false
   central_db: central
@@ -249,6 +253,8 @@ log: {level: critical, format: json}
   CHECK(c.provisioning.on_delete == on_delete::remove);
   CHECK(c.provisioning.reconcile_interval == seconds{0});
   CHECK(c.provisioning.batch == 10000);
+  CHECK(c.provisioning.q == 1);
+  CHECK(c.provisioning.n == 3);
   CHECK_FALSE(c.fanin.enabled);
   CHECK(c.fanin.central_db == "central");
   CHECK(c.fanin.ids == id_mode::unchanged);
@@ -359,6 +365,7 @@ TEST_CASE("config: integer ranges") {
   const std::vector<range_case> cases{
       {"fanin", "max_connections", 3, 1024}, {"fanin", "max_active", 1, -1}, {"fanin", "rounds", 1, 64},       {"fanin", "batch_docs", 1, 100000},
       {"fanin", "turn_docs", 1, -1},         {"admin_api", "port", 0, 65535},      {"provisioning", "batch", 1, 10000},
+      {"provisioning", "q", 0, 1024},        {"provisioning", "n", 0, 16},
   };
   for (const auto& c : cases) {
     const std::string path = c.section + "." + c.key;
