@@ -291,18 +291,8 @@ int daemon::run() {
       *d.pool, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
   d.state = std::make_unique<r::state_store>(*d.client, cfg.state_db);
 
-  d.api = std::make_unique<admin_api>(admin_handlers{
-      [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
-      [&d](const std::string& u) { return d.user_status(u); }});
-  std::string err;
-  int port = d.api->start(cfg.admin_api.address, cfg.admin_api.port, err);
-  if (port < 0) {
-    log()->critical("admin API: {}", err);
-    return 1;
-  }
-  log()->info("admin API on http://{}:{}", cfg.admin_api.address, port);
-  if (!cfg.admin_api.port_file.empty()) std::ofstream(cfg.admin_api.port_file) << port << "\n";
-
+  // Every component exists before the admin API's thread can look at them (they are started
+  // only after setup); the pointers never change while that thread runs.
   if (cfg.fanin.enabled) {
     r::fanin_options fo;
     fo.central_db = cfg.fanin.central_db;
@@ -315,30 +305,40 @@ int daemon::run() {
     fo.transfer.batch_docs = cfg.fanin.batch_docs;
     fo.transfer.batch_bytes = cfg.fanin.batch_bytes;
     d.fan = std::make_unique<r::fanin>(*d.client, *d.state, d.metrics, fo);
+    r::detector_options dop;
+    dop.mode = to_detection(cfg.fanin.detection);
+    dop.create_global_changes = cfg.fanin.create_global_changes;
+    dop.sweep_rate = cfg.fanin.sweep_rate;
+    dop.sweep_interval = cfg.fanin.sweep_interval;
+    d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
+                                                      [&d](const std::string& db) { d.unknown_db_created(db); });
+  }
+  if (cfg.provisioning.enabled) {
+    d.prov = std::make_unique<provisioner>(
+        *d.client, *d.state, d.metrics, cfg.provisioning,
+        provisioner_hooks{[&d](const std::string& db, const policy::owner& o) { d.add_source(db, o); },
+                          [&d](const std::string& db) {
+                            if (d.fan) d.fan->remove_source(db);
+                          }});
   }
 
-  bool ok = d.setup();
+  d.api = std::make_unique<admin_api>(admin_handlers{
+      [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
+      [&d](const std::string& u) { return d.user_status(u); }});
+  std::string err;
+  int port = d.api->start(cfg.admin_api.address, cfg.admin_api.port, err);
+  if (port < 0) {
+    log()->critical("admin API: {}", err);
+    return 1;
+  }
+  log()->info("admin API on http://{}:{}", cfg.admin_api.address, port);
+  if (!cfg.admin_api.port_file.empty()) std::ofstream(cfg.admin_api.port_file) << port << "\n";
+
+  const bool ok = d.setup();
   if (ok) {
-    if (d.fan) {
-      d.fan->start();
-      r::detector_options dop;
-      dop.mode = to_detection(cfg.fanin.detection);
-      dop.create_global_changes = cfg.fanin.create_global_changes;
-      dop.sweep_rate = cfg.fanin.sweep_rate;
-      dop.sweep_interval = cfg.fanin.sweep_interval;
-      d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
-                                                        [&d](const std::string& db) { d.unknown_db_created(db); });
-      d.detector->start();
-    }
-    if (cfg.provisioning.enabled) {
-      d.prov = std::make_unique<provisioner>(
-          *d.client, *d.state, d.metrics, cfg.provisioning,
-          provisioner_hooks{[&d](const std::string& db, const policy::owner& o) { d.add_source(db, o); },
-                            [&d](const std::string& db) {
-                              if (d.fan) d.fan->remove_source(db);
-                            }});
-      d.prov->start();
-    }
+    if (d.fan) d.fan->start();
+    if (d.detector) d.detector->start();
+    if (d.prov) d.prov->start();
   }
 
   // Main loop: readiness notification, watchdog, CouchDB liveness, reload.
