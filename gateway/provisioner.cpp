@@ -353,6 +353,7 @@ void provisioner::reconcile_if_due() {
   {
     std::lock_guard lk(mu_);
     if (!reconcile_requested_ && std::chrono::steady_clock::now() < next_reconcile_) return;
+    if (reconcile_requested_) reconcile_failures_ = 0;  // a reload's pass gets the quick retries again
     reconcile_requested_ = false;
   }
   const bool ok = reconcile();

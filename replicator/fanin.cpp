@@ -1,6 +1,8 @@
 // Owns: the fan-in worker loop and its bookkeeping (see fanin.hpp).
 #include "replicator/fanin.hpp"
 
+#include <algorithm>
+
 #include "replicator/logger.hpp"
 
 namespace couchgate::replicator {
@@ -115,28 +117,45 @@ void fanin::stop() {
   cv_.notify_all();
   for (auto& t : threads_) t.join();
   threads_.clear();
+  if (drain_flush_.valid()) drain_flush_.wait();
 }
 
 bool fanin::drain(std::chrono::milliseconds grace) {
+  const auto deadline = std::chrono::steady_clock::now() + grace;
   bool ended = true;
   {
     std::unique_lock lk(mu_);
     stopping_ = true;
     cv_.notify_all();
-    ended = cv_.wait_for(lk, grace, [this] { return rounds_running_ == 0; });
+    ended = cv_.wait_until(lk, deadline, [this] { return rounds_running_ == 0; });
   }
   if (!ended) log()->warn("fan-in rounds still running after {} ms; their progress is read again at the next start", grace.count());
-  flush_checkpoints();
+  // The last write gets what is left of the grace; a server that does not answer in time is
+  // cut off by the pool's shutdown, which ends this write too (stop() waits for it).
+  drain_flush_ = std::async(std::launch::async, [this] { (void)flush_checkpoints(); });
+  if (drain_flush_.wait_until(std::max(deadline, std::chrono::steady_clock::now() + std::chrono::seconds(1))) != std::future_status::ready) {
+    log()->warn("checkpoints not written within the stop grace; they are read again at the next start");
+    return false;
+  }
   return ended;
 }
 
-void fanin::flush_checkpoints() {
-  if (!state_.has_unflushed()) return;
+std::vector<std::string> fanin::flush_checkpoints() {
+  if (!state_.has_unflushed()) return {};
   auto r = state_.flush();
-  if (!r.ok() && r.error().kind != couch_error_kind::cancelled) {
-    errors_[r.error().kind]->inc();
-    log()->warn("could not write checkpoints to {}: {} (kept in memory; retried)", state_.db(), r.error().describe());
+  if (!r.ok()) {
+    if (r.error().kind != couch_error_kind::cancelled) {
+      errors_[r.error().kind]->inc();
+      log()->warn("could not write checkpoints to {}: {} (kept in memory; retried)", state_.db(), r.error().describe());
+    }
+    return {};
   }
+  if (!r.value().refused.empty()) {
+    errors_[couch_error_kind::bad_request]->inc();
+    log()->warn("{} refused the checkpoints of {} source(s), first {} (kept in memory; retried)", state_.db(),
+                r.value().refused.size(), r.value().first_error);
+  }
+  return r.value().refused;
 }
 
 std::optional<source_status> fanin::status(const std::string& db) const {
@@ -175,9 +194,12 @@ void fanin::worker() {
   while (!stopping_) {
     if (opts_.checkpoint_interval.count() > 0 && std::chrono::steady_clock::now() >= next_flush_ && state_.has_unflushed()) {
       next_flush_ = std::chrono::steady_clock::now() + opts_.checkpoint_interval;
+      ++rounds_running_;  // drain waits for this write as for a round
       lk.unlock();
-      flush_checkpoints();
+      (void)flush_checkpoints();
       lk.lock();
+      --rounds_running_;
+      cv_.notify_all();
       continue;
     }
     auto batch = sched_.take(per_round, sched_clock::now());
@@ -293,9 +315,12 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     if (opts_.checkpoint_interval.count() == 0) {
       ++requests;
       auto saved = state_.flush();
-      if (!saved.ok()) {
-        for (auto& t : turns) {
-          if (!t.error && !t.removed && t.page) t.error = saved.error();
+      for (auto& t : turns) {
+        if (t.error || t.removed || !t.page) continue;
+        if (!saved.ok()) {
+          t.error = saved.error();
+        } else if (std::find(saved.value().refused.begin(), saved.value().refused.end(), t.db) != saved.value().refused.end()) {
+          t.error = couch_error{couch_error_kind::bad_request, 0, "checkpoint refused", saved.value().first_error};
         }
       }
     }

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -73,7 +74,8 @@ class fanin {
   bool drain(std::chrono::milliseconds grace);
   void stop();  // joins the round threads (after drain, or after the pool was shut down)
   // Writes the checkpoints advanced since the last write (also called by the rounds when due).
-  void flush_checkpoints();
+  // Returns the sources whose checkpoint the server refused (logged; kept and retried).
+  std::vector<std::string> flush_checkpoints();
 
   std::optional<source_status> status(const std::string& db) const;
   scheduler::counts counts() const;
@@ -101,7 +103,8 @@ class fanin {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
-  std::size_t rounds_running_ = 0;
+  std::size_t rounds_running_ = 0;  // rounds and periodic checkpoint writes in progress
+  std::future<void> drain_flush_;
   scheduler sched_;
   std::unordered_map<std::string, source> sources_;
   std::vector<std::thread> threads_;

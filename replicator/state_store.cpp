@@ -60,8 +60,8 @@ state_store::position state_store::start_position(const std::string& source) con
   return p;
 }
 
-result<std::size_t> state_store::write(std::vector<json> docs, bool retry_conflicts, write_rows* rows) {
-  {
+result<std::size_t> state_store::write(std::vector<json> docs, bool retry_conflicts, write_rows* rows, bool fill_revs) {
+  if (fill_revs) {
     std::lock_guard lk(mu_);
     for (auto& d : docs) {
       if (d.contains("_rev")) continue;
@@ -137,7 +137,7 @@ bool state_store::has_unflushed() const {
   return !unflushed_.empty() || !adopt_pending_.empty();
 }
 
-result<std::size_t> state_store::flush() {
+result<state_store::flush_outcome> state_store::flush() {
   std::lock_guard one(flush_mu_);
   std::vector<std::string> retry_adopt;
   {
@@ -154,8 +154,9 @@ result<std::size_t> state_store::flush() {
   std::vector<item> batch;
   std::vector<json> docs;
   {
-    // The revision is taken together with the value: a reset_checkpoint that writes between
-    // here and the request makes this write conflict instead of overwriting it.
+    // The revision is taken together with the value (and none is filled in later): a
+    // reset_checkpoint that writes between here and the request makes this write conflict
+    // instead of overwriting it.
     std::lock_guard lk(mu_);
     for (const auto& [source, seq] : unflushed_) {
       json d = checkpoint_doc(source, seq);
@@ -164,12 +165,15 @@ result<std::size_t> state_store::flush() {
       docs.push_back(std::move(d));
     }
   }
-  if (docs.empty()) return std::size_t{0};
+  flush_outcome out;
+  if (docs.empty()) return out;
   write_rows rows;
-  auto r = write(std::move(docs), false, &rows);
-  if (!r.ok()) return r;  // everything stays unflushed for the next attempt
+  auto r = write(std::move(docs), false, &rows, false);
+  if (!r.ok()) return r.error();  // everything stays unflushed for the next attempt
+  out.written = r.value();
+  out.first_error = rows.first_error;
   auto has = [](const std::vector<std::string>& v, const std::string& id) { return std::find(v.begin(), v.end(), id) != v.end(); };
-  std::vector<std::string> adopting;
+  std::vector<std::string> adopting, rereading;
   {
     std::lock_guard lk(mu_);
     for (const auto& it : batch) {
@@ -177,21 +181,33 @@ result<std::size_t> state_store::flush() {
       auto u = unflushed_.find(it.source);
       if (has(rows.written, id)) {
         if (u != unflushed_.end() && u->second == it.seq) unflushed_.erase(u);  // a newer advance stays
+        reset_pending_.erase(it.source);
+      } else if (has(rows.conflicts, id) && reset_pending_.count(it.source)) {
+        rereading.push_back(id);  // our reset must win: fetch the revision, write again next time
       } else if (has(rows.conflicts, id) && epochs_[it.source] == it.epoch) {
         if (u != unflushed_.end()) unflushed_.erase(u);  // the other writer wins
         adopting.push_back(it.source);
+      } else if (has(rows.failed, id)) {
+        out.refused.push_back(it.source);  // stays unflushed and is retried
       }
-      // failed rows stay unflushed and are retried; a conflict after a reset is the reset's.
+      // a conflict after a reset of ours is that reset's
     }
   }
-  for (const auto& source : adopting) adopt(source);
-  if (!rows.failed.empty()) {
-    return couch_error{couch_error_kind::bad_request, 0, "checkpoint not written", std::to_string(rows.failed.size()) + " refused, first " + rows.first_error};
+  for (const auto& id : rereading) {
+    auto cur = client_.get_doc(db_, id).get();
+    std::lock_guard lk(mu_);
+    if (cur.ok() && cur.value().contains("_rev") && cur.value()["_rev"].is_string()) revs_[id] = cur.value()["_rev"].get<std::string>();
+    else if (!cur.ok() && cur.error().kind == couch_error_kind::not_found) revs_.erase(id);
   }
-  return r;
+  for (const auto& source : adopting) adopt(source);
+  return out;
 }
 
 void state_store::adopt(const std::string& source) {
+  {
+    std::lock_guard lk(mu_);
+    if (reset_pending_.count(source)) return;  // our own reset is what must be stored
+  }
   auto r = refresh_checkpoint(source);
   if (!r.ok()) {
     std::lock_guard lk(mu_);
@@ -204,11 +220,23 @@ result<bool> state_store::reset_checkpoint(const std::string& source) {
     std::lock_guard lk(mu_);
     checkpoints_.erase(source);
     unflushed_.erase(source);
+    adopt_pending_.erase(std::remove(adopt_pending_.begin(), adopt_pending_.end(), source), adopt_pending_.end());
     ++epochs_[source];  // a turn still running on the old database cannot advance it
   }
-  auto r = write({checkpoint_doc(source, 0)}, true);
-  if (!r.ok()) return r.error();
+  write_rows rows;
+  auto r = write({checkpoint_doc(source, 0)}, true, &rows);
+  if (!r.ok() || r.value() == 0) {
+    // Not stored: the old database's checkpoint must not survive a restart, so keep the reset
+    // pending (turns on the new database may advance it meanwhile; flush writes it over others).
+    std::lock_guard lk(mu_);
+    unflushed_.try_emplace(source, 0);
+    reset_pending_.insert(source);
+    if (!r.ok()) return r.error();
+    return couch_error{couch_error_kind::conflict, 0, "checkpoint reset not stored (kept pending)",
+                       rows.first_error.empty() ? "conflict" : rows.first_error};
+  }
   std::lock_guard lk(mu_);
+  reset_pending_.erase(source);
   checkpoints_.try_emplace(source, 0);  // a turn started since may already be further
   return true;
 }

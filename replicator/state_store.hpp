@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -52,9 +53,15 @@ class state_store {
   // writer's checkpoint (restore, a second couchgate) wins a conflict and is adopted; one
   // flush runs at a time (a second call waits for it).
   std::size_t advance(const std::vector<advance_to>& cps);
-  result<std::size_t> flush();
+  struct flush_outcome {
+    std::size_t written = 0;
+    std::vector<std::string> refused;  // sources whose row the server refused (kept, retried)
+    std::string first_error;
+  };
+  result<flush_outcome> flush();
   bool has_unflushed() const;
-  // Forget a checkpoint (the source was recreated): the next turn starts from 0.
+  // Forget a checkpoint (the source was recreated): the next turn starts from 0. When the reset
+  // cannot be stored, it is kept pending: the next flush writes it (over any other writer's).
   result<bool> reset_checkpoint(const std::string& source);
   // Re-reads one checkpoint from the server (another process, e.g. restore, may have reset it).
   result<bool> refresh_checkpoint(const std::string& source);
@@ -72,8 +79,9 @@ class state_store {
     std::vector<std::string> failed;     // any other error row, or no row at all
     std::string first_error;
   };
-  // Documents that carry a _rev are written with it; the others get the cached revision.
-  result<std::size_t> write(std::vector<json> docs, bool retry_conflicts, write_rows* rows = nullptr);
+  // Documents that carry a _rev are written with it; the others get the cached revision unless
+  // fill_revs is false (then they are written as new documents).
+  result<std::size_t> write(std::vector<json> docs, bool retry_conflicts, write_rows* rows = nullptr, bool fill_revs = true);
   static json checkpoint_doc(const std::string& source, const json& seq);
   // Re-reads a checkpoint another writer stored; on failure it is retried by the next flush.
   void adopt(const std::string& source);
@@ -85,6 +93,7 @@ class state_store {
   std::unordered_map<std::string, json> unflushed_;      // source db -> seq advanced, not yet written
   std::unordered_map<std::string, std::uint64_t> epochs_;  // source db -> see start_position
   std::vector<std::string> adopt_pending_;                // conflicts whose re-read failed
+  std::unordered_set<std::string> reset_pending_;         // resets not stored yet (see reset_checkpoint)
   std::mutex flush_mu_;
 };
 

@@ -28,6 +28,18 @@ struct store_fixture {
     couch().del("/" + enc(db));
   }
   reply stored(const std::string& source) const { return couch().get("/" + enc(db) + "/" + enc("checkpoint:" + source)); }
+  // A validate_doc_update that refuses the given JavaScript condition on newDoc (CouchDB runs it
+  // for admins too). Returns the design document's revision, for remove_refusal.
+  std::string refuse(const std::string& condition) const {
+    auto r = couch().put("/" + enc(db) + "/_design/refuse",
+                         json{{"validate_doc_update", "function (newDoc) { if (" + condition + ") throw({forbidden: 'refused by the test'}); }"}});
+    REQUIRE_MESSAGE(r.status == 201, r.raw);
+    return r.body["rev"].get<std::string>();
+  }
+  void remove_refusal(const std::string& rev) const {
+    auto r = couch().del("/" + enc(db) + "/_design/refuse?rev=" + enc(rev));
+    REQUIRE_MESSAGE(r.status == 200, r.raw);
+  }
 };
 
 }  // namespace
@@ -43,7 +55,8 @@ TEST_CASE("state_store: advanced checkpoints stay in memory until flushed, then 
 
   auto flushed = f.store.flush();
   REQUIRE_MESSAGE(flushed.ok(), flushed.error().describe());
-  CHECK(flushed.value() == 2);
+  CHECK(flushed.value().written == 2);
+  CHECK(flushed.value().refused.empty());
   CHECK_FALSE(f.store.has_unflushed());
   CHECK(f.stored("userdb-a").body["seq"] == "5-x");
   CHECK(f.stored("userdb-b").body["seq"] == "7-y");
@@ -78,7 +91,7 @@ TEST_CASE("state_store: another writer's checkpoint wins a conflict and is adopt
   REQUIRE(f.store.advance({{"userdb-a", "8-w", before.epoch}}) == 1);
   auto flushed = f.store.flush();
   REQUIRE_MESSAGE(flushed.ok(), flushed.error().describe());
-  CHECK(flushed.value() == 0);
+  CHECK(flushed.value().written == 0);
   auto now = f.stored("userdb-a");
   CHECK(now.body["seq"] == json(0));
   CHECK(now.body["by"] == "restore");
@@ -108,4 +121,53 @@ TEST_CASE("state_store: a reset is not undone by a turn that started before it o
   CHECK(f.store.checkpoint("userdb-a") == json(0));
   REQUIRE(f.store.flush().ok());
   CHECK(f.stored("userdb-a").body["seq"] == json(0));
+}
+
+TEST_CASE("state_store: a refused checkpoint row stays pending and is named; the others are written") {
+  store_fixture f;
+  const auto rev = f.refuse("newDoc._id === 'checkpoint:userdb-bad'");
+  REQUIRE(f.store.advance({{"userdb-good", "3-g", 0}, {"userdb-bad", "4-b", 0}}) == 2);
+  auto flushed = f.store.flush();
+  REQUIRE_MESSAGE(flushed.ok(), flushed.error().describe());
+  CHECK(flushed.value().written == 1);
+  CHECK(flushed.value().refused == std::vector<std::string>{"userdb-bad"});
+  CHECK(flushed.value().first_error.find("forbidden") != std::string::npos);
+  CHECK(f.stored("userdb-good").body["seq"] == "3-g");
+  CHECK(f.stored("userdb-bad").status == 404);
+  CHECK(f.store.has_unflushed());
+  f.remove_refusal(rev);
+  auto again = f.store.flush();
+  REQUIRE(again.ok());
+  CHECK(again.value().written == 1);
+  CHECK(f.stored("userdb-bad").body["seq"] == "4-b");
+  CHECK_FALSE(f.store.has_unflushed());
+}
+
+TEST_CASE("state_store: a reset that cannot be stored stays pending and wins over a stale checkpoint") {
+  store_fixture f;
+  REQUIRE(f.store.advance({{"userdb-r", "5-old", 0}}) == 1);
+  REQUIRE(f.store.flush().ok());
+  // The database is recreated, but the reset cannot be stored yet.
+  const auto rev = f.refuse("newDoc._id === 'checkpoint:userdb-r' && newDoc.seq === 0");
+  auto reset = f.store.reset_checkpoint("userdb-r");
+  CHECK_FALSE(reset.ok());
+  CHECK(f.store.checkpoint("userdb-r") == std::nullopt);  // turns start from 0 on the new database
+  CHECK(f.store.start_position("userdb-r").seq == json(0));
+  CHECK(f.store.has_unflushed());
+  CHECK(f.stored("userdb-r").body["seq"] == "5-old");
+  // Meanwhile another writer stores a stale checkpoint (conflicting with the cached revision).
+  {
+    auto cur = f.stored("userdb-r");
+    REQUIRE(cur.status == 200);
+    json other = cur.body;
+    other["seq"] = "6-stale";
+    REQUIRE(couch().put("/" + enc(f.db) + "/" + enc("checkpoint:userdb-r"), other).status == 201);
+  }
+  f.remove_refusal(rev);
+  // The reset is written over the other writer's checkpoint (a conflict only re-reads the
+  // revision), never adopting the old database's position.
+  for (int i = 0; i < 3 && f.store.has_unflushed(); ++i) REQUIRE(f.store.flush().ok());
+  CHECK_FALSE(f.store.has_unflushed());
+  CHECK(f.stored("userdb-r").body["seq"] == json(0));
+  CHECK(f.store.start_position("userdb-r").seq == json(0));
 }
