@@ -339,3 +339,30 @@ TEST_CASE("kill -9 during an outage loses nothing") {
                 "not provisioned: " << missing(n, meanwhile) << "\n" << tail(cg.log()));
   CHECK(cg.terminate() == 0);
 }
+
+TEST_CASE("SIGTERM while the server hangs: couchgate exits cleanly within systemd's stop timeout") {
+  fault_proxy proxy;
+  auto n = fresh_names("stophung");
+  json cfg = fault_config(n, proxy);
+  // Requests would wait a minute for a hung server, and checkpoints are only written at stop:
+  // the stop must not wait for either (the unit's TimeoutStopSec is 30 s; terminate() sends
+  // SIGKILL after 30 s and then reports -9).
+  cfg["couchdb"]["request_timeout"] = "60s";
+  cfg["fanin"]["checkpoint_interval"] = "1h";
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_and_provision_one(cg, proxy, n);
+  const std::string db = user_db_name(n.prefix, "first-" + n.role);
+  // The first checkpoint is written at once; the one after it waits for the interval (or stop).
+  for (const std::string id : {"doc-1", "doc-2"}) {
+    REQUIRE(couch().put("/" + enc(db) + "/" + id, json{{"v", 1}}).status == 201);
+    const std::string central_id = "first-" + n.role + ":" + id;
+    REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(n.central) + "/" + enc(central_id)).status == 200; }, 60s),
+                    tail(cg.log()));
+  }
+  proxy.stall(true);
+  const auto stop_start = steady_clock::now();
+  CHECK_MESSAGE(cg.terminate() == 0, tail(cg.log()));
+  MESSAGE("stopped " << seconds_since(stop_start) << " s after SIGTERM with the server hung");
+  proxy.stall(false);
+  CHECK_MESSAGE(cg.log().find("checkpoints not written within the stop grace") != std::string::npos, tail(cg.log()));
+}
