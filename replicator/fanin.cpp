@@ -132,7 +132,7 @@ bool fanin::drain(std::chrono::milliseconds grace) {
   if (!ended) log()->warn("fan-in rounds still running after {} ms; their progress is read again at the next start", grace.count());
   // The last write gets what is left of the grace; a server that does not answer in time is
   // cut off by the pool's shutdown, which ends this write too (stop() waits for it).
-  drain_flush_ = std::async(std::launch::async, [this] { (void)flush_checkpoints(); });
+  drain_flush_ = std::async(std::launch::async, [this] { flush_checkpoints(); });
   if (drain_flush_.wait_until(std::max(deadline, std::chrono::steady_clock::now() + std::chrono::seconds(1))) != std::future_status::ready) {
     log()->warn("checkpoints not written within the stop grace; they are read again at the next start");
     return false;
@@ -140,22 +140,19 @@ bool fanin::drain(std::chrono::milliseconds grace) {
   return ended;
 }
 
-std::vector<std::string> fanin::flush_checkpoints() {
-  if (!state_.has_unflushed()) return {};
+void fanin::flush_checkpoints() {
+  if (!state_.has_unflushed()) return;
   auto r = state_.flush();
   if (!r.ok()) {
     if (r.error().kind != couch_error_kind::cancelled) {
       errors_[r.error().kind]->inc();
       log()->warn("could not write checkpoints to {}: {} (kept in memory; retried)", state_.db(), r.error().describe());
     }
-    return {};
-  }
-  if (!r.value().refused.empty()) {
+  } else if (!r.value().refused.empty()) {
     errors_[couch_error_kind::bad_request]->inc();
     log()->warn("{} refused the checkpoints of {} source(s), first {} (kept in memory; retried)", state_.db(),
                 r.value().refused.size(), r.value().first_error);
   }
-  return r.value().refused;
 }
 
 std::optional<source_status> fanin::status(const std::string& db) const {
@@ -196,7 +193,7 @@ void fanin::worker() {
       next_flush_ = std::chrono::steady_clock::now() + opts_.checkpoint_interval;
       ++rounds_running_;  // drain waits for this write as for a round
       lk.unlock();
-      (void)flush_checkpoints();
+      flush_checkpoints();
       lk.lock();
       --rounds_running_;
       cv_.notify_all();

@@ -73,9 +73,9 @@ class fanin {
   // were still running at the deadline (their progress is read again at the next start).
   bool drain(std::chrono::milliseconds grace);
   void stop();  // joins the round threads (after drain, or after the pool was shut down)
-  // Writes the checkpoints advanced since the last write (also called by the rounds when due).
-  // Returns the sources whose checkpoint the server refused (logged; kept and retried).
-  std::vector<std::string> flush_checkpoints();
+  // Writes the checkpoints advanced since the last write (also called by the rounds when due);
+  // failures and refused rows are logged and counted, and stay for the next write.
+  void flush_checkpoints();
 
   std::optional<source_status> status(const std::string& db) const;
   scheduler::counts counts() const;

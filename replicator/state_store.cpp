@@ -56,15 +56,19 @@ state_store::position state_store::start_position(const std::string& source) con
   std::lock_guard lk(mu_);
   position p;
   if (auto it = checkpoints_.find(source); it != checkpoints_.end()) p.seq = it->second;
-  if (auto it = epochs_.find(source); it != epochs_.end()) p.epoch = it->second;
+  p.epoch = epoch_locked(source);
   return p;
+}
+
+std::uint64_t state_store::epoch_locked(const std::string& source) const {
+  auto it = epochs_.find(source);
+  return it == epochs_.end() ? 0 : it->second;
 }
 
 result<std::size_t> state_store::write(std::vector<json> docs, bool retry_conflicts, write_rows* rows, bool fill_revs) {
   if (fill_revs) {
     std::lock_guard lk(mu_);
     for (auto& d : docs) {
-      if (d.contains("_rev")) continue;
       auto it = revs_.find(d["_id"].get<std::string>());
       if (it != revs_.end()) d["_rev"] = it->second;
     }
@@ -86,20 +90,20 @@ result<std::size_t> state_store::write(std::vector<json> docs, bool retry_confli
       std::lock_guard lk(mu_);
       revs_[id] = row["rev"].get<std::string>();
       ++written;
-      if (rows) rows->written.push_back(id);
+      if (rows) rows->written.insert(id);
     } else if (row.value("error", "") == "conflict" && retry_conflicts) {
       retry.push_back(*mine->second);
     } else if (row.value("error", "") == "conflict") {
-      if (rows) rows->conflicts.push_back(id);
+      if (rows) rows->conflicts.insert(id);
     } else if (rows) {
-      rows->failed.push_back(id);
+      rows->failed.insert(id);
       if (rows->first_error.empty()) rows->first_error = id + ": " + row.value("error", std::string("?")) + " " + row.value("reason", std::string());
     }
     by_id.erase(mine);
   }
   if (rows) {
     for (const auto& [id, d] : by_id) {
-      rows->failed.push_back(id);
+      rows->failed.insert(id);
       if (rows->first_error.empty()) rows->first_error = id + ": no row in the _bulk_docs answer";
     }
   }
@@ -123,8 +127,7 @@ std::size_t state_store::advance(const std::vector<advance_to>& cps) {
   std::lock_guard lk(mu_);
   std::size_t taken = 0;
   for (const auto& cp : cps) {
-    auto e = epochs_.find(cp.source);
-    if (cp.epoch != (e == epochs_.end() ? 0 : e->second)) continue;  // reset or adopted meanwhile
+    if (cp.epoch != epoch_locked(cp.source)) continue;  // reset or adopted meanwhile
     checkpoints_[cp.source] = cp.seq;
     unflushed_[cp.source] = cp.seq;
     ++taken;
@@ -161,7 +164,7 @@ result<state_store::flush_outcome> state_store::flush() {
     for (const auto& [source, seq] : unflushed_) {
       json d = checkpoint_doc(source, seq);
       if (auto r = revs_.find(checkpoint_id(source)); r != revs_.end()) d["_rev"] = r->second;
-      batch.push_back({source, seq, epochs_[source]});
+      batch.push_back({source, seq, epoch_locked(source)});
       docs.push_back(std::move(d));
     }
   }
@@ -172,22 +175,21 @@ result<state_store::flush_outcome> state_store::flush() {
   if (!r.ok()) return r.error();  // everything stays unflushed for the next attempt
   out.written = r.value();
   out.first_error = rows.first_error;
-  auto has = [](const std::vector<std::string>& v, const std::string& id) { return std::find(v.begin(), v.end(), id) != v.end(); };
   std::vector<std::string> adopting, rereading;
   {
     std::lock_guard lk(mu_);
     for (const auto& it : batch) {
       const std::string id = checkpoint_id(it.source);
       auto u = unflushed_.find(it.source);
-      if (has(rows.written, id)) {
+      if (rows.written.count(id)) {
         if (u != unflushed_.end() && u->second == it.seq) unflushed_.erase(u);  // a newer advance stays
         reset_pending_.erase(it.source);
-      } else if (has(rows.conflicts, id) && reset_pending_.count(it.source)) {
+      } else if (rows.conflicts.count(id) && reset_pending_.count(it.source)) {
         rereading.push_back(id);  // our reset must win: fetch the revision, write again next time
-      } else if (has(rows.conflicts, id) && epochs_[it.source] == it.epoch) {
+      } else if (rows.conflicts.count(id) && epoch_locked(it.source) == it.epoch) {
         if (u != unflushed_.end()) unflushed_.erase(u);  // the other writer wins
         adopting.push_back(it.source);
-      } else if (has(rows.failed, id)) {
+      } else if (rows.failed.count(id)) {
         out.refused.push_back(it.source);  // stays unflushed and is retried
       }
       // a conflict after a reset of ours is that reset's

@@ -74,15 +74,16 @@ class state_store {
  private:
   // What one _bulk_docs did with each id (filled when given).
   struct write_rows {
-    std::vector<std::string> written;
-    std::vector<std::string> conflicts;  // only when retry_conflicts is false
-    std::vector<std::string> failed;     // any other error row, or no row at all
+    std::unordered_set<std::string> written;
+    std::unordered_set<std::string> conflicts;  // only when retry_conflicts is false
+    std::unordered_set<std::string> failed;     // any other error row, or no row at all
     std::string first_error;
   };
-  // Documents that carry a _rev are written with it; the others get the cached revision unless
-  // fill_revs is false (then they are written as new documents).
+  // Documents get the cached revision unless fill_revs is false (then they are written with the
+  // _rev they carry, or as new documents).
   result<std::size_t> write(std::vector<json> docs, bool retry_conflicts, write_rows* rows = nullptr, bool fill_revs = true);
   static json checkpoint_doc(const std::string& source, const json& seq);
+  std::uint64_t epoch_locked(const std::string& source) const;  // mu_ held
   // Re-reads a checkpoint another writer stored; on failure it is retried by the next flush.
   void adopt(const std::string& source);
   couch_client& client_;

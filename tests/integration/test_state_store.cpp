@@ -28,6 +28,16 @@ struct store_fixture {
     couch().del("/" + enc(db));
   }
   reply stored(const std::string& source) const { return couch().get("/" + enc(db) + "/" + enc("checkpoint:" + source)); }
+  // Another writer (restore, a second couchgate) replaces the stored checkpoint with `changes`
+  // merged in, behind the store's back (its cached revision becomes stale).
+  void overwrite(const std::string& source, const json& changes) const {
+    auto cur = stored(source);
+    REQUIRE(cur.status == 200);
+    json other = cur.body;
+    other.update(changes);
+    auto put = couch().put("/" + enc(db) + "/" + enc("checkpoint:" + source), other);
+    REQUIRE_MESSAGE(put.status == 201, put.raw);
+  }
   // A validate_doc_update that refuses the given JavaScript condition on newDoc (CouchDB runs it
   // for admins too). Returns the design document's revision, for remove_refusal.
   std::string refuse(const std::string& condition) const {
@@ -78,13 +88,7 @@ TEST_CASE("state_store: another writer's checkpoint wins a conflict and is adopt
   REQUIRE(f.store.advance({{"userdb-a", "5-x", 0}}) == 1);
   REQUIRE(f.store.flush().ok());
   // Another process (e.g. restore) resets the checkpoint behind this store's back.
-  auto cur = f.stored("userdb-a");
-  REQUIRE(cur.status == 200);
-  json other = cur.body;
-  other["seq"] = 0;
-  other["by"] = "restore";
-  auto put = couch().put("/" + enc(f.db) + "/" + enc("checkpoint:userdb-a"), other);
-  REQUIRE_MESSAGE(put.status == 201, put.raw);
+  f.overwrite("userdb-a", {{"seq", 0}, {"by", "restore"}});
 
   // This store advanced meanwhile; its write must not overwrite the other writer's.
   const auto before = f.store.start_position("userdb-a");
@@ -156,13 +160,7 @@ TEST_CASE("state_store: a reset that cannot be stored stays pending and wins ove
   CHECK(f.store.has_unflushed());
   CHECK(f.stored("userdb-r").body["seq"] == "5-old");
   // Meanwhile another writer stores a stale checkpoint (conflicting with the cached revision).
-  {
-    auto cur = f.stored("userdb-r");
-    REQUIRE(cur.status == 200);
-    json other = cur.body;
-    other["seq"] = "6-stale";
-    REQUIRE(couch().put("/" + enc(f.db) + "/" + enc("checkpoint:userdb-r"), other).status == 201);
-  }
+  f.overwrite("userdb-r", {{"seq", "6-stale"}});
   f.remove_refusal(rev);
   // The reset is written over the other writer's checkpoint (a conflict only re-reads the
   // revision), never adopting the old database's position.
