@@ -2,7 +2,12 @@
 #
 #   docker build -t couchgate .
 #   docker run --rm -p 127.0.0.1:8490:8490 \
-#     -e COUCHDB_URL=http://couchdb:5984 -e COUCHDB_USER=admin -e COUCHDB_PASSWORD=... couchgate
+#     -e COUCHDB_URL=http://couchdb:5984 -e COUCHDB_USER=admin -e COUCHDB_PASSWORD=... \
+#     -e COUCHGATE_ADMIN_TOKEN="$(openssl rand -hex 32)" couchgate
+#
+# The admin API listens on 0.0.0.0 in the container, so it needs a bearer token: set
+# COUCHGATE_ADMIN_TOKEN (at least 16 characters); without it couchgate exits 2 saying so.
+# /healthz and /readyz answer without it; everything else needs `Authorization: Bearer <token>`.
 #
 # Or the whole stack (CouchDB 3.5 + couchgate): docker compose -f deploy/docker-compose.yml up
 #
@@ -22,7 +27,7 @@ RUN bash deploy/install-deps.sh --no-node && rm -rf /var/lib/apt/lists/*
 COPY . .
 # /build, not /src/build: a build/ dir from the host (CMakeCache for another path) may
 # have come in with the context. Only the daemon is built; tests run in CI, not here.
-RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF \
  && cmake --build /build -j"$(nproc)" --target couchgate \
  && install -D -m 0755 -s /build/couchgate /out/couchgate
 
@@ -43,7 +48,8 @@ RUN useradd --system --user-group --uid 10001 --home-dir /nonexistent --no-creat
 COPY --from=build /out/couchgate /usr/local/bin/couchgate
 # The container config: admin API on 0.0.0.0 (inside the container's own network
 # namespace; publish the port on 127.0.0.1 on the host) and CouchDB at http://couchdb:5984.
-# Credentials come from COUCHDB_USER / COUCHDB_PASSWORD (COUCHDB_URL overrides the URL).
+# Credentials come from COUCHDB_USER / COUCHDB_PASSWORD (COUCHDB_URL overrides the URL), the
+# admin API's token from COUCHGATE_ADMIN_TOKEN (empty = unset: couchgate refuses to start).
 COPY deploy/couchgate.docker.yaml /etc/couchgate/couchgate.yaml
 
 # Fail the image build, not the first start, if a runtime library is missing above.

@@ -4,7 +4,13 @@
 # Usage: deploy/build.sh [install-deps options, e.g. --with-bench]
 # Works from any directory; safe to run repeatedly (dependency install is a no-op when
 # everything is present, and cmake only rebuilds what changed).
-# COUCHGATE_SKIP_DEPS=1 skips the dependency check (e.g. a non-Debian dev machine).
+#
+# Environment:
+#   COUCHGATE_SKIP_DEPS=1       skip the dependency check (e.g. a non-Debian dev machine)
+#   COUCHGATE_WERROR=1          treat compiler warnings as errors (CI; off for users and packagers)
+#   COUCHGATE_BUILD_DIR=dir     build directory (default: build)
+#   COUCHGATE_BUILD_TYPE=type   CMAKE_BUILD_TYPE (default: RelWithDebInfo)
+#   COUCHGATE_BUILD_TESTING=OFF build the daemon only (no tests, no doctest needed)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,7 +18,13 @@ if [[ -z "${COUCHGATE_SKIP_DEPS:-}" ]]; then
   bash deploy/install-deps.sh "$@"
 fi
 
-echo "build: + cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo" >&2
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
-echo "build: + cmake --build build -j$(nproc)" >&2
-cmake --build build -j"$(nproc)"
+dir="${COUCHGATE_BUILD_DIR:-build}"
+args=(-S . -B "$dir" -DCMAKE_BUILD_TYPE="${COUCHGATE_BUILD_TYPE:-RelWithDebInfo}"
+      -DCOUCHGATE_WERROR="$([[ "${COUCHGATE_WERROR:-}" == 1 ]] && echo ON || echo OFF)"
+      -DBUILD_TESTING="${COUCHGATE_BUILD_TESTING:-ON}")
+target=()
+[[ "${COUCHGATE_BUILD_TESTING:-ON}" == OFF ]] && target=(--target couchgate)
+echo "build: + cmake ${args[*]}" >&2
+cmake "${args[@]}"
+echo "build: + cmake --build $dir -j$(nproc) ${target[*]}" >&2
+cmake --build "$dir" -j"$(nproc)" "${target[@]}"

@@ -20,6 +20,7 @@ bash deploy/build.sh
 server_pid=""
 server_dir=""
 child=""
+embedded=""
 
 # shellcheck disable=SC2317  # only called from the traps below
 cleanup() {
@@ -50,12 +51,44 @@ if [[ -z "${COUCHDB_URL:-}" ]]; then
   eval "$server_env"   # exports COUCHDB_URL/USER/PASSWORD, which couchgate reads
   server_pid="$COUCHGATE_SERVER_PID"
   server_dir="$COUCHGATE_SERVER_DIR"
-  log "CouchDB-compatible server: $COUCHDB_URL (user $COUCHDB_USER; the generated password is passed to couchgate in COUCHDB_PASSWORD and not shown)"
+  embedded=1
 else
   # Never print credentials: strip any user:password@ from the URL.
   log "CouchDB: $(sed -E 's#//[^/@]*@#//#' <<<"$COUCHDB_URL")"
 fi
 log "admin API: http://127.0.0.1:8490 (see admin_api in $config)"
+
+# The embedded server is a throw-away one on this machine, so its generated admin password is
+# shown once, with commands to watch couchgate work (user "alice" -> database userdb-616c696365,
+# the example config's prefix + hex of the name; her documents appear in couchgate-central as
+# "u-<hex>:<id>"). Never done for a COUCHDB_URL of yours.
+if [[ -n "$embedded" ]]; then
+  hostport="${COUCHDB_URL#http://}"
+  admin_url="http://${COUCHDB_USER}:${COUCHDB_PASSWORD}@${hostport}"
+  cat >&2 <<EOT
+
+================================================================================================
+Embedded CouchDB-compatible server (pouchdb-server, in memory, gone when you press Ctrl-C):
+  $admin_url
+  (user $COUCHDB_USER, password $COUCHDB_PASSWORD; shown once, here)
+
+Try it from another terminal while couchgate runs:
+
+  # 1. Create a user; couchgate provisions a database for her within a second or two:
+  curl -s -X PUT '$admin_url/_users/org.couchdb.user:alice' -H 'Content-Type: application/json' \\
+       -d '{"name":"alice","password":"alice-secret","roles":[],"type":"user"}'
+
+  # 2. See her database and its _security (alice is its only member):
+  curl -s '$admin_url/_all_dbs'; curl -s '$admin_url/userdb-616c696365/_security'
+
+  # 3. Write a document as alice, then see it arrive in the central database:
+  curl -s -X PUT 'http://alice:alice-secret@${hostport}/userdb-616c696365/hello' \\
+       -H 'Content-Type: application/json' -d '{"text":"hello"}'; sleep 2
+  curl -s '$admin_url/couchgate-central/_all_docs?include_docs=true'
+================================================================================================
+
+EOT
+fi
 log "running: build/couchgate run --config $config $*   (Ctrl-C to stop)"
 
 # Not exec: this shell must stay to run the cleanup trap. couchgate runs as a background

@@ -79,6 +79,78 @@ void replace_all(std::string& s, const std::string& from, const std::string& to)
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Secrets in messages
+
+// The value of a hex digit, -1 for anything else.
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Percent-decoding that never fails: an invalid escape stays as it is.
+std::string lenient_percent_decode(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0 && hex_value(s[i + 2]) >= 0) {
+      out += static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+std::size_t longest_common_substring(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1, 0);
+  std::size_t best = 0;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = 0;  // row[j - 1] of the previous line
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = a[i - 1] == b[j - 1] ? diagonal + 1 : 0;
+      best = std::max(best, row[j]);
+      diagonal = above;
+    }
+  }
+  return best;
+}
+
+// Whether printing `value` could reveal `secret`, in any form it can take in a configuration:
+// as is, percent-encoded (a URL's user info: `admin%2Dpass` for `admin-pass`, any hex case), or a
+// piece of it (a prefix of a password file's content, part of a user info): any 6 characters
+// in a row of the secret (all of it when shorter) count.
+bool may_reveal(std::string_view value, std::string_view secret) {
+  if (secret.empty()) return false;
+  const std::size_t piece = std::min<std::size_t>(secret.size(), 6);
+  const std::string decoded = lenient_percent_decode(value);
+  for (const std::string_view v : {value, std::string_view(decoded)}) {
+    if (v.find(secret) != std::string_view::npos) return true;
+    if (longest_common_substring(v, secret) >= piece) return true;
+  }
+  return false;
+}
+
+std::string percent_encode_all(std::string_view s, bool lower) {
+  const char* hex = lower ? "0123456789abcdef" : "0123456789ABCDEF";
+  std::string out;
+  for (const unsigned char c : s) {
+    const bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                            c == '_' || c == '.' || c == '~';
+    if (unreserved) {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
   for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
@@ -171,12 +243,6 @@ url_parts split_userinfo(const std::string& url) {
 }
 
 std::optional<std::string> percent_decode(std::string_view s) {
-  const auto hex_value = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
   std::string out;
   for (std::size_t i = 0; i < s.size(); ++i) {
     if (s[i] != '%') {
@@ -341,6 +407,7 @@ class loader {
     resolve_file_credentials();
     apply_env();
     finish_credentials();
+    resolve_admin_token();
     validate();
     return {std::move(cfg_), collect_errors()};
   }
@@ -368,6 +435,7 @@ class loader {
   std::string file_password_file_;
   // Resolved credentials.
   password_source source_ = password_source::none;
+  std::string user_from_, password_from_;  // the settings they came from (credential_source)
   bool url_from_env_ = false;
 
   // ----- reporting
@@ -380,10 +448,27 @@ class loader {
     if (!s.empty()) secrets_.push_back(s);
   }
 
+  // Every form a secret can take in a message, replaced by "(hidden)": as is and
+  // percent-encoded (upper- and lowercase hex). The last line of defence behind the per-value
+  // check in collect_errors.
+  std::string scrub(std::string text) const {
+    for (const auto& secret : secrets_) {
+      if (secret.size() < 4) continue;  // would garble the message; the per-value check covers these
+      replace_all(text, secret, "(hidden)");
+      replace_all(text, printable(secret), "(hidden)");
+      replace_all(text, percent_encode_all(secret, false), "(hidden)");
+      replace_all(text, percent_encode_all(secret, true), "(hidden)");
+    }
+    return text;
+  }
+
   // The still percent-encoded password of a URL's user info is as secret as the decoded one.
   void add_raw_password_secret(const std::string& userinfo) {
     const std::size_t colon = userinfo.find(':');
-    if (colon != std::string::npos) add_secret(userinfo.substr(colon + 1));
+    if (colon != std::string::npos) {
+      add_secret(userinfo.substr(colon + 1));
+      add_secret(userinfo);  // "user:password" as written
+    }
   }
 
   std::vector<config_error> collect_errors() const {
@@ -393,14 +478,16 @@ class loader {
       config_error e{i.path, i.line, i.message};
       const bool hide = std::any_of(i.shown.begin(), i.shown.end(), [&](const std::string& value) {
         return std::any_of(secrets_.begin(), secrets_.end(),
-                           [&](const std::string& secret) { return value.find(secret) != std::string::npos; });
+                           [&](const std::string& secret) { return may_reveal(value, secret); });
       });
       if (hide) {
         for (const auto& value : i.shown) {
-          replace_all(e.message, quote_value(value), "(value hidden: it contains the CouchDB password)");
+          replace_all(e.message, quote_value(value), "(value hidden: it may contain a secret such as a password or token)");
           replace_all(e.path, printable(value), "(hidden)");
         }
       }
+      e.message = scrub(std::move(e.message));
+      e.path = scrub(std::move(e.path));
       out.push_back(std::move(e));
     }
     // In file order; problems without a line (environment, defaults) last.
@@ -924,6 +1011,15 @@ class loader {
         {"port", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 65535, c.port); }},
         {"port_file",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.port_file); }},
+        {"token",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_string(v, p, l, c.token);
+           add_secret(c.token);
+         }},
+        {"token_file",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.token_file); }},
+        {"allow_unauthenticated",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.allow_unauthenticated); }},
     };
   }
 
@@ -959,8 +1055,13 @@ class loader {
       c.username = file_url_credentials_->username;
       c.password = file_url_credentials_->password.value_or("");
       source_ = file_url_credentials_->password ? password_source::value : password_source::none;
+      user_from_ = "the user info of couchdb.url";
+      if (file_url_credentials_->password) password_from_ = user_from_;
     }
-    if (!file_username_.empty()) c.username = file_username_;
+    if (!file_username_.empty()) {
+      c.username = file_username_;
+      user_from_ = "couchdb.username";
+    }
     c.password_file = file_password_file_;
     if (!file_password_.empty() && !file_password_file_.empty()) {
       add("couchdb.password_file", line_for("couchdb.password_file"),
@@ -971,9 +1072,11 @@ class loader {
     } else if (!file_password_.empty()) {
       c.password = file_password_;
       source_ = password_source::value;
+      password_from_ = "couchdb.password";
     } else if (!file_password_file_.empty()) {
       c.password.clear();
       source_ = password_source::file;
+      password_from_ = "couchdb.password_file";
     }
   }
 
@@ -999,6 +1102,8 @@ class loader {
           c.username = creds->username;
           c.password = creds->password.value_or("");
           source_ = creds->password ? password_source::value : password_source::none;
+          user_from_ = "the user info of the environment variable COUCHDB_URL";
+          password_from_ = creds->password ? user_from_ : "";
         } else {
           add("couchdb.url", 0,
               "the user info (user:password@) in the environment variable COUCHDB_URL is not valid percent-encoding "
@@ -1006,11 +1111,24 @@ class loader {
         }
       }
     }
-    if (const auto user = env("COUCHDB_USER")) c.username = *user;
+    if (const auto user = env("COUCHDB_USER")) {
+      c.username = *user;
+      user_from_ = "the environment variable COUCHDB_USER";
+    }
     if (const auto password = env("COUCHDB_PASSWORD")) {
       add_secret(*password);
       c.password = *password;
       source_ = password_source::value;
+      password_from_ = "the environment variable COUCHDB_PASSWORD";
+    }
+    if (source_ == password_source::none) password_from_.clear();
+    if (c.username.empty() && password_from_.empty()) {
+      c.credential_source.clear();
+    } else if (password_from_.empty() || password_from_ == user_from_) {
+      c.credential_source = user_from_.empty() ? password_from_ : user_from_;
+      if (password_from_.empty()) c.credential_source += " (no password is set)";
+    } else {
+      c.credential_source = (user_from_.empty() ? std::string("no user name") : user_from_) + " and " + password_from_;
     }
   }
 
@@ -1018,19 +1136,55 @@ class loader {
     auto& c = cfg_.couchdb;
     if (source_ != password_source::file) return;
     const std::string path_key = "couchdb.password_file";
-    const file_read r = read_whole_file(c.password_file);
+    if (auto password = read_secret_file(path_key, "password", c.password_file)) c.password = std::move(*password);
+  }
+
+  // A file holding one secret (a password, a token): its content without the trailing newline,
+  // registered as a secret (as read too: every piece of the file is secret); nullopt with the
+  // problem reported at `key` when unreadable or empty.
+  std::optional<std::string> read_secret_file(const std::string& key, const std::string& what, const std::string& path) {
+    const file_read r = read_whole_file(path);
     if (!r.content) {
-      add(path_key, line_for(path_key), "cannot read the password file " + quote_value(c.password_file) + ": " + r.error);
-      return;
+      add(key, line_for(key), "cannot read the " + what + " file " + quote_value(path) + ": " + r.error);
+      return std::nullopt;
     }
-    std::string password = *r.content;
-    while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) password.pop_back();
-    add_secret(password);
-    if (password.empty()) {
-      add(path_key, line_for(path_key), "the password file " + quote_value(c.password_file) + " is empty");
-      return;
+    std::string secret = *r.content;
+    add_secret(secret);
+    while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+    add_secret(secret);
+    if (secret.empty()) {
+      add(key, line_for(key), "the " + what + " file " + quote_value(path) + " is empty");
+      return std::nullopt;
     }
-    c.password = std::move(password);
+    return secret;
+  }
+
+  // admin_api.token, admin_api.token_file, COUCHGATE_ADMIN_TOKEN (wins): one token, a secret.
+  void resolve_admin_token() {
+    auto& a = cfg_.admin_api;
+    const std::string token_key = "admin_api.token";
+    const std::string file_key = "admin_api.token_file";
+    if (!a.token.empty() && !a.token_file.empty()) {
+      add(file_key, line_for(file_key), "cannot be used together with admin_api.token; set only one");
+    }
+    if (const auto t = env("COUCHGATE_ADMIN_TOKEN")) {
+      add_secret(*t);
+      a.token = *t;
+      lines_[token_key] = 0;
+    } else if (a.token.empty() && !a.token_file.empty()) {
+      auto token = read_secret_file(file_key, "token", a.token_file);
+      if (!token) return;
+      a.token = std::move(*token);
+    }
+    if (a.token.empty()) return;
+    const std::string where = a.token_file.empty() || env("COUCHGATE_ADMIN_TOKEN") ? token_key : file_key;
+    const bool printable_ascii = std::all_of(a.token.begin(), a.token.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+    if (!printable_ascii) {
+      add(where, line_for(where), "the admin API token must be printable ASCII without spaces (it is sent in an HTTP header)");
+    } else if (a.token.size() < 16) {
+      add(where, line_for(where),
+          "the admin API token is too short: use at least 16 characters (e.g. the output of `openssl rand -hex 32`)");
+    }
   }
 
   // ----- checks that need the whole configuration
@@ -1117,6 +1271,16 @@ class loader {
       valid.push_back(&db);
     }
 
+    if (!c.admin_api.address.empty() && !is_loopback_address(c.admin_api.address) && c.admin_api.token.empty() && !c.admin_api.allow_unauthenticated) {
+      int line = line_for("admin_api.address");
+      add("admin_api.address", line,
+          "the admin API listens on " + quote_value(c.admin_api.address) +
+              ", which other machines can reach, and has no token: set admin_api.token_file (or admin_api.token, or "
+              "the environment variable COUCHGATE_ADMIN_TOKEN), or listen on 127.0.0.1, or set "
+              "admin_api.allow_unauthenticated: true to accept that anyone who can reach it may read it",
+          {c.admin_api.address});
+    }
+
     if (c.shared.enabled && c.shared.member_roles.empty()) {
       int line = line_for("shared.member_roles");
       if (line == 0) line = line_for("shared.enabled");
@@ -1166,6 +1330,28 @@ std::string format_errors(const std::string& file, const std::vector<config_erro
 }
 
 std::string redact_url(const std::string& url) { return split_userinfo(url).url; }
+
+bool is_loopback_address(const std::string& address) {
+  std::string a = address;
+  if (a.size() >= 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
+  if (a == "localhost" || a == "::1" || a == "0:0:0:0:0:0:0:1") return true;
+  // 127.0.0.0/8 in dotted-quad form
+  if (!a.starts_with("127.")) return false;
+  int dots = 0;
+  std::size_t digits = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] == '.') {
+      if (digits == 0) return false;
+      ++dots;
+      digits = 0;
+    } else if (a[i] >= '0' && a[i] <= '9') {
+      if (++digits > 3) return false;
+    } else {
+      return false;
+    }
+  }
+  return dots == 3 && digits > 0;
+}
 
 namespace {
 // Every key a reload compares: live ones are applied in place (apply_live_keys), the others

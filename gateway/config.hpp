@@ -24,6 +24,9 @@ struct couchdb_config {
   std::string username;                         // "" = anonymous
   std::string password;                         // secret: never logged or printed
   std::string password_file;                    // read at load time when set
+  // Which settings the user name and password came from, for messages about a refused credential
+  // (e.g. "the environment variables COUCHDB_USER and COUCHDB_PASSWORD"); never a value. "" = none.
+  std::string credential_source;
   seconds request_timeout{30};
   seconds feed_timeout{60};        // longpoll `timeout`; the client read timeout is feed_timeout + 15 s
   milliseconds heartbeat{10000};   // feed heartbeat; no byte for 3 heartbeats = dead connection
@@ -86,6 +89,13 @@ struct admin_api_config {
   std::string address = "127.0.0.1";
   int port = 8490;                   // 0 = pick a free port (logged, and written to port_file)
   std::string port_file;             // optional: the bound port is written here (tests)
+  // Bearer token required for everything but /healthz and /readyz (Authorization: Bearer ...).
+  // Secret: never logged or printed. From `token`, `token_file` (read at load time) or the
+  // environment variable COUCHGATE_ADMIN_TOKEN (wins). Required when `address` is not a
+  // loopback address, unless allow_unauthenticated says otherwise explicitly.
+  std::string token;
+  std::string token_file;
+  bool allow_unauthenticated = false;
   bool operator==(const admin_api_config&) const = default;
 };
 
@@ -141,6 +151,9 @@ std::vector<std::string> restart_needed(const config& running, const config& fre
 // Copies the keys a reload applies from fresh into running, member by member (other threads may
 // be reading the keys that stay).
 void apply_live_keys(config& running, const config& fresh);
+
+// True for addresses only this machine can reach: 127.0.0.0/8, ::1, localhost.
+bool is_loopback_address(const std::string& address);
 
 // URL without userinfo, for logs and API output.
 std::string redact_url(const std::string& url);

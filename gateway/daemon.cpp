@@ -97,7 +97,17 @@ struct daemon::impl {
     return stop;
   }
 
+  int exit_code = 0;  // set by setup() when couchgate must not go on (2: the credential was refused)
+
   std::pair<bool, std::string> ready() const {
+    if (pool) {
+      auto s = pool->stats();
+      if (s.credential_held) {
+        return {false, "CouchDB refused the credential (" + credential_setting() + "); couchgate sends nothing for " +
+                           std::to_string(std::chrono::ceil<std::chrono::seconds>(s.held_for).count()) +
+                           " s so that the account is not locked, then tries once"};
+      }
+    }
     if (!couch_ok.load()) return {false, "CouchDB is not reachable"};
     if (!setup_done.load()) return {false, "setting up databases"};
     if (prov && !prov->ready()) return {false, "first reconcile not finished"};
@@ -118,6 +128,21 @@ struct daemon::impl {
       out += "couchgate_couchdb_requests_total " + std::to_string(s.requests) + "\n";
       out += "# HELP couchgate_couchdb_transport_errors_total Requests that failed below HTTP\n# TYPE couchgate_couchdb_transport_errors_total counter\n";
       out += "couchgate_couchdb_transport_errors_total " + std::to_string(s.transport_errors) + "\n";
+      const auto as_seconds = [](std::chrono::milliseconds d) { return std::to_string(static_cast<double>(d.count()) / 1000.0); };
+      out += "# HELP couchgate_couchdb_overloaded_total Answers saying CouchDB is overloaded (429, 503)\n# TYPE couchgate_couchdb_overloaded_total counter\n";
+      out += "couchgate_couchdb_overloaded_total " + std::to_string(s.overloaded) + "\n";
+      out += "# HELP couchgate_couchdb_pace_seconds Current minimum interval between requests to CouchDB (0 = not slowed)\n# TYPE couchgate_couchdb_pace_seconds gauge\n";
+      out += "couchgate_couchdb_pace_seconds " + as_seconds(s.pace) + "\n";
+      out += "# HELP couchgate_couchdb_overload_delay_seconds Time until the next request may start (Retry-After)\n# TYPE couchgate_couchdb_overload_delay_seconds gauge\n";
+      out += "couchgate_couchdb_overload_delay_seconds " + as_seconds(s.delay) + "\n";
+      out += "# HELP couchgate_couchdb_queued_requests Requests waiting for the pace or the credential probe\n# TYPE couchgate_couchdb_queued_requests gauge\n";
+      out += "couchgate_couchdb_queued_requests " + std::to_string(s.queued) + "\n";
+      out += "# HELP couchgate_couchdb_auth_rejections_total Answers refusing couchgate's credential (401, account locked)\n# TYPE couchgate_couchdb_auth_rejections_total counter\n";
+      out += "couchgate_couchdb_auth_rejections_total " + std::to_string(s.auth_rejections) + "\n";
+      out += "# HELP couchgate_couchdb_credential_held 1 while nothing is sent because CouchDB refused the credential\n# TYPE couchgate_couchdb_credential_held gauge\n";
+      out += "couchgate_couchdb_credential_held " + std::string(s.credential_held ? "1" : "0") + "\n";
+      out += "# HELP couchgate_couchdb_requests_refused_total Requests failed without being sent while the credential was held\n# TYPE couchgate_couchdb_requests_refused_total counter\n";
+      out += "couchgate_couchdb_requests_refused_total " + std::to_string(s.credential_refused) + "\n";
     }
     out += "# HELP couchgate_up 1 when ready\n# TYPE couchgate_up gauge\ncouchgate_up " + std::string(ready().first ? "1" : "0") + "\n";
     return out;
@@ -146,6 +171,14 @@ struct daemon::impl {
     if (pool) {
       auto s = pool->stats();
       j["connections"] = {{"open", s.open_sockets}, {"peak", s.peak_sockets}, {"max", pool->max_connections()}, {"in_flight", s.in_flight}};
+      j["credential"] = {{"setting", credential_setting()},
+                         {"state", s.credential_held ? "refused" : s.credential_accepted ? "accepted" : "not yet checked"},
+                         {"held_for_seconds", std::chrono::ceil<std::chrono::seconds>(s.held_for).count()},
+                         {"rejections", s.auth_rejections}};
+      j["load"] = {{"overloaded_answers", s.overloaded},
+                   {"pace_ms", s.pace.count()},
+                   {"delay_ms", s.delay.count()},
+                   {"queued", s.queued}};
     }
     return j;
   }
@@ -211,12 +244,32 @@ struct daemon::impl {
     if (policy_changed && prov) prov->update_policy(cfg.provisioning);
   }
 
+  // Which setting the credential came from, never its value.
+  std::string credential_setting() const {
+    return cfg.couchdb.credential_source.empty() ? "no credential is configured: set COUCHDB_USER and COUCHDB_PASSWORD"
+                                                 : "set by " + cfg.couchdb.credential_source;
+  }
+
+  // At start a refused credential is not retried: each retry is a failed login, and CouchDB
+  // locks the account (for every client from this address) after a few. Exit 2 naming the
+  // setting instead; a supervisor's restart loop is held off by the same rule (one attempt).
+  bool refused_credential(const std::string& what, const r::couch_error& e) {
+    if (e.kind != r::couch_error_kind::unauthorized) return false;
+    log()->critical("{}: CouchDB at {} refused couchgate's credential ({}; {}). Check the user name and password "
+                    "(the user must be a server admin). Not retrying: CouchDB locks an account after a few failed "
+                    "logins.",
+                    what, redact_url(cfg.couchdb.url), e.describe(), credential_setting());
+    exit_code = 2;
+    return true;
+  }
+
   // Waits for CouchDB and creates couchgate's own databases. False when stopping.
   bool setup() {
     auto rnd = r::random_uniform_source();
     r::backoff_policy bp{};
     std::uint32_t failures = 0;
     auto retry = [&](const std::string& what, const r::couch_error& e) {
+      if (refused_credential(what, e)) return false;
       auto delay = r::backoff_delay(bp, ++failures, rnd);
       log()->warn("{}: {} (retry in {} ms)", what, e.describe(), delay.count());
       return wait(delay);
@@ -324,14 +377,15 @@ int daemon::run() {
 
   d.api = std::make_unique<admin_api>(admin_handlers{
       [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
-      [&d](const std::string& u) { return d.user_status(u); }});
+      [&d](const std::string& u) { return d.user_status(u); }}, cfg.admin_api.token);
   std::string err;
   int port = d.api->start(cfg.admin_api.address, cfg.admin_api.port, err);
   if (port < 0) {
     log()->critical("admin API: {}", err);
     return 1;
   }
-  log()->info("admin API on http://{}:{}", cfg.admin_api.address, port);
+  log()->info("admin API on http://{}:{}{}", cfg.admin_api.address, port,
+              cfg.admin_api.token.empty() ? " (no token: open to whoever can reach it)" : " (bearer token required)");
   if (!cfg.admin_api.port_file.empty()) std::ofstream(cfg.admin_api.port_file) << port << "\n";
 
   const bool ok = d.setup();
@@ -393,7 +447,7 @@ int daemon::run() {
   if (d.fan) d.fan->stop();
   d.api->stop();
   log()->info("stopped");
-  return 0;
+  return d.exit_code;
 }
 
 }  // namespace couchgate::gateway

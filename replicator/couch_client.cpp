@@ -42,27 +42,27 @@ pending_json couch_client::feed_request(const std::string& target) {
 }
 
 pending_json couch_client::get_security(const std::string& db) {
-  return request("GET", "/" + encode_segment(db) + "/_security");
+  return request("GET", db_path(db) + "/_security");
 }
 
 pending_json couch_client::put_security(const std::string& db, const json& sec) {
-  return request("PUT", "/" + encode_segment(db) + "/_security", sec.dump());
+  return request("PUT", db_path(db) + "/_security", sec.dump());
 }
 
 pending_json couch_client::get_doc(const std::string& db, const std::string& id, const std::string& query) {
-  return request("GET", "/" + encode_segment(db) + "/" + encode_doc_id(id) + (query.empty() ? "" : "?" + query));
+  return request("GET", db_path(db) + "/" + encode_doc_id(id) + (query.empty() ? "" : "?" + query));
 }
 
 pending_json couch_client::put_doc(const std::string& db, const std::string& id, const json& doc) {
-  return request("PUT", "/" + encode_segment(db) + "/" + encode_doc_id(id), doc.dump());
+  return request("PUT", db_path(db) + "/" + encode_doc_id(id), doc.dump());
 }
 
 pending_json couch_client::delete_doc(const std::string& db, const std::string& id, const std::string& rev) {
-  return request("DELETE", "/" + encode_segment(db) + "/" + encode_doc_id(id) + "?rev=" + encode_query_value(rev));
+  return request("DELETE", db_path(db) + "/" + encode_doc_id(id) + "?rev=" + encode_query_value(rev));
 }
 
 pending_json couch_client::all_docs(const std::string& db, const std::string& query) {
-  return request("GET", "/" + encode_segment(db) + "/_all_docs" + (query.empty() ? "" : "?" + query));
+  return request("GET", db_path(db) + "/_all_docs" + (query.empty() ? "" : "?" + query));
 }
 
 std::string couch_client::seq_param(const json& seq) {
@@ -72,7 +72,7 @@ std::string couch_client::seq_param(const json& seq) {
 }
 
 pending_json couch_client::changes(const std::string& db, const changes_query& q) {
-  std::string t = "/" + encode_segment(db) + "/_changes?since=" + seq_param(q.since);
+  std::string t = db_path(db) + "/_changes?since=" + seq_param(q.since);
   if (q.all_docs_style) t += "&style=all_docs";
   if (q.include_docs) t += "&include_docs=true";
   if (q.limit) t += "&limit=" + std::to_string(*q.limit);
@@ -85,11 +85,11 @@ pending_json couch_client::changes(const std::string& db, const changes_query& q
 }
 
 pending_json couch_client::revs_diff(const std::string& db, const json& body) {
-  return request("POST", "/" + encode_segment(db) + "/_revs_diff", body.dump());
+  return request("POST", db_path(db) + "/_revs_diff", body.dump());
 }
 
 pending_json couch_client::create_db(const std::string& db, std::size_t q, std::size_t n) {
-  std::string t = "/" + encode_segment(db);
+  std::string t = db_path(db);
   char sep = '?';
   if (q) t += std::exchange(sep, '&') + std::string("q=") + std::to_string(q);
   if (n) t += std::exchange(sep, '&') + std::string("n=") + std::to_string(n);
@@ -97,21 +97,21 @@ pending_json couch_client::create_db(const std::string& db, std::size_t q, std::
 }
 
 pending_json couch_client::bulk_get(const std::string& db, const json& body, bool attachments) {
-  std::string t = "/" + encode_segment(db) + "/_bulk_get?revs=true";
+  std::string t = db_path(db) + "/_bulk_get?revs=true";
   if (attachments) t += "&attachments=true";
   return request("POST", t, body.dump());
 }
 
 pending_json couch_client::open_revs(const std::string& db, const std::string& id,
                                      const std::vector<std::string>& revs, bool attachments) {
-  std::string t = "/" + encode_segment(db) + "/" + encode_doc_id(id) +
+  std::string t = db_path(db) + "/" + encode_doc_id(id) +
                   "?revs=true&open_revs=" + encode_query_value(json(revs).dump());
   if (attachments) t += "&attachments=true";
   return request("GET", t);
 }
 
 pending_json couch_client::bulk_docs(const std::string& db, std::string body) {
-  return request("POST", "/" + encode_segment(db) + "/_bulk_docs", std::move(body));
+  return request("POST", db_path(db) + "/_bulk_docs", std::move(body));
 }
 
 pending_json couch_client::db_updates(const json& since, bool longpoll, std::optional<std::size_t> limit) {

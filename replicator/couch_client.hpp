@@ -54,10 +54,10 @@ class couch_client {
   pending_json request(const std::string& method, const std::string& target, std::string body = {});
 
   pending_json server_info() { return request("GET", "/"); }
-  pending_json db_info(const std::string& db) { return request("GET", "/" + encode_segment(db)); }
+  pending_json db_info(const std::string& db) { return request("GET", db_path(db)); }
   // q (shards) and n (replicas): 0 = the server's default.
   pending_json create_db(const std::string& db, std::size_t q = 0, std::size_t n = 0);
-  pending_json delete_db(const std::string& db) { return request("DELETE", "/" + encode_segment(db)); }
+  pending_json delete_db(const std::string& db) { return request("DELETE", db_path(db)); }
   pending_json get_security(const std::string& db);
   pending_json put_security(const std::string& db, const json& sec);
   pending_json get_doc(const std::string& db, const std::string& id, const std::string& query = {});

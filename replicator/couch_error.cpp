@@ -12,6 +12,7 @@ bool couch_error::retryable() const {
     case couch_error_kind::server:
     case couch_error_kind::protocol:
     case couch_error_kind::unauthorized:
+    case couch_error_kind::overloaded:
       return true;
     default:
       return false;
@@ -23,6 +24,8 @@ const char* to_string(couch_error_kind k) {
     case couch_error_kind::network: return "network";
     case couch_error_kind::timeout: return "timeout";
     case couch_error_kind::unauthorized: return "unauthorized";
+    case couch_error_kind::forbidden: return "forbidden";
+    case couch_error_kind::overloaded: return "overloaded";
     case couch_error_kind::not_found: return "not_found";
     case couch_error_kind::conflict: return "conflict";
     case couch_error_kind::bad_request: return "bad_request";
@@ -38,6 +41,9 @@ std::string couch_error::describe() const {
   if (status) s += " (HTTP " + std::to_string(status) + ")";
   if (!error.empty()) s += ": " + error;
   if (!reason.empty()) s += ": " + reason;
+  if (kind == couch_error_kind::overloaded && retry_after.count() >= 0) {
+    s += " (Retry-After " + std::to_string(retry_after.count()) + " ms)";
+  }
   return s;
 }
 
@@ -47,6 +53,7 @@ couch_error error_from(const http_response& r) {
     case error_kind::network: e.kind = couch_error_kind::network; e.error = r.error; return e;
     case error_kind::timeout: e.kind = couch_error_kind::timeout; e.error = r.error; return e;
     case error_kind::cancelled: e.kind = couch_error_kind::cancelled; e.error = r.error; return e;
+    case error_kind::credential_held: e.kind = couch_error_kind::unauthorized; e.error = r.error; return e;
     case error_kind::none: break;
   }
   e.status = r.status;
@@ -56,7 +63,12 @@ couch_error error_from(const http_response& r) {
     if (auto it = j.find("reason"); it != j.end() && it->is_string()) e.reason = it->get<std::string>();
   }
   if (e.reason.size() > 300) e.reason.resize(300);
-  if (r.status == 401 || r.status == 403) e.kind = couch_error_kind::unauthorized;
+  if (r.credential_rejected || r.status == 401) e.kind = couch_error_kind::unauthorized;
+  else if (r.status == 403) e.kind = couch_error_kind::forbidden;
+  else if (r.status == 429 || r.status == 503) {
+    e.kind = couch_error_kind::overloaded;
+    if (r.retry_after) e.retry_after = *r.retry_after;
+  }
   else if (r.status == 404) e.kind = couch_error_kind::not_found;
   else if (r.status == 409 || r.status == 412) e.kind = couch_error_kind::conflict;
   else if (r.status >= 400 && r.status < 500) e.kind = couch_error_kind::bad_request;

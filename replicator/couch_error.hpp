@@ -2,6 +2,7 @@
 // Owns: the closed set of error kinds on the replication path, and the one place that decides
 // "retry or give up" for each. Server answers are untrusted: anything unexpected becomes a
 // `protocol` error value, never an exception or an assert.
+#include <chrono>
 #include <string>
 #include <utility>
 #include <variant>
@@ -13,11 +14,17 @@ namespace couchgate::replicator {
 enum class couch_error_kind {
   network,       // transport failed: retry with backoff
   timeout,       // retry with backoff
-  unauthorized,  // 401/403: credentials or permissions; retry slowly (an operator must act)
+  unauthorized,  // 401 (or a 403 saying the account is locked): the credential was refused. Retryable,
+                 // but only through http_pool's credential hold (server_gate.hpp): one probe per
+                 // hold, never a retry storm that would lock the account
+  forbidden,     // 403 on a database or document (_security, validate_doc_update): a permission or
+                 // document error, not a credential problem; do not retry as is
+  overloaded,    // 429 or 503: the server asks us to slow down; retry after its Retry-After
+                 // (the pool paces every request to that server, see server_gate.hpp)
   not_found,     // 404: the database or document does not exist
   conflict,      // 409/412
   bad_request,   // 400 and other 4xx: our request or the server's limits; do not retry as is
-  server,        // 5xx: retry with backoff
+  server,        // other 5xx: retry with backoff
   protocol,      // the answer was not what CouchDB documents: retry with backoff, log it
   cancelled,     // shutting down
 };
@@ -27,10 +34,17 @@ struct couch_error {
   long status = 0;
   std::string error;   // CouchDB's "error" field or the transport error
   std::string reason;  // CouchDB's "reason" field
+  std::chrono::milliseconds retry_after{-1};  // overloaded: the server's Retry-After (-1 = none)
   bool retryable() const;
   std::string describe() const;  // one line, no credentials
 };
 const char* to_string(couch_error_kind k);
+// Every kind, for per-kind counters.
+inline constexpr couch_error_kind all_couch_error_kinds[] = {
+    couch_error_kind::network,   couch_error_kind::timeout,     couch_error_kind::unauthorized,
+    couch_error_kind::forbidden, couch_error_kind::overloaded,  couch_error_kind::not_found,
+    couch_error_kind::conflict,  couch_error_kind::bad_request, couch_error_kind::server,
+    couch_error_kind::protocol,  couch_error_kind::cancelled};
 
 // Classifies a response that was not a success.
 couch_error error_from(const http_response& r);

@@ -29,9 +29,7 @@ fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_
                                           "Documents never sent to the central database (design documents in unchanged-id mode)")),
       lag_(metrics.add_histogram("couchgate_replication_lag_seconds",
                                  "Time from a source becoming dirty to its changes being checkpointed in the central database")) {
-  for (auto k : {couch_error_kind::network, couch_error_kind::timeout, couch_error_kind::unauthorized,
-                 couch_error_kind::not_found, couch_error_kind::conflict, couch_error_kind::bad_request,
-                 couch_error_kind::server, couch_error_kind::protocol, couch_error_kind::cancelled}) {
+  for (auto k : all_couch_error_kinds) {
     errors_[k] = &metrics.add_counter("couchgate_replication_errors_total", "Replication errors by kind",
                                       std::string("kind=\"") + to_string(k) + "\"");
   }

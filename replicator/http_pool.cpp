@@ -5,8 +5,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <deque>
+#include <string_view>
 #include <unordered_map>
 
 namespace couchgate::replicator {
@@ -22,7 +25,33 @@ struct transfer {
   char errbuf[CURL_ERROR_SIZE] = {0};
   std::chrono::steady_clock::time_point last_byte = std::chrono::steady_clock::now();
   bool idle_expired = false;
+  bool probe = false;  // server_gate: this request tests the credential
 };
+
+// Keeps the Retry-After header (the only one couchgate reads). A new status line (after an
+// interim 1xx answer) starts over.
+size_t on_header(char* buffer, size_t size, size_t nitems, void* userdata) {
+  auto* t = static_cast<transfer*>(userdata);
+  const std::string_view line(buffer, size * nitems);
+  if (line.starts_with("HTTP/")) {
+    t->resp.retry_after_header.clear();
+    return size * nitems;
+  }
+  constexpr std::string_view name = "retry-after:";
+  if (line.size() > name.size()) {
+    bool match = true;
+    for (std::size_t i = 0; i < name.size() && match; ++i) {
+      match = std::tolower(static_cast<unsigned char>(line[i])) == name[i];
+    }
+    if (match) {
+      std::string_view v = line.substr(name.size());
+      while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+      while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
+      t->resp.retry_after_header.assign(v.substr(0, 100));
+    }
+  }
+  return size * nitems;
+}
 
 size_t on_write(char* ptr, size_t size, size_t nmemb, void* userdata) {
   auto* t = static_cast<transfer*>(userdata);
@@ -55,7 +84,9 @@ struct http_pool::impl {
   std::deque<std::unique_ptr<transfer>> pending;  // guarded by mu
   bool stopping = false;                          // guarded by mu
   std::atomic<std::uint64_t> requests{0}, transport_errors{0}, sockets_opened{0};
-  std::atomic<std::int64_t> open_sockets{0}, peak_sockets{0}, in_flight{0};
+  std::atomic<std::int64_t> open_sockets{0}, peak_sockets{0}, in_flight{0}, queued{0};
+  mutable std::mutex gate_mu;
+  server_gate gate;  // guarded by gate_mu (the loop decides, stats() reads)
 
   static curl_socket_t open_socket(void* clientp, curlsocktype, curl_sockaddr* addr) {
     auto* self = static_cast<impl*>(clientp);
@@ -83,6 +114,8 @@ struct http_pool::impl {
     curl_easy_setopt(e, CURLOPT_PRIVATE, t);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -130,7 +163,22 @@ struct http_pool::impl {
   void finish(transfer* t, CURLcode rc) {
     if (rc == CURLE_OK) {
       curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->resp.status);
+      auto& r = t->resp;
+      if (!r.retry_after_header.empty()) r.retry_after = parse_retry_after(r.retry_after_header, std::chrono::system_clock::now());
+      gate_answer a = gate_answer::accepted;
+      if (is_credential_rejection(r.status, t->req.target, r.body)) {
+        r.credential_rejected = true;
+        a = gate_answer::auth_rejected;
+      } else if (r.status == 429 || r.status == 503) {
+        a = gate_answer::overloaded;
+      }
+      std::lock_guard lk(gate_mu);
+      gate.answered(std::chrono::steady_clock::now(), a, t->probe, r.retry_after);
     } else {
+      {
+        std::lock_guard lk(gate_mu);
+        gate.answered(std::chrono::steady_clock::now(), gate_answer::no_answer, t->probe);
+      }
       ++transport_errors;
       if (t->idle_expired) {
         t->resp.kind = error_kind::timeout;
@@ -148,6 +196,7 @@ struct http_pool::impl {
 
   void run() {
     std::unordered_map<transfer*, std::unique_ptr<transfer>> active;
+    std::deque<std::unique_ptr<transfer>> waiting;  // submitted, not yet admitted by the gate
     for (;;) {
       std::deque<std::unique_ptr<transfer>> fresh;
       bool stop;
@@ -157,6 +206,8 @@ struct http_pool::impl {
         stop = stopping;
       }
       if (stop) {
+        for (auto& t : waiting) cancel(*t);
+        queued -= static_cast<std::int64_t>(waiting.size());
         for (auto& t : fresh) cancel(*t);
         for (auto& entry : active) {
           auto& t = entry.second;
@@ -168,7 +219,28 @@ struct http_pool::impl {
         }
         return;
       }
-      for (auto& t : fresh) {
+      queued += static_cast<std::int64_t>(fresh.size());
+      for (auto& t : fresh) waiting.push_back(std::move(t));
+      // Start what the gate lets through, in submission order.
+      auto wake_at = std::chrono::steady_clock::time_point::max();
+      while (!waiting.empty()) {
+        gate_decision d;
+        {
+          std::lock_guard lk(gate_mu);
+          d = gate.admit(std::chrono::steady_clock::now());
+        }
+        if (d.action == gate_action::wait) {
+          wake_at = d.at;
+          break;
+        }
+        auto t = std::move(waiting.front());
+        waiting.pop_front();
+        --queued;
+        if (d.action == gate_action::refuse) {
+          refuse(*t, d.at);
+          continue;
+        }
+        t->probe = d.probe;
         start(t.get());
         auto* key = t.get();
         active.emplace(key, std::move(t));
@@ -176,6 +248,7 @@ struct http_pool::impl {
       int running = 0;
       curl_multi_perform(multi, &running);
       int left = 0;
+      bool answered = false;
       while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
         if (msg->msg != CURLMSG_DONE) continue;
         transfer* t = nullptr;
@@ -186,9 +259,30 @@ struct http_pool::impl {
         auto owned = std::move(it->second);
         active.erase(it);
         if (owned->done) owned->done(std::move(owned->resp));
+        answered = true;
       }
-      curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
+      // Poll at most 1 s; less when the gate lets the next request start sooner, not at all when
+      // an answer may have opened the gate for the queue.
+      int timeout_ms = 1000;
+      if (!waiting.empty()) {
+        if (answered) {
+          timeout_ms = 0;
+        } else if (wake_at != std::chrono::steady_clock::time_point::max()) {
+          auto wait_ms = std::chrono::ceil<std::chrono::milliseconds>(wake_at - std::chrono::steady_clock::now()).count();
+          timeout_ms = static_cast<int>(std::clamp<long long>(wait_ms, 0, 1000));
+        }
+      }
+      curl_multi_poll(multi, nullptr, 0, timeout_ms, nullptr);
     }
+  }
+
+  // Not sent: the credential is on hold until `until`.
+  static void refuse(transfer& t, std::chrono::steady_clock::time_point until) {
+    auto left = std::chrono::ceil<std::chrono::seconds>(until - std::chrono::steady_clock::now()).count();
+    t.resp.kind = error_kind::credential_held;
+    t.resp.error = "not sent: CouchDB refused the credential; couchgate sends nothing for " + std::to_string(left) +
+                   " s so that the account is not locked (CouchDB locks it after a few failed logins)";
+    if (t.done) t.done(std::move(t.resp));
   }
 
   static void cancel(transfer& t) {
@@ -202,6 +296,7 @@ http_pool::http_pool(options opts) : opts_(std::move(opts)), impl_(std::make_uni
   std::call_once(curl_global_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   while (!opts_.base_url.empty() && opts_.base_url.back() == '/') opts_.base_url.pop_back();
   impl_->opts = opts_;
+  impl_->gate = server_gate(opts_.gate);
   impl_->multi = curl_multi_init();
   const long cap = static_cast<long>(opts_.max_connections);
   curl_multi_setopt(impl_->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, cap);
@@ -259,6 +354,21 @@ http_pool_stats http_pool::stats() const {
   s.peak_sockets = impl_->peak_sockets.load();
   s.sockets_opened = impl_->sockets_opened.load();
   s.in_flight = impl_->in_flight.load();
+  s.queued = impl_->queued.load();
+  const auto now = std::chrono::steady_clock::now();
+  gate_snapshot g;
+  {
+    std::lock_guard lk(impl_->gate_mu);
+    g = impl_->gate.snapshot();
+  }
+  s.overloaded = g.overloaded;
+  s.auth_rejections = g.auth_rejections;
+  s.credential_refused = g.refused;
+  s.pace = g.interval;
+  s.delay = g.not_before > now ? std::chrono::ceil<std::chrono::milliseconds>(g.not_before - now) : std::chrono::milliseconds{0};
+  s.credential_held = g.credential == credential_state::held && g.held_until > now;
+  s.credential_accepted = g.credential == credential_state::accepted;
+  if (s.credential_held) s.held_for = std::chrono::ceil<std::chrono::milliseconds>(g.held_until - now);
   return s;
 }
 
@@ -295,5 +405,13 @@ std::string encode_doc_id(std::string_view id) {
 }
 
 std::string encode_query_value(std::string_view s) { return encode_segment(s); }
+
+std::string db_path(std::string_view db) {
+  std::string out;
+  out.reserve(db.size() * 3 + 1);
+  out += '/';
+  out += encode_segment(db);
+  return out;
+}
 
 }  // namespace couchgate::replicator

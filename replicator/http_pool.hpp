@@ -15,7 +15,10 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <optional>
 #include <vector>
+
+#include "replicator/server_gate.hpp"
 
 namespace couchgate::replicator {
 
@@ -24,6 +27,7 @@ enum class error_kind {
   network,   // could not connect, connection reset, DNS...
   timeout,   // total or idle timeout
   cancelled, // the pool shut down
+  credential_held,  // not sent: CouchDB refused the credential recently (see server_gate.hpp)
 };
 
 struct http_request {
@@ -41,6 +45,9 @@ struct http_response {
   long status = 0;
   std::string body;
   std::string error;  // transport error text; never contains credentials
+  std::string retry_after_header;  // the Retry-After header as sent ("" = none)
+  std::optional<std::chrono::milliseconds> retry_after;  // it, parsed (seconds or HTTP-date)
+  bool credential_rejected = false;  // the server refused the credential (is_credential_rejection)
   bool transport_ok() const { return kind == error_kind::none; }
   bool ok() const { return kind == error_kind::none && status >= 200 && status < 300; }
 };
@@ -52,6 +59,16 @@ struct http_pool_stats {
   std::int64_t peak_sockets = 0;
   std::uint64_t sockets_opened = 0;
   std::int64_t in_flight = 0;
+  std::int64_t queued = 0;          // submitted, not started (paced or waiting for the credential probe)
+  // The server_gate's state (see server_gate.hpp).
+  std::uint64_t overloaded = 0;        // 429/503 answers
+  std::uint64_t auth_rejections = 0;   // answers refusing the credential
+  std::uint64_t credential_refused = 0;  // requests failed without being sent (credential on hold)
+  std::chrono::milliseconds pace{0};   // current minimum interval between request starts
+  std::chrono::milliseconds delay{0};  // how long until the next request may start (Retry-After)
+  bool credential_held = false;        // nothing is sent until held_for has passed
+  bool credential_accepted = false;    // the server has accepted the credential
+  std::chrono::milliseconds held_for{0};
 };
 
 class http_pool {
@@ -62,6 +79,7 @@ class http_pool {
     std::string password;
     std::size_t max_connections = 8;
     std::string user_agent = "couchgate";
+    gate_options gate{};    // pacing on overload, hold on a refused credential
   };
 
   explicit http_pool(options opts);
@@ -93,5 +111,8 @@ class http_pool {
 std::string encode_segment(std::string_view s);
 std::string encode_doc_id(std::string_view id);
 std::string encode_query_value(std::string_view s);
+// "/" + encode_segment(db): a database's path. (Out of line on purpose: GCC 12 at -O3 reports a
+// false -Wrestrict positive for `"/" + std::string&&` once inlined into some callers.)
+std::string db_path(std::string_view db);
 
 }  // namespace couchgate::replicator

@@ -4,10 +4,12 @@
 #include <doctest/doctest.h>
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 
 #include "policy/id_map.hpp"
+#include "tests/support/fault_proxy.hpp"
 #include "tests/support/harness.hpp"
 
 namespace couchgate::test {
@@ -126,6 +128,28 @@ inline std::string describe_diff(const leaf_map& got, const leaf_map& want) {
     }
   }
   return out;
+}
+
+// base_config with short timeouts, pointed at a fault proxy.
+inline json fault_config(const names& n, const fault_proxy& proxy) {
+  json cfg = base_config(n);
+  cfg["couchdb"]["url"] = proxy.url();
+  cfg["couchdb"]["request_timeout"] = "5s";
+  cfg["couchdb"]["feed_timeout"] = "3s";
+  cfg["couchdb"]["heartbeat"] = "1s";
+  return cfg;
+}
+
+// COUCHDB_URL in the environment overrides the file's url (and the test process has one, which
+// the child inherits), so the proxy goes there too. Credentials as the tests have them, in case
+// they only came inside the test's COUCHDB_URL; `password` replaces the password.
+inline std::map<std::string, std::string> proxy_env(const fault_proxy& proxy,
+                                                    const std::optional<std::string>& password = {}) {
+  std::map<std::string, std::string> e{{"COUCHDB_URL", proxy.url()}};
+  if (!env().user.empty()) e["COUCHDB_USER"] = env().user;
+  const std::string pw = password.value_or(env().password);
+  if (!pw.empty()) e["COUCHDB_PASSWORD"] = pw;
+  return e;
 }
 
 inline std::string tail(const std::string& s, std::size_t n = 4000) { return s.size() > n ? s.substr(s.size() - n) : s; }

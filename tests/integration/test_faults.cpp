@@ -32,26 +32,6 @@ namespace {
 
 const std::string users_feed = "feed=\"users\"";
 
-// base_config with short timeouts, pointed at the proxy.
-json fault_config(const names& n, const fault_proxy& proxy) {
-  json cfg = base_config(n);
-  cfg["couchdb"]["url"] = proxy.url();
-  cfg["couchdb"]["request_timeout"] = "5s";
-  cfg["couchdb"]["feed_timeout"] = "3s";
-  cfg["couchdb"]["heartbeat"] = "1s";
-  return cfg;
-}
-
-// COUCHDB_URL in the environment overrides the file's url (and the test process has one, which
-// the child inherits), so the proxy goes there too. Credentials as the tests have them, in case
-// they only came inside the test's COUCHDB_URL.
-std::map<std::string, std::string> proxy_env(const fault_proxy& proxy) {
-  std::map<std::string, std::string> e{{"COUCHDB_URL", proxy.url()}};
-  if (!env().user.empty()) e["COUCHDB_USER"] = env().user;
-  if (!env().password.empty()) e["COUCHDB_PASSWORD"] = env().password;
-  return e;
-}
-
 // The user's database exists with the default policy's _security (owner as the only member).
 bool provisioned(const names& n, const std::string& user) {
   std::string db = user_db_name(n.prefix, user);

@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -41,6 +42,10 @@ struct connection {
   bool c2s_shut = false, s2c_shut = false;          // EOF passed on (shutdown(SHUT_WR))
   bool dead = false;
   fault_proxy::close_mode close_as = fault_proxy::close_mode::graceful;
+  std::string inbox;   // client bytes not yet split into requests
+  bool raw = false;    // could not follow the requests: forward bytes as they come
+  std::size_t pass = 0;  // bytes of the current request still to forward
+  std::size_t skip = 0;  // bytes of the current request still to drop (answered by the proxy)
 
   void fail() {  // an error on one side: the other side sees a reset, as through a real path
     dead = true;
@@ -88,7 +93,53 @@ void write_from(int fd, std::string& buf, connection& c) {
   buf.erase(0, off);
 }
 
+// The request whose head is at the start of buf: its whole length (head and body), or 0 while
+// the head is incomplete, or npos when it cannot be followed (chunked body, bad length).
+std::size_t request_length(const std::string& buf, std::string& method, std::string& target, bool& has_auth) {
+  const std::size_t end = buf.find("\r\n\r\n");
+  if (end == std::string::npos) return buf.size() > 64 * 1024 ? std::string::npos : 0;
+  const std::string head = buf.substr(0, end + 2);
+  const std::size_t line_end = head.find("\r\n");
+  const std::string line = head.substr(0, line_end);
+  const std::size_t sp1 = line.find(' ');
+  const std::size_t sp2 = line.find(' ', sp1 + 1);
+  if (sp1 == std::string::npos || sp2 == std::string::npos) return std::string::npos;
+  method = line.substr(0, sp1);
+  target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  std::size_t body = 0;
+  has_auth = false;
+  for (std::size_t pos = line_end + 2; pos < head.size();) {
+    const std::size_t eol = head.find("\r\n", pos);
+    std::string h = head.substr(pos, eol - pos);
+    pos = eol + 2;
+    std::string lower = h;
+    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (lower.rfind("transfer-encoding:", 0) == 0) return std::string::npos;
+    if (lower.rfind("authorization:", 0) == 0) has_auth = true;
+    if (lower.rfind("content-length:", 0) == 0) {
+      try {
+        body = static_cast<std::size_t>(std::stoull(h.substr(15)));
+      } catch (...) {
+        return std::string::npos;
+      }
+    }
+  }
+  return end + 4 + body;
+}
+
 }  // namespace
+
+void fault_proxy::answer_next(int n, std::string raw_response, std::string target_contains) {
+  std::lock_guard lk(http_mu_);
+  inject_left_ = n;
+  inject_response_ = std::move(raw_response);
+  inject_match_ = std::move(target_contains);
+}
+
+std::vector<fault_proxy::request_record> fault_proxy::requests() const {
+  std::lock_guard lk(http_mu_);
+  return requests_;
+}
 
 fault_proxy::fault_proxy() : fault_proxy(env().host, env().port) {}
 
@@ -268,7 +319,47 @@ void fault_proxy::run() {
         }
         c.connecting = false;
       }
-      if (cr & (POLLIN | POLLHUP)) read_into(c.client, c.c2s, c.client_eof, c);
+      if (cr & (POLLIN | POLLHUP)) {
+        if (c.raw) {
+          read_into(c.client, c.c2s, c.client_eof, c);
+        } else {
+          read_into(c.client, c.inbox, c.client_eof, c);
+          while (!c.inbox.empty()) {
+            if (c.pass > 0 || c.skip > 0) {  // the rest of a request already decided on
+              std::size_t& left = c.pass > 0 ? c.pass : c.skip;
+              const std::size_t n = std::min(left, c.inbox.size());
+              if (c.pass > 0) c.c2s.append(c.inbox, 0, n);
+              c.inbox.erase(0, n);
+              left -= n;
+              continue;
+            }
+            request_record rec;
+            const std::size_t len = request_length(c.inbox, rec.method, rec.target, rec.has_authorization);
+            if (len == 0) break;
+            if (len == std::string::npos) {  // not followable: forward the rest as it comes
+              c.raw = true;
+              c.c2s += c.inbox;
+              c.inbox.clear();
+              break;
+            }
+            rec.at = std::chrono::steady_clock::now();
+            {
+              std::lock_guard lk(http_mu_);
+              if (inject_left_ > 0 && rec.target.find(inject_match_) != std::string::npos) {
+                --inject_left_;
+                rec.answered_by_proxy = true;
+                c.s2c += inject_response_;
+              }
+              requests_.push_back(rec);
+            }
+            (rec.answered_by_proxy ? c.skip : c.pass) = len;
+          }
+          if (c.client_eof && !c.inbox.empty()) {  // a partial request, then EOF: pass it on
+            c.c2s += c.inbox;
+            c.inbox.clear();
+          }
+        }
+      }
       if (!c.connecting && (sr & (POLLIN | POLLHUP))) read_into(c.server, c.s2c, c.server_eof, c);
       if (c.dead) continue;
       if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);

@@ -8,6 +8,8 @@
 // socket. Bounded: at most max_connections proxied connections at once (further ones are
 // accepted and closed at once), and at most buffer_cap bytes buffered per direction.
 #include <atomic>
+#include <chrono>
+#include <vector>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -47,6 +49,20 @@ class fault_proxy {
   // the connection.
   void stall(bool on);
 
+  // HTTP awareness: the proxy splits the client's byte stream into requests (request line,
+  // headers, Content-Length body; a chunked request switches that connection back to raw
+  // forwarding) and records each. The next `n` requests whose target contains
+  // `target_contains` ("" = any) are answered by the proxy itself with `raw_response` (a whole
+  // HTTP/1.1 response with Content-Length) instead of reaching the server.
+  void answer_next(int n, std::string raw_response, std::string target_contains = {});
+  struct request_record {
+    std::chrono::steady_clock::time_point at;  // when its last byte arrived
+    std::string method, target;
+    bool answered_by_proxy = false;
+    bool has_authorization = false;
+  };
+  std::vector<request_record> requests() const;
+
   // Connections accepted since construction (refused ones included).
   std::uint64_t accepted() const { return accepted_.load(); }
   // Connections being proxied now.
@@ -82,6 +98,11 @@ class fault_proxy {
   std::uint64_t seen_ = 0;
   bool cut_pending_ = false;
   close_mode cut_mode_ = close_mode::reset;
+
+  mutable std::mutex http_mu_;  // guards the three below (the proxy thread and callers)
+  int inject_left_ = 0;
+  std::string inject_response_, inject_match_;
+  std::vector<request_record> requests_;
 
   std::thread thread_;
 };

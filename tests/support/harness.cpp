@@ -241,6 +241,18 @@ void couchgate_process::kill9() {
   pid_ = -1;
 }
 
+std::optional<int> couchgate_process::wait_exit(std::chrono::milliseconds deadline) {
+  if (pid_ <= 0) return std::nullopt;
+  int status = 0;
+  const auto end = std::chrono::steady_clock::now() + deadline;
+  while (waitpid(pid_, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > end) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
 int couchgate_process::terminate() {
   if (pid_ <= 0) return -1;
   ::kill(pid_, SIGTERM);

@@ -72,6 +72,8 @@ class couchgate_process {
   bool wait_ready(std::chrono::milliseconds deadline);
   void kill9();
   int terminate();  // SIGTERM and wait; returns the exit status
+  // Waits (at most `deadline`) for it to exit on its own; its exit status, or nullopt if it still runs.
+  std::optional<int> wait_exit(std::chrono::milliseconds deadline);
   // Rewrites the config file (the admin API's port_file kept) and sends SIGHUP.
   void reload(json config);
   bool running();

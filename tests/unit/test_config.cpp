@@ -140,6 +140,9 @@ void check_defaults(const cg::config& c) {
   CHECK(c.admin_api.address == "127.0.0.1");
   CHECK(c.admin_api.port == 8490);
   CHECK(c.admin_api.port_file.empty());
+  CHECK(c.admin_api.token.empty());
+  CHECK(c.admin_api.token_file.empty());
+  CHECK_FALSE(c.admin_api.allow_unauthenticated);
   CHECK(c.log.level == "info");
   CHECK(c.log.format == cg::log_format::text);
 }
@@ -177,7 +180,7 @@ TEST_CASE("config: the example file names every key of the schema") {
         "admin_roles:", "on_delete:", "reconcile_interval:", "batch:", "q:", "n:", "fanin:", "central_db:", "ids:",
         "max_connections:", "max_active:", "rounds:", "batch_docs:", "batch_bytes:", "turn_docs:", "inline_docs:", "detection:",
         "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "checkpoint_interval:", "shared:", "db:", "admin_api:", "address:",
-        "port:", "port_file:", "log:", "level:", "format:"}) {
+        "port:", "port_file:", "token:", "token_file:", "allow_unauthenticated:", "log:", "level:", "format:"}) {
     const std::string k = key;
     CAPTURE(k);
     CHECK((contains(text, "\n" + k) || contains(text, " " + k)));
@@ -906,6 +909,8 @@ std::vector<key_change> restart_key_changes() {
       {"admin_api", [](cg::config& c) { c.admin_api.address = "0.0.0.0"; }},
       {"admin_api", [](cg::config& c) { c.admin_api.port = 9000; }},
       {"admin_api", [](cg::config& c) { c.admin_api.port_file = "/tmp/port"; }},
+      {"admin_api", [](cg::config& c) { c.admin_api.token = "0123456789abcdef"; }},
+      {"admin_api", [](cg::config& c) { c.admin_api.allow_unauthenticated = true; }},
   };
 }
 
@@ -987,4 +992,133 @@ TEST_CASE("config reload: an edited file") {
   REQUIRE(b.errors.empty());
   CHECK(cg::restart_needed(a.cfg, b.cfg) == keys{"fanin"});
   CHECK(cg::live_changes(a.cfg, b.cfg) == keys{"provisioning.security", "log"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin API's token (issue 12, item 4)
+
+TEST_CASE("config: a non-loopback admin API needs a token unless allow_unauthenticated says otherwise") {
+  const auto open = load("admin_api: {address: 0.0.0.0}\n");
+  const auto e = only_error_at(open, "admin_api.address");
+  CHECK(e.line == 1);
+  CHECK(contains(e.message, "has no token"));
+  CHECK(contains(e.message, "admin_api.token_file"));
+  CHECK(contains(e.message, "COUCHGATE_ADMIN_TOKEN"));
+  CHECK(contains(e.message, "allow_unauthenticated"));
+  for (const char* address : {"::", "192.168.1.10", "couchgate.example.com", "[::]"}) {
+    CAPTURE(address);
+    CHECK(errors_at(load(std::string("admin_api: {address: '") + address + "'}\n"), "admin_api.address").size() == 1);
+  }
+  for (const char* address : {"127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"}) {
+    CAPTURE(address);
+    CHECK(load(std::string("admin_api: {address: '") + address + "'}\n").errors.empty());
+  }
+  CHECK(load("admin_api: {address: 0.0.0.0, allow_unauthenticated: true}\n").errors.empty());
+  const auto with_token = load("admin_api: {address: 0.0.0.0, token: tok-0123456789abcdef}\n");
+  CHECK(with_token.errors.empty());
+  CHECK(with_token.cfg.admin_api.token == "tok-0123456789abcdef");
+  // The environment variable (Dockerfile, compose) gives the token and wins over the file.
+  const auto env_token = load("admin_api: {address: 0.0.0.0, token: file-0123456789abcdef}\n",
+                              env_of({{"COUCHGATE_ADMIN_TOKEN", "env-0123456789abcdef"}}));
+  CHECK(env_token.errors.empty());
+  CHECK(env_token.cfg.admin_api.token == "env-0123456789abcdef");
+}
+
+TEST_CASE("config: admin_api.token_file, and bad tokens") {
+  const temp_file file("token", "file-token-0123456789\n");
+  const auto r = load("admin_api: {address: 0.0.0.0, token_file: " + file.path() + "}\n");
+  CHECK(r.errors.empty());
+  CHECK(r.cfg.admin_api.token == "file-token-0123456789");
+  const temp_file empty("token-empty", "\n");
+  CHECK(contains(only_error_at(load("admin_api: {token_file: " + empty.path() + "}\n"), "admin_api.token_file").message,
+                 "is empty"));
+  const auto both = load("admin_api: {token: x-0123456789abcdef, token_file: " + file.path() + "}\n");
+  CHECK(contains(only_error_at(both, "admin_api.token_file").message, "cannot be used together"));
+  CHECK_FALSE(contains(all_text(both), "0123456789"));
+  const auto short_token = load("admin_api: {token: short-tok}\n");
+  CHECK(contains(only_error_at(short_token, "admin_api.token").message, "at least 16"));
+  CHECK_FALSE(contains(all_text(short_token), "short-tok"));
+  const auto spaced = load("admin_api: {token: 'has a space 0123456789'}\n");
+  CHECK(contains(only_error_at(spaced, "admin_api.token").message, "printable ASCII"));
+  CHECK_FALSE(contains(all_text(spaced), "has a space"));
+}
+
+TEST_CASE("config: the credential's setting is named (never its value) for messages about a refused login") {
+  CHECK(load("").cfg.couchdb.credential_source.empty());
+  CHECK(load("", env_of({{"COUCHDB_USER", "admin"}, {"COUCHDB_PASSWORD", "pw"}})).cfg.couchdb.credential_source ==
+        "the environment variable COUCHDB_USER and the environment variable COUCHDB_PASSWORD");
+  const temp_file pw("cred-pw", "secret-in-file\n");
+  const auto file = load("couchdb: {username: admin, password_file: " + pw.path() + "}\n");
+  CHECK(file.cfg.couchdb.credential_source == "couchdb.username and couchdb.password_file");
+  CHECK(load("couchdb: {url: 'http://admin:pw@h'}\n").cfg.couchdb.credential_source == "the user info of couchdb.url");
+  CHECK(cg::default_config(env_of({{"COUCHDB_URL", "http://admin:pw@h"}})).cfg.couchdb.credential_source ==
+        "the user info of the environment variable COUCHDB_URL");
+  CHECK(load("couchdb: {username: admin}\n").cfg.couchdb.credential_source == "couchdb.username (no password is set)");
+  CHECK_FALSE(contains(file.cfg.couchdb.credential_source, "secret"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets in every form (issue 12, item 5): a value echoed in an error message is hidden when it
+// could reveal a secret, whatever form the secret takes there.
+
+namespace {
+// Loads, then checks that no form of `secret` (nor `pieces`) is in any message, and that there is
+// exactly `errors` problems.
+void check_hidden(const cg::load_result& r, std::size_t errors, const std::vector<std::string>& forbidden) {
+  const std::string text = all_text(r);
+  INFO(text);
+  CHECK(r.errors.size() == errors);
+  for (const auto& f : forbidden) {
+    CAPTURE(f);
+    CHECK_FALSE(contains(text, f));
+  }
+}
+}  // namespace
+
+TEST_CASE("config secrets: the raw password echoed in another key is hidden") {
+  check_hidden(load("state_db: 'Admin-Pass-42'\n", env_of({{"COUCHDB_PASSWORD", "Admin-Pass-42"}})), 1, {"Admin-Pass-42"});
+}
+
+TEST_CASE("config secrets: the percent-encoded password is hidden, in either hex case") {
+  const auto env = env_of({{"COUCHDB_PASSWORD", "admin-pass"}});
+  check_hidden(load("state_db: 'admin%2Dpass'\n", env), 1, {"admin%2Dpass", "%2Dpass", "admin-pass"});
+  check_hidden(load("state_db: 'admin%2dpass'\n", env), 1, {"admin%2dpass", "admin-pass"});
+  // Wholly encoded, in a key that echoes its value.
+  check_hidden(load("log: {level: '%61%64%6d%69%6e%2d%70%61%73%73'}\n", env), 1, {"%61%64%6d", "admin-pass"});
+  // The password given encoded in the URL and echoed decoded elsewhere, and the reverse.
+  check_hidden(load("couchdb: {url: 'http://u:s3cr%2Ft-word@h'}\nlog: {level: 's3cr/t-word'}\n"), 1, {"s3cr/t-word", "s3cr%2Ft"});
+  check_hidden(load("couchdb: {url: 'http://u:s3cr%2Ft-word@h'}\nlog: {level: 's3cr%2ft-word'}\n"), 1, {"s3cr%2ft-word"});
+}
+
+TEST_CASE("config secrets: any part of a URL's user info is hidden") {
+  // A piece of the password (6 characters in a row) is enough to hide the value.
+  check_hidden(load("couchdb: {url: 'http://admin:Tr0ub4dor-and-3@h'}\nstate_db: 'X-tr0ub4dor'\nlog: {level: 'Tr0ub4dor'}\n"),
+               2, {"Tr0ub4dor", "4dor-and"});
+  // "user:password" as written, elsewhere.
+  check_hidden(load("couchdb: {url: 'http://admin:pw%40x12@h'}\nlog: {level: 'admin:pw%40x12'}\n"), 1, {"pw%40x12", "pw@x12"});
+  // An invalid URL that carries user info is never echoed.
+  check_hidden(load("couchdb: {url: 'ftp://admin:Tr0ub4dor-and-3@h'}\n"), 1, {"Tr0ub4dor", "admin:"});
+  check_hidden(cg::default_config(env_of({{"COUCHDB_URL", "http://admin:Tr0ub4dor%2Dand-3@h:99999"}})), 1,
+               {"Tr0ub4dor", "%2Dand"});
+}
+
+TEST_CASE("config secrets: a prefix or any piece of a password_file's content is hidden") {
+  const temp_file secret("pieces", "CorrectHorseBattery\nsecond-line-staple\n");
+  const std::string key = "couchdb: {password_file: " + secret.path() + "}\n";
+  check_hidden(load(key + "log: {level: 'correcthorse'}\n"), 1, {"correcthorse", "CorrectHorse"});
+  check_hidden(load(key + "log: {level: 'CorrectHorse'}\n"), 1, {"CorrectHorse"});
+  check_hidden(load(key + "log: {level: 'second-line'}\n"), 1, {"second-line"});
+  check_hidden(load(key + "log: {level: 'Battery%0Asecond'}\n"), 1, {"Battery"});
+  // An unrelated short value is still shown (only pieces of 6+ characters of a secret count).
+  const auto shown = load(key + "log: {level: 'verbose'}\n");
+  CHECK(contains(all_text(shown), "'verbose'"));
+}
+
+TEST_CASE("config secrets: the admin API token is hidden like a password") {
+  const std::string tok = "Adm1nT0ken-0123456789";
+  check_hidden(load("admin_api: {token: '" + tok + "'}\nstate_db: '" + tok + "'\n"), 1, {tok, "Adm1nT0ken"});
+  check_hidden(load("state_db: 'adm1nt0ken%2D0123'\n", env_of({{"COUCHGATE_ADMIN_TOKEN", tok}})), 1, {"t0ken", "T0ken"});
+  const temp_file file("tok", tok + "\n");
+  check_hidden(load("admin_api: {token_file: " + file.path() + "}\nlog: {level: '" + tok.substr(0, 10) + "'}\n"), 1,
+               {tok.substr(0, 10)});
 }

@@ -469,14 +469,14 @@ TEST_CASE("error_from: recorded CouchDB 3.5 error answers") {
        "Name: 'Tx_Bad'. Only lowercase characters (a-z), digits (0-9), and any of the characters _, $, (, ), +, -, "
        "and / are allowed. Must begin with a letter."},
       {"07-db-missing.http", 404, couch_error_kind::not_found, false, "not_found", "Database does not exist."},
-      {"16-nonmember-read.http", 403, couch_error_kind::unauthorized, true, "forbidden",
+      // A 403 on a database is a permission error (not the credential): not retried as is.
+      {"16-nonmember-read.http", 403, couch_error_kind::forbidden, false, "forbidden",
        "You are not allowed to access this db."},
       {"17-anonymous-read.http", 401, couch_error_kind::unauthorized, true, "unauthorized",
        "You are not authorized to access this db."},
       {"33-bad-json.http", 400, couch_error_kind::bad_request, false, "bad_request", "invalid UTF-8 JSON"},
-      // A validate_doc_update rejection is a 403 "forbidden" too; couch_error.hpp documents every
-      // 403 as `unauthorized` (operator must act), so that is what is asserted here.
-      {"31-vdu-forbidden-write.http", 403, couch_error_kind::unauthorized, true, "forbidden",
+      // A validate_doc_update rejection is a 403 "forbidden" too: a document error.
+      {"31-vdu-forbidden-write.http", 403, couch_error_kind::forbidden, false, "forbidden",
        "central database is written by couchgate only"},
   };
   for (const auto& c : cases) {
@@ -532,12 +532,29 @@ TEST_CASE("error_from: 5xx with a non-JSON body, 200, odd bodies") {
   CHECK(e.retryable());
   CHECK(e.describe() == "server (HTTP 500)");
 
+  r.status = 502;
+  r.body = R"({"error":"bad_gateway"})";
+  e = error_from(r);
+  CHECK(e.kind == couch_error_kind::server);
+  CHECK(e.retryable());
+
+  // 503 and 429: the server is overloaded; retryable, with its Retry-After.
   r.status = 503;
   r.body = R"({"error":"service_unavailable","reason":"maintenance"})";
   e = error_from(r);
-  CHECK(e.kind == couch_error_kind::server);
+  CHECK(e.kind == couch_error_kind::overloaded);
   CHECK(e.error == "service_unavailable");
   CHECK(e.retryable());
+  CHECK(e.retry_after.count() == -1);
+  r.status = 429;
+  r.body = R"({"error":"too_many_requests","reason":"slow down"})";
+  r.retry_after = std::chrono::milliseconds{1000};
+  e = error_from(r);
+  CHECK(e.kind == couch_error_kind::overloaded);
+  CHECK(e.retryable());
+  CHECK(e.retry_after == std::chrono::milliseconds{1000});
+  CHECK(e.describe() == "overloaded (HTTP 429): too_many_requests: slow down (Retry-After 1000 ms)");
+  r.retry_after.reset();
 
   // Called on a success: the caller expected something else, a protocol error.
   r.status = 200;
@@ -556,6 +573,28 @@ TEST_CASE("error_from: 5xx with a non-JSON body, 200, odd bodies") {
   CHECK(e.error.empty());
   CHECK(e.reason == std::string(300, 'x'));
   CHECK_FALSE(e.retryable());
+
+  // A credential refused (401) vs a permission refused (403), and the pool's hold.
+  r.status = 401;
+  r.body = R"({"error":"unauthorized","reason":"Name or password is incorrect."})";
+  e = error_from(r);
+  CHECK(e.kind == couch_error_kind::unauthorized);
+  r.status = 403;
+  r.body = R"({"error":"forbidden","reason":"Account is temporarily locked due to multiple authentication failures"})";
+  r.credential_rejected = true;  // http_pool sets it (is_credential_rejection)
+  e = error_from(r);
+  CHECK(e.kind == couch_error_kind::unauthorized);
+  r.credential_rejected = false;
+  r.body = R"({"error":"forbidden","reason":"You are not allowed to access this db."})";
+  e = error_from(r);
+  CHECK(e.kind == couch_error_kind::forbidden);
+  CHECK_FALSE(e.retryable());
+  http_response held;
+  held.kind = error_kind::credential_held;
+  held.error = "not sent";
+  e = error_from(held);
+  CHECK(e.kind == couch_error_kind::unauthorized);
+  CHECK(e.status == 0);
 
   r.status = 413;  // any other 4xx
   r.body = "";
