@@ -61,7 +61,7 @@ log "admin API: http://127.0.0.1:8490 (see admin_api in $config)"
 # The embedded server is a throw-away one on this machine, so its generated admin password is
 # shown once, with commands to watch couchgate work (user "alice" -> database userdb-616c696365,
 # the example config's prefix + hex of the name; her documents appear in couchgate-central as
-# "u-<hex>:<id>"). Never done for a COUCHDB_URL of yours.
+# "alice:<id>"). Never done for a COUCHDB_URL of yours.
 if [[ -n "$embedded" ]]; then
   hostport="${COUCHDB_URL#http://}"
   admin_url="http://${COUCHDB_USER}:${COUCHDB_PASSWORD}@${hostport}"
@@ -81,9 +81,10 @@ Try it from another terminal while couchgate runs:
   # 2. See her database and its _security (alice is its only member):
   curl -s '$admin_url/_all_dbs'; curl -s '$admin_url/userdb-616c696365/_security'
 
-  # 3. Write a document as alice, then see it arrive in the central database:
+  # 3. Write a document as alice, then see it arrive in the central database as "alice:hello"
+  #    (this server has no _db_updates, so couchgate looks for changes every 5 s):
   curl -s -X PUT 'http://alice:alice-secret@${hostport}/userdb-616c696365/hello' \\
-       -H 'Content-Type: application/json' -d '{"text":"hello"}'; sleep 2
+       -H 'Content-Type: application/json' -d '{"text":"hello"}'; sleep 6
   curl -s '$admin_url/couchgate-central/_all_docs?include_docs=true'
 ================================================================================================
 

@@ -327,10 +327,10 @@ void fault_proxy::run() {
           while (!c.inbox.empty()) {
             if (c.pass > 0 || c.skip > 0) {  // the rest of a request already decided on
               std::size_t& left = c.pass > 0 ? c.pass : c.skip;
-              const std::size_t n = std::min(left, c.inbox.size());
-              if (c.pass > 0) c.c2s.append(c.inbox, 0, n);
-              c.inbox.erase(0, n);
-              left -= n;
+              const std::size_t take = std::min(left, c.inbox.size());
+              if (c.pass > 0) c.c2s.append(c.inbox, 0, take);
+              c.inbox.erase(0, take);
+              left -= take;
               continue;
             }
             request_record rec;
