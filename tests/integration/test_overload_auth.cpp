@@ -145,3 +145,56 @@ TEST_CASE("the admin API on a non-loopback address: no token, no start; with one
   CHECK(cg.log().find(token) == std::string::npos);
   CHECK(cg.terminate() == 0);
 }
+
+TEST_CASE("a credential refused while running: /readyz and /status say so, and nothing more is sent meanwhile") {
+  // A server admin of its own, deleted while couchgate runs (as when an operator rotates the
+  // password): the next requests get 401.
+  fault_proxy proxy;
+  auto n = fresh_names("revoked");
+  const std::string config_admins = env().pouchdb ? "/_config/admins/" : "/_node/_local/_config/admins/";
+  const std::string name = "cg-" + n.role;
+  const std::string password = "pw-" + n.role + "-0123456789";
+  auto created = couch().put(config_admins + name, json(password));
+  REQUIRE_MESSAGE(created.status == 200, created.raw);
+  std::map<std::string, std::string> e{{"COUCHDB_URL", proxy.url()}, {"COUCHDB_USER", name}, {"COUCHDB_PASSWORD", password}};
+  couchgate_process cg(fault_config(n, proxy), e);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), tail(cg.log()));
+
+  const auto revoked_at = steady_clock::now();
+  auto deleted = couch().del(config_admins + name);
+  REQUIRE_MESSAGE(deleted.status == 200, deleted.raw);
+  reply readyz;
+  REQUIRE_MESSAGE(eventually(
+                      [&] {
+                        readyz = cg.admin_get("/readyz");
+                        return readyz.status == 503 && readyz.raw.find("refused the credential") != std::string::npos;
+                      },
+                      30s),
+                  readyz.raw << tail(cg.log()));
+  MESSAGE("/readyz: " << readyz.raw);
+  const auto status = cg.admin_get("/status");
+  REQUIRE(status.status == 200);
+  CHECK(status.body["credential"]["state"] == "refused");
+  CHECK(status.body["credential"]["setting"].get<std::string>().find("COUCHDB_PASSWORD") != std::string::npos);
+  CHECK(status.body["credential"]["held_for_seconds"].get<long long>() > 60);
+  CHECK(status.body.dump().find(password) == std::string::npos);
+  CHECK(cg.metric("couchgate_couchdb_credential_held").value_or(0) == 1);
+
+  // Held: for the next 3 s (the rounds, feeds and probes that would each have retried within
+  // a second) not a single request reaches the server.
+  const auto held_from = steady_clock::now();
+  const auto count_since = [&](steady_clock::time_point t) {
+    std::size_t k = 0;
+    for (const auto& r : proxy.requests())
+      if (r.at > t) ++k;
+    return k;
+  };
+  const std::size_t failed_logins = count_since(revoked_at);
+  eventually([&] { return count_since(held_from) > 0 || steady_clock::now() - held_from > 3s; }, 10s);
+  CHECK_MESSAGE(count_since(held_from) == 0, tail(cg.log()));
+  // Only what was already in flight when the credential stopped working was refused by the server.
+  CHECK_MESSAGE(failed_logins <= 8, failed_logins << " requests after the credential was revoked");
+  CHECK(cg.log().find(password) == std::string::npos);
+  CHECK(cg.terminate() == 0);
+}
