@@ -10,7 +10,7 @@
 #   COUCHGATE_WERROR=1          treat compiler warnings as errors (CI; off for users and packagers)
 #   COUCHGATE_BUILD_DIR=dir     build directory (default: build)
 #   COUCHGATE_BUILD_TYPE=type   CMAKE_BUILD_TYPE (default: RelWithDebInfo)
-#   COUCHGATE_BUILD_TESTING=OFF build the daemon only (no tests, no doctest needed)
+#   COUCHGATE_BUILD_TESTING=OFF build the daemon alone (no tests; configuring fails if anything looks for doctest)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,7 +23,11 @@ args=(-S . -B "$dir" -DCMAKE_BUILD_TYPE="${COUCHGATE_BUILD_TYPE:-RelWithDebInfo}
       -DCOUCHGATE_WERROR="$([[ "${COUCHGATE_WERROR:-}" == 1 ]] && echo ON || echo OFF)"
       -DBUILD_TESTING="${COUCHGATE_BUILD_TESTING:-ON}")
 target=()
-[[ "${COUCHGATE_BUILD_TESTING:-ON}" == OFF ]] && target=(--target couchgate)
+if [[ "${COUCHGATE_BUILD_TESTING:-ON}" == OFF ]]; then
+  target=(--target couchgate)
+  # The daemon alone must not need any test dependency: fail the configure if it looks for doctest.
+  args+=(-DCMAKE_DISABLE_FIND_PACKAGE_doctest=ON)
+fi
 echo "build: + cmake ${args[*]}" >&2
 cmake "${args[@]}"
 echo "build: + cmake --build $dir -j$(nproc) ${target[*]}" >&2
