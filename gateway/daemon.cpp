@@ -246,7 +246,7 @@ struct daemon::impl {
 
   // Which setting the credential came from, never its value.
   std::string credential_setting() const {
-    return cfg.couchdb.credential_source.empty() ? "no credential is configured: set COUCHDB_USER and COUCHDB_PASSWORD"
+    return cfg.couchdb.credential_source.empty() ? "not set (no COUCHDB_USER, COUCHDB_PASSWORD or couchdb.username)"
                                                  : "set by " + cfg.couchdb.credential_source;
   }
 
@@ -255,10 +255,10 @@ struct daemon::impl {
   // setting instead; a supervisor's restart loop is held off by the same rule (one attempt).
   bool refused_credential(const std::string& what, const r::couch_error& e) {
     if (e.kind != r::couch_error_kind::unauthorized) return false;
-    log()->critical("{}: CouchDB at {} refused couchgate's credential ({}; {}). Check the user name and password "
-                    "(the user must be a server admin). Not retrying: CouchDB locks an account after a few failed "
-                    "logins.",
-                    what, redact_url(cfg.couchdb.url), e.describe(), credential_setting());
+    log()->critical("CouchDB at {} refused couchgate's credential ({}: {}); the credential is {}. Check the user "
+                    "name and password (the user must be a server admin). Not retrying: CouchDB locks an account "
+                    "after a few failed logins.",
+                    redact_url(cfg.couchdb.url), what, e.describe(), credential_setting());
     exit_code = 2;
     return true;
   }
@@ -278,6 +278,7 @@ struct daemon::impl {
       auto info = client->server_info().get();
       if (info.ok()) break;
       couch_ok.store(false);
+      if (refused_credential("connecting", info.error())) return false;
       if (!retry("CouchDB at " + redact_url(cfg.couchdb.url) + " not reachable", info.error())) return false;
     }
     couch_ok.store(true);
