@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include "replicator/http_pool.hpp"
+
 namespace couchgate::gateway {
 namespace {
 
@@ -134,18 +136,16 @@ bool may_reveal(std::string_view value, std::string_view secret) {
   return false;
 }
 
+// A secret percent-encoded as a URL's user info would carry it (every reserved byte), with
+// upper- or lowercase hex digits.
 std::string percent_encode_all(std::string_view s, bool lower) {
-  const char* hex = lower ? "0123456789abcdef" : "0123456789ABCDEF";
-  std::string out;
-  for (const unsigned char c : s) {
-    const bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-                            c == '_' || c == '.' || c == '~';
-    if (unreserved) {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
+  std::string out = replicator::encode_segment(s);
+  if (lower) {
+    for (std::size_t i = 0; i + 2 < out.size(); ++i) {
+      if (out[i] != '%') continue;
+      out[i + 1] = static_cast<char>(std::tolower(static_cast<unsigned char>(out[i + 1])));
+      out[i + 2] = static_cast<char>(std::tolower(static_cast<unsigned char>(out[i + 2])));
+      i += 2;
     }
   }
   return out;
