@@ -850,6 +850,8 @@ class loader {
          [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, provisioning_fields()); }},
         {"fanin", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, fanin_fields()); }},
         {"shared", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, shared_fields()); }},
+        {"identities",
+         [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, identities_fields()); }},
         {"admin_api",
          [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, admin_api_fields()); }},
         {"log", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, log_fields()); }},
@@ -997,6 +999,37 @@ class loader {
         {"db", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.db); }},
         {"member_roles", list_reader(c.member_roles)},
         {"admin_roles", list_reader(c.admin_roles)},
+    };
+  }
+
+  std::vector<field> identities_fields() {
+    auto& c = cfg_.identities;
+    auto secs = [this](seconds& out, long long min) {
+      return [this, &out, min](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, min, out); };
+    };
+    return {
+        {"enabled", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.enabled); }},
+        {"db", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.db); }},
+        {"max_name_bytes",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_integer(v, p, l, 1, 1000, c.rules.max_name_bytes);
+         }},
+        {"min_password_chars",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_integer(v, p, l, 1, 1000, c.rules.min_password_chars);
+         }},
+        {"profile_fields", list_reader(c.profile_fields)},
+        {"roles", list_reader(c.roles)},
+        {"signup_deadline", secs(c.signup_deadline, 1)},
+        {"provision_wait", secs(c.provision_wait, 0)},
+        {"intent_timeout", secs(c.intent_timeout, 1)},
+        {"retention", secs(c.retention, 0)},
+        {"reconcile_interval", secs(c.reconcile_interval, 0)},
+        {"on_duplicate",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_enum<on_duplicate>(v, p, l, {{"flag", on_duplicate::flag}, {"exclude", on_duplicate::exclude}},
+                                   c.duplicates);
+         }},
     };
   }
 
@@ -1222,12 +1255,14 @@ class loader {
       const std::string* name;
       bool system_allowed;
     };
-    const std::vector<named_db> dbs{
+    std::vector<named_db> dbs{
         {"provisioning.users_db", &c.provisioning.users_db, true},
         {"state_db", &c.state_db, false},
         {"fanin.central_db", &c.fanin.central_db, false},
         {"shared.db", &c.shared.db, false},
     };
+    // Only a database couchgate will use: a disabled feature's default name cannot clash.
+    if (c.identities.enabled) dbs.push_back({"identities.db", &c.identities.db, false});
     std::vector<const named_db*> valid;
     for (const auto& db : dbs) {
       const std::string& name = *db.name;
@@ -1281,6 +1316,13 @@ class loader {
           {c.admin_api.address});
     }
 
+    if (c.identities.intent_timeout <= c.identities.signup_deadline + c.identities.provision_wait) {
+      int line = line_for("identities.intent_timeout");
+      add("identities.intent_timeout", line,
+          "must be longer than identities.signup_deadline + identities.provision_wait (" +
+              std::to_string((c.identities.signup_deadline + c.identities.provision_wait).count()) +
+              " s), or the reconciler could roll back a sign-up that is still running");
+    }
     if (c.shared.enabled && c.shared.member_roles.empty()) {
       int line = line_for("shared.member_roles");
       if (line == 0) line = line_for("shared.enabled");
@@ -1383,6 +1425,7 @@ constexpr reload_key reload_keys[] = {
     {"fanin", false, same<&config::fanin>},
     {"shared", false, same<&config::shared>},
     {"admin_api", false, same<&config::admin_api>},
+    {"identities", false, same<&config::identities>},
     {"log", true, same<&config::log>},
 };
 

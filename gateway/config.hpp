@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "policy/id_map.hpp"
+#include "policy/identity.hpp"
 #include "policy/security.hpp"
 #include "policy/users.hpp"
 
@@ -99,6 +100,23 @@ struct admin_api_config {
   bool operator==(const admin_api_config&) const = default;
 };
 
+// Sign-up with unique user names and e-mail addresses (gateway/identities.hpp).
+enum class on_duplicate { flag, exclude };
+struct identities_config {
+  bool enabled = false;
+  std::string db = "couchgate-identities";  // intents and reservations; admin-only _security
+  policy::identity_rules rules{};
+  std::vector<std::string> profile_fields{};  // extra sign-up fields copied into the _users document
+  std::vector<std::string> roles{};           // roles a signed-up user gets
+  seconds signup_deadline{20};     // a sign-up still short of creating the user by then gives up
+  seconds provision_wait{10};      // how long a sign-up waits for the user's database
+  seconds intent_timeout{120};     // the reconciler repairs intents older than this (> deadline + wait)
+  seconds retention{86400};        // finished intents are kept this long
+  seconds reconcile_interval{60};
+  on_duplicate duplicates = on_duplicate::flag;
+  bool operator==(const identities_config&) const = default;
+};
+
 enum class log_format { text, json };
 struct log_config {
   std::string level = "info";        // trace debug info warn error critical off
@@ -113,6 +131,7 @@ struct config {
   fanin_config fanin{};
   shared_config shared{};
   admin_api_config admin_api{};
+  identities_config identities{};
   log_config log{};
   bool operator==(const config&) const = default;
 };

@@ -34,6 +34,10 @@ std::optional<replicator::couch_error> ensure_db(replicator::couch_client& clien
 }
 }  // namespace
 
+std::optional<replicator::couch_error> ensure_private_db(replicator::couch_client& client, const std::string& db) {
+  return ensure_db(client, db, policy::render_admin_only_security());
+}
+
 std::optional<replicator::couch_error> ensure_central_db(replicator::couch_client& client, const std::string& db,
                                                          bool guard) {
   if (auto e = ensure_db(client, db, policy::render_admin_only_security())) return e;

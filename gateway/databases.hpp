@@ -17,6 +17,8 @@ replicator::json central_guard_ddoc();
 // guard=false removes couchgate's own _design/couchgate if an earlier run installed it.
 std::optional<replicator::couch_error> ensure_central_db(replicator::couch_client& client, const std::string& db,
                                                          bool guard);
+// A database only server admins can read or write (couchgate's own: identities).
+std::optional<replicator::couch_error> ensure_private_db(replicator::couch_client& client, const std::string& db);
 std::optional<replicator::couch_error> ensure_shared_db(replicator::couch_client& client, const std::string& db,
                                                         const std::vector<std::string>& member_roles,
                                                         const std::vector<std::string>& admin_roles);

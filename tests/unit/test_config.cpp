@@ -180,7 +180,9 @@ TEST_CASE("config: the example file names every key of the schema") {
         "admin_roles:", "on_delete:", "reconcile_interval:", "batch:", "q:", "n:", "fanin:", "central_db:", "ids:",
         "max_connections:", "max_active:", "rounds:", "batch_docs:", "batch_bytes:", "turn_docs:", "inline_docs:", "detection:",
         "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "checkpoint_interval:", "shared:", "db:", "admin_api:", "address:",
-        "port:", "port_file:", "token:", "token_file:", "allow_unauthenticated:", "log:", "level:", "format:"}) {
+        "port:", "port_file:", "token:", "token_file:", "allow_unauthenticated:", "log:", "level:", "format:",
+        "identities:", "max_name_bytes:", "min_password_chars:", "profile_fields:", "signup_deadline:",
+        "provision_wait:", "intent_timeout:", "retention:", "on_duplicate:"}) {
     const std::string k = key;
     CAPTURE(k);
     CHECK((contains(text, "\n" + k) || contains(text, " " + k)));

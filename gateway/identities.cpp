@@ -1,0 +1,511 @@
+// Owns: sign-up, e-mail changes, availability and the intent reconciler (see identities.hpp).
+#include "gateway/identities.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <charconv>
+#include <csignal>
+#include <cstdlib>
+#include <ctime>
+#include <random>
+#include <thread>
+
+#include "gateway/databases.hpp"
+#include "policy/naming.hpp"
+#include "replicator/logger.hpp"
+
+namespace couchgate::gateway {
+
+using policy::intent_state;
+using policy::unique_field;
+using replicator::couch_error;
+using replicator::couch_error_kind;
+using replicator::json;
+
+namespace {
+
+std::shared_ptr<spdlog::logger> log() { return replicator::named_logger("identities"); }
+
+// Wire data is untrusted: a field of another type reads as absent.
+std::string str_field(const json& j, const char* key) {
+  if (!j.is_object()) return {};
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+bool is_conflict(const couch_error& e) { return e.kind == couch_error_kind::conflict; }
+
+constexpr std::chrono::milliseconds poll_step{50};
+
+}  // namespace
+
+void fail_point(const char* name) {
+  static const char* armed = std::getenv("COUCHGATE_FAILPOINT");
+  if (armed != nullptr && std::string_view(armed) == name) {
+    log()->warn("fail point {} reached: killing the process", name);
+    std::raise(SIGKILL);
+  }
+}
+
+identities::identities(replicator::couch_client& client, replicator::registry& metrics, identities_config cfg,
+                       std::string users_db, std::function<bool(const std::string&)> user_ready, clock_fn now)
+    : client_(client),
+      cfg_(std::move(cfg)),
+      users_db_(std::move(users_db)),
+      user_ready_(std::move(user_ready)),
+      now_(std::move(now)),
+      signups_(metrics.add_counter("couchgate_signups_total", "Sign-ups completed")),
+      conflicts_(metrics.add_counter("couchgate_signup_conflicts_total",
+                                     "Sign-ups and e-mail changes refused because a value was taken")),
+      rejected_(metrics.add_counter("couchgate_signup_invalid_total", "Sign-ups refused for invalid input")),
+      errors_(metrics.add_counter("couchgate_identity_errors_total", "Identity operations failed on a server error")),
+      repaired_(metrics.add_counter("couchgate_identity_intents_repaired_total",
+                                    "Intents the reconciler finished or rolled back")),
+      latency_(metrics.add_histogram("couchgate_signup_seconds", "Sign-up latency, provisioning included")) {}
+
+std::optional<couch_error> identities::ensure_db() { return ensure_private_db(client_, cfg_.db); }
+
+std::string identities::stamp() const {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now_().time_since_epoch()).count());
+}
+
+std::string identities::new_intent_id(const char* kind) {
+  std::lock_guard lk(rnd_mu_);
+  static std::mt19937_64 gen{std::random_device{}()};
+  return std::string(kind) + "/" + policy::hex_encode(std::to_string(gen()) + std::to_string(gen())).substr(0, 32);
+}
+
+identity_answer identities::fail_answer(int status, const std::string& error, const std::string& reason) {
+  return identity_answer{status, json{{"error", error}, {"reason", reason}}};
+}
+
+std::optional<std::string> identities::transition(json& intent, const std::string& rev, intent_state to) {
+  intent["state"] = policy::to_string(to);
+  intent["updated"] = stamp();
+  intent["_rev"] = rev;
+  auto r = client_.put_doc(cfg_.db, str_field(intent, "_id"), intent).get();
+  if (!r.ok()) {
+    if (!is_conflict(r.error())) log()->warn("intent {}: moving to {} failed: {}", str_field(intent, "_id"),
+                                             policy::to_string(to), r.error().describe());
+    return std::nullopt;
+  }
+  std::string nrev = str_field(r.value(), "rev");
+  if (nrev.empty()) return std::nullopt;
+  intent["_rev"] = nrev;
+  return nrev;
+}
+
+replicator::result<bool> identities::reserve(unique_field f, const std::string& key, const std::string& user,
+                                             const std::string& intent_id, std::string& rev_out) {
+  const std::string id = policy::reservation_id(f, key);
+  json doc{{"type", "reservation"}, {"field", policy::to_string(f)}, {"user", user}, {"intent", intent_id},
+           {"created", stamp()}};
+  auto r = client_.put_doc(cfg_.db, id, doc).get();
+  if (r.ok()) {
+    rev_out = str_field(r.value(), "rev");
+    return true;
+  }
+  if (!is_conflict(r.error())) return r.error();
+  // Taken — unless by this very intent (a repeated step after a crash).
+  auto cur = client_.get_doc(cfg_.db, id).get();
+  if (cur.ok() && str_field(cur.value(), "intent") == intent_id) {
+    rev_out = str_field(cur.value(), "_rev");
+    return true;
+  }
+  return false;
+}
+
+bool identities::release(const std::string& reservation_id, const char* holder_field, const std::string& holder) {
+  auto cur = client_.get_doc(cfg_.db, reservation_id).get();
+  if (!cur.ok()) return cur.error().kind == couch_error_kind::not_found;
+  if (str_field(cur.value(), holder_field) != holder) return true;  // someone else's: never touched
+  auto d = client_.delete_doc(cfg_.db, reservation_id, str_field(cur.value(), "_rev")).get();
+  return d.ok() || d.error().kind == couch_error_kind::not_found;
+}
+
+identity_answer identities::signup(const json& body) {
+  const auto started = std::chrono::steady_clock::now();
+  if (!body.is_object()) {
+    rejected_.inc();
+    return fail_answer(400, "bad_request", "the body must be a JSON object with name, password and email");
+  }
+  // Validation: every problem at once, each naming its field (never a value).
+  json problems = json::object();
+  const auto field = [&](const char* key) -> std::optional<std::string> {
+    const auto it = body.find(key);
+    if (it == body.end() || !it->is_string()) {
+      problems[key] = "missing or not a string";
+      return std::nullopt;
+    }
+    return it->get<std::string>();
+  };
+  auto name_in = field("name");
+  auto password_in = field("password");
+  auto email_in = field("email");
+  policy::checked_value name, password, email;
+  if (name_in && !(name = policy::check_user_name(*name_in, cfg_.rules)).ok()) problems["name"] = name.error;
+  if (password_in && !(password = policy::check_password(*password_in, cfg_.rules)).ok()) {
+    problems["password"] = password.error;
+  }
+  if (email_in && !(email = policy::normalise_email(*email_in, cfg_.rules)).ok()) problems["email"] = email.error;
+  json profile = json::object();
+  for (const auto& [k, v] : body.items()) {
+    if (k == "name" || k == "password" || k == "email") continue;
+    if (std::find(cfg_.profile_fields.begin(), cfg_.profile_fields.end(), k) == cfg_.profile_fields.end()) {
+      problems[k] = "not an allowed profile field";
+      continue;
+    }
+    profile[k] = v;
+  }
+  if (!problems.empty()) {
+    rejected_.inc();
+    json b{{"error", "bad_request"}, {"reason", "invalid sign-up"}, {"problems", problems}};
+    return identity_answer{400, std::move(b)};
+  }
+  const std::string key = policy::name_key(name.value);
+  const auto deadline = started + cfg_.signup_deadline;
+
+  // 1. The intent (no password in it).
+  const std::string intent_id = new_intent_id("signup");
+  json intent{{"_id", intent_id}, {"type", "signup"},  {"state", policy::to_string(intent_state::pending)},
+              {"name", name.value}, {"name_key", key}, {"email", email.value},
+              {"created", stamp()}, {"updated", stamp()}};
+  auto put = client_.put_doc(cfg_.db, intent_id, intent).get();
+  if (!put.ok()) {
+    errors_.inc();
+    log()->warn("sign-up: writing the intent failed: {}", put.error().describe());
+    return fail_answer(503, "service_unavailable", "the identities database is not available; try again");
+  }
+  std::string rev = str_field(put.value(), "rev");
+  fail_point("signup:after_intent");
+
+  // 2. Both reservations, in parallel.
+  std::string name_rev, email_rev;
+  auto name_res = reserve(unique_field::name, key, name.value, intent_id, name_rev);
+  auto email_res = reserve(unique_field::email, email.value, name.value, intent_id, email_rev);
+  fail_point("signup:after_reserve");
+  std::vector<std::string> taken;
+  if (name_res.ok() && !name_res.value()) taken.push_back("name");
+  if (email_res.ok() && !email_res.value()) taken.push_back("email");
+  const bool failed = !name_res.ok() || !email_res.ok();
+
+  const auto roll_back = [&]() {
+    if (auto r = transition(intent, rev, intent_state::rolling_back)) {
+      rev = *r;
+      bool ok = release(policy::reservation_id(unique_field::name, key), "intent", intent_id);
+      ok = release(policy::reservation_id(unique_field::email, email.value), "intent", intent_id) && ok;
+      if (ok) transition(intent, rev, intent_state::rolled_back);
+    }  // else the reconciler has it: it releases what this intent holds
+  };
+
+  if (failed || !taken.empty()) {
+    roll_back();
+    if (failed) {
+      errors_.inc();
+      const auto& e = !name_res.ok() ? name_res.error() : email_res.error();
+      log()->warn("sign-up: reserving failed: {}", e.describe());
+      return fail_answer(503, "service_unavailable", "the identities database is not available; try again");
+    }
+    conflicts_.inc();
+    json b{{"error", "conflict"}, {"reason", "already taken: " + taken.front() + (taken.size() > 1 ? " and email" : "")},
+           {"fields", taken}};
+    return identity_answer{409, std::move(b)};
+  }
+
+  // 3. reserved: from here a reconciler finishes rather than rolls back once the user exists.
+  if (auto r = transition(intent, rev, intent_state::reserved)) {
+    rev = *r;
+  } else {
+    errors_.inc();
+    return fail_answer(503, "service_unavailable", "the sign-up took too long; try again");
+  }
+  fail_point("signup:after_reserved_state");
+  if (std::chrono::steady_clock::now() >= deadline) {
+    roll_back();
+    errors_.inc();
+    return fail_answer(503, "service_unavailable", "the sign-up took too long; try again");
+  }
+
+  // 4. The _users document (CouchDB hashes the password).
+  json user = profile;
+  user["_id"] = policy::user_doc_id(name.value);
+  user["name"] = name.value;
+  user["password"] = password.value;
+  user["type"] = "user";
+  user["roles"] = cfg_.roles;
+  user["email"] = email.value;
+  user["couchgate_intent"] = intent_id;
+  auto created = client_.put_doc(users_db_, user["_id"].get<std::string>(), user).get();
+  user["password"] = nullptr;  // not kept around longer than needed
+  if (!created.ok()) {
+    roll_back();
+    if (is_conflict(created.error())) {  // a user of that name made without couchgate
+      conflicts_.inc();
+      return identity_answer{409, json{{"error", "conflict"}, {"reason", "already taken: name"},
+                                       {"fields", json::array({"name"})}}};
+    }
+    errors_.inc();
+    log()->warn("sign-up: creating the _users document failed: {}", created.error().describe());
+    return fail_answer(503, "service_unavailable", "the user could not be created; try again");
+  }
+  const std::string user_rev = str_field(created.value(), "rev");
+  fail_point("signup:after_user");
+
+  // 5. Wait, bounded, for the user's database.
+  bool ready = false;
+  const auto wait_until = std::chrono::steady_clock::now() + cfg_.provision_wait;
+  while (!(ready = user_ready_ && user_ready_(name.value)) && std::chrono::steady_clock::now() < wait_until) {
+    std::this_thread::sleep_for(poll_step);
+  }
+
+  // 6. done — unless a reconciler rolled this intent back meanwhile: then the user goes too.
+  if (!transition(intent, rev, intent_state::done)) {
+    auto cur = client_.get_doc(cfg_.db, intent_id).get();
+    if (cur.ok() && str_field(cur.value(), "state") == policy::to_string(intent_state::done)) {
+      // Finished by a reconciler: fine.
+    } else {
+      client_.delete_doc(users_db_, policy::user_doc_id(name.value), user_rev).get();
+      errors_.inc();
+      return fail_answer(503, "service_unavailable", "the sign-up took too long; try again");
+    }
+  }
+  signups_.inc();
+  latency_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  log()->info("sign-up: user {} created{}", name.value, ready ? "" : " (database not ready yet)");
+  return identity_answer{201, json{{"ok", true}, {"name", name.value}, {"ready", ready}}};
+}
+
+identity_answer identities::available(const std::string& name, const std::string& email) {
+  json out = json::object();
+  const auto look = [&](unique_field f, const std::string& raw) -> bool {
+    policy::checked_value v = f == unique_field::name ? policy::check_user_name(raw, cfg_.rules)
+                                                      : policy::normalise_email(raw, cfg_.rules);
+    if (!v.ok()) {
+      out[policy::to_string(f)] = json{{"valid", false}, {"reason", v.error}};
+      return true;
+    }
+    const std::string key = f == unique_field::name ? policy::name_key(v.value) : v.value;
+    auto r = client_.get_doc(cfg_.db, policy::reservation_id(f, key)).get();
+    if (!r.ok() && r.error().kind != couch_error_kind::not_found) return false;
+    bool taken = r.ok();
+    if (!taken && f == unique_field::name) {  // a user made without couchgate, not reserved yet
+      auto u = client_.get_doc(users_db_, policy::user_doc_id(v.value)).get();
+      if (!u.ok() && u.error().kind != couch_error_kind::not_found) return false;
+      taken = u.ok();
+    }
+    out[policy::to_string(f)] = json{{"valid", true}, {"available", !taken}};
+    return true;
+  };
+  if (name.empty() && email.empty()) return fail_answer(400, "bad_request", "ask for name, email or both");
+  if ((!name.empty() && !look(unique_field::name, name)) || (!email.empty() && !look(unique_field::email, email))) {
+    errors_.inc();
+    return fail_answer(503, "service_unavailable", "the identities database is not available; try again");
+  }
+  return identity_answer{200, std::move(out)};
+}
+
+identity_answer identities::change_email(const std::string& user_name, const json& body) {
+  const auto it = body.is_object() ? body.find("email") : body.end();
+  if (!body.is_object() || it == body.end() || !it->is_string()) {
+    return fail_answer(400, "bad_request", "the body must be {\"email\": \"...\"}");
+  }
+  auto email = policy::normalise_email(it->get<std::string>(), cfg_.rules);
+  if (!email.ok()) return identity_answer{400, json{{"error", "bad_request"}, {"reason", email.error},
+                                                    {"problems", json{{"email", email.error}}}}};
+  const std::string user_id = policy::user_doc_id(user_name);
+  auto cur = client_.get_doc(users_db_, user_id).get();
+  if (!cur.ok()) {
+    errors_.inc();
+    return fail_answer(cur.error().kind == couch_error_kind::not_found ? 404 : 503,
+                       cur.error().kind == couch_error_kind::not_found ? "not_found" : "service_unavailable",
+                       "the user could not be read");
+  }
+  json user = cur.value();
+  const std::string old_email = str_field(user, "email");
+  if (old_email == email.value) return identity_answer{200, json{{"ok", true}, {"email", email.value}}};
+
+  const std::string intent_id = new_intent_id("change");
+  json intent{{"_id", intent_id},     {"type", "change"},       {"state", policy::to_string(intent_state::pending)},
+              {"name", user_name},    {"email", email.value},   {"old_email", old_email},
+              {"created", stamp()},   {"updated", stamp()}};
+  auto put = client_.put_doc(cfg_.db, intent_id, intent).get();
+  if (!put.ok()) {
+    errors_.inc();
+    return fail_answer(503, "service_unavailable", "the identities database is not available; try again");
+  }
+  std::string rev = str_field(put.value(), "rev");
+  fail_point("change:after_intent");
+  std::string email_rev;
+  auto res = reserve(unique_field::email, email.value, user_name, intent_id, email_rev);
+  fail_point("change:after_reserve");
+  if (!res.ok() || !res.value()) {
+    if (auto r = transition(intent, rev, intent_state::rolling_back)) {
+      rev = *r;
+      if (release(policy::reservation_id(unique_field::email, email.value), "intent", intent_id)) {
+        transition(intent, rev, intent_state::rolled_back);
+      }
+    }
+    if (!res.ok()) {
+      errors_.inc();
+      return fail_answer(503, "service_unavailable", "the identities database is not available; try again");
+    }
+    conflicts_.inc();
+    return identity_answer{409, json{{"error", "conflict"}, {"reason", "already taken: email"},
+                                     {"fields", json::array({"email"})}}};
+  }
+  if (auto r = transition(intent, rev, intent_state::reserved)) {
+    rev = *r;
+  } else {
+    return fail_answer(503, "service_unavailable", "the change took too long; try again");
+  }
+  user["email"] = email.value;
+  user["couchgate_intent"] = intent_id;
+  auto upd = client_.put_doc(users_db_, user_id, user).get();
+  if (!upd.ok()) {
+    if (auto r = transition(intent, rev, intent_state::rolling_back)) {
+      if (release(policy::reservation_id(unique_field::email, email.value), "intent", intent_id)) {
+        transition(intent, *r, intent_state::rolled_back);
+      }
+    }
+    errors_.inc();
+    return fail_answer(is_conflict(upd.error()) ? 409 : 503,
+                       is_conflict(upd.error()) ? "conflict" : "service_unavailable",
+                       "the user changed meanwhile; try again");
+  }
+  fail_point("change:after_user");
+  // The old address is released (only if this user holds it), then done.
+  if (!old_email.empty()) release(policy::reservation_id(unique_field::email, old_email), "user", user_name);
+  transition(intent, rev, intent_state::done);
+  return identity_answer{200, json{{"ok", true}, {"email", email.value}}};
+}
+
+std::optional<policy::intent_action> identities::act(const json& doc) {
+  const std::string id = str_field(doc, "_id");
+  const std::string type = str_field(doc, "type");
+  const auto state = policy::intent_state_from(str_field(doc, "state"));
+  const std::string name = str_field(doc, "name");
+  const std::string email = str_field(doc, "email");
+  std::string rev = str_field(doc, "_rev");
+  if (!state || name.empty() || rev.empty() || (type != "signup" && type != "change")) {
+    log()->warn("intent {}: malformed (type, state, name or _rev missing); left alone", id);
+    return std::nullopt;
+  }
+  long long updated_ms = 0;
+  const std::string updated = str_field(doc, "updated");
+  std::from_chars(updated.data(), updated.data() + updated.size(), updated_ms);
+
+  policy::intent_facts f;
+  f.state = *state;
+  f.updated = std::chrono::system_clock::time_point{std::chrono::milliseconds{updated_ms}};
+  const std::string user_id = policy::user_doc_id(name);
+  auto u = client_.get_doc(users_db_, user_id).get();
+  if (!u.ok() && u.error().kind != couch_error_kind::not_found) return std::nullopt;
+  f.user_exists = u.ok();
+  f.user_from_this_intent = u.ok() && str_field(u.value(), "couchgate_intent") == id;
+
+  const auto action = policy::decide_intent(f, now_(), cfg_.intent_timeout, cfg_.retention);
+  if (action == policy::intent_action::leave) return action;
+  json intent = doc;
+  const std::string email_res = policy::reservation_id(unique_field::email, email);
+  const std::string name_res = policy::reservation_id(unique_field::name, str_field(doc, "name_key"));
+  log()->info("intent {} ({}): {}", id, policy::to_string(*state), policy::to_string(action));
+  repaired_.inc(action == policy::intent_action::forget ? 0 : 1);
+  switch (action) {
+    case policy::intent_action::leave:
+      return action;
+    case policy::intent_action::forget: {
+      auto d = client_.delete_doc(cfg_.db, id, rev).get();
+      if (d.ok() || d.error().kind == couch_error_kind::not_found || is_conflict(d.error())) return action;
+      return std::nullopt;
+    }
+    case policy::intent_action::finish: {
+      bool ok = true;
+      if (type == "signup") {
+        for (const auto& [field, key] : {std::pair{unique_field::name, str_field(doc, "name_key")},
+                                         std::pair{unique_field::email, email}}) {
+          std::string r;
+          auto res = reserve(field, key, name, id, r);
+          if (!res.ok()) ok = false;
+          else if (!res.value()) {
+            log()->error("intent {}: user {} exists but its {} is reserved by another user", id, name,
+                         policy::to_string(field));
+          }
+        }
+      } else {
+        const std::string old_email = str_field(doc, "old_email");
+        if (!old_email.empty()) {
+          ok = release(policy::reservation_id(unique_field::email, old_email), "user", name);
+        }
+      }
+      if (ok && transition(intent, rev, intent_state::done)) return action;
+      return std::nullopt;
+    }
+    case policy::intent_action::roll_back: {
+      auto r = transition(intent, rev, intent_state::rolling_back);
+      if (!r) return std::nullopt;
+      rev = *r;
+      [[fallthrough]];
+    }
+    case policy::intent_action::release: {
+      bool ok = true;
+      if (f.user_from_this_intent) {
+        if (type == "signup") {
+          auto d = client_.delete_doc(users_db_, user_id, str_field(u.value(), "_rev")).get();
+          ok = d.ok() || d.error().kind == couch_error_kind::not_found;
+        } else {  // a change that reached the user: put the old address back
+          json user = u.value();
+          user["email"] = str_field(doc, "old_email");
+          user.erase("couchgate_intent");
+          ok = client_.put_doc(users_db_, user_id, user).get().ok();
+        }
+      }
+      if (type == "signup") ok = release(name_res, "intent", id) && ok;
+      ok = release(email_res, "intent", id) && ok;
+      if (!ok) return std::nullopt;
+      if (*state == intent_state::rolled_back || transition(intent, rev, intent_state::rolled_back)) return action;
+      return std::nullopt;
+    }
+  }
+  return action;
+}
+
+identities::reconcile_report identities::reconcile() {
+  reconcile_report rep;
+  for (const std::string prefix : {"signup/", "change/"}) {
+    std::string start = json(prefix).dump();
+    const std::string end = json(prefix + "\xEF\xBF\xB0").dump();  // U+FFF0: after every id with the prefix
+    while (true) {
+      auto page = client_.all_docs(cfg_.db, "include_docs=true&limit=200&startkey=" + replicator::encode_segment(start) +
+                                                "&endkey=" + replicator::encode_segment(end)).get();
+      const json* rows = nullptr;
+      if (page.ok() && page.value().is_object()) {
+        const auto it = page.value().find("rows");
+        if (it != page.value().end() && it->is_array()) rows = &*it;
+      }
+      if (rows == nullptr) {
+        ++rep.failed;
+        log()->warn("intent reconcile: listing intents failed: {}",
+                    page.ok() ? std::string("answer has no rows array") : page.error().describe());
+        return rep;
+      }
+      std::string last;
+      for (const auto& row : *rows) {
+        last = str_field(row, "id");
+        const auto doc = row.is_object() ? row.find("doc") : row.end();
+        if (doc == row.end() || !doc->is_object()) continue;
+        ++rep.seen;
+        const auto done = act(*doc);
+        if (!done) ++rep.failed;
+        else if (*done == policy::intent_action::finish) ++rep.finished;
+        else if (*done == policy::intent_action::roll_back || *done == policy::intent_action::release) ++rep.rolled_back;
+        else if (*done == policy::intent_action::forget) ++rep.forgotten;
+      }
+      if (rows->size() < 200 || last.empty()) break;
+      start = json(last + std::string(1, '\0')).dump();  // the next id after `last`
+    }
+  }
+  return rep;
+}
+
+}  // namespace couchgate::gateway

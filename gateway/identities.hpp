@@ -1,0 +1,101 @@
+#pragma once
+// Owns: unique user names and e-mail addresses (sign-up, changing an e-mail address,
+// availability) on top of CouchDB without transactions, and the reconciler that finishes or
+// rolls back every intent a crash left behind. The rules and decisions are policy/identity;
+// this is their I/O against the identities database and `_users`.
+//
+// Documents in `identities.db` (admin-only `_security`, created here):
+//   signup/<uuid>, change/<uuid>   intents: {type, state, name, name_key, email, old_email,
+//                                  created, updated} — never a password
+//   name/<name_key>, email/<addr>  reservations: {type:"reservation", field, user, intent}
+// A `_users` document made or changed through here carries `couchgate_intent: <intent id>`, so
+// the reconciler can tell a user an intent made from one someone else made.
+//
+// Invariants after any crash, once the reconciler ran over intents older than intent_timeout:
+// no reservation without its user, no user made here without its reservations, never two
+// users with the same name key or e-mail address.
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gateway/config.hpp"
+#include "policy/identity.hpp"
+#include "replicator/couch_client.hpp"
+#include "replicator/metrics.hpp"
+
+namespace couchgate::gateway {
+
+// An HTTP-shaped outcome: the front door sends it as is.
+struct identity_answer {
+  int status = 500;
+  replicator::json body;
+};
+
+// Test-only fail points: COUCHGATE_FAILPOINT=<name> makes the process die (SIGKILL) right there,
+// to prove the reconciler repairs a crash between any two steps. Names:
+// signup:after_intent, signup:after_reserve, signup:after_reserved_state, signup:after_user,
+// change:after_intent, change:after_reserve, change:after_user.
+void fail_point(const char* name);
+
+class identities {
+ public:
+  using clock_fn = std::function<std::chrono::system_clock::time_point()>;
+  // user_ready(name): whether provisioning finished the user's database (sign-up waits for it,
+  // bounded by cfg.provision_wait).
+  identities(replicator::couch_client& client, replicator::registry& metrics, identities_config cfg,
+             std::string users_db, std::function<bool(const std::string&)> user_ready,
+             clock_fn now = [] { return std::chrono::system_clock::now(); });
+
+  // Creates the identities database with an admin-only _security (idempotent).
+  std::optional<replicator::couch_error> ensure_db();
+
+  // POST /_signup with this JSON body.
+  identity_answer signup(const replicator::json& body);
+  // GET /_signup/available?name=&email= (either may be empty: not asked).
+  identity_answer available(const std::string& name, const std::string& email);
+  // PUT /_identity/email for an authenticated user.
+  identity_answer change_email(const std::string& user, const replicator::json& body);
+
+  struct reconcile_report {
+    std::size_t seen = 0, finished = 0, rolled_back = 0, forgotten = 0, failed = 0;
+  };
+  // One pass over every intent (paged).
+  reconcile_report reconcile();
+
+ private:
+  struct held {  // reservations this intent made
+    std::vector<std::pair<std::string, std::string>> ids_revs;
+  };
+  identity_answer fail_answer(int status, const std::string& error, const std::string& reason);
+  // Moves the intent to `to` if it still has `rev`; the new rev, or nullopt (lost the race or error).
+  std::optional<std::string> transition(replicator::json& intent, const std::string& rev, policy::intent_state to);
+  // PUT a reservation; true when created, false when taken, error otherwise.
+  replicator::result<bool> reserve(policy::unique_field f, const std::string& key, const std::string& user,
+                                   const std::string& intent_id, std::string& rev_out);
+  // Deletes the reservation if (and only if) its holder_field ("intent" or "user") is holder:
+  // only what an intent (or, for an e-mail change's old address, the user) owns is released.
+  bool release(const std::string& reservation_id, const char* holder_field, const std::string& holder);
+  // What the reconciler did with one intent; nullopt when it failed (retried next pass).
+  std::optional<policy::intent_action> act(const replicator::json& intent);
+  std::string new_intent_id(const char* kind);
+  std::string stamp() const;
+
+  replicator::couch_client& client_;
+  identities_config cfg_;
+  std::string users_db_;
+  std::function<bool(const std::string&)> user_ready_;
+  clock_fn now_;
+  std::mutex rnd_mu_;
+
+  replicator::counter& signups_;
+  replicator::counter& conflicts_;
+  replicator::counter& rejected_;
+  replicator::counter& errors_;
+  replicator::counter& repaired_;
+  replicator::histogram& latency_;
+};
+
+}  // namespace couchgate::gateway

@@ -1,0 +1,219 @@
+// Owns: identity rules and the sign-up intent's decisions (see identity.hpp).
+//
+// Unicode normalisation (NFC) and lower-casing use GNU libunistring, which libcurl already
+// brings in through libidn2: no new runtime library.
+#include "policy/identity.hpp"
+
+#include <unicase.h>
+#include <uninorm.h>
+#include <unistr.h>
+
+#include <cstdlib>
+#include <memory>
+
+namespace couchgate::policy {
+
+namespace {
+
+struct free_deleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+bool valid_utf8(std::string_view s) {
+  return u8_check(reinterpret_cast<const uint8_t*>(s.data()), s.size()) == nullptr;
+}
+
+// NFC form of valid UTF-8 (nullopt when libunistring fails, e.g. out of memory).
+std::optional<std::string> nfc(std::string_view s) {
+  if (s.empty()) return std::string();
+  std::size_t len = 0;
+  std::unique_ptr<uint8_t, free_deleter> out(
+      u8_normalize(UNINORM_NFC, reinterpret_cast<const uint8_t*>(s.data()), s.size(), nullptr, &len));
+  if (!out) return std::nullopt;
+  return std::string(reinterpret_cast<const char*>(out.get()), len);
+}
+
+// Full Unicode lower case, then NFC again (case mapping may denormalise).
+std::optional<std::string> lower_nfc(std::string_view s) {
+  if (s.empty()) return std::string();
+  std::size_t len = 0;
+  std::unique_ptr<uint8_t, free_deleter> out(u8_tolower(reinterpret_cast<const uint8_t*>(s.data()), s.size(),
+                                                        nullptr, UNINORM_NFC, nullptr, &len));
+  if (!out) return std::nullopt;
+  return std::string(reinterpret_cast<const char*>(out.get()), len);
+}
+
+std::size_t code_points(std::string_view s) {
+  return u8_mbsnlen(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+
+// C0, DEL and C1 controls (the C1 range is U+0080..U+009F, encoded C2 80..C2 9F).
+bool has_control(std::string_view s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) return true;
+    if (c == 0xc2 && i + 1 < s.size()) {
+      const auto d = static_cast<unsigned char>(s[i + 1]);
+      if (d >= 0x80 && d <= 0x9f) return true;
+    }
+  }
+  return false;
+}
+
+bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v'; }
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && is_space(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && is_space(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+checked_value fail(std::string why) { return checked_value{{}, std::move(why)}; }
+
+bool valid_domain(std::string_view d) {
+  if (d.empty() || d.size() > 253) return false;
+  std::size_t labels = 0;
+  while (true) {
+    const auto dot = d.find('.');
+    const std::string_view label = d.substr(0, dot);
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') return false;
+    for (const char ch : label) {
+      const auto c = static_cast<unsigned char>(ch);
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c >= 0x80;
+      if (!ok) return false;
+    }
+    ++labels;
+    if (dot == std::string_view::npos) break;
+    d.remove_prefix(dot + 1);
+  }
+  return labels >= 2;
+}
+
+}  // namespace
+
+checked_value check_user_name(std::string_view name, const identity_rules& rules) {
+  if (name.empty()) return fail("name is empty");
+  if (!valid_utf8(name)) return fail("name is not valid UTF-8");
+  auto n = nfc(name);
+  if (!n) return fail("name could not be normalised");
+  if (n->size() > rules.max_name_bytes) {
+    return fail("name is longer than " + std::to_string(rules.max_name_bytes) + " bytes");
+  }
+  if (has_control(*n)) return fail("name contains a control character");
+  if (n->front() == '_') return fail("name must not start with '_'");
+  if (n->find(':') != std::string::npos) return fail("name must not contain ':'");
+  return checked_value{std::move(*n), {}};
+}
+
+checked_value check_password(std::string_view password, const identity_rules& rules) {
+  if (!valid_utf8(password)) return fail("password is not valid UTF-8");
+  if (password.size() > rules.max_password_bytes) {
+    return fail("password is longer than " + std::to_string(rules.max_password_bytes) + " bytes");
+  }
+  if (code_points(password) < rules.min_password_chars) {
+    return fail("password is shorter than " + std::to_string(rules.min_password_chars) + " characters");
+  }
+  return checked_value{std::string(password), {}};
+}
+
+checked_value normalise_email(std::string_view email, const identity_rules& rules) {
+  const std::string_view t = trim(email);
+  if (t.empty()) return fail("email is empty");
+  if (!valid_utf8(t)) return fail("email is not valid UTF-8");
+  auto low = lower_nfc(t);
+  if (!low) return fail("email could not be normalised");
+  const std::string& e = *low;
+  if (e.size() > rules.max_email_bytes) {
+    return fail("email is longer than " + std::to_string(rules.max_email_bytes) + " bytes");
+  }
+  if (has_control(e)) return fail("email contains a control character");
+  for (const char c : e) {
+    if (is_space(static_cast<unsigned char>(c))) return fail("email contains white space");
+  }
+  const auto at = e.find('@');
+  if (at == std::string::npos || e.find('@', at + 1) != std::string::npos) {
+    return fail("email must contain exactly one '@'");
+  }
+  const std::string_view local = std::string_view(e).substr(0, at);
+  const std::string_view domain = std::string_view(e).substr(at + 1);
+  if (local.empty() || local.size() > 64) return fail("email's part before '@' must be 1 to 64 bytes");
+  if (local.front() == '.' || local.back() == '.' || local.find("..") != std::string_view::npos) {
+    return fail("email's part before '@' has a misplaced '.'");
+  }
+  if (!valid_domain(domain)) return fail("email's domain is not a valid host name");
+  return checked_value{e, {}};
+}
+
+std::string name_key(std::string_view checked_name) {
+  auto low = lower_nfc(checked_name);
+  return low ? *low : std::string(checked_name);
+}
+
+const char* to_string(unique_field f) {
+  switch (f) {
+    case unique_field::name: return "name";
+    case unique_field::email: return "email";
+  }
+  return "?";
+}
+
+std::string reservation_id(unique_field f, std::string_view key) {
+  std::string id = to_string(f);
+  id += '/';
+  id += key;
+  return id;
+}
+
+const char* to_string(intent_state s) {
+  switch (s) {
+    case intent_state::pending: return "pending";
+    case intent_state::reserved: return "reserved";
+    case intent_state::done: return "done";
+    case intent_state::rolling_back: return "rolling_back";
+    case intent_state::rolled_back: return "rolled_back";
+  }
+  return "?";
+}
+
+std::optional<intent_state> intent_state_from(std::string_view s) {
+  for (const auto st : {intent_state::pending, intent_state::reserved, intent_state::done,
+                        intent_state::rolling_back, intent_state::rolled_back}) {
+    if (s == to_string(st)) return st;
+  }
+  return std::nullopt;
+}
+
+const char* to_string(intent_action a) {
+  switch (a) {
+    case intent_action::leave: return "leave";
+    case intent_action::finish: return "finish";
+    case intent_action::roll_back: return "roll_back";
+    case intent_action::release: return "release";
+    case intent_action::forget: return "forget";
+  }
+  return "?";
+}
+
+intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::time_point now,
+                            std::chrono::seconds timeout, std::chrono::seconds retention) {
+  const auto age = now - f.updated;
+  switch (f.state) {
+    case intent_state::rolled_back:
+      // A sign-up that lost its `done` transition to a rollback deletes the user it made; if it
+      // crashed first, that user is still here, without reservations: release removes it.
+      if (f.user_exists && f.user_from_this_intent) return intent_action::release;
+      return age >= retention ? intent_action::forget : intent_action::leave;
+    case intent_state::done:
+      return age >= retention ? intent_action::forget : intent_action::leave;
+    case intent_state::rolling_back:
+      // A rollback already won its transition: only finishing it is left, however young.
+      return intent_action::release;
+    case intent_state::pending:
+    case intent_state::reserved:
+      if (age < timeout) return intent_action::leave;  // the sign-up may still be running
+      return f.user_exists && f.user_from_this_intent ? intent_action::finish : intent_action::roll_back;
+  }
+  return intent_action::leave;
+}
+
+}  // namespace couchgate::policy

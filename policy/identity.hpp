@@ -1,0 +1,93 @@
+#pragma once
+// Owns: the rules for unique identities (sign-up, changing a unique field) as pure functions:
+// which user names, passwords and e-mail addresses are acceptable, how a unique value becomes
+// the `_id` of its reservation document, and the sign-up intent's state machine — what the
+// reconciler must do with an intent it finds, given what it observed.
+//
+// The pattern: CouchDB's only unique key is a document's `_id`, so each unique value has one
+// reservation document whose `_id` is the (normalised) value and which names the user and the
+// intent that holds it. Each step is idempotent and every transition of the intent is a
+// conditional write (its `_rev`), so two processes — the sign-up in flight and a reconciler,
+// or two couchgates — can never both win a transition.
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace couchgate::policy {
+
+struct identity_rules {
+  std::size_t max_name_bytes = 64;       // UTF-8 bytes of the user name
+  std::size_t min_password_chars = 8;    // code points
+  std::size_t max_password_bytes = 1024; // CouchDB hashes it with PBKDF2: bound the work
+  std::size_t max_email_bytes = 254;     // RFC 5321 path limit
+  bool operator==(const identity_rules&) const = default;
+};
+
+// A value that passed the rules, or why not (one line, never quoting a password).
+struct checked_value {
+  std::string value;
+  std::string error;
+  bool ok() const { return error.empty(); }
+};
+
+// A user name: valid UTF-8, Unicode NFC (normalised here: the name stored is the NFC form),
+// no control characters, no ':' (CouchDB 3.5 refuses it), not starting with '_' (CouchDB's
+// reserved prefix), not empty, at most max_name_bytes.
+checked_value check_user_name(std::string_view name, const identity_rules& rules);
+// Password: valid UTF-8, min_password_chars code points, max_password_bytes bytes. The value
+// returned is the password unchanged.
+checked_value check_password(std::string_view password, const identity_rules& rules);
+// E-mail: trimmed, NFC, lower-cased (full Unicode lower case); then local@domain with exactly one
+// '@', a non-empty local part of at most 64 bytes, no white space or control characters, a domain
+// of dot-separated labels (letters, digits, '-', non-ASCII; no empty label, not starting or
+// ending with '-'), at most max_email_bytes in all.
+checked_value normalise_email(std::string_view email, const identity_rules& rules);
+
+// The key under which a user name is unique: NFC and lower-cased, so "Alice" and "alice" (or
+// two spellings of "é") cannot both be taken — one would impersonate the other.
+std::string name_key(std::string_view checked_name);
+
+// Reservation document ids: "name/<name_key>", "email/<normalised address>".
+enum class unique_field { name, email };
+const char* to_string(unique_field f);
+std::string reservation_id(unique_field f, std::string_view key);
+
+// ---- the sign-up intent ----
+//
+//   pending ──reserve both──▶ reserved ──PUT _users──▶ done
+//      │                         │
+//      └──────(reconciler, or a taken value)──▶ rolling_back ──release, delete user──▶ rolled_back
+//
+// The sign-up writes `pending`, reserves, moves to `reserved` (a 409 there means a reconciler
+// took the intent over: abort), creates the `_users` document (marked with the intent id), and
+// moves to `done`; if that last move fails with 409, the user it created is deleted again.
+// A reconciler acts only on intents older than a timeout that is longer than the sign-up's own
+// deadline, so it never races a healthy sign-up, and the conditional writes settle the rest.
+enum class intent_state { pending, reserved, done, rolling_back, rolled_back };
+const char* to_string(intent_state s);
+std::optional<intent_state> intent_state_from(std::string_view s);
+
+// What the reconciler saw for one intent.
+struct intent_facts {
+  intent_state state = intent_state::pending;
+  std::chrono::system_clock::time_point updated{};
+  bool user_exists = false;           // a _users doc for the name exists ...
+  bool user_from_this_intent = false; // ... and carries this intent's id
+};
+
+enum class intent_action {
+  leave,        // young, or finished: nothing to do
+  finish,       // the user exists (made by this intent): ensure its reservations, mark done
+  roll_back,    // no user of this intent: move to rolling_back, release what it holds
+  release,      // already rolling_back: release what it holds (and the user it made), mark rolled_back
+  forget,       // an old done / rolled_back intent: delete the intent document
+};
+const char* to_string(intent_action a);
+
+intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::time_point now,
+                            std::chrono::seconds timeout, std::chrono::seconds retention);
+
+}  // namespace couchgate::policy

@@ -1,0 +1,286 @@
+// Identities against the real server: unique names and e-mail addresses under a race, and the
+// reconciler's repair of every crash point (the steps are replayed here up to each point, as a
+// crashed sign-up would have left them; the daemon-level kill -9 test is in test_signup.cpp).
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "gateway/identities.hpp"
+#include "replicator/couch_client.hpp"
+#include "replicator/http_pool.hpp"
+#include "replicator/metrics.hpp"
+#include "tests/support/harness.hpp"
+
+using namespace couchgate::test;
+namespace g = couchgate::gateway;
+namespace r = couchgate::replicator;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct fixture {
+  r::http_pool pool{r::http_pool::options{env().url, env().user, env().password, 8, "couchgate-test"}};
+  r::couch_client client{pool, r::timeouts{}};
+  r::registry metrics;
+  g::identities_config cfg;
+  std::chrono::system_clock::time_point clock_now = std::chrono::system_clock::now();
+  std::unique_ptr<g::identities> ids;
+
+  explicit fixture(const std::string& stem) {
+    cfg.enabled = true;
+    cfg.db = unique(stem);
+    cfg.provision_wait = 0s;
+    cfg.profile_fields = {"display_name"};
+    ids = std::make_unique<g::identities>(client, metrics, cfg, "_users", nullptr, [this] { return clock_now; });
+    REQUIRE_FALSE(ids->ensure_db().has_value());
+  }
+  ~fixture() { couch().del("/" + enc(cfg.db)); }
+
+  reply reservation(const std::string& id) const { return couch().get("/" + enc(cfg.db) + "/" + enc(id)); }
+  // Every reservation in the database: id -> user.
+  std::map<std::string, std::string> reservations() const {
+    std::map<std::string, std::string> out;
+    auto all = couch().get("/" + enc(cfg.db) + "/_all_docs?include_docs=true");
+    REQUIRE(all.status == 200);
+    for (const auto& row : all.body["rows"]) {
+      const auto& doc = row["doc"];
+      if (doc.value("type", "") == "reservation") out[doc["_id"]] = doc.value("user", "");
+    }
+    return out;
+  }
+};
+
+json signup_body(const std::string& name, const std::string& email) {
+  return json{{"name", name}, {"password", "correct-horse-1"}, {"email", email}};
+}
+
+}  // namespace
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+TEST_CASE("sign-up: creates the user with reservations; a taken name or address is a 409 naming it") {
+  fixture f("ids-basic");
+  const std::string name = unique("ann");
+  const std::string email = unique("ann") + "@Example.org";
+  json body = signup_body(name, "  " + email + " ");
+  body["display_name"] = "Ann";
+  auto a = f.ids->signup(body);
+  REQUIRE_MESSAGE(a.status == 201, a.body.dump());
+  CHECK(a.body["name"] == name);
+
+  // The _users document: CouchDB hashed the password, the profile field and the address are there.
+  auto user = couch().get("/_users/" + enc("org.couchdb.user:" + name));
+  REQUIRE(user.status == 200);
+  CHECK(user.body.value("email", "") == lower(email));
+  CHECK(user.body.value("display_name", "") == "Ann");
+  CHECK_FALSE(user.body.contains("password"));
+  CHECK(couch(name, "correct-horse-1").get("/_session").body["userCtx"]["name"] == name);
+  CHECK(f.reservation("name/" + name).body.value("user", "") == name);
+  CHECK(f.reservation("email/" + lower(email)).body.value("user", "") == name);
+
+  // The same name in another case, and the same address: both named, nothing left behind.
+  std::string upper_name = name;
+  upper_name[0] = 'A';
+  const auto before = f.reservations();
+  auto b = f.ids->signup(signup_body(upper_name, lower(email)));
+  CHECK(b.status == 409);
+  CHECK(b.body["fields"] == json::array({"name", "email"}));
+  CHECK(f.reservations() == before);
+  CHECK(couch().get("/_users/" + enc("org.couchdb.user:" + upper_name)).status == 404);
+
+  // Only the address taken: a new name is not kept reserved.
+  const std::string other = unique("bob");
+  auto c = f.ids->signup(signup_body(other, email));
+  CHECK(c.status == 409);
+  CHECK(c.body["fields"] == json::array({"email"}));
+  CHECK(f.reservation("name/" + other).status == 404);
+
+  // Availability.
+  auto av = f.ids->available(upper_name, unique("free") + "@example.org");
+  REQUIRE(av.status == 200);
+  CHECK(av.body["name"]["available"] == false);
+  CHECK(av.body["email"]["available"] == true);
+  CHECK(f.ids->available("_bad", "").body["name"]["valid"] == false);
+
+  couch().del("/_users/" + enc("org.couchdb.user:" + name) + "?rev=" + user.body["_rev"].get<std::string>());
+}
+
+TEST_CASE("sign-up: invalid input is a 400 naming every field, never echoing the password") {
+  fixture f("ids-invalid");
+  auto a = f.ids->signup(json{{"name", "a:b"}, {"password", "pw1"}, {"email", "nope"}, {"admin", true}});
+  CHECK(a.status == 400);
+  CHECK(a.body["problems"].contains("name"));
+  CHECK(a.body["problems"].contains("password"));
+  CHECK(a.body["problems"].contains("email"));
+  CHECK(a.body["problems"].contains("admin"));  // not an allowed profile field
+  CHECK(a.body.dump().find("pw1") == std::string::npos);
+  CHECK(f.ids->signup(json::array()).status == 400);
+  CHECK(f.ids->signup(json{{"name", 7}, {"password", "x"}, {"email", nullptr}}).status == 400);
+  CHECK(f.reservations().empty());
+}
+
+TEST_CASE("sign-up race: 200 concurrent sign-ups for 50 names and 50 addresses, one winner each") {
+  fixture f("ids-race");
+  const std::string stem = unique("race");
+  std::vector<std::string> names, emails;
+  for (int i = 0; i < 50; ++i) {
+    names.push_back(stem + "-n" + std::to_string(i));
+    emails.push_back(stem + "-e" + std::to_string(i) + "@example.org");
+  }
+  // Attempt k wants name k % 50 and address (k * 7 + k / 50) % 50: every name and every address
+  // is wanted by four attempts, in different pairs.
+  std::mutex mu;
+  std::vector<std::pair<int, g::identity_answer>> answers;
+  std::atomic<int> next{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 16; ++t) {
+    threads.emplace_back([&] {
+      for (int k; (k = next.fetch_add(1)) < 200;) {
+        auto a = f.ids->signup(signup_body(names[k % 50], emails[(k * 7 + k / 50) % 50]));
+        std::lock_guard lk(mu);
+        answers.emplace_back(k, std::move(a));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+
+  std::map<std::string, std::string> name_winner, email_winner;  // value -> winning user
+  int won = 0;
+  for (const auto& [k, a] : answers) {
+    const auto& name = names[k % 50];
+    const auto& email = emails[(k * 7 + k / 50) % 50];
+    if (a.status == 201) {
+      ++won;
+      CHECK_MESSAGE(name_winner.emplace(name, name).second, "two winners for " << name);
+      CHECK_MESSAGE(email_winner.emplace(email, name).second, "two winners for " << email);
+    } else {
+      REQUIRE_MESSAGE(a.status == 409, a.body.dump());
+      CHECK_FALSE(a.body["fields"].empty());
+    }
+  }
+  CHECK(won > 0);
+  // Every winner has its _users document (with its address) and both reservations; nothing else
+  // is reserved.
+  std::map<std::string, std::string> want;
+  for (const auto& [email, user] : email_winner) {
+    auto u = couch().get("/_users/" + enc("org.couchdb.user:" + user));
+    REQUIRE(u.status == 200);
+    CHECK(u.body.value("email", "") == email);
+    want["name/" + user] = user;
+    want["email/" + email] = user;
+  }
+  CHECK(f.reservations() == want);
+  // No loser's _users document exists.
+  for (const auto& n : names) {
+    if (!name_winner.count(n)) CHECK(couch().get("/_users/" + enc("org.couchdb.user:" + n)).status == 404);
+  }
+  for (const auto& [n, _] : name_winner) {
+    auto u = couch().get("/_users/" + enc("org.couchdb.user:" + n));
+    couch().del("/_users/" + enc("org.couchdb.user:" + n) + "?rev=" + u.body["_rev"].get<std::string>());
+  }
+}
+
+TEST_CASE("reconciler: every state a crashed sign-up can leave is finished or rolled back") {
+  fixture f("ids-repair");
+  couch c;
+  const std::string db = "/" + enc(f.cfg.db);
+  const auto old = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      (f.clock_now - 1h).time_since_epoch()).count());
+  struct crash {
+    std::string state;
+    bool reserved_name, reserved_email, user;
+    bool expect_user;  // after the repair
+  };
+  // The points between each pair of steps: after the intent; after one or both reservations;
+  // after moving to reserved; after the user; half-way through a rollback.
+  const std::vector<crash> crashes{
+      {"pending", false, false, false, false},  {"pending", true, false, false, false},
+      {"pending", true, true, false, false},    {"reserved", true, true, false, false},
+      {"reserved", true, true, true, true},     {"rolling_back", true, false, false, false},
+      {"rolling_back", false, true, true, false}, {"rolled_back", false, false, true, false},
+  };
+  std::vector<std::tuple<std::string, std::string, crash>> made;
+  for (std::size_t i = 0; i < crashes.size(); ++i) {
+    const auto& k = crashes[i];
+    const std::string name = unique("crash" + std::to_string(i));
+    const std::string email = name + "@example.org";
+    const std::string intent = "signup/" + unique("intent");
+    REQUIRE(c.put(db + "/" + enc(intent), json{{"type", "signup"}, {"state", k.state}, {"name", name},
+                                                {"name_key", name}, {"email", email}, {"created", old},
+                                                {"updated", old}}).status == 201);
+    auto res = [&](const std::string& id) {
+      REQUIRE(c.put(db + "/" + enc(id), json{{"type", "reservation"}, {"user", name}, {"intent", intent}}).status == 201);
+    };
+    if (k.reserved_name) res("name/" + name);
+    if (k.reserved_email) res("email/" + email);
+    if (k.user) {
+      REQUIRE(c.put("/_users/" + enc("org.couchdb.user:" + name),
+                    json{{"name", name}, {"type", "user"}, {"roles", json::array()}, {"password", "correct-horse-1"},
+                         {"email", email}, {"couchgate_intent", intent}}).status == 201);
+    }
+    made.emplace_back(name, intent, k);
+  }
+  // A young pending intent (a sign-up still running) is left alone.
+  const std::string young = "signup/" + unique("young");
+  const auto now_ms = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         f.clock_now.time_since_epoch()).count());
+  REQUIRE(c.put(db + "/" + enc(young), json{{"type", "signup"}, {"state", "pending"}, {"name", "young"},
+                                            {"name_key", "young"}, {"email", "y@example.org"},
+                                            {"updated", now_ms}}).status == 201);
+  REQUIRE(c.put(db + "/" + enc("name/young"), json{{"type", "reservation"}, {"user", "young"}, {"intent", young}}).status == 201);
+
+  auto rep = f.ids->reconcile();
+  CHECK(rep.failed == 0);
+  CHECK(rep.seen == crashes.size() + 1);
+  for (const auto& [name, intent, k] : made) {
+    INFO(k.state, " name:", k.reserved_name, " email:", k.reserved_email, " user:", k.user);
+    const bool user = c.get("/_users/" + enc("org.couchdb.user:" + name)).status == 200;
+    CHECK(user == k.expect_user);
+    // A user has both reservations; no user, none.
+    CHECK((f.reservation("name/" + name).status == 200) == user);
+    CHECK((f.reservation("email/" + name + "@example.org").status == 200) == user);
+    CHECK(f.reservation(intent).body.value("state", "") == (user ? "done" : "rolled_back"));
+    if (user) {
+      auto u = c.get("/_users/" + enc("org.couchdb.user:" + name));
+      c.del("/_users/" + enc("org.couchdb.user:" + name) + "?rev=" + u.body["_rev"].get<std::string>());
+    }
+  }
+  CHECK(f.reservation(young).body.value("state", "") == "pending");
+  CHECK(f.reservation("name/young").status == 200);
+  // A second pass changes nothing; after the retention the finished intents are forgotten.
+  CHECK(f.ids->reconcile().failed == 0);
+  f.clock_now += 25h;
+  auto later = f.ids->reconcile();
+  CHECK(later.forgotten == crashes.size());
+}
+
+TEST_CASE("changing an e-mail address: two users racing for one address, one wins; the old one is freed") {
+  fixture f("ids-change");
+  const std::string a = unique("chga"), b = unique("chgb");
+  REQUIRE(f.ids->signup(signup_body(a, a + "@example.org")).status == 201);
+  REQUIRE(f.ids->signup(signup_body(b, b + "@example.org")).status == 201);
+  const std::string target = unique("both") + "@example.org";
+  g::identity_answer ra, rb;
+  std::thread ta([&] { ra = f.ids->change_email(a, json{{"email", target}}); });
+  std::thread tb([&] { rb = f.ids->change_email(b, json{{"email", target}}); });
+  ta.join();
+  tb.join();
+  CHECK(((ra.status == 200) != (rb.status == 200)));
+  CHECK(((ra.status == 409) != (rb.status == 409)));
+  const std::string winner = ra.status == 200 ? a : b, loser = ra.status == 200 ? b : a;
+  CHECK(f.reservation("email/" + target).body.value("user", "") == winner);
+  CHECK(f.reservation("email/" + winner + "@example.org").status == 404);  // freed
+  CHECK(f.reservation("email/" + loser + "@example.org").body.value("user", "") == loser);
+  CHECK(couch().get("/_users/" + enc("org.couchdb.user:" + winner)).body.value("email", "") == target);
+  CHECK(couch().get("/_users/" + enc("org.couchdb.user:" + loser)).body.value("email", "") == loser + "@example.org");
+  for (const auto& n : {a, b}) {
+    auto u = couch().get("/_users/" + enc("org.couchdb.user:" + n));
+    couch().del("/_users/" + enc("org.couchdb.user:" + n) + "?rev=" + u.body["_rev"].get<std::string>());
+  }
+}

@@ -1,0 +1,97 @@
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "policy/identity.hpp"
+
+using namespace couchgate::policy;
+using namespace std::chrono_literals;
+
+TEST_CASE("check_user_name: CouchDB's rules, NFC, length in bytes") {
+  const identity_rules r{};
+  CHECK(check_user_name("alice", r).ok());
+  CHECK(check_user_name("alice", r).value == "alice");
+  CHECK(check_user_name("Zoë 🦊", r).ok());
+  // "e" + combining acute (U+0301) is stored in its composed form U+00E9.
+  CHECK(check_user_name("re\xCC\x81my", r).value == "r\xC3\xA9my");
+  CHECK_FALSE(check_user_name("", r).ok());
+  CHECK(check_user_name("a:b", r).error == "name must not contain ':'");
+  CHECK(check_user_name("_admin", r).error == "name must not start with '_'");
+  CHECK_FALSE(check_user_name("tab\there", r).ok());
+  CHECK_FALSE(check_user_name("c1\xC2\x85", r).ok());      // U+0085 NEL
+  CHECK_FALSE(check_user_name("bad\xFF", r).ok());         // not UTF-8
+  CHECK(check_user_name(std::string(64, 'a'), r).ok());
+  CHECK_FALSE(check_user_name(std::string(65, 'a'), r).ok());
+  identity_rules longer{};
+  longer.max_name_bytes = 200;
+  CHECK(check_user_name(std::string(200, 'a'), longer).ok());
+}
+
+TEST_CASE("check_password: length in characters, bytes bounded, never quoted in the error") {
+  const identity_rules r{};
+  CHECK(check_password("correct horse", r).ok());
+  CHECK_FALSE(check_password("pw1", r).ok());
+  CHECK(check_password("pw1", r).error == "password is shorter than 8 characters");
+  CHECK(check_password("s3cr3t!", r).error.find("s3cr3t") == std::string::npos);
+  CHECK(check_password("ééééééé\xC3\xA9", r).ok());           // 8 code points, 16 bytes
+  CHECK_FALSE(check_password(std::string(1025, 'x'), r).ok());
+  CHECK_FALSE(check_password("12345678\xFF", r).ok());
+}
+
+TEST_CASE("normalise_email: trim, NFC, lower case, then syntax") {
+  const identity_rules r{};
+  CHECK(normalise_email("  Alice@Example.COM \n", r).value == "alice@example.com");
+  CHECK(normalise_email("ÉLODIE@exemple.fr", r).value == "\xC3\xA9lodie@exemple.fr");
+  CHECK(normalise_email("E\xCC\x81lodie@exemple.fr", r).value == "\xC3\xA9lodie@exemple.fr");
+  CHECK(normalise_email("a.b+tag@sub.example.org", r).ok());
+  CHECK(normalise_email("x@b\xC3\xBC" "cher.de", r).ok());
+  for (const char* bad : {"", "   ", "plain", "a@b", "a@@b.com", "a@b@c.com", "@b.com", "a@.com", "a@b..com",
+                          "a@-b.com", "a@b-.com", "a b@c.com", ".a@b.com", "a.@b.com", "a..b@c.com", "a@b_c.com",
+                          "a\x01@b.com", "a@b.com\xFF"}) {
+    INFO(bad);
+    CHECK_FALSE(normalise_email(bad, r).ok());
+  }
+  CHECK_FALSE(normalise_email(std::string(65, 'a') + "@b.com", r).ok());
+  CHECK_FALSE(normalise_email("a@" + std::string(250, 'b') + ".com", r).ok());
+}
+
+TEST_CASE("reservation ids: one per unique value, names compared without case") {
+  CHECK(reservation_id(unique_field::name, name_key("Alice")) == "name/alice");
+  CHECK(name_key("ALICE") == name_key("alice"));
+  CHECK(name_key("\xC3\x89mile") == name_key("\xC3\xA9mile"));  // É / é
+  CHECK(reservation_id(unique_field::email, "a@b.com") == "email/a@b.com");
+  CHECK(intent_state_from("reserved") == intent_state::reserved);
+  CHECK_FALSE(intent_state_from("Reserved").has_value());
+  for (const auto s : {intent_state::pending, intent_state::reserved, intent_state::done,
+                       intent_state::rolling_back, intent_state::rolled_back}) {
+    CHECK(intent_state_from(to_string(s)) == s);
+  }
+}
+
+TEST_CASE("decide_intent: the reconciler never races a young sign-up and finishes every old one") {
+  const auto t0 = std::chrono::system_clock::time_point{} + 1000h;
+  const auto timeout = 60s, retention = 3600s;
+  auto facts = [&](intent_state s, std::chrono::seconds age, bool user = false, bool ours = false) {
+    return intent_facts{s, t0 - age, user, ours};
+  };
+  // Young pending / reserved: the sign-up may still be running.
+  CHECK(decide_intent(facts(intent_state::pending, 59s), t0, timeout, retention) == intent_action::leave);
+  CHECK(decide_intent(facts(intent_state::reserved, 10s, true, true), t0, timeout, retention) == intent_action::leave);
+  // Old and no user made by it: roll back (a user of the same name made by someone else counts as none).
+  CHECK(decide_intent(facts(intent_state::pending, 60s), t0, timeout, retention) == intent_action::roll_back);
+  CHECK(decide_intent(facts(intent_state::reserved, 61s, true, false), t0, timeout, retention) ==
+        intent_action::roll_back);
+  // Old with its user: finish (reservations ensured, marked done).
+  CHECK(decide_intent(facts(intent_state::reserved, 61s, true, true), t0, timeout, retention) == intent_action::finish);
+  // A started rollback is completed at once.
+  CHECK(decide_intent(facts(intent_state::rolling_back, 1s), t0, timeout, retention) == intent_action::release);
+  // A user made after its intent was rolled back is removed.
+  CHECK(decide_intent(facts(intent_state::rolled_back, 1s, true, true), t0, timeout, retention) ==
+        intent_action::release);
+  CHECK(decide_intent(facts(intent_state::rolled_back, 1s, true, false), t0, timeout, retention) ==
+        intent_action::leave);
+  // Finished intents are kept for `retention`, then forgotten.
+  CHECK(decide_intent(facts(intent_state::done, 3599s, true, true), t0, timeout, retention) == intent_action::leave);
+  CHECK(decide_intent(facts(intent_state::done, 3600s, true, true), t0, timeout, retention) == intent_action::forget);
+  CHECK(decide_intent(facts(intent_state::rolled_back, 3600s), t0, timeout, retention) == intent_action::forget);
+}
