@@ -13,6 +13,7 @@
 
 #include "gateway/admin_api.hpp"
 #include "gateway/databases.hpp"
+#include "gateway/identities.hpp"
 #include "gateway/logging.hpp"
 #include "gateway/provisioner.hpp"
 #include "policy/naming.hpp"
@@ -85,6 +86,7 @@ struct daemon::impl {
   std::unique_ptr<r::fanin> fan;
   std::unique_ptr<r::change_detector> detector;
   std::unique_ptr<provisioner> prov;
+  std::unique_ptr<identities> ids;
   std::unique_ptr<admin_api> api;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
@@ -301,6 +303,11 @@ struct daemon::impl {
         if (!retry("cannot load checkpoints", l.error())) return false;
       }
     }
+    if (ids) {
+      while (auto e = ids->ensure_db()) {
+        if (!retry("cannot prepare identities database " + cfg.identities.db, *e)) return false;
+      }
+    }
     if (cfg.shared.enabled) {
       while (auto e = ensure_shared_db(*client, cfg.shared.db, cfg.shared.member_roles, cfg.shared.admin_roles)) {
         if (!retry("cannot prepare shared database " + cfg.shared.db, *e)) return false;
@@ -376,6 +383,15 @@ int daemon::run() {
                           }});
   }
 
+  if (cfg.identities.enabled) {
+    d.ids = std::make_unique<identities>(*d.client, d.metrics, cfg.identities, cfg.provisioning.users_db,
+                                         [&d](const std::string& name) {
+                                           if (!d.prov) return true;
+                                           auto u = d.prov->user(name);
+                                           return u && u->done && u->action == policy::user_action::ensure;
+                                         });
+  }
+
   d.api = std::make_unique<admin_api>(admin_handlers{
       [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
       [&d](const std::string& u) { return d.user_status(u); }}, cfg.admin_api.token);
@@ -394,6 +410,7 @@ int daemon::run() {
     if (d.fan) d.fan->start();
     if (d.detector) d.detector->start();
     if (d.prov) d.prov->start();
+    if (d.ids) d.ids->start();
   }
 
   // Main loop: readiness notification, watchdog, CouchDB liveness, reload.
@@ -443,6 +460,7 @@ int daemon::run() {
   // read again at the next start.
   if (d.fan) d.fan->drain(std::chrono::seconds(5));
   d.pool->shutdown();
+  if (d.ids) d.ids->stop();
   if (d.prov) d.prov->stop();
   if (d.detector) d.detector->stop();
   if (d.fan) d.fan->stop();

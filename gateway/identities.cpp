@@ -508,4 +508,27 @@ identities::reconcile_report identities::reconcile() {
   return rep;
 }
 
+void identities::start() {
+  thread_ = std::thread([this] {
+    for (;;) {
+      const auto rep = reconcile();
+      if (rep.finished + rep.rolled_back + rep.failed > 0) {
+        log()->info("intent reconcile: {} intents, {} finished, {} rolled back, {} forgotten, {} failed", rep.seen,
+                    rep.finished, rep.rolled_back, rep.forgotten, rep.failed);
+      }
+      // A failed pass is retried within a minute whatever the interval.
+      auto next = cfg_.reconcile_interval;
+      if (rep.failed > 0 && (next.count() == 0 || next > std::chrono::seconds(60))) next = std::chrono::seconds(60);
+      if (next.count() == 0 || !stop_.sleep_for(next)) return;
+    }
+  });
+}
+
+void identities::stop() {
+  stop_.request();
+  if (thread_.joinable()) thread_.join();
+}
+
+identities::~identities() { stop(); }
+
 }  // namespace couchgate::gateway

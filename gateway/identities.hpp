@@ -17,6 +17,7 @@
 #include <chrono>
 #include <functional>
 #include <mutex>
+#include <thread>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "policy/identity.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/metrics.hpp"
+#include "replicator/stop_flag.hpp"
 
 namespace couchgate::gateway {
 
@@ -64,6 +66,10 @@ class identities {
   };
   // One pass over every intent (paged).
   reconcile_report reconcile();
+  // The reconciler's thread: a pass at once, then every cfg.reconcile_interval (0 = at start only).
+  void start();
+  void stop();
+  ~identities();
 
  private:
   struct held {  // reservations this intent made
@@ -89,6 +95,8 @@ class identities {
   std::function<bool(const std::string&)> user_ready_;
   clock_fn now_;
   std::mutex rnd_mu_;
+  replicator::stop_flag stop_;
+  std::thread thread_;
 
   replicator::counter& signups_;
   replicator::counter& conflicts_;
