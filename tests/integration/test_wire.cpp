@@ -79,6 +79,20 @@ bool listed_in(const json& failures, const std::string& id, const std::string& e
   return false;
 }
 
+// Starts couchgate and waits until it is ready and has provisioned `db`.
+void start_provisioned(couchgate_process& cg, const std::string& db) {
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(120s), cg.log());
+  REQUIRE(eventually([&] { return couch().get("/" + enc(db)).status == 200; }, 60s));
+}
+
+// Documents of `user` in the central database.
+std::size_t central_count(const std::string& central, const std::string& user) {
+  auto all = couch().get("/" + enc(central) + "/_all_docs?startkey=" + enc(json(user + ":").dump()) +
+                         "&endkey=" + enc(json(user + ":\ufff0").dump()));
+  return all.status == 200 ? all.body["rows"].size() : 0;
+}
+
 bool caught_up(const couchgate_process& cg, const std::string& user) {
   auto st = cg.admin_get("/status/users/" + enc(user));
   return st.status == 200 && st.body.contains("replication") && st.body["replication"].value("behind", json(1)) == json(0);
@@ -93,9 +107,7 @@ TEST_CASE("document bodies pass byte for byte to central and back by restore; a 
   REQUIRE(create_user(user, {n.role}).status == 201);
   const std::string db = user_db_name(n.prefix, user);
   couchgate_process cg(cfg);
-  cg.start();
-  REQUIRE_MESSAGE(cg.wait_ready(120s), cg.log());
-  REQUIRE(eventually([&] { return couch().get("/" + enc(db)).status == 200; }, 60s));
+  start_provisioned(cg, db);
 
   const std::vector<std::pair<std::string, std::string>> table{
       {"big", R"({"n":123456789012345678901234567890})"},
@@ -211,9 +223,7 @@ TEST_CASE("a document the central validate function refuses is recorded, the che
   REQUIRE(create_user(user, {n.role}).status == 201);
   const std::string db = user_db_name(n.prefix, user);
   couchgate_process cg(cfg);
-  cg.start();
-  REQUIRE_MESSAGE(cg.wait_ready(120s), cg.log());
-  REQUIRE(eventually([&] { return couch().get("/" + enc(db)).status == 200; }, 60s));
+  start_provisioned(cg, db);
   // CouchDB passes a thrown object through as the row's `reason` (it used to abort couchgate).
   REQUIRE(couch().put("/" + enc(n.central) + "/_design/refuse",
                       json{{"validate_doc_update",
@@ -223,12 +233,8 @@ TEST_CASE("a document the central validate function refuses is recorded, the che
   for (int i = 0; i < 100; ++i) docs.push_back({{"_id", i == 37 ? std::string("refuse-me") : "d" + std::to_string(i)}, {"i", i}});
   REQUIRE(couch().post("/" + enc(db) + "/_bulk_docs", json{{"docs", docs}}).status == 201);
 
-  auto central_count = [&] {
-    auto all = couch().get("/" + enc(n.central) + "/_all_docs?startkey=" + enc(json(user + ":").dump()) +
-                           "&endkey=" + enc(json(user + ":\ufff0").dump()));
-    return all.status == 200 ? all.body["rows"].size() : 0;
-  };
-  CHECK_MESSAGE(eventually([&] { return central_count() == 99; }, 90s), tail(cg.log()));
+  auto count = [&] { return central_count(n.central, user); };
+  CHECK_MESSAGE(eventually([&] { return count() == 99; }, 90s), tail(cg.log()));
   CHECK(eventually([&] { return listed_in(cg.admin_get("/failures").body, "refuse-me", "forbidden"); }, 30s));
   for (const auto& f : cg.admin_get("/failures").body["refused_docs"]) {
     if (f["id"] == "refuse-me") {
@@ -241,7 +247,7 @@ TEST_CASE("a document the central validate function refuses is recorded, the che
   json more = json::array();
   for (int i = 100; i < 105; ++i) more.push_back({{"_id", "d" + std::to_string(i)}, {"i", i}});
   REQUIRE(couch().post("/" + enc(db) + "/_bulk_docs", json{{"docs", more}}).status == 201);
-  CHECK(eventually([&] { return central_count() == 104; }, 60s));
+  CHECK(eventually([&] { return count() == 104; }, 60s));
   CHECK(eventually([&] { return caught_up(cg, user); }, 60s));
   // Recorded once: the refusal is not met again, so it is not retried.
   CHECK(cg.metric("couchgate_doc_write_failures_total") == 1.0);
@@ -257,9 +263,7 @@ TEST_CASE("a 413 for a batch is split until the one oversized document is found;
   REQUIRE(create_user(user, {n.role}).status == 201);
   const std::string db = user_db_name(n.prefix, user);
   couchgate_process cg(cfg, proxy_env(proxy));
-  cg.start();
-  REQUIRE_MESSAGE(cg.wait_ready(120s), cg.log());
-  REQUIRE(eventually([&] { return couch().get("/" + enc(db)).status == 200; }, 60s));
+  start_provisioned(cg, db);
   CHECK(cg.terminate() == 0);
   // All 20 documents wait for one turn, so they travel in one batch.
   json docs = json::array();
@@ -269,12 +273,8 @@ TEST_CASE("a 413 for a batch is split until the one oversized document is found;
                          R"({"error":"too_large","reason":"the request entity is too large"})"});
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(120s), cg.log());
-  auto central_count = [&] {
-    auto all = couch().get("/" + enc(n.central) + "/_all_docs?startkey=" + enc(json(user + ":").dump()) +
-                           "&endkey=" + enc(json(user + ":\ufff0").dump()));
-    return all.status == 200 ? all.body["rows"].size() : 0;
-  };
-  CHECK_MESSAGE(eventually([&] { return central_count() == 19; }, 90s), tail(cg.log()));
+  auto count = [&] { return central_count(n.central, user); };
+  CHECK_MESSAGE(eventually([&] { return count() == 19; }, 90s), tail(cg.log()));
   CHECK(eventually([&] { return listed_in(cg.admin_get("/failures").body, "oversized-doc", "too_large"); }, 30s));
   CHECK(proxy.hits(rule) >= 2);  // the whole batch, then halves down to the document alone
   CHECK(eventually([&] { return caught_up(cg, user); }, 60s));
@@ -295,9 +295,7 @@ TEST_CASE("answers of the wrong shape: the daemon stays up, counts them, and con
   const std::string db = user_db_name(n.prefix, user);
   db_owner[db] = user;
   couchgate_process cg(cfg, proxy_env(proxy));
-  cg.start();
-  REQUIRE_MESSAGE(cg.wait_ready(120s), cg.log());
-  REQUIRE(eventually([&] { return couch().get("/" + enc(db)).status == 200; }, 60s));
+  start_provisioned(cg, db);
 
   // Each kind of request answers wrongly a few times, then normally: the protocol round goes on
   // to the next kind, so every one of them is met.
