@@ -363,3 +363,36 @@ TEST_CASE("answers of the wrong shape: the daemon stays up, counts them, and con
                 describe_diff(central_user_docs(n.central), want) << tail(cg.log()));
   CHECK(cg.running());
 }
+
+TEST_CASE("restore: a document the user's own validate function refuses is reported; the rest is restored") {
+  auto n = fresh_names("wirerestore");
+  json cfg = base_config(n);
+  const std::string user = "rr-" + n.role;
+  REQUIRE(create_user(user, {n.role}).status == 201);
+  const std::string db = user_db_name(n.prefix, user);
+  {
+    couchgate_process cg(cfg);
+    start_provisioned(cg, db);
+    json docs = json::array();
+    for (int i = 0; i < 10; ++i) docs.push_back({{"_id", i == 4 ? std::string("refuse-me") : "d" + std::to_string(i)}, {"i", i}});
+    REQUIRE(couch().post("/" + enc(db) + "/_bulk_docs", json{{"docs", docs}}).status == 201);
+    CHECK_MESSAGE(eventually([&] { return central_count(n.central, user) == 10; }, 60s), tail(cg.log()));
+    CHECK(cg.terminate() == 0);
+  }
+  // The database comes back with a design document that throws an object for one id.
+  REQUIRE(couch().del("/" + enc(db)).status == 200);
+  REQUIRE(couch().put("/" + enc(db), json::object()).status == 201);
+  REQUIRE(couch().put("/" + enc(db) + "/_design/refuse",
+                      json{{"validate_doc_update", "function(n){ if (n._id === 'refuse-me') throw({forbidden: {code: 7}}); }"}})
+              .status == 201);
+  auto res = run_couchgate({"restore", "--config", write_config(cfg), "--user", user, "--merge"});
+  INFO(res.out << res.err);
+  CHECK(res.status != 0);  // reported as a failure of this user
+  CHECK((res.out + res.err).find("refuse-me") != std::string::npos);
+  CHECK((res.out + res.err).find("1 document(s) refused") != std::string::npos);
+  for (int i = 0; i < 10; ++i) {
+    if (i == 4) continue;
+    CHECK(couch().get("/" + enc(db) + "/d" + std::to_string(i)).status == 200);
+  }
+  CHECK(couch().get("/" + enc(db) + "/refuse-me").status == 404);
+}
