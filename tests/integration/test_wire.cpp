@@ -79,6 +79,21 @@ bool listed_in(const json& failures, const std::string& id, const std::string& e
   return false;
 }
 
+// Names for one test, its config, and one selected user (created) with its database's name.
+struct one_user {
+  names n;
+  json cfg;
+  std::string user, db;
+};
+one_user with_user(const std::string& stem, const std::string& user_stem) {
+  one_user s{fresh_names(stem), {}, {}, {}};
+  s.cfg = base_config(s.n);
+  s.user = user_stem + "-" + s.n.role;
+  REQUIRE(create_user(s.user, {s.n.role}).status == 201);
+  s.db = user_db_name(s.n.prefix, s.user);
+  return s;
+}
+
 // Starts couchgate and waits until it is ready and has provisioned `db`.
 void start_provisioned(couchgate_process& cg, const std::string& db) {
   cg.start();
@@ -101,11 +116,11 @@ bool caught_up(const couchgate_process& cg, const std::string& user) {
 }  // namespace
 
 TEST_CASE("document bodies pass byte for byte to central and back by restore; a too-deep document is recorded, not a crash") {
-  auto n = fresh_names("wire");
-  json cfg = base_config(n);
-  const std::string user = "w-" + n.role;
-  REQUIRE(create_user(user, {n.role}).status == 201);
-  const std::string db = user_db_name(n.prefix, user);
+  auto s = with_user("wire", "w");
+  const names& n = s.n;
+  json& cfg = s.cfg;
+  const std::string& user = s.user;
+  const std::string& db = s.db;
   couchgate_process cg(cfg);
   start_provisioned(cg, db);
 
@@ -217,11 +232,11 @@ TEST_CASE("_users: a user document nested deeper than the limit is one malformed
 }
 
 TEST_CASE("a document the central validate function refuses is recorded, the checkpoint moves past it, later writes flow") {
-  auto n = fresh_names("wirerefuse");
-  json cfg = base_config(n);
-  const std::string user = "r-" + n.role;
-  REQUIRE(create_user(user, {n.role}).status == 201);
-  const std::string db = user_db_name(n.prefix, user);
+  auto s = with_user("wirerefuse", "r");
+  const names& n = s.n;
+  json& cfg = s.cfg;
+  const std::string& user = s.user;
+  const std::string& db = s.db;
   couchgate_process cg(cfg);
   start_provisioned(cg, db);
   // CouchDB passes a thrown object through as the row's `reason` (it used to abort couchgate).
@@ -255,13 +270,13 @@ TEST_CASE("a document the central validate function refuses is recorded, the che
 }
 
 TEST_CASE("a 413 for a batch is split until the one oversized document is found; the rest of the batch arrives") {
-  auto n = fresh_names("wire413");
-  json cfg = base_config(n);
+  auto s = with_user("wire413", "b");
+  const names& n = s.n;
+  json& cfg = s.cfg;
+  const std::string& user = s.user;
+  const std::string& db = s.db;
   scripted_proxy proxy;
   cfg["couchdb"]["url"] = proxy.url();
-  const std::string user = "b-" + n.role;
-  REQUIRE(create_user(user, {n.role}).status == 201);
-  const std::string db = user_db_name(n.prefix, user);
   couchgate_process cg(cfg, proxy_env(proxy));
   start_provisioned(cg, db);
   CHECK(cg.terminate() == 0);
@@ -365,11 +380,11 @@ TEST_CASE("answers of the wrong shape: the daemon stays up, counts them, and con
 }
 
 TEST_CASE("restore: a document the user's own validate function refuses is reported; the rest is restored") {
-  auto n = fresh_names("wirerestore");
-  json cfg = base_config(n);
-  const std::string user = "rr-" + n.role;
-  REQUIRE(create_user(user, {n.role}).status == 201);
-  const std::string db = user_db_name(n.prefix, user);
+  auto s = with_user("wirerestore", "rr");
+  const names& n = s.n;
+  json& cfg = s.cfg;
+  const std::string& user = s.user;
+  const std::string& db = s.db;
   {
     couchgate_process cg(cfg);
     start_provisioned(cg, db);
