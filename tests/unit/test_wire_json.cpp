@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "replicator/answers.hpp"
+#include "replicator/change_detector.hpp"
 #include "replicator/transfer.hpp"
 #include "replicator/wire_json.hpp"
 
@@ -238,4 +239,16 @@ TEST_CASE("user_of: a deep or odd _users document is an error of that user only"
     CAPTURE(bad);
     CHECK_FALSE(parse_all_docs(bad).ok());
   }
+}
+
+TEST_CASE("parse_db_updates: a row of the wrong shape is skipped and counted; the others are read") {
+  const auto before = wire::rejected();
+  auto page = couchgate::replicator::parse_db_updates(
+      json::parse(R"({"results":[{"db_name":7,"type":[]},{"db_name":"a","type":{"x":1}},{"db_name":"b","type":"created"}],"last_seq":"2-x"})"));
+  REQUIRE(page.ok());
+  REQUIRE(page.value().events.size() == 2);
+  CHECK(page.value().events[0].db == "a");
+  CHECK(page.value().events[0].type == "updated");  // a type of another kind reads as a plain update
+  CHECK(page.value().events[1].type == "created");
+  CHECK(wire::rejected() == before + 1);
 }
