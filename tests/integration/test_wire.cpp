@@ -411,3 +411,35 @@ TEST_CASE("restore: a document the user's own validate function refuses is repor
   }
   CHECK(couch().get("/" + enc(db) + "/refuse-me").status == 404);
 }
+
+TEST_CASE("retryable answers to a batch (429, 408, 503, a transient row error) record nothing and hold the checkpoint until it is written") {
+  auto s = with_user("wireretry", "t");
+  const names& n = s.n;
+  scripted_proxy proxy;
+  s.cfg["couchdb"]["url"] = proxy.url();
+  couchgate_process cg(s.cfg, proxy_env(proxy));
+  start_provisioned(cg, s.db);
+  const std::string path = "/" + n.central + "/_bulk_docs";
+  // (A scripted 201 stands in for the server: it must name every document, or the unnamed ones
+  // would count as written.)
+  json transient = json::array();
+  for (int i = 0; i < 5; ++i) transient.push_back({{"id", s.user + ":d" + std::to_string(i)}, {"error", "unknown_error"}, {"reason", "timeout"}});
+  std::vector<std::size_t> rules{
+      proxy.add({"POST", path, "", 429, R"({"error":"too_many_requests","reason":"slow down"})", "application/json", 1}),
+      proxy.add({"POST", path, "", 408, R"({"error":"timeout","reason":"request timed out"})", "application/json", 1}),
+      proxy.add({"POST", path, "", 503, R"({"error":"service_unavailable","reason":"maintenance"})", "application/json", 1}),
+      proxy.add({"POST", path, "", 201, transient.dump(), "application/json", 1}),
+  };
+  json docs = json::array();
+  for (int i = 0; i < 5; ++i) docs.push_back({{"_id", "d" + std::to_string(i)}, {"i", i}});
+  REQUIRE(couch().post("/" + enc(s.db) + "/_bulk_docs", json{{"docs", docs}}).status == 201);
+  // While the central database answers so, nothing is written and the checkpoint stays behind.
+  CHECK(eventually([&] { return proxy.hits(rules[0]) + proxy.hits(rules[1]) + proxy.hits(rules[2]) >= 1; }, 60s));
+  CHECK_FALSE(caught_up(cg, s.user));
+  CHECK_MESSAGE(eventually([&] { return central_count(n.central, s.user) == 5; }, 120s), tail(cg.log()));
+  CHECK(eventually([&] { return caught_up(cg, s.user); }, 60s));
+  for (auto r : rules) CHECK(proxy.hits(r) == 1);
+  CHECK(cg.metric("couchgate_doc_write_failures_total").value_or(0) == 0);
+  CHECK(cg.admin_get("/failures").body["refused_docs"].empty());
+  CHECK(cg.running());
+}
