@@ -38,7 +38,7 @@ FROM debian:12-slim
 # deps such as nlohmann-json and CLI11 need nothing). ca-certificates for https CouchDB URLs.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libcurl4 libcpp-httplib0.11 libspdlog1.10 libyaml-cpp0.7 libsystemd0 \
+      libcurl4 libcpp-httplib0.11 libspdlog1.10 libyaml-cpp0.7 libsystemd0 libsimdjson14 \
       ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 

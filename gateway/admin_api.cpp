@@ -72,6 +72,9 @@ admin_api::admin_api(admin_handlers h, std::string token, admin_api_limits limit
   s.Get("/status", [self](const httplib::Request&, httplib::Response& res) {
     res.set_content(self->h.status().dump(2) + "\n", "application/json");
   });
+  s.Get("/failures", [self](const httplib::Request&, httplib::Response& res) {
+    res.set_content((self->h.failures ? self->h.failures() : nlohmann::json::object()).dump(2) + "\n", "application/json");
+  });
   s.Get(R"(/status/users/(.+))", [self](const httplib::Request& req, httplib::Response& res) {
     // httplib hands over the path still percent-encoded in matches; decode it.
     std::string name = httplib::detail::decode_url(req.matches[1].str(), false);

@@ -5,6 +5,8 @@
 //   GET /metrics              Prometheus text
 //   GET /status               JSON summary
 //   GET /status/users/<name>  one user's database, provisioning and replication state
+//   GET /failures             documents not replicated (refused by the central database or
+//                             unreadable at the source), most recent last, bounded
 // It never prints credentials: handlers build their answers from redacted data only.
 //
 // Access: with a token configured, everything but /healthz and /readyz needs
@@ -34,6 +36,7 @@ struct admin_handlers {
   std::function<std::string()> metrics;
   std::function<nlohmann::json()> status;
   std::function<std::optional<nlohmann::json>(const std::string& user)> user_status;
+  std::function<nlohmann::json()> failures;
 };
 
 enum class admin_access {

@@ -25,6 +25,7 @@
 #include "replicator/logger.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/state_store.hpp"
+#include "replicator/wire_json.hpp"
 
 namespace couchgate::gateway {
 
@@ -35,6 +36,17 @@ namespace {
 std::shared_ptr<spdlog::logger> log() {
   static auto l = r::named_logger("daemon");
   return l;
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t);
+
+// The refused documents as the admin API shows them.
+json refused_json(const std::vector<r::refused_doc>& list) {
+  json out = json::array();
+  for (const auto& f : list) {
+    out.push_back({{"db", f.db}, {"id", f.id}, {"rev", f.rev}, {"error", f.error}, {"reason", f.reason}, {"when", iso_time(f.when)}});
+  }
+  return out;
 }
 
 std::string iso_time(std::chrono::system_clock::time_point t) {
@@ -146,6 +158,9 @@ struct daemon::impl {
       out += "# HELP couchgate_couchdb_requests_refused_total Requests failed without being sent while the credential was held\n# TYPE couchgate_couchdb_requests_refused_total counter\n";
       out += "couchgate_couchdb_requests_refused_total " + std::to_string(s.credential_refused) + "\n";
     }
+    out += "# HELP couchgate_wire_rejected_total Answers, rows and documents from CouchDB refused as malformed (wrong types, not JSON, too deep)\n"
+           "# TYPE couchgate_wire_rejected_total counter\n";
+    out += "couchgate_wire_rejected_total " + std::to_string(r::wire::rejected()) + "\n";
     out += "# HELP couchgate_up 1 when ready\n# TYPE couchgate_up gauge\ncouchgate_up " + std::string(ready().first ? "1" : "0") + "\n";
     return out;
   }
@@ -203,6 +218,8 @@ struct daemon::impl {
         json rep{{"checkpoint", s->checkpoint}, {"docs_written", s->docs_written}, {"failures", s->failures},
                  {"active", s->active}, {"last_error", s->last_error}};
         rep["last_success"] = s->last_success ? json(iso_time(*s->last_success)) : json(nullptr);
+        rep["doc_write_failures"] = s->doc_write_failures;
+        rep["refused_docs"] = refused_json(fan->refused(db));
         auto info = client->db_info(db).get();
         if (info.ok() && info.value().contains("update_seq")) {
           rep["update_seq"] = info.value()["update_seq"];
@@ -394,7 +411,9 @@ int daemon::run() {
 
   d.api = std::make_unique<admin_api>(admin_handlers{
       [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
-      [&d](const std::string& u) { return d.user_status(u); }}, cfg.admin_api.token);
+      [&d](const std::string& u) { return d.user_status(u); },
+      [&d] { return json{{"refused_docs", refused_json(d.fan ? d.fan->refused() : std::vector<r::refused_doc>{})}}; }},
+      cfg.admin_api.token);
   std::string err;
   int port = d.api->start(cfg.admin_api.address, cfg.admin_api.port, err);
   if (port < 0) {

@@ -2,6 +2,7 @@
 #include "gateway/databases.hpp"
 
 #include "policy/security.hpp"
+#include "replicator/wire_json.hpp"
 
 namespace couchgate::gateway {
 
@@ -47,14 +48,16 @@ std::optional<replicator::couch_error> ensure_central_db(replicator::couch_clien
   if (!current.ok() && current.error().kind != couch_error_kind::not_found) return current.error();
   if (!guard) {
     if (!current.ok()) return std::nullopt;
-    auto gone = client.delete_doc(db, id, current.value().value("_rev", "")).get();
+    auto gone = client.delete_doc(db, id, replicator::wire::get_string(current.value(), "_rev").value_or("")).get();
     if (!gone.ok() && gone.error().kind != couch_error_kind::not_found && gone.error().kind != couch_error_kind::conflict) {
       return gone.error();
     }
     return std::nullopt;
   }
   if (current.ok()) {
-    if (current.value().value("validate_doc_update", "") == want["validate_doc_update"]) return std::nullopt;
+    if (replicator::wire::get_string(current.value(), "validate_doc_update") == want["validate_doc_update"].get<std::string>()) {
+      return std::nullopt;
+    }
     want["_rev"] = current.value()["_rev"];
   }
   auto put = client.put_doc(db, id, want).get();

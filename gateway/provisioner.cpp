@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "policy/naming.hpp"
+#include "replicator/answers.hpp"
 #include "replicator/backoff.hpp"
 #include "replicator/logger.hpp"
 #include "policy/security.hpp"
@@ -226,21 +227,14 @@ bool provisioner::reconcile() {
   for (;;) {
     std::string q = "include_docs=true&limit=1000";
     if (!startkey.empty()) q += "&skip=1&startkey=" + replicator::encode_query_value(json(startkey).dump());
-    auto r = client_.all_docs(cfg_.users_db, q).get();
-    if (!r.ok()) {
-      log()->warn("reconcile: cannot list {}: {}", cfg_.users_db, r.error().describe());
+    auto r = client_.all_docs(cfg_.users_db, q).text();
+    auto rows = r.ok() ? replicator::parse_all_docs(r.value()) : replicator::result<std::vector<replicator::listed_doc>>(r.error());
+    if (!rows.ok()) {
+      log()->warn("reconcile: cannot list {}: {}", cfg_.users_db, rows.error().describe());
       return false;
     }
-    const json& j = r.value();
-    if (!j.contains("rows") || !j["rows"].is_array()) {
-      log()->warn("reconcile: _all_docs answer of {} has no rows", cfg_.users_db);
-      return false;
-    }
-    const auto& rows = j["rows"];
-    for (const auto& row : rows) {
-      if (!row.is_object()) continue;
-      json doc = row.contains("doc") ? row["doc"] : json(nullptr);
-      auto parsed = policy::parse_user_doc(doc, false, doc.is_null() ? 0 : doc.dump().size());
+    for (const auto& row : rows.value()) {
+      auto parsed = replicator::user_of(row);
       if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
         user_names.insert(u->name);
         users.push_back(std::move(*u));
@@ -249,9 +243,8 @@ bool provisioner::reconcile() {
         log()->warn("reconcile: skipping user document {}: {}", e->doc_id, e->reason);
       }
     }
-    if (rows.size() < 1000) break;
-    if (!rows.back().contains("id") || !rows.back()["id"].is_string()) break;
-    startkey = rows.back()["id"].get<std::string>();
+    if (rows.value().size() < 1000) break;
+    startkey = rows.value().back().id;
   }
   // 2. Existing databases.
   auto dbs = client_.all_dbs().get();
@@ -311,7 +304,7 @@ replicator::json provisioner::start_position() {
   if (stored.value()) return *stored.value();
   // First start ever: the reconcile that follows covers everything up to here.
   auto info = client_.db_info(cfg_.users_db).get();
-  if (info.ok() && info.value().contains("update_seq")) return info.value()["update_seq"];
+  if (const json* seq = info.ok() ? replicator::wire::find(info.value(), "update_seq") : nullptr) return *seq;
   return nullptr;
 }
 
@@ -392,7 +385,7 @@ void provisioner::follow(json since) {
     q.feed = replicator::changes_query::feed_kind::longpoll;
     auto call = client_.changes(cfg_.users_db, q);
     if (!idle([&call] { return call.ready(); }, std::chrono::steady_clock::time_point::max())) return;
-    auto r = call.get();
+    auto r = call.text();
     if (!r.ok()) {
       if (r.error().kind == couch_error_kind::cancelled) return;
       reconnects_.inc();
@@ -408,16 +401,16 @@ void provisioner::follow(json since) {
       if (!rest(delay)) return;
       continue;
     }
-    const json& a = r.value();
-    if (!a.is_object() || !a.contains("results") || !a["results"].is_array()) {
+    auto page = replicator::parse_changes(r.value());
+    if (!page.ok()) {
       reconnects_.inc();
-      log()->warn("_users feed answer has no results array");
+      log()->warn("_users feed answer unreadable: {}", page.error().describe());
       if (!rest(replicator::backoff_delay(bp, ++failures, rnd))) return;
       continue;
     }
     std::vector<policy::user_doc> users;
-    for (const auto& row : a["results"]) {
-      auto parsed = policy::parse_user_change(row);
+    for (const auto& row : page.value().changes) {
+      auto parsed = replicator::user_of(row);
       if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
         users.push_back(std::move(*u));
       } else if (auto* e = std::get_if<policy::user_doc_error>(&parsed)) {
@@ -425,7 +418,7 @@ void provisioner::follow(json since) {
         log()->warn("skipping user document {}: {}", e->doc_id.empty() ? "(no id)" : e->doc_id, e->reason);
       }
     }
-    if (a.contains("pending") && a["pending"].is_number()) pending_.set(a["pending"].get<double>());
+    if (page.value().pending) pending_.set(*page.value().pending);
     if (!users.empty() && apply(users) > 0) {
       // Something retryable failed: do not move past it; the batch is idempotent.
       auto delay = replicator::backoff_delay(bp, ++failures, rnd);
@@ -433,7 +426,7 @@ void provisioner::follow(json since) {
       continue;
     }
     failures = 0;
-    json next = replicator::couch_client::resume_seq(a);
+    json next = page.value().last_seq;
     if (!next.is_null() && next != since) {
       since = next;
       auto saved = state_.put_value(users_feed_key, since);

@@ -170,6 +170,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   // Design documents are written last: a user's validate_doc_update would otherwise judge every
   // restore write that follows it (CouchDB runs it for admins too).
   std::vector<r::change_row> design_rows;
+  std::map<std::string, std::string> first_refusal;  // user -> the first document the target refused
   auto run_transfer = [&](const std::vector<r::change_row>& rows) {
     auto res = r::transfer(client, rows, topts, caps);
     written += res.docs_written;
@@ -178,6 +179,12 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       auto& t = targets[user];
       t.st = target_state::failed;
       if (t.res.error.empty()) t.res.error = e.describe();
+    }
+    for (const auto& f : res.doc_failures) {
+      auto& t = targets[f.unit];
+      if (t.res.refused++ == 0) first_refusal[f.unit] = f.target_id + " (" + f.rev + "): " + f.error + ": " + f.reason;
+      progress << "restore: " << t.res.db << ": " << f.target_id << " " << f.rev << " not written: " << f.error << ": "
+               << f.reason << "\n";
     }
   };
   for (;;) {
@@ -188,7 +195,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     std::size_t limit = cfg.fanin.batch_docs;
     if (opts.max_docs) limit = std::min(limit, opts.max_docs - summary.central_changes);
     q.limit = limit;
-    auto a = client.changes(central, q).get();
+    auto a = client.changes(central, q).text();
     r::result<r::feed_page> page = a.ok() ? r::parse_changes(a.value()) : r::result<r::feed_page>(a.error());
     if (!page.ok()) {
       summary.interrupted = true;
@@ -209,7 +216,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       }
       const bool design = policy::is_design_id(ref->doc_id);
       (design ? design_rows : rows)
-          .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), std::move(c.body)});
+          .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), r::inline_revision(c)});
     }
     if (!rows.empty()) run_transfer(rows);
     summary.central_changes += page.value().changes.size();
@@ -246,7 +253,12 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       }
     }
   }
-  for (auto& [u, t] : targets) summary.users.push_back(t.res);
+  for (auto& [u, t] : targets) {
+    if (t.res.refused && t.res.error.empty()) {
+      t.res.error = std::to_string(t.res.refused) + " document(s) refused by " + t.res.db + ", first " + first_refusal[u];
+    }
+    summary.users.push_back(t.res);
+  }
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return summary;
 }

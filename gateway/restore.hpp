@@ -33,6 +33,7 @@ struct restore_user_result {
   std::size_t docs = 0;        // revisions written (or that would be, in dry-run)
   bool created = false;
   std::string error;           // empty = success
+  std::size_t refused = 0;     // documents the target refused (its validate function, size): not written
 };
 
 struct restore_summary {

@@ -2,6 +2,7 @@
 #include "replicator/change_detector.hpp"
 
 #include "replicator/logger.hpp"
+#include "replicator/wire_json.hpp"
 
 
 namespace couchgate::replicator {
@@ -30,7 +31,10 @@ result<db_updates_page> parse_db_updates(const json& answer) {
   db_updates_page page;
   page.last_seq = couch_client::resume_seq(answer);
   for (const auto& row : answer["results"]) {
-    if (!row.is_object() || !row.contains("db_name") || !row["db_name"].is_string()) continue;
+    if (!row.is_object() || !row.contains("db_name") || !row["db_name"].is_string()) {
+      wire::malformed("_db_updates row without a db_name string");  // counted; the others are read
+      continue;
+    }
     db_event e;
     e.db = row["db_name"].get<std::string>();
     e.type = row.contains("type") && row["type"].is_string() ? row["type"].get<std::string>() : "updated";

@@ -4,21 +4,26 @@
 #include <charconv>
 #include <utility>
 
+#include "replicator/wire_json.hpp"
+
 namespace couchgate::replicator {
 
 result<json> pending_json::get() {
   http_response r = f_.get();
   if (!r.ok()) return error_from(r);
-  auto j = json::parse(r.body, nullptr, false);
-  if (j.is_discarded()) {
-    couch_error e;
-    e.kind = couch_error_kind::protocol;
+  auto j = wire::parse(r.body, "answer");
+  if (!j.ok()) {
+    couch_error e = j.error();
     e.status = r.status;
-    e.error = "answer is not JSON";
-    e.reason = r.body.substr(0, 120);
     return e;
   }
   return j;
+}
+
+result<std::string> pending_json::text() {
+  http_response r = f_.get();
+  if (!r.ok()) return error_from(r);
+  return std::move(r.body);
 }
 
 pending_json couch_client::request(const std::string& method, const std::string& target, std::string body) {
@@ -128,8 +133,8 @@ pending_json couch_client::db_updates(const json& since, bool longpoll, std::opt
 json couch_client::resume_seq(const json& answer) {
   if (!answer.is_object()) return nullptr;
   auto it = answer.find("results");
-  if (it != answer.end() && it->is_array() && !it->empty() && it->back().is_object() && it->back().contains("seq")) {
-    return it->back()["seq"];
+  if (it != answer.end() && it->is_array() && !it->empty()) {
+    if (const json* seq = wire::find(it->back(), "seq")) return *seq;
   }
   auto ls = answer.find("last_seq");
   return ls != answer.end() ? *ls : json(nullptr);

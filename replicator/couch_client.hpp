@@ -21,8 +21,11 @@ class pending_json {
  public:
   pending_json() = default;
   explicit pending_json(std::future<http_response> f) : f_(std::move(f)) {}
-  // Success = 2xx with a JSON body. Everything else is an error value.
+  // Success = 2xx with a JSON body (depth-limited, see wire_json.hpp). Everything else is an
+  // error value.
   result<json> get();
+  // Success = 2xx; the body as the server sent it, for the parsers of answers.hpp.
+  result<std::string> text();
   // The raw answer, for callers that inspect it themselves.
   http_response get_raw() { return f_.get(); }
   bool valid() const { return f_.valid(); }

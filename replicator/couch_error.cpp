@@ -1,7 +1,7 @@
 // Owns: classification of CouchDB answers into couch_error kinds (see couch_error.hpp).
 #include "replicator/couch_error.hpp"
 
-#include <nlohmann/json.hpp>
+#include "replicator/wire_json.hpp"
 
 namespace couchgate::replicator {
 
@@ -57,10 +57,12 @@ couch_error error_from(const http_response& r) {
     case error_kind::none: break;
   }
   e.status = r.status;
-  auto j = nlohmann::json::parse(r.body, nullptr, false);
-  if (j.is_object()) {
-    if (auto it = j.find("error"); it != j.end() && it->is_string()) e.error = it->get<std::string>();
-    if (auto it = j.find("reason"); it != j.end() && it->is_string()) e.reason = it->get<std::string>();
+  // `reason` of any type is read as text: a validate function may throw an object as it.
+  // (Not counted as a refusal: error bodies need not be JSON, a proxy's 502 page is not.)
+  if (wire::nesting_depth(r.body)) {
+    auto j = json::parse(r.body, nullptr, false);
+    if (auto v = wire::get_string(j, "error")) e.error = std::move(*v);
+    if (const auto* v = wire::find(j, "reason")) e.reason = wire::text_of(*v);
   }
   if (e.reason.size() > 300) e.reason.resize(300);
   if (r.credential_rejected || r.status == 401) e.kind = couch_error_kind::unauthorized;

@@ -27,6 +27,8 @@ fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_
       central_requests_(metrics.add_counter("couchgate_replication_requests_total", "HTTP requests made by replication rounds")),
       skipped_design_(metrics.add_counter("couchgate_replication_skipped_docs_total",
                                           "Documents never sent to the central database (design documents in unchanged-id mode)")),
+      doc_write_failures_(metrics.add_counter("couchgate_doc_write_failures_total",
+                                              "Documents the central database refused or the source could not give (recorded, not retried)")),
       lag_(metrics.add_histogram("couchgate_replication_lag_seconds",
                                  "Time from a source becoming dirty to its changes being checkpointed in the central database")) {
   for (auto k : all_couch_error_kinds) {
@@ -163,6 +165,7 @@ std::optional<source_status> fanin::status(const std::string& db) const {
     out->db = db;
     out->owner = it->second.owner;
     out->docs_written = it->second.docs_written;
+    out->doc_write_failures = it->second.doc_write_failures;
     out->last_success = it->second.last_success;
     out->last_error = it->second.last_error;
     out->failures = sched_.failures(db);
@@ -171,6 +174,24 @@ std::optional<source_status> fanin::status(const std::string& db) const {
   auto cp = state_.checkpoint(db);
   out->checkpoint = cp ? *cp : json(nullptr);
   return out;
+}
+
+std::vector<refused_doc> fanin::refused(const std::string& db) const {
+  std::lock_guard lk(mu_);
+  std::vector<refused_doc> out;
+  for (const auto& r : refused_) {
+    if (db.empty() || r.db == db) out.push_back(r);
+  }
+  return out;
+}
+
+void fanin::record_refused(const doc_failure& f) {
+  doc_write_failures_.inc();
+  if (auto it = sources_.find(f.unit); it != sources_.end()) ++it->second.doc_write_failures;
+  log()->warn("db={} doc={} rev={} not replicated: {}: {} (recorded; not retried)", f.source_db, f.source_id, f.rev, f.error,
+              f.reason);
+  refused_.push_back(refused_doc{f.source_db, f.source_id, f.rev, f.error, f.reason, std::chrono::system_clock::now()});
+  if (refused_.size() > max_refused) refused_.pop_front();
 }
 
 scheduler::counts fanin::counts() const {
@@ -264,7 +285,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
   std::vector<change_row> rows;
   std::size_t skipped = 0;
   for (auto& t : turns) {
-    auto answer = t.call.get();
+    auto answer = t.call.text();
     if (!answer.ok()) {
       if (answer.error().kind == couch_error_kind::not_found) t.removed = true;
       else t.error = answer.error();
@@ -282,7 +303,8 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
         ++skipped;
         continue;
       }
-      rows.push_back(change_row{t.db, t.db, c.id, opts_.central_db, std::move(*central), std::move(c.revs), std::move(c.body)});
+      auto body = inline_revision(c);
+      rows.push_back(change_row{t.db, t.db, c.id, opts_.central_db, std::move(*central), std::move(c.revs), std::move(body)});
     }
     t.page = std::move(page.value());
   }
@@ -325,6 +347,11 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
   // 4. Tell the scheduler.
   std::lock_guard lk(mu_);
   auto now = sched_clock::now();
+  // Refused documents of turns that go on (a failed turn meets them again when it is retried).
+  for (const auto& f : res.doc_failures) {
+    auto t = std::find_if(turns.begin(), turns.end(), [&](const turn& x) { return x.db == f.unit; });
+    if (t != turns.end() && !t->error && !t->removed) record_refused(f);
+  }
   for (auto& t : turns) {
     auto it = sources_.find(t.db);
     if (t.removed) {

@@ -7,6 +7,7 @@
 // Checkpoints advance only after the central database acknowledged the documents.
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <future>
 #include <map>
@@ -40,11 +41,20 @@ struct fanin_options {
   backoff_policy backoff{};
 };
 
+// A document the central database refused (or the source could not give): recorded, counted,
+// and passed over so its source's checkpoint moves on (see transfer.hpp).
+struct refused_doc {
+  std::string db, id, rev;
+  std::string error, reason;
+  std::chrono::system_clock::time_point when;
+};
+
 struct source_status {
   std::string db;
   policy::owner owner;
   json checkpoint;                 // null when none yet
   std::uint64_t docs_written = 0;
+  std::uint64_t doc_write_failures = 0;
   std::optional<std::chrono::system_clock::time_point> last_success;
   std::string last_error;
   std::uint32_t failures = 0;
@@ -78,6 +88,10 @@ class fanin {
   void flush_checkpoints();
 
   std::optional<source_status> status(const std::string& db) const;
+  // The most recent refused documents (at most max_refused, oldest first); of one source when
+  // `db` is given.
+  std::vector<refused_doc> refused(const std::string& db = {}) const;
+  static constexpr std::size_t max_refused = 1000;
   scheduler::counts counts() const;
   // True when no database is dirty, active or backing off.
   bool idle() const;
@@ -86,6 +100,7 @@ class fanin {
   struct source {
     policy::owner owner;
     std::uint64_t docs_written = 0;
+    std::uint64_t doc_write_failures = 0;
     std::optional<std::chrono::system_clock::time_point> last_success;
     std::string last_error;
     std::optional<std::chrono::steady_clock::time_point> dirty_since;
@@ -93,6 +108,7 @@ class fanin {
   };
   void worker();
   void run_round(const std::vector<std::string>& dbs);
+  void record_refused(const doc_failure& f);  // with mu_ held
   std::chrono::steady_clock::time_point next_flush_{};  // guarded by mu_
 
   couch_client& client_;
@@ -107,6 +123,7 @@ class fanin {
   std::future<void> drain_flush_;
   scheduler sched_;
   std::unordered_map<std::string, source> sources_;
+  std::deque<refused_doc> refused_;
   std::vector<std::thread> threads_;
 
   counter& docs_;
@@ -116,6 +133,7 @@ class fanin {
   counter& central_requests_;
   std::map<couch_error_kind, counter*> errors_;
   counter& skipped_design_;
+  counter& doc_write_failures_;
   histogram& lag_;
 };
 

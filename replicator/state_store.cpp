@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "policy/security.hpp"
+#include "replicator/wire_json.hpp"
 
 namespace couchgate::replicator {
 
@@ -30,9 +31,10 @@ result<std::size_t> state_store::load_checkpoints() {
   for (const auto& row : j["rows"]) {
     if (!row.is_object() || !row.contains("doc") || !row["doc"].is_object()) continue;
     const auto& doc = row["doc"];
-    if (!doc.contains("_id") || !doc["_id"].is_string() || !doc.contains("_rev")) continue;
-    std::string id = doc["_id"].get<std::string>();
-    revs_[id] = doc["_rev"].get<std::string>();
+    auto id_rev = std::pair(wire::get_string(doc, "_id"), wire::get_string(doc, "_rev"));
+    if (!id_rev.first || !id_rev.second) continue;
+    const std::string& id = *id_rev.first;
+    revs_[id] = *id_rev.second;
     if (doc.contains("seq") && doc.contains("source") && doc["source"].is_string()) {
       checkpoints_[doc["source"].get<std::string>()] = doc["seq"];
       ++n;
@@ -91,13 +93,16 @@ result<std::size_t> state_store::write(std::vector<json> docs, bool retry_confli
       revs_[id] = row["rev"].get<std::string>();
       ++written;
       if (rows) rows->written.insert(id);
-    } else if (row.value("error", "") == "conflict" && retry_conflicts) {
+    } else if (wire::get_string(row, "error") == "conflict" && retry_conflicts) {
       retry.push_back(*mine->second);
-    } else if (row.value("error", "") == "conflict") {
+    } else if (wire::get_string(row, "error") == "conflict") {
       if (rows) rows->conflicts.insert(id);
     } else if (rows) {
       rows->failed.insert(id);
-      if (rows->first_error.empty()) rows->first_error = id + ": " + row.value("error", std::string("?")) + " " + row.value("reason", std::string());
+      const json* reason = wire::find(row, "reason");
+      if (rows->first_error.empty()) {
+        rows->first_error = id + ": " + wire::get_string(row, "error").value_or("?") + " " + (reason ? wire::text_of(*reason) : "");
+      }
     }
     by_id.erase(mine);
   }
@@ -112,7 +117,7 @@ result<std::size_t> state_store::write(std::vector<json> docs, bool retry_confli
       std::string id = d["_id"].get<std::string>();
       auto cur = client_.get_doc(db_, id).get();
       std::lock_guard lk(mu_);
-      if (cur.ok() && cur.value().contains("_rev")) revs_[id] = cur.value()["_rev"].get<std::string>();
+      if (auto rev = cur.ok() ? wire::get_string(cur.value(), "_rev") : std::nullopt) revs_[id] = *rev;
       else revs_.erase(id);
       d.erase("_rev");
     }

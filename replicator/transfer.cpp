@@ -23,10 +23,6 @@ void fail_unit(transfer_result& res, const std::string& unit, const couch_error&
   res.failed.emplace(unit, e);  // keeps the first error
 }
 
-couch_error protocol_error(const std::string& what) {
-  return couch_error{couch_error_kind::protocol, 0, what, ""};
-}
-
 // Is this error "the server has no _bulk_get" rather than "the database is missing"?
 bool bulk_get_unsupported(const couch_error& e) {
   if (e.status == 405 || e.status == 501) return true;
@@ -44,39 +40,25 @@ struct fetch {
 
 }  // namespace
 
-result<feed_page> parse_changes(const json& answer) {
-  if (!answer.is_object() || !answer.contains("results") || !answer["results"].is_array()) {
-    return protocol_error("_changes answer has no results array");
-  }
-  feed_page page;
-  page.last_seq = couch_client::resume_seq(answer);
-  for (const auto& row : answer["results"]) {
-    if (!row.is_object() || !row.contains("id") || !row["id"].is_string() || !row.contains("changes") ||
-        !row["changes"].is_array()) {
-      return protocol_error("_changes row without id or changes");
-    }
-    feed_change c;
-    c.id = row["id"].get<std::string>();
-    for (const auto& ch : row["changes"]) {
-      if (ch.is_object() && ch.contains("rev") && ch["rev"].is_string()) c.revs.push_back(ch["rev"].get<std::string>());
-    }
-    c.deleted = row.value("deleted", false) == true;
-    if (auto d = row.find("doc"); d != row.end()) c.body = inline_revision(c.revs, *d);
-    page.changes.push_back(std::move(c));
-  }
-  return page;
-}
-
-std::optional<json> inline_revision(const std::vector<std::string>& leaf_revs, const json& doc) {
-  if (leaf_revs.size() != 1 || !doc.is_object()) return std::nullopt;
+std::optional<wire::raw_doc> inline_revision(const std::vector<std::string>& leaf_revs, const wire::raw_doc& doc) {
+  if (leaf_revs.size() != 1) return std::nullopt;
   const std::string& rev = leaf_revs.front();
   if (rev.size() <= 2 || rev.compare(0, 2, "1-") != 0) return std::nullopt;
-  auto r = doc.find("_rev");
-  if (r == doc.end() || !r->is_string() || r->get_ref<const std::string&>() != rev) return std::nullopt;
-  if (doc.contains("_attachments") || doc.contains("_deleted") || !doc.contains("_id")) return std::nullopt;
-  json out = doc;
-  out["_revisions"] = json{{"start", 1}, {"ids", json::array({rev.substr(2)})}};
+  if (doc.rev != rev || doc.has_attachments || doc.deleted || doc.has_revisions) return std::nullopt;
+  wire::raw_doc out = doc;
+  out.text = wire::with_field(doc.text, "_revisions", "{\"start\":1,\"ids\":[" + wire::quote(rev.substr(2)) + "]}");
+  out.has_revisions = true;
   return out;
+}
+
+std::optional<wire::raw_doc> inline_revision(const feed_change& c) {
+  if (!c.doc) return std::nullopt;
+  return inline_revision(c.revs, *c.doc);
+}
+
+bool row_error_transient(const std::string& error) {
+  return error == "unknown_error" || error == "internal_server_error" || error == "timeout" ||
+         error == "service_unavailable" || error == "too_many_requests" || error == "nodedown";
 }
 
 bool first_generation(const feed_change& c) {
@@ -133,17 +115,22 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   std::map<std::string, std::vector<fetch>> fetches;  // source db -> fetches
   struct fetched_doc {
     std::size_t row;
+    std::string rev;
     std::string body;
   };
   std::vector<fetched_doc> docs;
-  auto add_doc = [&](std::size_t row, json doc) {
-    doc["_id"] = rows[row].target_id;
-    docs.push_back({row, doc.dump()});
+  auto add_doc = [&](std::size_t row, const wire::raw_doc& doc) {
+    docs.push_back({row, doc.rev, wire::with_id(doc, rows[row].target_id)});
+  };
+  auto refuse = [&](std::size_t row, const std::string& rev, std::string error, std::string reason) {
+    const change_row& r = rows[row];
+    res.doc_failures.push_back(
+        doc_failure{r.unit, r.source_db, r.source_id, r.target_db, r.target_id, rev, std::move(error), std::move(reason)});
   };
   for (auto& d : diffs) {
     auto answer = d.call.get();
     if (!answer.ok() || !answer.value().is_object()) {
-      couch_error e = answer.ok() ? protocol_error("_revs_diff answer is not an object") : answer.error();
+      couch_error e = answer.ok() ? wire::malformed("_revs_diff answer is not an object") : answer.error();
       for (std::size_t i : d.rows) {
         for (std::size_t r : by_target_key[key_of(d.target, rows[i].target_id)]) fail_unit(res, rows[r].unit, e);
       }
@@ -151,16 +138,17 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     }
     const json& a = answer.value();
     for (std::size_t i : d.rows) {
-      auto it = a.find(rows[i].target_id);
-      if (it == a.end() || !it->is_object() || !it->contains("missing") || !(*it)["missing"].is_array()) continue;
-      for (const auto& m : (*it)["missing"]) {
+      const json* entry = wire::find_object(a, rows[i].target_id.c_str());
+      const json* missing = entry ? wire::find_array(*entry, "missing") : nullptr;
+      if (!missing) continue;
+      for (const auto& m : *missing) {
         if (!m.is_string()) continue;
         const std::string rev = m.get<std::string>();
         for (std::size_t r : by_target_key[key_of(d.target, rows[i].target_id)]) {
           const auto& rr = rows[r].revs;
           if (std::find(rr.begin(), rr.end(), rev) != rr.end()) {
             ++res.revs_missing;
-            if (rows[r].body && rows[r].body->value("_rev", std::string()) == rev) {
+            if (rows[r].body && rows[r].body->rev == rev) {
               add_doc(r, *rows[r].body);
               ++res.docs_inline;
             } else {
@@ -175,15 +163,25 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
 
   // 3. Fetch the missing revisions with their histories, one _bulk_get per source and chunk.
   std::unordered_map<std::string, std::size_t> row_of_source;  // (source db, id) -> row
+  std::unordered_map<std::size_t, std::string> rev_of_row;     // the first revision fetched per row
   for (const auto& [source, fs] : fetches) {
-    for (const auto& f : fs) row_of_source.emplace(key_of(source, rows[f.row].source_id), f.row);
+    for (const auto& f : fs) {
+      row_of_source.emplace(key_of(source, rows[f.row].source_id), f.row);
+      rev_of_row.emplace(f.row, f.rev);
+    }
   }
 
-  auto accept_doc = [&](const std::string& source, json doc) {
-    if (!doc.is_object() || !doc.contains("_id") || !doc["_id"].is_string()) return false;
-    auto it = row_of_source.find(key_of(source, doc["_id"].get<std::string>()));
+  // What an answer entry means: a document to write, one the source cannot give (a document
+  // failure of its row), or a revision gone meanwhile. False when it names no row of this round.
+  auto take = [&](const std::string& source, fetched_entry& e) {
+    if (e.what == fetched_entry::kind::absent) {
+      ++res.docs_vanished;
+      return true;
+    }
+    auto it = row_of_source.find(key_of(source, e.id));
     if (it == row_of_source.end()) return false;
-    add_doc(it->second, std::move(doc));
+    if (e.what == fetched_entry::kind::ok) add_doc(it->second, *e.doc);
+    else refuse(it->second, rev_of_row[it->second], "unreadable", e.error);
     return true;
   };
 
@@ -196,7 +194,7 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
       ++res.requests;
     }
     for (auto& [r, call] : calls) {
-      auto answer = call.get();
+      auto answer = call.text();
       if (!answer.ok()) {
         if (answer.error().kind == couch_error_kind::not_found) {
           ++res.docs_vanished;
@@ -205,16 +203,13 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
         fail_unit(res, rows[r].unit, answer.error());
         continue;
       }
-      if (!answer.value().is_array()) {
-        fail_unit(res, rows[r].unit, protocol_error("open_revs answer is not an array"));
+      auto entries = parse_open_revs(answer.value(), rows[r].source_id);
+      if (!entries.ok()) {
+        fail_unit(res, rows[r].unit, entries.error());
         continue;
       }
-      for (auto& entry : answer.value()) {
-        if (entry.is_object() && entry.contains("ok")) {
-          if (!accept_doc(source, std::move(entry["ok"]))) ++res.docs_vanished;
-        } else {
-          ++res.docs_vanished;
-        }
+      for (auto& e : entries.value()) {
+        if (!take(source, e)) ++res.docs_vanished;
       }
     }
   };
@@ -244,7 +239,7 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
       open_revs_fallback(g.source, g.fs);
       continue;
     }
-    auto answer = g.call.get();
+    auto answer = g.call.text();
     if (!answer.ok()) {
       if (bulk_get_unsupported(answer.error())) {
         caps.bulk_get.store(0);
@@ -255,75 +250,86 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
       continue;
     }
     caps.bulk_get.store(1);
-    json& a = answer.value();
-    if (!a.is_object() || !a.contains("results") || !a["results"].is_array()) {
-      for (const auto& f : g.fs) fail_unit(res, rows[f.row].unit, protocol_error("_bulk_get answer has no results"));
+    auto entries = parse_bulk_get(answer.value());
+    if (!entries.ok()) {
+      for (const auto& f : g.fs) fail_unit(res, rows[f.row].unit, entries.error());
       continue;
     }
-    for (auto& r : a["results"]) {
-      if (!r.is_object() || !r.contains("docs") || !r["docs"].is_array()) continue;
-      for (auto& entry : r["docs"]) {
-        // {"ok":doc} | {"error":{...}} (CouchDB) | {"missing":rev} | {} (pouchdb-server)
-        if (entry.is_object() && entry.contains("ok")) {
-          if (!accept_doc(g.source, std::move(entry["ok"]))) ++res.docs_vanished;
-        } else {
-          ++res.docs_vanished;
-        }
-      }
+    for (auto& e : entries.value()) {
+      // {"ok":doc} | {"error":{...}} (CouchDB) | {"missing":rev} | {} (pouchdb-server)
+      if (!take(g.source, e)) ++res.docs_vanished;
     }
   }
 
-  // 4. Write, grouped by target, in chunks bounded by docs and bytes.
-  std::map<std::string, std::vector<std::size_t>> docs_by_target;
-  for (std::size_t i = 0; i < docs.size(); ++i) docs_by_target[rows[docs[i].row].target_db].push_back(i);
+  // 4. Write, grouped by target, in chunks bounded by docs and bytes. A 413 for a chunk splits
+  // it in halves until the document too large for the target is alone, and refused.
   struct write_call {
+    std::string target;
     std::vector<std::size_t> docs;
-    std::size_t bytes = 0;
     pending_json call;
   };
   std::vector<write_call> writes;
+  auto send = [&](const std::string& target, std::vector<std::size_t> chunk) {
+    std::string body = "{\"new_edits\":false,\"docs\":[";
+    for (std::size_t k = 0; k < chunk.size(); ++k) {
+      if (k) body.push_back(',');
+      body += docs[chunk[k]].body;
+    }
+    body += "]}";
+    write_call w{target, std::move(chunk), {}};
+    w.call = client.bulk_docs(target, std::move(body));
+    ++res.requests;
+    writes.push_back(std::move(w));
+  };
+  std::map<std::string, std::vector<std::size_t>> docs_by_target;
+  for (std::size_t i = 0; i < docs.size(); ++i) docs_by_target[rows[docs[i].row].target_db].push_back(i);
   for (auto& [target, idx] : docs_by_target) {
     std::vector<std::size_t> sizes;
     sizes.reserve(idx.size());
     for (std::size_t i : idx) sizes.push_back(docs[i].body.size());
     for (auto [from, to] : plan_batches(sizes, batch, opts.batch_bytes)) {
-      write_call w;
-      std::string body = "{\"new_edits\":false,\"docs\":[";
-      for (std::size_t k = from; k < to; ++k) {
-        if (k != from) body.push_back(',');
-        body += docs[idx[k]].body;
-        w.bytes += sizes[k];
-        w.docs.push_back(idx[k]);
-      }
-      body += "]}";
-      w.call = client.bulk_docs(target, std::move(body));
-      ++res.requests;
-      writes.push_back(std::move(w));
+      send(target, std::vector<std::size_t>(idx.begin() + static_cast<std::ptrdiff_t>(from),
+                                            idx.begin() + static_cast<std::ptrdiff_t>(to)));
     }
   }
-  for (auto& w : writes) {
-    auto answer = w.call.get();
+  for (std::size_t wi = 0; wi < writes.size(); ++wi) {  // send() may append halves
+    auto answer = writes[wi].call.text();
+    const std::vector<std::size_t> wdocs = writes[wi].docs;
     if (!answer.ok()) {
-      for (std::size_t d : w.docs) fail_unit(res, rows[docs[d].row].unit, answer.error());
+      if (answer.error().status == 413) {
+        if (wdocs.size() > 1) {
+          const auto half = static_cast<std::ptrdiff_t>(wdocs.size() / 2);
+          const std::string target = writes[wi].target;
+          send(target, std::vector<std::size_t>(wdocs.begin(), wdocs.begin() + half));
+          send(target, std::vector<std::size_t>(wdocs.begin() + half, wdocs.end()));
+        } else {
+          const auto& e = answer.error();
+          refuse(docs[wdocs[0]].row, docs[wdocs[0]].rev, e.error.empty() ? "too_large" : e.error, e.reason);
+        }
+        continue;
+      }
+      for (std::size_t d : wdocs) fail_unit(res, rows[docs[d].row].unit, answer.error());
       continue;
     }
-    std::unordered_map<std::string, std::size_t> failed_ids;
-    if (answer.value().is_array()) {
-      for (const auto& entry : answer.value()) {
-        if (entry.is_object() && entry.contains("error") && entry.contains("id") && entry["id"].is_string()) {
-          failed_ids.emplace(entry["id"].get<std::string>(), 0);
-          couch_error e{couch_error_kind::bad_request, 0, entry["error"].is_string() ? entry["error"].get<std::string>() : "error",
-                        entry.value("reason", std::string())};
-          for (std::size_t d : w.docs) {
-            if (rows[docs[d].row].target_id == entry["id"].get<std::string>()) fail_unit(res, rows[docs[d].row].unit, e);
-          }
-        }
-      }
+    auto errors = parse_bulk_docs(answer.value());
+    if (!errors.ok()) {
+      for (std::size_t d : wdocs) fail_unit(res, rows[docs[d].row].unit, errors.error());
+      continue;
     }
-    for (std::size_t d : w.docs) {
-      if (failed_ids.count(rows[docs[d].row].target_id)) continue;
+    std::unordered_map<std::string, const write_error*> failed_ids;
+    for (const auto& e : errors.value()) failed_ids.emplace(e.id, &e);
+    for (std::size_t d : wdocs) {
+      const change_row& row = rows[docs[d].row];
+      if (auto f = failed_ids.find(row.target_id); f != failed_ids.end()) {
+        if (row_error_transient(f->second->error)) {
+          fail_unit(res, row.unit, couch_error{couch_error_kind::server, 0, f->second->error, f->second->reason});
+        } else {
+          refuse(docs[d].row, docs[d].rev, f->second->error, f->second->reason);
+        }
+        continue;
+      }
       ++res.docs_written;
-      ++res.written_by_unit[rows[docs[d].row].unit];
+      ++res.written_by_unit[row.unit];
       res.bytes_written += docs[d].body.size();
     }
   }

@@ -9,6 +9,13 @@
 // Every failure is attributed to the row's `unit` (the thing whose checkpoint depends on the row:
 // the source database in fan-in, the target database in restore). A unit with any failure must
 // not advance its checkpoint; re-sending is harmless because writes use new_edits:false.
+// A failure that re-sending cannot cure — the target refuses one document (a per-row `forbidden`
+// from a validate function, `too_large`, any non-transient row error; a 413 for a batch is split
+// in halves until the one document is found) or the source's document cannot be read (not JSON,
+// nested deeper than wire::max_depth) — is a *document* failure instead: reported in
+// `doc_failures`, and its unit goes on (couch_replicator's doc_write_failures).
+//
+// Documents are carried as the bytes the source sent (wire::raw_doc); only `_id` is rewritten.
 #include <atomic>
 #include <cstddef>
 #include <map>
@@ -16,7 +23,9 @@
 #include <string>
 #include <vector>
 
+#include "replicator/answers.hpp"
 #include "replicator/couch_client.hpp"
+#include "replicator/wire_json.hpp"
 
 namespace couchgate::replicator {
 
@@ -27,7 +36,7 @@ struct change_row {
   std::vector<std::string> revs;  // leaf revisions listed by the source's _changes (style=all_docs)
   // The revision's complete body with its `_revisions`, when the feed already carried it (see
   // inline_revision): the round then writes it without asking the source again.
-  std::optional<json> body;
+  std::optional<wire::raw_doc> body;
 };
 
 struct transfer_options {
@@ -41,6 +50,15 @@ struct protocol_caps {
   std::atomic<int> bulk_get{-1};  // -1 unknown, 0 missing (use open_revs), 1 present
 };
 
+// One document the target will not take (or the source cannot give), whatever is retried.
+struct doc_failure {
+  std::string unit;
+  std::string source_db, source_id;
+  std::string target_db, target_id;
+  std::string rev;
+  std::string error, reason;
+};
+
 struct transfer_result {
   std::size_t docs_written = 0;
   std::size_t bytes_written = 0;
@@ -50,23 +68,11 @@ struct transfer_result {
   std::size_t requests = 0;
   std::map<std::string, couch_error> failed;  // unit -> first error
   std::map<std::string, std::size_t> written_by_unit;
+  std::vector<doc_failure> doc_failures;  // per document, not retried; their units go on
 };
 
 transfer_result transfer(couch_client& client, const std::vector<change_row>& rows,
                          const transfer_options& opts, protocol_caps& caps);
-
-// Parses a `_changes` answer (normal feed, style=all_docs) into (id, leaf revs, seq) rows.
-struct feed_change {
-  std::string id;
-  std::vector<std::string> revs;
-  bool deleted = false;
-  std::optional<json> body;  // from include_docs=true, only where inline_revision accepts it
-};
-struct feed_page {
-  std::vector<feed_change> changes;
-  json last_seq;  // where to resume: the last row's seq, or the answer's last_seq when it has no rows
-};
-result<feed_page> parse_changes(const json& answer);
 
 // A document included in a `_changes` row (include_docs=true) is enough to replicate when its
 // whole history is the revision itself: a first-generation ("1-...") sole leaf, not deleted,
@@ -74,7 +80,13 @@ result<feed_page> parse_changes(const json& answer);
 // server includes the *current* winner, which may be newer than the row). Then `_revisions` is
 // {start:1, ids:[hash]} and no `_bulk_get` is needed. Anything else: nullopt, and the round
 // fetches the revision with its history as usual.
-std::optional<json> inline_revision(const std::vector<std::string>& leaf_revs, const json& doc);
+std::optional<wire::raw_doc> inline_revision(const std::vector<std::string>& leaf_revs, const wire::raw_doc& doc);
+// The inline body of a feed row, when it has one (inline_revision of its included document).
+std::optional<wire::raw_doc> inline_revision(const feed_change& c);
+
+// Whether a per-row `_bulk_docs` error is transient (the whole unit is retried) rather than a
+// refusal of that document.
+bool row_error_transient(const std::string& error);
 
 // A row whose revision could be written from an included body: its sole leaf is a live "1-..."
 // (judged from the row alone, so it works whether or not the turn asked for bodies).

@@ -20,6 +20,7 @@
 #include "replicator/http_pool.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/transfer.hpp"
+#include "replicator/wire_json.hpp"
 #include "transcript.hpp"
 
 using couchgate::gateway::json_escape;
@@ -38,6 +39,7 @@ using couchgate::replicator::include_docs_next;
 using couchgate::replicator::inline_revision;
 using couchgate::replicator::parse_changes;
 using couchgate::replicator::parse_db_updates;
+using couchgate::replicator::wire::read_doc;
 using couchgate::replicator::registry;
 using couchgate::test::body_lines;
 using couchgate::test::load_transcript;
@@ -57,6 +59,12 @@ const std::string k20_last_seq =
     "4-g1AAAAB5eJzLYWBgYMpgTmEQTM4vTc5ISXIwNDLXMwBCwxyQVCJDUv3___-zMpgTWXKBAuwWqYnmxsnG2DTgMSaPBUgyNACp_yDTEhmyAFqMIGc";
 
 json body_json(const transcript& t) { return json::parse(t.body); }
+
+couchgate::replicator::wire::raw_doc raw(const std::string& text) {
+  auto d = read_doc(text);
+  REQUIRE(d.ok());
+  return d.value();
+}
 
 http_response response_of(const transcript& t) {
   http_response r;
@@ -289,7 +297,7 @@ TEST_CASE("parse_changes: style=all_docs normal feed (19)") {
   const auto t = load_transcript("19-changes-normal-all-docs.http");
   REQUIRE(t.status == 200);
   const json answer = body_json(t);
-  auto page = parse_changes(answer);
+  auto page = parse_changes(t.body);
   REQUIRE(page.ok());
   const auto& ch = page.value().changes;
 
@@ -329,8 +337,9 @@ TEST_CASE("parse_changes: limit=2 page (20) ends at its last row's seq") {
   const auto t = load_transcript("20-changes-limit.http");
   CHECK(t.target == "/tx-userdb/_changes?style=all_docs&since=0&limit=2");
   const json answer = body_json(t);
-  auto page = parse_changes(answer);
+  auto page = parse_changes(t.body);
   REQUIRE(page.ok());
+  CHECK(page.value().pending == std::optional<double>(2));
   const auto& ch = page.value().changes;
   REQUIRE(ch.size() == 2);
   CHECK(ch[0].id == "_design/evil");
@@ -348,51 +357,57 @@ TEST_CASE("parse_changes with include_docs (11): first-generation live docs come
   const auto t = load_transcript("11-users-changes-normal.http");
   REQUIRE(t.target.find("include_docs=true") != std::string::npos);
   const json answer = body_json(t);
-  auto page = parse_changes(answer);
+  auto page = parse_changes(t.body);
   REQUIRE(page.ok());
   const auto& ch = page.value().changes;
   REQUIRE(ch.size() == 3);
 
   // "1-..." sole leaf, live: written inline, its history the revision itself.
   CHECK(ch[0].id == "_design/_auth");
-  REQUIRE(ch[0].body);
+  auto body0 = inline_revision(ch[0]);
+  REQUIRE(body0);
   CHECK(first_generation(ch[0]));
-  CHECK(ch[0].body->at("_rev") == "1-625dc565328e800ce8dfe08fff750098");
-  CHECK(ch[0].body->at("_revisions") == json{{"start", 1}, {"ids", {"625dc565328e800ce8dfe08fff750098"}}});
-  CHECK(ch[0].body->at("validate_doc_update") == answer["results"][0]["doc"]["validate_doc_update"]);
+  const json b0 = json::parse(body0->text);
+  CHECK(b0.at("_rev") == "1-625dc565328e800ce8dfe08fff750098");
+  CHECK(b0.at("_revisions") == json{{"start", 1}, {"ids", {"625dc565328e800ce8dfe08fff750098"}}});
+  CHECK(b0.at("validate_doc_update") == answer["results"][0]["doc"]["validate_doc_update"]);
+  // The document's text is the server's, byte for byte, with `_revisions` added at its end.
+  CHECK(t.body.find(ch[0].doc->text) != std::string::npos);
+  CHECK(body0->text.substr(0, ch[0].doc->text.size() - 1) == ch[0].doc->text.substr(0, ch[0].doc->text.size() - 1));
 
   // A tombstone ("2-...", deleted): its history needs the source.
   CHECK(ch[1].id == "org.couchdb.user:alice");
   CHECK(ch[1].deleted);
-  CHECK_FALSE(ch[1].body);
+  CHECK_FALSE(inline_revision(ch[1]));
   CHECK_FALSE(first_generation(ch[1]));
 
   CHECK(ch[2].id == "org.couchdb.user:tx-bob");
-  REQUIRE(ch[2].body);
-  CHECK(ch[2].body->at("name") == "tx-bob");
-  CHECK(ch[2].body->at("_revisions").at("ids") == json{"565b3f721520908112ca45a72f386b65"});
+  auto body2 = inline_revision(ch[2]);
+  REQUIRE(body2);
+  const json b2 = json::parse(body2->text);
+  CHECK(b2.at("name") == "tx-bob");
+  CHECK(b2.at("_revisions").at("ids") == json{"565b3f721520908112ca45a72f386b65"});
 
   // Without include_docs (19) there is never a body.
-  auto plain = parse_changes(body_json(load_transcript("19-changes-normal-all-docs.http")));
+  auto plain = parse_changes(load_transcript("19-changes-normal-all-docs.http").body);
   REQUIRE(plain.ok());
-  for (const auto& c : plain.value().changes) CHECK_FALSE(c.body);
+  for (const auto& c : plain.value().changes) CHECK_FALSE(inline_revision(c));
 }
 
 TEST_CASE("inline_revision: only a body that is exactly the sole first-generation leaf") {
-  const json doc = {{"_id", "a"}, {"_rev", "1-abc"}, {"v", 1}};
+  const auto doc = raw(R"({"_id":"a","_rev":"1-abc","v":1})");
   auto ok = inline_revision({"1-abc"}, doc);
   REQUIRE(ok);
-  CHECK(ok->at("v") == 1);
-  CHECK(ok->at("_revisions") == json{{"start", 1}, {"ids", {"abc"}}});
+  CHECK(ok->text == R"({"_id":"a","_rev":"1-abc","v":1,"_revisions":{"start":1,"ids":["abc"]}})");
 
-  CHECK_FALSE(inline_revision({"2-abc"}, json{{"_id", "a"}, {"_rev", "2-abc"}}));    // history unknown
+  CHECK_FALSE(inline_revision({"2-abc"}, raw(R"({"_id":"a","_rev":"2-abc"})")));    // history unknown
   CHECK_FALSE(inline_revision({"1-abc", "1-def"}, doc));                           // conflicted
-  CHECK_FALSE(inline_revision({"1-abc"}, json{{"_id", "a"}, {"_rev", "2-xyz"}}));   // updated since the row
-  CHECK_FALSE(inline_revision({"1-abc"}, json{{"_id", "a"}, {"_rev", "1-abc"}, {"_deleted", true}}));
-  CHECK_FALSE(inline_revision({"1-abc"}, json{{"_id", "a"}, {"_rev", "1-abc"}, {"_attachments", {{"f", {{"stub", true}}}}}}));
-  CHECK_FALSE(inline_revision({"1-abc"}, json(nullptr)));  // CouchDB's "doc": null
-  CHECK_FALSE(inline_revision({"1-abc"}, json{{"_rev", "1-abc"}}));
-  CHECK_FALSE(inline_revision({"1-"}, json{{"_id", "a"}, {"_rev", "1-"}}));
+  CHECK_FALSE(inline_revision({"1-abc"}, raw(R"({"_id":"a","_rev":"2-xyz"})")));   // updated since the row
+  CHECK_FALSE(inline_revision({"1-abc"}, raw(R"({"_id":"a","_rev":"1-abc","_deleted":true})")));
+  CHECK_FALSE(inline_revision({"1-abc"}, raw(R"({"_id":"a","_rev":"1-abc","_attachments":{"f":{"stub":true}}})")));
+  CHECK_FALSE(read_doc("null").ok());  // CouchDB's "doc": null is no document
+  CHECK_FALSE(read_doc(R"({"_rev":"1-abc"})").ok());
+  CHECK_FALSE(inline_revision({"1-"}, raw(R"({"_id":"a","_rev":"1-"})")));
   CHECK_FALSE(inline_revision({}, doc));
 }
 
@@ -417,11 +432,11 @@ TEST_CASE("_changes continuous (38): heartbeat lines and one change object per l
   REQUIRE(row.at("seq").is_string());
   REQUIRE(row.at("changes").is_array());
 
-  auto bare = parse_changes(row);  // a bare row is not a page
+  auto bare = parse_changes(row.dump());  // a bare row is not a page
   REQUIRE_FALSE(bare.ok());
   CHECK(bare.error().kind == couch_error_kind::protocol);
 
-  auto page = parse_changes(json{{"results", json::array({row})}});
+  auto page = parse_changes(json{{"results", json::array({row})}}.dump());
   REQUIRE(page.ok());
   REQUIRE(page.value().changes.size() == 1);
   CHECK(page.value().changes[0].id == "late3");
@@ -437,12 +452,12 @@ TEST_CASE("parse_changes: malformed answers are protocol errors") {
                           json{{"results", json::array({json{{"id", 5}, {"changes", json::array()}}})}},
                           json{{"results", json::array({json{{"id", "a"}}})}}, json{{"results", json::array({1})}}}) {
     CAPTURE(bad.dump());
-    auto r = parse_changes(bad);
+    auto r = parse_changes(bad.dump());
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().kind == couch_error_kind::protocol);
   }
   // An empty page keeps the server's last_seq.
-  auto empty = parse_changes(json{{"results", json::array()}, {"last_seq", "5-x"}});
+  auto empty = parse_changes(json{{"results", json::array()}, {"last_seq", "5-x"}}.dump());
   REQUIRE(empty.ok());
   CHECK(empty.value().changes.empty());
   CHECK(empty.value().last_seq == "5-x");
