@@ -340,6 +340,7 @@ class loader {
     if (yaml_text != nullptr) parse_text(*yaml_text);
     resolve_file_credentials();
     apply_env();
+    apply_admin_api_env();
     finish_credentials();
     validate();
     return {std::move(cfg_), collect_errors()};
@@ -1011,6 +1012,28 @@ class loader {
       add_secret(*password);
       c.password = *password;
       source_ = password_source::value;
+    }
+  }
+
+  // COUCHGATE_ADMIN_ADDRESS / COUCHGATE_ADMIN_PORT win over admin_api.address / .port, so a
+  // container (e.g. one run with --network host) can bind the admin API elsewhere without a new
+  // config file; `couchgate health` reads the same variables.
+  void apply_admin_api_env() {
+    auto& a = cfg_.admin_api;
+    if (const auto address = env("COUCHGATE_ADMIN_ADDRESS")) {
+      a.address = *address;
+      lines_["admin_api.address"] = 0;
+    }
+    if (const auto port = env("COUCHGATE_ADMIN_PORT")) {
+      const auto p = parse_integer(*port);
+      if (!p || *p < 0 || *p > 65535) {
+        add("admin_api.port", 0,
+            "expected an integer 0..65535 in the environment variable COUCHGATE_ADMIN_PORT, got " + quote_value(*port),
+            {*port});
+      } else {
+        a.port = static_cast<int>(*p);
+        lines_["admin_api.port"] = 0;
+      }
     }
   }
 

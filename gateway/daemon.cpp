@@ -219,6 +219,7 @@ struct daemon::impl {
     auto retry = [&](const std::string& what, const r::couch_error& e) {
       auto delay = r::backoff_delay(bp, ++failures, rnd);
       log()->warn("{}: {} (retry in {} ms)", what, e.describe(), delay.count());
+      notify(("STATUS=" + what).c_str());  // systemctl status shows why it is not ready yet
       return wait(delay);
     };
     for (;;) {
