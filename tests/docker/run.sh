@@ -145,6 +145,8 @@ central="c${stamp}-central"
 role="r${stamp}"
 admin_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
   || echo $((20000 + RANDOM % 20000)))"
+# The admin API's bearer token, as an operator passes it (required when it binds beyond loopback).
+admin_token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 cat >"$work/couchgate.yaml" <<YAML
 # tests/docker/run.sh: names unique to this run; the URL and credentials come from the environment.
 state_db: s${stamp}-state
@@ -168,7 +170,7 @@ run_container() {
     --health-interval 1s --health-timeout 5s --health-start-period 60s \
     -v "$work/couchgate.yaml:/etc/couchgate/couchgate.yaml:ro" \
     -e COUCHDB_URL="$COUCHDB_URL" -e COUCHDB_USER="$COUCHDB_USER" -e COUCHDB_PASSWORD="$COUCHDB_PASSWORD" \
-    -e COUCHGATE_ADMIN_ADDRESS=127.0.0.1 -e COUCHGATE_ADMIN_PORT="$admin_port" \
+    -e COUCHGATE_ADMIN_ADDRESS=127.0.0.1 -e COUCHGATE_ADMIN_PORT="$admin_port" -e COUCHGATE_ADMIN_TOKEN="$admin_token" \
     "$image" >/dev/null
 }
 healthy() {
@@ -223,17 +225,17 @@ write_docs "$(userdb "$bob")" 1 10
 eventually 90 central_has 50 || { docker logs "$container" 2>&1 | tail -n 40 >&2; fail "central has $(central_count) docs after the restart, expected 50"; }
 eventually 60 healthy || fail "not healthy after the restart"
 log "after kill + start: all 50 documents in $central, nothing lost"
-if docker logs "$container" 2>&1 | grep -qF -- "$COUCHDB_PASSWORD"; then fail "the container's log shows the CouchDB password"; fi
+if docker logs "$container" 2>&1 | grep -qF -e "$COUCHDB_PASSWORD" -e "$admin_token"; then fail "the container's log shows a secret"; fi
 
 # ---- 6. compose file ------------------------------------------------------------------
 composes=0
 if command -v docker-compose >/dev/null 2>&1; then
-  docker-compose -f deploy/docker-compose.yml config -q || fail "docker-compose $(docker-compose version --short) rejects deploy/docker-compose.yml"
+  COUCHGATE_ADMIN_TOKEN="$admin_token" docker-compose -f deploy/docker-compose.yml config -q || fail "docker-compose $(docker-compose version --short) rejects deploy/docker-compose.yml"
   log "docker-compose $(docker-compose version --short): deploy/docker-compose.yml OK"
   composes=$((composes + 1))
 fi
 if docker compose version >/dev/null 2>&1; then
-  docker compose -f deploy/docker-compose.yml config -q || fail "docker compose (v2) rejects deploy/docker-compose.yml"
+  COUCHGATE_ADMIN_TOKEN="$admin_token" docker compose -f deploy/docker-compose.yml config -q || fail "docker compose (v2) rejects deploy/docker-compose.yml"
   log "$(docker compose version): deploy/docker-compose.yml OK"
   composes=$((composes + 1))
 fi
