@@ -7,8 +7,8 @@
 #
 # Usage: deploy/install-deps.sh [--with-bench] [--no-node]
 #   --with-bench  also install gnuplot-nox (plots for the benchmark reports)
-#   --no-node     skip nodejs/npm (they only run the test server; the Docker build
-#                 stage doesn't need them)
+#   --no-node     skip what only the tests use: nodejs/npm (the test server), lintian,
+#                 prometheus (promtool); the Docker build stage doesn't need them
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -29,8 +29,16 @@ packages=(
   build-essential cmake pkg-config git ca-certificates curl iproute2 procps
   libcurl4-openssl-dev libcpp-httplib-dev libspdlog-dev
   libyaml-cpp-dev doctest-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
-  libunistring-dev libsimdjson-dev
+  libunistring-dev libsimdjson-dev file dpkg-dev
 )
+# file + dpkg-dev (dpkg-shlibdeps): CPack's .deb, whose Depends the Docker image installs.
+# Operations tests (tests/package, tests/integration/test_operations.cpp): lintian for the
+# .deb, prometheus for promtool (the only Debian package that ships it: ~19 MB download,
+# ~96 MB installed; its server is not wanted, see below). The Docker build stage (--no-node)
+# skips them.
+if (( with_node )); then
+  packages+=(lintian prometheus)
+fi
 if (( with_bench )); then
   packages+=(gnuplot-nox)
 fi
@@ -75,6 +83,14 @@ echo "install-deps: + apt-get update" >&2
 # --no-install-recommends keeps images and CI machines lean; everything needed is listed.
 echo "install-deps: + apt-get install -y --no-install-recommends ${missing[*]}" >&2
 "${as_root[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# prometheus came only for promtool: on a machine booted with systemd its postinst enabled and
+# started a Prometheus server on :9090. Stop and disable it when this run installed it (a
+# prometheus the machine had before is left alone).
+if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+  echo "install-deps: prometheus was installed for promtool only; disabling its server" >&2
+  "${as_root[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
 
 # Catch typos / unavailable packages that apt might otherwise not flag.
 still_missing=()

@@ -8,11 +8,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "gateway/config.hpp"
 #include "gateway/daemon.hpp"
+#include "gateway/health.hpp"
 #include "gateway/logging.hpp"
 #include "gateway/restore.hpp"
 
@@ -91,6 +94,29 @@ int run_restore_cmd(const std::string& path, const restore_options& opts) {
   return s.ok() ? 0 : 1;
 }
 
+// `couchgate health`: exit 0 when the admin API answers 200, 1 otherwise (also for a bad config:
+// Docker's HEALTHCHECK reserves exit 2).
+int run_health_cmd(const std::string& path, bool ready, double timeout_seconds) {
+  auto cfg = load_or_report(path);
+  if (!cfg) return 1;
+  std::optional<std::string> port_file;
+  if (!cfg->admin_api.port_file.empty()) {
+    std::ifstream in(cfg->admin_api.port_file);
+    std::stringstream text;
+    if (in && text << in.rdbuf()) port_file = text.str();
+  }
+  std::string error;
+  auto target = resolve_health_target(cfg->admin_api, port_file, error);
+  if (!target) {
+    std::cerr << "couchgate health: " << error << "\n";
+    return 1;
+  }
+  auto r = probe_health(*target, ready, std::chrono::milliseconds(static_cast<long long>(timeout_seconds * 1000)));
+  (r.healthy ? std::cout : std::cerr) << (r.healthy ? "healthy" : "unhealthy") << ": "
+                                       << (r.status ? "HTTP " + std::to_string(r.status) + " " : std::string()) << r.detail << "\n";
+  return r.healthy ? 0 : 1;
+}
+
 }  // namespace
 
 int cli_main(int argc, char** argv) {
@@ -120,6 +146,16 @@ int cli_main(int argc, char** argv) {
     if (ropts.users.empty() && !ropts.all) throw CLI::ValidationError("restore", "give --user NAME (repeatable) or --all");
   });
 
+  std::string health_config;
+  bool health_ready = false;
+  double health_timeout = 5;
+  auto* health = app.add_subcommand(
+      "health", "Ask the running daemon's admin API for GET /healthz (the container HEALTHCHECK); exit 0 healthy, 1 not");
+  health->add_option("-c,--config", health_config,
+                     "The daemon's YAML config file (the admin API address; COUCHGATE_ADMIN_ADDRESS/_PORT override it)");
+  health->add_flag("--ready", health_ready, "Ask GET /readyz instead: CouchDB reachable and the first reconcile done");
+  health->add_option("--timeout", health_timeout, "Seconds to wait for the answer")->check(CLI::PositiveNumber);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -135,6 +171,7 @@ int cli_main(int argc, char** argv) {
   }
   if (*run) return run_daemon(run_config);
   if (*restore) return run_restore_cmd(restore_config, ropts);
+  if (*health) return run_health_cmd(health_config, health_ready, health_timeout);
   return 2;
 }
 

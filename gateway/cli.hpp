@@ -1,5 +1,5 @@
 #pragma once
-// Owns: the command line: `couchgate run`, `check-config`, `restore`, `--version`, `--help`.
+// Owns: the command line: `couchgate run`, `check-config`, `restore`, `health`, `--version`, `--help`.
 // main() only calls cli_main; exit codes: 0 success, 1 runtime failure, 2 bad usage or config.
 namespace couchgate::gateway {
 

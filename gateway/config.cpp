@@ -406,6 +406,7 @@ class loader {
     if (yaml_text != nullptr) parse_text(*yaml_text);
     resolve_file_credentials();
     apply_env();
+    apply_admin_api_env();
     finish_credentials();
     resolve_admin_token();
     validate();
@@ -1162,6 +1163,28 @@ class loader {
       if (password_from_.empty()) c.credential_source += " (no password is set)";
     } else {
       c.credential_source = (user_from_.empty() ? std::string("no user name") : user_from_) + " and " + password_from_;
+    }
+  }
+
+  // COUCHGATE_ADMIN_ADDRESS / COUCHGATE_ADMIN_PORT win over admin_api.address / .port, so a
+  // container (e.g. one run with --network host) can bind the admin API elsewhere without a new
+  // config file; `couchgate health` reads the same variables.
+  void apply_admin_api_env() {
+    auto& a = cfg_.admin_api;
+    if (const auto address = env("COUCHGATE_ADMIN_ADDRESS")) {
+      a.address = *address;
+      lines_["admin_api.address"] = 0;
+    }
+    if (const auto port = env("COUCHGATE_ADMIN_PORT")) {
+      const auto p = parse_integer(*port);
+      if (!p || *p < 0 || *p > 65535) {
+        add("admin_api.port", 0,
+            "expected an integer 0..65535 in the environment variable COUCHGATE_ADMIN_PORT, got " + quote_value(*port),
+            {*port});
+      } else {
+        a.port = static_cast<int>(*p);
+        lines_["admin_api.port"] = 0;
+      }
     }
   }
 

@@ -291,6 +291,7 @@ struct daemon::impl {
       if (refused_credential(what, e)) return false;
       auto delay = r::backoff_delay(bp, ++failures, rnd);
       log()->warn("{}: {} (retry in {} ms)", what, e.describe(), delay.count());
+      notify(("STATUS=" + what).c_str());  // systemctl status shows why it is not ready yet
       return wait(delay);
     };
     for (;;) {
