@@ -28,6 +28,11 @@ void session_cache::store(const std::string& key, std::string user, clock_type::
   entries_[key] = entry{std::move(user), now + ttl_};
 }
 
+void session_cache::forget(const std::string& key) {
+  std::lock_guard lk(mu_);
+  entries_.erase(key);
+}
+
 std::size_t session_cache::size() const {
   std::lock_guard lk(mu_);
   return entries_.size();

@@ -24,6 +24,8 @@ class session_cache {
   static std::string key_of(std::string_view credential);
   std::optional<std::string> lookup(const std::string& key, clock_type::time_point now);
   void store(const std::string& key, std::string user, clock_type::time_point now);
+  // CouchDB refused a cached credential (password changed, session expired): ask again next time.
+  void forget(const std::string& key);
   std::size_t size() const;
 
  private:

@@ -8,6 +8,8 @@
 #endif
 
 #include <boost/beast/core/string.hpp>
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "gateway/front/responses.hpp"
@@ -379,7 +381,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
 
     // Response: header, then the body streamed to the client.
     http::response_parser<http::buffer_body> parser;
-    parser.body_limit(boost::none);
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     if (req.method() == http::verb::head) parser.skip(true);
     conn.stream.tcp().expires_after(options_.upstream_timeout);
     co_await http::async_read_header(conn.stream, conn.buffer, parser, ec_token(ec));
@@ -433,6 +435,8 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
     res.keep_alive(client_keep);
     out.status = status;
     if (status == 401) {
+      // A cached identity CouchDB no longer accepts is asked about again on the next request.
+      if (!db.empty()) sessions_.forget(session_cache::key_of(credential_of(req)));
       failures_.record_failure(ex.conn.peer, now_());
       metrics_.auth_failures.inc();
     }

@@ -74,6 +74,9 @@ TEST_CASE("front session cache: keyed by a hash, expires after its ttl, 0 = no c
   CHECK(cache.lookup(key, t0 + 9s) == "alice");
   CHECK_FALSE(cache.lookup(key, t0 + 10s));
   CHECK_FALSE(cache.lookup(f::session_cache::key_of("Basic other"), t0));
+  cache.store(key, "alice", t0);
+  cache.forget(key);
+  CHECK_FALSE(cache.lookup(key, t0));
   f::session_cache off(0ms, 100);
   off.store(key, "alice", t0);
   CHECK_FALSE(off.lookup(key, t0));
