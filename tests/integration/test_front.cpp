@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "policy/naming.hpp"
 #include "tests/integration/fixtures.hpp"
@@ -396,4 +397,71 @@ TEST_CASE("front door (require_secure): the scheme header counts from a trusted 
   CHECK(spoofed.body["reason"].get<std::string>().find("TLS") != std::string::npos);
   CHECK(untrusted.metric("couchgate_front_upstream_peak").value_or(-1) == 0);
   CHECK(untrusted.metric("couchgate_front_session_cache_misses_total").value_or(-1) == 0);
+}
+
+TEST_CASE("front door limits: 431, 413, slow headers cut off, auth failures 429, upstream pool full 503") {
+  auto n = fresh_names("frontlim");
+  auto run = start_front(n,
+                         {{"allow_insecure", true},
+                          {"max_header_bytes", "2KiB"},
+                          {"max_body_bytes", "4KiB"},
+                          {"header_timeout", "500ms"},
+                          {"auth_failure_limit", 3},
+                          {"auth_failure_window", "60s"},
+                          {"upstream", {{"max_connections", 1}, {"wait_timeout", "300ms"}}}},
+                         temp_dir());
+  auto& cg = *run.process;
+  const int port = run.port;
+  const auto users = provisioned_users(n, 1);
+  const header_list auth{{"Authorization", basic(users[0].name, users[0].password)}};
+
+  auto big_header = front_call(port, false, "GET", "/me", {auth[0], {"X-Padding", std::string(4096, 'x')}});
+  CHECK(big_header.status == 431);
+  auto big_body = front_call(port, false, "PUT", "/me/big", auth, json{{"pad", std::string(8192, 'x')}}.dump());
+  CHECK(big_body.status == 413);
+  CHECK(front_call(port, false, "PUT", "/me/small", auth, json{{"v", 1}}.dump()).status == 201);
+
+  // Slowloris: half a header, then silence: the connection is closed at header_timeout.
+  {
+    net::io_context io;
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    net::write(socket, net::buffer(std::string("GET /me HTTP/1.1\r\nHost: x\r\n")));
+    const auto start = std::chrono::steady_clock::now();
+    char byte;
+    boost::system::error_code ec;
+    socket.read_some(net::buffer(&byte, 1), ec);  // blocks until couchgate closes
+    const auto waited = std::chrono::steady_clock::now() - start;
+    CHECK(ec);  // closed, no answer
+    CHECK(waited < std::chrono::seconds(5));
+  }
+
+  // The upstream pool (1 connection) is held by a waiting feed: the next request waits 300 ms, then 503.
+  std::thread feed([&] {
+    front_call(port, false, "GET", "/me/_changes?feed=longpoll&since=now&timeout=4000", auth);
+  });
+  CHECK(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(5)));
+  auto busy = front_call(port, false, "GET", "/", {});
+  CHECK(busy.status == 503);
+  CHECK(busy.headers.find("Retry-After") != busy.headers.end());
+  CHECK(cg.metric("couchgate_front_upstream_peak").value_or(99) <= 1);
+  CHECK(cg.metric("couchgate_front_upstream_busy_total").value_or(0) >= 1);
+  // Unblock the feed with a write (pouchdb-server ignores `timeout` on since=now feeds).
+  couch().put("/" + enc(users[0].db) + "/wake", json{{"v", 1}});
+  feed.join();
+
+  // Failed authentications from one address: after the limit, 429 with Retry-After, even with
+  // the right password (the credential is not even checked).
+  for (int i = 0; i < 3; ++i) {
+    CHECK(front_call(port, false, "GET", "/me", {{"Authorization", basic(users[0].name, "wrong-" + std::to_string(i))}})
+              .status == 401);
+  }
+  auto limited = front_call(port, false, "GET", "/me", auth);
+  CHECK(limited.status == 429);
+  const auto retry = limited.headers.find("Retry-After");
+  REQUIRE(retry != limited.headers.end());
+  CHECK(std::atoi(std::string(retry->value()).c_str()) >= 1);
+  CHECK(cg.metric("couchgate_front_rate_limited_total").value_or(0) >= 1);
+  // Anonymous pass-through requests carry no credential: still served.
+  CHECK(front_call(port, false, "GET", "/_uuids").status == 200);
 }
