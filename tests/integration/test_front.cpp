@@ -465,3 +465,66 @@ TEST_CASE("front door limits: 431, 413, slow headers cut off, auth failures 429,
   // Anonymous pass-through requests carry no credential: still served.
   CHECK(front_call(port, false, "GET", "/_uuids").status == 200);
 }
+
+TEST_CASE("front door: keep-alive connections carry many requests; HEAD; gzip passed through; /shared") {
+  auto n = fresh_names("frontka");
+  const std::string shared_db = "t" + unique("shared");
+  auto run = start_front(n, {{"allow_insecure", true}}, temp_dir(),
+                         {{"shared", {{"enabled", true}, {"db", shared_db}, {"member_roles", {n.role}}}}});
+  const int port = run.port;
+  const auto users = provisioned_users(n, 1);
+  const std::string authorization = basic(users[0].name, users[0].password);
+
+  net::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+  beast::flat_buffer buffer;
+  const auto exchange = [&](http::verb verb, const std::string& target, const std::string& body,
+                            const header_list& extra = {}) {
+    http::request<http::string_body> req{verb, target, 11};
+    req.set(http::field::host, "x");
+    req.set(http::field::authorization, authorization);
+    for (const auto& [k, v] : extra) req.set(k, v);
+    if (!body.empty()) {
+      req.set(http::field::content_type, "application/json");
+      req.body() = body;
+    }
+    req.prepare_payload();
+    http::write(socket, req);
+    http::response_parser<http::string_body> parser;
+    if (verb == http::verb::head) parser.skip(true);
+    http::read(socket, buffer, parser);
+    return parser.release();
+  };
+  for (int i = 0; i < 5; ++i) {
+    auto put = exchange(http::verb::put, "/me/ka-" + std::to_string(i), json{{"i", i}}.dump());
+    CHECK(put.result_int() == 201);
+    CHECK(put.keep_alive());
+  }
+  auto head = exchange(http::verb::head, "/me/ka-1", "");
+  CHECK(head.result_int() == 200);
+  CHECK(head.body().empty());
+  // Still in sync after a HEAD: the next answer is the right one.
+  auto got = exchange(http::verb::get, "/me/ka-3", "");
+  REQUIRE(got.result_int() == 200);
+  CHECK(json::parse(got.body())["i"] == 3);
+
+  // Whatever encoding the server chose reaches the client as sent (never decoded on the way).
+  auto zipped = exchange(http::verb::get, "/me/_all_docs?include_docs=true", "", {{"Accept-Encoding", "gzip"}});
+  CHECK(zipped.result_int() == 200);
+  if (zipped[http::field::content_encoding] == "gzip") {
+    REQUIRE(zipped.body().size() >= 2);
+    CHECK(static_cast<unsigned char>(zipped.body()[0]) == 0x1f);
+    CHECK(static_cast<unsigned char>(zipped.body()[1]) == 0x8b);
+  } else {
+    CHECK(json::parse(zipped.body(), nullptr, false)["rows"].size() == 5);
+  }
+
+  // /shared is the shared database, for a member.
+  REQUIRE(eventually([&] { return couch().get("/" + shared_db).status == 200; }, std::chrono::seconds(30)));
+  auto shared_put = exchange(http::verb::put, "/shared/note", json{{"by", users[0].name}}.dump());
+  CHECK_MESSAGE(shared_put.result_int() == 201, shared_put.body());
+  CHECK(couch().get("/" + shared_db + "/note").body["by"] == users[0].name);
+  auto shared_info = exchange(http::verb::get, "/shared", "");
+  CHECK(json::parse(shared_info.body(), nullptr, false)["db_name"] == shared_db);
+}
