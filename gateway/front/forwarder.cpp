@@ -287,8 +287,9 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
       if (reused && retryable(ec)) continue;  // the server closed an idle connection: once more on a fresh one
       co_return identity{};
     }
-    if (parser.keep_alive()) lease->keep();
     const auto& res = parser.get();
+    note_keep_alive(conn, std::string_view(res[http::field::keep_alive].data(), res[http::field::keep_alive].size()));
+    if (parser.keep_alive()) lease->keep();
     if (res.result() == http::status::unauthorized) co_return identity{identity::kind::rejected, {}};
     if (res.result() != http::status::ok) co_return identity{};
     const auto body = nlohmann::json::parse(res.body(), nullptr, false);
@@ -391,6 +392,8 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
       co_return co_await answer(http::status::bad_gateway, "bad_gateway", "CouchDB closed the connection");
     }
     const auto& upstream_res = parser.get();
+    note_keep_alive(conn, std::string_view(upstream_res[http::field::keep_alive].data(),
+                                           upstream_res[http::field::keep_alive].size()));
     http::response<http::buffer_body> res;
     res.result(upstream_res.result_int());
     res.reason(upstream_res.reason());

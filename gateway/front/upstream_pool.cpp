@@ -1,7 +1,10 @@
 // Owns: the upstream connection pool (see upstream_pool.hpp).
 #include "gateway/front/upstream_pool.hpp"
 
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <cerrno>
 
 namespace couchgate::gateway::front {
 
@@ -39,6 +42,26 @@ std::optional<upstream_address> parse_upstream_url(const std::string& url) {
   if (a.host.empty()) return std::nullopt;
   return a;
 }
+
+void note_keep_alive(upstream_connection& conn, std::string_view header) {
+  const std::size_t at = header.find("timeout=");
+  if (at == std::string_view::npos) return;
+  long long seconds = 0;
+  std::size_t i = at + 8;
+  for (; i < header.size() && header[i] >= '0' && header[i] <= '9' && seconds < 1000000; ++i) seconds = seconds * 10 + (header[i] - '0');
+  if (i == at + 8) return;
+  conn.server_idle_limit = std::chrono::milliseconds(std::max<long long>(seconds * 1000 - 1000, 1));
+}
+
+namespace {
+// An idle connection the server has closed (or that has unexpected bytes waiting) reads as
+// readable; a live idle one would block. Checked before reuse, without blocking.
+bool still_open(upstream_connection& c) {
+  char byte;
+  const ssize_t n = ::recv(c.stream.tcp().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+}  // namespace
 
 struct upstream_pool::waiter {
   enum class state { waiting, got_connection, got_slot, closed };
@@ -110,7 +133,8 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
   while (!idle.empty()) {
     auto c = std::move(idle.back());
     idle.pop_back();
-    if (now - c->idle_since > idle_limit_) {
+    const auto limit = c->server_idle_limit.count() > 0 ? std::min(idle_limit_, c->server_idle_limit) : idle_limit_;
+    if (now - c->idle_since > limit || !still_open(*c)) {
       --stats_.open;
       c.reset();  // this thread owns it: the connection lives on our context
       continue;

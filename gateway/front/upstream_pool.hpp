@@ -16,6 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gateway/front/io_threads.hpp"
@@ -41,7 +42,13 @@ struct upstream_connection {
   bool connected = false;
   std::size_t uses = 0;  // exchanges completed on it (0 = fresh)
   std::chrono::steady_clock::time_point idle_since{};
+  // What the server announced (`Keep-Alive: timeout=N`): it closes idle connections after N s
+  // (Node's default is 5 s), so the pool stops reusing this one a second earlier. 0 = not said.
+  std::chrono::milliseconds server_idle_limit{0};
 };
+
+// Records a response's `Keep-Alive: timeout=N` on the connection it came over.
+void note_keep_alive(upstream_connection& conn, std::string_view keep_alive_header);
 
 class upstream_pool;
 
