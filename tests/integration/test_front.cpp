@@ -528,3 +528,40 @@ TEST_CASE("front door: keep-alive connections carry many requests; HEAD; gzip pa
   auto shared_info = exchange(http::verb::get, "/shared", "");
   CHECK(json::parse(shared_info.body(), nullptr, false)["db_name"] == shared_db);
 }
+
+TEST_CASE("front door: per-user concurrent requests and client connections are capped") {
+  auto n = fresh_names("frontcap");
+  auto run = start_front(n, {{"allow_insecure", true}, {"max_requests_per_user", 1}, {"max_connections", 4}}, temp_dir());
+  auto& cg = *run.process;
+  const int port = run.port;
+  const auto users = provisioned_users(n, 2);
+  const header_list alice{{"Authorization", basic(users[0].name, users[0].password)}};
+  const header_list bob{{"Authorization", basic(users[1].name, users[1].password)}};
+  REQUIRE(front_call(port, false, "GET", "/me", alice).status == 200);  // identity cached
+
+  // Alice's one request slot is held by a waiting feed: her next request gets 429, Bob's is served.
+  std::thread feed([&] { front_call(port, false, "GET", "/me/_changes?feed=longpoll&since=now&timeout=4000", alice); });
+  CHECK(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(5)));
+  auto second = front_call(port, false, "GET", "/me", alice);
+  CHECK(second.status == 429);
+  CHECK(second.headers.find("Retry-After") != second.headers.end());
+  CHECK(front_call(port, false, "GET", "/me", bob).status == 200);
+  CHECK(cg.metric("couchgate_front_user_limited_total").value_or(0) >= 1);
+
+  // With the feed's connection open, 3 more fill max_connections: the next one is closed unanswered.
+  net::io_context io;
+  std::vector<tcp::socket> idle;
+  for (int i = 0; i < 3; ++i) {
+    idle.emplace_back(io);
+    idle.back().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+  }
+  CHECK(eventually([&] { return cg.metric("couchgate_front_client_connections").value_or(0) == 4; }, std::chrono::seconds(5)));
+  auto refused = front_call(port, false, "GET", "/", {});
+  CHECK(refused.status == 0);
+  CHECK(cg.metric("couchgate_front_client_connections_refused").value_or(0) >= 1);
+  idle.clear();
+  CHECK(eventually([&] { return front_call(port, false, "GET", "/", {}).status == 200; }, std::chrono::seconds(5)));
+
+  couch().put("/" + enc(users[0].db) + "/wake", json{{"v", 1}});  // pouchdb-server ignores timeout with since=now
+  feed.join();
+}
