@@ -30,6 +30,7 @@ packages=(
   libcurl4-openssl-dev libcpp-httplib-dev libspdlog-dev
   libyaml-cpp-dev doctest-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
   libunistring-dev libsimdjson-dev file dpkg-dev
+  libboost-dev libssl-dev openssl
 )
 # file + dpkg-dev (dpkg-shlibdeps): CPack's .deb, whose Depends the Docker image installs.
 # Operations tests (tests/package, tests/integration/test_operations.cpp): lintian for the

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "gateway/front/front_config.hpp"
 #include "policy/id_map.hpp"
 #include "policy/identity.hpp"
 #include "policy/security.hpp"
@@ -133,6 +134,7 @@ struct config {
   admin_api_config admin_api{};
   identities_config identities{};
   log_config log{};
+  front_config front{};  // the clients' front door (gateway/front/)
   bool operator==(const config&) const = default;
 };
 

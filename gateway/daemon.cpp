@@ -14,6 +14,7 @@
 #include "gateway/admin_api.hpp"
 #include "gateway/databases.hpp"
 #include "gateway/identities.hpp"
+#include "gateway/front/front_door.hpp"
 #include "gateway/logging.hpp"
 #include "gateway/provisioner.hpp"
 #include "policy/naming.hpp"
@@ -100,6 +101,7 @@ struct daemon::impl {
   std::unique_ptr<provisioner> prov;
   std::unique_ptr<identities> ids;
   std::unique_ptr<admin_api> api;
+  std::unique_ptr<front_door> front;  // clients' entry point (front.enabled)
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   bool wait(std::chrono::milliseconds d) {
@@ -161,6 +163,7 @@ struct daemon::impl {
     out += "# HELP couchgate_wire_rejected_total Answers, rows and documents from CouchDB refused as malformed (wrong types, not JSON, too deep)\n"
            "# TYPE couchgate_wire_rejected_total counter\n";
     out += "couchgate_wire_rejected_total " + std::to_string(r::wire::rejected()) + "\n";
+    if (front) out += front->render_metrics();
     out += "# HELP couchgate_up 1 when ready\n# TYPE couchgate_up gauge\ncouchgate_up " + std::string(ready().first ? "1" : "0") + "\n";
     return out;
   }
@@ -248,6 +251,14 @@ struct daemon::impl {
   // that need a restart, and keeps the running configuration when the file is invalid.
   void reload_config() {
     if (config_path.empty()) return;
+    if (front) {  // the certificate files are re-read on every SIGHUP, the config file changed or not
+      std::string error;
+      if (front->reload_tls(error)) {
+        log()->info("front door: TLS certificate re-read (new connections use it)");
+      } else {
+        log()->error("front door: keeping the previous TLS certificate: {}", error);
+      }
+    }
     auto fresh = load_config_file(config_path, process_env());
     if (!fresh.errors.empty()) {
       log()->error("reload of {} rejected:\n{}", config_path, format_errors(config_path, fresh.errors));
@@ -409,6 +420,14 @@ int daemon::run() {
                                            return u && u->done && u->action == policy::user_action::ensure;
                                          });
   }
+  if (cfg.front.enabled) {
+    try {
+      d.front = std::make_unique<front_door>(cfg, d.metrics);
+    } catch (const std::exception& e) {
+      log()->critical("front door: {}", e.what());
+      return 1;
+    }
+  }
 
   d.api = std::make_unique<admin_api>(admin_handlers{
       [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
@@ -424,6 +443,17 @@ int daemon::run() {
   log()->info("admin API on http://{}:{}{}", cfg.admin_api.address, port,
               cfg.admin_api.token.empty() ? " (no token: open to whoever can reach it)" : " (bearer token required)");
   if (!cfg.admin_api.port_file.empty()) std::ofstream(cfg.admin_api.port_file) << port << "\n";
+  if (d.front) {
+    const int front_port = d.front->start(err);
+    if (front_port < 0) {
+      log()->critical("front door: {}", err);
+      d.api->stop();
+      return 1;
+    }
+    log()->info("front door on {}://{}:{}", cfg.front.tls.cert_file.empty() ? "http" : "https", cfg.front.address,
+                front_port);
+    if (!cfg.front.port_file.empty()) std::ofstream(cfg.front.port_file) << front_port << "\n";
+  }
 
   const bool ok = d.setup();
   if (ok) {
@@ -478,6 +508,7 @@ int daemon::run() {
   notify("STOPPING=1");
   // Rounds end and checkpoints are written while the pool still runs; whatever is cut off is
   // read again at the next start.
+  if (d.front) d.front->stop();
   if (d.fan) d.fan->drain(std::chrono::seconds(5));
   d.pool->shutdown();
   if (d.ids) d.ids->stop();

@@ -1,0 +1,42 @@
+// The upstream pool's pure parts: couchdb.url as an upstream address, and the server's
+// announced keep-alive idle limit (a connection reused after the server closed it would fail a
+// request whose body cannot be re-sent).
+#include <doctest/doctest.h>
+
+#include "gateway/front/upstream_pool.hpp"
+
+namespace f = couchgate::gateway::front;
+
+TEST_CASE("front upstream: couchdb.url as host, port, TLS and base path") {
+  const auto a = f::parse_upstream_url("http://127.0.0.1:5984");
+  REQUIRE(a);
+  CHECK(a->host == "127.0.0.1");
+  CHECK(a->port == "5984");
+  CHECK_FALSE(a->tls);
+  CHECK(a->host_header == "127.0.0.1:5984");
+  CHECK(a->base_path.empty());
+  const auto b = f::parse_upstream_url("https://couch.example.com/db-proxy/");
+  REQUIRE(b);
+  CHECK(b->port == "443");
+  CHECK(b->tls);
+  CHECK(b->base_path == "/db-proxy");
+  const auto v6 = f::parse_upstream_url("http://[::1]:5984");
+  REQUIRE(v6);
+  CHECK(v6->host == "::1");
+  CHECK(v6->port == "5984");
+  CHECK_FALSE(f::parse_upstream_url("ftp://x"));
+  CHECK_FALSE(f::parse_upstream_url("http://"));
+}
+
+TEST_CASE("front upstream: Keep-Alive: timeout=N makes the pool drop the connection a second earlier") {
+  f::net::io_context io;
+  f::upstream_connection conn(f::any_stream(f::beast::tcp_stream(io)), 0);
+  f::note_keep_alive(conn, "");
+  CHECK(conn.server_idle_limit.count() == 0);
+  f::note_keep_alive(conn, "timeout=5");
+  CHECK(conn.server_idle_limit == std::chrono::seconds(4));
+  f::note_keep_alive(conn, "max=100, timeout=30");
+  CHECK(conn.server_idle_limit == std::chrono::seconds(29));
+  f::note_keep_alive(conn, "timeout=1");
+  CHECK(conn.server_idle_limit.count() > 0);
+}
