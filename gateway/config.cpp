@@ -1029,6 +1029,11 @@ class loader {
         {"intent_timeout", secs(c.intent_timeout, 1)},
         {"retention", secs(c.retention, 0)},
         {"reconcile_interval", secs(c.reconcile_interval, 0)},
+        {"rate_limit",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_integer(v, p, l, 1, std::nullopt, c.rate_limit);
+         }},
+        {"rate_window", secs(c.rate_window, 1)},
         {"on_duplicate",
          [this, &c](const YAML::Node& v, const std::string& p, int l) {
            read_enum<on_duplicate>(v, p, l, {{"flag", on_duplicate::flag}, {"exclude", on_duplicate::exclude}},

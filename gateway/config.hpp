@@ -115,6 +115,9 @@ struct identities_config {
   seconds retention{86400};        // finished intents are kept this long
   seconds reconcile_interval{60};
   on_duplicate duplicates = on_duplicate::flag;
+  // Sign-up and availability requests per client address per rate_window (429 with Retry-After above).
+  std::size_t rate_limit = 20;
+  seconds rate_window{60};
   bool operator==(const identities_config&) const = default;
 };
 

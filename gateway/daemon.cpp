@@ -422,7 +422,9 @@ int daemon::run() {
   }
   if (cfg.front.enabled) {
     try {
-      d.front = std::make_unique<front_door>(cfg, d.metrics);
+      front::local_handler local;
+      if (d.ids) local = [&d](const front::local_request& r) { return d.ids->serve(r); };
+      d.front = std::make_unique<front_door>(cfg, d.metrics, std::move(local));
     } catch (const std::exception& e) {
       log()->critical("front door: {}", e.what());
       return 1;

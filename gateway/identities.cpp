@@ -12,8 +12,10 @@
 #include <thread>
 
 #include "gateway/databases.hpp"
+#include "gateway/front/route.hpp"
 #include "policy/naming.hpp"
 #include "replicator/logger.hpp"
+#include "replicator/wire_json.hpp"
 
 namespace couchgate::gateway {
 
@@ -506,6 +508,34 @@ identities::reconcile_report identities::reconcile() {
     }
   }
   return rep;
+}
+
+front::local_answer identities::serve(const front::local_request& r) {
+  identity_answer a;
+  const auto body = [&]() -> std::optional<json> {
+    auto j = replicator::wire::parse(r.body, "request body");
+    if (!j.ok()) return std::nullopt;
+    return std::move(j.value());
+  };
+  if (r.method == "POST" && r.path == "/_signup") {
+    auto j = body();
+    a = j ? signup(*j) : fail_answer(400, "bad_request", "the body is not JSON");
+  } else if (r.method == "GET" && r.path == "/_signup/available") {
+    a = available(front::query_param(r.query, "name").value_or(""), front::query_param(r.query, "email").value_or(""));
+  } else if (r.method == "PUT" && r.path == "/_identity/email") {
+    auto j = body();
+    a = j ? change_email(r.user, *j) : fail_answer(400, "bad_request", "the body is not JSON");
+  } else if (r.method == "PUT" && r.path == "/_identity/name") {
+    a = fail_answer(405, "method_not_allowed",
+                    "user names cannot be changed here: a user's database is named after the name");
+  } else {
+    a = fail_answer(404, "not_found", "no such identity endpoint");
+  }
+  front::local_answer out;
+  out.status = static_cast<unsigned>(a.status);
+  out.body = a.body.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (a.status == 503) out.headers.emplace_back("Retry-After", "1");
+  return out;
 }
 
 void identities::start() {

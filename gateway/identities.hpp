@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "gateway/config.hpp"
+#include "gateway/front/local.hpp"
 #include "policy/identity.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/metrics.hpp"
@@ -60,6 +61,11 @@ class identities {
   identity_answer available(const std::string& name, const std::string& email);
   // PUT /_identity/email for an authenticated user.
   identity_answer change_email(const std::string& user, const replicator::json& body);
+
+  // The front door's local routes: POST /_signup, GET /_signup/available?name=&email=,
+  // PUT /_identity/email (the caller's own), PUT /_identity/name (405: names do not change,
+  // a user's database is named after it).
+  front::local_answer serve(const front::local_request& request);
 
   struct reconcile_report {
     std::size_t seen = 0, finished = 0, rolled_back = 0, forgotten = 0, failed = 0;

@@ -144,7 +144,14 @@ forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metri
       now_(std::move(now)),
       sessions_(options_.session_cache_ttl, 100000),
       failures_(options_.auth_failure_limit, options_.auth_failure_window),
-      slots_(options_.max_requests_per_user) {}
+      slots_(options_.max_requests_per_user),
+      local_attempts_(options_.local_rate_limit, options_.local_rate_window),
+      local_pool_(options_.local ? std::make_unique<net::thread_pool>(std::max<std::size_t>(options_.local_threads, 1))
+                                 : nullptr) {}
+
+forwarder::~forwarder() {
+  if (local_pool_) local_pool_->join();
+}
 
 net::awaitable<bool> forwarder::handle(server_exchange& ex) {
   const auto start = std::chrono::steady_clock::now();
@@ -208,6 +215,8 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
                                 retry_after(std::to_string(*wait)));
     }
   }
+
+  if (rt.kind == route_kind::local) co_return co_await serve_local(ex, rt, credential, out);
 
   // 4. Whose database?
   std::string db;
@@ -304,6 +313,79 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
     co_return identity{identity::kind::user, name->get<std::string>()};
   }
   co_return identity{};
+}
+
+net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt, const std::string& credential,
+                                            outcome& out) {
+  const auto& req = ex.parser.get();
+  bool keep = req.keep_alive() && ex.parser.is_done();
+  const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
+                          header_list headers = {}) -> net::awaitable<bool> {
+    out.status = static_cast<unsigned>(status);
+    const bool ok =
+        co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout, headers);
+    co_return ok && keep;
+  };
+  if (!options_.local) {
+    co_return co_await answer(http::status::not_found, "not_found", "sign-up is not enabled on this couchgate");
+  }
+  if (const auto wait = local_attempts_.refused(ex.conn.peer, now_())) {
+    metrics_.rate_limited.inc();
+    co_return co_await answer(http::status::too_many_requests, "too_many_requests",
+                              "too many sign-up requests from this address", retry_after(std::to_string(*wait)));
+  }
+  local_attempts_.record_failure(ex.conn.peer, now_());  // every attempt counts, not only failed ones
+
+  local_request lr;
+  lr.method = std::string(req.method_string());
+  lr.path = rt.target.substr(0, rt.target.find('?'));
+  lr.query = rt.target.substr(lr.path.size());
+  lr.peer = ex.conn.peer;
+  if (lr.path.rfind("/_identity/", 0) == 0) {  // the caller's own identity: CouchDB says who that is
+    if (credential.empty()) {
+      co_return co_await answer(http::status::unauthorized, "unauthorized", "You are not authorized.");
+    }
+    const identity who = co_await who_is(ex, credential);
+    if (who.k == identity::kind::unavailable) {
+      co_return co_await answer(http::status::service_unavailable, "service_unavailable",
+                                "CouchDB did not answer who the caller is", retry_after("1"));
+    }
+    if (who.k == identity::kind::rejected) {
+      failures_.record_failure(ex.conn.peer, now_());
+      metrics_.auth_failures.inc();
+      co_return co_await answer(http::status::unauthorized, "unauthorized", "Name or password is incorrect.");
+    }
+    lr.user = who.name;
+    out.user = who.name;
+  }
+
+  // The body, bounded (a sign-up is a few hundred bytes).
+  std::vector<char> chunk(16u << 10);
+  error_code ec;
+  while (!ex.parser.is_done()) {
+    ex.parser.get().body().data = chunk.data();
+    ex.parser.get().body().size = chunk.size();
+    ex.stream.tcp().expires_after(options_.client_timeout);
+    co_await http::async_read_some(ex.stream, ex.buffer, ex.parser, ec_token(ec));
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) co_return false;
+    lr.body.append(chunk.data(), chunk.size() - ex.parser.get().body().size);
+    if (lr.body.size() > options_.local_body_limit) {
+      keep = false;
+      co_return co_await answer(http::status::payload_too_large, "too_large", "the request body is too large");
+    }
+  }
+  keep = req.keep_alive();
+
+  // The handler may wait on CouchDB: it runs on a worker, and this coroutine resumes here after.
+  const local_handler& fn = options_.local;
+  local_answer a = co_await net::co_spawn(
+      local_pool_->get_executor(), [&fn, &lr]() -> net::awaitable<local_answer> { co_return fn(lr); },
+      net::use_awaitable);
+  out.status = a.status;
+  const bool ok = co_await write_response(ex.stream, static_cast<http::status>(a.status), std::move(a.body), keep,
+                                          options_.client_timeout, a.headers);
+  co_return ok && keep;
 }
 
 net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& target, const std::string& db,

@@ -14,11 +14,13 @@
 #include "gateway/front/auth_limits.hpp"
 #include "gateway/front/front_metrics.hpp"
 #include "gateway/front/http_server.hpp"
+#include "gateway/front/local.hpp"
 #include "gateway/front/route.hpp"
 #include "gateway/front/secure_request.hpp"
 #include "gateway/front/upstream_pool.hpp"
 
 namespace couchgate::gateway::front {
+
 
 struct forwarder_options {
   std::string db_prefix = "userdb-";
@@ -33,12 +35,18 @@ struct forwarder_options {
   std::size_t auth_failure_limit = 20;
   std::chrono::milliseconds auth_failure_window{60000};
   std::size_t relay_buffer = 64u << 10;  // bytes held per direction per request
+  local_handler local;                   // empty: local routes answer 404
+  std::size_t local_body_limit = 64u << 10;
+  std::size_t local_threads = 4;         // workers for local handlers (each may wait on CouchDB)
+  std::size_t local_rate_limit = 20;     // local requests per address per window (429 above)
+  std::chrono::milliseconds local_rate_window{60000};
 };
 
 class forwarder {
  public:
   using clock_fn = std::function<clock_type::time_point()>;
   forwarder(forwarder_options options, upstream_pool& pool, front_metrics& metrics, clock_fn now = clock_type::now);
+  ~forwarder();  // joins the local handlers' workers
 
   // The http_server handler.
   net::awaitable<bool> handle(server_exchange& exchange);
@@ -52,6 +60,7 @@ class forwarder {
   net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential);
   net::awaitable<bool> forward(server_exchange& ex, const std::string& target, const std::string& db,
                                const std::string& mount, outcome& out);
+  net::awaitable<bool> serve_local(server_exchange& ex, const route& rt, const std::string& credential, outcome& out);
 
   forwarder_options options_;
   upstream_pool& pool_;
@@ -60,6 +69,8 @@ class forwarder {
   session_cache sessions_;
   auth_failures failures_;
   user_slots slots_;
+  auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)
+  std::unique_ptr<net::thread_pool> local_pool_;
 };
 
 }  // namespace couchgate::gateway::front

@@ -57,7 +57,8 @@ struct front_door::impl {
   impl(const config& c, replicator::registry& registry) : cfg(c.front), metrics(registry) {}
 };
 
-front_door::front_door(const config& cfg, replicator::registry& registry) : impl_(std::make_unique<impl>(cfg, registry)) {
+front_door::front_door(const config& cfg, replicator::registry& registry, front::local_handler local)
+    : impl_(std::make_unique<impl>(cfg, registry)) {
   auto& d = *impl_;
   const auto address = parse_upstream_url(cfg.couchdb.url);
   if (!address) throw std::runtime_error("couchdb.url is not an http(s) URL the front door can use");
@@ -91,6 +92,9 @@ front_door::front_door(const config& cfg, replicator::registry& registry) : impl
   fo.max_requests_per_user = cfg.front.max_requests_per_user;
   fo.auth_failure_limit = cfg.front.auth_failure_limit;
   fo.auth_failure_window = cfg.front.auth_failure_window;
+  fo.local = std::move(local);
+  fo.local_rate_limit = cfg.identities.rate_limit;
+  fo.local_rate_window = cfg.identities.rate_window;
   d.handler = std::make_unique<forwarder>(fo, *d.pool, d.metrics);
   server_limits limits;
   limits.max_connections = cfg.front.max_connections;

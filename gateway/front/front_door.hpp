@@ -7,6 +7,7 @@
 #include <string>
 
 #include "gateway/config.hpp"
+#include "gateway/front/local.hpp"
 #include "replicator/metrics.hpp"
 
 namespace couchgate::gateway {
@@ -15,7 +16,7 @@ class front_door {
  public:
   // Throws std::runtime_error when the configuration cannot be applied (unreadable certificate,
   // couchdb.url unusable): startup time only.
-  front_door(const config& cfg, replicator::registry& metrics);
+  front_door(const config& cfg, replicator::registry& metrics, front::local_handler local = {});
   ~front_door();
   front_door(const front_door&) = delete;
   front_door& operator=(const front_door&) = delete;

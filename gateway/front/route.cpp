@@ -14,23 +14,6 @@ int hex_value(char c) {
   return -1;
 }
 
-std::optional<std::string> percent_decode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    if (i + 2 >= s.size()) return std::nullopt;
-    const int hi = hex_value(s[i + 1]);
-    const int lo = hex_value(s[i + 2]);
-    if (hi < 0 || lo < 0) return std::nullopt;
-    out += static_cast<char>(hi * 16 + lo);
-    i += 2;
-  }
-  return out;
-}
 
 route bad_request(std::string reason) {
   route r;
@@ -78,6 +61,41 @@ bool is_one_of(std::string_view method, std::initializer_list<std::string_view> 
 
 }  // namespace
 
+std::optional<std::string> percent_decode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    const int hi = hex_value(s[i + 1]);
+    const int lo = hex_value(s[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+std::optional<std::string> query_param(std::string_view query, std::string_view key) {
+  if (!query.empty() && query.front() == '?') query.remove_prefix(1);
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    const std::size_t eq = pair.find('=');
+    if (pair.substr(0, eq) != key) continue;
+    std::string value(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
+    for (auto& c : value) {
+      if (c == '+') c = ' ';
+    }
+    return percent_decode(value);
+  }
+  return std::nullopt;
+}
+
 route route_request(std::string_view method, std::string_view target, bool shared_enabled) {
   if (target.empty() || target[0] != '/') {
     return bad_request("the request target must be a path starting with '/' (absolute URLs are not accepted)");
@@ -124,6 +142,17 @@ route route_request(std::string_view method, std::string_view target, bool share
   if (segments.size() == 1 && first.empty()) return pass("root", {"GET", "HEAD"});
   if (segments.size() == 1 && first == "_session") return pass("session", {"GET", "HEAD", "POST", "DELETE"});
   if (segments.size() == 1 && first == "_uuids") return pass("uuids", {"GET", "HEAD"});
+  // Sign-up and identities, answered by couchgate itself.
+  const auto local = [&](std::string label, std::initializer_list<std::string_view> methods) {
+    route r = pass(std::move(label), methods);
+    if (r.kind == route_kind::pass_through) r.kind = route_kind::local;
+    return r;
+  };
+  if (segments.size() == 1 && first == "_signup") return local("signup", {"POST"});
+  if (segments.size() == 2 && first == "_signup" && segments[1] == "available") return local("signup", {"GET"});
+  if (segments.size() == 2 && first == "_identity" && (segments[1] == "email" || segments[1] == "name")) {
+    return local("identity", {"PUT"});
+  }
 
   const bool me = first == "me";
   const bool shared = first == "shared" && shared_enabled;

@@ -10,12 +10,15 @@
 // percent-encoded, also hidden behind an encoded slash), backslashes (raw or %5C), bad
 // percent-encoding, control characters, fragments. The mount segment itself ("me", "shared")
 // must be literal: /me%2F..%2Fuserdb-x is not /me.
+#include <optional>
 #include <string>
 #include <string_view>
 
 namespace couchgate::gateway::front {
 
-enum class route_kind { user_db, shared_db, pass_through, preflight, not_found, bad_request };
+// local: answered by couchgate itself (sign-up and identities: /_signup, /_signup/available,
+// /_identity/<field>); `target` holds the normalised path.
+enum class route_kind { user_db, shared_db, pass_through, local, preflight, not_found, bad_request };
 
 struct route {
   route_kind kind = route_kind::not_found;
@@ -27,6 +30,12 @@ struct route {
 };
 
 route route_request(std::string_view method, std::string_view target, bool shared_enabled);
+
+// Percent-decoding of a path segment or query value; nullopt on a bad escape.
+std::optional<std::string> percent_decode(std::string_view s);
+// The decoded value of `key` in a query string ("?a=1&b=2" or "a=1&b=2"; '+' is a space);
+// nullopt when absent or badly encoded.
+std::optional<std::string> query_param(std::string_view query, std::string_view key);
 
 // A database name as one path segment: every byte outside [a-z0-9_-] percent-encoded (CouchDB
 // reads '+' in a path as a space, and '/' would split the name).

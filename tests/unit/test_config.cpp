@@ -182,7 +182,7 @@ TEST_CASE("config: the example file names every key of the schema") {
         "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "checkpoint_interval:", "shared:", "db:", "admin_api:", "address:",
         "port:", "port_file:", "token:", "token_file:", "allow_unauthenticated:", "log:", "level:", "format:",
         "identities:", "max_name_bytes:", "min_password_chars:", "profile_fields:", "signup_deadline:",
-        "provision_wait:", "intent_timeout:", "retention:", "on_duplicate:"}) {
+        "provision_wait:", "intent_timeout:", "retention:", "on_duplicate:", "rate_limit:", "rate_window:"}) {
     const std::string k = key;
     CAPTURE(k);
     CHECK((contains(text, "\n" + k) || contains(text, " " + k)));

@@ -142,6 +142,10 @@ TEST_CASE("front route: crafted paths never reach another database") {
       case f::route_kind::shared_db:
         FAIL("shared is not configured in this table");
         break;
+      case f::route_kind::local:
+        // Answered by couchgate itself (sign-up, identities): never forwarded anywhere.
+        CHECK((rt.target.starts_with("/_signup") || rt.target.starts_with("/_identity/")));
+        break;
       case f::route_kind::preflight:
         FAIL("no OPTIONS in this table");
         break;
@@ -204,4 +208,20 @@ TEST_CASE("front route: Location headers naming the database are rewritten to th
   CHECK(f::rewrite_location("http://h/a+b/doc", "a+b", "/shared", "") == "/shared/doc");
   CHECK(f::rewrite_location("http://h/" + own_db + "x/doc", own_db, "/me", "") == "http://h/" + own_db + "x/doc");
   CHECK(f::rewrite_location("http://h/other/doc", own_db, "/me", "") == "http://h/other/doc");
+}
+
+TEST_CASE("front route: sign-up and identity endpoints are local, with their methods only") {
+  CHECK(f::route_request("POST", "/_signup", false).kind == f::route_kind::local);
+  CHECK(f::route_request("GET", "/_signup/available?name=a", false).kind == f::route_kind::local);
+  CHECK(f::route_request("GET", "/_signup/available?name=a", false).target == "/_signup/available?name=a");
+  CHECK(f::route_request("PUT", "/_identity/email", false).kind == f::route_kind::local);
+  CHECK(f::route_request("PUT", "/_identity/name", false).kind == f::route_kind::local);
+  CHECK(f::route_request("GET", "/_signup", false).kind == f::route_kind::not_found);
+  CHECK(f::route_request("PUT", "/_identity/roles", false).kind == f::route_kind::not_found);
+  CHECK(f::route_request("POST", "/_signup/../_users", false).kind == f::route_kind::bad_request);
+  CHECK(f::route_request("POST", "/%5Fsignup", false).kind == f::route_kind::not_found);
+  CHECK(f::query_param("?name=a%20b&email=x%40y.org", "email") == "x@y.org");
+  CHECK(f::query_param("name=a+b", "name") == "a b");
+  CHECK_FALSE(f::query_param("?name=%zz", "name").has_value());
+  CHECK_FALSE(f::query_param("?names=a", "name").has_value());
 }
