@@ -251,7 +251,7 @@ struct daemon::impl {
   // that need a restart, and keeps the running configuration when the file is invalid.
   void reload_config() {
     if (config_path.empty()) return;
-    if (front) {  // the certificate files are re-read on every SIGHUP, the config file changed or not
+    if (front && !cfg.front.tls.cert_file.empty()) {  // re-read on every SIGHUP, the config file changed or not
       std::string error;
       if (front->reload_tls(error)) {
         log()->info("front door: TLS certificate re-read (new connections use it)");

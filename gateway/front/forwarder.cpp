@@ -162,11 +162,7 @@ net::awaitable<bool> forwarder::handle(server_exchange& ex) {
   outcome out;
   const bool keep = co_await dispatch(ex, rt, out);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const std::string label = out.status == 403 && rt.kind != route_kind::user_db && rt.kind != route_kind::shared_db &&
-                                    rt.kind != route_kind::pass_through
-                                ? std::string("refused")
-                                : rt.label;
-  metrics_.request(label, out.status, seconds);
+  metrics_.request(rt.label, out.status, seconds);
   // The path only (a query may carry anything), the user name, never a credential.
   access_log()->info("{} {} \"{} {}\" {} {:.1f}ms", ex.conn.peer.empty() ? "-" : ex.conn.peer,
                      out.user.empty() ? "-" : out.user, method, target.substr(0, target.find('?')).substr(0, 512),

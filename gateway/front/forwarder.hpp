@@ -6,6 +6,11 @@
 // here, gzip passed through undecoded) over a leased upstream connection. The client's
 // credential is forwarded unchanged and CouchDB decides; couchgate's own admin credentials are
 // never used here. Access log lines name the user, never a credential.
+//
+// Issue 14 (parked live feeds) plugs in at dispatch(): once the route and the caller's database
+// are known, a `_changes` longpoll/continuous request can be handed to a feed parker instead of
+// forward(). Nothing here ties a client connection to an upstream socket: leases are taken per
+// upstream exchange (who_is, forward), so a parked client holds only its session coroutine.
 #include <chrono>
 #include <functional>
 #include <memory>

@@ -6,7 +6,7 @@
 
 namespace couchgate::gateway::front {
 namespace {
-constexpr std::array<std::string_view, 8> routes{"me", "shared", "root", "session", "uuids", "preflight", "other", "refused"};
+constexpr std::array<std::string_view, 7> routes{"me", "shared", "root", "session", "uuids", "preflight", "other"};
 constexpr std::array<unsigned, 27> statuses{100, 200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405,
                                             406, 409, 412, 413, 415, 416, 417, 429, 431, 500, 502, 503, 504};
 constexpr std::string_view request_metric = "couchgate_front_requests_total";

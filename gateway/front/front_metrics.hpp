@@ -42,7 +42,7 @@ class front_metrics {
   static std::size_t route_index(std::string_view route);
   static std::size_t status_index(unsigned status);
   std::vector<std::vector<replicator::counter*>> requests_;  // [route][status]
-  std::array<std::array<labelled_histogram, 5>, 8> latency_{};  // [route][status class 1xx..5xx]
+  std::array<std::array<labelled_histogram, 5>, 7> latency_{};  // [route][status class 1xx..5xx]
 };
 
 }  // namespace couchgate::gateway::front
