@@ -24,9 +24,10 @@ for arg in "$@"; do
 done
 
 # Everything CMakeLists.txt finds, plus the tools the scripts and tests call
-# (git, curl for readiness probes, iproute2/procps for ss/ps/pgrep in tests).
+# (git, curl for readiness probes, iproute2/procps for ss/ps/pgrep in tests, openssl for
+# the front-door tests' certificates).
 packages=(
-  build-essential cmake pkg-config git ca-certificates curl iproute2 procps
+  build-essential cmake pkg-config git ca-certificates curl iproute2 procps openssl
   libcurl4-openssl-dev libcpp-httplib-dev libspdlog-dev
   libyaml-cpp-dev doctest-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
 )
