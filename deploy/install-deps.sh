@@ -24,16 +24,17 @@ for arg in "$@"; do
 done
 
 # Everything CMakeLists.txt finds, plus the tools the scripts and tests call
-# (git, curl for readiness probes, iproute2/procps for ss/ps/pgrep in tests, openssl for
-# the front-door tests' certificates).
+# (git, curl for readiness probes, iproute2/procps for ss/ps/pgrep in tests).
 packages=(
-  build-essential cmake pkg-config git ca-certificates curl iproute2 procps openssl
+  build-essential cmake pkg-config git ca-certificates curl iproute2 procps
   libcurl4-openssl-dev libcpp-httplib-dev libspdlog-dev
   libyaml-cpp-dev doctest-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
 )
 if (( with_bench )); then
   packages+=(gnuplot-nox)
 fi
+# openssl: the front-door tests generate their certificates with the CLI.
+packages+=(openssl)
 # node/npm run pouchdb-server for the tests. A machine may already have them from
 # somewhere other than Debian (nodesource, nvm, a CI image): use whatever is on PATH
 # rather than installing Debian's packages next to it, which could conflict.

@@ -104,7 +104,8 @@ function table() {
     ['DELETE bob\'s database via %2e%2e', req('DELETE', `/me/%2e%2e/${B}`), { write: true }],
     ['POST bob\'s _bulk_docs via ..', req('POST', `/me/../${B}/_bulk_docs`, {
       body: JSON.stringify({ docs: [{ _id: 'planted-4', planted: p.alice_marker }] }) }), { write: true }],
-    ['_rewrite to ../../bob', req('GET', '/me/_design/leak/_rewrite/leak')],
+    ['_rewrite to ../../bob', req('GET', '/me/_design/leak/_rewrite/leak2')],
+    ['_rewrite to ../../../bob', req('GET', '/me/_design/leak/_rewrite/leak3')],
   ];
 }
 
@@ -133,7 +134,7 @@ async function main() {
   // may climb out of the database with ../..).
   const ddoc = await lib.request(p.front, '/me/_design/leak', {
     method: 'PUT', headers: { Authorization: auth },
-    body: { rewrites: [{ from: 'leak', to: `../../../${B}/${doc}` }] },
+    body: { rewrites: [{ from: 'leak2', to: `../../${B}/${doc}` }, { from: 'leak3', to: `../../../${B}/${doc}` }] },
   });
   c.note(`PUT /me/_design/leak (rewrite to bob): ${ddoc.status}`);
 
