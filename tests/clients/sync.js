@@ -8,15 +8,16 @@
 //      conflicts, attachment digests);
 //   3. a second client pulls: identical revisions, histories and attachment bytes;
 //   4. both clients edit one document: the conflict converges to one winner on all three;
-//   5. a third client authenticated by the AuthSession cookie from POST /_session pulls too;
-//   6. `live: true, retry: true` sync: a write made directly on the server arrives, and a
+//   5. `live: true, retry: true` sync: a write made directly on the server arrives, and a
 //      local write reaches the server, each within a deadline;
-//   7. bob through the same /me sees only his own documents, alice never sees his;
-//   8. /shared works for both.
+//   6. bob through the same /me sees only his own documents, alice never sees his;
+//   7. /shared works for both;
+//   8. a third client authenticated by the AuthSession cookie from POST /_session pulls too.
 //
 // Usage: node sync.js PARAMS.json   (written by test_front_sync.cpp; see lib.js)
 'use strict';
 
+const describe = (e) => lib.trunc(e && `${e.status || ''} ${e.name || ''} ${e.message || ''} ${e.reason || ''} ${JSON.stringify(e)} ${e.stack || ''}`, 900);
 const crypto = require('crypto');
 const lib = require('./lib');
 const PouchDB = require('pouchdb-core')
@@ -157,7 +158,7 @@ async function replicate(label, from, to) {
     console.log(`${label}: ${r.docs_read} read, ${r.docs_written} written in ${Date.now() - t0} ms`);
     return r;
   } catch (e) {
-    c.ok(false, `${label}: replication failed: ${lib.trunc(e && (e.stack || JSON.stringify(e)), 800)}`);
+    c.ok(false, `${label}: replication failed: ${describe(e)}`);
     return undefined;
   }
 }
@@ -167,7 +168,7 @@ async function step(name, fn) {
   try {
     await fn();
   } catch (e) {
-    c.ok(false, `${name}: threw ${lib.trunc(e && (e.stack || JSON.stringify(e)), 800)}`);
+    c.ok(false, `${name}: threw ${describe(e)}`);
   }
 }
 
@@ -248,30 +249,7 @@ async function main() {
     c.eq([ds.json && ds.json._rev, ds.json && ds.json._conflicts], [d1._rev, d1._conflicts], `${id} on the server vs alice1`);
   });
 
-  await step('5. a cookie (POST /_session through the front door) authenticates a third client', async () => {
-    const login = await lib.request(p.front, '/_session', { method: 'POST', body: { name: alice.name, password: alice.password } });
-    const cookie = lib.auth_session(login);
-    c.ok(login.status === 200 && cookie, `POST /_session: ${login.status} ${lib.trunc(login.text)}, cookie ${cookie ? 'set' : 'missing'}`);
-    if (!cookie) return;
-    lib.record_secrets(p, [cookie]);
-    const who = await lib.request(p.front, '/_session', { headers: { Cookie: `AuthSession=${cookie}` } });
-    c.ok(who.json && who.json.userCtx && who.json.userCtx.name === alice.name, `GET /_session with the cookie: ${lib.trunc(who.text)}`);
-    const rc = await lib.auth_session(who);
-    if (rc) lib.record_secrets(p, [rc]);
-    const by_cookie = new PouchDB(`${p.front}/me`, {
-      skip_setup: true,
-      fetch: (url, opts) => {
-        opts.headers.set('Cookie', `AuthSession=${cookie}`);
-        return PouchDB.fetch(url, opts);
-      },
-    });
-    await replicate('pull /me by cookie -> alice3', by_cookie, a3);
-    diff_keys(await leaves_local(a3), await leaves_local(a1), 'leaf revisions alice3 (cookie) vs alice1');
-    const out = await lib.request(p.front, '/_session', { method: 'DELETE', headers: { Cookie: `AuthSession=${cookie}` } });
-    c.ok(out.status === 200, `DELETE /_session: ${out.status} ${lib.trunc(out.text)}`);
-  });
-
-  await step('6. live, retrying sync delivers server-side and client-side writes within the deadline', async () => {
+  await step('5. live, retrying sync delivers server-side and client-side writes within the deadline', async () => {
     const changes = [];
     const sync = a2.sync(alice_me, { live: true, retry: true });
     sync.on('change', (info) => changes.push(info.direction));
@@ -298,7 +276,7 @@ async function main() {
     sync.cancel();
   });
 
-  await step('7. two users never see each other\'s documents', async () => {
+  await step('6. two users never see each other\'s documents', async () => {
     const bob_docs = [];
     for (let i = 0; i < 20; i++) bob_docs.push({ _id: `bob-only-${i}`, marker: p.bob_marker });
     await b1.bulkDocs(bob_docs);
@@ -326,7 +304,7 @@ async function main() {
     c.ok(anon.status === 401 || anon.status === 403, `/me without a credential: ${anon.status} ${lib.trunc(anon.text)}`);
   });
 
-  await step('8. /shared works for both users', async () => {
+  await step('7. /shared works for both users', async () => {
     const a_sh = remote('/shared', alice), b_sh = remote('/shared', bob);
     const as = local('alice-shared'), bs = local('bob-shared');
     await as.put({ _id: `from-alice-${run}`, who: 'alice' });
@@ -339,6 +317,28 @@ async function main() {
     c.ok(await as.get(`from-bob-${run}`).then(() => true, () => false), 'alice does not see bob\'s shared document');
     const s = await leaves_server(p.shared);
     c.ok(`from-alice-${run}` in s && `from-bob-${run}` in s, `shared database on the server: ${lib.trunc(Object.keys(s).join(','))}`);
+  });
+  await step('8. a cookie (POST /_session through the front door) authenticates a third client (last: PouchDB\'s fetch keeps cookies in one jar per process, so alice\'s refreshed AuthSession would ride along with bob\'s requests)', async () => {
+    const login = await lib.request(p.front, '/_session', { method: 'POST', body: { name: alice.name, password: alice.password } });
+    const cookie = lib.auth_session(login);
+    c.ok(login.status === 200 && cookie, `POST /_session: ${login.status} ${lib.trunc(login.text)}, cookie ${cookie ? 'set' : 'missing'}`);
+    if (!cookie) return;
+    lib.record_secrets(p, [cookie]);
+    const who = await lib.request(p.front, '/_session', { headers: { Cookie: `AuthSession=${cookie}` } });
+    c.ok(who.json && who.json.userCtx && who.json.userCtx.name === alice.name, `GET /_session with the cookie: ${lib.trunc(who.text)}`);
+    const rc = await lib.auth_session(who);
+    if (rc) lib.record_secrets(p, [rc]);
+    const by_cookie = new PouchDB(`${p.front}/me`, {
+      skip_setup: true,
+      fetch: (url, opts) => {
+        opts.headers.set('Cookie', `AuthSession=${cookie}`);
+        return PouchDB.fetch(url, opts);
+      },
+    });
+    await replicate('pull /me by cookie -> alice3', by_cookie, a3);
+    diff_keys(await leaves_local(a3), await leaves_server(alice.db), 'leaf revisions alice3 (cookie) vs the server');
+    const out = await lib.request(p.front, '/_session', { method: 'DELETE', headers: { Cookie: `AuthSession=${cookie}` } });
+    c.ok(out.status === 200, `DELETE /_session: ${out.status} ${lib.trunc(out.text)}`);
   });
 }
 
