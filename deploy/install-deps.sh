@@ -29,6 +29,7 @@ packages=(
   build-essential cmake pkg-config git ca-certificates curl iproute2 procps
   libcurl4-openssl-dev libcpp-httplib-dev libspdlog-dev
   libyaml-cpp-dev doctest-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
+  libboost-dev libssl-dev
 )
 if (( with_bench )); then
   packages+=(gnuplot-nox)

@@ -1,5 +1,7 @@
 #include "gateway/config.hpp"
 
+#include "gateway/front/cidr.hpp"
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -766,6 +768,7 @@ class loader {
         {"admin_api",
          [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, admin_api_fields()); }},
         {"log", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, log_fields()); }},
+        {"front", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, front_fields()); }},
     };
   }
 
@@ -924,6 +927,87 @@ class loader {
         {"port", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 65535, c.port); }},
         {"port_file",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.port_file); }},
+    };
+  }
+
+  std::vector<field> front_fields() {
+    auto& c = cfg_.front;
+    const auto boolean = [this](bool& out) {
+      return [this, &out](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, out); };
+    };
+    const auto text = [this](std::string& out) {
+      return [this, &out](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, out); };
+    };
+    const auto duration = [this](milliseconds& out, long long min_ms) {
+      return [this, &out, min_ms](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, min_ms, out); };
+    };
+    const auto count = [this](std::size_t& out, long long min, long long max) {
+      return [this, &out, min, max](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, min, max, out); };
+    };
+    return {
+        {"enabled", boolean(c.enabled)},
+        {"address",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_string(v, p, l, c.address);
+           if (v.IsScalar() && c.address.empty()) add(p, l, "must not be empty (e.g. 127.0.0.1, ::1 or 0.0.0.0)");
+         }},
+        {"port", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 65535, c.port); }},
+        {"port_file", text(c.port_file)},
+        {"tls",
+         [this, &c, text](const YAML::Node& v, const std::string& p, int l) {
+           walk_map(v, p, l, {{"cert_file", text(c.tls.cert_file)}, {"key_file", text(c.tls.key_file)}});
+         }},
+        {"allow_insecure", boolean(c.allow_insecure)},
+        {"require_secure", boolean(c.require_secure)},
+        {"trusted_proxies",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_string_list(v, p, l, c.trusted_proxies);
+           for (std::size_t i = 0; i < c.trusted_proxies.size(); ++i) {
+             if (!front::parse_cidr(c.trusted_proxies[i])) {
+               const YAML::Node item = v[i];
+               add(p + "[" + std::to_string(i) + "]", line_of(item.Mark()) != 0 ? line_of(item.Mark()) : l,
+                   "expected an IP address or CIDR range (e.g. 10.0.0.0/8, 127.0.0.1, fd00::/8), got " +
+                       quote_value(c.trusted_proxies[i]),
+                   {c.trusted_proxies[i]});
+             }
+           }
+         }},
+        {"scheme_header",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_string(v, p, l, c.scheme_header);
+           const bool token = !c.scheme_header.empty() &&
+                              std::all_of(c.scheme_header.begin(), c.scheme_header.end(), [](char ch) {
+                                return std::isalnum(static_cast<unsigned char>(ch)) ||
+                                       std::strchr("!#$%&'*+-.^_`|~", ch) != nullptr;
+                              });
+           if (v.IsScalar() && !token) {
+             add(p, l, "expected an HTTP header name (e.g. X-Forwarded-Proto), got " + quote_value(c.scheme_header),
+                 {c.scheme_header});
+           }
+         }},
+        {"threads", count(c.threads, 0, 256)},
+        {"max_connections", count(c.max_connections, 1, 1000000)},
+        {"max_body_bytes",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_size(v, p, l, 1024, c.max_body_bytes); }},
+        {"max_header_bytes",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_size(v, p, l, 1024, c.max_header_bytes); }},
+        {"header_timeout", duration(c.header_timeout, 100)},
+        {"idle_timeout", duration(c.idle_timeout, 100)},
+        {"session_cache_ttl", duration(c.session_cache_ttl, 0)},
+        {"max_requests_per_user", count(c.max_requests_per_user, 1, 100000)},
+        {"auth_failure_limit", count(c.auth_failure_limit, 1, 1000000)},
+        {"auth_failure_window", duration(c.auth_failure_window, 1000)},
+        {"upstream",
+         [this, &c, count, duration](const YAML::Node& v, const std::string& p, int l) {
+           auto& u = c.upstream;
+           walk_map(v, p, l,
+                    {{"max_connections", count(u.max_connections, 1, 4096)},
+                     {"wait_timeout", duration(u.wait_timeout, 0)},
+                     {"read_timeout",
+                      [this, &u](const YAML::Node& v2, const std::string& p2, int l2) {
+                        read_seconds(v2, p2, l2, 1, u.read_timeout);
+                      }}});
+         }},
     };
   }
 
@@ -1123,6 +1207,47 @@ class loader {
       add("shared.member_roles", line,
           "must not be empty when shared.enabled is true: a database without members is readable by everyone");
     }
+
+    validate_front();
+  }
+
+  void validate_front() {
+    const auto& f = cfg_.front;
+    const bool has_cert = !f.tls.cert_file.empty();
+    const bool has_key = !f.tls.key_file.empty();
+    if (has_cert != has_key) {
+      const std::string missing = has_cert ? "front.tls.key_file" : "front.tls.cert_file";
+      add(missing, line_for(has_cert ? "front.tls.cert_file" : "front.tls.key_file"),
+          "must be set together with " + std::string(has_cert ? "front.tls.cert_file" : "front.tls.key_file"));
+    }
+    for (const auto* key : {"front.tls.cert_file", "front.tls.key_file"}) {
+      const std::string& file = std::string(key) == "front.tls.cert_file" ? f.tls.cert_file : f.tls.key_file;
+      if (!f.enabled || file.empty()) continue;
+      if (std::FILE* fp = std::fopen(file.c_str(), "rb")) {
+        std::fclose(fp);
+      } else {
+        add(key, line_for(key), "cannot read " + quote_value(file) + ": " + std::strerror(errno), {file});
+      }
+    }
+    if (f.require_secure && f.allow_insecure) {
+      add("front.allow_insecure", line_for("front.allow_insecure"),
+          "cannot be true together with front.require_secure: true (require_secure refuses every request that did "
+          "not arrive over TLS)");
+    }
+    if (!f.enabled) return;
+    const bool tls = has_cert && has_key;
+    if (!tls && !f.allow_insecure && !f.require_secure) {
+      int line = line_for("front.enabled");
+      add("front.enabled", line,
+          "the front door needs TLS: set front.tls.cert_file and front.tls.key_file, or front.require_secure: true "
+          "with front.trusted_proxies behind a TLS-terminating proxy; front.allow_insecure: true accepts plain "
+          "HTTP (local testing only: credentials then cross the network in clear text)");
+    }
+    if (f.require_secure && !tls && f.trusted_proxies.empty()) {
+      add("front.trusted_proxies", line_for("front.require_secure"),
+          "must list the TLS-terminating proxies (CIDRs) when front.require_secure is true and the listener has no "
+          "TLS of its own: otherwise every request is refused");
+    }
   }
 };
 
@@ -1198,6 +1323,7 @@ constexpr reload_key reload_keys[] = {
     {"shared", false, same<&config::shared>},
     {"admin_api", false, same<&config::admin_api>},
     {"log", true, same<&config::log>},
+    {"front", false, same<&config::front>},  // its certificate files are re-read on every SIGHUP
 };
 
 std::vector<std::string> changed_keys(const config& running, const config& fresh, bool live) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "gateway/front/front_config.hpp"
 #include "policy/id_map.hpp"
 #include "policy/security.hpp"
 #include "policy/users.hpp"
@@ -104,6 +105,7 @@ struct config {
   shared_config shared{};
   admin_api_config admin_api{};
   log_config log{};
+  front_config front{};  // the clients' front door (gateway/front/)
   bool operator==(const config&) const = default;
 };
 

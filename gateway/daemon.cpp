@@ -13,6 +13,7 @@
 
 #include "gateway/admin_api.hpp"
 #include "gateway/databases.hpp"
+#include "gateway/front/front_door.hpp"
 #include "gateway/logging.hpp"
 #include "gateway/provisioner.hpp"
 #include "policy/naming.hpp"
@@ -86,6 +87,7 @@ struct daemon::impl {
   std::unique_ptr<r::change_detector> detector;
   std::unique_ptr<provisioner> prov;
   std::unique_ptr<admin_api> api;
+  std::unique_ptr<front_door> front;  // clients' entry point (front.enabled)
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   bool wait(std::chrono::milliseconds d) {
@@ -119,6 +121,7 @@ struct daemon::impl {
       out += "# HELP couchgate_couchdb_transport_errors_total Requests that failed below HTTP\n# TYPE couchgate_couchdb_transport_errors_total counter\n";
       out += "couchgate_couchdb_transport_errors_total " + std::to_string(s.transport_errors) + "\n";
     }
+    if (front) out += front->render_metrics();
     out += "# HELP couchgate_up 1 when ready\n# TYPE couchgate_up gauge\ncouchgate_up " + std::string(ready().first ? "1" : "0") + "\n";
     return out;
   }
@@ -196,6 +199,14 @@ struct daemon::impl {
   // that need a restart, and keeps the running configuration when the file is invalid.
   void reload_config() {
     if (config_path.empty()) return;
+    if (front) {  // the certificate files are re-read on every SIGHUP, the config file changed or not
+      std::string error;
+      if (front->reload_tls(error)) {
+        log()->info("front door: TLS certificate re-read (new connections use it)");
+      } else {
+        log()->error("front door: keeping the previous TLS certificate: {}", error);
+      }
+    }
     auto fresh = load_config_file(config_path, process_env());
     if (!fresh.errors.empty()) {
       log()->error("reload of {} rejected:\n{}", config_path, format_errors(config_path, fresh.errors));
@@ -322,6 +333,15 @@ int daemon::run() {
                           }});
   }
 
+  if (cfg.front.enabled) {
+    try {
+      d.front = std::make_unique<front_door>(cfg, d.metrics);
+    } catch (const std::exception& e) {
+      log()->critical("front door: {}", e.what());
+      return 1;
+    }
+  }
+
   d.api = std::make_unique<admin_api>(admin_handlers{
       [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
       [&d](const std::string& u) { return d.user_status(u); }});
@@ -333,6 +353,17 @@ int daemon::run() {
   }
   log()->info("admin API on http://{}:{}", cfg.admin_api.address, port);
   if (!cfg.admin_api.port_file.empty()) std::ofstream(cfg.admin_api.port_file) << port << "\n";
+  if (d.front) {
+    const int front_port = d.front->start(err);
+    if (front_port < 0) {
+      log()->critical("front door: {}", err);
+      d.api->stop();
+      return 1;
+    }
+    log()->info("front door on {}://{}:{}", cfg.front.tls.cert_file.empty() ? "http" : "https", cfg.front.address,
+                front_port);
+    if (!cfg.front.port_file.empty()) std::ofstream(cfg.front.port_file) << front_port << "\n";
+  }
 
   const bool ok = d.setup();
   if (ok) {
@@ -386,6 +417,7 @@ int daemon::run() {
   notify("STOPPING=1");
   // Rounds end and checkpoints are written while the pool still runs; whatever is cut off is
   // read again at the next start.
+  if (d.front) d.front->stop();
   if (d.fan) d.fan->drain(std::chrono::seconds(5));
   d.pool->shutdown();
   if (d.prov) d.prov->stop();

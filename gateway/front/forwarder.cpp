@@ -1,0 +1,454 @@
+// Owns: the front door's request handling (see forwarder.hpp).
+#include "gateway/front/forwarder.hpp"
+
+// GCC 12 reports a false mismatched-new-delete on Asio's coroutine frames (Asio's own operator
+// new/delete pair) in this file's larger coroutines.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+#include <boost/beast/core/string.hpp>
+#include <cstdint>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "gateway/front/responses.hpp"
+#include "policy/naming.hpp"
+#include "replicator/logger.hpp"
+
+namespace couchgate::gateway::front {
+namespace {
+
+std::shared_ptr<spdlog::logger> access_log() {
+  static auto l = replicator::named_logger("front");
+  return l;
+}
+
+// Hop-by-hop headers (RFC 9110 7.6.1) and what couchgate sets itself; never copied through.
+bool hop_by_hop(http::field f, beast::string_view name) {
+  switch (f) {
+    case http::field::connection:
+    case http::field::keep_alive:
+    case http::field::proxy_connection:
+    case http::field::proxy_authenticate:
+    case http::field::proxy_authorization:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::transfer_encoding:
+    case http::field::upgrade:
+    case http::field::content_length:
+    case http::field::host:
+    case http::field::expect:
+      return true;
+    default:
+      break;
+  }
+  return beast::iequals(name, "Proxy-Connection");
+}
+
+// CouchDB's proxy authentication trusts these headers: a client must never set them.
+bool proxy_auth_header(beast::string_view name) {
+  return name.size() >= 15 && beast::iequals(name.substr(0, 15), "X-Auth-CouchDB-");
+}
+
+// The credential a request carries: its Authorization value and its AuthSession cookie. Used
+// only as the cache key's input (hashed) and forwarded untouched in the headers themselves.
+std::string credential_of(const http::fields& fields) {
+  std::string out;
+  if (auto it = fields.find(http::field::authorization); it != fields.end()) out += std::string(it->value());
+  for (auto it = fields.find(http::field::cookie); it != fields.end() && it->name() == http::field::cookie; ++it) {
+    const std::string_view cookies(it->value().data(), it->value().size());
+    std::size_t pos = 0;
+    while (pos < cookies.size()) {
+      std::size_t end = cookies.find(';', pos);
+      if (end == std::string_view::npos) end = cookies.size();
+      std::string_view c = cookies.substr(pos, end - pos);
+      while (!c.empty() && c.front() == ' ') c.remove_prefix(1);
+      if (c.starts_with("AuthSession=")) {
+        out += "\ncookie:";
+        out += c.substr(12);
+      }
+      pos = end + 1;
+    }
+  }
+  return out;
+}
+
+enum class relay_result { done, read_failed, write_failed };
+
+// Streams one message body from `in` (its parser has read the header) to `out` (its serializer
+// holds the header to send) through `buffer`: never more than the buffer in memory.
+template <class Parser, class Serializer, class Message>
+net::awaitable<relay_result> relay(any_stream& in, beast::flat_buffer& in_buffer, Parser& parser,
+                                   std::chrono::milliseconds in_timeout, any_stream& out, Serializer& serializer,
+                                   Message& message, std::chrono::milliseconds out_timeout, std::vector<char>& buffer) {
+  error_code ec;
+  out.tcp().expires_after(out_timeout);
+  co_await http::async_write_header(out, serializer, ec_token(ec));
+  if (ec) co_return relay_result::write_failed;
+  while (!serializer.is_done()) {
+    if (!parser.is_done()) {
+      parser.get().body().data = buffer.data();
+      parser.get().body().size = buffer.size();
+      in.tcp().expires_after(in_timeout);
+      co_await http::async_read_some(in, in_buffer, parser, ec_token(ec));
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) co_return relay_result::read_failed;
+      const std::size_t n = buffer.size() - parser.get().body().size;
+      if (n == 0 && !parser.is_done()) continue;  // framing only (a chunk header): nothing to pass on yet
+      message.body().data = n == 0 ? nullptr : buffer.data();
+      message.body().size = n;
+      message.body().more = n != 0;
+    } else {
+      message.body().data = nullptr;
+      message.body().size = 0;
+      message.body().more = false;
+    }
+    out.tcp().expires_after(out_timeout);
+    co_await http::async_write(out, serializer, ec_token(ec));
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) co_return relay_result::write_failed;
+  }
+  co_return relay_result::done;
+}
+
+// Built outside the co_await expression: GCC 12 cannot move an initializer_list's backing array
+// into a coroutine frame ("array used as initializer").
+header_list retry_after(const std::string& seconds) {
+  header_list h;
+  h.emplace_back("Retry-After", seconds);
+  return h;
+}
+
+bool retryable(const error_code& ec) {
+  return ec == net::error::eof || ec == http::error::end_of_stream || ec == net::error::connection_reset ||
+         ec == net::error::broken_pipe || ec == net::error::connection_aborted;
+}
+
+}  // namespace
+
+struct forwarder::outcome {
+  unsigned status = 0;
+  std::string user;
+};
+
+struct forwarder::identity {
+  enum class kind { user, rejected, unavailable } k = kind::unavailable;
+  std::string name;
+};
+
+forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metrics& metrics, clock_fn now)
+    : options_(std::move(options)),
+      pool_(pool),
+      metrics_(metrics),
+      now_(std::move(now)),
+      sessions_(options_.session_cache_ttl, 100000),
+      failures_(options_.auth_failure_limit, options_.auth_failure_window),
+      slots_(options_.max_requests_per_user) {}
+
+net::awaitable<bool> forwarder::handle(server_exchange& ex) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto& req = ex.parser.get();
+  const std::string method(req.method_string());
+  const std::string target(req.target());
+  const route rt = route_request(method, target, options_.shared_enabled);
+  outcome out;
+  const bool keep = co_await dispatch(ex, rt, out);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string label = out.status == 403 && rt.kind != route_kind::user_db && rt.kind != route_kind::shared_db &&
+                                    rt.kind != route_kind::pass_through
+                                ? std::string("refused")
+                                : rt.label;
+  metrics_.request(label, out.status, seconds);
+  // The path only (a query may carry anything), the user name, never a credential.
+  access_log()->info("{} {} \"{} {}\" {} {:.1f}ms", ex.conn.peer.empty() ? "-" : ex.conn.peer,
+                     out.user.empty() ? "-" : out.user, method, target.substr(0, target.find('?')).substr(0, 512),
+                     out.status, seconds * 1000);
+  co_return keep;
+}
+
+net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, outcome& out) {
+  const auto& req = ex.parser.get();
+  // A request whose body we do not read cannot leave the connection reusable.
+  const bool keep_if_answered_now = req.keep_alive() && ex.parser.is_done();
+  const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
+                          header_list headers = {}) -> net::awaitable<bool> {
+    out.status = static_cast<unsigned>(status);
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep_if_answered_now,
+                                              options_.client_timeout, headers);
+    co_return ok && keep_if_answered_now;
+  };
+
+  // 1. Secure? Decided before anything is forwarded, the credential included.
+  request_origin origin{ex.conn.tls, ex.conn.peer_ip, std::nullopt};
+  std::string scheme_value;
+  if (auto it = req.find(options_.scheme_header); it != req.end()) {
+    scheme_value = std::string(it->value());
+    origin.scheme_header = scheme_value;
+  }
+  if (decide_secure(options_.secure, origin) == secure_verdict::refused) {
+    metrics_.tls_refusals.inc();
+    co_return co_await answer(http::status::forbidden, "forbidden",
+                              "couchgate requires TLS: this request did not arrive over TLS (nor from a trusted "
+                              "proxy that says it did)");
+  }
+
+  // 2. Route.
+  if (rt.kind == route_kind::bad_request) co_return co_await answer(http::status::bad_request, "bad_request", rt.reason);
+  if (rt.kind == route_kind::not_found) co_return co_await answer(http::status::not_found, "not_found", rt.reason);
+
+  // 3. An address that failed to authenticate too often is refused before its credential goes anywhere.
+  const std::string credential = credential_of(req);
+  const bool logs_in = rt.label == "session" && req.method() == http::verb::post;
+  if (!credential.empty() || logs_in) {
+    if (const auto wait = failures_.refused(ex.conn.peer, now_())) {
+      metrics_.rate_limited.inc();
+      co_return co_await answer(http::status::too_many_requests, "too_many_requests",
+                                "too many failed authentications from this address",
+                                retry_after(std::to_string(*wait)));
+    }
+  }
+
+  // 4. Whose database?
+  std::string db;
+  std::string mount;
+  std::optional<std::string> slot_user;
+  if (rt.kind == route_kind::user_db) {
+    if (credential.empty()) {
+      co_return co_await answer(http::status::unauthorized, "unauthorized",
+                                "You are not authorized to access this db.");
+    }
+    const identity who = co_await who_is(ex, credential);
+    if (who.k == identity::kind::unavailable) {
+      co_return co_await answer(http::status::service_unavailable, "service_unavailable",
+                                "CouchDB did not answer who the caller is", retry_after("1"));
+    }
+    if (who.k == identity::kind::rejected) {
+      failures_.record_failure(ex.conn.peer, now_());
+      metrics_.auth_failures.inc();
+      co_return co_await answer(http::status::unauthorized, "unauthorized", "Name or password is incorrect.");
+    }
+    out.user = who.name;
+    if (!slots_.try_acquire(who.name)) {
+      metrics_.user_limited.inc();
+      co_return co_await answer(http::status::too_many_requests, "too_many_requests",
+                                "too many requests of this user in flight", retry_after("1"));
+    }
+    slot_user = who.name;
+    db = policy::user_db_name(options_.db_prefix, who.name);
+    mount = "/me";
+  } else if (rt.kind == route_kind::shared_db) {
+    db = options_.shared_db;
+    mount = "/shared";
+  }
+  struct slot_release {
+    user_slots& slots;
+    const std::optional<std::string>& user;
+    ~slot_release() {
+      if (user) slots.release(*user);
+    }
+  } release{slots_, slot_user};
+
+  const std::string upstream_target = pool_.address().base_path + (db.empty() ? rt.target : db_target(db, rt));
+  co_return co_await forward(ex, upstream_target, db, mount, out);
+}
+
+net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const std::string& credential) {
+  const std::string key = session_cache::key_of(credential);
+  if (auto name = sessions_.lookup(key, now_())) {
+    metrics_.session_cache_hits.inc();
+    co_return identity{identity::kind::user, std::move(*name)};
+  }
+  metrics_.session_cache_misses.inc();
+  const auto& req = ex.parser.get();
+  http::request<http::empty_body> probe{http::verb::get, pool_.address().base_path + "/_session", 11};
+  probe.set(http::field::host, pool_.address().host_header);
+  probe.set(http::field::accept, "application/json");
+  if (auto it = req.find(http::field::authorization); it != req.end()) probe.set(http::field::authorization, it->value());
+  if (auto it = req.find(http::field::cookie); it != req.end()) probe.set(http::field::cookie, it->value());
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto [lease, why] = co_await pool_.acquire(ex.conn.context);
+    if (!lease) {
+      if (why == acquire_error::timeout) metrics_.upstream_busy.inc();
+      co_return identity{};
+    }
+    auto& conn = lease->conn();
+    const bool reused = conn.uses > 0;
+    error_code ec;
+    conn.stream.tcp().expires_after(options_.upstream_timeout);
+    co_await http::async_write(conn.stream, probe, ec_token(ec));
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64 * 1024);
+    if (!ec) {
+      conn.stream.tcp().expires_after(options_.upstream_timeout);
+      co_await http::async_read(conn.stream, conn.buffer, parser, ec_token(ec));
+    }
+    if (ec) {
+      if (reused && retryable(ec)) continue;  // the server closed an idle connection: once more on a fresh one
+      co_return identity{};
+    }
+    if (parser.keep_alive()) lease->keep();
+    const auto& res = parser.get();
+    if (res.result() == http::status::unauthorized) co_return identity{identity::kind::rejected, {}};
+    if (res.result() != http::status::ok) co_return identity{};
+    const auto body = nlohmann::json::parse(res.body(), nullptr, false);
+    const nlohmann::json* name = nullptr;
+    if (body.is_object() && body.contains("userCtx") && body["userCtx"].is_object() && body["userCtx"].contains("name")) {
+      name = &body["userCtx"]["name"];
+    }
+    if (name == nullptr || !name->is_string() || name->get_ref<const std::string&>().empty()) {
+      co_return identity{identity::kind::rejected, {}};
+    }
+    sessions_.store(key, name->get<std::string>(), now_());
+    co_return identity{identity::kind::user, name->get<std::string>()};
+  }
+  co_return identity{};
+}
+
+net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& target, const std::string& db,
+                                        const std::string& mount, outcome& out) {
+  auto& req = ex.parser.get();
+  const bool body_expected = !ex.parser.is_done();
+  const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
+                          header_list headers = {}) -> net::awaitable<bool> {
+    out.status = static_cast<unsigned>(status);
+    const bool keep = req.keep_alive() && ex.parser.is_done();
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout, headers);
+    co_return ok && keep;
+  };
+
+  http::request<http::buffer_body> up;
+  if (req.method() == http::verb::unknown) {
+    up.method_string(req.method_string());
+  } else {
+    up.method(req.method());
+  }
+  up.target(target);
+  up.version(11);
+  for (const auto& f : req) {
+    if (hop_by_hop(f.name(), f.name_string()) || proxy_auth_header(f.name_string())) continue;
+    if (beast::iequals(f.name_string(), options_.scheme_header)) continue;
+    up.insert(f.name_string(), f.value());
+  }
+  up.set(http::field::host, pool_.address().host_header);
+  if (!body_expected && (req.method() == http::verb::post || req.method() == http::verb::put)) {
+    up.content_length(0);
+  } else if (body_expected) {
+    if (req.chunked()) {
+      up.chunked(true);
+    } else if (const auto length = ex.parser.content_length()) {
+      up.content_length(*length);
+    }
+  }
+  const bool expect_continue = body_expected && beast::iequals(req[http::field::expect], "100-continue");
+
+  std::vector<char> buffer(options_.relay_buffer);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto [lease, why] = co_await pool_.acquire(ex.conn.context);
+    if (!lease) {
+      if (why == acquire_error::timeout) {
+        metrics_.upstream_busy.inc();
+        co_return co_await answer(http::status::service_unavailable, "service_unavailable",
+                                  "all of couchgate's connections to CouchDB are busy", retry_after("1"));
+      }
+      co_return co_await answer(http::status::bad_gateway, "bad_gateway", "CouchDB is not reachable");
+    }
+    auto& conn = lease->conn();
+    const bool reused = conn.uses > 0;
+    error_code ec;
+
+    if (expect_continue && attempt == 0) {
+      // The client waits for this before sending its body: we are ready to stream it now.
+      http::response<http::empty_body> go{http::status::continue_, 11};
+      ex.stream.tcp().expires_after(options_.client_timeout);
+      co_await http::async_write(ex.stream, go, ec_token(ec));
+      if (ec) co_return false;
+    }
+
+    // Request: header, then the body streamed from the client.
+    http::request_serializer<http::buffer_body> request_writer{up};
+    const relay_result sent = co_await relay(ex.stream, ex.buffer, ex.parser, options_.client_timeout, conn.stream,
+                                             request_writer, up, options_.upstream_timeout, buffer);
+    if (sent == relay_result::read_failed) {
+      out.status = 400;
+      co_return false;  // the client went away or sent a broken body; the upstream socket is dropped
+    }
+    if (sent == relay_result::write_failed) {
+      access_log()->debug("sending the request to CouchDB failed");
+      if (reused && !body_expected && attempt == 0) continue;  // stale idle connection: nothing lost, try a fresh one
+      co_return co_await answer(http::status::bad_gateway, "bad_gateway", "the connection to CouchDB failed");
+    }
+
+    // Response: header, then the body streamed to the client.
+    http::response_parser<http::buffer_body> parser;
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+    if (req.method() == http::verb::head) parser.skip(true);
+    conn.stream.tcp().expires_after(options_.upstream_timeout);
+    co_await http::async_read_header(conn.stream, conn.buffer, parser, ec_token(ec));
+    if (ec) {
+      if (reused && !body_expected && attempt == 0 && retryable(ec)) continue;
+      access_log()->debug("reading the response header from CouchDB failed: {}", ec.message());
+      co_return co_await answer(http::status::bad_gateway, "bad_gateway", "CouchDB closed the connection");
+    }
+    const auto& upstream_res = parser.get();
+    http::response<http::buffer_body> res;
+    res.result(upstream_res.result_int());
+    res.reason(upstream_res.reason());
+    res.version(req.version() == 10 ? 10 : 11);
+    const std::string client_base =
+        req.find(http::field::host) == req.end()
+            ? std::string()
+            : std::string(ex.conn.tls || scheme_says_secure(std::string_view(req[options_.scheme_header].data(),
+                                                                              req[options_.scheme_header].size()))
+                              ? "https://"
+                              : "http://") +
+                  std::string(req[http::field::host]);
+    for (const auto& f : upstream_res) {
+      if (hop_by_hop(f.name(), f.name_string())) continue;
+      if (!db.empty() && (f.name() == http::field::location || f.name() == http::field::content_location)) {
+        std::string_view value(f.value().data(), f.value().size());
+        std::string stripped;
+        if (!pool_.address().base_path.empty()) {  // CouchDB under a path: take it out before matching the db
+          const auto at = value.find(pool_.address().base_path + "/");
+          if (at != std::string_view::npos) {
+            stripped = std::string(value.substr(0, at)) + std::string(value.substr(at + pool_.address().base_path.size()));
+            value = stripped;
+          }
+        }
+        res.insert(f.name(), rewrite_location(value, db, mount, client_base));
+        continue;
+      }
+      res.insert(f.name_string(), f.value());
+    }
+    const unsigned status = upstream_res.result_int();
+    const bool no_body = req.method() == http::verb::head || status == 204 || status == 304 || status / 100 == 1;
+    bool client_keep = req.keep_alive() && ex.parser.is_done();
+    if (no_body) {
+      if (upstream_res.has_content_length()) res.set(http::field::content_length, upstream_res[http::field::content_length]);
+    } else if (const auto length = parser.content_length()) {
+      res.content_length(*length);
+    } else if (res.version() == 11) {
+      res.chunked(true);
+    } else {
+      client_keep = false;  // HTTP/1.0 client, length unknown: the end of the body is the end of the connection
+    }
+    res.keep_alive(client_keep);
+    out.status = status;
+    if (status == 401) {
+      // A cached identity CouchDB no longer accepts is asked about again on the next request.
+      if (!db.empty()) sessions_.forget(session_cache::key_of(credential_of(req)));
+      failures_.record_failure(ex.conn.peer, now_());
+      metrics_.auth_failures.inc();
+    }
+
+    http::response_serializer<http::buffer_body> response_writer{res};
+    const relay_result relayed = co_await relay(conn.stream, conn.buffer, parser, options_.upstream_timeout, ex.stream,
+                                                response_writer, res, options_.client_timeout, buffer);
+    if (relayed != relay_result::done) co_return false;  // header already sent: only closing tells the client
+    if (parser.is_done() && parser.keep_alive()) lease->keep();
+    co_return client_keep;
+  }
+  co_return co_await answer(http::status::bad_gateway, "bad_gateway", "the connection to CouchDB failed");
+}
+
+}  // namespace couchgate::gateway::front

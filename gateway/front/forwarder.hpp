@@ -1,0 +1,65 @@
+#pragma once
+// Owns: what the front door does with one request: the secure-request check, routing, the
+// per-address auth-failure limit, learning the caller's name from CouchDB's GET /_session with
+// the caller's own credential (cached under its SHA-256), per-user concurrency, and forwarding
+// with both bodies streamed through a fixed buffer (chunked or sized, 100-continue answered
+// here, gzip passed through undecoded) over a leased upstream connection. The client's
+// credential is forwarded unchanged and CouchDB decides; couchgate's own admin credentials are
+// never used here. Access log lines name the user, never a credential.
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "gateway/front/auth_limits.hpp"
+#include "gateway/front/front_metrics.hpp"
+#include "gateway/front/http_server.hpp"
+#include "gateway/front/route.hpp"
+#include "gateway/front/secure_request.hpp"
+#include "gateway/front/upstream_pool.hpp"
+
+namespace couchgate::gateway::front {
+
+struct forwarder_options {
+  std::string db_prefix = "userdb-";
+  bool shared_enabled = false;
+  std::string shared_db;
+  secure_policy secure;
+  std::string scheme_header = "X-Forwarded-Proto";
+  std::chrono::milliseconds client_timeout{60000};   // each body read/write on the client side
+  std::chrono::milliseconds upstream_timeout{300000};  // each read/write on the upstream side
+  std::chrono::milliseconds session_cache_ttl{10000};
+  std::size_t max_requests_per_user = 64;
+  std::size_t auth_failure_limit = 20;
+  std::chrono::milliseconds auth_failure_window{60000};
+  std::size_t relay_buffer = 64u << 10;  // bytes held per direction per request
+};
+
+class forwarder {
+ public:
+  using clock_fn = std::function<clock_type::time_point()>;
+  forwarder(forwarder_options options, upstream_pool& pool, front_metrics& metrics, clock_fn now = clock_type::now);
+
+  // The http_server handler.
+  net::awaitable<bool> handle(server_exchange& exchange);
+
+  const session_cache& sessions() const { return sessions_; }
+
+ private:
+  struct outcome;
+  struct identity;
+  net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out);
+  net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential);
+  net::awaitable<bool> forward(server_exchange& ex, const std::string& target, const std::string& db,
+                               const std::string& mount, outcome& out);
+
+  forwarder_options options_;
+  upstream_pool& pool_;
+  front_metrics& metrics_;
+  clock_fn now_;
+  session_cache sessions_;
+  auth_failures failures_;
+  user_slots slots_;
+};
+
+}  // namespace couchgate::gateway::front

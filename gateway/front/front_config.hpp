@@ -1,0 +1,48 @@
+#pragma once
+// Owns: the front door's configuration (the `front:` section): listener, TLS, the secure-request
+// rule, client limits and the upstream pool. Parsed and validated by gateway/config.cpp.
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace couchgate::gateway {
+
+struct front_tls_config {
+  std::string cert_file;  // PEM certificate chain; re-read on SIGHUP
+  std::string key_file;   // PEM private key; re-read on SIGHUP
+  bool operator==(const front_tls_config&) const = default;
+};
+
+struct front_upstream_config {
+  std::size_t max_connections = 16;               // hard cap on the front door's sockets to CouchDB
+  std::chrono::milliseconds wait_timeout{5000};   // a request waits this long for one, then 503
+  std::chrono::seconds read_timeout{300};         // silence allowed on one upstream read (feeds!)
+  bool operator==(const front_upstream_config&) const = default;
+};
+
+struct front_config {
+  bool enabled = false;
+  std::string address = "127.0.0.1";
+  int port = 6984;                    // 0 = a free port, written to port_file
+  std::string port_file;
+  front_tls_config tls{};
+  bool allow_insecure = false;        // plain HTTP accepted (local testing)
+  bool require_secure = false;        // behind a TLS proxy: trusted peer + scheme header required
+  std::vector<std::string> trusted_proxies{};  // CIDRs (or single addresses)
+  std::string scheme_header = "X-Forwarded-Proto";
+  std::size_t threads = 0;            // I/O threads; 0 = one per core (never more)
+  std::size_t max_connections = 10000;
+  std::size_t max_body_bytes = 256u << 20;
+  std::size_t max_header_bytes = 64u << 10;
+  std::chrono::milliseconds header_timeout{10000};  // a request's header must arrive within this
+  std::chrono::milliseconds idle_timeout{60000};    // keep-alive idle, and each body read/write
+  std::chrono::milliseconds session_cache_ttl{10000};
+  std::size_t max_requests_per_user = 64;           // concurrent requests of one user
+  std::size_t auth_failure_limit = 20;              // failed authentications per address per window
+  std::chrono::milliseconds auth_failure_window{60000};
+  front_upstream_config upstream{};
+  bool operator==(const front_config&) const = default;
+};
+
+}  // namespace couchgate::gateway

@@ -1,0 +1,170 @@
+// Owns: the front door's wiring (see front_door.hpp).
+#include "gateway/front/front_door.hpp"
+
+#include <mutex>
+#include <stdexcept>
+
+#include "gateway/front/forwarder.hpp"
+#include "gateway/front/front_metrics.hpp"
+#include "gateway/front/http_server.hpp"
+#include "gateway/front/io_threads.hpp"
+#include "gateway/front/upstream_pool.hpp"
+
+namespace couchgate::gateway {
+
+using namespace front;
+
+namespace {
+// TLS 1.2 or later, the certificate chain and key from PEM files.
+std::shared_ptr<ssl::context> load_server_tls(const front_tls_config& tls, std::string& error) {
+  auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
+  error_code ec;
+  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                       ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::single_dh_use,
+                   ec);
+  if (!ec) ctx->use_certificate_chain_file(tls.cert_file, ec);
+  if (ec) {
+    error = "cannot load front.tls.cert_file '" + tls.cert_file + "': " + ec.message();
+    return nullptr;
+  }
+  ctx->use_private_key_file(tls.key_file, ssl::context::pem, ec);
+  if (ec) {
+    error = "cannot load front.tls.key_file '" + tls.key_file + "': " + ec.message();
+    return nullptr;
+  }
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1) {
+    error = "front.tls.key_file does not match front.tls.cert_file";
+    return nullptr;
+  }
+  return ctx;
+}
+}  // namespace
+
+struct front_door::impl {
+  front_config cfg;
+  front_metrics metrics;
+  std::mutex tls_mu;
+  std::shared_ptr<ssl::context> tls;  // guarded by tls_mu; null = no TLS
+  // Declaration order is destruction order reversed: the pool and the forwarder outlive the
+  // contexts (a coroutine destroyed with its context still returns its lease to the pool).
+  // The contexts go first: sessions destroyed with them still reach the server's counters.
+  std::unique_ptr<upstream_pool> pool;
+  std::unique_ptr<forwarder> handler;
+  std::unique_ptr<http_server> server;
+  std::unique_ptr<io_threads> io;
+  bool running = false;
+
+  impl(const config& c, replicator::registry& registry) : cfg(c.front), metrics(registry) {}
+};
+
+front_door::front_door(const config& cfg, replicator::registry& registry) : impl_(std::make_unique<impl>(cfg, registry)) {
+  auto& d = *impl_;
+  const auto address = parse_upstream_url(cfg.couchdb.url);
+  if (!address) throw std::runtime_error("couchdb.url is not an http(s) URL the front door can use");
+  if (!cfg.front.tls.cert_file.empty()) {
+    std::string error;
+    d.tls = load_server_tls(cfg.front.tls, error);
+    if (!d.tls) throw std::runtime_error(error);
+  }
+  std::shared_ptr<ssl::context> client_tls;
+  if (address->tls) {
+    client_tls = std::make_shared<ssl::context>(ssl::context::tls_client);
+    client_tls->set_default_verify_paths();
+    client_tls->set_verify_mode(ssl::verify_peer);
+  }
+  d.io = std::make_unique<io_threads>(cfg.front.threads);  // created first, destroyed first
+  d.pool = std::make_unique<upstream_pool>(*d.io, *address, cfg.front.upstream.max_connections,
+                                           cfg.front.upstream.wait_timeout, std::chrono::milliseconds(10000), client_tls);
+  forwarder_options fo;
+  fo.db_prefix = cfg.provisioning.db_prefix;
+  fo.shared_enabled = cfg.shared.enabled;
+  fo.shared_db = cfg.shared.db;
+  fo.secure.allow_insecure = cfg.front.allow_insecure;
+  fo.secure.require_secure = cfg.front.require_secure;
+  for (const auto& p : cfg.front.trusted_proxies) {
+    if (auto range = parse_cidr(p)) fo.secure.trusted_proxies.push_back(*range);
+  }
+  fo.scheme_header = cfg.front.scheme_header;
+  fo.client_timeout = cfg.front.idle_timeout;
+  fo.upstream_timeout = cfg.front.upstream.read_timeout;
+  fo.session_cache_ttl = cfg.front.session_cache_ttl;
+  fo.max_requests_per_user = cfg.front.max_requests_per_user;
+  fo.auth_failure_limit = cfg.front.auth_failure_limit;
+  fo.auth_failure_window = cfg.front.auth_failure_window;
+  d.handler = std::make_unique<forwarder>(fo, *d.pool, d.metrics);
+  server_limits limits;
+  limits.max_connections = cfg.front.max_connections;
+  limits.header_limit = cfg.front.max_header_bytes;
+  limits.body_limit = cfg.front.max_body_bytes;
+  limits.header_timeout = cfg.front.header_timeout;
+  limits.idle_timeout = cfg.front.idle_timeout;
+  tls_provider provider;
+  if (d.tls) {
+    provider = [&d] {
+      std::lock_guard lk(d.tls_mu);
+      return d.tls;
+    };
+  }
+  d.server = std::make_unique<http_server>(
+      *d.io, limits, [h = d.handler.get()](server_exchange& ex) { return h->handle(ex); }, provider);
+
+  auto* self = impl_.get();
+  registry.add_callback("couchgate_front_client_connections", "Open client connections to the front door",
+                        [self] { return static_cast<double>(self->server->counters().open.load()); });
+  registry.add_callback("couchgate_front_client_connections_refused",
+                        "Client connections closed at once because front.max_connections were open",
+                        [self] { return static_cast<double>(self->server->counters().refused_full.load()); });
+  registry.add_callback("couchgate_front_tls_handshake_failures", "Failed TLS handshakes",
+                        [self] { return static_cast<double>(self->server->counters().tls_handshake_failures.load()); });
+  registry.add_callback("couchgate_front_client_timeouts", "Client connections closed by the header or idle timeout",
+                        [self] { return static_cast<double>(self->server->counters().timeouts.load()); });
+  registry.add_callback("couchgate_front_header_too_large", "Requests refused with 431",
+                        [self] { return static_cast<double>(self->server->counters().header_too_large.load()); });
+  registry.add_callback("couchgate_front_body_too_large", "Requests refused with 413",
+                        [self] { return static_cast<double>(self->server->counters().body_too_large.load()); });
+  registry.add_callback("couchgate_front_upstream_open", "Front door connections to CouchDB open",
+                        [self] { return static_cast<double>(self->pool->stats().open); });
+  registry.add_callback("couchgate_front_upstream_in_use", "Front door connections to CouchDB in use",
+                        [self] { return static_cast<double>(self->pool->stats().in_use); });
+  registry.add_callback("couchgate_front_upstream_waiting", "Requests waiting for a connection to CouchDB",
+                        [self] { return static_cast<double>(self->pool->stats().waiting); });
+  registry.add_callback("couchgate_front_upstream_max", "front.upstream.max_connections",
+                        [self] { return static_cast<double>(self->pool->max_connections()); });
+  registry.add_callback("couchgate_front_upstream_peak", "Most front door connections to CouchDB open at once",
+                        [self] { return static_cast<double>(self->pool->stats().peak_open); });
+}
+
+front_door::~front_door() { stop(); }
+
+int front_door::start(std::string& error) {
+  auto& d = *impl_;
+  const int port = d.server->listen(d.cfg.address, d.cfg.port, error);
+  if (port < 0) return -1;
+  d.io->start();
+  d.running = true;
+  return port;
+}
+
+void front_door::stop() {
+  auto& d = *impl_;
+  if (!d.running) return;
+  d.running = false;
+  d.server->close();
+  d.io->stop();
+  d.server->release_acceptor();
+  d.pool->close();
+}
+
+bool front_door::reload_tls(std::string& error) {
+  auto& d = *impl_;
+  if (d.cfg.tls.cert_file.empty()) return true;
+  auto fresh = load_server_tls(d.cfg.tls, error);
+  if (!fresh) return false;
+  std::lock_guard lk(d.tls_mu);
+  d.tls = std::move(fresh);
+  return true;
+}
+
+std::string front_door::render_metrics() const { return impl_->metrics.render(); }
+
+}  // namespace couchgate::gateway

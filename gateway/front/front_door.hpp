@@ -1,0 +1,38 @@
+#pragma once
+// Owns: the front door's lifecycle and wiring: I/O threads, the TLS context (swapped on SIGHUP
+// for new connections; open ones keep theirs), the upstream pool, the forwarder and the
+// listener, and their gauges in /metrics. Start: contexts -> listener; stop: listener closed ->
+// threads joined -> idle upstream connections closed -> contexts destroyed.
+#include <memory>
+#include <string>
+
+#include "gateway/config.hpp"
+#include "replicator/metrics.hpp"
+
+namespace couchgate::gateway {
+
+class front_door {
+ public:
+  // Throws std::runtime_error when the configuration cannot be applied (unreadable certificate,
+  // couchdb.url unusable): startup time only.
+  front_door(const config& cfg, replicator::registry& metrics);
+  ~front_door();
+  front_door(const front_door&) = delete;
+  front_door& operator=(const front_door&) = delete;
+
+  // Binds and serves; returns the bound port, or -1 with the reason.
+  int start(std::string& error);
+  void stop();
+  // SIGHUP: re-reads the certificate and key; new connections use them, open ones keep the old.
+  // False (with the reason; the old ones stay) when they cannot be loaded.
+  bool reload_tls(std::string& error);
+  // Labelled histograms (the registry renders the rest).
+  std::string render_metrics() const;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace couchgate::gateway

@@ -1,0 +1,48 @@
+#pragma once
+// Owns: the front door's metrics. Counters and gauges live in the daemon's registry
+// (replicator/metrics.hpp); request latency histograms labelled by route and status class are
+// kept and rendered here (the registry's histograms have no labels). Every label set is created
+// at startup, so recording is lock-free.
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "replicator/metrics.hpp"
+
+namespace couchgate::gateway::front {
+
+class front_metrics {
+ public:
+  explicit front_metrics(replicator::registry& registry);
+  // One answered request: route label (route.hpp), HTTP status, seconds from header to last byte.
+  void request(std::string_view route, unsigned status, double seconds);
+  std::string render() const;  // the labelled histograms, Prometheus text
+
+  replicator::counter& session_cache_hits;
+  replicator::counter& session_cache_misses;
+  replicator::counter& tls_refusals;        // 403: not over TLS and not allowed
+  replicator::counter& rate_limited;        // 429: too many failed authentications from an address
+  replicator::counter& user_limited;        // 429: too many concurrent requests of one user
+  replicator::counter& upstream_busy;       // 503: no upstream connection within the wait deadline
+  replicator::counter& auth_failures;       // credentials CouchDB did not accept
+
+ private:
+  static constexpr std::array<double, 17> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                 0.5,    1,     2.5,    5,     10,   30,    60,   300};
+  struct labelled_histogram {
+    std::array<std::atomic<std::uint64_t>, bounds.size() + 1> buckets{};
+    std::atomic<std::uint64_t> count{0};
+    std::atomic<double> sum{0};
+  };
+  static std::size_t route_index(std::string_view route);
+  static std::size_t status_index(unsigned status);
+  std::vector<std::vector<replicator::counter*>> requests_;  // [route][status]
+  std::array<std::array<labelled_histogram, 5>, 8> latency_{};  // [route][status class 1xx..5xx]
+};
+
+}  // namespace couchgate::gateway::front

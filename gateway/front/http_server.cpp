@@ -1,0 +1,175 @@
+// Owns: the listener and the per-connection session loop (see http_server.hpp).
+#include "gateway/front/http_server.hpp"
+
+#include <future>
+
+#include "gateway/front/responses.hpp"
+
+namespace couchgate::gateway::front {
+namespace {
+struct open_guard {
+  std::atomic<std::int64_t>& n;
+  explicit open_guard(std::atomic<std::int64_t>& c) : n(c) { n.fetch_add(1); }
+  ~open_guard() { n.fetch_sub(1); }
+};
+
+bool is_timeout(const error_code& ec) { return ec == beast::error::timeout; }
+}  // namespace
+
+http_server::http_server(io_threads& io, server_limits limits, request_handler handler, tls_provider tls)
+    : io_(io), limits_(limits), handler_(std::move(handler)), tls_(std::move(tls)) {}
+
+http_server::~http_server() = default;
+
+int http_server::listen(const std::string& address, int port, std::string& error) {
+  error_code ec;
+  const auto ip = net::ip::make_address(address, ec);
+  if (ec) {
+    error = "front.address '" + address + "' is not an IP address: " + ec.message();
+    return -1;
+  }
+  const tcp::endpoint endpoint{ip, static_cast<unsigned short>(port)};
+  auto acceptor = std::make_unique<tcp::acceptor>(io_.context(0));
+  acceptor->open(endpoint.protocol(), ec);
+  if (!ec) acceptor->set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor->bind(endpoint, ec);
+  if (!ec) acceptor->listen(net::socket_base::max_listen_connections, ec);
+  if (ec) {
+    error = "cannot listen on " + address + ":" + std::to_string(port) + ": " + ec.message();
+    return -1;
+  }
+  const int bound = acceptor->local_endpoint().port();
+  acceptor_ = std::move(acceptor);
+  net::co_spawn(io_.context(0), accept_loop(), net::detached);
+  return bound;
+}
+
+void http_server::close() {
+  if (!acceptor_ || closed_) return;
+  closed_ = true;
+  // The acceptor belongs to context 0: close it there (or here when that thread is gone).
+  auto* acceptor = acceptor_.get();
+  std::promise<void> done;
+  auto future = done.get_future();
+  net::post(io_.context(0), [acceptor, &done] {
+    error_code ec;
+    acceptor->close(ec);
+    done.set_value();
+  });
+  if (future.wait_for(std::chrono::seconds(2)) != std::future_status::ready) {
+    // Context not running: nobody else touches the acceptor.
+    error_code ec;
+    acceptor->close(ec);
+  }
+}
+
+net::awaitable<void> http_server::accept_loop() {
+  for (;;) {
+    const std::size_t context = next_context_.fetch_add(1) % io_.size();
+    error_code ec;
+    tcp::socket socket = co_await acceptor_->async_accept(io_.context(context), ec_token(ec));
+    if (ec == net::error::operation_aborted || !acceptor_->is_open()) co_return;
+    if (ec) continue;  // e.g. EMFILE: try again (the next accept may succeed once fds free up)
+    counters_.accepted.fetch_add(1);
+    if (counters_.open.load() >= static_cast<std::int64_t>(limits_.max_connections)) {
+      counters_.refused_full.fetch_add(1);
+      socket.close(ec);
+      continue;
+    }
+    net::co_spawn(io_.context(context), session(std::move(socket), context), net::detached);
+  }
+}
+
+net::awaitable<void> http_server::session(tcp::socket socket, std::size_t context) {
+  open_guard guard(counters_.open);
+  connection_info info;
+  info.context = context;
+  error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  if (!ec) {
+    info.peer = remote.address().to_string();
+    info.peer_ip = parse_ip(info.peer);
+  }
+  beast::tcp_stream tcp_stream(std::move(socket));
+  beast::flat_buffer buffer;
+  std::shared_ptr<ssl::context> tls_context = tls_ ? tls_() : nullptr;
+  if (!tls_context) {
+    any_stream stream(std::move(tcp_stream));
+    co_await serve(stream, buffer, info);
+    stream.close();
+    co_return;
+  }
+  // TLS configured: a TLS ClientHello starts a handshake; plain HTTP is served on the same port
+  // so that the handler can refuse it properly (403 with a reason) unless allowed.
+  tcp_stream.expires_after(limits_.header_timeout);
+  const bool is_tls = co_await beast::async_detect_ssl(tcp_stream, buffer, ec_token(ec));
+  if (ec) {
+    if (is_timeout(ec)) counters_.timeouts.fetch_add(1);
+    co_return;
+  }
+  if (!is_tls) {
+    any_stream stream(std::move(tcp_stream));
+    co_await serve(stream, buffer, info);
+    stream.close();
+    co_return;
+  }
+  any_stream stream(std::move(tcp_stream), *tls_context);
+  stream.tcp().expires_after(limits_.header_timeout);
+  const std::size_t used =
+      co_await stream.tls().async_handshake(ssl::stream_base::server, buffer.data(), ec_token(ec));
+  if (ec) {
+    counters_.tls_handshake_failures.fetch_add(1);
+    stream.close();
+    co_return;
+  }
+  buffer.consume(used);
+  info.tls = true;
+  co_await serve(stream, buffer, info);
+  stream.close();
+}
+
+net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& buffer, connection_info& info) {
+  bool first = true;
+  for (;;) {
+    error_code ec;
+    // Idle until the first byte of the next request (the first request gets header_timeout).
+    if (buffer.size() == 0) {
+      stream.tcp().expires_after(first ? limits_.header_timeout : limits_.idle_timeout);
+      const std::size_t n = co_await stream.async_read_some(buffer.prepare(4096), ec_token(ec));
+      if (ec) {
+        if (is_timeout(ec)) counters_.timeouts.fetch_add(1);
+        co_return;
+      }
+      buffer.commit(n);
+    }
+    first = false;
+    request_parser parser;
+    parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
+    parser.body_limit(limits_.body_limit);
+    stream.tcp().expires_after(limits_.header_timeout);
+    co_await http::async_read_header(stream, buffer, parser, ec_token(ec));
+    if (ec) {
+      if (ec == http::error::header_limit) {
+        counters_.header_too_large.fetch_add(1);
+        co_await write_json_error(stream, http::status::request_header_fields_too_large, "header_too_large",
+                                  "the request header is larger than front.max_header_bytes", false,
+                                  limits_.idle_timeout);
+      } else if (ec == http::error::body_limit) {
+        counters_.body_too_large.fetch_add(1);
+        co_await write_json_error(stream, http::status::payload_too_large, "too_large",
+                                  "the request body is larger than front.max_body_bytes", false, limits_.idle_timeout);
+      } else if (is_timeout(ec)) {
+        counters_.timeouts.fetch_add(1);
+      } else if (ec != http::error::end_of_stream && ec != net::error::eof && ec != net::error::connection_reset) {
+        co_await write_json_error(stream, http::status::bad_request, "bad_request", "malformed HTTP request", false,
+                                  limits_.idle_timeout);
+      }
+      co_return;
+    }
+    server_exchange exchange{stream, buffer, parser, info};
+    const bool keep = co_await handler_(exchange);
+    if (!keep) co_return;
+  }
+}
+
+}  // namespace couchgate::gateway::front

@@ -1,0 +1,185 @@
+// Owns: path normalisation and routing (see route.hpp).
+#include "gateway/front/route.hpp"
+
+#include <optional>
+#include <vector>
+
+namespace couchgate::gateway::front {
+namespace {
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::optional<std::string> percent_decode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    const int hi = hex_value(s[i + 1]);
+    const int lo = hex_value(s[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+route bad_request(std::string reason) {
+  route r;
+  r.kind = route_kind::bad_request;
+  r.reason = std::move(reason);
+  r.label = "other";
+  return r;
+}
+
+route not_found(std::string reason) {
+  route r;
+  r.kind = route_kind::not_found;
+  r.reason = std::move(reason);
+  r.label = "other";
+  return r;
+}
+
+// Why a segment (raw, percent-encoded) is refused, or "" when it is fine.
+std::string segment_problem(std::string_view raw) {
+  const auto decoded = percent_decode(raw);
+  if (!decoded) return "invalid percent-encoding in the path";
+  for (const char c : *decoded) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) return "control characters in the path";
+    if (c == '\\') return "backslashes in the path";
+  }
+  // A decoded '/' splits the segment for any server or proxy that decodes before splitting.
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t end = decoded->find('/', start);
+    const std::string_view piece = std::string_view(*decoded).substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (piece == "." || piece == "..") return "'.' and '..' path segments are not allowed";
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return {};
+}
+
+bool is_one_of(std::string_view method, std::initializer_list<std::string_view> methods) {
+  for (const auto m : methods) {
+    if (method == m) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+route route_request(std::string_view method, std::string_view target, bool shared_enabled) {
+  if (target.empty() || target[0] != '/') {
+    return bad_request("the request target must be a path starting with '/' (absolute URLs are not accepted)");
+  }
+  for (const char c : target) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f) return bad_request("the request target must be printable ASCII");
+    if (c == '\\') return bad_request("backslashes in the path");
+    if (c == '#') return bad_request("fragments are not sent to servers");
+  }
+  const std::size_t qpos = target.find('?');
+  const std::string_view path = target.substr(0, qpos);
+  const std::string query(qpos == std::string_view::npos ? std::string_view{} : target.substr(qpos));
+
+  std::vector<std::string_view> segments;
+  for (std::size_t start = 1;;) {
+    const std::size_t end = path.find('/', start);
+    segments.push_back(path.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start));
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    const bool last = i + 1 == segments.size();
+    if (segments[i].empty() && !last) return bad_request("empty path segments ('//') are not allowed");
+    if (const std::string why = segment_problem(segments[i]); !why.empty()) return bad_request(why);
+  }
+
+  const std::string_view first = segments[0];
+  const bool preflight = method == "OPTIONS";
+  const auto pass = [&](std::string label, std::initializer_list<std::string_view> methods) {
+    route r;
+    if (preflight) {
+      r.kind = route_kind::preflight;
+      r.target = std::string(path) + query;
+      r.label = "preflight";
+      return r;
+    }
+    if (!is_one_of(method, methods)) return not_found("method " + std::string(method) + " is not served on " + std::string(path));
+    r.kind = route_kind::pass_through;
+    r.target = std::string(path) + query;
+    r.label = std::move(label);
+    return r;
+  };
+  if (segments.size() == 1 && first.empty()) return pass("root", {"GET", "HEAD"});
+  if (segments.size() == 1 && first == "_session") return pass("session", {"GET", "HEAD", "POST", "DELETE"});
+  if (segments.size() == 1 && first == "_uuids") return pass("uuids", {"GET", "HEAD"});
+
+  const bool me = first == "me";
+  const bool shared = first == "shared" && shared_enabled;
+  if (!me && !shared) {
+    return not_found("couchgate serves /me, /shared, /_session, /_uuids and / only");
+  }
+  for (std::size_t i = 1; i < segments.size(); ++i) {
+    // Rewrite handlers may route a request to another database: not served through the front door.
+    if (segments[i] == "_rewrite") return not_found("_rewrite is not served through couchgate");
+  }
+  route r;
+  r.rest = std::string(path.substr(first.size() + 1));
+  r.query = query;
+  if (preflight) {
+    r.kind = route_kind::preflight;
+    r.target = "/";  // CouchDB answers a CORS preflight before routing: any path will do
+    r.label = "preflight";
+    return r;
+  }
+  r.kind = me ? route_kind::user_db : route_kind::shared_db;
+  r.label = me ? "me" : "shared";
+  return r;
+}
+
+std::string encode_db_name(std::string_view db) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string out;
+  for (const char c : db) {
+    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-') {
+      out += c;
+    } else {
+      const auto u = static_cast<unsigned char>(c);
+      out += '%';
+      out += hex[u >> 4];
+      out += hex[u & 15];
+    }
+  }
+  return out;
+}
+
+std::string db_target(std::string_view db, const route& r) { return "/" + encode_db_name(db) + r.rest + r.query; }
+
+std::string rewrite_location(std::string_view location, std::string_view db, std::string_view mount,
+                             std::string_view client_base) {
+  std::size_t path_start = 0;
+  if (const std::size_t scheme = location.find("://"); scheme != std::string_view::npos) {
+    path_start = location.find('/', scheme + 3);
+    if (path_start == std::string_view::npos) return std::string(location);
+  }
+  const std::string_view path = location.substr(path_start);
+  for (const std::string& name : {"/" + encode_db_name(db), "/" + std::string(db)}) {
+    if (path.starts_with(name) && (path.size() == name.size() || path[name.size()] == '/' || path[name.size()] == '?')) {
+      return std::string(client_base) + std::string(mount) + std::string(path.substr(name.size()));
+    }
+  }
+  return std::string(location);
+}
+
+}  // namespace couchgate::gateway::front

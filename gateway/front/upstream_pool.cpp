@@ -1,0 +1,252 @@
+// Owns: the upstream connection pool (see upstream_pool.hpp).
+#include "gateway/front/upstream_pool.hpp"
+
+#include <algorithm>
+
+namespace couchgate::gateway::front {
+
+std::optional<upstream_address> parse_upstream_url(const std::string& url) {
+  upstream_address a;
+  std::string rest;
+  if (url.rfind("http://", 0) == 0) {
+    rest = url.substr(7);
+  } else if (url.rfind("https://", 0) == 0) {
+    rest = url.substr(8);
+    a.tls = true;
+  } else {
+    return std::nullopt;
+  }
+  const std::size_t slash = rest.find('/');
+  std::string authority = rest.substr(0, slash);
+  if (slash != std::string::npos) {
+    a.base_path = rest.substr(slash);
+    while (!a.base_path.empty() && a.base_path.back() == '/') a.base_path.pop_back();
+  }
+  if (const std::size_t at = authority.rfind('@'); at != std::string::npos) authority = authority.substr(at + 1);
+  if (authority.empty()) return std::nullopt;
+  a.host_header = authority;
+  if (authority[0] == '[') {  // [v6]:port
+    const std::size_t close = authority.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    a.host = authority.substr(1, close - 1);
+    a.port = close + 1 < authority.size() && authority[close + 1] == ':' ? authority.substr(close + 2) : "";
+  } else {
+    const std::size_t colon = authority.rfind(':');
+    a.host = authority.substr(0, colon);
+    a.port = colon == std::string::npos ? "" : authority.substr(colon + 1);
+  }
+  if (a.port.empty()) a.port = a.tls ? "443" : "80";
+  if (a.host.empty()) return std::nullopt;
+  return a;
+}
+
+struct upstream_pool::waiter {
+  enum class state { waiting, got_connection, got_slot, closed };
+  waiter(std::size_t ctx, net::io_context& io) : context(ctx), timer(io) {}
+  std::size_t context;
+  net::steady_timer timer;
+  state st = state::waiting;
+  std::unique_ptr<upstream_connection> conn;
+};
+
+upstream_lease::~upstream_lease() {
+  if (pool_ != nullptr && conn_) pool_->release(std::move(conn_), keep_);
+}
+
+upstream_pool::upstream_pool(io_threads& io, upstream_address address, std::size_t max_connections,
+                             std::chrono::milliseconds wait_timeout, std::chrono::milliseconds connect_timeout,
+                             std::shared_ptr<ssl::context> client_tls)
+    : io_(io),
+      address_(std::move(address)),
+      max_(max_connections),
+      wait_timeout_(wait_timeout),
+      connect_timeout_(connect_timeout),
+      client_tls_(std::move(client_tls)),
+      idle_(io.size()) {}
+
+upstream_pool::~upstream_pool() { close(); }
+
+upstream_stats upstream_pool::stats() const {
+  std::lock_guard lk(mu_);
+  return stats_;
+}
+
+void upstream_pool::close() {
+  std::vector<std::unique_ptr<upstream_connection>> idle;
+  std::deque<std::shared_ptr<waiter>> waiters;
+  {
+    std::lock_guard lk(mu_);
+    closed_ = true;
+    for (auto& list : idle_) {
+      for (auto& c : list) idle.push_back(std::move(c));
+      list.clear();
+    }
+    stats_.open -= idle.size();
+    waiters.swap(waiters_);
+    stats_.waiting = 0;
+    for (auto& w : waiters) w->st = waiter::state::closed;
+  }
+  for (auto& w : waiters) wake(w);
+  // Called with the I/O threads stopped (or from the connection's own thread): no operation is
+  // pending on an idle connection, so it may be destroyed here.
+  idle.clear();
+}
+
+void upstream_pool::wake(const std::shared_ptr<waiter>& w) {
+  net::post(io_.context(w->context), [w] { w->timer.cancel(); });
+}
+
+void upstream_pool::retire(std::unique_ptr<upstream_connection> conn) {
+  std::shared_ptr<upstream_connection> c(conn.release());
+  net::post(io_.context(c->context), [c]() mutable { c.reset(); });
+}
+
+net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::acquire(std::size_t context) {
+  using result = std::pair<std::optional<upstream_lease>, acquire_error>;
+  std::unique_lock lk(mu_);
+  if (closed_) co_return result{std::nullopt, acquire_error::closed};
+  const auto now = std::chrono::steady_clock::now();
+  auto& idle = idle_[context];
+  while (!idle.empty()) {
+    auto c = std::move(idle.back());
+    idle.pop_back();
+    if (now - c->idle_since > idle_limit_) {
+      --stats_.open;
+      c.reset();  // this thread owns it: the connection lives on our context
+      continue;
+    }
+    ++stats_.in_use;
+    co_return result{upstream_lease(this, std::move(c)), acquire_error::none};
+  }
+  if (stats_.open < max_) {
+    ++stats_.open;
+    ++stats_.in_use;
+    stats_.peak_open = std::max(stats_.peak_open, stats_.open);
+    lk.unlock();
+    co_return co_await open_new(context);
+  }
+  for (auto& other : idle_) {  // an idle connection on another context: trade it for a new one here
+    if (other.empty()) continue;
+    auto c = std::move(other.back());
+    other.pop_back();
+    ++stats_.in_use;
+    lk.unlock();
+    retire(std::move(c));
+    co_return co_await open_new(context);
+  }
+  auto w = std::make_shared<waiter>(context, io_.context(context));
+  w->timer.expires_after(wait_timeout_);
+  waiters_.push_back(w);
+  ++stats_.waiting;
+  lk.unlock();
+  error_code ec;
+  co_await w->timer.async_wait(ec_token(ec));
+  lk.lock();
+  switch (w->st) {
+    case waiter::state::waiting:
+      waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), w), waiters_.end());
+      --stats_.waiting;
+      ++stats_.wait_timeouts;
+      co_return result{std::nullopt, acquire_error::timeout};
+    case waiter::state::got_connection:
+      co_return result{upstream_lease(this, std::move(w->conn)), acquire_error::none};
+    case waiter::state::got_slot:
+      lk.unlock();
+      co_return co_await open_new(context);
+    case waiter::state::closed:
+      break;
+  }
+  co_return result{std::nullopt, acquire_error::closed};
+}
+
+// The slot (open and in_use) is already counted for this connection.
+net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::open_new(std::size_t context) {
+  using result = std::pair<std::optional<upstream_lease>, acquire_error>;
+  auto& io = io_.context(context);
+  beast::tcp_stream tcp_stream(io);
+  error_code ec;
+  tcp::resolver resolver(io);
+  const auto endpoints = co_await resolver.async_resolve(address_.host, address_.port, ec_token(ec));
+  if (!ec) {
+    tcp_stream.expires_after(connect_timeout_);
+    co_await tcp_stream.async_connect(endpoints, ec_token(ec));
+  }
+  std::unique_ptr<upstream_connection> conn;
+  if (!ec) {
+    tcp_stream.socket().set_option(tcp::no_delay(true), ec);
+    ec = {};
+    if (address_.tls && client_tls_) {
+      conn = std::make_unique<upstream_connection>(any_stream(std::move(tcp_stream), *client_tls_), context);
+      auto& tls = conn->stream.tls();
+      if (!SSL_set_tlsext_host_name(tls.native_handle(), address_.host.c_str())) {
+        ec = error_code(static_cast<int>(::ERR_get_error()), net::error::get_ssl_category());
+      }
+      if (!ec) {
+        tls.set_verify_callback(ssl::host_name_verification(address_.host));
+        conn->stream.tcp().expires_after(connect_timeout_);
+        co_await tls.async_handshake(ssl::stream_base::client, ec_token(ec));
+      }
+    } else {
+      conn = std::make_unique<upstream_connection>(any_stream(std::move(tcp_stream)), context);
+    }
+  }
+  if (ec) {
+    conn.reset();
+    std::shared_ptr<waiter> next;
+    {
+      std::lock_guard lk(mu_);
+      --stats_.in_use;
+      ++stats_.connect_failures;
+      if (!waiters_.empty() && !closed_) {  // the slot goes on to the next waiter
+        next = waiters_.front();
+        waiters_.pop_front();
+        --stats_.waiting;
+        ++stats_.in_use;
+        next->st = waiter::state::got_slot;
+      } else {
+        --stats_.open;
+      }
+    }
+    if (next) wake(next);
+    co_return result{std::nullopt, acquire_error::connect_failed};
+  }
+  conn->connected = true;
+  co_return result{upstream_lease(this, std::move(conn)), acquire_error::none};
+}
+
+void upstream_pool::release(std::unique_ptr<upstream_connection> conn, bool reusable) {
+  std::shared_ptr<waiter> next;
+  std::unique_ptr<upstream_connection> drop;
+  {
+    std::lock_guard lk(mu_);
+    --stats_.in_use;
+    if (closed_) {
+      --stats_.open;
+      drop = std::move(conn);
+    } else if (!waiters_.empty()) {
+      next = waiters_.front();
+      waiters_.pop_front();
+      --stats_.waiting;
+      ++stats_.in_use;
+      if (reusable && next->context == conn->context) {
+        ++conn->uses;
+        next->conn = std::move(conn);
+        next->st = waiter::state::got_connection;
+      } else {
+        next->st = waiter::state::got_slot;  // the socket budget moves to the waiter's context
+        drop = std::move(conn);
+      }
+    } else if (reusable) {
+      ++conn->uses;
+      conn->idle_since = std::chrono::steady_clock::now();
+      idle_[conn->context].push_back(std::move(conn));
+    } else {
+      --stats_.open;
+      drop = std::move(conn);
+    }
+  }
+  drop.reset();  // on the connection's own thread: leases are released where they were used
+  if (next) wake(next);
+}
+
+}  // namespace couchgate::gateway::front

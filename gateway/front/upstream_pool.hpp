@@ -1,0 +1,114 @@
+#pragma once
+// Owns: the front door's bounded keep-alive pool of HTTP connections to CouchDB (Beast client
+// streams, apart from the fan-in's libcurl pool and its budget). It never has more sockets open
+// than max_connections. When all are busy a request waits (FIFO) up to wait_timeout, then gets
+// nothing (the caller answers 503 with Retry-After). A connection lives on the I/O context that
+// opened it and is only lent to requests on that context; a waiter on another context gets the
+// freed socket budget instead and opens its own connection. Idle connections older than
+// idle_limit are closed rather than reused (the server may have dropped them).
+//
+// The pool knows nothing of requests: a lease is held exactly while one request/response
+// exchange uses the socket, so a parked feed (issue 14) holds no upstream connection.
+#include <chrono>
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gateway/front/io_threads.hpp"
+#include "gateway/front/stream.hpp"
+
+namespace couchgate::gateway::front {
+
+struct upstream_address {
+  std::string host;
+  std::string port;
+  bool tls = false;
+  std::string host_header;  // host[:port] as the Host header names it
+  std::string base_path;    // "" or "/prefix" when CouchDB sits under a path
+};
+// From couchdb.url (http[s]://host[:port][/path]); nullopt when it is not such a URL.
+std::optional<upstream_address> parse_upstream_url(const std::string& url);
+
+struct upstream_connection {
+  explicit upstream_connection(any_stream s, std::size_t ctx) : stream(std::move(s)), context(ctx) {}
+  any_stream stream;
+  beast::flat_buffer buffer;
+  std::size_t context;
+  bool connected = false;
+  std::size_t uses = 0;  // exchanges completed on it (0 = fresh)
+  std::chrono::steady_clock::time_point idle_since{};
+};
+
+class upstream_pool;
+
+// Exclusive use of one connection. keep() before destruction returns it for reuse; otherwise it
+// is closed (an exchange that did not finish cleanly leaves the socket in an unknown state).
+class upstream_lease {
+ public:
+  upstream_lease(upstream_pool* pool, std::unique_ptr<upstream_connection> c) : pool_(pool), conn_(std::move(c)) {}
+  upstream_lease(upstream_lease&& o) noexcept : pool_(o.pool_), conn_(std::move(o.conn_)), keep_(o.keep_) { o.pool_ = nullptr; }
+  upstream_lease& operator=(upstream_lease&&) = delete;
+  ~upstream_lease();
+  upstream_connection& conn() { return *conn_; }
+  void keep() { keep_ = true; }
+
+ private:
+  upstream_pool* pool_;
+  std::unique_ptr<upstream_connection> conn_;
+  bool keep_ = false;
+};
+
+struct upstream_stats {
+  std::size_t open = 0;      // sockets open (or being opened)
+  std::size_t in_use = 0;    // leased
+  std::size_t waiting = 0;   // requests waiting for a connection
+  std::size_t peak_open = 0;
+  std::uint64_t wait_timeouts = 0;
+  std::uint64_t connect_failures = 0;
+};
+
+enum class acquire_error { none, timeout, connect_failed, closed };
+
+class upstream_pool {
+ public:
+  upstream_pool(io_threads& io, upstream_address address, std::size_t max_connections,
+                std::chrono::milliseconds wait_timeout, std::chrono::milliseconds connect_timeout,
+                std::shared_ptr<ssl::context> client_tls);
+  ~upstream_pool();
+
+  // A connected connection on `context` (the caller's I/O context), or why not.
+  net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> acquire(std::size_t context);
+  upstream_stats stats() const;
+  std::size_t max_connections() const { return max_; }
+  const upstream_address& address() const { return address_; }
+  // Closes the idle connections and refuses new requests (before the contexts are destroyed).
+  void close();
+
+ private:
+  friend class upstream_lease;
+  struct waiter;
+  void release(std::unique_ptr<upstream_connection> conn, bool reusable);
+  void wake(const std::shared_ptr<waiter>& w);
+  net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> open_new(std::size_t context);
+  void retire(std::unique_ptr<upstream_connection> conn);
+
+  io_threads& io_;
+  upstream_address address_;
+  std::size_t max_;
+  std::chrono::milliseconds wait_timeout_;
+  std::chrono::milliseconds connect_timeout_;
+  std::chrono::milliseconds idle_limit_{30000};
+  std::shared_ptr<ssl::context> client_tls_;
+
+  mutable std::mutex mu_;
+  bool closed_ = false;
+  std::vector<std::vector<std::unique_ptr<upstream_connection>>> idle_;  // per context
+  std::deque<std::shared_ptr<waiter>> waiters_;
+  upstream_stats stats_;
+};
+
+}  // namespace couchgate::gateway::front

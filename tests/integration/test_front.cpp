@@ -1,0 +1,399 @@
+// The front door against the real test server: couchgate started with front.enabled, users
+// provisioned by couchgate itself, then requests through the front door as a client makes
+// them (plain HTTP with allow_insecure; TLS with a certificate generated here by `openssl req`;
+// require_secure behind a "proxy" that is or is not trusted).
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <utility>  // before Boost.Asio (std::exchange in its awaitable.hpp)
+
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "policy/naming.hpp"
+#include "tests/integration/fixtures.hpp"
+#include "tests/support/harness.hpp"
+
+using namespace couchgate::test;
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = net::ssl;
+using tcp = net::ip::tcp;
+
+namespace {
+
+struct front_reply {
+  int status = 0;  // 0 = transport failure
+  std::string raw;
+  json body;
+  http::fields headers;
+};
+
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
+std::string basic(const std::string& user, const std::string& password) { return "Basic " + b64(user + ":" + password); }
+
+// One request on its own connection (plain or TLS, certificate not verified: the test made it).
+front_reply front_call(int port, bool tls, const std::string& method, const std::string& target,
+                       const header_list& headers = {}, const std::string& body = {}) {
+  front_reply out;
+  try {
+    net::io_context io;
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    http::request<http::string_body> req;
+    req.method_string(method);
+    req.target(target);
+    req.version(11);
+    req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+    req.set(http::field::accept, "application/json");
+    for (const auto& [k, v] : headers) req.set(k, v);
+    if (!body.empty() || method == "PUT" || method == "POST") {
+      req.body() = body;
+      if (req.find(http::field::content_type) == req.end()) req.set(http::field::content_type, "application/json");
+      req.prepare_payload();
+    }
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(256u << 20);
+    beast::flat_buffer buffer;
+    if (tls) {
+      ssl::context ctx(ssl::context::tls_client);
+      ctx.set_verify_mode(ssl::verify_none);
+      ssl::stream<tcp::socket> stream(std::move(socket), ctx);
+      stream.handshake(ssl::stream_base::client);
+      http::write(stream, req);
+      if (method == "HEAD") parser.skip(true);
+      http::read(stream, buffer, parser);
+    } else {
+      http::write(socket, req);
+      if (method == "HEAD") parser.skip(true);
+      http::read(socket, buffer, parser);
+    }
+    auto res = parser.release();
+    out.status = res.result_int();
+    out.raw = res.body();
+    out.body = json::parse(out.raw, nullptr, false);
+    out.headers = res.base();
+  } catch (const std::exception& e) {
+    out.status = 0;
+    out.raw = e.what();
+  }
+  return out;
+}
+
+std::string temp_dir() {
+  char tmpl[] = "/tmp/couchgate-front-XXXXXX";
+  return mkdtemp(tmpl);
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+int front_port(const std::string& port_file) {
+  int port = 0;
+  eventually(
+      [&] {
+        port = std::atoi(read_all(port_file).c_str());
+        return port > 0;
+      },
+      std::chrono::seconds(20));
+  return port;
+}
+
+void make_certificate(const std::string& dir, const std::string& cn) {
+  const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=" + cn + " -keyout " + dir +
+                          "/key.pem -out " + dir + "/cert.pem >/dev/null 2>&1";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+}
+
+struct user {
+  std::string name, password, db;
+};
+
+// Users of the test's role: couchgate provisions their databases.
+std::vector<user> provisioned_users(const names& n, int count) {
+  std::vector<user> users;
+  for (int i = 0; i < count; ++i) {
+    user u{unique("fu"), "pw-" + unique("p"), ""};
+    u.db = couchgate::policy::user_db_name(n.prefix, u.name);
+    REQUIRE(create_user(u.name, {n.role}, u.password).status == 201);
+    users.push_back(u);
+  }
+  for (const auto& u : users) {
+    REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(u.db) + "/_security").body.contains("members"); },
+                               std::chrono::seconds(30)),
+                    "database of " << u.name << " not provisioned");
+  }
+  return users;
+}
+
+json front_config(const std::string& dir) {
+  return json{{"enabled", true}, {"address", "127.0.0.1"}, {"port", 0}, {"port_file", dir + "/front.port"},
+              {"session_cache_ttl", "30s"}};
+}
+
+// couchgate with the front door: base_config plus `front` (its port_file set here), started and ready.
+struct front_run {
+  std::unique_ptr<couchgate_process> process;
+  int port = 0;
+};
+front_run start_front(const names& n, json front, const std::string& dir, const json& patch = json::object()) {
+  json cfg = base_config(n);
+  cfg.merge_patch(patch);
+  cfg["front"] = front_config(dir);
+  cfg["front"].update(front);
+  front_run run{std::make_unique<couchgate_process>(cfg), 0};
+  run.process->start();
+  REQUIRE_MESSAGE(run.process->wait_ready(std::chrono::seconds(60)), tail(run.process->log()));
+  run.port = front_port(dir + "/front.port");
+  REQUIRE(run.port > 0);
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("front door (plain, allow_insecure): /me is the caller's own database and nothing else") {
+  auto n = fresh_names("front");
+  auto run = start_front(n, {{"allow_insecure", true}}, temp_dir());
+  auto& cg = *run.process;
+  const int port = run.port;
+  const auto users = provisioned_users(n, 2);
+  const auto& alice = users[0];
+  const auto& bob = users[1];
+  const header_list as_alice{{"Authorization", basic(alice.name, alice.password)}};
+  const header_list as_bob{{"Authorization", basic(bob.name, bob.password)}};
+
+  // Database info of the caller's own database.
+  auto info = front_call(port, false, "GET", "/me", as_alice);
+  REQUIRE_MESSAGE(info.status == 200, info.raw);
+  CHECK(info.body["db_name"] == alice.db);
+  CHECK(front_call(port, false, "GET", "/me/", as_alice).body["db_name"] == alice.db);
+
+  // Document write and read; a Location naming the database is rewritten to /me.
+  auto put = front_call(port, false, "PUT", "/me/doc-1", as_alice, json{{"v", 1}}.dump());
+  REQUIRE_MESSAGE(put.status == 201, put.raw);
+  if (auto it = put.headers.find(http::field::location); it != put.headers.end()) {
+    const std::string location(it->value());
+    CHECK(location.find(alice.db) == std::string::npos);
+    CHECK(location.find("/me/doc-1") != std::string::npos);
+  }
+  auto got = front_call(port, false, "GET", "/me/doc-1", as_alice);
+  REQUIRE(got.status == 200);
+  CHECK(got.body["v"] == 1);
+  // It really is in alice's database on the server.
+  CHECK(couch().get("/" + enc(alice.db) + "/doc-1").body["v"] == 1);
+
+  auto changes = front_call(port, false, "GET", "/me/_changes?style=all_docs&since=0", as_alice);
+  REQUIRE(changes.status == 200);
+  bool seen = false;
+  for (const auto& row : changes.body["results"]) seen = seen || row["id"] == "doc-1";
+  CHECK(seen);
+  auto all = front_call(port, false, "GET", "/me/_all_docs?include_docs=true", as_alice);
+  REQUIRE(all.status == 200);
+  REQUIRE(all.body["rows"].size() == 1);
+  CHECK(all.body["rows"][0]["doc"]["v"] == 1);
+  auto bulk = front_call(port, false, "POST", "/me/_bulk_docs", as_alice,
+                         json{{"docs", {{{"_id", "b1"}}, {{"_id", "b2"}}}}}.dump());
+  CHECK(bulk.status == 201);
+
+  // Bob's /me is bob's database: alice's documents are not there.
+  auto bob_info = front_call(port, false, "GET", "/me", as_bob);
+  REQUIRE(bob_info.status == 200);
+  CHECK(bob_info.body["db_name"] == bob.db);
+  CHECK(front_call(port, false, "GET", "/me/doc-1", as_bob).status == 404);
+  // Another user's database by name, or by climbing out of /me: never reached.
+  CHECK(front_call(port, false, "GET", "/" + bob.db, as_alice).status == 404);
+  CHECK(front_call(port, false, "GET", "/" + bob.db + "/_all_docs", as_alice).status == 404);
+  CHECK(front_call(port, false, "GET", "/me/../" + bob.db, as_alice).status == 400);
+  CHECK(front_call(port, false, "GET", "/me%2F..%2F" + bob.db, as_alice).status == 400);
+  CHECK(front_call(port, false, "GET", "/_all_dbs", as_alice).status == 404);
+  auto users_db = front_call(port, false, "GET", "/_users", as_alice);
+  CHECK(users_db.status == 404);
+  CHECK(users_db.body["error"] == "not_found");
+
+  // Wrong or missing credentials: 401, CouchDB-style.
+  auto wrong = front_call(port, false, "GET", "/me", {{"Authorization", basic(alice.name, "not-the-password")}});
+  CHECK(wrong.status == 401);
+  CHECK(wrong.body["error"] == "unauthorized");
+  CHECK(front_call(port, false, "GET", "/me").status == 401);
+
+  // Cookie authentication: POST /_session passes through, its Set-Cookie reaches the client.
+  auto login = front_call(port, false, "POST", "/_session", {},
+                          json{{"name", alice.name}, {"password", alice.password}}.dump());
+  REQUIRE_MESSAGE(login.status == 200, login.raw);
+  const auto cookie_it = login.headers.find(http::field::set_cookie);
+  REQUIRE(cookie_it != login.headers.end());
+  const std::string set_cookie(cookie_it->value());
+  const std::string cookie = set_cookie.substr(0, set_cookie.find(';'));
+  CHECK(cookie.rfind("AuthSession=", 0) == 0);
+  auto by_cookie = front_call(port, false, "GET", "/me", {{"Cookie", cookie}});
+  CHECK(by_cookie.status == 200);
+  CHECK(by_cookie.body["db_name"] == alice.db);
+
+  // Pass-through routes.
+  CHECK(front_call(port, false, "GET", "/").status == 200);
+  auto uuids = front_call(port, false, "GET", "/_uuids?count=2");
+  CHECK(uuids.status == 200);
+  CHECK(uuids.body["uuids"].size() == 2);
+
+  // Metrics: by route and status; the session cache was used.
+  CHECK(cg.metric("couchgate_front_requests_total", "route=\"me\",status=\"200\"").value_or(0) >= 5);
+  CHECK(cg.metric("couchgate_front_requests_total", "route=\"other\",status=\"404\"").value_or(0) >= 3);
+  CHECK(cg.metric("couchgate_front_session_cache_hits_total").value_or(0) >= 3);
+  CHECK(cg.metric("couchgate_front_upstream_open").value_or(-1) >= 1);
+  CHECK(cg.metric("couchgate_front_upstream_peak").value_or(99) <= 16);
+
+  // No credential in the logs; the user name is there (access log).
+  const std::string log = cg.log();
+  CHECK(log.find(alice.password) == std::string::npos);
+  CHECK(log.find(b64(alice.name + ":" + alice.password)) == std::string::npos);
+  CHECK(log.find(cookie.substr(12)) == std::string::npos);
+  CHECK(log.find(alice.name) != std::string::npos);
+}
+
+TEST_CASE("front door: bodies stream through (a large attachment in and out, chunked request body)") {
+  auto n = fresh_names("frontbig");
+  // Fan-in off: it would copy the attachment into the central database, in its own memory.
+  auto run = start_front(n, {{"allow_insecure", true}}, temp_dir(), {{"fanin", {{"enabled", false}}}});
+  auto& cg = *run.process;
+  const int port = run.port;
+  const auto users = provisioned_users(n, 1);
+  const header_list auth{{"Authorization", basic(users[0].name, users[0].password)}};
+
+  std::string blob(24u << 20, '\0');
+  for (std::size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<char>((i * 2654435761u) >> 13);
+  auto put = front_call(port, false, "PUT", "/me/big/blob.bin", {auth[0], {"Content-Type", "application/octet-stream"}},
+                        blob);
+  REQUIRE_MESSAGE(put.status == 201, put.raw);
+  auto back = front_call(port, false, "GET", "/me/big/blob.bin", auth);
+  REQUIRE(back.status == 200);
+  CHECK(back.raw.size() == blob.size());
+  CHECK(back.raw == blob);
+  // Bounded memory: the attachment was never held whole (RSS high-water mark well under its size).
+  const std::string status = read_all("/proc/" + std::to_string(cg.pid()) + "/status");
+  const auto hwm = status.find("VmHWM:");
+  REQUIRE(hwm != std::string::npos);
+  const long kib = std::atol(status.c_str() + hwm + 6);
+  CHECK_MESSAGE(kib < 20 * 1024 + 24 * 1024 / 2, "couchgate peak RSS " << kib << " KiB for a 24 MiB attachment");
+
+  // A chunked request body (no Content-Length) goes through as well.
+  net::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+  const std::string doc = json{{"_id", "chunked"}, {"v", 7}}.dump();
+  std::ostringstream raw;
+  raw << "POST /me HTTP/1.1\r\nHost: x\r\nAuthorization: " << auth[0].second
+      << "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n";
+  net::write(socket, net::buffer(raw.str()));
+  beast::flat_buffer buffer;
+  // The front door answers 100 Continue before it reads the body.
+  http::response_parser<http::empty_body> cont;
+  http::read_header(socket, buffer, cont);
+  CHECK(cont.get().result_int() == 100);
+  std::ostringstream chunks;
+  chunks << std::hex << 5 << "\r\n" << doc.substr(0, 5) << "\r\n" << (doc.size() - 5) << "\r\n" << doc.substr(5) << "\r\n0\r\n\r\n";
+  net::write(socket, net::buffer(chunks.str()));
+  http::response<http::string_body> res;
+  http::read(socket, buffer, res);
+  CHECK_MESSAGE(res.result_int() == 201, res.body());
+  CHECK(couch().get("/" + enc(users[0].db) + "/chunked").body["v"] == 7);
+}
+
+TEST_CASE("front door (TLS): https with a generated certificate; plain HTTP refused; certificate re-read on SIGHUP") {
+  auto n = fresh_names("fronttls");
+  const std::string dir = temp_dir();
+  make_certificate(dir, "first.test");
+  json cfg = base_config(n);
+  cfg["front"] = front_config(dir);
+  cfg["front"]["tls"] = {{"cert_file", dir + "/cert.pem"}, {"key_file", dir + "/key.pem"}};
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(std::chrono::seconds(60)), tail(cg.log()));
+  const int port = front_port(dir + "/front.port");
+  const auto users = provisioned_users(n, 1);
+  const header_list auth{{"Authorization", basic(users[0].name, users[0].password)}};
+
+  auto info = front_call(port, true, "GET", "/me", auth);
+  REQUIRE_MESSAGE(info.status == 200, info.raw);
+  CHECK(info.body["db_name"] == users[0].db);
+
+  const double misses = cg.metric("couchgate_front_session_cache_misses_total").value_or(0);
+  auto plain = front_call(port, false, "GET", "/me", {{"Authorization", basic(users[0].name, "a-wrong-password")}});
+  CHECK(plain.status == 403);
+  CHECK(plain.body["error"] == "forbidden");
+  CHECK(cg.metric("couchgate_front_tls_refusals_total").value_or(0) >= 1);
+  // Refused before anything was forwarded: no _session check was made for it.
+  CHECK(cg.metric("couchgate_front_session_cache_misses_total").value_or(0) == misses);
+
+  // The certificate's subject as a TLS client sees it.
+  const auto subject = [port] {
+    net::io_context io;
+    ssl::context ctx(ssl::context::tls_client);
+    ctx.set_verify_mode(ssl::verify_none);
+    ssl::stream<tcp::socket> stream(io, ctx);
+    stream.next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    stream.handshake(ssl::stream_base::client);
+    X509* cert = SSL_get_peer_certificate(stream.native_handle());
+    char name[256] = {0};
+    if (cert) X509_NAME_oneline(X509_get_subject_name(cert), name, sizeof name);
+    X509_free(cert);
+    return std::string(name);
+  };
+  CHECK(subject().find("first.test") != std::string::npos);
+  // An open TLS connection survives the reload; new connections get the new certificate.
+  net::io_context io;
+  ssl::context ctx(ssl::context::tls_client);
+  ctx.set_verify_mode(ssl::verify_none);
+  ssl::stream<tcp::socket> open_conn(io, ctx);
+  open_conn.next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+  open_conn.handshake(ssl::stream_base::client);
+  make_certificate(dir, "second.test");
+  cg.reload(cfg);
+  CHECK_MESSAGE(eventually([&] { return subject().find("second.test") != std::string::npos; }, std::chrono::seconds(10)),
+                tail(cg.log()));
+  http::request<http::empty_body> req{http::verb::get, "/me", 11};
+  req.set(http::field::host, "x");
+  req.set(http::field::authorization, auth[0].second);
+  http::write(open_conn, req);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> res;
+  http::read(open_conn, buffer, res);
+  CHECK(res.result_int() == 200);
+}
+
+TEST_CASE("front door (require_secure): the scheme header counts from a trusted proxy only; missing = not secure") {
+  auto n = fresh_names("frontproxy");
+  auto run = start_front(n, {{"require_secure", true}, {"trusted_proxies", {"127.0.0.1/32"}}}, temp_dir());
+  auto& cg = *run.process;
+  const int port = run.port;
+  const auto users = provisioned_users(n, 1);
+  const header_list auth{{"Authorization", basic(users[0].name, users[0].password)}};
+  auto proxied = front_call(port, false, "GET", "/me", {auth[0], {"X-Forwarded-Proto", "https"}});
+  CHECK_MESSAGE(proxied.status == 200, proxied.raw);
+  CHECK(front_call(port, false, "GET", "/me", auth).status == 403);  // header missing
+  CHECK(front_call(port, false, "GET", "/me", {auth[0], {"X-Forwarded-Proto", "http"}}).status == 403);
+  cg.terminate();
+
+  // The same header from a peer that is not a trusted proxy is ignored; nothing reaches CouchDB.
+  auto run2 = start_front(fresh_names("frontproxy2"), {{"require_secure", true}, {"trusted_proxies", {"10.0.0.0/8"}}},
+                          temp_dir());
+  auto& untrusted = *run2.process;
+  const int port2 = run2.port;
+  auto spoofed = front_call(port2, false, "GET", "/me", {auth[0], {"X-Forwarded-Proto", "https"}});
+  CHECK(spoofed.status == 403);
+  CHECK(spoofed.body["reason"].get<std::string>().find("TLS") != std::string::npos);
+  CHECK(untrusted.metric("couchgate_front_upstream_peak").value_or(-1) == 0);
+  CHECK(untrusted.metric("couchgate_front_session_cache_misses_total").value_or(-1) == 0);
+}

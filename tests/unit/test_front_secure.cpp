@@ -1,0 +1,113 @@
+// The front door's pure decisions: secure-request (TLS, trusted proxies, scheme header,
+// allow_insecure), CIDR matching, the session cache, the auth-failure limiter, per-user slots.
+#include <doctest/doctest.h>
+
+#include "gateway/front/auth_limits.hpp"
+#include "gateway/front/cidr.hpp"
+#include "gateway/front/secure_request.hpp"
+
+namespace f = couchgate::gateway::front;
+using namespace std::chrono_literals;
+
+TEST_CASE("front cidr: parsing and membership, IPv4-mapped addresses count as IPv4") {
+  const auto net = f::parse_cidr("10.0.0.0/8");
+  REQUIRE(net);
+  CHECK(f::contains(*net, *f::parse_ip("10.200.1.2")));
+  CHECK_FALSE(f::contains(*net, *f::parse_ip("11.0.0.1")));
+  CHECK(f::contains(*net, *f::parse_ip("::ffff:10.1.1.1")));
+  const auto one = f::parse_cidr("127.0.0.1");
+  REQUIRE(one);
+  CHECK(f::contains(*one, *f::parse_ip("127.0.0.1")));
+  CHECK_FALSE(f::contains(*one, *f::parse_ip("127.0.0.2")));
+  const auto v6 = f::parse_cidr("fd00::/8");
+  REQUIRE(v6);
+  CHECK(f::contains(*v6, *f::parse_ip("fd12::1")));
+  CHECK_FALSE(f::contains(*v6, *f::parse_ip("fe80::1")));
+  CHECK_FALSE(f::contains(*v6, *f::parse_ip("10.0.0.1")));
+  const auto odd = f::parse_cidr("192.168.1.0/23");
+  REQUIRE(odd);
+  CHECK(f::contains(*odd, *f::parse_ip("192.168.0.9")));
+  CHECK_FALSE(f::contains(*odd, *f::parse_ip("192.168.2.1")));
+  for (const char* bad : {"", "10.0.0.0/33", "10.0.0/8", "nonsense", "::1/129", "10.0.0.0/", "10.0.0.0/-1"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(f::parse_cidr(bad));
+  }
+}
+
+TEST_CASE("front secure: TLS, trusted proxy with the header, and everything else") {
+  f::secure_policy strict;
+  strict.require_secure = true;
+  strict.trusted_proxies = {*f::parse_cidr("10.0.0.0/8")};
+  const auto proxy = f::parse_ip("10.0.0.5");
+  const auto stranger = f::parse_ip("192.0.2.1");
+  using v = f::secure_verdict;
+  CHECK(f::decide_secure(strict, {true, stranger, std::nullopt}) == v::secure);
+  CHECK(f::decide_secure(strict, {false, proxy, std::string_view("https")}) == v::secure);
+  CHECK(f::decide_secure(strict, {false, proxy, std::string_view("HTTPS")}) == v::secure);
+  CHECK(f::decide_secure(strict, {false, proxy, std::string_view("http, https")}) == v::secure);
+  CHECK(f::decide_secure(strict, {false, proxy, std::string_view("https, http")}) == v::refused);
+  CHECK(f::decide_secure(strict, {false, proxy, std::string_view("true")}) == v::secure);  // $WSIS style
+  CHECK(f::decide_secure(strict, {false, proxy, std::string_view("http")}) == v::refused);
+  CHECK(f::decide_secure(strict, {false, proxy, std::nullopt}) == v::refused);               // missing header
+  CHECK(f::decide_secure(strict, {false, stranger, std::string_view("https")}) == v::refused);  // untrusted peer
+  CHECK(f::decide_secure(strict, {false, std::nullopt, std::string_view("https")}) == v::refused);
+
+  f::secure_policy local;
+  local.allow_insecure = true;
+  CHECK(f::decide_secure(local, {false, stranger, std::nullopt}) == v::insecure_allowed);
+  CHECK(f::decide_secure(local, {true, stranger, std::nullopt}) == v::secure);
+  // The header means nothing from an untrusted peer, even when insecure is allowed.
+  CHECK(f::decide_secure(local, {false, stranger, std::string_view("https")}) == v::insecure_allowed);
+
+  f::secure_policy tls_only;  // native TLS, no allow_insecure: plain is refused
+  CHECK(f::decide_secure(tls_only, {false, stranger, std::nullopt}) == v::refused);
+}
+
+TEST_CASE("front session cache: keyed by a hash, expires after its ttl, 0 = no caching") {
+  f::session_cache cache(10s, 100);
+  const auto t0 = f::clock_type::time_point{} + 1h;
+  const std::string key = f::session_cache::key_of("Basic YWxpY2U6cHc=");
+  CHECK(key.size() == 64);
+  CHECK(key.find("YWxpY2U") == std::string::npos);
+  CHECK_FALSE(cache.lookup(key, t0));
+  cache.store(key, "alice", t0);
+  CHECK(cache.lookup(key, t0 + 9s) == "alice");
+  CHECK_FALSE(cache.lookup(key, t0 + 10s));
+  CHECK_FALSE(cache.lookup(f::session_cache::key_of("Basic other"), t0));
+  cache.store(key, "alice", t0);
+  cache.forget(key);
+  CHECK_FALSE(cache.lookup(key, t0));
+  f::session_cache off(0ms, 100);
+  off.store(key, "alice", t0);
+  CHECK_FALSE(off.lookup(key, t0));
+  f::session_cache small(10s, 2);
+  small.store("a", "1", t0);
+  small.store("b", "2", t0);
+  small.store("c", "3", t0);
+  CHECK(small.size() <= 2);
+  CHECK(small.lookup("c", t0) == "3");
+}
+
+TEST_CASE("front auth failures: the limit per address within the window, then the window ends") {
+  f::auth_failures limiter(3, 60s);
+  const auto t0 = f::clock_type::time_point{} + 1h;
+  for (int i = 0; i < 3; ++i) {
+    CHECK_FALSE(limiter.refused("192.0.2.1", t0 + std::chrono::seconds(i)));
+    limiter.record_failure("192.0.2.1", t0 + std::chrono::seconds(i));
+  }
+  const auto wait = limiter.refused("192.0.2.1", t0 + 10s);
+  REQUIRE(wait);
+  CHECK(*wait == 50);
+  CHECK_FALSE(limiter.refused("192.0.2.2", t0 + 10s));  // another address
+  CHECK_FALSE(limiter.refused("192.0.2.1", t0 + 60s));  // window over
+}
+
+TEST_CASE("front user slots: at most the cap per user, released slots come back") {
+  f::user_slots slots(2);
+  CHECK(slots.try_acquire("alice"));
+  CHECK(slots.try_acquire("alice"));
+  CHECK_FALSE(slots.try_acquire("alice"));
+  CHECK(slots.try_acquire("bob"));
+  slots.release("alice");
+  CHECK(slots.try_acquire("alice"));
+}
