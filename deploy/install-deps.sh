@@ -43,6 +43,8 @@ fi
 if (( with_bench )); then
   packages+=(gnuplot-nox)
 fi
+# openssl: the front-door tests generate their certificates with the CLI.
+packages+=(openssl)
 # node/npm run pouchdb-server for the tests. A machine may already have them from
 # somewhere other than Debian (nodesource, nvm, a CI image): use whatever is on PATH
 # rather than installing Debian's packages next to it, which could conflict.
