@@ -101,6 +101,10 @@ struct daemon::impl {
     if (!couch_ok.load()) return {false, "CouchDB is not reachable"};
     if (!setup_done.load()) return {false, "setting up databases"};
     if (prov && !prov->ready()) return {false, "first reconcile not finished"};
+    if (state && state->missing()) return {false, "state database " + cfg.state_db + " is missing (it is created again)"};
+    if (fan) {
+      if (auto why = fan->central_problem()) return {false, *why};
+    }
     return {true, ""};
   }
 
@@ -185,11 +189,13 @@ struct daemon::impl {
   void add_source(const std::string& db, const policy::owner& o) {
     if (fan) fan->add_source(db, o);
   }
-  void unknown_db_created(const std::string& db) {
-    if (!fan) return;
-    if (auto owner = policy::user_from_db_name(cfg.provisioning.db_prefix, db)) {
-      fan->add_source(db, policy::owner{policy::owner::kind::user, *owner});
-    }
+  // A database was created (or created again): one that belongs to a user (a hex name, or a
+  // hashed one the provisioner knows) is a source at once and gets its _security back.
+  void db_created(const std::string& db) {
+    auto owner = prov ? prov->owner_of(db) : policy::user_from_db_name(cfg.provisioning.db_prefix, db);
+    if (!owner) return;
+    if (fan && !fan->knows(db)) fan->add_source(db, policy::owner{policy::owner::kind::user, *owner});
+    if (prov) prov->database_created(db);
   }
 
   // SIGHUP: applies `log` and the provisioning policy of the config file, names the changed keys
@@ -239,9 +245,9 @@ struct daemon::impl {
         if (!retry("cannot prepare central database " + cfg.fanin.central_db, *e)) return false;
       }
       for (;;) {
-        auto l = state->load_checkpoints();
+        auto l = fan->load();
         if (l.ok()) {
-          log()->info("loaded {} checkpoints", l.value());
+          log()->info("loaded {} checkpoints (central epoch {})", l.value().loaded, fan->central_marker().epoch);
           break;
         }
         if (!retry("cannot load checkpoints", l.error())) return false;
@@ -304,6 +310,8 @@ int daemon::run() {
     fo.inline_docs = cfg.fanin.inline_docs;
     fo.transfer.batch_docs = cfg.fanin.batch_docs;
     fo.transfer.batch_bytes = cfg.fanin.batch_bytes;
+    fo.target_check_interval = cfg.fanin.target_check_interval;
+    fo.create_central = [&d] { return ensure_central_db(*d.client, d.cfg.fanin.central_db, d.cfg.fanin.central_guard); };
     d.fan = std::make_unique<r::fanin>(*d.client, *d.state, d.metrics, fo);
     r::detector_options dop;
     dop.mode = to_detection(cfg.fanin.detection);
@@ -311,7 +319,7 @@ int daemon::run() {
     dop.sweep_rate = cfg.fanin.sweep_rate;
     dop.sweep_interval = cfg.fanin.sweep_interval;
     d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
-                                                      [&d](const std::string& db) { d.unknown_db_created(db); });
+                                                      [&d](const std::string& db) { d.db_created(db); });
   }
   if (cfg.provisioning.enabled) {
     d.prov = std::make_unique<provisioner>(
