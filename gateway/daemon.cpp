@@ -191,11 +191,11 @@ struct daemon::impl {
   }
   // A database was created (or created again): one that belongs to a user (a hex name, or a
   // hashed one the provisioner knows) is a source at once and gets its _security back.
-  void db_created(const std::string& db) {
+  void db_created(const std::string& db, bool recreated) {
     auto owner = prov ? prov->owner_of(db) : policy::user_from_db_name(cfg.provisioning.db_prefix, db);
     if (!owner) return;
     if (fan && !fan->knows(db)) fan->add_source(db, policy::owner{policy::owner::kind::user, *owner});
-    if (prov) prov->database_created(db);
+    if (prov) prov->database_created(db, recreated);
   }
 
   // SIGHUP: applies `log` and the provisioning policy of the config file, names the changed keys
@@ -319,7 +319,7 @@ int daemon::run() {
     dop.sweep_rate = cfg.fanin.sweep_rate;
     dop.sweep_interval = cfg.fanin.sweep_interval;
     d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
-                                                      [&d](const std::string& db) { d.db_created(db); });
+                                                      [&d](const std::string& db, bool recreated) { d.db_created(db, recreated); });
   }
   if (cfg.provisioning.enabled) {
     d.prov = std::make_unique<provisioner>(

@@ -81,13 +81,13 @@ std::optional<std::string> provisioner::owner_of(const std::string& db) const {
   return it->second;
 }
 
-void provisioner::database_created(const std::string& db) {
+void provisioner::database_created(const std::string& db, bool recreated) {
   if (db.rfind(cfg_.db_prefix, 0) != 0) return;
   {
     std::lock_guard lk(mu_);
     if (auto it = self_created_.find(db); it != self_created_.end()) {
-      self_created_.erase(it);  // our own create: apply() writes its _security
-      return;
+      self_created_.erase(it);
+      if (!recreated) return;  // our own create: apply() writes its _security
     }
     created_queue_.push_back(db);
   }

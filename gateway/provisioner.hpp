@@ -99,9 +99,10 @@ class provisioner {
   // A database was created (a `_db_updates` event, or seen again by the sweep): if it belongs
   // to a user, its `_security` is brought in line with the policy at once (a recreated database
   // has CouchDB's admin-only default). Queued; the provisioner's thread applies it within
-  // feed_wait_slice (a few databases at a time, pipelined). Databases this provisioner has just
-  // created itself are skipped.
-  void database_created(const std::string& db);
+  // feed_wait_slice (a few databases at a time, pipelined). Unless `recreated` (it surely existed
+  // before), a database this provisioner has just created itself is skipped: that is the event
+  // of its own create, whose _security it writes itself.
+  void database_created(const std::string& db, bool recreated);
 
  private:
   void run();

@@ -40,7 +40,7 @@ result<db_updates_page> parse_db_updates(const json& answer) {
 }
 
 change_detector::change_detector(couch_client& client, state_store& state, fanin& target, registry& metrics,
-                                 detector_options opts, std::function<void(const std::string&)> on_created)
+                                 detector_options opts, created_fn on_created)
     : client_(client),
       state_(state),
       fanin_(target),
@@ -193,7 +193,7 @@ void change_detector::follow_db_updates() {
       } else if (e.type == "created") {
         recreated(e.db);
       } else if (!fanin_.mark_dirty(e.db) && on_created_ && e.type == "updated") {
-        on_created_(e.db);
+        on_created_(e.db, false);
       }
     }
     if (!page.value().last_seq.is_null()) since = page.value().last_seq;
@@ -206,8 +206,9 @@ void change_detector::recreated(const std::string& db) {
   // A checkpoint under this name belongs to the database's previous life (a source dropped when
   // it was deleted keeps its checkpoint in the state database): it would skip the new one's
   // first changes.
-  if (fanin_.knows(db) || state_.checkpoint(db)) fanin_.source_recreated(db);
-  if (on_created_) on_created_(db);
+  const bool had = fanin_.knows(db) || state_.checkpoint(db);
+  if (had) fanin_.source_recreated(db);
+  if (on_created_) on_created_(db, had);
 }
 
 void change_detector::sweep_once() {
@@ -237,7 +238,8 @@ void change_detector::sweep_once() {
       const json& info = r.value();
       if (gone_.erase(db)) {
         log()->info("db={} exists again", db);
-        recreated(db);
+        fanin_.source_recreated(db);
+        if (on_created_) on_created_(db, true);
         continue;
       }
       if (!info.is_object() || !info.contains("update_seq")) continue;

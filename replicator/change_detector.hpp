@@ -9,8 +9,10 @@
 // A database created again under a name that has a checkpoint is a new database: its checkpoint
 // is reset (fanin::source_recreated) and on_created is called (the daemon maps it to its owner,
 // adds it as a source and re-applies its _security). db_updates mode sees `created`; the sweep
-// sees a source that answered 404 answer again, a changed instance_start_time (CouchDB 3 sets it
-// at creation), or an update_seq below the checkpoint.
+// // sees a source that answered 404 answer again, a changed instance_start_time (CouchDB 3 sets it
+// at creation, in seconds; pouchdb-server gives its own start time), or an update_seq below the
+// checkpoint. A database deleted and created again between two sweeps, within one second, with
+// at least as many changes as before, is not seen by the sweep (db_updates sees it).
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -53,10 +55,13 @@ result<db_updates_page> parse_db_updates(const json& answer);
 
 class change_detector {
  public:
-  // on_created: a database was created (or recreated, or an unknown one was updated); the owner
-  // of the callback decides whether it becomes a source and applies its _security.
+  // on_created(db, recreated): a database was created (or an unknown one was updated); the
+  // owner of the callback decides whether it becomes a source and applies its _security.
+  // `recreated` is true when it surely existed before (it had a checkpoint, or the sweep saw it
+  // gone or younger), false for a `created` event of a database that may be brand new.
+  using created_fn = std::function<void(const std::string& db, bool recreated)>;
   change_detector(couch_client& client, state_store& state, fanin& target, registry& metrics,
-                  detector_options opts, std::function<void(const std::string&)> on_created);
+                  detector_options opts, created_fn on_created);
   ~change_detector();
 
   // Decides the mode (probing the server in automatic mode) and starts the thread.
@@ -76,7 +81,7 @@ class change_detector {
   state_store& state_;
   fanin& fanin_;
   detector_options opts_;
-  std::function<void(const std::string&)> on_created_;
+  created_fn on_created_;
   // Sweep mode, detector thread only: sources that answered 404 (looked at again by every
   // sweep: when they answer, they were created again) and each source's instance_start_time.
   std::set<std::string> gone_;
