@@ -40,8 +40,9 @@ struct provisioning_config {
   seconds reconcile_interval{600};   // 0 = only at start
   std::size_t batch = 500;           // _users changes per request
   // CouchDB's q (shards) and n (replicas) for the user databases couchgate creates (provisioning
-  // and restore); 0 = the server's [cluster] default.
-  std::size_t q = 0;
+  // and restore); 0 = the server's [cluster] default. q=1 by default: CouchDB's developers advise
+  // it for per-user databases (one shard file each, half the shards to keep open: issue 18).
+  std::size_t q = 1;
   std::size_t n = 0;
   bool operator==(const provisioning_config&) const = default;
 };

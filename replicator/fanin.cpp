@@ -14,6 +14,16 @@ std::shared_ptr<spdlog::logger> log() {
 }
 }  // namespace
 
+std::optional<std::uint64_t> changes_behind(const json& answer) {
+  if (!answer.is_object()) return std::nullopt;
+  auto rows = answer.find("results");
+  auto pending = answer.find("pending");
+  if (rows == answer.end() || !rows->is_array() || pending == answer.end() || !pending->is_number_integer()) return std::nullopt;
+  if (pending->is_number_unsigned()) return rows->size() + pending->get<std::uint64_t>();
+  if (pending->get<std::int64_t>() < 0) return std::nullopt;
+  return rows->size() + static_cast<std::uint64_t>(pending->get<std::int64_t>());
+}
+
 fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_options opts)
     : client_(client),
       state_(state),

@@ -64,6 +64,12 @@ struct source_status {
   bool active = false;
 };
 
+// How many changes a source has after a checkpoint, from its `_changes?since=<checkpoint>&limit=1`
+// answer: the rows plus CouchDB's `pending`. nullopt when the answer has no `pending` (pouchdb-
+// server): the caller then compares update_seq with the checkpoint. (update_seq alone overcounts
+// on CouchDB: a `_security` write raises it without a `_changes` row.)
+std::optional<std::uint64_t> changes_behind(const json& answer);
+
 class fanin {
  public:
   fanin(couch_client& client, state_store& state, registry& metrics, fanin_options opts);

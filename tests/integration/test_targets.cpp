@@ -80,6 +80,7 @@ TEST_CASE("central database deleted while running: /readyz names it, it is creat
   couchgate_process cg(cfg);
   leaf_map want = start_and_converge(cg, n, f);
 
+  const std::size_t problems_before = problem_lines(cg.log());  // e.g. other tests' malformed users
   REQUIRE(couch().del("/" + enc(n.central)).status == 200);
   // Nothing is written meanwhile, so only couchgate's own look finds it.
   std::string why;
@@ -107,7 +108,7 @@ TEST_CASE("central database deleted while running: /readyz names it, it is creat
   const std::string log = cg.log();
   CHECK_MESSAGE(count_of(log, "central database " + n.central + " is missing") == 1, tail(log));
   CHECK_MESSAGE(count_of(log, "sources are read again from the start") == 1, tail(log));
-  CHECK_MESSAGE(problem_lines(log) <= 4, tail(log));
+  CHECK_MESSAGE(problem_lines(log) - problems_before <= 4, tail(log));
 
   // The new checkpoints belong to the new central database: a restart reads nothing again.
   cg.kill9();
