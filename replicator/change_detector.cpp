@@ -191,7 +191,7 @@ void change_detector::follow_db_updates() {
           fanin_.remove_source(e.db);
         }
       } else if (e.type == "created") {
-        recreated(e.db);
+        recreated(e.db, false);
       } else if (!fanin_.mark_dirty(e.db) && on_created_ && e.type == "updated") {
         on_created_(e.db, false);
       }
@@ -202,12 +202,15 @@ void change_detector::follow_db_updates() {
   save(true);
 }
 
-void change_detector::recreated(const std::string& db) {
+void change_detector::recreated(const std::string& db, bool surely) {
   // A checkpoint under this name belongs to the database's previous life (a source dropped when
   // it was deleted keeps its checkpoint in the state database): it would skip the new one's
-  // first changes.
-  const bool had = fanin_.knows(db) || state_.checkpoint(db);
+  // first changes. Without one (or at 0) there is nothing to reset: a `created` event of a
+  // database just provisioned costs no state write.
+  auto cp = state_.checkpoint(db);
+  const bool had = surely || (cp && couch_client::seq_number(*cp) != std::optional<std::uint64_t>(0));
   if (had) fanin_.source_recreated(db);
+  else fanin_.mark_dirty(db);
   if (on_created_) on_created_(db, had);
 }
 
@@ -238,8 +241,7 @@ void change_detector::sweep_once() {
       const json& info = r.value();
       if (gone_.erase(db)) {
         log()->info("db={} exists again", db);
-        fanin_.source_recreated(db);
-        if (on_created_) on_created_(db, true);
+        recreated(db, true);
         continue;
       }
       if (!info.is_object() || !info.contains("update_seq")) continue;
@@ -249,7 +251,7 @@ void change_detector::sweep_once() {
         known = ist->get<std::string>();
         if (changed) {
           log()->info("db={} was created again (instance_start_time changed)", db);
-          recreated(db);
+          recreated(db, true);
           continue;
         }
       }
@@ -260,7 +262,7 @@ void change_detector::sweep_once() {
         fanin_.mark_dirty(db);
       } else if (*current < *done) {
         // The database is younger than its checkpoint: it was deleted and created again.
-        recreated(db);
+        recreated(db, true);
       } else if (*current != *done) {
         fanin_.mark_dirty(db);
       }

@@ -75,7 +75,8 @@ class change_detector {
   bool probe();  // true when _db_updates works (creating _global_changes if allowed)
   void follow_db_updates();
   void sweep_once();
-  void recreated(const std::string& db);  // reset its checkpoint, then on_created
+  // Resets its checkpoint (when it had one, or `surely` it existed before), then on_created.
+  void recreated(const std::string& db, bool surely);
 
   couch_client& client_;
   state_store& state_;
