@@ -993,6 +993,8 @@ class loader {
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.sweep_interval); }},
         {"checkpoint_interval",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.checkpoint_interval); }},
+        {"target_check_interval",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.target_check_interval); }},
     };
   }
 

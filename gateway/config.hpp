@@ -45,8 +45,9 @@ struct provisioning_config {
   seconds reconcile_interval{600};   // 0 = only at start
   std::size_t batch = 500;           // _users changes per request
   // CouchDB's q (shards) and n (replicas) for the user databases couchgate creates (provisioning
-  // and restore); 0 = the server's [cluster] default.
-  std::size_t q = 0;
+  // and restore); 0 = the server's [cluster] default. q=1 by default: CouchDB's developers advise
+  // it for per-user databases (one shard file each, half the shards to keep open: issue 18).
+  std::size_t q = 1;
   std::size_t n = 0;
   bool operator==(const provisioning_config&) const = default;
 };
@@ -76,6 +77,7 @@ struct fanin_config {
   double sweep_rate = 200;           // databases checked per second in sweep mode
   milliseconds sweep_interval{5000}; // minimum time between two sweeps of the same database
   milliseconds checkpoint_interval{1000};  // checkpoints written to the state db at most this often (0 = every round)
+  milliseconds target_check_interval{5000};  // central marker / state db looked at this often (0 = never)
   bool operator==(const fanin_config&) const = default;
 };
 

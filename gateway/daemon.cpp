@@ -25,6 +25,7 @@
 #include "replicator/http_pool.hpp"
 #include "replicator/logger.hpp"
 #include "replicator/metrics.hpp"
+#include "replicator/server_limits.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/wire_json.hpp"
 
@@ -103,6 +104,40 @@ struct daemon::impl {
   std::unique_ptr<admin_api> api;
   std::unique_ptr<front_door> front;  // clients' entry point (front.enabled)
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  // The server's max_dbs_open (-1 until read, or when it cannot be read) against the shards
+  // fan-in keeps busy (replicator/server_limits.hpp); written by the main loop.
+  std::atomic<std::int64_t> max_dbs_open{-1};
+  std::atomic<std::uint64_t> shards_needed{0};
+  std::atomic<std::uint64_t> shards_recommended{0};
+  std::int64_t limits_warned_for = -2;  // main loop only: the value last warned about
+
+  // Judges the answer to GET /_node/_local/_config/couchdb/max_dbs_open; one warning when it
+  // becomes too small (or the configured value changed), none while it stays so.
+  void judge_limits(const r::result<json>& answer) {
+    const std::uint64_t sources = fan ? fan->counts().known : 0;
+    const auto e = r::estimate_shards(sources, cfg.provisioning.q);
+    shards_needed.store(e.needed);
+    shards_recommended.store(e.recommended);
+    std::optional<std::uint64_t> value;
+    if (answer.ok()) value = r::parse_max_dbs_open(answer.value());
+    if (!value) {
+      if (max_dbs_open.exchange(-1) != -1 || limits_warned_for == -2) {
+        log()->info("CouchDB's max_dbs_open cannot be read ({}); not checked",
+                    answer.ok() ? "not a number" : answer.error().describe());
+      }
+      limits_warned_for = -1;
+      return;
+    }
+    max_dbs_open.store(static_cast<std::int64_t>(*value));
+    auto warning = r::max_dbs_open_warning(*value, e, sources, cfg.provisioning.q);
+    if (!warning) {
+      limits_warned_for = -1;
+      return;
+    }
+    if (limits_warned_for == static_cast<std::int64_t>(*value)) return;
+    limits_warned_for = static_cast<std::int64_t>(*value);
+    log()->warn("{}", *warning);
+  }
 
   bool wait(std::chrono::milliseconds d) {
     std::unique_lock lk(mu);
@@ -127,6 +162,10 @@ struct daemon::impl {
     if (!couch_ok.load()) return {false, "CouchDB is not reachable"};
     if (!setup_done.load()) return {false, "setting up databases"};
     if (prov && !prov->ready()) return {false, "first reconcile not finished"};
+    if (state && state->missing()) return {false, "state database " + cfg.state_db + " is missing (it is created again)"};
+    if (fan) {
+      if (auto why = fan->central_problem()) return {false, *why};
+    }
     return {true, ""};
   }
 
@@ -164,6 +203,13 @@ struct daemon::impl {
            "# TYPE couchgate_wire_rejected_total counter\n";
     out += "couchgate_wire_rejected_total " + std::to_string(r::wire::rejected()) + "\n";
     if (front) out += front->render_metrics();
+    const auto dbs_open = max_dbs_open.load();
+    out += "# HELP couchgate_couchdb_max_dbs_open CouchDB's [couchdb] max_dbs_open (-1 when it cannot be read)\n# TYPE couchgate_couchdb_max_dbs_open gauge\n";
+    out += "couchgate_couchdb_max_dbs_open " + std::to_string(dbs_open) + "\n";
+    out += "# HELP couchgate_couchdb_shards_needed Shards fan-in keeps busy (sources x q plus couchgate's own databases)\n# TYPE couchgate_couchdb_shards_needed gauge\n";
+    out += "couchgate_couchdb_shards_needed " + std::to_string(shards_needed.load()) + "\n";
+    out += "# HELP couchgate_couchdb_max_dbs_open_recommended The max_dbs_open couchgate recommends\n# TYPE couchgate_couchdb_max_dbs_open_recommended gauge\n";
+    out += "couchgate_couchdb_max_dbs_open_recommended " + std::to_string(shards_recommended.load()) + "\n";
     out += "# HELP couchgate_up 1 when ready\n# TYPE couchgate_up gauge\ncouchgate_up " + std::string(ready().first ? "1" : "0") + "\n";
     return out;
   }
@@ -186,6 +232,13 @@ struct daemon::impl {
                     {"dirty", c.dirty},
                     {"active", c.active},
                     {"backing_off", c.backing_off}};
+    }
+    {
+      const auto dbs_open = max_dbs_open.load();
+      j["couchdb_limits"] = {{"max_dbs_open", dbs_open >= 0 ? json(dbs_open) : json(nullptr)},
+                             {"shards_needed", shards_needed.load()},
+                             {"recommended_max_dbs_open", shards_recommended.load()},
+                             {"too_small", dbs_open >= 0 && static_cast<std::uint64_t>(dbs_open) < shards_needed.load()}};
     }
     if (prov) j["provisioning"] = {{"users_db", cfg.provisioning.users_db}, {"users", prov->known_users()}, {"ready", prov->ready()}};
     if (pool) {
@@ -223,13 +276,23 @@ struct daemon::impl {
         rep["last_success"] = s->last_success ? json(iso_time(*s->last_success)) : json(nullptr);
         rep["doc_write_failures"] = s->doc_write_failures;
         rep["refused_docs"] = refused_json(fan->refused(db));
-        auto info = client->db_info(db).get();
+        auto info_call = client->db_info(db);
+        r::changes_query q;
+        q.since = s->checkpoint.is_null() ? json(0) : s->checkpoint;
+        q.limit = 1;
+        q.all_docs_style = false;
+        auto changes_call = client->changes(db, q);
+        auto info = info_call.get();
+        auto changes = changes_call.get();
+        std::optional<std::uint64_t> behind;
+        if (changes.ok()) behind = r::changes_behind(changes.value());
         if (info.ok() && info.value().contains("update_seq")) {
           rep["update_seq"] = info.value()["update_seq"];
           auto a = r::couch_client::seq_number(info.value()["update_seq"]);
-          auto b = r::couch_client::seq_number(s->checkpoint);
-          if (a && b) rep["behind"] = *a >= *b ? *a - *b : 0;
+          auto b = r::couch_client::seq_number(s->checkpoint.is_null() ? json(0) : s->checkpoint);
+          if (!behind && a && b) behind = *a >= *b ? *a - *b : 0;
         }
+        if (behind) rep["behind"] = *behind;
         j["replication"] = rep;
       }
     }
@@ -240,11 +303,13 @@ struct daemon::impl {
   void add_source(const std::string& db, const policy::owner& o) {
     if (fan) fan->add_source(db, o);
   }
-  void unknown_db_created(const std::string& db) {
-    if (!fan) return;
-    if (auto owner = policy::user_from_db_name(cfg.provisioning.db_prefix, db)) {
-      fan->add_source(db, policy::owner{policy::owner::kind::user, *owner});
-    }
+  // A database was created (or created again): one that belongs to a user (a hex name, or a
+  // hashed one the provisioner knows) is a source at once and gets its _security back.
+  void db_created(const std::string& db, bool recreated) {
+    auto owner = prov ? prov->owner_of(db) : policy::user_from_db_name(cfg.provisioning.db_prefix, db);
+    if (!owner) return;
+    if (fan && !fan->knows(db)) fan->add_source(db, policy::owner{policy::owner::kind::user, *owner});
+    if (prov) prov->database_created(db, recreated);
   }
 
   // SIGHUP: applies `log` and the provisioning policy of the config file, names the changed keys
@@ -324,9 +389,9 @@ struct daemon::impl {
         if (!retry("cannot prepare central database " + cfg.fanin.central_db, *e)) return false;
       }
       for (;;) {
-        auto l = state->load_checkpoints();
+        auto l = fan->load();
         if (l.ok()) {
-          log()->info("loaded {} checkpoints", l.value());
+          log()->info("loaded {} checkpoints (central epoch {})", l.value().loaded, fan->central_marker().epoch);
           break;
         }
         if (!retry("cannot load checkpoints", l.error())) return false;
@@ -394,6 +459,8 @@ int daemon::run() {
     fo.inline_docs = cfg.fanin.inline_docs;
     fo.transfer.batch_docs = cfg.fanin.batch_docs;
     fo.transfer.batch_bytes = cfg.fanin.batch_bytes;
+    fo.target_check_interval = cfg.fanin.target_check_interval;
+    fo.create_central = [&d] { return ensure_central_db(*d.client, d.cfg.fanin.central_db, d.cfg.fanin.central_guard); };
     d.fan = std::make_unique<r::fanin>(*d.client, *d.state, d.metrics, fo);
     r::detector_options dop;
     dop.mode = to_detection(cfg.fanin.detection);
@@ -401,7 +468,7 @@ int daemon::run() {
     dop.sweep_rate = cfg.fanin.sweep_rate;
     dop.sweep_interval = cfg.fanin.sweep_interval;
     d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
-                                                      [&d](const std::string& db) { d.unknown_db_created(db); });
+                                                      [&d](const std::string& db, bool recreated) { d.db_created(db, recreated); });
   }
   if (cfg.provisioning.enabled) {
     d.prov = std::make_unique<provisioner>(
@@ -474,6 +541,9 @@ int daemon::run() {
   auto tick = std::chrono::milliseconds(watchdog_usec ? std::max<std::uint64_t>(watchdog_usec / 3000, 100) : 2000);
   auto next_probe = std::chrono::steady_clock::now();
   r::pending_json probe;
+  // max_dbs_open: read at start and every 10 minutes (an operator may raise it meanwhile).
+  auto next_limits = std::chrono::steady_clock::now();
+  r::pending_json limits;
   while (ok) {
     {
       std::unique_lock lk(d.mu);
@@ -497,6 +567,14 @@ int daemon::run() {
     if (!probe.valid() && std::chrono::steady_clock::now() >= next_probe) {
       next_probe = std::chrono::steady_clock::now() + std::chrono::seconds(5);
       probe = d.client->server_info();
+    }
+    if (limits.valid() && limits.ready()) {
+      d.judge_limits(limits.get());
+      limits = r::pending_json();
+    }
+    if (!limits.valid() && std::chrono::steady_clock::now() >= next_limits && (!d.prov || d.prov->ready())) {
+      next_limits = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+      limits = d.client->request("GET", "/_node/_local/_config/couchdb/max_dbs_open");
     }
     if (!notified_ready && d.ready().first) {
       notified_ready = true;

@@ -74,6 +74,88 @@ void provisioner::record(const std::string& name, const std::string& db, policy:
   u.updated = std::chrono::system_clock::now();
 }
 
+std::optional<std::string> provisioner::owner_of(const std::string& db) const {
+  if (auto name = policy::user_from_db_name(cfg_.db_prefix, db)) return name;
+  std::lock_guard lk(mu_);
+  auto it = hashed_owner_.find(db);
+  if (it == hashed_owner_.end()) return std::nullopt;
+  return it->second;
+}
+
+void provisioner::database_created(const std::string& db, bool recreated) {
+  if (db.rfind(cfg_.db_prefix, 0) != 0) return;
+  {
+    std::lock_guard lk(mu_);
+    if (auto it = self_created_.find(db); it != self_created_.end()) {
+      self_created_.erase(it);
+      if (!recreated) return;  // our own create: apply() writes its _security
+    }
+    created_queue_.push_back(db);
+  }
+  wake_.notify_all();
+}
+
+void provisioner::note_self_created(const std::string& db) {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lk(mu_);
+  // Sweep mode never reports creations: entries older than a minute are dropped, so the map
+  // holds at most a minute of provisioning.
+  if (self_created_.size() >= 1024) {
+    std::erase_if(self_created_, [&](const auto& e) { return now - e.second > std::chrono::minutes(1); });
+  }
+  self_created_[db] = now;
+}
+
+void provisioner::apply_created() {
+  std::vector<std::string> dbs;
+  {
+    std::lock_guard lk(mu_);
+    dbs.swap(created_queue_);
+  }
+  if (dbs.empty()) return;
+  const live_policy p = policy();
+  struct job {
+    std::string db, name;
+    json want;
+    pending_json read;
+  };
+  std::vector<job> jobs;
+  for (const auto& db : dbs) {
+    auto name = owner_of(db);
+    if (!name) continue;
+    std::optional<user_state> u = user(*name);
+    if (!u || u->db != db || u->action == policy::user_action::delete_db) continue;  // nothing decided for it
+    job j{db, *name, policy::render_security(p.security, u->action == policy::user_action::ensure ? std::optional(*name) : std::nullopt), {}};
+    j.read = client_.get_security(db);
+    jobs.push_back(std::move(j));
+  }
+  std::vector<std::pair<job*, pending_json>> writes;
+  for (auto& j : jobs) {
+    auto r = j.read.get();
+    if (!r.ok()) {
+      if (r.error().kind != couch_error_kind::not_found && r.error().kind != couch_error_kind::cancelled) {
+        errors_.inc();
+        log()->warn("user={} db={} created again, but its _security cannot be read: {} (the next reconcile repairs it)", j.name,
+                    j.db, r.error().describe());
+      }
+      continue;
+    }
+    if (!policy::security_equal(r.value(), j.want)) writes.emplace_back(&j, client_.put_security(j.db, j.want));
+  }
+  for (auto& [j, call] : writes) {
+    auto r = call.get();
+    if (!r.ok()) {
+      if (r.error().kind == couch_error_kind::cancelled) continue;
+      errors_.inc();
+      log()->warn("user={} db={} created again, but its _security cannot be written: {} (the next reconcile repairs it)", j->name,
+                  j->db, r.error().describe());
+      continue;
+    }
+    security_writes_.inc();
+    log()->info("user={} db={} created again; _security applied", j->name, j->db);
+  }
+}
+
 std::optional<user_state> provisioner::user(const std::string& name) const {
   std::lock_guard lk(mu_);
   auto it = users_.find(name);
@@ -117,6 +199,10 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
       j.action = policy::decide(p.select, p.on_delete, users[i]);
       j.db = db_for(users[i].name);
       users_seen_.inc();
+      if (!policy::user_from_db_name(cfg_.db_prefix, j.db)) {
+        std::lock_guard lk(mu_);
+        hashed_owner_[j.db] = users[i].name;
+      }
       // Reconcile knows which databases exist: a user who is not (or no longer) selected and
       // has no database needs nothing, and thousands of unselected users cost no request.
       if (existing && j.action != policy::user_action::ensure && !existing->count(j.db)) continue;
@@ -139,6 +225,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
         if (r.ok()) {
           j.created = true;
           dbs_created_.inc();
+          note_self_created(j.db);
           j.second = client_.put_security(j.db, j.want);
         } else if (r.error().kind == couch_error_kind::conflict) {
           j.second = client_.get_security(j.db);
@@ -363,10 +450,11 @@ void provisioner::reconcile_if_due() {
 bool provisioner::idle(const std::function<bool()>& done, std::chrono::steady_clock::time_point until) {
   for (;;) {
     reconcile_if_due();
+    apply_created();
     std::unique_lock lk(mu_);
     if (stop_.requested()) return false;
     if (done() || std::chrono::steady_clock::now() >= until) return true;
-    wake_.wait_for(lk, feed_wait_slice, [this] { return reconcile_requested_ || stop_.requested(); });
+    wake_.wait_for(lk, feed_wait_slice, [this] { return reconcile_requested_ || !created_queue_.empty() || stop_.requested(); });
   }
 }
 

@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "gateway/config.hpp"
@@ -91,6 +92,18 @@ class provisioner {
   std::size_t known_users() const;
   std::string db_for(const std::string& name) const;
 
+  // The user a database belongs to: decoded from a hex name, or, for the hashed long form
+  // (which cannot be decoded), looked up in the names seen by apply() (every reconcile reads
+  // all of `_users`, so a restart finds them again). nullopt when no user is known for it.
+  std::optional<std::string> owner_of(const std::string& db) const;
+  // A database was created (a `_db_updates` event, or seen again by the sweep): if it belongs
+  // to a user, its `_security` is brought in line with the policy at once (a recreated database
+  // has CouchDB's admin-only default). Queued; the provisioner's thread applies it within
+  // feed_wait_slice (a few databases at a time, pipelined). Unless `recreated` (it surely existed
+  // before), a database this provisioner has just created itself is skipped: that is the event
+  // of its own create, whose _security it writes itself.
+  void database_created(const std::string& db, bool recreated);
+
  private:
   void run();
   // Where the _users feed starts: the stored position, or on a first start the current
@@ -104,6 +117,9 @@ class provisioner {
   // Runs a reconcile if one was requested or is due, and schedules the next one.
   void reconcile_if_due();
   void record(const std::string& name, const std::string& db, policy::user_action a, const std::string& error);
+  // Applies the queued database_created() calls.
+  void apply_created();
+  void note_self_created(const std::string& db);
 
   replicator::couch_client& client_;
   replicator::state_store& state_;
@@ -117,6 +133,10 @@ class provisioner {
   bool reconcile_requested_ = false;
   replicator::stop_flag stop_;
   std::map<std::string, user_state> users_;
+  std::unordered_map<std::string, std::string> hashed_owner_;  // hashed db name -> user name
+  std::vector<std::string> created_queue_;                    // see database_created
+  // Databases created by apply() lately (their `created` event needs nothing): name -> when.
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> self_created_;
   std::thread thread_;
   // Worker thread only.
   std::chrono::steady_clock::time_point next_reconcile_ = std::chrono::steady_clock::time_point::max();

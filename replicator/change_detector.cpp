@@ -44,12 +44,12 @@ result<db_updates_page> parse_db_updates(const json& answer) {
 }
 
 change_detector::change_detector(couch_client& client, state_store& state, fanin& target, registry& metrics,
-                                 detector_options opts, std::function<void(const std::string&)> on_unknown_created)
+                                 detector_options opts, created_fn on_created)
     : client_(client),
       state_(state),
       fanin_(target),
       opts_(opts),
-      on_unknown_created_(std::move(on_unknown_created)),
+      on_created_(std::move(on_created)),
       events_(metrics.add_counter("couchgate_db_updates_events_total", "_db_updates events received")),
       reconnects_(metrics.add_counter("couchgate_feed_reconnects_total", "Feed reconnects after an error", "feed=\"db_updates\"")),
       mode_gauge_(metrics.add_gauge("couchgate_detection_mode", "Change detection in use: 0 undecided, 1 db_updates, 2 sweep")) {}
@@ -184,16 +184,20 @@ void change_detector::follow_db_updates() {
     }
     events_.inc(page.value().events.size());
     for (const auto& e : page.value().events) {
+      if (e.db == fanin_.central_db() || e.db == state_.db()) {
+        // Our own databases: deleted or created again by someone, a look at once (fanin.hpp).
+        if (e.type == "deleted" || e.type == "created") fanin_.request_target_check();
+        continue;
+      }
       if (e.type == "deleted") {
         if (fanin_.knows(e.db)) {
           log()->info("db={} deleted; dropped from fan-in", e.db);
           fanin_.remove_source(e.db);
         }
       } else if (e.type == "created") {
-        if (fanin_.knows(e.db)) fanin_.source_recreated(e.db);
-        else if (on_unknown_created_) on_unknown_created_(e.db);
-      } else if (!fanin_.mark_dirty(e.db) && on_unknown_created_ && e.type == "updated") {
-        on_unknown_created_(e.db);
+        recreated(e.db, false);
+      } else if (!fanin_.mark_dirty(e.db) && on_created_ && e.type == "updated") {
+        on_created_(e.db, false);
       }
     }
     if (!page.value().last_seq.is_null()) since = page.value().last_seq;
@@ -202,8 +206,23 @@ void change_detector::follow_db_updates() {
   save(true);
 }
 
+void change_detector::recreated(const std::string& db, bool surely) {
+  // A checkpoint under this name belongs to the database's previous life (a source dropped when
+  // it was deleted keeps its checkpoint in the state database): it would skip the new one's
+  // first changes. Without one (or at 0) there is nothing to reset: a `created` event of a
+  // database just provisioned costs no state write.
+  auto cp = state_.checkpoint(db);
+  const bool had = surely || (cp && couch_client::seq_number(*cp) != std::optional<std::uint64_t>(0));
+  if (had) fanin_.source_recreated(db);
+  else fanin_.mark_dirty(db);
+  if (on_created_) on_created_(db, had);
+}
+
 void change_detector::sweep_once() {
   auto dbs = fanin_.sources();
+  for (const auto& db : gone_) {
+    if (!fanin_.knows(db)) dbs.push_back(db);
+  }
   const double rate = opts_.sweep_rate > 0 ? opts_.sweep_rate : 1;
   const std::size_t window = std::max<std::size_t>(1, std::min<std::size_t>(64, static_cast<std::size_t>(rate / 10)));
   const auto window_time = std::chrono::duration<double>(static_cast<double>(window) / rate);
@@ -218,11 +237,28 @@ void change_detector::sweep_once() {
         if (r.error().kind == couch_error_kind::not_found && fanin_.knows(db)) {
           log()->info("db={} is gone; dropped from fan-in", db);
           fanin_.remove_source(db);
+          gone_.insert(db);
+          instances_.erase(db);
         }
         continue;
       }
       const json& info = r.value();
+      if (gone_.erase(db)) {
+        log()->info("db={} exists again", db);
+        recreated(db, true);
+        continue;
+      }
       if (!info.is_object() || !info.contains("update_seq")) continue;
+      if (auto ist = info.find("instance_start_time"); ist != info.end() && ist->is_string() && *ist != "0") {
+        auto& known = instances_[db];
+        const bool changed = !known.empty() && known != ist->get_ref<const std::string&>();
+        known = ist->get<std::string>();
+        if (changed) {
+          log()->info("db={} was created again (instance_start_time changed)", db);
+          recreated(db, true);
+          continue;
+        }
+      }
       auto current = couch_client::seq_number(info["update_seq"]);
       auto cp = state_.checkpoint(db);
       auto done = cp ? couch_client::seq_number(*cp) : std::optional<std::uint64_t>(0);
@@ -230,7 +266,7 @@ void change_detector::sweep_once() {
         fanin_.mark_dirty(db);
       } else if (*current < *done) {
         // The database is younger than its checkpoint: it was deleted and created again.
-        fanin_.source_recreated(db);
+        recreated(db, true);
       } else if (*current != *done) {
         fanin_.mark_dirty(db);
       }

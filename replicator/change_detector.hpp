@@ -6,11 +6,20 @@
 // - sweep mode (servers without `_db_updates`): every known source's `update_seq` is read through
 //   the shared pool at a bounded rate and compared with its checkpoint.
 // Either way the result is fanin::mark_dirty; an idle database costs nothing but a map entry.
+// A database created again under a name that has a checkpoint is a new database: its checkpoint
+// is reset (fanin::source_recreated) and on_created is called (the daemon maps it to its owner,
+// adds it as a source and re-applies its _security). db_updates mode sees `created`; the sweep
+// // sees a source that answered 404 answer again, a changed instance_start_time (CouchDB 3 sets it
+// at creation, in seconds; pouchdb-server gives its own start time), or an update_seq below the
+// checkpoint. A database deleted and created again between two sweeps, within one second, with
+// at least as many changes as before, is not seen by the sweep (db_updates sees it).
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <set>
+#include <unordered_map>
 #include <string>
 #include <thread>
 
@@ -46,10 +55,13 @@ result<db_updates_page> parse_db_updates(const json& answer);
 
 class change_detector {
  public:
-  // on_unknown_created: a database that is not (yet) a source was created (e.g. by another
-  // provisioner); the owner of the callback decides whether it becomes one.
+  // on_created(db, recreated): a database was created (or an unknown one was updated); the
+  // owner of the callback decides whether it becomes a source and applies its _security.
+  // `recreated` is true when it surely existed before (it had a checkpoint, or the sweep saw it
+  // gone or younger), false for a `created` event of a database that may be brand new.
+  using created_fn = std::function<void(const std::string& db, bool recreated)>;
   change_detector(couch_client& client, state_store& state, fanin& target, registry& metrics,
-                  detector_options opts, std::function<void(const std::string&)> on_unknown_created);
+                  detector_options opts, created_fn on_created);
   ~change_detector();
 
   // Decides the mode (probing the server in automatic mode) and starts the thread.
@@ -63,12 +75,18 @@ class change_detector {
   bool probe();  // true when _db_updates works (creating _global_changes if allowed)
   void follow_db_updates();
   void sweep_once();
+  // Resets its checkpoint (when it had one, or `surely` it existed before), then on_created.
+  void recreated(const std::string& db, bool surely);
 
   couch_client& client_;
   state_store& state_;
   fanin& fanin_;
   detector_options opts_;
-  std::function<void(const std::string&)> on_unknown_created_;
+  created_fn on_created_;
+  // Sweep mode, detector thread only: sources that answered 404 (looked at again by every
+  // sweep: when they answer, they were created again) and each source's instance_start_time.
+  std::set<std::string> gone_;
+  std::unordered_map<std::string, std::string> instances_;
   std::atomic<detection> active_{detection::automatic};
   stop_flag stop_;
   std::thread thread_;

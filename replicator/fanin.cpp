@@ -14,10 +14,21 @@ std::shared_ptr<spdlog::logger> log() {
 }
 }  // namespace
 
+std::optional<std::uint64_t> changes_behind(const json& answer) {
+  if (!answer.is_object()) return std::nullopt;
+  auto rows = answer.find("results");
+  auto pending = answer.find("pending");
+  if (rows == answer.end() || !rows->is_array() || pending == answer.end() || !pending->is_number_integer()) return std::nullopt;
+  if (pending->is_number_unsigned()) return rows->size() + pending->get<std::uint64_t>();
+  if (pending->get<std::int64_t>() < 0) return std::nullopt;
+  return rows->size() + static_cast<std::uint64_t>(pending->get<std::int64_t>());
+}
+
 fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_options opts)
     : client_(client),
       state_(state),
       opts_(std::move(opts)),
+      epoch_(client, opts_.central_db),
       sched_(scheduler::options{opts_.max_active, opts_.backoff}, random_uniform_source()),
       docs_(metrics.add_counter("couchgate_replicated_docs_total", "Document revisions written to the central database")),
       bytes_(metrics.add_counter("couchgate_replicated_bytes_total", "JSON bytes written to the central database")),
@@ -30,7 +41,9 @@ fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_
       doc_write_failures_(metrics.add_counter("couchgate_doc_write_failures_total",
                                               "Documents the central database refused or the source could not give (recorded, not retried)")),
       lag_(metrics.add_histogram("couchgate_replication_lag_seconds",
-                                 "Time from a source becoming dirty to its changes being checkpointed in the central database")) {
+                                 "Time from a source becoming dirty to its changes being checkpointed in the central database")),
+      central_resets_(metrics.add_counter("couchgate_central_resets_total",
+                                          "Times every source was re-read because the central database was new, replaced or older than the checkpoints")) {
   for (auto k : all_couch_error_kinds) {
     errors_[k] = &metrics.add_counter("couchgate_replication_errors_total", "Replication errors by kind",
                                       std::string("kind=\"") + to_string(k) + "\"");
@@ -40,12 +53,112 @@ fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_
   metrics.add_callback("couchgate_sources_active", "Source databases in a running round", [this] { return double(counts().active); });
   metrics.add_callback("couchgate_sources_backing_off", "Source databases backing off after an error",
                        [this] { return double(counts().backing_off); });
+  metrics.add_callback("couchgate_central_missing", "1 while the central database is missing",
+                       [this] { return central_missing_.load() ? 1.0 : 0.0; });
   metrics.add_callback("couchgate_replication_lag_max_seconds", "Largest replication lag observed", [this] { return lag_.max(); });
   metrics.add_callback("couchgate_replication_lag_p99_seconds", "99th percentile replication lag (from the histogram)",
                        [this] { return lag_.quantile(0.99); });
 }
 
 fanin::~fanin() { stop(); }
+
+result<state_store::load_outcome> fanin::load() {
+  bool created = false;
+  auto marker = epoch_.load_or_create(created);
+  if (!marker.ok()) return marker.error();
+  state_.set_marker(marker.value());
+  auto loaded = state_.load_checkpoints();
+  if (!loaded.ok()) return loaded.error();
+  if (loaded.value().voided > 0) {
+    if (!created) {
+      // Older than the checkpoints: a new epoch, so that a voided checkpoint whose zero is not
+      // stored yet can never match again once the generation climbs past it.
+      auto fresh = epoch_.renew();
+      if (!fresh.ok()) return fresh.error();
+      state_.set_marker(fresh.value());
+    }
+    central_resets_.inc();
+    log()->warn("central database {} {}: {} sources are read again from the start (documents already there are not written again)",
+                opts_.central_db,
+                created ? "is new or has no epoch marker" : "does not match the stored checkpoints (older, or another epoch)",
+                loaded.value().voided);
+  }
+  return loaded;
+}
+
+std::optional<std::string> fanin::central_problem() const {
+  if (central_missing_.load()) return "central database " + opts_.central_db + " is missing (fan-in paused; it is created again)";
+  return std::nullopt;
+}
+
+void fanin::request_target_check() {
+  std::lock_guard lk(mu_);
+  check_requested_ = true;
+  cv_.notify_one();
+}
+
+void fanin::restart_all(const epoch_stamp& marker, const char* why) {
+  const std::size_t n = state_.reset_all(marker);
+  central_resets_.inc();
+  std::size_t sources = 0;
+  {
+    std::lock_guard lk(mu_);
+    auto now = sched_clock::now();
+    sched_.retry_backoffs(now);
+    for (auto& [db, s] : sources_) {
+      if (!s.dirty_since) s.dirty_since = std::chrono::steady_clock::now();
+      sched_.mark_dirty(db, now);
+    }
+    sources = sources_.size();
+    cv_.notify_all();
+  }
+  log()->warn("central database {}: {}; all {} sources are read again from the start ({} checkpoints reset, epoch {})",
+              opts_.central_db, why, sources, n, marker.epoch);
+}
+
+void fanin::check_targets() {
+  if (auto s = state_.check_db(); !s.ok() && s.error().kind != couch_error_kind::cancelled) {
+    log()->debug("state database check: {}", s.error().describe());
+  }
+  auto v = epoch_.check();
+  if (!v.ok()) {
+    log()->debug("central database check: {}", v.error().describe());
+    return;
+  }
+  switch (v.value()) {
+    case central_verdict::same:
+      if (central_missing_.exchange(false)) log()->info("central database {} is back", opts_.central_db);
+      return;
+    case central_verdict::replaced:
+      central_missing_.store(false);
+      restart_all(epoch_.current(), to_string(v.value()));
+      return;
+    case central_verdict::missing_db:
+      if (!central_missing_.exchange(true)) {
+        // Created again at the next check, not at once: an operator restoring it gets to go first.
+        log()->warn("central database {} is missing; fan-in paused, /readyz reports it; creating it again in {} ms",
+                    opts_.central_db, opts_.target_check_interval.count());
+        return;
+      }
+      if (!opts_.create_central) return;
+      if (auto e = opts_.create_central()) {
+        log()->debug("central database {} not created yet: {}", opts_.central_db, e->describe());
+        return;
+      }
+      [[fallthrough]];
+    case central_verdict::new_marker:
+    case central_verdict::older: {
+      auto marker = epoch_.renew();
+      if (!marker.ok()) {
+        log()->debug("central database {}: cannot write its epoch marker: {}", opts_.central_db, marker.error().describe());
+        return;
+      }
+      central_missing_.store(false);
+      restart_all(marker.value(), v.value() == central_verdict::missing_db ? "was missing and is created again" : to_string(v.value()));
+      return;
+    }
+  }
+}
 
 void fanin::add_source(const std::string& db, const policy::owner& owner) {
   std::lock_guard lk(mu_);
@@ -142,17 +255,25 @@ bool fanin::drain(std::chrono::milliseconds grace) {
 
 void fanin::flush_checkpoints() {
   if (!state_.has_unflushed()) return;
-  auto r = state_.flush();
+  auto r = state_.flush([this] { return epoch_.bump(); });
+  std::string problem;
   if (!r.ok()) {
-    if (r.error().kind != couch_error_kind::cancelled) {
-      errors_[r.error().kind]->inc();
-      log()->warn("could not write checkpoints to {}: {} (kept in memory; retried)", state_.db(), r.error().describe());
-    }
+    if (r.error().kind == couch_error_kind::cancelled) return;
+    errors_[r.error().kind]->inc();
+    // The central database gone, or its marker no longer ours: the next check tells which.
+    if (r.error().kind == couch_error_kind::not_found || r.error().kind == couch_error_kind::conflict) request_target_check();
+    problem = "could not write checkpoints: " + r.error().describe();
   } else if (!r.value().refused.empty()) {
     errors_[couch_error_kind::bad_request]->inc();
-    log()->warn("{} refused the checkpoints of {} source(s), first {} (kept in memory; retried)", state_.db(),
-                r.value().refused.size(), r.value().first_error);
+    problem = state_.db() + " refused the checkpoints of " + std::to_string(r.value().refused.size()) + " source(s), first " +
+              r.value().first_error;
   }
+  // One line per kind of trouble and one when it ends, not one per attempt.
+  std::lock_guard lk(flush_log_mu_);
+  if (problem == last_flush_error_) return;
+  if (!problem.empty()) log()->warn("{} (kept in memory; retried)", problem);
+  else log()->info("checkpoints written again");
+  last_flush_error_ = problem;
 }
 
 std::optional<source_status> fanin::status(const std::string& db) const {
@@ -207,7 +328,23 @@ bool fanin::idle() const {
 void fanin::worker() {
   const std::size_t per_round = std::max<std::size_t>(1, opts_.max_active / std::max<std::size_t>(1, opts_.workers));
   std::unique_lock lk(mu_);
+  next_check_ = std::chrono::steady_clock::now() + opts_.target_check_interval;
   while (!stopping_) {
+    if (opts_.target_check_interval.count() > 0 && (check_requested_ || std::chrono::steady_clock::now() >= next_check_)) {
+      check_requested_ = false;
+      next_check_ = std::chrono::steady_clock::now() + opts_.target_check_interval;
+      ++rounds_running_;
+      lk.unlock();
+      check_targets();
+      lk.lock();
+      --rounds_running_;
+      cv_.notify_all();
+      continue;
+    }
+    if (central_missing_.load()) {  // nothing can be written: wait for the next check
+      cv_.wait_until(lk, next_check_, [this] { return stopping_ || check_requested_; });
+      continue;
+    }
     if (opts_.checkpoint_interval.count() > 0 && std::chrono::steady_clock::now() >= next_flush_ && state_.has_unflushed()) {
       next_flush_ = std::chrono::steady_clock::now() + opts_.checkpoint_interval;
       ++rounds_running_;  // drain waits for this write as for a round
@@ -223,11 +360,9 @@ void fanin::worker() {
       auto wake = sched_.next_wakeup();
       // Wake for the checkpoint write too when one is waiting (a fresh advance notifies).
       if (opts_.checkpoint_interval.count() > 0 && state_.has_unflushed()) {
-        if (!wake || *wake > next_flush_) {
-          cv_.wait_until(lk, next_flush_);
-          continue;
-        }
+        if (!wake || *wake > next_flush_) wake = next_flush_;
       }
+      if (opts_.target_check_interval.count() > 0 && (!wake || *wake > next_check_)) wake = next_check_;
       if (wake) cv_.wait_until(lk, *wake);
       else cv_.wait_for(lk, std::chrono::seconds(5));
       continue;
@@ -313,6 +448,12 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
   // 2. The coalesced protocol round against the central database.
   transfer_result res = transfer(client_, rows, opts_.transfer, caps_);
   requests += res.requests;
+  for (const auto& [unit, e] : res.failed) {
+    if (e.kind == couch_error_kind::not_found) {  // a source gone mid-round, or the central database
+      request_target_check();
+      break;
+    }
+  }
   docs_.inc(res.docs_written);
   bytes_.inc(res.bytes_written);
   inline_.inc(res.docs_inline);
@@ -331,7 +472,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     state_.advance(cps);  // written by the next due flush (worker loop), or right here:
     if (opts_.checkpoint_interval.count() == 0) {
       ++requests;
-      auto saved = state_.flush();
+      auto saved = state_.flush([this] { return epoch_.bump(); });
       for (auto& t : turns) {
         if (t.error || t.removed || !t.page) continue;
         if (!saved.ok()) {
@@ -369,7 +510,9 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
       }
       errors_[t.error->kind]->inc();
       auto delay = sched_.fail(t.db, now);
-      if (s.last_error != t.error->describe() || s.docs_written == 0) {
+      const bool central_gone = central_missing_.load() || check_requested_;
+      if (!(central_gone && t.error->kind == couch_error_kind::not_found) &&
+          (s.last_error != t.error->describe() || s.docs_written == 0)) {
         log()->warn("db={} replication failed: {} (retry in {} ms)", t.db, t.error->describe(), delay.count());
       }
       s.last_error = t.error->describe();

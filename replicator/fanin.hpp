@@ -5,6 +5,13 @@
 // run one transfer() round for the whole batch: one `_changes` per source, then coalesced
 // `_revs_diff` / `_bulk_docs` on the central database, then one batched checkpoint write.
 // Checkpoints advance only after the central database acknowledged the documents.
+// Checkpoints are tied to the central database through its epoch marker (central_epoch.hpp):
+// every `target_check_interval` (and at once when a round or a _db_updates event suggests it)
+// one worker looks at the marker and the state database. A central database that is missing
+// pauses the rounds (central_problem() says so for /readyz) and is created again at the next
+// check; a new, replaced or older one makes every source start again from 0, once, with one
+// warning.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -19,6 +26,7 @@
 #include <vector>
 
 #include "policy/id_map.hpp"
+#include "replicator/central_epoch.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/scheduler.hpp"
@@ -39,6 +47,11 @@ struct fanin_options {
   std::chrono::milliseconds checkpoint_interval{1000};
   transfer_options transfer{};
   backoff_policy backoff{};
+  // How often the central database's marker and the state database are looked at.
+  std::chrono::milliseconds target_check_interval{5000};
+  // Creates the central database again (with its _security), after it was found missing at two
+  // checks in a row. Empty: never (it stays missing until someone creates it).
+  std::function<std::optional<couch_error>()> create_central;
 };
 
 // A document the central database refused (or the source could not give): recorded, counted,
@@ -61,10 +74,27 @@ struct source_status {
   bool active = false;
 };
 
+// How many changes a source has after a checkpoint, from its `_changes?since=<checkpoint>&limit=1`
+// answer: the rows plus CouchDB's `pending`. nullopt when the answer has no `pending` (pouchdb-
+// server): the caller then compares update_seq with the checkpoint. (update_seq alone overcounts
+// on CouchDB: a `_security` write raises it without a `_changes` row.)
+std::optional<std::uint64_t> changes_behind(const json& answer);
+
 class fanin {
  public:
   fanin(couch_client& client, state_store& state, registry& metrics, fanin_options opts);
   ~fanin();
+
+  // At start, after the central database exists: reads (or writes) its epoch marker and loads
+  // the checkpoints valid for it; when some are not, one warning names why and how many
+  // sources start again from 0.
+  result<state_store::load_outcome> load();
+  // Why the central database cannot take documents now (nullopt when it can).
+  std::optional<std::string> central_problem() const;
+  // Look at the central and state databases soon (e.g. _db_updates said one was deleted).
+  void request_target_check();
+  const std::string& central_db() const { return opts_.central_db; }
+  epoch_stamp central_marker() const { return epoch_.current(); }
 
   // Known sources. add_source marks the database dirty (a first turn catches it up).
   void add_source(const std::string& db, const policy::owner& owner);
@@ -109,11 +139,21 @@ class fanin {
   void worker();
   void run_round(const std::vector<std::string>& dbs);
   void record_refused(const doc_failure& f);  // with mu_ held
+  // One look at the central and state databases (see the header comment); worker thread.
+  void check_targets();
+  // Every source starts again from 0 under `marker`; backoffs end.
+  void restart_all(const epoch_stamp& marker, const char* why);
+  std::chrono::steady_clock::time_point next_check_{};  // guarded by mu_
+  bool check_requested_ = false;                         // guarded by mu_
+  std::atomic<bool> central_missing_{false};
+  std::string last_flush_error_;                         // guarded by flush_log_mu_: logged once per change
+  std::mutex flush_log_mu_;
   std::chrono::steady_clock::time_point next_flush_{};  // guarded by mu_
 
   couch_client& client_;
   state_store& state_;
   fanin_options opts_;
+  central_epoch epoch_;
   protocol_caps caps_;
 
   mutable std::mutex mu_;
@@ -135,6 +175,7 @@ class fanin {
   counter& skipped_design_;
   counter& doc_write_failures_;
   histogram& lag_;
+  counter& central_resets_;
 };
 
 }  // namespace couchgate::replicator

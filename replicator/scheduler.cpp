@@ -117,6 +117,16 @@ void scheduler::remove(const std::string& db) {
   entries_.erase(it);
 }
 
+void scheduler::retry_backoffs(sched_clock::time_point now) {
+  while (!backoffs_.empty()) {
+    auto node = backoffs_.extract(backoffs_.begin());
+    auto it = entries_.find(node.mapped());
+    if (it == entries_.end() || it->second.st != state::backing_off) continue;
+    it->second.failures = 0;
+    enqueue(it->first, it->second, now);
+  }
+}
+
 std::optional<sched_clock::time_point> scheduler::next_wakeup() const {
   if (backoffs_.empty()) return std::nullopt;
   return backoffs_.begin()->first;

@@ -51,6 +51,9 @@ class scheduler {
   // A turn failed; returns the backoff chosen.
   std::chrono::milliseconds fail(const std::string& db, sched_clock::time_point now);
   void remove(const std::string& db);
+  // Every backing-off database is ready now, its failure count cleared (what made them fail is
+  // known to be over, e.g. the central database was created again).
+  void retry_backoffs(sched_clock::time_point now);
 
   // When the earliest backing-off database becomes ready (nullopt if none backs off).
   std::optional<sched_clock::time_point> next_wakeup() const;

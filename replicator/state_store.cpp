@@ -5,8 +5,16 @@
 
 #include "policy/security.hpp"
 #include "replicator/wire_json.hpp"
+#include "replicator/logger.hpp"
 
 namespace couchgate::replicator {
+
+namespace {
+std::shared_ptr<spdlog::logger> log() {
+  static auto l = named_logger("state");
+  return l;
+}
+}  // namespace
 
 result<bool> state_store::ensure_db() {
   auto created = client_.create_db(db_).get();
@@ -16,7 +24,7 @@ result<bool> state_store::ensure_db() {
   return created.ok();
 }
 
-result<std::size_t> state_store::load_checkpoints() {
+result<state_store::load_outcome> state_store::load_checkpoints() {
   std::string startkey = json("checkpoint:").dump();
   std::string endkey = json("checkpoint;").dump();
   auto r = client_.all_docs(db_, "include_docs=true&startkey=" + encode_query_value(startkey) +
@@ -27,7 +35,7 @@ result<std::size_t> state_store::load_checkpoints() {
     return couch_error{couch_error_kind::protocol, 200, "_all_docs answer has no rows", ""};
   }
   std::lock_guard lk(mu_);
-  std::size_t n = 0;
+  load_outcome out;
   for (const auto& row : j["rows"]) {
     if (!row.is_object() || !row.contains("doc") || !row["doc"].is_object()) continue;
     const auto& doc = row["doc"];
@@ -36,10 +44,48 @@ result<std::size_t> state_store::load_checkpoints() {
     const std::string& id = *id_rev.first;
     revs_[id] = *id_rev.second;
     if (doc.contains("seq") && doc.contains("source") && doc["source"].is_string()) {
-      checkpoints_[doc["source"].get<std::string>()] = doc["seq"];
-      ++n;
+      const std::string source = doc["source"].get<std::string>();
+      if (marker_ && !checkpoint_matches(stamp_of(doc), *marker_)) {
+        // Written for another central database (or a newer one than is there now): the
+        // documents it counts as sent may be missing. Start again; write the zero back.
+        if (auto n = couch_client::seq_number(doc["seq"]); n && *n == 0) continue;
+        checkpoints_.erase(source);
+        unflushed_[source] = 0;
+        ++out.voided;
+        continue;
+      }
+      checkpoints_[source] = doc["seq"];
+      ++out.loaded;
     }
   }
+  return out;
+}
+
+void state_store::set_marker(const epoch_stamp& marker) {
+  std::lock_guard lk(mu_);
+  marker_ = marker;
+}
+
+std::optional<epoch_stamp> state_store::stamp_of(const json& doc) {
+  auto c = doc.find("central");
+  if (c == doc.end()) return std::nullopt;
+  return epoch_stamp::from_json(*c);
+}
+
+std::size_t state_store::reset_all(const epoch_stamp& marker) {
+  std::lock_guard lk(mu_);
+  marker_ = marker;
+  std::size_t n = 0;
+  std::unordered_set<std::string> sources;
+  for (const auto& [source, seq] : checkpoints_) sources.insert(source);
+  for (const auto& [source, seq] : unflushed_) sources.insert(source);
+  for (const auto& source : sources) {
+    ++epochs_[source];  // a turn still running cannot advance it afterwards
+    unflushed_[source] = 0;
+    ++n;
+  }
+  checkpoints_.clear();
+  adopt_pending_.clear();
   return n;
 }
 
@@ -50,8 +96,10 @@ std::optional<json> state_store::checkpoint(const std::string& source) const {
   return it->second;
 }
 
-json state_store::checkpoint_doc(const std::string& source, const json& seq) {
-  return json{{"_id", checkpoint_id(source)}, {"type", "checkpoint"}, {"source", source}, {"seq", seq}};
+json state_store::checkpoint_doc(const std::string& source, const json& seq) const {
+  json d{{"_id", checkpoint_id(source)}, {"type", "checkpoint"}, {"source", source}, {"seq", seq}};
+  if (marker_) d["central"] = marker_->to_json();
+  return d;
 }
 
 state_store::position state_store::start_position(const std::string& source) const {
@@ -77,6 +125,12 @@ result<std::size_t> state_store::write(std::vector<json> docs, bool retry_confli
   }
   json body = {{"docs", docs}};
   auto r = client_.bulk_docs(db_, body.dump()).get();
+  if (!r.ok() && r.error().kind == couch_error_kind::not_found && recreate_db()) {
+    // A new database holds none of the revisions we had: write as new documents.
+    for (auto& d : docs) d.erase("_rev");
+    body = {{"docs", docs}};
+    r = client_.bulk_docs(db_, body.dump()).get();
+  }
   if (!r.ok()) return r.error();
   if (!r.value().is_array()) return couch_error{couch_error_kind::protocol, 201, "_bulk_docs answer is not an array", ""};
   std::size_t written = 0;
@@ -114,6 +168,7 @@ result<std::size_t> state_store::write(std::vector<json> docs, bool retry_confli
   }
   if (!retry.empty()) {
     for (auto& d : retry) {
+      // (a conflict retry of a feed position or a reset: one GET per document)
       std::string id = d["_id"].get<std::string>();
       auto cur = client_.get_doc(db_, id).get();
       std::lock_guard lk(mu_);
@@ -145,7 +200,7 @@ bool state_store::has_unflushed() const {
   return !unflushed_.empty() || !adopt_pending_.empty();
 }
 
-result<state_store::flush_outcome> state_store::flush() {
+result<state_store::flush_outcome> state_store::flush(const std::function<result<epoch_stamp>()>& stamp) {
   std::lock_guard one(flush_mu_);
   std::vector<std::string> retry_adopt;
   {
@@ -175,6 +230,18 @@ result<state_store::flush_outcome> state_store::flush() {
   }
   flush_outcome out;
   if (docs.empty()) return out;
+  if (stamp) {
+    // The marker is raised after the snapshot: everything in it was acknowledged by the central
+    // database before, so any copy of the central database with this generation holds it.
+    auto s = stamp();
+    if (!s.ok()) return s.error();
+    std::lock_guard lk(mu_);
+    if (marker_ && marker_->epoch != s.value().epoch) {
+      return couch_error{couch_error_kind::conflict, 0, "central epoch changed", "checkpoints were reset"};
+    }
+    marker_ = s.value();
+    for (auto& d : docs) d["central"] = s.value().to_json();
+  }
   write_rows rows;
   auto r = write(std::move(docs), false, &rows, false);
   if (!r.ok()) return r.error();  // everything stays unflushed for the next attempt
@@ -223,15 +290,17 @@ void state_store::adopt(const std::string& source) {
 }
 
 result<bool> state_store::reset_checkpoint(const std::string& source) {
+  json doc;
   {
     std::lock_guard lk(mu_);
     checkpoints_.erase(source);
     unflushed_.erase(source);
     adopt_pending_.erase(std::remove(adopt_pending_.begin(), adopt_pending_.end(), source), adopt_pending_.end());
     ++epochs_[source];  // a turn still running on the old database cannot advance it
+    doc = checkpoint_doc(source, 0);
   }
   write_rows rows;
-  auto r = write({checkpoint_doc(source, 0)}, true, &rows);
+  auto r = write({std::move(doc)}, true, &rows);
   if (!r.ok() || r.value() == 0) {
     // Not stored: the old database's checkpoint must not survive a restart, so keep the reset
     // pending (turns on the new database may advance it meanwhile; flush writes it over others).
@@ -262,9 +331,46 @@ result<bool> state_store::refresh_checkpoint(const std::string& source) {
   }
   const json& doc = r.value();
   if (doc.contains("_rev") && doc["_rev"].is_string()) revs_[checkpoint_id(source)] = doc["_rev"].get<std::string>();
-  if (doc.contains("seq")) checkpoints_[source] = doc["seq"];
-  else checkpoints_.erase(source);
+  if (doc.contains("seq") && (!marker_ || checkpoint_matches(stamp_of(doc), *marker_))) checkpoints_[source] = doc["seq"];
+  else checkpoints_.erase(source);  // none, or written for another central database: from 0
   return true;
+}
+
+bool state_store::recreate_db() {
+  std::lock_guard one(recreate_mu_);
+  // Another caller may have just done it: look before creating.
+  auto info = client_.db_info(db_).get();
+  if (info.ok()) {
+    missing_.store(false);
+    return true;
+  }
+  if (info.error().kind != couch_error_kind::not_found) return false;
+  if (!missing_.exchange(true)) log()->warn("state database {} is missing; creating it again", db_);
+  auto made = ensure_db();
+  if (!made.ok()) {
+    log()->debug("state database {} not created yet: {}", db_, made.error().describe());
+    return false;
+  }
+  std::size_t n = 0;
+  {
+    std::lock_guard lk(mu_);
+    revs_.clear();
+    for (const auto& [source, seq] : checkpoints_) {
+      unflushed_.try_emplace(source, seq);
+      ++n;
+    }
+  }
+  missing_.store(false);
+  log()->warn("state database {} created again; {} checkpoints held in memory are written back (feed positions with their next move)",
+              db_, n);
+  return true;
+}
+
+result<bool> state_store::check_db() {
+  auto info = client_.db_info(db_).get();
+  if (info.ok()) return true;
+  if (info.error().kind != couch_error_kind::not_found) return info.error();
+  return recreate_db();
 }
 
 result<std::optional<json>> state_store::get_value(const std::string& key) {

@@ -4,8 +4,14 @@
 // revisions are cached so that writes are single, batched `_bulk_docs` calls. On a conflict a
 // feed position or a reset re-reads the revision and retries once; an advanced checkpoint gives
 // way instead (the other writer's checkpoint is adopted: see flush).
+// Every checkpoint carries the central database's epoch stamp it was written under
+// (central_epoch.hpp); one written under another epoch, or a later generation than the central
+// database's marker, counts as none. A state database deleted while couchgate runs is created
+// again by the next write, which then stores every checkpoint held in memory.
 // Thread-safe.
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -15,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "replicator/central_epoch.hpp"
 #include "replicator/couch_client.hpp"
 
 namespace couchgate::replicator {
@@ -26,8 +33,27 @@ class state_store {
   const std::string& db() const { return db_; }
   // Creates the database when missing and makes it admin-only.
   result<bool> ensure_db();
-  // Reads every checkpoint document into memory.
-  result<std::size_t> load_checkpoints();
+  // Reads every checkpoint document into memory. With a marker (see set_marker), checkpoints
+  // whose stamp does not match it are void (their sources start from 0) and counted.
+  struct load_outcome {
+    std::size_t loaded = 0;
+    std::size_t voided = 0;
+  };
+  result<load_outcome> load_checkpoints();
+
+  // The central database's marker the checkpoints are tied to: written into every checkpoint,
+  // and what stored checkpoints (load, adoption) are checked against.
+  void set_marker(const epoch_stamp& marker);
+  // The central database is new or older than the checkpoints: every source starts again from
+  // 0 under `marker` (turns already running cannot advance their source afterwards; the zeros
+  // reach the state database with the next flush). Returns how many checkpoints were reset.
+  std::size_t reset_all(const epoch_stamp& marker);
+
+  // The state database was found missing and could not be created again yet (see write()).
+  bool missing() const { return missing_.load(); }
+  // Looks whether the state database still exists; creates it again (and rewrites every
+  // checkpoint held) when it is gone. Errors other than a failed re-creation are returned.
+  result<bool> check_db();
 
   std::optional<json> checkpoint(const std::string& source) const;
 
@@ -58,7 +84,10 @@ class state_store {
     std::vector<std::string> refused;  // sources whose row the server refused (kept, retried)
     std::string first_error;
   };
-  result<flush_outcome> flush();
+  // `stamp` (when given) is called after the checkpoints to write were taken and before they
+  // are written: it raises the central marker's generation and returns the stamp they carry
+  // (central_epoch::bump). When it fails, nothing is written and the error is returned.
+  result<flush_outcome> flush(const std::function<result<epoch_stamp>()>& stamp = {});
   bool has_unflushed() const;
   // Forget a checkpoint (the source was recreated): the next turn starts from 0. When the reset
   // cannot be stored, it is kept pending: the next flush writes it (over any other writer's).
@@ -82,7 +111,11 @@ class state_store {
   // Documents get the cached revision unless fill_revs is false (then they are written with the
   // _rev they carry, or as new documents).
   result<std::size_t> write(std::vector<json> docs, bool retry_conflicts, write_rows* rows = nullptr, bool fill_revs = true);
-  static json checkpoint_doc(const std::string& source, const json& seq);
+  json checkpoint_doc(const std::string& source, const json& seq) const;  // mu_ held
+  // The state database answered not_found: create it again (once for concurrent callers), and
+  // put every checkpoint held back into unflushed_. True when it exists again.
+  bool recreate_db();
+  static std::optional<epoch_stamp> stamp_of(const json& doc);
   std::uint64_t epoch_locked(const std::string& source) const;  // mu_ held
   // Re-reads a checkpoint another writer stored; on failure it is retried by the next flush.
   void adopt(const std::string& source);
@@ -96,6 +129,9 @@ class state_store {
   std::vector<std::string> adopt_pending_;                // conflicts whose re-read failed
   std::unordered_set<std::string> reset_pending_;         // resets not stored yet (see reset_checkpoint)
   std::mutex flush_mu_;
+  std::optional<epoch_stamp> marker_;                     // guarded by mu_
+  std::atomic<bool> missing_{false};
+  std::mutex recreate_mu_;
 };
 
 }  // namespace couchgate::replicator

@@ -316,10 +316,9 @@ TEST_CASE("SIGHUP applies a changed provisioning policy to every user database w
   CHECK(std::chrono::steady_clock::now() - stopping < 10s);
 }
 
-TEST_CASE("user databases are created with the configured number of shards (provisioning.q)") {
+TEST_CASE("user databases are created with one shard by default (provisioning.q)") {
   auto n = fresh_names("shards");
-  json cfg = base_config(n);
-  cfg["provisioning"]["q"] = 1;  // CouchDB's default is 2
+  json cfg = base_config(n);  // provisioning.q not set: 1, where CouchDB's default is 2
   couchgate_process cg(cfg);
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
@@ -336,5 +335,34 @@ TEST_CASE("user databases are created with the configured number of shards (prov
     INFO(info.raw);
     CHECK(info.body["cluster"]["q"] == 1);
   }
+  CHECK(cg.terminate() == 0);
+}
+
+TEST_CASE("the server's max_dbs_open is read and judged against the shards fan-in keeps busy") {
+  auto n = fresh_names("dbsopen");
+  json cfg = base_config(n);
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  json limits;
+  REQUIRE_MESSAGE(eventually([&] {
+    limits = cg.admin_get("/status").body.value("couchdb_limits", json::object());
+    return limits.value("shards_needed", 0) > 0;
+  }, 20s), cg.log());
+  auto config = couch().get("/_node/_local/_config/couchdb/max_dbs_open");
+  if (config.status != 200) {
+    // pouchdb-server has no config API: unknown, said once, never an error.
+    CHECK(limits["max_dbs_open"].is_null());
+    CHECK(cg.metric("couchgate_couchdb_max_dbs_open") == -1.0);
+    CHECK(cg.log().find("max_dbs_open cannot be read") != std::string::npos);
+  } else {
+    const auto value = std::stoull(config.body.get<std::string>());
+    CHECK(limits["max_dbs_open"] == value);
+    CHECK(cg.metric("couchgate_couchdb_max_dbs_open") == static_cast<double>(value));
+    const bool small = value < limits["shards_needed"].get<std::uint64_t>();
+    CHECK(limits["too_small"] == small);
+    CHECK((cg.log().find("Set max_dbs_open to") != std::string::npos) == small);
+  }
+  CHECK(cg.metric("couchgate_couchdb_max_dbs_open_recommended").value_or(0) >= 500);
   CHECK(cg.terminate() == 0);
 }

@@ -169,3 +169,64 @@ TEST_CASE("state_store: a reset that cannot be stored stays pending and wins ove
   CHECK(f.stored("userdb-r").body["seq"] == json(0));
   CHECK(f.store.start_position("userdb-r").seq == json(0));
 }
+
+TEST_CASE("state_store: checkpoints carry the central stamp they were written under; others count as none") {
+  store_fixture f;
+  const r::epoch_stamp first{"epoch-a", 1};
+  f.store.set_marker(first);
+  REQUIRE(f.store.advance({{"userdb-a", 5, 0}, {"userdb-b", 7, 0}}) == 2);
+  // The stamp is raised after the snapshot, before the write, and every document carries it.
+  int stamped = 0;
+  auto flushed = f.store.flush([&]() -> r::result<r::epoch_stamp> {
+    ++stamped;
+    return r::epoch_stamp{"epoch-a", 4};
+  });
+  REQUIRE_MESSAGE(flushed.ok(), flushed.error().describe());
+  CHECK(stamped == 1);
+  CHECK(f.stored("userdb-a").body["central"] == json{{"epoch", "epoch-a"}, {"generation", 4}});
+  // A stamp that fails keeps everything in memory and writes nothing.
+  REQUIRE(f.store.advance({{"userdb-a", 9, 0}}) == 1);
+  auto refused = f.store.flush([]() -> r::result<r::epoch_stamp> { return r::couch_error{r::couch_error_kind::not_found, 404, "not_found", ""}; });
+  CHECK_FALSE(refused.ok());
+  CHECK(f.store.has_unflushed());
+  CHECK(f.stored("userdb-a").body["seq"] == 5);
+  // A written zero (restore's reset) without a stamp is a zero anyway.
+  REQUIRE(couch().put("/" + enc(f.db) + "/" + enc("checkpoint:userdb-z"), json{{"type", "checkpoint"}, {"source", "userdb-z"}, {"seq", 0}}).status == 201);
+
+  auto load = [&](const r::epoch_stamp& marker) {
+    auto fresh = std::make_unique<r::state_store>(f.client, f.db);
+    fresh->set_marker(marker);
+    auto l = fresh->load_checkpoints();
+    REQUIRE_MESSAGE(l.ok(), l.error().describe());
+    return std::pair{std::move(fresh), l.value()};
+  };
+  {
+    auto [same, l] = load(r::epoch_stamp{"epoch-a", 4});  // the central database the stamps describe
+    CHECK(l.loaded == 2);
+    CHECK(l.voided == 0);
+    CHECK(same->checkpoint("userdb-a") == json(5));
+  }
+  {
+    auto [later, l] = load(r::epoch_stamp{"epoch-a", 9});  // raised since (by another couchgate)
+    CHECK(l.voided == 0);
+  }
+  {
+    auto [older, l] = load(r::epoch_stamp{"epoch-a", 3});  // restored from an older backup
+    CHECK(l.voided == 2);
+    CHECK_FALSE(older->checkpoint("userdb-a"));
+    CHECK(older->start_position("userdb-a").seq == json(0));
+    CHECK(older->has_unflushed());  // the zeros are written back
+  }
+  auto [other, l] = load(r::epoch_stamp{"epoch-b", 50});  // another central database
+  CHECK(l.voided == 2);
+  // reset_all: every source from 0 under the new marker; a turn that started before cannot
+  // advance its source afterwards.
+  auto before = other->start_position("userdb-c");
+  REQUIRE(other->advance({{"userdb-c", 3, before.epoch}}) == 1);
+  CHECK(other->reset_all(r::epoch_stamp{"epoch-c", 1}) >= 1);
+  CHECK(other->advance({{"userdb-c", 4, before.epoch}}) == 0);
+  CHECK(other->start_position("userdb-c").seq == json(0));
+  REQUIRE(other->flush().ok());
+  CHECK(f.stored("userdb-c").body["seq"] == 0);
+  CHECK(f.stored("userdb-c").body["central"]["epoch"] == "epoch-c");
+}

@@ -115,7 +115,7 @@ void check_defaults(const cg::config& c) {
   CHECK(c.provisioning.on_delete == on_delete::keep);
   CHECK(c.provisioning.reconcile_interval == seconds{600});
   CHECK(c.provisioning.batch == 500);
-  CHECK(c.provisioning.q == 0);
+  CHECK(c.provisioning.q == 1);
   CHECK(c.provisioning.n == 0);
   CHECK(c.fanin.enabled);
   CHECK(c.fanin.central_db == "couchgate-central");

@@ -17,6 +17,7 @@
 #include "replicator/change_detector.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/couch_error.hpp"
+#include "replicator/fanin.hpp"
 #include "replicator/http_pool.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/transfer.hpp"
@@ -932,4 +933,16 @@ TEST_CASE("json_escape") {
   json parsed;
   REQUIRE_NOTHROW(parsed = json::parse(literal));
   CHECK(parsed.get<std::string>() == all);
+}
+
+TEST_CASE("changes_behind: the rows plus CouchDB's pending (20); nothing without pending") {
+  const json answer = body_json(load_transcript("20-changes-limit.http"));
+  CHECK(couchgate::replicator::changes_behind(answer) == std::optional<std::uint64_t>(4));
+  CHECK(couchgate::replicator::changes_behind(json{{"results", json::array()}, {"pending", 0}, {"last_seq", "5-x"}}) ==
+        std::optional<std::uint64_t>(0));
+  // pouchdb-server answers without pending: the caller compares update_seq instead.
+  CHECK_FALSE(couchgate::replicator::changes_behind(json{{"results", json::array({json::object()})}, {"last_seq", 2}}));
+  CHECK_FALSE(couchgate::replicator::changes_behind(json{{"results", json::array()}, {"pending", "2"}}));
+  CHECK_FALSE(couchgate::replicator::changes_behind(json{{"results", json::array()}, {"pending", -1}}));
+  CHECK_FALSE(couchgate::replicator::changes_behind(json::array()));
 }

@@ -407,3 +407,23 @@ TEST_CASE("scheduler: 10000 known idle databases cost nothing active") {
   CHECK_FALSE(s.next_wakeup().has_value());
   CHECK(s.take(100, t0 + 1h).empty());
 }
+
+TEST_CASE("scheduler: retry_backoffs makes every backing-off database ready at once, failures cleared") {
+  auto s = make(4);
+  s.mark_dirty("a", t0);
+  s.mark_dirty("b", t0);
+  s.mark_dirty("c", t0);
+  CHECK(s.take(3, t0) == strings{"a", "b", "c"});
+  s.fail("a", t0);
+  s.fail("b", t0);
+  s.complete("c", false, t0);
+  CHECK(s.take(4, t0 + 1ms).empty());  // backing off
+  s.retry_backoffs(t0 + 1ms);
+  check_counts(s, 3, 2, 0, 0);
+  CHECK(s.failures("a") == 0);
+  CHECK(!s.next_wakeup());
+  CHECK(s.take(4, t0 + 1ms) == strings{"a", "b"});
+  // A later failure starts its backoff from the first step again.
+  CHECK(s.fail("a", t0 + 2ms) == s.fail("b", t0 + 2ms));
+  CHECK(s.failures("a") == 1);
+}

@@ -1,0 +1,41 @@
+// Owns: the max_dbs_open judgement (see server_limits.hpp).
+#include "replicator/server_limits.hpp"
+
+#include <charconv>
+
+namespace couchgate::replicator {
+
+std::optional<std::uint64_t> parse_max_dbs_open(const json& answer) {
+  if (answer.is_number_unsigned()) return answer.get<std::uint64_t>();
+  if (answer.is_number_integer()) {
+    if (answer.get<std::int64_t>() < 0) return std::nullopt;
+    return static_cast<std::uint64_t>(answer.get<std::int64_t>());
+  }
+  if (!answer.is_string()) return std::nullopt;
+  const auto& s = answer.get_ref<const std::string&>();
+  std::uint64_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || s.empty()) return std::nullopt;
+  return v;
+}
+
+shard_estimate estimate_shards(std::uint64_t sources, std::uint64_t q) {
+  constexpr std::uint64_t couchdb_default_q = 2;
+  constexpr std::uint64_t own_shards = 4 * 8;
+  shard_estimate e;
+  e.needed = sources * (q == 0 ? couchdb_default_q : q) + own_shards;
+  const std::uint64_t with_room = e.needed + (e.needed + 3) / 4;
+  e.recommended = std::max<std::uint64_t>(500, (with_room + 99) / 100 * 100);
+  return e;
+}
+
+std::optional<std::string> max_dbs_open_warning(std::uint64_t max_dbs_open, const shard_estimate& e, std::uint64_t sources,
+                                                std::uint64_t q) {
+  if (max_dbs_open >= e.needed) return std::nullopt;
+  return "CouchDB's [couchdb] max_dbs_open is " + std::to_string(max_dbs_open) + ", below the about " + std::to_string(e.needed) +
+         " shards fan-in keeps busy (" + std::to_string(sources) + " databases x q=" + (q == 0 ? std::string("2 (server default)") : std::to_string(q)) +
+         ", plus couchgate's own): the server reopens evicted shards on every pass. Set max_dbs_open to " + std::to_string(e.recommended) +
+         " or more";
+}
+
+}  // namespace couchgate::replicator
