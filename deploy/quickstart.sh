@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { echo "quickstart: $*" >&2; }
 
-config="deploy/couchgate.example.yaml"
+config="deploy/couchgate.quickstart.yaml"   # defaults + front door + sign-up
 [[ -f "$config" ]] || { log "$config is missing"; exit 1; }
 
 bash deploy/build.sh
@@ -56,7 +56,7 @@ else
   # Never print credentials: strip any user:password@ from the URL.
   log "CouchDB: $(sed -E 's#//[^/@]*@#//#' <<<"$COUCHDB_URL")"
 fi
-log "admin API: http://127.0.0.1:8490 (see admin_api in $config)"
+log "admin API: http://127.0.0.1:8490; front door (clients): http://127.0.0.1:6984 (plain HTTP, loopback only)"
 
 # The embedded server is a throw-away one on this machine, so its generated admin password is
 # shown once, with commands to watch couchgate work (user "alice" -> database userdb-616c696365,
@@ -74,18 +74,25 @@ Embedded CouchDB-compatible server (pouchdb-server, in memory, gone when you pre
 
 Try it from another terminal while couchgate runs:
 
-  # 1. Create a user; couchgate provisions a database for her within a second or two:
-  curl -s -X PUT '$admin_url/_users/org.couchdb.user:alice' -H 'Content-Type: application/json' \\
-       -d '{"name":"alice","password":"alice-secret","roles":[],"type":"user"}'
+  # 1. Sign up through couchgate's front door (unique name and e-mail; couchgate creates the
+  #    _users document and her database before it answers):
+  curl -s -X POST http://127.0.0.1:6984/_signup -H 'Content-Type: application/json' \\
+       -d '{"name":"alice","password":"alice-secret","email":"alice@example.org"}'
+  #    (or as an admin, straight into _users; couchgate provisions that user too:
+  #     curl -s -X PUT '$admin_url/_users/org.couchdb.user:bob' -H 'Content-Type: application/json' \\
+  #          -d '{"name":"bob","password":"bob-secret","roles":[],"type":"user"}')
 
   # 2. See her database and its _security (alice is its only member):
   curl -s '$admin_url/_all_dbs'; curl -s '$admin_url/userdb-616c696365/_security'
 
-  # 3. Write a document as alice, then see it arrive in the central database as "alice:hello"
-  #    (this server has no _db_updates, so couchgate looks for changes every 5 s):
-  curl -s -X PUT 'http://alice:alice-secret@${hostport}/userdb-616c696365/hello' \\
+  # 3. Write a document as alice through the front door (/me is her own database, whatever its
+  #    name), then see it arrive in the central database as "alice:hello" (this server has no
+  #    _db_updates, so couchgate looks for changes every 5 s):
+  curl -s -X PUT http://alice:alice-secret@127.0.0.1:6984/me/hello \\
        -H 'Content-Type: application/json' -d '{"text":"hello"}'; sleep 6
   curl -s '$admin_url/couchgate-central/_all_docs?include_docs=true'
+
+  # PouchDB syncs the same way: new PouchDB('http://alice:alice-secret@127.0.0.1:6984/me')
 ================================================================================================
 
 EOT

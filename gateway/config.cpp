@@ -1036,11 +1036,6 @@ class loader {
            read_integer(v, p, l, 1, std::nullopt, c.rate_limit);
          }},
         {"rate_window", secs(c.rate_window, 1)},
-        {"on_duplicate",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_enum<on_duplicate>(v, p, l, {{"flag", on_duplicate::flag}, {"exclude", on_duplicate::exclude}},
-                                   c.duplicates);
-         }},
     };
   }
 

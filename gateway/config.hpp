@@ -104,7 +104,6 @@ struct admin_api_config {
 };
 
 // Sign-up with unique user names and e-mail addresses (gateway/identities.hpp).
-enum class on_duplicate { flag, exclude };
 struct identities_config {
   bool enabled = false;
   std::string db = "couchgate-identities";  // intents and reservations; admin-only _security
@@ -116,7 +115,6 @@ struct identities_config {
   seconds intent_timeout{120};     // the reconciler repairs intents older than this (> deadline + wait)
   seconds retention{86400};        // finished intents are kept this long
   seconds reconcile_interval{60};
-  on_duplicate duplicates = on_duplicate::flag;
   // Sign-up and availability requests per client address per rate_window (429 with Retry-After above).
   std::size_t rate_limit = 20;
   seconds rate_window{60};
