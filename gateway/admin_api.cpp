@@ -1,12 +1,18 @@
 // Owns: routing and serving the admin API (see admin_api.hpp).
 #include "gateway/admin_api.hpp"
 
-#include <httplib.h>
-
 #include <algorithm>
 #include <cctype>
+#include <exception>
+
+#include "gateway/front/http_server.hpp"
+#include "gateway/front/io_threads.hpp"
+#include "gateway/front/responses.hpp"
+#include "gateway/front/route.hpp"
 
 namespace couchgate::gateway {
+
+using namespace front;
 
 bool constant_time_equal(std::string_view a, std::string_view b) {
   // Runs over all of `a` whatever the contents; b's length is compared, not searched.
@@ -31,92 +37,169 @@ admin_access authorize(std::string_view path, std::string_view authorization_hea
   return constant_time_equal(presented, token) ? admin_access::allowed : admin_access::wrong_token;
 }
 
+namespace {
+// %XX decoded ('+' stays '+': a path, not a form); a malformed escape leaves it as it is.
+std::string decode_path(std::string_view s) {
+  auto decoded = percent_decode(s);
+  return decoded ? std::move(*decoded) : std::string(s);
+}
+
+// One answer: status, body, content type (extra headers for the 401).
+struct admin_answer {
+  http::status status = http::status::ok;
+  std::string body;
+  std::string content_type = "application/json";
+  header_list headers;
+};
+
+admin_answer json_answer(http::status status, const nlohmann::json& j, int indent = -1) {
+  return {status, j.dump(indent) + "\n", "application/json", {}};
+}
+
+admin_answer text_answer(http::status status, std::string body, std::string content_type = "text/plain") {
+  return {status, std::move(body), std::move(content_type), {}};
+}
+
+constexpr std::string_view user_prefix = "/status/users/";
+}  // namespace
+
 struct admin_api::impl {
   admin_handlers h;
   std::string token;
-  httplib::Server server;
-  std::thread thread;
+  admin_api_limits limits;
+  // Destruction order (reverse of declaration): the contexts go first (sessions destroyed with
+  // them still reach the server's counters), the pool has been joined before.
+  std::unique_ptr<net::thread_pool> pool;
+  std::unique_ptr<http_server> server;
+  std::unique_ptr<io_threads> io;
+  bool running = false;
+
+  // The answers that never wait on CouchDB, computed on the I/O thread.
+  admin_answer quick(std::string_view path) const {
+    if (path == "/healthz") return text_answer(http::status::ok, "ok\n");
+    auto [ok, why] = h.ready();
+    return text_answer(ok ? http::status::ok : http::status::service_unavailable,
+                       ok ? std::string("ready\n") : "not ready: " + why + "\n");
+  }
+
+  // Every other route (may block briefly on CouchDB: runs on the pool).
+  admin_answer slow(const std::string& path) const {
+    try {
+      if (path == "/metrics") return text_answer(http::status::ok, h.metrics(), "text/plain; version=0.0.4");
+      if (path == "/status") return json_answer(http::status::ok, h.status(), 2);
+      if (path == "/failures") return json_answer(http::status::ok, h.failures ? h.failures() : nlohmann::json::object(), 2);
+      if (path.size() > user_prefix.size() && path.compare(0, user_prefix.size(), user_prefix) == 0) {
+        auto st = h.user_status(decode_path(std::string_view(path).substr(user_prefix.size())));
+        if (!st) return json_answer(http::status::not_found, {{"error", "not_found"}, {"reason", "unknown user"}});
+        return json_answer(http::status::ok, *st, 2);
+      }
+      return json_answer(http::status::not_found, {{"error", "not_found"}});
+    } catch (const std::exception&) {
+      return json_answer(http::status::internal_server_error, {{"error", "internal"}});
+    }
+  }
+
+  net::awaitable<bool> handle(server_exchange& ex) {
+    const auto& req = ex.parser.get();
+    // The admin API takes no bodies: a request with one is answered and the connection closed.
+    const bool keep = req.keep_alive() && ex.parser.is_done();
+    const std::string_view target(req.target().data(), req.target().size());
+    const std::string path(target.substr(0, target.find('?')));
+    admin_answer a;
+    const auto auth = req.find(http::field::authorization);
+    const auto access =
+        authorize(decode_path(path), auth == req.end() ? std::string_view{} : std::string_view(auth->value().data(), auth->value().size()), token);
+    if (access != admin_access::allowed) {
+      const char* reason = access == admin_access::missing_token
+                               ? "this endpoint needs Authorization: Bearer <admin_api token>"
+                               : "wrong token";
+      a = json_answer(http::status::unauthorized, {{"error", "unauthorized"}, {"reason", reason}});
+      a.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"couchgate\"");
+    } else if (req.method() != http::verb::get && req.method() != http::verb::head) {
+      a = json_answer(http::status::not_found, {{"error", "not_found"}});
+    } else if (path == "/healthz" || path == "/readyz") {
+      a = quick(path);
+    } else {
+      // On a worker: a handler waiting on CouchDB never holds the I/O thread (/healthz stays up).
+      a = co_await net::co_spawn(
+          pool->get_executor(), [this, &path]() -> net::awaitable<admin_answer> { co_return slow(path); },
+          net::use_awaitable);
+    }
+    if (req.method() == http::verb::head) a.body.clear();
+    a.headers.emplace_back("Content-Type", a.content_type);
+    const bool ok = co_await write_response(ex.stream, a.status, std::move(a.body), keep, limits.idle_timeout, a.headers);
+    co_return ok && keep;
+  }
 };
 
 admin_api::admin_api(admin_handlers h, std::string token, admin_api_limits limits) : impl_(std::make_unique<impl>()) {
   impl_->h = std::move(h);
   impl_->token = std::move(token);
-  auto& s = impl_->server;
-  auto* self = impl_.get();
-  const int threads = std::max(limits.threads, 1);
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
-  s.set_read_timeout(limits.read_timeout);
-  s.set_write_timeout(limits.write_timeout);
-  s.set_keep_alive_max_count(1);  // one request per connection: no idle keep-alive holds a thread
-  s.set_payload_max_length(limits.max_request_bytes);
-  s.set_pre_routing_handler([self](const httplib::Request& req, httplib::Response& res) {
-    const auto access = authorize(req.path, req.get_header_value("Authorization"), self->token);
-    if (access == admin_access::allowed) return httplib::Server::HandlerResponse::Unhandled;
-    res.status = 401;
-    res.set_header("WWW-Authenticate", "Bearer realm=\"couchgate\"");
-    const char* reason = access == admin_access::missing_token
-                             ? "this endpoint needs Authorization: Bearer <admin_api token>"
-                             : "wrong token";
-    res.set_content(nlohmann::json{{"error", "unauthorized"}, {"reason", reason}}.dump() + "\n", "application/json");
-    return httplib::Server::HandlerResponse::Handled;
-  });
-  s.Get("/healthz", [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
-  s.Get("/readyz", [self](const httplib::Request&, httplib::Response& res) {
-    auto [ok, why] = self->h.ready();
-    res.status = ok ? 200 : 503;
-    res.set_content(ok ? "ready\n" : "not ready: " + why + "\n", "text/plain");
-  });
-  s.Get("/metrics", [self](const httplib::Request&, httplib::Response& res) {
-    res.set_content(self->h.metrics(), "text/plain; version=0.0.4");
-  });
-  s.Get("/status", [self](const httplib::Request&, httplib::Response& res) {
-    res.set_content(self->h.status().dump(2) + "\n", "application/json");
-  });
-  s.Get("/failures", [self](const httplib::Request&, httplib::Response& res) {
-    res.set_content((self->h.failures ? self->h.failures() : nlohmann::json::object()).dump(2) + "\n", "application/json");
-  });
-  s.Get(R"(/status/users/(.+))", [self](const httplib::Request& req, httplib::Response& res) {
-    // httplib hands over the path still percent-encoded in matches; decode it.
-    std::string name = httplib::detail::decode_url(req.matches[1].str(), false);
-    auto st = self->h.user_status(name);
-    if (!st) {
-      res.status = 404;
-      res.set_content(nlohmann::json{{"error", "not_found"}, {"reason", "unknown user"}}.dump() + "\n", "application/json");
-      return;
-    }
-    res.set_content(st->dump(2) + "\n", "application/json");
-  });
-  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (res.body.empty()) {
-      res.set_content(nlohmann::json{{"error", res.status == 404 ? "not_found" : "error"}}.dump() + "\n", "application/json");
-    }
-  });
-  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-    res.status = 500;
-    res.set_content(nlohmann::json{{"error", "internal"}}.dump() + "\n", "application/json");
-  });
+  impl_->limits = limits;
 }
 
 admin_api::~admin_api() { stop(); }
 
 int admin_api::start(const std::string& address, int port, std::string& error) {
-  int bound = port;
-  if (port == 0) {
-    bound = impl_->server.bind_to_any_port(address);
-  } else if (!impl_->server.bind_to_port(address, port)) {
-    bound = -1;
-  }
-  if (bound < 0) {
-    error = "cannot listen on " + address + ":" + std::to_string(port);
+  auto& d = *impl_;
+  if (d.running) {
+    error = "the admin API is already running";
     return -1;
   }
-  impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
+  // A host name (e.g. localhost) is resolved here: the server listens on an IP address.
+  std::string ip = address;
+  error_code ec;
+  net::ip::make_address(address, ec);
+  if (ec) {
+    net::io_context resolve_context;
+    tcp::resolver resolver(resolve_context);
+    const auto found = resolver.resolve(address, std::to_string(port), ec);
+    if (ec || found.empty()) {
+      error = "cannot listen on " + address + ":" + std::to_string(port) + ": " +
+              (ec ? ec.message() : std::string("no address"));
+      return -1;
+    }
+    ip = found.begin()->endpoint().address().to_string();
+  }
+  const auto& l = d.limits;
+  server_limits sl;
+  sl.max_connections = std::max<std::size_t>(l.max_connections, 1);
+  sl.header_limit = l.max_request_bytes;
+  sl.body_limit = l.max_request_bytes;
+  sl.header_timeout = l.header_timeout;
+  sl.idle_timeout = l.idle_timeout;
+  d.io = std::make_unique<io_threads>(1);
+  d.pool = std::make_unique<net::thread_pool>(std::max<std::size_t>(l.worker_threads, 1));
+  auto* self = impl_.get();
+  d.server = std::make_unique<http_server>(
+      *d.io, sl, [self](server_exchange& ex) { return self->handle(ex); }, nullptr);
+  const int bound = d.server->listen(ip, port, error);
+  if (bound < 0) {
+    if (ip != address) error += " (" + address + ")";
+    d.server.reset();
+    d.pool->stop();
+    d.pool->join();
+    d.pool.reset();
+    d.io.reset();
+    return -1;
+  }
+  d.io->start();
+  d.running = true;
   return bound;
 }
 
 void admin_api::stop() {
-  impl_->server.stop();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  auto& d = *impl_;
+  if (!d.running) return;
+  d.running = false;
+  d.server->close();
+  d.io->stop();
+  // Handlers still running on the pool finish (they refer to sessions the contexts own).
+  d.pool->join();
+  d.server->release_acceptor();
+  d.io.reset();
+  d.server.reset();
+  d.pool.reset();
 }
 
 }  // namespace couchgate::gateway

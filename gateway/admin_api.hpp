@@ -1,5 +1,5 @@
 #pragma once
-// Owns: the admin HTTP API (cpp-httplib) on 127.0.0.1 by default:
+// Owns: the admin API, on 127.0.0.1 by default:
 //   GET /healthz              200 while the process runs
 //   GET /readyz               200 once CouchDB answered and the first reconcile finished, else 503
 //   GET /metrics              Prometheus text
@@ -13,11 +13,13 @@
 // `Authorization: Bearer <token>` (compared in constant time; never logged or echoed). The
 // config loader requires a token whenever the address is not a loopback address.
 //
-// Slow clients: each connection has a thread of its own (cpp-httplib's model); reads and writes
-// time out (2 s / 5 s per call), a connection serves one request, requests are at most 64 KiB,
-// and the pool has 64 threads, so a handful of half-open connections dribbling header bytes
-// cannot starve /healthz. What cpp-httplib 0.11 cannot do: a total deadline for reading the
-// headers, and a cap on connections (the 65th dribbling connection waits for a thread).
+// Serving: the front door's event-driven server (gateway/front/http_server.hpp) on one I/O
+// thread of the admin API's own (the front door may be disabled). Slow clients cannot starve
+// it: connections are capped (max_connections; over the cap a new connection is closed at
+// once), a request's whole header must arrive within header_timeout (slowloris dribblers are
+// cut off then), a kept-alive connection idles at most idle_timeout, and a request is at most
+// max_request_bytes. /healthz and /readyz are answered on the I/O thread; every other route
+// (which may wait on CouchDB) runs on a small worker pool, so it never holds the I/O thread.
 #include <chrono>
 #include <cstddef>
 #include <functional>
@@ -55,10 +57,11 @@ admin_access authorize(std::string_view path, std::string_view authorization_hea
 bool constant_time_equal(std::string_view a, std::string_view b);
 
 struct admin_api_limits {
-  int threads = 64;                     // connections served at once
-  std::chrono::milliseconds read_timeout{2000};   // per read call
-  std::chrono::milliseconds write_timeout{5000};  // per write call
-  std::size_t max_request_bytes = 64 * 1024;
+  std::size_t max_connections = 64;                 // open at once; more are closed at once
+  std::chrono::milliseconds header_timeout{5000};   // a request's whole header, from its first byte
+  std::chrono::milliseconds idle_timeout{10000};    // kept-alive connection between requests; each write
+  std::size_t max_request_bytes = 64 * 1024;        // header (and body) limit
+  std::size_t worker_threads = 2;                   // run the handlers that may wait on CouchDB
 };
 
 class admin_api {
