@@ -244,22 +244,6 @@ url_parts split_userinfo(const std::string& url) {
   return {url.substr(0, start) + url.substr(start + at + 1), true, std::string(authority.substr(0, at))};
 }
 
-std::optional<std::string> percent_decode(std::string_view s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    if (i + 2 >= s.size()) return std::nullopt;
-    const int hi = hex_value(s[i + 1]);
-    const int lo = hex_value(s[i + 2]);
-    if (hi < 0 || lo < 0) return std::nullopt;
-    out += static_cast<char>(hi * 16 + lo);
-    i += 2;
-  }
-  return out;
-}
 
 struct credentials {
   std::string username;
@@ -268,11 +252,11 @@ struct credentials {
 
 std::optional<credentials> decode_userinfo(std::string_view userinfo) {
   const std::size_t colon = userinfo.find(':');
-  auto user = percent_decode(userinfo.substr(0, colon));
+  auto user = replicator::percent_decode(userinfo.substr(0, colon));
   if (!user) return std::nullopt;
   credentials c{*user, std::nullopt};
   if (colon != std::string_view::npos) {
-    auto password = percent_decode(userinfo.substr(colon + 1));
+    auto password = replicator::percent_decode(userinfo.substr(colon + 1));
     if (!password) return std::nullopt;
     c.password = std::move(*password);
   }

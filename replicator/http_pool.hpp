@@ -111,6 +111,8 @@ class http_pool {
 std::string encode_segment(std::string_view s);
 std::string encode_doc_id(std::string_view id);
 std::string encode_query_value(std::string_view s);
+// The inverse: "%41" -> "A" (either hex case; '+' stays '+'); nullopt on a bad escape.
+std::optional<std::string> percent_decode(std::string_view s);
 // "/" + encode_segment(db): a database's path. (Out of line on purpose: GCC 12 at -O3 reports a
 // false -Wrestrict positive for `"/" + std::string&&` once inlined into some callers.)
 std::string db_path(std::string_view db);

@@ -14,6 +14,8 @@
 #include <string>
 #include <string_view>
 
+#include "replicator/http_pool.hpp"
+
 namespace couchgate::gateway::front {
 
 // local: answered by couchgate itself (sign-up and identities: /_signup, /_signup/available,
@@ -32,7 +34,7 @@ struct route {
 route route_request(std::string_view method, std::string_view target, bool shared_enabled);
 
 // Percent-decoding of a path segment or query value; nullopt on a bad escape.
-std::optional<std::string> percent_decode(std::string_view s);
+using replicator::percent_decode;
 // The decoded value of `key` in a query string ("?a=1&b=2" or "a=1&b=2"; '+' is a space);
 // nullopt when absent or badly encoded.
 std::optional<std::string> query_param(std::string_view query, std::string_view key);
