@@ -212,16 +212,26 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     }
   }
 
-  if (rt.kind == route_kind::local) co_return co_await serve_local(ex, rt, credential, out);
+  // Local routes (sign-up, identities): enabled at all, and within the address's rate.
+  const bool local = rt.kind == route_kind::local;
+  if (local && !options_.local) {
+    co_return co_await answer(http::status::not_found, "not_found", "sign-up is not enabled on this couchgate");
+  }
+  if (local) {
+    if (const auto wait = local_attempts_.refused(ex.conn.peer, now_())) {
+      metrics_.rate_limited.inc();
+      co_return co_await answer(http::status::too_many_requests, "too_many_requests",
+                                "too many sign-up requests from this address", retry_after(std::to_string(*wait)));
+    }
+    local_attempts_.record_failure(ex.conn.peer, now_());  // every attempt counts, not only failed ones
+  }
 
-  // 4. Whose database?
-  std::string db;
-  std::string mount;
-  std::optional<std::string> slot_user;
-  if (rt.kind == route_kind::user_db) {
+  // 4. Who is calling? CouchDB says, for the caller's own database and own identity.
+  std::string user;
+  if (rt.kind == route_kind::user_db || (local && rt.target.starts_with("/_identity/"))) {
     if (credential.empty()) {
       co_return co_await answer(http::status::unauthorized, "unauthorized",
-                                "You are not authorized to access this db.");
+                                local ? "You are not authorized." : "You are not authorized to access this db.");
     }
     const identity who = co_await who_is(ex, credential);
     if (who.k == identity::kind::unavailable) {
@@ -233,14 +243,23 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
       metrics_.auth_failures.inc();
       co_return co_await answer(http::status::unauthorized, "unauthorized", "Name or password is incorrect.");
     }
+    user = who.name;
     out.user = who.name;
-    if (!slots_.try_acquire(who.name)) {
+  }
+  if (local) co_return co_await serve_local(ex, rt, user, out);
+
+  // 5. Whose database?
+  std::string db;
+  std::string mount;
+  std::optional<std::string> slot_user;
+  if (rt.kind == route_kind::user_db) {
+    if (!slots_.try_acquire(user)) {
       metrics_.user_limited.inc();
       co_return co_await answer(http::status::too_many_requests, "too_many_requests",
                                 "too many requests of this user in flight", retry_after("1"));
     }
-    slot_user = who.name;
-    db = policy::user_db_name(options_.db_prefix, who.name);
+    slot_user = user;
+    db = policy::user_db_name(options_.db_prefix, user);
     mount = "/me";
   } else if (rt.kind == route_kind::shared_db) {
     db = options_.shared_db;
@@ -311,7 +330,7 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
   co_return identity{};
 }
 
-net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt, const std::string& credential,
+net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt, const std::string& user,
                                             outcome& out) {
   const auto& req = ex.parser.get();
   bool keep = req.keep_alive() && ex.parser.is_done();
@@ -322,38 +341,13 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
         co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout, headers);
     co_return ok && keep;
   };
-  if (!options_.local) {
-    co_return co_await answer(http::status::not_found, "not_found", "sign-up is not enabled on this couchgate");
-  }
-  if (const auto wait = local_attempts_.refused(ex.conn.peer, now_())) {
-    metrics_.rate_limited.inc();
-    co_return co_await answer(http::status::too_many_requests, "too_many_requests",
-                              "too many sign-up requests from this address", retry_after(std::to_string(*wait)));
-  }
-  local_attempts_.record_failure(ex.conn.peer, now_());  // every attempt counts, not only failed ones
 
   local_request lr;
   lr.method = std::string(req.method_string());
   lr.path = rt.target.substr(0, rt.target.find('?'));
   lr.query = rt.target.substr(lr.path.size());
   lr.peer = ex.conn.peer;
-  if (lr.path.rfind("/_identity/", 0) == 0) {  // the caller's own identity: CouchDB says who that is
-    if (credential.empty()) {
-      co_return co_await answer(http::status::unauthorized, "unauthorized", "You are not authorized.");
-    }
-    const identity who = co_await who_is(ex, credential);
-    if (who.k == identity::kind::unavailable) {
-      co_return co_await answer(http::status::service_unavailable, "service_unavailable",
-                                "CouchDB did not answer who the caller is", retry_after("1"));
-    }
-    if (who.k == identity::kind::rejected) {
-      failures_.record_failure(ex.conn.peer, now_());
-      metrics_.auth_failures.inc();
-      co_return co_await answer(http::status::unauthorized, "unauthorized", "Name or password is incorrect.");
-    }
-    lr.user = who.name;
-    out.user = who.name;
-  }
+  lr.user = user;
 
   // The body, bounded (a sign-up is a few hundred bytes).
   std::vector<char> chunk(16u << 10);

@@ -65,7 +65,8 @@ class forwarder {
   net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential);
   net::awaitable<bool> forward(server_exchange& ex, const std::string& target, const std::string& db,
                                const std::string& mount, outcome& out);
-  net::awaitable<bool> serve_local(server_exchange& ex, const route& rt, const std::string& credential, outcome& out);
+  // A local route, after dispatch() checked its rate and, for /_identity/, who the caller (`user`) is.
+  net::awaitable<bool> serve_local(server_exchange& ex, const route& rt, const std::string& user, outcome& out);
 
   forwarder_options options_;
   upstream_pool& pool_;
