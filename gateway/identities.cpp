@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <charconv>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <random>
@@ -75,7 +76,20 @@ std::string identities::stamp() const {
 std::string identities::new_intent_id(const char* kind) {
   std::lock_guard lk(rnd_mu_);
   static std::mt19937_64 gen{std::random_device{}()};
-  return std::string(kind) + "/" + policy::hex_encode(std::to_string(gen()) + std::to_string(gen())).substr(0, 32);
+  char hex[33];
+  std::snprintf(hex, sizeof hex, "%016llx%016llx", static_cast<unsigned long long>(gen()),
+                static_cast<unsigned long long>(gen()));
+  return std::string(kind) + "/" + hex;
+}
+
+void identities::abandon(json& intent, std::string& rev, const std::vector<std::string>& reservation_ids) {
+  auto r = transition(intent, rev, intent_state::rolling_back);
+  if (!r) return;  // a reconciler took the intent over: it releases what the intent holds
+  rev = *r;
+  const std::string intent_id = str_field(intent, "_id");
+  bool ok = true;
+  for (const auto& id : reservation_ids) ok = release(id, "intent", intent_id) && ok;
+  if (ok) transition(intent, rev, intent_state::rolled_back);
 }
 
 identity_answer identities::fail_answer(int status, const std::string& error, const std::string& reason) {
@@ -192,17 +206,11 @@ identity_answer identities::signup(const json& body) {
   if (email_res.ok() && !email_res.value()) taken.push_back("email");
   const bool failed = !name_res.ok() || !email_res.ok();
 
-  const auto roll_back = [&]() {
-    if (auto r = transition(intent, rev, intent_state::rolling_back)) {
-      rev = *r;
-      bool ok = release(policy::reservation_id(unique_field::name, key), "intent", intent_id);
-      ok = release(policy::reservation_id(unique_field::email, email.value), "intent", intent_id) && ok;
-      if (ok) transition(intent, rev, intent_state::rolled_back);
-    }  // else the reconciler has it: it releases what this intent holds
-  };
+  const std::vector<std::string> held{policy::reservation_id(unique_field::name, key),
+                                      policy::reservation_id(unique_field::email, email.value)};
 
   if (failed || !taken.empty()) {
-    roll_back();
+    abandon(intent, rev, held);
     if (failed) {
       errors_.inc();
       const auto& e = !name_res.ok() ? name_res.error() : email_res.error();
@@ -224,7 +232,7 @@ identity_answer identities::signup(const json& body) {
   }
   fail_point("signup:after_reserved_state");
   if (std::chrono::steady_clock::now() >= deadline) {
-    roll_back();
+    abandon(intent, rev, held);
     errors_.inc();
     return fail_answer(503, "service_unavailable", "the sign-up took too long; try again");
   }
@@ -241,7 +249,7 @@ identity_answer identities::signup(const json& body) {
   auto created = client_.put_doc(users_db_, user["_id"].get<std::string>(), user).get();
   user["password"] = nullptr;  // not kept around longer than needed
   if (!created.ok()) {
-    roll_back();
+    abandon(intent, rev, held);
     if (is_conflict(created.error())) {  // a user of that name made without couchgate
       conflicts_.inc();
       return identity_answer{409, json{{"error", "conflict"}, {"reason", "already taken: name"},
@@ -341,13 +349,9 @@ identity_answer identities::change_email(const std::string& user_name, const jso
   std::string email_rev;
   auto res = reserve(unique_field::email, email.value, user_name, intent_id, email_rev);
   fail_point("change:after_reserve");
+  const std::vector<std::string> held{policy::reservation_id(unique_field::email, email.value)};
   if (!res.ok() || !res.value()) {
-    if (auto r = transition(intent, rev, intent_state::rolling_back)) {
-      rev = *r;
-      if (release(policy::reservation_id(unique_field::email, email.value), "intent", intent_id)) {
-        transition(intent, rev, intent_state::rolled_back);
-      }
-    }
+    abandon(intent, rev, held);
     if (!res.ok()) {
       errors_.inc();
       return fail_answer(503, "service_unavailable", "the identities database is not available; try again");
@@ -365,11 +369,7 @@ identity_answer identities::change_email(const std::string& user_name, const jso
   user["couchgate_intent"] = intent_id;
   auto upd = client_.put_doc(users_db_, user_id, user).get();
   if (!upd.ok()) {
-    if (auto r = transition(intent, rev, intent_state::rolling_back)) {
-      if (release(policy::reservation_id(unique_field::email, email.value), "intent", intent_id)) {
-        transition(intent, *r, intent_state::rolled_back);
-      }
-    }
+    abandon(intent, rev, held);
     errors_.inc();
     return fail_answer(is_conflict(upd.error()) ? 409 : 503,
                        is_conflict(upd.error()) ? "conflict" : "service_unavailable",

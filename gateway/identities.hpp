@@ -78,12 +78,13 @@ class identities {
   ~identities();
 
  private:
-  struct held {  // reservations this intent made
-    std::vector<std::pair<std::string, std::string>> ids_revs;
-  };
   identity_answer fail_answer(int status, const std::string& error, const std::string& reason);
   // Moves the intent to `to` if it still has `rev`; the new rev, or nullopt (lost the race or error).
   std::optional<std::string> transition(replicator::json& intent, const std::string& rev, policy::intent_state to);
+  // Gives an intent up: rolling_back (conditional on `rev`), its reservations among
+  // `reservation_ids` released, rolled_back. Losing the first move means a reconciler took the
+  // intent over; it releases what the intent holds.
+  void abandon(replicator::json& intent, std::string& rev, const std::vector<std::string>& reservation_ids);
   // PUT a reservation; true when created, false when taken, error otherwise.
   replicator::result<bool> reserve(policy::unique_field f, const std::string& key, const std::string& user,
                                    const std::string& intent_id, std::string& rev_out);
