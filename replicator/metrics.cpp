@@ -13,7 +13,9 @@ void atomic_max(std::atomic<double>& a, double v) {
   while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
   }
 }
-std::string num(double v) {
+}  // namespace
+
+std::string prometheus_number(double v) {
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
   // Shortest text that reads back as the same double: "0.1", not "0.10000000000000001"
   // (Prometheus matches `le` labels as strings).
@@ -24,7 +26,6 @@ std::string num(double v) {
   }
   return buf;
 }
-}  // namespace
 
 void histogram::observe(double seconds) {
   std::size_t i = 0;
@@ -60,10 +61,10 @@ void histogram::render(std::string& out, const std::string& name) const {
   std::uint64_t cum = 0;
   for (std::size_t i = 0; i < buckets_.size(); ++i) {
     cum += buckets_[i].load(std::memory_order_relaxed);
-    std::string le = i < bounds.size() ? num(bounds[i]) : "+Inf";
+    std::string le = i < bounds.size() ? prometheus_number(bounds[i]) : "+Inf";
     out += name + "_bucket{le=\"" + le + "\"} " + std::to_string(cum) + "\n";
   }
-  out += name + "_sum " + num(sum_.load()) + "\n";
+  out += name + "_sum " + prometheus_number(sum_.load()) + "\n";
   out += name + "_count " + std::to_string(count()) + "\n";
 }
 
@@ -109,9 +110,9 @@ std::string registry::render() const {
     out += "# HELP " + name + " " + f.help + "\n# TYPE " + name + " " + f.type + "\n";
     auto label = [](const std::string& l) { return l.empty() ? std::string() : "{" + l + "}"; };
     for (const auto& [l, c] : f.counters) out += name + label(l) + " " + std::to_string(c->value()) + "\n";
-    for (const auto& [l, g] : f.gauges) out += name + label(l) + " " + num(g->value()) + "\n";
+    for (const auto& [l, g] : f.gauges) out += name + label(l) + " " + prometheus_number(g->value()) + "\n";
     if (f.hist) f.hist->render(out, name);
-    if (f.fn) out += name + " " + num(f.fn()) + "\n";
+    if (f.fn) out += name + " " + prometheus_number(f.fn()) + "\n";
   }
   return out;
 }

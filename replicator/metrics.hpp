@@ -13,6 +13,10 @@
 
 namespace couchgate::replicator {
 
+// A number as Prometheus text: the shortest form that reads back as the same double ("0.1"), and
+// +Inf / -Inf (`le` labels are matched as strings).
+std::string prometheus_number(double v);
+
 class counter {
  public:
   void inc(std::uint64_t n = 1) { v_.fetch_add(n, std::memory_order_relaxed); }

@@ -12,14 +12,6 @@ constexpr std::array<unsigned, 27> statuses{100, 200, 201, 202, 204, 206, 301, 3
 constexpr std::string_view request_metric = "couchgate_front_requests_total";
 constexpr std::string_view latency_metric = "couchgate_front_request_duration_seconds";
 
-std::string num(double v) {
-  char buf[64];
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  return buf;
-}
 }  // namespace
 
 front_metrics::front_metrics(replicator::registry& r)
@@ -89,10 +81,10 @@ std::string front_metrics::render() const {
       std::uint64_t cumulative = 0;
       for (std::size_t i = 0; i < h.buckets.size(); ++i) {
         cumulative += h.buckets[i].load(std::memory_order_relaxed);
-        const std::string le = i < bounds.size() ? num(bounds[i]) : "+Inf";
+        const std::string le = i < bounds.size() ? replicator::prometheus_number(bounds[i]) : "+Inf";
         out += name + "_bucket{" + labels + ",le=\"" + le + "\"} " + std::to_string(cumulative) + "\n";
       }
-      out += name + "_sum{" + labels + "} " + num(h.sum.load(std::memory_order_relaxed)) + "\n";
+      out += name + "_sum{" + labels + "} " + replicator::prometheus_number(h.sum.load(std::memory_order_relaxed)) + "\n";
       out += name + "_count{" + labels + "} " + std::to_string(count) + "\n";
     }
   }
