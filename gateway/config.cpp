@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 
 namespace couchgate::gateway {
 namespace {

@@ -9,8 +9,8 @@
 #include "policy/id_map.hpp"
 #include "policy/naming.hpp"
 #include "policy/security.hpp"
-#include "replicator/couch_client.hpp"
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/couch_client.hpp"
+#include "replicator/transport/http_pool.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/transfer.hpp"
 

@@ -7,7 +7,7 @@
 #include <utility>
 #include <variant>
 
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 
 namespace couchgate::replicator {
 

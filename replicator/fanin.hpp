@@ -27,7 +27,7 @@
 
 #include "policy/id_map.hpp"
 #include "replicator/central_epoch.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/scheduler.hpp"
 #include "replicator/state_store.hpp"

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "replicator/answers.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/wire_json.hpp"
 
 namespace couchgate::replicator {

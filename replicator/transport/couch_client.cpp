@@ -1,5 +1,5 @@
 // Owns: request building and answer parsing for couch_client (see couch_client.hpp).
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 
 #include <charconv>
 #include <utility>

@@ -1,5 +1,5 @@
 // Owns: the libcurl multi loop behind http_pool (see http_pool.hpp).
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 
 #include <curl/curl.h>
 #include <sys/socket.h>

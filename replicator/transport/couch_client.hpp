@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "replicator/couch_error.hpp"
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 
 namespace couchgate::replicator {
 
