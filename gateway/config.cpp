@@ -881,6 +881,11 @@ class loader {
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, 1, c.feed_timeout); }},
         {"heartbeat",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 1, c.heartbeat); }},
+        {"auth",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_enum<replicator::auth_mode>(v, p, l, {{"cookie", replicator::auth_mode::cookie}, {"basic", replicator::auth_mode::basic}},
+                                            c.auth);
+         }},
     };
   }
 

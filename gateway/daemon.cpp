@@ -23,6 +23,7 @@
 #include "replicator/transport/couch_client.hpp"
 #include "replicator/fanin.hpp"
 #include "replicator/transport/http_pool.hpp"
+#include "replicator/transport/session_auth.hpp"
 #include "replicator/logger.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/server_limits.hpp"
@@ -94,6 +95,9 @@ struct daemon::impl {
   std::atomic<bool> setup_done{false};
 
   r::registry metrics;
+  // In front of pool: the credential (cookie or Basic). Declared first so that it outlives the
+  // pool, whose shutdown still runs its callbacks.
+  std::unique_ptr<r::session_auth> auth;
   std::unique_ptr<r::http_pool> pool;
   std::unique_ptr<r::couch_client> client;
   std::unique_ptr<r::state_store> state;
@@ -183,6 +187,13 @@ struct daemon::impl {
       out += "couchgate_couchdb_requests_total " + std::to_string(s.requests) + "\n";
       out += "# HELP couchgate_couchdb_transport_errors_total Requests that failed below HTTP\n# TYPE couchgate_couchdb_transport_errors_total counter\n";
       out += "couchgate_couchdb_transport_errors_total " + std::to_string(s.transport_errors) + "\n";
+      if (auth) {
+        const auto a = auth->stats();
+        out += "# HELP couchgate_couchdb_logins_total POST /_session sent (cookie authentication)\n# TYPE couchgate_couchdb_logins_total counter\n";
+        out += "couchgate_couchdb_logins_total " + std::to_string(a.logins) + "\n";
+        out += "# HELP couchgate_couchdb_session_retries_total Requests sent again after a 401 and a new login\n# TYPE couchgate_couchdb_session_retries_total counter\n";
+        out += "couchgate_couchdb_session_retries_total " + std::to_string(a.retried) + "\n";
+      }
       const auto as_seconds = [](std::chrono::milliseconds d) { return std::to_string(static_cast<double>(d.count()) / 1000.0); };
       out += "# HELP couchgate_couchdb_overloaded_total Answers saying CouchDB is overloaded (429, 503)\n# TYPE couchgate_couchdb_overloaded_total counter\n";
       out += "couchgate_couchdb_overloaded_total " + std::to_string(s.overloaded) + "\n";
@@ -275,6 +286,7 @@ struct daemon::impl {
                  {"active", s->active}, {"last_error", s->last_error}};
         rep["last_success"] = s->last_success ? json(iso_time(*s->last_success)) : json(nullptr);
         rep["doc_write_failures"] = s->doc_write_failures;
+        rep["state"] = r::to_string(s->phase);  // idle, dirty, fetching, writing, checkpointing, backing_off, failed
         rep["refused_docs"] = refused_json(fan->refused(db));
         auto info_call = client->db_info(db);
         r::changes_query q;
@@ -440,10 +452,13 @@ int daemon::run() {
   auto& d = *impl_;
   const auto& cfg = d.cfg;
 
-  d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, cfg.couchdb.username, cfg.couchdb.password,
-                                                                cfg.fanin.max_connections, std::string("couchgate/") + COUCHGATE_VERSION});
+  // The credential is session_auth's to send (cookie, or Basic as it decides); the pool has none.
+  d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, "", "", cfg.fanin.max_connections,
+                                                                std::string("couchgate/") + COUCHGATE_VERSION});
+  d.auth = std::make_unique<r::session_auth>(*d.pool, r::session_options_for(cfg.couchdb.username, cfg.couchdb.password,
+                                                                             cfg.couchdb.auth, cfg.couchdb.request_timeout));
   d.client = std::make_unique<r::couch_client>(
-      *d.pool, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
+      *d.auth, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
   d.state = std::make_unique<r::state_store>(*d.client, cfg.state_db);
 
   // Every component exists before the admin API's thread can look at them (they are started
