@@ -558,7 +558,7 @@ TEST_CASE("front door: per-user concurrent requests and client connections are c
   CHECK(eventually([&] { return cg.metric("couchgate_front_client_connections").value_or(0) == 4; }, std::chrono::seconds(5)));
   auto refused = front_call(port, false, "GET", "/", {});
   CHECK(refused.status == 0);
-  CHECK(cg.metric("couchgate_front_client_connections_refused").value_or(0) >= 1);
+  CHECK(cg.metric("couchgate_front_client_connections_refused_total").value_or(0) >= 1);
   idle.clear();
   CHECK(eventually([&] { return front_call(port, false, "GET", "/", {}).status == 200; }, std::chrono::seconds(5)));
 
