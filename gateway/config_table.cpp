@@ -10,8 +10,13 @@
 //     fields, in this order, are: name, kind, on_reload, min, max, choices, check, secret,
 //     note, help (designated initialisers must keep that order; leave out what does not apply).
 //     A new section is a {.name = "x", .kind = key_kind::section, .help = ...} entry before its keys.
-//  3. reload::live only when the code reading the key picks a new value up on SIGHUP (the
-//     daemon's reload_config() hands the running subsystems their new values); else restart.
+//  3. reload::live only when the code reading the key picks a new value up on SIGHUP; else
+//     restart. The daemon's reload_config() copies every live key into the running config
+//     (apply_live_keys) and hands the running parts their new values: log -> setup_logging,
+//     provisioning -> provisioner::update_policy, front.* / identities.rate_* ->
+//     front_door::apply_limits (server_limits_of and forwarder_options_of feed the listener and
+//     forwarder::apply_limits: a new live front-door key is read there), certificates ->
+//     front_door::reload_tls. A reload names every changed restart key in one warning.
 //  4. Run `build/couchgate config-example > deploy/couchgate.example.yaml` (the unit test
 //     "config table: the committed example is the generated one" fails until you do).
 //  Checks that involve several keys (a clash of database names, TLS needs a certificate) stay in
