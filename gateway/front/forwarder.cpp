@@ -139,10 +139,10 @@ struct forwarder::identity {
 
 forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metrics& metrics, clock_fn now)
     : options_(std::move(options)),
+      client_timeout_ms_(options_.client_timeout.count()),
       pool_(pool),
       metrics_(metrics),
       now_(std::move(now)),
-      client_timeout_ms_(options_.client_timeout.count()),
       sessions_(options_.session_cache_ttl, 100000),
       failures_(options_.auth_failure_limit, options_.auth_failure_window),
       slots_(options_.max_requests_per_user),
