@@ -10,7 +10,9 @@ endpoint endpoint::server_admin() { return endpoint{test::env().host, test::env(
 bench_client::bench_client(std::chrono::seconds read_timeout) : bench_client(endpoint::server_admin(), read_timeout) {}
 
 bench_client::bench_client(const endpoint& to, std::chrono::seconds read_timeout)
-    : cli_(std::make_unique<httplib::Client>(to.host, to.port)) {
+    : cli_(to.tls ? std::make_unique<httplib::Client>("https://" + to.host + ":" + std::to_string(to.port))
+                  : std::make_unique<httplib::Client>(to.host, to.port)) {
+  if (to.tls) cli_->enable_server_certificate_verification(false);
   cli_->set_keep_alive(true);
   cli_->set_tcp_nodelay(true);  // headers and body go out in separate writes: no Nagle stall
   cli_->set_connection_timeout(10);

@@ -26,6 +26,7 @@ struct endpoint {
   std::string host;
   int port = 0;
   std::string user, password;  // Basic auth; empty user = anonymous
+  bool tls = false;            // https, certificate not verified (the bench's own self-signed one)
   static endpoint server_admin();
 };
 

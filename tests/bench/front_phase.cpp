@@ -15,6 +15,7 @@
 // Throughput ratio = front documents/s / direct documents/s; added latency = front - direct per
 // percentile, over every request (and per kind of request).
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -170,7 +171,9 @@ double at(const json& j, const char* a, const char* b) {
 
 json run_front(context& ctx) {
   const int k = ctx.opt.front_users, docs = ctx.opt.front_docs, batch = std::max(1, ctx.opt.front_batch);
-  json out{{"users", k}, {"docs_per_user_per_segment", docs}, {"batch", batch}, {"transport", "plain HTTP (front.allow_insecure)"},
+  const bool tls = ctx.opt.front_tls;
+  json out{{"users", k}, {"docs_per_user_per_segment", docs}, {"batch", batch},
+           {"transport", tls ? "TLS (front.tls, self-signed RSA-2048 certificate; the bench does not verify it)" : "plain HTTP (front.allow_insecure)"},
            {"segments", {"direct", "front", "front", "direct"}}};
   if (k <= 0 || docs <= 0) return out;
   test::names n = ctx.fresh("bench-front");
@@ -185,6 +188,18 @@ json run_front(context& ctx) {
   json cfg = ctx.couchgate_config(n);
   cfg["fanin"]["enabled"] = false;
   cfg["front"] = front_door_config(dir + "/front.port", static_cast<std::size_t>(k) + 64);
+  if (tls) {
+    const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -keyout '" + dir +
+                            "/key.pem' -out '" + dir + "/cert.pem' >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0) {
+      ctx.fail("front door: `openssl req` could not make a certificate for the TLS variant");
+      remove_dir(dir);
+      delete_users(ctx, users);
+      return out;
+    }
+    cfg["front"]["allow_insecure"] = false;
+    cfg["front"]["tls"] = {{"cert_file", dir + "/cert.pem"}, {"key_file", dir + "/key.pem"}};
+  }
   cfg.merge_patch(ctx.opt.couchgate_overrides);  // --couchgate-config may tune the front door too
   ctx.created(n.central);
   ctx.created(n.state);
@@ -211,7 +226,8 @@ json run_front(context& ctx) {
         for (int i = 0; i < k; ++i) {
           pool.emplace_back([&, i] {
             const auto& u = users[static_cast<std::size_t>(i)];
-            endpoint to = via_front ? endpoint{"127.0.0.1", port, u.name, u.password} : endpoint{server.host, server.port, u.name, u.password};
+            endpoint to = via_front ? endpoint{"127.0.0.1", port, u.name, u.password, tls}
+                                    : endpoint{server.host, server.port, u.name, u.password, false};
             replicate(to, via_front ? std::string("/me") : db_path(u.db), u, seg, docs, batch, rec);
           });
         }
