@@ -49,6 +49,13 @@ net::awaitable<void> live_fleet::impl::client(live_fleet* self, std::size_t k, s
   beast::tcp_stream stream(co_await net::this_coro::executor);
   beast::flat_buffer buffer;
   bool connected = false, in_loop = false, first_poll = true;
+  // PouchDB's retry: wait 1 s after a failure, doubling up to 16 s while failures continue.
+  auto backoff = std::chrono::seconds(1);
+  auto failed = [&backoff] {
+    auto d = backoff;
+    backoff = std::min(backoff * 2, std::chrono::seconds(16));
+    return d;
+  };
   json since;
   auto note_error = [self](const std::string& what) {
     std::lock_guard lk(self->mu_);
@@ -64,7 +71,7 @@ net::awaitable<void> live_fleet::impl::client(live_fleet* self, std::size_t k, s
         ++self->transport_errors_;
         note_error("connect: " + ec.message());
         stream.socket().close(ec);
-        co_await pause(std::chrono::seconds(1));
+        co_await pause(failed());
         continue;
       }
       stream.socket().set_option(tcp::no_delay(true), ec);
@@ -94,7 +101,7 @@ net::awaitable<void> live_fleet::impl::client(live_fleet* self, std::size_t k, s
       note_error(target.substr(0, 40) + ": " + ec.message());
       stream.socket().close(ec);
       connected = false;
-      co_await pause(std::chrono::seconds(1));
+      co_await pause(failed());
       continue;
     }
     auto& res = parser.get();
@@ -108,15 +115,16 @@ net::awaitable<void> live_fleet::impl::client(live_fleet* self, std::size_t k, s
         ++self->refusals_[static_cast<int>(res.result_int())];
         if (self->first_error_.empty()) self->first_error_ = target.substr(0, 40) + ": HTTP " + std::to_string(res.result_int()) + " " + res.body().substr(0, 200);
       }
-      co_await pause(std::chrono::seconds(1));
+      co_await pause(failed());
       continue;
     }
     json body = json::parse(res.body(), nullptr, false);
     if (!body.is_object()) {
       note_error(target.substr(0, 40) + ": not JSON");
-      co_await pause(std::chrono::seconds(1));
+      co_await pause(failed());
       continue;
     }
+    backoff = std::chrono::seconds(1);
     if (!in_loop) {
       since = body.value("update_seq", json(0));
       in_loop = true;

@@ -4,7 +4,8 @@
 // reads its database's update_seq (GET {path}), then waits on
 // `{path}/_changes?feed=longpoll&since=<last_seq>&timeout=T` and re-issues after each answer,
 // reporting every row's document id and the moment its answer was complete. A refused request
-// (503/429/...) or a broken connection is counted and retried after a second (PouchDB's retry).
+// (503/429/...) or a broken connection is counted and retried after 1 s, doubling to 16 s while
+// failures continue (PouchDB's retry backs off too; a fixed 1 s makes a herd of reconnects).
 #include <atomic>
 #include <chrono>
 #include <cstdint>
