@@ -166,11 +166,11 @@ int main(int argc, char** argv) {
   std::string sizes_text, skip_text, overrides_text;
   std::optional<int> steady_dbs, rate, users;
   std::optional<double> seconds, builtin_timeout;
-  app.add_flag("--smoke", o.smoke, "tiny sizes (20x5 fan-in, 5 s at 20 writes/s over 20 dbs, 20 users): CI keeps the bench from rotting");
+  app.add_flag("--smoke", o.smoke, "tiny sizes (20x5 fan-in, 3 s at 20 writes/s over 20 dbs, 20 users, 2 front-door clients, 10 live clients): CI keeps the bench from rotting");
   app.add_option("--sizes", sizes_text, "fan-in sizes, NxM,... (N databases x M documents; default 200x50,1000x20)");
   app.add_option("--steady-dbs", steady_dbs, "steady state: source databases (default 1000)");
   app.add_option("--rate", rate, "steady state: writes per second (default 100)");
-  app.add_option("--seconds", seconds, "steady state: seconds of writing (default 60)");
+  app.add_option("--seconds", seconds, "steady state: seconds of writing (default 60; 3 with --smoke)");
   app.add_option("--users", users, "provisioning: users created at once (default 1000)");
   app.add_option("--builtin-timeout", builtin_timeout, "seconds CouchDB's own replicator gets per size (default 300; 60 with --smoke)");
   app.add_option("--builtin-url", o.builtin_url,
@@ -192,7 +192,7 @@ int main(int argc, char** argv) {
   app.add_flag("--front-tls", o.front_tls, "front door phase over TLS (front.tls with a certificate made by `openssl req`) instead of plain HTTP");
   app.add_option("--live-clients", live_clients, "live feeds: longpoll clients, one per user database (default 10000; 10 with --smoke)");
   app.add_option("--live-rate", live_rate, "live feeds: writes per second into random user databases (default 100; 10 with --smoke)");
-  app.add_option("--live-seconds", live_seconds, "live feeds: seconds of writing per half (default 600; 1 with --smoke)");
+  app.add_option("--live-seconds", live_seconds, "live feeds: seconds of writing per half (default 600; 0.5 with --smoke)");
   try {
     app.parse(argc, argv);
     o.sizes = parse_sizes(sizes_text.empty() ? (o.smoke ? "20x5" : "200x50,1000x20") : sizes_text);
@@ -212,7 +212,7 @@ int main(int argc, char** argv) {
   }
   o.steady_dbs = steady_dbs.value_or(o.smoke ? 20 : 1000);
   o.rate = rate.value_or(o.smoke ? 20 : 100);
-  o.seconds = seconds.value_or(o.smoke ? 5 : 60);
+  o.seconds = seconds.value_or(o.smoke ? 3 : 60);
   o.users = users.value_or(o.smoke ? 20 : 1000);
   o.builtin_timeout = builtin_timeout.value_or(o.smoke ? 60 : 300);
   o.threads = std::max(1, o.threads);
@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
   o.front_batch = o.smoke ? 10 : 100;
   o.live_clients = live_clients.value_or(o.smoke ? 10 : 10000);
   o.live_rate = live_rate.value_or(o.smoke ? 10 : 100);
-  o.live_seconds = live_seconds.value_or(o.smoke ? 1 : 600);
+  o.live_seconds = live_seconds.value_or(o.smoke ? 0.5 : 600);
   {
     // The live-feeds phase holds one socket per client (and couchgate, a child, inherits this).
     struct rlimit rl {};
