@@ -1113,6 +1113,8 @@ class loader {
         {"max_requests_per_user", count(c.max_requests_per_user, 1, 100000)},
         {"auth_failure_limit", count(c.auth_failure_limit, 1, 1000000)},
         {"auth_failure_window", duration(c.auth_failure_window, 1000)},
+        {"max_parked_per_user", count(c.max_parked_per_user, 1, 1000000)},
+        {"feed_sweep_interval", duration(c.feed_sweep_interval, 100)},
         {"upstream",
          [this, &c, count, duration](const YAML::Node& v, const std::string& p, int l) {
            auto& u = c.upstream;

@@ -23,6 +23,9 @@ class session_cache {
   // The key for a credential (Authorization value and AuthSession cookie, as sent).
   static std::string key_of(std::string_view credential);
   std::optional<std::string> lookup(const std::string& key, clock_type::time_point now);
+  // When what is cached for `key` stops counting (a parked feed re-validates then); nullopt: nothing cached.
+  std::optional<clock_type::time_point> expires(const std::string& key) const;
+  std::chrono::milliseconds ttl() const { return ttl_; }
   void store(const std::string& key, std::string user, clock_type::time_point now);
   // CouchDB refused a cached credential (password changed, session expired): ask again next time.
   void forget(const std::string& key);
