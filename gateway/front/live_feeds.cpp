@@ -62,6 +62,13 @@ std::string empty_answer(const std::string& since) {
   return j.dump() + "\n";
 }
 
+// When a parked feed's credential is asked about again: when what the session cache holds for
+// it runs out (at least a second apart when the cache is off).
+clock_type::time_point next_validation(const session_cache& sessions, const std::string& key, clock_type::time_point now) {
+  const auto at = sessions.expires(key);
+  return at ? *at : now + std::max(sessions.ttl(), std::chrono::milliseconds(1000));
+}
+
 header_list one_header(const char* name, std::string value) {
   header_list h;
   h.emplace_back(name, std::move(value));
@@ -135,11 +142,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     ~unsubscribe() { feeds.unsubscribe(id); }
   } unsubscribe_at_end{feeds, *id};
 
-  const auto revalidate_at = [&] {
-    const auto at = sessions_.expires(credential_key);
-    return at ? *at : now_() + std::max(sessions_.ttl(), std::chrono::milliseconds(1000));
-  };
-  feed_state state(request, now_(), revalidate_at());
+  feed_state state(request, now_(), next_validation(sessions_, credential_key, now_()));
 
   // The response as it goes: held back (longpoll) until rows, a heartbeat or the end.
   bool header_sent = false;
@@ -314,7 +317,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
             co_return co_await refuse(401, json_error("unauthorized", "Name or password is incorrect."));
           }
           // CouchDB unavailable: the feed stays; asked again soon.
-          state.revalidated(who.k == identity::kind::user ? revalidate_at() : now_() + std::chrono::seconds(1));
+          state.revalidated(who.k == identity::kind::user ? next_validation(sessions_, credential_key, now_())
+                                                          : now_() + std::chrono::seconds(1));
           break;
         }
         case feed_due::heartbeat:

@@ -475,7 +475,7 @@ json live_config(const names& n, const stage& st, int pool) {
   cfg["front"]["allow_insecure"] = true;
   cfg["front"]["upstream"] = {{"max_connections", pool}};
   cfg["front"]["feed_sweep_interval"] = "200ms";
-  cfg["fanin"]["max_connections"] = 2;  // couchgate's own pool (fan-in, provisioning, the feed sweep)
+  cfg["fanin"]["max_connections"] = 3;  // couchgate's own pool (fan-in, provisioning, the feed sweep): its minimum
   return cfg;
 }
 
