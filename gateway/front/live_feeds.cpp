@@ -176,9 +176,10 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     co_await net::async_write(ex.stream, http::make_chunk_last(), ec_token(ec));
     co_return !ec && keep;
   };
-  // The whole answer at once (longpoll, nothing sent yet) or the rest of the body.
+  // The whole answer at once (longpoll, nothing sent yet) or the rest of the body (continuous
+  // and eventsource always stream, with their own content type).
   const auto finish = [&](std::string text) -> net::awaitable<bool> {
-    if (!header_sent) {
+    if (!header_sent && request.kind == feed_kind::longpoll) {
       out.status = 200;
       const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, options_.client_timeout,
                                               one_header("Cache-Control", "must-revalidate"));

@@ -10,7 +10,9 @@
 //           _session cache lifetime).
 //   race:   a raw longpoll `_changes` through the front door while couchgate holds the first
 //           check's answer (its test fail point); the writer writes as soon as couchgate's log
-//           shows the check was answered; the longpoll must deliver that write.
+//           shows the check was answered; the longpoll must deliver that write. Then the other
+//           shapes: a `_doc_ids` filter (POST body) re-run on wake, continuous with limit,
+//           eventsource, timeout, and the per-user cap (429).
 //
 // Usage: node live.js PARAMS.json
 'use strict';
@@ -148,6 +150,75 @@ async function race() {
   const ids = (res.json && res.json.results || []).map((r) => r.id);
   c.ok(ids.includes(id), `the write made between check and park was not delivered: ${lib.trunc(res.text)}`);
   console.log(`race: delivered after ${Date.now() - t0} ms`);
+  await formats(u, auth, ids.length ? res.json.last_seq : since);
+}
+
+// The other feed shapes and limits, on the same user (run after the race, p.max_parked = 2).
+async function formats(u, auth, since) {
+  const put = (id, body) => direct(`/${encodeURIComponent(u.db)}/${id}`, { method: 'PUT', body: { owner: u.name, ...body } });
+  const q = (s) => encodeURIComponent(typeof s === 'string' ? s : JSON.stringify(s));
+  const changes = (query, opts = {}) => lib.request(p.front, `/me/_changes?${query}`, { headers: auth, timeout_ms: deadline_ms, ...opts });
+  const parked_at_least = (n) => lib.eventually(async () => {
+    const m = await lib.request(p.admin, '/metrics');
+    const hit = /^couchgate_front_feeds_parked (\S+)$/m.exec(m.text || '');
+    return hit && Number(hit[1]) >= n;
+  }, deadline_ms);
+
+  // A _doc_ids filter (POST body) is re-run on every wake: an unrelated write wakes it and finds
+  // nothing, the matching one is answered, alone.
+  const wanted = `wanted-${run}`;
+  const filtered = changes(`feed=longpoll&heartbeat=10000&filter=_doc_ids&since=${q(since)}`,
+    { method: 'POST', body: { doc_ids: [wanted] } });
+  c.ok(await parked_at_least(1), 'the filtered feed never parked');
+  const fetches0 = await metric('couchgate_front_feed_wake_fetches_total');
+  c.eq((await put(`other-${run}`, {})).status, 201, 'unrelated write');
+  c.ok(await lib.eventually(async () => (await metric('couchgate_front_feed_wake_fetches_total')) > fetches0, deadline_ms),
+    'the unrelated write did not wake the filtered feed');
+  c.eq((await put(wanted, {})).status, 201, 'matching write');
+  const fr = await filtered;
+  c.eq(fr.status, 200, `filtered longpoll status ${lib.trunc(fr.text)}`);
+  c.eq((fr.json && fr.json.results || []).map((r) => r.id), [wanted], 'the filtered longpoll answer');
+
+  // Continuous with limit=2: rows one per line as they come, then the last_seq line and the end.
+  const info = await direct(`/${encodeURIComponent(u.db)}`);
+  const cont = changes(`feed=continuous&heartbeat=500&limit=2&since=${q(info.json.update_seq)}`);
+  c.ok(await parked_at_least(1), 'the continuous feed never parked');
+  c.eq((await put(`c1-${run}`, {})).status, 201, 'first continuous write');
+  c.eq((await put(`c2-${run}`, {})).status, 201, 'second continuous write');
+  const cr = await cont;
+  c.eq(cr.status, 200, 'continuous status');
+  const lines = cr.text.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l));
+  c.eq(lines.filter((l) => l.id).map((l) => l.id), [`c1-${run}`, `c2-${run}`], `continuous rows (${lib.trunc(cr.text)})`);
+  c.ok(lines.length > 0 && 'last_seq' in lines[lines.length - 1], 'the continuous feed ends with its last_seq line');
+
+  // Eventsource: SSE events with the row as data and its seq as id.
+  const info2 = await direct(`/${encodeURIComponent(u.db)}`);
+  const es = changes(`feed=eventsource&limit=1&since=${q(info2.json.update_seq)}`);
+  c.ok(await parked_at_least(1), 'the eventsource feed never parked');
+  c.eq((await put(`e1-${run}`, {})).status, 201, 'eventsource write');
+  const er = await es;
+  c.ok(/^text\/event-stream/.test(er.headers['content-type'] || ''), `eventsource content type ${er.headers['content-type']}`);
+  c.ok(/data: \{.*"id":"e1-/.test(er.text) && /\nid: \S+/.test(er.text), `eventsource body ${lib.trunc(er.text)}`);
+
+  // timeout without heartbeat: the empty answer, with a last_seq to resume from.
+  const t = await changes(`feed=longpoll&timeout=500&since=${q(info2.json.update_seq)}&filter=_doc_ids&doc_ids=${q(['none'])}`);
+  c.eq(t.status, 200, 'timed-out longpoll status');
+  c.ok(t.json && Array.isArray(t.json.results) && t.json.results.length === 0 && 'last_seq' in t.json,
+    `timed-out longpoll answer ${lib.trunc(t.text)}`);
+
+  // front.max_parked_per_user (2 here): a third open feed is refused with 429 and Retry-After.
+  const hold = [1, 2].map(() => changes(`feed=longpoll&timeout=3000&since=${q(info2.json.update_seq)}&filter=_doc_ids&doc_ids=${q(['none'])}`));
+  c.ok(await parked_at_least(2), 'the two feeds never parked');
+  const third = await changes(`feed=longpoll&timeout=3000&since=${q(info2.json.update_seq)}`);
+  c.eq(third.status, 429, 'a third live feed of the user');
+  c.ok(!!third.headers['retry-after'], 'the 429 says when to retry');
+  await Promise.all(hold);
+}
+
+async function metric(name) {
+  const m = await lib.request(p.admin, '/metrics');
+  const hit = new RegExp(`^${name} (\\S+)$`, 'm').exec(m.text || '');
+  return hit ? Number(hit[1]) : NaN;
 }
 
 (async () => {

@@ -575,12 +575,14 @@ TEST_CASE("live feeds: a parked client whose password changes gets 401 within th
   CHECK(cg.terminate() == 0);
 }
 
-TEST_CASE("live feeds: a write between the first check and the park is delivered") {
+TEST_CASE("live feeds: a write between the first check and the park is delivered; filters, continuous, eventsource, cap") {
   SKIP_WITHOUT_FRONT_DOOR();
   install_client_deps();
   stage st;
   auto n = fresh_names("live-race");
-  couchgate_process cg(live_config(n, st, 4), {{"COUCHGATE_TEST_FEED_CHECK_DELAY_MS", "1500"}});
+  json cfg = live_config(n, st, 4);
+  cfg["front"]["max_parked_per_user"] = 2;
+  couchgate_process cg(cfg, {{"COUCHGATE_TEST_FEED_CHECK_DELAY_MS", "1500"}});
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
   auto users = make_users(n, {"dave"});
