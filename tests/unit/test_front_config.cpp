@@ -124,3 +124,14 @@ TEST_CASE("front config: a change needs a restart (the certificate files are re-
   CHECK(cg::restart_needed(running, fresh) == std::vector<std::string>{"front"});
   CHECK(cg::live_changes(running, fresh).empty());
 }
+
+TEST_CASE("front config: the live feed keys (issue 14)") {
+  CHECK(load("front:\n  enabled: false\n").cfg.front.max_parked_per_user == 32);
+  const auto r = load("front:\n  max_parked_per_user: 5\n  feed_sweep_interval: 250ms\n");
+  INFO(cg::format_errors("t.yaml", r.errors));
+  REQUIRE(r.errors.empty());
+  CHECK(r.cfg.front.max_parked_per_user == 5);
+  CHECK(r.cfg.front.feed_sweep_interval == milliseconds{250});
+  CHECK_FALSE(load("front:\n  max_parked_per_user: 0\n").errors.empty());
+  CHECK_FALSE(load("front:\n  feed_sweep_interval: 10ms\n").errors.empty());
+}
