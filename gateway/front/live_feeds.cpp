@@ -85,7 +85,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout, headers);
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), headers);
     co_return ok && keep;
   };
 
@@ -102,7 +102,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     while (!ex.parser.is_done()) {
       ex.parser.get().body().data = chunk.data();
       ex.parser.get().body().size = chunk.size();
-      ex.stream.tcp().expires_after(options_.client_timeout);
+      ex.stream.tcp().expires_after(client_timeout());
       co_await http::async_read_some(ex.stream, ex.buffer, ex.parser, ec_token(ec));
       if (ec == http::error::need_buffer) ec = {};
       if (ec) co_return false;
@@ -155,7 +155,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     res.keep_alive(keep);
     http::response_serializer<http::empty_body> writer{res};
     error_code ec;
-    ex.stream.tcp().expires_after(options_.client_timeout);
+    ex.stream.tcp().expires_after(client_timeout());
     co_await http::async_write_header(ex.stream, writer, ec_token(ec));
     header_sent = !ec;
     out.status = 200;
@@ -165,14 +165,14 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     if (!header_sent && !co_await send_header()) co_return false;
     if (data.empty()) co_return true;
     error_code ec;
-    ex.stream.tcp().expires_after(options_.client_timeout);
+    ex.stream.tcp().expires_after(client_timeout());
     co_await net::async_write(ex.stream, http::make_chunk(net::buffer(data)), ec_token(ec));
     co_return !ec;
   };
   const auto end_body = [&]() -> net::awaitable<bool> {
     if (!header_sent && !co_await send_header()) co_return false;
     error_code ec;
-    ex.stream.tcp().expires_after(options_.client_timeout);
+    ex.stream.tcp().expires_after(client_timeout());
     co_await net::async_write(ex.stream, http::make_chunk_last(), ec_token(ec));
     co_return !ec && keep;
   };
@@ -181,7 +181,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const auto finish = [&](std::string text) -> net::awaitable<bool> {
     if (!header_sent && request.kind == feed_kind::longpoll) {
       out.status = 200;
-      const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, options_.client_timeout,
+      const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, client_timeout(),
                                               one_header("Cache-Control", "must-revalidate"));
       co_return ok && keep;
     }
@@ -198,7 +198,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     if (!header_sent) {
       out.status = status;
       co_return co_await write_response(ex.stream, static_cast<http::status>(status), std::move(text), false,
-                                        options_.client_timeout);
+                                        client_timeout());
     }
     // Too late for a status: the longpoll body becomes CouchDB's error object; a continuous
     // or eventsource feed just ends. The connection closes either way.
