@@ -542,6 +542,19 @@ constexpr key_spec table[] = {
          .help = "Failed authentications per client address within auth_failure_window before 429."}),
     key<&config::front, &frc::auth_failure_window>(
         {.name = "front.auth_failure_window", .kind = k::duration_ms, .on_reload = live, .min = 1000}),
+    key<&config::front, &frc::max_parked_per_user>(
+        {.name = "front.max_parked_per_user",
+         .kind = k::integer,
+         .min = 1,
+         .max = 1000000,
+         .help = "Live _changes feeds (longpoll, continuous, eventsource) one user may hold open; they wait parked in "
+                 "couchgate with no connection to CouchDB (429 with Retry-After above)."}),
+    key<&config::front, &frc::feed_sweep_interval>(
+        {.name = "front.feed_sweep_interval",
+         .kind = k::duration_ms,
+         .min = 100,
+         .help = "Servers without _db_updates: how often the databases with parked live feeds are swept (at most "
+                 "fanin.sweep_rate databases per second)."}),
     section("front.upstream",
             "The front door's own keep-alive pool of sockets to CouchDB (apart from fanin.max_connections): when all "
             "are busy a request waits up to wait_timeout, then gets 503 with Retry-After."),

@@ -1,6 +1,7 @@
 // Owns: wiring the components together and the start/stop sequence (see daemon.hpp).
 #include "gateway/daemon.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 
 #include "gateway/admin_api.hpp"
 #include "gateway/databases.hpp"
+#include "gateway/feed_notifier.hpp"
 #include "gateway/identities.hpp"
 #include "gateway/front/front_door.hpp"
 #include "gateway/logging.hpp"
@@ -74,6 +76,24 @@ std::string join(const std::vector<std::string>& keys) {
   return out;
 }
 
+// Every client connection (and parked live feed) is a descriptor: the soft limit goes up to the
+// hard one (deploy/couchgate.service sets LimitNOFILE to fit front.max_connections).
+void raise_open_files_limit(std::size_t wanted) {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  if (lim.rlim_cur < lim.rlim_max) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  const auto cur = static_cast<unsigned long long>(lim.rlim_cur);
+  log()->info("open files limit (RLIMIT_NOFILE): {}", cur);
+  if (wanted > 0 && lim.rlim_cur != RLIM_INFINITY && cur < wanted + 256) {
+    log()->warn("open files limit {} is below front.max_connections ({}) plus couchgate's own: raise LimitNOFILE", cur,
+                wanted);
+  }
+}
+
 r::detection to_detection(detection_mode m) {
   switch (m) {
     case detection_mode::db_updates: return r::detection::db_updates;
@@ -103,6 +123,7 @@ struct daemon::impl {
   std::unique_ptr<identities> ids;
   std::unique_ptr<admin_api> api;
   std::unique_ptr<front_door> front;  // clients' entry point (front.enabled)
+  std::unique_ptr<feed_notifier> feeds;  // wakes the front door's parked live feeds
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   // The server's max_dbs_open (-1 until read, or when it cannot be read) against the shards
   // fan-in keeps busy (replicator/server_limits.hpp); written by the main loop.
@@ -448,6 +469,7 @@ void daemon::request_reload() {
 int daemon::run() {
   auto& d = *impl_;
   const auto& cfg = d.cfg;
+  raise_open_files_limit(cfg.front.enabled ? cfg.front.max_connections : 0);
 
   d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, cfg.couchdb.username, cfg.couchdb.password,
                                                                 cfg.fanin.max_connections, std::string("couchgate/") + COUCHGATE_VERSION});
@@ -501,6 +523,9 @@ int daemon::run() {
       front::local_handler local;
       if (d.ids) local = [&d](const front::local_request& r) { return d.ids->serve(r); };
       d.front = std::make_unique<front_door>(cfg, d.metrics, std::move(local));
+      d.feeds = std::make_unique<feed_notifier>(*d.client, d.front->feeds(), d.detector.get(),
+                                                feed_notifier_options{cfg.front.feed_sweep_interval, cfg.fanin.sweep_rate});
+      if (d.detector) d.detector->set_listener(d.feeds->listener());
     } catch (const std::exception& e) {
       log()->critical("front door: {}", e.what());
       return 1;
@@ -537,6 +562,7 @@ int daemon::run() {
   if (ok) {
     if (d.fan) d.fan->start();
     if (d.detector) d.detector->start();
+    if (d.feeds) d.feeds->start();
     if (d.prov) d.prov->start();
     if (d.ids) d.ids->start();
   }
@@ -598,6 +624,7 @@ int daemon::run() {
   // Rounds end and checkpoints are written while the pool still runs; whatever is cut off is
   // read again at the next start.
   if (d.front) d.front->stop();
+  if (d.feeds) d.feeds->stop();
   if (d.fan) d.fan->drain(std::chrono::seconds(5));
   d.pool->shutdown();
   if (d.ids) d.ids->stop();
