@@ -1020,6 +1020,11 @@ class loader {
            read_integer(v, p, l, 1, std::nullopt, c.rate_limit);
          }},
         {"rate_window", secs(c.rate_window, 1)},
+        {"on_duplicate",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) {
+           read_enum<policy::on_duplicate>(
+               v, p, l, {{"flag", policy::on_duplicate::flag}, {"exclude", policy::on_duplicate::exclude}}, c.on_duplicate);
+         }},
     };
   }
 
