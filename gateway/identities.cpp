@@ -546,15 +546,19 @@ replicator::result<policy::claim> identities::classify(const json& reservation, 
   return policy::classify_claim(holder, user, st.value());
 }
 
-replicator::result<policy::claim> identities::claim_for(unique_field f, const std::string& key, const std::string& user,
-                                                        const std::string& email) {
-  const std::string id = policy::reservation_id(f, key);
+replicator::pending_json identities::put_claim(unique_field f, const std::string& key, const std::string& user,
+                                               const std::string& email) {
   json doc{{"type", "reservation"}, {"field", policy::to_string(f)}, {"user", user}, {"created", stamp()}};
   if (f == unique_field::name && !email.empty()) doc["email"] = email;
-  auto r = client_.put_doc(cfg_.db, id, doc).get();
+  return client_.put_doc(cfg_.db, policy::reservation_id(f, key), doc);
+}
+
+replicator::result<policy::claim> identities::settle_claim(replicator::pending_json& put, unique_field f,
+                                                           const std::string& key, const std::string& user) {
+  auto r = put.get();
   if (r.ok()) return policy::claim::held;
   if (!is_conflict(r.error())) return r.error();
-  auto cur = client_.get_doc(cfg_.db, id).get();
+  auto cur = client_.get_doc(cfg_.db, policy::reservation_id(f, key)).get();
   if (!cur.ok()) {
     // Released between the two requests: the next pass claims it.
     if (cur.error().kind == couch_error_kind::not_found) return policy::claim::in_flight;
@@ -634,6 +638,15 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     const auto doc = row.is_object() ? row.find("doc") : row.end();
     if (doc != row.end() && doc->is_object()) found[str_field(row, "key")] = *doc;
   }
+  // The missing ones are created, all requests in flight at once.
+  std::map<std::pair<std::size_t, unique_field>, replicator::pending_json> puts;
+  for (const auto& w : todo) {
+    for (const auto& [f, key] : {std::pair{unique_field::name, w.name_key}, std::pair{unique_field::email, w.email}}) {
+      if (!key.empty() && !found.count(policy::reservation_id(f, key))) {
+        puts.emplace(std::pair{w.i, f}, put_claim(f, key, users[w.i]->name, w.email));
+      }
+    }
+  }
 
   for (const auto& w : todo) {
     const std::string& user = users[w.i]->name;
@@ -642,7 +655,7 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     // One field: an existing reservation is classified; a missing one is created.
     const auto claim_field = [&](unique_field f, const std::string& key) -> std::optional<policy::claim> {
       const auto it = found.find(policy::reservation_id(f, key));
-      auto c = it == found.end() ? claim_for(f, key, user, w.email) : classify(it->second, user);
+      auto c = it == found.end() ? settle_claim(puts.at({w.i, f}), f, key, user) : classify(it->second, user);
       if (!c.ok()) {
         failed = c.error();
         return std::nullopt;

@@ -117,9 +117,12 @@ class identities {
   replicator::result<std::optional<policy::intent_state>> intent_of(const replicator::json& reservation);
   // Where a reservation that exists stands for `user`.
   replicator::result<policy::claim> classify(const replicator::json& reservation, const std::string& user);
-  // PUTs a reservation for a user made without couchgate; on 409 reads and classifies the holder.
-  replicator::result<policy::claim> claim_for(policy::unique_field f, const std::string& key, const std::string& user,
-                                              const std::string& email);
+  // PUTs a reservation for a user made without couchgate (answer awaited by settle_claim: on
+  // 409 the holder is read and classified).
+  replicator::pending_json put_claim(policy::unique_field f, const std::string& key, const std::string& user,
+                                     const std::string& email);
+  replicator::result<policy::claim> settle_claim(replicator::pending_json& put, policy::unique_field f,
+                                                 const std::string& key, const std::string& user);
   // Deletes a reservation if policy::may_release_for_deleted allows (the user is gone).
   bool release_if_held_by_deleted(const std::string& reservation_id, const std::string& user);
   void note_conflicts(const std::string& user, const std::string& email, const std::string& name_key,
