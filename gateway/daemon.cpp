@@ -478,7 +478,7 @@ int daemon::run() {
     if (cfg.identities.enabled) {
       // Users made without couchgate get their reservations (d.ids exists before the provisioner starts).
       hooks.admit = [&d](const std::vector<const policy::user_doc*>& users) { return d.ids->admit(users); };
-      hooks.user_deleted = [&d](const std::string& name) { return d.ids->release_deleted(name); };
+      hooks.user_gone = [&d](const std::string& name) { return d.ids->release_deleted(name); };
     }
     d.prov = std::make_unique<provisioner>(*d.client, *d.state, d.metrics, cfg.provisioning, std::move(hooks));
   }

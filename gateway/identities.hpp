@@ -78,8 +78,9 @@ class identities {
   // whose reservations could not be checked (server error: retried). The name reservation also
   // records the address, so a deleted user's address can be found again.
   std::vector<std::optional<policy::direct_verdict>> admit(const std::vector<const policy::user_doc*>& users);
-  // A deleted user's reservations are released, only those pointing at it and held by no intent
-  // in flight, and only if no user of that name exists now. False on a server error (retried).
+  // A user deleted (or no longer selected): its conflicts are forgotten; if no user of that name
+  // exists now, its reservations are released, only those pointing at it and held by no intent
+  // in flight. False on a server error (retried).
   bool release_deleted(const std::string& name);
   // Values of users made without couchgate reserved by another user, as last seen:
   // [{user, field, value, holder}] (the admin API's GET /identities/conflicts).

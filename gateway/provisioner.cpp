@@ -195,7 +195,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
     // Unique identities first (when on): a deleted user's reservations are released; a selected
     // live user gets its reservations and may be excluded (identities.on_duplicate: exclude).
     std::vector<std::optional<policy::direct_verdict>> verdicts(end - off, policy::direct_verdict{});
-    if (hooks_.admit && hooks_.user_deleted) {
+    if (hooks_.admit && hooks_.user_gone) {
       std::vector<const policy::user_doc*> live;
       std::vector<std::size_t> at;
       for (std::size_t i = off; i < end; ++i) {
@@ -204,7 +204,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
             std::lock_guard lk(mu_);
             look_again_.erase(users[i].name);
           }
-          if (!hooks_.user_deleted(users[i].name)) ++retryable;  // its database is still handled below
+          if (!hooks_.user_gone(users[i].name)) ++retryable;  // its database is still handled below
         } else if (policy::decide(p.select, p.on_delete, users[i]) == policy::user_action::ensure) {
           live.push_back(&users[i]);
           at.push_back(i - off);
@@ -244,8 +244,13 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
           continue;
         }
       } else if (!users[i].deleted) {
-        std::lock_guard lk(mu_);
-        look_again_.erase(users[i].name);
+        bool was_conflicting = false;
+        {
+          std::lock_guard lk(mu_);
+          was_conflicting = look_again_.erase(users[i].name) > 0;
+        }
+        // No longer selected: it is not listed as a conflict any more (its reservations stay).
+        if (was_conflicting && hooks_.user_gone) hooks_.user_gone(users[i].name);
       }
       // Reconcile knows which databases exist: a user who is not (or no longer) selected and
       // has no database needs nothing, and thousands of unselected users cost no request.

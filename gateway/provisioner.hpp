@@ -63,9 +63,10 @@ struct provisioner_hooks {
   // Unique identities (gateway/identities, when enabled): before a selected live user is
   // provisioned, admit() makes its reservations and says whether it may be (nullopt: could not
   // be checked, retried); a verdict with look_again is applied again every look_again_interval.
-  // user_deleted(name) releases a deleted user's reservations (false: retried).
+  // user_gone(name): the user was deleted, or is no longer selected after a conflict: its
+  // conflicts are forgotten and, if it no longer exists, its reservations released (false: retried).
   std::function<std::vector<std::optional<policy::direct_verdict>>(const std::vector<const policy::user_doc*>&)> admit;
-  std::function<bool(const std::string& name)> user_deleted;
+  std::function<bool(const std::string& name)> user_gone;
 };
 
 class provisioner {

@@ -403,6 +403,18 @@ TEST_CASE("users made without couchgate: under on_duplicate exclude a duplicate 
   CHECK(eventually([&] { return f.holder("name/" + s).empty(); }, 30s));
   CHECK(eventually([&] { return f.provisioned(e) && f.holder("email/" + email) == e; }, 30s));
   CHECK(direct_fixture::unlisted(cg, e));
+
+  // x takes d's address, then stops being selected (its role taken away): no longer listed.
+  const std::string x = unique("xdirect");
+  f.create(x, other);
+  CHECK(eventually([&] { return direct_fixture::listed(cg, x, "email", other, d); }, 30s));
+  auto cur = couch().get(user_doc(x));
+  REQUIRE(cur.status == 200);
+  json doc = cur.body;
+  doc["roles"] = json::array();
+  REQUIRE(couch().put(user_doc(x), doc).status == 201);
+  CHECK(eventually([&] { return direct_fixture::unlisted(cg, x); }, 30s));
+  CHECK(f.holder("email/" + other) == d);
   couch().del(f.ids_db);
 }
 
