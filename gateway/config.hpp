@@ -118,6 +118,10 @@ struct identities_config {
   // Sign-up and availability requests per client address per rate_window (429 with Retry-After above).
   std::size_t rate_limit = 20;
   seconds rate_window{60};
+  // A user made directly in _users whose address (or name) another user has reserved:
+  // flag = provisioned and listed at the admin API's /identities/conflicts; exclude = not
+  // provisioned until resolved.
+  policy::on_duplicate on_duplicate = policy::on_duplicate::flag;
   bool operator==(const identities_config&) const = default;
 };
 

@@ -137,6 +137,8 @@ constexpr key_choice id_mode_choices[] = {{"namespaced", static_cast<int>(policy
 constexpr key_choice detection_choices[] = {{"auto", static_cast<int>(detection_mode::automatic)},
                                             {"db_updates", static_cast<int>(detection_mode::db_updates)},
                                             {"sweep", static_cast<int>(detection_mode::sweep)}};
+constexpr key_choice on_duplicate_choices[] = {{"flag", static_cast<int>(policy::on_duplicate::flag)},
+                                               {"exclude", static_cast<int>(policy::on_duplicate::exclude)}};
 constexpr key_choice log_level_choices[] = {{"trace", 0}, {"debug", 1}, {"info", 2}, {"warn", 3},
                                             {"error", 4}, {"critical", 5}, {"off", 6}};
 constexpr key_choice log_format_choices[] = {{"text", static_cast<int>(log_format::text)},
@@ -425,6 +427,14 @@ constexpr key_spec table[] = {
                  "Retry-After."}),
     key<&config::identities, &ic::rate_window>(
         {.name = "identities.rate_window", .kind = k::duration_s, .on_reload = live, .min = 1}),
+    key<&config::identities, &ic::on_duplicate>(
+        {.name = "identities.on_duplicate",
+         .kind = k::choice,
+         .choices = on_duplicate_choices,
+         .help = "Users made directly in _users get their name/ and email/ reservations from the provisioner. When "
+                 "one of those values is already reserved by another user: flag = provision the user anyway, log the "
+                 "conflict once, count it and list it at the admin API's /identities/conflicts; exclude = do not "
+                 "provision the user until the conflict is resolved."}),
 
     section("admin_api", "The admin HTTP API."),
     key<&config::admin_api, &ac::address>(

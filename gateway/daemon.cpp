@@ -502,12 +502,16 @@ int daemon::run() {
                                                       [&d](const std::string& db, bool recreated) { d.db_created(db, recreated); });
   }
   if (cfg.provisioning.enabled) {
-    d.prov = std::make_unique<provisioner>(
-        *d.client, *d.state, d.metrics, cfg.provisioning,
-        provisioner_hooks{[&d](const std::string& db, const policy::owner& o) { d.add_source(db, o); },
-                          [&d](const std::string& db) {
-                            if (d.fan) d.fan->remove_source(db);
-                          }});
+    provisioner_hooks hooks{[&d](const std::string& db, const policy::owner& o) { d.add_source(db, o); },
+                            [&d](const std::string& db) {
+                              if (d.fan) d.fan->remove_source(db);
+                            }};
+    if (cfg.identities.enabled) {
+      // Users made without couchgate get their reservations (d.ids exists before the provisioner starts).
+      hooks.admit = [&d](const std::vector<const policy::user_doc*>& users) { return d.ids->admit(users); };
+      hooks.user_gone = [&d](const std::string& name) { return d.ids->release_deleted(name); };
+    }
+    d.prov = std::make_unique<provisioner>(*d.client, *d.state, d.metrics, cfg.provisioning, std::move(hooks));
   }
 
   if (cfg.identities.enabled) {
@@ -535,7 +539,11 @@ int daemon::run() {
   d.api = std::make_unique<admin_api>(admin_handlers{
       [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
       [&d](const std::string& u) { return d.user_status(u); },
-      [&d] { return json{{"refused_docs", refused_json(d.fan ? d.fan->refused() : std::vector<r::refused_doc>{})}}; }},
+      [&d] { return json{{"refused_docs", refused_json(d.fan ? d.fan->refused() : std::vector<r::refused_doc>{})}}; },
+      [&d]() -> std::optional<json> {
+        if (!d.ids) return std::nullopt;
+        return json{{"conflicts", d.ids->conflicts()}, {"on_duplicate", policy::to_string(d.cfg.identities.on_duplicate)}};
+      }},
       cfg.admin_api.token);
   std::string err;
   int port = d.api->start(cfg.admin_api.address, cfg.admin_api.port, err);

@@ -116,6 +116,12 @@ parsed_user parse_user_doc(const nlohmann::json& doc, bool deleted, std::size_t 
       out.roles.push_back(role.get<std::string>());
     }
   }
+  if (const nlohmann::json* email = find_field(doc, "email"); email != nullptr && email->is_string()) {
+    out.email = email->get<std::string>();
+  }
+  if (const nlohmann::json* intent = find_field(doc, "couchgate_intent"); intent != nullptr && intent->is_string()) {
+    out.from_intent = !intent->get_ref<const std::string&>().empty();
+  }
   return out;
 }
 

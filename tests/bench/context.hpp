@@ -34,12 +34,14 @@ struct options {
   int rate = 100;             // writes per second in the steady-state phase
   double seconds = 60;        // steady-state write window
   int users = 1000;           // provisioning burst
+  int signups = 200;          // sign-up phase: sign-ups through the front door
+  int signup_concurrency = 16;  // ... sent this many at a time
   double builtin_timeout = 300;
   std::string builtin_url;    // how the server's replicator reaches the server; empty = COUCHDB_URL
   std::string out = "bench-results.json";
   std::string plots;          // directory; empty = no plots
   std::string logs;           // directory to keep couchgate's logs in; empty = discard them
-  std::set<std::string> skip; // fanin ceiling builtin restore steady provisioning front live
+  std::set<std::string> skip; // fanin ceiling builtin restore steady provisioning front live signup
   json couchgate_overrides = json::object();  // JSON merge patch applied to every couchgate config
   std::string log_level = "info";
   bool user_passwords = false;

@@ -40,6 +40,9 @@ void run_fanin_builtin(context& ctx, fanin_sources& kept, json& entry, plot_data
 json run_steady(context& ctx, plot_data& plots);
 // 3. Provisioning: users created at once.
 json run_provisioning(context& ctx, plot_data& plots);
+// 4. Sign-up: N POST /_signup through the front door, C at a time, each until its 201 (database
+// provisioned), and the server's ceiling for the same writes (signup_phase.cpp).
+json run_signup(context& ctx);
 
 // Client phases (issues #13 and #14).
 // 4. Front door: K clients replicating (push and pull) straight to the server and through

@@ -328,6 +328,19 @@ void print_table(const json& results) {
              cell(num(p, {"ceiling", "connections"}), "%.0f").c_str(), cell(num(p, {"ceiling", "users_per_s"}), "%.1f").c_str());
   }
   o += client_tables(results);
+  if (results.contains("signup")) {
+    const json& p = results["signup"];
+    o += fmt("\nSIGN-UP  %.0f sign-ups through the front door, %.0f at a time (until the 201: database provisioned)\n",
+             num(p, {"signups"}), num(p, {"concurrency"}));
+    o += fmt("  %s sign-ups/s: %s created in %s s; per sign-up ms p50 %s p99 %s max %s; not ready %s, failed %s\n",
+             cell(num(p, {"signups_per_s"}), "%.1f").c_str(), cell(num(p, {"created"}), "%.0f").c_str(),
+             cell(num(p, {"seconds"})).c_str(), cell(num(p, {"latency_ms", "p50"}), "%.0f").c_str(),
+             cell(num(p, {"latency_ms", "p99"}), "%.0f").c_str(), cell(num(p, {"latency_ms", "max"}), "%.0f").c_str(),
+             cell(num(p, {"not_ready"}), "%.0f").c_str(), cell(num(p, {"failed"}), "%.0f").c_str());
+    o += fmt("  ceiling (bench: PUT _users with password + db + _security, same concurrency) %s/s, ms p50 %s p99 %s\n",
+             cell(num(p, {"ceiling", "signups_per_s"}), "%.1f").c_str(), cell(num(p, {"ceiling", "latency_ms", "p50"}), "%.0f").c_str(),
+             cell(num(p, {"ceiling", "latency_ms", "p99"}), "%.0f").c_str());
+  }
   o += "\nTARGETS (issues #5, #13, #14, #18, stated for Apache CouchDB 3.5 on 2 cores; never a pass/fail of this run)\n";
   for (const auto& t : results.value("targets", json::array())) {
     const json& met = t["met"];

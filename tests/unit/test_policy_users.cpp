@@ -50,6 +50,26 @@ TEST_CASE("parse_user_change: a live user") {
   CHECK(u->name == "alice");
   CHECK(u->roles == std::vector<std::string>{"staff", "friends"});
   CHECK_FALSE(u->deleted);
+  CHECK(u->email.empty());
+  CHECK_FALSE(u->from_intent);
+}
+
+TEST_CASE("parse_user_change: the e-mail address and whether couchgate's sign-up made the user") {
+  json doc = alice_doc();
+  doc["email"] = " Alice@Example.org ";
+  doc["couchgate_intent"] = "signup/0123";
+  const auto p = parse_user_change(row_for(doc));
+  const auto* u = as_user(p);
+  REQUIRE(u != nullptr);
+  CHECK(u->email == " Alice@Example.org ");  // as written: normalising is identity's business
+  CHECK(u->from_intent);
+  // Other types read as absent, never as an error: the user is still provisioned.
+  doc["email"] = 42;
+  doc["couchgate_intent"] = json::array();
+  const auto q = parse_user_change(row_for(doc));
+  REQUIRE(as_user(q) != nullptr);
+  CHECK(as_user(q)->email.empty());
+  CHECK_FALSE(as_user(q)->from_intent);
 }
 
 TEST_CASE("parse_user_change: roles and type are optional; names keep odd characters") {
