@@ -2,6 +2,7 @@
 
 #include "gateway/front/cidr.hpp"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -520,6 +521,9 @@ class loader {
     std::vector<YAML::Node> documents;
     try {
       documents = YAML::LoadAll(text);
+    } catch (const YAML::DeepRecursion& e) {  // (its own message is yaml-cpp's "bad file")
+      add("", line_of(e.mark), "invalid YAML: nested more than " + std::to_string(e.depth() - 1) + " levels deep");
+      return;
     } catch (const YAML::ParserException& e) {
       add("", line_of(e.mark), "invalid YAML: " + e.msg);
       return;

@@ -148,6 +148,19 @@ result<raw_doc> read_doc(std::string text) {
       simdjson::ondemand::object revs;
       if (v.get_object().get(revs)) return malformed("document field '_revisions' is not an object" + (has_id ? " (" + d.id + ")" : std::string()));
       d.has_revisions = true;
+      for (auto rf : revs) {
+        std::string_view rk;
+        simdjson::ondemand::value rv;
+        if (rf.unescaped_key().get(rk) || rf.value().get(rv)) return malformed("document is not JSON");
+        if (rk == "start") {
+          std::uint64_t start = 0;
+          if (!rv.get_uint64().get(start)) d.revisions_start = start;
+        } else if (rk == "ids") {
+          simdjson::ondemand::array ids;
+          std::size_t n = 0;
+          if (!rv.get_array().get(ids) && !ids.count_elements().get(n)) d.revisions_count = n;
+        }
+      }
     }
   }
   if (!has_id) return malformed("document has no '_id' string");
