@@ -118,6 +118,9 @@ TEST_CASE("broken configs and arguments: exit 2 naming the problem, never a cras
       {"not YAML", "couchdb: [unclosed\n", {}, {"invalid YAML"}},
       {"a scalar document", "just a string\n", {}, {"top level must be a map"}},
       {"a list document", "- a\n- b\n", {}, {"top level must be a map"}},
+      {"two documents", "fanin:\n  batch_docs: 5\n---\nfanin:\n  batch_docs: 6\n", {}, {"single YAML document", ":3:"}},
+      // (yaml-cpp's LoadAll never returned on this: found by the config fuzz target)
+      {"a lone comma", ",\n", {}, {"single YAML document"}},
       {"unknown top-level key", "fanin:\n  batch_docs: 10\nfanin_typo: 1\n", {}, {"fanin_typo"}},
       {"section of the wrong type", "couchdb: 5\n", {}, {"couchdb"}},
       {"section as a list", "fanin:\n  - 1\n", {}, {"fanin"}},
