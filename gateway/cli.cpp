@@ -184,7 +184,9 @@ int cli_main(int argc, char** argv) {
     const std::string word = argv[1];
     const auto subs = app.get_subcommands([](const CLI::App*) { return true; });
     if (std::none_of(subs.begin(), subs.end(), [&](const CLI::App* s) { return s->get_name() == word; })) {
-      std::cerr << "couchgate: unknown command '" << word << "' (commands: run, check-config, restore, health; see --help)\n";
+      std::string names;
+      for (const CLI::App* s : subs) names += (names.empty() ? "" : ", ") + s->get_name();
+      std::cerr << "couchgate: unknown command '" << word << "' (commands: " << names << "; see --help)\n";
       return 2;
     }
   }
