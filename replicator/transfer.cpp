@@ -1,7 +1,9 @@
 // Owns: the replication protocol round for many sources and targets (see transfer.hpp).
 #include "replicator/transfer.hpp"
 
+#include <algorithm>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "replicator/batching.hpp"
 
@@ -117,46 +119,81 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     std::size_t row;
     std::string rev;
     std::string body;
+    std::uint64_t history_from = 1;  // the oldest generation its `_revisions` reaches
+    bool deleted = false;
   };
   std::vector<fetched_doc> docs;
   auto add_doc = [&](std::size_t row, const wire::raw_doc& doc) {
-    docs.push_back({row, doc.rev, wire::with_id(doc, rows[row].target_id)});
+    std::uint64_t from = 1;
+    if (doc.has_revisions && doc.revisions_count > 0 && doc.revisions_start >= doc.revisions_count) {
+      from = doc.revisions_start - doc.revisions_count + 1;
+    }
+    docs.push_back({row, doc.rev, wire::with_id(doc, rows[row].target_id), from, doc.deleted});
   };
   auto refuse = [&](std::size_t row, const std::string& rev, std::string error, std::string reason) {
     const change_row& r = rows[row];
     res.doc_failures.push_back(
         doc_failure{r.unit, r.source_db, r.source_id, r.target_db, r.target_id, rev, std::move(error), std::move(reason)});
   };
+  auto target_key = [&](std::size_t row) { return key_of(rows[row].target_db, rows[row].target_id); };
+  std::unordered_set<std::string> wanted;                                   // key_of(target key, rev): to be written
+  std::unordered_map<std::string, std::vector<std::string>> ancestors_of;  // target key -> _revs_diff's possible_ancestors
+  // The revision `rev` of the document of key_rows is missing: from the feed's body or fetched.
+  auto need = [&](const std::vector<std::size_t>& key_rows, const std::string& rev) {
+    for (std::size_t r : key_rows) {
+      const auto& rr = rows[r].revs;
+      if (std::find(rr.begin(), rr.end(), rev) == rr.end()) continue;
+      if (!wanted.insert(key_of(target_key(r), rev)).second) return;
+      ++res.revs_missing;
+      if (rows[r].body && rows[r].body->rev == rev) {
+        add_doc(r, *rows[r].body);
+        ++res.docs_inline;
+      } else {
+        fetches[rows[r].source_db].push_back({r, rev});
+      }
+      return;
+    }
+  };
   for (auto& d : diffs) {
     auto answer = d.call.get();
-    if (!answer.ok() || !answer.value().is_object()) {
-      couch_error e = answer.ok() ? wire::malformed("_revs_diff answer is not an object") : answer.error();
-      for (std::size_t i : d.rows) {
-        for (std::size_t r : by_target_key[key_of(d.target, rows[i].target_id)]) fail_unit(res, rows[r].unit, e);
+    if (!answer.ok() && opts.dry_run && answer.error().kind == couch_error_kind::not_found) {
+      for (std::size_t i : d.rows) {  // no such target database yet: it lacks everything
+        const auto& key_rows = by_target_key[key_of(d.target, rows[i].target_id)];
+        for (std::size_t r : key_rows) {
+          for (const auto& rev : rows[r].revs) need(key_rows, rev);
+        }
       }
       continue;
     }
-    const json& a = answer.value();
+    auto entries = answer.ok() ? parse_revs_diff(answer.value()) : result<std::map<std::string, revs_diff_entry>>(answer.error());
+    if (!entries.ok()) {
+      for (std::size_t i : d.rows) {
+        for (std::size_t r : by_target_key[key_of(d.target, rows[i].target_id)]) fail_unit(res, rows[r].unit, entries.error());
+      }
+      continue;
+    }
     for (std::size_t i : d.rows) {
-      const json* entry = wire::find_object(a, rows[i].target_id.c_str());
-      const json* missing = entry ? wire::find_array(*entry, "missing") : nullptr;
-      if (!missing) continue;
-      for (const auto& m : *missing) {
-        if (!m.is_string()) continue;
-        const std::string rev = m.get<std::string>();
-        for (std::size_t r : by_target_key[key_of(d.target, rows[i].target_id)]) {
-          const auto& rr = rows[r].revs;
-          if (std::find(rr.begin(), rr.end(), rev) != rr.end()) {
-            ++res.revs_missing;
-            if (rows[r].body && rows[r].body->rev == rev) {
-              add_doc(r, *rows[r].body);
-              ++res.docs_inline;
-            } else {
-              fetches[rows[r].source_db].push_back({r, rev});
-            }
-            break;
-          }
+      auto entry = entries.value().find(rows[i].target_id);
+      if (entry == entries.value().end()) continue;
+      const std::string key = key_of(d.target, rows[i].target_id);
+      for (const auto& rev : entry->second.missing) need(by_target_key[key], rev);
+      if (!entry->second.possible_ancestors.empty()) ancestors_of[key] = entry->second.possible_ancestors;
+    }
+  }
+  // Restore: the histories of every leaf of a document with several, missing or not (step 3b).
+  if (opts.skip_stemmed_ancestors) {
+    for (auto& [key, key_rows] : by_target_key) {
+      std::vector<std::pair<std::size_t, std::string>> listed;
+      bool any_wanted = false;
+      for (std::size_t r : key_rows) {
+        for (const auto& rev : rows[r].revs) {
+          if (std::none_of(listed.begin(), listed.end(), [&](const auto& x) { return x.second == rev; })) listed.emplace_back(r, rev);
+          any_wanted = any_wanted || wanted.count(key_of(key, rev)) > 0;
         }
+      }
+      if (listed.size() < 2 || !any_wanted) continue;
+      for (const auto& [r, rev] : listed) {
+        if (!wanted.count(key_of(key, rev))) fetches[rows[r].source_db].push_back({r, rev});
       }
     }
   }
@@ -261,6 +298,80 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     }
   }
 
+  // 3b. Stemmed histories. A leaf below the history of another leaf of the same document is, for
+  // restore, an ancestor stemmed away: not written. A revision to write whose history does not
+  // reach a leaf the target has (and the source has not) leaves that leaf beside it: reported.
+  std::unordered_map<std::string, std::vector<std::size_t>> docs_of_key;
+  for (std::size_t i = 0; i < docs.size(); ++i) docs_of_key[target_key(docs[i].row)].push_back(i);
+  std::vector<bool> keep(docs.size(), true);
+  for (auto& [key, idx] : docs_of_key) {
+    for (std::size_t i : idx) {
+      const bool is_wanted = wanted.count(key_of(key, docs[i].rev)) > 0;
+      bool stemmed_ancestor = false;
+      if (opts.skip_stemmed_ancestors) {
+        const auto gen = revision_generation(docs[i].rev);
+        for (std::size_t j : idx) {
+          if (j != i && gen && *gen < docs[j].history_from) stemmed_ancestor = true;
+        }
+      }
+      if (stemmed_ancestor && is_wanted) {
+        ++res.stemmed_skipped;
+        ++res.stemmed_skipped_by_unit[rows[docs[i].row].unit];
+      }
+      keep[i] = is_wanted && !stemmed_ancestor;  // (the others were fetched for their history only)
+    }
+  }
+  {
+    // The target's leaves of documents whose history is stemmed: from _revs_diff's
+    // possible_ancestors where the server gives them, else read (GET ?open_revs=all).
+    std::map<std::string, std::pair<std::size_t, pending_json>> leaf_calls;  // key -> (row, call)
+    for (std::size_t i = 0; i < docs.size(); ++i) {
+      if (!keep[i] || docs[i].history_from <= 1) continue;
+      const std::string key = target_key(docs[i].row);
+      if (ancestors_of.count(key) || leaf_calls.count(key)) continue;
+      const change_row& row = rows[docs[i].row];
+      leaf_calls.emplace(key, std::pair{docs[i].row, client.request("GET", db_path(row.target_db) + "/" +
+                                                                              encode_doc_id(row.target_id) + "?open_revs=all")});
+      ++res.requests;
+    }
+    for (auto& [key, call] : leaf_calls) {
+      auto answer = call.second.text();
+      if (!answer.ok()) continue;  // a new document or database: no leaves
+      auto entries = parse_open_revs(answer.value(), rows[call.first].target_id);
+      if (!entries.ok()) continue;
+      auto& leaves = ancestors_of[key];
+      for (const auto& e : entries.value()) {
+        if (e.what == fetched_entry::kind::ok && !e.doc->deleted) leaves.push_back(e.doc->rev);
+      }
+    }
+    for (std::size_t i = 0; i < docs.size(); ++i) {
+      if (!keep[i] || docs[i].history_from <= 1) continue;
+      const std::string key = target_key(docs[i].row);
+      auto a = ancestors_of.find(key);
+      if (a == ancestors_of.end()) continue;
+      for (const auto& leaf : a->second) {
+        const auto gen = revision_generation(leaf);
+        if (!gen || *gen >= docs[i].history_from) continue;
+        const bool source_leaf = std::any_of(by_target_key[key].begin(), by_target_key[key].end(), [&](std::size_t r) {
+          return std::find(rows[r].revs.begin(), rows[r].revs.end(), leaf) != rows[r].revs.end();
+        });
+        if (source_leaf) continue;
+        const change_row& row = rows[docs[i].row];
+        res.stemmed.push_back(stemmed_history{row.unit, row.source_db, row.source_id, row.target_db, row.target_id, docs[i].rev,
+                                              docs[i].history_from, leaf});
+      }
+    }
+  }
+  if (opts.dry_run) {
+    for (std::size_t i = 0; i < docs.size(); ++i) {
+      if (!keep[i]) continue;
+      ++res.docs_written;
+      ++res.written_by_unit[rows[docs[i].row].unit];
+      res.bytes_written += docs[i].body.size();
+    }
+    return res;
+  }
+
   // 4. Write, grouped by target, in chunks bounded by docs and bytes. A 413 for a chunk splits
   // it in halves until the document too large for the target is alone, and refused.
   struct write_call {
@@ -282,7 +393,9 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     writes.push_back(std::move(w));
   };
   std::map<std::string, std::vector<std::size_t>> docs_by_target;
-  for (std::size_t i = 0; i < docs.size(); ++i) docs_by_target[rows[docs[i].row].target_db].push_back(i);
+  for (std::size_t i = 0; i < docs.size(); ++i) {
+    if (keep[i]) docs_by_target[rows[docs[i].row].target_db].push_back(i);
+  }
   for (auto& [target, idx] : docs_by_target) {
     std::vector<std::size_t> sizes;
     sizes.reserve(idx.size());
