@@ -953,6 +953,8 @@ class loader {
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 100000, c.batch_docs); }},
         {"batch_bytes",
          [this, &c](const YAML::Node& v, const std::string& p, int l) { read_size(v, p, l, 64 * 1024, c.batch_bytes); }},
+        {"max_bytes_in_flight",
+         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_size(v, p, l, 1 << 20, c.max_bytes_in_flight); }},
         {"turn_docs",
          [this, &c](const YAML::Node& v, const std::string& p, int l) {
            read_integer(v, p, l, 1, std::nullopt, c.turn_docs);

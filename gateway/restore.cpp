@@ -164,7 +164,8 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
 
   progress_reporter pr(progress, opts.progress_bar);
   r::protocol_caps caps;
-  r::transfer_options topts{cfg.fanin.batch_docs, cfg.fanin.batch_bytes, true};
+  r::byte_budget attachment_budget(cfg.fanin.max_bytes_in_flight);
+  r::transfer_options topts{cfg.fanin.batch_docs, cfg.fanin.batch_bytes, true, &attachment_budget};
   json since = 0;
   std::size_t written = 0;
   // Design documents are written last: a user's validate_doc_update would otherwise judge every
