@@ -191,7 +191,7 @@ TEST_CASE("crash cycles: kill -9 at random moments during provisioning and fan-i
   MESSAGE("seed " << seed << ": " << kills << " kill -9 cycles survived, " << users.size() << " users, " << writes
                   << " writes; central holds " << want.size() << " documents (" << leaves << " leaves, " << conflicted
                   << " conflicted, " << deleted << " deleted, " << with_attachments << " with attachments); lost: "
-                  << (converged ? "nothing" : "see above"));
+                  << std::string(converged ? "nothing" : "see above"));
   CHECK(want.size() > 0);
   CHECK(cg.terminate() == 0);
   if (!converged || !provisioned) return;
@@ -214,12 +214,17 @@ TEST_CASE("crash cycles: kill -9 at random moments during provisioning and fan-i
   auto full = run_couchgate({"restore", "--config", path, "--all"});
   CHECK_MESSAGE(full.status == 0, "seed " << seed << ": " << full.out << full.err);
   std::string restore_diff;
+  std::size_t restored = 0;
   for (const auto& [db, owner] : db_owner) {
     auto d = state_diff(read_db_state(db), original[db]);
     if (!d.empty()) restore_diff += db + ":\n" + d;
+    // A user without documents has nothing in central: restore has nothing to create for them
+    // (the daemon provisions their database when it runs).
+    if (original[db].empty()) continue;
+    ++restored;
     if (auto p = user_db_problem(n.prefix, owner); !p.empty()) restore_diff += p + "\n";
   }
   CHECK_MESSAGE(restore_diff.empty(), "seed " << seed << ": after " << restore_kills << " killed restores:\n" << restore_diff);
   MESSAGE("seed " << seed << ": restore killed " << restore_kills << " times of " << cycles << ", then completed; "
-                  << db_owner.size() << " user databases " << (restore_diff.empty() ? "equal to before" : "DIFFER"));
+                  << restored << " user databases with documents " << std::string(restore_diff.empty() ? "equal to before" : "DIFFER"));
 }

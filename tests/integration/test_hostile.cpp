@@ -108,7 +108,7 @@ TEST_CASE("hostile user names and documents: provisioned, replicated exactly, no
   for (const auto& [id, s] : central_state(n.central)) CHECK(id.find("_local/") == std::string::npos);
   MESSAGE(users.size() << " hostile user names provisioned and fanned in (" << refused_by_server
                        << " refused by the server itself), " << hostile_docs << " hostile documents replicated; lost: "
-                       << (converged ? "nothing" : "see above"));
+                       << std::string(converged ? "nothing" : "see above"));
   CHECK(cg.running());
   CHECK(cg.terminate() == 0);
 }
