@@ -204,15 +204,21 @@ TEST_CASE("crash cycles: kill -9 at random moments during provisioning and fan-i
   char tmpl[] = "/tmp/couchgate-chaos-XXXXXX";
   const std::string path = std::string(mkdtemp(tmpl)) + "/config.yaml";
   std::ofstream(path) << cfg.dump(2) << "\n";
+  // Killed until one run gets to the end by itself (a finished restore is not run again: its
+  // targets are no longer empty and it would rightly refuse them without --merge).
   int restore_kills = 0;
-  for (int cycle = 0; cycle < cycles; ++cycle) {
-    const auto after = std::chrono::milliseconds(50 + rng() % 1500);
+  bool finished = false;
+  for (int cycle = 0; cycle < cycles && !finished; ++cycle) {
+    const auto after = std::chrono::milliseconds(20 + rng() % 500);
     const int status = restore_killed_after(path, after);
     restore_kills += status == -9;
+    finished = status == 0;
     CHECK_MESSAGE((status == -9 || status == 0), "seed " << seed << ": restore exited " << status);
   }
-  auto full = run_couchgate({"restore", "--config", path, "--all"});
-  CHECK_MESSAGE(full.status == 0, "seed " << seed << ": " << full.out << full.err);
+  if (!finished) {
+    auto full = run_couchgate({"restore", "--config", path, "--all"});
+    CHECK_MESSAGE(full.status == 0, "seed " << seed << ": " << full.out << full.err);
+  }
   std::string restore_diff;
   std::size_t restored = 0;
   for (const auto& [db, owner] : db_owner) {
