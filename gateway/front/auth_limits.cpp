@@ -19,13 +19,18 @@ std::optional<std::string> session_cache::lookup(const std::string& key, clock_t
 }
 
 void session_cache::store(const std::string& key, std::string user, clock_type::time_point now) {
-  if (ttl_.count() <= 0) return;
   std::lock_guard lk(mu_);
+  if (ttl_.count() <= 0) return;
   if (entries_.size() >= max_entries_) {
     std::erase_if(entries_, [now](const auto& kv) { return now >= kv.second.expires; });
     if (entries_.size() >= max_entries_) entries_.clear();  // all live: start over rather than grow
   }
   entries_[key] = entry{std::move(user), now + ttl_};
+}
+
+void session_cache::set_ttl(std::chrono::milliseconds ttl) {
+  std::lock_guard lk(mu_);
+  ttl_ = ttl;
 }
 
 void session_cache::forget(const std::string& key) {
@@ -60,6 +65,12 @@ void auth_failures::record_failure(const std::string& address, clock_type::time_
   ++s.failures;
 }
 
+void auth_failures::set_limit(std::size_t limit, std::chrono::milliseconds window) {
+  std::lock_guard lk(mu_);
+  limit_ = limit;
+  window_ = window;
+}
+
 void auth_failures::prune(clock_type::time_point now) {
   std::erase_if(slots_, [&](const auto& kv) { return now >= kv.second.start + window_; });
 }
@@ -70,6 +81,11 @@ bool user_slots::try_acquire(const std::string& user) {
   if (n >= per_user_) return false;
   ++n;
   return true;
+}
+
+void user_slots::set_per_user(std::size_t per_user) {
+  std::lock_guard lk(mu_);
+  per_user_ = per_user;
 }
 
 void user_slots::release(const std::string& user) {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -74,6 +75,9 @@ class http_server {
   // Destroys the acceptor: after the contexts stopped, before they are destroyed.
   void release_acceptor() { acceptor_.reset(); }
   const server_counters& counters() const { return counters_; }
+  // SIGHUP: new limits; each connection takes them up at its next request (open connections
+  // above a lowered max_connections stay open).
+  void set_limits(const server_limits& limits);
 
  private:
   net::awaitable<void> accept_loop();
@@ -81,7 +85,9 @@ class http_server {
   net::awaitable<void> serve(any_stream& stream, beast::flat_buffer& buffer, connection_info& info);
 
   io_threads& io_;
-  server_limits limits_;
+  server_limits limits() const;
+  mutable std::mutex limits_mu_;
+  server_limits limits_;  // guarded by limits_mu_
   request_handler handler_;
   tls_provider tls_;
   std::unique_ptr<tcp::acceptor> acceptor_;
