@@ -316,6 +316,13 @@ constexpr key_spec table[] = {
          .max = 100000,
          .help = "Documents per write to the central database (1..100000) and their size limit (at least 64KiB)."}),
     key<&config::fanin, &fc::batch_bytes>({.name = "fanin.batch_bytes", .kind = k::size, .min = 64 * 1024}),
+    key<&config::fanin, &fc::max_bytes_in_flight>(
+        {.name = "fanin.max_bytes_in_flight",
+         .kind = k::size,
+         .min = 1 << 20,
+         .help = "Memory for documents with attachments being copied (fan-in and restore): their bodies travel as "
+                 "base64 and are held about four times while copied, so they are fetched apart and copied a group "
+                 "at a time under this bound; a larger document is copied alone (at least 1MiB)."}),
     key<&config::fanin, &fc::turn_docs>(
         {.name = "fanin.turn_docs",
          .kind = k::integer,

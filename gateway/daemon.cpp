@@ -24,7 +24,9 @@
 #include "replicator/change_detector.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/fanin.hpp"
+#include "replicator/byte_budget.hpp"
 #include "replicator/http_pool.hpp"
+#include "replicator/outage.hpp"
 #include "replicator/logger.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/server_limits.hpp"
@@ -115,6 +117,7 @@ struct daemon::impl {
 
   r::registry metrics;
   std::unique_ptr<r::http_pool> pool;
+  std::unique_ptr<r::byte_budget> attachment_budget;  // fanin.max_bytes_in_flight (before fan, which uses it)
   std::unique_ptr<r::couch_client> client;
   std::unique_ptr<r::state_store> state;
   std::unique_ptr<r::fanin> fan;
@@ -204,6 +207,10 @@ struct daemon::impl {
       out += "couchgate_couchdb_requests_total " + std::to_string(s.requests) + "\n";
       out += "# HELP couchgate_couchdb_transport_errors_total Requests that failed below HTTP\n# TYPE couchgate_couchdb_transport_errors_total counter\n";
       out += "couchgate_couchdb_transport_errors_total " + std::to_string(s.transport_errors) + "\n";
+      out += "# HELP couchgate_couchdb_outages_total Times CouchDB stopped answering (each logged once)\n# TYPE couchgate_couchdb_outages_total counter\n";
+      out += "couchgate_couchdb_outages_total " + std::to_string(s.outages) + "\n";
+      out += "# HELP couchgate_couchdb_unreachable 1 while CouchDB does not answer\n# TYPE couchgate_couchdb_unreachable gauge\n";
+      out += "couchgate_couchdb_unreachable " + std::string(s.unreachable ? "1" : "0") + "\n";
       const auto as_seconds = [](std::chrono::milliseconds d) { return std::to_string(static_cast<double>(d.count()) / 1000.0); };
       out += "# HELP couchgate_couchdb_overloaded_total Answers saying CouchDB is overloaded (429, 503)\n# TYPE couchgate_couchdb_overloaded_total counter\n";
       out += "couchgate_couchdb_overloaded_total " + std::to_string(s.overloaded) + "\n";
@@ -396,7 +403,8 @@ struct daemon::impl {
     auto retry = [&](const std::string& what, const r::couch_error& e) {
       if (refused_credential(what, e)) return false;
       auto delay = r::backoff_delay(bp, ++failures, rnd);
-      log()->warn("{}: {} (retry in {} ms)", what, e.describe(), delay.count());
+      log()->log(r::outage_error(e) ? spdlog::level::debug : spdlog::level::warn, "{}: {} (retry in {} ms)", what,
+                 e.describe(), delay.count());
       notify(("STATUS=" + what).c_str());  // systemctl status shows why it is not ready yet
       return wait(delay);
     };
@@ -490,6 +498,13 @@ int daemon::run() {
     fo.inline_docs = cfg.fanin.inline_docs;
     fo.transfer.batch_docs = cfg.fanin.batch_docs;
     fo.transfer.batch_bytes = cfg.fanin.batch_bytes;
+    d.attachment_budget = std::make_unique<r::byte_budget>(cfg.fanin.max_bytes_in_flight);
+    fo.transfer.budget = d.attachment_budget.get();
+    d.metrics.add_callback("couchgate_attachment_bytes_in_flight",
+                           "Bytes leased for documents with attachments being copied (fanin.max_bytes_in_flight)",
+                           [b = d.attachment_budget.get()] { return static_cast<double>(b->in_use()); });
+    d.metrics.add_callback("couchgate_attachment_bytes_in_flight_peak", "Most bytes leased at once for documents with attachments",
+                           [b = d.attachment_budget.get()] { return static_cast<double>(b->peak()); });
     fo.target_check_interval = cfg.fanin.target_check_interval;
     fo.create_central = [&d] { return ensure_central_db(*d.client, d.cfg.fanin.central_db, d.cfg.fanin.central_guard); };
     d.fan = std::make_unique<r::fanin>(*d.client, *d.state, d.metrics, fo);
@@ -604,8 +619,9 @@ int daemon::run() {
       auto info = probe.get();
       probe = r::pending_json();
       bool was = d.couch_ok.exchange(info.ok());
-      if (was && !info.ok()) log()->warn("CouchDB not reachable: {}", info.error().describe());
-      if (!was && info.ok()) log()->info("CouchDB reachable again");
+      // The pool logs each outage once, when it begins and when it ends (replicator/outage.hpp).
+      if (was && !info.ok()) log()->debug("CouchDB not reachable: {}", info.error().describe());
+      if (!was && info.ok()) log()->debug("CouchDB reachable again");
     }
     if (!probe.valid() && std::chrono::steady_clock::now() >= next_probe) {
       next_probe = std::chrono::steady_clock::now() + std::chrono::seconds(5);

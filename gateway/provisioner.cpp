@@ -9,6 +9,7 @@
 #include "replicator/answers.hpp"
 #include "replicator/backoff.hpp"
 #include "replicator/logger.hpp"
+#include "replicator/outage.hpp"
 #include "policy/security.hpp"
 
 namespace couchgate::gateway {
@@ -334,7 +335,8 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
         }
         errors_.inc();
         if (j.error->retryable() || j.error->kind == couch_error_kind::conflict) ++retryable;
-        log()->warn("user={} db={} provisioning failed: {}", j.u->name, j.db, j.error->describe());
+        log()->log(replicator::outage_error(*j.error) ? spdlog::level::debug : spdlog::level::warn,
+                   "user={} db={} provisioning failed: {}", j.u->name, j.db, j.error->describe());
         record(j.u->name, j.db, j.action, j.error->describe());
         continue;
       }
@@ -547,7 +549,8 @@ void provisioner::follow(json since) {
         continue;
       }
       auto delay = replicator::backoff_delay(bp, ++failures, rnd);
-      log()->warn("_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
+      log()->log(replicator::outage_error(r.error()) ? spdlog::level::debug : spdlog::level::warn,
+                 "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
       if (!rest(delay)) return;
       continue;
     }

@@ -100,6 +100,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     if (!fresh) return t;
     t.res.user = user;
     t.res.db = policy::user_db_name(prefix, user);
+    bool empty = false;
     auto info = client.db_info(t.res.db).get();
     if (!info.ok()) {
       if (info.error().kind != couch_error_kind::not_found) {
@@ -115,12 +116,6 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
         t.res.error = "cannot create " + t.res.db + ": " + c.error().describe();
         return t;
       }
-      auto s = client.put_security(t.res.db, policy::render_security(cfg.provisioning.security, user)).get();
-      if (!s.ok()) {
-        t.st = target_state::failed;
-        t.res.error = "cannot write _security of " + t.res.db + ": " + s.error().describe();
-        return t;
-      }
     } else {
       const json& i = info.value();
       std::uint64_t count = 0;
@@ -133,6 +128,18 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
         t.st = target_state::refused;
         t.res.error = t.res.db + " is not empty (" + std::to_string(count) +
                       " documents); refusing to write into it without --merge";
+        return t;
+      }
+      empty = count == 0;
+    }
+    // The policy's _security on a database restore creates, resumes, or finds empty (a restore
+    // killed between creating it and writing its _security left it so); a merge into a database
+    // in use keeps its own (reconcile judges it).
+    if (!opts.dry_run && (t.res.created || t.had_marker || empty)) {
+      auto s = client.put_security(t.res.db, policy::render_security(cfg.provisioning.security, user)).get();
+      if (!s.ok()) {
+        t.st = target_state::failed;
+        t.res.error = "cannot write _security of " + t.res.db + ": " + s.error().describe();
         return t;
       }
     }
@@ -165,7 +172,8 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
 
   progress_reporter pr(progress, opts.progress_bar);
   r::protocol_caps caps;
-  r::transfer_options topts{cfg.fanin.batch_docs, cfg.fanin.batch_bytes, true};
+  r::byte_budget attachment_budget(cfg.fanin.max_bytes_in_flight);
+  r::transfer_options topts{cfg.fanin.batch_docs, cfg.fanin.batch_bytes, true, &attachment_budget};
   topts.skip_stemmed_ancestors = true;
   topts.dry_run = opts.dry_run;
   json since = 0;

@@ -2,6 +2,7 @@
 #include "replicator/change_detector.hpp"
 
 #include "replicator/logger.hpp"
+#include "replicator/outage.hpp"
 #include "replicator/wire_json.hpp"
 
 
@@ -167,7 +168,8 @@ void change_detector::follow_db_updates() {
         break;
       }
       auto delay = backoff_delay(opts_.backoff, ++failures, rnd);
-      log()->warn("_db_updates feed failed: {} (retry in {} ms)", e.describe(), delay.count());
+      log()->log(outage_error(e) ? spdlog::level::debug : spdlog::level::warn, "_db_updates feed failed: {} (retry in {} ms)",
+                 e.describe(), delay.count());
       if (!stop_.sleep_for(delay)) break;
       if (failures == 1) continue;
       // After an outage, events may have been lost with the connection: catch up every source.

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "replicator/logger.hpp"
+#include "replicator/outage.hpp"
 
 namespace couchgate::replicator {
 
@@ -265,6 +266,10 @@ void fanin::flush_checkpoints() {
     errors_[r.error().kind]->inc();
     // The central database gone, or its marker no longer ours: the next check tells which.
     if (r.error().kind == couch_error_kind::not_found || r.error().kind == couch_error_kind::conflict) request_target_check();
+    if (outage_error(r.error())) {  // the pool logs the outage once (outage.hpp)
+      log()->debug("could not write checkpoints: {} (kept in memory; retried)", r.error().describe());
+      return;
+    }
     problem = "could not write checkpoints: " + r.error().describe();
   } else if (!r.value().refused.empty()) {
     errors_[couch_error_kind::bad_request]->inc();
@@ -532,7 +537,8 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
       const bool central_gone = central_missing_.load() || check_requested_;
       if (!(central_gone && t.error->kind == couch_error_kind::not_found) &&
           (s.last_error != t.error->describe() || s.docs_written == 0)) {
-        log()->warn("db={} replication failed: {} (retry in {} ms)", t.db, t.error->describe(), delay.count());
+        log()->log(outage_error(*t.error) ? spdlog::level::debug : spdlog::level::warn,
+                   "db={} replication failed: {} (retry in {} ms)", t.db, t.error->describe(), delay.count());
       }
       s.last_error = t.error->describe();
       continue;

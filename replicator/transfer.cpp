@@ -58,6 +58,22 @@ std::optional<wire::raw_doc> inline_revision(const feed_change& c) {
   return inline_revision(c.revs, *c.doc);
 }
 
+std::optional<std::size_t> attachment_wire_bytes(std::string_view stub_doc_text) {
+  auto doc = wire::parse(stub_doc_text, "document with attachment stubs");
+  if (!doc.ok()) return std::nullopt;
+  std::size_t total = stub_doc_text.size();
+  const json* atts = wire::find_object(doc.value(), "_attachments");
+  if (!atts) return total;
+  for (const auto& [name, stub] : atts->items()) {
+    const json* n = wire::find(stub, "encoded_length");
+    if (!n || !n->is_number_unsigned()) n = wire::find(stub, "length");
+    if (!n || !n->is_number_unsigned()) return std::nullopt;
+    const auto bytes = n->get<std::uint64_t>();
+    total += static_cast<std::size_t>((bytes + 2) / 3 * 4) + name.size() + 100;
+  }
+  return total;
+}
+
 bool row_error_transient(const std::string& error) {
   return error == "unknown_error" || error == "internal_server_error" || error == "timeout" ||
          error == "service_unavailable" || error == "too_many_requests" || error == "nodedown";
@@ -208,26 +224,46 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     }
   }
 
+  // Attachments apart (opts.budget): the first fetch brings stubs; revisions with attachments
+  // wait in `heavy` (with their wire size) and are fetched again, with them, under the budget.
+  const bool apart = opts.budget != nullptr && opts.attachments;
+  struct heavy_doc {
+    std::size_t row;
+    std::string rev;
+    std::size_t bytes;
+  };
+  std::map<std::string, std::vector<heavy_doc>> heavy;  // source db -> revisions with attachments
+
   // What an answer entry means: a document to write, one the source cannot give (a document
   // failure of its row), or a revision gone meanwhile. False when it names no row of this round.
-  auto take = [&](const std::string& source, fetched_entry& e) {
+  // `final_fetch`: the entry carries attachment bodies if it has attachments (write it as is).
+  auto take = [&](const std::string& source, fetched_entry& e, bool final_fetch) {
     if (e.what == fetched_entry::kind::absent) {
       ++res.docs_vanished;
       return true;
     }
     auto it = row_of_source.find(key_of(source, e.id));
     if (it == row_of_source.end()) return false;
-    if (e.what == fetched_entry::kind::ok) add_doc(it->second, *e.doc);
-    else refuse(it->second, rev_of_row[it->second], "unreadable", e.error);
+    if (e.what == fetched_entry::kind::ok && !final_fetch && e.doc->has_attachments) {
+      // A size we cannot read counts as the whole budget: the document is copied alone.
+      const std::size_t bytes = attachment_wire_bytes(e.doc->text).value_or(opts.budget->capacity());
+      heavy[source].push_back({it->second, e.doc->rev, bytes});
+    } else if (e.what == fetched_entry::kind::ok) {
+      add_doc(it->second, *e.doc);
+    } else {
+      refuse(it->second, rev_of_row[it->second], "unreadable", e.error);
+    }
+    e.doc.reset();  // its bytes are in docs now (a copy with the target's id)
     return true;
   };
 
-  auto open_revs_fallback = [&](const std::string& source, const std::vector<fetch>& fs) {
+  auto open_revs_fallback = [&](const std::string& source, const std::vector<fetch>& fs, bool with_attachments,
+                                bool final_fetch) {
     std::map<std::size_t, std::vector<std::string>> per_row;
     for (const auto& f : fs) per_row[f.row].push_back(f.rev);
     std::vector<std::pair<std::size_t, pending_json>> calls;
     for (auto& [r, revs] : per_row) {
-      calls.emplace_back(r, client.open_revs(source, rows[r].source_id, revs, opts.attachments));
+      calls.emplace_back(r, client.open_revs(source, rows[r].source_id, revs, with_attachments));
       ++res.requests;
     }
     for (auto& [r, call] : calls) {
@@ -241,14 +277,45 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
         continue;
       }
       auto entries = parse_open_revs(answer.value(), rows[r].source_id);
+      answer = std::string();  // the entries hold their own copies
       if (!entries.ok()) {
         fail_unit(res, rows[r].unit, entries.error());
         continue;
       }
       for (auto& e : entries.value()) {
-        if (!take(source, e)) ++res.docs_vanished;
+        if (!take(source, e, final_fetch)) ++res.docs_vanished;
       }
     }
+  };
+
+  // One _bulk_get answer (or its failure) for `fs`, parsed; the answer's text is let go at once.
+  auto bulk_get_answer = [&](pending_json& call, const std::string& source, const std::vector<fetch>& fs,
+                             bool with_attachments, bool final_fetch) {
+    result<std::vector<fetched_entry>> entries = [&]() -> result<std::vector<fetched_entry>> {
+      auto answer = call.text();
+      if (!answer.ok()) return answer.error();
+      return parse_bulk_get(answer.value());
+    }();
+    if (!entries.ok()) {
+      if (bulk_get_unsupported(entries.error())) {
+        caps.bulk_get.store(0);
+        open_revs_fallback(source, fs, with_attachments, final_fetch);
+        return;
+      }
+      for (const auto& f : fs) fail_unit(res, rows[f.row].unit, entries.error());
+      return;
+    }
+    caps.bulk_get.store(1);
+    for (auto& e : entries.value()) {
+      // {"ok":doc} | {"error":{...}} (CouchDB) | {"missing":rev} | {} (pouchdb-server)
+      if (!take(source, e, final_fetch)) ++res.docs_vanished;
+    }
+  };
+  auto bulk_get_call = [&](const std::string& source, const std::vector<fetch>& fs, bool with_attachments) {
+    json list = json::array();
+    for (const auto& f : fs) list.push_back({{"id", rows[f.row].source_id}, {"rev", f.rev}});
+    ++res.requests;
+    return client.bulk_get(source, json{{"docs", std::move(list)}}, with_attachments);
   };
 
   struct get_call {
@@ -256,46 +323,23 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     std::vector<fetch> fs;
     pending_json call;
   };
+  const bool first_with_attachments = opts.attachments && !apart;
   std::vector<get_call> gets;
   for (auto& [source, fs] : fetches) {
     for (auto [from, to] : plan_batches(fs.size(), batch)) {
       get_call g;
       g.source = source;
       g.fs.assign(fs.begin() + static_cast<std::ptrdiff_t>(from), fs.begin() + static_cast<std::ptrdiff_t>(to));
-      if (caps.bulk_get.load() != 0) {
-        json list = json::array();
-        for (const auto& f : g.fs) list.push_back({{"id", rows[f.row].source_id}, {"rev", f.rev}});
-        g.call = client.bulk_get(source, json{{"docs", std::move(list)}}, opts.attachments);
-        ++res.requests;
-      }
+      if (caps.bulk_get.load() != 0) g.call = bulk_get_call(source, g.fs, first_with_attachments);
       gets.push_back(std::move(g));
     }
   }
   for (auto& g : gets) {
     if (!g.call.valid()) {
-      open_revs_fallback(g.source, g.fs);
+      open_revs_fallback(g.source, g.fs, first_with_attachments, !apart);
       continue;
     }
-    auto answer = g.call.text();
-    if (!answer.ok()) {
-      if (bulk_get_unsupported(answer.error())) {
-        caps.bulk_get.store(0);
-        open_revs_fallback(g.source, g.fs);
-        continue;
-      }
-      for (const auto& f : g.fs) fail_unit(res, rows[f.row].unit, answer.error());
-      continue;
-    }
-    caps.bulk_get.store(1);
-    auto entries = parse_bulk_get(answer.value());
-    if (!entries.ok()) {
-      for (const auto& f : g.fs) fail_unit(res, rows[f.row].unit, entries.error());
-      continue;
-    }
-    for (auto& e : entries.value()) {
-      // {"ok":doc} | {"error":{...}} (CouchDB) | {"missing":rev} | {} (pouchdb-server)
-      if (!take(g.source, e)) ++res.docs_vanished;
-    }
+    bulk_get_answer(g.call, g.source, g.fs, first_with_attachments, !apart);
   }
 
   // 3b. Stemmed histories. A leaf below the history of another leaf of the same document is, for
@@ -369,6 +413,14 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
       ++res.written_by_unit[rows[docs[i].row].unit];
       res.bytes_written += docs[i].body.size();
     }
+    for (const auto& [source, hs] : heavy) {  // revisions with attachments, not fetched again
+      for (const auto& h : hs) {
+        if (res.failed.count(rows[h.row].unit) > 0) continue;
+        ++res.docs_written;
+        ++res.written_by_unit[rows[h.row].unit];
+        res.bytes_written += h.bytes;
+      }
+    }
     return res;
   }
 
@@ -381,7 +433,11 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   };
   std::vector<write_call> writes;
   auto send = [&](const std::string& target, std::vector<std::size_t> chunk) {
-    std::string body = "{\"new_edits\":false,\"docs\":[";
+    std::size_t size = 30;
+    for (std::size_t d : chunk) size += docs[d].body.size() + 1;
+    std::string body;
+    body.reserve(size);
+    body += "{\"new_edits\":false,\"docs\":[";
     for (std::size_t k = 0; k < chunk.size(); ++k) {
       if (k) body.push_back(',');
       body += docs[chunk[k]].body;
@@ -392,58 +448,95 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     ++res.requests;
     writes.push_back(std::move(w));
   };
-  std::map<std::string, std::vector<std::size_t>> docs_by_target;
-  for (std::size_t i = 0; i < docs.size(); ++i) {
-    if (keep[i]) docs_by_target[rows[docs[i].row].target_db].push_back(i);
-  }
-  for (auto& [target, idx] : docs_by_target) {
+  // Writes docs[first..] and waits for every answer.
+  auto write_from = [&](std::size_t first) {
+    writes.clear();
+    std::map<std::string, std::vector<std::size_t>> docs_by_target;
+    for (std::size_t i = first; i < docs.size(); ++i) {
+      // (keep covers the first fetch; revisions with attachments, fetched later, are all wanted)
+      if (i >= keep.size() || keep[i]) docs_by_target[rows[docs[i].row].target_db].push_back(i);
+    }
+    for (auto& [target, idx] : docs_by_target) {
+      std::vector<std::size_t> sizes;
+      sizes.reserve(idx.size());
+      for (std::size_t i : idx) sizes.push_back(docs[i].body.size());
+      for (auto [from, to] : plan_batches(sizes, batch, opts.batch_bytes)) {
+        send(target, std::vector<std::size_t>(idx.begin() + static_cast<std::ptrdiff_t>(from),
+                                              idx.begin() + static_cast<std::ptrdiff_t>(to)));
+      }
+    }
+    for (std::size_t wi = 0; wi < writes.size(); ++wi) {  // send() may append halves
+      auto answer = writes[wi].call.text();
+      const std::vector<std::size_t> wdocs = writes[wi].docs;
+      if (!answer.ok()) {
+        if (answer.error().status == 413) {
+          if (wdocs.size() > 1) {
+            const auto half = static_cast<std::ptrdiff_t>(wdocs.size() / 2);
+            const std::string target = writes[wi].target;
+            send(target, std::vector<std::size_t>(wdocs.begin(), wdocs.begin() + half));
+            send(target, std::vector<std::size_t>(wdocs.begin() + half, wdocs.end()));
+          } else {
+            const auto& e = answer.error();
+            refuse(docs[wdocs[0]].row, docs[wdocs[0]].rev, e.error.empty() ? "too_large" : e.error, e.reason);
+          }
+          continue;
+        }
+        for (std::size_t d : wdocs) fail_unit(res, rows[docs[d].row].unit, answer.error());
+        continue;
+      }
+      auto errors = parse_bulk_docs(answer.value());
+      if (!errors.ok()) {
+        for (std::size_t d : wdocs) fail_unit(res, rows[docs[d].row].unit, errors.error());
+        continue;
+      }
+      std::unordered_map<std::string, const write_error*> failed_ids;
+      for (const auto& e : errors.value()) failed_ids.emplace(e.id, &e);
+      for (std::size_t d : wdocs) {
+        const change_row& row = rows[docs[d].row];
+        if (auto f = failed_ids.find(row.target_id); f != failed_ids.end()) {
+          if (row_error_transient(f->second->error)) {
+            fail_unit(res, row.unit, couch_error{couch_error_kind::server, 0, f->second->error, f->second->reason});
+          } else {
+            refuse(docs[d].row, docs[d].rev, f->second->error, f->second->reason);
+          }
+          continue;
+        }
+        ++res.docs_written;
+        ++res.written_by_unit[row.unit];
+        res.bytes_written += docs[d].body.size();
+      }
+    }
+    writes.clear();
+    for (std::size_t i = first; i < docs.size(); ++i) std::string().swap(docs[i].body);  // let the bytes go
+  };
+  write_from(0);
+
+  // 5. Revisions with attachments (opts.budget): per source, groups of at most batch_bytes on the
+  // wire, each fetched with its attachments and written under a lease of the budget, one group at
+  // a time. A unit that already failed is not copied further (its checkpoint waits anyway).
+  for (auto& [source, hs] : heavy) {
+    std::erase_if(hs, [&](const heavy_doc& h) { return res.failed.count(rows[h.row].unit) > 0; });
     std::vector<std::size_t> sizes;
-    sizes.reserve(idx.size());
-    for (std::size_t i : idx) sizes.push_back(docs[i].body.size());
+    sizes.reserve(hs.size());
+    for (const auto& h : hs) sizes.push_back(h.bytes);
     for (auto [from, to] : plan_batches(sizes, batch, opts.batch_bytes)) {
-      send(target, std::vector<std::size_t>(idx.begin() + static_cast<std::ptrdiff_t>(from),
-                                            idx.begin() + static_cast<std::ptrdiff_t>(to)));
-    }
-  }
-  for (std::size_t wi = 0; wi < writes.size(); ++wi) {  // send() may append halves
-    auto answer = writes[wi].call.text();
-    const std::vector<std::size_t> wdocs = writes[wi].docs;
-    if (!answer.ok()) {
-      if (answer.error().status == 413) {
-        if (wdocs.size() > 1) {
-          const auto half = static_cast<std::ptrdiff_t>(wdocs.size() / 2);
-          const std::string target = writes[wi].target;
-          send(target, std::vector<std::size_t>(wdocs.begin(), wdocs.begin() + half));
-          send(target, std::vector<std::size_t>(wdocs.begin() + half, wdocs.end()));
-        } else {
-          const auto& e = answer.error();
-          refuse(docs[wdocs[0]].row, docs[wdocs[0]].rev, e.error.empty() ? "too_large" : e.error, e.reason);
-        }
-        continue;
+      std::vector<fetch> fs;
+      std::size_t bytes = 0;
+      for (std::size_t k = from; k < to; ++k) {
+        fs.push_back({hs[k].row, hs[k].rev});
+        bytes += hs[k].bytes;
       }
-      for (std::size_t d : wdocs) fail_unit(res, rows[docs[d].row].unit, answer.error());
-      continue;
-    }
-    auto errors = parse_bulk_docs(answer.value());
-    if (!errors.ok()) {
-      for (std::size_t d : wdocs) fail_unit(res, rows[docs[d].row].unit, errors.error());
-      continue;
-    }
-    std::unordered_map<std::string, const write_error*> failed_ids;
-    for (const auto& e : errors.value()) failed_ids.emplace(e.id, &e);
-    for (std::size_t d : wdocs) {
-      const change_row& row = rows[docs[d].row];
-      if (auto f = failed_ids.find(row.target_id); f != failed_ids.end()) {
-        if (row_error_transient(f->second->error)) {
-          fail_unit(res, row.unit, couch_error{couch_error_kind::server, 0, f->second->error, f->second->reason});
-        } else {
-          refuse(docs[d].row, docs[d].rev, f->second->error, f->second->reason);
-        }
-        continue;
+      const std::size_t want = bytes > opts.budget->capacity() / attachment_copies ? opts.budget->capacity()
+                                                                                    : bytes * attachment_copies;
+      auto lease = opts.budget->acquire(want);
+      const std::size_t first = docs.size();
+      if (caps.bulk_get.load() != 0) {
+        auto call = bulk_get_call(source, fs, true);
+        bulk_get_answer(call, source, fs, true, true);
+      } else {
+        open_revs_fallback(source, fs, true, true);
       }
-      ++res.docs_written;
-      ++res.written_by_unit[row.unit];
-      res.bytes_written += docs[d].body.size();
+      write_from(first);
     }
   }
   return res;

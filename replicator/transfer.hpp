@@ -22,9 +22,11 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "replicator/answers.hpp"
+#include "replicator/byte_budget.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/wire_json.hpp"
 
@@ -44,6 +46,12 @@ struct transfer_options {
   std::size_t batch_docs = 1000;        // ids per _revs_diff, docs per _bulk_get / _bulk_docs
   std::size_t batch_bytes = 8u << 20;   // serialized bytes per _bulk_docs
   bool attachments = true;
+  // Bounds the memory attachments take (see byte_budget.hpp). When set, revisions are fetched
+  // without attachment bodies first (stubs give their sizes); those with attachments are then
+  // fetched again with them and written, a group of at most batch_bytes at a time, each group
+  // under a lease of attachment_copies times its size. nullptr: attachments come with the first
+  // fetch, unbounded.
+  byte_budget* budget = nullptr;
   // Restore: a leaf whose generation lies below the history another leaf of the same document
   // carries (that leaf's `_revisions` does not reach down to it) is taken for an ancestor that a
   // revs_limit stemmed away, and is not written (stemmed_skipped): it would make a conflict in the
@@ -55,6 +63,15 @@ struct transfer_options {
   // written_by_unit, nothing is sent; a target database that does not exist lacks everything.
   bool dry_run = false;
 };
+
+// Copies of a document's bytes couchgate holds at once while copying it (the answer, the parser's
+// padded copy, the documents read from it, the request): what a lease on the budget counts.
+inline constexpr std::size_t attachment_copies = 4;
+
+// The bytes a revision with attachments takes on the wire, from its text with attachment stubs
+// (attachments=false): the text plus each attachment's base64 size (of `encoded_length` when the
+// server stores it compressed, else `length`). nullopt when the text or a stub cannot be read.
+std::optional<std::size_t> attachment_wire_bytes(std::string_view stub_doc_text);
 
 // Shared between rounds: whether the server has _bulk_get (learned on first use).
 struct protocol_caps {
