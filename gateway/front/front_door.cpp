@@ -162,11 +162,11 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         [self] { return static_cast<double>(self->feeds.stats().subscribed); });
   registry.add_callback("couchgate_front_feeds_parked", "Live _changes feeds parked (no upstream connection)",
                         [self] { return static_cast<double>(self->feeds.stats().parked); });
-  registry.add_callback("couchgate_front_feed_wakes_total", "Parked live feeds woken by a database change",
+  registry.add_counter_callback("couchgate_front_feed_wakes_total", "Parked live feeds woken by a database change",
                         [self] { return static_cast<double>(self->feeds.stats().wakes); });
-  registry.add_callback("couchgate_front_feed_wake_fetches_total", "Upstream _changes reads made because of a wake",
+  registry.add_counter_callback("couchgate_front_feed_wake_fetches_total", "Upstream _changes reads made because of a wake",
                         [self] { return static_cast<double>(self->feeds.stats().fetches); });
-  registry.add_callback("couchgate_front_feed_coalesced_total",
+  registry.add_counter_callback("couchgate_front_feed_coalesced_total",
                         "Database changes announced to a feed that already had a wake pending (coalesced)",
                         [self] { return static_cast<double>(self->feeds.stats().coalesced); });
   registry.add_callback("couchgate_front_feed_bytes_estimate",
