@@ -10,6 +10,8 @@
 # exit, and COUCHGATE_TEST_SERVER=pouchdb tells the integration tests to adapt to its
 # known gaps.
 # COUCHGATE_SKIP_BENCH=1 skips the benchmark smoke run.
+# COUCHGATE_BUILD_DIR=dir tests the build in dir (default build; deploy/build.sh builds it), e.g.
+# a sanitizer build (tests/sanitize.sh).
 # Exit status: ctest's; if ctest passed, the benchmark smoke run's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -82,9 +84,9 @@ else
 fi
 
 status=0
-ctest --test-dir build --output-on-failure "$@" || status=$?
+ctest --test-dir "${COUCHGATE_BUILD_DIR:-build}" --output-on-failure "$@" || status=$?
 
-bench="build/tests/couchgate_bench"
+bench="${COUCHGATE_BUILD_DIR:-build}/tests/couchgate_bench"
 if (( status != 0 )); then
   log "ctest failed (exit $status); skipping the benchmark smoke run"
 elif [[ -n "${COUCHGATE_SKIP_BENCH:-}" ]]; then

@@ -42,6 +42,10 @@ struct front_config {
   std::size_t auth_failure_limit = 20;              // failed authentications per address per window
   std::chrono::milliseconds auth_failure_window{60000};
   front_upstream_config upstream{};
+  // Parked live feeds (issue 14): live `_changes` feeds one user may hold open (429 above), and
+  // how often the databases with parked feeds are swept when the server has no `_db_updates`.
+  std::size_t max_parked_per_user = 32;
+  std::chrono::milliseconds feed_sweep_interval{1000};
   bool operator==(const front_config&) const = default;
 };
 
