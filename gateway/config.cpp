@@ -1111,6 +1111,24 @@ class loader {
         {"idle_timeout", duration(c.idle_timeout, 100)},
         {"session_cache_ttl", duration(c.session_cache_ttl, 0)},
         {"max_requests_per_user", count(c.max_requests_per_user, 1, 100000)},
+        {"user_queue_length", count(c.user_queue_length, 0, 1000000)},
+        {"user_queue_timeout", duration(c.user_queue_timeout, 0)},
+        {"cors",
+         [this, &c, boolean](const YAML::Node& v, const std::string& p, int l) {
+           auto& k = c.cors;
+           const auto list = [this](std::vector<std::string>& out) {
+             return [this, &out](const YAML::Node& v2, const std::string& p2, int l2) { read_string_list(v2, p2, l2, out); };
+           };
+           walk_map(v, p, l,
+                    {{"enable", boolean(k.enable)},
+                     {"origins", list(k.origins)},
+                     {"credentials", boolean(k.credentials)},
+                     {"methods", list(k.methods)},
+                     {"headers", list(k.headers)},
+                     {"max_age", [this, &k](const YAML::Node& v2, const std::string& p2, int l2) {
+                        read_integer(v2, p2, l2, 0, 100000000, k.max_age);
+                      }}});
+         }},
         {"auth_failure_limit", count(c.auth_failure_limit, 1, 1000000)},
         {"auth_failure_window", duration(c.auth_failure_window, 1000)},
         {"upstream",

@@ -15,8 +15,11 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_set>
 
 #include "gateway/front/auth_limits.hpp"
+#include "gateway/front/cors.hpp"
+#include "gateway/front/responses.hpp"
 #include "gateway/front/front_metrics.hpp"
 #include "gateway/front/http_server.hpp"
 #include "gateway/front/local.hpp"
@@ -36,7 +39,9 @@ struct forwarder_options {
   std::chrono::milliseconds client_timeout{60000};   // each body read/write on the client side
   std::chrono::milliseconds upstream_timeout{300000};  // each read/write on the upstream side
   std::chrono::milliseconds session_cache_ttl{10000};
-  std::size_t max_requests_per_user = 64;
+  std::size_t max_requests_per_user = 16;            // in flight per user; more wait in the user's queue
+  std::size_t user_queue_length = 1024;              // waiting per user; more get 429
+  std::chrono::milliseconds user_queue_timeout{60000};  // longest wait in that queue, then 503
   std::size_t auth_failure_limit = 20;
   std::chrono::milliseconds auth_failure_window{60000};
   std::size_t relay_buffer = 64u << 10;  // bytes held per direction per request
@@ -45,7 +50,13 @@ struct forwarder_options {
   std::size_t local_threads = 4;         // workers for local handlers (each may wait on CouchDB)
   std::size_t local_rate_limit = 20;     // local requests per address per window (429 above)
   std::chrono::milliseconds local_rate_window{60000};
+  cors_policy cors;                      // CORS headers on couchgate's own answers and preflights
+  token_user_provisioner provision_token_user;  // empty: JWT callers' databases are not made here
 };
+
+// The CORS headers for an answer couchgate writes itself to `request` (write_response's own
+// headers plus `extra`), appended to `extra`.
+header_list with_cors(const cors_policy& cors, const http::fields& request, header_list extra);
 
 class forwarder {
  public:
@@ -57,11 +68,15 @@ class forwarder {
   net::awaitable<bool> handle(server_exchange& exchange);
 
   const session_cache& sessions() const { return sessions_; }
+  std::size_t user_queued() const { return slots_.queued(); }
 
  private:
   struct outcome;
   struct identity;
   net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out);
+  enum class admitted { yes, queue_full, timed_out };
+  // A slot among the user's max_requests_per_user, waiting in the user's FIFO queue if need be.
+  net::awaitable<admitted> admit(const std::string& user);
   net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential);
   net::awaitable<bool> forward(server_exchange& ex, const std::string& target, const std::string& db,
                                const std::string& mount, outcome& out);
@@ -76,7 +91,9 @@ class forwarder {
   auth_failures failures_;
   user_slots slots_;
   auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)
-  std::unique_ptr<net::thread_pool> local_pool_;
+  std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_token_user
+  std::mutex token_mu_;
+  std::unordered_set<std::string> token_users_ready_;  // JWT callers whose database is known to exist
 };
 
 }  // namespace couchgate::gateway::front

@@ -57,7 +57,8 @@ struct front_door::impl {
   impl(const config& c, replicator::registry& registry) : cfg(c.front), metrics(registry) {}
 };
 
-front_door::front_door(const config& cfg, replicator::registry& registry, front::local_handler local)
+front_door::front_door(const config& cfg, replicator::registry& registry, front::local_handler local,
+                       front::token_user_provisioner provision_token_user)
     : impl_(std::make_unique<impl>(cfg, registry)) {
   auto& d = *impl_;
   const auto address = parse_upstream_url(cfg.couchdb.url);
@@ -90,11 +91,15 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   fo.upstream_timeout = cfg.front.upstream.read_timeout;
   fo.session_cache_ttl = cfg.front.session_cache_ttl;
   fo.max_requests_per_user = cfg.front.max_requests_per_user;
+  fo.user_queue_length = cfg.front.user_queue_length;
+  fo.user_queue_timeout = cfg.front.user_queue_timeout;
   fo.auth_failure_limit = cfg.front.auth_failure_limit;
   fo.auth_failure_window = cfg.front.auth_failure_window;
   fo.local = std::move(local);
   fo.local_rate_limit = cfg.identities.rate_limit;
   fo.local_rate_window = cfg.identities.rate_window;
+  fo.cors = make_cors_policy(cfg.front.cors);
+  fo.provision_token_user = std::move(provision_token_user);
   d.handler = std::make_unique<forwarder>(fo, *d.pool, d.metrics);
   server_limits limits;
   limits.max_connections = cfg.front.max_connections;
@@ -111,6 +116,7 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   }
   d.server = std::make_unique<http_server>(
       *d.io, limits, [h = d.handler.get()](server_exchange& ex) { return h->handle(ex); }, provider);
+  d.server->set_answer_headers([cors = fo.cors](const http::fields& request) { return with_cors(cors, request, {}); });
 
   auto* self = impl_.get();
   registry.add_callback("couchgate_front_client_connections", "Open client connections to the front door",
@@ -126,6 +132,9 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         [self] { return static_cast<double>(self->server->counters().header_too_large.load()); });
   registry.add_callback("couchgate_front_body_too_large", "Requests refused with 413",
                         [self] { return static_cast<double>(self->server->counters().body_too_large.load()); });
+  registry.add_callback("couchgate_front_user_queued",
+                        "Requests waiting because their user had front.max_requests_per_user in flight",
+                        [self] { return static_cast<double>(self->handler->user_queued()); });
   registry.add_callback("couchgate_front_upstream_open", "Front door connections to CouchDB open",
                         [self] { return static_cast<double>(self->pool->stats().open); });
   registry.add_callback("couchgate_front_upstream_in_use", "Front door connections to CouchDB in use",

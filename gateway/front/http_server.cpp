@@ -90,6 +90,9 @@ net::awaitable<void> http_server::session(tcp::socket socket, std::size_t contex
     info.peer = remote.address().to_string();
     info.peer_ip = parse_ip(info.peer);
   }
+  // Responses are written in several pieces (header, then the body relayed buffer by buffer):
+  // with Nagle's algorithm on, each small last segment would wait for the client's delayed ACK.
+  socket.set_option(tcp::no_delay(true), ec);
   beast::tcp_stream tcp_stream(std::move(socket));
   beast::flat_buffer buffer;
   std::shared_ptr<ssl::context> tls_context = tls_ ? tls_() : nullptr;
@@ -157,7 +160,8 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
       } else if (ec == http::error::body_limit) {
         counters_.body_too_large.fetch_add(1);
         co_await write_json_error(stream, http::status::payload_too_large, "too_large",
-                                  "the request body is larger than front.max_body_bytes", false, limits_.idle_timeout);
+                                  "the request body is larger than front.max_body_bytes", false, limits_.idle_timeout,
+                                  answer_headers_ ? answer_headers_(parser.get()) : header_list{});
       } else if (is_timeout(ec)) {
         counters_.timeouts.fetch_add(1);
       } else if (ec != http::error::end_of_stream && ec != net::error::eof && ec != net::error::connection_reset) {
