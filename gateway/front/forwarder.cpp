@@ -194,9 +194,9 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
   const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
+    const header_list all = with_cors(options_.cors, req, std::move(headers));
     const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep_if_answered_now,
-                                              options_.client_timeout,
-                                              with_cors(options_.cors, req, std::move(headers)));
+                                              options_.client_timeout, all);
     co_return ok && keep_if_answered_now;
   };
 
@@ -411,9 +411,8 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
   const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
-    const bool ok =
-        co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout,
-                                              with_cors(options_.cors, req, std::move(headers)));
+    const header_list all = with_cors(options_.cors, req, std::move(headers));
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout, all);
     co_return ok && keep;
   };
 
@@ -448,8 +447,9 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
       local_pool_->get_executor(), [&fn, &lr]() -> net::awaitable<local_answer> { co_return fn(lr); },
       net::use_awaitable);
   out.status = a.status;
+  const header_list headers = with_cors(options_.cors, req, std::move(a.headers));
   const bool ok = co_await write_response(ex.stream, static_cast<http::status>(a.status), std::move(a.body), keep,
-                                          options_.client_timeout, with_cors(options_.cors, req, std::move(a.headers)));
+                                          options_.client_timeout, headers);
   co_return ok && keep;
 }
 
@@ -461,8 +461,8 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
     const bool keep = req.keep_alive() && ex.parser.is_done();
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout,
-                                              with_cors(options_.cors, req, std::move(headers)));
+    const header_list all = with_cors(options_.cors, req, std::move(headers));
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout, all);
     co_return ok && keep;
   };
 

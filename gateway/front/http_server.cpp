@@ -159,9 +159,12 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
                                   limits_.idle_timeout);
       } else if (ec == http::error::body_limit) {
         counters_.body_too_large.fetch_add(1);
+        // A named local: GCC 12 destroys a conditional's temporary twice inside co_await.
+        header_list extra;
+        if (answer_headers_) extra = answer_headers_(parser.get());
         co_await write_json_error(stream, http::status::payload_too_large, "too_large",
                                   "the request body is larger than front.max_body_bytes", false, limits_.idle_timeout,
-                                  answer_headers_ ? answer_headers_(parser.get()) : header_list{});
+                                  extra);
       } else if (is_timeout(ec)) {
         counters_.timeouts.fetch_add(1);
       } else if (ec != http::error::end_of_stream && ec != net::error::eof && ec != net::error::connection_reset) {

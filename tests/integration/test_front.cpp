@@ -783,14 +783,18 @@ TEST_CASE("front door CORS: preflights and couchgate's own answers carry CouchDB
   CHECK(get(pre, http::field::access_control_max_age) == "1200");
   CHECK(get(pre, http::field::access_control_allow_methods).find("PUT") != std::string::npos);
   CHECK(get(pre, http::field::access_control_allow_headers) == "authorization, content-type");
-  // An origin not listed, or a header not allowed: no preflight answer (the request goes on: 401).
+  CHECK(get(pre, http::field::server) == "couchgate");
+  // An origin not listed, or a header not allowed: not a preflight for front.cors, so couchgate
+  // does not answer it itself; it goes on to the server, as every OPTIONS did before (whose own
+  // [cors] decides: pouchdb-server allows any origin, a CouchDB configured alike refuses).
   auto stranger = front_call(port, false, "OPTIONS", "/me/doc",
                              {{"Origin", "https://evil.example"}, {"Access-Control-Request-Method", "PUT"}});
-  CHECK(stranger.status != 204);
-  CHECK(stranger.headers.find(http::field::access_control_allow_origin) == stranger.headers.end());
-  CHECK(front_call(port, false, "OPTIONS", "/me/doc",
-                   {{"Origin", origin}, {"Access-Control-Request-Method", "PUT"}, {"Access-Control-Request-Headers", "x-secret"}})
-            .status != 204);
+  CHECK(stranger.status != 0);
+  CHECK(get(stranger, http::field::server) != "couchgate");
+  auto odd_header = front_call(
+      port, false, "OPTIONS", "/me/doc",
+      {{"Origin", origin}, {"Access-Control-Request-Method", "PUT"}, {"Access-Control-Request-Headers", "x-secret"}});
+  CHECK(get(odd_header, http::field::server) != "couchgate");
 
   // Error answers couchgate writes itself: 401 (no credential), 404 (not a route), 413 (body cap).
   auto unauthorized = front_call(port, false, "GET", "/me", {{"Origin", origin}});
