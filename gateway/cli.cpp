@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "gateway/config.hpp"
+#include "gateway/config_table.hpp"
 #include "gateway/daemon.hpp"
 #include "gateway/health.hpp"
 #include "gateway/logging.hpp"
@@ -132,6 +133,9 @@ int cli_main(int argc, char** argv) {
   auto* check = app.add_subcommand("check-config", "Validate a config file; exit 2 listing every problem");
   check->add_option("file", check_path, "YAML config file")->required();
 
+  auto* example = app.add_subcommand(
+      "config-example", "Print every config key with its default and help (deploy/couchgate.example.yaml is this output)");
+
   std::string restore_config;
   restore_options ropts;
   auto* restore = app.add_subcommand("restore", "Rebuild user databases from the central database");
@@ -167,6 +171,10 @@ int cli_main(int argc, char** argv) {
     auto cfg = load_or_report(check_path);
     if (!cfg) return 2;
     std::cout << check_path << ": OK\n";
+    return 0;
+  }
+  if (*example) {
+    std::cout << config_example();
     return 0;
   }
   if (*run) return run_daemon(run_config);

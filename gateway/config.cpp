@@ -1,6 +1,6 @@
 #include "gateway/config.hpp"
 
-#include "gateway/front/cidr.hpp"
+#include "gateway/config_table.hpp"
 
 #include <yaml-cpp/yaml.h>
 
@@ -210,20 +210,6 @@ std::optional<number_and_unit> split_number_unit(std::string_view s) {
   return number_and_unit{*number, std::string(unit)};
 }
 
-std::string format_duration(long long ms) {
-  if (ms % 3'600'000 == 0 && ms != 0) return std::to_string(ms / 3'600'000) + "h";
-  if (ms % 60'000 == 0 && ms != 0) return std::to_string(ms / 60'000) + "m";
-  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
-  return std::to_string(ms) + "ms";
-}
-
-std::string format_size(long long bytes) {
-  if (bytes != 0 && bytes % (1LL << 30) == 0) return std::to_string(bytes >> 30) + "GiB";
-  if (bytes != 0 && bytes % (1LL << 20) == 0) return std::to_string(bytes >> 20) + "MiB";
-  if (bytes != 0 && bytes % (1LL << 10) == 0) return std::to_string(bytes >> 10) + "KiB";
-  return std::to_string(bytes) + "B";
-}
-
 // ---------------------------------------------------------------------------------------------
 // URLs
 
@@ -384,12 +370,13 @@ struct issue {
   std::vector<std::string> shown;  // user-supplied values quoted in the message (or keys in the path)
 };
 
-class loader {
+class loader final : public value_reader {
  public:
   explicit loader(const env_lookup& env) : env_(env) {}
 
   load_result run(const std::string* yaml_text) {
     if (yaml_text != nullptr) parse_text(*yaml_text);
+    take_file_credentials();
     resolve_file_credentials();
     apply_env();
     apply_admin_api_env();
@@ -400,10 +387,12 @@ class loader {
   }
 
  private:
-  using parse_fn = std::function<void(const YAML::Node& value, const std::string& path, int line)>;
-  struct field {
-    std::string_view name;
-    parse_fn parse;
+  // The value being read (walk_map -> key_spec::read -> the value_reader methods).
+  struct current {
+    const key_spec* spec = nullptr;
+    const YAML::Node* node = nullptr;
+    std::string path;
+    int line = 0;
   };
 
   enum class password_source { none, value, file };
@@ -413,7 +402,7 @@ class loader {
   std::vector<issue> issues_;
   std::map<std::string, int> lines_;  // key path -> line of the key (1-based), for later checks
   std::vector<std::string> secrets_;
-  bool parsed_ok_ = true;
+  current current_;
 
   // What the file said about credentials (empty strings count as not set).
   std::optional<credentials> file_url_credentials_;
@@ -543,13 +532,22 @@ class loader {
       return;
     }
     try {
-      walk_map(root, "", 0, top_level_fields());
+      walk_map(root, "", 0);
     } catch (const YAML::Exception& e) {
       add("", line_of(e.mark), "invalid YAML: " + e.msg);
     }
   }
 
-  void walk_map(const YAML::Node& node, const std::string& path, int line, const std::vector<field>& fields) {
+  // The keys of section `path` ("" = the top level), as the table declares them.
+  static std::vector<std::string_view> children_of(std::string_view path) {
+    std::vector<std::string_view> out;
+    for (const auto& k : config_keys()) {
+      if (k.parent() == path) out.push_back(k.leaf());
+    }
+    return out;
+  }
+
+  void walk_map(const YAML::Node& node, const std::string& path, int line) {
     if (node.IsNull()) return;  // "section:" with every key commented out: all defaults
     if (!node.IsMap()) {
       type_error(node, path, line, "a map of settings");
@@ -566,30 +564,36 @@ class loader {
         continue;
       }
       const std::string& key = key_node.Scalar();
-      const auto f = std::find_if(fields.begin(), fields.end(), [&](const field& x) { return x.name == key; });
-      if (f == fields.end()) {
-        unknown_key(path, key, key_line, fields);
+      const std::string key_path = join_path(path, key);
+      const key_spec* spec = key.find('.') == std::string::npos ? find_key(key_path) : nullptr;
+      if (spec == nullptr) {
+        unknown_key(path, key, key_line, children_of(path));
         continue;
       }
-      const std::string key_path = join_path(path, key);
       if (const auto previous = seen.find(key); previous != seen.end()) {
         add(key_path, key_line, "duplicate key '" + key + "' (first set on line " + std::to_string(previous->second) + ")");
         continue;
       }
       seen.emplace(key, key_line);
       lines_[key_path] = key_line;
-      f->parse(value_node, key_path, key_line);
+      if (spec->is_section()) {
+        walk_map(value_node, key_path, key_line);
+      } else {
+        current_ = current{spec, &value_node, key_path, key_line};
+        spec->read(*this, cfg_);
+        current_ = {};
+      }
     }
   }
 
-  void unknown_key(const std::string& path, const std::string& key, int line, const std::vector<field>& fields) {
+  void unknown_key(const std::string& path, const std::string& key, int line, const std::vector<std::string_view>& names) {
     std::string_view best;
     std::size_t best_distance = 3;
-    for (const auto& f : fields) {
-      const std::size_t d = edit_distance(key, f.name);
+    for (const auto name : names) {
+      const std::size_t d = edit_distance(key, name);
       if (d < best_distance) {
         best_distance = d;
-        best = f.name;
+        best = name;
       }
     }
     std::string message = "unknown key " + quote_value(key);
@@ -597,12 +601,12 @@ class loader {
       message += "; did you mean '" + std::string(best) + "'?";
     } else {
       message += "; expected one of: ";
-      for (std::size_t i = 0; i < fields.size(); ++i) message += (i ? ", " : "") + std::string(fields[i].name);
+      for (std::size_t i = 0; i < names.size(); ++i) message += (i ? ", " : "") + std::string(names[i]);
     }
     add(join_path(path, printable(key)), line, std::move(message), {key});
   }
 
-  // ----- scalar readers
+  // ----- value_reader: the value at current_, read by the kind and bounds of its key
 
   std::optional<std::string> scalar(const YAML::Node& n, const std::string& path, int line, std::string_view expected) {
     if (!n.IsScalar()) {
@@ -611,51 +615,79 @@ class loader {
     }
     return n.Scalar();
   }
-
-  void read_string(const YAML::Node& n, const std::string& path, int line, std::string& out) {
-    if (auto s = scalar(n, path, line, "a string")) out = std::move(*s);
+  std::optional<std::string> scalar(std::string_view expected) {
+    return scalar(*current_.node, current_.path, current_.line, expected);
+  }
+  void problem(std::string message, const std::string& value) {
+    add(current_.path, current_.line, std::move(message), {value});
   }
 
-  void read_bool(const YAML::Node& n, const std::string& path, int line, bool& out) {
-    const auto s = scalar(n, path, line, "true or false");
+  // What `check` says of one value (a string, or an item of a list), reported at path/line.
+  void run_check(std::string_view value, const std::string& path, int line) {
+    if (current_.spec->check == nullptr) return;
+    if (const char* wrong = current_.spec->check(value)) {
+      std::string message = wrong;
+      if (!value.empty()) message += ", got " + quote_value(value);
+      add(path, line, std::move(message), {std::string(value)});
+    }
+  }
+
+  void read_string(std::string& out) override {
+    const auto s = scalar("a string");
+    if (!s) return;
+    const key_spec& k = *current_.spec;
+    if (k.secret) add_secret(*s);
+    if (!k.choices.empty()) {
+      const auto it = std::find_if(k.choices.begin(), k.choices.end(), [&](const key_choice& c) { return c.name == *s; });
+      if (it == k.choices.end()) {
+        problem("expected " + choices_text() + ", got " + quote_value(*s), *s);
+        return;
+      }
+    }
+    out = *s;
+    run_check(out, current_.path, current_.line);
+  }
+
+  void read_bool(bool& out) override {
+    const auto s = scalar("true or false");
     if (!s) return;
     if (*s == "true" || *s == "True" || *s == "TRUE") {
       out = true;
     } else if (*s == "false" || *s == "False" || *s == "FALSE") {
       out = false;
     } else {
-      add(path, line, "expected true or false, got " + quote_value(*s), {*s});
+      problem("expected true or false, got " + quote_value(*s), *s);
     }
   }
 
-  template <typename T>
-  void read_integer(const YAML::Node& n, const std::string& path, int line, long long min, std::optional<long long> max,
-                    T& out, std::string_view note = {}) {
-    const auto s = scalar(n, path, line, "an integer");
-    if (!s) return;
+  std::optional<long long> read_integer() override {
+    const key_spec& k = *current_.spec;
+    if (k.kind == key_kind::size) return read_size(k.min);
+    const auto s = scalar("an integer");
+    if (!s) return std::nullopt;
     const auto value = parse_integer(*s);
     if (!value) {
-      add(path, line, "expected an integer, got " + quote_value(*s), {*s});
-      return;
+      problem("expected an integer, got " + quote_value(*s), *s);
+      return std::nullopt;
     }
-    if (!max && *value == saturated) {
-      add(path, line, "is too large, got " + quote_value(*s), {*s});
-      return;
+    if (!k.max && *value == saturated) {
+      problem("is too large, got " + quote_value(*s), *s);
+      return std::nullopt;
     }
-    if (*value < min || (max && *value > *max)) {
-      std::string message = max ? "must be between " + std::to_string(min) + " and " + std::to_string(*max)
-                                : "must be at least " + std::to_string(min);
+    if (*value < k.min || (k.max && *value > *k.max)) {
+      std::string message = k.max ? "must be between " + std::to_string(k.min) + " and " + std::to_string(*k.max)
+                                  : "must be at least " + std::to_string(k.min);
       message += ", got " + quote_value(*s);
-      if (!note.empty()) message += " (" + std::string(note) + ")";
-      add(path, line, std::move(message), {*s});
-      return;
+      if (!k.note.empty()) message += " (" + std::string(k.note) + ")";
+      problem(std::move(message), *s);
+      return std::nullopt;
     }
-    out = static_cast<T>(*value);
+    return *value;
   }
 
-  void read_positive_number(const YAML::Node& n, const std::string& path, int line, double& out) {
-    const auto s = scalar(n, path, line, "a number");
-    if (!s) return;
+  std::optional<double> read_number() override {
+    const auto s = scalar("a number");
+    if (!s) return std::nullopt;
     // Plain decimal notation only ("200", "0.5", "1e3"); no hex, inf or nan.
     const std::string& t = *s;
     std::size_t i = (!t.empty() && (t[0] == '+' || t[0] == '-')) ? 1 : 0;
@@ -675,27 +707,28 @@ class loader {
       digits = skip_digits();
     }
     if (!digits || i != t.size()) {
-      add(path, line, "expected a number, got " + quote_value(t), {t});
-      return;
+      problem("expected a number, got " + quote_value(t), t);
+      return std::nullopt;
     }
     const double value = std::strtod(t.c_str(), nullptr);
     if (!std::isfinite(value) || value <= 0) {
-      add(path, line, "must be a number greater than 0, got " + quote_value(t), {t});
-      return;
+      problem("must be a number greater than 0, got " + quote_value(t), t);
+      return std::nullopt;
     }
-    out = value;
+    return value;
   }
 
   // Integer seconds, or an integer with unit ms, s, m or h. Returns milliseconds.
-  std::optional<long long> read_duration_ms(const YAML::Node& n, const std::string& path, int line, long long min_ms,
-                                            bool whole_seconds) {
+  std::optional<long long> read_duration_ms() override {
+    const bool whole_seconds = current_.spec->kind == key_kind::duration_s;
+    const long long min_ms = whole_seconds ? current_.spec->min * 1000 : current_.spec->min;
     static constexpr std::string_view expected =
         "a duration: an integer number of seconds or an integer with unit ms, s, m or h (e.g. 250ms, 30s, 10m)";
-    const auto s = scalar(n, path, line, expected);
+    const auto s = scalar(expected);
     if (!s) return std::nullopt;
     const auto parts = split_number_unit(*s);
     if (!parts) {
-      add(path, line, "expected " + std::string(expected) + ", got " + quote_value(*s), {*s});
+      problem("expected " + std::string(expected) + ", got " + quote_value(*s), *s);
       return std::nullopt;
     }
     long long factor = 0;
@@ -708,49 +741,39 @@ class loader {
     } else if (parts->unit == "h") {
       factor = 3'600'000;
     } else {
-      add(path, line, "unknown duration unit " + quote_value(parts->unit) + " in " + quote_value(*s) + "; use ms, s, m or h",
-          {*s});
+      problem("unknown duration unit " + quote_value(parts->unit) + " in " + quote_value(*s) + "; use ms, s, m or h", *s);
       return std::nullopt;
     }
     if (parts->number < 0) {
-      add(path, line, "must not be negative, got " + quote_value(*s), {*s});
+      problem("must not be negative, got " + quote_value(*s), *s);
       return std::nullopt;
     }
     if (parts->number > max_duration_ms / factor) {
-      add(path, line, "is too large, got " + quote_value(*s) + " (at most " + std::to_string(max_duration_seconds) + "s)",
-          {*s});
+      problem("is too large, got " + quote_value(*s) + " (at most " + std::to_string(max_duration_seconds) + "s)", *s);
       return std::nullopt;
     }
     const long long ms = parts->number * factor;
     if (whole_seconds && ms % 1000 != 0) {
-      add(path, line, "must be a whole number of seconds, got " + quote_value(*s), {*s});
+      problem("must be a whole number of seconds, got " + quote_value(*s), *s);
       return std::nullopt;
     }
     if (ms < min_ms) {
-      add(path, line, "must be at least " + format_duration(min_ms) + ", got " + quote_value(*s), {*s});
+      problem("must be at least " + format_duration_ms(min_ms) + ", got " + quote_value(*s), *s);
       return std::nullopt;
     }
     return ms;
   }
 
-  void read_seconds(const YAML::Node& n, const std::string& path, int line, long long min_seconds, seconds& out) {
-    if (const auto ms = read_duration_ms(n, path, line, min_seconds * 1000, true)) out = seconds{*ms / 1000};
-  }
-
-  void read_milliseconds(const YAML::Node& n, const std::string& path, int line, long long min_ms, milliseconds& out) {
-    if (const auto ms = read_duration_ms(n, path, line, min_ms, false)) out = milliseconds{*ms};
-  }
-
   // Integer bytes, or an integer with unit B, KiB, MiB or GiB.
-  void read_size(const YAML::Node& n, const std::string& path, int line, long long min_bytes, std::size_t& out) {
+  std::optional<long long> read_size(long long min_bytes) {
     static constexpr std::string_view expected =
         "a size: an integer number of bytes or an integer with unit B, KiB, MiB or GiB (e.g. 8MiB)";
-    const auto s = scalar(n, path, line, expected);
-    if (!s) return;
+    const auto s = scalar(expected);
+    if (!s) return std::nullopt;
     const auto parts = split_number_unit(*s);
     if (!parts) {
-      add(path, line, "expected " + std::string(expected) + ", got " + quote_value(*s), {*s});
-      return;
+      problem("expected " + std::string(expected) + ", got " + quote_value(*s), *s);
+      return std::nullopt;
     }
     long long factor = 0;
     if (parts->unit.empty() || parts->unit == "B") {
@@ -762,50 +785,54 @@ class loader {
     } else if (parts->unit == "GiB") {
       factor = 1LL << 30;
     } else {
-      add(path, line,
-          "unknown size unit " + quote_value(parts->unit) + " in " + quote_value(*s) + "; use B, KiB, MiB or GiB (1024-based)",
-          {*s});
-      return;
+      problem("unknown size unit " + quote_value(parts->unit) + " in " + quote_value(*s) +
+                  "; use B, KiB, MiB or GiB (1024-based)",
+              *s);
+      return std::nullopt;
     }
     if (parts->number < 0) {
-      add(path, line, "must not be negative, got " + quote_value(*s), {*s});
-      return;
+      problem("must not be negative, got " + quote_value(*s), *s);
+      return std::nullopt;
     }
     constexpr long long max_bytes = std::numeric_limits<long long>::max();
     if (parts->number > max_bytes / factor ||
         static_cast<unsigned long long>(parts->number * factor) > std::numeric_limits<std::size_t>::max()) {
-      add(path, line, "is too large, got " + quote_value(*s), {*s});
-      return;
+      problem("is too large, got " + quote_value(*s), *s);
+      return std::nullopt;
     }
     const long long bytes = parts->number * factor;
     if (bytes < min_bytes) {
-      add(path, line,
-          "must be at least " + format_size(min_bytes) + " (" + std::to_string(min_bytes) + " bytes), got " + quote_value(*s),
-          {*s});
-      return;
+      problem("must be at least " + format_size_bytes(min_bytes) + " (" + std::to_string(min_bytes) + " bytes), got " +
+                  quote_value(*s),
+              *s);
+      return std::nullopt;
     }
-    out = static_cast<std::size_t>(bytes);
+    return bytes;
   }
 
-  template <typename E>
-  void read_enum(const YAML::Node& n, const std::string& path, int line,
-                 const std::vector<std::pair<std::string_view, E>>& choices, E& out) {
+  std::string choices_text() const {
     std::string expected = "one of ";
-    for (std::size_t i = 0; i < choices.size(); ++i) expected += (i ? ", " : "") + std::string(choices[i].first);
-    const auto s = scalar(n, path, line, expected);
-    if (!s) return;
-    for (const auto& [name, value] : choices) {
-      if (*s == name) {
-        out = value;
-        return;
-      }
-    }
-    add(path, line, "expected " + expected + ", got " + quote_value(*s), {*s});
+    const auto& choices = current_.spec->choices;
+    for (std::size_t i = 0; i < choices.size(); ++i) expected += (i ? ", " : "") + std::string(choices[i].name);
+    return expected;
   }
 
-  void read_string_list(const YAML::Node& n, const std::string& path, int line, std::vector<std::string>& out) {
+  std::optional<int> read_choice() override {
+    const std::string expected = choices_text();
+    const auto s = scalar(expected);
+    if (!s) return std::nullopt;
+    for (const auto& c : current_.spec->choices) {
+      if (*s == c.name) return c.value;
+    }
+    problem("expected " + expected + ", got " + quote_value(*s), *s);
+    return std::nullopt;
+  }
+
+  void read_list(std::vector<std::string>& out) override {
+    const YAML::Node& n = *current_.node;
+    const std::string& path = current_.path;
     if (!n.IsSequence()) {
-      type_error(n, path, line, "a list of strings (e.g. [a, b] or [])");
+      type_error(n, path, current_.line, "a list of strings (e.g. [a, b] or [])");
       return;
     }
     std::vector<std::string> values;
@@ -813,7 +840,7 @@ class loader {
     for (std::size_t i = 0; i < n.size(); ++i) {
       const YAML::Node item = n[i];
       const std::string item_path = path + "[" + std::to_string(i) + "]";
-      const int item_line = line_of(item.Mark()) != 0 ? line_of(item.Mark()) : line;
+      const int item_line = line_of(item.Mark()) != 0 ? line_of(item.Mark()) : current_.line;
       if (!item.IsScalar()) {
         type_error(item, item_path, item_line, "a string");
         ok = false;
@@ -822,353 +849,34 @@ class loader {
         ok = false;
       } else {
         values.push_back(item.Scalar());
+        run_check(item.Scalar(), item_path, item_line);
       }
     }
     if (ok) out = std::move(values);
   }
 
-  // ----- the schema
-
-  std::vector<field> top_level_fields() {
-    return {
-        {"couchdb", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, couchdb_fields()); }},
-        {"state_db", [this](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, cfg_.state_db); }},
-        {"provisioning",
-         [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, provisioning_fields()); }},
-        {"fanin", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, fanin_fields()); }},
-        {"shared", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, shared_fields()); }},
-        {"identities",
-         [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, identities_fields()); }},
-        {"admin_api",
-         [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, admin_api_fields()); }},
-        {"log", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, log_fields()); }},
-        {"front", [this](const YAML::Node& v, const std::string& p, int l) { walk_map(v, p, l, front_fields()); }},
-    };
-  }
-
-  std::vector<field> couchdb_fields() {
-    auto& c = cfg_.couchdb;
-    return {
-        {"url",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           if (!v.IsScalar()) {
-             type_error(v, p, l, "a URL string such as http://127.0.0.1:5984");
-             return;
-           }
-           const url_parts parts = split_userinfo(v.Scalar());
-           c.url = parts.url;
-           if (!parts.has_userinfo) return;
-           add_raw_password_secret(parts.userinfo);
-           auto creds = decode_userinfo(parts.userinfo);
-           if (!creds) {
-             add(p, l, "the user info (user:password@) is not valid percent-encoding (use %XX for special characters)");
-             return;
-           }
-           if (creds->password) add_secret(*creds->password);
-           file_url_credentials_ = std::move(creds);
-         }},
-        {"username", [this](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, file_username_); }},
-        {"password",
-         [this](const YAML::Node& v, const std::string& p, int l) {
-           read_string(v, p, l, file_password_);
-           add_secret(file_password_);
-         }},
-        {"password_file",
-         [this](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, file_password_file_); }},
-        {"request_timeout",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, 1, c.request_timeout); }},
-        {"feed_timeout",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, 1, c.feed_timeout); }},
-        {"heartbeat",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 1, c.heartbeat); }},
-    };
-  }
-
-  std::vector<field> provisioning_fields() {
-    auto& c = cfg_.provisioning;
-    return {
-        {"enabled", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.enabled); }},
-        {"users_db", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.users_db); }},
-        {"db_prefix",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.db_prefix); }},
-        {"select",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           walk_map(v, p, l,
-                    {
-                        {"roles_any", list_reader(c.select.roles_any)},
-                        {"roles_all", list_reader(c.select.roles_all)},
-                        {"roles_none", list_reader(c.select.roles_none)},
-                        {"names", list_reader(c.select.names)},
-                    });
-         }},
-        {"security",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           auto& s = c.security;
-           walk_map(v, p, l,
-                    {
-                        {"owner_is_admin", [this, &s](const YAML::Node& v2, const std::string& p2,
-                                                      int l2) { read_bool(v2, p2, l2, s.owner_is_admin); }},
-                        {"member_names", list_reader(s.member_names)},
-                        {"member_roles", list_reader(s.member_roles)},
-                        {"admin_names", list_reader(s.admin_names)},
-                        {"admin_roles", list_reader(s.admin_roles)},
-                    });
-         }},
-        {"on_delete",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_enum<policy::on_delete>(v, p, l, {{"keep", policy::on_delete::keep}, {"delete", policy::on_delete::remove}},
-                                        c.on_delete);
-         }},
-        {"reconcile_interval",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, 0, c.reconcile_interval); }},
-        {"batch",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 10000, c.batch); }},
-        {"q", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 1024, c.q); }},
-        {"n", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 16, c.n); }},
-    };
-  }
-
-  std::vector<field> fanin_fields() {
-    auto& c = cfg_.fanin;
-    return {
-        {"enabled", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.enabled); }},
-        {"central_db",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.central_db); }},
-        {"ids",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_enum<policy::id_mode>(
-               v, p, l, {{"namespaced", policy::id_mode::namespaced}, {"unchanged", policy::id_mode::unchanged}}, c.ids);
-         }},
-        {"max_connections",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_integer(v, p, l, 3, 1024, c.max_connections, "the change feeds take 2 of them");
-         }},
-        {"max_active",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_integer(v, p, l, 1, std::nullopt, c.max_active);
-         }},
-        {"rounds",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 64, c.rounds); }},
-        {"batch_docs",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 1, 100000, c.batch_docs); }},
-        {"batch_bytes",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_size(v, p, l, 64 * 1024, c.batch_bytes); }},
-        {"turn_docs",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_integer(v, p, l, 1, std::nullopt, c.turn_docs);
-         }},
-        {"detection",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_enum<detection_mode>(v, p, l,
-                                     {{"auto", detection_mode::automatic},
-                                      {"db_updates", detection_mode::db_updates},
-                                      {"sweep", detection_mode::sweep}},
-                                     c.detection);
-         }},
-        {"create_global_changes",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.create_global_changes); }},
-        {"inline_docs",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.inline_docs); }},
-        {"central_guard",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.central_guard); }},
-        {"sweep_rate",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_positive_number(v, p, l, c.sweep_rate); }},
-        {"sweep_interval",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.sweep_interval); }},
-        {"checkpoint_interval",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.checkpoint_interval); }},
-        {"target_check_interval",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, 0, c.target_check_interval); }},
-    };
-  }
-
-  std::vector<field> shared_fields() {
-    auto& c = cfg_.shared;
-    return {
-        {"enabled", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.enabled); }},
-        {"db", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.db); }},
-        {"member_roles", list_reader(c.member_roles)},
-        {"admin_roles", list_reader(c.admin_roles)},
-    };
-  }
-
-  std::vector<field> identities_fields() {
-    auto& c = cfg_.identities;
-    auto secs = [this](seconds& out, long long min) {
-      return [this, &out, min](const YAML::Node& v, const std::string& p, int l) { read_seconds(v, p, l, min, out); };
-    };
-    return {
-        {"enabled", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.enabled); }},
-        {"db", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.db); }},
-        {"max_name_bytes",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_integer(v, p, l, 1, 1000, c.rules.max_name_bytes);
-         }},
-        {"min_password_chars",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_integer(v, p, l, 1, 1000, c.rules.min_password_chars);
-         }},
-        {"profile_fields", list_reader(c.profile_fields)},
-        {"roles", list_reader(c.roles)},
-        {"signup_deadline", secs(c.signup_deadline, 1)},
-        {"provision_wait", secs(c.provision_wait, 0)},
-        {"intent_timeout", secs(c.intent_timeout, 1)},
-        {"retention", secs(c.retention, 0)},
-        {"reconcile_interval", secs(c.reconcile_interval, 0)},
-        {"rate_limit",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_integer(v, p, l, 1, std::nullopt, c.rate_limit);
-         }},
-        {"rate_window", secs(c.rate_window, 1)},
-    };
-  }
-
-  std::vector<field> admin_api_fields() {
-    auto& c = cfg_.admin_api;
-    return {
-        {"address",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_string(v, p, l, c.address);
-           if (v.IsScalar() && c.address.empty()) add(p, l, "must not be empty (e.g. 127.0.0.1, ::1 or 0.0.0.0)");
-         }},
-        {"port", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 65535, c.port); }},
-        {"port_file",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.port_file); }},
-        {"token",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_string(v, p, l, c.token);
-           add_secret(c.token);
-         }},
-        {"token_file",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, c.token_file); }},
-        {"allow_unauthenticated",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, c.allow_unauthenticated); }},
-    };
-  }
-
-  std::vector<field> front_fields() {
-    auto& c = cfg_.front;
-    const auto boolean = [this](bool& out) {
-      return [this, &out](const YAML::Node& v, const std::string& p, int l) { read_bool(v, p, l, out); };
-    };
-    const auto text = [this](std::string& out) {
-      return [this, &out](const YAML::Node& v, const std::string& p, int l) { read_string(v, p, l, out); };
-    };
-    const auto duration = [this](milliseconds& out, long long min_ms) {
-      return [this, &out, min_ms](const YAML::Node& v, const std::string& p, int l) { read_milliseconds(v, p, l, min_ms, out); };
-    };
-    const auto count = [this](std::size_t& out, long long min, long long max) {
-      return [this, &out, min, max](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, min, max, out); };
-    };
-    return {
-        {"enabled", boolean(c.enabled)},
-        {"address",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_string(v, p, l, c.address);
-           if (v.IsScalar() && c.address.empty()) add(p, l, "must not be empty (e.g. 127.0.0.1, ::1 or 0.0.0.0)");
-         }},
-        {"port", [this, &c](const YAML::Node& v, const std::string& p, int l) { read_integer(v, p, l, 0, 65535, c.port); }},
-        {"port_file", text(c.port_file)},
-        {"tls",
-         [this, &c, text](const YAML::Node& v, const std::string& p, int l) {
-           walk_map(v, p, l, {{"cert_file", text(c.tls.cert_file)}, {"key_file", text(c.tls.key_file)}});
-         }},
-        {"allow_insecure", boolean(c.allow_insecure)},
-        {"require_secure", boolean(c.require_secure)},
-        {"trusted_proxies",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_string_list(v, p, l, c.trusted_proxies);
-           for (std::size_t i = 0; i < c.trusted_proxies.size(); ++i) {
-             if (!front::parse_cidr(c.trusted_proxies[i])) {
-               const YAML::Node item = v[i];
-               add(p + "[" + std::to_string(i) + "]", line_of(item.Mark()) != 0 ? line_of(item.Mark()) : l,
-                   "expected an IP address or CIDR range (e.g. 10.0.0.0/8, 127.0.0.1, fd00::/8), got " +
-                       quote_value(c.trusted_proxies[i]),
-                   {c.trusted_proxies[i]});
-             }
-           }
-         }},
-        {"scheme_header",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_string(v, p, l, c.scheme_header);
-           const bool token = !c.scheme_header.empty() &&
-                              std::all_of(c.scheme_header.begin(), c.scheme_header.end(), [](char ch) {
-                                return std::isalnum(static_cast<unsigned char>(ch)) ||
-                                       std::strchr("!#$%&'*+-.^_`|~", ch) != nullptr;
-                              });
-           if (v.IsScalar() && !token) {
-             add(p, l, "expected an HTTP header name (e.g. X-Forwarded-Proto), got " + quote_value(c.scheme_header),
-                 {c.scheme_header});
-           }
-         }},
-        {"threads", count(c.threads, 0, 256)},
-        {"max_connections", count(c.max_connections, 1, 1000000)},
-        {"max_body_bytes",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_size(v, p, l, 1024, c.max_body_bytes); }},
-        {"max_header_bytes",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) { read_size(v, p, l, 1024, c.max_header_bytes); }},
-        {"header_timeout", duration(c.header_timeout, 100)},
-        {"idle_timeout", duration(c.idle_timeout, 100)},
-        {"session_cache_ttl", duration(c.session_cache_ttl, 0)},
-        {"max_requests_per_user", count(c.max_requests_per_user, 1, 100000)},
-        {"user_queue_length", count(c.user_queue_length, 0, 1000000)},
-        {"user_queue_timeout", duration(c.user_queue_timeout, 0)},
-        {"cors",
-         [this, &c, boolean](const YAML::Node& v, const std::string& p, int l) {
-           auto& k = c.cors;
-           const auto list = [this](std::vector<std::string>& out) {
-             return [this, &out](const YAML::Node& v2, const std::string& p2, int l2) { read_string_list(v2, p2, l2, out); };
-           };
-           walk_map(v, p, l,
-                    {{"enable", boolean(k.enable)},
-                     {"origins", list(k.origins)},
-                     {"credentials", boolean(k.credentials)},
-                     {"methods", list(k.methods)},
-                     {"headers", list(k.headers)},
-                     {"max_age", [this, &k](const YAML::Node& v2, const std::string& p2, int l2) {
-                        read_integer(v2, p2, l2, 0, 100000000, k.max_age);
-                      }}});
-         }},
-        {"auth_failure_limit", count(c.auth_failure_limit, 1, 1000000)},
-        {"auth_failure_window", duration(c.auth_failure_window, 1000)},
-        {"upstream",
-         [this, &c, count, duration](const YAML::Node& v, const std::string& p, int l) {
-           auto& u = c.upstream;
-           walk_map(v, p, l,
-                    {{"max_connections", count(u.max_connections, 1, 4096)},
-                     {"wait_timeout", duration(u.wait_timeout, 0)},
-                     {"read_timeout",
-                      [this, &u](const YAML::Node& v2, const std::string& p2, int l2) {
-                        read_seconds(v2, p2, l2, 1, u.read_timeout);
-                      }}});
-         }},
-    };
-  }
-
-  std::vector<field> log_fields() {
-    auto& c = cfg_.log;
-    return {
-        {"level",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           static const std::vector<std::pair<std::string_view, std::string_view>> levels{
-               {"trace", "trace"}, {"debug", "debug"}, {"info", "info"},         {"warn", "warn"},
-               {"error", "error"}, {"critical", "critical"}, {"off", "off"}};
-           std::string_view level = c.level;
-           read_enum<std::string_view>(v, p, l, levels, level);
-           c.level = std::string(level);
-         }},
-        {"format",
-         [this, &c](const YAML::Node& v, const std::string& p, int l) {
-           read_enum<log_format>(v, p, l, {{"text", log_format::text}, {"json", log_format::json}}, c.format);
-         }},
-    };
-  }
-
-  parse_fn list_reader(std::vector<std::string>& out) {
-    return [this, &out](const YAML::Node& v, const std::string& p, int l) { read_string_list(v, p, l, out); };
-  }
-
   // ----- credentials and environment
+
+  // The credentials the file gave, set aside to be resolved with the environment: couchdb.url's
+  // user info (removed from the URL) and the username / password / password_file keys.
+  void take_file_credentials() {
+    auto& c = cfg_.couchdb;
+    file_username_ = std::exchange(c.username, {});
+    file_password_ = std::exchange(c.password, {});
+    file_password_file_ = std::exchange(c.password_file, {});
+    const url_parts parts = split_userinfo(c.url);
+    c.url = parts.url;
+    if (!parts.has_userinfo) return;
+    add_raw_password_secret(parts.userinfo);
+    auto creds = decode_userinfo(parts.userinfo);
+    if (!creds) {
+      add("couchdb.url", line_for("couchdb.url"),
+          "the user info (user:password@) is not valid percent-encoding (use %XX for special characters)");
+      return;
+    }
+    if (creds->password) add_secret(*creds->password);
+    file_url_credentials_ = std::move(creds);
+  }
 
   // Within the file, explicit keys win over the URL's user info.
   void resolve_file_credentials() {
@@ -1548,63 +1256,28 @@ bool is_loopback_address(const std::string& address) {
 }
 
 namespace {
-// Every key a reload compares: live ones are applied in place (apply_live_keys), the others
-// need a restart.
-struct reload_key {
-  const char* name;
-  bool live;
-  bool (*same)(const config&, const config&);
-};
-// Compares the member reached through Path (e.g. &config::provisioning, &provisioning_config::batch).
-template <auto... Path>
-bool same(const config& a, const config& b) {
-  return (a .* ... .* Path) == (b .* ... .* Path);
-}
-using pc = provisioning_config;
-constexpr reload_key reload_keys[] = {
-    {"couchdb", false, same<&config::couchdb>},
-    {"state_db", false, same<&config::state_db>},
-    {"provisioning.enabled", false, same<&config::provisioning, &pc::enabled>},
-    {"provisioning.users_db", false, same<&config::provisioning, &pc::users_db>},
-    {"provisioning.db_prefix", false, same<&config::provisioning, &pc::db_prefix>},
-    {"provisioning.select", true, same<&config::provisioning, &pc::select>},
-    {"provisioning.security", true, same<&config::provisioning, &pc::security>},
-    {"provisioning.on_delete", true, same<&config::provisioning, &pc::on_delete>},
-    {"provisioning.reconcile_interval", true, same<&config::provisioning, &pc::reconcile_interval>},
-    {"provisioning.batch", false, same<&config::provisioning, &pc::batch>},
-    {"provisioning.q", false, same<&config::provisioning, &pc::q>},
-    {"provisioning.n", false, same<&config::provisioning, &pc::n>},
-    {"fanin", false, same<&config::fanin>},
-    {"shared", false, same<&config::shared>},
-    {"admin_api", false, same<&config::admin_api>},
-    {"identities", false, same<&config::identities>},
-    {"log", true, same<&config::log>},
-    {"front", false, same<&config::front>},  // its certificate files are re-read on every SIGHUP
-};
-
-std::vector<std::string> changed_keys(const config& running, const config& fresh, bool live) {
+// The table's keys of one reload class whose values differ, in table order.
+std::vector<std::string> changed_keys(const config& running, const config& fresh, reload which) {
   std::vector<std::string> out;
-  for (const auto& k : reload_keys) {
-    if (k.live == live && !k.same(running, fresh)) out.emplace_back(k.name);
+  for (const auto& k : config_keys()) {
+    if (!k.is_section() && k.on_reload == which && !k.same(running, fresh)) out.emplace_back(k.name);
   }
   return out;
 }
 }  // namespace
 
 std::vector<std::string> live_changes(const config& running, const config& fresh) {
-  return changed_keys(running, fresh, true);
+  return changed_keys(running, fresh, reload::live);
 }
 
 std::vector<std::string> restart_needed(const config& running, const config& fresh) {
-  return changed_keys(running, fresh, false);
+  return changed_keys(running, fresh, reload::restart);
 }
 
 void apply_live_keys(config& running, const config& fresh) {
-  running.log = fresh.log;
-  running.provisioning.select = fresh.provisioning.select;
-  running.provisioning.security = fresh.provisioning.security;
-  running.provisioning.on_delete = fresh.provisioning.on_delete;
-  running.provisioning.reconcile_interval = fresh.provisioning.reconcile_interval;
+  for (const auto& k : config_keys()) {
+    if (!k.is_section() && k.on_reload == reload::live) k.copy(running, fresh);
+  }
 }
 
 }  // namespace couchgate::gateway

@@ -165,15 +165,14 @@ load_result default_config(const env_lookup& env);
 // "file:LINE: path: message" lines, one per error.
 std::string format_errors(const std::string& file, const std::vector<config_error>& errors);
 
-// SIGHUP. A reload applies `log` and the provisioning policy (`provisioning.select`, `.security`,
-// `.on_delete`, `.reconcile_interval`) in place; every other key needs a restart.
-// The dotted keys (whole sections for couchdb, fanin, shared, admin_api) that differ between the
-// running and the freshly loaded configuration, split by that rule. Names only, never values:
-// `couchdb` holds the credentials.
+// SIGHUP. Which keys a reload applies in place (live) and which need a restart is declared per
+// key in gateway/config_table.cpp. The dotted keys that differ between the running and the
+// freshly loaded configuration, split by that rule, in the table's order. Names only, never
+// values (`couchdb.password` is a secret).
 std::vector<std::string> live_changes(const config& running, const config& fresh);
 std::vector<std::string> restart_needed(const config& running, const config& fresh);
-// Copies the keys a reload applies from fresh into running, member by member (other threads may
-// be reading the keys that stay).
+// Copies the keys the table marks live from fresh into running, member by member (other threads
+// may be reading the keys that stay).
 void apply_live_keys(config& running, const config& fresh);
 
 // True for addresses only this machine can reach: 127.0.0.0/8, ::1, localhost.

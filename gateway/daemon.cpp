@@ -312,31 +312,40 @@ struct daemon::impl {
     if (prov) prov->database_created(db, recreated);
   }
 
-  // SIGHUP: applies `log` and the provisioning policy of the config file, names the changed keys
-  // that need a restart, and keeps the running configuration when the file is invalid.
+  // SIGHUP: applies the keys the config table marks live (gateway/config_table.cpp) and hands
+  // each running part its new values; names every other changed key in one warning; keeps the
+  // running configuration when the file is invalid. The front door's certificate files are
+  // re-read on every SIGHUP, the file changed or not (certificate rotation).
   void reload_config() {
     if (config_path.empty()) return;
-    if (front && !cfg.front.tls.cert_file.empty()) {  // re-read on every SIGHUP, the config file changed or not
-      std::string error;
-      if (front->reload_tls(error)) {
-        log()->info("front door: TLS certificate re-read (new connections use it)");
-      } else {
-        log()->error("front door: keeping the previous TLS certificate: {}", error);
-      }
-    }
     auto fresh = load_config_file(config_path, process_env());
     if (!fresh.errors.empty()) {
       log()->error("reload of {} rejected:\n{}", config_path, format_errors(config_path, fresh.errors));
+      reload_front_tls(cfg.front.tls);
       return;
     }
+    if (!reload_front_tls(fresh.cfg.front.tls)) fresh.cfg.front.tls = cfg.front.tls;  // keep what is in use
     const auto applied = live_changes(cfg, fresh.cfg);
     const auto restart = restart_needed(cfg, fresh.cfg);
     const bool policy_changed = live_policy::of(cfg.provisioning) != live_policy::of(fresh.cfg.provisioning);
     setup_logging(fresh.cfg.log);
     apply_live_keys(cfg, fresh.cfg);  // member-wise: the admin API threads read the other keys
+    if (front) front->apply_limits(cfg);
     log()->info("reloaded {}: {}", config_path, applied.empty() ? "nothing to apply" : "applied " + join(applied));
     if (!restart.empty()) log()->warn("reload of {}: changed keys need a restart to take effect: {}", config_path, join(restart));
     if (policy_changed && prov) prov->update_policy(cfg.provisioning);
+  }
+
+  // The front door's certificate and key, re-read; false (logged) when they cannot be used.
+  bool reload_front_tls(const front_tls_config& tls) {
+    if (!front || (tls.cert_file.empty() && cfg.front.tls.cert_file.empty())) return true;
+    std::string error;
+    if (!front->reload_tls(tls, error)) {
+      log()->error("front door: keeping the previous TLS certificate: {}", error);
+      return false;
+    }
+    log()->info("front door: TLS certificate re-read (new connections use it)");
+    return true;
   }
 
   // Which setting the credential came from, never its value.

@@ -21,8 +21,8 @@ class daemon {
   // Blocks until request_stop(); returns the process exit code.
   int run();
   void request_stop();
-  // SIGHUP: re-read the config file and apply what may change at runtime (log, provisioning
-  // policy: see restart_needed in config.hpp); the other changed keys are logged as needing a restart.
+  // SIGHUP: re-read the config file and apply the keys the config table marks live
+  // (gateway/config_table.cpp); the other changed keys are named in one warning (need a restart).
   void request_reload();
 
   struct impl;

@@ -103,6 +103,14 @@ void registry::add_callback(const std::string& name, const std::string& help, st
   f.fn = std::move(fn);
 }
 
+void registry::add_counter_callback(const std::string& name, const std::string& help, std::function<double()> fn) {
+  std::lock_guard lk(mu_);
+  auto& f = families_[name];
+  f.help = help;
+  f.type = "counter";
+  f.fn = std::move(fn);
+}
+
 std::string registry::render() const {
   std::lock_guard lk(mu_);
   std::string out;

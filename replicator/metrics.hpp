@@ -64,6 +64,8 @@ class registry {
   histogram& add_histogram(const std::string& name, const std::string& help);
   // A gauge computed when scraped.
   void add_callback(const std::string& name, const std::string& help, std::function<double()> fn);
+  // A counter read when scraped (a cumulative count kept elsewhere); `name` ends in _total.
+  void add_counter_callback(const std::string& name, const std::string& help, std::function<double()> fn);
   std::string render() const;
 
  private:

@@ -2,6 +2,7 @@
 #include "gateway/front/auth_limits.hpp"
 
 #include <algorithm>
+#include <vector>
 
 #include "policy/naming.hpp"
 
@@ -21,13 +22,18 @@ std::optional<std::string> session_cache::lookup(const std::string& key, clock_t
 }
 
 void session_cache::store(const std::string& key, std::string user, clock_type::time_point now) {
-  if (ttl_.count() <= 0) return;
   std::lock_guard lk(mu_);
+  if (ttl_.count() <= 0) return;
   if (entries_.size() >= max_entries_) {
     std::erase_if(entries_, [now](const auto& kv) { return now >= kv.second.expires; });
     if (entries_.size() >= max_entries_) entries_.clear();  // all live: start over rather than grow
   }
   entries_[key] = entry{std::move(user), now + ttl_};
+}
+
+void session_cache::set_ttl(std::chrono::milliseconds ttl) {
+  std::lock_guard lk(mu_);
+  ttl_ = ttl;
 }
 
 void session_cache::forget(const std::string& key) {
@@ -62,6 +68,12 @@ void auth_failures::record_failure(const std::string& address, clock_type::time_
   ++s.failures;
 }
 
+void auth_failures::set_limit(std::size_t limit, std::chrono::milliseconds window) {
+  std::lock_guard lk(mu_);
+  limit_ = limit;
+  window_ = window;
+}
+
 void auth_failures::prune(clock_type::time_point now) {
   std::erase_if(slots_, [&](const auto& kv) { return now >= kv.second.start + window_; });
 }
@@ -82,6 +94,26 @@ user_slots::admission user_slots::acquire(const std::string& user, const std::sh
   return admission::queued;
 }
 
+void user_slots::set_per_user(std::size_t per_user) {
+  std::vector<std::shared_ptr<waiter>> woken;
+  {
+    std::lock_guard lk(mu_);
+    per_user_ = per_user;
+    for (auto& [name, u] : users_) {  // a raised cap: the first in line come in now
+      while (u.in_use < per_user_ && !u.queue.empty()) {
+        woken.push_back(std::move(u.queue.front()));
+        u.queue.pop_front();
+        --queued_;
+        ++u.in_use;
+        woken.back()->granted = true;
+      }
+    }
+  }
+  for (const auto& w : woken) {
+    if (w->wake) w->wake();
+  }
+}
+
 void user_slots::release(const std::string& user) {
   std::shared_ptr<waiter> next;
   {
@@ -89,7 +121,7 @@ void user_slots::release(const std::string& user) {
     const auto it = users_.find(user);
     if (it == users_.end()) return;
     auto& u = it->second;
-    if (!u.queue.empty()) {  // the slot passes on: in_use stays
+    if (!u.queue.empty() && u.in_use <= per_user_) {  // the slot passes on: in_use stays
       next = std::move(u.queue.front());
       u.queue.pop_front();
       --queued_;

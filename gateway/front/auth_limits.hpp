@@ -27,6 +27,8 @@ class session_cache {
   // The key for a credential (Authorization value and AuthSession cookie, as sent).
   static std::string key_of(std::string_view credential);
   std::optional<std::string> lookup(const std::string& key, clock_type::time_point now);
+  // SIGHUP: entries stored from now on live this long (0 = no caching).
+  void set_ttl(std::chrono::milliseconds ttl);
   void store(const std::string& key, std::string user, clock_type::time_point now);
   // CouchDB refused a cached credential (password changed, session expired): ask again next time.
   void forget(const std::string& key);
@@ -49,6 +51,8 @@ class auth_failures {
   // Seconds to wait (at least 1) when address has reached the limit in its current window.
   std::optional<long long> refused(const std::string& address, clock_type::time_point now);
   void record_failure(const std::string& address, clock_type::time_point now);
+  // SIGHUP: the new limit applies at once; a running window keeps its start.
+  void set_limit(std::size_t limit, std::chrono::milliseconds window);
 
  private:
   struct slot {
@@ -82,6 +86,8 @@ class user_slots {
   // slot was granted to it meanwhile (the caller holds it and must release it).
   bool abandon(const std::string& user, const std::shared_ptr<waiter>& w);
   std::size_t queued() const;  // requests waiting, over all users
+  // SIGHUP: requests in flight above a lowered cap finish; a raised cap lets queued ones in.
+  void set_per_user(std::size_t per_user);
 
  private:
   struct user_state {

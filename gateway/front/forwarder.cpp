@@ -155,6 +155,7 @@ struct forwarder::identity {
 
 forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metrics& metrics, clock_fn now)
     : options_(std::move(options)),
+      client_timeout_ms_(options_.client_timeout.count()),
       pool_(pool),
       metrics_(metrics),
       now_(std::move(now)),
@@ -165,6 +166,14 @@ forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metri
       local_pool_(options_.local || options_.provision_token_user
                       ? std::make_unique<net::thread_pool>(std::max<std::size_t>(options_.local_threads, 1))
                       : nullptr) {}
+
+void forwarder::apply_limits(const forwarder_options& o) {
+  client_timeout_ms_.store(o.client_timeout.count(), std::memory_order_relaxed);
+  sessions_.set_ttl(o.session_cache_ttl);
+  slots_.set_per_user(o.max_requests_per_user);
+  failures_.set_limit(o.auth_failure_limit, o.auth_failure_window);
+  local_attempts_.set_limit(o.local_rate_limit, o.local_rate_window);
+}
 
 forwarder::~forwarder() {
   if (local_pool_) local_pool_->join();
@@ -196,7 +205,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     out.status = static_cast<unsigned>(status);
     const header_list all = with_cors(options_.cors, req, std::move(headers));
     const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep_if_answered_now,
-                                              options_.client_timeout, all);
+                                              client_timeout(), all);
     co_return ok && keep_if_answered_now;
   };
 
@@ -222,7 +231,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     if (auto preflight = cors_preflight(options_.cors, cr)) {
       out.status = 204;
       const bool ok = co_await write_response(ex.stream, http::status::no_content, {}, keep_if_answered_now,
-                                              options_.client_timeout, *preflight);
+                                              client_timeout(), *preflight);
       co_return ok && keep_if_answered_now;
     }
   }
@@ -412,7 +421,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
     const header_list all = with_cors(options_.cors, req, std::move(headers));
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout, all);
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
     co_return ok && keep;
   };
 
@@ -429,7 +438,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
   while (!ex.parser.is_done()) {
     ex.parser.get().body().data = chunk.data();
     ex.parser.get().body().size = chunk.size();
-    ex.stream.tcp().expires_after(options_.client_timeout);
+    ex.stream.tcp().expires_after(client_timeout());
     co_await http::async_read_some(ex.stream, ex.buffer, ex.parser, ec_token(ec));
     if (ec == http::error::need_buffer) ec = {};
     if (ec) co_return false;
@@ -449,7 +458,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
   out.status = a.status;
   const header_list headers = with_cors(options_.cors, req, std::move(a.headers));
   const bool ok = co_await write_response(ex.stream, static_cast<http::status>(a.status), std::move(a.body), keep,
-                                          options_.client_timeout, headers);
+                                          client_timeout(), headers);
   co_return ok && keep;
 }
 
@@ -462,7 +471,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
     out.status = static_cast<unsigned>(status);
     const bool keep = req.keep_alive() && ex.parser.is_done();
     const header_list all = with_cors(options_.cors, req, std::move(headers));
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, options_.client_timeout, all);
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
     co_return ok && keep;
   };
 
@@ -509,14 +518,14 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
     if (expect_continue && attempt == 0) {
       // The client waits for this before sending its body: we are ready to stream it now.
       http::response<http::empty_body> go{http::status::continue_, 11};
-      ex.stream.tcp().expires_after(options_.client_timeout);
+      ex.stream.tcp().expires_after(client_timeout());
       co_await http::async_write(ex.stream, go, ec_token(ec));
       if (ec) co_return false;
     }
 
     // Request: header, then the body streamed from the client.
     http::request_serializer<http::buffer_body> request_writer{up};
-    const relay_result sent = co_await relay(ex.stream, ex.buffer, ex.parser, options_.client_timeout, conn.stream,
+    const relay_result sent = co_await relay(ex.stream, ex.buffer, ex.parser, client_timeout(), conn.stream,
                                              request_writer, up, options_.upstream_timeout, buffer);
     if (sent == relay_result::read_failed) {
       out.status = 400;
@@ -594,7 +603,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
 
     http::response_serializer<http::buffer_body> response_writer{res};
     const relay_result relayed = co_await relay(conn.stream, conn.buffer, parser, options_.upstream_timeout, ex.stream,
-                                                response_writer, res, options_.client_timeout, buffer);
+                                                response_writer, res, client_timeout(), buffer);
     if (relayed != relay_result::done) co_return false;  // header already sent: only closing tells the client
     if (parser.is_done() && parser.keep_alive()) lease->keep();
     co_return client_keep;

@@ -69,6 +69,9 @@ class forwarder {
 
   const session_cache& sessions() const { return sessions_; }
   std::size_t user_queued() const { return slots_.queued(); }
+  // SIGHUP: takes the limits a reload may change from `options` (client_timeout,
+  // session_cache_ttl, max_requests_per_user, auth_failure_*, local_rate_*); the rest is ignored.
+  void apply_limits(const forwarder_options& options);
 
  private:
   struct outcome;
@@ -82,8 +85,12 @@ class forwarder {
                                const std::string& mount, outcome& out);
   // A local route, after dispatch() checked its rate and, for /_identity/, who the caller (`user`) is.
   net::awaitable<bool> serve_local(server_exchange& ex, const route& rt, const std::string& user, outcome& out);
+  std::chrono::milliseconds client_timeout() const {
+    return std::chrono::milliseconds(client_timeout_ms_.load(std::memory_order_relaxed));
+  }
 
-  forwarder_options options_;
+  forwarder_options options_;  // client_timeout and the limits: see client_timeout_ms_ and the limiters
+  std::atomic<std::int64_t> client_timeout_ms_;
   upstream_pool& pool_;
   front_metrics& metrics_;
   clock_fn now_;

@@ -38,6 +38,43 @@ std::shared_ptr<ssl::context> load_server_tls(const front_tls_config& tls, std::
   }
   return ctx;
 }
+
+// The forwarder's options and the listener's limits from the configuration: at start, and again
+// on SIGHUP for the keys the config table marks live.
+forwarder_options forwarder_options_of(const config& cfg) {
+  forwarder_options fo;
+  fo.db_prefix = cfg.provisioning.db_prefix;
+  fo.shared_enabled = cfg.shared.enabled;
+  fo.shared_db = cfg.shared.db;
+  fo.secure.allow_insecure = cfg.front.allow_insecure;
+  fo.secure.require_secure = cfg.front.require_secure;
+  for (const auto& p : cfg.front.trusted_proxies) {
+    if (auto range = parse_cidr(p)) fo.secure.trusted_proxies.push_back(*range);
+  }
+  fo.scheme_header = cfg.front.scheme_header;
+  fo.client_timeout = cfg.front.idle_timeout;
+  fo.upstream_timeout = cfg.front.upstream.read_timeout;
+  fo.session_cache_ttl = cfg.front.session_cache_ttl;
+  fo.max_requests_per_user = cfg.front.max_requests_per_user;
+  fo.user_queue_length = cfg.front.user_queue_length;
+  fo.user_queue_timeout = cfg.front.user_queue_timeout;
+  fo.auth_failure_limit = cfg.front.auth_failure_limit;
+  fo.auth_failure_window = cfg.front.auth_failure_window;
+  fo.local_rate_limit = cfg.identities.rate_limit;
+  fo.local_rate_window = cfg.identities.rate_window;
+  fo.cors = make_cors_policy(cfg.front.cors);
+  return fo;
+}
+
+server_limits server_limits_of(const front_config& f) {
+  server_limits limits;
+  limits.max_connections = f.max_connections;
+  limits.header_limit = f.max_header_bytes;
+  limits.body_limit = f.max_body_bytes;
+  limits.header_timeout = f.header_timeout;
+  limits.idle_timeout = f.idle_timeout;
+  return limits;
+}
 }  // namespace
 
 struct front_door::impl {
@@ -77,36 +114,11 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   d.io = std::make_unique<io_threads>(cfg.front.threads);  // created first, destroyed first
   d.pool = std::make_unique<upstream_pool>(*d.io, *address, cfg.front.upstream.max_connections,
                                            cfg.front.upstream.wait_timeout, std::chrono::milliseconds(10000), client_tls);
-  forwarder_options fo;
-  fo.db_prefix = cfg.provisioning.db_prefix;
-  fo.shared_enabled = cfg.shared.enabled;
-  fo.shared_db = cfg.shared.db;
-  fo.secure.allow_insecure = cfg.front.allow_insecure;
-  fo.secure.require_secure = cfg.front.require_secure;
-  for (const auto& p : cfg.front.trusted_proxies) {
-    if (auto range = parse_cidr(p)) fo.secure.trusted_proxies.push_back(*range);
-  }
-  fo.scheme_header = cfg.front.scheme_header;
-  fo.client_timeout = cfg.front.idle_timeout;
-  fo.upstream_timeout = cfg.front.upstream.read_timeout;
-  fo.session_cache_ttl = cfg.front.session_cache_ttl;
-  fo.max_requests_per_user = cfg.front.max_requests_per_user;
-  fo.user_queue_length = cfg.front.user_queue_length;
-  fo.user_queue_timeout = cfg.front.user_queue_timeout;
-  fo.auth_failure_limit = cfg.front.auth_failure_limit;
-  fo.auth_failure_window = cfg.front.auth_failure_window;
+  forwarder_options fo = forwarder_options_of(cfg);
   fo.local = std::move(local);
-  fo.local_rate_limit = cfg.identities.rate_limit;
-  fo.local_rate_window = cfg.identities.rate_window;
-  fo.cors = make_cors_policy(cfg.front.cors);
   fo.provision_token_user = std::move(provision_token_user);
   d.handler = std::make_unique<forwarder>(fo, *d.pool, d.metrics);
-  server_limits limits;
-  limits.max_connections = cfg.front.max_connections;
-  limits.header_limit = cfg.front.max_header_bytes;
-  limits.body_limit = cfg.front.max_body_bytes;
-  limits.header_timeout = cfg.front.header_timeout;
-  limits.idle_timeout = cfg.front.idle_timeout;
+  const server_limits limits = server_limits_of(cfg.front);
   tls_provider provider;
   if (d.tls) {
     provider = [&d] {
@@ -121,17 +133,20 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   auto* self = impl_.get();
   registry.add_callback("couchgate_front_client_connections", "Open client connections to the front door",
                         [self] { return static_cast<double>(self->server->counters().open.load()); });
-  registry.add_callback("couchgate_front_client_connections_refused",
-                        "Client connections closed at once because front.max_connections were open",
-                        [self] { return static_cast<double>(self->server->counters().refused_full.load()); });
-  registry.add_callback("couchgate_front_tls_handshake_failures", "Failed TLS handshakes",
-                        [self] { return static_cast<double>(self->server->counters().tls_handshake_failures.load()); });
-  registry.add_callback("couchgate_front_client_timeouts", "Client connections closed by the header or idle timeout",
-                        [self] { return static_cast<double>(self->server->counters().timeouts.load()); });
-  registry.add_callback("couchgate_front_header_too_large", "Requests refused with 431",
-                        [self] { return static_cast<double>(self->server->counters().header_too_large.load()); });
-  registry.add_callback("couchgate_front_body_too_large", "Requests refused with 413",
-                        [self] { return static_cast<double>(self->server->counters().body_too_large.load()); });
+  // The listener's cumulative counts are counters (rate() them); the rest are gauges.
+  registry.add_counter_callback("couchgate_front_client_connections_refused_total",
+                                "Client connections closed at once because front.max_connections were open",
+                                [self] { return static_cast<double>(self->server->counters().refused_full.load()); });
+  registry.add_counter_callback(
+      "couchgate_front_tls_handshake_failures_total", "Failed TLS handshakes",
+      [self] { return static_cast<double>(self->server->counters().tls_handshake_failures.load()); });
+  registry.add_counter_callback("couchgate_front_client_timeouts_total",
+                                "Client connections closed by the header or idle timeout",
+                                [self] { return static_cast<double>(self->server->counters().timeouts.load()); });
+  registry.add_counter_callback("couchgate_front_header_too_large_total", "Requests refused with 431",
+                                [self] { return static_cast<double>(self->server->counters().header_too_large.load()); });
+  registry.add_counter_callback("couchgate_front_body_too_large_total", "Requests refused with 413",
+                                [self] { return static_cast<double>(self->server->counters().body_too_large.load()); });
   registry.add_callback("couchgate_front_user_queued",
                         "Requests waiting because their user had front.max_requests_per_user in flight",
                         [self] { return static_cast<double>(self->handler->user_queued()); });
@@ -168,14 +183,25 @@ void front_door::stop() {
   d.pool->close();
 }
 
-bool front_door::reload_tls(std::string& error) {
+bool front_door::reload_tls(const front_tls_config& tls, std::string& error) {
   auto& d = *impl_;
-  if (d.cfg.tls.cert_file.empty()) return true;
-  auto fresh = load_server_tls(d.cfg.tls, error);
-  if (!fresh) return false;
   std::lock_guard lk(d.tls_mu);
+  if (tls.cert_file.empty() != (d.tls == nullptr)) {
+    error = d.tls ? "front.tls.cert_file and key_file were removed: turning TLS off needs a restart"
+                  : "front.tls.cert_file and key_file were set: turning TLS on needs a restart";
+    return false;
+  }
+  if (tls.cert_file.empty()) return true;
+  auto fresh = load_server_tls(tls, error);
+  if (!fresh) return false;
   d.tls = std::move(fresh);
   return true;
+}
+
+void front_door::apply_limits(const config& cfg) {
+  auto& d = *impl_;
+  d.server->set_limits(server_limits_of(cfg.front));
+  d.handler->apply_limits(forwarder_options_of(cfg));
 }
 
 std::string front_door::render_metrics() const { return impl_->metrics.render(); }

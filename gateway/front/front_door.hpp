@@ -25,9 +25,14 @@ class front_door {
   // Binds and serves; returns the bound port, or -1 with the reason.
   int start(std::string& error);
   void stop();
-  // SIGHUP: re-reads the certificate and key; new connections use them, open ones keep the old.
-  // False (with the reason; the old ones stay) when they cannot be loaded.
-  bool reload_tls(std::string& error);
+  // SIGHUP: (re-)reads the certificate and key named by `tls` (the same files rotated, or new
+  // paths); new connections use them, open ones keep the old. False (with the reason; the old
+  // ones stay) when they cannot be loaded, or when TLS would be turned on or off (a restart).
+  bool reload_tls(const front_tls_config& tls, std::string& error);
+  // SIGHUP: the client limits and rate limits the config table marks live (front.max_connections,
+  // the size caps and timeouts, session_cache_ttl, max_requests_per_user, auth_failure_*,
+  // identities.rate_*), for requests from now on.
+  void apply_limits(const config& cfg);
   // Labelled histograms (the registry renders the rest).
   std::string render_metrics() const;
 

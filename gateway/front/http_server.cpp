@@ -63,6 +63,16 @@ void http_server::close() {
   }
 }
 
+void http_server::set_limits(const server_limits& limits) {
+  std::lock_guard lk(limits_mu_);
+  limits_ = limits;
+}
+
+server_limits http_server::limits() const {
+  std::lock_guard lk(limits_mu_);
+  return limits_;
+}
+
 net::awaitable<void> http_server::accept_loop() {
   for (;;) {
     const std::size_t context = next_context_.fetch_add(1) % io_.size();
@@ -71,7 +81,7 @@ net::awaitable<void> http_server::accept_loop() {
     if (ec == net::error::operation_aborted || !acceptor_->is_open()) co_return;
     if (ec) continue;  // e.g. EMFILE: try again (the next accept may succeed once fds free up)
     counters_.accepted.fetch_add(1);
-    if (counters_.open.load() >= static_cast<std::int64_t>(limits_.max_connections)) {
+    if (counters_.open.load() >= static_cast<std::int64_t>(limits().max_connections)) {
       counters_.refused_full.fetch_add(1);
       socket.close(ec);
       continue;
@@ -104,7 +114,8 @@ net::awaitable<void> http_server::session(tcp::socket socket, std::size_t contex
   }
   // TLS configured: a TLS ClientHello starts a handshake; plain HTTP is served on the same port
   // so that the handler can refuse it properly (403 with a reason) unless allowed.
-  tcp_stream.expires_after(limits_.header_timeout);
+  const auto header_timeout = limits().header_timeout;
+  tcp_stream.expires_after(header_timeout);
   const bool is_tls = co_await beast::async_detect_ssl(tcp_stream, buffer, ec_token(ec));
   if (ec) {
     if (is_timeout(ec)) counters_.timeouts.fetch_add(1);
@@ -117,7 +128,7 @@ net::awaitable<void> http_server::session(tcp::socket socket, std::size_t contex
     co_return;
   }
   any_stream stream(std::move(tcp_stream), *tls_context);
-  stream.tcp().expires_after(limits_.header_timeout);
+  stream.tcp().expires_after(header_timeout);
   const std::size_t used =
       co_await stream.tls().async_handshake(ssl::stream_base::server, buffer.data(), ec_token(ec));
   if (ec) {
@@ -135,9 +146,10 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
   bool first = true;
   for (;;) {
     error_code ec;
+    const server_limits lim = limits();  // this request's (a reload may change them)
     // Idle until the first byte of the next request (the first request gets header_timeout).
     if (buffer.size() == 0) {
-      stream.tcp().expires_after(first ? limits_.header_timeout : limits_.idle_timeout);
+      stream.tcp().expires_after(first ? lim.header_timeout : lim.idle_timeout);
       const std::size_t n = co_await stream.async_read_some(buffer.prepare(4096), ec_token(ec));
       if (ec) {
         if (is_timeout(ec)) counters_.timeouts.fetch_add(1);
@@ -147,29 +159,29 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
     }
     first = false;
     request_parser parser;
-    parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
-    parser.body_limit(limits_.body_limit);
-    stream.tcp().expires_after(limits_.header_timeout);
+    parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(lim.header_limit, UINT32_MAX)));
+    parser.body_limit(lim.body_limit);
+    stream.tcp().expires_after(lim.header_timeout);
     co_await http::async_read_header(stream, buffer, parser, ec_token(ec));
     if (ec) {
       if (ec == http::error::header_limit) {
         counters_.header_too_large.fetch_add(1);
         co_await write_json_error(stream, http::status::request_header_fields_too_large, "header_too_large",
                                   "the request header is larger than front.max_header_bytes", false,
-                                  limits_.idle_timeout);
+                                  lim.idle_timeout);
       } else if (ec == http::error::body_limit) {
         counters_.body_too_large.fetch_add(1);
         // A named local: GCC 12 destroys a conditional's temporary twice inside co_await.
         header_list extra;
         if (answer_headers_) extra = answer_headers_(parser.get());
         co_await write_json_error(stream, http::status::payload_too_large, "too_large",
-                                  "the request body is larger than front.max_body_bytes", false, limits_.idle_timeout,
+                                  "the request body is larger than front.max_body_bytes", false, lim.idle_timeout,
                                   extra);
       } else if (is_timeout(ec)) {
         counters_.timeouts.fetch_add(1);
       } else if (ec != http::error::end_of_stream && ec != net::error::eof && ec != net::error::connection_reset) {
         co_await write_json_error(stream, http::status::bad_request, "bad_request", "malformed HTTP request", false,
-                                  limits_.idle_timeout);
+                                  lim.idle_timeout);
       }
       co_return;
     }

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -80,6 +81,9 @@ class http_server {
   // parsed (413 on its Content-Length); set before listen().
   using answer_headers_fn = std::function<std::vector<std::pair<std::string, std::string>>(const http::fields&)>;
   void set_answer_headers(answer_headers_fn fn) { answer_headers_ = std::move(fn); }
+  // SIGHUP: new limits; each connection takes them up at its next request (open connections
+  // above a lowered max_connections stay open).
+  void set_limits(const server_limits& limits);
 
  private:
   net::awaitable<void> accept_loop();
@@ -87,7 +91,9 @@ class http_server {
   net::awaitable<void> serve(any_stream& stream, beast::flat_buffer& buffer, connection_info& info);
 
   io_threads& io_;
-  server_limits limits_;
+  server_limits limits() const;
+  mutable std::mutex limits_mu_;
+  server_limits limits_;  // guarded by limits_mu_
   request_handler handler_;
   tls_provider tls_;
   answer_headers_fn answer_headers_;

@@ -574,7 +574,7 @@ TEST_CASE("front door: per-user concurrent requests and client connections are c
   CHECK(eventually([&] { return cg.metric("couchgate_front_client_connections").value_or(0) == 4; }, std::chrono::seconds(5)));
   auto refused = front_call(port, false, "GET", "/", {});
   CHECK(refused.status == 0);
-  CHECK(cg.metric("couchgate_front_client_connections_refused").value_or(0) >= 1);
+  CHECK(cg.metric("couchgate_front_client_connections_refused_total").value_or(0) >= 1);
   idle.clear();
   CHECK(eventually([&] { return front_call(port, false, "GET", "/", {}).status == 200; }, std::chrono::seconds(5)));
 
@@ -815,4 +815,42 @@ TEST_CASE("front door CORS: preflights and couchgate's own answers carry CouchDB
   CHECK(other.status == 401);
   CHECK(other.headers.find(http::field::access_control_allow_origin) == other.headers.end());
   CHECK(run.process->terminate() == 0);
+
+TEST_CASE("front door: SIGHUP applies the body cap and the auth failure limit live; a changed port is named as needing a restart") {
+  auto n = fresh_names("frontlive");
+  const std::string dir = temp_dir();
+  json cfg = base_config(n);
+  cfg["front"] = front_config(dir);
+  cfg["front"].update(json{{"allow_insecure", true}, {"max_body_bytes", "4KiB"}, {"auth_failure_limit", 100}});
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(std::chrono::seconds(60)), tail(cg.log()));
+  const int port = front_port(dir + "/front.port");
+  REQUIRE(port > 0);
+  const auto users = provisioned_users(n, 1);
+  const header_list auth{{"Authorization", basic(users[0].name, users[0].password)}};
+  const std::string big = json{{"pad", std::string(8192, 'x')}}.dump();
+
+  CHECK(front_call(port, false, "PUT", "/me/big-1", auth, big).status == 413);
+  for (int i = 0; i < 2; ++i) {
+    CHECK(front_call(port, false, "GET", "/me", {{"Authorization", basic(users[0].name, "wrong")}}).status == 401);
+  }
+
+  cfg["front"]["max_body_bytes"] = "64KiB";
+  cfg["front"]["auth_failure_limit"] = 3;
+  cfg["front"]["port"] = 1;  // not applied: the listener keeps its port
+  cg.reload(cfg);
+  REQUIRE_MESSAGE(eventually([&] { return cg.log().find("changed keys need a restart") != std::string::npos; },
+                             std::chrono::seconds(10)),
+                  tail(cg.log()));
+  const std::string log = cg.log();
+  CHECK(log.find("applied front.max_body_bytes, front.auth_failure_limit") != std::string::npos);
+  CHECK(log.find("need a restart to take effect: front.port") != std::string::npos);
+
+  // The same listener (its port did not change) takes the new cap and the new limit.
+  auto put = front_call(port, false, "PUT", "/me/big-2", auth, big);
+  CHECK_MESSAGE(put.status == 201, put.raw);
+  CHECK(front_call(port, false, "GET", "/me", {{"Authorization", basic(users[0].name, "wrong")}}).status == 401);
+  CHECK(front_call(port, false, "GET", "/me", auth).status == 429);  // 3 failures in the window now
+  CHECK(cg.terminate() == 0);
 }

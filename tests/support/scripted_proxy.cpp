@@ -4,6 +4,7 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <strings.h>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -13,6 +14,8 @@
 namespace couchgate::test {
 
 namespace {
+
+bool iequals(const std::string& a, const char* b) { return strcasecmp(a.c_str(), b) == 0; }
 // A longpoll as a normal feed (heartbeat and timeout dropped): the proxy buffers answers, and
 // pouchdb-server does not end a longpoll at its `timeout`. An empty answer is held back a
 // second (see handle), as a longpoll would be.
@@ -85,8 +88,11 @@ struct scripted_proxy::impl {
     } guard{this, &cli};
     httplib::Headers headers;
     for (const auto& [k, v] : req.headers) {
-      if (k == "Host" || k == "Content-Length" || k == "Connection" || k == "Transfer-Encoding" ||
-          k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT") {
+      // Content-Type too: httplib's Put/Post add it from `ct`, and a second copy makes CouchDB
+      // (not pouchdb-server) answer 415 "Content-Type must be application/json".
+      if (iequals(k, "Host") || iequals(k, "Content-Length") || iequals(k, "Connection") ||
+          iequals(k, "Transfer-Encoding") || iequals(k, "Content-Type") || k == "REMOTE_ADDR" ||
+          k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT") {
         continue;
       }
       headers.emplace(k, v);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gateway/config.hpp"
+#include "gateway/config_table.hpp"
 
 namespace cg = couchgate::gateway;
 using couchgate::policy::id_mode;
@@ -869,61 +870,65 @@ struct key_change {
 
 std::vector<key_change> live_key_changes() {
   return {
-      {"log", [](cg::config& c) { c.log.level = "debug"; }},
-      {"log", [](cg::config& c) { c.log.format = cg::log_format::json; }},
-      {"provisioning.select", [](cg::config& c) { c.provisioning.select.roles_any = {"app"}; }},
-      {"provisioning.select", [](cg::config& c) { c.provisioning.select.roles_all = {"a"}; }},
-      {"provisioning.select", [](cg::config& c) { c.provisioning.select.roles_none = {"banned"}; }},
-      {"provisioning.select", [](cg::config& c) { c.provisioning.select.names = {"alice"}; }},
-      {"provisioning.security", [](cg::config& c) { c.provisioning.security.owner_is_admin = true; }},
-      {"provisioning.security", [](cg::config& c) { c.provisioning.security.member_names = {"bob"}; }},
-      {"provisioning.security", [](cg::config& c) { c.provisioning.security.member_roles = {"support"}; }},
-      {"provisioning.security", [](cg::config& c) { c.provisioning.security.admin_names = {"carol"}; }},
-      {"provisioning.security", [](cg::config& c) { c.provisioning.security.admin_roles = {"moderator"}; }},
+      {"provisioning.select.roles_any", [](cg::config& c) { c.provisioning.select.roles_any = {"app"}; }},
+      {"provisioning.select.roles_all", [](cg::config& c) { c.provisioning.select.roles_all = {"a"}; }},
+      {"provisioning.select.roles_none", [](cg::config& c) { c.provisioning.select.roles_none = {"banned"}; }},
+      {"provisioning.select.names", [](cg::config& c) { c.provisioning.select.names = {"alice"}; }},
+      {"provisioning.security.owner_is_admin", [](cg::config& c) { c.provisioning.security.owner_is_admin = true; }},
+      {"provisioning.security.member_names", [](cg::config& c) { c.provisioning.security.member_names = {"bob"}; }},
+      {"provisioning.security.member_roles", [](cg::config& c) { c.provisioning.security.member_roles = {"support"}; }},
+      {"provisioning.security.admin_names", [](cg::config& c) { c.provisioning.security.admin_names = {"carol"}; }},
+      {"provisioning.security.admin_roles", [](cg::config& c) { c.provisioning.security.admin_roles = {"moderator"}; }},
       {"provisioning.on_delete", [](cg::config& c) { c.provisioning.on_delete = on_delete::remove; }},
       {"provisioning.reconcile_interval", [](cg::config& c) { c.provisioning.reconcile_interval = seconds{60}; }},
+      {"identities.rate_limit", [](cg::config& c) { c.identities.rate_limit = 5; }},
+      {"identities.rate_window", [](cg::config& c) { c.identities.rate_window = seconds{5}; }},
+      {"log.level", [](cg::config& c) { c.log.level = "debug"; }},
+      {"log.format", [](cg::config& c) { c.log.format = cg::log_format::json; }},
   };
 }
 
 std::vector<key_change> restart_key_changes() {
   return {
-      {"couchdb", [](cg::config& c) { c.couchdb.url = "http://10.0.0.1:5984"; }},
-      {"couchdb", [](cg::config& c) { c.couchdb.username = "admin2"; }},
-      {"couchdb", [](cg::config& c) { c.couchdb.password = "other"; }},
-      {"couchdb", [](cg::config& c) { c.couchdb.password_file = "/run/pw"; }},
-      {"couchdb", [](cg::config& c) { c.couchdb.request_timeout = seconds{5}; }},
-      {"couchdb", [](cg::config& c) { c.couchdb.feed_timeout = seconds{5}; }},
-      {"couchdb", [](cg::config& c) { c.couchdb.heartbeat = milliseconds{500}; }},
+      {"couchdb.url", [](cg::config& c) { c.couchdb.url = "http://10.0.0.1:5984"; }},
+      {"couchdb.username", [](cg::config& c) { c.couchdb.username = "admin2"; }},
+      {"couchdb.password", [](cg::config& c) { c.couchdb.password = "other"; }},
+      {"couchdb.password_file", [](cg::config& c) { c.couchdb.password_file = "/run/pw"; }},
+      {"couchdb.request_timeout", [](cg::config& c) { c.couchdb.request_timeout = seconds{5}; }},
+      {"couchdb.feed_timeout", [](cg::config& c) { c.couchdb.feed_timeout = seconds{5}; }},
+      {"couchdb.heartbeat", [](cg::config& c) { c.couchdb.heartbeat = milliseconds{500}; }},
       {"state_db", [](cg::config& c) { c.state_db = "other-state"; }},
       {"provisioning.enabled", [](cg::config& c) { c.provisioning.enabled = false; }},
       {"provisioning.users_db", [](cg::config& c) { c.provisioning.users_db = "_users2"; }},
       {"provisioning.db_prefix", [](cg::config& c) { c.provisioning.db_prefix = "u-"; }},
       {"provisioning.batch", [](cg::config& c) { c.provisioning.batch = 10; }},
-      {"fanin", [](cg::config& c) { c.fanin.enabled = false; }},
-      {"fanin", [](cg::config& c) { c.fanin.central_db = "c2"; }},
-      {"fanin", [](cg::config& c) { c.fanin.ids = id_mode::unchanged; }},
-      {"fanin", [](cg::config& c) { c.fanin.max_connections = 4; }},
-      {"fanin", [](cg::config& c) { c.fanin.max_active = 4; }},
-      {"fanin", [](cg::config& c) { c.fanin.rounds = 3; }},
-      {"fanin", [](cg::config& c) { c.fanin.batch_docs = 4; }},
-      {"fanin", [](cg::config& c) { c.fanin.batch_bytes = 4096; }},
-      {"fanin", [](cg::config& c) { c.fanin.turn_docs = 4; }},
-      {"fanin", [](cg::config& c) { c.fanin.inline_docs = false; }},
-      {"fanin", [](cg::config& c) { c.fanin.detection = cg::detection_mode::sweep; }},
-      {"fanin", [](cg::config& c) { c.fanin.create_global_changes = false; }},
-      {"fanin", [](cg::config& c) { c.fanin.central_guard = true; }},
-      {"fanin", [](cg::config& c) { c.fanin.sweep_rate = 5; }},
-      {"fanin", [](cg::config& c) { c.fanin.sweep_interval = milliseconds{100}; }},
-      {"fanin", [](cg::config& c) { c.fanin.checkpoint_interval = milliseconds{0}; }},
-      {"shared", [](cg::config& c) { c.shared.enabled = true; }},
-      {"shared", [](cg::config& c) { c.shared.db = "s2"; }},
-      {"shared", [](cg::config& c) { c.shared.member_roles = {"all"}; }},
-      {"shared", [](cg::config& c) { c.shared.admin_roles = {"mods"}; }},
-      {"admin_api", [](cg::config& c) { c.admin_api.address = "0.0.0.0"; }},
-      {"admin_api", [](cg::config& c) { c.admin_api.port = 9000; }},
-      {"admin_api", [](cg::config& c) { c.admin_api.port_file = "/tmp/port"; }},
-      {"admin_api", [](cg::config& c) { c.admin_api.token = "0123456789abcdef"; }},
-      {"admin_api", [](cg::config& c) { c.admin_api.allow_unauthenticated = true; }},
+      {"fanin.enabled", [](cg::config& c) { c.fanin.enabled = false; }},
+      {"fanin.central_db", [](cg::config& c) { c.fanin.central_db = "c2"; }},
+      {"fanin.ids", [](cg::config& c) { c.fanin.ids = id_mode::unchanged; }},
+      {"fanin.max_connections", [](cg::config& c) { c.fanin.max_connections = 4; }},
+      {"fanin.max_active", [](cg::config& c) { c.fanin.max_active = 4; }},
+      {"fanin.rounds", [](cg::config& c) { c.fanin.rounds = 3; }},
+      {"fanin.batch_docs", [](cg::config& c) { c.fanin.batch_docs = 4; }},
+      {"fanin.batch_bytes", [](cg::config& c) { c.fanin.batch_bytes = 4096; }},
+      {"fanin.turn_docs", [](cg::config& c) { c.fanin.turn_docs = 4; }},
+      {"fanin.inline_docs", [](cg::config& c) { c.fanin.inline_docs = false; }},
+      {"fanin.detection", [](cg::config& c) { c.fanin.detection = cg::detection_mode::sweep; }},
+      {"fanin.create_global_changes", [](cg::config& c) { c.fanin.create_global_changes = false; }},
+      {"fanin.central_guard", [](cg::config& c) { c.fanin.central_guard = true; }},
+      {"fanin.sweep_rate", [](cg::config& c) { c.fanin.sweep_rate = 5; }},
+      {"fanin.sweep_interval", [](cg::config& c) { c.fanin.sweep_interval = milliseconds{100}; }},
+      {"fanin.checkpoint_interval", [](cg::config& c) { c.fanin.checkpoint_interval = milliseconds{0}; }},
+      {"shared.enabled", [](cg::config& c) { c.shared.enabled = true; }},
+      {"shared.db", [](cg::config& c) { c.shared.db = "s2"; }},
+      {"shared.member_roles", [](cg::config& c) { c.shared.member_roles = {"all"}; }},
+      {"shared.admin_roles", [](cg::config& c) { c.shared.admin_roles = {"mods"}; }},
+      {"identities.enabled", [](cg::config& c) { c.identities.enabled = true; }},
+      {"identities.signup_deadline", [](cg::config& c) { c.identities.signup_deadline = seconds{5}; }},
+      {"admin_api.address", [](cg::config& c) { c.admin_api.address = "0.0.0.0"; }},
+      {"admin_api.port", [](cg::config& c) { c.admin_api.port = 9000; }},
+      {"admin_api.port_file", [](cg::config& c) { c.admin_api.port_file = "/tmp/port"; }},
+      {"admin_api.token", [](cg::config& c) { c.admin_api.token = "0123456789abcdef"; }},
+      {"admin_api.allow_unauthenticated", [](cg::config& c) { c.admin_api.allow_unauthenticated = true; }},
   };
 }
 
@@ -953,7 +958,7 @@ TEST_CASE("config reload: identical configurations change nothing") {
   CHECK(cg::restart_needed(example.cfg, cg::load_config_file(example_path(), no_env()).cfg).empty());
 }
 
-TEST_CASE("config reload: log and the provisioning policy are applied live, never listed as needing a restart") {
+TEST_CASE("config reload: log, the provisioning policy and the sign-up rate limit are applied live, never listed as needing a restart") {
   for (const auto& k : live_key_changes()) check_one_change(k, true);
 }
 
@@ -966,11 +971,21 @@ TEST_CASE("config reload: several changes are listed once each, in a stable orde
   cg::config fresh;
   for (const auto& k : restart_key_changes()) k.change(fresh);
   for (const auto& k : live_key_changes()) k.change(fresh);
-  CHECK(cg::restart_needed(running, fresh) == keys{"couchdb", "state_db", "provisioning.enabled", "provisioning.users_db",
-                                                   "provisioning.db_prefix", "provisioning.batch", "fanin", "shared",
-                                                   "admin_api"});
-  CHECK(cg::live_changes(running, fresh) == keys{"provisioning.select", "provisioning.security", "provisioning.on_delete",
-                                                 "provisioning.reconcile_interval", "log"});
+  // Every changed key once, in the table's order (= the example's order).
+  keys expected_restart, expected_live;
+  for (const auto& k : cg::config_keys()) {
+    for (const auto& c : restart_key_changes()) {
+      if (c.key == k.name && (expected_restart.empty() || expected_restart.back() != c.key)) expected_restart.push_back(c.key);
+    }
+    for (const auto& c : live_key_changes()) {
+      if (c.key == k.name && (expected_live.empty() || expected_live.back() != c.key)) expected_live.push_back(c.key);
+    }
+  }
+  CHECK(expected_restart.size() == restart_key_changes().size());
+  CHECK(cg::restart_needed(running, fresh) == expected_restart);
+  CHECK(cg::live_changes(running, fresh) == expected_live);
+  CHECK(expected_restart.front() == "couchdb.url");
+  CHECK(expected_live.back() == "log.format");
   cg::config applied = running;
   cg::apply_live_keys(applied, fresh);
   CHECK(cg::live_changes(applied, fresh).empty());
@@ -979,7 +994,7 @@ TEST_CASE("config reload: several changes are listed once each, in a stable orde
   CHECK(applied.fanin == running.fanin);
 }
 
-TEST_CASE("config reload: changed credentials are named by section only, never by value") {
+TEST_CASE("config reload: changed credentials are named by key only, never by value") {
   const std::string old_pw = "old-Secret-7341", new_pw = "new-Secret-9052";
   const auto running = load("couchdb:\n  url: http://usr-Alpha:" + old_pw + "@127.0.0.1:5984\n");
   const auto fresh = load("couchdb:\n  url: http://usr-Beta:" + new_pw + "@127.0.0.1:5984\n");
@@ -987,7 +1002,7 @@ TEST_CASE("config reload: changed credentials are named by section only, never b
   REQUIRE(fresh.errors.empty());
   REQUIRE(fresh.cfg.couchdb.password == new_pw);
   const auto restart = cg::restart_needed(running.cfg, fresh.cfg);
-  CHECK(restart == keys{"couchdb"});
+  CHECK(restart == keys{"couchdb.username", "couchdb.password"});
   for (const auto& k : restart) {
     CHECK_FALSE(contains(k, old_pw));
     CHECK_FALSE(contains(k, new_pw));
@@ -1003,8 +1018,8 @@ TEST_CASE("config reload: an edited file") {
   const auto a = load(before), b = load(after);
   REQUIRE(a.errors.empty());
   REQUIRE(b.errors.empty());
-  CHECK(cg::restart_needed(a.cfg, b.cfg) == keys{"fanin"});
-  CHECK(cg::live_changes(a.cfg, b.cfg) == keys{"provisioning.security", "log"});
+  CHECK(cg::restart_needed(a.cfg, b.cfg) == keys{"fanin.max_active"});
+  CHECK(cg::live_changes(a.cfg, b.cfg) == keys{"provisioning.security.member_roles", "log.level"});
 }
 
 // ---------------------------------------------------------------------------------------------

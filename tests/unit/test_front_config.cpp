@@ -6,6 +6,9 @@
 #include <cstdlib>
 #include <optional>
 #include <fstream>
+#include <functional>
+#include <utility>
+#include <vector>
 #include <string>
 
 #include "gateway/config.hpp"
@@ -137,10 +140,56 @@ TEST_CASE("front config: bad values are all reported with their key") {
   CHECK(has_error(r, "front.prot", "did you mean 'port'"));
 }
 
-TEST_CASE("front config: a change needs a restart (the certificate files are re-read on SIGHUP anyway)") {
-  const cg::config running;
-  cg::config fresh;
-  fresh.front.port = 7000;
-  CHECK(cg::restart_needed(running, fresh) == std::vector<std::string>{"front"});
-  CHECK(cg::live_changes(running, fresh).empty());
+TEST_CASE("front config: the listener, TLS policy and upstream pool need a restart") {
+  const std::vector<std::pair<std::string, std::function<void(cg::config&)>>> changes{
+      {"front.enabled", [](cg::config& c) { c.front.enabled = true; }},
+      {"front.address", [](cg::config& c) { c.front.address = "0.0.0.0"; }},
+      {"front.port", [](cg::config& c) { c.front.port = 7000; }},
+      {"front.allow_insecure", [](cg::config& c) { c.front.allow_insecure = true; }},
+      {"front.require_secure", [](cg::config& c) { c.front.require_secure = true; }},
+      {"front.trusted_proxies", [](cg::config& c) { c.front.trusted_proxies = {"10.0.0.0/8"}; }},
+      {"front.scheme_header", [](cg::config& c) { c.front.scheme_header = "X-Scheme"; }},
+      {"front.threads", [](cg::config& c) { c.front.threads = 2; }},
+      {"front.upstream.max_connections", [](cg::config& c) { c.front.upstream.max_connections = 2; }},
+      {"front.upstream.wait_timeout", [](cg::config& c) { c.front.upstream.wait_timeout = milliseconds{1}; }},
+      {"front.upstream.read_timeout", [](cg::config& c) { c.front.upstream.read_timeout = seconds{2}; }},
+  };
+  for (const auto& [key, change] : changes) {
+    CAPTURE(key);
+    const cg::config running;
+    cg::config fresh;
+    change(fresh);
+    CHECK(cg::restart_needed(running, fresh) == std::vector<std::string>{key});
+    CHECK(cg::live_changes(running, fresh).empty());
+    cg::config applied = running;
+    cg::apply_live_keys(applied, fresh);
+    CHECK(applied == running);
+  }
+}
+
+TEST_CASE("front config: certificate paths, client limits and rate limits are applied live on SIGHUP") {
+  const std::vector<std::pair<std::string, std::function<void(cg::config&)>>> changes{
+      {"front.tls.cert_file", [](cg::config& c) { c.front.tls.cert_file = "/etc/new.pem"; }},
+      {"front.tls.key_file", [](cg::config& c) { c.front.tls.key_file = "/etc/new.key"; }},
+      {"front.max_connections", [](cg::config& c) { c.front.max_connections = 5; }},
+      {"front.max_body_bytes", [](cg::config& c) { c.front.max_body_bytes = 4096; }},
+      {"front.max_header_bytes", [](cg::config& c) { c.front.max_header_bytes = 4096; }},
+      {"front.header_timeout", [](cg::config& c) { c.front.header_timeout = milliseconds{500}; }},
+      {"front.idle_timeout", [](cg::config& c) { c.front.idle_timeout = milliseconds{500}; }},
+      {"front.session_cache_ttl", [](cg::config& c) { c.front.session_cache_ttl = milliseconds{0}; }},
+      {"front.max_requests_per_user", [](cg::config& c) { c.front.max_requests_per_user = 2; }},
+      {"front.auth_failure_limit", [](cg::config& c) { c.front.auth_failure_limit = 2; }},
+      {"front.auth_failure_window", [](cg::config& c) { c.front.auth_failure_window = milliseconds{2000}; }},
+  };
+  for (const auto& [key, change] : changes) {
+    CAPTURE(key);
+    const cg::config running;
+    cg::config fresh;
+    change(fresh);
+    CHECK(cg::live_changes(running, fresh) == std::vector<std::string>{key});
+    CHECK(cg::restart_needed(running, fresh).empty());
+    cg::config applied = running;
+    cg::apply_live_keys(applied, fresh);
+    CHECK(applied == fresh);
+  }
 }

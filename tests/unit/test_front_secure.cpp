@@ -154,3 +154,30 @@ TEST_CASE("front user slots: a queue length of 0 refuses at once over the cap") 
   slots.release("alice");
   CHECK(slots.acquire("alice", w) == f::user_slots::admission::granted);
 }
+
+TEST_CASE("front user slots: a raised cap (SIGHUP) lets the first in line in; a lowered one lets in-flight finish") {
+  using adm = f::user_slots::admission;
+  f::user_slots slots(1, 10);
+  std::vector<std::string> woken;
+  const auto waiter = [&](std::string name) {
+    auto w = std::make_shared<f::user_slots::waiter>();
+    w->wake = [&woken, name] { woken.push_back(name); };
+    return w;
+  };
+  const auto a2 = waiter("a2"), a3 = waiter("a3"), a4 = waiter("a4");
+  CHECK(slots.acquire("alice", waiter("a1")) == adm::granted);
+  CHECK(slots.acquire("alice", a2) == adm::queued);
+  CHECK(slots.acquire("alice", a3) == adm::queued);
+  CHECK(slots.acquire("alice", a4) == adm::queued);
+  slots.set_per_user(3);
+  CHECK(woken == std::vector<std::string>{"a2", "a3"});
+  CHECK(slots.queued() == 1);
+  // Lowered to 1 with 3 in flight: releases do not pass slots on until the count is under it.
+  slots.set_per_user(1);
+  slots.release("alice");
+  slots.release("alice");
+  CHECK(woken.size() == 2);
+  slots.release("alice");  // 1 in flight -> the slot passes to a4
+  CHECK(woken == std::vector<std::string>{"a2", "a3", "a4"});
+  CHECK(a4->granted);
+}
