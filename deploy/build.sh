@@ -11,6 +11,8 @@
 #   COUCHGATE_BUILD_DIR=dir     build directory (default: build)
 #   COUCHGATE_BUILD_TYPE=type   CMAKE_BUILD_TYPE (default: RelWithDebInfo)
 #   COUCHGATE_BUILD_TESTING=OFF build the daemon alone (no tests; configuring fails if anything looks for doctest)
+#   COUCHGATE_SANITIZE=list     build with -fsanitize=list (address,undefined or thread; tests/sanitize.sh)
+#   COUCHGATE_BUILD_TARGETS="t1 t2"  build only these targets (e.g. unit_tests)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,8 +23,13 @@ fi
 dir="${COUCHGATE_BUILD_DIR:-build}"
 args=(-S . -B "$dir" -DCMAKE_BUILD_TYPE="${COUCHGATE_BUILD_TYPE:-RelWithDebInfo}"
       -DCOUCHGATE_WERROR="$([[ "${COUCHGATE_WERROR:-}" == 1 ]] && echo ON || echo OFF)"
-      -DBUILD_TESTING="${COUCHGATE_BUILD_TESTING:-ON}")
+      -DBUILD_TESTING="${COUCHGATE_BUILD_TESTING:-ON}"
+      -DCOUCHGATE_SANITIZE="${COUCHGATE_SANITIZE:-}")
 target=()
+if [[ -n "${COUCHGATE_BUILD_TARGETS:-}" ]]; then
+  # shellcheck disable=SC2206  # a list of target names
+  target=(--target ${COUCHGATE_BUILD_TARGETS})
+fi
 if [[ "${COUCHGATE_BUILD_TESTING:-ON}" == OFF ]]; then
   target=(--target couchgate)
   # The daemon alone must not need any test dependency: fail the configure if it looks for doctest.

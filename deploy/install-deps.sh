@@ -45,6 +45,13 @@ if (( with_bench )); then
 fi
 # openssl: the front-door tests generate their certificates with the CLI.
 packages+=(openssl)
+# The fuzz targets (tests/fuzz.sh, a job of .ci/run): clang with libFuzzer and clang's sanitizer
+# runtimes (libclang_rt.fuzzer/asan/ubsan are in libclang-rt-14-dev, which --no-install-recommends
+# would not bring). The GCC sanitizer builds (tests/sanitize.sh) need nothing more: gcc-12's
+# libasan8, libubsan1 and libtsan2 come with build-essential. Not for the Docker build stage.
+if (( with_node )); then
+  packages+=(clang libclang-rt-14-dev)
+fi
 # node/npm run pouchdb-server for the tests. A machine may already have them from
 # somewhere other than Debian (nodesource, nvm, a CI image): use whatever is on PATH
 # rather than installing Debian's packages next to it, which could conflict.

@@ -88,6 +88,11 @@ struct admin_api::impl {
       if (path == "/metrics") return text_answer(http::status::ok, h.metrics(), "text/plain; version=0.0.4");
       if (path == "/status") return json_answer(http::status::ok, h.status(), 2);
       if (path == "/failures") return json_answer(http::status::ok, h.failures ? h.failures() : nlohmann::json::object(), 2);
+      if (path == "/identities/conflicts") {
+        auto c = h.identity_conflicts ? h.identity_conflicts() : std::nullopt;
+        if (!c) return json_answer(http::status::not_found, {{"error", "not_found"}, {"reason", "identities are not enabled"}});
+        return json_answer(http::status::ok, *c, 2);
+      }
       if (path.size() > user_prefix.size() && path.compare(0, user_prefix.size(), user_prefix) == 0) {
         auto st = h.user_status(decode_path(std::string_view(path).substr(user_prefix.size())));
         if (!st) return json_answer(http::status::not_found, {{"error", "not_found"}, {"reason", "unknown user"}});

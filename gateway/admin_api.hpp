@@ -7,6 +7,8 @@
 //   GET /status/users/<name>  one user's database, provisioning and replication state
 //   GET /failures             documents not replicated (refused by the central database or
 //                             unreadable at the source), most recent last, bounded
+//   GET /identities/conflicts users made without couchgate whose name or e-mail address another
+//                             user has reserved: {conflicts:[{user, field, value, holder}]}
 // It never prints credentials: handlers build their answers from redacted data only.
 //
 // Access: with a token configured, everything but /healthz and /readyz needs
@@ -39,6 +41,9 @@ struct admin_handlers {
   std::function<nlohmann::json()> status;
   std::function<std::optional<nlohmann::json>(const std::string& user)> user_status;
   std::function<nlohmann::json()> failures;
+  // Users made without couchgate whose name or address another user has reserved; nullopt when
+  // identities are off (404).
+  std::function<std::optional<nlohmann::json>()> identity_conflicts;
 };
 
 enum class admin_access {

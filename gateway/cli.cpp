@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -19,6 +20,7 @@
 #include "gateway/health.hpp"
 #include "gateway/logging.hpp"
 #include "gateway/restore.hpp"
+#include "replicator/wire_json.hpp"
 
 namespace couchgate::gateway {
 
@@ -90,6 +92,17 @@ int run_restore_cmd(const std::string& path, const restore_options& opts) {
               << (o.dry_run ? " to write" : " written") << (u.created ? (o.dry_run ? ", would create" : ", created") : "")
               << (u.error.empty() ? "" : ", " + u.error) << "\n";
   }
+  for (const auto& u : s.users) {
+    if (u.stemmed) {
+      std::cout << "  " << u.user << ": " << u.stemmed << " leaf revision(s) not " << (o.dry_run ? "to be " : "")
+                << "written: ancestors that the source's revs_limit stemmed away, kept in central beside the newer "
+                   "revision (see GET /failures); writing them would make conflicts the user never had\n";
+    }
+  }
+  if (s.unmappable) {
+    std::cout << s.unmappable << " central document(s) not restored: their ids name no user (ids are <owner>:<document id>), first "
+              << replicator::wire::text_of(replicator::json(s.first_unmappable), 120) << "\n";
+  }
   if (s.interrupted) std::cout << "restore stopped before the end of the central database; run it again to continue\n";
   if (failed) std::cout << failed << " user database(s) failed\n";
   return s.ok() ? 0 : 1;
@@ -144,10 +157,15 @@ int cli_main(int argc, char** argv) {
   auto* all_flag = restore->add_flag("--all", ropts.all, "Restore every user found in the central database");
   restore->add_flag("--dry-run", ropts.dry_run, "Report what would be written; write nothing");
   restore->add_flag("--merge", ropts.merge, "Write into non-empty databases (adds missing revisions only)");
-  restore->add_option("--max-changes", ropts.max_docs, "Stop after this many central changes (0 = all)");
+  // (NonNegativeNumber: CLI11 would wrap "-5" into a huge unsigned count)
+  restore->add_option("--max-changes", ropts.max_docs, "Stop after this many central changes (0 = all)")
+      ->check(CLI::NonNegativeNumber);
   users_opt->excludes(all_flag);
   restore->callback([&] {
     if (ropts.users.empty() && !ropts.all) throw CLI::ValidationError("restore", "give --user NAME (repeatable) or --all");
+    for (const auto& u : ropts.users) {
+      if (u.empty()) throw CLI::ValidationError("--user", "a user name must not be empty");
+    }
   });
 
   std::string health_config;
@@ -160,6 +178,18 @@ int cli_main(int argc, char** argv) {
   health->add_flag("--ready", health_ready, "Ask GET /readyz instead: CouchDB reachable and the first reconcile done");
   health->add_option("--timeout", health_timeout, "Seconds to wait for the answer")->check(CLI::PositiveNumber);
 
+  // An unknown command: CLI11 would only say that a subcommand is required, not which word it
+  // did not know.
+  if (argc > 1 && argv[1][0] != '-') {
+    const std::string word = argv[1];
+    const auto subs = app.get_subcommands([](const CLI::App*) { return true; });
+    if (std::none_of(subs.begin(), subs.end(), [&](const CLI::App* s) { return s->get_name() == word; })) {
+      std::string names;
+      for (const CLI::App* s : subs) names += (names.empty() ? "" : ", ") + s->get_name();
+      std::cerr << "couchgate: unknown command '" << word << "' (commands: " << names << "; see --help)\n";
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

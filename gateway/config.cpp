@@ -2,6 +2,8 @@
 
 #include "gateway/config_table.hpp"
 
+#include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -24,6 +27,38 @@
 
 namespace couchgate::gateway {
 namespace {
+
+// How many YAML documents a text holds, counted by the parser's events and at most
+// max_documents: yaml-cpp 0.7's LoadAll never ends on some texts (a lone ",": every call finds
+// one more empty document), so the config is loaded with Load once the count says there is one.
+constexpr int max_documents = 100;
+struct document_count {
+  int count = 0;
+  YAML::Mark second;  // where the second document starts
+};
+class document_counter final : public YAML::EventHandler {
+ public:
+  document_count result;
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++result.count == 2) result.second = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+document_count count_documents(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  document_counter counter;
+  for (int i = 0; i < max_documents && parser.HandleNextDocument(counter); ++i) {
+  }
+  return counter.result;
+}
 
 // CouchDB's longest legal database name.
 constexpr std::size_t max_db_name_length = 238;
@@ -506,9 +541,21 @@ class loader final : public value_reader {
   // ----- YAML walking
 
   void parse_text(const std::string& text) {
-    std::vector<YAML::Node> documents;
+    YAML::Node root;
     try {
-      documents = YAML::LoadAll(text);
+      const auto docs = count_documents(text);
+      if (docs.count > 1) {
+        add("", line_of(docs.second),
+            docs.count >= max_documents
+                ? "expected a single YAML document, found " + std::to_string(max_documents) + " or more (a stray ',' does that)"
+                : "expected a single YAML document, found " + std::to_string(docs.count) + " ('---' separators)");
+        return;
+      }
+      if (docs.count == 0) return;  // empty file: all defaults
+      root = YAML::Load(text);
+    } catch (const YAML::DeepRecursion& e) {  // (its own message is yaml-cpp's "bad file")
+      add("", line_of(e.mark), "invalid YAML: nested more than " + std::to_string(e.depth() - 1) + " levels deep");
+      return;
     } catch (const YAML::ParserException& e) {
       add("", line_of(e.mark), "invalid YAML: " + e.msg);
       return;
@@ -516,13 +563,6 @@ class loader final : public value_reader {
       add("", line_of(e.mark), "invalid YAML: " + e.msg);
       return;
     }
-    if (documents.empty()) return;  // empty file: all defaults
-    if (documents.size() > 1) {
-      add("", line_of(documents[1].Mark()),
-          "expected a single YAML document, found " + std::to_string(documents.size()) + " ('---' separators)");
-      return;
-    }
-    const YAML::Node& root = documents.front();
     if (root.IsNull()) return;  // only comments
     if (!root.IsMap()) {
       std::vector<std::string> shown;

@@ -63,6 +63,10 @@ struct fanin_config {
   std::size_t rounds = 2;            // replication rounds in flight; each takes max_active / rounds databases
   std::size_t batch_docs = 1000;     // docs per central _bulk_docs
   std::size_t batch_bytes = 8u << 20;
+  // Memory for documents with attachments being copied, fan-in and restore together (their bytes
+  // are held about four times while copied; see replicator/byte_budget.hpp). A larger document is
+  // copied alone.
+  std::size_t max_bytes_in_flight = 128u << 20;
   std::size_t turn_docs = 500;       // changes per database per turn (fairness cap)
   // Ask _changes for document bodies and write first-generation revisions straight from them,
   // skipping the _bulk_get (adaptive per database; see replicator::include_docs_next).
@@ -118,6 +122,10 @@ struct identities_config {
   // Sign-up and availability requests per client address per rate_window (429 with Retry-After above).
   std::size_t rate_limit = 20;
   seconds rate_window{60};
+  // A user made directly in _users whose address (or name) another user has reserved:
+  // flag = provisioned and listed at the admin API's /identities/conflicts; exclude = not
+  // provisioned until resolved.
+  policy::on_duplicate on_duplicate = policy::on_duplicate::flag;
   bool operator==(const identities_config&) const = default;
 };
 

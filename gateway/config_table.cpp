@@ -137,6 +137,8 @@ constexpr key_choice id_mode_choices[] = {{"namespaced", static_cast<int>(policy
 constexpr key_choice detection_choices[] = {{"auto", static_cast<int>(detection_mode::automatic)},
                                             {"db_updates", static_cast<int>(detection_mode::db_updates)},
                                             {"sweep", static_cast<int>(detection_mode::sweep)}};
+constexpr key_choice on_duplicate_choices[] = {{"flag", static_cast<int>(policy::on_duplicate::flag)},
+                                               {"exclude", static_cast<int>(policy::on_duplicate::exclude)}};
 constexpr key_choice log_level_choices[] = {{"trace", 0}, {"debug", 1}, {"info", 2}, {"warn", 3},
                                             {"error", 4}, {"critical", 5}, {"off", 6}};
 constexpr key_choice log_format_choices[] = {{"text", static_cast<int>(log_format::text)},
@@ -314,6 +316,13 @@ constexpr key_spec table[] = {
          .max = 100000,
          .help = "Documents per write to the central database (1..100000) and their size limit (at least 64KiB)."}),
     key<&config::fanin, &fc::batch_bytes>({.name = "fanin.batch_bytes", .kind = k::size, .min = 64 * 1024}),
+    key<&config::fanin, &fc::max_bytes_in_flight>(
+        {.name = "fanin.max_bytes_in_flight",
+         .kind = k::size,
+         .min = 1 << 20,
+         .help = "Memory for documents with attachments being copied (fan-in and restore): their bodies travel as "
+                 "base64 and are held about four times while copied, so they are fetched apart and copied a group "
+                 "at a time under this bound; a larger document is copied alone (at least 1MiB)."}),
     key<&config::fanin, &fc::turn_docs>(
         {.name = "fanin.turn_docs",
          .kind = k::integer,
@@ -425,6 +434,14 @@ constexpr key_spec table[] = {
                  "Retry-After."}),
     key<&config::identities, &ic::rate_window>(
         {.name = "identities.rate_window", .kind = k::duration_s, .on_reload = live, .min = 1}),
+    key<&config::identities, &ic::on_duplicate>(
+        {.name = "identities.on_duplicate",
+         .kind = k::choice,
+         .choices = on_duplicate_choices,
+         .help = "Users made directly in _users get their name/ and email/ reservations from the provisioner. When "
+                 "one of those values is already reserved by another user: flag = provision the user anyway, log the "
+                 "conflict once, count it and list it at the admin API's /identities/conflicts; exclude = do not "
+                 "provision the user until the conflict is resolved."}),
 
     section("admin_api", "The admin HTTP API."),
     key<&config::admin_api, &ac::address>(
@@ -556,6 +573,19 @@ constexpr key_spec table[] = {
          .help = "Failed authentications per client address within auth_failure_window before 429."}),
     key<&config::front, &frc::auth_failure_window>(
         {.name = "front.auth_failure_window", .kind = k::duration_ms, .on_reload = live, .min = 1000}),
+    key<&config::front, &frc::max_parked_per_user>(
+        {.name = "front.max_parked_per_user",
+         .kind = k::integer,
+         .min = 1,
+         .max = 1000000,
+         .help = "Live _changes feeds (longpoll, continuous, eventsource) one user may hold open; they wait parked in "
+                 "couchgate with no connection to CouchDB (429 with Retry-After above)."}),
+    key<&config::front, &frc::feed_sweep_interval>(
+        {.name = "front.feed_sweep_interval",
+         .kind = k::duration_ms,
+         .min = 100,
+         .help = "Servers without _db_updates: how often the databases with parked live feeds are swept (at most "
+                 "fanin.sweep_rate databases per second)."}),
     section("front.cors",
             "CORS headers on the answers couchgate writes itself (404s, refusals, sign-up) and on preflights, as "
             "CouchDB's [cors] would give them: set these like CouchDB's [chttpd] enable_cors and [cors] section "

@@ -1,6 +1,7 @@
 // Owns: wiring the components together and the start/stop sequence (see daemon.hpp).
 #include "gateway/daemon.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 
 #include "gateway/admin_api.hpp"
 #include "gateway/databases.hpp"
+#include "gateway/feed_notifier.hpp"
 #include "gateway/identities.hpp"
 #include "gateway/front/front_door.hpp"
 #include "gateway/logging.hpp"
@@ -22,7 +24,9 @@
 #include "replicator/change_detector.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/fanin.hpp"
+#include "replicator/byte_budget.hpp"
 #include "replicator/http_pool.hpp"
+#include "replicator/outage.hpp"
 #include "replicator/logger.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/server_limits.hpp"
@@ -74,6 +78,24 @@ std::string join(const std::vector<std::string>& keys) {
   return out;
 }
 
+// Every client connection (and parked live feed) is a descriptor: the soft limit goes up to the
+// hard one (deploy/couchgate.service sets LimitNOFILE to fit front.max_connections).
+void raise_open_files_limit(std::size_t wanted) {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  if (lim.rlim_cur < lim.rlim_max) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  const auto cur = static_cast<unsigned long long>(lim.rlim_cur);
+  log()->info("open files limit (RLIMIT_NOFILE): {}", cur);
+  if (wanted > 0 && lim.rlim_cur != RLIM_INFINITY && cur < wanted + 256) {
+    log()->warn("open files limit {} is below front.max_connections ({}) plus couchgate's own: raise LimitNOFILE", cur,
+                wanted);
+  }
+}
+
 r::detection to_detection(detection_mode m) {
   switch (m) {
     case detection_mode::db_updates: return r::detection::db_updates;
@@ -95,6 +117,7 @@ struct daemon::impl {
 
   r::registry metrics;
   std::unique_ptr<r::http_pool> pool;
+  std::unique_ptr<r::byte_budget> attachment_budget;  // fanin.max_bytes_in_flight (before fan, which uses it)
   std::unique_ptr<r::couch_client> client;
   std::unique_ptr<r::state_store> state;
   std::unique_ptr<r::fanin> fan;
@@ -103,6 +126,7 @@ struct daemon::impl {
   std::unique_ptr<identities> ids;
   std::unique_ptr<admin_api> api;
   std::unique_ptr<front_door> front;  // clients' entry point (front.enabled)
+  std::unique_ptr<feed_notifier> feeds;  // wakes the front door's parked live feeds
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   // The server's max_dbs_open (-1 until read, or when it cannot be read) against the shards
   // fan-in keeps busy (replicator/server_limits.hpp); written by the main loop.
@@ -183,6 +207,10 @@ struct daemon::impl {
       out += "couchgate_couchdb_requests_total " + std::to_string(s.requests) + "\n";
       out += "# HELP couchgate_couchdb_transport_errors_total Requests that failed below HTTP\n# TYPE couchgate_couchdb_transport_errors_total counter\n";
       out += "couchgate_couchdb_transport_errors_total " + std::to_string(s.transport_errors) + "\n";
+      out += "# HELP couchgate_couchdb_outages_total Times CouchDB stopped answering (each logged once)\n# TYPE couchgate_couchdb_outages_total counter\n";
+      out += "couchgate_couchdb_outages_total " + std::to_string(s.outages) + "\n";
+      out += "# HELP couchgate_couchdb_unreachable 1 while CouchDB does not answer\n# TYPE couchgate_couchdb_unreachable gauge\n";
+      out += "couchgate_couchdb_unreachable " + std::string(s.unreachable ? "1" : "0") + "\n";
       const auto as_seconds = [](std::chrono::milliseconds d) { return std::to_string(static_cast<double>(d.count()) / 1000.0); };
       out += "# HELP couchgate_couchdb_overloaded_total Answers saying CouchDB is overloaded (429, 503)\n# TYPE couchgate_couchdb_overloaded_total counter\n";
       out += "couchgate_couchdb_overloaded_total " + std::to_string(s.overloaded) + "\n";
@@ -375,7 +403,8 @@ struct daemon::impl {
     auto retry = [&](const std::string& what, const r::couch_error& e) {
       if (refused_credential(what, e)) return false;
       auto delay = r::backoff_delay(bp, ++failures, rnd);
-      log()->warn("{}: {} (retry in {} ms)", what, e.describe(), delay.count());
+      log()->log(r::outage_error(e) ? spdlog::level::debug : spdlog::level::warn, "{}: {} (retry in {} ms)", what,
+                 e.describe(), delay.count());
       notify(("STATUS=" + what).c_str());  // systemctl status shows why it is not ready yet
       return wait(delay);
     };
@@ -448,6 +477,7 @@ void daemon::request_reload() {
 int daemon::run() {
   auto& d = *impl_;
   const auto& cfg = d.cfg;
+  raise_open_files_limit(cfg.front.enabled ? cfg.front.max_connections : 0);
 
   d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, cfg.couchdb.username, cfg.couchdb.password,
                                                                 cfg.fanin.max_connections, std::string("couchgate/") + COUCHGATE_VERSION});
@@ -468,6 +498,13 @@ int daemon::run() {
     fo.inline_docs = cfg.fanin.inline_docs;
     fo.transfer.batch_docs = cfg.fanin.batch_docs;
     fo.transfer.batch_bytes = cfg.fanin.batch_bytes;
+    d.attachment_budget = std::make_unique<r::byte_budget>(cfg.fanin.max_bytes_in_flight);
+    fo.transfer.budget = d.attachment_budget.get();
+    d.metrics.add_callback("couchgate_attachment_bytes_in_flight",
+                           "Bytes leased for documents with attachments being copied (fanin.max_bytes_in_flight)",
+                           [b = d.attachment_budget.get()] { return static_cast<double>(b->in_use()); });
+    d.metrics.add_callback("couchgate_attachment_bytes_in_flight_peak", "Most bytes leased at once for documents with attachments",
+                           [b = d.attachment_budget.get()] { return static_cast<double>(b->peak()); });
     fo.target_check_interval = cfg.fanin.target_check_interval;
     fo.create_central = [&d] { return ensure_central_db(*d.client, d.cfg.fanin.central_db, d.cfg.fanin.central_guard); };
     d.fan = std::make_unique<r::fanin>(*d.client, *d.state, d.metrics, fo);
@@ -480,12 +517,16 @@ int daemon::run() {
                                                       [&d](const std::string& db, bool recreated) { d.db_created(db, recreated); });
   }
   if (cfg.provisioning.enabled) {
-    d.prov = std::make_unique<provisioner>(
-        *d.client, *d.state, d.metrics, cfg.provisioning,
-        provisioner_hooks{[&d](const std::string& db, const policy::owner& o) { d.add_source(db, o); },
-                          [&d](const std::string& db) {
-                            if (d.fan) d.fan->remove_source(db);
-                          }});
+    provisioner_hooks hooks{[&d](const std::string& db, const policy::owner& o) { d.add_source(db, o); },
+                            [&d](const std::string& db) {
+                              if (d.fan) d.fan->remove_source(db);
+                            }};
+    if (cfg.identities.enabled) {
+      // Users made without couchgate get their reservations (d.ids exists before the provisioner starts).
+      hooks.admit = [&d](const std::vector<const policy::user_doc*>& users) { return d.ids->admit(users); };
+      hooks.user_gone = [&d](const std::string& name) { return d.ids->release_deleted(name); };
+    }
+    d.prov = std::make_unique<provisioner>(*d.client, *d.state, d.metrics, cfg.provisioning, std::move(hooks));
   }
 
   if (cfg.identities.enabled) {
@@ -512,6 +553,9 @@ int daemon::run() {
         };
       }
       d.front = std::make_unique<front_door>(cfg, d.metrics, std::move(local), std::move(provision));
+      d.feeds = std::make_unique<feed_notifier>(*d.client, d.front->feeds(), d.detector.get(),
+                                                feed_notifier_options{cfg.front.feed_sweep_interval, cfg.fanin.sweep_rate});
+      if (d.detector) d.detector->set_listener(d.feeds->listener());
     } catch (const std::exception& e) {
       log()->critical("front door: {}", e.what());
       return 1;
@@ -521,7 +565,11 @@ int daemon::run() {
   d.api = std::make_unique<admin_api>(admin_handlers{
       [&d] { return d.ready(); }, [&d] { return d.render_metrics(); }, [&d] { return d.status(); },
       [&d](const std::string& u) { return d.user_status(u); },
-      [&d] { return json{{"refused_docs", refused_json(d.fan ? d.fan->refused() : std::vector<r::refused_doc>{})}}; }},
+      [&d] { return json{{"refused_docs", refused_json(d.fan ? d.fan->refused() : std::vector<r::refused_doc>{})}}; },
+      [&d]() -> std::optional<json> {
+        if (!d.ids) return std::nullopt;
+        return json{{"conflicts", d.ids->conflicts()}, {"on_duplicate", policy::to_string(d.cfg.identities.on_duplicate)}};
+      }},
       cfg.admin_api.token);
   std::string err;
   int port = d.api->start(cfg.admin_api.address, cfg.admin_api.port, err);
@@ -548,6 +596,7 @@ int daemon::run() {
   if (ok) {
     if (d.fan) d.fan->start();
     if (d.detector) d.detector->start();
+    if (d.feeds) d.feeds->start();
     if (d.prov) d.prov->start();
     if (d.ids) d.ids->start();
   }
@@ -581,8 +630,9 @@ int daemon::run() {
       auto info = probe.get();
       probe = r::pending_json();
       bool was = d.couch_ok.exchange(info.ok());
-      if (was && !info.ok()) log()->warn("CouchDB not reachable: {}", info.error().describe());
-      if (!was && info.ok()) log()->info("CouchDB reachable again");
+      // The pool logs each outage once, when it begins and when it ends (replicator/outage.hpp).
+      if (was && !info.ok()) log()->debug("CouchDB not reachable: {}", info.error().describe());
+      if (!was && info.ok()) log()->debug("CouchDB reachable again");
     }
     if (!probe.valid() && std::chrono::steady_clock::now() >= next_probe) {
       next_probe = std::chrono::steady_clock::now() + std::chrono::seconds(5);
@@ -609,6 +659,7 @@ int daemon::run() {
   // Rounds end and checkpoints are written while the pool still runs; whatever is cut off is
   // read again at the next start.
   if (d.front) d.front->stop();
+  if (d.feeds) d.feeds->stop();
   if (d.fan) d.fan->drain(std::chrono::seconds(5));
   d.pool->shutdown();
   if (d.ids) d.ids->stop();

@@ -65,7 +65,11 @@ identities::identities(replicator::couch_client& client, replicator::registry& m
       errors_(metrics.add_counter("couchgate_identity_errors_total", "Identity operations failed on a server error")),
       repaired_(metrics.add_counter("couchgate_identity_intents_repaired_total",
                                     "Intents the reconciler finished or rolled back")),
-      latency_(metrics.add_histogram("couchgate_signup_seconds", "Sign-up latency, provisioning included")) {}
+      latency_(metrics.add_histogram("couchgate_signup_seconds", "Sign-up latency, provisioning included")),
+      duplicates_found_(metrics.add_counter("couchgate_identity_duplicates_total",
+                                            "Users made without couchgate found with a name or address another user has reserved")),
+      duplicates_(metrics.add_gauge("couchgate_identity_duplicates",
+                                    "Such conflicts standing now (listed at the admin API's /identities/conflicts)")) {}
 
 std::optional<couch_error> identities::ensure_db() { return ensure_private_db(client_, cfg_.db); }
 
@@ -113,10 +117,11 @@ std::optional<std::string> identities::transition(json& intent, const std::strin
 }
 
 replicator::result<bool> identities::reserve(unique_field f, const std::string& key, const std::string& user,
-                                             const std::string& intent_id, std::string& rev_out) {
+                                             const std::string& intent_id, std::string& rev_out, const std::string& email) {
   const std::string id = policy::reservation_id(f, key);
   json doc{{"type", "reservation"}, {"field", policy::to_string(f)}, {"user", user}, {"intent", intent_id},
            {"created", stamp()}};
+  if (f == unique_field::name && !email.empty()) doc["email"] = email;
   auto r = client_.put_doc(cfg_.db, id, doc).get();
   if (r.ok()) {
     rev_out = str_field(r.value(), "rev");
@@ -198,7 +203,7 @@ identity_answer identities::signup(const json& body) {
 
   // 2. Both reservations, in parallel.
   std::string name_rev, email_rev;
-  auto name_res = reserve(unique_field::name, key, name.value, intent_id, name_rev);
+  auto name_res = reserve(unique_field::name, key, name.value, intent_id, name_rev, email.value);
   auto email_res = reserve(unique_field::email, email.value, name.value, intent_id, email_rev);
   fail_point("signup:after_reserve");
   std::vector<std::string> taken;
@@ -379,6 +384,16 @@ identity_answer identities::change_email(const std::string& user_name, const jso
   // The old address is released (only if this user holds it), then done.
   if (!old_email.empty()) release(policy::reservation_id(unique_field::email, old_email), "user", user_name);
   transition(intent, rev, intent_state::done);
+  // The name reservation records the address (where a deleted user's address is found again).
+  if (const auto checked = policy::check_user_name(user_name, cfg_.rules); checked.ok()) {
+    const std::string name_id = policy::reservation_id(unique_field::name, policy::name_key(checked.value));
+    auto nr = client_.get_doc(cfg_.db, name_id).get();
+    if (nr.ok() && str_field(nr.value(), "user") == user_name) {
+      json d = nr.value();
+      d["email"] = email.value;
+      client_.put_doc(cfg_.db, name_id, d).get();
+    }
+  }
   return identity_answer{200, json{{"ok", true}, {"email", email.value}}};
 }
 
@@ -427,7 +442,7 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
         for (const auto& [field, key] : {std::pair{unique_field::name, str_field(doc, "name_key")},
                                          std::pair{unique_field::email, email}}) {
           std::string r;
-          auto res = reserve(field, key, name, id, r);
+          auto res = reserve(field, key, name, id, r, field == unique_field::name ? email : std::string());
           if (!res.ok()) ok = false;
           else if (!res.value()) {
             log()->error("intent {}: user {} exists but its {} is reserved by another user", id, name,
@@ -508,6 +523,249 @@ identities::reconcile_report identities::reconcile() {
     }
   }
   return rep;
+}
+
+// ---- users made without couchgate ----
+
+replicator::result<std::optional<intent_state>> identities::intent_of(const json& reservation) {
+  const std::string intent_id = str_field(reservation, "intent");
+  if (intent_id.empty()) return std::optional<intent_state>{};
+  auto r = client_.get_doc(cfg_.db, intent_id).get();
+  if (!r.ok()) {
+    if (r.error().kind == couch_error_kind::not_found) return std::optional<intent_state>{};
+    return r.error();
+  }
+  return policy::intent_state_from(str_field(r.value(), "state"));
+}
+
+replicator::result<policy::claim> identities::classify(const json& reservation, const std::string& user) {
+  const std::string holder = str_field(reservation, "user");
+  if (holder != user) return policy::claim::taken;  // no need to look at its intent
+  auto st = intent_of(reservation);
+  if (!st.ok()) return st.error();
+  return policy::classify_claim(holder, user, st.value());
+}
+
+replicator::pending_json identities::put_claim(unique_field f, const std::string& key, const std::string& user,
+                                               const std::string& email) {
+  json doc{{"type", "reservation"}, {"field", policy::to_string(f)}, {"user", user}, {"created", stamp()}};
+  if (f == unique_field::name && !email.empty()) doc["email"] = email;
+  return client_.put_doc(cfg_.db, policy::reservation_id(f, key), doc);
+}
+
+replicator::result<policy::claim> identities::settle_claim(replicator::pending_json& put, unique_field f,
+                                                           const std::string& key, const std::string& user) {
+  auto r = put.get();
+  if (r.ok()) return policy::claim::held;
+  if (!is_conflict(r.error())) return r.error();
+  auto cur = client_.get_doc(cfg_.db, policy::reservation_id(f, key)).get();
+  if (!cur.ok()) {
+    // Released between the two requests: the next pass claims it.
+    if (cur.error().kind == couch_error_kind::not_found) return policy::claim::in_flight;
+    return cur.error();
+  }
+  return classify(cur.value(), user);
+}
+
+void identities::note_conflicts(const std::string& user, const std::string& email, const std::string& name_key,
+                                const policy::direct_verdict& v, const std::map<unique_field, std::string>& holders) {
+  std::lock_guard lk(direct_mu_);
+  for (const auto f : {unique_field::name, unique_field::email}) {
+    const auto key = std::pair{user, f};
+    if (std::find(v.conflicts.begin(), v.conflicts.end(), f) == v.conflicts.end()) {
+      duplicate_values_.erase(key);
+      continue;
+    }
+    conflict c{f == unique_field::name ? name_key : email, holders.count(f) ? holders.at(f) : std::string()};
+    auto it = duplicate_values_.find(key);
+    if (it != duplicate_values_.end() && it->second.value == c.value && it->second.holder == c.holder) continue;  // known
+    duplicate_values_[key] = c;
+    duplicates_found_.inc();
+    log()->warn("user {} (made without couchgate): its {} {} is already reserved by user {}; {}", user,
+                policy::to_string(f), c.value, c.holder,
+                v.provision ? "provisioned anyway (identities.on_duplicate: flag)"
+                            : "not provisioned until resolved (identities.on_duplicate: exclude)");
+  }
+  duplicates_.set(static_cast<double>(duplicate_values_.size()));
+}
+
+std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::vector<const policy::user_doc*>& users) {
+  std::vector<std::optional<policy::direct_verdict>> out(users.size(), policy::direct_verdict{});
+  struct want {
+    std::size_t i;
+    std::string name_key, email;
+  };
+  std::vector<want> todo;
+  {
+    std::lock_guard lk(direct_mu_);
+    for (std::size_t i = 0; i < users.size(); ++i) {
+      const auto& u = *users[i];
+      if (u.deleted || u.from_intent) continue;
+      want w{i, {}, {}};
+      if (auto n = policy::check_user_name(u.name, cfg_.rules); n.ok()) w.name_key = policy::name_key(n.value);
+      if (!u.email.empty()) {
+        if (auto e = policy::normalise_email(u.email, cfg_.rules); e.ok()) w.email = e.value;
+      }
+      if (w.name_key.empty() && w.email.empty()) continue;
+      if (auto it = settled_.find(u.name); it != settled_.end() && it->second == w.email) continue;  // unchanged
+      todo.push_back(std::move(w));
+    }
+  }
+  if (todo.empty()) return out;
+
+  // What is reserved already, in one request.
+  json keys = json::array();
+  for (const auto& w : todo) {
+    if (!w.name_key.empty()) keys.push_back(policy::reservation_id(unique_field::name, w.name_key));
+    if (!w.email.empty()) keys.push_back(policy::reservation_id(unique_field::email, w.email));
+  }
+  auto listed = client_.request("POST", replicator::db_path(cfg_.db) + "/_all_docs?include_docs=true",
+                                json{{"keys", keys}}.dump()).get();
+  const json* rows = nullptr;
+  if (listed.ok() && listed.value().is_object()) {
+    const auto it = listed.value().find("rows");
+    if (it != listed.value().end() && it->is_array()) rows = &*it;
+  }
+  if (rows == nullptr) {
+    errors_.inc();
+    log()->warn("reservations of users made without couchgate cannot be read: {}",
+                listed.ok() ? std::string("answer has no rows array") : listed.error().describe());
+    for (const auto& w : todo) out[w.i] = std::nullopt;
+    return out;
+  }
+  std::map<std::string, json> found;
+  for (const auto& row : *rows) {
+    const auto doc = row.is_object() ? row.find("doc") : row.end();
+    if (doc != row.end() && doc->is_object()) found[str_field(row, "key")] = *doc;
+  }
+  // The missing ones are created, all requests in flight at once.
+  std::map<std::pair<std::size_t, unique_field>, replicator::pending_json> puts;
+  for (const auto& w : todo) {
+    for (const auto& [f, key] : {std::pair{unique_field::name, w.name_key}, std::pair{unique_field::email, w.email}}) {
+      if (!key.empty() && !found.count(policy::reservation_id(f, key))) {
+        puts.emplace(std::pair{w.i, f}, put_claim(f, key, users[w.i]->name, w.email));
+      }
+    }
+  }
+
+  for (const auto& w : todo) {
+    const std::string& user = users[w.i]->name;
+    std::map<unique_field, std::string> holders;
+    std::optional<replicator::couch_error> failed;
+    // One field: an existing reservation is classified; a missing one is created.
+    const auto claim_field = [&](unique_field f, const std::string& key) -> std::optional<policy::claim> {
+      const auto it = found.find(policy::reservation_id(f, key));
+      auto c = it == found.end() ? settle_claim(puts.at({w.i, f}), f, key, user) : classify(it->second, user);
+      if (!c.ok()) {
+        failed = c.error();
+        return std::nullopt;
+      }
+      if (c.value() == policy::claim::taken) {
+        auto cur = it != found.end() ? replicator::result<json>(it->second)
+                                     : client_.get_doc(cfg_.db, policy::reservation_id(f, key)).get();
+        holders[f] = cur.ok() ? str_field(cur.value(), "user") : std::string();
+      }
+      return c.value();
+    };
+    auto name_claim = w.name_key.empty() ? std::optional(policy::claim::held) : claim_field(unique_field::name, w.name_key);
+    std::optional<policy::claim> email_claim;
+    if (!w.email.empty()) email_claim = claim_field(unique_field::email, w.email);
+    if (failed) {
+      errors_.inc();
+      log()->warn("user {}: its reservations cannot be made: {} (retried)", user, failed->describe());
+      out[w.i] = std::nullopt;
+      continue;
+    }
+    // The address changed since the name reservation was made: the old one is released (only if
+    // this user holds it) and the name reservation updated, in that order, so a crash between
+    // them repeats the release.
+    if (!w.name_key.empty() && name_claim == policy::claim::held) {
+      const std::string name_id = policy::reservation_id(unique_field::name, w.name_key);
+      auto it = found.find(name_id);
+      std::optional<json> name_doc;
+      if (it != found.end()) name_doc = it->second;
+      if (name_doc && str_field(*name_doc, "intent").empty() && str_field(*name_doc, "email") != w.email) {
+        const std::string old = str_field(*name_doc, "email");
+        bool ok = old.empty() || release(policy::reservation_id(unique_field::email, old), "user", user);
+        if (ok) {
+          json upd = *name_doc;
+          if (w.email.empty()) upd.erase("email");
+          else upd["email"] = w.email;
+          ok = client_.put_doc(cfg_.db, name_id, upd).get().ok();
+        }
+        if (!ok) {
+          out[w.i] = std::nullopt;  // retried
+          continue;
+        }
+      }
+    }
+    auto v = policy::decide_direct_user(*name_claim, email_claim, cfg_.on_duplicate);
+    note_conflicts(user, w.email, w.name_key, v, holders);
+    if (!v.look_again) {
+      std::lock_guard lk(direct_mu_);
+      settled_[user] = w.email;
+    }
+    out[w.i] = std::move(v);
+  }
+  return out;
+}
+
+bool identities::release_if_held_by_deleted(const std::string& reservation_id, const std::string& user) {
+  auto cur = client_.get_doc(cfg_.db, reservation_id).get();
+  if (!cur.ok()) return cur.error().kind == couch_error_kind::not_found;
+  auto st = intent_of(cur.value());
+  if (!st.ok()) return false;
+  if (!policy::may_release_for_deleted(false, str_field(cur.value(), "user"), user, st.value())) return true;
+  auto d = client_.delete_doc(cfg_.db, reservation_id, str_field(cur.value(), "_rev")).get();
+  if (d.ok() || d.error().kind == couch_error_kind::not_found) return true;
+  return false;  // changed meanwhile (409) or a server error: the next pass looks again
+}
+
+bool identities::release_deleted(const std::string& name) {
+  std::string cached_email;
+  {
+    std::lock_guard lk(direct_mu_);
+    if (auto it = settled_.find(name); it != settled_.end()) {
+      cached_email = it->second;
+      settled_.erase(it);
+    }
+    duplicate_values_.erase({name, unique_field::name});
+    duplicate_values_.erase({name, unique_field::email});
+    duplicates_.set(static_cast<double>(duplicate_values_.size()));
+  }
+  // A feed entry may be older than a user made again since: its reservations are its own.
+  auto u = client_.get_doc(users_db_, policy::user_doc_id(name)).get();
+  if (u.ok()) return true;
+  if (u.error().kind != couch_error_kind::not_found) return false;
+
+  auto checked = policy::check_user_name(name, cfg_.rules);
+  std::string name_id;
+  std::vector<std::string> emails;
+  if (!cached_email.empty()) emails.push_back(cached_email);
+  if (checked.ok()) {
+    name_id = policy::reservation_id(unique_field::name, policy::name_key(checked.value));
+    auto cur = client_.get_doc(cfg_.db, name_id).get();
+    if (!cur.ok() && cur.error().kind != couch_error_kind::not_found) return false;
+    if (cur.ok() && str_field(cur.value(), "user") == name) {
+      const std::string e = str_field(cur.value(), "email");
+      if (!e.empty() && e != cached_email) emails.push_back(e);
+    }
+  }
+  bool ok = true;
+  for (const auto& e : emails) ok = release_if_held_by_deleted(policy::reservation_id(unique_field::email, e), name) && ok;
+  // The name reservation last: it is where the address is found again after a crash.
+  if (ok && !name_id.empty()) ok = release_if_held_by_deleted(name_id, name);
+  return ok;
+}
+
+json identities::conflicts() const {
+  std::lock_guard lk(direct_mu_);
+  json out = json::array();
+  for (const auto& [key, c] : duplicate_values_) {
+    out.push_back(json{{"user", key.first}, {"field", policy::to_string(key.second)}, {"value", c.value},
+                       {"holder", c.holder}});
+  }
+  return out;
 }
 
 front::local_answer identities::serve(const front::local_request& r) {

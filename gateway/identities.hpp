@@ -16,6 +16,7 @@
 // users with the same name key or e-mail address.
 #include <chrono>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <optional>
@@ -67,6 +68,24 @@ class identities {
   // a user's database is named after it).
   front::local_answer serve(const front::local_request& request);
 
+  // ---- users made without couchgate (called on the provisioner's thread) ----
+  //
+  // For each live user the provisioner selected: users made through sign-up (`couchgate_intent`)
+  // are admitted as they are (their reservations are their intent's); for any other one the
+  // `name/` and (with a valid `email`) `email/` reservations pointing at it are created — a
+  // 409 by the same user is success, so a crash anywhere is repaired by the next pass — and
+  // cfg.on_duplicate decides what a value reserved by another user means. nullopt for a user
+  // whose reservations could not be checked (server error: retried). The name reservation also
+  // records the address, so a deleted user's address can be found again.
+  std::vector<std::optional<policy::direct_verdict>> admit(const std::vector<const policy::user_doc*>& users);
+  // A user deleted (or no longer selected): its conflicts are forgotten; if no user of that name
+  // exists now, its reservations are released, only those pointing at it and held by no intent
+  // in flight. False on a server error (retried).
+  bool release_deleted(const std::string& name);
+  // Values of users made without couchgate reserved by another user, as last seen:
+  // [{user, field, value, holder}] (the admin API's GET /identities/conflicts).
+  replicator::json conflicts() const;
+
   struct reconcile_report {
     std::size_t seen = 0, finished = 0, rolled_back = 0, forgotten = 0, failed = 0;
   };
@@ -86,14 +105,29 @@ class identities {
   // intent over; it releases what the intent holds.
   void abandon(replicator::json& intent, std::string& rev, const std::vector<std::string>& reservation_ids);
   // PUT a reservation; true when created, false when taken, error otherwise.
+  // A name reservation also records the user's address (`email`), so deleting the user finds it.
   replicator::result<bool> reserve(policy::unique_field f, const std::string& key, const std::string& user,
-                                   const std::string& intent_id, std::string& rev_out);
+                                   const std::string& intent_id, std::string& rev_out, const std::string& email = {});
   // Deletes the reservation if (and only if) its holder_field ("intent" or "user") is holder:
   // only what an intent (or, for an e-mail change's old address, the user) owns is released.
   bool release(const std::string& reservation_id, const char* holder_field, const std::string& holder);
   // What the reconciler did with one intent; nullopt when it failed (retried next pass).
   std::optional<policy::intent_action> act(const replicator::json& intent);
   std::string new_intent_id(const char* kind);
+  // The state of the intent a reservation names; nullopt when it names none or the intent is gone.
+  replicator::result<std::optional<policy::intent_state>> intent_of(const replicator::json& reservation);
+  // Where a reservation that exists stands for `user`.
+  replicator::result<policy::claim> classify(const replicator::json& reservation, const std::string& user);
+  // PUTs a reservation for a user made without couchgate (answer awaited by settle_claim: on
+  // 409 the holder is read and classified).
+  replicator::pending_json put_claim(policy::unique_field f, const std::string& key, const std::string& user,
+                                     const std::string& email);
+  replicator::result<policy::claim> settle_claim(replicator::pending_json& put, policy::unique_field f,
+                                                 const std::string& key, const std::string& user);
+  // Deletes a reservation if policy::may_release_for_deleted allows (the user is gone).
+  bool release_if_held_by_deleted(const std::string& reservation_id, const std::string& user);
+  void note_conflicts(const std::string& user, const std::string& email, const std::string& name_key,
+                      const policy::direct_verdict& v, const std::map<policy::unique_field, std::string>& holders);
   std::string stamp() const;
 
   replicator::couch_client& client_;
@@ -105,12 +139,21 @@ class identities {
   replicator::stop_flag stop_;
   std::thread thread_;
 
+  struct conflict {
+    std::string value, holder;
+  };
+  mutable std::mutex direct_mu_;
+  std::map<std::pair<std::string, policy::unique_field>, conflict> duplicate_values_;  // (user, field) -> what
+  std::map<std::string, std::string> settled_;  // user -> address: reservations held, nothing to redo
+
   replicator::counter& signups_;
   replicator::counter& conflicts_;
   replicator::counter& rejected_;
   replicator::counter& errors_;
   replicator::counter& repaired_;
   replicator::histogram& latency_;
+  replicator::counter& duplicates_found_;
+  replicator::gauge& duplicates_;
 };
 
 }  // namespace couchgate::gateway

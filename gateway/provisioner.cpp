@@ -9,6 +9,7 @@
 #include "replicator/answers.hpp"
 #include "replicator/backoff.hpp"
 #include "replicator/logger.hpp"
+#include "replicator/outage.hpp"
 #include "policy/security.hpp"
 
 namespace couchgate::gateway {
@@ -202,6 +203,29 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
       bool created = false;
       std::optional<replicator::couch_error> error;
     };
+    // Unique identities first (when on): a deleted user's reservations are released; a selected
+    // live user gets its reservations and may be excluded (identities.on_duplicate: exclude).
+    std::vector<std::optional<policy::direct_verdict>> verdicts(end - off, policy::direct_verdict{});
+    if (hooks_.admit && hooks_.user_gone) {
+      std::vector<const policy::user_doc*> live;
+      std::vector<std::size_t> at;
+      for (std::size_t i = off; i < end; ++i) {
+        if (users[i].deleted) {
+          {
+            std::lock_guard lk(mu_);
+            look_again_.erase(users[i].name);
+          }
+          if (!hooks_.user_gone(users[i].name)) ++retryable;  // its database is still handled below
+        } else if (policy::decide(p.select, p.on_delete, users[i]) == policy::user_action::ensure) {
+          live.push_back(&users[i]);
+          at.push_back(i - off);
+        }
+      }
+      if (!live.empty()) {
+        auto v = hooks_.admit(live);
+        for (std::size_t k = 0; k < at.size() && k < v.size(); ++k) verdicts[at[k]] = std::move(v[k]);
+      }
+    }
     std::vector<job> jobs;
     for (std::size_t i = off; i < end; ++i) {
       job j;
@@ -212,6 +236,32 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
       if (!policy::user_from_db_name(cfg_.db_prefix, j.db)) {
         std::lock_guard lk(mu_);
         hashed_owner_[j.db] = users[i].name;
+      }
+      if (j.action == policy::user_action::ensure) {
+        const auto& v = verdicts[i - off];
+        {
+          std::lock_guard lk(mu_);
+          if (v && v->look_again) look_again_[users[i].name] = users[i];
+          else look_again_.erase(users[i].name);
+        }
+        if (!v) {
+          ++retryable;
+          record(users[i].name, j.db, j.action, "its name and e-mail reservations could not be checked (retried)");
+          continue;
+        }
+        if (!v->provision) {
+          record(users[i].name, j.db, j.action,
+                 "excluded: its name or e-mail address is reserved by another user (identities.on_duplicate: exclude)");
+          continue;
+        }
+      } else if (!users[i].deleted) {
+        bool was_conflicting = false;
+        {
+          std::lock_guard lk(mu_);
+          was_conflicting = look_again_.erase(users[i].name) > 0;
+        }
+        // No longer selected: it is not listed as a conflict any more (its reservations stay).
+        if (was_conflicting && hooks_.user_gone) hooks_.user_gone(users[i].name);
       }
       // Reconcile knows which databases exist: a user who is not (or no longer) selected and
       // has no database needs nothing, and thousands of unselected users cost no request.
@@ -295,7 +345,8 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
         }
         errors_.inc();
         if (j.error->retryable() || j.error->kind == couch_error_kind::conflict) ++retryable;
-        log()->warn("user={} db={} provisioning failed: {}", j.u->name, j.db, j.error->describe());
+        log()->log(replicator::outage_error(*j.error) ? spdlog::level::debug : spdlog::level::warn,
+                   "user={} db={} provisioning failed: {}", j.u->name, j.db, j.error->describe());
         record(j.u->name, j.db, j.action, j.error->describe());
         continue;
       }
@@ -457,10 +508,23 @@ void provisioner::reconcile_if_due() {
   next_reconcile_ = interval.count() > 0 ? now + interval : std::chrono::steady_clock::time_point::max();
 }
 
+void provisioner::look_again_if_due() {
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<policy::user_doc> docs;
+  {
+    std::lock_guard lk(mu_);
+    if (look_again_.empty() || now < next_look_again_) return;
+    for (const auto& [name, u] : look_again_) docs.push_back(u);
+  }
+  next_look_again_ = now + look_again_interval;
+  apply(docs);
+}
+
 bool provisioner::idle(const std::function<bool()>& done, std::chrono::steady_clock::time_point until) {
   for (;;) {
     reconcile_if_due();
     apply_created();
+    look_again_if_due();
     std::unique_lock lk(mu_);
     if (stop_.requested()) return false;
     if (done() || std::chrono::steady_clock::now() >= until) return true;
@@ -495,7 +559,8 @@ void provisioner::follow(json since) {
         continue;
       }
       auto delay = replicator::backoff_delay(bp, ++failures, rnd);
-      log()->warn("_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
+      log()->log(replicator::outage_error(r.error()) ? spdlog::level::debug : spdlog::level::warn,
+                 "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
       if (!rest(delay)) return;
       continue;
     }

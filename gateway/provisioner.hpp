@@ -21,6 +21,7 @@
 
 #include "gateway/config.hpp"
 #include "policy/id_map.hpp"
+#include "policy/identity.hpp"
 #include "policy/users.hpp"
 #include "replicator/backoff.hpp"
 #include "replicator/couch_client.hpp"
@@ -59,12 +60,21 @@ std::chrono::milliseconds reconcile_retry_delay(std::uint32_t failures, std::chr
 struct provisioner_hooks {
   std::function<void(const std::string& db, const policy::owner&)> source_added;
   std::function<void(const std::string& db)> source_removed;
+  // Unique identities (gateway/identities, when enabled): before a selected live user is
+  // provisioned, admit() makes its reservations and says whether it may be (nullopt: could not
+  // be checked, retried); a verdict with look_again is applied again every look_again_interval.
+  // user_gone(name): the user was deleted, or is no longer selected after a conflict: its
+  // conflicts are forgotten and, if it no longer exists, its reservations released (false: retried).
+  std::function<std::vector<std::optional<policy::direct_verdict>>(const std::vector<const policy::user_doc*>&)> admit;
+  std::function<bool(const std::string& name)> user_gone;
 };
 
 class provisioner {
  public:
   // How often a wait for the _users feed looks whether its answer arrived.
   static constexpr std::chrono::milliseconds feed_wait_slice{20};
+  // How often users whose reservations conflict (or wait on an intent) are looked at again.
+  static constexpr std::chrono::seconds look_again_interval{2};
 
   provisioner(replicator::couch_client& client, replicator::state_store& state, replicator::registry& metrics,
               provisioning_config cfg, provisioner_hooks hooks);
@@ -126,6 +136,8 @@ class provisioner {
   // Applies the queued database_created() calls.
   void apply_created();
   void note_self_created(const std::string& db);
+  // Applies again the users admit() asked to look at again, when due.
+  void look_again_if_due();
 
   replicator::couch_client& client_;
   replicator::state_store& state_;
@@ -141,12 +153,14 @@ class provisioner {
   std::map<std::string, user_state> users_;
   std::unordered_map<std::string, std::string> hashed_owner_;  // hashed db name -> user name
   std::vector<std::string> created_queue_;                    // see database_created
+  std::map<std::string, policy::user_doc> look_again_;        // see provisioner_hooks::admit
   // Databases created by apply() lately (their `created` event needs nothing): name -> when.
   std::unordered_map<std::string, std::chrono::steady_clock::time_point> self_created_;
   std::thread thread_;
   // Worker thread only.
   std::chrono::steady_clock::time_point next_reconcile_ = std::chrono::steady_clock::time_point::max();
   std::uint32_t reconcile_failures_ = 0;
+  std::chrono::steady_clock::time_point next_look_again_{};
   replicator::uniform_source rnd_ = replicator::random_uniform_source();
 
   replicator::counter& users_seen_;

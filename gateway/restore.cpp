@@ -13,6 +13,7 @@
 #include "replicator/http_pool.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/transfer.hpp"
+#include "replicator/wire_json.hpp"
 
 namespace couchgate::gateway {
 
@@ -99,6 +100,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     if (!fresh) return t;
     t.res.user = user;
     t.res.db = policy::user_db_name(prefix, user);
+    bool empty = false;
     auto info = client.db_info(t.res.db).get();
     if (!info.ok()) {
       if (info.error().kind != couch_error_kind::not_found) {
@@ -114,12 +116,6 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
         t.res.error = "cannot create " + t.res.db + ": " + c.error().describe();
         return t;
       }
-      auto s = client.put_security(t.res.db, policy::render_security(cfg.provisioning.security, user)).get();
-      if (!s.ok()) {
-        t.st = target_state::failed;
-        t.res.error = "cannot write _security of " + t.res.db + ": " + s.error().describe();
-        return t;
-      }
     } else {
       const json& i = info.value();
       std::uint64_t count = 0;
@@ -132,6 +128,18 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
         t.st = target_state::refused;
         t.res.error = t.res.db + " is not empty (" + std::to_string(count) +
                       " documents); refusing to write into it without --merge";
+        return t;
+      }
+      empty = count == 0;
+    }
+    // The policy's _security on a database restore creates, resumes, or finds empty (a restore
+    // killed between creating it and writing its _security left it so); a merge into a database
+    // in use keeps its own (reconcile judges it).
+    if (!opts.dry_run && (t.res.created || t.had_marker || empty)) {
+      auto s = client.put_security(t.res.db, policy::render_security(cfg.provisioning.security, user)).get();
+      if (!s.ok()) {
+        t.st = target_state::failed;
+        t.res.error = "cannot write _security of " + t.res.db + ": " + s.error().describe();
         return t;
       }
     }
@@ -164,7 +172,10 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
 
   progress_reporter pr(progress, opts.progress_bar);
   r::protocol_caps caps;
-  r::transfer_options topts{cfg.fanin.batch_docs, cfg.fanin.batch_bytes, true};
+  r::byte_budget attachment_budget(cfg.fanin.max_bytes_in_flight);
+  r::transfer_options topts{cfg.fanin.batch_docs, cfg.fanin.batch_bytes, true, &attachment_budget};
+  topts.skip_stemmed_ancestors = true;
+  topts.dry_run = opts.dry_run;
   json since = 0;
   std::size_t written = 0;
   // Design documents are written last: a user's validate_doc_update would otherwise judge every
@@ -175,6 +186,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     auto res = r::transfer(client, rows, topts, caps);
     written += res.docs_written;
     for (const auto& [user, n] : res.written_by_unit) targets[user].res.docs += n;
+    for (const auto& [user, n] : res.stemmed_skipped_by_unit) targets[user].res.stemmed += n;
     for (const auto& [user, e] : res.failed) {
       auto& t = targets[user];
       t.st = target_state::failed;
@@ -205,15 +217,21 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     std::vector<r::change_row> rows;
     for (auto& c : page.value().changes) {
       auto ref = policy::from_central_id(c.id);
-      if (!ref || ref->who.what != policy::owner::kind::user) continue;
+      if (!ref) {
+        // Central's own design documents start with '_'; anything else names no owner.
+        if (!c.id.empty() && c.id.front() == '_') continue;
+        if (summary.unmappable++ == 0) {
+          summary.first_unmappable = c.id;
+          progress << "restore: central document " << r::wire::text_of(r::json(c.id), 120)
+                   << " names no user (ids are <owner>:<document id>); it and any others like it are not restored\n";
+        }
+        continue;
+      }
+      if (ref->who.what != policy::owner::kind::user) continue;
       const std::string& user = ref->who.name;
       if (!opts.all && !selected.count(user)) continue;
       target& t = prepare(user);
       if (t.st != target_state::ready) continue;
-      if (opts.dry_run) {
-        t.res.docs += c.revs.size();
-        continue;
-      }
       const bool design = policy::is_design_id(ref->doc_id);
       (design ? design_rows : rows)
           .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), r::inline_revision(c)});

@@ -9,6 +9,14 @@
 // adds missing revisions, never deletes). A `_local/couchgate-restore` marker in the target makes
 // an interrupted restore resumable: a rerun continues into it without --merge and writes only
 // what is missing (_revs_diff), so nothing is duplicated.
+//
+// Never a conflict the user did not have: of a document with several leaves in central, a leaf
+// below the revision history another leaf carries is an ancestor that the source's revs_limit
+// stemmed away (fan-in wrote the newer revision beside it and listed it in GET /failures), and is
+// not written (transfer_options::skip_stemmed_ancestors; counted per user as `stemmed`).
+// Central ids that name no user (`nocolon`, `:doc`, `%FF:doc`: not written by fan-in) cannot be
+// restored: counted, the first named once in the progress output and in the summary.
+// A dry run goes through the same round up to the writes, so it counts what a real run writes.
 #include <functional>
 #include <ostream>
 #include <string>
@@ -34,6 +42,7 @@ struct restore_user_result {
   bool created = false;
   std::string error;           // empty = success
   std::size_t refused = 0;     // documents the target refused (its validate function, size): not written
+  std::size_t stemmed = 0;     // leaves not written: ancestors stemmed away of another leaf (see above)
 };
 
 struct restore_summary {
@@ -41,6 +50,8 @@ struct restore_summary {
   std::size_t central_changes = 0;
   double seconds = 0;
   bool interrupted = false;
+  std::size_t unmappable = 0;      // central documents whose id names no user: not restored
+  std::string first_unmappable;    // the first of them
   bool ok() const;
 };
 

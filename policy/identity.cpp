@@ -216,4 +216,37 @@ intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::ti
   return intent_action::leave;
 }
 
+const char* to_string(on_duplicate d) { return d == on_duplicate::flag ? "flag" : "exclude"; }
+
+std::optional<on_duplicate> on_duplicate_from(std::string_view s) {
+  if (s == "flag") return on_duplicate::flag;
+  if (s == "exclude") return on_duplicate::exclude;
+  return std::nullopt;
+}
+
+namespace {
+bool in_flight(std::optional<intent_state> s) {
+  return s == intent_state::pending || s == intent_state::reserved;
+}
+}  // namespace
+
+claim classify_claim(std::string_view holder, std::string_view user, std::optional<intent_state> intent) {
+  if (holder != user) return claim::taken;
+  return in_flight(intent) ? claim::in_flight : claim::held;
+}
+
+direct_verdict decide_direct_user(claim name, std::optional<claim> email, on_duplicate mode) {
+  direct_verdict v;
+  if (name == claim::taken) v.conflicts.push_back(unique_field::name);
+  if (email == claim::taken) v.conflicts.push_back(unique_field::email);
+  v.look_again = !v.conflicts.empty() || name == claim::in_flight || email == claim::in_flight;
+  v.provision = v.conflicts.empty() || mode == on_duplicate::flag;
+  return v;
+}
+
+bool may_release_for_deleted(bool user_exists_now, std::string_view holder, std::string_view user,
+                             std::optional<intent_state> intent) {
+  return !user_exists_now && holder == user && !in_flight(intent);
+}
+
 }  // namespace couchgate::policy

@@ -90,4 +90,42 @@ const char* to_string(intent_action a);
 intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::time_point now,
                             std::chrono::seconds timeout, std::chrono::seconds retention);
 
+// ---- users made without couchgate ----
+//
+// A user written straight into `_users` (no `couchgate_intent`) gets its reservations from the
+// provisioner: `name/<name_key>` and, when the document has a valid `email`, `email/<address>`,
+// each pointing at the user (no intent). A value already reserved by someone else is a
+// conflict, handled by `identities.on_duplicate`.
+enum class on_duplicate {
+  flag,     // provisioned anyway; the conflict is logged once, counted and listed
+  exclude,  // not provisioned until the conflict is resolved
+};
+const char* to_string(on_duplicate d);
+std::optional<on_duplicate> on_duplicate_from(std::string_view s);
+
+// What a reservation the provisioner wants for a user turned out to be.
+enum class claim {
+  held,       // points at this user (made now, earlier, or by a finished intent of this name)
+  in_flight,  // points at this user's name but an intent still runs (a sign-up of that name
+              // racing a user made directly): settled by that intent, looked at again later
+  taken,      // points at another user: a conflict
+};
+// Classifies a reservation that exists: `holder` is its `user`; `intent` is the state of the
+// intent it names (nullopt: it names none, or that intent document is gone).
+claim classify_claim(std::string_view holder, std::string_view user, std::optional<intent_state> intent);
+
+struct direct_verdict {
+  bool provision = true;                 // the provisioner may create the user's database
+  bool look_again = false;               // a conflict or an intent in flight: re-checked later
+  std::vector<unique_field> conflicts;   // the fields reserved by another user
+};
+// email: nullopt when the user has no (valid) address.
+direct_verdict decide_direct_user(claim name, std::optional<claim> email, on_duplicate mode);
+
+// Whether a deleted user's reservation may be released: only when the user is really gone now
+// (a feed entry may be older than a user made again since), the reservation points at that user,
+// and no intent that holds it is still running (a sign-up of the same name in flight owns it).
+bool may_release_for_deleted(bool user_exists_now, std::string_view holder, std::string_view user,
+                             std::optional<intent_state> intent);
+
 }  // namespace couchgate::policy

@@ -102,8 +102,11 @@ parsed_user parse_user_doc(const nlohmann::json& doc, bool deleted, std::size_t 
   if (name_str.empty()) return make_error(doc_id, "field 'name' is empty");
   if (name_str != *id_name) return make_error(doc_id, "field 'name' does not match the name in '_id'");
 
+  // CouchDB's own rule for _users (its validate_doc_update): `type` must be the string "user";
+  // missing counts as wrong, like any other value.
   const nlohmann::json* type = find_field(doc, "type");
-  if (type != nullptr && !(type->is_string() && type->get_ref<const std::string&>() == "user")) {
+  if (type == nullptr) return make_error(doc_id, "field 'type' is missing (must be \"user\")");
+  if (!(type->is_string() && type->get_ref<const std::string&>() == "user")) {
     return make_error(doc_id, "field 'type' must be \"user\"");
   }
 
@@ -115,6 +118,12 @@ parsed_user parse_user_doc(const nlohmann::json& doc, bool deleted, std::size_t 
       if (!role.is_string()) return make_error(doc_id, "field 'roles' must be an array of strings");
       out.roles.push_back(role.get<std::string>());
     }
+  }
+  if (const nlohmann::json* email = find_field(doc, "email"); email != nullptr && email->is_string()) {
+    out.email = email->get<std::string>();
+  }
+  if (const nlohmann::json* intent = find_field(doc, "couchgate_intent"); intent != nullptr && intent->is_string()) {
+    out.from_intent = !intent->get_ref<const std::string&>().empty();
   }
   return out;
 }

@@ -13,6 +13,8 @@ struct user_doc {
   std::string name;
   std::vector<std::string> roles;
   bool deleted = false;  // a tombstone: only the name (from the id) is known
+  std::string email;     // the `email` field as written (empty when absent or not a string)
+  bool from_intent = false;  // made or changed by couchgate's sign-up (`couchgate_intent` set)
 };
 
 struct user_doc_error {

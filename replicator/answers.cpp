@@ -294,6 +294,35 @@ result<std::vector<write_error>> parse_bulk_docs(std::string_view body) {
   return out;
 }
 
+result<std::map<std::string, revs_diff_entry>> parse_revs_diff(const json& answer) {
+  if (!answer.is_object()) return malformed("_revs_diff answer is not an object");
+  std::map<std::string, revs_diff_entry> out;
+  for (const auto& [id, entry] : answer.items()) {
+    if (!entry.is_object()) continue;
+    revs_diff_entry e;
+    for (auto [key, list] : {std::pair{"missing", &e.missing}, std::pair{"possible_ancestors", &e.possible_ancestors}}) {
+      const json* a = wire::find_array(entry, key);
+      if (!a) continue;
+      for (const auto& rev : *a) {
+        if (rev.is_string()) list->push_back(rev.get<std::string>());
+      }
+    }
+    out.emplace(id, std::move(e));
+  }
+  return out;
+}
+
+std::optional<std::uint64_t> revision_generation(std::string_view rev) {
+  const std::size_t dash = rev.find('-');
+  if (dash == 0 || dash == std::string_view::npos || dash > 19) return std::nullopt;
+  std::uint64_t n = 0;
+  for (char c : rev.substr(0, dash)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    n = n * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return n;
+}
+
 namespace {
 policy::parsed_user user_row(const std::string& id, bool deleted, const std::optional<wire::raw_doc>& doc,
                              const std::optional<std::string>& doc_error) {

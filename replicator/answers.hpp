@@ -5,6 +5,8 @@
 // the server sent (wire::raw_doc). What the server got wrong in the envelope (a row of the wrong
 // shape) is an error for the whole answer (retried); what a user's document got wrong is an error
 // of that one document, and the rest of the answer is read.
+#include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -58,6 +60,20 @@ struct write_error {
   std::string reason;
 };
 result<std::vector<write_error>> parse_bulk_docs(std::string_view body);
+
+// An entry of a `_revs_diff` answer: the revisions the target lacks, and the leaves it has that
+// may be their ancestors (CouchDB's `possible_ancestors`: leaves of a lower generation; absent
+// on servers that do not compute it, e.g. pouchdb-server). Entries that are not objects and
+// list members that are not strings are ignored (they name nothing to fetch); an answer that is
+// not an object is an error.
+struct revs_diff_entry {
+  std::vector<std::string> missing;
+  std::vector<std::string> possible_ancestors;
+};
+result<std::map<std::string, revs_diff_entry>> parse_revs_diff(const json& answer);
+
+// The generation of a revision id ("12-abc" -> 12); nullopt when it has no number before '-'.
+std::optional<std::uint64_t> revision_generation(std::string_view rev);
 
 // A `_users` row as a user (policy::parse_user_change), its document read with the depth limit:
 // only its top-level fields matter, and an unreadable or too deep document is an error of that

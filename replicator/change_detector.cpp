@@ -2,6 +2,7 @@
 #include "replicator/change_detector.hpp"
 
 #include "replicator/logger.hpp"
+#include "replicator/outage.hpp"
 #include "replicator/wire_json.hpp"
 
 
@@ -157,21 +158,22 @@ void change_detector::follow_db_updates() {
         log()->warn("stored _db_updates position rejected ({}); restarting from now and sweeping every source once",
                     e.describe());
         since = "now";
-        fanin_.mark_all_dirty();
+        lost();
         continue;
       }
       if (e.kind == couch_error_kind::not_found) {
         log()->warn("_db_updates stopped working ({}); deciding the mode again", e.describe());
         active_.store(detection::automatic);
-        fanin_.mark_all_dirty();
+        lost();
         break;
       }
       auto delay = backoff_delay(opts_.backoff, ++failures, rnd);
-      log()->warn("_db_updates feed failed: {} (retry in {} ms)", e.describe(), delay.count());
+      log()->log(outage_error(e) ? spdlog::level::debug : spdlog::level::warn, "_db_updates feed failed: {} (retry in {} ms)",
+                 e.describe(), delay.count());
       if (!stop_.sleep_for(delay)) break;
       if (failures == 1) continue;
       // After an outage, events may have been lost with the connection: catch up every source.
-      fanin_.mark_all_dirty();
+      lost();
       continue;
     }
     failures = 0;
@@ -184,6 +186,7 @@ void change_detector::follow_db_updates() {
     }
     events_.inc(page.value().events.size());
     for (const auto& e : page.value().events) {
+      if (listener_.changed) listener_.changed(e.db);
       if (e.db == fanin_.central_db() || e.db == state_.db()) {
         // Our own databases: deleted or created again by someone, a look at once (fanin.hpp).
         if (e.type == "deleted" || e.type == "created") fanin_.request_target_check();

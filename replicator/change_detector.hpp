@@ -53,6 +53,14 @@ struct db_updates_page {
 };
 result<db_updates_page> parse_db_updates(const json& answer);
 
+// Who else hears of changes (the front door's parked live feeds, gateway/feed_notifier.hpp):
+// every `_db_updates` event's database, and "events may have been lost" when the feed broke.
+// Called on the detector's thread; must not block.
+struct change_listener {
+  std::function<void(const std::string& db)> changed;
+  std::function<void()> lost;
+};
+
 class change_detector {
  public:
   // on_created(db, recreated): a database was created (or an unknown one was updated); the
@@ -68,6 +76,8 @@ class change_detector {
   // Returns the mode chosen; throws nothing: a probe failure is retried inside the thread.
   void start();
   void stop();
+  // Before start(): also tell `l` what the `_db_updates` follower sees.
+  void set_listener(change_listener l) { listener_ = std::move(l); }
   detection active_mode() const { return active_.load(); }
 
  private:
@@ -83,6 +93,11 @@ class change_detector {
   fanin& fanin_;
   detector_options opts_;
   created_fn on_created_;
+  change_listener listener_;
+  void lost() {
+    fanin_.mark_all_dirty();
+    if (listener_.lost) listener_.lost();
+  }
   // Sweep mode, detector thread only: sources that answered 404 (looked at again by every
   // sweep: when they answer, they were created again) and each source's instance_start_time.
   std::set<std::string> gone_;

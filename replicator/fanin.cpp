@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "replicator/logger.hpp"
+#include "replicator/outage.hpp"
 
 namespace couchgate::replicator {
 
@@ -32,6 +33,9 @@ fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_
       sched_(scheduler::options{opts_.max_active, opts_.backoff}, random_uniform_source()),
       docs_(metrics.add_counter("couchgate_replicated_docs_total", "Document revisions written to the central database")),
       bytes_(metrics.add_counter("couchgate_replicated_bytes_total", "JSON bytes written to the central database")),
+      stemmed_(metrics.add_counter("couchgate_stemmed_histories_total",
+                                   "Revisions written whose history no longer reaches a leaf central had (the source's revs_limit "
+                                   "stemmed it): central keeps both leaves; listed in GET /failures")),
       inline_(metrics.add_counter("couchgate_replicated_inline_docs_total",
                                   "Of the revisions written, those taken from the _changes body without a _bulk_get")),
       rounds_(metrics.add_counter("couchgate_replication_batches_total", "Replication rounds (coalesced batches) run")),
@@ -262,6 +266,10 @@ void fanin::flush_checkpoints() {
     errors_[r.error().kind]->inc();
     // The central database gone, or its marker no longer ours: the next check tells which.
     if (r.error().kind == couch_error_kind::not_found || r.error().kind == couch_error_kind::conflict) request_target_check();
+    if (outage_error(r.error())) {  // the pool logs the outage once (outage.hpp)
+      log()->debug("could not write checkpoints: {} (kept in memory; retried)", r.error().describe());
+      return;
+    }
     problem = "could not write checkpoints: " + r.error().describe();
   } else if (!r.value().refused.empty()) {
     errors_[couch_error_kind::bad_request]->inc();
@@ -312,6 +320,21 @@ void fanin::record_refused(const doc_failure& f) {
   log()->warn("db={} doc={} rev={} not replicated: {}: {} (recorded; not retried)", f.source_db, f.source_id, f.rev, f.error,
               f.reason);
   refused_.push_back(refused_doc{f.source_db, f.source_id, f.rev, f.error, f.reason, std::chrono::system_clock::now()});
+  if (refused_.size() > max_refused) refused_.pop_front();
+}
+
+void fanin::record_stemmed(const stemmed_history& s) {
+  const bool known = std::any_of(refused_.begin(), refused_.end(), [&](const refused_doc& r) {
+    return r.db == s.source_db && r.id == s.source_id && r.rev == s.rev && r.error == "stemmed_history";
+  });
+  if (known) return;
+  stemmed_.inc();
+  std::string reason = "the source's history of " + s.rev + " reaches back to generation " + std::to_string(s.history_from) +
+                       " only, not to the central database's leaf " + s.stale_leaf +
+                       " (more edits than the source's revs_limit while couchgate was behind): central keeps both leaves, "
+                       "a conflict the source does not have; restore does not write " + s.stale_leaf;
+  log()->warn("db={} doc={} rev={}: stemmed history: {}", s.source_db, s.source_id, s.rev, reason);
+  refused_.push_back(refused_doc{s.source_db, s.source_id, s.rev, "stemmed_history", std::move(reason), std::chrono::system_clock::now()});
   if (refused_.size() > max_refused) refused_.pop_front();
 }
 
@@ -493,6 +516,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     auto t = std::find_if(turns.begin(), turns.end(), [&](const turn& x) { return x.db == f.unit; });
     if (t != turns.end() && !t->error && !t->removed) record_refused(f);
   }
+  for (const auto& st : res.stemmed) record_stemmed(st);
   for (auto& t : turns) {
     auto it = sources_.find(t.db);
     if (t.removed) {
@@ -513,7 +537,8 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
       const bool central_gone = central_missing_.load() || check_requested_;
       if (!(central_gone && t.error->kind == couch_error_kind::not_found) &&
           (s.last_error != t.error->describe() || s.docs_written == 0)) {
-        log()->warn("db={} replication failed: {} (retry in {} ms)", t.db, t.error->describe(), delay.count());
+        log()->log(outage_error(*t.error) ? spdlog::level::debug : spdlog::level::warn,
+                   "db={} replication failed: {} (retry in {} ms)", t.db, t.error->describe(), delay.count());
       }
       s.last_error = t.error->describe();
       continue;

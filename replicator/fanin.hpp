@@ -55,7 +55,9 @@ struct fanin_options {
 };
 
 // A document the central database refused (or the source could not give): recorded, counted,
-// and passed over so its source's checkpoint moves on (see transfer.hpp).
+// and passed over so its source's checkpoint moves on (see transfer.hpp). The same listing
+// (GET /failures) has the documents whose history the source stemmed (error "stemmed_history":
+// written, but central keeps an older leaf beside them, see transfer.hpp's stemmed_history).
 struct refused_doc {
   std::string db, id, rev;
   std::string error, reason;
@@ -139,6 +141,9 @@ class fanin {
   void worker();
   void run_round(const std::vector<std::string>& dbs);
   void record_refused(const doc_failure& f);  // with mu_ held
+  // A revision written whose history no longer reaches a leaf central had (transfer.hpp):
+  // listed with the refused documents (error "stemmed_history"), once; with mu_ held.
+  void record_stemmed(const stemmed_history& s);
   // One look at the central and state databases (see the header comment); worker thread.
   void check_targets();
   // Every source starts again from 0 under `marker`; backoffs end.
@@ -168,6 +173,7 @@ class fanin {
 
   counter& docs_;
   counter& bytes_;
+  counter& stemmed_;
   counter& inline_;
   counter& rounds_;
   counter& central_requests_;

@@ -12,6 +12,9 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "replicator/logger.hpp"
+#include "replicator/outage.hpp"
+
 namespace couchgate::replicator {
 
 namespace {
@@ -24,6 +27,7 @@ struct transfer {
   http_response resp;
   char errbuf[CURL_ERROR_SIZE] = {0};
   std::chrono::steady_clock::time_point last_byte = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point started{};  // when it was handed to libcurl (outage.hpp)
   bool idle_expired = false;
   bool probe = false;  // server_gate: this request tests the credential
 };
@@ -87,6 +91,25 @@ struct http_pool::impl {
   std::atomic<std::int64_t> open_sockets{0}, peak_sockets{0}, in_flight{0}, queued{0};
   mutable std::mutex gate_mu;
   server_gate gate;  // guarded by gate_mu (the loop decides, stats() reads)
+  outage_tracker outage;  // guarded by gate_mu: one log line per outage and per recovery
+
+  // Feeds the outage tracker and logs its lines (on the loop's thread, after the gate).
+  void note_outage(const transfer& t, bool answered_by_server) {
+    const auto now = std::chrono::steady_clock::now();
+    outage_decision d;
+    {
+      std::lock_guard lk(gate_mu);
+      d = answered_by_server ? outage.answered(now) : outage.failed(t.started, now);
+    }
+    if (d.line == outage_line::began) {
+      named_logger("couchdb")->warn(
+          "CouchDB unreachable: {}; requests are retried with backoff, their failures logged at debug until it answers again",
+          t.resp.kind == error_kind::none ? "HTTP " + std::to_string(t.resp.status) : t.resp.error);
+    } else if (d.line == outage_line::ended) {
+      named_logger("couchdb")->warn("CouchDB answers again after {:.1f} s unreachable ({} requests failed meanwhile)",
+                                    static_cast<double>(d.lasted.count()) / 1000.0, d.failures);
+    }
+  }
 
   static curl_socket_t open_socket(void* clientp, curlsocktype, curl_sockaddr* addr) {
     auto* self = static_cast<impl*>(clientp);
@@ -157,6 +180,7 @@ struct http_pool::impl {
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
     ++requests;
     ++in_flight;
+    t->started = std::chrono::steady_clock::now();
     curl_multi_add_handle(multi, e);
   }
 
@@ -172,8 +196,11 @@ struct http_pool::impl {
       } else if (r.status == 429 || r.status == 503) {
         a = gate_answer::overloaded;
       }
-      std::lock_guard lk(gate_mu);
-      gate.answered(std::chrono::steady_clock::now(), a, t->probe, r.retry_after);
+      {
+        std::lock_guard lk(gate_mu);
+        gate.answered(std::chrono::steady_clock::now(), a, t->probe, r.retry_after);
+      }
+      note_outage(*t, !gateway_status(r.status));
     } else {
       {
         std::lock_guard lk(gate_mu);
@@ -187,6 +214,7 @@ struct http_pool::impl {
         t->resp.kind = (rc == CURLE_OPERATION_TIMEDOUT) ? error_kind::timeout : error_kind::network;
         t->resp.error = t->errbuf[0] ? std::string(t->errbuf) : std::string(curl_easy_strerror(rc));
       }
+      note_outage(*t, false);
     }
     curl_multi_remove_handle(multi, t->easy);
     curl_easy_cleanup(t->easy);
@@ -369,6 +397,11 @@ http_pool_stats http_pool::stats() const {
   s.credential_held = g.credential == credential_state::held && g.held_until > now;
   s.credential_accepted = g.credential == credential_state::accepted;
   if (s.credential_held) s.held_for = std::chrono::ceil<std::chrono::milliseconds>(g.held_until - now);
+  {
+    std::lock_guard lk(impl_->gate_mu);
+    s.outages = impl_->outage.outages();
+    s.unreachable = impl_->outage.down();
+  }
   return s;
 }
 

@@ -69,6 +69,8 @@ struct http_pool_stats {
   bool credential_held = false;        // nothing is sent until held_for has passed
   bool credential_accepted = false;    // the server has accepted the credential
   std::chrono::milliseconds held_for{0};
+  std::uint64_t outages = 0;  // times CouchDB stopped answering (outage.hpp), each logged once
+  bool unreachable = false;   // in one of those now
 };
 
 class http_pool {

@@ -18,12 +18,15 @@
 // Documents are carried as the bytes the source sent (wire::raw_doc); only `_id` is rewritten.
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "replicator/answers.hpp"
+#include "replicator/byte_budget.hpp"
 #include "replicator/couch_client.hpp"
 #include "replicator/wire_json.hpp"
 
@@ -43,7 +46,32 @@ struct transfer_options {
   std::size_t batch_docs = 1000;        // ids per _revs_diff, docs per _bulk_get / _bulk_docs
   std::size_t batch_bytes = 8u << 20;   // serialized bytes per _bulk_docs
   bool attachments = true;
+  // Bounds the memory attachments take (see byte_budget.hpp). When set, revisions are fetched
+  // without attachment bodies first (stubs give their sizes); those with attachments are then
+  // fetched again with them and written, a group of at most batch_bytes at a time, each group
+  // under a lease of attachment_copies times its size. nullptr: attachments come with the first
+  // fetch, unbounded.
+  byte_budget* budget = nullptr;
+  // Restore: a leaf whose generation lies below the history another leaf of the same document
+  // carries (that leaf's `_revisions` does not reach down to it) is taken for an ancestor that a
+  // revs_limit stemmed away, and is not written (stemmed_skipped): it would make a conflict in the
+  // target that its user never had. (A real conflict that branched off more than revs_limit
+  // generations below the other leaf looks the same and is not restored either.) Documents with
+  // several leaves then have every leaf fetched, to read their histories.
+  bool skip_stemmed_ancestors = false;
+  // Everything but the writes: what would be written is counted in docs_written and
+  // written_by_unit, nothing is sent; a target database that does not exist lacks everything.
+  bool dry_run = false;
 };
+
+// Copies of a document's bytes couchgate holds at once while copying it (the answer, the parser's
+// padded copy, the documents read from it, the request): what a lease on the budget counts.
+inline constexpr std::size_t attachment_copies = 4;
+
+// The bytes a revision with attachments takes on the wire, from its text with attachment stubs
+// (attachments=false): the text plus each attachment's base64 size (of `encoded_length` when the
+// server stores it compressed, else `length`). nullopt when the text or a stub cannot be read.
+std::optional<std::size_t> attachment_wire_bytes(std::string_view stub_doc_text);
 
 // Shared between rounds: whether the server has _bulk_get (learned on first use).
 struct protocol_caps {
@@ -59,6 +87,20 @@ struct doc_failure {
   std::string error, reason;
 };
 
+// A revision written whose history (`_revisions`) no longer reaches a leaf the target already had
+// for the document, and that leaf is not a leaf of the source: the source stemmed its history
+// (more edits than its revs_limit since the target saw it), and the target now has two leaves
+// where the source has one (CouchDB's replicator does the same). Reported, not prevented: the
+// revision itself must not be lost.
+struct stemmed_history {
+  std::string unit;
+  std::string source_db, source_id;
+  std::string target_db, target_id;
+  std::string rev;         // the revision written
+  std::uint64_t history_from = 0;  // the oldest generation its history reaches
+  std::string stale_leaf;  // the target's leaf below it
+};
+
 struct transfer_result {
   std::size_t docs_written = 0;
   std::size_t bytes_written = 0;
@@ -69,6 +111,9 @@ struct transfer_result {
   std::map<std::string, couch_error> failed;  // unit -> first error
   std::map<std::string, std::size_t> written_by_unit;
   std::vector<doc_failure> doc_failures;  // per document, not retried; their units go on
+  std::vector<stemmed_history> stemmed;   // written, but the target keeps a leaf their history lost
+  std::size_t stemmed_skipped = 0;        // leaves not written (transfer_options::skip_stemmed_ancestors)
+  std::map<std::string, std::size_t> stemmed_skipped_by_unit;
 };
 
 transfer_result transfer(couch_client& client, const std::vector<change_row>& rows,

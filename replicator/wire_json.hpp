@@ -55,6 +55,10 @@ struct raw_doc {
   bool deleted = false;
   bool has_attachments = false;
   bool has_revisions = false;
+  // `_revisions` {start, ids}: the history covers generations start - ids + 1 .. start (0 when
+  // absent or of the wrong shape).
+  std::uint64_t revisions_start = 0;
+  std::size_t revisions_count = 0;
   std::size_t id_pos = 0, id_len = 0;  // the `_id` value's token ("..." with its quotes) in text
 };
 // Reads a document from its raw text. Errors (counted): not a JSON object, deeper than

@@ -15,6 +15,8 @@
 # use in COUCHGATE_TEST_SECRETS; at the end tests/scan-logs.sh scans every log of the run (those,
 # ctest's test output, the test server's log; COUCHGATE_TEST_SERVER_LOG names an external
 # server's) for them. The run dir is removed when everything passed.
+# COUCHGATE_BUILD_DIR=dir tests the build in dir (default build; deploy/build.sh builds it), e.g.
+# a sanitizer build (tests/sanitize.sh).
 # Exit status: ctest's; if ctest passed, the benchmark smoke run's; then the log scan's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -95,13 +97,13 @@ if [[ -n "${COUCHDB_PASSWORD:-}" ]]; then
   printf '%s\n' "$COUCHDB_PASSWORD" >>"$COUCHGATE_TEST_SECRETS"
   printf '%s\n' "$(printf '%s:%s' "${COUCHDB_USER:-}" "$COUCHDB_PASSWORD" | base64 -w0)" >>"$COUCHGATE_TEST_SECRETS"
 fi
-rm -f build/Testing/Temporary/LastTest.log
+rm -f "${COUCHGATE_BUILD_DIR:-build}/Testing/Temporary/LastTest.log"
 log "test files and logs in $run_dir"
 
 status=0
-ctest --test-dir build --output-on-failure "$@" || status=$?
+ctest --test-dir "${COUCHGATE_BUILD_DIR:-build}" --output-on-failure "$@" || status=$?
 
-bench="build/tests/couchgate_bench"
+bench="${COUCHGATE_BUILD_DIR:-build}/tests/couchgate_bench"
 if (( status != 0 )); then
   log "ctest failed (exit $status); skipping the benchmark smoke run"
 elif [[ -n "${COUCHGATE_SKIP_BENCH:-}" ]]; then
@@ -115,7 +117,7 @@ else
 fi
 
 # Every log line of the run, scanned for every secret the tests registered.
-scan_paths=("$run_dir" build/Testing/Temporary)
+scan_paths=("$run_dir" "${COUCHGATE_BUILD_DIR:-build}/Testing/Temporary")
 [[ -n "$server_dir" ]] && scan_paths+=("$server_dir")
 [[ -n "${COUCHGATE_TEST_SERVER_LOG:-}" ]] && scan_paths+=("$COUCHGATE_TEST_SERVER_LOG")
 if bash tests/scan-logs.sh "$COUCHGATE_TEST_SECRETS" "${scan_paths[@]}"; then

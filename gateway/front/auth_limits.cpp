@@ -21,6 +21,18 @@ std::optional<std::string> session_cache::lookup(const std::string& key, clock_t
   return it->second.user;
 }
 
+std::chrono::milliseconds session_cache::ttl() const {
+  std::lock_guard lk(mu_);
+  return ttl_;
+}
+
+std::optional<clock_type::time_point> session_cache::expires(const std::string& key) const {
+  std::lock_guard lk(mu_);
+  const auto it = entries_.find(key);
+  if (it == entries_.end()) return std::nullopt;
+  return it->second.expires;
+}
+
 void session_cache::store(const std::string& key, std::string user, clock_type::time_point now) {
   std::lock_guard lk(mu_);
   if (ttl_.count() <= 0) return;

@@ -29,6 +29,9 @@ class session_cache {
   std::optional<std::string> lookup(const std::string& key, clock_type::time_point now);
   // SIGHUP: entries stored from now on live this long (0 = no caching).
   void set_ttl(std::chrono::milliseconds ttl);
+  // When what is cached for `key` stops counting (a parked feed re-validates then); nullopt: nothing cached.
+  std::optional<clock_type::time_point> expires(const std::string& key) const;
+  std::chrono::milliseconds ttl() const;
   void store(const std::string& key, std::string user, clock_type::time_point now);
   // CouchDB refused a cached credential (password changed, session expired): ask again next time.
   void forget(const std::string& key);

@@ -142,17 +142,6 @@ header_list with_cors(const cors_policy& cors, const http::fields& request, head
   return extra;
 }
 
-struct forwarder::outcome {
-  unsigned status = 0;
-  std::string user;
-};
-
-struct forwarder::identity {
-  enum class kind { user, rejected, unavailable } k = kind::unavailable;
-  std::string name;
-  std::optional<policy::session_user> session;  // when just asked (not from the cache)
-};
-
 forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metrics& metrics, clock_fn now)
     : options_(std::move(options)),
       client_timeout_ms_(options_.client_timeout.count()),
@@ -315,6 +304,14 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
   std::string db;
   std::string mount;
   std::optional<std::string> slot_user;
+  if (rt.kind == route_kind::user_db || rt.kind == route_kind::shared_db) {
+    const std::string feed_db = rt.kind == route_kind::user_db ? policy::user_db_name(options_.db_prefix, user)
+                                                                : options_.shared_db;
+    if (options_.feeds && rt.rest == "/_changes" && (req.method() == http::verb::get || req.method() == http::verb::post) &&
+        live_feed_kind(rt.query)) {
+      co_return co_await serve_feed(ex, rt, feed_db, user, credential, out);
+    }
+  }
   if (rt.kind == route_kind::user_db) {
     const admitted a = co_await admit(user);
     if (a != admitted::yes) {
@@ -374,43 +371,55 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
   }
   metrics_.session_cache_misses.inc();
   const auto& req = ex.parser.get();
-  http::request<http::empty_body> probe{http::verb::get, pool_.address().base_path + "/_session", 11};
+  http::request<http::string_body> probe{http::verb::get, pool_.address().base_path + "/_session", 11};
   probe.set(http::field::host, pool_.address().host_header);
   probe.set(http::field::accept, "application/json");
   if (auto it = req.find(http::field::authorization); it != req.end()) probe.set(http::field::authorization, it->value());
   if (auto it = req.find(http::field::cookie); it != req.end()) probe.set(http::field::cookie, it->value());
+  const upstream_answer res = co_await exchange(ex.conn.context, probe, 64 * 1024);
+  if (res.k != upstream_answer::kind::answered) co_return identity{};
+  if (res.status == 401) co_return identity{identity::kind::rejected, {}};
+  if (res.status != 200) co_return identity{};
+  auto who = policy::parse_session_answer(nlohmann::json::parse(res.body, nullptr, false));
+  if (!who) co_return identity{identity::kind::rejected, {}};
+  sessions_.store(key, who->name, now_());
+  co_return identity{identity::kind::user, who->name, std::move(who)};
+}
+
+net::awaitable<forwarder::upstream_answer> forwarder::exchange(std::size_t context,
+                                                               const http::request<http::string_body>& request,
+                                                               std::size_t body_limit) {
   for (int attempt = 0; attempt < 2; ++attempt) {
-    auto [lease, why] = co_await pool_.acquire(ex.conn.context);
+    auto [lease, why] = co_await pool_.acquire(context);
     if (!lease) {
-      if (why == acquire_error::timeout) metrics_.upstream_busy.inc();
-      co_return identity{};
+      if (why == acquire_error::timeout) {
+        metrics_.upstream_busy.inc();
+        co_return upstream_answer{upstream_answer::kind::busy};
+      }
+      co_return upstream_answer{};
     }
     auto& conn = lease->conn();
     const bool reused = conn.uses > 0;
     error_code ec;
     conn.stream.tcp().expires_after(options_.upstream_timeout);
-    co_await http::async_write(conn.stream, probe, ec_token(ec));
+    co_await http::async_write(conn.stream, request, ec_token(ec));
     http::response_parser<http::string_body> parser;
-    parser.body_limit(64 * 1024);
+    parser.body_limit(body_limit);
     if (!ec) {
       conn.stream.tcp().expires_after(options_.upstream_timeout);
       co_await http::async_read(conn.stream, conn.buffer, parser, ec_token(ec));
     }
     if (ec) {
       if (reused && retryable(ec)) continue;  // the server closed an idle connection: once more on a fresh one
-      co_return identity{};
+      co_return upstream_answer{ec == http::error::body_limit ? upstream_answer::kind::too_large
+                                                              : upstream_answer::kind::unreachable};
     }
-    const auto& res = parser.get();
+    auto& res = parser.get();
     note_keep_alive(conn, std::string_view(res[http::field::keep_alive].data(), res[http::field::keep_alive].size()));
     if (parser.keep_alive()) lease->keep();
-    if (res.result() == http::status::unauthorized) co_return identity{identity::kind::rejected, {}};
-    if (res.result() != http::status::ok) co_return identity{};
-    auto who = policy::parse_session_answer(nlohmann::json::parse(res.body(), nullptr, false));
-    if (!who) co_return identity{identity::kind::rejected, {}};
-    sessions_.store(key, who->name, now_());
-    co_return identity{identity::kind::user, who->name, std::move(who)};
+    co_return upstream_answer{upstream_answer::kind::answered, res.result_int(), std::move(res.body())};
   }
-  co_return identity{};
+  co_return upstream_answer{};
 }
 
 net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt, const std::string& user,

@@ -7,22 +7,25 @@
 // credential is forwarded unchanged and CouchDB decides; couchgate's own admin credentials are
 // never used here. Access log lines name the user, never a credential.
 //
-// Issue 14 (parked live feeds) plugs in at dispatch(): once the route and the caller's database
-// are known, a `_changes` longpoll/continuous request can be handed to a feed parker instead of
-// forward(). Nothing here ties a client connection to an upstream socket: leases are taken per
-// upstream exchange (who_is, forward), so a parked client holds only its session coroutine.
+// Parked live feeds (issue 14) plug in at dispatch(): once the route and the caller's database
+// are known, a `_changes` longpoll/continuous/eventsource request goes to serve_feed()
+// (live_feeds.cpp) instead of forward(). Nothing here ties a client connection to an upstream
+// socket: leases are taken per upstream exchange (who_is, forward, each feed read), so a parked
+// client holds only its session coroutine.
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_set>
 
 #include "gateway/front/auth_limits.hpp"
 #include "gateway/front/cors.hpp"
-#include "gateway/front/responses.hpp"
+#include "gateway/front/feed_park.hpp"
 #include "gateway/front/front_metrics.hpp"
 #include "gateway/front/http_server.hpp"
 #include "gateway/front/local.hpp"
+#include "gateway/front/responses.hpp"
 #include "gateway/front/route.hpp"
 #include "gateway/front/secure_request.hpp"
 #include "gateway/front/upstream_pool.hpp"
@@ -52,6 +55,12 @@ struct forwarder_options {
   std::chrono::milliseconds local_rate_window{60000};
   cors_policy cors;                      // CORS headers on couchgate's own answers and preflights
   token_user_provisioner provision_token_user;  // empty: JWT callers' databases are not made here
+  feed_registry* feeds = nullptr;        // parked live feeds; null: feeds are forwarded like any request
+  std::size_t feed_body_limit = 64u << 10;  // a POST _changes body (doc_ids, selector) kept for every read
+  std::size_t feed_answer_limit = 64u << 20;  // one upstream `_changes` answer read for a feed
+  // Test fail point (COUCHGATE_TEST_FEED_CHECK_DELAY_MS): each feed's first answer is held this
+  // long before it is looked at, so a test can write in the window between check and park.
+  std::chrono::milliseconds test_check_delay{0};
 };
 
 // The CORS headers for an answer couchgate writes itself to `request` (write_response's own
@@ -74,13 +83,31 @@ class forwarder {
   void apply_limits(const forwarder_options& options);
 
  private:
-  struct outcome;
-  struct identity;
+  struct outcome {
+    unsigned status = 0;
+    std::string user;
+  };
+  struct identity {
+    enum class kind { user, rejected, unavailable } k = kind::unavailable;
+    std::string name;
+    std::optional<policy::session_user> session;  // when just asked (not from the cache)
+  };
+  struct upstream_answer {
+    enum class kind { answered, busy, unreachable, too_large } k = kind::unreachable;
+    unsigned status = 0;
+    std::string body;
+  };
   net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out);
   enum class admitted { yes, queue_full, timed_out };
   // A slot among the user's max_requests_per_user, waiting in the user's FIFO queue if need be.
   net::awaitable<admitted> admit(const std::string& user);
   net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential);
+  // One complete request/response over a leased connection (a stale reused one retried once).
+  net::awaitable<upstream_answer> exchange(std::size_t context, const http::request<http::string_body>& request,
+                                           std::size_t body_limit);
+  // A live `_changes` feed, parked between reads (live_feeds.cpp).
+  net::awaitable<bool> serve_feed(server_exchange& ex, const route& rt, const std::string& db, const std::string& user,
+                                  const std::string& credential, outcome& out);
   net::awaitable<bool> forward(server_exchange& ex, const std::string& target, const std::string& db,
                                const std::string& mount, outcome& out);
   // A local route, after dispatch() checked its rate and, for /_identity/, who the caller (`user`) is.

@@ -62,6 +62,10 @@ struct front_config {
   std::chrono::milliseconds auth_failure_window{60000};
   front_upstream_config upstream{};
   front_cors_config cors{};
+  // Parked live feeds (issue 14): live `_changes` feeds one user may hold open (429 above), and
+  // how often the databases with parked feeds are swept when the server has no `_db_updates`.
+  std::size_t max_parked_per_user = 32;
+  std::chrono::milliseconds feed_sweep_interval{1000};
   bool operator==(const front_config&) const = default;
 };
 

@@ -1,6 +1,7 @@
 // Owns: the front door's wiring (see front_door.hpp).
 #include "gateway/front/front_door.hpp"
 
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 
@@ -82,6 +83,7 @@ struct front_door::impl {
   front_metrics metrics;
   std::mutex tls_mu;
   std::shared_ptr<ssl::context> tls;  // guarded by tls_mu; null = no TLS
+  feed_registry feeds;                // outlives the contexts: parked sessions unsubscribe when destroyed
   // Declaration order is destruction order reversed: the pool and the forwarder outlive the
   // contexts (a coroutine destroyed with its context still returns its lease to the pool).
   // The contexts go first: sessions destroyed with them still reach the server's counters.
@@ -91,7 +93,8 @@ struct front_door::impl {
   std::unique_ptr<io_threads> io;
   bool running = false;
 
-  impl(const config& c, replicator::registry& registry) : cfg(c.front), metrics(registry) {}
+  impl(const config& c, replicator::registry& registry)
+      : cfg(c.front), metrics(registry), feeds(c.front.max_parked_per_user) {}
 };
 
 front_door::front_door(const config& cfg, replicator::registry& registry, front::local_handler local,
@@ -117,6 +120,10 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   forwarder_options fo = forwarder_options_of(cfg);
   fo.local = std::move(local);
   fo.provision_token_user = std::move(provision_token_user);
+  fo.feeds = &d.feeds;
+  if (const char* hold = std::getenv("COUCHGATE_TEST_FEED_CHECK_DELAY_MS"); hold != nullptr && *hold != '\0') {
+    fo.test_check_delay = std::chrono::milliseconds(std::strtoll(hold, nullptr, 10));
+  }
   d.handler = std::make_unique<forwarder>(fo, *d.pool, d.metrics);
   const server_limits limits = server_limits_of(cfg.front);
   tls_provider provider;
@@ -160,9 +167,25 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         [self] { return static_cast<double>(self->pool->max_connections()); });
   registry.add_callback("couchgate_front_upstream_peak", "Most front door connections to CouchDB open at once",
                         [self] { return static_cast<double>(self->pool->stats().peak_open); });
+  registry.add_callback("couchgate_front_feeds_open", "Live _changes feeds open through the front door",
+                        [self] { return static_cast<double>(self->feeds.stats().subscribed); });
+  registry.add_callback("couchgate_front_feeds_parked", "Live _changes feeds parked (no upstream connection)",
+                        [self] { return static_cast<double>(self->feeds.stats().parked); });
+  registry.add_counter_callback("couchgate_front_feed_wakes_total", "Parked live feeds woken by a database change",
+                        [self] { return static_cast<double>(self->feeds.stats().wakes); });
+  registry.add_counter_callback("couchgate_front_feed_wake_fetches_total", "Upstream _changes reads made because of a wake",
+                        [self] { return static_cast<double>(self->feeds.stats().fetches); });
+  registry.add_counter_callback("couchgate_front_feed_coalesced_total",
+                        "Database changes announced to a feed that already had a wake pending (coalesced)",
+                        [self] { return static_cast<double>(self->feeds.stats().coalesced); });
+  registry.add_callback("couchgate_front_feed_bytes_estimate",
+                        "Estimated memory of the open live feeds' own state (bytes; excludes sockets and coroutine frames)",
+                        [self] { return static_cast<double>(self->feeds.stats().bytes); });
 }
 
 front_door::~front_door() { stop(); }
+
+feed_registry& front_door::feeds() { return impl_->feeds; }
 
 int front_door::start(std::string& error) {
   auto& d = *impl_;

@@ -1,12 +1,13 @@
 #pragma once
 // Owns: the front door's lifecycle and wiring: I/O threads, the TLS context (swapped on SIGHUP
-// for new connections; open ones keep theirs), the upstream pool, the forwarder and the
-// listener, and their gauges in /metrics. Start: contexts -> listener; stop: listener closed ->
+// for new connections; open ones keep theirs), the upstream pool, the parked feeds' registry, the
+// forwarder and the listener, and their gauges in /metrics. Start: contexts -> listener; stop: listener closed ->
 // threads joined -> idle upstream connections closed -> contexts destroyed.
 #include <memory>
 #include <string>
 
 #include "gateway/config.hpp"
+#include "gateway/front/feed_park.hpp"
 #include "gateway/front/local.hpp"
 #include "replicator/metrics.hpp"
 
@@ -35,6 +36,8 @@ class front_door {
   void apply_limits(const config& cfg);
   // Labelled histograms (the registry renders the rest).
   std::string render_metrics() const;
+  // The parked live feeds' subscriptions: the change notifier wakes them (gateway/feed_notifier.hpp).
+  front::feed_registry& feeds();
 
   struct impl;
 

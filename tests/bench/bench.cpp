@@ -4,6 +4,7 @@
 // Owns: the command line, the description of the environment, the order of the phases, the
 // final cleanup and the exit status (0 unless something functionally failed; timings never
 // fail the run).
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -33,7 +34,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::set<std::string> phase_names = {"fanin", "ceiling", "builtin", "restore", "steady", "provisioning"};
+const std::set<std::string> phase_names = {"fanin", "ceiling", "builtin", "restore", "steady", "provisioning", "front", "live", "signup"};
 
 std::vector<size_spec> parse_sizes(const std::string& text) {
   std::vector<size_spec> out;
@@ -163,14 +164,16 @@ int main(int argc, char** argv) {
   options& o = ctx.opt;
   CLI::App app{"couchgate_bench: fan-in, steady state, provisioning and restore against the server in COUCHDB_URL"};
   std::string sizes_text, skip_text, overrides_text;
-  std::optional<int> steady_dbs, rate, users;
+  std::optional<int> steady_dbs, rate, users, signups;
   std::optional<double> seconds, builtin_timeout;
-  app.add_flag("--smoke", o.smoke, "tiny sizes (20x5 fan-in, 5 s at 20 writes/s over 20 dbs, 20 users): CI keeps the bench from rotting");
+  app.add_flag("--smoke", o.smoke, "tiny sizes (20x5 fan-in, 3 s at 20 writes/s over 20 dbs, 20 users, 2 front-door clients, 10 live clients): CI keeps the bench from rotting");
   app.add_option("--sizes", sizes_text, "fan-in sizes, NxM,... (N databases x M documents; default 200x50,1000x20)");
   app.add_option("--steady-dbs", steady_dbs, "steady state: source databases (default 1000)");
   app.add_option("--rate", rate, "steady state: writes per second (default 100)");
-  app.add_option("--seconds", seconds, "steady state: seconds of writing (default 60)");
+  app.add_option("--seconds", seconds, "steady state: seconds of writing (default 60; 3 with --smoke)");
   app.add_option("--users", users, "provisioning: users created at once (default 1000)");
+  app.add_option("--signups", signups, "sign-up: sign-ups through the front door (default 200; 20 with --smoke)");
+  app.add_option("--signup-concurrency", o.signup_concurrency, "sign-up: sign-ups in flight at once (default 16)");
   app.add_option("--builtin-timeout", builtin_timeout, "seconds CouchDB's own replicator gets per size (default 300; 60 with --smoke)");
   app.add_option("--builtin-url", o.builtin_url,
                  "URL (no credentials) the server's own replicator uses to reach the server, when COUCHDB_URL does not work "
@@ -178,11 +181,20 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "JSON results file")->capture_default_str();
   app.add_option("--plots", o.plots, "directory for gnuplot data, bench.gp and PNGs (PNGs only when gnuplot is on PATH)");
   app.add_option("--logs", o.logs, "directory to keep each couchgate run's log in (default: discarded)");
-  app.add_option("--skip", skip_text, "comma-separated phases to skip: fanin,ceiling,builtin,restore,steady,provisioning");
+  app.add_option("--skip", skip_text, "comma-separated phases to skip: fanin,ceiling,builtin,restore,steady,provisioning,front,live,signup");
   app.add_option("--couchgate-config", overrides_text, "JSON merge patch applied to every couchgate config, e.g. '{\"fanin\":{\"max_connections\":4}}'");
   app.add_option("--log-level", o.log_level, "couchgate's log level during the bench")->capture_default_str();
   app.add_flag("--user-passwords", o.user_passwords, "provisioning: create users with passwords (the server's hashing cost is then included)");
   app.add_option("--threads", o.threads, "bench-side threads for seeding, deleting, verifying and steady-state writes")->capture_default_str();
+  // Client phases (issues #13 and #14).
+  std::optional<int> front_users, front_docs, live_clients, live_rate;
+  std::optional<double> live_seconds;
+  app.add_option("--front-users", front_users, "front door: concurrent replicating clients (default 32; 2 with --smoke)");
+  app.add_option("--front-docs", front_docs, "front door: documents each client pushes and pulls per segment (default 200; 10 with --smoke)");
+  app.add_flag("--front-tls", o.front_tls, "front door phase over TLS (front.tls with a certificate made by `openssl req`) instead of plain HTTP");
+  app.add_option("--live-clients", live_clients, "live feeds: longpoll clients, one per user database (default 10000; 10 with --smoke)");
+  app.add_option("--live-rate", live_rate, "live feeds: writes per second into random user databases (default 100; 10 with --smoke)");
+  app.add_option("--live-seconds", live_seconds, "live feeds: seconds of writing per half (default 600; 0.5 with --smoke)");
   try {
     app.parse(argc, argv);
     o.sizes = parse_sizes(sizes_text.empty() ? (o.smoke ? "20x5" : "200x50,1000x20") : sizes_text);
@@ -202,10 +214,25 @@ int main(int argc, char** argv) {
   }
   o.steady_dbs = steady_dbs.value_or(o.smoke ? 20 : 1000);
   o.rate = rate.value_or(o.smoke ? 20 : 100);
-  o.seconds = seconds.value_or(o.smoke ? 5 : 60);
+  o.seconds = seconds.value_or(o.smoke ? 3 : 60);
   o.users = users.value_or(o.smoke ? 20 : 1000);
+  o.signups = signups.value_or(o.smoke ? 20 : 200);
   o.builtin_timeout = builtin_timeout.value_or(o.smoke ? 60 : 300);
   o.threads = std::max(1, o.threads);
+  o.front_users = front_users.value_or(o.smoke ? 2 : 32);
+  o.front_docs = front_docs.value_or(o.smoke ? 10 : 200);
+  o.front_batch = o.smoke ? 10 : 100;
+  o.live_clients = live_clients.value_or(o.smoke ? 10 : 10000);
+  o.live_rate = live_rate.value_or(o.smoke ? 10 : 100);
+  o.live_seconds = live_seconds.value_or(o.smoke ? 0.5 : 600);
+  {
+    // The live-feeds phase holds one socket per client (and couchgate, a child, inherits this).
+    struct rlimit rl {};
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+  }
 
   if (const char* u = std::getenv("COUCHDB_URL"); !u || !*u) {
     std::cerr << "couchgate_bench: COUCHDB_URL is not set. Start a local server with\n"
@@ -262,6 +289,9 @@ int main(int argc, char** argv) {
   if (!o.skipped("provisioning") && !interrupted() && server_ok("provisioning")) {
     results["provisioning"] = run_provisioning(ctx, plots);
   }
+  if (!o.skipped("front") && !interrupted() && server_ok("the front door phase")) results["front"] = run_front(ctx);
+  if (!o.skipped("live") && !interrupted() && server_ok("the live feeds phase")) results["live"] = run_live(ctx);
+  if (!o.skipped("signup") && !interrupted() && server_ok("sign-up")) results["signup"] = run_signup(ctx);
   // Last: the server's own replicator (it leaves pouchdb-server slower for whatever follows).
   for (std::size_t i = 0; i < kept.size(); ++i) {
     if (kept[i].sources.empty()) continue;

@@ -5,14 +5,20 @@
 
 namespace couchgate::bench {
 
-bench_client::bench_client(std::chrono::seconds read_timeout)
-    : cli_(std::make_unique<httplib::Client>(test::env().host, test::env().port)) {
+endpoint endpoint::server_admin() { return endpoint{test::env().host, test::env().port, test::env().user, test::env().password}; }
+
+bench_client::bench_client(std::chrono::seconds read_timeout) : bench_client(endpoint::server_admin(), read_timeout) {}
+
+bench_client::bench_client(const endpoint& to, std::chrono::seconds read_timeout)
+    : cli_(to.tls ? std::make_unique<httplib::Client>("https://" + to.host + ":" + std::to_string(to.port))
+                  : std::make_unique<httplib::Client>(to.host, to.port)) {
+  if (to.tls) cli_->enable_server_certificate_verification(false);
   cli_->set_keep_alive(true);
   cli_->set_tcp_nodelay(true);  // headers and body go out in separate writes: no Nagle stall
   cli_->set_connection_timeout(10);
   cli_->set_read_timeout(static_cast<time_t>(read_timeout.count()));
   cli_->set_write_timeout(60);
-  if (!test::env().user.empty()) cli_->set_basic_auth(test::env().user.c_str(), test::env().password.c_str());
+  if (!to.user.empty()) cli_->set_basic_auth(to.user.c_str(), to.password.c_str());
 }
 
 bench_client::~bench_client() = default;

@@ -20,9 +20,20 @@ namespace couchgate::bench {
 using test::json;
 using test::reply;
 
+// Where a bench_client connects and as whom: the server as its admin by default; the front
+// door, or the server as a plain user, for the client phases.
+struct endpoint {
+  std::string host;
+  int port = 0;
+  std::string user, password;  // Basic auth; empty user = anonymous
+  bool tls = false;            // https, certificate not verified (the bench's own self-signed one)
+  static endpoint server_admin();
+};
+
 class bench_client {
  public:
   explicit bench_client(std::chrono::seconds read_timeout = std::chrono::seconds(120));
+  bench_client(const endpoint& to, std::chrono::seconds read_timeout);
   ~bench_client();
   bench_client(const bench_client&) = delete;
   bench_client& operator=(const bench_client&) = delete;

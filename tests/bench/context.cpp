@@ -3,6 +3,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -132,6 +133,16 @@ double percentile(const std::vector<double>& sorted, double p) {
   double rank = std::ceil(p / 100.0 * static_cast<double>(sorted.size()));
   std::size_t i = rank < 1 ? 0 : static_cast<std::size_t>(rank) - 1;
   return sorted[std::min(i, sorted.size() - 1)];
+}
+
+json latency_summary(std::vector<double> v, int decimals) {
+  std::sort(v.begin(), v.end());
+  if (v.empty()) return json{{"count", 0}};
+  return json{{"count", v.size()},
+              {"p50", round_to(percentile(v, 50), decimals)},
+              {"p95", round_to(percentile(v, 95), decimals)},
+              {"p99", round_to(percentile(v, 99), decimals)},
+              {"max", round_to(v.back(), decimals)}};
 }
 
 }  // namespace couchgate::bench

@@ -34,16 +34,26 @@ struct options {
   int rate = 100;             // writes per second in the steady-state phase
   double seconds = 60;        // steady-state write window
   int users = 1000;           // provisioning burst
+  int signups = 200;          // sign-up phase: sign-ups through the front door
+  int signup_concurrency = 16;  // ... sent this many at a time
   double builtin_timeout = 300;
   std::string builtin_url;    // how the server's replicator reaches the server; empty = COUCHDB_URL
   std::string out = "bench-results.json";
   std::string plots;          // directory; empty = no plots
   std::string logs;           // directory to keep couchgate's logs in; empty = discard them
-  std::set<std::string> skip; // fanin ceiling builtin restore steady provisioning
+  std::set<std::string> skip; // fanin ceiling builtin restore steady provisioning front live signup
   json couchgate_overrides = json::object();  // JSON merge patch applied to every couchgate config
   std::string log_level = "info";
   bool user_passwords = false;
   int threads = 4;            // bench-side parallelism for seeding, deleting and verifying
+  // Client phases (issues #13 and #14).
+  int front_users = 32;       // front door: concurrent replicating clients (one user each)
+  int front_docs = 200;       // front door: documents each client pushes (and pulls) per segment
+  int front_batch = 100;      // front door: PouchDB's batch_size
+  bool front_tls = false;     // front door over TLS (a self-signed certificate) instead of plain HTTP
+  int live_clients = 10000;   // live feeds: longpoll clients, one per user database
+  int live_rate = 100;        // live feeds: writes per second into random user databases
+  double live_seconds = 600;  // live feeds: seconds of writing, per half (direct, through couchgate)
   bool skipped(const std::string& what) const { return skip.count(what) > 0; }
 };
 
@@ -94,5 +104,7 @@ bool poll_until(const std::function<bool()>& pred, std::chrono::duration<double>
 
 // Nearest-rank percentile of an ascending vector (empty -> -1).
 double percentile(const std::vector<double>& sorted, double p);
+// {"count", "p50", "p95", "p99", "max"} of values (rounded to decimals); {"count": 0} when empty.
+json latency_summary(std::vector<double> values, int decimals = 1);
 
 }  // namespace couchgate::bench

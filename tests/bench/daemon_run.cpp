@@ -2,6 +2,7 @@
 #include "tests/bench/daemon_run.hpp"
 
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "tests/bench/runner.hpp"
@@ -36,6 +37,25 @@ double daemon_run::seconds() const { return seconds_since(t0_); }
 bool daemon_run::running() { return proc_->running(); }
 
 pid_t daemon_run::pid() const { return proc_->pid(); }
+
+json front_door_config(const std::string& port_file, std::size_t max_clients) {
+  return json{{"enabled", true},          {"address", "127.0.0.1"},   {"port", 0},
+              {"port_file", port_file},   {"allow_insecure", true},   {"max_connections", max_clients}};
+}
+
+int daemon_run::front_port(std::chrono::duration<double> deadline) {
+  if (!config_.contains("front") || !config_["front"].contains("port_file")) return 0;
+  const std::string path = config_["front"]["port_file"].get<std::string>();
+  int port = 0;
+  poll_until(
+      [&] {
+        std::ifstream f(path);
+        f >> port;
+        return port > 0 || !running();
+      },
+      deadline, std::chrono::milliseconds(50));
+  return port;
+}
 
 bool daemon_run::check_ready() {
   if (ready_s_ >= 0) return true;

@@ -13,6 +13,11 @@
 
 namespace couchgate::bench {
 
+// The `front:` section for a measured front door: plain HTTP (front.allow_insecure) on a free
+// loopback port written to port_file, room for max_clients client connections; couchgate's
+// defaults for the rest (upstream pool, timeouts, per-user limits).
+json front_door_config(const std::string& port_file, std::size_t max_clients);
+
 class daemon_run {
  public:
   // label names the log file kept under --logs (e.g. "fanin-200x50").
@@ -26,6 +31,8 @@ class daemon_run {
   bool wait_ready(std::chrono::duration<double> deadline);
   double ready_seconds() const { return ready_s_; }
   pid_t pid() const;
+  // The front door's port from front.port_file (0 when it did not appear within the deadline).
+  int front_port(std::chrono::duration<double> deadline);
   sampler& samples() { return *sampler_; }
 
   std::map<std::string, double> metrics();  // name -> value summed over label sets

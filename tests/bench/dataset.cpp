@@ -1,6 +1,7 @@
 // Owns: the benchmark's databases and documents (see dataset.hpp).
 #include "tests/bench/dataset.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -114,6 +115,23 @@ std::string parallel_for(int n, client_pool& clients, const std::function<std::s
   return first_error;
 }
 
+void paced_for(std::size_t total, double rate, int threads, steady::time_point t0,
+               const std::function<void(std::size_t, bench_client&)>& fn) {
+  const int writers = std::clamp(static_cast<int>((rate + 1) / 2), std::max(1, threads), 64);
+  std::vector<std::thread> pool;
+  for (int w = 0; w < writers; ++w) {
+    pool.emplace_back([&, w] {
+      bench_client c(std::chrono::seconds(30));
+      for (std::size_t i = static_cast<std::size_t>(w); i < total; i += static_cast<std::size_t>(writers)) {
+        if (interrupted()) return;
+        std::this_thread::sleep_until(t0 + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(static_cast<double>(i) / rate)));
+        fn(i, c);
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+}
+
 std::string create_db(context& ctx, bench_client& c, const std::string& db) {
   auto r = c.put(db_path(db), "");
   if (r.status != 201 && r.status != 202) return "PUT /" + db + ": " + describe(r);
@@ -128,8 +146,8 @@ std::string delete_db(context& ctx, bench_client& c, const std::string& db) {
   return "";
 }
 
-std::string seed_sources(context& ctx, const std::vector<source_db>& sources, int docs_per_db) {
-  return parallel_for(static_cast<int>(sources.size()), ctx.opt.threads, [&](int i, bench_client& c) -> std::string {
+std::string seed_sources(context& ctx, const std::vector<source_db>& sources, int docs_per_db, int threads) {
+  return parallel_for(static_cast<int>(sources.size()), threads > 0 ? threads : ctx.opt.threads, [&](int i, bench_client& c) -> std::string {
     const auto& s = sources[static_cast<std::size_t>(i)];
     if (auto e = create_db(ctx, c, s.db); !e.empty()) return e;
     for (int off = 0; off < docs_per_db; off += 1000) {

@@ -42,14 +42,21 @@ using client_pool = std::vector<std::unique_ptr<bench_client>>;
 client_pool make_clients(int n);
 std::string parallel_for(int n, client_pool& clients, const std::function<std::string(int, bench_client&)>& fn);
 
+// Calls fn(i, client) for i in [0, total), call i due at t0 + i/rate, over as many threads as a
+// slow server (500 ms per request) needs to keep the rate (rate/2, at least `threads`, at most
+// 64), each with its own keep-alive admin connection. Closed loop: a server slower than that
+// gets fewer calls per second than asked. Stops early when interrupted.
+void paced_for(std::size_t total, double rate, int threads, steady::time_point t0,
+               const std::function<void(std::size_t, bench_client&)>& fn);
+
 // Admin PUT /db (412 = already there is an error: names are unique per run).
 std::string create_db(context& ctx, bench_client& c, const std::string& db);
 // Admin DELETE /db (404 is fine).
 std::string delete_db(context& ctx, bench_client& c, const std::string& db);
 
 // Creates every source database and writes docs_per_db documents into each with
-// _bulk_docs new_edits:false (batches of 1000).
-std::string seed_sources(context& ctx, const std::vector<source_db>& sources, int docs_per_db);
+// _bulk_docs new_edits:false (batches of 1000), over `threads` connections (0 = --threads).
+std::string seed_sources(context& ctx, const std::vector<source_db>& sources, int docs_per_db, int threads = 0);
 // Deletes every database, even after an interruption; returns the first error.
 std::string delete_dbs(context& ctx, const std::vector<std::string>& dbs);
 

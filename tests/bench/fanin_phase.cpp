@@ -89,8 +89,66 @@ json run_ceiling(context& ctx, const test::names& n, const std::vector<source_db
   out["docs_per_s"] = rate(static_cast<double>(written), secs);
   out["sockets_peak"] = s.result().bench_peak;
   out["server_cpu_percent"] = cpu_or_null(s.result());
+  out["profile"] = profile(secs, -1, s.result().server_cpu_seconds);
   plots.fanin.push_back(std::move(series));
   if (auto e = delete_db(ctx, c, db); !e.empty()) note("cleanup: " + e);
+  return out;
+}
+
+// Issue #18's floor, the part the ceiling lacks: what the server needs to answer one
+// `_changes?style=all_docs&since=0` per source (what any replicator must read), over as many
+// keep-alive connections as couchgate may use, back to back.
+json run_changes_floor(context& ctx, const std::vector<source_db>& sources, int connections) {
+  json out{{"request", "GET /{source}/_changes?style=all_docs&since=0"}, {"connections", connections}};
+  client_pool pool = make_clients(connections);
+  sampler s(ctx.server_pid);
+  auto t0 = steady::now();
+  std::atomic<std::uint64_t> rows{0};
+  std::string error = parallel_for(static_cast<int>(sources.size()), pool, [&](int i, bench_client& c) -> std::string {
+    auto r = c.get(db_path(sources[static_cast<std::size_t>(i)].db) + "/_changes?style=all_docs&since=0");
+    if (r.status != 200 || !r.body.contains("results") || !r.body["results"].is_array()) return "_changes: " + describe(r);
+    rows += r.body["results"].size();
+    return "";
+  });
+  double secs = seconds_since(t0);
+  s.stop();
+  if (!error.empty()) {
+    ctx.fail("floor: " + error);
+    return out;
+  }
+  out["seconds"] = round_to(secs);
+  out["requests"] = sources.size();
+  out["rows"] = rows.load();
+  out["ms_per_request"] = sources.empty() ? 0.0 : round_to(secs * 1000.0 / static_cast<double>(sources.size()), 2);
+  out["server_cpu_percent"] = cpu_or_null(s.result());
+  double cpu = s.result().server_cpu_seconds;
+  out["server_cpu_ms_per_request"] = cpu >= 0 && !sources.empty() ? json(round_to(cpu * 1000.0 / static_cast<double>(sources.size()), 2)) : json(nullptr);
+  out["profile"] = profile(secs, -1, cpu);
+  return out;
+}
+
+// Issue #18's restore ceiling: what `restore --all` writes (N databases created, their
+// revisions with new_edits:false, batches of 1000), done by the bench into fresh databases over as
+// many connections as couchgate may use.
+json run_restore_ceiling(context& ctx, const test::names& n, int dbs, int m, int connections) {
+  json out{{"connections", connections}};
+  auto fresh = make_sources(base_of(n) + "-rceil-userdb-", "u", dbs);
+  sampler s(ctx.server_pid);
+  auto t0 = steady::now();
+  std::string error = seed_sources(ctx, fresh, m, connections);
+  double secs = seconds_since(t0);
+  s.stop();
+  std::vector<std::string> names;
+  for (const auto& f : fresh) names.push_back(f.db);
+  if (auto e = delete_dbs(ctx, names); !e.empty()) note("cleanup: " + e);
+  if (!error.empty()) {
+    ctx.fail("restore ceiling: " + error);
+    return out;
+  }
+  out["seconds"] = round_to(secs);
+  out["docs_per_s"] = rate(static_cast<double>(dbs) * m, secs);
+  out["server_cpu_percent"] = cpu_or_null(s.result());
+  out["profile"] = profile(secs, -1, s.result().server_cpu_seconds);
   return out;
 }
 
@@ -101,8 +159,8 @@ std::optional<std::uint64_t> design_doc_count(bench_client& c, const std::string
   return r.body["rows"].size();
 }
 
-json run_couchgate(context& ctx, const json& cfg, const test::names& n, std::uint64_t total, plot_data& plots,
-                   const std::string& label, bool& complete) {
+json run_couchgate(context& ctx, const json& cfg, const test::names& n, std::uint64_t total, double n_sources,
+                   plot_data& plots, const std::string& label, bool& complete) {
   json out = json::object();
   bench_client c(30s);
   daemon_run d(ctx, cfg, "fanin-" + label);
@@ -167,6 +225,16 @@ json run_couchgate(context& ctx, const json& cfg, const test::names& n, std::uin
   plots.fanin.push_back(std::move(series));
   json stats = d.stop("fan-in " + label);
   out.update(stats);
+  // couchgate's requests to the server from its start to its stop (start-up, reconcile,
+  // detection and checkpoints included), per replicated document and per source.
+  if (out["requests"].is_number() && total > 0) {
+    const double req = out["requests"].get<double>();
+    out["requests_per_doc"] = round_to(req / static_cast<double>(total));
+    out["requests_per_source"] = n_sources > 0 ? json(round_to(req / n_sources)) : json(nullptr);
+  }
+  out["profile"] = profile(d.samples().result().seconds, out["cpu_seconds"].is_number() ? out["cpu_seconds"].get<double>() : -1,
+                           d.samples().result().server_cpu_seconds);
+  out["profile"]["window"] = "couchgate's start to its stop (idle included)";
   return out;
 }
 
@@ -361,6 +429,7 @@ json run_restore(context& ctx, const json& cfg, const std::vector<source_db>& so
   out["sockets_peak"] = s.result().watched_peak;
   out["server_cpu_percent"] = cpu_or_null(s.result());
   out["rss_peak_mb"] = s.result().rss_peak_kb > 0 ? json(round_to(static_cast<double>(s.result().rss_peak_kb) / 1024.0, 1)) : json(nullptr);
+  out["profile"] = profile(res.seconds, res.cpu_seconds, s.result().server_cpu_seconds);
   if (res.status != 0 || res.timed_out) {
     ctx.fail("restore --all " + std::string(res.timed_out ? "timed out" : "exited with " + std::to_string(res.status)) +
              "; stdout:\n" + res.out.substr(0, 2000) + "\nstderr tail:\n" + res.err.substr(res.err.size() > 2000 ? res.err.size() - 2000 : 0));
@@ -401,6 +470,20 @@ void set_ratios(json& out) {
   double cg = rate_of("couchgate"), ceil = rate_of("ceiling"), bi = rate_of("builtin");
   out["ratio_couchgate_to_ceiling"] = cg > 0 && ceil > 0 ? json(round_to(cg / ceil)) : json(nullptr);
   out["ratio_couchgate_to_builtin"] = cg > 0 && bi > 0 ? json(round_to(cg / bi)) : json(nullptr);
+  // The floor (issue #18): the ceiling's ingest plus one _changes per source, in seconds.
+  if (out.contains("ceiling") && out["ceiling"].contains("seconds") && out.contains("floor_changes") &&
+      out["floor_changes"].contains("seconds")) {
+    double floor_s = out["ceiling"]["seconds"].get<double>() + out["floor_changes"]["seconds"].get<double>();
+    out["floor"] = {{"seconds", round_to(floor_s)},
+                    {"docs_per_s", rate(out.value("docs_total", 0.0), floor_s)},
+                    {"what", "ceiling seconds + floor_changes seconds"}};
+    double fl = out["floor"]["docs_per_s"].get<double>();
+    out["ratio_couchgate_to_floor"] = cg > 0 && fl > 0 ? json(round_to(cg / fl)) : json(nullptr);
+  }
+  if (out.contains("restore") && out.contains("restore_ceiling")) {
+    double r = out["restore"].value("docs_per_s", 0.0), rc = out["restore_ceiling"].value("docs_per_s", 0.0);
+    out["ratio_restore_to_ceiling"] = r > 0 && rc > 0 ? json(round_to(r / rc)) : json(nullptr);
+  }
 }
 
 std::vector<std::string> db_names(const std::vector<source_db>& sources) {
@@ -435,10 +518,16 @@ json run_fanin(context& ctx, const size_spec& size, plot_data& plots, fanin_sour
     out["ceiling"] = run_ceiling(ctx, n, sources, size.docs_per_db, plots, label);
   }
   json cfg = ctx.couchgate_config(n);
+  const int connections = cfg["fanin"].value("max_connections", 8);
+  if (!ctx.opt.skipped("ceiling") && !interrupted()) {
+    note("fan-in " + label + ": floor (one _changes?style=all_docs&since=0 per source over " + std::to_string(connections) +
+         " connections)");
+    out["floor_changes"] = run_changes_floor(ctx, sources, connections);
+  }
   bool complete = false;
   if (!interrupted()) {
     note("fan-in " + label + ": couchgate");
-    out["couchgate"] = run_couchgate(ctx, cfg, n, total, plots, label, complete);
+    out["couchgate"] = run_couchgate(ctx, cfg, n, total, size.dbs, plots, label, complete);
   }
   // The sources hold their documents unless a restore deleted them and did not bring them all back.
   bool sources_intact = true;
@@ -446,6 +535,11 @@ json run_fanin(context& ctx, const size_spec& size, plot_data& plots, fanin_sour
     note("fan-in " + label + ": restore --all");
     out["restore"] = run_restore(ctx, cfg, sources, size.docs_per_db);
     sources_intact = out["restore"].value("verified", false);
+    if (!ctx.opt.skipped("ceiling") && !interrupted()) {
+      note("fan-in " + label + ": restore ceiling (create + _bulk_docs new_edits:false over " + std::to_string(connections) +
+           " connections)");
+      out["restore_ceiling"] = run_restore_ceiling(ctx, n, size.dbs, size.docs_per_db, connections);
+    }
   }
   set_ratios(out);
 

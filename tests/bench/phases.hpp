@@ -40,5 +40,16 @@ void run_fanin_builtin(context& ctx, fanin_sources& kept, json& entry, plot_data
 json run_steady(context& ctx, plot_data& plots);
 // 3. Provisioning: users created at once.
 json run_provisioning(context& ctx, plot_data& plots);
+// 4. Sign-up: N POST /_signup through the front door, C at a time, each until its 201 (database
+// provisioned), and the server's ceiling for the same writes (signup_phase.cpp).
+json run_signup(context& ctx);
+
+// Client phases (issues #13 and #14).
+// 4. Front door: K clients replicating (push and pull) straight to the server and through
+// couchgate's /me, in one run: throughput ratio and added latency.
+json run_front(context& ctx);
+// 5. Live feeds: C longpoll clients directly and through couchgate while W writes/s land in
+// random user databases: couchgate's sockets and RSS, delivery latency.
+json run_live(context& ctx);
 
 }  // namespace couchgate::bench

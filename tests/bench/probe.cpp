@@ -95,7 +95,10 @@ void sampler::stop() {
   double cpu1 = read_usage(server_).cpu_seconds;
   std::lock_guard lk(mu_);
   sum_.seconds = secs;
-  if (server_cpu0_ >= 0 && cpu1 >= 0 && secs > 0) sum_.server_cpu_percent = round_to((cpu1 - server_cpu0_) / secs * 100, 1);
+  if (server_cpu0_ >= 0 && cpu1 >= 0 && secs > 0) {
+    sum_.server_cpu_percent = round_to((cpu1 - server_cpu0_) / secs * 100, 1);
+    sum_.server_cpu_seconds = round_to(cpu1 - server_cpu0_, 2);
+  }
 }
 
 sampler::summary sampler::result() const {
@@ -110,6 +113,15 @@ std::vector<std::pair<double, int>> sampler::clients_series() const {
 
 nlohmann::json cpu_or_null(const sampler::summary& s) {
   return s.server_cpu_percent >= 0 ? nlohmann::json(s.server_cpu_percent) : nlohmann::json(nullptr);
+}
+
+nlohmann::json profile(double wall_seconds, double couchgate_cpu_seconds, double server_cpu_seconds) {
+  auto known = [](double v) { return v >= 0 ? nlohmann::json(round_to(v, 2)) : nlohmann::json(nullptr); };
+  double waiting = wall_seconds - std::max(0.0, couchgate_cpu_seconds) - std::max(0.0, server_cpu_seconds);
+  return nlohmann::json{{"wall_seconds", round_to(wall_seconds, 2)},
+                        {"couchgate_cpu_seconds", known(couchgate_cpu_seconds)},
+                        {"server_cpu_seconds", known(server_cpu_seconds)},
+                        {"waiting_seconds", round_to(std::max(0.0, waiting), 2)}};
 }
 
 void sampler::run() {
@@ -127,6 +139,7 @@ void sampler::run() {
       if (u.rss_kb > 0) sum_.rss_peak_kb = std::max(sum_.rss_peak_kb, u.rss_kb);
       if (u.hwm_kb > 0) sum_.rss_peak_kb = std::max(sum_.rss_peak_kb, u.hwm_kb);
       if (u.fds > 0) sum_.fds_peak = std::max(sum_.fds_peak, u.fds);
+      if (u.cpu_seconds >= 0) sum_.watched_cpu_seconds = u.cpu_seconds;
       ++sum_.samples;
       if (series_.size() < 20000) series_.emplace_back(seconds_since(t0), s.clients);
     }

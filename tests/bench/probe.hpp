@@ -47,6 +47,8 @@ class sampler {
     int samples = 0;
     double seconds = 0;              // from construction to stop()
     double server_cpu_percent = -1;  // the server process's CPU over that time (-1: pid unknown)
+    double server_cpu_seconds = -1;  // the same in CPU seconds
+    double watched_cpu_seconds = -1; // the watched process's CPU time at its last sample
   };
   explicit sampler(pid_t server_pid, std::chrono::milliseconds period = std::chrono::milliseconds(50));
   ~sampler();
@@ -75,5 +77,11 @@ class sampler {
 
 // summary.server_cpu_percent as JSON (null when unknown).
 nlohmann::json cpu_or_null(const sampler::summary& s);
+
+// Where a phase's wall time went (issue #18's profile): {"wall_seconds", "couchgate_cpu_seconds",
+// "server_cpu_seconds", "waiting_seconds"}; waiting = wall - both CPU times (not below 0): neither
+// process on a CPU (round trips, fsync, timers, the other side's queue). A CPU time < 0 is
+// unknown (null, and left out of waiting).
+nlohmann::json profile(double wall_seconds, double couchgate_cpu_seconds, double server_cpu_seconds);
 
 }  // namespace couchgate::bench

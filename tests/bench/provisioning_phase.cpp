@@ -16,6 +16,7 @@
 #include "tests/bench/daemon_run.hpp"
 #include "tests/bench/dataset.hpp"
 #include "tests/bench/phases.hpp"
+#include "tests/bench/users.hpp"
 
 namespace couchgate::bench {
 
@@ -32,16 +33,6 @@ bool security_names_user(const json& sec, const std::string& user) {
   return false;
 }
 
-void delete_users(bench_client& c, const std::vector<std::pair<std::string, std::string>>& id_revs) {
-  for (std::size_t off = 0; off < id_revs.size(); off += 500) {
-    json docs = json::array();
-    for (std::size_t i = off; i < std::min(id_revs.size(), off + 500); ++i) {
-      docs.push_back({{"_id", id_revs[i].first}, {"_rev", id_revs[i].second}, {"_deleted", true}});
-    }
-    auto r = c.post("/_users/_bulk_docs", json{{"docs", docs}}.dump());
-    if (r.status != 201) note("cleanup: deleting users failed: " + describe(r));
-  }
-}
 }  // namespace
 
 json run_provisioning(context& ctx, plot_data& plots) {
@@ -64,7 +55,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
   bench_client admin(60s);
   auto cleanup = [&] {
     note("provisioning: cleaning up");
-    delete_users(admin, created_revs);
+    delete_user_docs(admin, created_revs);
     std::vector<std::string> all = dbs;
     all.push_back(n.central);
     all.push_back(n.state);

@@ -43,6 +43,116 @@ json target(const std::string& what, const std::string& measured, json met, cons
   return t;
 }
 
+// The targets of issues #18 (floor, restore ceiling), #13 (front door) and #14 (live feeds).
+void judge_client_targets(const json& results, json& out) {
+  const json fanin = results.value("fanin", json::array());
+  const json* at = nullptr;
+  for (const auto& f : fanin) {
+    if (f.value("size", "") == "1000x20") at = &f;
+  }
+  {
+    std::string what = "fan-in >= 90% of the floor (ceiling + one _changes per source) at 1000x20 (issue #18)";
+    double r = at ? num(*at, {"ratio_couchgate_to_floor"}) : -1;
+    if (!at) out.push_back(target(what, "size 1000x20 not run", nullptr));
+    else if (r < 0) out.push_back(target(what, "no floor measured", nullptr));
+    else out.push_back(target(what, fmt("%.0f%% of the floor (%.2f s against %.2f s)", r * 100, num(*at, {"couchgate", "seconds"}),
+                                        num(*at, {"floor", "seconds"})), r >= 0.9));
+  }
+  {
+    std::string what = "restore >= 80% of the restore ceiling at 1000x20 (issue #18)";
+    double r = at ? num(*at, {"ratio_restore_to_ceiling"}) : -1;
+    if (!at) out.push_back(target(what, "size 1000x20 not run", nullptr));
+    else if (r < 0) out.push_back(target(what, "not measured", nullptr));
+    else out.push_back(target(what, fmt("%.0f%% (%.0f against %.0f docs/s)", r * 100, num(*at, {"restore", "docs_per_s"}),
+                                        num(*at, {"restore_ceiling", "docs_per_s"})), r >= 0.8));
+  }
+  {
+    std::string what = "front door: <= 10% throughput loss and <= 2 ms added p50 (issue #13)";
+    const json& f = results.value("front", json::object());
+    double loss = num(f, {"throughput_loss_percent"}), p50 = num(f, {"added_latency_ms", "p50"});
+    bool have_p50 = f.contains("added_latency_ms") && f["added_latency_ms"].contains("p50") && f["added_latency_ms"]["p50"].is_number();
+    if (!f.contains("throughput_loss_percent") || !f["throughput_loss_percent"].is_number() || !have_p50) {
+      out.push_back(target(what, "not measured", nullptr));
+    } else {
+      p50 = f["added_latency_ms"]["p50"].get<double>();
+      loss = f["throughput_loss_percent"].get<double>();
+      out.push_back(target(what, fmt("%.1f%% throughput loss, %+.2f ms p50, %+.2f ms p99 (%.0f clients)", loss, p50,
+                                     num(f, {"added_latency_ms", "p99"}), num(f, {"users"})),
+                           loss <= 10 && p50 <= 2));
+    }
+  }
+  {
+    std::string what = "live feeds: 10000 clients, 100 writes/s, 600 s: couchgate <= 16 sockets, <= 200 MB RSS, p99 <= 1 s (issue #14)";
+    const json& l = results.value("live", json::object());
+    if (!l.contains("front")) {
+      out.push_back(target(what, "not measured", nullptr));
+    } else {
+      const json& f = l["front"];
+      double sockets = num(f, {"couchgate_sockets_to_server_peak"}), rss = num(l, {"couchgate", "rss_peak_mb"});
+      double p99 = num(f, {"delivery_ms", "p99"});
+      std::string m = fmt("%.0f clients waiting of %.0f, %.0f sockets, %.1f MB, p99 %s ms, %.0f of %.0f writes delivered",
+                          num(f, {"clients_waiting_before_writes"}), num(l, {"clients"}), sockets, rss, cell(p99, "%.0f").c_str(),
+                          num(f, {"delivered"}), num(f, {"writes"}));
+      bool met = sockets >= 0 && sockets <= 16 && rss >= 0 && rss <= 200 && p99 >= 0 && p99 <= 1000 && num(f, {"missing"}) == 0;
+      if (num(l, {"clients"}) >= 10000 && num(l, {"seconds"}) >= 600 && num(l, {"rate"}) >= 100) out.push_back(target(what, m, met));
+      else out.push_back(target(what, m, nullptr, "measured below the target's size: --live-clients 10000 --live-seconds 600"));
+    }
+  }
+}
+
+// The client phases' part of the table.
+std::string client_tables(const json& results) {
+  std::string o;
+  if (results.contains("front") && results["front"].contains("front")) {
+    const json& f = results["front"];
+    o += fmt("\nFRONT DOOR  %.0f clients, each pushing and pulling %.0f documents per segment (batches of %.0f), "
+             "segments direct, front, front, direct\n",
+             num(f, {"users"}), num(f, {"docs_per_user_per_segment"}), num(f, {"batch"}));
+    o += fmt("%-8s %9s %9s %9s %9s %9s %9s %9s %7s\n", "side", "seconds", "requests", "req/s", "docs/s", "p50 ms", "p99 ms",
+             "srv CPU s", "errors");
+    for (const char* side : {"direct", "front"}) {
+      const json& x = f[side];
+      o += fmt("%-8s %9s %9s %9s %9s %9s %9s %9s %7s\n", side, cell(num(x, {"seconds"})).c_str(),
+               cell(num(x, {"requests"}), "%.0f").c_str(), cell(num(x, {"requests_per_s"}), "%.0f").c_str(),
+               cell(num(x, {"docs_per_s"}), "%.0f").c_str(), cell(num(x, {"latency_ms", "p50"})).c_str(),
+               cell(num(x, {"latency_ms", "p99"})).c_str(), cell(num(x, {"server_cpu_seconds"})).c_str(),
+               cell(num(x, {"errors"}), "%.0f").c_str());
+    }
+    o += fmt("  front/direct throughput %s (loss %s%%); added latency ms p50 %s p95 %s p99 %s; couchgate sockets %s, CPU %s s, "
+             "RSS %s MB\n",
+             cell(num(f, {"throughput_ratio"})).c_str(),
+             f.value("throughput_loss_percent", json(nullptr)).dump().c_str(),
+             f["added_latency_ms"].value("p50", json(nullptr)).dump().c_str(), f["added_latency_ms"].value("p95", json(nullptr)).dump().c_str(),
+             f["added_latency_ms"].value("p99", json(nullptr)).dump().c_str(), cell(num(f, {"couchgate", "sockets_peak"}), "%.0f").c_str(),
+             cell(num(f, {"couchgate", "cpu_seconds"})).c_str(), cell(num(f, {"couchgate", "rss_peak_mb"}), "%.1f").c_str());
+  }
+  if (results.contains("live") && results["live"].contains("direct")) {
+    const json& l = results["live"];
+    o += fmt("\nLIVE FEEDS  %.0f longpoll clients (one per user database), %.0f writes/s for %.0f s per half into random "
+             "databases, directly on the server\n",
+             num(l, {"clients"}), num(l, {"rate"}), num(l, {"seconds"}));
+    o += fmt("%-7s %8s %9s %9s %8s %8s %8s %8s %8s %8s %9s %8s\n", "half", "waiting", "writes", "delivered", "p50 ms", "p99 ms",
+             "max ms", "cg sock", "cg RSS", "bench", "refusals", "errors");
+    for (const char* side : {"direct", "front"}) {
+      if (!l.contains(side)) continue;
+      const json& x = l[side];
+      double refused = 0;
+      const json refs = x.contains("refusals") && x["refusals"].is_object() ? x["refusals"] : json::object();
+      for (const auto& item : refs.items()) refused += item.value().get<double>();
+      o += fmt("%-7s %8s %9s %9s %8s %8s %8s %8s %8s %8s %9.0f %8s\n", side,
+               cell(num(x, {"clients_waiting_before_writes"}), "%.0f").c_str(), cell(num(x, {"writes"}), "%.0f").c_str(),
+               cell(num(x, {"delivered"}), "%.0f").c_str(), cell(num(x, {"delivery_ms", "p50"}), "%.0f").c_str(),
+               cell(num(x, {"delivery_ms", "p99"}), "%.0f").c_str(), cell(num(x, {"delivery_ms", "max"}), "%.0f").c_str(),
+               cell(num(x, {"couchgate_sockets_to_server_peak"}), "%.0f").c_str(),
+               cell(num(x, {"couchgate_rss_peak_mb"}), "%.1f").c_str(), cell(num(x, {"bench_sockets_to_server_peak"}), "%.0f").c_str(),
+               refused, cell(num(x, {"transport_errors"}), "%.0f").c_str());
+    }
+    o += "  cg sock = couchgate's established connections to the server (fan-in's included); bench = the bench's own\n"
+         "  (clients in the direct half, plus the writers').\n";
+  }
+  return o;
+}
+
 }  // namespace
 
 json judge_targets(const json& results) {
@@ -119,6 +229,7 @@ json judge_targets(const json& results) {
       else out.push_back(target(what, m, nullptr, "too few users for a rate: run --users 1000 or more"));
     }
   }
+  judge_client_targets(results, out);
   return out;
 }
 
@@ -157,17 +268,32 @@ void print_table(const json& results) {
                cell(num(f, {"builtin", "docs_per_s"}), "%.0f").c_str(), cell(num(f, {"builtin", "sockets_peak"}), "%.0f").c_str(),
                cell(num(f, {"ratio_couchgate_to_builtin"}), "%.2fx").c_str());
     }
+    o += "\nFLOOR (issue #18)  floor = ceiling + one _changes?style=all_docs&since=0 per source over max_connections;\n"
+         "        requests = couchgate's to the server from its start to its stop; CPU s = couchgate / server over that window\n";
+    o += fmt("%-10s %9s %9s %7s %9s %9s %9s %9s %9s\n", "size", "changes s", "floor s", "%floor", "req/doc", "req/src",
+             "cg CPU s", "srv CPU s", "waiting s");
+    for (const auto& f : fanin) {
+      double r = num(f, {"ratio_couchgate_to_floor"});
+      o += fmt("%-10s %9s %9s %7s %9s %9s %9s %9s %9s\n", f.value("size", "").c_str(), cell(num(f, {"floor_changes", "seconds"})).c_str(),
+               cell(num(f, {"floor", "seconds"})).c_str(), r < 0 ? "-" : fmt("%.0f%%", r * 100).c_str(),
+               cell(num(f, {"couchgate", "requests_per_doc"}), "%.3f").c_str(), cell(num(f, {"couchgate", "requests_per_source"})).c_str(),
+               cell(num(f, {"couchgate", "profile", "couchgate_cpu_seconds"})).c_str(),
+               cell(num(f, {"couchgate", "profile", "server_cpu_seconds"})).c_str(),
+               cell(num(f, {"couchgate", "profile", "waiting_seconds"})).c_str());
+    }
     bool any_restore = false;
     for (const auto& f : fanin) any_restore = any_restore || f.contains("restore");
     if (any_restore) {
       o += "\nRESTORE  `couchgate restore --all` into the deleted sources (wall time of the command)\n";
-      o += fmt("%-10s %10s %9s %9s %8s %9s\n", "size", "revisions", "seconds", "docs/s", "sockets", "verified");
+      o += fmt("%-10s %10s %9s %9s %8s %9s %9s %6s\n", "size", "revisions", "seconds", "docs/s", "sockets", "verified", "ceil d/s", "%ceil");
       for (const auto& f : fanin) {
         if (!f.contains("restore")) continue;
         const json& r = f["restore"];
-        o += fmt("%-10s %10s %9s %9s %8s %9s\n", f.value("size", "").c_str(), cell(num(r, {"revisions_written"}), "%.0f").c_str(),
+        double rr = num(f, {"ratio_restore_to_ceiling"});
+        o += fmt("%-10s %10s %9s %9s %8s %9s %9s %6s\n", f.value("size", "").c_str(), cell(num(r, {"revisions_written"}), "%.0f").c_str(),
                  cell(num(r, {"seconds"})).c_str(), cell(num(r, {"docs_per_s"}), "%.0f").c_str(),
-                 cell(num(r, {"sockets_peak"}), "%.0f").c_str(), r.value("verified", false) ? "yes" : "NO");
+                 cell(num(r, {"sockets_peak"}), "%.0f").c_str(), r.value("verified", false) ? "yes" : "NO",
+                 cell(num(f, {"restore_ceiling", "docs_per_s"}), "%.0f").c_str(), rr < 0 ? "-" : fmt("%.0f%%", rr * 100).c_str());
       }
     }
   }
@@ -201,7 +327,21 @@ void print_table(const json& results) {
              cell(num(p, {"sockets_peak"}), "%.0f").c_str(), cell(num(p, {"rss_peak_mb"}), "%.1f").c_str(),
              cell(num(p, {"ceiling", "connections"}), "%.0f").c_str(), cell(num(p, {"ceiling", "users_per_s"}), "%.1f").c_str());
   }
-  o += "\nTARGETS (issue #5, stated for Apache CouchDB 3.5 on 2 cores; never a pass/fail of this run)\n";
+  o += client_tables(results);
+  if (results.contains("signup")) {
+    const json& p = results["signup"];
+    o += fmt("\nSIGN-UP  %.0f sign-ups through the front door, %.0f at a time (until the 201: database provisioned)\n",
+             num(p, {"signups"}), num(p, {"concurrency"}));
+    o += fmt("  %s sign-ups/s: %s created in %s s; per sign-up ms p50 %s p99 %s max %s; not ready %s, failed %s\n",
+             cell(num(p, {"signups_per_s"}), "%.1f").c_str(), cell(num(p, {"created"}), "%.0f").c_str(),
+             cell(num(p, {"seconds"})).c_str(), cell(num(p, {"latency_ms", "p50"}), "%.0f").c_str(),
+             cell(num(p, {"latency_ms", "p99"}), "%.0f").c_str(), cell(num(p, {"latency_ms", "max"}), "%.0f").c_str(),
+             cell(num(p, {"not_ready"}), "%.0f").c_str(), cell(num(p, {"failed"}), "%.0f").c_str());
+    o += fmt("  ceiling (bench: PUT _users with password + db + _security, same concurrency) %s/s, ms p50 %s p99 %s\n",
+             cell(num(p, {"ceiling", "signups_per_s"}), "%.1f").c_str(), cell(num(p, {"ceiling", "latency_ms", "p50"}), "%.0f").c_str(),
+             cell(num(p, {"ceiling", "latency_ms", "p99"}), "%.0f").c_str());
+  }
+  o += "\nTARGETS (issues #5, #13, #14, #18, stated for Apache CouchDB 3.5 on 2 cores; never a pass/fail of this run)\n";
   for (const auto& t : results.value("targets", json::array())) {
     const json& met = t["met"];
     std::string tag = met.is_null() ? "[n/a]    " : met.get<bool>() ? "[met]    " : "[NOT MET]";

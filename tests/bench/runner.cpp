@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,9 +75,14 @@ command_result run_command(const std::vector<std::string>& args, std::chrono::du
   if (on_start) on_start(child);
   auto end = t0 + std::chrono::duration_cast<steady::duration>(deadline);
   int status = 0;
+  struct rusage ru {};
   for (;;) {
-    pid_t w = waitpid(child, &status, WNOHANG);
-    if (w == child) break;
+    pid_t w = wait4(child, &status, WNOHANG, &ru);
+    if (w == child) {
+      r.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                      static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+      break;
+    }
     if (steady::now() >= end || interrupted()) {
       kill(child, SIGKILL);
       waitpid(child, &status, 0);

@@ -14,6 +14,7 @@ struct command_result {
   int status = -1;         // exit status; -1 when killed or not started
   bool timed_out = false;
   double seconds = 0;      // wall time from fork to exit
+  double cpu_seconds = -1; // the child's user + system CPU (wait4's rusage)
   std::string out, err;
 };
 

@@ -24,15 +24,6 @@ using namespace std::chrono_literals;
 
 double ms(std::int64_t ns) { return static_cast<double>(ns) / 1e6; }
 
-json latency_summary(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  if (v.empty()) return json{{"count", 0}};
-  return json{{"count", v.size()},
-              {"p50", round_to(percentile(v, 50), 1)},
-              {"p95", round_to(percentile(v, 95), 1)},
-              {"p99", round_to(percentile(v, 99), 1)},
-              {"max", round_to(v.back(), 1)}};
-}
 }  // namespace
 
 json run_steady(context& ctx, plot_data& plots) {
@@ -171,34 +162,19 @@ json run_steady(context& ctx, plot_data& plots) {
   std::atomic<std::size_t> write_errors{0};
   std::string first_write_error;
   std::mutex err_mu;
-  {
-    // Enough writers that a slow server (500 ms per PUT) still gets the rate; each has its own
-    // connection.
-    const int writers = std::clamp((rate + 1) / 2, std::max(1, ctx.opt.threads), 64);
-    std::vector<std::thread> pool;
-    for (int w = 0; w < writers; ++w) {
-      pool.emplace_back([&, w] {
-        bench_client c(30s);
-        for (std::size_t i = static_cast<std::size_t>(w); i < total; i += static_cast<std::size_t>(writers)) {
-          if (interrupted()) return;
-          auto due = t_writes + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(static_cast<double>(i) / rate));
-          std::this_thread::sleep_until(due);
-          auto wall = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-          json body{{"t_write_ms", wall}, {"i", i}, {"type", "bench-write"}, {"text", "steady-state write " + std::to_string(i)}};
-          sent[i] = now_ns();
-          auto r = c.put(db_path(db_of[i]) + "/" + test::enc(id_of[i]), body.dump());
-          if (r.status == 201 || r.status == 202) {
-            acked[i] = now_ns();
-          } else {
-            ++write_errors;
-            std::lock_guard lk(err_mu);
-            if (first_write_error.empty()) first_write_error = db_of[i] + "/" + id_of[i] + ": " + describe(r);
-          }
-        }
-      });
+  paced_for(total, rate, ctx.opt.threads, t_writes, [&](std::size_t i, bench_client& c) {
+    auto wall = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    json body{{"t_write_ms", wall}, {"i", i}, {"type", "bench-write"}, {"text", "steady-state write " + std::to_string(i)}};
+    sent[i] = now_ns();
+    auto r = c.put(db_path(db_of[i]) + "/" + test::enc(id_of[i]), body.dump());
+    if (r.status == 201 || r.status == 202) {
+      acked[i] = now_ns();
+    } else {
+      ++write_errors;
+      std::lock_guard lk(err_mu);
+      if (first_write_error.empty()) first_write_error = db_of[i] + "/" + id_of[i] + ": " + describe(r);
     }
-    for (auto& t : pool) t.join();
-  }
+  });
   double write_secs = seconds_since(t_writes);
   std::size_t written = 0;
   for (std::size_t i = 0; i < total; ++i) written += acked[i] >= 0 ? 1 : 0;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "policy/id_map.hpp"
+#include "tests/support/convergence.hpp"
 #include "tests/support/fault_proxy.hpp"
 #include "tests/support/harness.hpp"
 
@@ -91,15 +92,10 @@ inline std::string attachment_digest(const std::string& db, const std::string& i
 inline std::string describe_diff(const leaf_map& got, const leaf_map& want) {
   std::string out;
   int shown = 0;
-  auto revs = [](const std::set<std::string>& s) {
-    std::string r;
-    for (const auto& x : s) r += x + " ";
-    return r;
-  };
   for (const auto& [id, w] : want) {
     auto it = got.find(id);
     if (it == got.end()) out += "missing " + id + "\n";
-    else if (it->second != w) out += "revs differ " + id + ": got " + revs(it->second) + "want " + revs(w) + "\n";
+    else if (it->second != w) out += "revs differ " + id + ": got " + join_revs(it->second) + "want " + join_revs(w) + "\n";
     else continue;
     if (++shown >= 10) return out;
   }

@@ -346,3 +346,75 @@ TEST_CASE("SIGTERM while the server hangs: couchgate exits cleanly within system
   proxy.stall(false);
   CHECK_MESSAGE(cg.log().find("checkpoints not written within the stop grace") != std::string::npos, tail(cg.log()));
 }
+
+TEST_CASE("answers cut short, a feed that ends early and 500s on every replication request: no crash, no loss, counted") {
+  fault_proxy proxy;
+  auto n = fresh_names("cutshort");
+  json cfg = fault_config(n, proxy);
+  cfg["fanin"]["inline_docs"] = false;  // every revision through _bulk_get
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_and_provision_one(cg, proxy, n);
+  const std::string user = "first-" + n.role;
+  const std::string db = user_db_name(n.prefix, user);
+  std::map<std::string, std::string> db_owner{{db, user}};
+  const double transport_before = cg.metric("couchgate_couchdb_transport_errors_total").value_or(0);
+  const double errors_before = cg.metric("couchgate_replication_errors_total").value_or(0);
+
+  // A body shorter than its Content-Length, then the connection closed (FIN).
+  const std::string truncated =
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"results\":[{\"id\":\"x\",";
+  const std::string error500 =
+      "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 58\r\n\r\n"
+      "{\"error\":\"internal_server_error\",\"reason\":\"injected 500\"}\n";
+  struct fault {
+    std::string target;  // request target contains
+    std::string answer;
+    bool close;
+  };
+  const std::vector<fault> faults{
+      {"/_users/_changes", truncated, true},            // the _users feed ends early
+      {"/" + enc(db) + "/_changes", truncated, true},   // a source's _changes cut short
+      {"/_revs_diff", truncated, true},
+      {"/_bulk_get", truncated, true},
+      {"/_bulk_docs", truncated, true},
+      {"/_revs_diff", error500, false},
+      {"/_bulk_get", error500, false},
+      {"/_bulk_docs", error500, false},
+  };
+  int injected = 0, round = 0;
+  std::vector<std::string> created;
+  for (const auto& f : faults) {
+    CAPTURE(f.target);
+    auto answered = [&] {
+      int k = 0;
+      for (const auto& r : proxy.requests()) k += r.answered_by_proxy && r.target.find(f.target) != std::string::npos;
+      return k;
+    };
+    const int before = answered();
+    proxy.answer_next(1, f.answer, f.target, f.close);
+    // Something for that request to carry: a new user (the _users feed), new and edited documents.
+    if (f.target == "/_users/_changes") {
+      created.push_back("late" + std::to_string(round) + "-" + n.role);
+      REQUIRE(create_user(created.back(), {n.role}).status == 201);
+    }
+    couch c;
+    const std::string id = "d" + std::to_string(round++);
+    auto put = c.put("/" + enc(db) + "/" + id, json{{"v", 1}});
+    REQUIRE(put.status == 201);
+    REQUIRE(c.put("/" + enc(db) + "/" + id, json{{"v", 2}, {"_rev", put.body["rev"]}}).status == 201);
+    CHECK_MESSAGE(eventually([&] { return answered() > before; }, 60s), tail(cg.log()));
+    injected += answered() - before;
+    REQUIRE_MESSAGE(cg.running(), tail(cg.log()));
+  }
+  proxy.answer_next(0, "");
+  for (const auto& u : created) db_owner[user_db_name(n.prefix, u)] = u;
+  CHECK_MESSAGE(eventually([&] { return all_provisioned(n, created); }, 60s), missing(n, created) << tail(cg.log()));
+  leaf_map want = expected_central(db_owner);
+  CHECK_MESSAGE(eventually([&] { return central_user_docs(n.central) == want; }, 120s),
+                describe_diff(central_user_docs(n.central), want) << tail(cg.log()));
+  MESSAGE(injected << " answers cut short or failed with 500, of " << faults.size() << " injected kinds");
+  CHECK(injected == static_cast<int>(faults.size()));
+  CHECK(cg.metric("couchgate_couchdb_transport_errors_total").value_or(0) > transport_before);
+  CHECK(cg.metric("couchgate_replication_errors_total").value_or(0) > errors_before);
+  CHECK(cg.terminate() == 0);
+}

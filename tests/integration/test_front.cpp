@@ -45,6 +45,21 @@ using header_list = std::vector<std::pair<std::string, std::string>>;
 
 std::string basic(const std::string& user, const std::string& password) { return "Basic " + b64(user + ":" + password); }
 
+// A request whose body never finishes: couchgate has leased an upstream connection (and the
+// caller's request slot) and streams the body as it comes, so both stay held until the socket
+// closes. (A waiting live `_changes` feed holds neither: it is parked, issue 14.)
+struct held_request {
+  net::io_context io;
+  tcp::socket socket{io};
+  held_request(int port, const header_list& headers, const std::string& target) {
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    std::string head = "PUT " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
+    for (const auto& [k, v] : headers) head += k + ": " + v + "\r\n";
+    head += "Content-Length: 100\r\n\r\n{\"v\":";
+    net::write(socket, net::buffer(head));
+  }
+};
+
 // One request on its own connection (plain or TLS, certificate not verified: the test made it).
 front_reply front_call(int port, bool tls, const std::string& method, const std::string& target,
                        const header_list& headers = {}, const std::string& body = {}) {
@@ -449,19 +464,15 @@ TEST_CASE("front door limits: 431, 413, slow headers cut off, auth failures 429,
     CHECK(waited < std::chrono::seconds(5));
   }
 
-  // The upstream pool (1 connection) is held by a waiting feed: the next request waits 300 ms, then 503.
-  std::thread feed([&] {
-    front_call(port, false, "GET", "/me/_changes?feed=longpoll&since=now&timeout=4000", auth);
-  });
+  // The upstream pool (1 connection) is held by an unfinished upload: the next request waits 300 ms, then 503.
+  std::optional<held_request> feed(std::in_place, port, auth, "/me/held");
   CHECK(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(5)));
   auto busy = front_call(port, false, "GET", "/", {});
   CHECK(busy.status == 503);
   CHECK(busy.headers.find("Retry-After") != busy.headers.end());
   CHECK(cg.metric("couchgate_front_upstream_peak").value_or(99) <= 1);
   CHECK(cg.metric("couchgate_front_upstream_busy_total").value_or(0) >= 1);
-  // Unblock the feed with a write (pouchdb-server ignores `timeout` on since=now feeds).
-  couch().put("/" + enc(users[0].db) + "/wake", json{{"v", 1}});
-  feed.join();
+  feed.reset();
 
   // Failed authentications from one address: after the limit, 429 with Retry-After, even with
   // the right password (the credential is not even checked).
@@ -551,12 +562,11 @@ TEST_CASE("front door: per-user concurrent requests and client connections are c
   auto& cg = *run.process;
   const int port = run.port;
   const auto pair = alice_and_bob(n, port);
-  const auto& users = pair.users;
   const auto& alice = pair.alice;
   const auto& bob = pair.bob;
 
-  // Alice's one request slot is held by a waiting feed: her next request gets 429, Bob's is served.
-  std::thread feed([&] { front_call(port, false, "GET", "/me/_changes?feed=longpoll&since=now&timeout=4000", alice); });
+  // Alice's one request slot is held by an unfinished upload: her next request gets 429, Bob's is served.
+  std::optional<held_request> feed(std::in_place, port, alice, "/me/held");
   CHECK(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(5)));
   auto second = front_call(port, false, "GET", "/me", alice);
   CHECK(second.status == 429);
@@ -578,8 +588,7 @@ TEST_CASE("front door: per-user concurrent requests and client connections are c
   idle.clear();
   CHECK(eventually([&] { return front_call(port, false, "GET", "/", {}).status == 200; }, std::chrono::seconds(5)));
 
-  couch().put("/" + enc(users[0].db) + "/wake", json{{"v", 1}});  // pouchdb-server ignores timeout with since=now
-  feed.join();
+  feed.reset();
 }
 
 TEST_CASE("front door: a user's requests beyond the cap wait their turn, bounded in number and time") {
@@ -596,17 +605,12 @@ TEST_CASE("front door: a user's requests beyond the cap wait their turn, bounded
   const auto& users = pair.users;
   const auto& alice = pair.alice;
   const auto& bob = pair.bob;
-  const auto wake_feed = [&](const std::string& id) {
-    // pouchdb-server ignores timeout with since=now: a write ends the feed on every server.
-    REQUIRE(couch().put("/" + enc(users[0].db) + "/" + id, json{{"v", 1}}).status == 201);
-  };
-  const std::string feed_target = "/me/_changes?feed=longpoll&since=now&timeout=60000";
 
-  // Alice's one slot is held by a waiting feed: two more requests queue (not 429), a third finds
-  // the queue full (429 + Retry-After); Bob is not held up. When the feed ends, both queued
-  // requests are served.
-  front_reply feed_reply, q1, q2;
-  std::thread feed([&] { feed_reply = front_call(port, false, "GET", feed_target, alice); });
+  // Alice's one slot is held by an unfinished upload (a live feed would be parked and hold no
+  // slot): two more requests queue (not 429), a third finds the queue full (429 + Retry-After);
+  // Bob is not held up. When the upload's connection closes, both queued requests are served.
+  front_reply q1, q2;
+  std::optional<held_request> held(std::in_place, port, alice, "/me/held");
   REQUIRE(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(10)));
   std::thread t1([&] { q1 = front_call(port, false, "PUT", "/me/queued-1", alice, json{{"v", 1}}.dump()); });
   REQUIRE(eventually([&] { return cg.metric("couchgate_front_user_queued").value_or(0) == 1; }, std::chrono::seconds(10)));
@@ -616,18 +620,16 @@ TEST_CASE("front door: a user's requests beyond the cap wait their turn, bounded
   CHECK(full.status == 429);
   CHECK(full.headers.find("Retry-After") != full.headers.end());
   CHECK(front_call(port, false, "GET", "/me", bob).status == 200);
-  wake_feed("wake-1");
-  feed.join();
+  held.reset();
   t1.join();
   t2.join();
-  CHECK(feed_reply.status == 200);
   CHECK_MESSAGE(q1.status == 201, q1.raw);
   CHECK_MESSAGE(q2.status == 201, q2.raw);
   CHECK(couch().get("/" + enc(users[0].db) + "/queued-2").status == 200);
   CHECK(cg.metric("couchgate_front_user_queued").value_or(-1) == 0);
 
   // A queued request whose turn does not come within user_queue_timeout gets 503 + Retry-After.
-  std::thread feed2([&] { feed_reply = front_call(port, false, "GET", feed_target, alice); });
+  held.emplace(port, alice, "/me/held");
   REQUIRE(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(10)));
   const auto start = std::chrono::steady_clock::now();
   auto late = front_call(port, false, "GET", "/me", alice);
@@ -636,10 +638,9 @@ TEST_CASE("front door: a user's requests beyond the cap wait their turn, bounded
   CHECK(late.headers.find("Retry-After") != late.headers.end());
   CHECK(waited >= std::chrono::milliseconds(3500));
   CHECK(cg.metric("couchgate_front_user_queued").value_or(-1) == 0);
-  wake_feed("wake-2");
-  feed2.join();
-  CHECK(feed_reply.status == 200);
-  CHECK(front_call(port, false, "GET", "/me", alice).status == 200);  // the slot came back
+  held.reset();
+  // The slot comes back once couchgate has seen the upload's connection close.
+  CHECK(eventually([&] { return front_call(port, false, "GET", "/me", alice).status == 200; }, std::chrono::seconds(10)));
 }
 
 namespace {
@@ -814,7 +815,21 @@ TEST_CASE("front door CORS: preflights and couchgate's own answers carry CouchDB
   auto other = front_call(port, false, "GET", "/me", {{"Origin", "https://evil.example"}});
   CHECK(other.status == 401);
   CHECK(other.headers.find(http::field::access_control_allow_origin) == other.headers.end());
+
+  // A live feed's answer is couchgate's own too (the feed is parked, the server never answers
+  // it): longpoll (whole answer) and continuous (streamed header) carry the same headers.
+  const auto pair = alice_and_bob(n, port);
+  header_list with_origin = pair.alice;
+  with_origin.emplace_back("Origin", origin);
+  auto longpoll = front_call(port, false, "GET", "/me/_changes?feed=longpoll&since=now&timeout=300", with_origin);
+  CHECK_MESSAGE(longpoll.status == 200, longpoll.raw);
+  CHECK(get(longpoll, http::field::access_control_allow_origin) == origin);
+  CHECK(get(longpoll, http::field::access_control_allow_credentials) == "true");
+  auto continuous = front_call(port, false, "GET", "/me/_changes?feed=continuous&since=now&timeout=300", with_origin);
+  CHECK_MESSAGE(continuous.status == 200, continuous.raw);
+  CHECK(get(continuous, http::field::access_control_allow_origin) == origin);
   CHECK(run.process->terminate() == 0);
+}
 
 TEST_CASE("front door: SIGHUP applies the body cap and the auth failure limit live; a changed port is named as needing a restart") {
   auto n = fresh_names("frontlive");

@@ -15,6 +15,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -478,4 +480,142 @@ TEST_CASE("front door without TLS: plain HTTP is refused unless front.allow_inse
     check_log_clean(st, cg, users);
     CHECK(cg.terminate() == 0);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parked live feeds (issue 14): tests/clients/live.js plays the clients.
+
+namespace {
+
+long rss_kib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+// A plain front door with a small upstream pool (the cap the sockets are checked against).
+json live_config(const names& n, const stage& st, int pool) {
+  json cfg = front_config(n, st);
+  cfg["front"]["allow_insecure"] = true;
+  cfg["front"]["upstream"] = {{"max_connections", pool}};
+  cfg["front"]["feed_sweep_interval"] = "200ms";
+  cfg["fanin"]["max_connections"] = 3;  // couchgate's own pool (fan-in, provisioning, the feed sweep): its minimum
+  return cfg;
+}
+
+json live_params(const stage& st, int port, couchgate_process& cg, const std::vector<test_user>& users,
+                 const std::string& mode) {
+  json p = base_params(st, "http://127.0.0.1:" + std::to_string(port), users);
+  p["admin"] = "http://127.0.0.1:" + std::to_string(cg.admin_port());
+  p["mode"] = mode;
+  p["log_file"] = cg.dir() + "/stderr.log";
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("live feeds: 50 PouchDB live syncs park in couchgate; every write reaches its own client over a bounded pool") {
+  SKIP_WITHOUT_FRONT_DOOR();
+  install_client_deps();
+  stage st;
+  auto n = fresh_names("live-many");
+  const int pool = 4;
+  const bool full = std::getenv("COUCHGATE_FULL") != nullptr && *std::getenv("COUCHGATE_FULL") != '\0';
+  const int clients = full ? 200 : 50;
+  const json cfg = live_config(n, st, pool);
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  std::vector<std::string> stems;
+  for (int i = 0; i < clients; ++i) stems.push_back("u" + std::to_string(i));
+  auto users = make_users(n, stems);
+  wait_provisioned(users, cg);
+  const int port = front_port(st, cg);
+  const long rss_before = rss_kib(cg.pid());
+
+  // Sampled from /proc while the clients run: couchgate's sockets to the server's port (its
+  // own fan-in pool included, which fanin.max_connections bounds), the front pool's own count,
+  // and memory once every feed is parked.
+  std::atomic<bool> done{false};
+  int max_sockets = 0;
+  double max_front_open = 0, max_parked = 0;
+  long rss_parked = -1;
+  std::thread sampler([&] {
+    while (!done.load()) {
+      max_sockets = std::max(max_sockets, connections_to_server(cg.pid()));
+      max_front_open = std::max(max_front_open, cg.metric("couchgate_front_upstream_open").value_or(0));
+      const double parked = cg.metric("couchgate_front_feeds_parked").value_or(0);
+      if (parked >= max_parked) {
+        max_parked = parked;
+        if (parked >= clients) rss_parked = std::max(rss_parked, rss_kib(cg.pid()));
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+  });
+  json p = live_params(st, port, cg, users, "many");
+  p["writes"] = 3;
+  run_script(st, "live.js", p, cg, 180s);
+  done = true;
+  sampler.join();
+
+  const int fanin_pool = cfg["fanin"]["max_connections"].get<int>();
+  MESSAGE("upstream sockets: at most " << max_sockets << " from couchgate (front pool " << pool << " + fan-in pool "
+                                       << fanin_pool << "); front pool open at most " << max_front_open
+                                       << "; feeds parked at most " << max_parked);
+  CHECK(max_parked >= clients);
+  CHECK(max_front_open <= pool);
+  CHECK(cg.metric("couchgate_front_upstream_peak").value_or(99) <= pool);
+  CHECK(max_sockets <= pool + fanin_pool);
+  CHECK(max_sockets < clients);  // a socket per waiting client would be `clients`
+  CHECK(cg.metric("couchgate_front_feed_wakes_total").value_or(0) >= clients);
+  CHECK(cg.metric("couchgate_front_feed_wake_fetches_total").value_or(0) >= clients);
+  if (rss_parked > 0 && rss_before > 0) {
+    MESSAGE("memory: RSS " << rss_before << " KiB before, " << rss_parked << " KiB with " << clients
+                           << " feeds parked: about " << (rss_parked - rss_before) * 1024 / clients
+                           << " bytes per parked client (upper bound: includes the syncs' first reads); feed state estimate "
+                           << cg.metric("couchgate_front_feed_bytes_estimate").value_or(0) << " bytes open now");
+  }
+  CHECK(cg.running());
+  check_log_clean(st, cg, users);
+  CHECK(cg.terminate() == 0);
+}
+
+TEST_CASE("live feeds: a parked client whose password changes gets 401 within the session cache lifetime") {
+  SKIP_WITHOUT_FRONT_DOOR();
+  install_client_deps();
+  stage st;
+  auto n = fresh_names("live-revoke");
+  json cfg = live_config(n, st, 4);
+  cfg["front"]["session_cache_ttl"] = "1s";
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  auto users = make_users(n, {"carol"});
+  wait_provisioned(users, cg);
+  run_script(st, "live.js", live_params(st, front_port(st, cg), cg, users, "revoke"), cg, 120s);
+  CHECK(cg.log().find("credential no longer accepted; live feed ended with 401") != std::string::npos);
+  CHECK(cg.running());
+  check_log_clean(st, cg, users);
+  CHECK(cg.terminate() == 0);
+}
+
+TEST_CASE("live feeds: a write between the first check and the park is delivered; filters, continuous, eventsource, cap") {
+  SKIP_WITHOUT_FRONT_DOOR();
+  install_client_deps();
+  stage st;
+  auto n = fresh_names("live-race");
+  json cfg = live_config(n, st, 4);
+  cfg["front"]["max_parked_per_user"] = 2;
+  couchgate_process cg(cfg, {{"COUCHGATE_TEST_FEED_CHECK_DELAY_MS", "1500"}});
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  auto users = make_users(n, {"dave"});
+  wait_provisioned(users, cg);
+  run_script(st, "live.js", live_params(st, front_port(st, cg), cg, users, "race"), cg, 120s);
+  CHECK(cg.running());
+  check_log_clean(st, cg, users);
+  CHECK(cg.terminate() == 0);
 }

@@ -4,8 +4,14 @@
 #include <doctest/doctest.h>
 #include <httplib.h>
 
+#include <atomic>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <latch>
+#include <map>
+#include <mutex>
+#include <thread>
 
 #include "policy/naming.hpp"
 #include "tests/integration/fixtures.hpp"
@@ -64,6 +70,18 @@ http_reply call(int port, const std::string& method, const std::string& path, co
 
 std::string user_doc(const std::string& name) { return "/_users/" + enc("org.couchdb.user:" + name); }
 
+// A test's own directory (the front door's port file), removed when the test ends.
+struct scratch_dir {
+  std::string path;
+  explicit scratch_dir(const std::string& stem) : path("/tmp/" + stem) { std::filesystem::create_directories(path); }
+  ~scratch_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  scratch_dir(const scratch_dir&) = delete;
+  scratch_dir& operator=(const scratch_dir&) = delete;
+};
+
 void delete_user_doc(const std::string& name) {
   auto u = couch().get(user_doc(name));
   if (u.status == 200) couch().del(user_doc(name) + "?rev=" + u.body["_rev"].get<std::string>());
@@ -73,12 +91,11 @@ void delete_user_doc(const std::string& name) {
 
 TEST_CASE("sign-up through the front door: the new user syncs /me at once; taken values are named") {
   auto n = fresh_names("signup");
-  const std::string dir = n.state;  // unique per test
-  couchgate_process cg(signup_config(n, "/tmp/" + dir));
-  std::filesystem::create_directories("/tmp/" + dir);
+  const scratch_dir dir(n.state);  // unique per test
+  couchgate_process cg(signup_config(n, dir.path));
   cg.start();
   REQUIRE(cg.wait_ready(60s));
-  const int port = read_port("/tmp/" + dir + "/front.port");
+  const int port = read_port(dir.path + "/front.port");
   REQUIRE(port > 0);
 
   const std::string name = unique("Signup");
@@ -123,8 +140,8 @@ TEST_CASE("sign-up through the front door: the new user syncs /me at once; taken
 
 TEST_CASE("sign-up: per-address rate limit answers 429 with Retry-After") {
   auto n = fresh_names("signuprl");
-  const std::string dir = "/tmp/" + n.state;
-  std::filesystem::create_directories(dir);
+  const scratch_dir scratch(n.state);
+  const std::string& dir = scratch.path;
   json cfg = signup_config(n, dir);
   cfg["identities"]["rate_limit"] = 3;
   couchgate_process cg(cfg);
@@ -139,8 +156,8 @@ TEST_CASE("sign-up: per-address rate limit answers 429 with Retry-After") {
 
 TEST_CASE("sign-up: kill -9 between any two steps; after a restart every invariant holds") {
   auto n = fresh_names("signupkill");
-  const std::string dir = "/tmp/" + n.state;
-  std::filesystem::create_directories(dir);
+  const scratch_dir scratch(n.state);
+  const std::string& dir = scratch.path;
   const json cfg = signup_config(n, dir);
   const std::string ids_db = "/" + enc(cfg["identities"]["db"].get<std::string>());
   struct point {
@@ -205,4 +222,329 @@ TEST_CASE("sign-up: kill -9 between any two steps; after a restart every invaria
                     },
                     60s),
                 "intent states: " << states << tail(cg.log()));
+}
+
+// ---- users made without couchgate ----
+
+namespace {
+
+struct direct_fixture {
+  names n = fresh_names("direct");
+  scratch_dir dir{n.state};
+  json cfg;
+  std::string ids_db;
+  std::vector<std::string> made;  // users to delete at the end
+
+  explicit direct_fixture(const std::string& on_duplicate) {
+    cfg = signup_config(n, dir.path);
+    cfg["identities"]["on_duplicate"] = on_duplicate;
+    ids_db = "/" + enc(cfg["identities"]["db"].get<std::string>());
+  }
+  ~direct_fixture() {
+    for (const auto& u : made) delete_user_doc(u);
+  }
+  // A user written straight into _users (selected by the provisioning role), with an address.
+  void create(const std::string& name, const std::string& email) {
+    json doc{{"_id", "org.couchdb.user:" + name}, {"name", name},           {"type", "user"},
+             {"roles", {n.role}},                 {"password", "pw-123456"}, {"email", email}};
+    auto r = couch().put(user_doc(name), doc);
+    REQUIRE_MESSAGE(r.status == 201, r.raw);
+    made.push_back(name);
+  }
+  void set_email(const std::string& name, const std::string& email) {
+    auto cur = couch().get(user_doc(name));
+    REQUIRE(cur.status == 200);
+    json doc = cur.body;
+    doc["email"] = email;
+    REQUIRE(couch().put(user_doc(name), doc).status == 201);
+  }
+  // The `user` a reservation points at; "" when there is none.
+  std::string holder(const std::string& id) const {
+    auto r = couch().get(ids_db + "/" + enc(id));
+    return r.status == 200 ? r.body.value("user", "") : std::string();
+  }
+  std::string db(const std::string& name) const { return n.prefix + couchgate::policy::hex_encode(name); }
+  // The database exists with the user among its members.
+  bool provisioned(const std::string& name) const {
+    auto s = couch().get("/" + enc(db(name)) + "/_security");
+    if (s.status != 200) return false;
+    for (const auto& m : s.body["members"]["names"]) {
+      if (m == name) return true;
+    }
+    return false;
+  }
+  static json conflicts(const couchgate_process& cg) {
+    auto r = cg.admin_get("/identities/conflicts");
+    REQUIRE_MESSAGE(r.status == 200, r.raw);
+    return r.body["conflicts"];
+  }
+  static bool listed(const couchgate_process& cg, const std::string& user, const std::string& field,
+                     const std::string& value, const std::string& holder) {
+    for (const auto& c : conflicts(cg)) {
+      if (c["user"] == user && c["field"] == field && c["value"] == value && c["holder"] == holder) return true;
+    }
+    return false;
+  }
+  static bool unlisted(const couchgate_process& cg, const std::string& user) {
+    for (const auto& c : conflicts(cg)) {
+      if (c["user"] == user) return false;
+    }
+    return true;
+  }
+};
+
+std::size_t count(const std::string& haystack, const std::string& needle) {
+  std::size_t k = 0;
+  for (auto p = haystack.find(needle); p != std::string::npos; p = haystack.find(needle, p + 1)) ++k;
+  return k;
+}
+
+}  // namespace
+
+TEST_CASE("users made without couchgate: reservations made, a duplicate address flagged, released with its user") {
+  direct_fixture f("flag");
+  const std::string a = unique("da"), b = unique("db"), c = unique("dc");
+  const std::string email = unique("shared") + "@example.org";
+  // A crash after the provisioner's PUT of a reservation left it behind: the next pass takes
+  // it as its own (a 409 by the same user is success).
+  REQUIRE(couch().put(f.ids_db, json::object()).status / 100 == 2);
+  REQUIRE(couch().put(f.ids_db + "/" + enc("name/" + c),
+                      json{{"type", "reservation"}, {"field", "name"}, {"user", c}}).status == 201);
+
+  couchgate_process cg(f.cfg);
+  cg.start();
+  REQUIRE(cg.wait_ready(60s));
+  // a first has another address (written untrimmed, in upper case)...
+  const std::string first = email.substr(0, 3) + "x" + email.substr(3);
+  f.create(a, "  " + email.substr(0, 3) + "X" + email.substr(3) + " ");
+  CHECK(eventually([&] { return f.holder("name/" + a) == a && f.holder("email/" + first) == a && f.provisioned(a); }, 30s));
+  // ...then changes it in _users: the new one is reserved, the old one released.
+  f.set_email(a, " " + email + " ");
+  CHECK(eventually([&] { return f.holder("email/" + email) == a && f.holder("email/" + first).empty(); }, 30s));
+  f.create(c, unique("own") + "@example.org");
+  CHECK(eventually([&] { return f.provisioned(c); }, 30s));
+  CHECK(f.holder("name/" + c) == c);
+  // C: c's name in another case (CouchDB takes both; couchgate's names are unique without case).
+  std::string c_upper = c;
+  for (auto& ch : c_upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  f.create(c_upper, unique("cup") + "@example.org");
+  CHECK(eventually([&] { return direct_fixture::listed(cg, c_upper, "name", c, c); }, 30s));
+  CHECK(eventually([&] { return f.provisioned(c_upper); }, 30s));  // flag: provisioned anyway
+  delete_user_doc(c_upper);
+  CHECK(eventually([&] { return direct_fixture::unlisted(cg, c_upper); }, 30s));
+  CHECK(f.holder("name/" + c) == c);  // not C's to release
+
+  // b has a's address (in another case): flagged, provisioned anyway.
+  std::string upper = email;
+  upper[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(upper[0])));
+  f.create(b, upper);
+  CHECK(eventually([&] { return direct_fixture::listed(cg, b, "email", email, a); }, 30s));
+  CHECK(eventually([&] { return f.provisioned(b); }, 30s));
+  CHECK(f.holder("name/" + b) == b);
+  CHECK(f.holder("email/" + email) == a);
+  CHECK(cg.metric("couchgate_identity_duplicates_total") == 2.0);  // C's name, b's address
+  CHECK(cg.metric("couchgate_identity_duplicates") == 1.0);
+  // Looked at again every couple of seconds, logged once; never a password.
+  const std::string line = "user " + b + " (made without couchgate)";
+  CHECK(eventually([&] { return count(cg.log(), "user " + b + " (made without couchgate): its email") == 1; }, 10s));
+  // Two more passes over b (each counts as a user seen) must not log it again.
+  const double seen = cg.metric("couchgate_users_seen_total").value_or(0);
+  CHECK(eventually([&] { return cg.metric("couchgate_users_seen_total").value_or(0) >= seen + 2; }, 20s));
+  CHECK(count(cg.log(), line) == 1);
+  CHECK(cg.metric("couchgate_identity_duplicates_total") == 2.0);
+  CHECK(cg.admin_get("/identities/conflicts").raw.find("pw-123456") == std::string::npos);
+  CHECK(cg.log().find("pw-123456") == std::string::npos);
+
+  // A restart finds the conflict again (nothing stored but the reservations).
+  cg.kill9();
+  couchgate_process again(f.cfg);
+  again.start();
+  REQUIRE(again.wait_ready(60s));
+  CHECK(eventually([&] { return direct_fixture::listed(again, b, "email", email, a); }, 30s));
+
+  // a goes: its reservations are released, b gets the address and leaves the list.
+  delete_user_doc(a);
+  CHECK(eventually([&] { return f.holder("name/" + a).empty(); }, 30s));
+  CHECK(eventually([&] { return f.holder("email/" + email) == b && direct_fixture::unlisted(again, b); }, 30s));
+  CHECK(again.metric("couchgate_identity_duplicates") == 0.0);
+  // b goes: only what points at b is released (c's reservation stays).
+  delete_user_doc(b);
+  CHECK(eventually([&] { return f.holder("name/" + b).empty() && f.holder("email/" + email).empty(); }, 30s));
+  CHECK(f.holder("name/" + c) == c);
+  couch().del(f.ids_db);
+}
+
+TEST_CASE("users made without couchgate: under on_duplicate exclude a duplicate is not provisioned until resolved") {
+  direct_fixture f("exclude");
+  couchgate_process cg(f.cfg);
+  cg.start();
+  REQUIRE(cg.wait_ready(60s));
+  const int port = read_port(f.dir.path + "/front.port");
+
+  // s signs up through couchgate and holds the address.
+  const std::string s = unique("ssign"), d = unique("ddirect"), e = unique("edirect");
+  const std::string email = unique("taken") + "@example.org";
+  auto su = call(port, "POST", "/_signup", json{{"name", s}, {"password", "correct-horse-1"}, {"email", email}});
+  REQUIRE_MESSAGE(su.status == 201, su.body.dump());
+  f.made.push_back(s);
+
+  // d, made directly with the same address: excluded (its name is still reserved: it exists).
+  f.create(d, email);
+  CHECK(eventually([&] { return direct_fixture::listed(cg, d, "email", email, s); }, 30s));
+  CHECK(eventually([&] { return f.holder("name/" + d) == d; }, 10s));
+  auto st = cg.admin_get("/status/users/" + enc(d));
+  REQUIRE(st.status == 200);
+  CHECK(st.raw.find("excluded") != std::string::npos);
+  CHECK_FALSE(f.provisioned(d));
+  CHECK(couch().get("/" + enc(f.db(d))).status == 404);
+
+  // Resolved by changing d's address: provisioned by the next pass.
+  const std::string other = unique("other") + "@example.org";
+  f.set_email(d, other);
+  CHECK(eventually([&] { return f.provisioned(d) && direct_fixture::unlisted(cg, d); }, 30s));
+  CHECK(f.holder("email/" + other) == d);
+  CHECK(f.holder("email/" + email) == s);
+
+  // e takes s's address too; resolved when the other reservation goes (s is deleted).
+  f.create(e, email);
+  CHECK(eventually([&] { return direct_fixture::listed(cg, e, "email", email, s); }, 30s));
+  CHECK_FALSE(f.provisioned(e));
+  delete_user_doc(s);
+  CHECK(eventually([&] { return f.holder("name/" + s).empty(); }, 30s));
+  CHECK(eventually([&] { return f.provisioned(e) && f.holder("email/" + email) == e; }, 30s));
+  CHECK(direct_fixture::unlisted(cg, e));
+
+  // x takes d's address, then stops being selected (its role taken away): no longer listed.
+  const std::string x = unique("xdirect");
+  f.create(x, other);
+  CHECK(eventually([&] { return direct_fixture::listed(cg, x, "email", other, d); }, 30s));
+  auto cur = couch().get(user_doc(x));
+  REQUIRE(cur.status == 200);
+  json doc = cur.body;
+  doc["roles"] = json::array();
+  REQUIRE(couch().put(user_doc(x), doc).status == 201);
+  CHECK(eventually([&] { return direct_fixture::unlisted(cg, x); }, 30s));
+  CHECK(f.holder("email/" + other) == d);
+  couch().del(f.ids_db);
+}
+
+// ---- the race through HTTP ----
+
+TEST_CASE("sign-up race through the front door: 200 concurrent requests for 50 names and 50 addresses") {
+  // The full size in the default run: about 10 s on pouchdb-server on a loaded 2-core machine.
+  const int pairs = 50, per_pair = 4;
+  auto n = fresh_names("signuprace");
+  const scratch_dir dir(n.state);
+  json cfg = signup_config(n, dir.path);
+  cfg["identities"]["rate_limit"] = 1000000;  // every request comes from 127.0.0.1
+  cfg["identities"]["provision_wait"] = "20s";
+  cfg["identities"]["signup_deadline"] = "20s";
+  cfg["identities"]["intent_timeout"] = "60s";
+  const std::string ids_db = "/" + enc(cfg["identities"]["db"].get<std::string>());
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE(cg.wait_ready(60s));
+  const int port = read_port(dir.path + "/front.port");
+
+  // Attempt k wants pair k % pairs: name i always with address i (in varied spelling), so each
+  // name and each address can have exactly one winner. Under a real race two attempts can each
+  // take one value of a pair and both lose; a client that got 409 then asks /_signup/available
+  // and tries again while a value is free (a loser's reservations are released at once), and
+  // accepts the 409 once both values stay taken — which only the winner's reservations do.
+  const std::string stem = unique("hr");
+  std::vector<std::string> pair_name, pair_email;
+  for (int i = 0; i < pairs; ++i) {
+    pair_name.push_back(stem + "-n" + std::to_string(i));
+    pair_email.push_back(stem + "-e" + std::to_string(i) + "@example.org");
+  }
+  struct outcome {
+    http_reply first, last;
+    int attempts = 0;
+  };
+  std::vector<outcome> out(pairs * per_pair);
+  std::latch go(pairs * per_pair);
+  const auto started = std::chrono::steady_clock::now();
+  {
+    std::vector<std::thread> clients;
+    for (int k = 0; k < pairs * per_pair; ++k) {
+      clients.emplace_back([&, k] {
+        const int i = k % pairs;
+        std::string email = pair_email[i];
+        if (k / pairs % 2 == 1) email[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(email[0])));
+        const json body{{"name", pair_name[i]}, {"password", "correct-horse-1"}, {"email", " " + email}};
+        const std::string avail = "/_signup/available?name=" + enc(pair_name[i]) + "&email=" + enc(pair_email[i]);
+        auto& o = out[k];
+        go.arrive_and_wait();
+        for (int tries = 0; tries < 20; ++tries) {
+          o.last = call(port, "POST", "/_signup", body);
+          if (++o.attempts == 1) o.first = o.last;
+          if (o.last.status != 409) return;
+          int taken_twice = 0;
+          for (int look = 0; look < 40 && taken_twice < 2; ++look) {
+            auto a = call(port, "GET", avail);
+            const bool both = a.status == 200 && a.body["name"]["available"] == false && a.body["email"]["available"] == false;
+            taken_twice = both ? taken_twice + 1 : 0;
+            if (a.status == 200 && !both) break;  // something is free: try again
+            std::this_thread::sleep_for(50ms);    // poll interval
+          }
+          if (taken_twice >= 2) return;
+        }
+      });
+    }
+    for (auto& t : clients) t.join();
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  int attempts = 0;
+  for (const auto& o : out) attempts += o.attempts;
+  MESSAGE((pairs * per_pair) << " concurrent sign-ups through the front door settled in " << seconds << " s ("
+                           << attempts << " POSTs with the retries of pairs where both attempts lost)");
+
+  std::map<std::string, int> wins;
+  int first_wave_201 = 0, first_wave_409 = 0;
+  for (int k = 0; k < pairs * per_pair; ++k) {
+    const auto& o = out[k];
+    INFO("attempt " << k << ": " << o.last.body.dump());
+    // Every first answer is a winner or a 409 naming what was taken.
+    CHECK((o.first.status == 201 || o.first.status == 409));
+    if (o.first.status == 201) ++first_wave_201;
+    if (o.first.status == 409) {
+      ++first_wave_409;
+      CHECK_FALSE(o.first.body["fields"].empty());
+      for (const auto& fld : o.first.body["fields"]) CHECK((fld == "name" || fld == "email"));
+    }
+    if (o.last.status == 201) {
+      ++wins[pair_name[k % pairs]];
+      CHECK(o.last.body["ready"] == true);
+    } else {
+      // The final loser's 409 names both: the winner holds both.
+      CHECK(o.last.status == 409);
+      CHECK(o.last.body["fields"] == json::array({"name", "email"}));
+    }
+  }
+  CHECK(first_wave_201 > 0);
+  CHECK(first_wave_201 + first_wave_409 == pairs * per_pair);
+  // Exactly one winner per name and per address, each with its user, reservations and database.
+  std::map<std::string, std::string> want;
+  for (int i = 0; i < pairs; ++i) {
+    INFO(pair_name[i]);
+    CHECK(wins[pair_name[i]] == 1);
+    auto u = couch().get(user_doc(pair_name[i]));
+    REQUIRE(u.status == 200);
+    CHECK(u.body.value("email", "") == pair_email[i]);
+    const std::string db = "/" + enc(n.prefix + couchgate::policy::hex_encode(pair_name[i]));
+    auto sec = couch().get(db + "/_security");
+    REQUIRE(sec.status == 200);
+    CHECK(sec.body["members"]["names"] == json::array({pair_name[i]}));
+    want["name/" + pair_name[i]] = pair_name[i];
+    want["email/" + pair_email[i]] = pair_name[i];
+  }
+  // No reservation left over: exactly the winners'.
+  std::map<std::string, std::string> got;
+  auto all = couch().get(ids_db + "/_all_docs?include_docs=true");
+  REQUIRE(all.status == 200);
+  for (const auto& row : all.body["rows"]) {
+    if (row["doc"].value("type", "") == "reservation") got[row["id"]] = row["doc"].value("user", "");
+  }
+  CHECK(got == want);
+  for (const auto& name : pair_name) delete_user_doc(name);
 }

@@ -46,6 +46,7 @@ struct connection {
   bool raw = false;    // could not follow the requests: forward bytes as they come
   std::size_t pass = 0;  // bytes of the current request still to forward
   std::size_t skip = 0;  // bytes of the current request still to drop (answered by the proxy)
+  bool close_when_sent = false;  // an injected answer that ends the connection once written
 
   void fail() {  // an error on one side: the other side sees a reset, as through a real path
     dead = true;
@@ -129,9 +130,10 @@ std::size_t request_length(const std::string& buf, std::string& method, std::str
 
 }  // namespace
 
-void fault_proxy::answer_next(int n, std::string raw_response, std::string target_contains) {
+void fault_proxy::answer_next(int n, std::string raw_response, std::string target_contains, bool close_after) {
   std::lock_guard lk(http_mu_);
   inject_left_ = n;
+  inject_close_ = close_after;
   inject_response_ = std::move(raw_response);
   inject_match_ = std::move(target_contains);
 }
@@ -349,6 +351,7 @@ void fault_proxy::run() {
                 --inject_left_;
                 rec.answered_by_proxy = true;
                 c.s2c += inject_response_;
+                c.close_when_sent = c.close_when_sent || inject_close_;
               }
               requests_.push_back(rec);
             }
@@ -365,6 +368,11 @@ void fault_proxy::run() {
       if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);
       if (!c.s2c.empty()) write_from(c.client, c.s2c, c);
       if (c.dead) continue;
+      if (c.close_when_sent && c.s2c.empty()) {  // the injected answer is out: end here
+        c.dead = true;
+        c.close_as = close_mode::graceful;
+        continue;
+      }
       if (c.client_eof && c.c2s.empty() && !c.connecting && !c.c2s_shut) {
         ::shutdown(c.server, SHUT_WR);
         c.c2s_shut = true;

@@ -54,7 +54,10 @@ class fault_proxy {
   // forwarding) and records each. The next `n` requests whose target contains
   // `target_contains` ("" = any) are answered by the proxy itself with `raw_response` (a whole
   // HTTP/1.1 response with Content-Length) instead of reaching the server.
-  void answer_next(int n, std::string raw_response, std::string target_contains = {});
+  // `close_after`: the proxy closes the connection (FIN) once that answer is sent — with a
+  // Content-Length larger than the bytes given, a body cut short (a truncated answer, a feed
+  // that ends early).
+  void answer_next(int n, std::string raw_response, std::string target_contains = {}, bool close_after = false);
   struct request_record {
     std::chrono::steady_clock::time_point at;  // when its last byte arrived
     std::string method, target;
@@ -102,6 +105,7 @@ class fault_proxy {
   mutable std::mutex http_mu_;  // guards the three below (the proxy thread and callers)
   int inject_left_ = 0;
   std::string inject_response_, inject_match_;
+  bool inject_close_ = false;
   std::vector<request_record> requests_;
 
   std::thread thread_;

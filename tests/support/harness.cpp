@@ -248,7 +248,10 @@ void couchgate_process::start() {
     dup2(out, 1);
     for (const auto& [k, v] : env_) setenv(k.c_str(), v.c_str(), 1);
     std::string cfg = dir_ + "/config.yaml";
-    execl(COUCHGATE_BINARY, COUCHGATE_BINARY, "run", "--config", cfg.c_str(), static_cast<char*>(nullptr));
+    // COUCHGATE_TEST_BINARY: another build of couchgate (e.g. to measure an older one).
+    const char* bin = std::getenv("COUCHGATE_TEST_BINARY");
+    if (!bin || !*bin) bin = COUCHGATE_BINARY;
+    execl(bin, bin, "run", "--config", cfg.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   pid_ = child;
@@ -348,6 +351,23 @@ std::optional<double> couchgate_process::metric(const std::string& name, const s
 }
 
 std::string couchgate_process::log() const { return read_file(dir_ + "/stderr.log"); }
+
+long proc_status_kib(pid_t pid, const std::string& field) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::atol(line.c_str() + field.size() + 1);
+  }
+  return -1;
+}
+
+int count_lines(const std::string& text, const std::string& needle) {
+  int n = 0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) n += line.find(needle) != std::string::npos ? 1 : 0;
+  return n;
+}
 
 std::unordered_set<std::string> socket_inodes(pid_t pid, int* fd_count) {
   std::unordered_set<std::string> out;

@@ -104,6 +104,11 @@ class couchgate_process {
   int port_ = 0;
 };
 
+// A field of /proc/<pid>/status in KiB ("VmRSS", "VmHWM" = peak resident memory), -1 when absent.
+long proc_status_kib(pid_t pid, const std::string& field);
+// Lines of `text` containing `needle`.
+int count_lines(const std::string& text, const std::string& needle);
+
 // The YAML every test starts from: credentials come from the environment, the admin API on a
 // free port, names unique to the test.
 struct names {

@@ -333,3 +333,39 @@ TEST_CASE("admin_api: at max_connections new connections are closed; /healthz an
   CHECK(status == 200);
   api.stop();
 }
+
+// Starts api on a free loopback port; a client for it.
+std::unique_ptr<httplib::Client> client_for(cg::admin_api& api) {
+  std::string err;
+  const int port = api.start("127.0.0.1", 0, err);
+  REQUIRE_MESSAGE(port > 0, err);
+  auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
+  c->set_read_timeout(5s);
+  return c;
+}
+
+TEST_CASE("admin_api /identities/conflicts: 404 with identities off, the list with them on, token required") {
+  auto h = handlers();
+  {
+    cg::admin_api off(h);
+    auto r = client_for(off)->Get("/identities/conflicts");
+    REQUIRE(r);
+    CHECK(r->status == 404);
+    CHECK(nlohmann::json::parse(r->body)["reason"] == "identities are not enabled");
+    off.stop();
+  }
+  const nlohmann::json list{{"conflicts", {{{"user", "bob"}, {"field", "email"}, {"value", "a@b.org"}, {"holder", "ann"}}}}};
+  h.identity_conflicts = [&list]() -> std::optional<nlohmann::json> { return list; };
+  cg::admin_api on(h, token);
+  auto c = client_for(on);
+  auto r = c->Get("/identities/conflicts");
+  REQUIRE(r);
+  CHECK(r->status == 401);
+  c->set_bearer_token_auth(token);
+  r = c->Get("/identities/conflicts");
+  REQUIRE(r);
+  CHECK(r->status == 200);
+  CHECK(r->get_header_value("Content-Type") == "application/json");
+  CHECK(nlohmann::json::parse(r->body) == list);
+  on.stop();
+}

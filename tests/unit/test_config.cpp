@@ -126,6 +126,7 @@ void check_defaults(const cg::config& c) {
   CHECK(c.fanin.rounds == 2);
   CHECK(c.fanin.batch_docs == 1000);
   CHECK(c.fanin.batch_bytes == 8u << 20);
+  CHECK(c.fanin.max_bytes_in_flight == 128u << 20);
   CHECK(c.fanin.turn_docs == 500);
   CHECK(c.fanin.inline_docs);
   CHECK(c.fanin.detection == cg::detection_mode::automatic);
@@ -190,7 +191,7 @@ TEST_CASE("config: the example file names every key of the schema") {
         "heartbeat:", "state_db:", "provisioning:", "users_db:", "db_prefix:", "select:", "roles_any:", "roles_all:",
         "roles_none:", "names:", "security:", "owner_is_admin:", "member_names:", "member_roles:", "admin_names:",
         "admin_roles:", "on_delete:", "reconcile_interval:", "batch:", "q:", "n:", "fanin:", "central_db:", "ids:",
-        "max_connections:", "max_active:", "rounds:", "batch_docs:", "batch_bytes:", "turn_docs:", "inline_docs:", "detection:",
+        "max_connections:", "max_active:", "rounds:", "batch_docs:", "batch_bytes:", "max_bytes_in_flight:", "turn_docs:", "inline_docs:", "detection:",
         "create_global_changes:", "central_guard:", "sweep_rate:", "sweep_interval:", "checkpoint_interval:", "shared:", "db:", "admin_api:", "address:",
         "port:", "port_file:", "token:", "token_file:", "allow_unauthenticated:", "log:", "level:", "format:",
         "identities:", "max_name_bytes:", "min_password_chars:", "profile_fields:", "signup_deadline:",
@@ -369,6 +370,8 @@ TEST_CASE("config: sizes") {
   check_single_error("fanin: {batch_bytes: 65535}\n", "fanin.batch_bytes",
                      "must be at least 64KiB (65536 bytes), got '65535'");
   check_single_error("fanin: {batch_bytes: 63KiB}\n", "fanin.batch_bytes", "must be at least 64KiB");
+  CHECK(load("fanin: {max_bytes_in_flight: 64MiB}\n").cfg.fanin.max_bytes_in_flight == 64u << 20);
+  check_single_error("fanin: {max_bytes_in_flight: 1000KiB}\n", "fanin.max_bytes_in_flight", "must be at least 1MiB");
   check_single_error("fanin: {batch_bytes: -1MiB}\n", "fanin.batch_bytes", "must not be negative");
   check_single_error("fanin: {batch_bytes: 99999999999999GiB}\n", "fanin.batch_bytes", "is too large");
   check_single_error("fanin: {batch_bytes: {a: 1}}\n", "fanin.batch_bytes", "got a map");

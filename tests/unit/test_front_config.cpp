@@ -193,3 +193,14 @@ TEST_CASE("front config: certificate paths, client limits and rate limits are ap
     CHECK(applied == fresh);
   }
 }
+
+TEST_CASE("front config: the live feed keys (issue 14)") {
+  CHECK(load("front:\n  enabled: false\n").cfg.front.max_parked_per_user == 32);
+  const auto r = load("front:\n  max_parked_per_user: 5\n  feed_sweep_interval: 250ms\n");
+  INFO(cg::format_errors("t.yaml", r.errors));
+  REQUIRE(r.errors.empty());
+  CHECK(r.cfg.front.max_parked_per_user == 5);
+  CHECK(r.cfg.front.feed_sweep_interval == milliseconds{250});
+  CHECK_FALSE(load("front:\n  max_parked_per_user: 0\n").errors.empty());
+  CHECK_FALSE(load("front:\n  feed_sweep_interval: 10ms\n").errors.empty());
+}

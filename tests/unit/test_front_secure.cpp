@@ -76,6 +76,8 @@ TEST_CASE("front session cache: keyed by a hash, expires after its ttl, 0 = no c
   CHECK_FALSE(cache.lookup(key, t0));
   cache.store(key, "alice", t0);
   CHECK(cache.lookup(key, t0 + 9s) == "alice");
+  CHECK(cache.expires(key) == t0 + 10s);  // when a parked live feed asks CouchDB again
+  CHECK_FALSE(cache.expires(f::session_cache::key_of("Basic other")));
   CHECK_FALSE(cache.lookup(key, t0 + 10s));
   CHECK_FALSE(cache.lookup(f::session_cache::key_of("Basic other"), t0));
   cache.store(key, "alice", t0);

@@ -95,3 +95,59 @@ TEST_CASE("decide_intent: the reconciler never races a young sign-up and finishe
   CHECK(decide_intent(facts(intent_state::done, 3600s, true, true), t0, timeout, retention) == intent_action::forget);
   CHECK(decide_intent(facts(intent_state::rolled_back, 3600s), t0, timeout, retention) == intent_action::forget);
 }
+
+TEST_CASE("users made without couchgate: a value reserved by another user is a conflict; on_duplicate decides") {
+  // Classifying an existing reservation.
+  CHECK(classify_claim("bob", "bob", std::nullopt) == claim::held);
+  CHECK(classify_claim("bob", "bob", intent_state::done) == claim::held);
+  CHECK(classify_claim("bob", "bob", intent_state::rolled_back) == claim::held);
+  CHECK(classify_claim("bob", "bob", intent_state::pending) == claim::in_flight);
+  CHECK(classify_claim("bob", "bob", intent_state::reserved) == claim::in_flight);
+  CHECK(classify_claim("Bob", "bob", std::nullopt) == claim::taken);  // another user, same name key
+  CHECK(classify_claim("ann", "bob", intent_state::done) == claim::taken);
+
+  // Nothing taken: provisioned, nothing to look at again.
+  auto v = decide_direct_user(claim::held, claim::held, on_duplicate::exclude);
+  CHECK(v.provision);
+  CHECK_FALSE(v.look_again);
+  CHECK(v.conflicts.empty());
+  CHECK(decide_direct_user(claim::held, std::nullopt, on_duplicate::exclude).provision);
+
+  // The address reserved by someone else.
+  v = decide_direct_user(claim::held, claim::taken, on_duplicate::flag);
+  CHECK(v.provision);
+  CHECK(v.look_again);
+  CHECK(v.conflicts == std::vector{unique_field::email});
+  v = decide_direct_user(claim::held, claim::taken, on_duplicate::exclude);
+  CHECK_FALSE(v.provision);
+  CHECK(v.look_again);
+  // Both taken: both named.
+  v = decide_direct_user(claim::taken, claim::taken, on_duplicate::exclude);
+  CHECK_FALSE(v.provision);
+  CHECK(v.conflicts == std::vector{unique_field::name, unique_field::email});
+
+  // An intent of the same name still running: not a conflict, but looked at again.
+  v = decide_direct_user(claim::in_flight, claim::held, on_duplicate::exclude);
+  CHECK(v.provision);
+  CHECK(v.look_again);
+  CHECK(v.conflicts.empty());
+
+  CHECK(on_duplicate_from("flag") == on_duplicate::flag);
+  CHECK(on_duplicate_from("exclude") == on_duplicate::exclude);
+  CHECK_FALSE(on_duplicate_from("Exclude").has_value());
+  CHECK(on_duplicate_from(to_string(on_duplicate::exclude)) == on_duplicate::exclude);
+}
+
+TEST_CASE("a deleted user's reservation is released only if it is really gone, it points at it and no intent runs") {
+  CHECK(may_release_for_deleted(false, "bob", "bob", std::nullopt));
+  CHECK(may_release_for_deleted(false, "bob", "bob", intent_state::done));
+  CHECK(may_release_for_deleted(false, "bob", "bob", intent_state::rolling_back));
+  // The user was made again since the feed entry: not released.
+  CHECK_FALSE(may_release_for_deleted(true, "bob", "bob", std::nullopt));
+  // Someone else's reservation.
+  CHECK_FALSE(may_release_for_deleted(false, "ann", "bob", std::nullopt));
+  CHECK_FALSE(may_release_for_deleted(false, "Bob", "bob", std::nullopt));
+  // A sign-up of the same name in flight owns it.
+  CHECK_FALSE(may_release_for_deleted(false, "bob", "bob", intent_state::pending));
+  CHECK_FALSE(may_release_for_deleted(false, "bob", "bob", intent_state::reserved));
+}

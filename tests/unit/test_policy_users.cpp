@@ -50,10 +50,30 @@ TEST_CASE("parse_user_change: a live user") {
   CHECK(u->name == "alice");
   CHECK(u->roles == std::vector<std::string>{"staff", "friends"});
   CHECK_FALSE(u->deleted);
+  CHECK(u->email.empty());
+  CHECK_FALSE(u->from_intent);
 }
 
-TEST_CASE("parse_user_change: roles and type are optional; names keep odd characters") {
-  json doc = {{"_id", "org.couchdb.user:a:b \xF0\x9F\x98\x80"}, {"name", "a:b \xF0\x9F\x98\x80"}};
+TEST_CASE("parse_user_change: the e-mail address and whether couchgate's sign-up made the user") {
+  json doc = alice_doc();
+  doc["email"] = " Alice@Example.org ";
+  doc["couchgate_intent"] = "signup/0123";
+  const auto p = parse_user_change(row_for(doc));
+  const auto* u = as_user(p);
+  REQUIRE(u != nullptr);
+  CHECK(u->email == " Alice@Example.org ");  // as written: normalising is identity's business
+  CHECK(u->from_intent);
+  // Other types read as absent, never as an error: the user is still provisioned.
+  doc["email"] = 42;
+  doc["couchgate_intent"] = json::array();
+  const auto q = parse_user_change(row_for(doc));
+  REQUIRE(as_user(q) != nullptr);
+  CHECK(as_user(q)->email.empty());
+  CHECK_FALSE(as_user(q)->from_intent);
+}
+
+TEST_CASE("parse_user_change: roles are optional; names keep odd characters") {
+  json doc = {{"_id", "org.couchdb.user:a:b \xF0\x9F\x98\x80"}, {"name", "a:b \xF0\x9F\x98\x80"}, {"type", "user"}};
   const auto p = parse_user_change(row_for(doc));
   const auto* u = as_user(p);
   REQUIRE(u != nullptr);
@@ -173,6 +193,10 @@ TEST_CASE("parse_user_change: each invalid field is named in the reason") {
   CHECK(error_for([](json& d) { d["type"] = "admin"; }) == "field 'type' must be \"user\"");
   CHECK(error_for([](json& d) { d["type"] = nullptr; }) == "field 'type' must be \"user\"");
   CHECK(error_for([](json& d) { d["type"] = json::array({"user"}); }) == "field 'type' must be \"user\"");
+  // One rule, CouchDB's: a document without `type` is not a user either (it was provisioned while
+  // `type: 7` was refused).
+  CHECK(error_for([](json& d) { d.erase("type"); }) == "field 'type' is missing (must be \"user\")");
+  CHECK(error_for([](json& d) { d["type"] = 7; }) == "field 'type' must be \"user\"");
 }
 
 TEST_CASE("parse_user_doc: id and name rules") {

@@ -230,7 +230,7 @@ TEST_CASE("user_of: a deep or odd _users document is an error of that user only"
 
   auto listed = parse_all_docs(R"({"total_rows":2,"offset":0,"rows":[{"id":"org.couchdb.user:deep","key":"x","value":{"rev":"1-a"},"doc":)" +
                                deep_doc("org.couchdb.user:deep", "1-a", 60000) +
-                               R"(},{"key":"nope","error":"not_found"},{"id":"org.couchdb.user:bob","doc":{"_id":"org.couchdb.user:bob","name":"bob"}}]})");
+                               R"(},{"key":"nope","error":"not_found"},{"id":"org.couchdb.user:bob","doc":{"_id":"org.couchdb.user:bob","name":"bob","type":"user"}}]})");
   REQUIRE(listed.ok());
   REQUIRE(listed.value().size() == 2);
   CHECK(std::holds_alternative<couchgate::policy::user_doc_error>(user_of(listed.value()[0])));

@@ -1,0 +1,86 @@
+// Owns: waking parked live feeds from the detector's events or a bounded sweep (see feed_notifier.hpp).
+#include "gateway/feed_notifier.hpp"
+
+#include <algorithm>
+
+#include "replicator/logger.hpp"
+
+namespace couchgate::gateway {
+namespace {
+std::shared_ptr<spdlog::logger> log() {
+  static auto l = replicator::named_logger("feeds");
+  return l;
+}
+}  // namespace
+
+feed_notifier::feed_notifier(replicator::couch_client& client, front::feed_registry& feeds,
+                             replicator::change_detector* detector, feed_notifier_options opts)
+    : client_(client), feeds_(feeds), detector_(detector), opts_(opts) {}
+
+feed_notifier::~feed_notifier() { stop(); }
+
+replicator::change_listener feed_notifier::listener() {
+  return replicator::change_listener{[this](const std::string& db) { feeds_.notify(db); },
+                                     [this] { feeds_.notify_all(); }};
+}
+
+void feed_notifier::start() {
+  stop_.reset();
+  thread_ = std::thread([this] { run(); });
+}
+
+void feed_notifier::stop() {
+  stop_.request();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool feed_notifier::db_updates_active() const {
+  return detector_ != nullptr && detector_->active_mode() == replicator::detection::db_updates;
+}
+
+void feed_notifier::run() {
+  bool sweeping = false;
+  while (!stop_.requested()) {
+    const auto started = std::chrono::steady_clock::now();
+    const bool sweep = !db_updates_active();
+    if (sweep != sweeping) {
+      sweeping = sweep;
+      log()->info("live feeds are woken by {}", sweep ? "a sweep of their databases' update_seq" : "_db_updates events");
+      // Changes made while the mode switched may have been announced to nobody.
+      if (!sweep) feeds_.notify_all();
+    }
+    if (sweep) sweep_once();
+    const auto next = started + opts_.sweep_interval;
+    const auto now = std::chrono::steady_clock::now();
+    if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+  }
+}
+
+void feed_notifier::sweep_once() {
+  const auto dbs = feeds_.watched();
+  const double rate = opts_.sweep_rate > 0 ? opts_.sweep_rate : 1;
+  const std::size_t window = std::max<std::size_t>(1, std::min<std::size_t>(64, static_cast<std::size_t>(rate / 10)));
+  const auto window_time = std::chrono::duration<double>(static_cast<double>(window) / rate);
+  for (std::size_t off = 0; off < dbs.size(); off += window) {
+    const auto started = std::chrono::steady_clock::now();
+    std::vector<std::pair<std::string, replicator::pending_json>> calls;
+    for (std::size_t i = off; i < std::min(dbs.size(), off + window); ++i) calls.emplace_back(dbs[i], client_.db_info(dbs[i]));
+    for (auto& [db, call] : calls) {
+      auto r = call.get();
+      if (!r.ok()) {
+        if (r.error().kind == replicator::couch_error_kind::cancelled) return;
+        // Gone or unreadable: the feeds read again and get CouchDB's own answer.
+        if (r.error().kind == replicator::couch_error_kind::not_found) feeds_.notify(db);
+        continue;
+      }
+      const auto& info = r.value();
+      if (!info.is_object() || !info.contains("update_seq")) continue;
+      if (const auto seq = replicator::couch_client::seq_number(info["update_seq"])) feeds_.observe(db, *seq);
+    }
+    const auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(window_time);
+    const auto now = std::chrono::steady_clock::now();
+    if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+  }
+}
+
+}  // namespace couchgate::gateway

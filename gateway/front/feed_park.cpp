@@ -1,0 +1,319 @@
+// Owns: the pure decisions of parked live feeds (see feed_park.hpp).
+#include "gateway/front/feed_park.hpp"
+
+#include <algorithm>
+#include <charconv>
+
+#include "replicator/http_pool.hpp"
+
+namespace couchgate::gateway::front {
+namespace {
+
+// Calls fn(key, raw value, decoded value) for each parameter of a query ("?a=1&b" or "a=1&b").
+template <class Fn>
+bool each_param(std::string_view query, Fn&& fn) {
+  if (!query.empty() && query.front() == '?') query.remove_prefix(1);
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (pair.empty()) continue;
+    const std::size_t eq = pair.find('=');
+    const std::string_view key = pair.substr(0, eq);
+    std::string value(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
+    std::replace(value.begin(), value.end(), '+', ' ');
+    const auto decoded = replicator::percent_decode(value);
+    if (!fn(key, pair, decoded)) return false;
+  }
+  return true;
+}
+
+std::optional<std::uint64_t> non_negative(const std::optional<std::string>& text) {
+  if (!text || text->empty()) return std::nullopt;
+  std::uint64_t n = 0;
+  const auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), n);
+  if (ec != std::errc() || p != text->data() + text->size()) return std::nullopt;
+  return n;
+}
+
+}  // namespace
+
+std::optional<feed_kind> live_feed_kind(std::string_view query) {
+  std::optional<feed_kind> kind;
+  bool descending = false;
+  each_param(query, [&](std::string_view key, std::string_view, const std::optional<std::string>& v) {
+    if (key == "feed" && v) {
+      if (*v == "longpoll") kind = feed_kind::longpoll;
+      else if (*v == "continuous") kind = feed_kind::continuous;
+      else if (*v == "eventsource") kind = feed_kind::eventsource;
+      else kind.reset();
+    }
+    if (key == "descending" && v && *v == "true") descending = true;
+    return true;
+  });
+  if (descending) return std::nullopt;
+  return kind;
+}
+
+std::variant<feed_request, std::string> parse_feed_request(std::string_view query, std::string_view last_event_id) {
+  feed_request r;
+  std::optional<std::chrono::milliseconds> timeout;
+  bool since_given = false;
+  std::string error;
+  const bool ok = each_param(query, [&](std::string_view key, std::string_view raw, const std::optional<std::string>& v) {
+    if (!v) {
+      error = "invalid percent-encoding in the query parameter '" + std::string(key) + "'";
+      return false;
+    }
+    if (key == "feed") {
+      if (*v == "longpoll") r.kind = feed_kind::longpoll;
+      else if (*v == "continuous") r.kind = feed_kind::continuous;
+      else if (*v == "eventsource") r.kind = feed_kind::eventsource;
+      else {
+        error = "feed must be longpoll, continuous or eventsource here";
+        return false;
+      }
+    } else if (key == "since") {
+      r.since = *v;
+      since_given = true;
+    } else if (key == "limit") {
+      r.limit = non_negative(v);
+      if (!r.limit) {
+        error = "limit must be a non-negative integer";
+        return false;
+      }
+    } else if (key == "heartbeat") {
+      if (*v == "true") {
+        r.heartbeat = changes_timeout_default;
+      } else if (*v == "false") {
+        r.heartbeat.reset();
+      } else {
+        const auto ms = non_negative(v);
+        if (!ms || *ms == 0) {
+          error = "heartbeat must be a positive integer (milliseconds) or true";
+          return false;
+        }
+        r.heartbeat = std::chrono::milliseconds(*ms);
+      }
+    } else if (key == "timeout") {
+      const auto ms = non_negative(v);
+      if (!ms) {
+        error = "timeout must be a non-negative integer (milliseconds)";
+        return false;
+      }
+      timeout = std::chrono::milliseconds(*ms);
+    } else {
+      if (!r.passthrough.empty()) r.passthrough += '&';
+      r.passthrough += raw;
+    }
+    return true;
+  });
+  if (!ok) return error;
+  if (!since_given && !last_event_id.empty()) r.since = std::string(last_event_id);
+  r.timeout = timeout ? std::min(*timeout, changes_timeout_default) : changes_timeout_default;
+  return r;
+}
+
+std::string upstream_changes_query(const feed_request& r, std::string_view since, std::optional<std::uint64_t> limit) {
+  std::string q = "?";
+  if (!r.passthrough.empty()) q += r.passthrough + "&";
+  q += "since=" + replicator::encode_query_value(since);
+  if (limit) q += "&limit=" + std::to_string(*limit);
+  return q;
+}
+
+feed_state::feed_state(const feed_request& r, feed_clock::time_point now, feed_clock::time_point revalidate_at)
+    : kind_(r.kind), since_(r.since), remaining_(r.limit), heartbeat_(r.heartbeat), revalidate_at_(revalidate_at) {
+  if (!heartbeat_) ends_at_ = now + r.timeout;
+  next_heartbeat_ = now + heartbeat_.value_or(std::chrono::milliseconds(0));
+}
+
+fetch_decision feed_state::on_fetched(std::size_t rows, const std::string& resume, bool pending_wake,
+                                      feed_clock::time_point now) {
+  (void)now;
+  fetch_decision d;
+  if (!resume.empty() && (rows > 0 || since_ == "now")) since_ = resume;
+  if (rows > 0) {
+    d.send_rows = true;
+    if (kind_ == feed_kind::longpoll) {
+      d.end = true;
+    } else if (remaining_) {
+      *remaining_ -= std::min<std::uint64_t>(*remaining_, rows);
+      d.end = *remaining_ == 0;
+    }
+  } else if (remaining_ && *remaining_ == 0) {
+    d.end = true;  // limit=0: nothing more will ever be sent
+  }
+  if (d.end) {
+    phase_ = feed_phase::done;
+    return d;
+  }
+  if (pending_wake) {
+    d.fetch_again = true;
+    phase_ = feed_phase::fetching;
+  } else {
+    d.park = true;
+    phase_ = feed_phase::parked;
+  }
+  return d;
+}
+
+void feed_state::on_wake() {
+  if (phase_ == feed_phase::parked) phase_ = feed_phase::fetching;
+}
+
+feed_due feed_state::due(feed_clock::time_point now) const {
+  if (ends_at_ && now >= *ends_at_) return feed_due::timeout;
+  if (now >= revalidate_at_) return feed_due::revalidate;
+  if (heartbeat_ && now >= next_heartbeat_) return feed_due::heartbeat;
+  return feed_due::none;
+}
+
+feed_clock::time_point feed_state::next_deadline() const {
+  auto t = revalidate_at_;
+  if (ends_at_) t = std::min(t, *ends_at_);
+  if (heartbeat_) t = std::min(t, next_heartbeat_);
+  return t;
+}
+
+void feed_state::heartbeat_sent(feed_clock::time_point now) {
+  if (heartbeat_) next_heartbeat_ = now + *heartbeat_;
+}
+
+void feed_state::revalidated(feed_clock::time_point next) { revalidate_at_ = next; }
+
+std::optional<feed_registry::id> feed_registry::subscribe(const std::string& db, const std::string& user,
+                                                          wake_fn wake, std::size_t bytes) {
+  std::lock_guard lk(mu_);
+  auto& n = per_user_[user];
+  if (n >= max_per_user_) {
+    if (n == 0) per_user_.erase(user);
+    return std::nullopt;
+  }
+  ++n;
+  const id s = next_++;
+  subscriber sub;
+  sub.db = db;
+  sub.user = user;
+  sub.wake = std::move(wake);
+  sub.bytes = bytes + db.capacity() + user.capacity();
+  bytes_ += sub.bytes;
+  subs_.emplace(s, std::move(sub));
+  by_db_[db].push_back(s);
+  return s;
+}
+
+void feed_registry::unsubscribe(id s) {
+  std::lock_guard lk(mu_);
+  const auto it = subs_.find(s);
+  if (it == subs_.end()) return;
+  auto& sub = it->second;
+  if (sub.parked) --parked_;
+  bytes_ -= sub.bytes;
+  if (auto u = per_user_.find(sub.user); u != per_user_.end() && --u->second == 0) per_user_.erase(u);
+  if (auto d = by_db_.find(sub.db); d != by_db_.end()) {
+    std::erase(d->second, s);
+    if (d->second.empty()) by_db_.erase(d);
+  }
+  subs_.erase(it);
+}
+
+void feed_registry::park(id s, std::optional<std::uint64_t> known) {
+  std::lock_guard lk(mu_);
+  const auto it = subs_.find(s);
+  if (it == subs_.end()) return;
+  auto& sub = it->second;
+  if (!sub.parked) ++parked_;
+  sub.parked = true;
+  // Everything up to a wake's seq was committed before the read that followed it started.
+  if (known || sub.wake_seq > 0) sub.known = std::max(known.value_or(0), sub.wake_seq);
+}
+
+void feed_registry::unpark(id s) {
+  std::lock_guard lk(mu_);
+  const auto it = subs_.find(s);
+  if (it == subs_.end() || !it->second.parked) return;
+  it->second.parked = false;
+  --parked_;
+}
+
+bool feed_registry::take_wake(id s) {
+  std::lock_guard lk(mu_);
+  const auto it = subs_.find(s);
+  if (it == subs_.end() || !it->second.pending) return false;
+  it->second.pending = false;
+  ++fetches_;
+  return true;
+}
+
+bool feed_registry::mark(subscriber& s) {
+  if (s.pending) {
+    ++coalesced_;
+    return false;
+  }
+  s.pending = true;
+  ++wakes_;
+  return s.parked;  // a reading subscriber sees the mark before it parks
+}
+
+void feed_registry::call(std::vector<wake_fn>& fns) {
+  for (auto& f : fns) {
+    if (f) f();
+  }
+}
+
+void feed_registry::notify(const std::string& db) {
+  std::vector<wake_fn> fns;
+  {
+    std::lock_guard lk(mu_);
+    const auto d = by_db_.find(db);
+    if (d == by_db_.end()) return;
+    for (const id s : d->second) {
+      auto& sub = subs_.at(s);
+      if (mark(sub)) fns.push_back(sub.wake);
+    }
+  }
+  call(fns);
+}
+
+void feed_registry::notify_all() {
+  std::vector<wake_fn> fns;
+  {
+    std::lock_guard lk(mu_);
+    for (auto& [s, sub] : subs_) {
+      if (mark(sub)) fns.push_back(sub.wake);
+    }
+  }
+  call(fns);
+}
+
+void feed_registry::observe(const std::string& db, std::uint64_t update_seq) {
+  std::vector<wake_fn> fns;
+  {
+    std::lock_guard lk(mu_);
+    const auto d = by_db_.find(db);
+    if (d == by_db_.end()) return;
+    for (const id s : d->second) {
+      auto& sub = subs_.at(s);
+      if (!sub.parked || (sub.known && *sub.known >= update_seq)) continue;
+      sub.wake_seq = std::max(sub.wake_seq, update_seq);
+      if (mark(sub)) fns.push_back(sub.wake);
+    }
+  }
+  call(fns);
+}
+
+std::vector<std::string> feed_registry::watched() const {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> out;
+  out.reserve(by_db_.size());
+  for (const auto& [db, ids] : by_db_) out.push_back(db);
+  return out;
+}
+
+feed_registry_stats feed_registry::stats() const {
+  std::lock_guard lk(mu_);
+  return feed_registry_stats{subs_.size(), parked_, wakes_, coalesced_, fetches_, bytes_};
+}
+
+}  // namespace couchgate::gateway::front

@@ -1,0 +1,165 @@
+#pragma once
+// Owns: the pure decisions of parked live feeds (issue 14), with an injected clock and no I/O:
+//  - feed_request: what a `_changes` request with feed=longpoll|continuous|eventsource asks for
+//    (since, limit, heartbeat, timeout, the rest of the query passed on unchanged), and the
+//    normal `_changes` query couchgate sends upstream for it;
+//  - feed_state: one client's feed (checking -> parked -> fetching -> answering/done): what to do
+//    after each upstream answer, which timer is due next (heartbeat, timeout, the credential's
+//    re-validation at the `_session` cache lifetime);
+//  - feed_registry: the per-database subscriptions shared by every I/O thread and the change
+//    notifier: a change wakes each subscriber once (a burst is coalesced per subscriber into one
+//    pending wake), the sweep's seq comparison, the per-user cap, and the counters.
+// The I/O side (live_feeds.cpp) subscribes BEFORE its first upstream check and takes the pending
+// wake before it parks: a change that lands between the check and the park wakes it.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace couchgate::gateway::front {
+
+enum class feed_kind { longpoll, continuous, eventsource };
+
+struct feed_request {
+  feed_kind kind = feed_kind::longpoll;
+  std::string since = "0";                         // decoded; "now" is resolved by the first check
+  std::optional<std::uint64_t> limit;              // rows in all (continuous ends after them)
+  std::optional<std::chrono::milliseconds> heartbeat;  // newline interval; set = never times out
+  std::chrono::milliseconds timeout{60000};        // when no heartbeat: min(timeout, 60 s) as CouchDB
+  std::string passthrough;  // the other query parameters, as sent ("a=1&b=2", no '?')
+};
+
+// CouchDB's default (and maximum without a heartbeat) wait: httpd/changes_timeout.
+inline constexpr std::chrono::milliseconds changes_timeout_default{60000};
+
+// The live feed a `_changes` query asks for; nullopt for a normal feed or one couchgate passes
+// through (descending=true answers at once on CouchDB too).
+std::optional<feed_kind> live_feed_kind(std::string_view query);
+// The request, or the reason for a 400 (a value CouchDB would refuse too).
+std::variant<feed_request, std::string> parse_feed_request(std::string_view query, std::string_view last_event_id = {});
+// The upstream query ("?...") of one normal `_changes` read from `since`, at most `limit` rows.
+std::string upstream_changes_query(const feed_request& r, std::string_view since, std::optional<std::uint64_t> limit);
+
+using feed_clock = std::chrono::steady_clock;
+
+enum class feed_phase { checking, parked, fetching, done };
+
+// What to do with one upstream answer (rows = results in it).
+struct fetch_decision {
+  bool send_rows = false;   // longpoll: the answer; continuous/eventsource: the rows
+  bool end = false;         // the response ends after what is sent (longpoll, limit reached)
+  bool fetch_again = false; // a wake came in meanwhile: read again before parking
+  bool park = false;
+};
+
+enum class feed_due { none, timeout, revalidate, heartbeat };
+
+class feed_state {
+ public:
+  feed_state(const feed_request& r, feed_clock::time_point now, feed_clock::time_point revalidate_at);
+
+  // An upstream answer with `rows` results; `resume` is where the next read starts (the last
+  // row's seq, or the answer's last_seq when it has no rows and since was "now"); `pending_wake`
+  // whether a change was announced since the read started.
+  fetch_decision on_fetched(std::size_t rows, const std::string& resume, bool pending_wake, feed_clock::time_point now);
+  // A wake while parked: fetch.
+  void on_wake();
+  // What is due at `now` (the most urgent first); none when the timer woke early.
+  feed_due due(feed_clock::time_point now) const;
+  feed_clock::time_point next_deadline() const;
+  void heartbeat_sent(feed_clock::time_point now);
+  void revalidated(feed_clock::time_point next);
+  void finish() { phase_ = feed_phase::done; }
+
+  feed_phase phase() const { return phase_; }
+  const std::string& since() const { return since_; }
+  // The limit of the next upstream read (what is left of the client's limit).
+  std::optional<std::uint64_t> fetch_limit() const { return remaining_; }
+  feed_kind kind() const { return kind_; }
+  bool has_heartbeat() const { return heartbeat_.has_value(); }
+
+ private:
+  feed_kind kind_;
+  feed_phase phase_ = feed_phase::checking;
+  std::string since_;
+  std::optional<std::uint64_t> remaining_;
+  std::optional<std::chrono::milliseconds> heartbeat_;
+  std::optional<feed_clock::time_point> ends_at_;  // timeout (no heartbeat)
+  feed_clock::time_point next_heartbeat_;
+  feed_clock::time_point revalidate_at_;
+};
+
+struct feed_registry_stats {
+  std::size_t subscribed = 0;
+  std::size_t parked = 0;
+  std::uint64_t wakes = 0;      // subscribers woken (a wake pending where none was)
+  std::uint64_t coalesced = 0;  // changes announced to a subscriber that already had one pending
+  std::uint64_t fetches = 0;    // upstream reads made because of a wake
+  std::size_t bytes = 0;        // estimated memory of the subscribed feeds
+};
+
+class feed_registry {
+ public:
+  using id = std::uint64_t;
+  using wake_fn = std::function<void()>;  // called outside the lock, from any thread
+  explicit feed_registry(std::size_t max_per_user) : max_per_user_(max_per_user) {}
+
+  // nullopt when `user` has max_per_user feeds open already.
+  std::optional<id> subscribe(const std::string& db, const std::string& user, wake_fn wake, std::size_t bytes);
+  void unsubscribe(id s);
+  // The subscriber waits now; `known` is the seq number up to which it has seen everything.
+  void park(id s, std::optional<std::uint64_t> known);
+  // It is reading (or writing) now: wakes only leave a pending mark.
+  void unpark(id s);
+  // Takes the pending wake (true when there was one); a taken wake counts as one fetch.
+  bool take_wake(id s);
+
+  // `db` changed (the `_db_updates` follower).
+  void notify(const std::string& db);
+  // Changes may have been missed (the follower reconnected): every subscriber reads again.
+  void notify_all();
+  // The sweep read `db`'s update_seq number: subscribers that know less are woken.
+  void observe(const std::string& db, std::uint64_t update_seq);
+  // The databases with subscribers (the sweep's work list).
+  std::vector<std::string> watched() const;
+
+  feed_registry_stats stats() const;
+  std::size_t max_per_user() const { return max_per_user_; }
+
+ private:
+  struct subscriber {
+    std::string db;
+    std::string user;
+    wake_fn wake;
+    std::size_t bytes = 0;
+    bool parked = false;
+    bool pending = false;
+    std::optional<std::uint64_t> known;
+    std::uint64_t wake_seq = 0;  // highest update_seq a wake was observed at
+  };
+  // Marks `s` pending; returns true when its wake function must be called.
+  bool mark(subscriber& s);
+  void call(std::vector<wake_fn>& fns);
+
+  std::size_t max_per_user_;
+  mutable std::mutex mu_;
+  id next_ = 1;
+  std::unordered_map<id, subscriber> subs_;
+  std::unordered_map<std::string, std::vector<id>> by_db_;
+  std::unordered_map<std::string, std::size_t> per_user_;
+  std::size_t parked_ = 0;
+  std::size_t bytes_ = 0;
+  std::uint64_t wakes_ = 0;
+  std::uint64_t coalesced_ = 0;
+  std::uint64_t fetches_ = 0;
+};
+
+}  // namespace couchgate::gateway::front

@@ -1,0 +1,348 @@
+// Owns: serving one parked live `_changes` feed (issue 14), the forwarder's serve_feed(): the
+// client's request becomes normal `_changes?since=...` reads over the shared upstream pool (the
+// client's own credential, the same parameters and POST body each time), and between reads the
+// client is parked with no upstream connection: its session coroutine waits on one timer that
+// a wake (feed_registry, fed by the change notifier), a heartbeat, the timeout or the
+// credential's re-validation ends. Decisions are feed_park's; this file does the I/O.
+//
+// Order that no write is missed by: subscribe, then read; after every read the pending wake is
+// taken before parking (a change announced during the read means one more read).
+//
+// Longpoll: the response header is held back until the first heartbeat is due, so that a
+// credential refused before then is answered with a real 401. After it, a refused credential
+// ends the body with CouchDB's error object and the connection is closed (the client's next
+// request is answered 401: the cached identity is forgotten). Continuous and eventsource send
+// the header at once; a refused credential ends the feed.
+#include "gateway/front/forwarder.hpp"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+#include <nlohmann/json.hpp>
+
+#include "gateway/front/responses.hpp"
+#include "replicator/couch_client.hpp"
+#include "replicator/logger.hpp"
+
+namespace couchgate::gateway::front {
+namespace {
+
+std::shared_ptr<spdlog::logger> feed_log() {
+  static auto l = replicator::named_logger("feeds");
+  return l;
+}
+
+// The timer a parked feed waits on; a wake cancels it from the feed's own executor.
+struct feed_waiter {
+  explicit feed_waiter(any_stream::executor_type ex) : timer(ex) {}
+  net::steady_timer timer;
+};
+
+std::string seq_text(const nlohmann::json& seq) {
+  if (seq.is_string()) return seq.get<std::string>();
+  if (seq.is_null()) return {};
+  return seq.dump();
+}
+
+// Continuous: the line that ends the feed.
+std::string last_seq_line(const nlohmann::json& seq, long long pending) {
+  nlohmann::json j = nlohmann::json::object();
+  j["last_seq"] = seq;
+  j["pending"] = pending;
+  return j.dump() + "\n";
+}
+
+// Longpoll: nothing happened before the timeout.
+std::string empty_answer(const std::string& since) {
+  nlohmann::json j = nlohmann::json::object();
+  j["results"] = nlohmann::json::array();
+  j["last_seq"] = since;
+  j["pending"] = 0;
+  return j.dump() + "\n";
+}
+
+// When a parked feed's credential is asked about again: when what the session cache holds for
+// it runs out (at least a second apart when the cache is off).
+clock_type::time_point next_validation(const session_cache& sessions, const std::string& key, clock_type::time_point now) {
+  const auto at = sessions.expires(key);
+  return at ? *at : now + std::max(sessions.ttl(), std::chrono::milliseconds(1000));
+}
+
+header_list one_header(const char* name, std::string value) {
+  header_list h;
+  h.emplace_back(name, std::move(value));
+  return h;
+}
+
+}  // namespace
+
+net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt, const std::string& db,
+                                           const std::string& user, const std::string& credential, outcome& out) {
+  auto& req = ex.parser.get();
+  feed_registry& feeds = *options_.feeds;
+  bool keep = req.keep_alive() && ex.parser.is_done();
+  const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
+                          header_list headers = {}) -> net::awaitable<bool> {
+    out.status = static_cast<unsigned>(status);
+    const header_list all = with_cors(options_.cors, req, std::move(headers));
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
+    co_return ok && keep;
+  };
+
+  auto parsed = parse_feed_request(
+      rt.query, std::string_view(req["Last-Event-ID"].data(), req["Last-Event-ID"].size()));
+  if (auto* why = std::get_if<std::string>(&parsed)) co_return co_await answer(http::status::bad_request, "bad_request", *why);
+  const feed_request request = std::get<feed_request>(std::move(parsed));
+
+  // A POST body (doc_ids, selector) is sent again with every read: kept, bounded.
+  std::string body;
+  if (!ex.parser.is_done()) {
+    std::vector<char> chunk(16u << 10);
+    error_code ec;
+    while (!ex.parser.is_done()) {
+      ex.parser.get().body().data = chunk.data();
+      ex.parser.get().body().size = chunk.size();
+      ex.stream.tcp().expires_after(client_timeout());
+      co_await http::async_read_some(ex.stream, ex.buffer, ex.parser, ec_token(ec));
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) co_return false;
+      body.append(chunk.data(), chunk.size() - ex.parser.get().body().size);
+      if (body.size() > options_.feed_body_limit) {
+        keep = false;
+        co_return co_await answer(http::status::payload_too_large, "too_large",
+                                  "a live _changes request body is limited to " +
+                                      std::to_string(options_.feed_body_limit) + " bytes");
+      }
+    }
+    keep = req.keep_alive();
+  }
+
+  // Subscribed before the first read.
+  const std::string credential_key = session_cache::key_of(credential);
+  const std::string cap_key = user.empty() ? "credential:" + credential_key : "user:" + user;
+  auto waiter = std::make_shared<feed_waiter>(ex.stream.get_executor());
+  const std::size_t estimate = sizeof(feed_state) + sizeof(feed_request) + sizeof(feed_waiter) +
+                               request.since.capacity() + request.passthrough.capacity() + body.capacity() +
+                               ex.buffer.capacity() + 2 * credential_key.capacity();
+  const auto id = feeds.subscribe(
+      db, cap_key,
+      [w = std::weak_ptr<feed_waiter>(waiter)] {
+        if (auto s = w.lock()) net::post(s->timer.get_executor(), [s] { s->timer.cancel(); });
+      },
+      estimate);
+  if (!id) {
+    metrics_.user_limited.inc();
+    co_return co_await answer(http::status::too_many_requests, "too_many_requests",
+                              "too many live _changes feeds of this user are open (front.max_parked_per_user)",
+                              one_header("Retry-After", "5"));
+  }
+  struct unsubscribe {
+    feed_registry& feeds;
+    feed_registry::id id;
+    ~unsubscribe() { feeds.unsubscribe(id); }
+  } unsubscribe_at_end{feeds, *id};
+
+  feed_state state(request, now_(), next_validation(sessions_, credential_key, now_()));
+
+  // The response as it goes: held back (longpoll) until rows, a heartbeat or the end.
+  bool header_sent = false;
+  const auto send_header = [&]() -> net::awaitable<bool> {
+    http::response<http::empty_body> res{http::status::ok, 11};
+    res.set(http::field::content_type,
+            request.kind == feed_kind::eventsource ? "text/event-stream" : "application/json");
+    res.set(http::field::cache_control, "must-revalidate");
+    res.chunked(true);
+    res.keep_alive(keep);
+    // couchgate writes this answer, not CouchDB: CORS headers as for its other own answers.
+    for (auto& [name, value] : with_cors(options_.cors, req, {})) res.set(name, value);
+    http::response_serializer<http::empty_body> writer{res};
+    error_code ec;
+    ex.stream.tcp().expires_after(client_timeout());
+    co_await http::async_write_header(ex.stream, writer, ec_token(ec));
+    header_sent = !ec;
+    out.status = 200;
+    co_return !ec;
+  };
+  const auto send_chunk = [&](std::string data) -> net::awaitable<bool> {
+    if (!header_sent && !co_await send_header()) co_return false;
+    if (data.empty()) co_return true;
+    error_code ec;
+    ex.stream.tcp().expires_after(client_timeout());
+    co_await net::async_write(ex.stream, http::make_chunk(net::buffer(data)), ec_token(ec));
+    co_return !ec;
+  };
+  const auto end_body = [&]() -> net::awaitable<bool> {
+    if (!header_sent && !co_await send_header()) co_return false;
+    error_code ec;
+    ex.stream.tcp().expires_after(client_timeout());
+    co_await net::async_write(ex.stream, http::make_chunk_last(), ec_token(ec));
+    co_return !ec && keep;
+  };
+  // The whole answer at once (longpoll, nothing sent yet) or the rest of the body (continuous
+  // and eventsource always stream, with their own content type).
+  const auto finish = [&](std::string text) -> net::awaitable<bool> {
+    if (!header_sent && request.kind == feed_kind::longpoll) {
+      out.status = 200;
+      const header_list headers = with_cors(options_.cors, req, one_header("Cache-Control", "must-revalidate"));
+      const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, client_timeout(), headers);
+      co_return ok && keep;
+    }
+    if (!co_await send_chunk(std::move(text))) co_return false;
+    co_return co_await end_body();
+  };
+  // CouchDB refused the credential (or another error): passed on while it still can be.
+  const auto refuse = [&](unsigned status, std::string text) -> net::awaitable<bool> {
+    if (status == 401) {
+      sessions_.forget(credential_key);
+      failures_.record_failure(ex.conn.peer, now_());
+      metrics_.auth_failures.inc();
+    }
+    if (!header_sent) {
+      out.status = status;
+      const header_list headers = with_cors(options_.cors, req, {});
+      co_return co_await write_response(ex.stream, static_cast<http::status>(status), std::move(text), false,
+                                        client_timeout(), headers);
+    }
+    // Too late for a status: the longpoll body becomes CouchDB's error object; a continuous
+    // or eventsource feed just ends. The connection closes either way.
+    if (request.kind == feed_kind::longpoll) co_await send_chunk(std::move(text));
+    keep = false;
+    co_await end_body();
+    co_return false;
+  };
+
+  bool first_read = true;
+  const std::string changes_path = pool_.address().base_path + "/" + encode_db_name(db) + "/_changes";
+  for (;;) {
+    // 1. One normal read from where the client is.
+    http::request<http::string_body> up{body.empty() && req.method() == http::verb::get ? http::verb::get
+                                                                                        : http::verb::post,
+                                        changes_path + upstream_changes_query(request, state.since(), state.fetch_limit()),
+                                        11};
+    up.set(http::field::host, pool_.address().host_header);
+    up.set(http::field::accept, "application/json");
+    if (auto it = req.find(http::field::authorization); it != req.end()) up.set(http::field::authorization, it->value());
+    if (auto it = req.find(http::field::cookie); it != req.end()) up.set(http::field::cookie, it->value());
+    if (up.method() == http::verb::post) {
+      up.set(http::field::content_type, "application/json");
+      up.body() = body;
+      up.prepare_payload();
+    }
+    upstream_answer got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit);
+    if (got.k == upstream_answer::kind::busy) {
+      co_return co_await refuse(503, json_error("service_unavailable", "all of couchgate's connections to CouchDB are busy"));
+    }
+    if (got.k == upstream_answer::kind::too_large) {
+      co_return co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer is larger than couchgate reads "
+                                                              "for a live feed: ask with a limit"));
+    }
+    if (got.k != upstream_answer::kind::answered) {
+      co_return co_await refuse(502, json_error("bad_gateway", "CouchDB is not reachable"));
+    }
+    if (got.status != 200) co_return co_await refuse(got.status, std::move(got.body));
+    if (first_read && options_.test_check_delay.count() > 0) {
+      feed_log()->warn("db={}: test fail point: first check answered, held {} ms before it is looked at", db,
+                       options_.test_check_delay.count());
+      net::steady_timer hold(ex.stream.get_executor(), options_.test_check_delay);
+      error_code ec;
+      co_await hold.async_wait(ec_token(ec));
+    }
+    first_read = false;
+    auto answer_json = nlohmann::json::parse(got.body, nullptr, false);
+    if (!answer_json.is_object() || !answer_json.contains("results") || !answer_json["results"].is_array()) {
+      co_return co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer has no results array"));
+    }
+    auto& rows = answer_json["results"];
+    const nlohmann::json resume = replicator::couch_client::resume_seq(answer_json);
+    const bool pending = feeds.take_wake(*id);
+    const fetch_decision d = state.on_fetched(rows.size(), seq_text(resume), pending, now_());
+
+    // 2. What the client gets.
+    if (d.send_rows) {
+      if (request.kind == feed_kind::longpoll) {
+        // Resume from the last row: a last_seq past it may count a write the answer did not carry.
+        if (answer_json.contains("last_seq") && answer_json["last_seq"] != resume) {
+          answer_json["last_seq"] = resume;
+          got.body = answer_json.dump();
+        }
+        co_return co_await finish(std::move(got.body));
+      }
+      std::string text;
+      for (const auto& row : rows) {
+        if (request.kind == feed_kind::eventsource) {
+          text += "data: " + row.dump() + "\nid: " + (row.contains("seq") ? seq_text(row["seq"]) : std::string()) + "\n\n";
+        } else {
+          text += row.dump() + "\n";
+        }
+      }
+      if (d.end) {
+        if (request.kind == feed_kind::continuous) text += last_seq_line(resume, answer_json.value("pending", 0));
+        co_return co_await finish(std::move(text));
+      }
+      if (!co_await send_chunk(std::move(text))) co_return false;
+    } else if (d.end) {  // limit=0
+      if (request.kind == feed_kind::longpoll) co_return co_await finish(std::move(got.body));
+      std::string text = request.kind == feed_kind::continuous ? last_seq_line(resume, 0) : std::string();
+      co_return co_await finish(std::move(text));
+    }
+    if (d.fetch_again) continue;
+
+    // 3. Parked: no upstream connection, one timer.
+    got.body.clear();
+    got.body.shrink_to_fit();
+    answer_json = nullptr;
+    feeds.park(*id, replicator::couch_client::seq_number(nlohmann::json(state.since())));
+    bool woken = false;
+    while (!woken) {
+      if (feeds.take_wake(*id)) {
+        woken = true;
+        break;
+      }
+      const auto now = now_();
+      switch (state.due(now)) {
+        case feed_due::timeout: {
+          feeds.unpark(*id);
+          state.finish();
+          std::string text = request.kind == feed_kind::longpoll     ? empty_answer(state.since())
+                             : request.kind == feed_kind::continuous ? last_seq_line(state.since(), 0)
+                                                                     : std::string();
+          co_return co_await finish(std::move(text));
+        }
+        case feed_due::revalidate: {
+          if (credential.empty()) {
+            state.revalidated(now + std::chrono::hours(24 * 365));  // anonymous: nothing to re-validate
+            break;
+          }
+          const identity who = co_await who_is(ex, credential);
+          if (who.k == identity::kind::rejected || (who.k == identity::kind::user && !user.empty() && who.name != user)) {
+            feeds.unpark(*id);
+            feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
+                             user.empty() ? "-" : user);
+            co_return co_await refuse(401, json_error("unauthorized", "Name or password is incorrect."));
+          }
+          // CouchDB unavailable: the feed stays; asked again soon.
+          state.revalidated(who.k == identity::kind::user ? next_validation(sessions_, credential_key, now_())
+                                                          : now_() + std::chrono::seconds(1));
+          break;
+        }
+        case feed_due::heartbeat:
+          if (!co_await send_chunk(request.kind == feed_kind::eventsource ? "event: heartbeat\ndata: \n\n" : "\n")) {
+            co_return false;  // the client went away
+          }
+          state.heartbeat_sent(now_());
+          break;
+        case feed_due::none: {
+          waiter->timer.expires_at(state.next_deadline());
+          error_code ec;
+          co_await waiter->timer.async_wait(ec_token(ec));  // cancelled by a wake
+          break;
+        }
+      }
+    }
+    feeds.unpark(*id);
+    state.on_wake();
+  }
+}
+
+}  // namespace couchgate::gateway::front

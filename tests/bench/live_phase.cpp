@@ -1,0 +1,251 @@
+// Owns: the live-feeds phase of issue #14 (see phases.hpp).
+//
+// C users (password, database with _security naming them) each get one live client (see
+// live_clients.hpp: Asio coroutines on one thread, one connection each) waiting on
+// `_changes?feed=longpoll&since=<current>`. couchgate runs (its defaults, the front door on
+// plain HTTP) through both halves:
+//   direct  - the clients wait on /userdb-... at the server itself;
+//   front   - the same clients wait on /me through couchgate's front door.
+// In each half, once the clients wait, a writer (admin, straight to the server) writes W
+// documents/s into databases picked at random (fixed seed) for D seconds. Delivery latency =
+// the moment the answer carrying a document was read completely - the start of its PUT (one
+// steady clock). A sampler reads /proc: couchgate's established connections to the server
+// (fan-in's included) and its RSS, the bench's own connections to the server, and the server's
+// CPU. Nothing here is a functional failure but a phase that cannot start or a write that was
+// refused: undelivered writes are counted (a couchgate without parking answers 503 once its
+// upstream pool is held by waiting clients: that is the figure).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "tests/bench/client.hpp"
+#include "tests/bench/daemon_run.hpp"
+#include "tests/bench/dataset.hpp"
+#include "tests/bench/live_clients.hpp"
+#include "tests/bench/phases.hpp"
+#include "tests/bench/probe.hpp"
+#include "tests/bench/runner.hpp"
+#include "tests/bench/users.hpp"
+
+namespace couchgate::bench {
+
+namespace {
+using namespace std::chrono_literals;
+
+// "Max open files" soft limit of a process (-1 when unreadable).
+long open_files_limit(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/limits");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("Max open files", 0) == 0) return std::atol(line.c_str() + 14);
+  }
+  return -1;
+}
+
+struct half_setup {
+  std::string name;  // "direct" or "front"
+  std::string host;
+  int port = 0;
+  bool via_front = false;
+};
+
+json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& users, daemon_run& d, int half_index) {
+  const int c = static_cast<int>(users.size());
+  const int rate = ctx.opt.live_rate;
+  const double secs = ctx.opt.live_seconds;
+  const std::size_t total = static_cast<std::size_t>(std::llround(rate * secs));
+  const auto longpoll_timeout = std::chrono::milliseconds(ctx.opt.smoke ? 10000 : 30000);
+  json out{{"clients", c}, {"target", h.via_front ? "/me through couchgate's front door" : "/{db} at the server"}};
+
+  // The writes to come: database (client) and id of each, and the index of each id.
+  std::mt19937 rng(static_cast<unsigned>(1234 + half_index));
+  std::uniform_int_distribution<int> pick(0, c - 1);
+  std::vector<int> client_of(total);
+  std::vector<std::string> id_of(total);
+  std::unordered_map<std::string, std::size_t> index;
+  index.reserve(total * 2);
+  for (std::size_t i = 0; i < total; ++i) {
+    client_of[i] = pick(rng);
+    id_of[i] = "live" + std::to_string(half_index) + "-" + pad(static_cast<long long>(i), 7);
+    index.emplace(id_of[i], i);
+  }
+  std::vector<std::atomic<std::int64_t>> sent(total), arrived(total);
+  for (std::size_t i = 0; i < total; ++i) sent[i] = arrived[i] = -1;
+  std::atomic<std::size_t> delivered{0}, foreign{0};
+  const auto base = steady::now();
+  auto ns = [&](steady::time_point t) { return std::chrono::duration_cast<std::chrono::nanoseconds>(t - base).count(); };
+
+  std::vector<live_client_spec> specs;
+  for (const auto& u : users) specs.push_back({h.via_front ? std::string("/me") : db_path(u.db), basic_auth(u.name, u.password)});
+  live_fleet fleet(
+      h.host, h.port, std::move(specs),
+      [&](std::size_t k, const std::string& id, steady::time_point t) {
+        auto it = index.find(id);
+        if (it == index.end()) return;
+        if (client_of[it->second] != static_cast<int>(k)) {
+          ++foreign;
+          return;
+        }
+        std::int64_t expected = -1;
+        if (arrived[it->second].compare_exchange_strong(expected, ns(t))) ++delivered;
+      },
+      1000, longpoll_timeout);
+
+  // /proc sampling: every 50 ms reads ~C lines of /proc/net/tcp; slower for thousands.
+  const auto period = std::chrono::milliseconds(c > 1000 ? 1000 : 200);
+  sampler s(ctx.server_pid, period);
+  s.watch(d.pid());
+  const proc_usage cg0 = read_usage(d.pid());
+  note("live feeds (" + h.name + "): connecting " + std::to_string(c) + " clients");
+  auto t_connect = steady::now();
+  fleet.start();
+  const double ready_deadline = 30 + c / 100.0;
+  bool all_waiting = poll_until([&] { return fleet.waiting() >= c; }, std::chrono::duration<double>(ready_deadline), 100ms);
+  out["connect_seconds"] = round_to(seconds_since(t_connect), 1);
+  out["clients_waiting_before_writes"] = fleet.waiting();
+  if (!all_waiting) {
+    note("live feeds (" + h.name + "): only " + std::to_string(fleet.waiting()) + " of " + std::to_string(c) +
+         " clients got their database's update_seq within " + std::to_string(static_cast<int>(ready_deadline)) + " s; writing anyway");
+  }
+  // The first longpolls sent before the first write (a write before one is still delivered: its
+  // since= is the update_seq read before).
+  poll_until([&] { return fleet.polling() >= fleet.waiting(); }, 10s, 20ms);
+
+  note("live feeds (" + h.name + "): writing " + std::to_string(total) + " documents at " + std::to_string(rate) +
+       "/s into random user databases for " + std::to_string(static_cast<int>(secs)) + " s");
+  std::atomic<std::size_t> write_errors{0};
+  std::string first_write_error;
+  std::mutex err_mu;
+  auto t_writes = steady::now();
+  paced_for(total, rate, ctx.opt.threads, t_writes, [&](std::size_t i, bench_client& cl) {
+    const auto& u = users[static_cast<std::size_t>(client_of[i])];
+    json body{{"type", "live-write"}, {"i", i}, {"text", "live feed write " + std::to_string(i)}};
+    sent[i] = ns(steady::now());
+    auto r = cl.put(db_path(u.db) + "/" + id_of[i], body.dump());
+    if (r.status != 201 && r.status != 202) {
+      sent[i] = -1;
+      ++write_errors;
+      std::lock_guard lk(err_mu);
+      if (first_write_error.empty()) first_write_error = u.db + "/" + id_of[i] + ": " + describe(r);
+    }
+  });
+  const double write_secs = seconds_since(t_writes);
+  std::size_t written = 0;
+  for (std::size_t i = 0; i < total; ++i) written += sent[i] >= 0 ? 1 : 0;
+  // Late deliveries: at most one longpoll timeout and a bit after the last write.
+  const auto drain = longpoll_timeout + 5s;
+  poll_until([&] { return delivered.load() >= written; }, drain, 50ms);
+  const double window = seconds_since(t_connect);
+  const proc_usage cg1 = read_usage(d.pid());
+  s.stop();
+  fleet.stop();
+
+  std::vector<double> lat;
+  for (std::size_t i = 0; i < total; ++i) {
+    if (sent[i] >= 0 && arrived[i] >= 0) lat.push_back(std::max(0.0, static_cast<double>(arrived[i] - sent[i]) / 1e6));
+  }
+  const auto sum = s.result();
+  out["writes"] = written;
+  out["write_errors"] = write_errors.load();
+  if (!first_write_error.empty()) out["first_write_error"] = first_write_error;
+  out["achieved_rate"] = round_to(static_cast<double>(written) / std::max(write_secs, 1e-9), 1);
+  out["delivered"] = delivered.load();
+  out["missing"] = written - std::min(written, delivered.load());
+  out["foreign_rows"] = foreign.load();
+  out["delivery_ms"] = latency_summary(lat);
+  out["longpoll_answers"] = fleet.answers();
+  out["transport_errors"] = fleet.transport_errors();
+  json refusals = json::object();
+  for (const auto& [status, count] : fleet.refusals()) refusals[std::to_string(status)] = count;
+  out["refusals"] = refusals;
+  if (!fleet.first_error().empty()) out["first_client_error"] = fleet.first_error();
+  out["couchgate_sockets_to_server_peak"] = sum.watched_peak;
+  out["bench_sockets_to_server_peak"] = sum.bench_peak;
+  out["server_sockets_peak"] = sum.server_held_peak >= 0 ? json(sum.server_held_peak) : json(nullptr);
+  out["couchgate_rss_peak_mb"] = sum.rss_peak_kb > 0 ? json(round_to(static_cast<double>(sum.rss_peak_kb) / 1024.0, 1)) : json(nullptr);
+  out["couchgate_fds_peak"] = sum.fds_peak;
+  out["sample_period_ms"] = period.count();
+  out["longpoll_timeout_ms"] = longpoll_timeout.count();
+  const double cg_cpu = cg0.cpu_seconds >= 0 && cg1.cpu_seconds >= 0 ? cg1.cpu_seconds - cg0.cpu_seconds : -1;
+  out["profile"] = profile(window, cg_cpu, sum.server_cpu_seconds);
+  out["server_cpu_percent"] = cpu_or_null(sum);
+  if (write_errors.load() > 0) ctx.fail("live feeds (" + h.name + "): " + std::to_string(write_errors.load()) + " writes failed: " + first_write_error);
+  note("live feeds (" + h.name + "): " + std::to_string(delivered.load()) + " of " + std::to_string(written) + " writes delivered");
+  return out;
+}
+
+}  // namespace
+
+json run_live(context& ctx) {
+  const int c = ctx.opt.live_clients;
+  json out{{"clients", c}, {"rate", ctx.opt.live_rate}, {"seconds", ctx.opt.live_seconds}, {"order", {"direct", "front"}}};
+  if (c <= 0 || ctx.opt.live_rate <= 0 || ctx.opt.live_seconds <= 0) return out;
+  {
+    // What 2*C sockets need: the bench's own limit (raised at start), the server's, the ports.
+    struct rlimit rl {};
+    getrlimit(RLIMIT_NOFILE, &rl);
+    json lim{{"bench_nofile_soft", static_cast<long long>(rl.rlim_cur)}, {"bench_nofile_hard", static_cast<long long>(rl.rlim_max)}};
+    if (ctx.server_pid > 0) lim["server_nofile_soft"] = open_files_limit(ctx.server_pid);
+    std::ifstream ports("/proc/sys/net/ipv4/ip_local_port_range"), backlog("/proc/sys/net/core/somaxconn");
+    long lo = 0, hi = 0, somaxconn = 0;
+    ports >> lo >> hi;
+    backlog >> somaxconn;
+    lim["ephemeral_ports"] = hi - lo + 1;
+    lim["somaxconn"] = somaxconn;
+    out["limits"] = lim;
+    const long need = c + 256;
+    if (static_cast<long>(rl.rlim_cur) < need || (ctx.server_pid > 0 && open_files_limit(ctx.server_pid) < need)) {
+      note("live feeds: warning: " + std::to_string(c) + " clients need about " + std::to_string(need) +
+           " open files per process; limits: " + lim.dump());
+    }
+  }
+  test::names n = ctx.fresh("bench-live");
+  auto users = make_users(n.prefix, "l", c);
+  note("live feeds: creating " + std::to_string(c) + " users and their databases");
+  auto t_users = steady::now();
+  if (auto e = create_users(ctx, users); !e.empty()) {
+    ctx.fail("live feeds: " + e);
+    delete_users(ctx, users);
+    return out;
+  }
+  out["setup_seconds"] = round_to(seconds_since(t_users), 1);
+  std::string dir = make_temp_dir("couchgate-bench-live");
+  json cfg = ctx.couchgate_config(n);
+  cfg["front"] = front_door_config(dir + "/front.port", static_cast<std::size_t>(c) + 256);
+  cfg.merge_patch(ctx.opt.couchgate_overrides);
+  ctx.created(n.central);
+  ctx.created(n.state);
+  out["couchgate_front_config"] = cfg["front"];
+  {
+    daemon_run d(ctx, cfg, "live");
+    d.start();
+    // The front door listens from the start; couchgate's readiness (its first reconcile over C
+    // databases) is waited for, but a slow one does not stop the phase.
+    const int port = d.front_port(60s);
+    out["couchgate_ready"] = port > 0 && d.wait_ready(std::chrono::duration<double>(60 + c / 100.0));
+    if (port > 0 && !out["couchgate_ready"].get<bool>()) note("live feeds: couchgate not ready (/readyz) yet; measuring anyway");
+    if (port <= 0) {
+      ctx.fail("live feeds: couchgate's front door did not start; log tail:\n" + d.log_tail(30));
+    } else {
+      const auto& e = test::env();
+      out["direct"] = run_half(ctx, half_setup{"direct", e.host, e.port, false}, users, d, 0);
+      if (!interrupted()) out["front"] = run_half(ctx, half_setup{"front", "127.0.0.1", port, true}, users, d, 1);
+      auto m = d.metrics();
+      out["couchgate_front_upstream_peak"] = m.count("couchgate_front_upstream_peak") ? json(m["couchgate_front_upstream_peak"]) : json(nullptr);
+      out["couchgate_front_upstream_busy"] = m.count("couchgate_front_upstream_busy_total") ? json(m["couchgate_front_upstream_busy_total"]) : json(nullptr);
+    }
+    out["couchgate"] = d.stop("live feeds");
+    out["couchgate"]["note"] = "over both halves; sockets_peak includes fan-in's connections";
+  }
+  remove_dir(dir);
+  note("live feeds: cleaning up");
+  delete_users(ctx, users);
+  return out;
+}
+
+}  // namespace couchgate::bench

@@ -1,0 +1,168 @@
+// Owns: the fuzz targets' bodies (see targets.hpp).
+#include "tests/fuzz/targets.hpp"
+
+#include <cstdlib>
+#include <optional>
+#include <string>
+
+#include "gateway/config.hpp"
+#include "gateway/front/route.hpp"
+#include "replicator/answers.hpp"
+#include "replicator/change_detector.hpp"
+#include "replicator/http_pool.hpp"
+#include "replicator/transfer.hpp"
+#include "replicator/wire_json.hpp"
+
+namespace couchgate::fuzz {
+
+namespace r = replicator;
+
+namespace {
+
+// An invariant that must hold for every input: abort() is what libFuzzer reports as a crash
+// (and what fails the corpus replay of the unit suite).
+void check(bool ok) {
+  if (!ok) std::abort();
+}
+
+// What the replication round does with a document of an answer: rewrite its id, add a field.
+void use_doc(const r::wire::raw_doc& d) {
+  const std::string renamed = r::wire::with_id(d, "user:doc");
+  check(r::wire::parse(renamed, "renamed document").ok());
+  (void)r::wire::with_field(d.text, "_revisions", "{\"start\":1,\"ids\":[\"a\"]}");
+}
+
+// The entries of a _bulk_get or ?open_revs answer, as the round uses them.
+void use_entries(const r::result<std::vector<r::fetched_entry>>& entries) {
+  if (!entries.ok()) return;
+  for (const auto& e : entries.value()) {
+    if (e.what != r::fetched_entry::kind::ok) continue;
+    check(e.doc.has_value());
+    use_doc(*e.doc);
+  }
+}
+
+// Splits the bytes into (a small selector, the rest).
+std::pair<unsigned, std::string_view> select(std::string_view data) {
+  if (data.empty()) return {0, data};
+  return {static_cast<unsigned char>(data[0]), data.substr(1)};
+}
+
+}  // namespace
+
+void changes(std::string_view data) {
+  auto page = r::parse_changes(data);
+  if (!page.ok()) return;
+  for (const auto& c : page.value().changes) {
+    if (c.doc) {
+      use_doc(*c.doc);
+      (void)r::inline_revision(c);
+    }
+    (void)r::first_generation(c);
+    (void)r::user_of(c);  // the _users feed reads the same rows as users
+  }
+}
+
+void db_updates(std::string_view data) {
+  auto answer = r::wire::parse(data, "_db_updates answer");
+  if (!answer.ok()) return;
+  auto page = r::parse_db_updates(answer.value());
+  if (!page.ok()) return;
+  for (const auto& e : page.value().events) check(!e.db.empty() || e.type.size() < (1u << 30));
+}
+
+void bulk_get(std::string_view data) {
+  auto [which, body] = select(data);
+  switch (which % 4) {
+    case 0:
+      use_entries(r::parse_bulk_get(body));
+      break;
+    case 1:
+      use_entries(r::parse_open_revs(body, "doc"));
+      break;
+    case 2:
+      (void)r::parse_bulk_docs(body);
+      break;
+    default: {
+      auto rows = r::parse_all_docs(body);
+      if (rows.ok()) {
+        for (const auto& d : rows.value()) {
+          if (d.doc) use_doc(*d.doc);
+          (void)r::user_of(d);
+        }
+      }
+      break;
+    }
+  }
+}
+
+void revs_diff(std::string_view data) {
+  auto answer = r::wire::parse(data, "_revs_diff answer");
+  if (!answer.ok()) return;
+  auto entries = r::parse_revs_diff(answer.value());
+  if (!entries.ok()) return;
+  for (const auto& [id, e] : entries.value()) {
+    check(!id.empty() || e.missing.size() < (1u << 30));
+    for (const auto& rev : e.missing) (void)r::revision_generation(rev);
+    for (const auto& rev : e.possible_ancestors) (void)r::revision_generation(rev);
+  }
+}
+
+void route(std::string_view data) {
+  static constexpr std::string_view methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "COPY", "PATCH"};
+  auto [which, target] = select(data);
+  const std::string_view method = methods[which % 8];
+  const bool shared = (which & 8) != 0;
+  const auto rt = gateway::front::route_request(method, target, shared);
+  (void)gateway::front::query_param(rt.query, "key");
+  if (rt.kind == gateway::front::route_kind::user_db || rt.kind == gateway::front::route_kind::shared_db) {
+    // Whatever the path, the upstream target stays inside the caller's database: its first
+    // segment decodes to that database, and no segment decodes to '.' or '..' or hides a '/'.
+    const std::string db = "userdb-6a6f";
+    const std::string up = gateway::front::db_target(db, rt);
+    const std::string_view path = std::string_view(up).substr(0, up.find('?'));
+    check(!path.empty() && path[0] == '/');
+    std::size_t start = 1;
+    bool first = true;
+    for (;;) {
+      const std::size_t end = path.find('/', start);
+      const std::string_view seg = path.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
+      const auto decoded = r::percent_decode(seg);
+      check(decoded.has_value());
+      if (first) check(*decoded == db);
+      for (std::size_t a = 0;;) {
+        const std::size_t b = decoded->find('/', a);
+        const std::string piece = decoded->substr(a, b == std::string::npos ? std::string::npos : b - a);
+        check(piece != "." && piece != "..");
+        if (b == std::string::npos) break;
+        a = b + 1;
+      }
+      first = false;
+      if (end == std::string_view::npos) break;
+      start = end + 1;
+    }
+    (void)gateway::front::rewrite_location(std::string("http://h:5984") + up, db, "/me", "https://x");
+  }
+  // The percent decoder and encoder are inverse on any bytes.
+  const auto decoded = r::percent_decode(target);
+  if (decoded) {
+    const auto again = r::percent_decode(r::encode_segment(*decoded));
+    check(again.has_value() && *again == *decoded);
+  }
+  check(gateway::front::encode_db_name(target).size() >= target.size());
+}
+
+void config(std::string_view data) {
+  const gateway::env_lookup no_env = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+  auto loaded = gateway::load_config_text(std::string(data), no_env);
+  for (const auto& e : loaded.errors) check(!e.message.empty());
+  (void)gateway::format_errors("fuzz.yaml", loaded.errors);
+}
+
+const std::vector<target>& all_targets() {
+  static const std::vector<target> list{{"changes", changes},   {"db_updates", db_updates}, {"bulk_get", bulk_get},
+                                        {"revs_diff", revs_diff}, {"route", route},           {"config", config}};
+  return list;
+}
+
+}  // namespace couchgate::fuzz

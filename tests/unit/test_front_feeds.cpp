@@ -1,0 +1,233 @@
+// Parked live feeds (issue 14), the pure parts: which `_changes` requests are parked and what
+// is sent upstream for them, one feed's decisions with an injected clock (heartbeat, timeout,
+// re-validation, limit, rows vs park, the check/park race), and the subscription registry
+// (coalescing, the sweep's seq comparison, the per-user cap, counters).
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "gateway/front/feed_park.hpp"
+
+namespace f = couchgate::gateway::front;
+using namespace std::chrono_literals;
+
+namespace {
+f::feed_request parsed(std::string_view q, std::string_view last_event_id = {}) {
+  auto r = f::parse_feed_request(q, last_event_id);
+  REQUIRE(std::holds_alternative<f::feed_request>(r));
+  return std::get<f::feed_request>(r);
+}
+}  // namespace
+
+TEST_CASE("feeds: which _changes queries are live feeds") {
+  CHECK(f::live_feed_kind("?feed=longpoll&since=3") == f::feed_kind::longpoll);
+  CHECK(f::live_feed_kind("feed=continuous") == f::feed_kind::continuous);
+  CHECK(f::live_feed_kind("?feed=eventsource") == f::feed_kind::eventsource);
+  CHECK_FALSE(f::live_feed_kind("?since=0&limit=5"));
+  CHECK_FALSE(f::live_feed_kind("?feed=normal"));
+  CHECK_FALSE(f::live_feed_kind("?feed=longpoll&descending=true"));  // answered at once: passed through
+  CHECK(f::live_feed_kind("?feed=longpoll&descending=false") == f::feed_kind::longpoll);
+}
+
+TEST_CASE("feeds: parameters parsed; the upstream read drops feed, heartbeat and timeout") {
+  const auto r = parsed("?style=all_docs&feed=longpoll&heartbeat=10000&since=12-g1AA%2Bx&limit=100&seq_interval=100");
+  CHECK(r.kind == f::feed_kind::longpoll);
+  CHECK(r.since == "12-g1AA+x");
+  REQUIRE(r.limit);
+  CHECK(*r.limit == 100);
+  REQUIRE(r.heartbeat);
+  CHECK(*r.heartbeat == 10000ms);
+  CHECK(r.passthrough == "style=all_docs&seq_interval=100");
+  CHECK(f::upstream_changes_query(r, r.since, 40) == "?style=all_docs&seq_interval=100&since=12-g1AA%2Bx&limit=40");
+  CHECK(f::upstream_changes_query(parsed("feed=continuous"), "0", std::nullopt) == "?since=0");
+
+  CHECK(parsed("feed=longpoll&heartbeat=true").heartbeat == f::changes_timeout_default);
+  CHECK_FALSE(parsed("feed=longpoll&heartbeat=false").heartbeat);
+  CHECK(parsed("feed=longpoll&timeout=1500").timeout == 1500ms);
+  CHECK(parsed("feed=longpoll&timeout=900000").timeout == 60000ms);  // capped as CouchDB's changes_timeout
+  CHECK(parsed("feed=longpoll").timeout == 60000ms);
+  CHECK(parsed("feed=eventsource", "42").since == "42");           // Last-Event-ID
+  CHECK(parsed("feed=eventsource&since=7", "42").since == "7");    // since wins
+  CHECK(parsed("feed=longpoll&filter=_doc_ids&doc_ids=%5B%22a%22%5D").passthrough ==
+        "filter=_doc_ids&doc_ids=%5B%22a%22%5D");
+
+  for (const char* bad : {"feed=longpoll&limit=-1", "feed=longpoll&limit=x", "feed=longpoll&heartbeat=0",
+                          "feed=longpoll&heartbeat=abc", "feed=longpoll&timeout=soon", "feed=longpoll&since=%zz"}) {
+    CAPTURE(bad);
+    CHECK(std::holds_alternative<std::string>(f::parse_feed_request(bad)));
+  }
+}
+
+TEST_CASE("feeds: longpoll answers rows at once, parks on none, times out without a heartbeat") {
+  const auto t0 = f::feed_clock::time_point{} + 1h;
+  f::feed_state s(parsed("feed=longpoll&since=5&timeout=3000"), t0, t0 + 10s);
+  CHECK(s.phase() == f::feed_phase::checking);
+  auto d = s.on_fetched(0, "5", false, t0);
+  CHECK(d.park);
+  CHECK_FALSE(d.send_rows);
+  CHECK(s.phase() == f::feed_phase::parked);
+  CHECK(s.next_deadline() == t0 + 3s);  // no heartbeat: the timeout
+  CHECK(s.due(t0 + 2999ms) == f::feed_due::none);
+  CHECK(s.due(t0 + 3s) == f::feed_due::timeout);
+  s.on_wake();
+  CHECK(s.phase() == f::feed_phase::fetching);
+  d = s.on_fetched(2, "9", false, t0 + 1s);
+  CHECK(d.send_rows);
+  CHECK(d.end);
+  CHECK(s.phase() == f::feed_phase::done);
+  CHECK(s.since() == "9");
+}
+
+TEST_CASE("feeds: a wake during the check or a fetch reads again instead of parking (the check/park race)") {
+  const auto t0 = f::feed_clock::time_point{} + 1h;
+  f::feed_state s(parsed("feed=longpoll&since=5&heartbeat=10000"), t0, t0 + 10s);
+  auto d = s.on_fetched(0, "5", true, t0);
+  CHECK(d.fetch_again);
+  CHECK_FALSE(d.park);
+  CHECK(s.phase() == f::feed_phase::fetching);
+  d = s.on_fetched(0, "5", false, t0);
+  CHECK(d.park);
+}
+
+TEST_CASE("feeds: heartbeats keep the feed open for ever; re-validation comes at the session cache lifetime") {
+  const auto t0 = f::feed_clock::time_point{} + 1h;
+  f::feed_state s(parsed("feed=longpoll&since=5&heartbeat=1000&timeout=2000"), t0, t0 + 2500ms);
+  s.on_fetched(0, "5", false, t0);
+  CHECK(s.next_deadline() == t0 + 1s);
+  CHECK(s.due(t0 + 1s) == f::feed_due::heartbeat);
+  s.heartbeat_sent(t0 + 1s);
+  CHECK(s.due(t0 + 1500ms) == f::feed_due::none);
+  CHECK(s.due(t0 + 2s) == f::feed_due::heartbeat);  // timeout=2000 does not end a feed with a heartbeat
+  s.heartbeat_sent(t0 + 2s);
+  CHECK(s.next_deadline() == t0 + 2500ms);
+  CHECK(s.due(t0 + 2500ms) == f::feed_due::revalidate);
+  s.revalidated(t0 + 12500ms);
+  CHECK(s.next_deadline() == t0 + 3s);
+  CHECK(s.due(t0 + 3s) == f::feed_due::heartbeat);
+  CHECK(s.due(t0 + 100s) == f::feed_due::revalidate);  // the most urgent first
+}
+
+TEST_CASE("feeds: continuous sends rows and parks again until its limit; since=now resolved by the check") {
+  const auto t0 = f::feed_clock::time_point{} + 1h;
+  f::feed_state s(parsed("feed=continuous&since=now&limit=3&heartbeat=5000"), t0, t0 + 10s);
+  CHECK(s.fetch_limit() == 3u);
+  auto d = s.on_fetched(0, "17-abc", false, t0);
+  CHECK(d.park);
+  CHECK(s.since() == "17-abc");  // "now" becomes the check's last_seq
+  s.on_wake();
+  d = s.on_fetched(2, "19-abc", false, t0);
+  CHECK(d.send_rows);
+  CHECK_FALSE(d.end);
+  CHECK(d.park);
+  CHECK(s.fetch_limit() == 1u);
+  CHECK(s.since() == "19-abc");
+  s.on_wake();
+  d = s.on_fetched(1, "20-abc", false, t0);
+  CHECK(d.send_rows);
+  CHECK(d.end);
+  CHECK(s.phase() == f::feed_phase::done);
+
+  // A read without rows keeps the client's since (a last_seq may count a write it did not return).
+  f::feed_state k(parsed("feed=continuous&since=4"), t0, t0 + 10s);
+  k.on_fetched(0, "6", false, t0);
+  CHECK(k.since() == "4");
+  // Eventsource without limit never ends on rows.
+  f::feed_state e(parsed("feed=eventsource&since=0"), t0, t0 + 10s);
+  d = e.on_fetched(50, "50", false, t0);
+  CHECK(d.send_rows);
+  CHECK_FALSE(d.end);
+}
+
+TEST_CASE("feed registry: a change wakes each parked subscriber of its database once; bursts coalesce") {
+  f::feed_registry reg(10);
+  int woken_a = 0, woken_b = 0, woken_other = 0;
+  const auto a = reg.subscribe("db1", "alice", [&] { ++woken_a; }, 100);
+  const auto b = reg.subscribe("db1", "alice", [&] { ++woken_b; }, 100);
+  const auto o = reg.subscribe("db2", "bob", [&] { ++woken_other; }, 100);
+  REQUIRE((a && b && o));
+  reg.park(*a, 5);
+  reg.park(*b, 5);
+  reg.park(*o, 5);
+  CHECK(reg.stats().parked == 3);
+  reg.notify("db1");
+  reg.notify("db1");
+  reg.notify("db1");
+  CHECK(woken_a == 1);
+  CHECK(woken_b == 1);
+  CHECK(woken_other == 0);
+  CHECK(reg.stats().wakes == 2);
+  CHECK(reg.stats().coalesced == 4);
+  CHECK(reg.take_wake(*a));
+  CHECK_FALSE(reg.take_wake(*a));  // one fetch for the burst
+  CHECK(reg.stats().fetches == 1);
+  reg.notify("unknown-db");
+  CHECK(reg.stats().wakes == 2);
+}
+
+TEST_CASE("feed registry: a change while reading leaves a pending wake that the reader takes before parking") {
+  f::feed_registry reg(10);
+  int calls = 0;
+  const auto s = reg.subscribe("db", "u", [&] { ++calls; }, 0);
+  REQUIRE(s);
+  reg.notify("db");           // between subscribe and the end of the first check
+  CHECK(calls == 0);          // not parked: no wake call, a mark
+  CHECK(reg.take_wake(*s));   // the feed reads again instead of parking
+  reg.park(*s, 3);
+  reg.unpark(*s);
+  CHECK(reg.stats().parked == 0);
+}
+
+TEST_CASE("feed registry: the sweep wakes subscribers that know less than the database's update_seq") {
+  f::feed_registry reg(10);
+  int calls = 0;
+  const auto s = reg.subscribe("db", "u", [&] { ++calls; }, 0);
+  REQUIRE(s);
+  reg.park(*s, 7);
+  reg.observe("db", 7);
+  CHECK(calls == 0);
+  reg.observe("db", 9);
+  CHECK(calls == 1);
+  CHECK(reg.take_wake(*s));
+  // A filtered read found nothing: it still saw everything up to 9, so 9 wakes nobody again.
+  reg.park(*s, 7);
+  reg.observe("db", 9);
+  CHECK(calls == 1);
+  reg.observe("db", 10);
+  CHECK(calls == 2);
+  // No seq known: any observation wakes once, then the wake's seq is what it knows.
+  const auto t = reg.subscribe("db2", "u", [&] { ++calls; }, 0);
+  reg.park(*t, std::nullopt);
+  reg.observe("db2", 1);
+  CHECK(calls == 3);
+  CHECK(reg.take_wake(*t));
+  reg.park(*t, std::nullopt);
+  reg.observe("db2", 1);
+  CHECK(calls == 3);
+  CHECK(reg.watched().size() == 2);
+}
+
+TEST_CASE("feed registry: per-user cap, unsubscribe releases; notify_all wakes everyone; bytes estimated") {
+  f::feed_registry reg(2);
+  const auto a = reg.subscribe("db", "alice", nullptr, 1000);
+  const auto b = reg.subscribe("db", "alice", nullptr, 1000);
+  CHECK(a);
+  CHECK(b);
+  CHECK_FALSE(reg.subscribe("db", "alice", nullptr, 1000));
+  const auto c = reg.subscribe("db", "bob", nullptr, 1000);
+  CHECK(c);
+  CHECK(reg.stats().subscribed == 3);
+  CHECK(reg.stats().bytes >= 3000);
+  reg.unsubscribe(*a);
+  CHECK(reg.subscribe("db", "alice", nullptr, 1000));
+  reg.park(*b, 1);
+  reg.park(*c, 1);
+  reg.notify_all();
+  CHECK(reg.take_wake(*b));
+  CHECK(reg.take_wake(*c));
+  reg.unsubscribe(*b);
+  reg.unsubscribe(*c);
+  reg.unsubscribe(*b);  // twice: harmless
+  CHECK(reg.stats().parked == 0);
+  CHECK(reg.stats().subscribed == 1);
+}
