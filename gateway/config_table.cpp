@@ -558,7 +558,21 @@ constexpr key_spec table[] = {
                                                       .on_reload = live,
                                                       .min = 1,
                                                       .max = 100000,
-                                                      .help = "Concurrent requests of one user (429 above)."}),
+                                                      .help = "Requests of one user in flight at once; more wait in that "
+                                                              "user's queue, first come first served (PouchDB fetches a "
+                                                              "batch's attachments all at once and does not retry a "
+                                                              "refused one)."}),
+    key<&config::front, &frc::user_queue_length>(
+        {.name = "front.user_queue_length",
+         .kind = k::integer,
+         .min = 0,
+         .max = 1000000,
+         .help = "Requests of one user waiting for one of its max_requests_per_user (429 with Retry-After above)."}),
+    key<&config::front, &frc::user_queue_timeout>(
+        {.name = "front.user_queue_timeout",
+         .kind = k::duration_ms,
+         .min = 0,
+         .help = "Longest wait in that queue (then 503 with Retry-After)."}),
     key<&config::front, &frc::auth_failure_limit>(
         {.name = "front.auth_failure_limit",
          .kind = k::integer,
@@ -581,6 +595,20 @@ constexpr key_spec table[] = {
          .min = 100,
          .help = "Servers without _db_updates: how often the databases with parked live feeds are swept (at most "
                  "fanin.sweep_rate databases per second)."}),
+    section("front.cors",
+            "CORS headers on the answers couchgate writes itself (404s, refusals, sign-up) and on preflights, as "
+            "CouchDB's [cors] would give them: set these like CouchDB's [chttpd] enable_cors and [cors] section "
+            "(answers from CouchDB carry CouchDB's own headers)."),
+    key<&config::front, &frc::cors, &front_cors_config::enable>({.name = "front.cors.enable", .kind = k::boolean}),
+    key<&config::front, &frc::cors, &front_cors_config::origins>(
+        {.name = "front.cors.origins", .kind = k::string_list, .help = "e.g. [\"https://app.example\"]; \"*\" = any."}),
+    key<&config::front, &frc::cors, &front_cors_config::credentials>({.name = "front.cors.credentials", .kind = k::boolean}),
+    key<&config::front, &frc::cors, &front_cors_config::methods>(
+        {.name = "front.cors.methods", .kind = k::string_list, .help = "[] = CouchDB's default list."}),
+    key<&config::front, &frc::cors, &front_cors_config::headers>(
+        {.name = "front.cors.headers", .kind = k::string_list, .help = "[] = CouchDB's default list."}),
+    key<&config::front, &frc::cors, &front_cors_config::max_age>(
+        {.name = "front.cors.max_age", .kind = k::integer, .min = 0, .max = 100000000, .help = "Seconds."}),
     section("front.upstream",
             "The front door's own keep-alive pool of sockets to CouchDB (apart from fanin.max_connections): when all "
             "are busy a request waits up to wait_timeout, then gets 503 with Retry-After."),

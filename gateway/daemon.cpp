@@ -556,7 +556,18 @@ int daemon::run() {
     try {
       front::local_handler local;
       if (d.ids) local = [&d](const front::local_request& r) { return d.ids->serve(r); };
-      d.front = std::make_unique<front_door>(cfg, d.metrics, std::move(local));
+      front::token_user_provisioner provision;
+      if (d.prov) {
+        provision = [&d](const policy::session_user& who) {
+          policy::token_user_action decided = policy::token_user_action::not_token;
+          const bool ok = d.prov->ensure_token_user(who, decided);
+          if (ok && decided == policy::token_user_action::provision) {
+            log()->info("front door: provisioned the database of JWT user '{}'", who.name);
+          }
+          return ok;
+        };
+      }
+      d.front = std::make_unique<front_door>(cfg, d.metrics, std::move(local), std::move(provision));
       d.feeds = std::make_unique<feed_notifier>(*d.client, d.front->feeds(), d.detector.get(),
                                                 feed_notifier_options{cfg.front.feed_sweep_interval, cfg.fanin.sweep_rate});
       if (d.detector) d.detector->set_listener(d.feeds->listener());
