@@ -13,6 +13,7 @@
 #endif
 
 #include "gateway/admin_api.hpp"
+#include "gateway/connection_budget.hpp"
 #include "gateway/databases.hpp"
 #include "gateway/feed_notifier.hpp"
 #include "gateway/identities.hpp"
@@ -142,8 +143,7 @@ struct daemon::impl {
     const auto e = r::estimate_shards(sources, cfg.provisioning.q);
     shards_needed.store(e.needed);
     shards_recommended.store(e.recommended);
-    std::optional<std::uint64_t> value;
-    if (answer.ok()) value = r::parse_max_dbs_open(answer.value());
+    const std::optional<std::uint64_t> value = r::max_dbs_open_in_effect(answer);
     if (!value) {
       if (max_dbs_open.exchange(-1) != -1 || limits_warned_for == -2) {
         log()->info("CouchDB's max_dbs_open cannot be read ({}); not checked",
@@ -479,8 +479,10 @@ int daemon::run() {
   const auto& cfg = d.cfg;
   raise_open_files_limit(cfg.front.enabled ? cfg.front.max_connections : 0);
 
+  // fanin.max_connections for work plus one socket per change feed (connection_budget.hpp).
+  const connection_budget budget = budget_for(cfg);
   d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, cfg.couchdb.username, cfg.couchdb.password,
-                                                                cfg.fanin.max_connections, std::string("couchgate/") + COUCHGATE_VERSION});
+                                                                budget.total(), std::string("couchgate/") + COUCHGATE_VERSION});
   d.client = std::make_unique<r::couch_client>(
       *d.pool, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
   d.state = std::make_unique<r::state_store>(*d.client, cfg.state_db);
