@@ -62,7 +62,7 @@ struct fanin_config {
   bool enabled = true;
   std::string central_db = "couchgate-central";
   policy::id_mode ids = policy::id_mode::namespaced;
-  std::size_t max_connections = 8;   // hard cap on sockets to CouchDB, feeds included
+  std::size_t max_connections = 8;   // cap on sockets to CouchDB for work; the feeds get theirs on top (connection_budget.hpp)
   std::size_t max_active = 64;       // databases in flight
   std::size_t rounds = 2;            // replication rounds in flight; each takes max_active / rounds databases
   std::size_t batch_docs = 1000;     // docs per central _bulk_docs

@@ -304,8 +304,10 @@ constexpr key_spec table[] = {
          .kind = k::integer,
          .min = 3,
          .max = 1024,
-         .note = "the change feeds take 2 of them",
-         .help = "Hard cap on connections to CouchDB, change feeds included (they take 2): 3..1024."}),
+         .note = "replication, provisioning and checkpoints share them",
+         .help = "Hard cap on connections to CouchDB for work (replication, provisioning, checkpoints): 3..1024. "
+                 "The change feeds' longpolls (_users with provisioning on, _db_updates with fan-in on unless "
+                 "detection is sweep) get one more each, so they never take the work's sockets."}),
     key<&config::fanin, &fc::max_active>({.name = "fanin.max_active",
                                           .kind = k::integer,
                                           .min = 1,

@@ -13,6 +13,7 @@
 #endif
 
 #include "gateway/admin_api.hpp"
+#include "gateway/connection_budget.hpp"
 #include "gateway/databases.hpp"
 #include "gateway/feed_notifier.hpp"
 #include "gateway/identities.hpp"
@@ -146,8 +147,7 @@ struct daemon::impl {
     const auto e = r::estimate_shards(sources, cfg.provisioning.q);
     shards_needed.store(e.needed);
     shards_recommended.store(e.recommended);
-    std::optional<std::uint64_t> value;
-    if (answer.ok()) value = r::parse_max_dbs_open(answer.value());
+    const std::optional<std::uint64_t> value = r::max_dbs_open_in_effect(answer);
     if (!value) {
       if (max_dbs_open.exchange(-1) != -1 || limits_warned_for == -2) {
         log()->info("CouchDB's max_dbs_open cannot be read ({}); not checked",
@@ -492,8 +492,10 @@ int daemon::run() {
   raise_open_files_limit(cfg.front.enabled ? cfg.front.max_connections : 0);
 
   // The credential is session_auth's to send (cookie, or Basic as it decides); the pool has none.
-  d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, "", "", cfg.fanin.max_connections,
-                                                                std::string("couchgate/") + COUCHGATE_VERSION});
+  // fanin.max_connections for work plus one socket per change feed (connection_budget.hpp).
+  const connection_budget budget = budget_for(cfg);
+  d.pool = std::make_unique<r::http_pool>(
+      r::http_pool::options{cfg.couchdb.url, "", "", budget.total(), std::string("couchgate/") + COUCHGATE_VERSION});
   d.auth = std::make_unique<r::session_auth>(*d.pool, r::session_options_for(cfg.couchdb.username, cfg.couchdb.password,
                                                                              cfg.couchdb.auth, cfg.couchdb.request_timeout));
   d.client = std::make_unique<r::couch_client>(

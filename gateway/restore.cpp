@@ -1,10 +1,12 @@
 // Owns: the restore command (see restore.hpp).
 #include "gateway/restore.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "policy/id_map.hpp"
 #include "policy/naming.hpp"
@@ -32,6 +34,7 @@ struct target {
   restore_user_result res;
   target_state st = target_state::ready;
   bool had_marker = false;
+  std::string marker_rev;  // the marker's revision when known (written or found), for deleting it
 };
 
 class progress_reporter {
@@ -73,6 +76,15 @@ class progress_reporter {
   clock::time_point start_, last_;
 };
 
+// doc_count + doc_del_count of a database's info (0 for what is not there).
+std::uint64_t doc_count_of(const json& info) {
+  std::uint64_t n = 0;
+  for (const char* k : {"doc_count", "doc_del_count"}) {
+    if (info.contains(k) && info[k].is_number_unsigned()) n += info[k].get<std::uint64_t>();
+  }
+  return n;
+}
+
 }  // namespace
 
 bool restore_summary::ok() const {
@@ -101,72 +113,124 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   std::map<std::string, target> targets;  // user -> target
   std::set<std::string> selected(opts.users.begin(), opts.users.end());
 
-  auto prepare = [&](const std::string& user) -> target& {
-    auto [it, fresh] = targets.try_emplace(user);
-    target& t = it->second;
-    if (!fresh) return t;
-    t.res.user = user;
-    t.res.db = policy::user_db_name(prefix, user);
-    bool empty = false;
-    auto info = client.db_info(t.res.db).get();
-    if (!info.ok()) {
-      if (info.error().kind != couch_error_kind::not_found) {
-        t.st = target_state::failed;
-        t.res.error = "cannot read " + t.res.db + ": " + info.error().describe();
-        return t;
-      }
-      t.res.created = true;
-      if (opts.dry_run) return t;
-      auto c = client.create_db(t.res.db, cfg.provisioning.q, cfg.provisioning.n).get();
-      if (!c.ok() && c.error().kind != couch_error_kind::conflict) {
-        t.st = target_state::failed;
-        t.res.error = "cannot create " + t.res.db + ": " + c.error().describe();
-        return t;
-      }
-    } else {
-      const json& i = info.value();
+  // Prepares the targets of the users not seen before, all of them at once: each step's requests
+  // are in flight together for every user (the pool caps the sockets), as the provisioner's
+  // pipeline does; one user at a time cost a round trip per step, in series (issue #18). The
+  // database is created first (restore usually writes into deleted ones): only a 412 costs the
+  // reads that judge an existing database (its document count and restore marker). A dry run
+  // reads instead of creating.
+  auto prepare_all = [&](const std::vector<std::string>& users) {
+    struct step {
+      target* t;
+      std::string user;
+      r::pending_json create, info, marker, write;
       std::uint64_t count = 0;
-      for (const char* k : {"doc_count", "doc_del_count"}) {
-        if (i.contains(k) && i[k].is_number_unsigned()) count += i[k].get<std::uint64_t>();
-      }
-      auto marker = client.get_doc(t.res.db, marker_id).get();
-      t.had_marker = marker.ok();
-      if (count > 0 && !t.had_marker && !opts.merge) {
-        t.st = target_state::refused;
-        t.res.error = t.res.db + " is not empty (" + std::to_string(count) +
-                      " documents); refusing to write into it without --merge";
-        return t;
-      }
-      empty = count == 0;
+      bool exists = false;
+    };
+    std::vector<step> fresh;
+    for (const auto& user : users) {
+      auto [it, is_new] = targets.try_emplace(user);
+      if (!is_new) continue;
+      target& t = it->second;
+      t.res.user = user;
+      t.res.db = policy::user_db_name(prefix, user);
+      step s{&t, user};
+      if (opts.dry_run) s.info = client.db_info(t.res.db);
+      else s.create = client.create_db(t.res.db, cfg.provisioning.q, cfg.provisioning.n);
+      fresh.push_back(std::move(s));
     }
-    // The policy's _security on a database restore creates, resumes, or finds empty (a restore
-    // killed between creating it and writing its _security left it so); a merge into a database
-    // in use keeps its own (reconcile judges it).
-    if (!opts.dry_run && (t.res.created || t.had_marker || empty)) {
-      auto s = client.put_security(t.res.db, policy::render_security(cfg.provisioning.security, user)).get();
-      if (!s.ok()) {
-        t.st = target_state::failed;
-        t.res.error = "cannot write _security of " + t.res.db + ": " + s.error().describe();
-        return t;
+    auto fail = [](target& t, std::string why) {
+      t.st = target_state::failed;
+      t.res.error = std::move(why);
+    };
+    // 1. Created, or it exists: then read it and look for the marker (both at once).
+    for (auto& s : fresh) {
+      target& t = *s.t;
+      if (s.create.valid()) {
+        auto c = s.create.get();
+        if (c.ok()) {
+          t.res.created = true;
+        } else if (c.error().kind == couch_error_kind::conflict) {
+          s.info = client.db_info(t.res.db);
+          s.marker = client.get_doc(t.res.db, marker_id);
+        } else {
+          fail(t, "cannot create " + t.res.db + ": " + c.error().describe());
+        }
+        continue;
+      }
+      auto info = s.info.get();
+      if (info.ok()) {
+        s.exists = true;
+        s.count = doc_count_of(info.value());
+        s.marker = client.get_doc(t.res.db, marker_id);
+      } else if (info.error().kind == couch_error_kind::not_found) {
+        t.res.created = true;  // would be
+      } else {
+        fail(t, "cannot read " + t.res.db + ": " + info.error().describe());
       }
     }
-    if (!opts.dry_run && !t.had_marker) {
-      auto m = client.put_doc(t.res.db, marker_id, json{{"restoring_from", central}, {"merge", opts.merge}}).get();
+    // 2. An existing database: restore resumes into it (marker), refuses it (documents, no
+    //    --merge) or merges. Then the policy's _security on a database restore creates, resumes,
+    //    or finds empty (a restore killed between creating it and writing its _security left it
+    //    so); a merge into a database in use keeps its own (reconcile judges it).
+    for (auto& s : fresh) {
+      target& t = *s.t;
+      if (s.info.valid()) {
+        auto info = s.info.get();
+        if (!info.ok()) {
+          if (s.marker.valid()) s.marker.get();
+          fail(t, "cannot read " + t.res.db + ": " + info.error().describe());
+          continue;
+        }
+        s.exists = true;
+        s.count = doc_count_of(info.value());
+      }
+      if (t.st != target_state::ready) continue;
+      if (s.exists) {
+        auto m = s.marker.get();
+        t.had_marker = m.ok();
+        if (m.ok() && m.value().contains("_rev") && m.value()["_rev"].is_string()) t.marker_rev = m.value()["_rev"].get<std::string>();
+        if (s.count > 0 && !t.had_marker && !opts.merge) {
+          t.st = target_state::refused;
+          t.res.error = t.res.db + " is not empty (" + std::to_string(s.count) +
+                        " documents); refusing to write into it without --merge";
+          continue;
+        }
+      }
+      if (!opts.dry_run && (t.res.created || t.had_marker || s.count == 0)) {
+        s.write = client.put_security(t.res.db, policy::render_security(cfg.provisioning.security, s.user));
+      }
+    }
+    // 3. The marker, once _security is in place.
+    for (auto& s : fresh) {
+      target& t = *s.t;
+      if (s.write.valid()) {
+        auto sec = s.write.get();
+        if (!sec.ok()) {
+          fail(t, "cannot write _security of " + t.res.db + ": " + sec.error().describe());
+          continue;
+        }
+      }
+      if (!opts.dry_run && t.st == target_state::ready && !t.had_marker) {
+        s.write = client.put_doc(t.res.db, marker_id, json{{"restoring_from", central}, {"merge", opts.merge}});
+      }
+    }
+    for (auto& s : fresh) {
+      if (!s.write.valid()) continue;
+      target& t = *s.t;
+      auto m = s.write.get();
+      if (m.ok() && m.value().contains("rev") && m.value()["rev"].is_string()) t.marker_rev = m.value()["rev"].get<std::string>();
       if (!m.ok() && m.error().kind != couch_error_kind::conflict) {
-        t.st = target_state::failed;
-        t.res.error = "cannot mark " + t.res.db + " as being restored: " + m.error().describe();
+        fail(t, "cannot mark " + t.res.db + " as being restored: " + m.error().describe());
       }
     }
-    return t;
   };
 
-  for (const auto& u : opts.users) prepare(u);
+  prepare_all(opts.users);
 
   std::size_t total = 0;
   if (auto info = client.db_info(central).get(); info.ok()) {
-    for (const char* k : {"doc_count", "doc_del_count"}) {
-      if (info.value().contains(k) && info.value()[k].is_number_unsigned()) total += info.value()[k].get<std::size_t>();
-    }
+    total = doc_count_of(info.value());
   } else {
     for (auto& [u, t] : targets) {
       if (t.res.error.empty()) t.res.error = "cannot read central database " + central + ": " + info.error().describe();
@@ -206,20 +270,48 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
                << f.reason << "\n";
     }
   };
-  for (;;) {
+  // The next page of central's _changes is asked for as soon as this one is read, so the server
+  // reads it while this page's revisions are written.
+  auto page_limit = [&](std::size_t read) {
+    std::size_t limit = cfg.fanin.batch_docs;
+    if (opts.max_docs) limit = std::min(limit, opts.max_docs - std::min(opts.max_docs, read));
+    return limit;
+  };
+  auto ask_page = [&](const json& from, std::size_t limit) {
     r::changes_query q;
-    q.since = since;
+    q.since = from;
     // Every body is read anyway when restoring everything; then new documents need no _bulk_get.
     q.include_docs = opts.all;
-    std::size_t limit = cfg.fanin.batch_docs;
-    if (opts.max_docs) limit = std::min(limit, opts.max_docs - summary.central_changes);
     q.limit = limit;
-    auto a = client.changes(central, q).text();
+    return client.changes(central, q);
+  };
+  std::size_t limit = page_limit(0);
+  r::pending_json next = ask_page(since, limit);
+  for (;;) {
+    auto a = next.text();
     r::result<r::feed_page> page = a.ok() ? r::parse_changes(a.value()) : r::result<r::feed_page>(a.error());
     if (!page.ok()) {
       summary.interrupted = true;
       progress << "\nrestore: reading " << central << " failed: " << page.error().describe() << "\n";
       break;
+    }
+    const std::size_t read = summary.central_changes + page.value().changes.size();
+    const bool last = page.value().changes.size() < limit || page.value().last_seq.is_null() ||
+                      (opts.max_docs && read >= opts.max_docs);
+    const std::size_t this_limit = limit;
+    if (!last) {
+      limit = page_limit(read);
+      next = ask_page(page.value().last_seq, limit);
+    }
+    // The page's new users first, all at once (see prepare_all).
+    {
+      std::vector<std::string> users;
+      for (const auto& c : page.value().changes) {
+        auto ref = policy::from_central_id(c.id);
+        if (!ref || ref->who.what != policy::owner::kind::user) continue;
+        if ((opts.all || selected.count(ref->who.name)) && !targets.count(ref->who.name)) users.push_back(ref->who.name);
+      }
+      prepare_all(users);
     }
     std::vector<r::change_row> rows;
     for (auto& c : page.value().changes) {
@@ -237,7 +329,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (ref->who.what != policy::owner::kind::user) continue;
       const std::string& user = ref->who.name;
       if (!opts.all && !selected.count(user)) continue;
-      target& t = prepare(user);
+      target& t = targets[user];
       if (t.st != target_state::ready) continue;
       const bool design = policy::is_design_id(ref->doc_id);
       (design ? design_rows : rows)
@@ -246,8 +338,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     if (!rows.empty()) run_transfer(rows);
     summary.central_changes += page.value().changes.size();
     pr.update(targets.size(), summary.central_changes, total, written);
-    if (page.value().changes.size() < limit || page.value().last_seq.is_null()) break;
-    since = page.value().last_seq;
+    if (page.value().changes.size() < this_limit || page.value().last_seq.is_null()) break;
     if (opts.max_docs && summary.central_changes >= opts.max_docs) {
       summary.interrupted = true;
       break;
@@ -260,23 +351,53 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   pr.finish();
 
   // Finished targets: drop the marker and the old fan-in checkpoint (the database is new, so a
-  // checkpoint of its previous life would skip its first changes).
+  // checkpoint of its previous life would skip its first changes). All targets at once: the
+  // marker deletions in flight together, the checkpoint resets on max_connections threads.
   if (!opts.dry_run && !summary.interrupted) {
-    r::state_store state(client, cfg.state_db);
+    std::vector<target*> done;
     for (auto& [u, t] : targets) {
-      if (t.st != target_state::ready) continue;
-      auto m = client.get_doc(t.res.db, marker_id).get();
-      if (m.ok() && m.value().contains("_rev") && m.value()["_rev"].is_string()) {
-        auto del = client.delete_doc(t.res.db, marker_id, m.value()["_rev"].get<std::string>()).get();
-        if (!del.ok()) t.res.error = "restored, but could not remove the restore marker: " + del.error().describe();
+      if (t.st == target_state::ready) done.push_back(&t);
+    }
+    std::vector<r::pending_json> dels(done.size());
+    for (std::size_t k = 0; k < done.size(); ++k) {
+      target& t = *done[k];
+      if (t.marker_rev.empty()) {
+        // Revision unknown (the marker's PUT conflicted): read it first.
+        auto m = client.get_doc(t.res.db, marker_id).get();
+        if (m.ok() && m.value().contains("_rev") && m.value()["_rev"].is_string()) t.marker_rev = m.value()["_rev"].get<std::string>();
       }
-      if (t.res.created || t.had_marker) {
+      if (!t.marker_rev.empty()) dels[k] = client.delete_doc(t.res.db, marker_id, t.marker_rev);
+    }
+    for (std::size_t k = 0; k < done.size(); ++k) {
+      if (!dels[k].valid()) continue;
+      auto del = dels[k].get();
+      if (!del.ok()) done[k]->res.error = "restored, but could not remove the restore marker: " + del.error().describe();
+    }
+    r::state_store state(client, cfg.state_db);
+    // The stored checkpoints' revisions, in one read: each reset is then one write instead of a
+    // conflict, a read and a second write. (If this read fails the resets still work that way.)
+    if (auto loaded = state.load_checkpoints(); !loaded.ok()) {
+      progress << "restore: reading the fan-in checkpoints failed (" << loaded.error().describe() << "); resetting them one by one\n";
+    }
+    std::vector<target*> resets;
+    for (auto* t : done) {
+      if (t->res.created || t->had_marker) resets.push_back(t);
+    }
+    std::atomic<std::size_t> next_reset{0};
+    auto reset_some = [&] {
+      for (std::size_t k; (k = next_reset++) < resets.size();) {
+        target& t = *resets[k];
         auto reset = state.reset_checkpoint(t.res.db);
         if (!reset.ok() && reset.error().kind != couch_error_kind::not_found) {
           t.res.error = "restored, but could not reset the fan-in checkpoint: " + reset.error().describe();
         }
       }
-    }
+    };
+    std::vector<std::thread> threads;
+    const std::size_t n_threads = std::min<std::size_t>(cfg.fanin.max_connections, resets.size());
+    for (std::size_t k = 1; k < n_threads; ++k) threads.emplace_back(reset_some);
+    reset_some();
+    for (auto& th : threads) th.join();
   }
   for (auto& [u, t] : targets) {
     if (t.res.refused && t.res.error.empty()) {

@@ -19,6 +19,13 @@ std::optional<std::uint64_t> parse_max_dbs_open(const json& answer) {
   return v;
 }
 
+std::optional<std::uint64_t> max_dbs_open_in_effect(const result<json>& answer) {
+  if (answer.ok()) return parse_max_dbs_open(answer.value());
+  const couch_error& e = answer.error();
+  if (e.kind == couch_error_kind::not_found && e.reason == "unknown_config_value") return couchdb_default_max_dbs_open;
+  return std::nullopt;
+}
+
 shard_estimate estimate_shards(std::uint64_t sources, std::uint64_t q) {
   constexpr std::uint64_t couchdb_default_q = 2;
   constexpr std::uint64_t own_shards = 4 * 8;

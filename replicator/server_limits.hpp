@@ -17,6 +17,14 @@ namespace couchgate::replicator {
 // nullopt when it is not a non-negative integer.
 std::optional<std::uint64_t> parse_max_dbs_open(const json& answer);
 
+// CouchDB's built-in max_dbs_open, in effect while the config does not set the key.
+inline constexpr std::uint64_t couchdb_default_max_dbs_open = 500;
+// The value in effect, from the config API's answer: the configured one; CouchDB's default when
+// the key is not set (CouchDB 3.5 then answers 404 {"error":"not_found","reason":
+// "unknown_config_value"}: a default server, exactly the one that needs the warning); nullopt
+// when it cannot be told (no config API, as on pouchdb-server, or any other failure).
+std::optional<std::uint64_t> max_dbs_open_in_effect(const result<json>& answer);
+
 struct shard_estimate {
   std::uint64_t needed = 0;       // shards couchgate keeps busy
   std::uint64_t recommended = 0;  // what to set max_dbs_open to

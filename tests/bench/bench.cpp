@@ -172,6 +172,9 @@ int main(int argc, char** argv) {
   app.add_option("--rate", rate, "steady state: writes per second (default 100)");
   app.add_option("--seconds", seconds, "steady state: seconds of writing (default 60; 3 with --smoke)");
   app.add_option("--users", users, "provisioning: users created at once (default 1000)");
+  app.add_option("--provision-rate", o.provision_rate,
+                 "provisioning: create the users at this many per second, one PUT each, instead of all at once (0 = at once; "
+                 "the latency goal is stated at 100)");
   app.add_option("--signups", signups, "sign-up: sign-ups through the front door (default 200; 20 with --smoke)");
   app.add_option("--signup-concurrency", o.signup_concurrency, "sign-up: sign-ups in flight at once (default 16)");
   app.add_option("--builtin-timeout", builtin_timeout, "seconds CouchDB's own replicator gets per size (default 300; 60 with --smoke)");

@@ -34,6 +34,7 @@ struct options {
   int rate = 100;             // writes per second in the steady-state phase
   double seconds = 60;        // steady-state write window
   int users = 1000;           // provisioning burst
+  double provision_rate = 0;  // provisioning: users created per second, one request each (0 = all at once)
   int signups = 200;          // sign-up phase: sign-ups through the front door
   int signup_concurrency = 16;  // ... sent this many at a time
   double builtin_timeout = 300;

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <thread>
 
+#include "gateway/config.hpp"
 #include "policy/id_map.hpp"
 #include "policy/naming.hpp"
 
@@ -132,8 +133,8 @@ void paced_for(std::size_t total, double rate, int threads, steady::time_point t
   for (auto& t : pool) t.join();
 }
 
-std::string create_db(context& ctx, bench_client& c, const std::string& db) {
-  auto r = c.put(db_path(db), "");
+std::string create_db(context& ctx, bench_client& c, const std::string& db, const std::string& query) {
+  auto r = c.put(db_path(db) + query, "");
   if (r.status != 201 && r.status != 202) return "PUT /" + db + ": " + describe(r);
   ctx.created(db);
   return "";
@@ -146,10 +147,19 @@ std::string delete_db(context& ctx, bench_client& c, const std::string& db) {
   return "";
 }
 
-std::string seed_sources(context& ctx, const std::vector<source_db>& sources, int docs_per_db, int threads) {
+std::size_t couchgate_q(const json& cfg) {
+  const std::size_t dflt = gateway::provisioning_config{}.q;
+  if (!cfg.contains("provisioning") || !cfg["provisioning"].is_object()) return dflt;
+  return cfg["provisioning"].value("q", dflt);
+}
+
+std::string q_query(std::size_t q) { return q > 0 ? "?q=" + std::to_string(q) : ""; }
+
+std::string seed_sources(context& ctx, const std::vector<source_db>& sources, int docs_per_db, int threads,
+                         const std::string& create_query) {
   return parallel_for(static_cast<int>(sources.size()), threads > 0 ? threads : ctx.opt.threads, [&](int i, bench_client& c) -> std::string {
     const auto& s = sources[static_cast<std::size_t>(i)];
-    if (auto e = create_db(ctx, c, s.db); !e.empty()) return e;
+    if (auto e = create_db(ctx, c, s.db, create_query); !e.empty()) return e;
     for (int off = 0; off < docs_per_db; off += 1000) {
       json docs = json::array();
       for (int j = off; j < std::min(docs_per_db, off + 1000); ++j) docs.push_back(source_doc(s, j));

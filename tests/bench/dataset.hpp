@@ -50,13 +50,20 @@ void paced_for(std::size_t total, double rate, int threads, steady::time_point t
                const std::function<void(std::size_t, bench_client&)>& fn);
 
 // Admin PUT /db (412 = already there is an error: names are unique per run).
-std::string create_db(context& ctx, bench_client& c, const std::string& db);
+// query: "" or "?q=1" and the like (the server's defaults otherwise).
+std::string create_db(context& ctx, bench_client& c, const std::string& db, const std::string& query = "");
 // Admin DELETE /db (404 is fine).
 std::string delete_db(context& ctx, bench_client& c, const std::string& db);
 
 // Creates every source database and writes docs_per_db documents into each with
 // _bulk_docs new_edits:false (batches of 1000), over `threads` connections (0 = --threads).
-std::string seed_sources(context& ctx, const std::vector<source_db>& sources, int docs_per_db, int threads = 0);
+// create_query: as create_db's (the ceilings create what couchgate would: couchgate_q below).
+std::string seed_sources(context& ctx, const std::vector<source_db>& sources, int docs_per_db, int threads = 0,
+                         const std::string& create_query = "");
+// The shards (provisioning.q) of the databases couchgate creates with this config (its default
+// when the config leaves it out), and that as a PUT /db query ("?q=1"; "" for 0 = the server's).
+std::size_t couchgate_q(const json& cfg);
+std::string q_query(std::size_t q);
 // Deletes every database, even after an interruption; returns the first error.
 std::string delete_dbs(context& ctx, const std::vector<std::string>& dbs);
 

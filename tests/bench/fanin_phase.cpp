@@ -130,12 +130,14 @@ json run_changes_floor(context& ctx, const std::vector<source_db>& sources, int 
 // Issue #18's restore ceiling: what `restore --all` writes (N databases created, their
 // revisions with new_edits:false, batches of 1000), done by the bench into fresh databases over as
 // many connections as couchgate may use.
-json run_restore_ceiling(context& ctx, const test::names& n, int dbs, int m, int connections) {
-  json out{{"connections", connections}};
+json run_restore_ceiling(context& ctx, const json& cfg, const test::names& n, int dbs, int m, int connections) {
+  // restore creates the databases with provisioning.q: so does the ceiling.
+  const std::size_t q = couchgate_q(cfg);
+  json out{{"connections", connections}, {"q", q}};
   auto fresh = make_sources(base_of(n) + "-rceil-userdb-", "u", dbs);
   sampler s(ctx.server_pid);
   auto t0 = steady::now();
-  std::string error = seed_sources(ctx, fresh, m, connections);
+  std::string error = seed_sources(ctx, fresh, m, connections, q_query(q));
   double secs = seconds_since(t0);
   s.stop();
   std::vector<std::string> names;
@@ -538,7 +540,7 @@ json run_fanin(context& ctx, const size_spec& size, plot_data& plots, fanin_sour
     if (!ctx.opt.skipped("ceiling") && !interrupted()) {
       note("fan-in " + label + ": restore ceiling (create + _bulk_docs new_edits:false over " + std::to_string(connections) +
            " connections)");
-      out["restore_ceiling"] = run_restore_ceiling(ctx, n, size.dbs, size.docs_per_db, connections);
+      out["restore_ceiling"] = run_restore_ceiling(ctx, cfg, n, size.dbs, size.docs_per_db, connections);
     }
   }
   set_ratios(out);

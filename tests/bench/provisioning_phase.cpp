@@ -6,7 +6,13 @@
 // of each database that appeared and is not confirmed yet. A user counts as provisioned when its
 // database exists and `members.names` holds the user. Per-user latency is from the moment the
 // request carrying the user was sent (an upper bound) to the first poll that saw it provisioned.
+// With --provision-rate R the users come one `PUT _users/org.couchdb.user:<name>` each, the i-th
+// sent at start + i/R (writer threads, closed loop; a slow server gives fewer per second: see
+// `achieved_rate`), and the watch polls every 25 ms: the latency is then per user, from its own
+// PUT to the poll that saw its database and _security (resolution ~25 ms plus the poll).
 #include <atomic>
+#include <functional>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -37,7 +43,9 @@ bool security_names_user(const json& sec, const std::string& user) {
 
 json run_provisioning(context& ctx, plot_data& plots) {
   const int u_count = ctx.opt.users;
+  const double pace = ctx.opt.provision_rate;
   json out{{"users", u_count}, {"passwords", ctx.opt.user_passwords}};
+  if (pace > 0) out["rate"] = pace;
   if (u_count <= 0) return out;
   test::names n = ctx.fresh("bench-prov");
   json cfg = ctx.couchgate_config(n);
@@ -66,6 +74,8 @@ json run_provisioning(context& ctx, plot_data& plots) {
     // Reference: the server work couchgate does per user (PUT /db, then PUT /db/_security),
     // done by the bench itself over as many connections as couchgate may use.
     const int conns = cfg["fanin"].value("max_connections", 8);
+    // The same shards couchgate creates (provisioning.q; its default when the config leaves it out).
+    const std::size_t q = couchgate_q(cfg);
     std::string base = n.prefix.substr(0, n.prefix.size() - std::string("-userdb-").size());
     std::vector<std::string> cdbs;
     for (int i = 0; i < u_count; ++i) cdbs.push_back(base + "-pceil-" + pad(i, 5));
@@ -74,7 +84,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
     auto t = steady::now();
     auto e = parallel_for(u_count, conns, [&](int i, bench_client& c) -> std::string {
       const auto& db = cdbs[static_cast<std::size_t>(i)];
-      if (auto err = create_db(ctx, c, db); !err.empty()) return err;
+      if (auto err = create_db(ctx, c, db, q_query(q)); !err.empty()) return err;
       json sec{{"admins", {{"names", json::array()}, {"roles", json::array()}}},
                {"members", {{"names", {users[static_cast<std::size_t>(i)]}}, {"roles", json::array()}}}};
       auto r = c.put(db_path(db) + "/_security", sec.dump());
@@ -82,7 +92,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
     });
     double secs = seconds_since(t);
     if (!e.empty()) ctx.fail("provisioning ceiling: " + e);
-    else out["ceiling"] = {{"seconds", round_to(secs)}, {"users_per_s", round_to(u_count / secs, 1)}, {"connections", conns}};
+    else out["ceiling"] = {{"seconds", round_to(secs)}, {"users_per_s", round_to(u_count / secs, 1)}, {"connections", conns}, {"q", q}};
     if (auto err = delete_dbs(ctx, cdbs); !err.empty()) note("cleanup: " + err);
   }
 
@@ -105,18 +115,45 @@ json run_provisioning(context& ctx, plot_data& plots) {
   std::atomic<double> create_secs{0};
   std::mutex rev_mu;
 
-  note("provisioning: creating " + std::to_string(u_count) + " users at once");
-  std::thread creator([&] {
+  auto user_doc = [&](std::size_t i) {
+    json doc{{"_id", "org.couchdb.user:" + users[i]}, {"name", users[i]}, {"type", "user"}, {"roles", {n.role}}};
+    if (ctx.opt.user_passwords) doc["password"] = "pw-" + pad(static_cast<long long>(i), 6);
+    return doc;
+  };
+  // Paced: writer w sends users w, w+W, ... each at base + i/rate (or as soon as its previous
+  // PUT returned, when the server is slower than that).
+  auto paced = [&] {
+    const int writers = std::max(2, static_cast<int>(pace / 25) + 1);
+    std::vector<std::thread> ws;
+    for (int w = 0; w < writers; ++w) {
+      ws.emplace_back([&, w] {
+        bench_client c(60s);
+        for (std::size_t i = static_cast<std::size_t>(w); i < users.size() && !interrupted(); i += static_cast<std::size_t>(writers)) {
+          std::this_thread::sleep_until(base + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(static_cast<double>(i) / pace)));
+          sent[i] = now_ns();
+          auto r = c.put("/_users/" + test::enc("org.couchdb.user:" + users[i]), user_doc(i).dump());
+          std::lock_guard lk(rev_mu);
+          if ((r.status == 201 || r.status == 202) && r.body.is_object() && r.body.contains("rev")) {
+            created_revs.emplace_back("org.couchdb.user:" + users[i], r.body["rev"].get<std::string>());
+          } else {
+            ++create_errors;
+            if (first_error.empty()) first_error = describe(r);
+          }
+        }
+      });
+    }
+    for (auto& t : ws) t.join();
+    create_secs.store(seconds_since(base));
+  };
+  note("provisioning: creating " + std::to_string(u_count) + " users " +
+       (pace > 0 ? "at " + std::to_string(pace) + " per second, one PUT each" : std::string("at once")));
+  std::thread creator(pace > 0 ? std::function<void()>(paced) : std::function<void()>([&] {
     bench_client c(120s);
     const std::size_t chunk = 100;
     for (std::size_t off = 0; off < users.size() && !interrupted(); off += chunk) {
       json docs = json::array();
       std::size_t end = std::min(users.size(), off + chunk);
-      for (std::size_t i = off; i < end; ++i) {
-        json doc{{"_id", "org.couchdb.user:" + users[i]}, {"name", users[i]}, {"type", "user"}, {"roles", {n.role}}};
-        if (ctx.opt.user_passwords) doc["password"] = "pw-" + pad(static_cast<long long>(i), 6);
-        docs.push_back(std::move(doc));
-      }
+      for (std::size_t i = off; i < end; ++i) docs.push_back(user_doc(i));
       auto t = now_ns();
       for (std::size_t i = off; i < end; ++i) sent[i] = t;
       auto r = c.post("/_users/_bulk_docs", json{{"docs", docs}}.dump());
@@ -137,7 +174,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
       }
     }
     create_secs.store(seconds_since(base));
-  });
+  }));
 
   // Watch: one _all_dbs per 100 ms, then the _security of each database that appeared and is
   // not confirmed yet, read in parallel over a few kept-alive connections.
@@ -166,7 +203,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
         });
         return confirmed.load() >= users.size() - static_cast<std::size_t>(create_errors.load()) && create_secs.load() > 0;
       },
-      std::chrono::duration<double>(deadline), 100ms);
+      std::chrono::duration<double>(deadline), pace > 0 ? 25ms : 100ms);
   creator.join();
   double total_secs = 0;
   std::vector<double> lat;
@@ -185,7 +222,8 @@ json run_provisioning(context& ctx, plot_data& plots) {
   out["users_per_s"] = total_secs > 0 ? json(round_to(static_cast<double>(confirmed.load()) / total_secs, 1)) : json(nullptr);
   out["latency_ms"] = json{{"p50", round_to(percentile(lat, 50), 1)}, {"p99", round_to(percentile(lat, 99), 1)},
                            {"max", lat.empty() ? -1.0 : round_to(lat.back(), 1)}};
-  out["poll_interval_ms"] = 100;
+  out["poll_interval_ms"] = pace > 0 ? 25 : 100;
+  if (pace > 0 && create_secs.load() > 0) out["achieved_rate"] = round_to(static_cast<double>(users.size()) / create_secs.load(), 1);
   auto m = d.metrics();
   if (m.count("couchgate_databases_provisioned_total")) out["couchgate_databases_provisioned"] = m["couchgate_databases_provisioned_total"];
   out.update(d.stop("provisioning"));

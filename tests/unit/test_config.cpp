@@ -408,7 +408,7 @@ TEST_CASE("config: integer ranges") {
     }
   }
   CHECK(contains(only_error_at(load("fanin: {max_connections: 2}\n"), "fanin.max_connections").message,
-                 "the change feeds take 2 of them"));
+                 "replication, provisioning and checkpoints share them"));
   check_single_error("fanin: {max_active: 99999999999999999999999}\n", "fanin.max_active", "is too large");
   check_single_error("fanin: {max_active: -99999999999999999999999}\n", "fanin.max_active", "must be at least 1");
   check_single_error("admin_api: {port: 99999999999999999999999}\n", "admin_api.port", "must be between 0 and 65535");

@@ -34,3 +34,25 @@ TEST_CASE("max_dbs_open: shards needed grow with the sources and q; a warning na
   CHECK(small.recommended == 500);
   CHECK_FALSE(max_dbs_open_warning(500, small, 100, 1));
 }
+
+TEST_CASE("max_dbs_open in effect: an unset key is CouchDB's default 500; no config API is unknown") {
+  // CouchDB 3.5.0, key not in any ini: GET /_node/_local/_config/couchdb/max_dbs_open
+  http_response unset;
+  unset.status = 404;
+  unset.body = R"({"error":"not_found","reason":"unknown_config_value"})";
+  CHECK(max_dbs_open_in_effect(result<json>(error_from(unset))) == std::optional<std::uint64_t>(500));
+  CHECK(max_dbs_open_in_effect(result<json>(json("4500"))) == std::optional<std::uint64_t>(4500));
+  // A server without the config API (pouchdb-server answers 404 with another reason), or a failure.
+  http_response missing;
+  missing.status = 404;
+  missing.body = R"({"error":"not_found","reason":"missing"})";
+  CHECK_FALSE(max_dbs_open_in_effect(result<json>(error_from(missing))));
+  http_response refused;
+  refused.status = 403;
+  refused.body = R"({"error":"forbidden","reason":"unknown_config_value"})";
+  CHECK_FALSE(max_dbs_open_in_effect(result<json>(error_from(refused))));
+  CHECK_FALSE(max_dbs_open_in_effect(result<json>(json("lots"))));
+  // The default is below what 1000 sources at q=1 keep busy: the warning is given.
+  auto e = estimate_shards(1000, 1);
+  CHECK(max_dbs_open_warning(*max_dbs_open_in_effect(result<json>(error_from(unset))), e, 1000, 1).has_value());
+}
