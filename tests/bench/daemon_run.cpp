@@ -111,6 +111,10 @@ json daemon_run::stop(const std::string& phase) {
   out["pool_connections_peak"] = m.count("couchgate_couchdb_connections_peak") ? json(m["couchgate_couchdb_connections_peak"]) : json(nullptr);
   out["max_connections"] = config_["fanin"].value("max_connections", 8);
   out["requests"] = m.count("couchgate_couchdb_requests_total") ? json(m["couchgate_couchdb_requests_total"]) : json(nullptr);
+  // How couchgate authenticated (couchdb.auth; cookie unless the phase set it) and its logins
+  // (POST /_session), which are among `requests` (issue 18: one login, not Basic per request).
+  out["auth"] = config_.contains("couchdb") ? config_["couchdb"].value("auth", "cookie") : "cookie";
+  out["logins"] = m.count("couchgate_couchdb_logins_total") ? json(m["couchgate_couchdb_logins_total"]) : json(nullptr);
   out["rss_peak_mb"] = s.rss_peak_kb > 0 || u.hwm_kb > 0 ? json(round_to(static_cast<double>(std::max(s.rss_peak_kb, u.hwm_kb)) / 1024.0, 1)) : json(nullptr);
   out["rss_end_mb"] = u.rss_kb > 0 ? json(round_to(static_cast<double>(u.rss_kb) / 1024.0, 1)) : json(nullptr);
   out["fds_peak"] = s.fds_peak;

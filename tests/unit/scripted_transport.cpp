@@ -12,6 +12,12 @@ r::http_response answer(long status, std::string body, std::string set_cookie) {
   return a;
 }
 
+r::http_request get_request(std::string target) {
+  r::http_request q;
+  q.target = std::move(target);
+  return q;
+}
+
 r::http_response failure(r::error_kind kind, std::string error) {
   r::http_response a;
   a.kind = kind;

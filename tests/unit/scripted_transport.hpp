@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/transport/transport.hpp"
 
 namespace couchgate::test {
@@ -22,6 +23,11 @@ namespace r = couchgate::replicator;
 
 // An answer with a status and a body (and a Set-Cookie / Retry-After header when given).
 r::http_response answer(long status, std::string body, std::string set_cookie = {});
+// A GET of `target` with the request defaults.
+r::http_request get_request(std::string target);
+// Request timeouts short enough for a test (request 5 s, feed 1 s, heartbeat 0.5 s).
+inline const r::timeouts quick_timeouts{std::chrono::milliseconds(5000), std::chrono::milliseconds(1000),
+                                        std::chrono::milliseconds(500)};
 // A transport failure (error_kind::network unless told).
 r::http_response failure(r::error_kind kind = r::error_kind::network, std::string error = "connection reset by peer");
 

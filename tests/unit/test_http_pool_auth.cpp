@@ -10,6 +10,7 @@
 
 #include "replicator/transport/http_pool.hpp"
 #include "replicator/transport/session_auth.hpp"
+#include "tests/unit/scripted_transport.hpp"
 
 namespace r = couchgate::replicator;
 
@@ -50,12 +51,6 @@ struct local_server {
     th.join();
   }
 };
-
-r::http_request get(const std::string& target) {
-  r::http_request q;
-  q.target = target;
-  return q;
-}
 }  // namespace
 
 TEST_CASE("http_pool + session_auth: an expired session's 401 means one re-login and a retry, and no credential hold") {
@@ -65,7 +60,7 @@ TEST_CASE("http_pool + session_auth: an expired session's 401 means one re-login
   o.username = "admin";
   o.password = "pw";
   r::session_auth auth(pool, o);
-  auto a = auth.perform(get("/db"));
+  auto a = auth.perform(couchgate::test::get_request("/db"));
   CHECK(a.status == 200);
   CHECK(server.logins == 2);
   CHECK(server.with_cookie == 1);
@@ -85,12 +80,12 @@ TEST_CASE("http_pool + session_auth: a refused login holds the credential; the n
   o.username = "admin";
   o.password = "wrong";
   r::session_auth auth(pool, o);
-  auto a = auth.perform(get("/db"));
+  auto a = auth.perform(couchgate::test::get_request("/db"));
   CHECK(a.status == 401);
   CHECK(a.credential_rejected);
   CHECK(pool.stats().credential_held);
   for (int i = 0; i < 3; ++i) {
-    auto b = auth.perform(get("/db"));
+    auto b = auth.perform(couchgate::test::get_request("/db"));
     CHECK(b.kind == r::error_kind::credential_held);
   }
   CHECK(server.logins == 1);  // one failed login, not one per request

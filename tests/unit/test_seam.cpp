@@ -29,7 +29,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const r::timeouts quick{5000ms, 1000ms, 500ms};
+const r::timeouts quick = couchgate::test::quick_timeouts;
 
 // The pieces change_detector works with, none started.
 struct engine {

@@ -1,0 +1,170 @@
+// fan-in turns driven by scripted exchanges (scripted_transport.hpp): the epoch marker and the
+// stored checkpoints are loaded, one `_changes` per source from its checkpoint, `_revs_diff`,
+// `_bulk_get` for what the feed did not carry, `_bulk_docs` on the central database, then the
+// marker's generation raised and the checkpoint written, in that order; and a central database
+// refusing the batch leaves the checkpoint where it was and the source backing off.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "replicator/fanin.hpp"
+#include "replicator/state_store.hpp"
+#include "replicator/transport/couch_client.hpp"
+#include "tests/unit/scripted_transport.hpp"
+
+namespace r = couchgate::replicator;
+using couchgate::test::answer;
+using couchgate::test::scripted_transport;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+const r::timeouts quick = couchgate::test::quick_timeouts;
+const std::string rev1 = "1-" + std::string(32, 'a');
+const std::string rev2 = "2-" + std::string(32, 'b');
+
+// The fan-in pieces over a scripted server: one worker, checkpoints written inside the round,
+// no periodic look at the central database.
+struct fan_engine {
+  scripted_transport server;
+  r::couch_client client{server, quick};
+  r::registry metrics;
+  r::state_store state{client, "cg_state"};
+  r::fanin fan{client, state, metrics, [] {
+                 r::fanin_options o;
+                 o.central_db = "central";
+                 o.workers = 1;
+                 o.checkpoint_interval = 0ms;
+                 o.target_check_interval = 0ms;
+                 o.backoff = r::backoff_policy{60s, 120s};  // a failed source stays backing off during the test
+                 return o;
+               }()};
+
+  // The marker of central (epoch e1, generation 3) and a stored checkpoint of userdb-a at 2-x.
+  void script_load() {
+    server.on("GET", "/central/_local/couchgate-epoch",
+              answer(200, R"({"_id":"_local/couchgate-epoch","_rev":"0-3","epoch":"e1","generation":3})"));
+    server.on("GET", "/cg_state/_all_docs",
+              answer(200, json{{"rows", {{{"id", "checkpoint:userdb-a"},
+                                          {"doc", {{"_id", "checkpoint:userdb-a"}, {"_rev", "1-c"}, {"type", "checkpoint"},
+                                                   {"source", "userdb-a"}, {"seq", "2-x"},
+                                                   {"central", {{"epoch", "e1"}, {"generation", 3}}}}}}}}}
+                                  .dump()));
+  }
+  // userdb-a's changes after 2-x: d1 new (its body in the feed), d2 edited (fetched).
+  void script_changes() {
+    server.on("GET", "/userdb-a/_changes?since=2-x",
+              answer(200, json{{"results",
+                                {{{"seq", "3-x"}, {"id", "d1"}, {"changes", {{{"rev", rev1}}}},
+                                  {"doc", {{"_id", "d1"}, {"_rev", rev1}, {"n", 1}}}},
+                                 {{"seq", "4-x"}, {"id", "d2"}, {"changes", {{{"rev", rev2}}}}}}},
+                               {"last_seq", "4-x"},
+                               {"pending", 0}}
+                                  .dump()));
+    server.on("POST", "/central/_revs_diff", [](const r::http_request& q) {
+      const json asked = json::parse(q.body_text());
+      json a = json::object();
+      for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
+      return answer(200, a.dump());
+    });
+    server.on("POST", "/userdb-a/_bulk_get", [](const r::http_request& q) {
+      const json asked = json::parse(q.body_text());
+      CHECK(asked["docs"] == json::parse(R"([{"id":"d2","rev":")" + rev2 + R"("}])"));
+      json doc = {{"_id", "d2"}, {"_rev", rev2}, {"n", 2},
+                  {"_revisions", {{"start", 2}, {"ids", {std::string(32, 'b'), std::string(32, 'a')}}}}};
+      return answer(200, json{{"results", {{{"id", "d2"}, {"docs", {{{"ok", doc}}}}}}}}.dump());
+    });
+  }
+};
+
+std::vector<std::string> targets_in_order(const scripted_transport& s) {
+  std::vector<std::string> out;
+  for (const auto& q : s.requests()) out.push_back(q.method + " " + q.target.substr(0, q.target.find('?')));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("fanin: one turn from the stored checkpoint; central gets both revisions before the marker and checkpoint move") {
+  fan_engine e;
+  auto& s = e.server;
+  e.script_load();
+  e.script_changes();
+  std::vector<std::string> written_ids;
+  s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
+    const json body = json::parse(q.body_text());
+    CHECK(body["new_edits"] == false);
+    for (const auto& d : body["docs"]) written_ids.push_back(d["_id"].get<std::string>());
+    return answer(201, "[]");
+  });
+  s.on("PUT", "/central/_local/couchgate-epoch", [](const r::http_request& q) {
+    CHECK(json::parse(q.body_text())["generation"] == 4);
+    CHECK(json::parse(q.body_text())["_rev"] == "0-3");
+    return answer(201, R"({"ok":true,"id":"_local/couchgate-epoch","rev":"0-4"})");
+  });
+  json checkpoint_written;
+  s.on("POST", "/cg_state/_bulk_docs", [&](const r::http_request& q) {
+    checkpoint_written = json::parse(q.body_text())["docs"][0];
+    return answer(201, R"([{"ok":true,"id":"checkpoint:userdb-a","rev":"2-c"}])");
+  });
+
+  auto loaded = e.fan.load();
+  REQUIRE(loaded.ok());
+  CHECK(loaded.value().loaded == 1);
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  e.fan.start();  // a new source is dirty: one turn
+  const bool done = s.wait_for([&] { return e.fan.idle() && s.count("POST", "/cg_state/_bulk_docs") == 1; });
+  std::string seen;
+  for (const auto& x : targets_in_order(s)) seen += x + "\n";
+  for (const auto& x : s.unexpected()) seen += "unexpected " + x + "\n";
+  INFO(seen);
+  REQUIRE(done);
+  e.fan.stop();
+
+  CHECK(std::set<std::string>(written_ids.begin(), written_ids.end()) == std::set<std::string>{"a:d1", "a:d2"});
+  CHECK(checkpoint_written["_id"] == "checkpoint:userdb-a");
+  CHECK(checkpoint_written["_rev"] == "1-c");
+  CHECK(checkpoint_written["seq"] == "4-x");
+  CHECK(checkpoint_written["central"] == json{{"epoch", "e1"}, {"generation", 4}});
+  CHECK(e.state.checkpoint("userdb-a") == json("4-x"));
+  // The order that makes a checkpoint safe: documents acknowledged, marker raised, checkpoint.
+  CHECK(targets_in_order(s) == std::vector<std::string>{"GET /central/_local/couchgate-epoch", "GET /cg_state/_all_docs",
+                                                        "GET /userdb-a/_changes", "POST /central/_revs_diff",
+                                                        "POST /userdb-a/_bulk_get", "POST /central/_bulk_docs",
+                                                        "PUT /central/_local/couchgate-epoch", "POST /cg_state/_bulk_docs"});
+  const auto st = e.fan.status("userdb-a");
+  REQUIRE(st);
+  CHECK(st->docs_written == 2);
+  CHECK(st->failures == 0);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("fanin: central refusing the batch (500) leaves the checkpoint where it was and the source backing off") {
+  fan_engine e;
+  auto& s = e.server;
+  e.script_load();
+  e.script_changes();
+  s.on("POST", "/central/_bulk_docs", answer(500, R"({"error":"internal_server_error","reason":"boom"})"));
+
+  REQUIRE(e.fan.load().ok());
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  e.fan.start();  // a new source is dirty: one turn
+  REQUIRE(s.wait_for([&] {
+    const auto st = e.fan.status("userdb-a");
+    return st && st->failures == 1 && !st->active;
+  }));
+  e.fan.stop();
+  const auto st = e.fan.status("userdb-a");
+  CHECK(st->phase == r::source_phase::backing_off);
+  CHECK(st->last_error.find("boom") != std::string::npos);
+  CHECK(st->docs_written == 0);
+  CHECK(e.state.checkpoint("userdb-a") == json("2-x"));  // not moved past what central did not take
+  CHECK(s.count("PUT", "/central/_local/couchgate-epoch") == 0);
+  CHECK(s.count("POST", "/cg_state/_bulk_docs") == 0);
+  CHECK(s.unexpected().empty());
+}

@@ -1,0 +1,118 @@
+// The provisioner's `_users` feed, driven by scripted exchanges (scripted_transport.hpp): it
+// starts from the stored position, reconciles, then follows the longpoll; a new user gets a
+// database and its `_security` before the feed position is stored and the next longpoll asks
+// from it; a batch whose `_security` write fails is not moved past (asked again from the same
+// position until it succeeds).
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "gateway/provisioner.hpp"
+#include "policy/security.hpp"
+#include "replicator/state_store.hpp"
+#include "replicator/transport/couch_client.hpp"
+#include "tests/unit/scripted_transport.hpp"
+
+namespace r = couchgate::replicator;
+using couchgate::test::answer;
+using couchgate::test::scripted_transport;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+const r::timeouts quick = couchgate::test::quick_timeouts;
+
+std::string users_page(const std::string& name, const std::string& seq) {
+  const std::string id = "org.couchdb.user:" + name;
+  return json{{"results",
+               {{{"seq", seq},
+                 {"id", id},
+                 {"changes", {{{"rev", "1-a"}}}},
+                 {"doc", {{"_id", id}, {"_rev", "1-a"}, {"name", name}, {"type", "user"}, {"roles", {"app"}}, {"password_scheme", "pbkdf2"}}}}}},
+              {"last_seq", seq},
+              {"pending", 0}}
+      .dump();
+}
+
+// The targets of the requests, in order, that match one of `parts`.
+std::vector<std::string> sequence(const scripted_transport& s, const std::vector<std::string>& parts) {
+  std::vector<std::string> out;
+  for (const auto& q : s.requests()) {
+    for (const auto& p : parts) {
+      if (q.target.find(p) != std::string::npos) {
+        out.push_back(q.method + " " + q.target.substr(0, q.target.find('&')));
+        break;
+      }
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("provisioner _users feed: from the stored position; a new user's database and _security before the position moves") {
+  scripted_transport s;
+  r::couch_client client(s, quick);
+  r::registry metrics;
+  r::state_store st(client, "cg_state");
+  couchgate::gateway::provisioning_config cfg;
+  couchgate::gateway::provisioner p(client, st, metrics, cfg, {});
+  const std::string carol = p.db_for("carol");
+  const std::string dave = p.db_for("dave");
+
+  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
+  s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
+  s.on("GET", "/_all_dbs", answer(200, "[]"));
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, users_page("carol", "6-u")));
+  s.on("PUT", "/" + carol + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + carol + "/_security", answer(200, R"({"ok":true})"));
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])"), -1);
+  // dave: the first _security write fails; the batch is applied again, then the position moves.
+  s.on("GET", "/_users/_changes?since=6-u", answer(200, users_page("dave", "7-u")), 2);
+  s.on("PUT", "/" + dave + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + dave + "/_security", answer(500, R"({"error":"internal_server_error","reason":"boom"})"));
+  s.on("PUT", "/" + dave + "?q=1", answer(412, R"({"error":"file_exists","reason":"exists"})"));
+  s.on("GET", "/" + dave + "/_security", answer(200, "{}"));
+  s.on("PUT", "/" + dave + "/_security", answer(200, R"({"ok":true})"));
+
+  p.start();
+  // The feed asks again from 7-u: a longpoll no rule answers waits, as a quiet feed does.
+  REQUIRE_MESSAGE(s.wait_for([&] { return s.count("GET", "/_users/_changes?since=7-u") == 1; }, 15s), s.requests().size());
+  CHECK(p.ready());
+  s.close();
+  p.stop();
+
+  const auto seq = sequence(s, {"/_users/_changes", carol, dave, "/cg_state/_bulk_docs"});
+  std::string seen;
+  for (const auto& x : seq) seen += x + "\n";
+  INFO(seen);
+  CHECK(seq ==
+        std::vector<std::string>{"GET /_users/_changes?since=5-u",
+                                 "PUT /" + carol + "?q=1",
+                                 "PUT /" + carol + "/_security",
+                                 "POST /cg_state/_bulk_docs",
+                                 "GET /_users/_changes?since=6-u",
+                                 "PUT /" + dave + "?q=1",
+                                 "PUT /" + dave + "/_security",
+                                 "GET /_users/_changes?since=6-u",  // not moved past the failure
+                                 "PUT /" + dave + "?q=1",
+                                 "GET /" + dave + "/_security",
+                                 "PUT /" + dave + "/_security",
+                                 "POST /cg_state/_bulk_docs",
+                                 "GET /_users/_changes?since=7-u"});
+  std::vector<json> positions;
+  for (const auto& q : s.requests()) {
+    if (q.target == "/cg_state/_bulk_docs") positions.push_back(json::parse(q.body)["docs"][0]["value"]);
+    if (q.method == "PUT" && q.target == "/" + carol + "/_security") {
+      CHECK(json::parse(q.body) == couchgate::policy::render_security(cfg.security, "carol"));
+    }
+  }
+  CHECK(positions == std::vector<json>{"6-u", "7-u"});
+  REQUIRE(p.user("carol"));
+  CHECK(p.user("carol")->done);
+  REQUIRE(p.user("dave"));
+  CHECK(p.user("dave")->done);
+  CHECK(s.unexpected().empty());
+}
