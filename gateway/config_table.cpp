@@ -132,6 +132,8 @@ constexpr key_spec section(std::string_view name, std::string_view help = {}) {
 
 constexpr key_choice on_delete_choices[] = {{"keep", static_cast<int>(policy::on_delete::keep)},
                                             {"delete", static_cast<int>(policy::on_delete::remove)}};
+constexpr key_choice auth_choices[] = {{"cookie", static_cast<int>(replicator::auth_mode::cookie)},
+                                       {"basic", static_cast<int>(replicator::auth_mode::basic)}};
 constexpr key_choice id_mode_choices[] = {{"namespaced", static_cast<int>(policy::id_mode::namespaced)},
                                           {"unchanged", static_cast<int>(policy::id_mode::unchanged)}};
 constexpr key_choice detection_choices[] = {{"auto", static_cast<int>(detection_mode::automatic)},
@@ -205,6 +207,13 @@ constexpr key_spec table[] = {
          .kind = k::duration_ms,
          .min = 1,
          .help = "Heartbeat of the change feeds; no byte for 3 heartbeats means the connection is dead."}),
+    key<&config::couchdb, &cc::auth>(
+        {.name = "couchdb.auth",
+         .kind = k::choice,
+         .choices = auth_choices,
+         .help = "How couchgate authenticates: cookie = one POST /_session, then CouchDB's session cookie, renewed "
+                 "before it expires (Basic where the server has no cookie authentication); basic = Basic on every "
+                 "request."}),
 
     key<&config::state_db>({.name = "state_db", .help = "couchgate's own database (checkpoints and state)."}),
 

@@ -24,7 +24,7 @@
 #include "policy/identity.hpp"
 #include "policy/users.hpp"
 #include "replicator/backoff.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/stop_flag.hpp"

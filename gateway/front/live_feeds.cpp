@@ -22,7 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/front/responses.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/logger.hpp"
 
 namespace couchgate::gateway::front {

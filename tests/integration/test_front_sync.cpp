@@ -192,6 +192,10 @@ json front_config(const names& n, const stage& st) {
   json cfg = base_config(n);
   cfg["front"] = {{"enabled", true}, {"address", "127.0.0.1"}, {"port", 0}, {"port_file", st.path("front-port")}};
   cfg["shared"] = {{"enabled", true}, {"db", n.state + "-shared"}, {"member_roles", {n.role}}};
+  // The scripts tell couchgate's own requests at the recording proxy by the admin's Basic header
+  // (a session cookie could be a client's as well); cookie authentication has its own test
+  // (test_session.cpp).
+  cfg["couchdb"]["auth"] = "basic";
   return cfg;
 }
 void with_tls(json& cfg, const stage& st) {
