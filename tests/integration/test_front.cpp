@@ -566,8 +566,16 @@ TEST_CASE("front door: per-user concurrent requests and client connections are c
   const auto& bob = pair.bob;
 
   // Alice's one request slot is held by an unfinished upload: her next request gets 429, Bob's is served.
-  std::optional<held_request> feed(std::in_place, port, alice, "/me/held");
-  CHECK(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(5)));
+  // (Her slot is given back just after her last answer was written: an upload that came first is
+  // refused with 429 and closed, so it is tried again until it holds the slot.)
+  std::optional<held_request> feed;
+  REQUIRE(eventually(
+      [&] {
+        feed.emplace(port, alice, "/me/held");
+        return eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; },
+                          std::chrono::seconds(2));
+      },
+      std::chrono::seconds(20)));
   auto second = front_call(port, false, "GET", "/me", alice);
   CHECK(second.status == 429);
   CHECK(second.headers.find("Retry-After") != second.headers.end());
