@@ -84,10 +84,13 @@ class forwarder {
     std::string body;
   };
   net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out);
-  net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential);
+  // `pool_wait`: how long to wait for an upstream connection (default: the pool's own wait).
+  net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential,
+                                  std::optional<std::chrono::milliseconds> pool_wait = std::nullopt);
   // One complete request/response over a leased connection (a stale reused one retried once).
   net::awaitable<upstream_answer> exchange(std::size_t context, const http::request<http::string_body>& request,
-                                           std::size_t body_limit);
+                                           std::size_t body_limit,
+                                           std::optional<std::chrono::milliseconds> pool_wait = std::nullopt);
   // A live `_changes` feed, parked between reads (live_feeds.cpp).
   net::awaitable<bool> serve_feed(server_exchange& ex, const route& rt, const std::string& db, const std::string& user,
                                   const std::string& credential, outcome& out);
