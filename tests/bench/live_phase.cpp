@@ -265,6 +265,11 @@ json run_live(context& ctx) {
     out["couchgate"]["note"] = "over both halves; sockets_peak includes fan-in's connections";
   }
   remove_dir(dir);
+  if (!ctx.opt.out.empty()) {
+    // The figures are safe before the (long, at 10 000 users) cleanup: <out>.live.json.
+    std::ofstream partial(ctx.opt.out + ".live.json");
+    partial << out.dump(2) << "\n";
+  }
   note("live feeds: cleaning up");
   delete_users(ctx, users);
   return out;
