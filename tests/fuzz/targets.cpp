@@ -9,7 +9,7 @@
 #include "gateway/front/route.hpp"
 #include "replicator/answers.hpp"
 #include "replicator/change_detector.hpp"
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 #include "replicator/transfer.hpp"
 #include "replicator/wire_json.hpp"
 
