@@ -182,6 +182,21 @@ void feed_state::heartbeat_sent(feed_clock::time_point now) {
 
 void feed_state::revalidated(feed_clock::time_point next) { revalidate_at_ = next; }
 
+std::chrono::milliseconds feed_pool_wait(const feed_request& r, std::chrono::milliseconds pool_wait) {
+  return std::max(pool_wait, r.heartbeat.value_or(r.timeout));
+}
+
+std::chrono::milliseconds feed_state::pool_wait(feed_clock::time_point now, std::chrono::milliseconds pool_wait) const {
+  const auto until = ends_at_ ? *ends_at_ : next_heartbeat_;
+  return std::max(pool_wait, std::chrono::ceil<std::chrono::milliseconds>(until - now));
+}
+
+feed_busy feed_state::on_busy(feed_clock::time_point now) const {
+  if (heartbeat_) return feed_busy::heartbeat;
+  if (ends_at_ && now >= *ends_at_) return since_ == "now" ? feed_busy::refuse : feed_busy::timeout;
+  return feed_busy::retry;
+}
+
 std::optional<feed_registry::id> feed_registry::subscribe(const std::string& db, const std::string& user,
                                                           wake_fn wake, std::size_t bytes) {
   std::lock_guard lk(mu_);

@@ -62,6 +62,21 @@ struct fetch_decision {
 
 enum class feed_due { none, timeout, revalidate, heartbeat };
 
+// A read of the feed found every upstream connection busy for as long as it could wait.
+enum class feed_busy {
+  retry,      // wait for the pool again (its end is still ahead)
+  heartbeat,  // write a heartbeat, then wait again
+  timeout,    // the feed's own timeout came: answer as CouchDB does when nothing changed
+  refuse,     // since=now never resolved before the timeout: 503 (the client retries)
+};
+
+// How long the first upstream exchange of a live feed request (the credential's `_session`
+// check, the first `_changes` read) may wait for a connection of the pool whose own wait is
+// `pool_wait`: until the feed's timeout or its first heartbeat, never less than `pool_wait`.
+// Thousands of clients connecting at once then queue (FIFO) instead of getting 503 after the
+// pool's short wait; the pool's size still bounds the sockets.
+std::chrono::milliseconds feed_pool_wait(const feed_request& r, std::chrono::milliseconds pool_wait);
+
 class feed_state {
  public:
   feed_state(const feed_request& r, feed_clock::time_point now, feed_clock::time_point revalidate_at);
@@ -78,6 +93,11 @@ class feed_state {
   void heartbeat_sent(feed_clock::time_point now);
   void revalidated(feed_clock::time_point next);
   void finish() { phase_ = feed_phase::done; }
+  // How long the next read may wait for an upstream connection: up to the feed's end (timeout)
+  // or its next heartbeat, never less than the pool's own `pool_wait`.
+  std::chrono::milliseconds pool_wait(feed_clock::time_point now, std::chrono::milliseconds pool_wait) const;
+  // That wait ran out at `now` with every connection still busy.
+  feed_busy on_busy(feed_clock::time_point now) const;
 
   feed_phase phase() const { return phase_; }
   const std::string& since() const { return since_; }

@@ -262,7 +262,14 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
       co_return co_await answer(http::status::unauthorized, "unauthorized",
                                 local ? "You are not authorized." : "You are not authorized to access this db.");
     }
-    const identity who = co_await who_is(ex, credential);
+    // A live feed's first exchange queues for the pool up to the feed's own timeout: many
+    // clients connecting at once wait their turn instead of getting 503.
+    std::optional<std::chrono::milliseconds> pool_wait;
+    if (options_.feeds && rt.rest == "/_changes" && live_feed_kind(rt.query)) {
+      auto parsed = parse_feed_request(rt.query);
+      if (auto* r = std::get_if<feed_request>(&parsed)) pool_wait = feed_pool_wait(*r, pool_.wait_timeout());
+    }
+    const identity who = co_await who_is(ex, credential, pool_wait);
     if (who.k == identity::kind::unavailable) {
       co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                 "CouchDB did not answer who the caller is", retry_after("1"));
@@ -363,7 +370,8 @@ net::awaitable<forwarder::admitted> forwarder::admit(const std::string& user) {
   co_return slots_.abandon(user, w) ? admitted::timed_out : admitted::yes;
 }
 
-net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const std::string& credential) {
+net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const std::string& credential,
+                                                     std::optional<std::chrono::milliseconds> pool_wait) {
   const std::string key = session_cache::key_of(credential);
   if (auto name = sessions_.lookup(key, now_())) {
     metrics_.session_cache_hits.inc();
@@ -376,7 +384,7 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
   probe.set(http::field::accept, "application/json");
   if (auto it = req.find(http::field::authorization); it != req.end()) probe.set(http::field::authorization, it->value());
   if (auto it = req.find(http::field::cookie); it != req.end()) probe.set(http::field::cookie, it->value());
-  const upstream_answer res = co_await exchange(ex.conn.context, probe, 64 * 1024);
+  const upstream_answer res = co_await exchange(ex.conn.context, probe, 64 * 1024, pool_wait);
   if (res.k != upstream_answer::kind::answered) co_return identity{};
   if (res.status == 401) co_return identity{identity::kind::rejected, {}};
   if (res.status != 200) co_return identity{};
@@ -388,9 +396,10 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
 
 net::awaitable<forwarder::upstream_answer> forwarder::exchange(std::size_t context,
                                                                const http::request<http::string_body>& request,
-                                                               std::size_t body_limit) {
+                                                               std::size_t body_limit,
+                                                               std::optional<std::chrono::milliseconds> pool_wait) {
   for (int attempt = 0; attempt < 2; ++attempt) {
-    auto [lease, why] = co_await pool_.acquire(context);
+    auto [lease, why] = co_await pool_.acquire(context, pool_wait);
     if (!lease) {
       if (why == acquire_error::timeout) {
         metrics_.upstream_busy.inc();

@@ -101,10 +101,13 @@ class forwarder {
   enum class admitted { yes, queue_full, timed_out };
   // A slot among the user's max_requests_per_user, waiting in the user's FIFO queue if need be.
   net::awaitable<admitted> admit(const std::string& user);
-  net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential);
+  // `pool_wait`: how long to wait for an upstream connection (default: the pool's own wait).
+  net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential,
+                                  std::optional<std::chrono::milliseconds> pool_wait = std::nullopt);
   // One complete request/response over a leased connection (a stale reused one retried once).
   net::awaitable<upstream_answer> exchange(std::size_t context, const http::request<http::string_body>& request,
-                                           std::size_t body_limit);
+                                           std::size_t body_limit,
+                                           std::optional<std::chrono::milliseconds> pool_wait = std::nullopt);
   // A live `_changes` feed, parked between reads (live_feeds.cpp).
   net::awaitable<bool> serve_feed(server_exchange& ex, const route& rt, const std::string& db, const std::string& user,
                                   const std::string& credential, outcome& out);

@@ -212,6 +212,16 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     co_return false;
   };
 
+  // The feed's timeout: CouchDB's answer when nothing changed.
+  const auto time_out = [&]() -> net::awaitable<bool> {
+    state.finish();
+    std::string text = request.kind == feed_kind::longpoll     ? empty_answer(state.since())
+                       : request.kind == feed_kind::continuous ? last_seq_line(state.since(), 0)
+                                                               : std::string();
+    co_return co_await finish(std::move(text));
+  };
+  const std::string heartbeat_text = request.kind == feed_kind::eventsource ? "event: heartbeat\ndata: \n\n" : "\n";
+
   bool first_read = true;
   const std::string changes_path = pool_.address().base_path + "/" + encode_db_name(db) + "/_changes";
   for (;;) {
@@ -229,7 +239,27 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
       up.body() = body;
       up.prepare_payload();
     }
-    upstream_answer got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit);
+    // Every connection busy: the read queues again (heartbeats written meanwhile) until the
+    // feed's own timeout, never a 503 for a feed that can still wait.
+    upstream_answer got;
+    for (bool queued = true; queued;) {
+      got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
+                              state.pool_wait(now_(), pool_.wait_timeout()));
+      if (got.k != upstream_answer::kind::busy) break;
+      switch (state.on_busy(now_())) {
+        case feed_busy::retry:
+          break;
+        case feed_busy::heartbeat:
+          if (!co_await send_chunk(heartbeat_text)) co_return false;
+          state.heartbeat_sent(now_());
+          break;
+        case feed_busy::timeout:
+          co_return co_await time_out();
+        case feed_busy::refuse:
+          queued = false;
+          break;
+      }
+    }
     if (got.k == upstream_answer::kind::busy) {
       co_return co_await refuse(503, json_error("service_unavailable", "all of couchgate's connections to CouchDB are busy"));
     }
@@ -301,14 +331,9 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
       }
       const auto now = now_();
       switch (state.due(now)) {
-        case feed_due::timeout: {
+        case feed_due::timeout:
           feeds.unpark(*id);
-          state.finish();
-          std::string text = request.kind == feed_kind::longpoll     ? empty_answer(state.since())
-                             : request.kind == feed_kind::continuous ? last_seq_line(state.since(), 0)
-                                                                     : std::string();
-          co_return co_await finish(std::move(text));
-        }
+          co_return co_await time_out();
         case feed_due::revalidate: {
           if (credential.empty()) {
             state.revalidated(now + std::chrono::hours(24 * 365));  // anonymous: nothing to re-validate
@@ -327,7 +352,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
           break;
         }
         case feed_due::heartbeat:
-          if (!co_await send_chunk(request.kind == feed_kind::eventsource ? "event: heartbeat\ndata: \n\n" : "\n")) {
+          if (!co_await send_chunk(heartbeat_text)) {
             co_return false;  // the client went away
           }
           state.heartbeat_sent(now_());

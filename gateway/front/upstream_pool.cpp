@@ -124,7 +124,8 @@ void upstream_pool::retire(std::unique_ptr<upstream_connection> conn) {
   net::post(io_.context(c->context), [c]() mutable { c.reset(); });
 }
 
-net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::acquire(std::size_t context) {
+net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::acquire(std::size_t context,
+                                                                                               std::optional<std::chrono::milliseconds> wait) {
   using result = std::pair<std::optional<upstream_lease>, acquire_error>;
   std::unique_lock lk(mu_);
   if (closed_) co_return result{std::nullopt, acquire_error::closed};
@@ -159,7 +160,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     co_return co_await open_new(context);
   }
   auto w = std::make_shared<waiter>(context, io_.context(context));
-  w->timer.expires_after(wait_timeout_);
+  w->timer.expires_after(wait.value_or(wait_timeout_));
   waiters_.push_back(w);
   ++stats_.waiting;
   lk.unlock();

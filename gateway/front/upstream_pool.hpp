@@ -87,10 +87,13 @@ class upstream_pool {
                 std::shared_ptr<ssl::context> client_tls);
   ~upstream_pool();
 
-  // A connected connection on `context` (the caller's I/O context), or why not.
-  net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> acquire(std::size_t context);
+  // A connected connection on `context` (the caller's I/O context), or why not. A waiter waits
+  // `wait` (default: the pool's wait_timeout) in the same FIFO as everyone else.
+  net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> acquire(
+      std::size_t context, std::optional<std::chrono::milliseconds> wait = std::nullopt);
   upstream_stats stats() const;
   std::size_t max_connections() const { return max_; }
+  std::chrono::milliseconds wait_timeout() const { return wait_timeout_; }
   const upstream_address& address() const { return address_; }
   // Closes the idle connections and refuses new requests (before the contexts are destroyed).
   void close();

@@ -37,6 +37,14 @@ namespace couchgate::bench {
 namespace {
 using namespace std::chrono_literals;
 
+// /proc/loadavg's 1, 5 and 15 minute figures (the machine may be shared).
+json load_average() {
+  std::ifstream f("/proc/loadavg");
+  double a = 0, b = 0, c = 0;
+  if (!(f >> a >> b >> c)) return nullptr;
+  return json::array({a, b, c});
+}
+
 // "Max open files" soft limit of a process (-1 when unreadable).
 long open_files_limit(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/limits");
@@ -115,6 +123,19 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   // The first longpolls sent before the first write (a write before one is still delivered: its
   // since= is the update_seq read before).
   poll_until([&] { return fleet.polling() >= fleet.waiting(); }, 10s, 20ms);
+  // Memory per waiting client: couchgate's RSS now (every client connected and waiting, parked
+  // in the front half) against before the clients connected.
+  const proc_usage cg_waiting = read_usage(d.pid());
+  if (cg0.rss_kb > 0 && cg_waiting.rss_kb > 0) {
+    out["couchgate_rss_before_clients_mb"] = round_to(static_cast<double>(cg0.rss_kb) / 1024.0, 1);
+    out["couchgate_rss_clients_waiting_mb"] = round_to(static_cast<double>(cg_waiting.rss_kb) / 1024.0, 1);
+    out["couchgate_bytes_per_waiting_client"] =
+        std::llround(static_cast<double>(cg_waiting.rss_kb - cg0.rss_kb) * 1024.0 / std::max<std::size_t>(fleet.waiting(), 1));
+  }
+  auto m_waiting = d.metrics();
+  if (m_waiting.count("couchgate_front_feeds_parked")) out["couchgate_feeds_parked_before_writes"] = m_waiting["couchgate_front_feeds_parked"];
+  if (m_waiting.count("couchgate_front_feed_bytes_estimate")) out["couchgate_feed_bytes_estimate"] = m_waiting["couchgate_front_feed_bytes_estimate"];
+  out["load_average_before_writes"] = load_average();
 
   note("live feeds (" + h.name + "): writing " + std::to_string(total) + " documents at " + std::to_string(rate) +
        "/s into random user databases for " + std::to_string(static_cast<int>(secs)) + " s");
@@ -141,6 +162,7 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   const auto drain = longpoll_timeout + 5s;
   poll_until([&] { return delivered.load() >= written; }, drain, 50ms);
   const double window = seconds_since(t_connect);
+  out["load_average_after_writes"] = load_average();
   const proc_usage cg1 = read_usage(d.pid());
   s.stop();
   fleet.stop();
@@ -243,6 +265,11 @@ json run_live(context& ctx) {
     out["couchgate"]["note"] = "over both halves; sockets_peak includes fan-in's connections";
   }
   remove_dir(dir);
+  if (!ctx.opt.out.empty()) {
+    // The figures are safe before the (long, at 10 000 users) cleanup: <out>.live.json.
+    std::ofstream partial(ctx.opt.out + ".live.json");
+    partial << out.dump(2) << "\n";
+  }
   note("live feeds: cleaning up");
   delete_users(ctx, users);
   return out;

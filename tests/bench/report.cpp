@@ -88,11 +88,16 @@ void judge_client_targets(const json& results, json& out) {
       out.push_back(target(what, "not measured", nullptr));
     } else {
       const json& f = l["front"];
-      double sockets = num(f, {"couchgate_sockets_to_server_peak"}), rss = num(l, {"couchgate", "rss_peak_mb"});
+      // The clients' sockets are the front pool's (its own peak, from couchgate's metrics); the
+      // total to the server adds the fan-in's pool (fanin.max_connections), said beside it.
+      const double all_sockets = num(f, {"couchgate_sockets_to_server_peak"});
+      const double front_pool = num(l, {"couchgate_front_upstream_peak"});
+      double sockets = front_pool >= 0 ? front_pool : all_sockets, rss = num(l, {"couchgate", "rss_peak_mb"});
       double p99 = num(f, {"delivery_ms", "p99"});
-      std::string m = fmt("%.0f clients waiting of %.0f, %.0f sockets, %.1f MB, p99 %s ms, %.0f of %.0f writes delivered",
-                          num(f, {"clients_waiting_before_writes"}), num(l, {"clients"}), sockets, rss, cell(p99, "%.0f").c_str(),
-                          num(f, {"delivered"}), num(f, {"writes"}));
+      std::string m = fmt("%.0f clients waiting of %.0f, %.0f front-pool sockets (%.0f with fan-in's), %.1f MB, p99 %s ms, "
+                          "%.0f of %.0f writes delivered",
+                          num(f, {"clients_waiting_before_writes"}), num(l, {"clients"}), sockets, all_sockets, rss,
+                          cell(p99, "%.0f").c_str(), num(f, {"delivered"}), num(f, {"writes"}));
       bool met = sockets >= 0 && sockets <= 16 && rss >= 0 && rss <= 200 && p99 >= 0 && p99 <= 1000 && num(f, {"missing"}) == 0;
       if (num(l, {"clients"}) >= 10000 && num(l, {"seconds"}) >= 600 && num(l, {"rate"}) >= 100) out.push_back(target(what, m, met));
       else out.push_back(target(what, m, nullptr, "measured below the target's size: --live-clients 10000 --live-seconds 600"));
@@ -149,6 +154,17 @@ std::string client_tables(const json& results) {
     }
     o += "  cg sock = couchgate's established connections to the server (fan-in's included); bench = the bench's own\n"
          "  (clients in the direct half, plus the writers').\n";
+    if (l.contains("front")) {
+      const json& f = l["front"];
+      o += fmt("  front: front pool peak %s sockets (couchgate_front_upstream_peak); couchgate RSS %s MB before the clients, "
+               "%s MB with them parked: %s bytes per parked client; load average %s before the writes, %s after\n",
+               cell(num(l, {"couchgate_front_upstream_peak"}), "%.0f").c_str(),
+               cell(num(f, {"couchgate_rss_before_clients_mb"}), "%.1f").c_str(),
+               cell(num(f, {"couchgate_rss_clients_waiting_mb"}), "%.1f").c_str(),
+               cell(num(f, {"couchgate_bytes_per_waiting_client"}), "%.0f").c_str(),
+               f.value("load_average_before_writes", json(nullptr)).dump().c_str(),
+               f.value("load_average_after_writes", json(nullptr)).dump().c_str());
+    }
   }
   return o;
 }

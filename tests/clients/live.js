@@ -7,12 +7,18 @@
 //           and no document of anyone else.
 //   revoke: one user's live sync (retry: false) idles; its password is changed directly on the
 //           server; the sync must end with a 401 (couchgate re-validates parked feeds at the
-//           _session cache lifetime).
+//           _session cache lifetime). With p.revoke === 'delete' the user's `_users` document is
+//           deleted instead: the same 401, and the old credential is refused afterwards.
 //   race:   a raw longpoll `_changes` through the front door while couchgate holds the first
 //           check's answer (its test fail point); the writer writes as soon as couchgate's log
 //           shows the check was answered; the longpoll must deliver that write. Then the other
 //           shapes: a `_doc_ids` filter (POST body) re-run on wake, continuous with limit,
 //           eventsource, timeout, and the per-user cap (429).
+//   burst:  every user in p.users sends a raw longpoll at the same moment, over a front pool of
+//           one socket that lets a normal request wait 0 ms: the first checks (and the
+//           credentials' _session checks) queue for the socket; every client gets 200 (its
+//           rows), then parks on a second longpoll and gets 200 with no rows at its timeout.
+//           No 503.
 //
 // Usage: node live.js PARAMS.json
 'use strict';
@@ -92,6 +98,27 @@ async function many() {
   for (const cl of clients) cl.sync.cancel();
 }
 
+async function burst() {
+  const longpoll = (u, since, timeout) => lib.request(
+    p.front, `/me/_changes?feed=longpoll&since=${encodeURIComponent(since)}&timeout=${timeout}`,
+    { headers: { Authorization: lib.basic(u.name, u.password) }, timeout_ms: timeout + 20000 });
+  const first = await Promise.all(p.users.map((u) => longpoll(u, '0', 20000)));
+  first.forEach((r, i) => {
+    c.eq(r.status, 200, `${p.users[i].name}'s first longpoll (${lib.trunc(r.text || r.error || '')})`);
+  });
+  const answered = first.filter((r) => r.status === 200 && r.json && Array.isArray(r.json.results));
+  c.eq(answered.length, p.users.length, 'first longpolls answered with a results array');
+  // All at once again, from where each is: nothing new, so each parks after its first check.
+  const t0 = Date.now();
+  const second = await Promise.all(p.users.map((u, i) => longpoll(u, first[i].json ? first[i].json.last_seq : '0', 3000)));
+  second.forEach((r, i) => {
+    c.eq(r.status, 200, `${p.users[i].name}'s parked longpoll (${lib.trunc(r.text || r.error || '')})`);
+    c.ok(r.json && Array.isArray(r.json.results) && r.json.results.length === 0,
+      `${p.users[i].name}'s parked longpoll timed out with no rows: ${lib.trunc(r.text || '')}`);
+  });
+  console.log(`${p.users.length} parked longpolls answered within ${Date.now() - t0} ms`);
+}
+
 async function revoke() {
   const u = p.users[0];
   const db = local(u);
@@ -107,14 +134,20 @@ async function revoke() {
   }, deadline_ms);
   c.ok(parked, 'couchgate never showed the feed parked');
 
-  // The password changes on the server; nothing is written to the database.
+  // The password changes (or the user is deleted) on the server; nothing is written to the database.
+  const deleted = p.revoke === 'delete';
   const path = `/_users/${encodeURIComponent(`org.couchdb.user:${u.name}`)}`;
   const doc = await direct(path);
   c.ok(doc.status === 200, `read ${path}: ${doc.status}`);
   const fresh = `pw-${crypto.randomBytes(9).toString('hex')}`;
   lib.record_secrets(p, [fresh]);
-  const put = await direct(path, { method: 'PUT', body: { ...doc.json, password: fresh } });
-  c.ok(put.status === 201, `password change: ${put.status} ${put.text}`);
+  if (deleted) {
+    const del = await direct(`${path}?rev=${encodeURIComponent(doc.json._rev)}`, { method: 'DELETE' });
+    c.ok(del.status === 200, `user deletion: ${del.status} ${del.text}`);
+  } else {
+    const put = await direct(path, { method: 'PUT', body: { ...doc.json, password: fresh } });
+    c.ok(put.status === 201, `password change: ${put.status} ${put.text}`);
+  }
   const t0 = Date.now();
   const ended = await lib.eventually(() => failure !== null, deadline_ms);
   c.ok(ended, `the parked live sync did not end within ${deadline_ms} ms of the password change`);
@@ -125,8 +158,10 @@ async function revoke() {
   // The old credential is refused at once now; the new one works.
   const old = await lib.request(p.front, '/me', { headers: { Authorization: lib.basic(u.name, u.password) } });
   c.eq(old.status, 401, 'the old password through the front door');
-  const now = await lib.request(p.front, '/me', { headers: { Authorization: lib.basic(u.name, fresh) } });
-  c.eq(now.status, 200, 'the new password through the front door');
+  if (!deleted) {
+    const now = await lib.request(p.front, '/me', { headers: { Authorization: lib.basic(u.name, fresh) } });
+    c.eq(now.status, 200, 'the new password through the front door');
+  }
   sync.cancel();
 }
 
@@ -226,6 +261,7 @@ async function metric(name) {
     if (p.mode === 'many') await many();
     else if (p.mode === 'revoke') await revoke();
     else if (p.mode === 'race') await race();
+    else if (p.mode === 'burst') await burst();
     else c.ok(false, `unknown mode ${p.mode}`);
   } catch (e) {
     c.ok(false, `exception: ${e && e.stack}`);

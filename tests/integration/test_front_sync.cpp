@@ -590,23 +590,60 @@ TEST_CASE("live feeds: 50 PouchDB live syncs park in couchgate; every write reac
   CHECK(cg.terminate() == 0);
 }
 
-TEST_CASE("live feeds: a parked client whose password changes gets 401 within the session cache lifetime") {
+TEST_CASE("live feeds: many clients connecting at once queue for the pool: no 503, never more sockets than the pool") {
   SKIP_WITHOUT_FRONT_DOOR();
+  install_client_deps();
+  stage st;
+  auto n = fresh_names("live-burst");
+  json cfg = live_config(n, st, 1);
+  cfg["front"]["upstream"]["wait_timeout"] = "0ms";  // a normal request would get 503 at once
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  std::vector<std::string> stems;
+  for (int i = 0; i < 30; ++i) stems.push_back("b" + std::to_string(i));
+  auto users = make_users(n, stems);
+  wait_provisioned(users, cg);
+  run_script(st, "live.js", live_params(st, front_port(st, cg), cg, users, "burst"), cg, 120s);
+  CHECK(cg.metric("couchgate_front_upstream_peak").value_or(99) <= 1);
+  CHECK(cg.running());
+  check_log_clean(st, cg, users);
+  CHECK(cg.terminate() == 0);
+}
+
+namespace {
+// A parked PouchDB live sync whose credential stops being valid on the server (`how`: the
+// password changes, or the user is deleted) must end with a 401.
+void check_revoked_while_parked(const std::string& how) {
   install_client_deps();
   stage st;
   auto n = fresh_names("live-revoke");
   json cfg = live_config(n, st, 4);
   cfg["front"]["session_cache_ttl"] = "1s";
+  cfg["provisioning"]["on_delete"] = "keep";  // a deleted user's database stays: only the credential goes
   couchgate_process cg(cfg);
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
   auto users = make_users(n, {"carol"});
   wait_provisioned(users, cg);
-  run_script(st, "live.js", live_params(st, front_port(st, cg), cg, users, "revoke"), cg, 120s);
+  json p = live_params(st, front_port(st, cg), cg, users, "revoke");
+  p["revoke"] = how;
+  run_script(st, "live.js", p, cg, 120s);
   CHECK(cg.log().find("credential no longer accepted; live feed ended with 401") != std::string::npos);
   CHECK(cg.running());
   check_log_clean(st, cg, users);
   CHECK(cg.terminate() == 0);
+}
+}  // namespace
+
+TEST_CASE("live feeds: a parked client whose password changes gets 401 within the session cache lifetime") {
+  SKIP_WITHOUT_FRONT_DOOR();
+  check_revoked_while_parked("password");
+}
+
+TEST_CASE("live feeds: a parked client whose user is deleted gets 401 within the session cache lifetime") {
+  SKIP_WITHOUT_FRONT_DOOR();
+  check_revoked_while_parked("delete");
 }
 
 TEST_CASE("live feeds: a write between the first check and the park is delivered; filters, continuous, eventsource, cap") {

@@ -231,3 +231,35 @@ TEST_CASE("feed registry: per-user cap, unsubscribe releases; notify_all wakes e
   CHECK(reg.stats().parked == 0);
   CHECK(reg.stats().subscribed == 1);
 }
+
+TEST_CASE("feeds: a busy pool makes a read queue up to the feed's own end, not 503 after the pool's wait") {
+  const auto t0 = f::feed_clock::time_point{} + 1h;
+  const auto pool_wait = 5000ms;
+  // The first exchange (the credential's check, the first read): the feed's timeout or heartbeat.
+  CHECK(f::feed_pool_wait(parsed("feed=longpoll&since=5&timeout=30000"), pool_wait) == 30000ms);
+  CHECK(f::feed_pool_wait(parsed("feed=longpoll&since=5"), pool_wait) == 60000ms);  // CouchDB's default timeout
+  CHECK(f::feed_pool_wait(parsed("feed=continuous&heartbeat=10000"), pool_wait) == 10000ms);
+  CHECK(f::feed_pool_wait(parsed("feed=longpoll&timeout=100"), pool_wait) == pool_wait);  // never less than the pool's
+
+  SUBCASE("longpoll with a timeout: waits until it, then times out as CouchDB would (no 503)") {
+    f::feed_state s(parsed("feed=longpoll&since=5&timeout=30000"), t0, t0 + 600s);
+    CHECK(s.pool_wait(t0, pool_wait) == 30000ms);
+    CHECK(s.pool_wait(t0 + 20s, pool_wait) == 10000ms);  // what is left of it
+    CHECK(s.pool_wait(t0 + 29s, pool_wait) == pool_wait);
+    CHECK(s.on_busy(t0 + 10s) == f::feed_busy::retry);  // woken early: queue again
+    CHECK(s.on_busy(t0 + 30s) == f::feed_busy::timeout);
+  }
+  SUBCASE("since=now never resolved: 503 at the timeout (there is no seq to answer with)") {
+    f::feed_state s(parsed("feed=longpoll&since=now&timeout=30000"), t0, t0 + 600s);
+    CHECK(s.on_busy(t0 + 10s) == f::feed_busy::retry);
+    CHECK(s.on_busy(t0 + 30s) == f::feed_busy::refuse);
+  }
+  SUBCASE("a feed with a heartbeat waits until the heartbeat is due, writes it, and queues again") {
+    f::feed_state s(parsed("feed=continuous&since=5&heartbeat=10000"), t0, t0 + 600s);
+    CHECK(s.pool_wait(t0, pool_wait) == 10000ms);
+    CHECK(s.on_busy(t0 + 10s) == f::feed_busy::heartbeat);
+    s.heartbeat_sent(t0 + 10s);
+    CHECK(s.pool_wait(t0 + 10s, pool_wait) == 10000ms);
+    CHECK(s.pool_wait(t0 + 25s, pool_wait) == pool_wait);  // heartbeat overdue: at least the pool's wait
+  }
+}
