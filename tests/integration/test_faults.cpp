@@ -517,6 +517,6 @@ TEST_CASE("a slow server: slow answers within the timeouts are waited for; a bod
   MESSAGE(faults << " kinds of slowness injected; timeouts counted: "
                  << cg.metric("couchgate_couchdb_transport_errors_total").value_or(0) - transport_before
                  << "; converged " << seconds_since(fast) << " s after the server was fast again; lost: "
-                 << (diff.empty() ? "nothing" : "see above"));
+                 << std::string(diff.empty() ? "nothing" : "see above"));
   CHECK(cg.terminate() == 0);
 }

@@ -129,6 +129,9 @@ TEST_CASE("a real server restart under 10 writers: backoff, one log line per out
   for (int o = 0; o < outages; ++o) {
     CAPTURE(o);
     REQUIRE_MESSAGE(eventually([&] { return count_lines(cg.log(), ended) == o; }, 60s), tail(cg.log()));
+    // Up for a while with the writers writing, then down.
+    const int before = written.load();
+    REQUIRE(eventually([&] { return written.load() >= before + 100; }, 60s));
     server.stop();
     const auto down = steady_clock::now();
     CHECK_MESSAGE(eventually([&] { return count_lines(cg.log(), began) == o + 1; }, 30s), tail(cg.log()));
@@ -141,6 +144,8 @@ TEST_CASE("a real server restart under 10 writers: backoff, one log line per out
     reconnect_s.push_back(seconds_since(up));
   }
   const auto last_up = steady_clock::now();
+  const int before_end = written.load();
+  REQUIRE(eventually([&] { return written.load() >= before_end + 100; }, 60s));
   writing = false;
   for (auto& t : writers) t.join();
 
