@@ -236,9 +236,9 @@ TEST_CASE("sign-up crash cycles: kill -9 at random moments under concurrent sign
   auto n = fresh_names("signupchaos");
   const scratch_dir scratch(n.state);
   json cfg = signup_config(n, scratch.path);
-  cfg["identities"]["signup_deadline"] = "2s";
+  cfg["identities"]["signup_deadline"] = "3s";
   cfg["identities"]["provision_wait"] = "2s";
-  cfg["identities"]["intent_timeout"] = "5s";
+  cfg["identities"]["intent_timeout"] = "6s";
   const std::string ids_db = "/" + enc(cfg["identities"]["db"].get<std::string>());
   const std::string port_file = scratch.path + "/front.port";
   struct attempt {
@@ -273,12 +273,13 @@ TEST_CASE("sign-up crash cycles: kill -9 at random moments under concurrent sign
         }
       });
     }
-    // The kill lands at a random moment of the sign-ups in flight (a chaos timer, not a wait).
-    std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 2500));
+    // The kill lands at a random moment of the sign-ups in flight (a chaos timer, not a wait;
+    // CouchDB hashes each new password with PBKDF2, so a sign-up takes a while there).
+    std::this_thread::sleep_for(std::chrono::milliseconds(500 + rng() % 4000));
+    go = false;  // no client starts another sign-up; those in flight meet the kill
     const bool alive = cg.running();
     cg.kill9();
     ++kills;
-    go = false;
     for (auto& t : clients) t.join();
     REQUIRE_MESSAGE(alive, "couchgate exited by itself in cycle " << cycle << ":\n" << tail(cg.log()));
   }
