@@ -1,6 +1,8 @@
 // Owns: the `_db_updates` follower and the update_seq sweep (see change_detector.hpp).
 #include "replicator/change_detector.hpp"
 
+#include <algorithm>
+
 #include "replicator/logger.hpp"
 #include "replicator/outage.hpp"
 #include "replicator/wire_json.hpp"
@@ -121,8 +123,14 @@ void change_detector::run() {
       follow_db_updates();
     } else {
       auto started = std::chrono::steady_clock::now();
-      sweep_once();
+      // A server that cannot be reached ends the sweep: the next one waits with backoff (never
+      // less than sweep_interval), not one request per source every interval meanwhile.
       auto next = started + opts_.sweep_interval;
+      if (sweep_once()) {
+        failures = 0;
+      } else {
+        next = std::max(next, started + backoff_delay(opts_.backoff, ++failures, rnd));
+      }
       auto now = std::chrono::steady_clock::now();
       if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
     }
@@ -221,7 +229,7 @@ void change_detector::recreated(const std::string& db, bool surely) {
   if (on_created_) on_created_(db, had);
 }
 
-void change_detector::sweep_once() {
+bool change_detector::sweep_once() {
   auto dbs = fanin_.sources();
   for (const auto& db : gone_) {
     if (!fanin_.knows(db)) dbs.push_back(db);
@@ -236,7 +244,8 @@ void change_detector::sweep_once() {
     for (auto& [db, call] : calls) {
       auto r = call.get();
       if (!r.ok()) {
-        if (r.error().kind == couch_error_kind::cancelled) return;
+        if (r.error().kind == couch_error_kind::cancelled) return true;
+        if (outage_error(r.error())) return false;
         if (r.error().kind == couch_error_kind::not_found && fanin_.knows(db)) {
           log()->info("db={} is gone; dropped from fan-in", db);
           fanin_.remove_source(db);
@@ -276,8 +285,9 @@ void change_detector::sweep_once() {
     }
     auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(window_time);
     auto now = std::chrono::steady_clock::now();
-    if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+    if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return true;
   }
+  return true;
 }
 
 }  // namespace couchgate::replicator

@@ -84,7 +84,8 @@ class change_detector {
   void run();
   bool probe();  // true when _db_updates works (creating _global_changes if allowed)
   void follow_db_updates();
-  void sweep_once();
+  // False when it stopped early because the server could not be reached (outage_error).
+  bool sweep_once();
   // Resets its checkpoint (when it had one, or `surely` it existed before), then on_created.
   void recreated(const std::string& db, bool surely);
 

@@ -137,14 +137,19 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     std::string body;
     std::uint64_t history_from = 1;  // the oldest generation its `_revisions` reaches
     bool deleted = false;
+    // A revision with attachments fetched later (opts.budget, step 5): here for the stemmed-history
+    // checks only (its history is the stub fetch's), never written from this entry.
+    bool heavy = false;
   };
   std::vector<fetched_doc> docs;
-  auto add_doc = [&](std::size_t row, const wire::raw_doc& doc) {
-    std::uint64_t from = 1;
+  auto history_from = [](const wire::raw_doc& doc) -> std::uint64_t {
     if (doc.has_revisions && doc.revisions_count > 0 && doc.revisions_start >= doc.revisions_count) {
-      from = doc.revisions_start - doc.revisions_count + 1;
+      return doc.revisions_start - doc.revisions_count + 1;
     }
-    docs.push_back({row, doc.rev, wire::with_id(doc, rows[row].target_id), from, doc.deleted});
+    return 1;
+  };
+  auto add_doc = [&](std::size_t row, const wire::raw_doc& doc) {
+    docs.push_back({row, doc.rev, wire::with_id(doc, rows[row].target_id), history_from(doc), doc.deleted});
   };
   auto refuse = [&](std::size_t row, const std::string& rev, std::string error, std::string reason) {
     const change_row& r = rows[row];
@@ -231,6 +236,7 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     std::size_t row;
     std::string rev;
     std::size_t bytes;
+    std::size_t checked;  // its entry in docs (fetched_doc::heavy), for the stemmed-history checks
   };
   std::map<std::string, std::vector<heavy_doc>> heavy;  // source db -> revisions with attachments
 
@@ -247,7 +253,8 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     if (e.what == fetched_entry::kind::ok && !final_fetch && e.doc->has_attachments) {
       // A size we cannot read counts as the whole budget: the document is copied alone.
       const std::size_t bytes = attachment_wire_bytes(e.doc->text).value_or(opts.budget->capacity());
-      heavy[source].push_back({it->second, e.doc->rev, bytes});
+      docs.push_back({it->second, e.doc->rev, {}, history_from(*e.doc), e.doc->deleted, true});
+      heavy[source].push_back({it->second, e.doc->rev, bytes, docs.size() - 1});
     } else if (e.what == fetched_entry::kind::ok) {
       add_doc(it->second, *e.doc);
     } else {
@@ -408,14 +415,14 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   }
   if (opts.dry_run) {
     for (std::size_t i = 0; i < docs.size(); ++i) {
-      if (!keep[i]) continue;
+      if (!keep[i] || docs[i].heavy) continue;
       ++res.docs_written;
       ++res.written_by_unit[rows[docs[i].row].unit];
       res.bytes_written += docs[i].body.size();
     }
     for (const auto& [source, hs] : heavy) {  // revisions with attachments, not fetched again
       for (const auto& h : hs) {
-        if (res.failed.count(rows[h.row].unit) > 0) continue;
+        if (res.failed.count(rows[h.row].unit) > 0 || !keep[h.checked]) continue;
         ++res.docs_written;
         ++res.written_by_unit[rows[h.row].unit];
         res.bytes_written += h.bytes;
@@ -453,8 +460,9 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     writes.clear();
     std::map<std::string, std::vector<std::size_t>> docs_by_target;
     for (std::size_t i = first; i < docs.size(); ++i) {
-      // (keep covers the first fetch; revisions with attachments, fetched later, are all wanted)
-      if (i >= keep.size() || keep[i]) docs_by_target[rows[docs[i].row].target_db].push_back(i);
+      // (keep covers the first fetch, the entries of revisions with attachments included; those
+      // fetched again with their attachments come after it and were chosen by it)
+      if (i >= keep.size() || (keep[i] && !docs[i].heavy)) docs_by_target[rows[docs[i].row].target_db].push_back(i);
     }
     for (auto& [target, idx] : docs_by_target) {
       std::vector<std::size_t> sizes;
@@ -515,7 +523,7 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   // wire, each fetched with its attachments and written under a lease of the budget, one group at
   // a time. A unit that already failed is not copied further (its checkpoint waits anyway).
   for (auto& [source, hs] : heavy) {
-    std::erase_if(hs, [&](const heavy_doc& h) { return res.failed.count(rows[h.row].unit) > 0; });
+    std::erase_if(hs, [&](const heavy_doc& h) { return res.failed.count(rows[h.row].unit) > 0 || !keep[h.checked]; });
     std::vector<std::size_t> sizes;
     sizes.reserve(hs.size());
     for (const auto& h : hs) sizes.push_back(h.bytes);

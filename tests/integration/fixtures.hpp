@@ -3,8 +3,11 @@
 // and the leaf-revision maps the tests compare.
 #include <doctest/doctest.h>
 
+#include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 
@@ -131,5 +134,16 @@ inline std::map<std::string, std::string> proxy_env(const fault_proxy& proxy,
 }
 
 inline std::string tail(const std::string& s, std::size_t n = 4000) { return s.size() > n ? s.substr(s.size() - n) : s; }
+
+// Seeded chaos (kill -9 at random moments): COUCHGATE_CHAOS_SEED=<n> replays a run (tests print
+// the seed), else a fresh one. COUCHGATE_FULL=1 runs `full` cycles instead of `quick`.
+inline std::uint64_t chaos_seed() {
+  if (const char* s = std::getenv("COUCHGATE_CHAOS_SEED"); s && *s) return std::strtoull(s, nullptr, 10);
+  return std::random_device{}();
+}
+inline int chaos_cycles(int quick = 3, int full = 20) {
+  const char* f = std::getenv("COUCHGATE_FULL");
+  return f && std::string(f) == "1" ? full : quick;
+}
 
 }  // namespace couchgate::test

@@ -7,7 +7,7 @@
 // equal to what central holds for it.
 //
 // COUCHGATE_CHAOS_SEED=<n> replays a run (the seed is printed); COUCHGATE_FULL=1 runs 20 cycles
-// of each kind instead of 3.
+// of each kind instead of 3. (Kills during sign-up: test_signup.cpp, "sign-up crash cycles".)
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -33,16 +33,6 @@ using namespace couchgate::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::uint64_t chaos_seed() {
-  if (const char* s = std::getenv("COUCHGATE_CHAOS_SEED"); s && *s) return std::strtoull(s, nullptr, 10);
-  return std::random_device{}();
-}
-
-int chaos_cycles() {
-  const char* full = std::getenv("COUCHGATE_FULL");
-  return full && std::string(full) == "1" ? 20 : 3;
-}
 
 // Random writes into one user database: every kind of change fan-in must carry.
 class writer {

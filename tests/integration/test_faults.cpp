@@ -111,7 +111,7 @@ int count_entries(const char* dir) {
 
 }  // namespace
 
-TEST_CASE("fault_proxy: forwards, refuses, stalls and cuts on command, and leaks nothing") {
+TEST_CASE("fault_proxy: forwards, refuses, stalls, slows and cuts on command, and leaks nothing") {
   const int fds_before = count_entries("/proc/self/fd");
   const int threads_before = count_entries("/proc/self/task");
   {
@@ -158,6 +158,23 @@ TEST_CASE("fault_proxy: forwards, refuses, stalls and cuts on command, and leaks
     auto after = cli.Get("/");
     REQUIRE(after);
     CHECK(after->status == 200);
+
+    // Slow answers: the first byte late; then a body at a trickle.
+    proxy.slow(400ms);
+    auto t1 = steady_clock::now();
+    auto late = cli.Get("/");
+    REQUIRE(late);
+    CHECK(late->status == 200);
+    CHECK(seconds_since(t1) >= 0.4);
+    const std::size_t rate = 1000;
+    proxy.slow(0ms, rate);
+    t1 = steady_clock::now();
+    auto trickled = cli.Get("/");
+    REQUIRE(trickled);
+    CHECK(trickled->status == 200);
+    // (the body alone, headers not counted; the first 50 ms worth may pass at once)
+    CHECK(seconds_since(t1) >= static_cast<double>(trickled->body.size()) / rate - 0.05);
+    proxy.slow(0ms);
     cli.stop();
   }
   CHECK(count_entries("/proc/self/task") == threads_before);
@@ -350,7 +367,7 @@ TEST_CASE("SIGTERM while the server hangs: couchgate exits cleanly within system
   CHECK_MESSAGE(cg.log().find("checkpoints not written within the stop grace") != std::string::npos, tail(cg.log()));
 }
 
-TEST_CASE("answers cut short, a feed that ends early and 500s on every replication request: no crash, no loss, counted") {
+TEST_CASE("answers cut short or reset, a feed that ends early, bodies that are not JSON, 500s and 503s on every replication request: no crash, no loss, counted") {
   fault_proxy proxy;
   auto n = fresh_names("cutshort");
   json cfg = fault_config(n, proxy);
@@ -369,10 +386,19 @@ TEST_CASE("answers cut short, a feed that ends early and 500s on every replicati
   const std::string error500 =
       "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 58\r\n\r\n"
       "{\"error\":\"internal_server_error\",\"reason\":\"injected 500\"}\n";
+  const std::string error503 =
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 58\r\n\r\n"
+      "{\"error\":\"service_unavailable\",\"reason\":\"injected 503\"}\n";
+  // 200 with a body that is no JSON at all (a proxy's error page, say).
+  const std::string html = "<html><body>Bad gateway</body></html>";
+  const std::string not_json = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: " + std::to_string(html.size()) +
+                               "\r\n\r\n" + html;
+  using mode = fault_proxy::close_mode;
   struct fault {
     std::string target;  // request target contains
     std::string answer;
     bool close;
+    mode close_as = mode::graceful;
   };
   const std::vector<fault> faults{
       {"/_users/_changes", truncated, true},            // the _users feed ends early
@@ -383,6 +409,14 @@ TEST_CASE("answers cut short, a feed that ends early and 500s on every replicati
       {"/_revs_diff", error500, false},
       {"/_bulk_get", error500, false},
       {"/_bulk_docs", error500, false},
+      {"/_bulk_get", error503, false},
+      {"/_revs_diff", error503, false},
+      {"/_bulk_get", not_json, false},
+      {"/_revs_diff", not_json, false},
+      {"/_bulk_docs", not_json, false},
+      {"/" + enc(db) + "/_changes", not_json, false},
+      {"/_bulk_get", truncated, true, mode::reset},     // the connection reset mid-answer
+      {"/" + enc(db) + "/_changes", truncated, true, mode::reset},
   };
   int injected = 0, round = 0;
   std::vector<std::string> created;
@@ -394,7 +428,7 @@ TEST_CASE("answers cut short, a feed that ends early and 500s on every replicati
       return k;
     };
     const int before = answered();
-    proxy.answer_next(1, f.answer, f.target, f.close);
+    proxy.answer_next(1, f.answer, f.target, f.close, f.close_as);
     // Something for that request to carry: a new user (the _users feed), new and edited documents.
     if (f.target == "/_users/_changes") {
       created.push_back("late" + std::to_string(round) + "-" + n.role);
@@ -415,9 +449,77 @@ TEST_CASE("answers cut short, a feed that ends early and 500s on every replicati
   leaf_map want = expected_central(db_owner);
   CHECK_MESSAGE(eventually([&] { return central_user_docs(n.central) == want; }, 120s),
                 describe_diff(central_user_docs(n.central), want) << tail(cg.log()));
-  MESSAGE(injected << " answers cut short or failed with 500, of " << faults.size() << " injected kinds");
+  MESSAGE(injected << " answers cut short, reset, not JSON or failed with 500/503, of " << faults.size()
+                   << " injected; lost: nothing if the checks above passed");
   CHECK(injected == static_cast<int>(faults.size()));
   CHECK(cg.metric("couchgate_couchdb_transport_errors_total").value_or(0) > transport_before);
   CHECK(cg.metric("couchgate_replication_errors_total").value_or(0) > errors_before);
+  CHECK(cg.terminate() == 0);
+}
+
+TEST_CASE("a slow server: slow answers within the timeouts are waited for; a body slower than request_timeout times out, backs off, and nothing is lost") {
+  fault_proxy proxy;
+  auto n = fresh_names("slow");
+  json cfg = fault_config(n, proxy);  // request_timeout 5 s
+  cfg["log"]["level"] = "info";
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_and_provision_one(cg, proxy, n);
+  const std::string user = "first-" + n.role;
+  const std::string db = user_db_name(n.prefix, user);
+  const std::map<std::string, std::string> db_owner{{db, user}};
+  couch c;
+  int faults = 0;
+
+  // 1. Every answer's first byte 1.5 s late, bodies at 64 KB/s: slow, but within every timeout.
+  const double transport_before = cg.metric("couchgate_couchdb_transport_errors_total").value_or(0);
+  proxy.slow(1500ms, 64 * 1024);
+  ++faults;
+  const auto slow_start = steady_clock::now();
+  for (int i = 0; i < 10; ++i) REQUIRE(c.put("/" + enc(db) + "/slow-" + std::to_string(i), json{{"i", i}}).status == 201);
+  REQUIRE(c.put("/" + enc(db) + "/slow-att",
+                json{{"_attachments", {{"a.bin", {{"content_type", "application/octet-stream"},
+                                                  {"data", b64(std::string(20000, 'x'))}}}}}})
+              .status == 201);
+  std::string diff = wait_central_converged(n.central, db_owner, 60s);
+  CHECK_MESSAGE(diff.empty(), diff << tail(cg.log()));
+  const double slow_s = seconds_since(slow_start);
+  MESSAGE("converged through answers 1.5 s late at 64 KB/s in " << slow_s << " s");
+  CHECK(slow_s >= 1.5);  // the proxy did slow it down
+  CHECK_MESSAGE(cg.metric("couchgate_couchdb_transport_errors_total").value_or(0) == transport_before, tail(cg.log()));
+  CHECK_MESSAGE(count_lines(cg.log(), "CouchDB unreachable") == 0, tail(cg.log()));
+
+  // 2. Bodies trickling at 2 KB/s: a document with a 40 KB attachment (54 KB as base64) cannot
+  // arrive within request_timeout. The request times out, is counted, the source backs off and
+  // tries again; nothing is written half, and once the server is fast again it arrives.
+  const double errors_before = cg.metric("couchgate_replication_errors_total").value_or(0);
+  proxy.slow(0ms, 2 * 1024);
+  ++faults;
+  REQUIRE(c.put("/" + enc(db) + "/big-att",
+                json{{"_attachments", {{"a.bin", {{"content_type", "application/octet-stream"},
+                                                  {"data", b64(std::string(40000, 'y'))}}}}}})
+              .status == 201);
+  liveness live;
+  bool backing_off = false;
+  const bool timed_out = hold(
+      0ms, 60s,
+      [&] {
+        live.sample(cg);
+        backing_off = backing_off || cg.metric("couchgate_sources_backing_off").value_or(0) > 0;
+      },
+      [&] {
+        return !live.alive || (backing_off && cg.metric("couchgate_couchdb_transport_errors_total").value_or(0) > transport_before);
+      });
+  REQUIRE_MESSAGE(live.alive, "couchgate exited while the server was slow:\n" << tail(cg.log()));
+  CHECK_MESSAGE(timed_out, "no timeout counted, or no source backing off, while bodies trickled:\n" << tail(cg.log()));
+  CHECK(cg.metric("couchgate_replication_errors_total").value_or(0) > errors_before);
+  CHECK(couch().get("/" + enc(n.central) + "/" + enc(user + ":big-att")).status == 404);
+  proxy.slow(0ms);
+  const auto fast = steady_clock::now();
+  diff = wait_central_converged(n.central, db_owner, 90s);
+  CHECK_MESSAGE(diff.empty(), diff << tail(cg.log()));
+  MESSAGE(faults << " kinds of slowness injected; timeouts counted: "
+                 << cg.metric("couchgate_couchdb_transport_errors_total").value_or(0) - transport_before
+                 << "; converged " << seconds_since(fast) << " s after the server was fast again; lost: "
+                 << std::string(diff.empty() ? "nothing" : "see above"));
   CHECK(cg.terminate() == 0);
 }

@@ -141,8 +141,22 @@ TEST_CASE("restore: central ids naming no user are counted and named; --merge --
   CHECK(couch().get("/" + enc(db)).status == 404);
 }
 
-TEST_CASE("stemmed history: fan-in lists it in /failures; restore writes no conflict the user never had") {
-  auto n = fresh_names("rs-stem");
+namespace {
+
+// A document edited more than revs_limit times while couchgate was stopped: fan-in lists the
+// stemmed history in /failures, restore writes back only the leaf the user had. With
+// `attachment`, every revision of the document carries one: such revisions take the
+// attachment path (fetched without attachment bodies first, again with them under
+// fanin.max_bytes_in_flight), which must make the same checks.
+// `body` with an attachment "a.txt" whose content names revision `gen`, when `attachment`.
+json with_attachment(json body, bool attachment, int gen) {
+  if (attachment)
+    body["_attachments"] = json{{"a.txt", {{"content_type", "text/plain"}, {"data", b64("attachment of generation " + std::to_string(gen))}}}};
+  return body;
+}
+
+void stemmed_history_case(bool attachment) {
+  auto n = fresh_names(attachment ? "rs-stema" : "rs-stem");
   json cfg = base_config(n);
   const std::string u = "stem-" + n.role;
   REQUIRE(create_user(u, {n.role}).status == 201);
@@ -157,7 +171,7 @@ TEST_CASE("stemmed history: fan-in lists it in /failures; restore writes no conf
     cg.start();
     REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
     REQUIRE(eventually([&] { return couch().get(base).status == 200; }, 60s));
-    auto w = couch().put(base + "/d", json{{"v", 1}});
+    auto w = couch().put(base + "/d", with_attachment(json{{"v", 1}}, attachment, 1));
     REQUIRE(w.status == 201);
     old_leaf = w.body["rev"].get<std::string>();
     // A few more documents, so that the checkpoint lies beyond the first seqs of the database
@@ -166,7 +180,9 @@ TEST_CASE("stemmed history: fan-in lists it in /failures; restore writes no conf
     for (int i = 0; i < fillers; ++i) REQUIRE(couch().put(base + "/filler-" + std::to_string(i), json{{"i", i}}).status == 201);
     REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(n.central) + "/" + enc(u + ":filler-4")).status == 200; }, 60s),
                     tail(cg.log()));
-    REQUIRE(couch().get("/" + enc(n.central) + "/" + enc(central_id)).status == 200);
+    // (a revision with attachments is copied after those without, in the same round or later)
+    REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(n.central) + "/" + enc(central_id)).status == 200; }, 60s),
+                    tail(cg.log()));
     CHECK(cg.terminate() == 0);
   }
   // While couchgate is stopped, the document is edited more than revs_limit times.
@@ -174,7 +190,7 @@ TEST_CASE("stemmed history: fan-in lists it in /failures; restore writes no conf
   if (revs_limit) {
     std::string cur = old_leaf;
     for (int i = 2; i <= 3 * limit; ++i) {
-      auto w = couch().put(base + "/d", json{{"_rev", cur}, {"v", i}});
+      auto w = couch().put(base + "/d", with_attachment(json{{"_rev", cur}, {"v", i}}, attachment, i));
       REQUIRE(w.status == 201);
       cur = w.body["rev"].get<std::string>();
     }
@@ -195,7 +211,7 @@ TEST_CASE("stemmed history: fan-in lists it in /failures; restore writes no conf
     MESSAGE("this server has no PUT /db/_revs_limit; the stemmed source is written directly");
     REQUIRE(couch().del(base).status == 200);
     REQUIRE(couch().put(base, json::object()).status == 201);
-    json d = doc_at("d", 3 * limit, 2 * limit + 1, "stemmed", json{{"v", 3 * limit}});
+    json d = doc_at("d", 3 * limit, 2 * limit + 1, "stemmed", with_attachment(json{{"v", 3 * limit}}, attachment, 3 * limit));
     bulk(db, json::array({d}));
     new_leaf = d["_rev"].get<std::string>();
   }
@@ -243,4 +259,15 @@ TEST_CASE("stemmed history: fan-in lists it in /failures; restore writes no conf
   REQUIRE(d.status == 200);
   CHECK_FALSE(d.body.contains("_conflicts"));
   CHECK(d.body["v"] == 3 * limit);
+  if (attachment) CHECK_MESSAGE(d.body["_attachments"].contains("a.txt"), d.raw);
+}
+
+}  // namespace
+
+TEST_CASE("stemmed history: fan-in lists it in /failures; restore writes no conflict the user never had") {
+  stemmed_history_case(false);
+}
+
+TEST_CASE("stemmed history of a document with attachments: listed in /failures; restore writes no conflict") {
+  stemmed_history_case(true);
 }

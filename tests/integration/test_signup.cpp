@@ -11,6 +11,7 @@
 #include <latch>
 #include <map>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "policy/naming.hpp"
@@ -222,6 +223,150 @@ TEST_CASE("sign-up: kill -9 between any two steps; after a restart every invaria
                     },
                     60s),
                 "intent states: " << states << tail(cg.log()));
+}
+
+TEST_CASE("sign-up crash cycles: kill -9 at random moments under concurrent sign-ups; each completes or leaves nothing") {
+  // The failpoint test above kills between two chosen steps; this one kills at random moments
+  // (seeded) while four clients sign up at once, some of them for the same address, and
+  // restarts each time. After the last start (and intent_timeout) every sign-up is either
+  // complete — user, both reservations naming it, its database with the policy's _security — or
+  // left nothing behind; one answered 201 is complete; an address is never held by two users.
+  const std::uint64_t seed = chaos_seed();
+  const int cycles = chaos_cycles(3, 20);
+  MESSAGE("COUCHGATE_CHAOS_SEED=" << seed << " cycles=" << cycles);
+  std::mt19937_64 rng(seed);
+  auto n = fresh_names("signupchaos");
+  const scratch_dir scratch(n.state);
+  json cfg = signup_config(n, scratch.path);
+  cfg["identities"]["signup_deadline"] = "3s";
+  cfg["identities"]["provision_wait"] = "2s";
+  cfg["identities"]["intent_timeout"] = "6s";
+  const std::string ids_db = "/" + enc(cfg["identities"]["db"].get<std::string>());
+  const std::string port_file = scratch.path + "/front.port";
+  struct attempt {
+    std::string name, email;
+    int status = 0;  // 0: no answer (the process died meanwhile)
+  };
+  std::vector<attempt> attempts;
+  std::mutex mu;
+  std::vector<std::string> shared_emails;
+  for (int i = 0; i < 3; ++i) shared_emails.push_back(unique("shared") + "@example.org");
+  couchgate_process cg(cfg);
+  int kills = 0;
+  for (int cycle = 0; cycle < cycles; ++cycle) {
+    CAPTURE(cycle);
+    std::filesystem::remove(port_file);
+    cg.start();
+    REQUIRE_MESSAGE(cg.wait_ready(60s), tail(cg.log()));
+    const int port = read_port(port_file);
+    REQUIRE(port > 0);
+    std::atomic<bool> go{true};
+    std::vector<std::thread> clients;
+    for (int k = 0; k < 4; ++k) {
+      clients.emplace_back([&, client_seed = rng()] {
+        std::mt19937_64 r(client_seed);
+        while (go.load()) {
+          attempt a;
+          a.name = unique("sc");
+          a.email = r() % 3 == 0 ? shared_emails[r() % shared_emails.size()] : a.name + "@example.org";
+          a.status = call(port, "POST", "/_signup", json{{"name", a.name}, {"password", "correct-horse-1"}, {"email", a.email}}).status;
+          std::lock_guard lk(mu);
+          attempts.push_back(std::move(a));
+        }
+      });
+    }
+    // The kill lands at a random moment of the sign-ups in flight (a chaos timer, not a wait;
+    // CouchDB hashes each new password with PBKDF2, so a sign-up takes a while there).
+    std::this_thread::sleep_for(std::chrono::milliseconds(500 + rng() % 4000));
+    go = false;  // no client starts another sign-up; those in flight meet the kill
+    const bool alive = cg.running();
+    cg.kill9();
+    ++kills;
+    for (auto& t : clients) t.join();
+    REQUIRE_MESSAGE(alive, "couchgate exited by itself in cycle " << cycle << ":\n" << tail(cg.log()));
+  }
+  std::filesystem::remove(port_file);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), tail(cg.log()));
+
+  auto reservation_holder = [&](const std::string& id) {
+    auto r = couch().get(ids_db + "/" + enc(id));
+    return r.status == 200 ? r.body.value("user", "") : std::string();
+  };
+  // What is wrong with one attempt now ("" = complete or nothing left; `complete` says which).
+  auto problem = [&](const attempt& a, bool& complete) -> std::string {
+    auto u = couch().get(user_doc(a.name));
+    const bool user = u.status == 200;
+    const bool name_res = reservation_holder("name/" + a.name) == a.name;
+    const bool email_res = reservation_holder("email/" + a.email) == a.name;
+    complete = user && name_res && email_res;
+    if (complete && a.status != 0 && a.status != 201) return a.name + ": refused with " + std::to_string(a.status) + " but made";
+    if (complete) {
+      if (u.body.value("email", "") != a.email) return a.name + ": user holds email " + u.body.value("email", "");
+      if (auto p = user_db_problem(n.prefix, a.name); !p.empty()) return p;
+      return {};
+    }
+    if (a.status == 201) return a.name + ": answered 201 but incomplete (user " + std::to_string(user) + ")";
+    if (a.status != 0 && (user || name_res || email_res)) return a.name + ": refused with " + std::to_string(a.status) + " but left a trace";
+    if (user || name_res || email_res)
+      return a.name + ": half done: user " + std::to_string(user) + ", name reservation " + std::to_string(name_res) +
+             ", email reservation " + std::to_string(email_res);
+    return {};
+  };
+  std::string problems;
+  std::size_t complete_count = 0, finished_by_reconciler = 0, rolled_back = 0, answered_201 = 0, refused = 0;
+  const bool repaired = eventually(
+      [&] {
+        problems.clear();
+        complete_count = finished_by_reconciler = rolled_back = answered_201 = refused = 0;
+        for (const auto& a : attempts) {
+          bool complete = false;
+          if (auto p = problem(a, complete); !p.empty()) problems += p + "\n";
+          complete_count += complete;
+          answered_201 += a.status == 201;
+          refused += a.status != 0 && a.status != 201;
+          finished_by_reconciler += complete && a.status == 0;
+          rolled_back += !complete && a.status == 0;
+        }
+        return problems.empty();
+      },
+      90s);
+  CHECK_MESSAGE(repaired, "seed " << seed << ":\n" << problems << tail(cg.log()));
+  // An address is never held by two users.
+  std::string duplicated;
+  for (const auto& e : shared_emails) {
+    std::vector<std::string> holders;
+    for (const auto& a : attempts) {
+      if (a.email != e) continue;
+      auto u = couch().get(user_doc(a.name));
+      if (u.status == 200 && u.body.value("email", "") == e) holders.push_back(a.name);
+    }
+    if (holders.size() > 1) duplicated += e + " held by " + std::to_string(holders.size()) + " users\n";
+  }
+  CHECK_MESSAGE(duplicated.empty(), "seed " << seed << ": " << duplicated);
+  // Every intent ends done or rolled back.
+  std::string open;
+  CHECK_MESSAGE(eventually(
+                    [&] {
+                      auto all = couch().get(ids_db + "/_all_docs?include_docs=true&startkey=%22signup%2F%22&endkey=%22signup%2F%EF%BF%B0%22");
+                      if (all.status != 200 || !all.body.contains("rows")) return false;
+                      open.clear();
+                      for (const auto& row : all.body["rows"]) {
+                        const std::string state = row["doc"].value("state", "");
+                        if (state != "done" && state != "rolled_back") open += row["id"].get<std::string>() + " " + state + "\n";
+                      }
+                      return open.empty();
+                    },
+                    60s),
+                "seed " << seed << ": intents not ended:\n" << open << tail(cg.log()));
+  MESSAGE("seed " << seed << ": " << kills << " kill -9 cycles survived during " << attempts.size() << " sign-ups: "
+                  << answered_201 << " answered 201, " << refused << " refused (409: address taken, or another answer), "
+                  << finished_by_reconciler << " cut by the kill and finished by the reconciler, " << rolled_back
+                  << " cut by the kill and rolled back; " << complete_count << " users complete; lost or half done: "
+                  << std::string(repaired && duplicated.empty() ? "nothing" : "see above"));
+  CHECK(answered_201 > 0);
+  CHECK(cg.terminate() == 0);
+  for (const auto& a : attempts) delete_user_doc(a.name);
 }
 
 // ---- users made without couchgate ----

@@ -47,6 +47,12 @@ struct connection {
   std::size_t pass = 0;  // bytes of the current request still to forward
   std::size_t skip = 0;  // bytes of the current request still to drop (answered by the proxy)
   bool close_when_sent = false;  // an injected answer that ends the connection once written
+  fault_proxy::close_mode close_sent_as = fault_proxy::close_mode::graceful;  // ... this way
+  // slow(): server bytes are held until s2c_ready (set when s2c stops being empty), then sent at
+  // most `credit` bytes at a time, the credit refilled at the rate since credit_at.
+  std::chrono::steady_clock::time_point s2c_ready{};
+  double credit = 0;
+  std::chrono::steady_clock::time_point credit_at{};
 
   void fail() {  // an error on one side: the other side sees a reset, as through a real path
     dead = true;
@@ -78,11 +84,13 @@ void read_into(int fd, std::string& buf, bool& eof, connection& c) {
   }
 }
 
-// Writes what the socket takes now and keeps the rest; marks the connection failed on error.
-void write_from(int fd, std::string& buf, connection& c) {
+// Writes what the socket takes now (at most `limit` bytes) and keeps the rest; marks the
+// connection failed on error. Returns the bytes written.
+std::size_t write_from(int fd, std::string& buf, connection& c, std::size_t limit = std::string::npos) {
   std::size_t off = 0;
-  while (off < buf.size()) {
-    ssize_t n = ::send(fd, buf.data() + off, buf.size() - off, MSG_NOSIGNAL);
+  const std::size_t end = std::min(limit, buf.size());
+  while (off < end) {
+    ssize_t n = ::send(fd, buf.data() + off, end - off, MSG_NOSIGNAL);
     if (n > 0) {
       off += static_cast<std::size_t>(n);
       continue;
@@ -92,6 +100,7 @@ void write_from(int fd, std::string& buf, connection& c) {
     break;
   }
   buf.erase(0, off);
+  return off;
 }
 
 // The request whose head is at the start of buf: its whole length (head and body), or 0 while
@@ -133,10 +142,12 @@ std::size_t request_length(const std::string& buf, std::string& method, std::str
 
 }  // namespace
 
-void fault_proxy::answer_next(int n, std::string raw_response, std::string target_contains, bool close_after) {
+void fault_proxy::answer_next(int n, std::string raw_response, std::string target_contains, bool close_after,
+                              close_mode close_as) {
   std::lock_guard lk(http_mu_);
   inject_left_ = n;
   inject_close_ = close_after;
+  inject_close_as_ = close_as;
   inject_response_ = std::move(raw_response);
   inject_match_ = std::move(target_contains);
 }
@@ -233,6 +244,13 @@ void fault_proxy::stall(bool on) {
   control([&] { stall_ = on; });
 }
 
+void fault_proxy::slow(std::chrono::milliseconds latency, std::size_t bytes_per_second) {
+  control([&] {
+    latency_ms_ = latency.count();
+    rate_ = bytes_per_second;
+  });
+}
+
 void fault_proxy::run() {
   std::vector<std::unique_ptr<connection>> conns;
   std::vector<pollfd> pfds;
@@ -259,6 +277,28 @@ void fault_proxy::run() {
     }
     cv_.notify_all();
     const bool stalled = stall_.load();
+    const auto latency = std::chrono::milliseconds(latency_ms_.load());
+    const std::size_t rate = rate_.load();
+    const auto now = std::chrono::steady_clock::now();
+    int timeout_ms = 250;
+    // What slow() lets through to the client now (npos: everything); 0 also shortens the wait.
+    auto allowed = [&](connection& c) -> std::size_t {
+      if (c.s2c.empty()) return std::string::npos;
+      if (latency.count() > 0 && now < c.s2c_ready) {
+        const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(c.s2c_ready - now).count() + 1;
+        timeout_ms = std::min<int>(timeout_ms, static_cast<int>(wait));
+        return 0;
+      }
+      if (rate == 0) return std::string::npos;
+      const double burst = std::max(1.0, static_cast<double>(rate) / 20);  // 50 ms worth
+      c.credit = std::min(burst, c.credit + std::chrono::duration<double>(now - c.credit_at).count() * static_cast<double>(rate));
+      c.credit_at = now;
+      if (c.credit < 1) {
+        timeout_ms = std::min(timeout_ms, std::max(1, static_cast<int>(1000.0 / static_cast<double>(rate)) + 1));
+        return 0;
+      }
+      return static_cast<std::size_t>(c.credit);
+    };
 
     pfds.clear();
     pfds.push_back({wake_r_, POLLIN, 0});
@@ -272,7 +312,7 @@ void fault_proxy::run() {
       }
       short ce = 0, se = 0;
       if (!c->client_eof && c->c2s.size() < buffer_cap) ce |= POLLIN;
-      if (!c->s2c.empty()) ce |= POLLOUT;
+      if (!c->s2c.empty() && allowed(*c) > 0) ce |= POLLOUT;
       if (c->connecting) {
         se = POLLOUT;
       } else {
@@ -283,7 +323,7 @@ void fault_proxy::run() {
       pfds.push_back({c->server, se, 0});
     }
 
-    int n = ::poll(pfds.data(), pfds.size(), 250);
+    int n = ::poll(pfds.data(), pfds.size(), timeout_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       break;  // cannot happen with valid descriptors; stop rather than spin
@@ -354,6 +394,7 @@ void fault_proxy::run() {
                 --inject_left_;
                 rec.answered_by_proxy = true;
                 c.s2c += inject_response_;
+                if (inject_close_ && !c.close_when_sent) c.close_sent_as = inject_close_as_;
                 c.close_when_sent = c.close_when_sent || inject_close_;
               }
               requests_.push_back(rec);
@@ -366,14 +407,22 @@ void fault_proxy::run() {
           }
         }
       }
-      if (!c.connecting && (sr & (POLLIN | POLLHUP))) read_into(c.server, c.s2c, c.server_eof, c);
+      if (!c.connecting && (sr & (POLLIN | POLLHUP))) {
+        const bool was_empty = c.s2c.empty();
+        read_into(c.server, c.s2c, c.server_eof, c);
+        if (was_empty && !c.s2c.empty()) c.s2c_ready = std::chrono::steady_clock::now() + latency;
+      }
       if (c.dead) continue;
       if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);
-      if (!c.s2c.empty()) write_from(c.client, c.s2c, c);
+      if (!c.s2c.empty()) {
+        const std::size_t limit = allowed(c);
+        const std::size_t sent = limit > 0 ? write_from(c.client, c.s2c, c, limit) : 0;
+        if (limit != std::string::npos) c.credit -= static_cast<double>(sent);
+      }
       if (c.dead) continue;
       if (c.close_when_sent && c.s2c.empty()) {  // the injected answer is out: end here
         c.dead = true;
-        c.close_as = close_mode::graceful;
+        c.close_as = c.close_sent_as;
         continue;
       }
       if (c.client_eof && c.c2s.empty() && !c.connecting && !c.c2s_shut) {

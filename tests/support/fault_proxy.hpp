@@ -48,6 +48,11 @@ class fault_proxy {
   // byte is forwarded in either direction: a hung server. A client closing its side closes
   // the connection.
   void stall(bool on);
+  // A slow server: while set, what the server sends reaches the client `latency` after it
+  // arrived at the proxy (an answer whose first byte is late; a stream that goes on flowing is
+  // not delayed again), and at most `bytes_per_second` per connection (0 = no limit: a body that
+  // trickles). slow(0ms) ends it; bytes held back then flow at once.
+  void slow(std::chrono::milliseconds latency, std::size_t bytes_per_second = 0);
 
   // HTTP awareness: the proxy splits the client's byte stream into requests (request line,
   // headers, Content-Length body; a chunked request switches that connection back to raw
@@ -57,7 +62,9 @@ class fault_proxy {
   // `close_after`: the proxy closes the connection (FIN) once that answer is sent — with a
   // Content-Length larger than the bytes given, a body cut short (a truncated answer, a feed
   // that ends early).
-  void answer_next(int n, std::string raw_response, std::string target_contains = {}, bool close_after = false);
+  // `close_as`: how that close looks (reset: the peer sees "connection reset by peer" mid-answer).
+  void answer_next(int n, std::string raw_response, std::string target_contains = {}, bool close_after = false,
+                   close_mode close_as = close_mode::graceful);
   struct request_record {
     std::chrono::steady_clock::time_point at;  // when its last byte arrived
     std::string method, target;
@@ -92,6 +99,8 @@ class fault_proxy {
   std::atomic<bool> stop_{false};
   std::atomic<bool> refuse_{false};
   std::atomic<bool> stall_{false};
+  std::atomic<long long> latency_ms_{0};
+  std::atomic<std::size_t> rate_{0};
   std::atomic<std::uint64_t> accepted_{0};
   std::atomic<int> open_{0};
 
@@ -107,6 +116,7 @@ class fault_proxy {
   int inject_left_ = 0;
   std::string inject_response_, inject_match_;
   bool inject_close_ = false;
+  close_mode inject_close_as_ = close_mode::graceful;
   std::vector<request_record> requests_;
 
   std::thread thread_;

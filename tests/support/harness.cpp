@@ -34,7 +34,15 @@ std::string read_file(const std::string& path) {
 }
 }  // namespace
 
+namespace {
+std::atomic<const server_env*> overridden{nullptr};
+}  // namespace
+
+server_override::server_override(server_env e) : env_(std::move(e)) { overridden = &env_; }
+server_override::~server_override() { overridden = nullptr; }
+
 const server_env& env() {
+  if (const server_env* o = overridden.load()) return *o;
   static server_env e = [] {
     server_env s;
     s.url = getenv_or("COUCHDB_URL", "");

@@ -26,6 +26,20 @@ struct server_env {
 };
 const server_env& env();
 
+// While it lives, env() (and so couch(), create_user(), base_config()...) is `e`: for a test
+// that owns its server (tests/support/owned_server.hpp). Make it before starting threads that
+// call env(), end it after they stopped; not nested.
+class server_override {
+ public:
+  explicit server_override(server_env e);
+  ~server_override();
+  server_override(const server_override&) = delete;
+  server_override& operator=(const server_override&) = delete;
+
+ private:
+  server_env env_;
+};
+
 struct reply {
   int status = 0;  // 0 = transport failure
   json body;       // discarded JSON when the body was not JSON
