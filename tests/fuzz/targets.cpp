@@ -193,6 +193,12 @@ void front_request(std::string_view data) {
       if (const auto* fr = std::get_if<front::feed_request>(&parsed)) {
         const std::string up = front::upstream_changes_query(*fr, fr->since, fr->limit);
         check(!up.empty() && up[0] == '?');
+        // The feed's timers: never before the request, whatever the query said.
+        const auto now = front::feed_clock::now();
+        front::feed_state st(*fr, now, now + std::chrono::hours(1));
+        check(st.next_deadline() >= now);
+        st.heartbeat_sent(now);
+        check(st.next_deadline() >= now);
       } else {
         check(!std::get<std::string>(parsed).empty());  // a 400 says why
       }
