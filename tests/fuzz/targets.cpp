@@ -5,8 +5,12 @@
 #include <optional>
 #include <string>
 
+// Beast alone, not gateway/front/asio.hpp: its coroutine helpers do not build with clang 14 and
+// libstdc++ (Boost 1.74 does not see co_await there), and no parser needs them.
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/http.hpp>
+
 #include "gateway/config.hpp"
-#include "gateway/front/asio.hpp"
 #include "gateway/front/auth_limits.hpp"
 #include "gateway/front/cidr.hpp"
 #include "gateway/front/feed_park.hpp"
@@ -172,15 +176,16 @@ void front_request(std::string_view data) {
   // listener's limits: the route, the live feed's query and Last-Event-ID, the proxy's scheme
   // header, the forwarded address, the credential's cache key.
   namespace front = gateway::front;
-  front::http::request_parser<front::http::empty_body> parser;
+  namespace http = boost::beast::http;
+  http::request_parser<http::empty_body> parser;
   parser.header_limit(16 * 1024);
   parser.eager(false);
-  front::error_code ec;
-  (void)parser.put(front::net::buffer(data.data(), data.size()), ec);
+  boost::system::error_code ec;
+  (void)parser.put(boost::asio::buffer(data.data(), data.size()), ec);
   if (ec || !parser.is_header_done()) return;
   const auto& req = parser.get();
   const auto field = [&](std::string_view name) {
-    const auto v = req[front::beast::string_view(name.data(), name.size())];
+    const auto v = req[boost::beast::string_view(name.data(), name.size())];
     return std::string_view(v.data(), v.size());
   };
   const std::string_view method(req.method_string().data(), req.method_string().size());
