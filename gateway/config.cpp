@@ -23,7 +23,7 @@
 #include <utility>
 #include <vector>
 
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 
 namespace couchgate::gateway {
 namespace {

@@ -15,6 +15,7 @@
 #include "policy/identity.hpp"
 #include "policy/security.hpp"
 #include "policy/users.hpp"
+#include "replicator/transport/session_auth.hpp"
 
 namespace couchgate::gateway {
 
@@ -32,6 +33,9 @@ struct couchdb_config {
   seconds request_timeout{30};
   seconds feed_timeout{60};        // longpoll `timeout`; the client read timeout is feed_timeout + 15 s
   milliseconds heartbeat{10000};   // feed heartbeat; no byte for 3 heartbeats = dead connection
+  // cookie: one POST /_session, then the AuthSession cookie (Basic where the server has no
+  // cookie authentication); basic: Basic on every request. See session_auth.hpp.
+  replicator::auth_mode auth = replicator::auth_mode::cookie;
   bool operator==(const couchdb_config&) const = default;
 };
 

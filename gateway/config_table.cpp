@@ -132,6 +132,8 @@ constexpr key_spec section(std::string_view name, std::string_view help = {}) {
 
 constexpr key_choice on_delete_choices[] = {{"keep", static_cast<int>(policy::on_delete::keep)},
                                             {"delete", static_cast<int>(policy::on_delete::remove)}};
+constexpr key_choice auth_choices[] = {{"cookie", static_cast<int>(replicator::auth_mode::cookie)},
+                                       {"basic", static_cast<int>(replicator::auth_mode::basic)}};
 constexpr key_choice id_mode_choices[] = {{"namespaced", static_cast<int>(policy::id_mode::namespaced)},
                                           {"unchanged", static_cast<int>(policy::id_mode::unchanged)}};
 constexpr key_choice detection_choices[] = {{"auto", static_cast<int>(detection_mode::automatic)},
@@ -205,6 +207,13 @@ constexpr key_spec table[] = {
          .kind = k::duration_ms,
          .min = 1,
          .help = "Heartbeat of the change feeds; no byte for 3 heartbeats means the connection is dead."}),
+    key<&config::couchdb, &cc::auth>(
+        {.name = "couchdb.auth",
+         .kind = k::choice,
+         .choices = auth_choices,
+         .help = "How couchgate authenticates: cookie = one POST /_session, then CouchDB's session cookie, renewed "
+                 "before it expires (Basic where the server has no cookie authentication); basic = Basic on every "
+                 "request."}),
 
     key<&config::state_db>({.name = "state_db", .help = "couchgate's own database (checkpoints and state)."}),
 
@@ -549,7 +558,21 @@ constexpr key_spec table[] = {
                                                       .on_reload = live,
                                                       .min = 1,
                                                       .max = 100000,
-                                                      .help = "Concurrent requests of one user (429 above)."}),
+                                                      .help = "Requests of one user in flight at once; more wait in that "
+                                                              "user's queue, first come first served (PouchDB fetches a "
+                                                              "batch's attachments all at once and does not retry a "
+                                                              "refused one)."}),
+    key<&config::front, &frc::user_queue_length>(
+        {.name = "front.user_queue_length",
+         .kind = k::integer,
+         .min = 0,
+         .max = 1000000,
+         .help = "Requests of one user waiting for one of its max_requests_per_user (429 with Retry-After above)."}),
+    key<&config::front, &frc::user_queue_timeout>(
+        {.name = "front.user_queue_timeout",
+         .kind = k::duration_ms,
+         .min = 0,
+         .help = "Longest wait in that queue (then 503 with Retry-After)."}),
     key<&config::front, &frc::auth_failure_limit>(
         {.name = "front.auth_failure_limit",
          .kind = k::integer,
@@ -572,6 +595,20 @@ constexpr key_spec table[] = {
          .min = 100,
          .help = "Servers without _db_updates: how often the databases with parked live feeds are swept (at most "
                  "fanin.sweep_rate databases per second)."}),
+    section("front.cors",
+            "CORS headers on the answers couchgate writes itself (404s, refusals, sign-up) and on preflights, as "
+            "CouchDB's [cors] would give them: set these like CouchDB's [chttpd] enable_cors and [cors] section "
+            "(answers from CouchDB carry CouchDB's own headers)."),
+    key<&config::front, &frc::cors, &front_cors_config::enable>({.name = "front.cors.enable", .kind = k::boolean}),
+    key<&config::front, &frc::cors, &front_cors_config::origins>(
+        {.name = "front.cors.origins", .kind = k::string_list, .help = "e.g. [\"https://app.example\"]; \"*\" = any."}),
+    key<&config::front, &frc::cors, &front_cors_config::credentials>({.name = "front.cors.credentials", .kind = k::boolean}),
+    key<&config::front, &frc::cors, &front_cors_config::methods>(
+        {.name = "front.cors.methods", .kind = k::string_list, .help = "[] = CouchDB's default list."}),
+    key<&config::front, &frc::cors, &front_cors_config::headers>(
+        {.name = "front.cors.headers", .kind = k::string_list, .help = "[] = CouchDB's default list."}),
+    key<&config::front, &frc::cors, &front_cors_config::max_age>(
+        {.name = "front.cors.max_age", .kind = k::integer, .min = 0, .max = 100000000, .help = "Seconds."}),
     section("front.upstream",
             "The front door's own keep-alive pool of sockets to CouchDB (apart from fanin.max_connections): when all "
             "are busy a request waits up to wait_timeout, then gets 503 with Retry-After."),

@@ -22,11 +22,12 @@
 #include "policy/naming.hpp"
 #include "replicator/backoff.hpp"
 #include "replicator/change_detector.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/fanin.hpp"
 #include "replicator/byte_budget.hpp"
-#include "replicator/http_pool.hpp"
 #include "replicator/outage.hpp"
+#include "replicator/transport/http_pool.hpp"
+#include "replicator/transport/session_auth.hpp"
 #include "replicator/logger.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/server_limits.hpp"
@@ -116,6 +117,9 @@ struct daemon::impl {
   std::atomic<bool> setup_done{false};
 
   r::registry metrics;
+  // In front of pool: the credential (cookie or Basic). Declared first so that it outlives the
+  // pool, whose shutdown still runs its callbacks.
+  std::unique_ptr<r::session_auth> auth;
   std::unique_ptr<r::http_pool> pool;
   std::unique_ptr<r::byte_budget> attachment_budget;  // fanin.max_bytes_in_flight (before fan, which uses it)
   std::unique_ptr<r::couch_client> client;
@@ -207,6 +211,13 @@ struct daemon::impl {
       out += "couchgate_couchdb_requests_total " + std::to_string(s.requests) + "\n";
       out += "# HELP couchgate_couchdb_transport_errors_total Requests that failed below HTTP\n# TYPE couchgate_couchdb_transport_errors_total counter\n";
       out += "couchgate_couchdb_transport_errors_total " + std::to_string(s.transport_errors) + "\n";
+      if (auth) {
+        const auto a = auth->stats();
+        out += "# HELP couchgate_couchdb_logins_total POST /_session sent (cookie authentication)\n# TYPE couchgate_couchdb_logins_total counter\n";
+        out += "couchgate_couchdb_logins_total " + std::to_string(a.logins) + "\n";
+        out += "# HELP couchgate_couchdb_session_retries_total Requests sent again after a 401 and a new login\n# TYPE couchgate_couchdb_session_retries_total counter\n";
+        out += "couchgate_couchdb_session_retries_total " + std::to_string(a.retried) + "\n";
+      }
       out += "# HELP couchgate_couchdb_outages_total Times CouchDB stopped answering (each logged once)\n# TYPE couchgate_couchdb_outages_total counter\n";
       out += "couchgate_couchdb_outages_total " + std::to_string(s.outages) + "\n";
       out += "# HELP couchgate_couchdb_unreachable 1 while CouchDB does not answer\n# TYPE couchgate_couchdb_unreachable gauge\n";
@@ -303,6 +314,7 @@ struct daemon::impl {
                  {"active", s->active}, {"last_error", s->last_error}};
         rep["last_success"] = s->last_success ? json(iso_time(*s->last_success)) : json(nullptr);
         rep["doc_write_failures"] = s->doc_write_failures;
+        rep["state"] = r::to_string(s->phase);  // idle, dirty, fetching, writing, checkpointing, backing_off, failed
         rep["refused_docs"] = refused_json(fan->refused(db));
         auto info_call = client->db_info(db);
         r::changes_query q;
@@ -479,10 +491,13 @@ int daemon::run() {
   const auto& cfg = d.cfg;
   raise_open_files_limit(cfg.front.enabled ? cfg.front.max_connections : 0);
 
-  d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, cfg.couchdb.username, cfg.couchdb.password,
-                                                                cfg.fanin.max_connections, std::string("couchgate/") + COUCHGATE_VERSION});
+  // The credential is session_auth's to send (cookie, or Basic as it decides); the pool has none.
+  d.pool = std::make_unique<r::http_pool>(r::http_pool::options{cfg.couchdb.url, "", "", cfg.fanin.max_connections,
+                                                                std::string("couchgate/") + COUCHGATE_VERSION});
+  d.auth = std::make_unique<r::session_auth>(*d.pool, r::session_options_for(cfg.couchdb.username, cfg.couchdb.password,
+                                                                             cfg.couchdb.auth, cfg.couchdb.request_timeout));
   d.client = std::make_unique<r::couch_client>(
-      *d.pool, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
+      *d.auth, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
   d.state = std::make_unique<r::state_store>(*d.client, cfg.state_db);
 
   // Every component exists before the admin API's thread can look at them (they are started
@@ -541,7 +556,18 @@ int daemon::run() {
     try {
       front::local_handler local;
       if (d.ids) local = [&d](const front::local_request& r) { return d.ids->serve(r); };
-      d.front = std::make_unique<front_door>(cfg, d.metrics, std::move(local));
+      front::token_user_provisioner provision;
+      if (d.prov) {
+        provision = [&d](const policy::session_user& who) {
+          policy::token_user_action decided = policy::token_user_action::not_token;
+          const bool ok = d.prov->ensure_token_user(who, decided);
+          if (ok && decided == policy::token_user_action::provision) {
+            log()->info("front door: provisioned the database of JWT user '{}'", who.name);
+          }
+          return ok;
+        };
+      }
+      d.front = std::make_unique<front_door>(cfg, d.metrics, std::move(local), std::move(provision));
       d.feeds = std::make_unique<feed_notifier>(*d.client, d.front->feeds(), d.detector.get(),
                                                 feed_notifier_options{cfg.front.feed_sweep_interval, cfg.fanin.sweep_rate});
       if (d.detector) d.detector->set_listener(d.feeds->listener());

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 
 namespace couchgate::gateway {
 

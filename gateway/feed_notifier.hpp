@@ -11,7 +11,7 @@
 
 #include "gateway/front/feed_park.hpp"
 #include "replicator/change_detector.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/stop_flag.hpp"
 
 namespace couchgate::gateway {

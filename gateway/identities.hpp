@@ -26,7 +26,7 @@
 #include "gateway/config.hpp"
 #include "gateway/front/local.hpp"
 #include "policy/identity.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/stop_flag.hpp"
 

@@ -96,6 +96,16 @@ void provisioner::database_created(const std::string& db, bool recreated) {
   wake_.notify_all();
 }
 
+bool provisioner::ensure_token_user(const policy::session_user& who, policy::token_user_action& decided) {
+  auto doc = client_.get_doc(cfg_.users_db, "org.couchdb.user:" + who.name).get();
+  if (!doc.ok() && doc.error().kind != couch_error_kind::not_found) return false;
+  auto info = client_.db_info(db_for(who.name)).get();
+  if (!info.ok() && info.error().kind != couch_error_kind::not_found) return false;
+  decided = policy::decide_token_user(who, policy().select, doc.ok(), info.ok());
+  if (decided != policy::token_user_action::provision) return true;
+  return apply({policy::user_doc{who.name, who.roles, false}}) == 0;
+}
+
 void provisioner::note_self_created(const std::string& db) {
   const auto now = std::chrono::steady_clock::now();
   std::lock_guard lk(mu_);

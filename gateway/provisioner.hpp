@@ -24,7 +24,7 @@
 #include "policy/identity.hpp"
 #include "policy/users.hpp"
 #include "replicator/backoff.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/stop_flag.hpp"
@@ -97,6 +97,12 @@ class provisioner {
   // databases that exist), users needing no database are skipped without a request. Returns the
   // number of users whose action failed with a retryable error.
   std::size_t apply(const std::vector<policy::user_doc>& users, const std::set<std::string>* existing = nullptr);
+
+  // A caller CouchDB authenticated by a JWT (no `_users` document needed) whose database the
+  // front door is about to use: made now by the policy when policy::decide_token_user says so
+  // (`decided` tells what it said). Blocking: asks CouchDB with couchgate's own credentials.
+  // False when CouchDB could not be asked or the database not made.
+  bool ensure_token_user(const policy::session_user& who, policy::token_user_action& decided);
 
   std::optional<user_state> user(const std::string& name) const;
   std::size_t known_users() const;

@@ -9,8 +9,9 @@
 #include "policy/id_map.hpp"
 #include "policy/naming.hpp"
 #include "policy/security.hpp"
-#include "replicator/couch_client.hpp"
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/couch_client.hpp"
+#include "replicator/transport/http_pool.hpp"
+#include "replicator/transport/session_auth.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/transfer.hpp"
 #include "replicator/wire_json.hpp"
@@ -85,9 +86,15 @@ bool restore_summary::ok() const {
 restore_summary run_restore(const config& cfg, const restore_options& opts, std::ostream& progress) {
   auto started = std::chrono::steady_clock::now();
   restore_summary summary;
-  r::http_pool pool(r::http_pool::options{cfg.couchdb.url, cfg.couchdb.username, cfg.couchdb.password,
-                                          cfg.fanin.max_connections, "couchgate-restore"});
-  r::couch_client client(pool, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
+  r::http_pool pool(r::http_pool::options{cfg.couchdb.url, "", "", cfg.fanin.max_connections, "couchgate-restore"});
+  r::session_auth auth(pool, r::session_options_for(cfg.couchdb.username, cfg.couchdb.password, cfg.couchdb.auth,
+                                                    cfg.couchdb.request_timeout));
+  // The pool's callbacks (a session renewal still in flight) must not outlive `auth`.
+  struct shut_down_first {
+    r::http_pool& p;
+    ~shut_down_first() { p.shutdown(); }
+  } pool_stops_first{pool};
+  r::couch_client client(auth, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
   const std::string& central = cfg.fanin.central_db;
   const std::string& prefix = cfg.provisioning.db_prefix;
 

@@ -148,4 +148,33 @@ user_action decide(const criteria& c, on_delete policy, const user_doc& u) {
   return policy == on_delete::keep ? user_action::revoke_owner : user_action::delete_db;
 }
 
+std::optional<session_user> parse_session_answer(const nlohmann::json& body) {
+  if (!body.is_object()) return std::nullopt;
+  const auto ctx = body.find("userCtx");
+  if (ctx == body.end() || !ctx->is_object()) return std::nullopt;
+  const auto name = ctx->find("name");
+  if (name == ctx->end() || !name->is_string() || name->get_ref<const std::string&>().empty()) return std::nullopt;
+  session_user out;
+  out.name = name->get<std::string>();
+  if (const auto roles = ctx->find("roles"); roles != ctx->end() && roles->is_array()) {
+    for (const auto& r : *roles) {
+      if (r.is_string()) out.roles.push_back(r.get<std::string>());
+    }
+  }
+  if (const auto info = body.find("info"); info != body.end() && info->is_object()) {
+    if (const auto how = info->find("authenticated"); how != info->end() && how->is_string()) {
+      out.authenticated = how->get<std::string>();
+    }
+  }
+  return out;
+}
+
+token_user_action decide_token_user(const session_user& s, const criteria& select, bool has_user_doc, bool db_exists) {
+  if (s.authenticated != "jwt" || s.name.empty()) return token_user_action::not_token;
+  if (has_user_doc) return token_user_action::has_user_doc;
+  if (db_exists) return token_user_action::db_exists;
+  if (!matches(select, user_doc{s.name, s.roles, false})) return token_user_action::not_selected;
+  return token_user_action::provision;
+}
+
 }  // namespace couchgate::policy

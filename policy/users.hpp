@@ -2,6 +2,7 @@
 // Owns: what a `_users` document means to couchgate: parsing it defensively (server answers are
 // untrusted input), the selection criteria, and the decision of what to do for it.
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -49,5 +50,28 @@ enum class user_action {
   delete_db,     // database is deleted
 };
 user_action decide(const criteria& c, on_delete policy, const user_doc& u);
+
+// What CouchDB's GET /_session says about a caller: userCtx.name and .roles, and
+// info.authenticated (the handler that accepted the credential: "cookie", "default", "jwt"...).
+struct session_user {
+  std::string name;
+  std::vector<std::string> roles;
+  std::string authenticated;
+  bool operator==(const session_user&) const = default;
+};
+// nullopt when the answer names no user (anonymous, or not the expected shape: untrusted input).
+std::optional<session_user> parse_session_answer(const nlohmann::json& body);
+
+// A caller CouchDB authenticated by a JWT (its jwt_authentication handler needs no `_users`
+// document) gets a database from the policy, as a `_users` document with the token's roles
+// would, before the request is forwarded. Anyone else's database is the provisioner's business.
+enum class token_user_action {
+  not_token,      // not authenticated by a JWT
+  has_user_doc,   // the provisioner follows `_users` for this one
+  db_exists,      // nothing to do
+  not_selected,   // the policy's selection does not take this user (with the token's roles)
+  provision,      // create the database with the policy's `_security`, owner = the user
+};
+token_user_action decide_token_user(const session_user& s, const criteria& select, bool has_user_doc, bool db_exists);
 
 }  // namespace couchgate::policy

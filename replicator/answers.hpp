@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "policy/users.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/wire_json.hpp"
 
 namespace couchgate::replicator {

@@ -23,7 +23,7 @@
 #include <string>
 #include <thread>
 
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/fanin.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/state_store.hpp"

@@ -7,7 +7,7 @@
 #include <utility>
 #include <variant>
 
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/transport.hpp"
 
 namespace couchgate::replicator {
 

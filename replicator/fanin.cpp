@@ -109,10 +109,7 @@ void fanin::restart_all(const epoch_stamp& marker, const char* why) {
     std::lock_guard lk(mu_);
     auto now = sched_clock::now();
     sched_.retry_backoffs(now);
-    for (auto& [db, s] : sources_) {
-      if (!s.dirty_since) s.dirty_since = std::chrono::steady_clock::now();
-      sched_.mark_dirty(db, now);
-    }
+    for (const auto& entry : sources_) sched_.mark_dirty(entry.first, now);
     sources = sources_.size();
     cv_.notify_all();
   }
@@ -169,7 +166,6 @@ void fanin::add_source(const std::string& db, const policy::owner& owner) {
   auto [it, fresh] = sources_.try_emplace(db);
   it->second.owner = owner;
   if (fresh) {
-    it->second.dirty_since = std::chrono::steady_clock::now();
     sched_.mark_dirty(db, sched_clock::now());
     cv_.notify_one();
   }
@@ -191,7 +187,6 @@ bool fanin::mark_dirty(const std::string& db) {
   std::lock_guard lk(mu_);
   auto it = sources_.find(db);
   if (it == sources_.end()) return false;
-  if (!it->second.dirty_since) it->second.dirty_since = std::chrono::steady_clock::now();
   sched_.mark_dirty(db, sched_clock::now());
   cv_.notify_one();
   return true;
@@ -200,10 +195,7 @@ bool fanin::mark_dirty(const std::string& db) {
 void fanin::mark_all_dirty() {
   std::lock_guard lk(mu_);
   auto now = sched_clock::now();
-  for (auto& [db, s] : sources_) {
-    if (!s.dirty_since) s.dirty_since = std::chrono::steady_clock::now();
-    sched_.mark_dirty(db, now);
-  }
+  for (const auto& entry : sources_) sched_.mark_dirty(entry.first, now);
   cv_.notify_all();
 }
 
@@ -299,6 +291,7 @@ std::optional<source_status> fanin::status(const std::string& db) const {
     out->last_error = it->second.last_error;
     out->failures = sched_.failures(db);
     out->active = sched_.is_active(db);
+    out->phase = sched_.phase(db).value_or(source_phase::idle);
   }
   auto cp = state_.checkpoint(db);
   out->checkpoint = cp ? *cp : json(nullptr);
@@ -467,6 +460,13 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     t.page = std::move(page.value());
   }
   if (skipped) skipped_design_.inc(skipped);
+  {
+    std::lock_guard lk(mu_);
+    const auto now = sched_clock::now();
+    for (const auto& t : turns) {
+      if (t.page) sched_.progress(t.db, source_event::fetched, now);
+    }
+  }
 
   // 2. The coalesced protocol round against the central database.
   transfer_result res = transfer(client_, rows, opts_.transfer, caps_);
@@ -475,6 +475,13 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     if (e.kind == couch_error_kind::not_found) {  // a source gone mid-round, or the central database
       request_target_check();
       break;
+    }
+  }
+  {
+    std::lock_guard lk(mu_);
+    const auto now = sched_clock::now();
+    for (const auto& t : turns) {
+      if (t.page && !res.failed.count(t.db)) sched_.progress(t.db, source_event::written, now);
     }
   }
   docs_.inc(res.docs_written);
@@ -533,7 +540,8 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
         continue;
       }
       errors_[t.error->kind]->inc();
-      auto delay = sched_.fail(t.db, now);
+      // An error re-sending cannot cure shows the source as `failed`; it is retried the same way.
+      auto delay = sched_.fail(t.db, now, t.error->retryable());
       const bool central_gone = central_missing_.load() || check_requested_;
       if (!(central_gone && t.error->kind == couch_error_kind::not_found) &&
           (s.last_error != t.error->describe() || s.docs_written == 0)) {
@@ -552,11 +560,7 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
     s.last_success = std::chrono::system_clock::now();
     s.last_error.clear();
     s.include_docs = include_docs_next(s.include_docs, t.first_generation_rows, t.page->changes.size());
-    sched_.complete(t.db, more, now);
-    if (!more && s.dirty_since) {
-      lag_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - *s.dirty_since).count());
-      s.dirty_since.reset();
-    }
+    if (auto lag = sched_.complete(t.db, more, now)) lag_.observe(std::chrono::duration<double>(*lag).count());
   }
   cv_.notify_all();
 }

@@ -27,7 +27,7 @@
 
 #include "policy/id_map.hpp"
 #include "replicator/central_epoch.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/scheduler.hpp"
 #include "replicator/state_store.hpp"
@@ -74,6 +74,7 @@ struct source_status {
   std::string last_error;
   std::uint32_t failures = 0;
   bool active = false;
+  source_phase phase = source_phase::idle;  // the scheduler's state of it (source_state.hpp)
 };
 
 // How many changes a source has after a checkpoint, from its `_changes?since=<checkpoint>&limit=1`
@@ -135,7 +136,6 @@ class fanin {
     std::uint64_t doc_write_failures = 0;
     std::optional<std::chrono::system_clock::time_point> last_success;
     std::string last_error;
-    std::optional<std::chrono::steady_clock::time_point> dirty_since;
     bool include_docs = true;    // ask _changes for bodies (see include_docs_next)
   };
   void worker();

@@ -1,3 +1,4 @@
+// Owns: the ready queue and backoff index over the per-source state machines (see scheduler.hpp).
 #include "replicator/scheduler.hpp"
 
 #include <algorithm>
@@ -7,40 +8,38 @@ namespace couchgate::replicator {
 
 scheduler::scheduler(options opts, uniform_source rnd) : opts_(std::move(opts)), rnd_(std::move(rnd)) {}
 
-void scheduler::enqueue(const std::string& db, entry& e, sched_clock::time_point now) {
-  e.st = state::queued;
-  e.ready_at = now;
-  e.ticket = ++next_ticket_;
-  queue_.push_back(slot{db, e.ticket});
-  ++queued_;
+source_step scheduler::apply(const std::string& db, entry& e, source_event ev, sched_clock::time_point now) {
+  const source_phase before = e.s.phase;
+  source_step st = step(e.s, ev, now, opts_.backoff, rnd_);
+  if (st.ignored) return st;
+  e.s = st.next;
+  const source_phase after = e.s.phase;
+  // Leaving a phase.
+  if (before == source_phase::dirty && after != source_phase::dirty) --queued_;
+  if (in_turn(before) && !in_turn(after)) --active_;
+  if (waiting_out_backoff(before) && !waiting_out_backoff(after)) backoffs_.erase(e.backoff_it);
+  // Entering one.
+  if (in_turn(after) && !in_turn(before)) ++active_;
+  if (st.wake_at) e.backoff_it = backoffs_.emplace(*st.wake_at, db);
+  if (st.enqueue) {
+    e.ticket = ++next_ticket_;
+    queue_.push_back(slot{db, e.ticket});
+    ++queued_;
+  }
+  return st;
 }
 
 void scheduler::mark_dirty(const std::string& db, sched_clock::time_point now) {
-  auto it = entries_.try_emplace(db).first;  // unknown: becomes known, idle, then queued
-  entry& e = it->second;
-  switch (e.st) {
-    case state::idle:
-      enqueue(it->first, e, now);
-      break;
-    case state::queued:
-      break;  // keeps its place
-    case state::active:
-      e.dirty_while_active = true;
-      break;
-    case state::backing_off:
-      // Nothing to remember: a failed database is always retried when its backoff ends, and
-      // that retry picks up this change. The backoff is not shortened.
-      break;
-  }
+  auto it = entries_.try_emplace(db).first;  // unknown: becomes known, idle, then dirty
+  apply(it->first, it->second, source_event::changed, now);
 }
 
 void scheduler::promote_backoffs(sched_clock::time_point now) {
   while (!backoffs_.empty() && backoffs_.begin()->first <= now) {
-    auto node = backoffs_.extract(backoffs_.begin());
-    auto it = entries_.find(node.mapped());
-    if (it != entries_.end() && it->second.st == state::backing_off) {
-      // ready_at stays "now" of the promotion: the queue is ordered by when databases arrive.
-      enqueue(it->first, it->second, now);
+    const std::string db = backoffs_.begin()->second;
+    auto it = entries_.find(db);
+    if (it == entries_.end() || apply(it->first, it->second, source_event::backoff_elapsed, now).ignored) {
+      backoffs_.erase(backoffs_.begin());  // not expected: an index entry without its backoff
     }
   }
 }
@@ -54,76 +53,53 @@ std::vector<std::string> scheduler::take(std::size_t limit, sched_clock::time_po
     slot s = std::move(queue_.front());
     queue_.pop_front();
     auto it = entries_.find(s.db);
-    if (it == entries_.end() || it->second.st != state::queued || it->second.ticket != s.ticket) {
+    if (it == entries_.end() || it->second.s.phase != source_phase::dirty || it->second.ticket != s.ticket) {
       continue;  // stale slot
     }
-    entry& e = it->second;
-    e.st = state::active;
-    e.dirty_while_active = false;
-    --queued_;
-    ++active_;
+    apply(it->first, it->second, source_event::taken, now);
     out.push_back(std::move(s.db));
   }
   return out;
 }
 
-void scheduler::complete(const std::string& db, bool more_pending, sched_clock::time_point now) {
+void scheduler::progress(const std::string& db, source_event e, sched_clock::time_point now) {
+  if (e != source_event::fetched && e != source_event::written) return;
   auto it = entries_.find(db);
-  if (it == entries_.end() || it->second.st != state::active) return;  // removed: ignored
-  entry& e = it->second;
-  --active_;
-  e.failures = 0;
-  const bool again = more_pending || e.dirty_while_active;
-  e.dirty_while_active = false;
-  if (again) {
-    enqueue(it->first, e, now);
-  } else {
-    e.st = state::idle;
-  }
+  if (it != entries_.end()) apply(it->first, it->second, e, now);
 }
 
-std::chrono::milliseconds scheduler::fail(const std::string& db, sched_clock::time_point now) {
+std::optional<sched_clock::duration> scheduler::complete(const std::string& db, bool more_pending, sched_clock::time_point now) {
   auto it = entries_.find(db);
-  if (it == entries_.end() || it->second.st != state::active) {
-    return std::chrono::milliseconds{0};  // removed: ignored
-  }
-  entry& e = it->second;
-  --active_;
-  if (e.failures < UINT32_MAX) ++e.failures;
-  const auto delay = backoff_delay(opts_.backoff, e.failures, rnd_);
-  e.st = state::backing_off;
-  e.dirty_while_active = false;  // the retry covers it
-  e.ready_at = now + delay;
-  e.backoff_it = backoffs_.emplace(e.ready_at, it->first);
-  return delay;
+  if (it == entries_.end()) return std::nullopt;  // removed: ignored
+  return apply(it->first, it->second, more_pending ? source_event::turn_more : source_event::turn_succeeded, now).lag;
+}
+
+std::chrono::milliseconds scheduler::fail(const std::string& db, sched_clock::time_point now, bool retryable) {
+  auto it = entries_.find(db);
+  if (it == entries_.end()) return std::chrono::milliseconds{0};  // removed: ignored
+  auto st = apply(it->first, it->second, retryable ? source_event::turn_failed : source_event::turn_refused, now);
+  if (st.ignored || !st.wake_at) return std::chrono::milliseconds{0};
+  return std::chrono::duration_cast<std::chrono::milliseconds>(*st.wake_at - now);
 }
 
 void scheduler::remove(const std::string& db) {
   auto it = entries_.find(db);
   if (it == entries_.end()) return;
-  switch (it->second.st) {
-    case state::idle:
-      break;
-    case state::queued:
-      --queued_;  // its queue slot is now stale
-      break;
-    case state::active:
-      --active_;
-      break;
-    case state::backing_off:
-      backoffs_.erase(it->second.backoff_it);
-      break;
-  }
+  const source_phase p = it->second.s.phase;
+  if (p == source_phase::dirty) --queued_;  // its queue slot is now stale
+  if (in_turn(p)) --active_;
+  if (waiting_out_backoff(p)) backoffs_.erase(it->second.backoff_it);
   entries_.erase(it);
 }
 
 void scheduler::retry_backoffs(sched_clock::time_point now) {
-  while (!backoffs_.empty()) {
-    auto node = backoffs_.extract(backoffs_.begin());
-    auto it = entries_.find(node.mapped());
-    if (it == entries_.end() || it->second.st != state::backing_off) continue;
-    it->second.failures = 0;
-    enqueue(it->first, it->second, now);
+  // In ready_at order, as they would have become ready.
+  std::vector<std::string> dbs;
+  dbs.reserve(backoffs_.size());
+  for (const auto& [at, db] : backoffs_) dbs.push_back(db);
+  for (const auto& db : dbs) {
+    auto it = entries_.find(db);
+    if (it != entries_.end()) apply(it->first, it->second, source_event::retry_now, now);
   }
 }
 
@@ -143,12 +119,18 @@ scheduler::counts scheduler::count(sched_clock::time_point /*now*/) const {
 
 std::uint32_t scheduler::failures(const std::string& db) const {
   auto it = entries_.find(db);
-  return it == entries_.end() ? 0 : it->second.failures;
+  return it == entries_.end() ? 0 : it->second.s.failures;
 }
 
 bool scheduler::is_active(const std::string& db) const {
   auto it = entries_.find(db);
-  return it != entries_.end() && it->second.st == state::active;
+  return it != entries_.end() && in_turn(it->second.s.phase);
+}
+
+std::optional<source_phase> scheduler::phase(const std::string& db) const {
+  auto it = entries_.find(db);
+  if (it == entries_.end()) return std::nullopt;
+  return it->second.s.phase;
 }
 
 }  // namespace couchgate::replicator

@@ -1,6 +1,8 @@
 #pragma once
-// Owns: which databases replicate next. A pure state machine over the set of known databases:
-// dirty -> active -> (idle | dirty again | backing off). Time and randomness are passed in, so
+// Owns: which databases replicate next, and each one's replication state: one source_state per
+// known database (source_state.hpp: idle, dirty, fetching, writing, checkpointing, backing_off,
+// failed), moved only by its pure transition function; the scheduler keeps the ready queue and
+// the backoff index that the transitions ask for. Time and randomness are passed in, so
 // fairness, backoff and rerun-when-dirty are unit-tested without a server or a sleep.
 //
 // Rules:
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "replicator/backoff.hpp"
+#include "replicator/source_state.hpp"
 
 namespace couchgate::replicator {
 
@@ -46,10 +49,14 @@ class scheduler {
   void mark_dirty(const std::string& db, sched_clock::time_point now);
   // Up to `limit` ready databases (bounded by max_active - active), now active.
   std::vector<std::string> take(std::size_t limit, sched_clock::time_point now);
+  // Where a running turn is (source_event::fetched, then written); ignored otherwise.
+  void progress(const std::string& db, source_event e, sched_clock::time_point now);
   // A turn finished. more_pending: the turn hit its doc/byte cap, run again (at the back).
-  void complete(const std::string& db, bool more_pending, sched_clock::time_point now);
-  // A turn failed; returns the backoff chosen.
-  std::chrono::milliseconds fail(const std::string& db, sched_clock::time_point now);
+  // Returns the replication lag when the database is now caught up (first change -> now).
+  std::optional<sched_clock::duration> complete(const std::string& db, bool more_pending, sched_clock::time_point now);
+  // A turn failed; returns the backoff chosen. `retryable` false: an error re-sending as is
+  // cannot cure (the database is shown `failed`; still retried after the backoff).
+  std::chrono::milliseconds fail(const std::string& db, sched_clock::time_point now, bool retryable = true);
   void remove(const std::string& db);
   // Every backing-off database is ready now, its failure count cleared (what made them fail is
   // known to be over, e.g. the central database was created again).
@@ -60,18 +67,16 @@ class scheduler {
   counts count(sched_clock::time_point now) const;
   std::uint32_t failures(const std::string& db) const;
   bool is_active(const std::string& db) const;
+  // Its state (nullopt: not known).
+  std::optional<source_phase> phase(const std::string& db) const;
 
  private:
-  enum class state { idle, queued, active, backing_off };
   // Backing-off databases ordered by ready_at (ties keep insertion order).
   using backoff_index = std::multimap<sched_clock::time_point, std::string>;
   struct entry {
-    state st = state::idle;
-    bool dirty_while_active = false;
-    std::uint32_t failures = 0;
-    sched_clock::time_point ready_at{};
-    std::uint64_t ticket = 0;              // valid while queued: matches its queue_ slot
-    backoff_index::iterator backoff_it{};  // valid while backing_off
+    source_state s;
+    std::uint64_t ticket = 0;              // valid while dirty: matches its queue_ slot
+    backoff_index::iterator backoff_it{};  // valid while backing_off or failed
   };
   // A queue slot is live only if its database is still known, queued, and holds this ticket;
   // anything else (removed, or removed and re-added) is a stale slot that take() skips.
@@ -79,7 +84,8 @@ class scheduler {
     std::string db;
     std::uint64_t ticket = 0;
   };
-  void enqueue(const std::string& db, entry& e, sched_clock::time_point now);
+  // Runs the transition and does what it asks (queue, backoff index, counts); returns it.
+  source_step apply(const std::string& db, entry& e, source_event ev, sched_clock::time_point now);
   void promote_backoffs(sched_clock::time_point now);
 
   options opts_;

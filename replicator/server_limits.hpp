@@ -9,7 +9,7 @@
 #include <optional>
 #include <string>
 
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 
 namespace couchgate::replicator {
 

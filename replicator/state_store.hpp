@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "replicator/central_epoch.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 
 namespace couchgate::replicator {
 

@@ -27,7 +27,7 @@
 
 #include "replicator/answers.hpp"
 #include "replicator/byte_budget.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/wire_json.hpp"
 
 namespace couchgate::replicator {

@@ -14,7 +14,7 @@
 #include <string>
 #include <string_view>
 
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 
 namespace couchgate::replicator::wire {
 

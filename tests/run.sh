@@ -10,9 +10,14 @@
 # exit, and COUCHGATE_TEST_SERVER=pouchdb tells the integration tests to adapt to its
 # known gaps.
 # COUCHGATE_SKIP_BENCH=1 skips the benchmark smoke run.
+# Log scan: the tests write their files and the logs of every daemon they start under a fresh
+# run dir (COUCHGATE_TEST_RUN_DIR) and register each password, Basic value, cookie and token they
+# use in COUCHGATE_TEST_SECRETS; at the end tests/scan-logs.sh scans every log of the run (those,
+# ctest's test output, the test server's log; COUCHGATE_TEST_SERVER_LOG names an external
+# server's) for them. The run dir is removed when everything passed.
 # COUCHGATE_BUILD_DIR=dir tests the build in dir (default build; deploy/build.sh builds it), e.g.
 # a sanitizer build (tests/sanitize.sh).
-# Exit status: ctest's; if ctest passed, the benchmark smoke run's.
+# Exit status: ctest's; if ctest passed, the benchmark smoke run's; then the log scan's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$(pwd)"
@@ -83,6 +88,18 @@ else
   log "using the server at $(sed -E 's#//[^/@]*@#//#' <<<"$COUCHDB_URL"); not starting one"
 fi
 
+run_dir="$(mktemp -d "${TMPDIR:-/tmp}/couchgate-tests.XXXXXX")"
+export COUCHGATE_TEST_RUN_DIR="$run_dir"
+export COUCHGATE_TEST_SECRETS="$run_dir/secrets.txt"
+( umask 077; : >"$COUCHGATE_TEST_SECRETS" )
+# The server's admin credentials, as given (the tests register what they derive from them).
+if [[ -n "${COUCHDB_PASSWORD:-}" ]]; then
+  printf '%s\n' "$COUCHDB_PASSWORD" >>"$COUCHGATE_TEST_SECRETS"
+  printf '%s\n' "$(printf '%s:%s' "${COUCHDB_USER:-}" "$COUCHDB_PASSWORD" | base64 -w0)" >>"$COUCHGATE_TEST_SECRETS"
+fi
+rm -f "${COUCHGATE_BUILD_DIR:-build}/Testing/Temporary/LastTest.log"
+log "test files and logs in $run_dir"
+
 status=0
 ctest --test-dir "${COUCHGATE_BUILD_DIR:-build}" --output-on-failure "$@" || status=$?
 
@@ -97,6 +114,17 @@ else
   log "benchmark smoke run: $bench --smoke --out build/bench-smoke.json"
   "$repo/$bench" --smoke --out build/bench-smoke.json || status=$?
   (( status == 0 )) || log "benchmark smoke run failed (exit $status)"
+fi
+
+# Every log line of the run, scanned for every secret the tests registered.
+scan_paths=("$run_dir" "${COUCHGATE_BUILD_DIR:-build}/Testing/Temporary")
+[[ -n "$server_dir" ]] && scan_paths+=("$server_dir")
+[[ -n "${COUCHGATE_TEST_SERVER_LOG:-}" ]] && scan_paths+=("$COUCHGATE_TEST_SERVER_LOG")
+if bash tests/scan-logs.sh "$COUCHGATE_TEST_SECRETS" "${scan_paths[@]}"; then
+  (( status != 0 )) || rm -rf "$run_dir"
+else
+  log "log scan failed: see above (files kept in $run_dir)"
+  (( status != 0 )) || status=1
 fi
 
 exit "$status"

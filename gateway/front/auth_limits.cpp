@@ -1,6 +1,9 @@
 // Owns: the session cache, the auth-failure limiter and per-user slots (see auth_limits.hpp).
 #include "gateway/front/auth_limits.hpp"
 
+#include <algorithm>
+#include <vector>
+
 #include "policy/naming.hpp"
 
 namespace couchgate::gateway::front {
@@ -87,24 +90,79 @@ void auth_failures::prune(clock_type::time_point now) {
   std::erase_if(slots_, [&](const auto& kv) { return now >= kv.second.start + window_; });
 }
 
-bool user_slots::try_acquire(const std::string& user) {
+user_slots::admission user_slots::acquire(const std::string& user, const std::shared_ptr<waiter>& w) {
   std::lock_guard lk(mu_);
-  auto& n = in_use_[user];
-  if (n >= per_user_) return false;
-  ++n;
-  return true;
+  auto& u = users_[user];
+  if (u.in_use < per_user_ && u.queue.empty()) {
+    ++u.in_use;
+    return admission::granted;
+  }
+  if (u.queue.size() >= queue_length_) {
+    if (u.in_use == 0 && u.queue.empty()) users_.erase(user);
+    return admission::refused;
+  }
+  u.queue.push_back(w);
+  ++queued_;
+  return admission::queued;
 }
 
 void user_slots::set_per_user(std::size_t per_user) {
-  std::lock_guard lk(mu_);
-  per_user_ = per_user;
+  std::vector<std::shared_ptr<waiter>> woken;
+  {
+    std::lock_guard lk(mu_);
+    per_user_ = per_user;
+    for (auto& [name, u] : users_) {  // a raised cap: the first in line come in now
+      while (u.in_use < per_user_ && !u.queue.empty()) {
+        woken.push_back(std::move(u.queue.front()));
+        u.queue.pop_front();
+        --queued_;
+        ++u.in_use;
+        woken.back()->granted = true;
+      }
+    }
+  }
+  for (const auto& w : woken) {
+    if (w->wake) w->wake();
+  }
 }
 
 void user_slots::release(const std::string& user) {
+  std::shared_ptr<waiter> next;
+  {
+    std::lock_guard lk(mu_);
+    const auto it = users_.find(user);
+    if (it == users_.end()) return;
+    auto& u = it->second;
+    if (!u.queue.empty() && u.in_use <= per_user_) {  // the slot passes on: in_use stays
+      next = std::move(u.queue.front());
+      u.queue.pop_front();
+      --queued_;
+      next->granted = true;
+    } else if (--u.in_use == 0) {
+      users_.erase(it);
+    }
+  }
+  if (next && next->wake) next->wake();
+}
+
+bool user_slots::abandon(const std::string& user, const std::shared_ptr<waiter>& w) {
   std::lock_guard lk(mu_);
-  const auto it = in_use_.find(user);
-  if (it == in_use_.end()) return;
-  if (--it->second == 0) in_use_.erase(it);
+  if (w->granted) return false;
+  const auto it = users_.find(user);
+  if (it == users_.end()) return true;
+  auto& q = it->second.queue;
+  const auto pos = std::find(q.begin(), q.end(), w);
+  if (pos != q.end()) {
+    q.erase(pos);
+    --queued_;
+  }
+  if (it->second.in_use == 0 && q.empty()) users_.erase(it);
+  return true;
+}
+
+std::size_t user_slots::queued() const {
+  std::lock_guard lk(mu_);
+  return queued_;
 }
 
 }  // namespace couchgate::gateway::front

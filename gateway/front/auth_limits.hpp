@@ -4,10 +4,14 @@
 //    under a SHA-256 of the credential (never the credential) for a short time;
 //  - auth_failures: failed authentications per client address in a fixed window (429 above the
 //    limit, with the seconds until the window ends);
-//  - user_slots: concurrent requests per user (429 above the cap).
+//  - user_slots: concurrent requests per user; beyond the cap a request waits in the user's FIFO
+//    queue (bounded length; the caller bounds the wait) instead of being refused at once.
 // Thread-safe (one mutex each): the I/O threads share them.
 #include <chrono>
 #include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -67,16 +71,37 @@ class auth_failures {
 
 class user_slots {
  public:
-  explicit user_slots(std::size_t per_user) : per_user_(per_user) {}
-  bool try_acquire(const std::string& user);
+  // One queued request. `granted` is set under the lock when a released slot passes to it, and
+  // wake() is then called (outside the lock) to resume it.
+  struct waiter {
+    std::function<void()> wake;
+    bool granted = false;
+  };
+  enum class admission { granted, queued, refused };
+
+  user_slots(std::size_t per_user, std::size_t queue_length) : per_user_(per_user), queue_length_(queue_length) {}
+  // A slot now (granted), a place at the end of the user's queue (queued: wait for wake(), then
+  // call abandon() on the deadline), or neither when the queue is full (refused).
+  admission acquire(const std::string& user, const std::shared_ptr<waiter>& w);
+  // Returns a slot: the user's first waiter gets it, else it is free again.
   void release(const std::string& user);
-  // SIGHUP: requests in flight above a lowered cap finish; new ones wait for the count to drop.
+  // The waiter gives up (deadline): true when it was still queued and is now gone; false when a
+  // slot was granted to it meanwhile (the caller holds it and must release it).
+  bool abandon(const std::string& user, const std::shared_ptr<waiter>& w);
+  std::size_t queued() const;  // requests waiting, over all users
+  // SIGHUP: requests in flight above a lowered cap finish; a raised cap lets queued ones in.
   void set_per_user(std::size_t per_user);
 
  private:
+  struct user_state {
+    std::size_t in_use = 0;
+    std::deque<std::shared_ptr<waiter>> queue;
+  };
   std::size_t per_user_;
-  std::mutex mu_;
-  std::unordered_map<std::string, std::size_t> in_use_;
+  std::size_t queue_length_;
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, user_state> users_;
+  std::size_t queued_ = 0;
 };
 
 }  // namespace couchgate::gateway::front

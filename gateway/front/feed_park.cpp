@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <charconv>
 
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 
 namespace couchgate::gateway::front {
 namespace {

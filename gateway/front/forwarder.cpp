@@ -14,6 +14,7 @@
 
 #include "gateway/front/responses.hpp"
 #include "policy/naming.hpp"
+#include "policy/users.hpp"
 #include "replicator/logger.hpp"
 
 namespace couchgate::gateway::front {
@@ -120,12 +121,26 @@ header_list retry_after(const std::string& seconds) {
   return h;
 }
 
+std::optional<std::string> header_value(const http::fields& fields, std::string_view name) {
+  const auto it = fields.find(beast::string_view(name.data(), name.size()));
+  if (it == fields.end()) return std::nullopt;
+  return std::string(it->value());
+}
+
 bool retryable(const error_code& ec) {
   return ec == net::error::eof || ec == http::error::end_of_stream || ec == net::error::connection_reset ||
          ec == net::error::broken_pipe || ec == net::error::connection_aborted;
 }
 
 }  // namespace
+
+header_list with_cors(const cors_policy& cors, const http::fields& request, header_list extra) {
+  if (!cors.enable) return extra;
+  std::vector<std::string> names{"Server", "Content-Type", "Cache-Control"};  // write_response's own
+  for (const auto& h : extra) names.push_back(h.first);
+  for (auto& h : cors_answer_headers(cors, header_value(request, "Origin"), names)) extra.push_back(std::move(h));
+  return extra;
+}
 
 forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metrics& metrics, clock_fn now)
     : options_(std::move(options)),
@@ -135,10 +150,11 @@ forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metri
       now_(std::move(now)),
       sessions_(options_.session_cache_ttl, 100000),
       failures_(options_.auth_failure_limit, options_.auth_failure_window),
-      slots_(options_.max_requests_per_user),
+      slots_(options_.max_requests_per_user, options_.user_queue_length),
       local_attempts_(options_.local_rate_limit, options_.local_rate_window),
-      local_pool_(options_.local ? std::make_unique<net::thread_pool>(std::max<std::size_t>(options_.local_threads, 1))
-                                 : nullptr) {}
+      local_pool_(options_.local || options_.provision_token_user
+                      ? std::make_unique<net::thread_pool>(std::max<std::size_t>(options_.local_threads, 1))
+                      : nullptr) {}
 
 void forwarder::apply_limits(const forwarder_options& o) {
   client_timeout_ms_.store(o.client_timeout.count(), std::memory_order_relaxed);
@@ -176,8 +192,9 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
   const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
+    const header_list all = with_cors(options_.cors, req, std::move(headers));
     const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep_if_answered_now,
-                                              client_timeout(), headers);
+                                              client_timeout(), all);
     co_return ok && keep_if_answered_now;
   };
 
@@ -193,6 +210,19 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     co_return co_await answer(http::status::forbidden, "forbidden",
                               "couchgate requires TLS: this request did not arrive over TLS (nor from a trusted "
                               "proxy that says it did)");
+  }
+
+  // CORS preflights carry no credential: answered here (as CouchDB's [cors] would), for any path.
+  if (options_.cors.enable && req.method() == http::verb::options) {
+    const cors_request cr{std::string(req.method_string()), header_value(req, "Origin"),
+                          header_value(req, "Access-Control-Request-Method"),
+                          header_value(req, "Access-Control-Request-Headers")};
+    if (auto preflight = cors_preflight(options_.cors, cr)) {
+      out.status = 204;
+      const bool ok = co_await write_response(ex.stream, http::status::no_content, {}, keep_if_answered_now,
+                                              client_timeout(), *preflight);
+      co_return ok && keep_if_answered_now;
+    }
   }
 
   // 2. Route.
@@ -244,6 +274,29 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     }
     user = who.name;
     out.user = who.name;
+    // A JWT caller may have no database yet (no `_users` document for the provisioner to see).
+    if (rt.kind == route_kind::user_db && who.session && who.session->authenticated == "jwt" &&
+        options_.provision_token_user) {
+      bool known = false;
+      {
+        std::lock_guard lk(token_mu_);
+        known = token_users_ready_.count(user) != 0;
+      }
+      if (!known) {
+        const token_user_provisioner& fn = options_.provision_token_user;
+        const policy::session_user& s = *who.session;
+        const bool ok = co_await net::co_spawn(
+            local_pool_->get_executor(), [&fn, &s]() -> net::awaitable<bool> { co_return fn(s); }, net::use_awaitable);
+        if (!ok) {
+          sessions_.forget(session_cache::key_of(credential));  // asked again (and provisioned) next time
+          co_return co_await answer(http::status::service_unavailable, "service_unavailable",
+                                    "couchgate could not make this user's database", retry_after("1"));
+        }
+        std::lock_guard lk(token_mu_);
+        if (token_users_ready_.size() >= 100000) token_users_ready_.clear();
+        token_users_ready_.insert(user);
+      }
+    }
   }
   if (local) co_return co_await serve_local(ex, rt, user, out);
 
@@ -260,10 +313,15 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     }
   }
   if (rt.kind == route_kind::user_db) {
-    if (!slots_.try_acquire(user)) {
+    const admitted a = co_await admit(user);
+    if (a != admitted::yes) {
       metrics_.user_limited.inc();
-      co_return co_await answer(http::status::too_many_requests, "too_many_requests",
-                                "too many requests of this user in flight", retry_after("1"));
+      if (a == admitted::queue_full) {
+        co_return co_await answer(http::status::too_many_requests, "too_many_requests",
+                                  "too many requests of this user in flight and waiting", retry_after("1"));
+      }
+      co_return co_await answer(http::status::service_unavailable, "service_unavailable",
+                                "this user's earlier requests did not finish in time", retry_after("1"));
     }
     slot_user = user;
     db = policy::user_db_name(options_.db_prefix, user);
@@ -284,11 +342,32 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
   co_return co_await forward(ex, upstream_target, db, mount, out);
 }
 
+net::awaitable<forwarder::admitted> forwarder::admit(const std::string& user) {
+  // The timer is shared with the wake-up: a release on another thread posts its cancel to this
+  // coroutine's executor, which may run after this frame is gone.
+  auto timer = std::make_shared<net::steady_timer>(co_await net::this_coro::executor);
+  timer->expires_after(options_.user_queue_timeout);
+  auto w = std::make_shared<user_slots::waiter>();
+  w->wake = [timer] { net::post(timer->get_executor(), [timer] { timer->cancel(); }); };
+  switch (slots_.acquire(user, w)) {
+    case user_slots::admission::granted:
+      co_return admitted::yes;
+    case user_slots::admission::refused:
+      co_return admitted::queue_full;
+    case user_slots::admission::queued:
+      break;
+  }
+  error_code ec;
+  co_await timer->async_wait(ec_token(ec));
+  // Woken (cancelled) or the deadline: the slots' own record says which, under their lock.
+  co_return slots_.abandon(user, w) ? admitted::timed_out : admitted::yes;
+}
+
 net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const std::string& credential) {
   const std::string key = session_cache::key_of(credential);
   if (auto name = sessions_.lookup(key, now_())) {
     metrics_.session_cache_hits.inc();
-    co_return identity{identity::kind::user, std::move(*name)};
+    co_return identity{identity::kind::user, std::move(*name), std::nullopt};
   }
   metrics_.session_cache_misses.inc();
   const auto& req = ex.parser.get();
@@ -301,16 +380,10 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
   if (res.k != upstream_answer::kind::answered) co_return identity{};
   if (res.status == 401) co_return identity{identity::kind::rejected, {}};
   if (res.status != 200) co_return identity{};
-  const auto body = nlohmann::json::parse(res.body, nullptr, false);
-  const nlohmann::json* name = nullptr;
-  if (body.is_object() && body.contains("userCtx") && body["userCtx"].is_object() && body["userCtx"].contains("name")) {
-    name = &body["userCtx"]["name"];
-  }
-  if (name == nullptr || !name->is_string() || name->get_ref<const std::string&>().empty()) {
-    co_return identity{identity::kind::rejected, {}};
-  }
-  sessions_.store(key, name->get<std::string>(), now_());
-  co_return identity{identity::kind::user, name->get<std::string>()};
+  auto who = policy::parse_session_answer(nlohmann::json::parse(res.body, nullptr, false));
+  if (!who) co_return identity{identity::kind::rejected, {}};
+  sessions_.store(key, who->name, now_());
+  co_return identity{identity::kind::user, who->name, std::move(who)};
 }
 
 net::awaitable<forwarder::upstream_answer> forwarder::exchange(std::size_t context,
@@ -356,8 +429,8 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
   const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
-    const bool ok =
-        co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), headers);
+    const header_list all = with_cors(options_.cors, req, std::move(headers));
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
     co_return ok && keep;
   };
 
@@ -392,8 +465,9 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
       local_pool_->get_executor(), [&fn, &lr]() -> net::awaitable<local_answer> { co_return fn(lr); },
       net::use_awaitable);
   out.status = a.status;
+  const header_list headers = with_cors(options_.cors, req, std::move(a.headers));
   const bool ok = co_await write_response(ex.stream, static_cast<http::status>(a.status), std::move(a.body), keep,
-                                          client_timeout(), a.headers);
+                                          client_timeout(), headers);
   co_return ok && keep;
 }
 
@@ -405,7 +479,8 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
     const bool keep = req.keep_alive() && ex.parser.is_done();
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), headers);
+    const header_list all = with_cors(options_.cors, req, std::move(headers));
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
     co_return ok && keep;
   };
 

@@ -15,13 +15,17 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <unordered_set>
 
 #include "gateway/front/auth_limits.hpp"
+#include "gateway/front/cors.hpp"
 #include "gateway/front/feed_park.hpp"
 #include "gateway/front/front_metrics.hpp"
 #include "gateway/front/http_server.hpp"
 #include "gateway/front/local.hpp"
+#include "gateway/front/responses.hpp"
 #include "gateway/front/route.hpp"
 #include "gateway/front/secure_request.hpp"
 #include "gateway/front/upstream_pool.hpp"
@@ -38,7 +42,9 @@ struct forwarder_options {
   std::chrono::milliseconds client_timeout{60000};   // each body read/write on the client side
   std::chrono::milliseconds upstream_timeout{300000};  // each read/write on the upstream side
   std::chrono::milliseconds session_cache_ttl{10000};
-  std::size_t max_requests_per_user = 64;
+  std::size_t max_requests_per_user = 16;            // in flight per user; more wait in the user's queue
+  std::size_t user_queue_length = 1024;              // waiting per user; more get 429
+  std::chrono::milliseconds user_queue_timeout{60000};  // longest wait in that queue, then 503
   std::size_t auth_failure_limit = 20;
   std::chrono::milliseconds auth_failure_window{60000};
   std::size_t relay_buffer = 64u << 10;  // bytes held per direction per request
@@ -47,6 +53,8 @@ struct forwarder_options {
   std::size_t local_threads = 4;         // workers for local handlers (each may wait on CouchDB)
   std::size_t local_rate_limit = 20;     // local requests per address per window (429 above)
   std::chrono::milliseconds local_rate_window{60000};
+  cors_policy cors;                      // CORS headers on couchgate's own answers and preflights
+  token_user_provisioner provision_token_user;  // empty: JWT callers' databases are not made here
   feed_registry* feeds = nullptr;        // parked live feeds; null: feeds are forwarded like any request
   std::size_t feed_body_limit = 64u << 10;  // a POST _changes body (doc_ids, selector) kept for every read
   std::size_t feed_answer_limit = 64u << 20;  // one upstream `_changes` answer read for a feed
@@ -54,6 +62,10 @@ struct forwarder_options {
   // long before it is looked at, so a test can write in the window between check and park.
   std::chrono::milliseconds test_check_delay{0};
 };
+
+// The CORS headers for an answer couchgate writes itself to `request` (write_response's own
+// headers plus `extra`), appended to `extra`.
+header_list with_cors(const cors_policy& cors, const http::fields& request, header_list extra);
 
 class forwarder {
  public:
@@ -65,6 +77,7 @@ class forwarder {
   net::awaitable<bool> handle(server_exchange& exchange);
 
   const session_cache& sessions() const { return sessions_; }
+  std::size_t user_queued() const { return slots_.queued(); }
   // SIGHUP: takes the limits a reload may change from `options` (client_timeout,
   // session_cache_ttl, max_requests_per_user, auth_failure_*, local_rate_*); the rest is ignored.
   void apply_limits(const forwarder_options& options);
@@ -77,6 +90,7 @@ class forwarder {
   struct identity {
     enum class kind { user, rejected, unavailable } k = kind::unavailable;
     std::string name;
+    std::optional<policy::session_user> session;  // when just asked (not from the cache)
   };
   struct upstream_answer {
     enum class kind { answered, busy, unreachable, too_large } k = kind::unreachable;
@@ -84,6 +98,9 @@ class forwarder {
     std::string body;
   };
   net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out);
+  enum class admitted { yes, queue_full, timed_out };
+  // A slot among the user's max_requests_per_user, waiting in the user's FIFO queue if need be.
+  net::awaitable<admitted> admit(const std::string& user);
   net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential);
   // One complete request/response over a leased connection (a stale reused one retried once).
   net::awaitable<upstream_answer> exchange(std::size_t context, const http::request<http::string_body>& request,
@@ -108,7 +125,9 @@ class forwarder {
   auth_failures failures_;
   user_slots slots_;
   auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)
-  std::unique_ptr<net::thread_pool> local_pool_;
+  std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_token_user
+  std::mutex token_mu_;
+  std::unordered_set<std::string> token_users_ready_;  // JWT callers whose database is known to exist
 };
 
 }  // namespace couchgate::gateway::front

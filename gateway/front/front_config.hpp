@@ -14,9 +14,23 @@ struct front_tls_config {
   bool operator==(const front_tls_config&) const = default;
 };
 
+// CouchDB's [cors] section, for the answers couchgate writes itself (forwarded answers carry
+// CouchDB's own headers). Empty methods/headers: CouchDB's default lists.
+struct front_cors_config {
+  bool enable = false;                       // [chttpd] enable_cors
+  std::vector<std::string> origins{};        // [cors] origins; "*" = any
+  bool credentials = false;                  // [cors] credentials
+  std::vector<std::string> methods{};        // [cors] methods
+  std::vector<std::string> headers{};        // [cors] headers
+  long long max_age = 600;                   // [cors] max_age, seconds
+  bool operator==(const front_cors_config&) const = default;
+};
+
 struct front_upstream_config {
-  std::size_t max_connections = 16;               // hard cap on the front door's sockets to CouchDB
-  std::chrono::milliseconds wait_timeout{5000};   // a request waits this long for one, then 503
+  // Sized so that one user at front.max_requests_per_user never fills it: pool waits happen only
+  // when several users sync at full parallelism at once, and then they are served in turn (FIFO).
+  std::size_t max_connections = 64;               // hard cap on the front door's sockets to CouchDB
+  std::chrono::milliseconds wait_timeout{30000};  // a request waits this long for one, then 503
   std::chrono::seconds read_timeout{300};         // silence allowed on one upstream read (feeds!)
   bool operator==(const front_upstream_config&) const = default;
 };
@@ -38,10 +52,16 @@ struct front_config {
   std::chrono::milliseconds header_timeout{10000};  // a request's header must arrive within this
   std::chrono::milliseconds idle_timeout{60000};    // keep-alive idle, and each body read/write
   std::chrono::milliseconds session_cache_ttl{10000};
-  std::size_t max_requests_per_user = 64;           // concurrent requests of one user
+  // Requests of one user in flight; more wait in the user's FIFO queue (PouchDB fetches a
+  // batch's attachments all at once and does not retry a 429), up to user_queue_length of them
+  // for up to user_queue_timeout (then 429 / 503, with Retry-After).
+  std::size_t max_requests_per_user = 16;
+  std::size_t user_queue_length = 1024;
+  std::chrono::milliseconds user_queue_timeout{60000};
   std::size_t auth_failure_limit = 20;              // failed authentications per address per window
   std::chrono::milliseconds auth_failure_window{60000};
   front_upstream_config upstream{};
+  front_cors_config cors{};
   // Parked live feeds (issue 14): live `_changes` feeds one user may hold open (429 above), and
   // how often the databases with parked feeds are swept when the server has no `_db_updates`.
   std::size_t max_parked_per_user = 32;

@@ -57,10 +57,13 @@ forwarder_options forwarder_options_of(const config& cfg) {
   fo.upstream_timeout = cfg.front.upstream.read_timeout;
   fo.session_cache_ttl = cfg.front.session_cache_ttl;
   fo.max_requests_per_user = cfg.front.max_requests_per_user;
+  fo.user_queue_length = cfg.front.user_queue_length;
+  fo.user_queue_timeout = cfg.front.user_queue_timeout;
   fo.auth_failure_limit = cfg.front.auth_failure_limit;
   fo.auth_failure_window = cfg.front.auth_failure_window;
   fo.local_rate_limit = cfg.identities.rate_limit;
   fo.local_rate_window = cfg.identities.rate_window;
+  fo.cors = make_cors_policy(cfg.front.cors);
   return fo;
 }
 
@@ -94,7 +97,8 @@ struct front_door::impl {
       : cfg(c.front), metrics(registry), feeds(c.front.max_parked_per_user) {}
 };
 
-front_door::front_door(const config& cfg, replicator::registry& registry, front::local_handler local)
+front_door::front_door(const config& cfg, replicator::registry& registry, front::local_handler local,
+                       front::token_user_provisioner provision_token_user)
     : impl_(std::make_unique<impl>(cfg, registry)) {
   auto& d = *impl_;
   const auto address = parse_upstream_url(cfg.couchdb.url);
@@ -115,6 +119,7 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                                            cfg.front.upstream.wait_timeout, std::chrono::milliseconds(10000), client_tls);
   forwarder_options fo = forwarder_options_of(cfg);
   fo.local = std::move(local);
+  fo.provision_token_user = std::move(provision_token_user);
   fo.feeds = &d.feeds;
   if (const char* hold = std::getenv("COUCHGATE_TEST_FEED_CHECK_DELAY_MS"); hold != nullptr && *hold != '\0') {
     fo.test_check_delay = std::chrono::milliseconds(std::strtoll(hold, nullptr, 10));
@@ -130,6 +135,7 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   }
   d.server = std::make_unique<http_server>(
       *d.io, limits, [h = d.handler.get()](server_exchange& ex) { return h->handle(ex); }, provider);
+  d.server->set_answer_headers([cors = fo.cors](const http::fields& request) { return with_cors(cors, request, {}); });
 
   auto* self = impl_.get();
   registry.add_callback("couchgate_front_client_connections", "Open client connections to the front door",
@@ -148,6 +154,9 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                                 [self] { return static_cast<double>(self->server->counters().header_too_large.load()); });
   registry.add_counter_callback("couchgate_front_body_too_large_total", "Requests refused with 413",
                                 [self] { return static_cast<double>(self->server->counters().body_too_large.load()); });
+  registry.add_callback("couchgate_front_user_queued",
+                        "Requests waiting because their user had front.max_requests_per_user in flight",
+                        [self] { return static_cast<double>(self->handler->user_queued()); });
   registry.add_callback("couchgate_front_upstream_open", "Front door connections to CouchDB open",
                         [self] { return static_cast<double>(self->pool->stats().open); });
   registry.add_callback("couchgate_front_upstream_in_use", "Front door connections to CouchDB in use",

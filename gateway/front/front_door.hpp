@@ -17,7 +17,8 @@ class front_door {
  public:
   // Throws std::runtime_error when the configuration cannot be applied (unreadable certificate,
   // couchdb.url unusable): startup time only.
-  front_door(const config& cfg, replicator::registry& metrics, front::local_handler local = {});
+  front_door(const config& cfg, replicator::registry& metrics, front::local_handler local = {},
+             front::token_user_provisioner provision_token_user = {});
   ~front_door();
   front_door(const front_door&) = delete;
   front_door& operator=(const front_door&) = delete;

@@ -24,7 +24,8 @@ front_metrics::front_metrics(replicator::registry& r)
       rate_limited(r.add_counter("couchgate_front_rate_limited_total",
                                  "Requests refused with 429 after too many failed authentications from the address")),
       user_limited(r.add_counter("couchgate_front_user_limited_total",
-                                 "Requests refused with 429 because the user had too many requests in flight")),
+                                 "Requests refused because the user had too many requests in flight and queued "
+                                 "(429), or waited in the user's queue past front.user_queue_timeout (503)")),
       upstream_busy(r.add_counter("couchgate_front_upstream_busy_total",
                                   "Requests answered 503 because no upstream connection freed up in time")),
       auth_failures(r.add_counter("couchgate_front_auth_failures_total", "Credentials CouchDB did not accept")) {

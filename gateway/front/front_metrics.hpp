@@ -27,7 +27,7 @@ class front_metrics {
   replicator::counter& session_cache_misses;
   replicator::counter& tls_refusals;        // 403: not over TLS and not allowed
   replicator::counter& rate_limited;        // 429: too many failed authentications from an address
-  replicator::counter& user_limited;        // 429: too many concurrent requests of one user
+  replicator::counter& user_limited;        // 429/503: the user's queue full, or its wait deadline passed
   replicator::counter& upstream_busy;       // 503: no upstream connection within the wait deadline
   replicator::counter& auth_failures;       // credentials CouchDB did not accept
 

@@ -109,6 +109,9 @@ net::awaitable<void> http_server::session(tcp::socket socket, std::size_t contex
     info.peer = remote.address().to_string();
     info.peer_ip = parse_ip(info.peer);
   }
+  // Responses are written in several pieces (header, then the body relayed buffer by buffer):
+  // with Nagle's algorithm on, each small last segment would wait for the client's delayed ACK.
+  socket.set_option(tcp::no_delay(true), ec);
   beast::tcp_stream tcp_stream(std::move(socket));
   beast::flat_buffer buffer;
   std::shared_ptr<ssl::context> tls_context = tls_ ? tls_() : nullptr;
@@ -177,8 +180,12 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
                                   lim.idle_timeout);
       } else if (ec == http::error::body_limit) {
         counters_.body_too_large.fetch_add(1);
+        // A named local: GCC 12 destroys a conditional's temporary twice inside co_await.
+        header_list extra;
+        if (answer_headers_) extra = answer_headers_(parser.get());
         co_await write_json_error(stream, http::status::payload_too_large, "too_large",
-                                  "the request body is larger than front.max_body_bytes", false, lim.idle_timeout);
+                                  "the request body is larger than front.max_body_bytes", false, lim.idle_timeout,
+                                  extra);
       } else if (is_timeout(ec)) {
         counters_.timeouts.fetch_add(1);
       } else if (ec != http::error::end_of_stream && ec != net::error::eof && ec != net::error::connection_reset) {

@@ -14,6 +14,8 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gateway/front/cidr.hpp"
 #include "gateway/front/io_threads.hpp"
@@ -75,6 +77,10 @@ class http_server {
   // Destroys the acceptor: after the contexts stopped, before they are destroyed.
   void release_acceptor() { acceptor_.reset(); }
   const server_counters& counters() const { return counters_; }
+  // Extra headers (CORS) for the answers the server writes itself once a request's header is
+  // parsed (413 on its Content-Length); set before listen().
+  using answer_headers_fn = std::function<std::vector<std::pair<std::string, std::string>>(const http::fields&)>;
+  void set_answer_headers(answer_headers_fn fn) { answer_headers_ = std::move(fn); }
   // SIGHUP: new limits; each connection takes them up at its next request (open connections
   // above a lowered max_connections stay open).
   void set_limits(const server_limits& limits);
@@ -90,6 +96,7 @@ class http_server {
   server_limits limits_;  // guarded by limits_mu_
   request_handler handler_;
   tls_provider tls_;
+  answer_headers_fn answer_headers_;
   std::unique_ptr<tcp::acceptor> acceptor_;
   bool closed_ = false;
   std::atomic<std::size_t> next_context_{0};

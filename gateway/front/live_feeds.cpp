@@ -22,7 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/front/responses.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/logger.hpp"
 
 namespace couchgate::gateway::front {
@@ -85,7 +85,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), headers);
+    const header_list all = with_cors(options_.cors, req, std::move(headers));
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
     co_return ok && keep;
   };
 
@@ -153,6 +154,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     res.set(http::field::cache_control, "must-revalidate");
     res.chunked(true);
     res.keep_alive(keep);
+    // couchgate writes this answer, not CouchDB: CORS headers as for its other own answers.
+    for (auto& [name, value] : with_cors(options_.cors, req, {})) res.set(name, value);
     http::response_serializer<http::empty_body> writer{res};
     error_code ec;
     ex.stream.tcp().expires_after(client_timeout());
@@ -181,8 +184,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const auto finish = [&](std::string text) -> net::awaitable<bool> {
     if (!header_sent && request.kind == feed_kind::longpoll) {
       out.status = 200;
-      const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, client_timeout(),
-                                              one_header("Cache-Control", "must-revalidate"));
+      const header_list headers = with_cors(options_.cors, req, one_header("Cache-Control", "must-revalidate"));
+      const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, client_timeout(), headers);
       co_return ok && keep;
     }
     if (!co_await send_chunk(std::move(text))) co_return false;
@@ -197,8 +200,9 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     }
     if (!header_sent) {
       out.status = status;
+      const header_list headers = with_cors(options_.cors, req, {});
       co_return co_await write_response(ex.stream, static_cast<http::status>(status), std::move(text), false,
-                                        client_timeout());
+                                        client_timeout(), headers);
     }
     // Too late for a status: the longpoll body becomes CouchDB's error object; a continuous
     // or eventsource feed just ends. The connection closes either way.

@@ -6,6 +6,8 @@
 #include <utility>
 #include <vector>
 
+#include "policy/users.hpp"
+
 namespace couchgate::gateway::front {
 
 // A request couchgate answers itself (route_kind::local: sign-up and identities). The handler
@@ -25,5 +27,10 @@ struct local_answer {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 using local_handler = std::function<local_answer(const local_request&)>;
+
+// A caller CouchDB authenticated by a JWT (no `_users` document): makes their database by the
+// policy if it is missing (gateway/provisioner), before their first request is forwarded.
+// Blocking, like a local handler (runs on the same workers). False when that could not be done.
+using token_user_provisioner = std::function<bool(const policy::session_user&)>;
 
 }  // namespace couchgate::gateway::front

@@ -14,7 +14,7 @@
 #include <string>
 #include <string_view>
 
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 
 namespace couchgate::gateway::front {
 

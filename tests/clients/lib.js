@@ -152,12 +152,40 @@ function random_token(prefix) {
 }
 
 // Appends secrets (strings that must never appear in couchgate's log) to the file the
-// driver scans with, one JSON array.
+// driver scans with, one JSON array, and to the whole run's register (COUCHGATE_TEST_SECRETS,
+// one per line: tests/run.sh scans every log of the run for them at the end).
 function record_secrets(p, list) {
+  const items = list.filter(Boolean);
+  if (process.env.COUCHGATE_TEST_SECRETS) {
+    const lines = items.filter((s) => !/[\r\n]/.test(s)).map((s) => `${s}\n`).join('');
+    if (lines) fs.appendFileSync(process.env.COUCHGATE_TEST_SECRETS, lines, { mode: 0o600 });
+  }
   if (!p.secrets_out) return;
   let cur = [];
   try { cur = JSON.parse(fs.readFileSync(p.secrets_out, 'utf8')); } catch (e) { /* first write */ }
-  fs.writeFileSync(p.secrets_out, JSON.stringify(cur.concat(list.filter(Boolean))));
+  fs.writeFileSync(p.secrets_out, JSON.stringify(cur.concat(items)));
+}
+
+// Milliseconds each of `paths` takes to GET in full, one after another on one keep-alive
+// connection (the first request also pays for the connection and is left out), with its
+// status and byte count.
+async function timed_gets(base, paths, headers = {}) {
+  const mod = new URL(base).protocol === 'https:' ? https : http;
+  const agent = new mod.Agent({ keepAlive: true, maxSockets: 1 });
+  const out = [];
+  await request(base, paths[0], { headers, agent });
+  for (const path of paths) {
+    const t0 = process.hrtime.bigint();
+    const r = await request(base, path, { headers: { Accept: '*/*', ...headers }, agent, timeout_ms: 60000 });
+    out.push({ ms: Number(process.hrtime.bigint() - t0) / 1e6, status: r.status, bytes: r.body.length });
+  }
+  agent.destroy();
+  return out;
+}
+
+function median(values) {
+  const v = values.slice().sort((a, b) => a - b);
+  return v.length ? v[Math.floor((v.length - 1) / 2)] : NaN;
 }
 
 // The AuthSession value in a Set-Cookie answer, if any.
@@ -172,5 +200,5 @@ function auth_session(res) {
 
 module.exports = {
   params, checks, request, server, raw_exchange, eventually, bytes, md5_digest, basic,
-  random_token, record_secrets, auth_session, trunc,
+  random_token, record_secrets, auth_session, trunc, timed_gets, median,
 };

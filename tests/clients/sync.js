@@ -231,6 +231,18 @@ async function main() {
     c.ok(bytes_bad === 0 && bytes_ok >= BIG, `attachment bytes in alice2: ${bytes_ok} match what was written, ${bytes_bad} do not`);
   });
 
+  await step('3b. timing: 1 MiB attachments one after another, through the front door and directly', async () => {
+    const ids = [];
+    for (let i = 0; i < Math.min(BIG, 10); i++) if (i % 10 !== 3) ids.push(`${id_of(i)}/big.bin`);
+    const front = await lib.timed_gets(p.front, ids.map((x) => `/me/${x}`), { Authorization: lib.basic(alice.name, alice.password) });
+    const straight = await lib.timed_gets(p.server.url, ids.map((x) => `/${encodeURIComponent(alice.db)}/${x}`),
+      p.server.user ? { Authorization: lib.basic(p.server.user, p.server.password) } : {});
+    c.ok([...front, ...straight].every((x) => x.status === 200 && x.bytes === MiB),
+      `timed GETs: ${lib.trunc(JSON.stringify({ front, straight }))}`);
+    console.log(`timing: ${JSON.stringify({ attachments: ids.length, front_tls_median_ms: lib.median(front.map((x) => x.ms)),
+      direct_median_ms: lib.median(straight.map((x) => x.ms)) })}`);
+  });
+
   await step('4. concurrent edits of one document converge to one winner everywhere', async () => {
     const id = id_of(1);
     for (const [db, who] of [[a1, 'alice1'], [a2, 'alice2']]) {

@@ -20,8 +20,8 @@
 #include "replicator/answers.hpp"
 #include "replicator/change_detector.hpp"
 #include "replicator/couch_error.hpp"
-#include "replicator/http_pool.hpp"
 #include "replicator/server_gate.hpp"
+#include "replicator/transport/http_pool.hpp"
 #include "replicator/transfer.hpp"
 #include "replicator/wire_json.hpp"
 

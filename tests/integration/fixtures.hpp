@@ -48,24 +48,6 @@ inline leaf_map central_user_docs(const std::string& central) {
   return all;
 }
 
-inline std::string b64(const std::string& s) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  std::size_t i = 0;
-  for (; i + 2 < s.size(); i += 3) {
-    unsigned v = (unsigned char)s[i] << 16 | (unsigned char)s[i + 1] << 8 | (unsigned char)s[i + 2];
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
-  }
-  if (i + 1 == s.size()) {
-    unsigned v = (unsigned char)s[i] << 16;
-    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
-  } else if (i + 2 == s.size()) {
-    unsigned v = (unsigned char)s[i] << 16 | (unsigned char)s[i + 1] << 8;
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
-  }
-  return out;
-}
-
 // Writes a varied history into one database: creates, an update, a deletion, a conflict written
 // with new_edits:false, an attachment, a design document and an odd id.
 inline void write_varied(const std::string& db, int salt) {

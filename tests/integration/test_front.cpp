@@ -16,6 +16,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <optional>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sstream>
 #include <thread>
 
@@ -106,10 +108,7 @@ front_reply front_call(int port, bool tls, const std::string& method, const std:
   return out;
 }
 
-std::string temp_dir() {
-  char tmpl[] = "/tmp/couchgate-front-XXXXXX";
-  return mkdtemp(tmpl);
-}
+std::string temp_dir() { return make_temp_dir("couchgate-front"); }
 
 std::string read_all(const std::string& path) {
   std::ifstream f(path);
@@ -154,6 +153,19 @@ std::vector<user> provisioned_users(const names& n, int count) {
                     "database of " << u.name << " not provisioned");
   }
   return users;
+}
+
+// Two provisioned users with their Basic headers; alice's identity is cached by a first request.
+struct user_pair {
+  std::vector<user> users;
+  header_list alice, bob;
+};
+user_pair alice_and_bob(const names& n, int port) {
+  user_pair p{provisioned_users(n, 2), {}, {}};
+  p.alice = {{"Authorization", basic(p.users[0].name, p.users[0].password)}};
+  p.bob = {{"Authorization", basic(p.users[1].name, p.users[1].password)}};
+  REQUIRE(front_call(port, false, "GET", "/me", p.alice).status == 200);
+  return p;
 }
 
 json front_config(const std::string& dir) {
@@ -545,13 +557,15 @@ TEST_CASE("front door: keep-alive connections carry many requests; HEAD; gzip pa
 
 TEST_CASE("front door: per-user concurrent requests and client connections are capped") {
   auto n = fresh_names("frontcap");
-  auto run = start_front(n, {{"allow_insecure", true}, {"max_requests_per_user", 1}, {"max_connections", 4}}, temp_dir());
+  // user_queue_length 0: over the cap is refused at once (the queue has its own test below).
+  auto run = start_front(
+      n, {{"allow_insecure", true}, {"max_requests_per_user", 1}, {"user_queue_length", 0}, {"max_connections", 4}},
+      temp_dir());
   auto& cg = *run.process;
   const int port = run.port;
-  const auto users = provisioned_users(n, 2);
-  const header_list alice{{"Authorization", basic(users[0].name, users[0].password)}};
-  const header_list bob{{"Authorization", basic(users[1].name, users[1].password)}};
-  REQUIRE(front_call(port, false, "GET", "/me", alice).status == 200);  // identity cached
+  const auto pair = alice_and_bob(n, port);
+  const auto& alice = pair.alice;
+  const auto& bob = pair.bob;
 
   // Alice's one request slot is held by an unfinished upload: her next request gets 429, Bob's is served.
   std::optional<held_request> feed(std::in_place, port, alice, "/me/held");
@@ -577,6 +591,246 @@ TEST_CASE("front door: per-user concurrent requests and client connections are c
   CHECK(eventually([&] { return front_call(port, false, "GET", "/", {}).status == 200; }, std::chrono::seconds(5)));
 
   feed.reset();
+}
+
+TEST_CASE("front door: a user's requests beyond the cap wait their turn, bounded in number and time") {
+  auto n = fresh_names("frontq");
+  auto run = start_front(n,
+                         {{"allow_insecure", true},
+                          {"max_requests_per_user", 1},
+                          {"user_queue_length", 2},
+                          {"user_queue_timeout", "4s"}},
+                         temp_dir());
+  auto& cg = *run.process;
+  const int port = run.port;
+  const auto pair = alice_and_bob(n, port);
+  const auto& users = pair.users;
+  const auto& alice = pair.alice;
+  const auto& bob = pair.bob;
+
+  // Alice's one slot is held by an unfinished upload (a live feed would be parked and hold no
+  // slot): two more requests queue (not 429), a third finds the queue full (429 + Retry-After);
+  // Bob is not held up. When the upload's connection closes, both queued requests are served.
+  front_reply q1, q2;
+  std::optional<held_request> held(std::in_place, port, alice, "/me/held");
+  REQUIRE(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(10)));
+  std::thread t1([&] { q1 = front_call(port, false, "PUT", "/me/queued-1", alice, json{{"v", 1}}.dump()); });
+  REQUIRE(eventually([&] { return cg.metric("couchgate_front_user_queued").value_or(0) == 1; }, std::chrono::seconds(10)));
+  std::thread t2([&] { q2 = front_call(port, false, "PUT", "/me/queued-2", alice, json{{"v", 2}}.dump()); });
+  REQUIRE(eventually([&] { return cg.metric("couchgate_front_user_queued").value_or(0) == 2; }, std::chrono::seconds(10)));
+  auto full = front_call(port, false, "GET", "/me", alice);
+  CHECK(full.status == 429);
+  CHECK(full.headers.find("Retry-After") != full.headers.end());
+  CHECK(front_call(port, false, "GET", "/me", bob).status == 200);
+  held.reset();
+  t1.join();
+  t2.join();
+  CHECK_MESSAGE(q1.status == 201, q1.raw);
+  CHECK_MESSAGE(q2.status == 201, q2.raw);
+  CHECK(couch().get("/" + enc(users[0].db) + "/queued-2").status == 200);
+  CHECK(cg.metric("couchgate_front_user_queued").value_or(-1) == 0);
+
+  // A queued request whose turn does not come within user_queue_timeout gets 503 + Retry-After.
+  held.emplace(port, alice, "/me/held");
+  REQUIRE(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(0) == 1; }, std::chrono::seconds(10)));
+  const auto start = std::chrono::steady_clock::now();
+  auto late = front_call(port, false, "GET", "/me", alice);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  CHECK(late.status == 503);
+  CHECK(late.headers.find("Retry-After") != late.headers.end());
+  CHECK(waited >= std::chrono::milliseconds(3500));
+  CHECK(cg.metric("couchgate_front_user_queued").value_or(-1) == 0);
+  held.reset();
+  // The slot comes back once couchgate has seen the upload's connection close.
+  CHECK(eventually([&] { return front_call(port, false, "GET", "/me", alice).status == 200; }, std::chrono::seconds(10)));
+}
+
+namespace {
+std::string base64url(const std::string& s) {
+  std::string out = b64(s);
+  for (auto& c : out) c = c == '+' ? '-' : c == '/' ? '_' : c;
+  while (!out.empty() && out.back() == '=') out.pop_back();
+  return out;
+}
+std::string base64_decode(const std::string& in) {
+  std::string out;
+  unsigned buf = 0;
+  int bits = 0;
+  for (char c : in) {
+    int v = c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 : c >= '0' && c <= '9' ? c - '0' + 52
+            : c == '+' ? 62 : c == '/' ? 63 : -1;
+    if (v < 0) continue;
+    buf = buf << 6 | static_cast<unsigned>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((buf >> bits) & 0xff);
+    }
+  }
+  return out;
+}
+// An HS256 JWT for `sub` with CouchDB's default roles claim, signed with `key` (raw bytes).
+std::string make_jwt(const std::string& key, const std::string& sub, const std::vector<std::string>& roles) {
+  const auto exp = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count() + 600;
+  const std::string signing_input = base64url(json{{"alg", "HS256"}, {"typ", "JWT"}}.dump()) + "." +
+                                    base64url(json{{"sub", sub}, {"_couchdb.roles", roles}, {"exp", exp}}.dump());
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(signing_input.data()),
+       signing_input.size(), mac, &len);
+  return signing_input + "." + base64url(std::string(reinterpret_cast<char*>(mac), len));
+}
+}  // namespace
+
+TEST_CASE("front door: a JWT user without _users document gets a database by the policy before the first request") {
+  if (env().pouchdb) {
+    MESSAGE("skipped: pouchdb-server has no JWT authentication (CouchDB's jwt_authentication_handler with [jwt_keys]); "
+            "this case runs against a real CouchDB 3.x");
+    return;
+  }
+  // The server accepts HS256 tokens signed with the key: either it is configured already
+  // (COUCHGATE_TEST_JWT_KEY, base64, = its [jwt_keys] hmac:_default), or the test configures it
+  // through the admin API (the JWT handler first in [chttpd] authentication_handlers) and puts
+  // the old values back at the end.
+  std::string key_b64 = std::getenv("COUCHGATE_TEST_JWT_KEY") ? std::getenv("COUCHGATE_TEST_JWT_KEY") : "";
+  struct restore_config {
+    std::vector<std::pair<std::string, std::optional<std::string>>> old;  // path, old value (nullopt: absent)
+    ~restore_config() {
+      for (auto it = old.rbegin(); it != old.rend(); ++it) {
+        if (it->second) couch().put(it->first, json(*it->second));
+        else couch().del(it->first);
+      }
+    }
+    void set(const std::string& path, const std::string& value) {
+      auto cur = couch().get(path);
+      old.emplace_back(path, cur.status == 200 && cur.body.is_string() ? std::optional(cur.body.get<std::string>()) : std::nullopt);
+      auto r = couch().put(path, json(value));
+      REQUIRE_MESSAGE(r.status == 200, path << ": " << r.raw);
+    }
+  } restore;
+  if (key_b64.empty()) {
+    key_b64 = b64("couchgate-test-" + unique("jwtkey"));
+    restore.set("/_node/_local/_config/jwt_keys/hmac:_default", key_b64);
+    auto handlers = couch().get("/_node/_local/_config/chttpd/authentication_handlers");
+    const std::string current = handlers.status == 200 && handlers.body.is_string()
+                                    ? handlers.body.get<std::string>()
+                                    : "{chttpd_auth, cookie_authentication_handler}, {chttpd_auth, default_authentication_handler}";
+    if (current.find("jwt_authentication_handler") == std::string::npos) {
+      restore.set("/_node/_local/_config/chttpd/authentication_handlers",
+                  "{chttpd_auth, jwt_authentication_handler}, " + current);
+    }
+  }
+  const std::string key = base64_decode(key_b64);
+
+  auto n = fresh_names("frontjwt");
+  auto run = start_front(n, {{"allow_insecure", true}}, temp_dir());
+  auto& cg = *run.process;
+  const std::string name = unique("jwtuser");
+  const std::string token = make_jwt(key, name, {n.role, "app"});
+  register_secret(token);
+  const header_list bearer{{"Authorization", "Bearer " + token}};
+  const std::string db = couchgate::policy::user_db_name(n.prefix, name);
+
+  // CouchDB itself takes the token (a server that does not is a setup problem, said so).
+  REQUIRE_MESSAGE(eventually(
+                      [&] {
+                        auto s = front_call(run.port, false, "GET", "/_session", bearer);
+                        return s.status == 200 && s.body["info"]["authenticated"] == "jwt";
+                      },
+                      std::chrono::seconds(15)),
+                  "the server does not accept the test's HS256 JWT: configure [jwt_keys] hmac:_default and the "
+                  "jwt_authentication_handler, or set COUCHGATE_TEST_JWT_KEY");
+  CHECK(couch().get("/_users/" + enc("org.couchdb.user:" + name)).status == 404);
+  CHECK(couch().get("/" + enc(db)).status == 404);
+
+  // The first request through /me finds the database made, with the policy's _security.
+  auto info = front_call(run.port, false, "GET", "/me", bearer);
+  REQUIRE_MESSAGE(info.status == 200, info.raw << "\n" << tail(cg.log()));
+  CHECK(info.body["db_name"] == db);
+  auto security = couch().get("/" + enc(db) + "/_security");
+  CHECK_MESSAGE(security.body["members"]["names"] == json::array({name}), security.raw);
+  auto put = front_call(run.port, false, "PUT", "/me/from-jwt", bearer, json{{"v", 1}}.dump());
+  CHECK_MESSAGE(put.status == 201, put.raw);
+  CHECK(couch().get("/" + enc(db) + "/from-jwt").status == 200);
+
+  // A token whose roles the policy does not select gets no database (CouchDB answers 404).
+  const std::string other = unique("jwtother");
+  const std::string other_token = make_jwt(key, other, {"not-selected"});
+  register_secret(other_token);
+  auto refused = front_call(run.port, false, "GET", "/me", {{"Authorization", "Bearer " + other_token}});
+  CHECK(refused.status == 404);
+  CHECK(couch().get("/" + enc(couchgate::policy::user_db_name(n.prefix, other))).status == 404);
+  CHECK(cg.log().find(token) == std::string::npos);
+  CHECK(cg.terminate() == 0);
+  couch().del("/" + enc(db));
+}
+
+TEST_CASE("front door CORS: preflights and couchgate's own answers carry CouchDB's [cors] headers") {
+  auto n = fresh_names("frontcors");
+  const std::string origin = "https://app.example";
+  auto run = start_front(n,
+                         {{"allow_insecure", true},
+                          {"max_body_bytes", "4KiB"},
+                          {"cors", {{"enable", true}, {"origins", {origin}}, {"credentials", true}, {"max_age", 1200}}}},
+                         temp_dir());
+  const int port = run.port;
+  const auto get = [](const front_reply& r, http::field f) { return std::string(r.headers[f]); };
+
+  // A preflight carries no credential: answered 204 by couchgate, for /me as for any path.
+  auto pre = front_call(port, false, "OPTIONS", "/me/doc",
+                        {{"Origin", origin}, {"Access-Control-Request-Method", "PUT"},
+                         {"Access-Control-Request-Headers", "authorization, content-type"}});
+  CHECK(pre.status == 204);
+  CHECK(get(pre, http::field::access_control_allow_origin) == origin);
+  CHECK(get(pre, http::field::access_control_allow_credentials) == "true");
+  CHECK(get(pre, http::field::access_control_max_age) == "1200");
+  CHECK(get(pre, http::field::access_control_allow_methods).find("PUT") != std::string::npos);
+  CHECK(get(pre, http::field::access_control_allow_headers) == "authorization, content-type");
+  CHECK(get(pre, http::field::server) == "couchgate");
+  // An origin not listed, or a header not allowed: not a preflight for front.cors, so couchgate
+  // does not answer it itself; it goes on to the server, as every OPTIONS did before (whose own
+  // [cors] decides: pouchdb-server allows any origin, a CouchDB configured alike refuses).
+  auto stranger = front_call(port, false, "OPTIONS", "/me/doc",
+                             {{"Origin", "https://evil.example"}, {"Access-Control-Request-Method", "PUT"}});
+  CHECK(stranger.status != 0);
+  CHECK(get(stranger, http::field::server) != "couchgate");
+  auto odd_header = front_call(
+      port, false, "OPTIONS", "/me/doc",
+      {{"Origin", origin}, {"Access-Control-Request-Method", "PUT"}, {"Access-Control-Request-Headers", "x-secret"}});
+  CHECK(get(odd_header, http::field::server) != "couchgate");
+
+  // Error answers couchgate writes itself: 401 (no credential), 404 (not a route), 413 (body cap).
+  auto unauthorized = front_call(port, false, "GET", "/me", {{"Origin", origin}});
+  CHECK(unauthorized.status == 401);
+  CHECK(get(unauthorized, http::field::access_control_allow_origin) == origin);
+  CHECK(get(unauthorized, http::field::access_control_allow_credentials) == "true");
+  CHECK(get(unauthorized, http::field::access_control_expose_headers).starts_with("content-type, cache-control"));
+  auto not_found = front_call(port, false, "GET", "/_all_dbs", {{"Origin", origin}});
+  CHECK(not_found.status == 404);
+  CHECK(get(not_found, http::field::access_control_allow_origin) == origin);
+  auto too_large = front_call(port, false, "PUT", "/me/big", {{"Origin", origin}}, std::string(8192, 'x'));
+  CHECK(too_large.status == 413);
+  CHECK(get(too_large, http::field::access_control_allow_origin) == origin);
+  // No Origin, or one not listed: no CORS headers.
+  auto bare = front_call(port, false, "GET", "/me");
+  CHECK(bare.headers.find(http::field::access_control_allow_origin) == bare.headers.end());
+  auto other = front_call(port, false, "GET", "/me", {{"Origin", "https://evil.example"}});
+  CHECK(other.status == 401);
+  CHECK(other.headers.find(http::field::access_control_allow_origin) == other.headers.end());
+
+  // A live feed's answer is couchgate's own too (the feed is parked, the server never answers
+  // it): longpoll (whole answer) and continuous (streamed header) carry the same headers.
+  const auto pair = alice_and_bob(n, port);
+  header_list with_origin = pair.alice;
+  with_origin.emplace_back("Origin", origin);
+  auto longpoll = front_call(port, false, "GET", "/me/_changes?feed=longpoll&since=now&timeout=300", with_origin);
+  CHECK_MESSAGE(longpoll.status == 200, longpoll.raw);
+  CHECK(get(longpoll, http::field::access_control_allow_origin) == origin);
+  CHECK(get(longpoll, http::field::access_control_allow_credentials) == "true");
+  auto continuous = front_call(port, false, "GET", "/me/_changes?feed=continuous&since=now&timeout=300", with_origin);
+  CHECK_MESSAGE(continuous.status == 200, continuous.raw);
+  CHECK(get(continuous, http::field::access_control_allow_origin) == origin);
+  CHECK(run.process->terminate() == 0);
 }
 
 TEST_CASE("front door: SIGHUP applies the body cap and the auth failure limit live; a changed port is named as needing a restart") {

@@ -61,8 +61,7 @@ std::string random_hex(std::size_t bytes) {
 // it rejects the `front` key (unknown keys are config errors).
 const std::string& front_missing() {
   static const std::string why = [] {
-    char tmpl[] = "/tmp/couchgate-front-probe-XXXXXX";
-    std::string dir = mkdtemp(tmpl);
+    std::string dir = make_temp_dir("couchgate-front-probe");
     { std::ofstream(dir + "/probe.yaml") << "front:\n  enabled: false\n"; }
     auto r = run_couchgate({"check-config", dir + "/probe.yaml"});
     return r.status == 0 ? std::string()
@@ -141,10 +140,7 @@ void install_client_deps() {
 // One test case's scratch directory: certificates, parameters, port files, script output.
 struct stage {
   std::string dir;
-  stage() {
-    char tmpl[] = "/tmp/couchgate-front-XXXXXX";
-    dir = mkdtemp(tmpl);
-  }
+  stage() : dir(make_temp_dir("couchgate-front")) {}
   std::string path(const std::string& name) const { return dir + "/" + name; }
 
   // A CA and a server certificate for 127.0.0.1 signed by it (openssl CLI).
@@ -196,6 +192,10 @@ json front_config(const names& n, const stage& st) {
   json cfg = base_config(n);
   cfg["front"] = {{"enabled", true}, {"address", "127.0.0.1"}, {"port", 0}, {"port_file", st.path("front-port")}};
   cfg["shared"] = {{"enabled", true}, {"db", n.state + "-shared"}, {"member_roles", {n.role}}};
+  // The scripts tell couchgate's own requests at the recording proxy by the admin's Basic header
+  // (a session cookie could be a client's as well); cookie authentication has its own test
+  // (test_session.cpp).
+  cfg["couchdb"]["auth"] = "basic";
   return cfg;
 }
 void with_tls(json& cfg, const stage& st) {
@@ -322,6 +322,37 @@ TEST_CASE("front door: PouchDB 9 syncs /me and /shared over TLS; users never see
   p["shared"] = n.state + "-shared";
   p["bob_marker"] = "BOB-MARKER-" + random_hex(8);
   run_script(st, "sync.js", p, cg);
+  CHECK(cg.running());
+  check_log_clean(st, cg, users);
+  CHECK(cg.terminate() == 0);
+}
+
+TEST_CASE("front door: PouchDB pulls a burst of attachments past the per-user cap; 1 MiB transfer times") {
+  SKIP_WITHOUT_FRONT_DOOR();
+  install_client_deps();
+  stage st;
+  st.make_certificates();
+  auto n = fresh_names("front-burst");
+  json cfg = front_config(n, st);
+  with_tls(cfg, st);
+  cfg["front"]["allow_insecure"] = true;  // plain HTTP on the same port too, to time it without TLS
+  // PouchDB fetches a batch's attachments all at once (here 44 requests): far above this cap.
+  cfg["front"]["max_requests_per_user"] = 2;
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  auto users = make_users(n, {"alice"});
+  wait_provisioned(users, cg);
+  const std::string port = std::to_string(front_port(st, cg));
+
+  json p = base_params(st, "https://127.0.0.1:" + port, users);
+  p["front_plain"] = "http://127.0.0.1:" + port;
+  p["small"] = 40;
+  p["big"] = p["full"].get<bool>() ? 20 : 4;
+  p["timing_out"] = st.path("timing.json");
+  run_script(st, "burst.js", p, cg, 300s);
+  MESSAGE("1 MiB attachment GETs, medians: " << slurp(st.path("timing.json")));
+  CHECK(cg.metric("couchgate_front_user_limited_total").value_or(-1) == 0);
   CHECK(cg.running());
   check_log_clean(st, cg, users);
   CHECK(cg.terminate() == 0);

@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "gateway/identities.hpp"
-#include "replicator/couch_client.hpp"
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/couch_client.hpp"
+#include "replicator/transport/http_pool.hpp"
 #include "replicator/metrics.hpp"
 #include "tests/support/harness.hpp"
 

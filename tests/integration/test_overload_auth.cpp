@@ -128,6 +128,7 @@ TEST_CASE("the admin API on a non-loopback address: no token, no start; with one
     CHECK(cg.log().find("COUCHGATE_ADMIN_TOKEN") != std::string::npos);
   }
   const std::string token = "it-" + n.role + "-0123456789abcdef";
+  register_secret(token);
   couchgate_process cg(cfg, {{"COUCHGATE_ADMIN_TOKEN", token}});
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(60s), tail(cg.log()));  // /readyz needs no token
@@ -154,6 +155,7 @@ TEST_CASE("a credential refused while running: /readyz and /status say so, and n
   const std::string config_admins = env().pouchdb ? "/_config/admins/" : "/_node/_local/_config/admins/";
   const std::string name = "cg-" + n.role;
   const std::string password = "pw-" + n.role + "-0123456789";
+  register_basic_secret(name, password);
   auto created = couch().put(config_admins + name, json(password));
   REQUIRE_MESSAGE(created.status == 200, created.raw);
   if (!env().pouchdb) {

@@ -101,6 +101,8 @@ TEST_CASE("sign-up through the front door: the new user syncs /me at once; taken
   const std::string name = unique("Signup");
   const std::string email = unique("su") + "@example.org";
   const std::string password = "secret-pw-" + unique("p");
+  register_basic_secret(name, password);
+  register_basic_secret(name, "wrong-password");
   auto a = call(port, "POST", "/_signup", json{{"name", name}, {"password", password}, {"email", email}});
   REQUIRE_MESSAGE(a.status == 201, a.body.dump());
   CHECK(a.body["ready"] == true);

@@ -3,8 +3,8 @@
 // test's own HTTP client, never through state_store.
 #include <doctest/doctest.h>
 
-#include "replicator/couch_client.hpp"
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/couch_client.hpp"
+#include "replicator/transport/http_pool.hpp"
 #include "replicator/state_store.hpp"
 #include "tests/support/harness.hpp"
 

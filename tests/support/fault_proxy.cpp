@@ -96,7 +96,8 @@ void write_from(int fd, std::string& buf, connection& c) {
 
 // The request whose head is at the start of buf: its whole length (head and body), or 0 while
 // the head is incomplete, or npos when it cannot be followed (chunked body, bad length).
-std::size_t request_length(const std::string& buf, std::string& method, std::string& target, bool& has_auth) {
+std::size_t request_length(const std::string& buf, std::string& method, std::string& target, bool& has_auth,
+                           bool& has_cookie) {
   const std::size_t end = buf.find("\r\n\r\n");
   if (end == std::string::npos) return buf.size() > 64 * 1024 ? std::string::npos : 0;
   const std::string head = buf.substr(0, end + 2);
@@ -109,6 +110,7 @@ std::size_t request_length(const std::string& buf, std::string& method, std::str
   target = line.substr(sp1 + 1, sp2 - sp1 - 1);
   std::size_t body = 0;
   has_auth = false;
+  has_cookie = false;
   for (std::size_t pos = line_end + 2; pos < head.size();) {
     const std::size_t eol = head.find("\r\n", pos);
     std::string h = head.substr(pos, eol - pos);
@@ -117,6 +119,7 @@ std::size_t request_length(const std::string& buf, std::string& method, std::str
     for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     if (lower.rfind("transfer-encoding:", 0) == 0) return std::string::npos;
     if (lower.rfind("authorization:", 0) == 0) has_auth = true;
+    if (lower.rfind("cookie:", 0) == 0 && lower.find("authsession=") != std::string::npos) has_cookie = true;
     if (lower.rfind("content-length:", 0) == 0) {
       try {
         body = static_cast<std::size_t>(std::stoull(h.substr(15)));
@@ -336,7 +339,7 @@ void fault_proxy::run() {
               continue;
             }
             request_record rec;
-            const std::size_t len = request_length(c.inbox, rec.method, rec.target, rec.has_authorization);
+            const std::size_t len = request_length(c.inbox, rec.method, rec.target, rec.has_authorization, rec.has_session_cookie);
             if (len == 0) break;
             if (len == std::string::npos) {  // not followable: forward the rest as it comes
               c.raw = true;

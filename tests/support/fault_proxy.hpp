@@ -63,6 +63,7 @@ class fault_proxy {
     std::string method, target;
     bool answered_by_proxy = false;
     bool has_authorization = false;
+    bool has_session_cookie = false;  // a Cookie header with AuthSession=
   };
   std::vector<request_record> requests() const;
 

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -58,13 +59,57 @@ const server_env& env() {
     s.host = hostport.substr(0, colon);
     s.port = colon == std::string::npos ? 80 : std::stoi(hostport.substr(colon + 1));
     s.pouchdb = getenv_or("COUCHGATE_TEST_SERVER", "") == "pouchdb";
+    register_basic_secret(s.user, s.password);
     return s;
   }();
   return e;
 }
 
+std::string b64(const std::string& s) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  std::size_t i = 0;
+  for (; i + 2 < s.size(); i += 3) {
+    unsigned v = (unsigned char)s[i] << 16 | (unsigned char)s[i + 1] << 8 | (unsigned char)s[i + 2];
+    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
+  }
+  if (i + 1 == s.size()) {
+    unsigned v = (unsigned char)s[i] << 16;
+    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
+  } else if (i + 2 == s.size()) {
+    unsigned v = (unsigned char)s[i] << 16 | (unsigned char)s[i + 1] << 8;
+    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
+  }
+  return out;
+}
+
+void register_secret(const std::string& secret) {
+  static std::mutex mu;
+  const char* file = std::getenv("COUCHGATE_TEST_SECRETS");
+  if (file == nullptr || *file == '\0' || secret.size() < 6 || secret.find_first_of("\r\n") != std::string::npos) return;
+  std::lock_guard lk(mu);
+  std::ofstream(file, std::ios::app) << secret << "\n";
+}
+
+void register_basic_secret(const std::string& user, const std::string& password) {
+  if (password.empty()) return;
+  register_secret(password);
+  register_secret(b64(user + ":" + password));
+}
+
+std::string make_temp_dir(const std::string& stem) {
+  const char* run = std::getenv("COUCHGATE_TEST_RUN_DIR");
+  std::string tmpl = std::string(run != nullptr && *run != '\0' ? run : "/tmp") + "/" + stem + "-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp " + tmpl + " failed");
+  return buf.data();
+}
+
 couch::couch() : user_(env().user), password_(env().password) {}
-couch::couch(std::string user, std::string password) : user_(std::move(user)), password_(std::move(password)) {}
+couch::couch(std::string user, std::string password) : user_(std::move(user)), password_(std::move(password)) {
+  register_basic_secret(user_, password_);
+}
 
 reply couch::call(const std::string& method, const std::string& target, const std::string* body) const {
   httplib::Client cli(env().host, env().port);
@@ -133,6 +178,7 @@ bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds dea
 bool server_alive() { return couch().get("/").status == 200; }
 
 reply create_user(const std::string& name, const std::vector<std::string>& roles, const std::string& password) {
+  register_basic_secret(name, password);
   json doc{{"_id", "org.couchdb.user:" + name}, {"name", name}, {"type", "user"}, {"roles", roles}, {"password", password}};
   return couch().put("/_users/" + enc("org.couchdb.user:" + name), doc);
 }
@@ -170,8 +216,7 @@ json base_config(const names& n) {
 
 couchgate_process::couchgate_process(json config, std::map<std::string, std::string> extra_env)
     : env_(std::move(extra_env)) {
-  char tmpl[] = "/tmp/couchgate-test-XXXXXX";
-  dir_ = mkdtemp(tmpl);
+  dir_ = make_temp_dir("couchgate-test");
   write_config(std::move(config));
 }
 
@@ -382,8 +427,7 @@ int connections_to_server(pid_t pid) {
 }
 
 run_result run_couchgate(const std::vector<std::string>& args, const std::map<std::string, std::string>& extra_env) {
-  char tmpl[] = "/tmp/couchgate-run-XXXXXX";
-  std::string dir = mkdtemp(tmpl);
+  std::string dir = make_temp_dir("couchgate-run");
   pid_t child = fork();
   if (child == 0) {
     int out = open((dir + "/out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

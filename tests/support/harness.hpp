@@ -48,6 +48,16 @@ class couch {
 };
 
 std::string enc(const std::string& s);  // percent-encode a path segment
+std::string b64(const std::string& s);  // standard base64 with padding
+
+// The run's secret register (tests/run.sh sets COUCHGATE_TEST_SECRETS and, at the end, scans
+// every log the run wrote for each line of it): every password, Basic value, cookie and token a
+// test uses goes here. Values shorter than 6 characters or with line breaks are not kept.
+void register_secret(const std::string& secret);
+void register_basic_secret(const std::string& user, const std::string& password);  // both forms
+// A fresh directory for a test's files and the logs of what it starts: under
+// $COUCHGATE_TEST_RUN_DIR when set (tests/run.sh scans it), else under /tmp.
+std::string make_temp_dir(const std::string& stem);
 std::string unique(const std::string& stem);  // lowercase, unique per run and call
 
 // Polls pred every 50 ms until it is true or the deadline passes. Returns pred's last value.

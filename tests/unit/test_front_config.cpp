@@ -44,7 +44,16 @@ TEST_CASE("front config: off by default, with the documented defaults") {
   CHECK(f.scheme_header == "X-Forwarded-Proto");
   CHECK_FALSE(f.allow_insecure);
   CHECK_FALSE(f.require_secure);
-  CHECK(f.upstream.max_connections == 16);
+  // One user's in-flight share is well below the upstream pool; more of its requests queue.
+  CHECK(f.max_requests_per_user == 16);
+  CHECK(f.user_queue_length == 1024);
+  CHECK(f.user_queue_timeout == seconds{60});
+  CHECK(f.upstream.max_connections == 64);
+  CHECK(f.upstream.wait_timeout == seconds{30});
+  CHECK(f.max_requests_per_user < f.upstream.max_connections);
+  CHECK_FALSE(f.cors.enable);
+  CHECK(f.cors.origins.empty());
+  CHECK(f.cors.max_age == 600);
 }
 
 TEST_CASE("front config: every key is read") {
@@ -56,7 +65,10 @@ TEST_CASE("front config: every key is read") {
                       "  trusted_proxies: [10.0.0.0/8, '::1', 192.168.1.7]\n  scheme_header: $WSIS\n"
                       "  threads: 2\n  max_connections: 500\n  max_body_bytes: 64MiB\n  max_header_bytes: 16KiB\n"
                       "  header_timeout: 5s\n  idle_timeout: 2m\n  session_cache_ttl: 1500ms\n"
-                      "  max_requests_per_user: 8\n  auth_failure_limit: 5\n  auth_failure_window: 30s\n"
+                      "  max_requests_per_user: 8\n  user_queue_length: 100\n  user_queue_timeout: 20s\n"
+                      "  auth_failure_limit: 5\n  auth_failure_window: 30s\n"
+                      "  cors:\n    enable: true\n    origins: ['https://a.example', '*']\n    credentials: true\n"
+                      "    methods: [GET, PUT]\n    headers: [Authorization, X-Foo]\n    max_age: 3600\n"
                       "  upstream:\n    max_connections: 4\n    wait_timeout: 250ms\n    read_timeout: 90s\n");
   INFO(cg::format_errors("t.yaml", r.errors));
   REQUIRE(r.errors.empty());
@@ -77,6 +89,14 @@ TEST_CASE("front config: every key is read") {
   CHECK(f.idle_timeout == seconds{120});
   CHECK(f.session_cache_ttl == milliseconds{1500});
   CHECK(f.max_requests_per_user == 8);
+  CHECK(f.user_queue_length == 100);
+  CHECK(f.user_queue_timeout == seconds{20});
+  CHECK(f.cors.enable);
+  CHECK(f.cors.origins == std::vector<std::string>{"https://a.example", "*"});
+  CHECK(f.cors.credentials);
+  CHECK(f.cors.methods == std::vector<std::string>{"GET", "PUT"});
+  CHECK(f.cors.headers == std::vector<std::string>{"Authorization", "X-Foo"});
+  CHECK(f.cors.max_age == 3600);
   CHECK(f.auth_failure_limit == 5);
   CHECK(f.auth_failure_window == seconds{30});
   CHECK(f.upstream.max_connections == 4);

@@ -2,6 +2,10 @@
 // allow_insecure), CIDR matching, the session cache, the auth-failure limiter, per-user slots.
 #include <doctest/doctest.h>
 
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "gateway/front/auth_limits.hpp"
 #include "gateway/front/cidr.hpp"
 #include "gateway/front/secure_request.hpp"
@@ -104,12 +108,78 @@ TEST_CASE("front auth failures: the limit per address within the window, then th
   CHECK_FALSE(limiter.refused("192.0.2.1", t0 + 60s));  // window over
 }
 
-TEST_CASE("front user slots: at most the cap per user, released slots come back") {
-  f::user_slots slots(2);
-  CHECK(slots.try_acquire("alice"));
-  CHECK(slots.try_acquire("alice"));
-  CHECK_FALSE(slots.try_acquire("alice"));
-  CHECK(slots.try_acquire("bob"));
+TEST_CASE("front user slots: the cap per user, then a FIFO queue of bounded length") {
+  using adm = f::user_slots::admission;
+  f::user_slots slots(2, 2);
+  std::vector<std::string> woken;
+  const auto waiter = [&](std::string name) {
+    auto w = std::make_shared<f::user_slots::waiter>();
+    w->wake = [&woken, name] { woken.push_back(name); };
+    return w;
+  };
+  const auto a1 = waiter("a1"), a2 = waiter("a2"), a3 = waiter("a3"), a4 = waiter("a4"), a5 = waiter("a5");
+  CHECK(slots.acquire("alice", a1) == adm::granted);
+  CHECK(slots.acquire("alice", a2) == adm::granted);
+  CHECK(slots.acquire("alice", a3) == adm::queued);  // over the cap: waits, not refused
+  CHECK(slots.acquire("alice", a4) == adm::queued);
+  CHECK(slots.acquire("alice", a5) == adm::refused);  // the queue is full
+  CHECK(slots.acquire("bob", waiter("b1")) == adm::granted);  // another user is not held up
+  CHECK(slots.queued() == 2);
+  CHECK(woken.empty());
+
+  // A released slot passes to the first in line, then the next: FIFO.
   slots.release("alice");
-  CHECK(slots.try_acquire("alice"));
+  CHECK(woken == std::vector<std::string>{"a3"});
+  CHECK(a3->granted);
+  CHECK_FALSE(a4->granted);
+  CHECK(slots.acquire("alice", a5) == adm::queued);  // room again; behind a4
+  slots.release("alice");
+  CHECK(woken == std::vector<std::string>{"a3", "a4"});
+
+  // A waiter whose deadline passed leaves the queue; one granted meanwhile keeps its slot.
+  CHECK(slots.abandon("alice", a5));
+  CHECK(slots.queued() == 0);
+  CHECK_FALSE(slots.abandon("alice", a4));
+  slots.release("alice");  // a3 done
+  slots.release("alice");  // a4 done
+  CHECK(woken.size() == 2);  // nobody left to wake
+  CHECK(slots.acquire("alice", waiter("a6")) == adm::granted);
+  CHECK(slots.acquire("alice", waiter("a7")) == adm::granted);
+  CHECK(slots.acquire("alice", waiter("a8")) == adm::queued);
+}
+
+TEST_CASE("front user slots: a queue length of 0 refuses at once over the cap") {
+  f::user_slots slots(1, 0);
+  auto w = std::make_shared<f::user_slots::waiter>();
+  CHECK(slots.acquire("alice", w) == f::user_slots::admission::granted);
+  CHECK(slots.acquire("alice", w) == f::user_slots::admission::refused);
+  slots.release("alice");
+  CHECK(slots.acquire("alice", w) == f::user_slots::admission::granted);
+}
+
+TEST_CASE("front user slots: a raised cap (SIGHUP) lets the first in line in; a lowered one lets in-flight finish") {
+  using adm = f::user_slots::admission;
+  f::user_slots slots(1, 10);
+  std::vector<std::string> woken;
+  const auto waiter = [&](std::string name) {
+    auto w = std::make_shared<f::user_slots::waiter>();
+    w->wake = [&woken, name] { woken.push_back(name); };
+    return w;
+  };
+  const auto a2 = waiter("a2"), a3 = waiter("a3"), a4 = waiter("a4");
+  CHECK(slots.acquire("alice", waiter("a1")) == adm::granted);
+  CHECK(slots.acquire("alice", a2) == adm::queued);
+  CHECK(slots.acquire("alice", a3) == adm::queued);
+  CHECK(slots.acquire("alice", a4) == adm::queued);
+  slots.set_per_user(3);
+  CHECK(woken == std::vector<std::string>{"a2", "a3"});
+  CHECK(slots.queued() == 1);
+  // Lowered to 1 with 3 in flight: releases do not pass slots on until the count is under it.
+  slots.set_per_user(1);
+  slots.release("alice");
+  slots.release("alice");
+  CHECK(woken.size() == 2);
+  slots.release("alice");  // 1 in flight -> the slot passes to a4
+  CHECK(woken == std::vector<std::string>{"a2", "a3", "a4"});
+  CHECK(a4->granted);
 }

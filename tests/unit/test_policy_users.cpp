@@ -337,3 +337,44 @@ TEST_CASE("decide") {
   // A tombstone never ensures, even if its (empty) roles would match.
   CHECK(decide(criteria{}, on_delete::keep, user_doc{"alice", {"staff"}, true}) == user_action::revoke_owner);
 }
+
+TEST_CASE("parse_session_answer: name, roles and how the caller was authenticated") {
+  // CouchDB 3.x, GET /_session with a JWT (jwt_authentication_handler).
+  const auto jwt = parse_session_answer(json::parse(R"({"ok":true,"userCtx":{"name":"tok-user","roles":["app","x"]},
+    "info":{"authentication_handlers":["jwt","cookie","default"],"authenticated":"jwt"}})"));
+  REQUIRE(jwt);
+  CHECK(*jwt == session_user{"tok-user", {"app", "x"}, "jwt"});
+  const auto basic = parse_session_answer(json::parse(R"({"ok":true,"userCtx":{"name":"alice","roles":[]},
+    "info":{"authenticated":"default"}})"));
+  REQUIRE(basic);
+  CHECK(basic->authenticated == "default");
+  // Anonymous, or shapes CouchDB never sends: no user.
+  CHECK_FALSE(parse_session_answer(json::parse(R"({"ok":true,"userCtx":{"name":null,"roles":[]},"info":{}})")));
+  CHECK_FALSE(parse_session_answer(json::parse(R"({"userCtx":{"name":""}})")));
+  CHECK_FALSE(parse_session_answer(json::parse(R"({"userCtx":"alice"})")));
+  CHECK_FALSE(parse_session_answer(json::parse(R"([1,2])")));
+  // Odd roles are skipped, a missing info is no authentication method.
+  const auto odd = parse_session_answer(json::parse(R"({"userCtx":{"name":"bob","roles":["a",1,null,"b"]},"info":[]})"));
+  REQUIRE(odd);
+  CHECK(odd->roles == std::vector<std::string>{"a", "b"});
+  CHECK(odd->authenticated.empty());
+}
+
+TEST_CASE("decide_token_user: only a JWT caller without _users document and database is provisioned") {
+  criteria select;
+  select.roles_any = {"app"};
+  const session_user tok{"tok-user", {"app"}, "jwt"};
+  CHECK(decide_token_user(tok, select, false, false) == token_user_action::provision);
+  CHECK(decide_token_user(tok, select, true, false) == token_user_action::has_user_doc);
+  CHECK(decide_token_user(tok, select, false, true) == token_user_action::db_exists);
+  // The token's roles are what the selection sees.
+  CHECK(decide_token_user(session_user{"tok-user", {"other"}, "jwt"}, select, false, false) ==
+        token_user_action::not_selected);
+  select.roles_none = {"banned"};
+  CHECK(decide_token_user(session_user{"tok-user", {"app", "banned"}, "jwt"}, select, false, false) ==
+        token_user_action::not_selected);
+  // Password and cookie callers are the provisioner's (it follows _users).
+  CHECK(decide_token_user(session_user{"alice", {"app"}, "default"}, select, false, false) == token_user_action::not_token);
+  CHECK(decide_token_user(session_user{"alice", {"app"}, "cookie"}, select, false, false) == token_user_action::not_token);
+  CHECK(decide_token_user(session_user{"", {"app"}, "jwt"}, select, false, false) == token_user_action::not_token);
+}

@@ -15,10 +15,10 @@
 
 #include "gateway/logging.hpp"
 #include "replicator/change_detector.hpp"
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 #include "replicator/couch_error.hpp"
 #include "replicator/fanin.hpp"
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/transfer.hpp"
 #include "replicator/wire_json.hpp"

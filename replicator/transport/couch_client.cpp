@@ -1,5 +1,5 @@
 // Owns: request building and answer parsing for couch_client (see couch_client.hpp).
-#include "replicator/couch_client.hpp"
+#include "replicator/transport/couch_client.hpp"
 
 #include <charconv>
 #include <utility>
@@ -30,9 +30,9 @@ pending_json couch_client::request(const std::string& method, const std::string&
   http_request req;
   req.method = method;
   req.target = target;
-  req.body = std::move(body);
+  if (!body.empty()) req.set_body(std::move(body));
   req.timeout = t_.request;
-  return pending_json(pool_.request(std::move(req)));
+  return pending_json(wire_.request(std::move(req)));
 }
 
 pending_json couch_client::feed_request(const std::string& target) {
@@ -43,7 +43,7 @@ pending_json couch_client::feed_request(const std::string& target) {
   // heartbeats means the connection is dead.
   req.timeout = t_.feed + std::chrono::seconds(15);
   req.idle_timeout = 3 * t_.heartbeat;
-  return pending_json(pool_.request(std::move(req)));
+  return pending_json(wire_.request(std::move(req)));
 }
 
 pending_json couch_client::get_security(const std::string& db) {

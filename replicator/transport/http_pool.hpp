@@ -3,6 +3,7 @@
 // with keep-alive and a hard cap on connections (CURLMOPT_MAX_TOTAL_CONNECTIONS): requests past
 // the cap wait inside libcurl for a free connection, they never open another. Feeds, replication
 // and provisioning all go through the same pool, so the cap holds for the whole process.
+// The real implementation of the transport seam (transport.hpp).
 //
 // Errors are values (http_response::kind); nothing here throws after construction.
 #include <atomic>
@@ -19,38 +20,10 @@
 #include <vector>
 
 #include "replicator/server_gate.hpp"
+#include "replicator/transport/transport.hpp"
+#include "replicator/transport/url.hpp"
 
 namespace couchgate::replicator {
-
-enum class error_kind {
-  none,      // a response arrived (look at the status)
-  network,   // could not connect, connection reset, DNS...
-  timeout,   // total or idle timeout
-  cancelled, // the pool shut down
-  credential_held,  // not sent: CouchDB refused the credential recently (see server_gate.hpp)
-};
-
-struct http_request {
-  std::string method = "GET";
-  std::string target;  // path + query, already percent-encoded, starting with '/'
-  std::string body;
-  std::string content_type = "application/json";
-  std::string accept = "application/json";
-  std::chrono::milliseconds timeout{30000};        // whole request
-  std::chrono::milliseconds idle_timeout{0};       // abort when no byte arrives for this long (feeds)
-};
-
-struct http_response {
-  error_kind kind = error_kind::none;
-  long status = 0;
-  std::string body;
-  std::string error;  // transport error text; never contains credentials
-  std::string retry_after_header;  // the Retry-After header as sent ("" = none)
-  std::optional<std::chrono::milliseconds> retry_after;  // it, parsed (seconds or HTTP-date)
-  bool credential_rejected = false;  // the server refused the credential (is_credential_rejection)
-  bool transport_ok() const { return kind == error_kind::none; }
-  bool ok() const { return kind == error_kind::none && status >= 200 && status < 300; }
-};
 
 struct http_pool_stats {
   std::uint64_t requests = 0;
@@ -73,11 +46,12 @@ struct http_pool_stats {
   bool unreachable = false;   // in one of those now
 };
 
-class http_pool {
+class http_pool final : public transport {
  public:
   struct options {
     std::string base_url;   // scheme://host:port[/prefix], no credentials
-    std::string username;   // basic auth; empty = none
+    std::string username;   // Basic auth on requests that carry no credential of their own
+                            // (session_auth sets one); empty = none
     std::string password;
     std::size_t max_connections = 8;
     std::string user_agent = "couchgate";
@@ -89,11 +63,8 @@ class http_pool {
   http_pool(const http_pool&) = delete;
   http_pool& operator=(const http_pool&) = delete;
 
-  using callback = std::function<void(http_response)>;
   // Thread-safe. The callback runs on the pool's thread: keep it short.
-  void submit(http_request req, callback done);
-  std::future<http_response> request(http_request req);
-  http_response perform(http_request req) { return request(std::move(req)).get(); }
+  void submit(http_request req, callback done) override;
 
   // Stops the loop; pending and in-flight requests complete with error_kind::cancelled.
   void shutdown();
@@ -107,16 +78,5 @@ class http_pool {
   options opts_;
   std::unique_ptr<impl> impl_;
 };
-
-// Percent-encodes a path segment (database name or document id): everything but unreserved
-// characters. `_design/` and `_local/` prefixes of document ids keep their slash.
-std::string encode_segment(std::string_view s);
-std::string encode_doc_id(std::string_view id);
-std::string encode_query_value(std::string_view s);
-// The inverse: "%41" -> "A" (either hex case; '+' stays '+'); nullopt on a bad escape.
-std::optional<std::string> percent_decode(std::string_view s);
-// "/" + encode_segment(db): a database's path. (Out of line on purpose: GCC 12 at -O3 reports a
-// false -Wrestrict positive for `"/" + std::string&&` once inlined into some callers.)
-std::string db_path(std::string_view db);
 
 }  // namespace couchgate::replicator

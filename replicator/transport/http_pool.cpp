@@ -1,5 +1,5 @@
 // Owns: the libcurl multi loop behind http_pool (see http_pool.hpp).
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/http_pool.hpp"
 
 #include <curl/curl.h>
 #include <sys/socket.h>
@@ -9,6 +9,7 @@
 #include <cctype>
 #include <chrono>
 #include <deque>
+#include <optional>
 #include <string_view>
 #include <unordered_map>
 
@@ -32,27 +33,33 @@ struct transfer {
   bool probe = false;  // server_gate: this request tests the credential
 };
 
-// Keeps the Retry-After header (the only one couchgate reads). A new status line (after an
-// interim 1xx answer) starts over.
+// The value of header line `line` when its name is `name` (lower case, with the colon); nullopt
+// otherwise.
+std::optional<std::string_view> header_value(std::string_view line, std::string_view name) {
+  if (line.size() <= name.size()) return std::nullopt;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return std::nullopt;
+  }
+  std::string_view v = line.substr(name.size());
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
+  return v;
+}
+
+// Keeps the two headers couchgate reads: Retry-After, and a Set-Cookie of CouchDB's session
+// cookie (session_auth). A new status line (after an interim 1xx answer) starts over.
 size_t on_header(char* buffer, size_t size, size_t nitems, void* userdata) {
   auto* t = static_cast<transfer*>(userdata);
   const std::string_view line(buffer, size * nitems);
   if (line.starts_with("HTTP/")) {
     t->resp.retry_after_header.clear();
+    t->resp.set_cookie.clear();
     return size * nitems;
   }
-  constexpr std::string_view name = "retry-after:";
-  if (line.size() > name.size()) {
-    bool match = true;
-    for (std::size_t i = 0; i < name.size() && match; ++i) {
-      match = std::tolower(static_cast<unsigned char>(line[i])) == name[i];
-    }
-    if (match) {
-      std::string_view v = line.substr(name.size());
-      while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-      while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
-      t->resp.retry_after_header.assign(v.substr(0, 100));
-    }
+  if (auto v = header_value(line, "retry-after:")) {
+    t->resp.retry_after_header.assign(v->substr(0, 100));
+  } else if (auto c = header_value(line, "set-cookie:"); c && c->starts_with("AuthSession=") && c->size() <= 4096) {
+    t->resp.set_cookie.assign(*c);
   }
   return size * nitems;
 }
@@ -157,7 +164,10 @@ struct http_pool::impl {
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &impl::close_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, this);
-    if (!opts.username.empty()) {
+    const bool own_credential = !t->req.authorization.empty() || !t->req.cookie.empty();
+    if (!t->req.authorization.empty()) t->headers = curl_slist_append(t->headers, ("Authorization: " + t->req.authorization).c_str());
+    if (!t->req.cookie.empty()) t->headers = curl_slist_append(t->headers, ("Cookie: " + t->req.cookie).c_str());
+    if (!own_credential && !opts.username.empty()) {
       curl_easy_setopt(e, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
       curl_easy_setopt(e, CURLOPT_USERNAME, opts.username.c_str());
       curl_easy_setopt(e, CURLOPT_PASSWORD, opts.password.c_str());
@@ -171,10 +181,11 @@ struct http_pool::impl {
       curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     } else {
       curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
-      if (!t->req.body.empty() || m == "POST" || m == "PUT") {
+      const std::string_view body = t->req.body_text();
+      if (!body.empty() || m == "POST" || m == "PUT") {
         t->headers = curl_slist_append(t->headers, ("Content-Type: " + t->req.content_type).c_str());
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->req.body.data());
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->req.body.size()));
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body.data());
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
       }
     }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
@@ -190,7 +201,9 @@ struct http_pool::impl {
       auto& r = t->resp;
       if (!r.retry_after_header.empty()) r.retry_after = parse_retry_after(r.retry_after_header, std::chrono::system_clock::now());
       gate_answer a = gate_answer::accepted;
-      if (is_credential_rejection(r.status, t->req.target, r.body)) {
+      if (r.status == 401 && t->req.cookie_may_be_stale) {
+        a = gate_answer::no_answer;  // an expired session, maybe: session_auth logs in again
+      } else if (is_credential_rejection(r.status, t->req.target, r.body)) {
         r.credential_rejected = true;
         a = gate_answer::auth_rejected;
       } else if (r.status == 429 || r.status == 503) {
@@ -367,13 +380,6 @@ void http_pool::submit(http_request req, callback done) {
   curl_multi_wakeup(impl_->multi);
 }
 
-std::future<http_response> http_pool::request(http_request req) {
-  auto p = std::make_shared<std::promise<http_response>>();
-  auto f = p->get_future();
-  submit(std::move(req), [p](http_response r) { p->set_value(std::move(r)); });
-  return f;
-}
-
 http_pool_stats http_pool::stats() const {
   http_pool_stats s;
   s.requests = impl_->requests.load();
@@ -403,73 +409,6 @@ http_pool_stats http_pool::stats() const {
     s.unreachable = impl_->outage.down();
   }
   return s;
-}
-
-namespace {
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-bool unreserved(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-         c == '_' || c == '.' || c == '~';
-}
-}  // namespace
-
-std::string encode_segment(std::string_view s) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(s.size() * 3);
-  for (unsigned char c : s) {
-    if (unreserved(c)) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(hex[c >> 4]);
-      out.push_back(hex[c & 15]);
-    }
-  }
-  return out;
-}
-
-std::optional<std::string> percent_decode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    if (i + 2 >= s.size()) return std::nullopt;
-    const int hi = hex_value(s[i + 1]);
-    const int lo = hex_value(s[i + 2]);
-    if (hi < 0 || lo < 0) return std::nullopt;
-    out += static_cast<char>(hi * 16 + lo);
-    i += 2;
-  }
-  return out;
-}
-
-std::string encode_doc_id(std::string_view id) {
-  for (std::string_view prefix : {std::string_view("_design/"), std::string_view("_local/")}) {
-    if (id.substr(0, prefix.size()) == prefix) {
-      return std::string(prefix) + encode_segment(id.substr(prefix.size()));
-    }
-  }
-  return encode_segment(id);
-}
-
-std::string encode_query_value(std::string_view s) { return encode_segment(s); }
-
-std::string db_path(std::string_view db) {
-  std::string out;
-  out.reserve(db.size() * 3 + 1);
-  out += '/';
-  out += encode_segment(db);
-  return out;
 }
 
 }  // namespace couchgate::replicator

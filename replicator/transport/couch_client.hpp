@@ -1,7 +1,8 @@
 #pragma once
 // Owns: the typed CouchDB calls couchgate makes (the api_wrap of couch_replicator), all through
-// one http_pool. Each call returns at once; get() waits and parses the answer on the caller's
-// thread, so many calls can be in flight and the pool's thread never parses JSON.
+// one transport (transport.hpp: http_pool, session_auth in front of it, or a test's script).
+// Each call returns at once; get() waits and parses the answer on the caller's thread, so many
+// calls can be in flight and the pool's thread never parses JSON.
 #include <chrono>
 #include <functional>
 #include <future>
@@ -11,7 +12,8 @@
 #include <vector>
 
 #include "replicator/couch_error.hpp"
-#include "replicator/http_pool.hpp"
+#include "replicator/transport/transport.hpp"
+#include "replicator/transport/url.hpp"
 
 namespace couchgate::replicator {
 
@@ -52,7 +54,7 @@ struct timeouts {
 
 class couch_client {
  public:
-  couch_client(http_pool& pool, timeouts t) : pool_(pool), t_(t) {}
+  couch_client(transport& wire, timeouts t) : wire_(wire), t_(t) {}
 
   pending_json request(const std::string& method, const std::string& target, std::string body = {});
 
@@ -77,7 +79,6 @@ class couch_client {
   pending_json db_updates(const json& since, bool longpoll, std::optional<std::size_t> limit);
 
   const timeouts& limits() const { return t_; }
-  http_pool& pool() { return pool_; }
 
   // Seq values are opaque; for CouchDB strings "N-..." the N before the dash is a sum of shard
   // positions, comparable for "has anything changed" checks. nullopt when not recognisable.
@@ -91,7 +92,7 @@ class couch_client {
 
  private:
   pending_json feed_request(const std::string& target);
-  http_pool& pool_;
+  transport& wire_;
   timeouts t_;
 };
 

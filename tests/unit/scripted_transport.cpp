@@ -1,0 +1,103 @@
+#include "tests/unit/scripted_transport.hpp"
+
+#include <utility>
+
+namespace couchgate::test {
+
+r::http_response answer(long status, std::string body, std::string set_cookie) {
+  r::http_response a;
+  a.status = status;
+  a.body = std::move(body);
+  a.set_cookie = std::move(set_cookie);
+  return a;
+}
+
+r::http_response failure(r::error_kind kind, std::string error) {
+  r::http_response a;
+  a.kind = kind;
+  a.error = std::move(error);
+  return a;
+}
+
+scripted_transport& scripted_transport::on(std::string method, std::string target_contains, r::http_response a, int times) {
+  return on(std::move(method), std::move(target_contains), [a = std::move(a)](const r::http_request&) { return a; }, times);
+}
+
+scripted_transport& scripted_transport::on(std::string method, std::string target_contains, responder f, int times) {
+  std::lock_guard lk(mu_);
+  rules_.push_back(rule{std::move(method), std::move(target_contains), std::move(f), times});
+  return *this;
+}
+
+void scripted_transport::submit(r::http_request req, callback done) {
+  responder f;
+  {
+    std::unique_lock lk(mu_);
+    log_.push_back(recorded{req.method, req.target, std::string(req.body_text()), req.cookie, req.authorization,
+                            req.cookie_may_be_stale});
+    for (auto& rl : rules_) {
+      if (rl.times == 0 || rl.method != req.method || req.target.find(rl.target) == std::string::npos) continue;
+      if (rl.times > 0) --rl.times;
+      f = rl.f;
+      break;
+    }
+    if (!f && req.target.find("feed=longpoll") != std::string::npos) {
+      cv_.notify_all();
+      cv_.wait(lk, [this] { return closed_; });
+      lk.unlock();
+      done(failure(r::error_kind::cancelled, "closed"));
+      return;
+    }
+    if (!f) unexpected_.push_back(req.method + " " + req.target);
+    cv_.notify_all();
+  }
+  done(f ? f(req) : failure(r::error_kind::network, "unscripted request"));
+  std::lock_guard lk(mu_);
+  cv_.notify_all();
+}
+
+std::vector<scripted_transport::recorded> scripted_transport::requests() const {
+  std::lock_guard lk(mu_);
+  return log_;
+}
+
+std::size_t scripted_transport::count(const std::string& method, const std::string& target_contains) const {
+  std::lock_guard lk(mu_);
+  std::size_t n = 0;
+  for (const auto& q : log_) {
+    if (q.method == method && q.target.find(target_contains) != std::string::npos) ++n;
+  }
+  return n;
+}
+
+std::vector<std::string> scripted_transport::unexpected() const {
+  std::lock_guard lk(mu_);
+  return unexpected_;
+}
+
+std::size_t scripted_transport::pending() const {
+  std::lock_guard lk(mu_);
+  std::size_t n = 0;
+  for (const auto& rl : rules_) {
+    if (rl.times > 0) n += static_cast<std::size_t>(rl.times);
+  }
+  return n;
+}
+
+bool scripted_transport::wait_for(const std::function<bool()>& pred, std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::unique_lock lk(mu_);
+    cv_.wait_for(lk, std::chrono::milliseconds(20));  // woken by every request; re-checked anyway
+  }
+  return true;
+}
+
+void scripted_transport::close() {
+  std::lock_guard lk(mu_);
+  closed_ = true;
+  cv_.notify_all();
+}
+
+}  // namespace couchgate::test

@@ -1,0 +1,302 @@
+// The engine above the transport seam, driven by scripted exchanges (scripted_transport.hpp):
+// the `_db_updates` follower (which the pouchdb-server of the integration tests does not have),
+// a transfer whose batch the target refuses with 413, a checkpoint conflict, and provisioning.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gateway/provisioner.hpp"
+#include "policy/security.hpp"
+#include "replicator/answers.hpp"
+#include "replicator/change_detector.hpp"
+#include "replicator/fanin.hpp"
+#include "replicator/state_store.hpp"
+#include "replicator/transfer.hpp"
+#include "replicator/transport/couch_client.hpp"
+#include "tests/unit/scripted_transport.hpp"
+
+namespace r = couchgate::replicator;
+using couchgate::test::answer;
+using couchgate::test::failure;
+using couchgate::test::scripted_transport;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+const r::timeouts quick{5000ms, 1000ms, 500ms};
+
+// The pieces change_detector works with, none started.
+struct engine {
+  scripted_transport server;
+  r::couch_client client{server, quick};
+  r::registry metrics;
+  r::state_store state{client, "cg_state"};
+  r::fanin fan{client, state, metrics, [] {
+                 r::fanin_options o;
+                 o.central_db = "central";
+                 return o;
+               }()};
+  std::mutex mu;
+  std::vector<std::pair<std::string, bool>> created;  // on_created calls
+  r::change_detector::created_fn on_created() {
+    return [this](const std::string& db, bool recreated) {
+      std::lock_guard lk(mu);
+      created.emplace_back(db, recreated);
+    };
+  }
+  std::vector<std::pair<std::string, bool>> created_calls() {
+    std::lock_guard lk(mu);
+    return created;
+  }
+};
+
+r::detector_options detector_opts(r::detection mode) {
+  r::detector_options o;
+  o.mode = mode;
+  o.create_global_changes = false;
+  o.backoff = r::backoff_policy{1ms, 5ms};
+  o.sweep_interval = 50ms;
+  o.sweep_rate = 10000;
+  return o;
+}
+
+std::string db_updates_page(const std::vector<std::pair<std::string, std::string>>& events, const std::string& last) {
+  json rows = json::array();
+  int i = 0;
+  for (const auto& [db, type] : events) rows.push_back({{"db_name", db}, {"type", type}, {"seq", std::to_string(++i) + "-g1"}});
+  return json{{"results", rows}, {"last_seq", last}}.dump();
+}
+
+}  // namespace
+
+TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped feed, an empty one; the position resumes and is saved") {
+  engine e;
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  e.fan.add_source("userdb-b", couchgate::policy::owner{couchgate::policy::owner::kind::user, "b"});
+  auto& s = e.server;
+  s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));  // the probe
+  s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"));
+  s.on("GET", "/_db_updates?since=now&limit=1000&feed=longpoll",
+       answer(200, db_updates_page({{"userdb-a", "updated"},
+                                    {"userdb-new", "created"},
+                                    {"userdb-b", "deleted"},
+                                    {"userdb-c", "updated"},
+                                    {"central", "deleted"}},
+                                   "5-g1")));
+  s.on("GET", "/_db_updates?since=5-g1&limit=1000&feed=longpoll", failure());  // the connection drops
+  s.on("GET", "/_db_updates?since=5-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"5-g1"})"));
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:db_updates","rev":"1-f"}])"), -1);
+  s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"5-g1"})"), -1);
+
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
+  d.start();
+  // Two scripted answers and then a third request from the same position, which waits (a quiet feed).
+  REQUIRE_MESSAGE(s.wait_for([&] { return s.count("GET", "since=5-g1&limit=1000&feed=longpoll") >= 3; }), s.requests().size());
+  CHECK(d.active_mode() == r::detection::db_updates);
+  CHECK_FALSE(e.fan.knows("userdb-b"));  // deleted: dropped
+  CHECK(e.fan.knows("userdb-a"));
+  // userdb-a is a source (marked dirty, no callback); created and unknown updated ones go to the daemon.
+  CHECK(e.created_calls() == std::vector<std::pair<std::string, bool>>{{"userdb-new", false}, {"userdb-c", false}});
+  s.close();
+  d.stop();
+  // The position was saved when the feed ended.
+  bool saved = false;
+  for (const auto& q : s.requests()) {
+    if (q.method == "POST" && q.target == "/cg_state/_bulk_docs" && q.body.find(R"("value":"5-g1")") != std::string::npos) saved = true;
+  }
+  CHECK(saved);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("_db_updates probe answered 400 (no _db_updates): the sweep reads every source's update_seq instead") {
+  engine e;
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  auto& s = e.server;
+  s.on("GET", "/_db_updates", answer(400, R"({"error":"bad_request","reason":"unsupported"})"));
+  s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x","instance_start_time":"0"})"), -1);
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::automatic), e.on_created());
+  d.start();
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 2; }));
+  CHECK(d.active_mode() == r::detection::sweep);
+  CHECK(s.count("GET", "/_db_updates") == 1);  // decided once
+  d.stop();
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("_db_updates answering 404 mid-way: the mode is decided again (here: sweep) and every source is looked at") {
+  engine e;
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  auto& s = e.server;
+  s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
+  s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"), -1);
+  s.on("GET", "/_db_updates?since=now&limit=1000&feed=longpoll", answer(404, R"({"error":"not_found","reason":"Database does not exist."})"));
+  s.on("GET", "/_db_updates?since=now&limit=1", answer(404, R"({"error":"not_found","reason":"Database does not exist."})"));
+  s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x"})"), -1);
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::automatic), e.on_created());
+  d.start();
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 1; }));
+  CHECK(d.active_mode() == r::detection::sweep);
+  // probe, the feed (its target contains the probe's), the second probe
+  CHECK(s.count("GET", "/_db_updates?since=now&limit=1") == 3);
+  d.stop();
+  CHECK(s.unexpected().empty());
+}
+
+namespace {
+// Rows for transfer(): first-generation documents whose bodies came with the feed.
+std::vector<r::change_row> feed_rows(const std::vector<std::string>& ids) {
+  json rows = json::array();
+  int i = 0;
+  for (const auto& id : ids) {
+    const std::string rev = "1-" + std::string(31, 'a') + std::to_string(++i % 10);
+    rows.push_back({{"seq", std::to_string(i) + "-s"}, {"id", id}, {"changes", {{{"rev", rev}}}},
+                    {"doc", {{"_id", id}, {"_rev", rev}, {"n", i}}}});
+  }
+  auto page = r::parse_changes(json{{"results", rows}, {"last_seq", "9-s"}}.dump());
+  REQUIRE(page.ok());
+  std::vector<r::change_row> out;
+  for (auto& c : page.value().changes) {
+    auto body = r::inline_revision(c);
+    REQUIRE(body);
+    out.push_back(r::change_row{"userdb-a", "userdb-a", c.id, "central", "a:" + c.id, c.revs, std::move(body)});
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("transfer: a batch refused with 413 is split in halves until the one document too large is alone and refused") {
+  scripted_transport s;
+  r::couch_client client(s, quick);
+  auto rows = feed_rows({"d1", "d2", "d3", "d4"});
+  s.on("POST", "/central/_revs_diff", [&](const r::http_request& q) {
+    const json asked = json::parse(q.body_text());
+    json a = json::object();
+    for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
+    return answer(200, a.dump());
+  });
+  std::vector<std::size_t> batch_sizes;
+  s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
+    const json body = json::parse(q.body_text());
+    CHECK(body["new_edits"] == false);
+    batch_sizes.push_back(body["docs"].size());
+    for (const auto& d : body["docs"]) {
+      if (d["_id"] == "a:d4") return answer(413, R"({"error":"too_large","reason":"the request entity is too large"})");
+    }
+    return answer(201, "[]");
+  }, -1);
+  r::protocol_caps caps;
+  auto res = r::transfer(client, rows, r::transfer_options{}, caps);
+  CHECK(batch_sizes == std::vector<std::size_t>{4, 2, 2, 1, 1});
+  CHECK(res.docs_written == 3);
+  CHECK(res.failed.empty());  // the unit goes on: its checkpoint may advance
+  REQUIRE(res.doc_failures.size() == 1);
+  CHECK(res.doc_failures[0].source_id == "d4");
+  CHECK(res.doc_failures[0].error == "too_large");
+  CHECK(res.requests == 6);
+  CHECK(s.count("POST", "/userdb-a/_bulk_get") == 0);  // the bodies came with the feed
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("transfer: a 503 for the batch fails the unit (retried later), nothing is refused") {
+  scripted_transport s;
+  r::couch_client client(s, quick);
+  auto rows = feed_rows({"d1", "d2"});
+  s.on("POST", "/central/_revs_diff", answer(200, json{{"a:d1", {{"missing", rows[0].revs}}}, {"a:d2", {{"missing", rows[1].revs}}}}.dump()));
+  s.on("POST", "/central/_bulk_docs", answer(503, R"({"error":"service_unavailable","reason":"busy"})"));
+  r::protocol_caps caps;
+  auto res = r::transfer(client, rows, r::transfer_options{}, caps);
+  CHECK(res.docs_written == 0);
+  REQUIRE(res.failed.count("userdb-a") == 1);
+  CHECK(res.failed.at("userdb-a").kind == r::couch_error_kind::overloaded);
+  CHECK(res.doc_failures.empty());
+}
+
+TEST_CASE("state_store: a checkpoint write that conflicts adopts the other writer's checkpoint; a turn begun before cannot move it") {
+  scripted_transport s;
+  r::couch_client client(s, quick);
+  r::state_store st(client, "cg_state");
+  s.on("POST", "/cg_state/_bulk_docs",
+       answer(201, R"([{"id":"checkpoint:userdb-a","error":"conflict","reason":"Document update conflict."}])"));
+  s.on("GET", "/cg_state/checkpoint%3Auserdb-a",
+       answer(200, R"({"_id":"checkpoint:userdb-a","_rev":"3-b","type":"checkpoint","source":"userdb-a","seq":"9-other"})"));
+  const auto before = st.start_position("userdb-a");
+  CHECK(st.advance({{"userdb-a", "5-x", before.epoch}}) == 1);
+  CHECK(st.checkpoint("userdb-a") == json("5-x"));
+  auto f = st.flush();
+  REQUIRE(f.ok());
+  CHECK(f.value().written == 0);
+  CHECK(st.checkpoint("userdb-a") == json("9-other"));  // the other writer wins
+  CHECK_FALSE(st.has_unflushed());
+  const auto after = st.start_position("userdb-a");
+  CHECK(after.epoch != before.epoch);
+  CHECK(st.advance({{"userdb-a", "6-x", before.epoch}}) == 0);  // a turn that started before: dropped
+  CHECK(st.checkpoint("userdb-a") == json("9-other"));
+
+  // The next advance is written over the adopted revision.
+  s.on("POST", "/cg_state/_bulk_docs", [](const r::http_request& q) {
+    const json body = json::parse(q.body_text());
+    CHECK(body["docs"][0]["_rev"] == "3-b");
+    CHECK(body["docs"][0]["seq"] == "10-x");
+    return answer(201, R"([{"ok":true,"id":"checkpoint:userdb-a","rev":"4-c"}])");
+  });
+  CHECK(st.advance({{"userdb-a", "10-x", after.epoch}}) == 1);
+  auto g = st.flush();
+  REQUIRE(g.ok());
+  CHECK(g.value().written == 1);
+  CHECK_FALSE(st.has_unflushed());
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("provisioner: a new user's database is created (q=1) and gets its _security; one that exists is repaired") {
+  scripted_transport s;
+  r::couch_client client(s, quick);
+  r::registry metrics;
+  r::state_store st(client, "cg_state");
+  couchgate::gateway::provisioning_config cfg;
+  std::vector<std::string> added;
+  couchgate::gateway::provisioner_hooks hooks;
+  hooks.source_added = [&](const std::string& db, const couchgate::policy::owner&) { added.push_back(db); };
+  couchgate::gateway::provisioner p(client, st, metrics, cfg, hooks);
+  const std::string alice = p.db_for("alice");
+  const std::string bob = p.db_for("bob");
+  const json want_alice = couchgate::policy::render_security(cfg.security, "alice");
+  const json want_bob = couchgate::policy::render_security(cfg.security, "bob");
+
+  s.on("PUT", "/" + alice + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + alice + "/_security", answer(200, R"({"ok":true})"));
+  s.on("PUT", "/" + bob + "?q=1", answer(412, R"({"error":"file_exists","reason":"The database could not be created, the file already exists."})"));
+  s.on("GET", "/" + bob + "/_security", answer(200, R"({})"));  // CouchDB's default: admin-only, no members
+  s.on("PUT", "/" + bob + "/_security", answer(200, R"({"ok":true})"));
+
+  const std::vector<couchgate::policy::user_doc> users{{"alice", {"app"}, false}, {"bob", {"app"}, false}};
+  CHECK(p.apply(users) == 0);
+  const auto seen = s.requests();
+  bool alice_security = false, bob_security = false;
+  for (const auto& q : seen) {
+    if (q.method == "PUT" && q.target == "/" + alice + "/_security") alice_security = json::parse(q.body) == want_alice;
+    if (q.method == "PUT" && q.target == "/" + bob + "/_security") bob_security = json::parse(q.body) == want_bob;
+  }
+  CHECK(alice_security);
+  CHECK(bob_security);
+  REQUIRE(p.user("alice"));
+  CHECK(p.user("alice")->done);
+  REQUIRE(p.user("bob"));
+  CHECK(p.user("bob")->done);
+  CHECK(added == std::vector<std::string>{alice, bob});
+  CHECK(seen.size() == 5);
+  CHECK(s.unexpected().empty());
+
+  // A refused _security write is recorded as the user's error, and counted as retryable.
+  s.on("PUT", "/" + alice + "?q=1", answer(412, R"({"error":"file_exists","reason":"exists"})"));
+  s.on("GET", "/" + alice + "/_security", answer(200, R"({})"));
+  s.on("PUT", "/" + alice + "/_security", answer(500, R"({"error":"internal_server_error","reason":"boom"})"));
+  CHECK(p.apply({{"alice", {"app"}, false}}) == 1);
+  CHECK_FALSE(p.user("alice")->done);
+  CHECK(p.user("alice")->last_error.find("boom") != std::string::npos);
+}
