@@ -107,6 +107,12 @@ std::optional<milliseconds> parse_retry_after(std::string_view value, std::chron
   if (end == nullptr || *end != '\0') return std::nullopt;
   const time_t t = timegm(&tm);
   if (t == static_cast<time_t>(-1)) return std::nullopt;
+  // Compared in seconds first: a date centuries ahead (year 2300 and later) would overflow
+  // system_clock's nanoseconds in from_time_t (signed overflow: UB, shown by UBSan; found writing
+  // the error_answer fuzz target).
+  const time_t now_s = std::chrono::system_clock::to_time_t(now);
+  if (t < now_s) return milliseconds{0};
+  if (t - now_s > 999'999'999) return milliseconds{999'999'999LL * 1000};  // as a huge delay-seconds
   const auto at = std::chrono::system_clock::from_time_t(t);
   if (at <= now) return milliseconds{0};
   return std::chrono::duration_cast<milliseconds>(at - now);

@@ -21,7 +21,7 @@ if [[ -z "${COUCHGATE_SKIP_DEPS:-}" ]]; then
 fi
 seconds="${COUCHGATE_FUZZ_SECONDS:-20}"
 dir=build-fuzz
-all=(changes db_updates bulk_get revs_diff route config)
+all=(changes db_updates bulk_get revs_diff route config front_request error_answer)
 targets=("$@")
 (( ${#targets[@]} )) || targets=("${all[@]}")
 

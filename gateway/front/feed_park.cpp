@@ -28,6 +28,8 @@ bool each_param(std::string_view query, Fn&& fn) {
   return true;
 }
 
+constexpr std::uint64_t max_heartbeat_ms = 4294967295;
+
 std::optional<std::uint64_t> non_negative(const std::optional<std::string>& text) {
   if (!text || text->empty()) return std::nullopt;
   std::uint64_t n = 0;
@@ -89,8 +91,11 @@ std::variant<feed_request, std::string> parse_feed_request(std::string_view quer
         r.heartbeat.reset();
       } else {
         const auto ms = non_negative(v);
-        if (!ms || *ms == 0) {
-          error = "heartbeat must be a positive integer (milliseconds) or true";
+        // Bounded: a larger value overflowed the steady clock's nanoseconds (UB) or, above
+        // 2^63, turned negative (a heartbeat due at once, every time). 4294967295 ms (49 days) is
+        // also the longest wait an Erlang receive takes, CouchDB's limit.
+        if (!ms || *ms == 0 || *ms > max_heartbeat_ms) {
+          error = "heartbeat must be a positive integer (milliseconds, at most 4294967295) or true";
           return false;
         }
         r.heartbeat = std::chrono::milliseconds(*ms);
@@ -101,7 +106,8 @@ std::variant<feed_request, std::string> parse_feed_request(std::string_view quer
         error = "timeout must be a non-negative integer (milliseconds)";
         return false;
       }
-      timeout = std::chrono::milliseconds(*ms);
+      // Capped before the conversion: above 2^63 it would turn negative.
+      timeout = std::chrono::milliseconds(std::min<std::uint64_t>(*ms, changes_timeout_default.count()));
     } else {
       if (!r.passthrough.empty()) r.passthrough += '&';
       r.passthrough += raw;

@@ -5,10 +5,22 @@
 #include <optional>
 #include <string>
 
+// Beast alone, not gateway/front/asio.hpp: its coroutine helpers do not build with clang 14 and
+// libstdc++ (Boost 1.74 does not see co_await there), and no parser needs them.
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/http.hpp>
+
 #include "gateway/config.hpp"
+#include "gateway/front/auth_limits.hpp"
+#include "gateway/front/cidr.hpp"
+#include "gateway/front/feed_park.hpp"
 #include "gateway/front/route.hpp"
+#include "gateway/front/secure_request.hpp"
+#include "policy/id_map.hpp"
 #include "replicator/answers.hpp"
 #include "replicator/change_detector.hpp"
+#include "replicator/couch_error.hpp"
+#include "replicator/server_gate.hpp"
 #include "replicator/transport/http_pool.hpp"
 #include "replicator/transfer.hpp"
 #include "replicator/wire_json.hpp"
@@ -159,9 +171,85 @@ void config(std::string_view data) {
   (void)gateway::format_errors("fuzz.yaml", loaded.errors);
 }
 
+void front_request(std::string_view data) {
+  // The front door's own reading of a request, after Beast has parsed its header with the
+  // listener's limits: the route, the live feed's query and Last-Event-ID, the proxy's scheme
+  // header, the forwarded address, the credential's cache key.
+  namespace front = gateway::front;
+  namespace http = boost::beast::http;
+  http::request_parser<http::empty_body> parser;
+  parser.header_limit(16 * 1024);
+  parser.eager(false);
+  boost::system::error_code ec;
+  (void)parser.put(boost::asio::buffer(data.data(), data.size()), ec);
+  if (ec || !parser.is_header_done()) return;
+  const auto& req = parser.get();
+  const auto field = [&](std::string_view name) {
+    const auto v = req[boost::beast::string_view(name.data(), name.size())];
+    return std::string_view(v.data(), v.size());
+  };
+  const std::string_view method(req.method_string().data(), req.method_string().size());
+  const std::string_view target(req.target().data(), req.target().size());
+  const auto rt = front::route_request(method, target, true);
+  if (rt.kind == front::route_kind::user_db || rt.kind == front::route_kind::shared_db) {
+    if (front::live_feed_kind(rt.query)) {
+      const std::string_view q = std::string_view(rt.query).substr(rt.query.empty() ? 0 : 1);
+      const auto parsed = front::parse_feed_request(q, field("Last-Event-ID"));
+      if (const auto* fr = std::get_if<front::feed_request>(&parsed)) {
+        const std::string up = front::upstream_changes_query(*fr, fr->since, fr->limit);
+        check(!up.empty() && up[0] == '?');
+        // The feed's timers: never before the request, whatever the query said.
+        const auto now = front::feed_clock::now();
+        front::feed_state st(*fr, now, now + std::chrono::hours(1));
+        check(st.next_deadline() >= now);
+        st.heartbeat_sent(now);
+        check(st.next_deadline() >= now);
+      } else {
+        check(!std::get<std::string>(parsed).empty());  // a 400 says why
+      }
+    }
+  }
+  front::secure_policy policy;
+  policy.trusted_proxies.push_back(*front::parse_cidr("127.0.0.0/8"));
+  front::request_origin origin;
+  origin.peer = front::parse_ip(field("X-Real-IP"));
+  if (const auto v = field("X-Forwarded-Proto"); !v.empty()) origin.scheme_header = v;
+  (void)front::decide_secure(policy, origin);
+  (void)front::parse_cidr(field("X-Forwarded-For"));
+  (void)front::session_cache::key_of(field("Authorization"));
+}
+
+void error_answer(std::string_view data) {
+  // Byte 0: the status (and whether the target is /_session); up to the first newline: the
+  // Retry-After header; the rest: the body, also read as a central document id (restore).
+  static constexpr long statuses[] = {400, 401, 403, 404, 409, 412, 413, 415, 429, 500, 502, 503, 504, 200, 201, 0};
+  auto [which, rest] = select(data);
+  const std::size_t nl = rest.find('\n');
+  const std::string_view header = rest.substr(0, nl);
+  const std::string_view body = nl == std::string_view::npos ? std::string_view{} : rest.substr(nl + 1);
+  r::http_response res;
+  res.status = statuses[which % 16];
+  res.body = std::string(body);
+  res.retry_after_header = std::string(header);
+  const auto now = std::chrono::system_clock::now();
+  res.retry_after = r::parse_retry_after(header, now);
+  if (res.retry_after) check(res.retry_after->count() >= 0);
+  res.credential_rejected = r::is_credential_rejection(res.status, (which & 16) ? "/_session" : "/db/_bulk_docs", body);
+  const auto e = r::error_from(res);
+  check(e.reason.size() <= 300);
+  (void)e.describe();
+  (void)e.retryable();
+  if (const auto ref = policy::from_central_id(body)) {
+    // What restore writes back: the id maps to the same central id again.
+    const auto again = policy::to_central_id(policy::id_mode::namespaced, ref->who, ref->doc_id);
+    check(again.has_value() && *again == body);
+  }
+}
+
 const std::vector<target>& all_targets() {
-  static const std::vector<target> list{{"changes", changes},   {"db_updates", db_updates}, {"bulk_get", bulk_get},
-                                        {"revs_diff", revs_diff}, {"route", route},           {"config", config}};
+  static const std::vector<target> list{{"changes", changes},       {"db_updates", db_updates}, {"bulk_get", bulk_get},
+                                        {"revs_diff", revs_diff},   {"route", route},           {"config", config},
+                                        {"front_request", front_request}, {"error_answer", error_answer}};
   return list;
 }
 

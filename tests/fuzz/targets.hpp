@@ -17,6 +17,8 @@ void bulk_get(std::string_view data);     // _bulk_get, ?open_revs, _bulk_docs a
 void revs_diff(std::string_view data);    // a _revs_diff answer
 void route(std::string_view data);        // the front door's request target routing, percent decoding
 void config(std::string_view data);       // YAML text -> config load and validation
+void front_request(std::string_view data);  // raw HTTP request bytes -> what the front door reads of them
+void error_answer(std::string_view data);   // an error answer (status, Retry-After, body); central ids
 
 struct target {
   const char* name;  // also the corpus directory: tests/fuzz/corpus/<name>

@@ -315,7 +315,9 @@ TEST_CASE("front door: bodies stream through (a large attachment in and out, chu
   const auto hwm = status.find("VmHWM:");
   REQUIRE(hwm != std::string::npos);
   const long kib = std::atol(status.c_str() + hwm + 6);
-  CHECK_MESSAGE(kib < 20 * 1024 + 24 * 1024 / 2, "couchgate peak RSS " << kib << " KiB for a 24 MiB attachment");
+  if (rss_is_meaningful) {
+    CHECK_MESSAGE(kib < 20 * 1024 + 24 * 1024 / 2, "couchgate peak RSS " << kib << " KiB for a 24 MiB attachment");
+  }
 
   // A chunked request body (no Content-Length) goes through as well.
   net::io_context io;

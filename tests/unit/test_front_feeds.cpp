@@ -52,6 +52,16 @@ TEST_CASE("feeds: parameters parsed; the upstream read drops feed, heartbeat and
   CHECK(parsed("feed=longpoll&filter=_doc_ids&doc_ids=%5B%22a%22%5D").passthrough ==
         "filter=_doc_ids&doc_ids=%5B%22a%22%5D");
 
+  // Huge values (found writing the front_request fuzz target): a timeout above 2^63 ms once
+  // turned negative (an immediate timeout), a heartbeat overflowed the clock or turned negative.
+  CHECK(parsed("feed=longpoll&timeout=18446744073709551615").timeout == 60000ms);
+  CHECK(parsed("feed=longpoll&timeout=9300000000000000000").timeout == 60000ms);
+  CHECK(parsed("feed=longpoll&heartbeat=4294967295").heartbeat == 4294967295ms);
+  for (const char* bad : {"feed=longpoll&heartbeat=4294967296", "feed=longpoll&heartbeat=99999999999999",
+                          "feed=longpoll&heartbeat=18446744073709551615"}) {
+    CAPTURE(bad);
+    CHECK(std::holds_alternative<std::string>(f::parse_feed_request(bad)));
+  }
   for (const char* bad : {"feed=longpoll&limit=-1", "feed=longpoll&limit=x", "feed=longpoll&heartbeat=0",
                           "feed=longpoll&heartbeat=abc", "feed=longpoll&timeout=soon", "feed=longpoll&since=%zz"}) {
     CAPTURE(bad);

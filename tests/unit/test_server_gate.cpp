@@ -175,6 +175,9 @@ TEST_CASE("parse_retry_after: delay-seconds and HTTP-date") {
   CHECK(parse_retry_after("Sun, 06 Nov 1994 08:49:40 GMT", now) == std::chrono::milliseconds{3000});
   CHECK(parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now) == std::chrono::milliseconds{0});  // past
   CHECK(parse_retry_after("99999999999999999999", now).value() >= std::chrono::hours(24));       // no overflow
+  // A date beyond what system_clock's nanoseconds hold (about year 2262): a long wait, no overflow.
+  CHECK(parse_retry_after("Sun, 06 Nov 2300 08:49:37 GMT", now).value() >= std::chrono::hours(24));
+  CHECK(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).value() >= std::chrono::hours(24));
   CHECK_FALSE(parse_retry_after("", now));
   CHECK_FALSE(parse_retry_after("-1", now));
   CHECK_FALSE(parse_retry_after("1.5", now));
