@@ -44,27 +44,9 @@ TEST_CASE("two server outages under 20 writers: one log line per outage and per 
     REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(db)).status == 200; }, 60s), db);
 
   // 20 writers, one per database, straight to the server.
-  std::atomic<bool> writing{true};
-  std::atomic<int> written{0};
-  std::vector<std::thread> writers;
-  for (const auto& [db, owner] : db_owner) {
-    writers.emplace_back([&, db = db] {
-      couch c;
-      for (int k = 0; writing.load(); ++k) {
-        if (c.put("/" + enc(db) + "/w" + std::to_string(k), json{{"k", k}}).status == 201) ++written;
-        std::this_thread::sleep_for(20ms);  // pacing of a writer, not a wait for a condition
-      }
-    });
-  }
-  struct stop_writers {
-    std::atomic<bool>& flag;
-    std::vector<std::thread>& ts;
-    ~stop_writers() {
-      flag = false;
-      for (auto& t : ts)
-        if (t.joinable()) t.join();
-    }
-  } stopper{writing, writers};
+  std::vector<std::string> dbs;
+  for (const auto& [db, owner] : db_owner) dbs.push_back(db);
+  paced_writers writers(dbs, 20ms);
 
   const std::string began = "CouchDB unreachable";
   const std::string ended = "CouchDB answers again";
@@ -85,8 +67,7 @@ TEST_CASE("two server outages under 20 writers: one log line per outage and per 
     proxy.refuse(false);
     CHECK_MESSAGE(eventually([&] { return count_lines(cg.log(), ended) == o + 1; }, 60s), tail(cg.log()));
   }
-  writing = false;
-  for (auto& t : writers) t.join();
+  writers.stop();
 
   db_state want;
   const std::string diff = wait_central_converged(n.central, db_owner, 120s, &want);
@@ -95,7 +76,7 @@ TEST_CASE("two server outages under 20 writers: one log line per outage and per 
   const std::string log = cg.log();
   const int warnings = count_lines(log, " warning [") - warnings_before;
   const int errors = count_lines(log, " error [");
-  MESSAGE(outages << " outages under 20 writers (" << written.load() << " documents written): " << warnings
+  MESSAGE(outages << " outages under 20 writers (" << writers.written() << " documents written): " << warnings
                   << " warning lines, " << count_lines(log, began) << " '" << began << "', " << count_lines(log, ended)
                   << " '" << ended << "', " << errors << " error lines; central holds " << want.size() << " documents");
   CHECK(count_lines(log, began) == outages);

@@ -98,28 +98,9 @@ TEST_CASE("a real server restart under 10 writers: backoff, one log line per out
   for (const auto& [db, owner] : db_owner)
     REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(db)).status == 200; }, 60s), db << tail(cg.log()));
 
-  std::atomic<bool> writing{true};
-  std::atomic<int> written{0}, refused_writes{0};
-  std::vector<std::thread> writers;
-  for (const auto& [db, owner] : db_owner) {
-    writers.emplace_back([&, db = db] {
-      couch c;
-      for (int k = 0; writing.load(); ++k) {
-        if (c.put("/" + enc(db) + "/w" + std::to_string(k), json{{"k", k}}).status == 201) ++written;
-        else ++refused_writes;  // the server is down: that write is not made (nothing to carry)
-        std::this_thread::sleep_for(30ms);  // pacing of a writer, not a wait for a condition
-      }
-    });
-  }
-  struct stop_writers {
-    std::atomic<bool>& flag;
-    std::vector<std::thread>& ts;
-    ~stop_writers() {
-      flag = false;
-      for (auto& t : ts)
-        if (t.joinable()) t.join();
-    }
-  } stopper{writing, writers};
+  std::vector<std::string> dbs;
+  for (const auto& [db, owner] : db_owner) dbs.push_back(db);
+  paced_writers writers(dbs, 30ms);  // a refused write is not made while the server is down
 
   const std::string began = "CouchDB unreachable";
   const std::string ended = "CouchDB answers again";
@@ -130,8 +111,8 @@ TEST_CASE("a real server restart under 10 writers: backoff, one log line per out
     CAPTURE(o);
     REQUIRE_MESSAGE(eventually([&] { return count_lines(cg.log(), ended) == o; }, 60s), tail(cg.log()));
     // Up for a while with the writers writing, then down.
-    const int before = written.load();
-    REQUIRE(eventually([&] { return written.load() >= before + 100; }, 60s));
+    const int before = writers.written();
+    REQUIRE(eventually([&] { return writers.written() >= before + 100; }, 60s));
     server.stop();
     const auto down = steady_clock::now();
     CHECK_MESSAGE(eventually([&] { return count_lines(cg.log(), began) == o + 1; }, 30s), tail(cg.log()));
@@ -144,10 +125,9 @@ TEST_CASE("a real server restart under 10 writers: backoff, one log line per out
     reconnect_s.push_back(seconds_since(up));
   }
   const auto last_up = steady_clock::now();
-  const int before_end = written.load();
-  REQUIRE(eventually([&] { return written.load() >= before_end + 100; }, 60s));
-  writing = false;
-  for (auto& t : writers) t.join();
+  const int before_end = writers.written();
+  REQUIRE(eventually([&] { return writers.written() >= before_end + 100; }, 60s));
+  writers.stop();
 
   db_state want;
   const std::string diff = wait_central_converged(n.central, db_owner, 120s, &want);
@@ -174,8 +154,8 @@ TEST_CASE("a real server restart under 10 writers: backoff, one log line per out
   CHECK(cg.metric("couchgate_couchdb_outages_total") == outages);
   CHECK(cg.metric("couchgate_couchdb_unreachable") == 0);
   CHECK(cg.metric("couchgate_couchdb_transport_errors_total").value_or(0) > 0);
-  MESSAGE(outages << " real server restarts under 10 writers (" << written.load() << " documents written, "
-                  << refused_writes.load() << " writes refused while down): " << warnings << " warning lines; "
+  MESSAGE(outages << " real server restarts under 10 writers (" << writers.written() << " documents written, "
+                  << writers.refused() << " writes refused while down): " << warnings << " warning lines; "
                   << "recovery noticed " << reconnect_s[0] << " s and " << reconnect_s[1]
                   << " s after each start; converged " << converge_s << " s after the last; central holds " << want.size()
                   << " documents; lost: " << std::string(converged ? "nothing" : "see above"));

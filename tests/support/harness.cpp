@@ -459,4 +459,35 @@ run_result run_couchgate(const std::vector<std::string>& args, const std::map<st
   return r;
 }
 
+
+struct paced_writers::counters {
+  std::atomic<bool> writing{true};
+  std::atomic<int> written{0}, refused{0};
+};
+
+paced_writers::paced_writers(const std::vector<std::string>& dbs, std::chrono::milliseconds pace)
+    : counts_(std::make_shared<counters>()) {
+  for (const auto& db : dbs) {
+    threads_.emplace_back([counts = counts_, db, pace] {
+      couch c;
+      for (int k = 0; counts->writing.load(); ++k) {
+        if (c.put("/" + enc(db) + "/w" + std::to_string(k), json{{"k", k}}).status == 201) ++counts->written;
+        else ++counts->refused;  // e.g. the server is down: that write is not made
+        std::this_thread::sleep_for(pace);  // pacing of a writer, not a wait for a condition
+      }
+    });
+  }
+}
+
+paced_writers::~paced_writers() { stop(); }
+
+void paced_writers::stop() {
+  counts_->writing = false;
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+}
+
+int paced_writers::written() const { return counts_->written.load(); }
+int paced_writers::refused() const { return counts_->refused.load(); }
+
 }  // namespace couchgate::test

@@ -8,8 +8,10 @@
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_set>
 #include <vector>
 
@@ -79,6 +81,25 @@ bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds dea
 
 // True when the server answers GET /.
 bool server_alive();
+
+// Writers straight to the server, one thread per database, each putting `w<k>` documents one
+// after another, `pace` apart, until stop() (the destructor stops them too, so a failed REQUIRE
+// never leaves threads running). written() counts the 201s, refused() the rest.
+class paced_writers {
+ public:
+  paced_writers(const std::vector<std::string>& dbs, std::chrono::milliseconds pace);
+  ~paced_writers();
+  paced_writers(const paced_writers&) = delete;
+  paced_writers& operator=(const paced_writers&) = delete;
+  void stop();  // waits until every writer has made its last write
+  int written() const;
+  int refused() const;
+
+ private:
+  struct counters;
+  std::shared_ptr<counters> counts_;
+  std::vector<std::thread> threads_;
+};
 
 // Creates a `_users` document (admin write).
 reply create_user(const std::string& name, const std::vector<std::string>& roles, const std::string& password = "pw-123456");
