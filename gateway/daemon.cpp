@@ -31,6 +31,7 @@
 #include "replicator/transport/session_auth.hpp"
 #include "replicator/logger.hpp"
 #include "replicator/metrics.hpp"
+#include "replicator/transport/transport_metrics.hpp"
 #include "replicator/server_limits.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/wire_json.hpp"
@@ -197,60 +198,27 @@ struct daemon::impl {
     return {true, ""};
   }
 
+  // The registry holds every family (the pool's, the session's and the daemon's own are
+  // registered in run()); the front door renders its own.
   std::string render_metrics() const {
     std::string out = metrics.render();
-    if (pool) {
-      auto s = pool->stats();
-      out += "# HELP couchgate_couchdb_connections Open connections to CouchDB\n# TYPE couchgate_couchdb_connections gauge\n";
-      out += "couchgate_couchdb_connections " + std::to_string(s.open_sockets) + "\n";
-      out += "# HELP couchgate_couchdb_connections_peak Most connections to CouchDB open at once\n# TYPE couchgate_couchdb_connections_peak gauge\n";
-      out += "couchgate_couchdb_connections_peak " + std::to_string(s.peak_sockets) + "\n";
-      out += "# HELP couchgate_couchdb_connections_max Configured connection cap\n# TYPE couchgate_couchdb_connections_max gauge\n";
-      out += "couchgate_couchdb_connections_max " + std::to_string(pool->max_connections()) + "\n";
-      out += "# HELP couchgate_couchdb_requests_total HTTP requests sent to CouchDB\n# TYPE couchgate_couchdb_requests_total counter\n";
-      out += "couchgate_couchdb_requests_total " + std::to_string(s.requests) + "\n";
-      out += "# HELP couchgate_couchdb_transport_errors_total Requests that failed below HTTP\n# TYPE couchgate_couchdb_transport_errors_total counter\n";
-      out += "couchgate_couchdb_transport_errors_total " + std::to_string(s.transport_errors) + "\n";
-      if (auth) {
-        const auto a = auth->stats();
-        out += "# HELP couchgate_couchdb_logins_total POST /_session sent (cookie authentication)\n# TYPE couchgate_couchdb_logins_total counter\n";
-        out += "couchgate_couchdb_logins_total " + std::to_string(a.logins) + "\n";
-        out += "# HELP couchgate_couchdb_session_retries_total Requests sent again after a 401 and a new login\n# TYPE couchgate_couchdb_session_retries_total counter\n";
-        out += "couchgate_couchdb_session_retries_total " + std::to_string(a.retried) + "\n";
-      }
-      out += "# HELP couchgate_couchdb_outages_total Times CouchDB stopped answering (each logged once)\n# TYPE couchgate_couchdb_outages_total counter\n";
-      out += "couchgate_couchdb_outages_total " + std::to_string(s.outages) + "\n";
-      out += "# HELP couchgate_couchdb_unreachable 1 while CouchDB does not answer\n# TYPE couchgate_couchdb_unreachable gauge\n";
-      out += "couchgate_couchdb_unreachable " + std::string(s.unreachable ? "1" : "0") + "\n";
-      const auto as_seconds = [](std::chrono::milliseconds d) { return std::to_string(static_cast<double>(d.count()) / 1000.0); };
-      out += "# HELP couchgate_couchdb_overloaded_total Answers saying CouchDB is overloaded (429, 503)\n# TYPE couchgate_couchdb_overloaded_total counter\n";
-      out += "couchgate_couchdb_overloaded_total " + std::to_string(s.overloaded) + "\n";
-      out += "# HELP couchgate_couchdb_pace_seconds Current minimum interval between requests to CouchDB (0 = not slowed)\n# TYPE couchgate_couchdb_pace_seconds gauge\n";
-      out += "couchgate_couchdb_pace_seconds " + as_seconds(s.pace) + "\n";
-      out += "# HELP couchgate_couchdb_overload_delay_seconds Time until the next request may start (Retry-After)\n# TYPE couchgate_couchdb_overload_delay_seconds gauge\n";
-      out += "couchgate_couchdb_overload_delay_seconds " + as_seconds(s.delay) + "\n";
-      out += "# HELP couchgate_couchdb_queued_requests Requests waiting for the pace or the credential probe\n# TYPE couchgate_couchdb_queued_requests gauge\n";
-      out += "couchgate_couchdb_queued_requests " + std::to_string(s.queued) + "\n";
-      out += "# HELP couchgate_couchdb_auth_rejections_total Answers refusing couchgate's credential (401, account locked)\n# TYPE couchgate_couchdb_auth_rejections_total counter\n";
-      out += "couchgate_couchdb_auth_rejections_total " + std::to_string(s.auth_rejections) + "\n";
-      out += "# HELP couchgate_couchdb_credential_held 1 while nothing is sent because CouchDB refused the credential\n# TYPE couchgate_couchdb_credential_held gauge\n";
-      out += "couchgate_couchdb_credential_held " + std::string(s.credential_held ? "1" : "0") + "\n";
-      out += "# HELP couchgate_couchdb_requests_refused_total Requests failed without being sent while the credential was held\n# TYPE couchgate_couchdb_requests_refused_total counter\n";
-      out += "couchgate_couchdb_requests_refused_total " + std::to_string(s.credential_refused) + "\n";
-    }
-    out += "# HELP couchgate_wire_rejected_total Answers, rows and documents from CouchDB refused as malformed (wrong types, not JSON, too deep)\n"
-           "# TYPE couchgate_wire_rejected_total counter\n";
-    out += "couchgate_wire_rejected_total " + std::to_string(r::wire::rejected()) + "\n";
     if (front) out += front->render_metrics();
-    const auto dbs_open = max_dbs_open.load();
-    out += "# HELP couchgate_couchdb_max_dbs_open CouchDB's [couchdb] max_dbs_open (-1 when it cannot be read)\n# TYPE couchgate_couchdb_max_dbs_open gauge\n";
-    out += "couchgate_couchdb_max_dbs_open " + std::to_string(dbs_open) + "\n";
-    out += "# HELP couchgate_couchdb_shards_needed Shards fan-in keeps busy (sources x q plus couchgate's own databases)\n# TYPE couchgate_couchdb_shards_needed gauge\n";
-    out += "couchgate_couchdb_shards_needed " + std::to_string(shards_needed.load()) + "\n";
-    out += "# HELP couchgate_couchdb_max_dbs_open_recommended The max_dbs_open couchgate recommends\n# TYPE couchgate_couchdb_max_dbs_open_recommended gauge\n";
-    out += "couchgate_couchdb_max_dbs_open_recommended " + std::to_string(shards_recommended.load()) + "\n";
-    out += "# HELP couchgate_up 1 when ready\n# TYPE couchgate_up gauge\ncouchgate_up " + std::string(ready().first ? "1" : "0") + "\n";
     return out;
+  }
+
+  void register_daemon_metrics() {
+    metrics.add_counter_callback(
+        "couchgate_wire_rejected_total",
+        "Answers, rows and documents from CouchDB refused as malformed (wrong types, not JSON, too deep)",
+        [] { return static_cast<double>(r::wire::rejected()); });
+    metrics.add_callback("couchgate_couchdb_max_dbs_open", "CouchDB's [couchdb] max_dbs_open (-1 when it cannot be read)",
+                         [this] { return static_cast<double>(max_dbs_open.load()); });
+    metrics.add_callback("couchgate_couchdb_shards_needed",
+                         "Shards fan-in keeps busy (sources x q plus couchgate's own databases)",
+                         [this] { return static_cast<double>(shards_needed.load()); });
+    metrics.add_callback("couchgate_couchdb_max_dbs_open_recommended", "The max_dbs_open couchgate recommends",
+                         [this] { return static_cast<double>(shards_recommended.load()); });
+    metrics.add_callback("couchgate_up", "1 when ready", [this] { return ready().first ? 1.0 : 0.0; });
   }
 
   json status() const {
@@ -498,6 +466,8 @@ int daemon::run() {
       r::http_pool::options{cfg.couchdb.url, "", "", budget.total(), std::string("couchgate/") + COUCHGATE_VERSION});
   d.auth = std::make_unique<r::session_auth>(*d.pool, r::session_options_for(cfg.couchdb.username, cfg.couchdb.password,
                                                                              cfg.couchdb.auth, cfg.couchdb.request_timeout));
+  r::register_transport_metrics(d.metrics, *d.pool, *d.auth);
+  d.register_daemon_metrics();
   d.client = std::make_unique<r::couch_client>(
       *d.auth, r::timeouts{cfg.couchdb.request_timeout, cfg.couchdb.feed_timeout, cfg.couchdb.heartbeat});
   d.state = std::make_unique<r::state_store>(*d.client, cfg.state_db);

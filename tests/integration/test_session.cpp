@@ -29,6 +29,7 @@ struct run_counts {
   std::size_t without_credential = 0;
   double replication_requests = 0;  // couchgate_replication_requests_total
   double docs = 0;                  // couchgate_replicated_docs_total
+  double retries = 0;               // couchgate_couchdb_session_retries_total
 };
 
 // Fans in `users` user databases of `docs` documents each, written before couchgate starts,
@@ -65,6 +66,7 @@ run_counts fan_in(const std::string& mode, int users, int docs) {
   }
   c.replication_requests = cg.metric("couchgate_replication_requests_total").value_or(-1);
   c.docs = cg.metric("couchgate_replicated_docs_total").value_or(-1);
+  c.retries = cg.metric("couchgate_couchdb_session_retries_total").value_or(-1);
   CHECK(cg.metric("couchgate_couchdb_logins_total").value_or(-1) == static_cast<double>(c.logins));
   if (!env().password.empty()) CHECK(cg.log().find(env().password) == std::string::npos);
   CHECK(cg.terminate() == 0);
@@ -93,10 +95,16 @@ TEST_CASE("cookie authentication: one POST /_session, the cookie on every other 
   CHECK(basic.with_cookie == 0);
   CHECK(basic.with_basic == basic.requests);
 
-  // Requests per replicated document: the same rounds either way (the login is outside them).
-  // How the sources group into rounds depends on when the provisioner registers them, so one
-  // round's worth (_changes, _revs_diff, _bulk_docs) of difference is allowed.
+  // Requests per replicated document: the cookie adds none (no request is sent twice after a
+  // 401 while the session is valid). How the sources group into rounds depends on when the
+  // provisioner registers them (5 to 10 requests for 3 sources measured on CouchDB 3.5.0 in
+  // either mode), so each mode is held to the same bound instead of to the other's count: a
+  // source first-generation documents cost at most one _changes, one _revs_diff and one
+  // _bulk_docs, plus one more _changes when it was announced again while being read.
   CHECK(cookie.docs >= users * docs);
   CHECK(basic.docs >= users * docs);
-  CHECK(cookie.replication_requests <= basic.replication_requests + 3);
+  CHECK(cookie.retries == 0);
+  CHECK(basic.retries == 0);
+  CHECK(cookie.replication_requests <= 4.0 * users);
+  CHECK(basic.replication_requests <= 4.0 * users);
 }
