@@ -39,32 +39,7 @@ command -v curl >/dev/null 2>&1 || die "curl is not on PATH (run deploy/install-
 
 # --- 1. npm dependencies ---------------------------------------------------------------
 # `npm ci` whenever node_modules is missing, incomplete, or older than the lock file.
-# --ignore-scripts: skips compiling sqlite3 from source (~80 s; only --sqlite needs it).
-# flock serialises concurrent starts (npm ci deletes node_modules first); it locks the
-# lock file itself (opened read-only) so no extra file is left in the tree.
-install_if_needed() {
-  local bin="$here/node_modules/.bin/pouchdb-server"
-  if [[ -x "$bin" && ! "$here/package-lock.json" -nt "$here/node_modules" ]]; then
-    return 0
-  fi
-  command -v npm >/dev/null 2>&1 || die "npm is not on PATH (run deploy/install-deps.sh)"
-  log "installing pouchdb-server (npm ci --ignore-scripts) in $here"
-  (cd "$here" && npm ci --ignore-scripts --no-audit --no-fund) >&2 \
-    || die "npm ci failed"
-  # npm ci recreates node_modules, but make its mtime explicit so the check above is
-  # stable even if npm reuses the directory.
-  touch "$here/node_modules"
-  [[ -x "$bin" ]] || die "npm ci finished but $bin is missing"
-}
-if command -v flock >/dev/null 2>&1; then
-  exec 9<"$here/package-lock.json"
-  flock 9
-  install_if_needed
-  flock -u 9
-  exec 9>&-
-else
-  install_if_needed
-fi
+"$here/../support/npm-ci.sh" "$here" node_modules/.bin/pouchdb-server || die "npm dependencies not installed"
 
 # --- helpers ---------------------------------------------------------------------------
 free_port() {
