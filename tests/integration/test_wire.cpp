@@ -116,11 +116,7 @@ bool caught_up(const couchgate_process& cg, const std::string& user) {
 }  // namespace
 
 TEST_CASE("document bodies pass byte for byte to central and back by restore; a too-deep document is recorded, not a crash") {
-  auto s = with_user("wire", "w");
-  const names& n = s.n;
-  json& cfg = s.cfg;
-  const std::string& user = s.user;
-  const std::string& db = s.db;
+  auto [n, cfg, user, db] = with_user("wire", "w");
   couchgate_process cg(cfg);
   start_provisioned(cg, db);
 
@@ -232,11 +228,7 @@ TEST_CASE("_users: a user document nested deeper than the limit is one malformed
 }
 
 TEST_CASE("a document the central validate function refuses is recorded, the checkpoint moves past it, later writes flow") {
-  auto s = with_user("wirerefuse", "r");
-  const names& n = s.n;
-  json& cfg = s.cfg;
-  const std::string& user = s.user;
-  const std::string& db = s.db;
+  auto [n, cfg, user, db] = with_user("wirerefuse", "r");
   couchgate_process cg(cfg);
   start_provisioned(cg, db);
   // CouchDB passes a thrown object through as the row's `reason` (it used to abort couchgate).
@@ -270,11 +262,7 @@ TEST_CASE("a document the central validate function refuses is recorded, the che
 }
 
 TEST_CASE("a 413 for a batch is split until the one oversized document is found; the rest of the batch arrives") {
-  auto s = with_user("wire413", "b");
-  const names& n = s.n;
-  json& cfg = s.cfg;
-  const std::string& user = s.user;
-  const std::string& db = s.db;
+  auto [n, cfg, user, db] = with_user("wire413", "b");
   scripted_proxy proxy;
   cfg["couchdb"]["url"] = proxy.url();
   couchgate_process cg(cfg, proxy_env(proxy));
@@ -380,11 +368,7 @@ TEST_CASE("answers of the wrong shape: the daemon stays up, counts them, and con
 }
 
 TEST_CASE("restore: a document the user's own validate function refuses is reported; the rest is restored") {
-  auto s = with_user("wirerestore", "rr");
-  const names& n = s.n;
-  json& cfg = s.cfg;
-  const std::string& user = s.user;
-  const std::string& db = s.db;
+  auto [n, cfg, user, db] = with_user("wirerestore", "rr");
   {
     couchgate_process cg(cfg);
     start_provisioned(cg, db);
@@ -413,17 +397,16 @@ TEST_CASE("restore: a document the user's own validate function refuses is repor
 }
 
 TEST_CASE("retryable answers to a batch (429, 408, 503, a transient row error) record nothing and hold the checkpoint until it is written") {
-  auto s = with_user("wireretry", "t");
-  const names& n = s.n;
+  auto [n, cfg, user, db] = with_user("wireretry", "t");
   scripted_proxy proxy;
-  s.cfg["couchdb"]["url"] = proxy.url();
-  couchgate_process cg(s.cfg, proxy_env(proxy));
-  start_provisioned(cg, s.db);
+  cfg["couchdb"]["url"] = proxy.url();
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_provisioned(cg, db);
   const std::string path = "/" + n.central + "/_bulk_docs";
   // (A scripted 201 stands in for the server: it must name every document, or the unnamed ones
   // would count as written.)
   json transient = json::array();
-  for (int i = 0; i < 5; ++i) transient.push_back({{"id", s.user + ":d" + std::to_string(i)}, {"error", "unknown_error"}, {"reason", "timeout"}});
+  for (int i = 0; i < 5; ++i) transient.push_back({{"id", user + ":d" + std::to_string(i)}, {"error", "unknown_error"}, {"reason", "timeout"}});
   std::vector<std::size_t> rules{
       proxy.add({"POST", path, "", 429, R"({"error":"too_many_requests","reason":"slow down"})", "application/json", 1}),
       proxy.add({"POST", path, "", 408, R"({"error":"timeout","reason":"request timed out"})", "application/json", 1}),
@@ -432,12 +415,12 @@ TEST_CASE("retryable answers to a batch (429, 408, 503, a transient row error) r
   };
   json docs = json::array();
   for (int i = 0; i < 5; ++i) docs.push_back({{"_id", "d" + std::to_string(i)}, {"i", i}});
-  REQUIRE(couch().post("/" + enc(s.db) + "/_bulk_docs", json{{"docs", docs}}).status == 201);
+  REQUIRE(couch().post("/" + enc(db) + "/_bulk_docs", json{{"docs", docs}}).status == 201);
   // While the central database answers so, nothing is written and the checkpoint stays behind.
   CHECK(eventually([&] { return proxy.hits(rules[0]) + proxy.hits(rules[1]) + proxy.hits(rules[2]) >= 1; }, 60s));
-  CHECK_FALSE(caught_up(cg, s.user));
-  CHECK_MESSAGE(eventually([&] { return central_count(n.central, s.user) == 5; }, 120s), tail(cg.log()));
-  CHECK(eventually([&] { return caught_up(cg, s.user); }, 60s));
+  CHECK_FALSE(caught_up(cg, user));
+  CHECK_MESSAGE(eventually([&] { return central_count(n.central, user) == 5; }, 120s), tail(cg.log()));
+  CHECK(eventually([&] { return caught_up(cg, user); }, 60s));
   for (auto r : rules) CHECK(proxy.hits(r) == 1);
   CHECK(cg.metric("couchgate_doc_write_failures_total").value_or(0) == 0);
   CHECK(cg.admin_get("/failures").body["refused_docs"].empty());
