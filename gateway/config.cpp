@@ -758,47 +758,58 @@ class loader final : public value_reader {
     return value;
   }
 
-  // Integer seconds, or an integer with unit ms, s, m or h. Returns milliseconds.
-  std::optional<long long> read_duration_ms() override {
-    const bool whole_seconds = current_.spec->kind == key_kind::duration_s;
-    const long long min_ms = whole_seconds ? current_.spec->min * 1000 : current_.spec->min;
-    static constexpr std::string_view expected =
-        "a duration: an integer number of seconds or an integer with unit ms, s, m or h (e.g. 250ms, 30s, 10m)";
-    const auto s = scalar(expected);
+  struct unit_factor {
+    std::string_view unit;  // "" = a bare number
+    long long factor;
+  };
+  // A scalar "<integer>[ ]<unit>" times its unit's factor, with the scalar as written (for the
+  // caller's own checks); nullopt, and one problem named, when it is not one, its unit is not in
+  // `units`, it is negative, or the product exceeds `max` (`max_hint` follows that message).
+  std::optional<std::pair<long long, std::string>> read_scaled(std::string_view expected, std::string_view kind,
+                                                               std::initializer_list<unit_factor> units,
+                                                               std::string_view units_hint, long long max,
+                                                               std::string_view max_hint) {
+    auto s = scalar(expected);
     if (!s) return std::nullopt;
     const auto parts = split_number_unit(*s);
     if (!parts) {
       problem("expected " + std::string(expected) + ", got " + quote_value(*s), *s);
       return std::nullopt;
     }
-    long long factor = 0;
-    if (parts->unit.empty() || parts->unit == "s") {
-      factor = 1000;
-    } else if (parts->unit == "ms") {
-      factor = 1;
-    } else if (parts->unit == "m") {
-      factor = 60'000;
-    } else if (parts->unit == "h") {
-      factor = 3'600'000;
-    } else {
-      problem("unknown duration unit " + quote_value(parts->unit) + " in " + quote_value(*s) + "; use ms, s, m or h", *s);
+    const auto unit = std::find_if(units.begin(), units.end(), [&](const unit_factor& u) { return u.unit == parts->unit; });
+    if (unit == units.end()) {
+      problem("unknown " + std::string(kind) + " unit " + quote_value(parts->unit) + " in " + quote_value(*s) + "; use " +
+                  std::string(units_hint),
+              *s);
       return std::nullopt;
     }
     if (parts->number < 0) {
       problem("must not be negative, got " + quote_value(*s), *s);
       return std::nullopt;
     }
-    if (parts->number > max_duration_ms / factor) {
-      problem("is too large, got " + quote_value(*s) + " (at most " + std::to_string(max_duration_seconds) + "s)", *s);
+    if (parts->number > max / unit->factor) {
+      problem("is too large, got " + quote_value(*s) + std::string(max_hint), *s);
       return std::nullopt;
     }
-    const long long ms = parts->number * factor;
+    return std::pair{parts->number * unit->factor, std::string(*s)};
+  }
+
+  // Integer seconds, or an integer with unit ms, s, m or h. Returns milliseconds.
+  std::optional<long long> read_duration_ms() override {
+    const bool whole_seconds = current_.spec->kind == key_kind::duration_s;
+    const long long min_ms = whole_seconds ? current_.spec->min * 1000 : current_.spec->min;
+    const auto read = read_scaled(
+        "a duration: an integer number of seconds or an integer with unit ms, s, m or h (e.g. 250ms, 30s, 10m)",
+        "duration", {{"", 1000}, {"s", 1000}, {"ms", 1}, {"m", 60'000}, {"h", 3'600'000}}, "ms, s, m or h",
+        max_duration_ms, " (at most " + std::to_string(max_duration_seconds) + "s)");
+    if (!read) return std::nullopt;
+    const auto& [ms, s] = *read;
     if (whole_seconds && ms % 1000 != 0) {
-      problem("must be a whole number of seconds, got " + quote_value(*s), *s);
+      problem("must be a whole number of seconds, got " + quote_value(s), s);
       return std::nullopt;
     }
     if (ms < min_ms) {
-      problem("must be at least " + format_duration_ms(min_ms) + ", got " + quote_value(*s), *s);
+      problem("must be at least " + format_duration_ms(min_ms) + ", got " + quote_value(s), s);
       return std::nullopt;
     }
     return ms;
@@ -806,45 +817,18 @@ class loader final : public value_reader {
 
   // Integer bytes, or an integer with unit B, KiB, MiB or GiB.
   std::optional<long long> read_size(long long min_bytes) {
-    static constexpr std::string_view expected =
-        "a size: an integer number of bytes or an integer with unit B, KiB, MiB or GiB (e.g. 8MiB)";
-    const auto s = scalar(expected);
-    if (!s) return std::nullopt;
-    const auto parts = split_number_unit(*s);
-    if (!parts) {
-      problem("expected " + std::string(expected) + ", got " + quote_value(*s), *s);
-      return std::nullopt;
-    }
-    long long factor = 0;
-    if (parts->unit.empty() || parts->unit == "B") {
-      factor = 1;
-    } else if (parts->unit == "KiB") {
-      factor = 1LL << 10;
-    } else if (parts->unit == "MiB") {
-      factor = 1LL << 20;
-    } else if (parts->unit == "GiB") {
-      factor = 1LL << 30;
-    } else {
-      problem("unknown size unit " + quote_value(parts->unit) + " in " + quote_value(*s) +
-                  "; use B, KiB, MiB or GiB (1024-based)",
-              *s);
-      return std::nullopt;
-    }
-    if (parts->number < 0) {
-      problem("must not be negative, got " + quote_value(*s), *s);
-      return std::nullopt;
-    }
-    constexpr long long max_bytes = std::numeric_limits<long long>::max();
-    if (parts->number > max_bytes / factor ||
-        static_cast<unsigned long long>(parts->number * factor) > std::numeric_limits<std::size_t>::max()) {
-      problem("is too large, got " + quote_value(*s), *s);
-      return std::nullopt;
-    }
-    const long long bytes = parts->number * factor;
+    constexpr auto max_bytes = static_cast<long long>(
+        std::min<unsigned long long>(std::numeric_limits<long long>::max(), std::numeric_limits<std::size_t>::max()));
+    const auto read = read_scaled(
+        "a size: an integer number of bytes or an integer with unit B, KiB, MiB or GiB (e.g. 8MiB)", "size",
+        {{"", 1}, {"B", 1}, {"KiB", 1LL << 10}, {"MiB", 1LL << 20}, {"GiB", 1LL << 30}}, "B, KiB, MiB or GiB (1024-based)",
+        max_bytes, "");
+    if (!read) return std::nullopt;
+    const auto& [bytes, s] = *read;
     if (bytes < min_bytes) {
       problem("must be at least " + format_size_bytes(min_bytes) + " (" + std::to_string(min_bytes) + " bytes), got " +
-                  quote_value(*s),
-              *s);
+                  quote_value(s),
+              s);
       return std::nullopt;
     }
     return bytes;
