@@ -603,7 +603,10 @@ int daemon::run() {
   while (ok) {
     {
       std::unique_lock lk(d.mu);
-      d.cv.wait_for(lk, tick, [&d] { return d.stop || d.reload; });
+      // Until ready, readiness is looked at every 100 ms, so READY=1 and the "ready" line follow
+      // the first reconcile closely instead of up to a whole tick later.
+      const auto wait = notified_ready ? tick : std::min<std::chrono::milliseconds>(tick, std::chrono::milliseconds(100));
+      d.cv.wait_for(lk, wait, [&d] { return d.stop || d.reload; });
       if (d.stop) break;
       if (d.reload) {
         d.reload = false;
