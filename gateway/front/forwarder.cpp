@@ -152,7 +152,7 @@ forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metri
       failures_(options_.auth_failure_limit, options_.auth_failure_window),
       slots_(options_.max_requests_per_user, options_.user_queue_length),
       local_attempts_(options_.local_rate_limit, options_.local_rate_window),
-      local_pool_(options_.local || options_.provision_token_user
+      local_pool_(options_.local || options_.provision_caller
                       ? std::make_unique<net::thread_pool>(std::max<std::size_t>(options_.local_threads, 1))
                       : nullptr) {}
 
@@ -281,16 +281,17 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     }
     user = who.name;
     out.user = who.name;
-    // A JWT caller may have no database yet (no `_users` document for the provisioner to see).
-    if (rt.kind == route_kind::user_db && who.session && who.session->authenticated == "jwt" &&
-        options_.provision_token_user) {
+    // A caller just authenticated may have no usable database yet: a `_users` document written
+    // a moment ago (the provisioner has not applied it yet: no database, or CouchDB's admin-only
+    // default `_security`), or a JWT caller with no `_users` document at all.
+    if (rt.kind == route_kind::user_db && who.session && options_.provision_caller) {
       bool known = false;
       {
-        std::lock_guard lk(token_mu_);
-        known = token_users_ready_.count(user) != 0;
+        std::lock_guard lk(callers_mu_);
+        known = callers_ready_.count(user) != 0;
       }
       if (!known) {
-        const token_user_provisioner& fn = options_.provision_token_user;
+        const caller_provisioner& fn = options_.provision_caller;
         const policy::session_user& s = *who.session;
         const bool ok = co_await net::co_spawn(
             local_pool_->get_executor(), [&fn, &s]() -> net::awaitable<bool> { co_return fn(s); }, net::use_awaitable);
@@ -299,9 +300,9 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
           co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                     "couchgate could not make this user's database", retry_after("1"));
         }
-        std::lock_guard lk(token_mu_);
-        if (token_users_ready_.size() >= 100000) token_users_ready_.clear();
-        token_users_ready_.insert(user);
+        std::lock_guard lk(callers_mu_);
+        if (callers_ready_.size() >= 100000) callers_ready_.clear();
+        callers_ready_.insert(user);
       }
     }
   }

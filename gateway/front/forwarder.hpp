@@ -54,7 +54,7 @@ struct forwarder_options {
   std::size_t local_rate_limit = 20;     // local requests per address per window (429 above)
   std::chrono::milliseconds local_rate_window{60000};
   cors_policy cors;                      // CORS headers on couchgate's own answers and preflights
-  token_user_provisioner provision_token_user;  // empty: JWT callers' databases are not made here
+  caller_provisioner provision_caller;  // empty: callers' databases are left to the provisioner
   feed_registry* feeds = nullptr;        // parked live feeds; null: feeds are forwarded like any request
   std::size_t feed_body_limit = 64u << 10;  // a POST _changes body (doc_ids, selector) kept for every read
   std::size_t feed_answer_limit = 64u << 20;  // one upstream `_changes` answer read for a feed
@@ -128,9 +128,9 @@ class forwarder {
   auth_failures failures_;
   user_slots slots_;
   auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)
-  std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_token_user
-  std::mutex token_mu_;
-  std::unordered_set<std::string> token_users_ready_;  // JWT callers whose database is known to exist
+  std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_caller
+  std::mutex callers_mu_;
+  std::unordered_set<std::string> callers_ready_;  // callers whose database is known to be ready
 };
 
 }  // namespace couchgate::gateway::front
