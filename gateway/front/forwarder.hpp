@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <unordered_set>
+#include <utility>
 
 #include "gateway/front/auth_limits.hpp"
 #include "gateway/front/cors.hpp"
@@ -111,8 +112,23 @@ class forwarder {
   // A live `_changes` feed, parked between reads (live_feeds.cpp).
   net::awaitable<bool> serve_feed(server_exchange& ex, const route& rt, const std::string& db, const std::string& user,
                                   const std::string& credential, outcome& out);
+  // The caller's request slot (a user's /me request holds one), given back once: by forward() as
+  // soon as CouchDB's answer is all read, before its last bytes go to the client (who may send
+  // the next request, on another connection, the moment they have them), or at the latest when
+  // the request ends.
+  struct slot_hold {
+    user_slots* slots = nullptr;
+    std::string user;
+    void release() {
+      if (slots != nullptr) std::exchange(slots, nullptr)->release(user);
+    }
+    slot_hold() = default;
+    slot_hold(const slot_hold&) = delete;
+    slot_hold& operator=(const slot_hold&) = delete;
+    ~slot_hold() { release(); }
+  };
   net::awaitable<bool> forward(server_exchange& ex, const std::string& target, const std::string& db,
-                               const std::string& mount, outcome& out);
+                               const std::string& mount, outcome& out, slot_hold& slot);
   // A local route, after dispatch() checked its rate and, for /_identity/, who the caller (`user`) is.
   net::awaitable<bool> serve_local(server_exchange& ex, const route& rt, const std::string& user, outcome& out);
   std::chrono::milliseconds client_timeout() const {

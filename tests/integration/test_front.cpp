@@ -610,6 +610,30 @@ TEST_CASE("front door: per-user concurrent requests and client connections are c
   feed.reset();
 }
 
+// A client that has the whole answer may send its next request at once, on another connection
+// (PouchDB keeps several): the finished request's slot must be free by then. With one slot and
+// no queue, a slot still held for a request whose answer the client already has is a 429.
+TEST_CASE("front door: a finished request's slot is free by the time its client has the answer") {
+  auto n = fresh_names("frontslot");
+  auto run = start_front(n, {{"allow_insecure", true}, {"max_requests_per_user", 1}, {"user_queue_length", 0}},
+                         temp_dir());
+  const auto users = provisioned_users(n, 1);
+  const std::string authorization = basic(users[0].name, users[0].password);
+  keep_alive_connection a(run.port, authorization), b(run.port, authorization);
+  REQUIRE(a.exchange(http::verb::put, "/me/doc", json{{"v", 1}}.dump()).result_int() == 201);
+  int refused = 0, other = 0;
+  for (int i = 0; i < 300; ++i) {
+    for (auto* c : {&a, &b}) {
+      const auto res = c->exchange(http::verb::get, "/me/doc");
+      if (res.result_int() == 429) ++refused;
+      else if (res.result_int() != 200) ++other;
+    }
+  }
+  CHECK(refused == 0);
+  CHECK(other == 0);
+  CHECK(run.process->metric("couchgate_front_user_limited_total").value_or(0) == 0);
+}
+
 TEST_CASE("front door: a user's requests beyond the cap wait their turn, bounded in number and time") {
   auto n = fresh_names("frontq");
   auto run = start_front(n,
