@@ -528,11 +528,11 @@ int daemon::run() {
     try {
       front::local_handler local;
       if (d.ids) local = [&d](const front::local_request& r) { return d.ids->serve(r); };
-      front::token_user_provisioner provision;
+      front::caller_provisioner provision;
       if (d.prov) {
         provision = [&d](const policy::session_user& who) {
           policy::token_user_action decided = policy::token_user_action::not_token;
-          const bool ok = d.prov->ensure_token_user(who, decided);
+          const bool ok = d.prov->ensure_caller(who, decided);
           if (ok && decided == policy::token_user_action::provision) {
             log()->info("front door: provisioned the database of JWT user '{}'", who.name);
           }

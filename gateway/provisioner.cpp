@@ -3,6 +3,7 @@
 
 
 #include <set>
+#include <variant>
 #include <unordered_map>
 
 #include "policy/naming.hpp"
@@ -96,12 +97,25 @@ void provisioner::database_created(const std::string& db, bool recreated) {
   wake_.notify_all();
 }
 
-bool provisioner::ensure_token_user(const policy::session_user& who, policy::token_user_action& decided) {
+bool provisioner::ensure_caller(const policy::session_user& who, policy::token_user_action& decided) {
+  decided = policy::token_user_action::not_token;
+  if (auto u = user(who.name); u && u->done) return true;  // the policy was applied to this user already
+  // Not applied yet: a `_users` document written a moment ago (the feed has not brought it yet),
+  // or a JWT caller with none. Until its `_security` is written the database is CouchDB's
+  // admin-only default (or missing), so the caller's request would get 403 or 404.
   auto doc = client_.get_doc(cfg_.users_db, "org.couchdb.user:" + who.name).get();
   if (!doc.ok() && doc.error().kind != couch_error_kind::not_found) return false;
+  if (doc.ok()) {
+    if (who.authenticated == "jwt") decided = policy::token_user_action::has_user_doc;
+    auto parsed = policy::parse_user_doc(doc.value(), false, doc.value().dump().size());
+    const auto* u = std::get_if<policy::user_doc>(&parsed);
+    if (u == nullptr || u->name != who.name) return true;  // malformed: skipped here as by the feed
+    return apply({*u}) == 0;
+  }
+  if (who.authenticated != "jwt") return true;  // no `_users` document (a server admin): none of couchgate's
   auto info = client_.db_info(db_for(who.name)).get();
   if (!info.ok() && info.error().kind != couch_error_kind::not_found) return false;
-  decided = policy::decide_token_user(who, policy().select, doc.ok(), info.ok());
+  decided = policy::decide_token_user(who, policy().select, false, info.ok());
   if (decided != policy::token_user_action::provision) return true;
   return apply({policy::user_doc{who.name, who.roles, false}}) == 0;
 }

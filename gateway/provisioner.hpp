@@ -98,11 +98,13 @@ class provisioner {
   // number of users whose action failed with a retryable error.
   std::size_t apply(const std::vector<policy::user_doc>& users, const std::set<std::string>* existing = nullptr);
 
-  // A caller CouchDB authenticated by a JWT (no `_users` document needed) whose database the
-  // front door is about to use: made now by the policy when policy::decide_token_user says so
-  // (`decided` tells what it said). Blocking: asks CouchDB with couchgate's own credentials.
-  // False when CouchDB could not be asked or the database not made.
-  bool ensure_token_user(const policy::session_user& who, policy::token_user_action& decided);
+  // A caller CouchDB has just authenticated whose database the front door is about to use:
+  // unless the policy was applied to this user already, it is applied now (a `_users` document
+  // the feed has not brought yet is read and applied as the feed would; a JWT caller without
+  // one gets a database when policy::decide_token_user says so; `decided` tells what it said).
+  // Blocking: asks CouchDB with couchgate's own credentials. False when CouchDB could not be
+  // asked or the database not made.
+  bool ensure_caller(const policy::session_user& who, policy::token_user_action& decided);
 
   std::optional<user_state> user(const std::string& name) const;
   std::size_t known_users() const;

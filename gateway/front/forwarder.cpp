@@ -79,14 +79,32 @@ enum class relay_result { done, read_failed, write_failed };
 
 // Streams one message body from `in` (its parser has read the header) to `out` (its serializer
 // holds the header to send) through `buffer`: never more than the buffer in memory.
-template <class Parser, class Serializer, class Message>
+// `in_done` runs once, as soon as `in` has given the whole message (before the last write to
+// `out`); `in` and `in_buffer` are not touched after it.
+template <class Parser, class Serializer, class Message, class InDone = void (*)()>
 net::awaitable<relay_result> relay(any_stream& in, beast::flat_buffer& in_buffer, Parser& parser,
                                    std::chrono::milliseconds in_timeout, any_stream& out, Serializer& serializer,
-                                   Message& message, std::chrono::milliseconds out_timeout, std::vector<char>& buffer) {
+                                   Message& message, std::chrono::milliseconds out_timeout, std::vector<char>& buffer,
+                                   InDone in_done = [] {}) {
   error_code ec;
-  out.tcp().expires_after(out_timeout);
-  co_await http::async_write_header(out, serializer, ec_token(ec));
-  if (ec) co_return relay_result::write_failed;
+  bool in_done_called = false;
+  const auto note_in_done = [&] {
+    if (!in_done_called && parser.is_done()) {
+      in_done_called = true;
+      in_done();
+    }
+  };
+  note_in_done();
+  // The header goes alone only when no body byte is here yet (a feed whose first bytes come
+  // later still gets its header now); otherwise it goes in one write with the first of them:
+  // one segment, one wake-up of the receiver, instead of two.
+  const auto header_alone = [&]() -> net::awaitable<bool> {
+    if (serializer.is_header_done()) co_return true;
+    out.tcp().expires_after(out_timeout);
+    co_await http::async_write_header(out, serializer, ec_token(ec));
+    co_return !ec;
+  };
+  if (!parser.is_done() && in_buffer.size() == 0 && !co_await header_alone()) co_return relay_result::write_failed;
   while (!serializer.is_done()) {
     if (!parser.is_done()) {
       parser.get().body().data = buffer.data();
@@ -95,8 +113,12 @@ net::awaitable<relay_result> relay(any_stream& in, beast::flat_buffer& in_buffer
       co_await http::async_read_some(in, in_buffer, parser, ec_token(ec));
       if (ec == http::error::need_buffer) ec = {};
       if (ec) co_return relay_result::read_failed;
+      note_in_done();
       const std::size_t n = buffer.size() - parser.get().body().size;
-      if (n == 0 && !parser.is_done()) continue;  // framing only (a chunk header): nothing to pass on yet
+      if (n == 0 && !parser.is_done()) {  // framing only (a chunk header): nothing to pass on yet
+        if (!co_await header_alone()) co_return relay_result::write_failed;
+        continue;
+      }
       message.body().data = n == 0 ? nullptr : buffer.data();
       message.body().size = n;
       message.body().more = n != 0;
@@ -152,7 +174,7 @@ forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metri
       failures_(options_.auth_failure_limit, options_.auth_failure_window),
       slots_(options_.max_requests_per_user, options_.user_queue_length),
       local_attempts_(options_.local_rate_limit, options_.local_rate_window),
-      local_pool_(options_.local || options_.provision_token_user
+      local_pool_(options_.local || options_.provision_caller
                       ? std::make_unique<net::thread_pool>(std::max<std::size_t>(options_.local_threads, 1))
                       : nullptr) {}
 
@@ -281,16 +303,17 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     }
     user = who.name;
     out.user = who.name;
-    // A JWT caller may have no database yet (no `_users` document for the provisioner to see).
-    if (rt.kind == route_kind::user_db && who.session && who.session->authenticated == "jwt" &&
-        options_.provision_token_user) {
+    // A caller just authenticated may have no usable database yet: a `_users` document written
+    // a moment ago (the provisioner has not applied it yet: no database, or CouchDB's admin-only
+    // default `_security`), or a JWT caller with no `_users` document at all.
+    if (rt.kind == route_kind::user_db && who.session && options_.provision_caller) {
       bool known = false;
       {
-        std::lock_guard lk(token_mu_);
-        known = token_users_ready_.count(user) != 0;
+        std::lock_guard lk(callers_mu_);
+        known = callers_ready_.count(user) != 0;
       }
       if (!known) {
-        const token_user_provisioner& fn = options_.provision_token_user;
+        const caller_provisioner& fn = options_.provision_caller;
         const policy::session_user& s = *who.session;
         const bool ok = co_await net::co_spawn(
             local_pool_->get_executor(), [&fn, &s]() -> net::awaitable<bool> { co_return fn(s); }, net::use_awaitable);
@@ -299,9 +322,9 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
           co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                     "couchgate could not make this user's database", retry_after("1"));
         }
-        std::lock_guard lk(token_mu_);
-        if (token_users_ready_.size() >= 100000) token_users_ready_.clear();
-        token_users_ready_.insert(user);
+        std::lock_guard lk(callers_mu_);
+        if (callers_ready_.size() >= 100000) callers_ready_.clear();
+        callers_ready_.insert(user);
       }
     }
   }
@@ -310,7 +333,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
   // 5. Whose database?
   std::string db;
   std::string mount;
-  std::optional<std::string> slot_user;
+  slot_hold slot;
   if (rt.kind == route_kind::user_db || rt.kind == route_kind::shared_db) {
     const std::string feed_db = rt.kind == route_kind::user_db ? policy::user_db_name(options_.db_prefix, user)
                                                                 : options_.shared_db;
@@ -330,23 +353,16 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
       co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                 "this user's earlier requests did not finish in time", retry_after("1"));
     }
-    slot_user = user;
+    slot.slots = &slots_;
+    slot.user = user;
     db = policy::user_db_name(options_.db_prefix, user);
     mount = "/me";
   } else if (rt.kind == route_kind::shared_db) {
     db = options_.shared_db;
     mount = "/shared";
   }
-  struct slot_release {
-    user_slots& slots;
-    const std::optional<std::string>& user;
-    ~slot_release() {
-      if (user) slots.release(*user);
-    }
-  } release{slots_, slot_user};
-
   const std::string upstream_target = pool_.address().base_path + (db.empty() ? rt.target : db_target(db, rt));
-  co_return co_await forward(ex, upstream_target, db, mount, out);
+  co_return co_await forward(ex, upstream_target, db, mount, out, slot);
 }
 
 net::awaitable<forwarder::admitted> forwarder::admit(const std::string& user) {
@@ -481,7 +497,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
 }
 
 net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& target, const std::string& db,
-                                        const std::string& mount, outcome& out) {
+                                        const std::string& mount, outcome& out, slot_hold& slot) {
   auto& req = ex.parser.get();
   const bool body_expected = !ex.parser.is_done();
   const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
@@ -520,9 +536,10 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
 
   std::vector<char> buffer(options_.relay_buffer);
   for (int attempt = 0; attempt < 2; ++attempt) {
-    auto [lease, why] = co_await pool_.acquire(ex.conn.context);
+    auto acquired = co_await pool_.acquire(ex.conn.context);
+    auto& lease = acquired.first;
     if (!lease) {
-      if (why == acquire_error::timeout) {
+      if (acquired.second == acquire_error::timeout) {
         metrics_.upstream_busy.inc();
         co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                   "all of couchgate's connections to CouchDB are busy", retry_after("1"));
@@ -619,11 +636,17 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
       metrics_.auth_failures.inc();
     }
 
+    // CouchDB's answer all read: its connection and the caller's slot are given back before the
+    // last bytes are written to the client (nothing but that write is left of this request).
+    const auto upstream_done = [&] {
+      if (parser.keep_alive()) lease->keep();
+      lease.reset();
+      slot.release();
+    };
     http::response_serializer<http::buffer_body> response_writer{res};
     const relay_result relayed = co_await relay(conn.stream, conn.buffer, parser, options_.upstream_timeout, ex.stream,
-                                                response_writer, res, client_timeout(), buffer);
+                                                response_writer, res, client_timeout(), buffer, upstream_done);
     if (relayed != relay_result::done) co_return false;  // header already sent: only closing tells the client
-    if (parser.is_done() && parser.keep_alive()) lease->keep();
     co_return client_keep;
   }
   co_return co_await answer(http::status::bad_gateway, "bad_gateway", "the connection to CouchDB failed");

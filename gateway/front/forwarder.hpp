@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <unordered_set>
+#include <utility>
 
 #include "gateway/front/auth_limits.hpp"
 #include "gateway/front/cors.hpp"
@@ -54,7 +55,7 @@ struct forwarder_options {
   std::size_t local_rate_limit = 20;     // local requests per address per window (429 above)
   std::chrono::milliseconds local_rate_window{60000};
   cors_policy cors;                      // CORS headers on couchgate's own answers and preflights
-  token_user_provisioner provision_token_user;  // empty: JWT callers' databases are not made here
+  caller_provisioner provision_caller;  // empty: callers' databases are left to the provisioner
   feed_registry* feeds = nullptr;        // parked live feeds; null: feeds are forwarded like any request
   std::size_t feed_body_limit = 64u << 10;  // a POST _changes body (doc_ids, selector) kept for every read
   std::size_t feed_answer_limit = 64u << 20;  // one upstream `_changes` answer read for a feed
@@ -111,8 +112,23 @@ class forwarder {
   // A live `_changes` feed, parked between reads (live_feeds.cpp).
   net::awaitable<bool> serve_feed(server_exchange& ex, const route& rt, const std::string& db, const std::string& user,
                                   const std::string& credential, outcome& out);
+  // The caller's request slot (a user's /me request holds one), given back once: by forward() as
+  // soon as CouchDB's answer is all read, before its last bytes go to the client (who may send
+  // the next request, on another connection, the moment they have them), or at the latest when
+  // the request ends.
+  struct slot_hold {
+    user_slots* slots = nullptr;
+    std::string user;
+    void release() {
+      if (slots != nullptr) std::exchange(slots, nullptr)->release(user);
+    }
+    slot_hold() = default;
+    slot_hold(const slot_hold&) = delete;
+    slot_hold& operator=(const slot_hold&) = delete;
+    ~slot_hold() { release(); }
+  };
   net::awaitable<bool> forward(server_exchange& ex, const std::string& target, const std::string& db,
-                               const std::string& mount, outcome& out);
+                               const std::string& mount, outcome& out, slot_hold& slot);
   // A local route, after dispatch() checked its rate and, for /_identity/, who the caller (`user`) is.
   net::awaitable<bool> serve_local(server_exchange& ex, const route& rt, const std::string& user, outcome& out);
   std::chrono::milliseconds client_timeout() const {
@@ -128,9 +144,9 @@ class forwarder {
   auth_failures failures_;
   user_slots slots_;
   auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)
-  std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_token_user
-  std::mutex token_mu_;
-  std::unordered_set<std::string> token_users_ready_;  // JWT callers whose database is known to exist
+  std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_caller
+  std::mutex callers_mu_;
+  std::unordered_set<std::string> callers_ready_;  // callers whose database is known to be ready
 };
 
 }  // namespace couchgate::gateway::front

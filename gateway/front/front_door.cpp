@@ -98,7 +98,7 @@ struct front_door::impl {
 };
 
 front_door::front_door(const config& cfg, replicator::registry& registry, front::local_handler local,
-                       front::token_user_provisioner provision_token_user)
+                       front::caller_provisioner provision_caller)
     : impl_(std::make_unique<impl>(cfg, registry)) {
   auto& d = *impl_;
   const auto address = parse_upstream_url(cfg.couchdb.url);
@@ -119,7 +119,7 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                                            cfg.front.upstream.wait_timeout, std::chrono::milliseconds(10000), client_tls);
   forwarder_options fo = forwarder_options_of(cfg);
   fo.local = std::move(local);
-  fo.provision_token_user = std::move(provision_token_user);
+  fo.provision_caller = std::move(provision_caller);
   fo.feeds = &d.feeds;
   if (const char* hold = std::getenv("COUCHGATE_TEST_FEED_CHECK_DELAY_MS"); hold != nullptr && *hold != '\0') {
     fo.test_check_delay = std::chrono::milliseconds(std::strtoll(hold, nullptr, 10));

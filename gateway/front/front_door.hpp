@@ -18,7 +18,7 @@ class front_door {
   // Throws std::runtime_error when the configuration cannot be applied (unreadable certificate,
   // couchdb.url unusable): startup time only.
   front_door(const config& cfg, replicator::registry& metrics, front::local_handler local = {},
-             front::token_user_provisioner provision_token_user = {});
+             front::caller_provisioner provision_caller = {});
   ~front_door();
   front_door(const front_door&) = delete;
   front_door& operator=(const front_door&) = delete;

@@ -28,9 +28,11 @@ struct local_answer {
 };
 using local_handler = std::function<local_answer(const local_request&)>;
 
-// A caller CouchDB authenticated by a JWT (no `_users` document): makes their database by the
-// policy if it is missing (gateway/provisioner), before their first request is forwarded.
-// Blocking, like a local handler (runs on the same workers). False when that could not be done.
-using token_user_provisioner = std::function<bool(const policy::session_user&)>;
+// A caller CouchDB has just authenticated, about to use their own database: applies the policy
+// to them now if the provisioner has not yet (a `_users` document written a moment ago; a JWT
+// caller without one), so their first request never meets a missing or admin-only database
+// (gateway/provisioner). Blocking, like a local handler (runs on the same workers). False when
+// that could not be done.
+using caller_provisioner = std::function<bool(const policy::session_user&)>;
 
 }  // namespace couchgate::gateway::front

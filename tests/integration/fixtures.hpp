@@ -121,6 +121,12 @@ inline json fault_config(const names& n, const fault_proxy& proxy) {
   return cfg;
 }
 
+// A whole HTTP/1.1 answer with a JSON body, for fault_proxy::answer_next.
+inline std::string http_answer(const std::string& status_line, const std::string& extra_headers, const std::string& body) {
+  return "HTTP/1.1 " + status_line + "\r\n" + extra_headers + "Content-Type: application/json\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
 // COUCHDB_URL in the environment overrides the file's url (and the test process has one, which
 // the child inherits), so the proxy goes there too. Credentials as the tests have them, in case
 // they only came inside the test's COUCHDB_URL; `password` replaces the password.

@@ -108,6 +108,34 @@ front_reply front_call(int port, bool tls, const std::string& method, const std:
   return out;
 }
 
+// One plain keep-alive connection that carries request after request, as a client's does.
+struct keep_alive_connection {
+  net::io_context io;
+  tcp::socket socket{io};
+  beast::flat_buffer buffer;
+  std::string authorization;
+  keep_alive_connection(int port, std::string auth) : authorization(std::move(auth)) {
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+  }
+  http::response<http::string_body> exchange(http::verb verb, const std::string& target, const std::string& body = {},
+                                             const header_list& extra = {}) {
+    http::request<http::string_body> req{verb, target, 11};
+    req.set(http::field::host, "x");
+    req.set(http::field::authorization, authorization);
+    for (const auto& [k, v] : extra) req.set(k, v);
+    if (!body.empty()) {
+      req.set(http::field::content_type, "application/json");
+      req.body() = body;
+    }
+    req.prepare_payload();
+    http::write(socket, req);
+    http::response_parser<http::string_body> parser;
+    if (verb == http::verb::head) parser.skip(true);
+    http::read(socket, buffer, parser);
+    return parser.release();
+  }
+};
+
 std::string temp_dir() { return make_temp_dir("couchgate-front"); }
 
 std::string read_all(const std::string& path) {
@@ -148,8 +176,7 @@ std::vector<user> provisioned_users(const names& n, int count) {
     users.push_back(u);
   }
   for (const auto& u : users) {
-    REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(u.db) + "/_security").body.contains("members"); },
-                               std::chrono::seconds(30)),
+    REQUIRE_MESSAGE(eventually([&] { return db_usable_by(u.db, u.name); }, std::chrono::seconds(30)),
                     "database of " << u.name << " not provisioned");
   }
   return users;
@@ -501,27 +528,9 @@ TEST_CASE("front door: keep-alive connections carry many requests; HEAD; gzip pa
   const auto users = provisioned_users(n, 1);
   const std::string authorization = basic(users[0].name, users[0].password);
 
-  net::io_context io;
-  tcp::socket socket(io);
-  socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
-  beast::flat_buffer buffer;
+  keep_alive_connection conn(port, authorization);
   const auto exchange = [&](http::verb verb, const std::string& target, const std::string& body,
-                            const header_list& extra = {}) {
-    http::request<http::string_body> req{verb, target, 11};
-    req.set(http::field::host, "x");
-    req.set(http::field::authorization, authorization);
-    for (const auto& [k, v] : extra) req.set(k, v);
-    if (!body.empty()) {
-      req.set(http::field::content_type, "application/json");
-      req.body() = body;
-    }
-    req.prepare_payload();
-    http::write(socket, req);
-    http::response_parser<http::string_body> parser;
-    if (verb == http::verb::head) parser.skip(true);
-    http::read(socket, buffer, parser);
-    return parser.release();
-  };
+                            const header_list& extra = {}) { return conn.exchange(verb, target, body, extra); };
   for (int i = 0; i < 5; ++i) {
     auto put = exchange(http::verb::put, "/me/ka-" + std::to_string(i), json{{"i", i}}.dump());
     CHECK(put.result_int() == 201);
@@ -599,6 +608,30 @@ TEST_CASE("front door: per-user concurrent requests and client connections are c
   CHECK(eventually([&] { return front_call(port, false, "GET", "/", {}).status == 200; }, std::chrono::seconds(5)));
 
   feed.reset();
+}
+
+// A client that has the whole answer may send its next request at once, on another connection
+// (PouchDB keeps several): the finished request's slot must be free by then. With one slot and
+// no queue, a slot still held for a request whose answer the client already has is a 429.
+TEST_CASE("front door: a finished request's slot is free by the time its client has the answer") {
+  auto n = fresh_names("frontslot");
+  auto run = start_front(n, {{"allow_insecure", true}, {"max_requests_per_user", 1}, {"user_queue_length", 0}},
+                         temp_dir());
+  const auto users = provisioned_users(n, 1);
+  const std::string authorization = basic(users[0].name, users[0].password);
+  keep_alive_connection a(run.port, authorization), b(run.port, authorization);
+  REQUIRE(a.exchange(http::verb::put, "/me/doc", json{{"v", 1}}.dump()).result_int() == 201);
+  int refused = 0, other = 0;
+  for (int i = 0; i < 300; ++i) {
+    for (auto* c : {&a, &b}) {
+      const auto res = c->exchange(http::verb::get, "/me/doc");
+      if (res.result_int() == 429) ++refused;
+      else if (res.result_int() != 200) ++other;
+    }
+  }
+  CHECK(refused == 0);
+  CHECK(other == 0);
+  CHECK(run.process->metric("couchgate_front_user_limited_total").value_or(0) == 0);
 }
 
 TEST_CASE("front door: a user's requests beyond the cap wait their turn, bounded in number and time") {
@@ -689,6 +722,48 @@ std::string make_jwt(const std::string& key, const std::string& sub, const std::
   return signing_input + "." + base64url(std::string(reinterpret_cast<char*>(mac), len));
 }
 }  // namespace
+
+// A user whose `_users` document was written a moment ago: couchgate's provisioner has not
+// applied it yet (here: its `_users` feed is held back by the proxy), so the database is missing
+// (or, on CouchDB 3.x, exists with the admin-only default `_security` for a moment). The front
+// door applies the policy to the caller itself before forwarding their first request.
+TEST_CASE("front door: a user's first request right after their _users document is written finds their database ready") {
+  fault_proxy proxy;
+  auto n = fresh_names("frontfirst");
+  const std::string dir = temp_dir();
+  json cfg = fault_config(n, proxy);
+  cfg["front"] = front_config(dir);
+  cfg["front"]["allow_insecure"] = true;
+  couchgate_process cg(cfg, proxy_env(proxy));
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(std::chrono::seconds(60)), tail(cg.log()));
+  const int port = front_port(dir + "/front.port");
+  REQUIRE(port > 0);
+
+  // The _users feed gets unreadable pages from now on (it backs off); its open longpoll is cut.
+  proxy.answer_next(1000, http_answer("200 OK", "", R"({"unreadable":true})"), "/_users/_changes");
+  proxy.cut();
+  const auto cut_at = std::chrono::steady_clock::now();
+
+  const user u{unique("fu"), "pw-" + unique("p"), ""};
+  const std::string db = couchgate::policy::user_db_name(n.prefix, u.name);
+  REQUIRE(create_user(u.name, {n.role}, u.password).status == 201);
+  const header_list auth{{"Authorization", basic(u.name, u.password)}};
+  auto put = front_call(port, false, "PUT", "/me/first", auth, json{{"v", 1}}.dump());
+  CHECK_MESSAGE(put.status == 201, put.raw << tail(cg.log()));
+  CHECK(db_usable_by(db, u.name));
+  CHECK(front_call(port, false, "GET", "/me/first", auth).status == 200);
+  // The feed saw nothing since the cut: the front door did it.
+  for (const auto& r : proxy.requests()) {
+    if (r.at > cut_at && r.target.find("/_users/_changes") != std::string::npos) CHECK(r.answered_by_proxy);
+  }
+  // A user outside the policy's selection gets nothing made: CouchDB answers (404, no database).
+  const user other{unique("fo"), "pw-" + unique("p"), ""};
+  REQUIRE(create_user(other.name, {"not-" + n.role}, other.password).status == 201);
+  auto theirs = front_call(port, false, "GET", "/me", {{"Authorization", basic(other.name, other.password)}});
+  CHECK(theirs.status == 404);
+  CHECK(couch().get("/" + enc(couchgate::policy::user_db_name(n.prefix, other.name))).status == 404);
+}
 
 TEST_CASE("front door: a JWT user without _users document gets a database by the policy before the first request") {
   if (env().pouchdb) {

@@ -177,13 +177,7 @@ std::vector<test_user> make_users(const names& n, const std::vector<std::string>
 void wait_provisioned(const std::vector<test_user>& users, couchgate_process& cg) {
   for (const auto& u : users) {
     INFO("user " << u.name << " db " << u.db);
-    REQUIRE_MESSAGE(eventually(
-                        [&] {
-                          auto sec = couch().get("/" + enc(u.db) + "/_security");
-                          return sec.status == 200 && sec.raw.find(u.name) != std::string::npos;
-                        },
-                        60s),
-                    tail(cg.log()));
+    REQUIRE_MESSAGE(eventually([&] { return db_usable_by(u.db, u.name); }, 60s), tail(cg.log()));
   }
 }
 

@@ -22,11 +22,6 @@ using std::chrono::steady_clock;
 
 namespace {
 
-std::string http_answer(const std::string& status_line, const std::string& extra_headers, const std::string& body) {
-  return "HTTP/1.1 " + status_line + "\r\n" + extra_headers + "Content-Type: application/json\r\nContent-Length: " +
-         std::to_string(body.size()) + "\r\n\r\n" + body;
-}
-
 long long ms_between(steady_clock::time_point a, steady_clock::time_point b) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(b - a).count();
 }

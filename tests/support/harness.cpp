@@ -191,6 +191,20 @@ reply create_user(const std::string& name, const std::vector<std::string>& roles
   return couch().put("/_users/" + enc("org.couchdb.user:" + name), doc);
 }
 
+bool db_usable_by(const std::string& db, const std::string& user) {
+  auto sec = couch().get("/" + enc(db) + "/_security");
+  if (sec.status != 200 || !sec.body.is_object()) return false;
+  for (const char* part : {"members", "admins"}) {
+    const auto it = sec.body.find(part);
+    if (it == sec.body.end() || !it->is_object()) continue;
+    const auto names = it->find("names");
+    if (names == it->end() || !names->is_array()) continue;
+    for (const auto& n : *names)
+      if (n.is_string() && n.get<std::string>() == user) return true;
+  }
+  return false;
+}
+
 reply delete_user(const std::string& name) {
   couch c;
   auto cur = c.get("/_users/" + enc("org.couchdb.user:" + name));

@@ -105,6 +105,12 @@ class paced_writers {
 reply create_user(const std::string& name, const std::vector<std::string>& roles, const std::string& password = "pw-123456");
 reply delete_user(const std::string& name);
 
+// True once `db`'s `_security` names `user` as a member or admin (what couchgate's policy
+// writes for a database's owner): the user can use it. Not the mere presence of "members":
+// CouchDB 3.x creates every database with `{"members":{"roles":["_admin"]},...}` (admin-only,
+// `[couchdb] default_security`), so that is there before couchgate's `_security` write lands.
+bool db_usable_by(const std::string& db, const std::string& user);
+
 // couchgate as a child process with a generated YAML config.
 class couchgate_process {
  public:
