@@ -148,6 +148,14 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
 
   // The response as it goes: held back (longpoll) until rows, a heartbeat or the end.
   bool header_sent = false;
+  // CouchDB refreshes a cookie session on a request made with it (once 10% of its timeout has
+  // passed): the newest `Set-Cookie: AuthSession=...` of the feed's reads goes with the
+  // client's header, so a client that only syncs live keeps its session.
+  std::string fresh_cookie;
+  const auto with_cookie = [&](header_list h) {
+    if (!fresh_cookie.empty()) h.emplace_back("Set-Cookie", fresh_cookie);
+    return h;
+  };
   const auto send_header = [&]() -> net::awaitable<bool> {
     http::response<http::empty_body> res{http::status::ok, 11};
     res.set(http::field::content_type,
@@ -157,6 +165,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     res.keep_alive(keep);
     // couchgate writes this answer, not CouchDB: CORS headers as for its other own answers.
     for (auto& [name, value] : with_cors(options_.cors, req, {})) res.set(name, value);
+    if (!fresh_cookie.empty()) res.insert(http::field::set_cookie, fresh_cookie);
     http::response_serializer<http::empty_body> writer{res};
     error_code ec;
     ex.stream.tcp().expires_after(client_timeout());
@@ -185,7 +194,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const auto finish = [&](std::string text) -> net::awaitable<bool> {
     if (!header_sent && request.kind == feed_kind::longpoll) {
       out.status = 200;
-      const header_list headers = with_cors(options_.cors, req, one_header("Cache-Control", "must-revalidate"));
+      const header_list headers =
+          with_cookie(with_cors(options_.cors, req, one_header("Cache-Control", "must-revalidate")));
       const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, client_timeout(), headers);
       co_return ok && keep;
     }
@@ -201,7 +211,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     }
     if (!header_sent) {
       out.status = status;
-      const header_list headers = with_cors(options_.cors, req, {});
+      const header_list headers = with_cookie(with_cors(options_.cors, req, {}));
       co_return co_await write_response(ex.stream, static_cast<http::status>(status), std::move(text), false,
                                         client_timeout(), headers);
     }
@@ -216,8 +226,11 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   // A longpoll answered here is remembered (feed_memo.hpp): the client's next request from
   // that last_seq may park at once if nothing of the database is announced meanwhile.
   // `since_mark`: the read mark of the read that state.since() comes from.
+  // Not for a cookie session: CouchDB refreshes the cookie only on a request made with it, and
+  // a skipped read would keep the client from ever getting the fresh one.
+  const bool cookie_session = req.find(http::field::authorization) == req.end() && req.find(http::field::cookie) != req.end();
   const std::string memo_key =
-      request.kind == feed_kind::longpoll
+      request.kind == feed_kind::longpoll && !cookie_session
           ? feed_memo_key(credential_key, std::string_view(req.method_string().data(), req.method_string().size()),
                           rt.query, body)
           : std::string();
@@ -301,6 +314,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
       if (got.k != upstream_answer::kind::answered) {
         co_return co_await refuse(502, json_error("bad_gateway", "CouchDB is not reachable"));
       }
+      if (!got.set_cookie.empty()) fresh_cookie = std::move(got.set_cookie);
       if (got.status != 200) co_return co_await refuse(got.status, std::move(got.body));
       if (first_read && options_.test_check_delay.count() > 0) {
         feed_log()->warn("db={}: test fail point: first check answered, held {} ms before it is looked at", db,

@@ -974,3 +974,60 @@ TEST_CASE("live feeds: a re-issued longpoll couchgate answered itself parks with
   CHECK_MESSAGE(found, woken.raw);
   CHECK(run.process->terminate() == 0);
 }
+
+TEST_CASE("live feeds: CouchDB's refreshed session cookie reaches a cookie client that only syncs live") {
+  if (env().pouchdb) {
+    MESSAGE("skipped: pouchdb-server has no [chttpd_auth] timeout whose 10% mark refreshes a cookie session");
+    return;
+  }
+  // CouchDB sends a fresh AuthSession cookie on a request made with one once 10% of
+  // [chttpd_auth] timeout has passed. The test does not change the server's config: it waits
+  // for that mark, so it runs where the timeout is short (a private instance, e.g. 20 s).
+  const auto configured = couch().get("/_node/_local/_config/chttpd_auth/timeout");
+  const long timeout_s =
+      configured.status == 200 && configured.body.is_string() ? std::atol(configured.body.get<std::string>().c_str()) : 600;
+  if (timeout_s > 30) {
+    MESSAGE("skipped: the server's [chttpd_auth] timeout is " << timeout_s
+                                                             << " s; the refresh would come after " << timeout_s / 10
+                                                             << " s (set it to 30 s or less on a private instance)");
+    return;
+  }
+  auto n = fresh_names("frontcookie");
+  const std::string dir = temp_dir();
+  auto run = start_front(n, json{{"allow_insecure", true}, {"session_cache_ttl", "1s"}}, dir);
+  const auto users = provisioned_users(n, 1);
+  const auto login = front_call(run.port, false, "POST", "/_session", {},
+                                json{{"name", users[0].name}, {"password", users[0].password}}.dump());
+  REQUIRE_MESSAGE(login.status == 200, login.raw);
+  const auto cookie_of = [](const front_reply& r) {
+    for (const auto& f : r.headers) {
+      if (f.name() == http::field::set_cookie && f.value().starts_with("AuthSession=")) {
+        const std::string v(f.value());
+        return v.substr(0, v.find(';'));
+      }
+    }
+    return std::string();
+  };
+  const std::string first = cookie_of(login);
+  REQUIRE(!first.empty());
+  // Only live feeds, each longer than a moment: one of them must carry the refreshed cookie
+  // before the session's timeout ends.
+  std::string fresh;
+  std::string since = "now";
+  const bool refreshed = eventually(
+      [&] {
+        const auto r = front_call(run.port, false, "GET", "/me/_changes?feed=longpoll&timeout=1000&since=" + enc(since),
+                                  {{"Cookie", first}});
+        REQUIRE_MESSAGE(r.status == 200, r.raw);
+        since = r.body.value("last_seq", json("now")).is_string() ? r.body["last_seq"].get<std::string>() : "now";
+        fresh = cookie_of(r);
+        return !fresh.empty();
+      },
+      std::chrono::seconds(timeout_s * 9 / 10));
+  REQUIRE_MESSAGE(refreshed, "no Set-Cookie on any live feed answer within 90% of the session timeout");
+  CHECK(fresh != first);
+  // The fresh cookie is a session CouchDB accepts.
+  const auto me = front_call(run.port, false, "GET", "/me", {{"Cookie", fresh}});
+  CHECK_MESSAGE(me.status == 200, me.raw);
+  CHECK(run.process->terminate() == 0);
+}
