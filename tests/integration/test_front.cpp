@@ -13,6 +13,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <optional>
@@ -1029,5 +1030,48 @@ TEST_CASE("live feeds: CouchDB's refreshed session cookie reaches a cookie clien
   // The fresh cookie is a session CouchDB accepts.
   const auto me = front_call(run.port, false, "GET", "/me", {{"Cookie", fresh}});
   CHECK_MESSAGE(me.status == 200, me.raw);
+  CHECK(run.process->terminate() == 0);
+}
+
+TEST_CASE("live feeds: a plain request during a burst of live feeds' first checks is served before them, not 503") {
+  // couchgate reaches the server through a slow proxy (every answer 300 ms late) with ONE
+  // upstream connection whose wait is 2 s: 20 live feeds' first checks queue for it (each may
+  // wait up to its own timeout); a plain GET /me that arrives after them must get the next
+  // free connection (FIFO would leave it behind them all: 503 after 2 s).
+  auto n = fresh_names("frontfair");
+  const std::string dir = temp_dir();
+  fault_proxy proxy;
+  auto run = start_front(n,
+                         json{{"allow_insecure", true},
+                              {"max_parked_per_user", 100},
+                              {"upstream", {{"max_connections", 1}, {"wait_timeout", "2s"}}}},
+                         dir, json{{"couchdb", {{"url", proxy.url()}}}}, proxy_env(proxy));
+  auto& cg = *run.process;
+  const auto users = provisioned_users(n, 2);
+  const header_list feeder{{"Authorization", basic(users[0].name, users[0].password)}};
+  const header_list plain{{"Authorization", basic(users[1].name, users[1].password)}};
+  // Both identities cached: from here on a feed's first check and the plain request each need
+  // one upstream exchange.
+  REQUIRE(front_call(run.port, false, "GET", "/me", feeder).status == 200);
+  REQUIRE(front_call(run.port, false, "GET", "/me", plain).status == 200);
+  proxy.slow(std::chrono::milliseconds(300));
+  std::vector<std::thread> feeds;
+  std::atomic<int> feed_errors{0};
+  for (int i = 0; i < 20; ++i) {
+    feeds.emplace_back([&] {
+      const auto r = front_call(run.port, false, "GET", "/me/_changes?feed=longpoll&since=0&timeout=3000", feeder);
+      if (r.status != 200) ++feed_errors;
+    });
+  }
+  const bool queued = eventually([&] { return cg.metric("couchgate_front_upstream_waiting").value_or(0) >= 10; },
+                                 std::chrono::seconds(20));
+  const auto started = std::chrono::steady_clock::now();
+  const auto me = front_call(run.port, false, "GET", "/me", plain);
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+  for (auto& t : feeds) t.join();
+  proxy.slow(std::chrono::milliseconds(0));
+  CHECK_MESSAGE(queued, "the feeds' first checks never queued for the pool");
+  CHECK_MESSAGE(me.status == 200, "GET /me during the burst: " << me.status << " after " << took.count() << " ms: " << me.raw);
+  CHECK(feed_errors.load() == 0);  // the feeds queue up to their own timeout, then answer as CouchDB: no 503
   CHECK(run.process->terminate() == 0);
 }
