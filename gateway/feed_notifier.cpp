@@ -2,6 +2,7 @@
 #include "gateway/feed_notifier.hpp"
 
 #include <algorithm>
+#include <optional>
 
 #include "replicator/logger.hpp"
 
@@ -39,15 +40,18 @@ bool feed_notifier::db_updates_active() const {
 }
 
 void feed_notifier::run() {
-  bool sweeping = false;
+  std::optional<bool> sweeping;  // the first mode is logged too
   while (!stop_.requested()) {
     const auto started = std::chrono::steady_clock::now();
     const bool sweep = !db_updates_active();
+    // Only while events flow may a re-issued longpoll skip its first check (feed_memo.hpp).
+    feeds_.set_follower_live(!sweep);
     if (sweep != sweeping) {
+      const bool switched = sweeping.has_value();
       sweeping = sweep;
       log()->info("live feeds are woken by {}", sweep ? "a sweep of their databases' update_seq" : "_db_updates events");
       // Changes made while the mode switched may have been announced to nobody.
-      if (!sweep) feeds_.notify_all();
+      if (!sweep && switched) feeds_.notify_all();
     }
     if (sweep) sweep_once();
     const auto next = started + opts_.sweep_interval;

@@ -1,6 +1,8 @@
 // Owns: the pure decisions of parked live feeds (see feed_park.hpp).
 #include "gateway/front/feed_park.hpp"
 
+#include "gateway/front/feed_memo.hpp"
+
 #include <algorithm>
 #include <charconv>
 
@@ -203,6 +205,11 @@ feed_busy feed_state::on_busy(feed_clock::time_point now) const {
   return feed_busy::retry;
 }
 
+feed_registry::feed_registry(std::size_t max_per_user)
+    : max_per_user_(max_per_user), memo_(std::make_unique<answered_feeds>()) {}
+
+feed_registry::~feed_registry() = default;
+
 std::optional<feed_registry::id> feed_registry::subscribe(const std::string& db, const std::string& user,
                                                           wake_fn wake, std::size_t bytes) {
   std::lock_guard lk(mu_);
@@ -221,6 +228,7 @@ std::optional<feed_registry::id> feed_registry::subscribe(const std::string& db,
   bytes_ += sub.bytes;
   subs_.emplace(s, std::move(sub));
   by_db_[db].push_back(s);
+  announced_.try_emplace(db, 0);
   return s;
 }
 
@@ -234,7 +242,10 @@ void feed_registry::unsubscribe(id s) {
   if (auto u = per_user_.find(sub.user); u != per_user_.end() && --u->second == 0) per_user_.erase(u);
   if (auto d = by_db_.find(sub.db); d != by_db_.end()) {
     std::erase(d->second, s);
-    if (d->second.empty()) by_db_.erase(d);
+    if (d->second.empty()) {
+      announced_.erase(sub.db);
+      by_db_.erase(d);
+    }
   }
   subs_.erase(it);
 }
@@ -287,6 +298,8 @@ void feed_registry::notify(const std::string& db) {
   std::vector<wake_fn> fns;
   {
     std::lock_guard lk(mu_);
+    memo_->forget_db(db);
+    if (auto a = announced_.find(db); a != announced_.end()) ++a->second;
     const auto d = by_db_.find(db);
     if (d == by_db_.end()) return;
     for (const id s : d->second) {
@@ -301,6 +314,8 @@ void feed_registry::notify_all() {
   std::vector<wake_fn> fns;
   {
     std::lock_guard lk(mu_);
+    ++generation_;
+    memo_->clear();
     for (auto& [s, sub] : subs_) {
       if (mark(sub)) fns.push_back(sub.wake);
     }
@@ -332,9 +347,50 @@ std::vector<std::string> feed_registry::watched() const {
   return out;
 }
 
+void feed_registry::set_follower_live(bool live) {
+  std::lock_guard lk(mu_);
+  if (live == follower_live_) return;
+  follower_live_ = live;
+  ++generation_;
+  memo_->clear();
+}
+
+feed_read_mark feed_registry::mark_read(const std::string& db, bool counted) {
+  std::lock_guard lk(mu_);
+  if (counted) ++reads_;
+  const auto a = announced_.find(db);
+  // A database without subscribers has no counter: nothing read of it may be remembered.
+  return feed_read_mark{a == announced_.end() ? 0 : a->second, generation_,
+                        follower_live_ && a != announced_.end()};
+}
+
+void feed_registry::remember(const std::string& db, std::string key, std::string last_seq, const feed_read_mark& mark,
+                             feed_clock::time_point expires) {
+  std::lock_guard lk(mu_);
+  const auto a = announced_.find(db);
+  if (!mark.live || !follower_live_ || mark.generation != generation_ || a == announced_.end() ||
+      a->second != mark.announced || last_seq.empty()) {
+    return;
+  }
+  memo_->put(db, answered_feed{std::move(key), std::move(last_seq), generation_, expires});
+}
+
+bool feed_registry::skip_first_check(const std::string& db, const std::string& key, const feed_request& r,
+                                     feed_clock::time_point now) {
+  std::lock_guard lk(mu_);
+  if (!may_skip_first_check(memo_->find(db, key), r, follower_live_, generation_, now)) return false;
+  ++skipped_;
+  return true;
+}
+
 feed_registry_stats feed_registry::stats() const {
   std::lock_guard lk(mu_);
-  return feed_registry_stats{subs_.size(), parked_, wakes_, coalesced_, fetches_, bytes_};
+  feed_registry_stats st{subs_.size(), parked_, wakes_, coalesced_, fetches_, bytes_};
+  st.reads = reads_;
+  st.skipped = skipped_;
+  st.remembered = memo_->size();
+  st.remembered_bytes = memo_->bytes();
+  return st;
 }
 
 }  // namespace couchgate::gateway::front

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -25,6 +26,8 @@
 #include <vector>
 
 namespace couchgate::gateway::front {
+
+class answered_feeds;
 
 enum class feed_kind { longpoll, continuous, eventsource };
 
@@ -124,13 +127,25 @@ struct feed_registry_stats {
   std::uint64_t coalesced = 0;  // changes announced to a subscriber that already had one pending
   std::uint64_t fetches = 0;    // upstream reads made because of a wake
   std::size_t bytes = 0;        // estimated memory of the subscribed feeds
+  std::uint64_t reads = 0;      // upstream _changes reads of live feeds (first checks included)
+  std::uint64_t skipped = 0;    // first checks skipped: couchgate had answered that since itself
+  std::size_t remembered = 0;   // answered feeds remembered (feed_memo)
+  std::size_t remembered_bytes = 0;
+};
+
+// The state of a database's announcements when a read of it starts (feed_registry::mark_read).
+struct feed_read_mark {
+  std::uint64_t announced = 0;   // the database's announcement counter
+  std::uint64_t generation = 0;  // the follower's generation (bumped by a restart or a mode change)
+  bool live = false;             // the `_db_updates` follower was live
 };
 
 class feed_registry {
  public:
   using id = std::uint64_t;
   using wake_fn = std::function<void()>;  // called outside the lock, from any thread
-  explicit feed_registry(std::size_t max_per_user) : max_per_user_(max_per_user) {}
+  explicit feed_registry(std::size_t max_per_user);
+  ~feed_registry();
 
   // nullopt when `user` has max_per_user feeds open already.
   std::optional<id> subscribe(const std::string& db, const std::string& user, wake_fn wake, std::size_t bytes);
@@ -150,6 +165,20 @@ class feed_registry {
   void observe(const std::string& db, std::uint64_t update_seq);
   // The databases with subscribers (the sweep's work list).
   std::vector<std::string> watched() const;
+
+  // Whether `_db_updates` events reach notify() now (false: sweep mode or undecided). Any change
+  // starts a new generation: what was remembered before is forgotten.
+  void set_follower_live(bool live);
+  // Taken BEFORE every upstream read of `db` by a subscriber of `db` (`counted` as a read), and
+  // before skip_first_check (not counted): the mark the skipped feed's answer is remembered by.
+  feed_read_mark mark_read(const std::string& db, bool counted = true);
+  // The longpoll `key` of `db` was answered with `last_seq` by the read marked `mark`:
+  // remembered (until `expires`) only when nothing of `db` was announced since the mark and
+  // the follower stayed live in the same generation.
+  void remember(const std::string& db, std::string key, std::string last_seq, const feed_read_mark& mark,
+                feed_clock::time_point expires);
+  // Whether the re-issued feed `r` (key `key`, already subscribed to `db`) may park at once.
+  bool skip_first_check(const std::string& db, const std::string& key, const feed_request& r, feed_clock::time_point now);
 
   feed_registry_stats stats() const;
   std::size_t max_per_user() const { return max_per_user_; }
@@ -180,6 +209,13 @@ class feed_registry {
   std::uint64_t wakes_ = 0;
   std::uint64_t coalesced_ = 0;
   std::uint64_t fetches_ = 0;
+  std::uint64_t reads_ = 0;
+  std::uint64_t skipped_ = 0;
+  // Announcements per database with subscribers (erased with its last subscriber).
+  std::unordered_map<std::string, std::uint64_t> announced_;
+  bool follower_live_ = false;
+  std::uint64_t generation_ = 1;
+  std::unique_ptr<answered_feeds> memo_;  // feed_memo.hpp
 };
 
 }  // namespace couchgate::gateway::front

@@ -442,7 +442,12 @@ net::awaitable<forwarder::upstream_answer> forwarder::exchange(std::size_t conte
     auto& res = parser.get();
     note_keep_alive(conn, std::string_view(res[http::field::keep_alive].data(), res[http::field::keep_alive].size()));
     if (parser.keep_alive()) lease->keep();
-    co_return upstream_answer{upstream_answer::kind::answered, res.result_int(), std::move(res.body())};
+    upstream_answer answered{upstream_answer::kind::answered, res.result_int(), std::move(res.body()), {}};
+    const auto [first, last] = res.equal_range(http::field::set_cookie);
+    for (auto it = first; it != last; ++it) {
+      if (it->value().starts_with("AuthSession=")) answered.set_cookie = std::string(it->value());
+    }
+    co_return answered;
   }
   co_return upstream_answer{};
 }

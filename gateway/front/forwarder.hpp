@@ -97,6 +97,7 @@ class forwarder {
     enum class kind { answered, busy, unreachable, too_large } k = kind::unreachable;
     unsigned status = 0;
     std::string body;
+    std::string set_cookie;  // CouchDB's refreshed `Set-Cookie: AuthSession=...`, if it sent one
   };
   net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out);
   enum class admitted { yes, queue_full, timed_out };

@@ -178,9 +178,20 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   registry.add_counter_callback("couchgate_front_feed_coalesced_total",
                         "Database changes announced to a feed that already had a wake pending (coalesced)",
                         [self] { return static_cast<double>(self->feeds.stats().coalesced); });
+  registry.add_counter_callback("couchgate_front_feed_reads_total",
+                        "Upstream _changes reads of live feeds (first checks and wake fetches)",
+                        [self] { return static_cast<double>(self->feeds.stats().reads); });
+  registry.add_counter_callback("couchgate_front_feed_checks_skipped_total",
+                        "Re-issued longpolls parked at once: couchgate had answered that since and nothing was announced",
+                        [self] { return static_cast<double>(self->feeds.stats().skipped); });
+  registry.add_callback("couchgate_front_feed_answers_remembered", "Answered longpolls remembered to skip a first check",
+                        [self] { return static_cast<double>(self->feeds.stats().remembered); });
   registry.add_callback("couchgate_front_feed_bytes_estimate",
                         "Estimated memory of the open live feeds' own state (bytes; excludes sockets and coroutine frames)",
-                        [self] { return static_cast<double>(self->feeds.stats().bytes); });
+                        [self] {
+                          const auto st = self->feeds.stats();
+                          return static_cast<double>(st.bytes + st.remembered_bytes);
+                        });
 }
 
 front_door::~front_door() { stop(); }

@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "gateway/front/feed_memo.hpp"
 #include "gateway/front/responses.hpp"
 #include "replicator/transport/couch_client.hpp"
 #include "replicator/logger.hpp"
@@ -147,6 +148,14 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
 
   // The response as it goes: held back (longpoll) until rows, a heartbeat or the end.
   bool header_sent = false;
+  // CouchDB refreshes a cookie session on a request made with it (once 10% of its timeout has
+  // passed): the newest `Set-Cookie: AuthSession=...` of the feed's reads goes with the
+  // client's header, so a client that only syncs live keeps its session.
+  std::string fresh_cookie;
+  const auto with_cookie = [&](header_list h) {
+    if (!fresh_cookie.empty()) h.emplace_back("Set-Cookie", fresh_cookie);
+    return h;
+  };
   const auto send_header = [&]() -> net::awaitable<bool> {
     http::response<http::empty_body> res{http::status::ok, 11};
     res.set(http::field::content_type,
@@ -156,6 +165,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     res.keep_alive(keep);
     // couchgate writes this answer, not CouchDB: CORS headers as for its other own answers.
     for (auto& [name, value] : with_cors(options_.cors, req, {})) res.set(name, value);
+    if (!fresh_cookie.empty()) res.insert(http::field::set_cookie, fresh_cookie);
     http::response_serializer<http::empty_body> writer{res};
     error_code ec;
     ex.stream.tcp().expires_after(client_timeout());
@@ -184,7 +194,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const auto finish = [&](std::string text) -> net::awaitable<bool> {
     if (!header_sent && request.kind == feed_kind::longpoll) {
       out.status = 200;
-      const header_list headers = with_cors(options_.cors, req, one_header("Cache-Control", "must-revalidate"));
+      const header_list headers =
+          with_cookie(with_cors(options_.cors, req, one_header("Cache-Control", "must-revalidate")));
       const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, client_timeout(), headers);
       co_return ok && keep;
     }
@@ -200,7 +211,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     }
     if (!header_sent) {
       out.status = status;
-      const header_list headers = with_cors(options_.cors, req, {});
+      const header_list headers = with_cookie(with_cors(options_.cors, req, {}));
       co_return co_await write_response(ex.stream, static_cast<http::status>(status), std::move(text), false,
                                         client_timeout(), headers);
     }
@@ -212,9 +223,27 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     co_return false;
   };
 
+  // A longpoll answered here is remembered (feed_memo.hpp): the client's next request from
+  // that last_seq may park at once if nothing of the database is announced meanwhile.
+  // `since_mark`: the read mark of the read that state.since() comes from.
+  // Not for a cookie session: CouchDB refreshes the cookie only on a request made with it, and
+  // a skipped read would keep the client from ever getting the fresh one.
+  const bool cookie_session = req.find(http::field::authorization) == req.end() && req.find(http::field::cookie) != req.end();
+  const std::string memo_key =
+      request.kind == feed_kind::longpoll && !cookie_session
+          ? feed_memo_key(credential_key, std::string_view(req.method_string().data(), req.method_string().size()),
+                          rt.query, body)
+          : std::string();
+  std::optional<feed_read_mark> since_mark;
+  const auto remember = [&](const std::string& last_seq) {
+    if (memo_key.empty() || !since_mark) return;
+    feeds.remember(db, memo_key, last_seq, *since_mark, now_() + sessions_.ttl());
+  };
+
   // The feed's timeout: CouchDB's answer when nothing changed.
   const auto time_out = [&]() -> net::awaitable<bool> {
     state.finish();
+    remember(state.since());
     std::string text = request.kind == feed_kind::longpoll     ? empty_answer(state.since())
                        : request.kind == feed_kind::continuous ? last_seq_line(state.since(), 0)
                                                                : std::string();
@@ -224,104 +253,127 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
 
   bool first_read = true;
   const std::string changes_path = pool_.address().base_path + "/" + encode_db_name(db) + "/_changes";
-  for (;;) {
-    // 1. One normal read from where the client is.
-    http::request<http::string_body> up{body.empty() && req.method() == http::verb::get ? http::verb::get
-                                                                                        : http::verb::post,
-                                        changes_path + upstream_changes_query(request, state.since(), state.fetch_limit()),
-                                        11};
-    up.set(http::field::host, pool_.address().host_header);
-    up.set(http::field::accept, "application/json");
-    if (auto it = req.find(http::field::authorization); it != req.end()) up.set(http::field::authorization, it->value());
-    if (auto it = req.find(http::field::cookie); it != req.end()) up.set(http::field::cookie, it->value());
-    if (up.method() == http::verb::post) {
-      up.set(http::field::content_type, "application/json");
-      up.body() = body;
-      up.prepare_payload();
+  // The client re-issues a longpoll couchgate answered from this `since`, and nothing of the
+  // database was announced since that answer's read: parked at once, no first check. The mark
+  // is taken before the look (a change announced after it forgets the record or wakes us).
+  bool skip_read = false;
+  if (!memo_key.empty()) {
+    const feed_read_mark mark = feeds.mark_read(db, false);
+    if (feeds.skip_first_check(db, memo_key, request, now_())) {
+      skip_read = true;
+      since_mark = mark;
+      first_read = false;
+      state.on_fetched(0, {}, false, now_());  // as a first check that found nothing new
     }
-    // Every connection busy: the read queues again (heartbeats written meanwhile) until the
-    // feed's own timeout, never a 503 for a feed that can still wait.
-    upstream_answer got;
-    for (bool queued = true; queued;) {
-      got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
-                              state.pool_wait(now_(), pool_.wait_timeout()));
-      if (got.k != upstream_answer::kind::busy) break;
-      switch (state.on_busy(now_())) {
-        case feed_busy::retry:
-          break;
-        case feed_busy::heartbeat:
-          if (!co_await send_chunk(heartbeat_text)) co_return false;
-          state.heartbeat_sent(now_());
-          break;
-        case feed_busy::timeout:
-          co_return co_await time_out();
-        case feed_busy::refuse:
-          queued = false;
-          break;
+  }
+  for (;; skip_read = false) {
+    if (!skip_read) {
+      // 1. One normal read from where the client is.
+      http::request<http::string_body> up{body.empty() && req.method() == http::verb::get ? http::verb::get
+                                                                                          : http::verb::post,
+                                          changes_path + upstream_changes_query(request, state.since(), state.fetch_limit()),
+                                          11};
+      up.set(http::field::host, pool_.address().host_header);
+      up.set(http::field::accept, "application/json");
+      if (auto it = req.find(http::field::authorization); it != req.end()) up.set(http::field::authorization, it->value());
+      if (auto it = req.find(http::field::cookie); it != req.end()) up.set(http::field::cookie, it->value());
+      if (up.method() == http::verb::post) {
+        up.set(http::field::content_type, "application/json");
+        up.body() = body;
+        up.prepare_payload();
       }
-    }
-    if (got.k == upstream_answer::kind::busy) {
-      co_return co_await refuse(503, json_error("service_unavailable", "all of couchgate's connections to CouchDB are busy"));
-    }
-    if (got.k == upstream_answer::kind::too_large) {
-      co_return co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer is larger than couchgate reads "
-                                                              "for a live feed: ask with a limit"));
-    }
-    if (got.k != upstream_answer::kind::answered) {
-      co_return co_await refuse(502, json_error("bad_gateway", "CouchDB is not reachable"));
-    }
-    if (got.status != 200) co_return co_await refuse(got.status, std::move(got.body));
-    if (first_read && options_.test_check_delay.count() > 0) {
-      feed_log()->warn("db={}: test fail point: first check answered, held {} ms before it is looked at", db,
-                       options_.test_check_delay.count());
-      net::steady_timer hold(ex.stream.get_executor(), options_.test_check_delay);
-      error_code ec;
-      co_await hold.async_wait(ec_token(ec));
-    }
-    first_read = false;
-    auto answer_json = nlohmann::json::parse(got.body, nullptr, false);
-    if (!answer_json.is_object() || !answer_json.contains("results") || !answer_json["results"].is_array()) {
-      co_return co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer has no results array"));
-    }
-    auto& rows = answer_json["results"];
-    const nlohmann::json resume = replicator::couch_client::resume_seq(answer_json);
-    const bool pending = feeds.take_wake(*id);
-    const fetch_decision d = state.on_fetched(rows.size(), seq_text(resume), pending, now_());
+      // Every connection busy: the read queues again (heartbeats written meanwhile) until the
+      // feed's own timeout, never a 503 for a feed that can still wait.
+      const feed_read_mark read_mark = feeds.mark_read(db);
+      upstream_answer got;
+      for (bool queued = true; queued;) {
+        got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
+                                state.pool_wait(now_(), pool_.wait_timeout()));
+        if (got.k != upstream_answer::kind::busy) break;
+        switch (state.on_busy(now_())) {
+          case feed_busy::retry:
+            break;
+          case feed_busy::heartbeat:
+            if (!co_await send_chunk(heartbeat_text)) co_return false;
+            state.heartbeat_sent(now_());
+            break;
+          case feed_busy::timeout:
+            co_return co_await time_out();
+          case feed_busy::refuse:
+            queued = false;
+            break;
+        }
+      }
+      if (got.k == upstream_answer::kind::busy) {
+        co_return co_await refuse(503, json_error("service_unavailable", "all of couchgate's connections to CouchDB are busy"));
+      }
+      if (got.k == upstream_answer::kind::too_large) {
+        co_return co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer is larger than couchgate reads "
+                                                                "for a live feed: ask with a limit"));
+      }
+      if (got.k != upstream_answer::kind::answered) {
+        co_return co_await refuse(502, json_error("bad_gateway", "CouchDB is not reachable"));
+      }
+      if (!got.set_cookie.empty()) fresh_cookie = std::move(got.set_cookie);
+      if (got.status != 200) co_return co_await refuse(got.status, std::move(got.body));
+      if (first_read && options_.test_check_delay.count() > 0) {
+        feed_log()->warn("db={}: test fail point: first check answered, held {} ms before it is looked at", db,
+                         options_.test_check_delay.count());
+        net::steady_timer hold(ex.stream.get_executor(), options_.test_check_delay);
+        error_code ec;
+        co_await hold.async_wait(ec_token(ec));
+      }
+      first_read = false;
+      auto answer_json = nlohmann::json::parse(got.body, nullptr, false);
+      if (!answer_json.is_object() || !answer_json.contains("results") || !answer_json["results"].is_array()) {
+        co_return co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer has no results array"));
+      }
+      auto& rows = answer_json["results"];
+      since_mark = read_mark;  // state.since() now comes from this read
+      const nlohmann::json resume = replicator::couch_client::resume_seq(answer_json);
+      const bool pending = feeds.take_wake(*id);
+      const fetch_decision d = state.on_fetched(rows.size(), seq_text(resume), pending, now_());
 
-    // 2. What the client gets.
-    if (d.send_rows) {
-      if (request.kind == feed_kind::longpoll) {
-        // Resume from the last row: a last_seq past it may count a write the answer did not carry.
-        if (answer_json.contains("last_seq") && answer_json["last_seq"] != resume) {
-          answer_json["last_seq"] = resume;
-          got.body = answer_json.dump();
+      // 2. What the client gets.
+      if (d.send_rows) {
+        if (request.kind == feed_kind::longpoll) {
+          // Resume from the last row: a last_seq past it may count a write the answer did not carry.
+          if (answer_json.contains("last_seq") && answer_json["last_seq"] != resume) {
+            answer_json["last_seq"] = resume;
+            got.body = answer_json.dump();
+          }
+          const auto pending_rows = answer_json.contains("pending") && answer_json["pending"].is_number_integer()
+                                        ? std::optional<long long>(answer_json["pending"].get<long long>())
+                                        : std::nullopt;
+          if (answer_complete(rows.size(), state.fetch_limit(), pending_rows)) remember(seq_text(resume));
+          co_return co_await finish(std::move(got.body));
         }
-        co_return co_await finish(std::move(got.body));
-      }
-      std::string text;
-      for (const auto& row : rows) {
-        if (request.kind == feed_kind::eventsource) {
-          text += "data: " + row.dump() + "\nid: " + (row.contains("seq") ? seq_text(row["seq"]) : std::string()) + "\n\n";
-        } else {
-          text += row.dump() + "\n";
+        std::string text;
+        for (const auto& row : rows) {
+          if (request.kind == feed_kind::eventsource) {
+            text += "data: " + row.dump() + "\nid: " + (row.contains("seq") ? seq_text(row["seq"]) : std::string()) + "\n\n";
+          } else {
+            text += row.dump() + "\n";
+          }
         }
-      }
-      if (d.end) {
-        if (request.kind == feed_kind::continuous) text += last_seq_line(resume, answer_json.value("pending", 0));
+        if (d.end) {
+          if (request.kind == feed_kind::continuous) text += last_seq_line(resume, answer_json.value("pending", 0));
+          co_return co_await finish(std::move(text));
+        }
+        if (!co_await send_chunk(std::move(text))) co_return false;
+      } else if (d.end) {  // limit=0
+        if (request.kind == feed_kind::longpoll) co_return co_await finish(std::move(got.body));
+        std::string text = request.kind == feed_kind::continuous ? last_seq_line(resume, 0) : std::string();
         co_return co_await finish(std::move(text));
       }
-      if (!co_await send_chunk(std::move(text))) co_return false;
-    } else if (d.end) {  // limit=0
-      if (request.kind == feed_kind::longpoll) co_return co_await finish(std::move(got.body));
-      std::string text = request.kind == feed_kind::continuous ? last_seq_line(resume, 0) : std::string();
-      co_return co_await finish(std::move(text));
+      if (d.fetch_again) continue;
+
+      got.body.clear();
+      got.body.shrink_to_fit();
+      answer_json = nullptr;
     }
-    if (d.fetch_again) continue;
 
     // 3. Parked: no upstream connection, one timer.
-    got.body.clear();
-    got.body.shrink_to_fit();
-    answer_json = nullptr;
     feeds.park(*id, replicator::couch_client::seq_number(nlohmann::json(state.since())));
     bool woken = false;
     while (!woken) {

@@ -68,6 +68,7 @@ struct upstream_pool::waiter {
   waiter(std::size_t ctx, net::io_context& io) : context(ctx), timer(io) {}
   std::size_t context;
   net::steady_timer timer;
+  std::chrono::steady_clock::time_point deadline;  // when it gives up (503 for a plain request)
   state st = state::waiting;
   std::unique_ptr<upstream_connection> conn;
 };
@@ -115,6 +116,24 @@ void upstream_pool::close() {
   idle.clear();
 }
 
+std::size_t earliest_deadline(std::span<const std::chrono::steady_clock::time_point> deadlines) {
+  std::size_t best = 0;
+  for (std::size_t i = 1; i < deadlines.size(); ++i) {
+    if (deadlines[i] < deadlines[best]) best = i;  // strictly earlier: ties stay FIFO
+  }
+  return best;
+}
+
+std::shared_ptr<upstream_pool::waiter> upstream_pool::take_next_waiter() {
+  std::vector<std::chrono::steady_clock::time_point> deadlines;
+  deadlines.reserve(waiters_.size());
+  for (const auto& w : waiters_) deadlines.push_back(w->deadline);
+  const auto it = waiters_.begin() + static_cast<std::ptrdiff_t>(earliest_deadline(deadlines));
+  auto w = *it;
+  waiters_.erase(it);
+  return w;
+}
+
 void upstream_pool::wake(const std::shared_ptr<waiter>& w) {
   net::post(io_.context(w->context), [w] { w->timer.cancel(); });
 }
@@ -160,7 +179,8 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     co_return co_await open_new(context);
   }
   auto w = std::make_shared<waiter>(context, io_.context(context));
-  w->timer.expires_after(wait.value_or(wait_timeout_));
+  w->deadline = now + wait.value_or(wait_timeout_);
+  w->timer.expires_at(w->deadline);
   waiters_.push_back(w);
   ++stats_.waiting;
   lk.unlock();
@@ -223,8 +243,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
       --stats_.in_use;
       ++stats_.connect_failures;
       if (!waiters_.empty() && !closed_) {  // the slot goes on to the next waiter
-        next = waiters_.front();
-        waiters_.pop_front();
+        next = take_next_waiter();
         --stats_.waiting;
         ++stats_.in_use;
         next->st = waiter::state::got_slot;
@@ -249,8 +268,7 @@ void upstream_pool::release(std::unique_ptr<upstream_connection> conn, bool reus
       --stats_.open;
       drop = std::move(conn);
     } else if (!waiters_.empty()) {
-      next = waiters_.front();
-      waiters_.pop_front();
+      next = take_next_waiter();
       --stats_.waiting;
       ++stats_.in_use;
       if (reusable && next->context == conn->context) {

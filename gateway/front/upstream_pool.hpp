@@ -1,8 +1,11 @@
 #pragma once
 // Owns: the front door's bounded keep-alive pool of HTTP connections to CouchDB (Beast client
 // streams, apart from the fan-in's libcurl pool and its budget). It never has more sockets open
-// than max_connections. When all are busy a request waits (FIFO) up to wait_timeout, then gets
-// nothing (the caller answers 503 with Retry-After). A connection lives on the I/O context that
+// than max_connections. When all are busy a request waits up to wait_timeout (or the wait it
+// asks for), then gets nothing (the caller answers 503 with Retry-After). A freed connection
+// goes to the waiter whose wait ends first (FIFO among equals): a plain request that gives up
+// after the pool's short wait is not stuck behind a thousand live feeds' first checks, which
+// may wait up to their own timeout (issue 14); a feed near its end moves up in turn. A connection lives on the I/O context that
 // opened it and is only lent to requests on that context; a waiter on another context gets the
 // freed socket budget instead and opens its own connection. Idle connections older than
 // idle_limit are closed rather than reused (the server may have dropped them).
@@ -15,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +56,10 @@ void note_keep_alive(upstream_connection& conn, std::string_view keep_alive_head
 
 class upstream_pool;
 
+// Which of the waiters (their deadlines, in arrival order) gets a freed connection: the one
+// whose wait ends first; among equal deadlines the first to arrive. `deadlines` not empty.
+std::size_t earliest_deadline(std::span<const std::chrono::steady_clock::time_point> deadlines);
+
 // Exclusive use of one connection. keep() before destruction returns it for reuse; otherwise it
 // is closed (an exchange that did not finish cleanly leaves the socket in an unknown state).
 class upstream_lease {
@@ -88,7 +96,7 @@ class upstream_pool {
   ~upstream_pool();
 
   // A connected connection on `context` (the caller's I/O context), or why not. A waiter waits
-  // `wait` (default: the pool's wait_timeout) in the same FIFO as everyone else.
+  // `wait` (default: the pool's wait_timeout); the earliest deadline is served first.
   net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> acquire(
       std::size_t context, std::optional<std::chrono::milliseconds> wait = std::nullopt);
   upstream_stats stats() const;
@@ -103,6 +111,7 @@ class upstream_pool {
   struct waiter;
   void release(std::unique_ptr<upstream_connection> conn, bool reusable);
   void wake(const std::shared_ptr<waiter>& w);
+  std::shared_ptr<waiter> take_next_waiter();  // the earliest deadline; waiters_ not empty
   net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> open_new(std::size_t context);
   void retire(std::unique_ptr<upstream_connection> conn);
 

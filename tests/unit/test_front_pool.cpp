@@ -3,6 +3,9 @@
 // request whose body cannot be re-sent).
 #include <doctest/doctest.h>
 
+#include <chrono>
+#include <vector>
+
 #include "gateway/front/upstream_pool.hpp"
 
 namespace f = couchgate::gateway::front;
@@ -39,4 +42,20 @@ TEST_CASE("front upstream: Keep-Alive: timeout=N makes the pool drop the connect
   CHECK(conn.server_idle_limit == std::chrono::seconds(29));
   f::note_keep_alive(conn, "timeout=1");
   CHECK(conn.server_idle_limit.count() > 0);
+}
+
+TEST_CASE("front upstream: a freed connection goes to the waiter whose wait ends first; FIFO among equals") {
+  using tp = std::chrono::steady_clock::time_point;
+  const tp t0{};
+  // A thousand live feeds' first checks (waiting up to their 30 s timeout) came first; a plain
+  // request (the pool's 5 s wait) arrived after them: it is served next, not after them all.
+  std::vector<tp> waiting(1000, t0 + std::chrono::seconds(30));
+  waiting.push_back(t0 + std::chrono::seconds(6));
+  CHECK(f::earliest_deadline(waiting) == 1000);
+  // Equal deadlines: the first to arrive.
+  CHECK(f::earliest_deadline(std::vector<tp>{t0 + std::chrono::seconds(5), t0 + std::chrono::seconds(5)}) == 0);
+  // A feed close to its end moves ahead of a plain request that arrived later.
+  CHECK(f::earliest_deadline(std::vector<tp>{t0 + std::chrono::seconds(7), t0 + std::chrono::seconds(2),
+                                                 t0 + std::chrono::seconds(4)}) == 1);
+  CHECK(f::earliest_deadline(std::vector<tp>{t0}) == 0);
 }
