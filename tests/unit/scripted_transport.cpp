@@ -1,5 +1,6 @@
 #include "tests/unit/scripted_transport.hpp"
 
+#include <nlohmann/json.hpp>
 #include <utility>
 
 namespace couchgate::test {
@@ -23,6 +24,19 @@ r::http_response failure(r::error_kind kind, std::string error) {
   a.kind = kind;
   a.error = std::move(error);
   return a;
+}
+
+r::http_response all_missing(const r::http_request& q) {
+  const auto asked = nlohmann::json::parse(q.body_text());
+  auto a = nlohmann::json::object();
+  for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
+  return answer(200, a.dump());
+}
+
+r::fanin_options central_options() {
+  r::fanin_options o;
+  o.central_db = "central";
+  return o;
 }
 
 scripted_transport& scripted_transport::on(std::string method, std::string target_contains, r::http_response a, int times) {

@@ -21,29 +21,16 @@
 #include "tests/unit/scripted_transport.hpp"
 
 namespace r = couchgate::replicator;
-using couchgate::test::answer;
-using couchgate::test::failure;
-using couchgate::test::scripted_transport;
+using namespace couchgate::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
 
-const r::timeouts quick = couchgate::test::quick_timeouts;
-
-// The pieces change_detector works with, none started.
-struct engine {
-  scripted_transport server;
-  r::couch_client client{server, quick};
-  r::registry metrics;
-  r::state_store state{client, "cg_state"};
-  r::fanin fan{client, state, metrics, [] {
-                 r::fanin_options o;
-                 o.central_db = "central";
-                 return o;
-               }()};
+// The pieces change_detector works with, none started, and the on_created calls it made.
+struct engine : scripted_fanin {
   std::mutex mu;
-  std::vector<std::pair<std::string, bool>> created;  // on_created calls
+  std::vector<std::pair<std::string, bool>> created;
   r::change_detector::created_fn on_created() {
     return [this](const std::string& db, bool recreated) {
       std::lock_guard lk(mu);
@@ -171,15 +158,10 @@ std::vector<r::change_row> feed_rows(const std::vector<std::string>& ids) {
 }  // namespace
 
 TEST_CASE("transfer: a batch refused with 413 is split in halves until the one document too large is alone and refused") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
+  scripted_couch c;
+  auto& s = c.server;
   auto rows = feed_rows({"d1", "d2", "d3", "d4"});
-  s.on("POST", "/central/_revs_diff", [&](const r::http_request& q) {
-    const json asked = json::parse(q.body_text());
-    json a = json::object();
-    for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
-    return answer(200, a.dump());
-  });
+  s.on("POST", "/central/_revs_diff", all_missing);
   std::vector<std::size_t> batch_sizes;
   s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
     const json body = json::parse(q.body_text());
@@ -191,7 +173,7 @@ TEST_CASE("transfer: a batch refused with 413 is split in halves until the one d
     return answer(201, "[]");
   }, -1);
   r::protocol_caps caps;
-  auto res = r::transfer(client, rows, r::transfer_options{}, caps);
+  auto res = r::transfer(c.client, rows, r::transfer_options{}, caps);
   CHECK(batch_sizes == std::vector<std::size_t>{4, 2, 2, 1, 1});
   CHECK(res.docs_written == 3);
   CHECK(res.failed.empty());  // the unit goes on: its checkpoint may advance
@@ -204,13 +186,13 @@ TEST_CASE("transfer: a batch refused with 413 is split in halves until the one d
 }
 
 TEST_CASE("transfer: a 503 for the batch fails the unit (retried later), nothing is refused") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
+  scripted_couch c;
+  auto& s = c.server;
   auto rows = feed_rows({"d1", "d2"});
   s.on("POST", "/central/_revs_diff", answer(200, json{{"a:d1", {{"missing", rows[0].revs}}}, {"a:d2", {{"missing", rows[1].revs}}}}.dump()));
   s.on("POST", "/central/_bulk_docs", answer(503, R"({"error":"service_unavailable","reason":"busy"})"));
   r::protocol_caps caps;
-  auto res = r::transfer(client, rows, r::transfer_options{}, caps);
+  auto res = r::transfer(c.client, rows, r::transfer_options{}, caps);
   CHECK(res.docs_written == 0);
   REQUIRE(res.failed.count("userdb-a") == 1);
   CHECK(res.failed.at("userdb-a").kind == r::couch_error_kind::overloaded);
@@ -218,9 +200,9 @@ TEST_CASE("transfer: a 503 for the batch fails the unit (retried later), nothing
 }
 
 TEST_CASE("state_store: a checkpoint write that conflicts adopts the other writer's checkpoint; a turn begun before cannot move it") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
-  r::state_store st(client, "cg_state");
+  scripted_couch c;
+  auto& s = c.server;
+  auto& st = c.state;
   s.on("POST", "/cg_state/_bulk_docs",
        answer(201, R"([{"id":"checkpoint:userdb-a","error":"conflict","reason":"Document update conflict."}])"));
   s.on("GET", "/cg_state/checkpoint%3Auserdb-a",
@@ -254,15 +236,13 @@ TEST_CASE("state_store: a checkpoint write that conflicts adopts the other write
 }
 
 TEST_CASE("provisioner: a new user's database is created (q=1) and gets its _security; one that exists is repaired") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
-  r::registry metrics;
-  r::state_store st(client, "cg_state");
+  scripted_couch c;
+  auto& s = c.server;
   couchgate::gateway::provisioning_config cfg;
   std::vector<std::string> added;
   couchgate::gateway::provisioner_hooks hooks;
   hooks.source_added = [&](const std::string& db, const couchgate::policy::owner&) { added.push_back(db); };
-  couchgate::gateway::provisioner p(client, st, metrics, cfg, hooks);
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, hooks);
   const std::string alice = p.db_for("alice");
   const std::string bob = p.db_for("bob");
   const json want_alice = couchgate::policy::render_security(cfg.security, "alice");

@@ -17,33 +17,27 @@
 #include "tests/unit/scripted_transport.hpp"
 
 namespace r = couchgate::replicator;
-using couchgate::test::answer;
-using couchgate::test::scripted_transport;
+using namespace couchgate::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
 
-const r::timeouts quick = couchgate::test::quick_timeouts;
 const std::string rev1 = "1-" + std::string(32, 'a');
 const std::string rev2 = "2-" + std::string(32, 'b');
 
 // The fan-in pieces over a scripted server: one worker, checkpoints written inside the round,
 // no periodic look at the central database.
-struct fan_engine {
-  scripted_transport server;
-  r::couch_client client{server, quick};
-  r::registry metrics;
-  r::state_store state{client, "cg_state"};
-  r::fanin fan{client, state, metrics, [] {
-                 r::fanin_options o;
-                 o.central_db = "central";
-                 o.workers = 1;
-                 o.checkpoint_interval = 0ms;
-                 o.target_check_interval = 0ms;
-                 o.backoff = r::backoff_policy{60s, 120s};  // a failed source stays backing off during the test
-                 return o;
-               }()};
+struct fan_engine : scripted_fanin {
+  fan_engine()
+      : scripted_fanin([] {
+          auto o = central_options();
+          o.workers = 1;
+          o.checkpoint_interval = 0ms;
+          o.target_check_interval = 0ms;
+          o.backoff = r::backoff_policy{60s, 120s};  // a failed source stays backing off during the test
+          return o;
+        }()) {}
 
   // The marker of central (epoch e1, generation 3) and a stored checkpoint of userdb-a at 2-x.
   void script_load() {
@@ -66,12 +60,7 @@ struct fan_engine {
                                {"last_seq", "4-x"},
                                {"pending", 0}}
                                   .dump()));
-    server.on("POST", "/central/_revs_diff", [](const r::http_request& q) {
-      const json asked = json::parse(q.body_text());
-      json a = json::object();
-      for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
-      return answer(200, a.dump());
-    });
+    server.on("POST", "/central/_revs_diff", all_missing);
     server.on("POST", "/userdb-a/_bulk_get", [](const r::http_request& q) {
       const json asked = json::parse(q.body_text());
       CHECK(asked["docs"] == json::parse(R"([{"id":"d2","rev":")" + rev2 + R"("}])"));

@@ -17,14 +17,11 @@
 #include "tests/unit/scripted_transport.hpp"
 
 namespace r = couchgate::replicator;
-using couchgate::test::answer;
-using couchgate::test::scripted_transport;
+using namespace couchgate::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
-const r::timeouts quick = couchgate::test::quick_timeouts;
-
 std::string users_page(const std::string& name, const std::string& seq) {
   const std::string id = "org.couchdb.user:" + name;
   return json{{"results",
@@ -53,12 +50,10 @@ std::vector<std::string> sequence(const scripted_transport& s, const std::vector
 }  // namespace
 
 TEST_CASE("provisioner _users feed: from the stored position; a new user's database and _security before the position moves") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
-  r::registry metrics;
-  r::state_store st(client, "cg_state");
+  scripted_couch c;
+  auto& s = c.server;
   couchgate::gateway::provisioning_config cfg;
-  couchgate::gateway::provisioner p(client, st, metrics, cfg, {});
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
   const std::string carol = p.db_for("carol");
   const std::string dave = p.db_for("dave");
 
