@@ -1,9 +1,13 @@
 // The engine above the transport seam, driven by scripted exchanges (scripted_transport.hpp):
 // the `_db_updates` follower (which the pouchdb-server of the integration tests does not have),
-// a transfer whose batch the target refuses with 413, a checkpoint conflict, and provisioning.
+// the update_seq sweep through an outage (an injected clock), a transfer whose batch the target
+// refuses with 413, a checkpoint conflict, and provisioning.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -279,4 +283,121 @@ TEST_CASE("provisioner: a new user's database is created (q=1) and gets its _sec
   CHECK(p.apply({{"alice", {"app"}, false}}) == 1);
   CHECK_FALSE(p.user("alice")->done);
   CHECK(p.user("alice")->last_error.find("boom") != std::string::npos);
+}
+
+namespace {
+// The detector's clock in a test: time moves only by its sleeps, and only up to `until`; a
+// sleep past it waits (the detector is then `parked`) until the test moves `until` or stops.
+struct fake_clock {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::chrono::steady_clock::time_point t{std::chrono::hours(1)};
+  std::chrono::steady_clock::time_point until = t;
+  bool parked = false, stopping = false;
+
+  std::chrono::steady_clock::time_point now() {
+    std::lock_guard lk(mu);
+    return t;
+  }
+  r::detector_clock hooks() {
+    return r::detector_clock{[this] { return now(); },
+                             [this](std::chrono::milliseconds d) {
+                               std::unique_lock lk(mu);
+                               parked = t + d > until;
+                               cv.notify_all();
+                               cv.wait(lk, [&] { return stopping || t + d <= until; });
+                               parked = false;
+                               if (stopping) return false;
+                               t += d;
+                               return true;
+                             },
+                             [] { return 0.5; }};
+  }
+  // Lets time run for `d` more and waits until the detector sleeps past it.
+  bool run_for(std::chrono::milliseconds d) {
+    std::unique_lock lk(mu);
+    until += d;
+    parked = false;
+    cv.notify_all();
+    return cv.wait_for(lk, 5s, [&] { return parked; });
+  }
+  void stop() {
+    std::lock_guard lk(mu);
+    stopping = true;
+    cv.notify_all();
+  }
+};
+
+// "at ms: reads" per window, for a readable comparison.
+std::string describe(const std::vector<std::pair<std::chrono::milliseconds, int>>& windows) {
+  std::string out;
+  for (const auto& [at, n] : windows) out += std::to_string(at.count()) + "ms:" + std::to_string(n) + " ";
+  return out;
+}
+}  // namespace
+
+TEST_CASE("sweep through an outage: it stops after the first window that fails and backs off; then every source each sweep_interval") {
+  engine e;
+  fake_clock clock;
+  const auto t0 = clock.now();
+  const int sources = 30;
+  for (int i = 0; i < sources; ++i) {
+    const std::string name = "u" + std::to_string(i);
+    e.fan.add_source("userdb-" + name, couchgate::policy::owner{couchgate::policy::owner::kind::user, name});
+  }
+  // How many update_seq reads were asked at each fake time (a window's reads go out together).
+  std::atomic<bool> down{true};
+  std::mutex mu;
+  std::map<std::chrono::milliseconds, int> reads;
+  auto windows = [&](std::chrono::milliseconds from) {
+    std::lock_guard lk(mu);
+    return std::vector<std::pair<std::chrono::milliseconds, int>>(reads.lower_bound(from), reads.end());
+  };
+  e.server.on("GET", "/userdb-", [&](const r::http_request& q) {
+    {
+      std::lock_guard lk(mu);
+      ++reads[std::chrono::duration_cast<std::chrono::milliseconds>(clock.now() - t0)];
+    }
+    if (down) return failure(r::error_kind::network, "Couldn't connect to server");
+    return answer(200, json{{"db_name", q.target.substr(1)}, {"update_seq", "0-x"}, {"instance_start_time", "1700000000"}}.dump());
+  }, -1);
+  auto opts = detector_opts(r::detection::sweep);
+  opts.sweep_rate = 100;  // windows of 10 databases, 100 ms apart: a whole sweep is 3 windows
+  opts.sweep_interval = 500ms;
+  opts.backoff = r::backoff_policy{1000ms, 4000ms};
+  opts.clock = clock.hooks();
+  const int window = 10;
+  const auto window_time = 100ms;
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+  d.start();
+
+  // 10 s of outage: each sweep ends with its first window; the next starts
+  // max(sweep_interval, backoff(failures)) later (jitter pinned).
+  REQUIRE(clock.run_for(10000ms));
+  std::vector<std::pair<std::chrono::milliseconds, int>> want{{0ms, window}};
+  for (std::uint32_t k = 1;; ++k) {
+    const auto next = want.back().first + std::max<std::chrono::milliseconds>(opts.sweep_interval, r::backoff_delay(opts.backoff, k, opts.clock.jitter));
+    if (next > 10000ms) break;
+    want.emplace_back(next, window);
+  }
+  const auto outage = windows(0ms);
+  CHECK(describe(outage) == describe(want));  // the sweep without backoff: 20 sweeps of 3 windows, 600 reads
+  REQUIRE_FALSE(outage.empty());
+
+  // The server answers again: from the next sweep on, every source is read, sweeps start
+  // sweep_interval apart (the failures are forgotten).
+  down = false;
+  REQUIRE(clock.run_for(3000ms));
+  clock.stop();
+  d.stop();
+  const auto after = windows(outage.back().first + 1ms);
+  REQUIRE(after.size() >= 9);
+  const auto first = after.front().first;
+  std::vector<std::pair<std::chrono::milliseconds, int>> steady;
+  for (int sweep = 0; sweep < 3; ++sweep) {
+    for (int part = 0; part < 3; ++part) steady.emplace_back(first + sweep * opts.sweep_interval + part * window_time, window);
+  }
+  CHECK(describe({after.begin(), after.begin() + 9}) == describe(steady));
+  CHECK(e.created_calls().empty());
+  CHECK(e.server.unexpected().empty());
 }
