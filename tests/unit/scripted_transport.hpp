@@ -12,10 +12,15 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
 #include "replicator/fanin.hpp"
 #include "replicator/metrics.hpp"
@@ -76,6 +81,25 @@ class scripted_transport final : public r::transport {
   std::vector<std::string> unexpected_;
   bool closed_ = false;
 };
+
+// The lines a named logger (replicator/logger.hpp) writes while this lives.
+class captured_log {
+ public:
+  explicit captured_log(const std::string& logger);
+  ~captured_log();
+  captured_log(const captured_log&) = delete;
+  captured_log& operator=(const captured_log&) = delete;
+  std::string all() const;
+  std::size_t count(const std::string& part) const;  // lines containing `part`
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
+// The value of a metric (its full name with labels, e.g. `x_total{a="b"}`) in r.render(), or
+// nullopt when it is not there.
+std::optional<double> metric_value(const r::registry& metrics, const std::string& name);
 
 // A scripted server with what every piece above the seam works with: a client with quick
 // timeouts, a metrics registry and the state database "cg_state" (nothing asked yet).
