@@ -55,7 +55,9 @@ change_detector::change_detector(couch_client& client, state_store& state, fanin
       on_created_(std::move(on_created)),
       events_(metrics.add_counter("couchgate_db_updates_events_total", "_db_updates events received")),
       reconnects_(metrics.add_counter("couchgate_feed_reconnects_total", "Feed reconnects after an error", "feed=\"db_updates\"")),
-      mode_gauge_(metrics.add_gauge("couchgate_detection_mode", "Change detection in use: 0 undecided, 1 db_updates, 2 sweep")) {
+      mode_gauge_(metrics.add_gauge("couchgate_detection_mode", "Change detection in use: 0 undecided, 1 db_updates, 2 sweep")),
+      recreations_(metrics.add_counter("couchgate_databases_recreated_total",
+                                       "Source databases found deleted and created again under the same name (checkpoint reset, read from the start)")) {
   if (!opts_.clock.jitter) opts_.clock.jitter = random_uniform_source();
 }
 
@@ -219,7 +221,7 @@ void change_detector::follow_db_updates() {
           fanin_.remove_source(e.db);
         }
       } else if (e.type == "created") {
-        recreated(e.db, false);
+        recreated(e.db, false, "a created event");
       } else if (!fanin_.mark_dirty(e.db) && on_created_ && e.type == "updated") {
         on_created_(e.db, false);
       }
@@ -230,15 +232,20 @@ void change_detector::follow_db_updates() {
   save(true);
 }
 
-void change_detector::recreated(const std::string& db, bool surely) {
+void change_detector::recreated(const std::string& db, bool surely, const char* why) {
   // A checkpoint under this name belongs to the database's previous life (a source dropped when
   // it was deleted keeps its checkpoint in the state database): it would skip the new one's
   // first changes. Without one (or at 0) there is nothing to reset: a `created` event of a
   // database just provisioned costs no state write.
   auto cp = state_.checkpoint(db);
   const bool had = surely || (cp && couch_client::seq_number(*cp) != std::optional<std::uint64_t>(0));
-  if (had) fanin_.source_recreated(db);
-  else fanin_.mark_dirty(db);
+  if (had) {
+    recreations_.inc();
+    log()->info("db={} was created again ({}): read from its start", db, why);
+    fanin_.source_recreated(db);
+  } else {
+    fanin_.mark_dirty(db);
+  }
   if (on_created_) on_created_(db, had);
 }
 
@@ -269,8 +276,7 @@ bool change_detector::sweep_once() {
       }
       const json& info = r.value();
       if (gone_.erase(db)) {
-        log()->info("db={} exists again", db);
-        recreated(db, true);
+        recreated(db, true, "it answers again after a 404");
         continue;
       }
       if (!info.is_object() || !info.contains("update_seq")) continue;
@@ -279,8 +285,7 @@ bool change_detector::sweep_once() {
         const bool changed = !known.empty() && known != ist->get_ref<const std::string&>();
         known = ist->get<std::string>();
         if (changed) {
-          log()->info("db={} was created again (instance_start_time changed)", db);
-          recreated(db, true);
+          recreated(db, true, "instance_start_time changed");
           continue;
         }
       }
@@ -291,7 +296,7 @@ bool change_detector::sweep_once() {
         fanin_.mark_dirty(db);
       } else if (*current < *done) {
         // The database is younger than its checkpoint: it was deleted and created again.
-        recreated(db, true);
+        recreated(db, true, "update_seq below its checkpoint");
       } else if (*current != *done) {
         fanin_.mark_dirty(db);
       }

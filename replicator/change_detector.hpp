@@ -95,8 +95,9 @@ class change_detector {
   void follow_db_updates();
   // False when it stopped early because the server could not be reached (outage_error).
   bool sweep_once();
-  // Resets its checkpoint (when it had one, or `surely` it existed before), then on_created.
-  void recreated(const std::string& db, bool surely);
+  // Resets its checkpoint (when it had one, or `surely` it existed before; then counted and
+  // logged once, saying `why`), then on_created.
+  void recreated(const std::string& db, bool surely, const char* why);
 
   couch_client& client_;
   state_store& state_;
@@ -122,6 +123,7 @@ class change_detector {
   counter& events_;
   counter& reconnects_;
   gauge& mode_gauge_;
+  counter& recreations_;
 };
 
 }  // namespace couchgate::replicator

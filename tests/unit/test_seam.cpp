@@ -4,6 +4,7 @@
 // refuses with 413, a checkpoint conflict, and provisioning.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -102,6 +103,42 @@ TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped 
     if (q.method == "POST" && q.target == "/cg_state/_bulk_docs" && q.body.find(R"("value":"5-g1")") != std::string::npos) saved = true;
   }
   CHECK(saved);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("a source deleted and created again (_db_updates created event): checkpoint reset, counted and logged once; a new database is neither") {
+  engine e;
+  captured_log log("detector");
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  REQUIRE(e.state.advance({{"userdb-a", "5-x", e.state.start_position("userdb-a").epoch}}) == 1);  // its old life's progress
+  auto& s = e.server;
+  s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
+  s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"), -1);
+  s.on("GET", "/_db_updates?since=now&limit=1000&feed=longpoll",
+       answer(200, db_updates_page({{"userdb-a", "deleted"}, {"userdb-a", "created"}, {"userdb-new", "created"}, {"userdb-a", "created"}}, "4-g1")));
+  std::vector<std::string> state_writes;
+  s.on("POST", "/cg_state/_bulk_docs", [&](const r::http_request& q) {
+    json rows = json::array();
+    const json body = json::parse(q.body_text());
+    for (const auto& d : body["docs"]) {
+      state_writes.push_back(d["_id"].get<std::string>() + "=" + (d.contains("seq") ? d["seq"].dump() : ""));
+      rows.push_back({{"ok", true}, {"id", d["_id"]}, {"rev", "2-r"}});
+    }
+    return answer(201, rows.dump());
+  }, -1);
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
+  d.start();
+  REQUIRE(s.wait_for([&] { return s.count("GET", "since=4-g1&limit=1000&feed=longpoll") >= 1; }));
+  s.close();
+  d.stop();
+  INFO(log.all());
+  CHECK(metric_value(e.metrics, "couchgate_databases_recreated_total") == 1);
+  CHECK(log.count("was created again") == 1);
+  CHECK(log.count("db=userdb-a was created again (a created event)") == 1);
+  CHECK(e.state.checkpoint("userdb-a") == json(0));
+  CHECK(std::count(state_writes.begin(), state_writes.end(), "checkpoint:userdb-a=0") == 1);
+  // The second created event finds no progress to reset; userdb-new never had any.
+  CHECK(e.created_calls() == std::vector<std::pair<std::string, bool>>{{"userdb-a", true}, {"userdb-new", false}, {"userdb-a", false}});
   CHECK(s.unexpected().empty());
 }
 
