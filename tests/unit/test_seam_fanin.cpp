@@ -157,3 +157,39 @@ TEST_CASE("fanin: central refusing the batch (500) leaves the checkpoint where i
   CHECK(s.count("POST", "/cg_state/_bulk_docs") == 0);
   CHECK(s.unexpected().empty());
 }
+
+TEST_CASE("fanin: a document central refuses as too large (413) is counted and logged once, listed, and the checkpoint moves past it") {
+  fan_engine e;
+  auto& s = e.server;
+  captured_log log("fanin");
+  e.script_load();
+  e.script_changes();
+  std::vector<std::size_t> batches;
+  s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
+    const json body = json::parse(q.body_text());
+    batches.push_back(body["docs"].size());
+    for (const auto& d : body["docs"]) {
+      if (d["_id"] == "a:d2") return answer(413, R"({"error":"too_large","reason":"the request entity is too large"})");
+    }
+    return answer(201, "[]");
+  }, -1);
+  s.on("PUT", "/central/_local/couchgate-epoch", answer(201, R"({"ok":true,"id":"_local/couchgate-epoch","rev":"0-4"})"));
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"checkpoint:userdb-a","rev":"2-c"}])"));
+
+  REQUIRE(e.fan.load().ok());
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  e.fan.start();
+  REQUIRE(s.wait_for([&] { return e.fan.idle() && s.count("POST", "/cg_state/_bulk_docs") == 1; }));
+  e.fan.stop();
+  INFO(log.all());
+  CHECK(batches == std::vector<std::size_t>{2, 1, 1});  // split until d2 is alone
+  CHECK(metric_value(e.metrics, "couchgate_doc_write_failures_total") == 1);
+  CHECK(log.count("not replicated") == 1);
+  CHECK(log.count("doc=d2 rev=" + rev2 + " not replicated: too_large") == 1);
+  const auto listed = e.fan.refused("userdb-a");
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].id == "d2");
+  CHECK(listed[0].error == "too_large");
+  CHECK(e.state.checkpoint("userdb-a") == json("4-x"));  // passed over, not retried for ever
+  CHECK(s.unexpected().empty());
+}
