@@ -40,7 +40,7 @@ provisioner::provisioner(replicator::couch_client& client, replicator::state_sto
       dbs_deleted_(metrics.add_counter("couchgate_databases_deleted_total", "User databases deleted by the on_delete: delete policy")),
       security_writes_(metrics.add_counter("couchgate_security_writes_total", "_security objects written (they differed)")),
       errors_(metrics.add_counter("couchgate_provisioning_errors_total", "Failed provisioning actions (retried)")),
-      malformed_(metrics.add_counter("couchgate_malformed_user_docs_total", "User documents skipped as malformed")),
+      malformed_(metrics.add_counter("couchgate_malformed_user_docs_total", "User documents skipped as malformed (each once while it stays so)")),
       reconnects_(metrics.add_counter("couchgate_feed_reconnects_total", "Feed reconnects after an error", "feed=\"users\"")),
       reconciles_(metrics.add_counter("couchgate_reconciles_total", "Completed reconcile passes")),
       orphans_(metrics.add_gauge("couchgate_orphan_databases", "Databases with the user prefix and no matching user (reported, never deleted by reconcile)")),
@@ -379,6 +379,13 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
   return retryable;
 }
 
+void provisioner::skip_malformed(const policy::user_doc_error& e, const char* where) {
+  const std::string id = e.doc_id.empty() ? "(no id)" : e.doc_id;
+  if (!malformed_seen_.first(id, e.reason)) return;  // reported already, and still so
+  malformed_.inc();
+  log()->warn("{}skipping user document {}: {}", where, id, e.reason);
+}
+
 bool provisioner::reconcile() {
   auto started = std::chrono::steady_clock::now();
   // 1. Every user document, a page at a time.
@@ -398,11 +405,11 @@ bool provisioner::reconcile() {
     for (const auto& row : rows.value()) {
       auto parsed = replicator::user_of(row);
       if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
+        user_ok(*u);
         user_names.insert(u->name);
         users.push_back(std::move(*u));
       } else if (auto* e = std::get_if<policy::user_doc_error>(&parsed)) {
-        malformed_.inc();
-        log()->warn("reconcile: skipping user document {}: {}", e->doc_id, e->reason);
+        skip_malformed(*e, "reconcile: ");
       }
     }
     if (rows.value().size() < 1000) break;
@@ -589,10 +596,10 @@ void provisioner::follow(json since) {
     for (const auto& row : page.value().changes) {
       auto parsed = replicator::user_of(row);
       if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
+        user_ok(*u);
         users.push_back(std::move(*u));
       } else if (auto* e = std::get_if<policy::user_doc_error>(&parsed)) {
-        malformed_.inc();
-        log()->warn("skipping user document {}: {}", e->doc_id.empty() ? "(no id)" : e->doc_id, e->reason);
+        skip_malformed(*e, "");
       }
     }
     if (page.value().pending) pending_.set(*page.value().pending);

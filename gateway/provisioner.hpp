@@ -26,6 +26,7 @@
 #include "replicator/backoff.hpp"
 #include "replicator/transport/couch_client.hpp"
 #include "replicator/metrics.hpp"
+#include "replicator/report_once.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/stop_flag.hpp"
 
@@ -171,6 +172,11 @@ class provisioner {
   replicator::counter& security_writes_;
   replicator::counter& errors_;
   replicator::counter& malformed_;
+  // A malformed user document is logged and counted once while it stays so (every reconcile
+  // pass and the feed read it again); `where` prefixes the log line.
+  replicator::report_once malformed_seen_;
+  void skip_malformed(const policy::user_doc_error& e, const char* where);
+  void user_ok(const policy::user_doc& u) { malformed_seen_.forget("org.couchdb.user:" + u.name); }
   replicator::counter& reconnects_;
   replicator::counter& reconciles_;
   replicator::gauge& orphans_;

@@ -55,9 +55,27 @@ change_detector::change_detector(couch_client& client, state_store& state, fanin
       on_created_(std::move(on_created)),
       events_(metrics.add_counter("couchgate_db_updates_events_total", "_db_updates events received")),
       reconnects_(metrics.add_counter("couchgate_feed_reconnects_total", "Feed reconnects after an error", "feed=\"db_updates\"")),
-      mode_gauge_(metrics.add_gauge("couchgate_detection_mode", "Change detection in use: 0 undecided, 1 db_updates, 2 sweep")) {}
+      mode_gauge_(metrics.add_gauge("couchgate_detection_mode", "Change detection in use: 0 undecided, 1 db_updates, 2 sweep")),
+      recreations_(metrics.add_counter("couchgate_databases_recreated_total",
+                                       "Source databases found deleted and created again under the same name (checkpoint reset, read from the start)")) {
+  if (!opts_.clock.jitter) opts_.clock.jitter = random_uniform_source();
+}
 
 change_detector::~change_detector() { stop(); }
+
+std::chrono::steady_clock::time_point change_detector::now() const {
+  return opts_.clock.now ? opts_.clock.now() : std::chrono::steady_clock::now();
+}
+
+bool change_detector::sleep(std::chrono::steady_clock::duration d) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+  if (!opts_.clock.sleep) return stop_.sleep_for(ms);
+  return !stop_.requested() && opts_.clock.sleep(ms) && !stop_.requested();
+}
+
+std::chrono::milliseconds change_detector::backoff(std::uint32_t failures) const {
+  return backoff_delay(opts_.backoff, failures, opts_.clock.jitter);
+}
 
 void change_detector::start() {
   stop_.reset();
@@ -93,7 +111,6 @@ bool change_detector::probe() {
 }
 
 void change_detector::run() {
-  const auto rnd = random_uniform_source();
   std::uint32_t failures = 0;
   while (true) {
     if (stop_.requested()) return;
@@ -104,13 +121,13 @@ void change_detector::run() {
           bool ok = probe();
           if (!ok && opts_.mode == detection::db_updates) {
             log()->error("detection is db_updates but the server's _db_updates does not work; retrying");
-            if (!stop_.sleep_for(backoff_delay(opts_.backoff, ++failures, rnd))) return;
+            if (!sleep(backoff(++failures))) return;
             continue;
           }
           chosen = ok ? detection::db_updates : detection::sweep;
         } catch (const couch_error& e) {
           reconnects_.inc();
-          if (!stop_.sleep_for(backoff_delay(opts_.backoff, ++failures, rnd))) return;
+          if (!sleep(backoff(++failures))) return;
           continue;
         }
       }
@@ -122,33 +139,31 @@ void change_detector::run() {
     if (active_.load() == detection::db_updates) {
       follow_db_updates();
     } else {
-      auto started = std::chrono::steady_clock::now();
+      auto started = now();
       // A server that cannot be reached ends the sweep: the next one waits with backoff (never
       // less than sweep_interval), not one request per source every interval meanwhile.
       auto next = started + opts_.sweep_interval;
       if (sweep_once()) {
         failures = 0;
       } else {
-        next = std::max(next, started + backoff_delay(opts_.backoff, ++failures, rnd));
+        next = std::max(next, started + backoff(++failures));
       }
-      auto now = std::chrono::steady_clock::now();
-      if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+      if (auto at = now(); next > at && !sleep(next - at)) return;
     }
   }
 }
 
 void change_detector::follow_db_updates() {
-  const auto rnd = random_uniform_source();
   json since = "now";
   if (auto stored = state_.get_value(db_updates_key); stored.ok() && stored.value()) since = *stored.value();
   json saved = since;
-  auto last_save = std::chrono::steady_clock::now();
+  auto last_save = now();
   std::uint32_t failures = 0;
   auto save = [&](bool force) {
-    auto now = std::chrono::steady_clock::now();
-    if (since == saved || (!force && now - last_save < std::chrono::seconds(2))) return;
+    const auto at = now();
+    if (since == saved || (!force && at - last_save < std::chrono::seconds(2))) return;
     if (state_.put_value(db_updates_key, since).ok()) saved = since;
-    last_save = now;
+    last_save = at;
   };
   while (true) {
     if (stop_.requested()) break;
@@ -175,10 +190,10 @@ void change_detector::follow_db_updates() {
         lost();
         break;
       }
-      auto delay = backoff_delay(opts_.backoff, ++failures, rnd);
+      auto delay = backoff(++failures);
       log()->log(outage_error(e) ? spdlog::level::debug : spdlog::level::warn, "_db_updates feed failed: {} (retry in {} ms)",
                  e.describe(), delay.count());
-      if (!stop_.sleep_for(delay)) break;
+      if (!sleep(delay)) break;
       if (failures == 1) continue;
       // After an outage, events may have been lost with the connection: catch up every source.
       lost();
@@ -189,7 +204,7 @@ void change_detector::follow_db_updates() {
     if (!page.ok()) {
       reconnects_.inc();
       log()->warn("_db_updates answer malformed: {}", page.error().describe());
-      if (!stop_.sleep_for(backoff_delay(opts_.backoff, 1, rnd))) break;
+      if (!sleep(backoff(1))) break;
       continue;
     }
     events_.inc(page.value().events.size());
@@ -206,7 +221,7 @@ void change_detector::follow_db_updates() {
           fanin_.remove_source(e.db);
         }
       } else if (e.type == "created") {
-        recreated(e.db, false);
+        recreated(e.db, false, "a created event");
       } else if (!fanin_.mark_dirty(e.db) && on_created_ && e.type == "updated") {
         on_created_(e.db, false);
       }
@@ -217,15 +232,20 @@ void change_detector::follow_db_updates() {
   save(true);
 }
 
-void change_detector::recreated(const std::string& db, bool surely) {
+void change_detector::recreated(const std::string& db, bool surely, const char* why) {
   // A checkpoint under this name belongs to the database's previous life (a source dropped when
   // it was deleted keeps its checkpoint in the state database): it would skip the new one's
   // first changes. Without one (or at 0) there is nothing to reset: a `created` event of a
   // database just provisioned costs no state write.
   auto cp = state_.checkpoint(db);
   const bool had = surely || (cp && couch_client::seq_number(*cp) != std::optional<std::uint64_t>(0));
-  if (had) fanin_.source_recreated(db);
-  else fanin_.mark_dirty(db);
+  if (had) {
+    recreations_.inc();
+    log()->info("db={} was created again ({}): read from its start", db, why);
+    fanin_.source_recreated(db);
+  } else {
+    fanin_.mark_dirty(db);
+  }
   if (on_created_) on_created_(db, had);
 }
 
@@ -238,7 +258,7 @@ bool change_detector::sweep_once() {
   const std::size_t window = std::max<std::size_t>(1, std::min<std::size_t>(64, static_cast<std::size_t>(rate / 10)));
   const auto window_time = std::chrono::duration<double>(static_cast<double>(window) / rate);
   for (std::size_t off = 0; off < dbs.size(); off += window) {
-    auto started = std::chrono::steady_clock::now();
+    auto started = now();
     std::vector<std::pair<std::string, pending_json>> calls;
     for (std::size_t i = off; i < std::min(dbs.size(), off + window); ++i) calls.emplace_back(dbs[i], client_.db_info(dbs[i]));
     for (auto& [db, call] : calls) {
@@ -256,8 +276,7 @@ bool change_detector::sweep_once() {
       }
       const json& info = r.value();
       if (gone_.erase(db)) {
-        log()->info("db={} exists again", db);
-        recreated(db, true);
+        recreated(db, true, "it answers again after a 404");
         continue;
       }
       if (!info.is_object() || !info.contains("update_seq")) continue;
@@ -266,8 +285,7 @@ bool change_detector::sweep_once() {
         const bool changed = !known.empty() && known != ist->get_ref<const std::string&>();
         known = ist->get<std::string>();
         if (changed) {
-          log()->info("db={} was created again (instance_start_time changed)", db);
-          recreated(db, true);
+          recreated(db, true, "instance_start_time changed");
           continue;
         }
       }
@@ -278,14 +296,13 @@ bool change_detector::sweep_once() {
         fanin_.mark_dirty(db);
       } else if (*current < *done) {
         // The database is younger than its checkpoint: it was deleted and created again.
-        recreated(db, true);
+        recreated(db, true, "update_seq below its checkpoint");
       } else if (*current != *done) {
         fanin_.mark_dirty(db);
       }
     }
     auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(window_time);
-    auto now = std::chrono::steady_clock::now();
-    if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return true;
+    if (auto at = now(); next > at && !sleep(next - at)) return true;
   }
   return true;
 }

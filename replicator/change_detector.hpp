@@ -34,12 +34,21 @@ namespace couchgate::replicator {
 enum class detection { automatic, db_updates, sweep };
 const char* to_string(detection d);
 
+// The detector's time. Tests inject all three (a fake clock whose sleeps move it); left empty:
+// the steady clock, sleeps that stop() cuts short, and random jitter.
+struct detector_clock {
+  std::function<std::chrono::steady_clock::time_point()> now;
+  std::function<bool(std::chrono::milliseconds)> sleep;  // false: stop
+  uniform_source jitter;
+};
+
 struct detector_options {
   detection mode = detection::automatic;
   bool create_global_changes = true;
   double sweep_rate = 200;                      // databases per second
   std::chrono::milliseconds sweep_interval{5000};
   backoff_policy backoff{};
+  detector_clock clock{};
 };
 
 // A `_db_updates` event, parsed.
@@ -86,8 +95,9 @@ class change_detector {
   void follow_db_updates();
   // False when it stopped early because the server could not be reached (outage_error).
   bool sweep_once();
-  // Resets its checkpoint (when it had one, or `surely` it existed before), then on_created.
-  void recreated(const std::string& db, bool surely);
+  // Resets its checkpoint (when it had one, or `surely` it existed before; then counted and
+  // logged once, saying `why`), then on_created.
+  void recreated(const std::string& db, bool surely, const char* why);
 
   couch_client& client_;
   state_store& state_;
@@ -95,6 +105,10 @@ class change_detector {
   detector_options opts_;
   created_fn on_created_;
   change_listener listener_;
+  // Time through opts_.clock: now, a sleep (false when stopping), a backoff delay.
+  std::chrono::steady_clock::time_point now() const;
+  bool sleep(std::chrono::steady_clock::duration d);
+  std::chrono::milliseconds backoff(std::uint32_t failures) const;
   void lost() {
     fanin_.mark_all_dirty();
     if (listener_.lost) listener_.lost();
@@ -109,6 +123,7 @@ class change_detector {
   counter& events_;
   counter& reconnects_;
   gauge& mode_gauge_;
+  counter& recreations_;
 };
 
 }  // namespace couchgate::replicator

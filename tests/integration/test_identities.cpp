@@ -54,7 +54,7 @@ struct fixture {
 };
 
 json signup_body(const std::string& name, const std::string& email) {
-  return json{{"name", name}, {"password", "correct-horse-1"}, {"email", email}};
+  return json{{"name", name}, {"password", signup_password()}, {"email", email}};
 }
 
 }  // namespace
@@ -80,7 +80,7 @@ TEST_CASE("sign-up: creates the user with reservations; a taken name or address 
   CHECK(user.body.value("email", "") == lower(email));
   CHECK(user.body.value("display_name", "") == "Ann");
   CHECK_FALSE(user.body.contains("password"));
-  CHECK(couch(name, "correct-horse-1").get("/_session").body["userCtx"]["name"] == name);
+  CHECK(couch(name, signup_password()).get("/_session").body["userCtx"]["name"] == name);
   CHECK(f.reservation("name/" + name).body.value("user", "") == name);
   CHECK(f.reservation("email/" + lower(email)).body.value("user", "") == name);
 
@@ -221,7 +221,7 @@ TEST_CASE("reconciler: every state a crashed sign-up can leave is finished or ro
     if (k.reserved_email) res("email/" + email);
     if (k.user) {
       REQUIRE(c.put("/_users/" + enc("org.couchdb.user:" + name),
-                    json{{"name", name}, {"type", "user"}, {"roles", json::array()}, {"password", "correct-horse-1"},
+                    json{{"name", name}, {"type", "user"}, {"roles", json::array()}, {"password", signup_password()},
                          {"email", email}, {"couchgate_intent", intent}}).status == 201);
     }
     made.emplace_back(name, intent, k);

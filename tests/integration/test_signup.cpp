@@ -177,7 +177,7 @@ TEST_CASE("sign-up: kill -9 between any two steps; after a restart every invaria
     REQUIRE(dying.wait_ready(60s));
     const std::string name = unique("kill");
     auto r = call(read_port(dir + "/front.port"), "POST", "/_signup",
-                  json{{"name", name}, {"password", "correct-horse-1"}, {"email", name + "@example.org"}});
+                  json{{"name", name}, {"password", signup_password()}, {"email", name + "@example.org"}});
     CHECK(r.status == 0);  // the process died mid-request
     CHECK(eventually([&] { return !dying.running(); }, 10s));
     made.emplace_back(name, p.user_expected);
@@ -201,7 +201,7 @@ TEST_CASE("sign-up: kill -9 between any two steps; after a restart every invaria
     if (user_expected) {
       // And the finished user got a database it can use.
       const std::string db = "/" + enc(n.prefix + couchgate::policy::hex_encode(name));
-      CHECK(eventually([&] { return couch(name, "correct-horse-1").get(db).status == 200; }, 30s));
+      CHECK(eventually([&] { return couch(name, signup_password()).get(db).status == 200; }, 30s));
     }
     delete_user_doc(name);
   }
@@ -269,7 +269,7 @@ TEST_CASE("sign-up crash cycles: kill -9 at random moments under concurrent sign
           attempt a;
           a.name = unique("sc");
           a.email = r() % 3 == 0 ? shared_emails[r() % shared_emails.size()] : a.name + "@example.org";
-          a.status = call(port, "POST", "/_signup", json{{"name", a.name}, {"password", "correct-horse-1"}, {"email", a.email}}).status;
+          a.status = call(port, "POST", "/_signup", json{{"name", a.name}, {"password", signup_password()}, {"email", a.email}}).status;
           std::lock_guard lk(mu);
           attempts.push_back(std::move(a));
         }
@@ -529,7 +529,7 @@ TEST_CASE("users made without couchgate: under on_duplicate exclude a duplicate 
   // s signs up through couchgate and holds the address.
   const std::string s = unique("ssign"), d = unique("ddirect"), e = unique("edirect");
   const std::string email = unique("taken") + "@example.org";
-  auto su = call(port, "POST", "/_signup", json{{"name", s}, {"password", "correct-horse-1"}, {"email", email}});
+  auto su = call(port, "POST", "/_signup", json{{"name", s}, {"password", signup_password()}, {"email", email}});
   REQUIRE_MESSAGE(su.status == 201, su.body.dump());
   f.made.push_back(s);
 
@@ -616,7 +616,7 @@ TEST_CASE("sign-up race through the front door: 200 concurrent requests for 50 n
         const int i = k % pairs;
         std::string email = pair_email[i];
         if (k / pairs % 2 == 1) email[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(email[0])));
-        const json body{{"name", pair_name[i]}, {"password", "correct-horse-1"}, {"email", " " + email}};
+        const json body{{"name", pair_name[i]}, {"password", signup_password()}, {"email", " " + email}};
         const std::string avail = "/_signup/available?name=" + enc(pair_name[i]) + "&email=" + enc(pair_email[i]);
         auto& o = out[k];
         go.arrive_and_wait();

@@ -105,6 +105,15 @@ void register_basic_secret(const std::string& user, const std::string& password)
   register_secret(b64(user + ":" + password));
 }
 
+const std::string& signup_password() {
+  static const std::string password = [] {
+    std::string p = "correct-horse-1";
+    register_secret(p);
+    return p;
+  }();
+  return password;
+}
+
 std::string make_temp_dir(const std::string& stem) {
   const char* run = std::getenv("COUCHGATE_TEST_RUN_DIR");
   std::string tmpl = std::string(run != nullptr && *run != '\0' ? run : "/tmp") + "/" + stem + "-XXXXXX";

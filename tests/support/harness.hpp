@@ -71,6 +71,8 @@ std::string b64(const std::string& s);  // standard base64 with padding
 // test uses goes here. Values shorter than 6 characters or with line breaks are not kept.
 void register_secret(const std::string& secret);
 void register_basic_secret(const std::string& user, const std::string& password);  // both forms
+// The password the sign-up tests give their users ("correct-horse-1"), registered at first use.
+const std::string& signup_password();
 // A fresh directory for a test's files and the logs of what it starts: under
 // $COUCHGATE_TEST_RUN_DIR when set (tests/run.sh scans it), else under /tmp.
 std::string make_temp_dir(const std::string& stem);

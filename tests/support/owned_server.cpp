@@ -58,6 +58,7 @@ owned_server::owned_server(std::string pouchdb_server) : bin_(std::move(pouchdb_
   env_.user = "admin";
   env_.password = password;
   env_.pouchdb = true;
+  register_basic_secret(env_.user, env_.password);  // the suite's log scan looks for it
   start();
 }
 

@@ -1,6 +1,10 @@
 #include "tests/unit/scripted_transport.hpp"
 
+#include <nlohmann/json.hpp>
+#include <algorithm>
 #include <utility>
+
+#include "replicator/logger.hpp"
 
 namespace couchgate::test {
 
@@ -23,6 +27,48 @@ r::http_response failure(r::error_kind kind, std::string error) {
   a.kind = kind;
   a.error = std::move(error);
   return a;
+}
+
+r::http_response all_missing(const r::http_request& q) {
+  const auto asked = nlohmann::json::parse(q.body_text());
+  auto a = nlohmann::json::object();
+  for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
+  return answer(200, a.dump());
+}
+
+captured_log::captured_log(const std::string& logger)
+    : sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1000)), logger_(r::named_logger(logger)) {
+  logger_->sinks().push_back(sink_);
+}
+
+captured_log::~captured_log() {
+  auto& s = logger_->sinks();
+  s.erase(std::remove(s.begin(), s.end(), sink_), s.end());
+}
+
+std::string captured_log::all() const {
+  std::string out;
+  for (const auto& l : sink_->last_formatted()) out += l;
+  return out;
+}
+
+std::size_t captured_log::count(const std::string& part) const {
+  std::size_t n = 0;
+  for (const auto& l : sink_->last_formatted()) n += l.find(part) != std::string::npos;
+  return n;
+}
+
+std::optional<double> metric_value(const r::registry& metrics, const std::string& name) {
+  const std::string text = "\n" + metrics.render();
+  const auto at = text.find("\n" + name + " ");
+  if (at == std::string::npos) return std::nullopt;
+  return std::stod(text.substr(at + name.size() + 2));
+}
+
+r::fanin_options central_options() {
+  r::fanin_options o;
+  o.central_db = "central";
+  return o;
 }
 
 scripted_transport& scripted_transport::on(std::string method, std::string target_contains, r::http_response a, int times) {

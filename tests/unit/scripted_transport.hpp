@@ -7,13 +7,24 @@
 // and gets a network error, except a longpoll feed (`feed=longpoll`), which waits until close()
 // (as a quiet feed does) and then ends as cancelled (as at shutdown).
 // Answers are given on the caller's thread, before submit returns.
+// scripted_couch and scripted_fanin are the fixtures the seam tests share: the engine's pieces
+// over one scripted server.
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "replicator/fanin.hpp"
+#include "replicator/metrics.hpp"
+#include "replicator/state_store.hpp"
 #include "replicator/transport/couch_client.hpp"
 #include "replicator/transport/transport.hpp"
 
@@ -28,6 +39,8 @@ r::http_request get_request(std::string target);
 // Request timeouts short enough for a test (request 5 s, feed 1 s, heartbeat 0.5 s).
 inline const r::timeouts quick_timeouts{std::chrono::milliseconds(5000), std::chrono::milliseconds(1000),
                                         std::chrono::milliseconds(500)};
+// A `_revs_diff` answer that has every revision asked about missing (a responder).
+r::http_response all_missing(const r::http_request& q);
 // A transport failure (error_kind::network unless told).
 r::http_response failure(r::error_kind kind = r::error_kind::network, std::string error = "connection reset by peer");
 
@@ -67,6 +80,43 @@ class scripted_transport final : public r::transport {
   std::vector<recorded> log_;
   std::vector<std::string> unexpected_;
   bool closed_ = false;
+};
+
+// The lines a named logger (replicator/logger.hpp) writes while this lives.
+class captured_log {
+ public:
+  explicit captured_log(const std::string& logger);
+  ~captured_log();
+  captured_log(const captured_log&) = delete;
+  captured_log& operator=(const captured_log&) = delete;
+  std::string all() const;
+  std::size_t count(const std::string& part) const;  // lines containing `part`
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
+// The value of a metric (its full name with labels, e.g. `x_total{a="b"}`) in r.render(), or
+// nullopt when it is not there.
+std::optional<double> metric_value(const r::registry& metrics, const std::string& name);
+
+// A scripted server with what every piece above the seam works with: a client with quick
+// timeouts, a metrics registry and the state database "cg_state" (nothing asked yet).
+struct scripted_couch {
+  scripted_transport server;
+  r::couch_client client{server, quick_timeouts};
+  r::registry metrics;
+  r::state_store state{client, "cg_state"};
+};
+
+// fan-in options with the central database "central", the rest at their defaults.
+r::fanin_options central_options();
+
+// scripted_couch with a fan-in into "central" (not loaded, not started).
+struct scripted_fanin : scripted_couch {
+  explicit scripted_fanin(r::fanin_options o = central_options()) : fan{client, state, metrics, std::move(o)} {}
+  r::fanin fan;
 };
 
 }  // namespace couchgate::test

@@ -6,7 +6,6 @@
 // requests go through.
 #include <doctest/doctest.h>
 #include <httplib.h>
-#include <spdlog/sinks/ringbuffer_sink.h>
 
 #include <algorithm>
 #include <atomic>
@@ -60,31 +59,11 @@ struct flaky_server {
   }
 };
 
-// The lines the "couchdb" logger writes while it lives.
-struct captured_log {
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1000);
-  std::shared_ptr<spdlog::logger> logger = r::named_logger("couchdb");
-  captured_log() { logger->sinks().push_back(sink); }
-  ~captured_log() {
-    auto& s = logger->sinks();
-    s.erase(std::remove(s.begin(), s.end(), sink), s.end());
-  }
-  std::string all() const {
-    std::string out;
-    for (const auto& l : sink->last_formatted()) out += l;
-    return out;
-  }
-  std::size_t count(const std::string& part) const {
-    std::size_t n = 0;
-    for (const auto& l : sink->last_formatted()) n += l.find(part) != std::string::npos;
-    return n;
-  }
-};
 }  // namespace
 
 TEST_CASE("http_pool outage log: 20 requests failing during an outage are one line when it begins and one when it ends") {
   flaky_server server;
-  captured_log log;
+  couchgate::test::captured_log log("couchdb");
   r::http_pool pool(r::http_pool::options{"http://127.0.0.1:" + std::to_string(server.port), "", "", 4, "couchgate-test"});
   r::session_options o;
   o.username = "admin";

@@ -1,9 +1,14 @@
 // The engine above the transport seam, driven by scripted exchanges (scripted_transport.hpp):
 // the `_db_updates` follower (which the pouchdb-server of the integration tests does not have),
-// a transfer whose batch the target refuses with 413, a checkpoint conflict, and provisioning.
+// the update_seq sweep through an outage (an injected clock), a transfer whose batch the target
+// refuses with 413, a checkpoint conflict, and provisioning.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -21,29 +26,16 @@
 #include "tests/unit/scripted_transport.hpp"
 
 namespace r = couchgate::replicator;
-using couchgate::test::answer;
-using couchgate::test::failure;
-using couchgate::test::scripted_transport;
+using namespace couchgate::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
 
-const r::timeouts quick = couchgate::test::quick_timeouts;
-
-// The pieces change_detector works with, none started.
-struct engine {
-  scripted_transport server;
-  r::couch_client client{server, quick};
-  r::registry metrics;
-  r::state_store state{client, "cg_state"};
-  r::fanin fan{client, state, metrics, [] {
-                 r::fanin_options o;
-                 o.central_db = "central";
-                 return o;
-               }()};
+// The pieces change_detector works with, none started, and the on_created calls it made.
+struct engine : scripted_fanin {
   std::mutex mu;
-  std::vector<std::pair<std::string, bool>> created;  // on_created calls
+  std::vector<std::pair<std::string, bool>> created;
   r::change_detector::created_fn on_created() {
     return [this](const std::string& db, bool recreated) {
       std::lock_guard lk(mu);
@@ -114,6 +106,42 @@ TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped 
   CHECK(s.unexpected().empty());
 }
 
+TEST_CASE("a source deleted and created again (_db_updates created event): checkpoint reset, counted and logged once; a new database is neither") {
+  engine e;
+  captured_log log("detector");
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  REQUIRE(e.state.advance({{"userdb-a", "5-x", e.state.start_position("userdb-a").epoch}}) == 1);  // its old life's progress
+  auto& s = e.server;
+  s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
+  s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"), -1);
+  s.on("GET", "/_db_updates?since=now&limit=1000&feed=longpoll",
+       answer(200, db_updates_page({{"userdb-a", "deleted"}, {"userdb-a", "created"}, {"userdb-new", "created"}, {"userdb-a", "created"}}, "4-g1")));
+  std::vector<std::string> state_writes;
+  s.on("POST", "/cg_state/_bulk_docs", [&](const r::http_request& q) {
+    json rows = json::array();
+    const json body = json::parse(q.body_text());
+    for (const auto& d : body["docs"]) {
+      state_writes.push_back(d["_id"].get<std::string>() + "=" + (d.contains("seq") ? d["seq"].dump() : ""));
+      rows.push_back({{"ok", true}, {"id", d["_id"]}, {"rev", "2-r"}});
+    }
+    return answer(201, rows.dump());
+  }, -1);
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
+  d.start();
+  REQUIRE(s.wait_for([&] { return s.count("GET", "since=4-g1&limit=1000&feed=longpoll") >= 1; }));
+  s.close();
+  d.stop();
+  INFO(log.all());
+  CHECK(metric_value(e.metrics, "couchgate_databases_recreated_total") == 1);
+  CHECK(log.count("was created again") == 1);
+  CHECK(log.count("db=userdb-a was created again (a created event)") == 1);
+  CHECK(e.state.checkpoint("userdb-a") == json(0));
+  CHECK(std::count(state_writes.begin(), state_writes.end(), "checkpoint:userdb-a=0") == 1);
+  // The second created event finds no progress to reset; userdb-new never had any.
+  CHECK(e.created_calls() == std::vector<std::pair<std::string, bool>>{{"userdb-a", true}, {"userdb-new", false}, {"userdb-a", false}});
+  CHECK(s.unexpected().empty());
+}
+
 TEST_CASE("_db_updates probe answered 400 (no _db_updates): the sweep reads every source's update_seq instead") {
   engine e;
   e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
@@ -171,15 +199,10 @@ std::vector<r::change_row> feed_rows(const std::vector<std::string>& ids) {
 }  // namespace
 
 TEST_CASE("transfer: a batch refused with 413 is split in halves until the one document too large is alone and refused") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
+  scripted_couch c;
+  auto& s = c.server;
   auto rows = feed_rows({"d1", "d2", "d3", "d4"});
-  s.on("POST", "/central/_revs_diff", [&](const r::http_request& q) {
-    const json asked = json::parse(q.body_text());
-    json a = json::object();
-    for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
-    return answer(200, a.dump());
-  });
+  s.on("POST", "/central/_revs_diff", all_missing);
   std::vector<std::size_t> batch_sizes;
   s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
     const json body = json::parse(q.body_text());
@@ -191,7 +214,7 @@ TEST_CASE("transfer: a batch refused with 413 is split in halves until the one d
     return answer(201, "[]");
   }, -1);
   r::protocol_caps caps;
-  auto res = r::transfer(client, rows, r::transfer_options{}, caps);
+  auto res = r::transfer(c.client, rows, r::transfer_options{}, caps);
   CHECK(batch_sizes == std::vector<std::size_t>{4, 2, 2, 1, 1});
   CHECK(res.docs_written == 3);
   CHECK(res.failed.empty());  // the unit goes on: its checkpoint may advance
@@ -204,13 +227,13 @@ TEST_CASE("transfer: a batch refused with 413 is split in halves until the one d
 }
 
 TEST_CASE("transfer: a 503 for the batch fails the unit (retried later), nothing is refused") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
+  scripted_couch c;
+  auto& s = c.server;
   auto rows = feed_rows({"d1", "d2"});
   s.on("POST", "/central/_revs_diff", answer(200, json{{"a:d1", {{"missing", rows[0].revs}}}, {"a:d2", {{"missing", rows[1].revs}}}}.dump()));
   s.on("POST", "/central/_bulk_docs", answer(503, R"({"error":"service_unavailable","reason":"busy"})"));
   r::protocol_caps caps;
-  auto res = r::transfer(client, rows, r::transfer_options{}, caps);
+  auto res = r::transfer(c.client, rows, r::transfer_options{}, caps);
   CHECK(res.docs_written == 0);
   REQUIRE(res.failed.count("userdb-a") == 1);
   CHECK(res.failed.at("userdb-a").kind == r::couch_error_kind::overloaded);
@@ -218,9 +241,9 @@ TEST_CASE("transfer: a 503 for the batch fails the unit (retried later), nothing
 }
 
 TEST_CASE("state_store: a checkpoint write that conflicts adopts the other writer's checkpoint; a turn begun before cannot move it") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
-  r::state_store st(client, "cg_state");
+  scripted_couch c;
+  auto& s = c.server;
+  auto& st = c.state;
   s.on("POST", "/cg_state/_bulk_docs",
        answer(201, R"([{"id":"checkpoint:userdb-a","error":"conflict","reason":"Document update conflict."}])"));
   s.on("GET", "/cg_state/checkpoint%3Auserdb-a",
@@ -254,15 +277,13 @@ TEST_CASE("state_store: a checkpoint write that conflicts adopts the other write
 }
 
 TEST_CASE("provisioner: a new user's database is created (q=1) and gets its _security; one that exists is repaired") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
-  r::registry metrics;
-  r::state_store st(client, "cg_state");
+  scripted_couch c;
+  auto& s = c.server;
   couchgate::gateway::provisioning_config cfg;
   std::vector<std::string> added;
   couchgate::gateway::provisioner_hooks hooks;
   hooks.source_added = [&](const std::string& db, const couchgate::policy::owner&) { added.push_back(db); };
-  couchgate::gateway::provisioner p(client, st, metrics, cfg, hooks);
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, hooks);
   const std::string alice = p.db_for("alice");
   const std::string bob = p.db_for("bob");
   const json want_alice = couchgate::policy::render_security(cfg.security, "alice");
@@ -299,4 +320,121 @@ TEST_CASE("provisioner: a new user's database is created (q=1) and gets its _sec
   CHECK(p.apply({{"alice", {"app"}, false}}) == 1);
   CHECK_FALSE(p.user("alice")->done);
   CHECK(p.user("alice")->last_error.find("boom") != std::string::npos);
+}
+
+namespace {
+// The detector's clock in a test: time moves only by its sleeps, and only up to `until`; a
+// sleep past it waits (the detector is then `parked`) until the test moves `until` or stops.
+struct fake_clock {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::chrono::steady_clock::time_point t{std::chrono::hours(1)};
+  std::chrono::steady_clock::time_point until = t;
+  bool parked = false, stopping = false;
+
+  std::chrono::steady_clock::time_point now() {
+    std::lock_guard lk(mu);
+    return t;
+  }
+  r::detector_clock hooks() {
+    return r::detector_clock{[this] { return now(); },
+                             [this](std::chrono::milliseconds d) {
+                               std::unique_lock lk(mu);
+                               parked = t + d > until;
+                               cv.notify_all();
+                               cv.wait(lk, [&] { return stopping || t + d <= until; });
+                               parked = false;
+                               if (stopping) return false;
+                               t += d;
+                               return true;
+                             },
+                             [] { return 0.5; }};
+  }
+  // Lets time run for `d` more and waits until the detector sleeps past it.
+  bool run_for(std::chrono::milliseconds d) {
+    std::unique_lock lk(mu);
+    until += d;
+    parked = false;
+    cv.notify_all();
+    return cv.wait_for(lk, 5s, [&] { return parked; });
+  }
+  void stop() {
+    std::lock_guard lk(mu);
+    stopping = true;
+    cv.notify_all();
+  }
+};
+
+// "at ms: reads" per window, for a readable comparison.
+std::string describe(const std::vector<std::pair<std::chrono::milliseconds, int>>& windows) {
+  std::string out;
+  for (const auto& [at, n] : windows) out += std::to_string(at.count()) + "ms:" + std::to_string(n) + " ";
+  return out;
+}
+}  // namespace
+
+TEST_CASE("sweep through an outage: it stops after the first window that fails and backs off; then every source each sweep_interval") {
+  engine e;
+  fake_clock clock;
+  const auto t0 = clock.now();
+  const int sources = 30;
+  for (int i = 0; i < sources; ++i) {
+    const std::string name = "u" + std::to_string(i);
+    e.fan.add_source("userdb-" + name, couchgate::policy::owner{couchgate::policy::owner::kind::user, name});
+  }
+  // How many update_seq reads were asked at each fake time (a window's reads go out together).
+  std::atomic<bool> down{true};
+  std::mutex mu;
+  std::map<std::chrono::milliseconds, int> reads;
+  auto windows = [&](std::chrono::milliseconds from) {
+    std::lock_guard lk(mu);
+    return std::vector<std::pair<std::chrono::milliseconds, int>>(reads.lower_bound(from), reads.end());
+  };
+  e.server.on("GET", "/userdb-", [&](const r::http_request& q) {
+    {
+      std::lock_guard lk(mu);
+      ++reads[std::chrono::duration_cast<std::chrono::milliseconds>(clock.now() - t0)];
+    }
+    if (down) return failure(r::error_kind::network, "Couldn't connect to server");
+    return answer(200, json{{"db_name", q.target.substr(1)}, {"update_seq", "0-x"}, {"instance_start_time", "1700000000"}}.dump());
+  }, -1);
+  auto opts = detector_opts(r::detection::sweep);
+  opts.sweep_rate = 100;  // windows of 10 databases, 100 ms apart: a whole sweep is 3 windows
+  opts.sweep_interval = 500ms;
+  opts.backoff = r::backoff_policy{1000ms, 4000ms};
+  opts.clock = clock.hooks();
+  const int window = 10;
+  const auto window_time = 100ms;
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+  d.start();
+
+  // 10 s of outage: each sweep ends with its first window; the next starts
+  // max(sweep_interval, backoff(failures)) later (jitter pinned).
+  REQUIRE(clock.run_for(10000ms));
+  std::vector<std::pair<std::chrono::milliseconds, int>> want{{0ms, window}};
+  for (std::uint32_t k = 1;; ++k) {
+    const auto next = want.back().first + std::max<std::chrono::milliseconds>(opts.sweep_interval, r::backoff_delay(opts.backoff, k, opts.clock.jitter));
+    if (next > 10000ms) break;
+    want.emplace_back(next, window);
+  }
+  const auto outage = windows(0ms);
+  CHECK(describe(outage) == describe(want));  // the sweep without backoff: 20 sweeps of 3 windows, 600 reads
+  REQUIRE_FALSE(outage.empty());
+
+  // The server answers again: from the next sweep on, every source is read, sweeps start
+  // sweep_interval apart (the failures are forgotten).
+  down = false;
+  REQUIRE(clock.run_for(3000ms));
+  clock.stop();
+  d.stop();
+  const auto after = windows(outage.back().first + 1ms);
+  REQUIRE(after.size() >= 9);
+  const auto first = after.front().first;
+  std::vector<std::pair<std::chrono::milliseconds, int>> steady;
+  for (int sweep = 0; sweep < 3; ++sweep) {
+    for (int part = 0; part < 3; ++part) steady.emplace_back(first + sweep * opts.sweep_interval + part * window_time, window);
+  }
+  CHECK(describe({after.begin(), after.begin() + 9}) == describe(steady));
+  CHECK(e.created_calls().empty());
+  CHECK(e.server.unexpected().empty());
 }

@@ -16,8 +16,7 @@
 #include "tests/unit/scripted_transport.hpp"
 
 namespace r = couchgate::replicator;
-using couchgate::test::answer;
-using couchgate::test::scripted_transport;
+using namespace couchgate::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -42,20 +41,14 @@ std::vector<r::change_row> rows() {
           r::change_row{"userdb-a", "userdb-a", "d-heavy", "central", "a:d-heavy", {heavy_rev}, std::nullopt}};
 }
 
-struct budget_server {
-  scripted_transport s;
+struct budget_server : scripted_couch {
   std::vector<std::vector<std::string>> asked;    // ids per _bulk_get
   std::vector<bool> asked_attachments;            // attachments=true per _bulk_get
   std::vector<std::vector<std::string>> written;  // ids per _bulk_docs
   std::vector<std::size_t> in_use_at_write;       // the budget's bytes held when each _bulk_docs arrived
   explicit budget_server(const r::byte_budget& budget) {
-    s.on("POST", "/central/_revs_diff", [](const r::http_request& q) {
-      const json diff = json::parse(q.body_text());
-      json a = json::object();
-      for (const auto& [id, revs] : diff.items()) a[id] = {{"missing", revs}};
-      return answer(200, a.dump());
-    }, -1);
-    s.on("POST", "/userdb-a/_bulk_get", [this](const r::http_request& q) {
+    server.on("POST", "/central/_revs_diff", all_missing, -1);
+    server.on("POST", "/userdb-a/_bulk_get", [this](const r::http_request& q) {
       const bool with = q.target.find("attachments=true") != std::string::npos;
       asked_attachments.push_back(with);
       asked.emplace_back();
@@ -68,7 +61,7 @@ struct budget_server {
       }
       return answer(200, json{{"results", results}}.dump());
     }, -1);
-    s.on("POST", "/central/_bulk_docs", [this, &budget](const r::http_request& q) {
+    server.on("POST", "/central/_bulk_docs", [this, &budget](const r::http_request& q) {
       written.emplace_back();
       const json body = json::parse(q.body_text());
       for (const auto& d : body["docs"]) {
@@ -81,7 +74,6 @@ struct budget_server {
   }
   // One transfer() of rows() under `budget` through this server.
   r::transfer_result run(r::byte_budget& budget, bool dry_run = false) {
-    r::couch_client client(s, couchgate::test::quick_timeouts);
     r::transfer_options o;
     o.budget = &budget;
     o.dry_run = dry_run;
@@ -113,7 +105,7 @@ TEST_CASE("transfer with a byte budget: attachments fetched apart and written un
   CHECK(budget.peak() == wire * r::attachment_copies);
   CHECK(budget.in_use() == 0);
   CHECK(res.requests == 5);  // _revs_diff, 2 x _bulk_get, 2 x _bulk_docs
-  CHECK(b.s.unexpected().empty());
+  CHECK(b.server.unexpected().empty());
 }
 
 TEST_CASE("transfer with a byte budget, lease larger than the budget: taken whole (the document copied alone)") {

@@ -17,33 +17,27 @@
 #include "tests/unit/scripted_transport.hpp"
 
 namespace r = couchgate::replicator;
-using couchgate::test::answer;
-using couchgate::test::scripted_transport;
+using namespace couchgate::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
 
-const r::timeouts quick = couchgate::test::quick_timeouts;
 const std::string rev1 = "1-" + std::string(32, 'a');
 const std::string rev2 = "2-" + std::string(32, 'b');
 
 // The fan-in pieces over a scripted server: one worker, checkpoints written inside the round,
 // no periodic look at the central database.
-struct fan_engine {
-  scripted_transport server;
-  r::couch_client client{server, quick};
-  r::registry metrics;
-  r::state_store state{client, "cg_state"};
-  r::fanin fan{client, state, metrics, [] {
-                 r::fanin_options o;
-                 o.central_db = "central";
-                 o.workers = 1;
-                 o.checkpoint_interval = 0ms;
-                 o.target_check_interval = 0ms;
-                 o.backoff = r::backoff_policy{60s, 120s};  // a failed source stays backing off during the test
-                 return o;
-               }()};
+struct fan_engine : scripted_fanin {
+  fan_engine()
+      : scripted_fanin([] {
+          auto o = central_options();
+          o.workers = 1;
+          o.checkpoint_interval = 0ms;
+          o.target_check_interval = 0ms;
+          o.backoff = r::backoff_policy{60s, 120s};  // a failed source stays backing off during the test
+          return o;
+        }()) {}
 
   // The marker of central (epoch e1, generation 3) and a stored checkpoint of userdb-a at 2-x.
   void script_load() {
@@ -66,12 +60,7 @@ struct fan_engine {
                                {"last_seq", "4-x"},
                                {"pending", 0}}
                                   .dump()));
-    server.on("POST", "/central/_revs_diff", [](const r::http_request& q) {
-      const json asked = json::parse(q.body_text());
-      json a = json::object();
-      for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
-      return answer(200, a.dump());
-    });
+    server.on("POST", "/central/_revs_diff", all_missing);
     server.on("POST", "/userdb-a/_bulk_get", [](const r::http_request& q) {
       const json asked = json::parse(q.body_text());
       CHECK(asked["docs"] == json::parse(R"([{"id":"d2","rev":")" + rev2 + R"("}])"));
@@ -166,5 +155,41 @@ TEST_CASE("fanin: central refusing the batch (500) leaves the checkpoint where i
   CHECK(e.state.checkpoint("userdb-a") == json("2-x"));  // not moved past what central did not take
   CHECK(s.count("PUT", "/central/_local/couchgate-epoch") == 0);
   CHECK(s.count("POST", "/cg_state/_bulk_docs") == 0);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("fanin: a document central refuses as too large (413) is counted and logged once, listed, and the checkpoint moves past it") {
+  fan_engine e;
+  auto& s = e.server;
+  captured_log log("fanin");
+  e.script_load();
+  e.script_changes();
+  std::vector<std::size_t> batches;
+  s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
+    const json body = json::parse(q.body_text());
+    batches.push_back(body["docs"].size());
+    for (const auto& d : body["docs"]) {
+      if (d["_id"] == "a:d2") return answer(413, R"({"error":"too_large","reason":"the request entity is too large"})");
+    }
+    return answer(201, "[]");
+  }, -1);
+  s.on("PUT", "/central/_local/couchgate-epoch", answer(201, R"({"ok":true,"id":"_local/couchgate-epoch","rev":"0-4"})"));
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"checkpoint:userdb-a","rev":"2-c"}])"));
+
+  REQUIRE(e.fan.load().ok());
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  e.fan.start();
+  REQUIRE(s.wait_for([&] { return e.fan.idle() && s.count("POST", "/cg_state/_bulk_docs") == 1; }));
+  e.fan.stop();
+  INFO(log.all());
+  CHECK(batches == std::vector<std::size_t>{2, 1, 1});  // split until d2 is alone
+  CHECK(metric_value(e.metrics, "couchgate_doc_write_failures_total") == 1);
+  CHECK(log.count("not replicated") == 1);
+  CHECK(log.count("doc=d2 rev=" + rev2 + " not replicated: too_large") == 1);
+  const auto listed = e.fan.refused("userdb-a");
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].id == "d2");
+  CHECK(listed[0].error == "too_large");
+  CHECK(e.state.checkpoint("userdb-a") == json("4-x"));  // passed over, not retried for ever
   CHECK(s.unexpected().empty());
 }

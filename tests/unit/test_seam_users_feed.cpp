@@ -17,14 +17,11 @@
 #include "tests/unit/scripted_transport.hpp"
 
 namespace r = couchgate::replicator;
-using couchgate::test::answer;
-using couchgate::test::scripted_transport;
+using namespace couchgate::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
-const r::timeouts quick = couchgate::test::quick_timeouts;
-
 std::string users_page(const std::string& name, const std::string& seq) {
   const std::string id = "org.couchdb.user:" + name;
   return json{{"results",
@@ -53,12 +50,10 @@ std::vector<std::string> sequence(const scripted_transport& s, const std::vector
 }  // namespace
 
 TEST_CASE("provisioner _users feed: from the stored position; a new user's database and _security before the position moves") {
-  scripted_transport s;
-  r::couch_client client(s, quick);
-  r::registry metrics;
-  r::state_store st(client, "cg_state");
+  scripted_couch c;
+  auto& s = c.server;
   couchgate::gateway::provisioning_config cfg;
-  couchgate::gateway::provisioner p(client, st, metrics, cfg, {});
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
   const std::string carol = p.db_for("carol");
   const std::string dave = p.db_for("dave");
 
@@ -114,5 +109,65 @@ TEST_CASE("provisioner _users feed: from the stored position; a new user's datab
   CHECK(p.user("carol")->done);
   REQUIRE(p.user("dave"));
   CHECK(p.user("dave")->done);
+  CHECK(s.unexpected().empty());
+}
+
+namespace {
+// A `_changes` page of `docs` (included), the last at `seq`.
+std::string changes_of(const std::vector<json>& docs, const std::string& seq) {
+  json rows = json::array();
+  for (const auto& d : docs) rows.push_back({{"seq", seq}, {"id", d["_id"]}, {"changes", {{{"rev", d["_rev"]}}}}, {"doc", d}});
+  return json{{"results", rows}, {"last_seq", seq}, {"pending", 0}}.dump();
+}
+json user_doc_of(const std::string& name, json fields) {
+  json d{{"_id", "org.couchdb.user:" + name}, {"_rev", "1-a"}, {"name", name}, {"type", "user"}, {"roles", {"app"}}};
+  for (auto& [k, v] : fields.items()) {
+    if (v.is_null()) d.erase(k);
+    else d[k] = v;
+  }
+  return d;
+}
+}  // namespace
+
+TEST_CASE("malformed _users documents: each logged and counted once however often reconcile and the feed read it; again once fixed and broken") {
+  scripted_couch c;
+  auto& s = c.server;
+  captured_log log("provision");
+  couchgate::gateway::provisioning_config cfg;
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+  const json no_name = user_doc_of("mal1", {{"name", nullptr}});
+  const json type_7 = user_doc_of("mal2", {{"type", 7}});
+  const json roles_text = user_doc_of("mal3", {{"roles", "app"}});
+  const json fixed = user_doc_of("mal2", {{"_rev", "2-b"}});
+  const json broken_again = user_doc_of("mal2", {{"_rev", "3-c"}, {"type", 7}});
+  json listing = json::array();
+  for (const auto& d : {no_name, type_7, roles_text}) listing.push_back({{"id", d["_id"]}, {"key", d["_id"]}, {"value", {{"rev", d["_rev"]}}}, {"doc", d}});
+  listing.push_back({{"id", "_design/_auth"}, {"key", "_design/_auth"}, {"value", {{"rev", "1-d"}}}, {"doc", {{"_id", "_design/_auth"}, {"_rev", "1-d"}}}});
+  s.on("GET", "/_users/_all_docs", answer(200, json{{"total_rows", 4}, {"offset", 0}, {"rows", listing}}.dump()), -1);
+  s.on("GET", "/_all_dbs", answer(200, "[]"), -1);
+  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])"), -1);
+  // The feed: mal1 as it was and mal2 fixed (provisioned), then mal2 broken again.
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, changes_of({no_name, fixed}, "6-u")));
+  s.on("PUT", "/" + p.db_for("mal2") + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + p.db_for("mal2") + "/_security", answer(200, R"({"ok":true})"));
+  s.on("GET", "/_users/_changes?since=6-u", answer(200, changes_of({broken_again}, "7-u")));
+
+  CHECK(p.reconcile());
+  CHECK(p.reconcile());
+  CHECK(metric_value(c.metrics, "couchgate_malformed_user_docs_total") == 3);
+  p.start();  // a third reconcile, then the feed
+  REQUIRE_MESSAGE(s.wait_for([&] { return s.count("GET", "/_users/_changes?since=7-u") == 1; }, 15s), s.requests().size());
+  s.close();
+  p.stop();
+  INFO(log.all());
+  CHECK(s.count("GET", "/_users/_all_docs") == 3);
+  // mal1, mal2, mal3 once each, and mal2 once more when it was broken again after its fix.
+  CHECK(metric_value(c.metrics, "couchgate_malformed_user_docs_total") == 4);
+  CHECK(log.count("skipping user document") == 4);
+  CHECK(log.count("org.couchdb.user:mal1:") == 1);
+  CHECK(log.count("org.couchdb.user:mal2:") == 2);
+  CHECK(log.count("org.couchdb.user:mal3:") == 1);
+  REQUIRE(p.user("mal2"));
   CHECK(s.unexpected().empty());
 }
