@@ -538,6 +538,9 @@ int daemon::run() {
                             [&d](const std::string& db) {
                               if (d.fan) d.fan->remove_source(db);
                             }};
+    hooks.created_empty = [&d](const std::string& db) {
+      if (d.fan) d.fan->created_empty(db);
+    };
     if (cfg.identities.enabled) {
       // Users made without couchgate get their reservations (d.ids exists before the provisioner starts).
       hooks.admit = [&d](const std::vector<const policy::user_doc*>& users) { return d.ids->admit(users); };

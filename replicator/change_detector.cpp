@@ -225,7 +225,7 @@ void change_detector::recreated(const std::string& db, bool surely) {
   auto cp = state_.checkpoint(db);
   const bool had = surely || (cp && couch_client::seq_number(*cp) != std::optional<std::uint64_t>(0));
   if (had) fanin_.source_recreated(db);
-  else fanin_.mark_dirty(db);
+  else fanin_.mark_created(db);
   if (on_created_) on_created_(db, had);
 }
 
