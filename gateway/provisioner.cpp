@@ -268,6 +268,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
       if (existing && j.action != policy::user_action::ensure && !existing->count(j.db)) continue;
       if (j.action == policy::user_action::ensure) {
         j.want = policy::render_security(p.security, users[i].name);
+        if (hooks_.creating) hooks_.creating(j.db, true);
         j.first = client_.create_db(j.db, cfg_.q, cfg_.n);
       } else if (j.action == policy::user_action::revoke_owner) {
         j.want = policy::render_security(p.security, std::nullopt);
@@ -286,11 +287,12 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
           j.created = true;
           dbs_created_.inc();
           note_self_created(j.db);
-          if (hooks_.created_empty) hooks_.created_empty(j.db);
           j.second = client_.put_security(j.db, j.want);
         } else if (r.error().kind == couch_error_kind::conflict) {
+          if (hooks_.creating) hooks_.creating(j.db, false);
           j.second = client_.get_security(j.db);
         } else {
+          if (hooks_.creating) hooks_.creating(j.db, false);
           j.error = r.error();
         }
       } else if (j.action == policy::user_action::revoke_owner) {

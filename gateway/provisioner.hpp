@@ -61,9 +61,11 @@ std::chrono::milliseconds reconcile_retry_delay(std::uint32_t failures, std::chr
 struct provisioner_hooks {
   std::function<void(const std::string& db, const policy::owner&)> source_added;
   std::function<void(const std::string& db)> source_removed;
-  // A user database this provisioner has just created (201), before its _security is written:
-  // it holds nothing yet (fanin::created_empty).
-  std::function<void(const std::string& db)> created_empty;
+  // (db, true) just before the provisioner asks CouchDB to create a user's database: if that
+  // answers 201 the database holds nothing (fanin::created_empty; said before the request, as
+  // its `created` event may be read before the answer). (db, false): it answered otherwise (412:
+  // it existed; an error), so nothing is known (fanin::not_created).
+  std::function<void(const std::string& db, bool creating)> creating;
   // Unique identities (gateway/identities, when enabled): before a selected live user is
   // provisioned, admit() makes its reservations and says whether it may be (nullopt: could not
   // be checked, retried); a verdict with look_again is applied again every look_again_interval.

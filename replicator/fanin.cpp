@@ -179,6 +179,11 @@ void fanin::created_empty(const std::string& db) {
   created_empty_.insert(db);
 }
 
+void fanin::not_created(const std::string& db) {
+  std::lock_guard lk(mu_);
+  created_empty_.erase(db);
+}
+
 void fanin::mark_created(const std::string& db) {
   {
     std::lock_guard lk(mu_);

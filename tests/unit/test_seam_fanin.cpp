@@ -207,6 +207,13 @@ TEST_CASE("fanin: a database couchgate created empty is not read at its creation
   CHECK_FALSE(e.fan.mark_dirty("userdb-r"));
   e.fan.add_source("userdb-r", o);
   CHECK(s.wait_for([&] { return s.count("GET", "/userdb-r/_changes?since=0") == 1 && e.fan.idle(); }));
+
+  // Said before a create that then answered 412 (the database existed): added as usual, read.
+  s.on("GET", "/userdb-x/_changes?since=0", answer(200, empty_page));
+  e.fan.created_empty("userdb-x");
+  e.fan.not_created("userdb-x");
+  e.fan.add_source("userdb-x", o);
+  CHECK(s.wait_for([&] { return s.count("GET", "/userdb-x/_changes?since=0") == 1 && e.fan.idle(); }));
   e.fan.stop();
   CHECK(s.unexpected().empty());
 }
