@@ -86,7 +86,7 @@ int run_restore_cmd(const std::string& path, const restore_options& opts) {
   }
   std::cout << (o.dry_run ? "dry run: " : "") << s.users.size() << " user database(s), " << docs
             << (o.dry_run ? " revisions would be written" : " revisions written") << ", " << s.central_changes
-            << " central changes read in " << static_cast<long long>(s.seconds * 1000) << " ms\n";
+            << " central changes read in " << static_cast<long long>(s.seconds * 1000) << " ms, " << s.requests << " requests\n";
   for (const auto& u : s.users) {
     std::cout << "  " << (u.error.empty() ? "ok     " : "FAILED ") << u.user << " -> " << u.db << ": " << u.docs
               << (o.dry_run ? " to write" : " written") << (u.created ? (o.dry_run ? ", would create" : ", created") : "")

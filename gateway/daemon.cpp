@@ -508,6 +508,11 @@ int daemon::run() {
                             [&d](const std::string& db) {
                               if (d.fan) d.fan->remove_source(db);
                             }};
+    hooks.creating = [&d](const std::string& db, bool creating) {
+      if (!d.fan) return;
+      if (creating) d.fan->created_empty(db);
+      else d.fan->not_created(db);
+    };
     if (cfg.identities.enabled) {
       // Users made without couchgate get their reservations (d.ids exists before the provisioner starts).
       hooks.admit = [&d](const std::vector<const policy::user_doc*>& users) { return d.ids->admit(users); };

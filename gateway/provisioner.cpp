@@ -282,6 +282,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
       if (existing && j.action != policy::user_action::ensure && !existing->count(j.db)) continue;
       if (j.action == policy::user_action::ensure) {
         j.want = policy::render_security(p.security, users[i].name);
+        if (hooks_.creating) hooks_.creating(j.db, true);
         j.first = client_.create_db(j.db, cfg_.q, cfg_.n);
       } else if (j.action == policy::user_action::revoke_owner) {
         j.want = policy::render_security(p.security, std::nullopt);
@@ -302,8 +303,10 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
           note_self_created(j.db);
           j.second = client_.put_security(j.db, j.want);
         } else if (r.error().kind == couch_error_kind::conflict) {
+          if (hooks_.creating) hooks_.creating(j.db, false);
           j.second = client_.get_security(j.db);
         } else {
+          if (hooks_.creating) hooks_.creating(j.db, false);
           j.error = r.error();
         }
       } else if (j.action == policy::user_action::revoke_owner) {
@@ -554,6 +557,12 @@ bool provisioner::idle(const std::function<bool()>& done, std::chrono::steady_cl
 }
 
 void provisioner::follow(json since) {
+  feed_position position(state_, users_feed_key);
+  // However the feed ends (stopping): what is done is not applied again at the next start.
+  struct save_at_exit {
+    feed_position& p;
+    ~save_at_exit() { p.save_now(); }
+  } saved_at_exit{position};
   const auto rnd = replicator::random_uniform_source();
   replicator::backoff_policy bp{};
   std::uint32_t failures = 0;
@@ -567,7 +576,13 @@ void provisioner::follow(json since) {
     q.all_docs_style = false;
     q.feed = replicator::changes_query::feed_kind::longpoll;
     auto call = client_.changes(cfg_.users_db, q);
-    if (!idle([&call] { return call.ready(); }, std::chrono::steady_clock::time_point::max())) return;
+    // The position is stored while the longpoll waits, at most every position_save_interval.
+    for (;;) {
+      const auto due = position.due();
+      if (!idle([&call] { return call.ready(); }, due)) return;
+      if (call.ready()) break;
+      position.save_now();
+    }
     auto r = call.text();
     if (!r.ok()) {
       if (r.error().kind == couch_error_kind::cancelled) return;
@@ -613,10 +628,30 @@ void provisioner::follow(json since) {
     json next = page.value().last_seq;
     if (!next.is_null() && next != since) {
       since = next;
-      auto saved = state_.put_value(users_feed_key, since);
-      if (!saved.ok()) log()->warn("could not store the _users feed position: {}", saved.error().describe());
+      position.moved(since);
     }
   }
+}
+
+void feed_position::moved(const json& to) {
+  pending_ = to;
+  if (std::chrono::steady_clock::now() >= due()) save_now();
+}
+
+std::chrono::steady_clock::time_point feed_position::due() const {
+  if (!pending_) return std::chrono::steady_clock::time_point::max();
+  return last_save_ + provisioner::position_save_interval;
+}
+
+void feed_position::save_now() {
+  if (!pending_) return;
+  last_save_ = std::chrono::steady_clock::now();
+  auto saved = state_.put_value(key_, *pending_);
+  if (!saved.ok()) {
+    log()->warn("could not store the _users feed position: {}", saved.error().describe());
+    return;  // kept: tried again when next due
+  }
+  pending_.reset();
 }
 
 }  // namespace couchgate::gateway

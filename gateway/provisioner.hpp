@@ -1,7 +1,8 @@
 #pragma once
 // Owns: per-user databases. Follows `_users/_changes` (longpoll, resumed from the position
-// stored in the state database, never replayed from 0 after the first start), applies the
-// policy to every user document, and reconciles everything at start and periodically.
+// stored in the state database at most every second: feed_position; never replayed from 0
+// after the first start), applies the policy to every user document, and reconciles everything
+// at start and periodically.
 // The policy (select, security, on_delete, reconcile_interval) can be replaced while it runs
 // (update_policy, on SIGHUP): a reconcile then brings every user database in line at once.
 // All writes are idempotent (412 on create is success, `_security` written only when it
@@ -61,6 +62,11 @@ std::chrono::milliseconds reconcile_retry_delay(std::uint32_t failures, std::chr
 struct provisioner_hooks {
   std::function<void(const std::string& db, const policy::owner&)> source_added;
   std::function<void(const std::string& db)> source_removed;
+  // (db, true) just before the provisioner asks CouchDB to create a user's database: if that
+  // answers 201 the database holds nothing (fanin::created_empty; said before the request, as
+  // its `created` event may be read before the answer). (db, false): it answered otherwise (412:
+  // it existed; an error), so nothing is known (fanin::not_created).
+  std::function<void(const std::string& db, bool creating)> creating;
   // Unique identities (gateway/identities, when enabled): before a selected live user is
   // provisioned, admit() makes its reservations and says whether it may be (nullopt: could not
   // be checked, retried); a verdict with look_again is applied again every look_again_interval.
@@ -70,8 +76,33 @@ struct provisioner_hooks {
   std::function<bool(const std::string& name)> user_gone;
 };
 
+// The `_users` feed's position in the state database, stored at most every
+// provisioner::position_save_interval instead of after every batch (issue #18): moved() after a
+// batch whose users all have their database and `_security` (so the stored position never
+// covers a user who is not done; a crash only means the batches since are applied again, which
+// is idempotent). The provisioner's thread only.
+class feed_position {
+ public:
+  feed_position(replicator::state_store& state, std::string key) : state_(state), key_(std::move(key)) {}
+  // The feed moved past every user up to `to`: stored now when the last store is long enough
+  // ago, else when due().
+  void moved(const replicator::json& to);
+  // When the position not stored yet must be (max() when there is none).
+  std::chrono::steady_clock::time_point due() const;
+  // Stores it now, if there is one (on failure it stays, for the next time it is due).
+  void save_now();
+
+ private:
+  replicator::state_store& state_;
+  std::string key_;
+  std::optional<replicator::json> pending_;
+  std::chrono::steady_clock::time_point last_save_{};
+};
+
 class provisioner {
  public:
+  // The `_users` feed position is stored at most this often (see feed_position).
+  static constexpr std::chrono::milliseconds position_save_interval{1000};
   // How often a wait for the _users feed looks whether its answer arrived.
   static constexpr std::chrono::milliseconds feed_wait_slice{20};
   // How often users whose reservations conflict (or wait on an intent) are looked at again.

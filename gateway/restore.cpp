@@ -1,12 +1,11 @@
 // Owns: the restore command (see restore.hpp).
 #include "gateway/restore.hpp"
 
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <set>
-#include <thread>
+#include <unordered_set>
 
 #include "policy/id_map.hpp"
 #include "policy/naming.hpp"
@@ -26,15 +25,13 @@ using r::json;
 
 namespace {
 
-constexpr const char* marker_id = "_local/couchgate-restore";
-
 enum class target_state { ready, refused, failed };
 
 struct target {
   restore_user_result res;
   target_state st = target_state::ready;
-  bool had_marker = false;
-  std::string marker_rev;  // the marker's revision when known (written or found), for deleting it
+  bool resumed = false;   // an earlier run recorded it as under way and did not finish
+  bool recorded = false;  // recorded as under way in the state database (by this run or an earlier one)
 };
 
 class progress_reporter {
@@ -111,19 +108,36 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   const std::string& prefix = cfg.provisioning.db_prefix;
 
   std::map<std::string, target> targets;  // user -> target
+  // Databases this run created: they hold only what it writes, so no _revs_diff is asked there.
+  std::unordered_set<std::string> created_here;
   std::set<std::string> selected(opts.users.begin(), opts.users.end());
+
+  // Restores a run began and did not finish (records in the state database, one read): a rerun
+  // continues into those databases without --merge.
+  r::state_store state(client, cfg.state_db);
+  std::unordered_set<std::string> under_way;
+  if (auto l = state.load_restores(); l.ok()) {
+    under_way = std::move(l.value());
+  } else {
+    summary.users.push_back(restore_user_result{"*", cfg.state_db, 0, false,
+                                                "cannot read the restores under way from " + cfg.state_db + ": " + l.error().describe()});
+    return summary;
+  }
+  const json record{{"from", central}, {"merge", opts.merge}};
 
   // Prepares the targets of the users not seen before, all of them at once: each step's requests
   // are in flight together for every user (the pool caps the sockets), as the provisioner's
   // pipeline does; one user at a time cost a round trip per step, in series (issue #18). The
-  // database is created first (restore usually writes into deleted ones): only a 412 costs the
-  // reads that judge an existing database (its document count and restore marker). A dry run
-  // reads instead of creating.
+  // database is created first (restore usually writes into deleted ones): only a 412 costs a
+  // read (its document count). A dry run reads instead of creating. Then, together: the
+  // policy's _security per database and one state-database request recording them all as under
+  // way (before any revision is written: a database that has revisions and no record was not
+  // left by an interrupted restore).
   auto prepare_all = [&](const std::vector<std::string>& users) {
     struct step {
       target* t;
       std::string user;
-      r::pending_json create, info, marker, write;
+      r::pending_json create, info, security;
       std::uint64_t count = 0;
       bool exists = false;
     };
@@ -134,6 +148,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       target& t = it->second;
       t.res.user = user;
       t.res.db = policy::user_db_name(prefix, user);
+      t.resumed = t.recorded = under_way.count(t.res.db) > 0;
       step s{&t, user};
       if (opts.dry_run) s.info = client.db_info(t.res.db);
       else s.create = client.create_db(t.res.db, cfg.provisioning.q, cfg.provisioning.n);
@@ -143,7 +158,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       t.st = target_state::failed;
       t.res.error = std::move(why);
     };
-    // 1. Created, or it exists: then read it and look for the marker (both at once).
+    // 1. Created, or it exists: then read it.
     for (auto& s : fresh) {
       target& t = *s.t;
       if (s.create.valid()) {
@@ -152,7 +167,6 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
           t.res.created = true;
         } else if (c.error().kind == couch_error_kind::conflict) {
           s.info = client.db_info(t.res.db);
-          s.marker = client.get_doc(t.res.db, marker_id);
         } else {
           fail(t, "cannot create " + t.res.db + ": " + c.error().describe());
         }
@@ -162,23 +176,22 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (info.ok()) {
         s.exists = true;
         s.count = doc_count_of(info.value());
-        s.marker = client.get_doc(t.res.db, marker_id);
       } else if (info.error().kind == couch_error_kind::not_found) {
         t.res.created = true;  // would be
       } else {
         fail(t, "cannot read " + t.res.db + ": " + info.error().describe());
       }
     }
-    // 2. An existing database: restore resumes into it (marker), refuses it (documents, no
+    // 2. An existing database: restore resumes into it (record), refuses it (documents, no
     //    --merge) or merges. Then the policy's _security on a database restore creates, resumes,
     //    or finds empty (a restore killed between creating it and writing its _security left it
     //    so); a merge into a database in use keeps its own (reconcile judges it).
+    std::vector<std::string> to_record;
     for (auto& s : fresh) {
       target& t = *s.t;
       if (s.info.valid()) {
         auto info = s.info.get();
         if (!info.ok()) {
-          if (s.marker.valid()) s.marker.get();
           fail(t, "cannot read " + t.res.db + ": " + info.error().describe());
           continue;
         }
@@ -186,43 +199,35 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
         s.count = doc_count_of(info.value());
       }
       if (t.st != target_state::ready) continue;
-      if (s.exists) {
-        auto m = s.marker.get();
-        t.had_marker = m.ok();
-        if (m.ok() && m.value().contains("_rev") && m.value()["_rev"].is_string()) t.marker_rev = m.value()["_rev"].get<std::string>();
-        if (s.count > 0 && !t.had_marker && !opts.merge) {
-          t.st = target_state::refused;
-          t.res.error = t.res.db + " is not empty (" + std::to_string(s.count) +
-                        " documents); refusing to write into it without --merge";
-          continue;
-        }
+      if (s.exists && s.count > 0 && !t.resumed && !opts.merge) {
+        t.st = target_state::refused;
+        t.res.error = t.res.db + " is not empty (" + std::to_string(s.count) +
+                      " documents); refusing to write into it without --merge";
+        continue;
       }
-      if (!opts.dry_run && (t.res.created || t.had_marker || s.count == 0)) {
-        s.write = client.put_security(t.res.db, policy::render_security(cfg.provisioning.security, s.user));
+      if (opts.dry_run) continue;
+      if (t.res.created || t.resumed || s.count == 0) {
+        s.security = client.put_security(t.res.db, policy::render_security(cfg.provisioning.security, s.user));
       }
+      if (!t.recorded) to_record.push_back(t.res.db);
     }
-    // 3. The marker, once _security is in place.
+    const auto not_recorded = to_record.empty() ? std::map<std::string, r::couch_error>{} : state.mark_restores(to_record, record);
+    // 3. Both in place, or the database is left alone.
     for (auto& s : fresh) {
       target& t = *s.t;
-      if (s.write.valid()) {
-        auto sec = s.write.get();
-        if (!sec.ok()) {
+      if (s.security.valid()) {
+        auto sec = s.security.get();
+        if (!sec.ok() && t.st == target_state::ready) {
           fail(t, "cannot write _security of " + t.res.db + ": " + sec.error().describe());
-          continue;
         }
       }
-      if (!opts.dry_run && t.st == target_state::ready && !t.had_marker) {
-        s.write = client.put_doc(t.res.db, marker_id, json{{"restoring_from", central}, {"merge", opts.merge}});
+      if (opts.dry_run || t.st != target_state::ready || t.recorded) continue;
+      if (auto e = not_recorded.find(t.res.db); e != not_recorded.end()) {
+        fail(t, "cannot record the restore of " + t.res.db + " in " + cfg.state_db + ": " + e->second.describe());
+        continue;
       }
-    }
-    for (auto& s : fresh) {
-      if (!s.write.valid()) continue;
-      target& t = *s.t;
-      auto m = s.write.get();
-      if (m.ok() && m.value().contains("rev") && m.value()["rev"].is_string()) t.marker_rev = m.value()["rev"].get<std::string>();
-      if (!m.ok() && m.error().kind != couch_error_kind::conflict) {
-        fail(t, "cannot mark " + t.res.db + " as being restored: " + m.error().describe());
-      }
+      t.recorded = true;
+      if (t.res.created) created_here.insert(t.res.db);
     }
   };
 
@@ -247,6 +252,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   r::transfer_options topts{cfg.fanin.batch_docs, cfg.fanin.batch_bytes, true, &attachment_budget};
   topts.skip_stemmed_ancestors = true;
   topts.dry_run = opts.dry_run;
+  topts.fresh_targets = &created_here;
   json since = 0;
   std::size_t written = 0;
   // Design documents are written last: a user's validate_doc_update would otherwise judge every
@@ -350,54 +356,36 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   pr.update(targets.size(), summary.central_changes, std::max(total, summary.central_changes), written, true);
   pr.finish();
 
-  // Finished targets: drop the marker and the old fan-in checkpoint (the database is new, so a
-  // checkpoint of its previous life would skip its first changes). All targets at once: the
-  // marker deletions in flight together, the checkpoint resets on max_connections threads.
+  // Finished targets: reset the old fan-in checkpoint (the database is new, so a checkpoint of
+  // its previous life would skip its first changes), then drop the records: a crash in between
+  // leaves the record, and the rerun resets again. Each a request per state_store::write_batch
+  // databases, after one read of the stored checkpoints' revisions.
   if (!opts.dry_run && !summary.interrupted) {
     std::vector<target*> done;
+    std::vector<std::string> resets;
     for (auto& [u, t] : targets) {
-      if (t.st == target_state::ready) done.push_back(&t);
+      if (t.st != target_state::ready) continue;
+      done.push_back(&t);
+      if (t.res.created || t.resumed) resets.push_back(t.res.db);
     }
-    std::vector<r::pending_json> dels(done.size());
-    for (std::size_t k = 0; k < done.size(); ++k) {
-      target& t = *done[k];
-      if (t.marker_rev.empty()) {
-        // Revision unknown (the marker's PUT conflicted): read it first.
-        auto m = client.get_doc(t.res.db, marker_id).get();
-        if (m.ok() && m.value().contains("_rev") && m.value()["_rev"].is_string()) t.marker_rev = m.value()["_rev"].get<std::string>();
-      }
-      if (!t.marker_rev.empty()) dels[k] = client.delete_doc(t.res.db, marker_id, t.marker_rev);
+    if (auto loaded = state.load_checkpoints(); !loaded.ok() && loaded.error().kind != couch_error_kind::not_found) {
+      progress << "restore: reading the fan-in checkpoints failed (" << loaded.error().describe() << "); resetting them anyway\n";
     }
-    for (std::size_t k = 0; k < done.size(); ++k) {
-      if (!dels[k].valid()) continue;
-      auto del = dels[k].get();
-      if (!del.ok()) done[k]->res.error = "restored, but could not remove the restore marker: " + del.error().describe();
-    }
-    r::state_store state(client, cfg.state_db);
-    // The stored checkpoints' revisions, in one read: each reset is then one write instead of a
-    // conflict, a read and a second write. (If this read fails the resets still work that way.)
-    if (auto loaded = state.load_checkpoints(); !loaded.ok()) {
-      progress << "restore: reading the fan-in checkpoints failed (" << loaded.error().describe() << "); resetting them one by one\n";
-    }
-    std::vector<target*> resets;
+    const auto not_reset = resets.empty() ? std::map<std::string, r::couch_error>{} : state.reset_checkpoints(resets);
+    std::vector<std::string> finished;
     for (auto* t : done) {
-      if (t->res.created || t->had_marker) resets.push_back(t);
-    }
-    std::atomic<std::size_t> next_reset{0};
-    auto reset_some = [&] {
-      for (std::size_t k; (k = next_reset++) < resets.size();) {
-        target& t = *resets[k];
-        auto reset = state.reset_checkpoint(t.res.db);
-        if (!reset.ok() && reset.error().kind != couch_error_kind::not_found) {
-          t.res.error = "restored, but could not reset the fan-in checkpoint: " + reset.error().describe();
-        }
+      if (auto e = not_reset.find(t->res.db); e != not_reset.end()) {
+        t->res.error = "restored, but could not reset the fan-in checkpoint: " + e->second.describe();
+      } else if (t->recorded) {
+        finished.push_back(t->res.db);
       }
-    };
-    std::vector<std::thread> threads;
-    const std::size_t n_threads = std::min<std::size_t>(cfg.fanin.max_connections, resets.size());
-    for (std::size_t k = 1; k < n_threads; ++k) threads.emplace_back(reset_some);
-    reset_some();
-    for (auto& th : threads) th.join();
+    }
+    const auto not_cleared = finished.empty() ? std::map<std::string, r::couch_error>{} : state.clear_restores(finished);
+    for (auto* t : done) {
+      if (auto e = not_cleared.find(t->res.db); e != not_cleared.end()) {
+        t->res.error = "restored, but could not remove its restore record from " + cfg.state_db + ": " + e->second.describe();
+      }
+    }
   }
   for (auto& [u, t] : targets) {
     if (t.res.refused && t.res.error.empty()) {
@@ -406,6 +394,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     summary.users.push_back(t.res);
   }
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  summary.requests = pool.stats().requests;
   return summary;
 }
 

@@ -6,9 +6,12 @@
 // connection pool as fan-in.
 //
 // Safety: a target database that already holds documents is refused unless --merge (which only
-// adds missing revisions, never deletes). A `_local/couchgate-restore` marker in the target makes
-// an interrupted restore resumable: a rerun continues into it without --merge and writes only
-// what is missing (_revs_diff), so nothing is duplicated.
+// adds missing revisions, never deletes). A record "restore:<db>" in couchgate's state database,
+// written before any revision and removed at the end, makes an interrupted restore resumable: a
+// rerun continues into it without --merge and writes only what is missing (_revs_diff), so
+// nothing is duplicated. Requests per database: create, _security and its revisions'
+// `_bulk_docs` (no _revs_diff where this run created it); records and checkpoint resets are one
+// request per state_store::write_batch databases.
 //
 // Never a conflict the user did not have: of a document with several leaves in central, a leaf
 // below the revision history another leaf carries is an ancestor that the source's revs_limit
@@ -17,6 +20,7 @@
 // Central ids that name no user (`nocolon`, `:doc`, `%FF:doc`: not written by fan-in) cannot be
 // restored: counted, the first named once in the progress output and in the summary.
 // A dry run goes through the same round up to the writes, so it counts what a real run writes.
+#include <cstdint>
 #include <functional>
 #include <ostream>
 #include <string>
@@ -49,6 +53,7 @@ struct restore_summary {
   std::vector<restore_user_result> users;
   std::size_t central_changes = 0;
   double seconds = 0;
+  std::uint64_t requests = 0;      // HTTP requests sent (the bench reports them per database)
   bool interrupted = false;
   std::size_t unmappable = 0;      // central documents whose id names no user: not restored
   std::string first_unmappable;    // the first of them

@@ -244,7 +244,7 @@ void change_detector::recreated(const std::string& db, bool surely, const char* 
     log()->info("db={} was created again ({}): read from its start", db, why);
     fanin_.source_recreated(db);
   } else {
-    fanin_.mark_dirty(db);
+    fanin_.mark_created(db);
   }
   if (on_created_) on_created_(db, had);
 }

@@ -165,15 +165,37 @@ void fanin::add_source(const std::string& db, const policy::owner& owner) {
   std::lock_guard lk(mu_);
   auto [it, fresh] = sources_.try_emplace(db);
   it->second.owner = owner;
-  if (fresh) {
+  if (fresh && !created_empty_.count(db)) {
     sched_.mark_dirty(db, sched_clock::now());
     cv_.notify_one();
   }
 }
 
+void fanin::created_empty(const std::string& db) {
+  std::lock_guard lk(mu_);
+  // Each entry lasts until the database's first announced change; a bound on the ones that
+  // never get one (dropping them only costs the read this saves).
+  if (created_empty_.size() >= max_created_empty) created_empty_.clear();
+  created_empty_.insert(db);
+}
+
+void fanin::not_created(const std::string& db) {
+  std::lock_guard lk(mu_);
+  created_empty_.erase(db);
+}
+
+void fanin::mark_created(const std::string& db) {
+  {
+    std::lock_guard lk(mu_);
+    if (created_empty_.count(db)) return;
+  }
+  mark_dirty(db);
+}
+
 void fanin::remove_source(const std::string& db) {
   std::lock_guard lk(mu_);
   sources_.erase(db);
+  created_empty_.erase(db);
   sched_.remove(db);
 }
 
@@ -185,6 +207,7 @@ void fanin::source_recreated(const std::string& db) {
 
 bool fanin::mark_dirty(const std::string& db) {
   std::lock_guard lk(mu_);
+  created_empty_.erase(db);  // a change: it holds something now (added later, it is added dirty)
   auto it = sources_.find(db);
   if (it == sources_.end()) return false;
   sched_.mark_dirty(db, sched_clock::now());

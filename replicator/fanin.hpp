@@ -23,6 +23,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "policy/id_map.hpp"
@@ -102,6 +103,20 @@ class fanin {
   // Known sources. add_source marks the database dirty (a first turn catches it up).
   void add_source(const std::string& db, const policy::owner& owner);
   void remove_source(const std::string& db);
+  // couchgate is creating this database itself (said just before its PUT; the PUT answering 201
+  // before its _security): it holds nothing, so its `created` event (mark_created) and its addition as a source cost no read
+  // (issue #18: a third of provisioning's requests were these reads). The first change announced
+  // for it (mark_dirty: an `updated` event, the sweep seeing update_seq move, which couchgate's
+  // own _security write does) ends that, whether it is a source yet or not: a user who writes
+  // between the creation and the `created` event is read as usual.
+  void created_empty(const std::string& db);
+  // created_empty() was said of a database that was not created after all (it existed: 412, or
+  // an error): forgotten, without a read (a source it already is was read, or its changes are
+  // announced; one added after this is dirty as usual).
+  void not_created(const std::string& db);
+  // A `created` event: dirty, unless created_empty() said it holds nothing.
+  void mark_created(const std::string& db);
+  static constexpr std::size_t max_created_empty = 100000;
   // The database was deleted and created again: its old checkpoint means nothing now.
   void source_recreated(const std::string& db);
   // Returns false for databases that are not sources.
@@ -168,6 +183,7 @@ class fanin {
   std::future<void> drain_flush_;
   scheduler sched_;
   std::unordered_map<std::string, source> sources_;
+  std::unordered_set<std::string> created_empty_;  // see created_empty(); guarded by mu_
   std::deque<refused_doc> refused_;
   std::vector<std::thread> threads_;
 

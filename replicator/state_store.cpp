@@ -5,6 +5,7 @@
 
 #include "policy/security.hpp"
 #include "replicator/wire_json.hpp"
+#include "replicator/batching.hpp"
 #include "replicator/logger.hpp"
 
 namespace couchgate::replicator {
@@ -24,25 +25,36 @@ result<bool> state_store::ensure_db() {
   return created.ok();
 }
 
-result<state_store::load_outcome> state_store::load_checkpoints() {
-  std::string startkey = json("checkpoint:").dump();
-  std::string endkey = json("checkpoint;").dump();
+result<json> state_store::docs_with_prefix(const std::string& prefix) {
+  // Ids "<prefix>:..." sort between "<prefix>:" and "<prefix>;".
+  std::string startkey = json(prefix + ":").dump();
+  std::string endkey = json(prefix + ";").dump();
   auto r = client_.all_docs(db_, "include_docs=true&startkey=" + encode_query_value(startkey) +
                                      "&endkey=" + encode_query_value(endkey)).get();
   if (!r.ok()) return r.error();
-  const json& j = r.value();
+  json& j = r.value();
   if (!j.contains("rows") || !j["rows"].is_array()) {
     return couch_error{couch_error_kind::protocol, 200, "_all_docs answer has no rows", ""};
   }
+  json docs = json::array();
   std::lock_guard lk(mu_);
-  load_outcome out;
-  for (const auto& row : j["rows"]) {
+  for (auto& row : j["rows"]) {
     if (!row.is_object() || !row.contains("doc") || !row["doc"].is_object()) continue;
-    const auto& doc = row["doc"];
+    auto& doc = row["doc"];
     auto id_rev = std::pair(wire::get_string(doc, "_id"), wire::get_string(doc, "_rev"));
     if (!id_rev.first || !id_rev.second) continue;
-    const std::string& id = *id_rev.first;
-    revs_[id] = *id_rev.second;
+    revs_[*id_rev.first] = *id_rev.second;
+    docs.push_back(std::move(doc));
+  }
+  return docs;
+}
+
+result<state_store::load_outcome> state_store::load_checkpoints() {
+  auto docs = docs_with_prefix("checkpoint");
+  if (!docs.ok()) return docs.error();
+  std::lock_guard lk(mu_);
+  load_outcome out;
+  for (const auto& doc : docs.value()) {
     if (doc.contains("seq") && doc.contains("source") && doc["source"].is_string()) {
       const std::string source = doc["source"].get<std::string>();
       if (marker_ && !checkpoint_matches(stamp_of(doc), *marker_)) {
@@ -290,31 +302,46 @@ void state_store::adopt(const std::string& source) {
 }
 
 result<bool> state_store::reset_checkpoint(const std::string& source) {
-  json doc;
-  {
-    std::lock_guard lk(mu_);
-    checkpoints_.erase(source);
-    unflushed_.erase(source);
-    adopt_pending_.erase(std::remove(adopt_pending_.begin(), adopt_pending_.end(), source), adopt_pending_.end());
-    ++epochs_[source];  // a turn still running on the old database cannot advance it
-    doc = checkpoint_doc(source, 0);
-  }
-  write_rows rows;
-  auto r = write({std::move(doc)}, true, &rows);
-  if (!r.ok() || r.value() == 0) {
-    // Not stored: the old database's checkpoint must not survive a restart, so keep the reset
-    // pending (turns on the new database may advance it meanwhile; flush writes it over others).
-    std::lock_guard lk(mu_);
-    unflushed_.try_emplace(source, 0);
-    reset_pending_.insert(source);
-    if (!r.ok()) return r.error();
-    return couch_error{couch_error_kind::conflict, 0, "checkpoint reset not stored (kept pending)",
-                       rows.first_error.empty() ? "conflict" : rows.first_error};
-  }
-  std::lock_guard lk(mu_);
-  reset_pending_.erase(source);
-  checkpoints_.try_emplace(source, 0);  // a turn started since may already be further
+  auto failed = reset_checkpoints({source});
+  if (auto it = failed.find(source); it != failed.end()) return it->second;
   return true;
+}
+
+std::map<std::string, couch_error> state_store::reset_checkpoints(const std::vector<std::string>& sources) {
+  std::map<std::string, couch_error> failed;
+  for (auto [from, to] : plan_batches(sources.size(), write_batch)) {
+    std::vector<json> docs;
+    {
+      std::lock_guard lk(mu_);
+      for (std::size_t k = from; k < to; ++k) {
+        const std::string& source = sources[k];
+        checkpoints_.erase(source);
+        unflushed_.erase(source);
+        adopt_pending_.erase(std::remove(adopt_pending_.begin(), adopt_pending_.end(), source), adopt_pending_.end());
+        ++epochs_[source];  // a turn still running on the old database cannot advance it
+        docs.push_back(checkpoint_doc(source, 0));
+      }
+    }
+    write_rows rows;
+    auto r = write(std::move(docs), true, &rows);
+    std::lock_guard lk(mu_);
+    for (std::size_t k = from; k < to; ++k) {
+      const std::string& source = sources[k];
+      if (r.ok() && rows.written.count(checkpoint_id(source))) {
+        reset_pending_.erase(source);
+        checkpoints_.try_emplace(source, 0);  // a turn started since may already be further
+        continue;
+      }
+      // Not stored: the old database's checkpoint must not survive a restart, so keep the reset
+      // pending (turns on the new database may advance it meanwhile; flush writes it over others).
+      unflushed_.try_emplace(source, 0);
+      reset_pending_.insert(source);
+      failed.emplace(source, !r.ok() ? r.error()
+                                     : couch_error{couch_error_kind::conflict, 0, "checkpoint reset not stored (kept pending)",
+                                                   rows.first_error.empty() ? "conflict" : rows.first_error});
+    }
+  }
+  return failed;
 }
 
 result<bool> state_store::refresh_checkpoint(const std::string& source) {
@@ -392,6 +419,49 @@ result<bool> state_store::put_value(const std::string& key, const json& value) {
   auto r = write({json{{"_id", "feed:" + key}, {"type", "feed"}, {"value", value}}}, true);
   if (!r.ok()) return r.error();
   return r.value() == 1;
+}
+
+result<std::unordered_set<std::string>> state_store::load_restores() {
+  auto docs = docs_with_prefix("restore");
+  if (!docs.ok()) {
+    if (docs.error().kind == couch_error_kind::not_found) return std::unordered_set<std::string>{};  // no state database yet
+    return docs.error();
+  }
+  std::unordered_set<std::string> dbs;
+  for (const auto& doc : docs.value()) {
+    if (auto db = wire::get_string(doc, "db")) dbs.insert(*db);
+  }
+  return dbs;
+}
+
+std::map<std::string, couch_error> state_store::write_restores(const std::vector<std::string>& dbs, const json* value) {
+  std::map<std::string, couch_error> failed;
+  for (auto [from, to] : plan_batches(dbs.size(), write_batch)) {
+    std::vector<json> docs;
+    for (std::size_t k = from; k < to; ++k) {
+      json d{{"_id", restore_id(dbs[k])}, {"type", "restore"}, {"db", dbs[k]}};
+      if (value) d["restore"] = *value;
+      else d["_deleted"] = true;
+      docs.push_back(std::move(d));
+    }
+    write_rows rows;
+    auto r = write(std::move(docs), true, &rows);
+    for (std::size_t k = from; k < to; ++k) {
+      if (r.ok() && rows.written.count(restore_id(dbs[k]))) continue;
+      failed.emplace(dbs[k], !r.ok() ? r.error()
+                                     : couch_error{couch_error_kind::protocol, 0, "restore record not stored",
+                                                   rows.first_error.empty() ? "no row" : rows.first_error});
+    }
+  }
+  return failed;
+}
+
+std::map<std::string, couch_error> state_store::mark_restores(const std::vector<std::string>& dbs, const json& value) {
+  return write_restores(dbs, &value);
+}
+
+std::map<std::string, couch_error> state_store::clear_restores(const std::vector<std::string>& dbs) {
+  return write_restores(dbs, nullptr);
 }
 
 }  // namespace couchgate::replicator

@@ -1,6 +1,7 @@
 #pragma once
 // Owns: couchgate's own state in its CouchDB state database: replication checkpoints (one
-// document per source database, "checkpoint:<db>") and feed positions ("feed:<name>"). Document
+// document per source database, "checkpoint:<db>"), feed positions ("feed:<name>") and restores
+// under way ("restore:<db>"). Document
 // revisions are cached so that writes are single, batched `_bulk_docs` calls. On a conflict a
 // feed position or a reset re-reads the revision and retries once; an advanced checkpoint gives
 // way instead (the other writer's checkpoint is adopted: see flush).
@@ -12,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -92,8 +94,22 @@ class state_store {
   // Forget a checkpoint (the source was recreated): the next turn starts from 0. When the reset
   // cannot be stored, it is kept pending: the next flush writes it (over any other writer's).
   result<bool> reset_checkpoint(const std::string& source);
+  // The same for many sources, write_batch of them per request (restore resets every database it
+  // created). Returns the sources whose reset was not stored (each kept pending, as above).
+  std::map<std::string, couch_error> reset_checkpoints(const std::vector<std::string>& sources);
+  static constexpr std::size_t write_batch = 1000;
   // Re-reads one checkpoint from the server (another process, e.g. restore, may have reset it).
   result<bool> refresh_checkpoint(const std::string& source);
+
+  // Restores under way ("restore:<db>", written by `couchgate restore`): a database restore
+  // created or resumed and has not finished with. A rerun continues into it without --merge.
+  // Each call below is one request per write_batch databases.
+  result<std::unordered_set<std::string>> load_restores();  // the databases (none when the state database is missing)
+  // Records them (`value` says what restore is doing) / removes their records. Return the
+  // databases whose record was not stored / not removed.
+  std::map<std::string, couch_error> mark_restores(const std::vector<std::string>& dbs, const json& value);
+  std::map<std::string, couch_error> clear_restores(const std::vector<std::string>& dbs);
+  static std::string restore_id(const std::string& db) { return "restore:" + db; }
 
   result<std::optional<json>> get_value(const std::string& key);
   result<bool> put_value(const std::string& key, const json& value);
@@ -112,6 +128,10 @@ class state_store {
   // _rev they carry, or as new documents).
   result<std::size_t> write(std::vector<json> docs, bool retry_conflicts, write_rows* rows = nullptr, bool fill_revs = true);
   json checkpoint_doc(const std::string& source, const json& seq) const;  // mu_ held
+  // Every document whose id starts with "<prefix>:", their revisions cached.
+  result<json> docs_with_prefix(const std::string& prefix);
+  // value: writes the records; nullptr: deletes them.
+  std::map<std::string, couch_error> write_restores(const std::vector<std::string>& dbs, const json* value);
   // The state database answered not_found: create it again (once for concurrent callers), and
   // put every checkpoint held back into unflushed_. True when it exists again.
   bool recreate_db();

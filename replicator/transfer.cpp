@@ -108,7 +108,12 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     pending_json call;
   };
   std::vector<diff_call> diffs;
+  std::vector<std::string> fresh;  // targets asked nothing (opts.fresh_targets)
   for (auto& [target, firsts] : by_target) {
+    if (opts.fresh_targets && opts.fresh_targets->count(target)) {
+      fresh.push_back(target);
+      continue;
+    }
     for (auto [from, to] : plan_batches(firsts.size(), batch)) {
       diff_call d;
       d.target = target;
@@ -175,15 +180,20 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
       return;
     }
   };
+  // A target that lacks everything: every revision its rows list is missing.
+  auto need_all = [&](const std::string& target, const std::vector<std::size_t>& firsts) {
+    for (std::size_t i : firsts) {
+      const auto& key_rows = by_target_key[key_of(target, rows[i].target_id)];
+      for (std::size_t r : key_rows) {
+        for (const auto& rev : rows[r].revs) need(key_rows, rev);
+      }
+    }
+  };
+  for (const auto& target : fresh) need_all(target, by_target[target]);
   for (auto& d : diffs) {
     auto answer = d.call.get();
     if (!answer.ok() && opts.dry_run && answer.error().kind == couch_error_kind::not_found) {
-      for (std::size_t i : d.rows) {  // no such target database yet: it lacks everything
-        const auto& key_rows = by_target_key[key_of(d.target, rows[i].target_id)];
-        for (std::size_t r : key_rows) {
-          for (const auto& rev : rows[r].revs) need(key_rows, rev);
-        }
-      }
+      need_all(d.target, d.rows);  // no such target database yet
       continue;
     }
     auto entries = answer.ok() ? parse_revs_diff(answer.value()) : result<std::map<std::string, revs_diff_entry>>(answer.error());

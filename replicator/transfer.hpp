@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "replicator/answers.hpp"
@@ -62,6 +63,10 @@ struct transfer_options {
   // Everything but the writes: what would be written is counted in docs_written and
   // written_by_unit, nothing is sent; a target database that does not exist lacks everything.
   bool dry_run = false;
+  // Targets that hold only what this process wrote into them (restore created them): they get no
+  // _revs_diff, every listed revision is taken as missing. Writing one they already have is
+  // harmless (new_edits:false); asking would cost a request per target and batch (issue #18).
+  const std::unordered_set<std::string>* fresh_targets = nullptr;
 };
 
 // Copies of a document's bytes couchgate holds at once while copying it (the answer, the parser's

@@ -426,6 +426,14 @@ json run_restore(context& ctx, const json& cfg, const std::vector<source_db>& so
   if (std::regex_search(res.out, mt, written_re)) revs = std::stoull(mt[1].str());
   out["seconds"] = round_to(res.seconds);
   out["revisions_written"] = revs;
+  // Its HTTP requests, from the summary line ("..., <n> requests"): per database and document.
+  static const std::regex requests_re(R"(ms, (\d+) requests)");
+  if (std::regex_search(res.out, mt, requests_re) && !sources.empty()) {
+    const double reqs = std::stod(mt[1].str());
+    out["requests"] = reqs;
+    out["requests_per_db"] = round_to(reqs / static_cast<double>(sources.size()));
+    out["requests_per_doc"] = total ? json(round_to(reqs / static_cast<double>(total), 3)) : json(nullptr);
+  }
   out["docs_per_s"] = rate(static_cast<double>(revs), res.seconds);
   out["exit_status"] = res.status;
   out["sockets_peak"] = s.result().watched_peak;

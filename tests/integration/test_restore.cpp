@@ -2,11 +2,15 @@
 // originals exactly (ids, winning and conflict revisions, deletions, attachment digests);
 // --dry-run writes nothing; an interrupted restore completes when rerun; non-empty targets are
 // refused without --merge; and a restored database does not bounce back into the central one.
+// Counted through a proxy: per database restore sends only what the restore ceiling does, plus
+// its _security (issue #18).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 
+#include "policy/id_map.hpp"
 #include "policy/naming.hpp"
 #include "tests/integration/fixtures.hpp"
 #include "tests/support/harness.hpp"
@@ -51,6 +55,13 @@ std::optional<std::uint64_t> central_seq(const std::string& central) {
   if (s.is_number()) return s.get<std::uint64_t>();
   if (s.is_string()) return std::stoull(s.get<std::string>());
   return std::nullopt;
+}
+
+// The "restore:<db>" records in the state database (restores under way).
+json restore_records(const std::string& state) {
+  auto r = couch().get("/" + enc(state) + "/_all_docs?startkey=%22restore%3A%22&endkey=%22restore%3B%22");
+  REQUIRE(r.status == 200);
+  return r.body["rows"];
 }
 
 }  // namespace
@@ -109,9 +120,9 @@ TEST_CASE("restore rebuilds user databases from the central database exactly") {
       // The restored database has the policy's _security, owner included.
       auto sec = couch().get("/" + enc(db) + "/_security").body;
       CHECK(sec["members"]["names"].dump().find(owner) != std::string::npos);
-      // The resume marker is gone.
-      CHECK(couch().get("/" + enc(db) + "/_local/couchgate-restore").status == 404);
     }
+    // The records that made the interrupted run resumable are gone.
+    CHECK(restore_records(n.state).empty());
   }
 
   // A non-empty database is refused without --merge; --merge adds only what is missing.
@@ -219,4 +230,53 @@ TEST_CASE("restore writes a user's design documents last, so their validate_doc_
   CHECK(r.status == 0);
   CHECK(same(take(db), original));
   CHECK(original.leaves.size() == ids.size());
+}
+
+TEST_CASE("restore sends per database only its creation, its _security and its _bulk_docs; the rest is batched") {
+  auto n = fresh_names("rs-count");
+  fault_proxy proxy;
+  json cfg = fault_config(n, proxy);
+  const int users = 12, per_user = 3;
+  REQUIRE(couch().put("/" + enc(n.central), json::object()).status == 201);
+  json docs = json::array();
+  std::vector<std::string> dbs;
+  for (int i = 0; i < users; ++i) {
+    const std::string u = "cnt" + std::to_string(i) + "-" + n.role;
+    dbs.push_back(couchgate::policy::user_db_name(n.prefix, u));
+    const std::string token = couchgate::policy::owner_token(couchgate::policy::owner{couchgate::policy::owner::kind::user, u});
+    for (int k = 0; k < per_user; ++k) docs.push_back(json{{"_id", token + ":d" + std::to_string(k)}, {"v", k}});
+  }
+  REQUIRE(couch().post("/" + enc(n.central) + "/_bulk_docs", json{{"docs", docs}}).status == 201);
+  std::string path = write_config(cfg);
+  auto r = run_couchgate({"restore", "--config", path, "--all"}, proxy_env(proxy));
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  const auto requests = proxy.requests();
+  for (const auto& db : dbs) {
+    CAPTURE(db);
+    CHECK(couch().get("/" + enc(db)).body.value("doc_count", 0) == per_user);
+    std::vector<std::string> seen;
+    for (const auto& q : requests) {
+      const std::string base = "/" + enc(db);
+      if (q.target == base || q.target.rfind(base + "/", 0) == 0 || q.target.rfind(base + "?", 0) == 0) {
+        const std::string rest = q.target.substr(base.size());
+        seen.push_back(q.method + " " + rest.substr(0, rest.find('?')));
+      }
+    }
+    std::sort(seen.begin(), seen.end());
+    // No _revs_diff (the database is new), no marker, no reads.
+    CHECK(seen == std::vector<std::string>{"POST /_bulk_docs", "PUT ", "PUT /_security"});
+  }
+  for (const auto& q : requests) CHECK_MESSAGE(q.target.find("_revs_diff") == std::string::npos, q.target);
+  // The rest (session, central's info and feed, the state database's records and checkpoint
+  // resets, here also creating the state database) does not grow with the number of databases.
+  CHECK(requests.size() <= static_cast<std::size_t>(3 * users + 16));
+  CHECK(r.out.find(std::to_string(requests.size()) + " requests") != std::string::npos);
+  CHECK(restore_records(n.state).empty());
+  // Each restored database's fan-in checkpoint starts again from 0.
+  for (const auto& db : dbs) {
+    auto cp = couch().get("/" + enc(n.state) + "/" + enc("checkpoint:" + db));
+    CHECK(cp.status == 200);
+    CHECK(cp.body.value("seq", json(1)) == json(0));
+  }
 }

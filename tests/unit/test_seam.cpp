@@ -283,6 +283,9 @@ TEST_CASE("provisioner: a new user's database is created (q=1) and gets its _sec
   std::vector<std::string> added;
   couchgate::gateway::provisioner_hooks hooks;
   hooks.source_added = [&](const std::string& db, const couchgate::policy::owner&) { added.push_back(db); };
+  // Said before each create (requests made so far), and again after a create that did not answer 201.
+  std::vector<std::pair<std::string, std::size_t>> creating;
+  hooks.creating = [&](const std::string& db, bool yes) { creating.emplace_back((yes ? "+" : "-") + db, s.requests().size()); };
   couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, hooks);
   const std::string alice = p.db_for("alice");
   const std::string bob = p.db_for("bob");
@@ -311,6 +314,8 @@ TEST_CASE("provisioner: a new user's database is created (q=1) and gets its _sec
   CHECK(p.user("bob")->done);
   CHECK(added == std::vector<std::string>{alice, bob});
   CHECK(seen.size() == 5);
+  // Before each create; after bob's 412 (alice's _security already asked for).
+  CHECK(creating == std::vector<std::pair<std::string, std::size_t>>{{"+" + alice, 0}, {"+" + bob, 1}, {"-" + bob, 3}});
   CHECK(s.unexpected().empty());
 
   // A refused _security write is recorded as the user's error, and counted as retryable.

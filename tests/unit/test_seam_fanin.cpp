@@ -193,3 +193,52 @@ TEST_CASE("fanin: a document central refuses as too large (413) is counted and l
   CHECK(e.state.checkpoint("userdb-a") == json("4-x"));  // passed over, not retried for ever
   CHECK(s.unexpected().empty());
 }
+
+TEST_CASE("fanin: a database couchgate created empty is not read at its creation or addition; the first change announced is read") {
+  fan_engine e;
+  auto& s = e.server;
+  e.script_load();
+  const std::string empty_page = R"({"results":[],"last_seq":"1-x","pending":0})";
+  s.on("GET", "/userdb-b/_changes?since=0", answer(200, empty_page));
+  s.on("GET", "/userdb-new/_changes?since=0", answer(200, empty_page));
+  s.on("GET", "/userdb-r/_changes?since=0", answer(200, empty_page));
+  s.on("PUT", "/central/_local/couchgate-epoch", answer(201, R"({"ok":true,"id":"_local/couchgate-epoch","rev":"0-4"})"), -1);
+  s.on("POST", "/cg_state/_bulk_docs", [](const r::http_request& q) {
+    json rows = json::array();
+    const json body = json::parse(q.body_text());
+    for (const auto& d : body["docs"]) rows.push_back({{"ok", true}, {"id", d["_id"]}, {"rev", "1-c"}});
+    return answer(201, rows.dump());
+  }, -1);
+  const couchgate::policy::owner o{couchgate::policy::owner::kind::user, "n"};
+  REQUIRE(e.fan.load().ok());
+
+  // Created by couchgate (the provisioner's 201), its `created` event, its addition: no read.
+  e.fan.created_empty("userdb-new");
+  e.fan.mark_created("userdb-new");
+  e.fan.add_source("userdb-new", o);
+  e.fan.add_source("userdb-b", o);  // an ordinary new source: read (and the point where the worker has looked at both)
+  e.fan.start();
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-b/_changes") == 1 && e.fan.idle(); }));
+  CHECK(s.count("GET", "/userdb-new/_changes") == 0);
+  CHECK(e.fan.knows("userdb-new"));
+
+  // A change announced for it (an `updated` event): read from 0.
+  CHECK(e.fan.mark_dirty("userdb-new"));
+  CHECK(s.wait_for([&] { return s.count("GET", "/userdb-new/_changes?since=0") == 1 && e.fan.idle(); }));
+
+  // A user who writes before couchgate adds the database as a source: the `updated` event comes
+  // first (the database unknown), the addition after it is dirty all the same.
+  e.fan.created_empty("userdb-r");
+  CHECK_FALSE(e.fan.mark_dirty("userdb-r"));
+  e.fan.add_source("userdb-r", o);
+  CHECK(s.wait_for([&] { return s.count("GET", "/userdb-r/_changes?since=0") == 1 && e.fan.idle(); }));
+
+  // Said before a create that then answered 412 (the database existed): added as usual, read.
+  s.on("GET", "/userdb-x/_changes?since=0", answer(200, empty_page));
+  e.fan.created_empty("userdb-x");
+  e.fan.not_created("userdb-x");
+  e.fan.add_source("userdb-x", o);
+  CHECK(s.wait_for([&] { return s.count("GET", "/userdb-x/_changes?since=0") == 1 && e.fan.idle(); }));
+  e.fan.stop();
+  CHECK(s.unexpected().empty());
+}
