@@ -198,6 +198,10 @@ int main(int argc, char** argv) {
   app.add_option("--live-clients", live_clients, "live feeds: longpoll clients, one per user database (default 10000; 10 with --smoke)");
   app.add_option("--live-rate", live_rate, "live feeds: writes per second into random user databases (default 100; 10 with --smoke)");
   app.add_option("--live-seconds", live_seconds, "live feeds: seconds of writing per half (default 600; 0.5 with --smoke)");
+  std::string live_halves = "direct,front";
+  app.add_option("--live-halves", live_halves,
+                 "live feeds: halves to run, 'direct,front' (default), 'direct' or 'front' (a server that cannot hold the "
+                 "clients directly)");
   try {
     app.parse(argc, argv);
     o.sizes = parse_sizes(sizes_text.empty() ? (o.smoke ? "20x5" : "200x50,1000x20") : sizes_text);
@@ -207,6 +211,16 @@ int main(int argc, char** argv) {
       if (item.empty()) continue;
       if (!phase_names.count(item)) throw CLI::ValidationError("--skip", "unknown phase '" + item + "'");
       o.skip.insert(item);
+    }
+    {
+      o.live_direct = o.live_front = false;
+      std::stringstream halves(live_halves);
+      while (std::getline(halves, item, ',')) {
+        if (item == "direct") o.live_direct = true;
+        else if (item == "front") o.live_front = true;
+        else throw CLI::ValidationError("--live-halves", "unknown half '" + item + "' (direct, front)");
+      }
+      if (!o.live_direct && !o.live_front) throw CLI::ValidationError("--live-halves", "names no half (direct, front)");
     }
     if (!overrides_text.empty()) {
       o.couchgate_overrides = json::parse(overrides_text, nullptr, false);

@@ -55,6 +55,9 @@ struct options {
   int live_clients = 10000;   // live feeds: longpoll clients, one per user database
   int live_rate = 100;        // live feeds: writes per second into random user databases
   double live_seconds = 600;  // live feeds: seconds of writing, per half (direct, through couchgate)
+  // live feeds: which halves run (a server that cannot hold C direct clients, e.g. its open-files
+  // limit below 2 x C, still lets the couchgate half be measured alone).
+  bool live_direct = true, live_front = true;
   bool skipped(const std::string& what) const { return skip.count(what) > 0; }
 };
 

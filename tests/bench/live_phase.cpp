@@ -205,7 +205,9 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
 
 json run_live(context& ctx) {
   const int c = ctx.opt.live_clients;
-  json out{{"clients", c}, {"rate", ctx.opt.live_rate}, {"seconds", ctx.opt.live_seconds}, {"order", {"direct", "front"}}};
+  json out{{"clients", c}, {"rate", ctx.opt.live_rate}, {"seconds", ctx.opt.live_seconds}, {"order", json::array()}};
+  if (ctx.opt.live_direct) out["order"].push_back("direct");
+  if (ctx.opt.live_front) out["order"].push_back("front");
   if (c <= 0 || ctx.opt.live_rate <= 0 || ctx.opt.live_seconds <= 0) return out;
   {
     // What 2*C sockets need: the bench's own limit (raised at start), the server's, the ports.
@@ -255,8 +257,10 @@ json run_live(context& ctx) {
       ctx.fail("live feeds: couchgate's front door did not start; log tail:\n" + d.log_tail(30));
     } else {
       const auto& e = test::env();
-      out["direct"] = run_half(ctx, half_setup{"direct", e.host, e.port, false}, users, d, 0);
-      if (!interrupted()) out["front"] = run_half(ctx, half_setup{"front", "127.0.0.1", port, true}, users, d, 1);
+      if (ctx.opt.live_direct) out["direct"] = run_half(ctx, half_setup{"direct", e.host, e.port, false}, users, d, 0);
+      if (ctx.opt.live_front && !interrupted()) {
+        out["front"] = run_half(ctx, half_setup{"front", "127.0.0.1", port, true}, users, d, 1);
+      }
       auto m = d.metrics();
       out["couchgate_front_upstream_peak"] = m.count("couchgate_front_upstream_peak") ? json(m["couchgate_front_upstream_peak"]) : json(nullptr);
       out["couchgate_front_upstream_busy"] = m.count("couchgate_front_upstream_busy_total") ? json(m["couchgate_front_upstream_busy_total"]) : json(nullptr);

@@ -131,7 +131,7 @@ std::string client_tables(const json& results) {
              f["added_latency_ms"].value("p99", json(nullptr)).dump().c_str(), cell(num(f, {"couchgate", "sockets_peak"}), "%.0f").c_str(),
              cell(num(f, {"couchgate", "cpu_seconds"})).c_str(), cell(num(f, {"couchgate", "rss_peak_mb"}), "%.1f").c_str());
   }
-  if (results.contains("live") && results["live"].contains("direct")) {
+  if (results.contains("live") && (results["live"].contains("direct") || results["live"].contains("front"))) {
     const json& l = results["live"];
     o += fmt("\nLIVE FEEDS  %.0f longpoll clients (one per user database), %.0f writes/s for %.0f s per half into random "
              "databases, directly on the server\n",
