@@ -17,6 +17,12 @@ void atomic_max(std::atomic<double>& a, double v) {
 
 std::string prometheus_number(double v) {
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  // Whole numbers (counts, sockets, bytes) as integers: "10", not the shorter "1e+01".
+  if (std::trunc(v) == v && std::fabs(v) < 1e15) {
+    char whole[32];
+    std::snprintf(whole, sizeof whole, "%.0f", v == 0 ? 0.0 : v);
+    return whole;
+  }
   // Shortest text that reads back as the same double: "0.1", not "0.10000000000000001"
   // (Prometheus matches `le` labels as strings).
   char buf[64];

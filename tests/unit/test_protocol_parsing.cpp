@@ -34,6 +34,7 @@ using couchgate::replicator::encode_segment;
 using couchgate::replicator::error_from;
 using couchgate::replicator::error_kind;
 using couchgate::replicator::histogram;
+using couchgate::replicator::prometheus_number;
 using couchgate::replicator::http_response;
 using couchgate::replicator::first_generation;
 using couchgate::replicator::include_docs_next;
@@ -846,6 +847,18 @@ TEST_CASE("histogram::render: bucket bounds in shortest form (le=\"0.1\")") {
   CHECK(out.find("x_bucket{le=\"0.1\"} 0\n") != std::string::npos);
   CHECK(out.find("x_bucket{le=\"0.005\"} 0\n") != std::string::npos);
   CHECK(out.find("x_bucket{le=\"0.25\"} 1\n") != std::string::npos);
+}
+
+TEST_CASE("prometheus_number: whole numbers as integers, others in their shortest exact form") {
+  CHECK(prometheus_number(10) == "10");  // "%.1g" alone would give 1e+01
+  CHECK(prometheus_number(100000) == "100000");
+  CHECK(prometheus_number(12345678901234.0) == "12345678901234");
+  CHECK(prometheus_number(-20) == "-20");
+  CHECK(prometheus_number(-0.0) == "0");
+  CHECK(prometheus_number(0.1) == "0.1");
+  CHECK(prometheus_number(2.5) == "2.5");
+  CHECK(prometheus_number(1e20) == "1e+20");
+  CHECK(prometheus_number(std::numeric_limits<double>::infinity()) == "+Inf");
 }
 
 TEST_CASE("registry::render: HELP/TYPE once per family, labelled samples") {
