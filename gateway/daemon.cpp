@@ -535,7 +535,8 @@ int daemon::run() {
       if (d.ids) local = [&d](const front::local_request& r) { return d.ids->serve(r); };
       front::caller_provisioner provision;
       if (d.prov) {
-        provision = [&d](const policy::session_user& who) {
+        provision.ready = [&d](const std::string& name) { return d.prov->caller_ready(name); };
+        provision.ensure = [&d](const policy::session_user& who) {
           policy::token_user_action decided = policy::token_user_action::not_token;
           const bool ok = d.prov->ensure_caller(who, decided);
           if (ok && decided == policy::token_user_action::provision) {

@@ -97,9 +97,14 @@ void provisioner::database_created(const std::string& db, bool recreated) {
   wake_.notify_all();
 }
 
+bool provisioner::caller_ready(const std::string& name) const {
+  auto u = user(name);
+  return u && u->done && u->action == policy::user_action::ensure;
+}
+
 bool provisioner::ensure_caller(const policy::session_user& who, policy::token_user_action& decided) {
   decided = policy::token_user_action::not_token;
-  if (auto u = user(who.name); u && u->done) return true;  // the policy was applied to this user already
+  if (caller_ready(who.name)) return true;
   // Not applied yet: a `_users` document written a moment ago (the feed has not brought it yet),
   // or a JWT caller with none. Until its `_security` is written the database is CouchDB's
   // admin-only default (or missing), so the caller's request would get 403 or 404.

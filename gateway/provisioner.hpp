@@ -131,12 +131,15 @@ class provisioner {
   std::size_t apply(const std::vector<policy::user_doc>& users, const std::set<std::string>* existing = nullptr);
 
   // A caller CouchDB has just authenticated whose database the front door is about to use:
-  // unless the policy was applied to this user already, it is applied now (a `_users` document
+  // unless caller_ready(), the policy is applied to this user now (a `_users` document
   // the feed has not brought yet is read and applied as the feed would; a JWT caller without
   // one gets a database when policy::decide_token_user says so; `decided` tells what it said).
   // Blocking: asks CouchDB with couchgate's own credentials. False when CouchDB could not be
   // asked or the database not made.
   bool ensure_caller(const policy::session_user& who, policy::token_user_action& decided);
+  // The policy gave this user their database and `_security` (by this provisioner's record; no
+  // I/O): false for a user not yet applied, deleted, or not selected.
+  bool caller_ready(const std::string& name) const;
 
   std::optional<user_state> user(const std::string& name) const;
   std::size_t known_users() const;

@@ -306,14 +306,11 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     // A caller just authenticated may have no usable database yet: a `_users` document written
     // a moment ago (the provisioner has not applied it yet: no database, or CouchDB's admin-only
     // default `_security`), or a JWT caller with no `_users` document at all.
+    // Asked once per fresh `_session` answer (at most once per credential per session_cache_ttl):
+    // a user deleted and recreated, or given the selected role, is seen at the next one.
     if (rt.kind == route_kind::user_db && who.session && options_.provision_caller) {
-      bool known = false;
-      {
-        std::lock_guard lk(callers_mu_);
-        known = callers_ready_.count(user) != 0;
-      }
-      if (!known) {
-        const caller_provisioner& fn = options_.provision_caller;
+      if (!options_.provision_caller.ready(user)) {
+        const auto& fn = options_.provision_caller.ensure;
         const policy::session_user& s = *who.session;
         const bool ok = co_await net::co_spawn(
             local_pool_->get_executor(), [&fn, &s]() -> net::awaitable<bool> { co_return fn(s); }, net::use_awaitable);
@@ -322,9 +319,6 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
           co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                     "couchgate could not make this user's database", retry_after("1"));
         }
-        std::lock_guard lk(callers_mu_);
-        if (callers_ready_.size() >= 100000) callers_ready_.clear();
-        callers_ready_.insert(user);
       }
     }
   }

@@ -17,7 +17,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <unordered_set>
 #include <utility>
 
 #include "gateway/front/auth_limits.hpp"
@@ -146,8 +145,6 @@ class forwarder {
   user_slots slots_;
   auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)
   std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_caller
-  std::mutex callers_mu_;
-  std::unordered_set<std::string> callers_ready_;  // callers whose database is known to be ready
 };
 
 }  // namespace couchgate::gateway::front

@@ -28,11 +28,20 @@ struct local_answer {
 };
 using local_handler = std::function<local_answer(const local_request&)>;
 
-// A caller CouchDB has just authenticated, about to use their own database: applies the policy
-// to them now if the provisioner has not yet (a `_users` document written a moment ago; a JWT
-// caller without one), so their first request never meets a missing or admin-only database
-// (gateway/provisioner). Blocking, like a local handler (runs on the same workers). False when
-// that could not be done.
-using caller_provisioner = std::function<bool(const policy::session_user&)>;
+// The provisioner's view of a caller CouchDB has just authenticated (a fresh `_session` answer),
+// about to use their own database (gateway/provisioner; the daemon wires it).
+struct caller_provisioner {
+  // No I/O (callable on an I/O thread): the policy has given this user their database and its
+  // `_security`, by the provisioner's own record. The record is the truth, not a memo of the
+  // front door's: it turns false when the user is deleted (and stays so until a recreated user
+  // is applied), and is false for a user the policy does not select (who may gain the role).
+  std::function<bool(const std::string& name)> ready;
+  // When not ready: applies the policy to the caller now (a `_users` document written a moment
+  // ago, a user recreated or given a role the feed has not brought yet, a JWT caller without a
+  // document), so their request never meets a missing or admin-only database. Blocking, like a
+  // local handler (runs on the same workers). False when that could not be done.
+  std::function<bool(const policy::session_user&)> ensure;
+  explicit operator bool() const { return ready && ensure; }
+};
 
 }  // namespace couchgate::gateway::front

@@ -767,6 +767,70 @@ TEST_CASE("front door: a user's first request right after their _users document 
   CHECK(couch().get("/" + enc(couchgate::policy::user_db_name(n.prefix, other.name))).status == 404);
 }
 
+// The front door asks the provisioner's own record whether a caller is ready, not a memo of its
+// own: a user deleted (their database with them) and recreated under the same name, or a user
+// given the selected role, is applied at their next fresh `_session` answer even while the
+// `_users` feed has not brought the change yet.
+TEST_CASE("front door: a user recreated under the same name, or given the selected role, finds their database ready") {
+  fault_proxy proxy;
+  auto n = fresh_names("frontagain");
+  const std::string dir = temp_dir();
+  json cfg = fault_config(n, proxy);
+  cfg["provisioning"]["on_delete"] = "delete";
+  cfg["front"] = front_config(dir);
+  cfg["front"]["allow_insecure"] = true;
+  cfg["front"]["session_cache_ttl"] = "1s";
+  couchgate_process cg(cfg, proxy_env(proxy));
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(std::chrono::seconds(60)), tail(cg.log()));
+  const int port = front_port(dir + "/front.port");
+  REQUIRE(port > 0);
+
+  // A user provisioned and used through the front door, then deleted: the provisioner (its feed
+  // running) deletes their database.
+  const user u{unique("fa"), "pw-" + unique("p"), ""};
+  const std::string db = couchgate::policy::user_db_name(n.prefix, u.name);
+  REQUIRE(create_user(u.name, {n.role}, u.password).status == 201);
+  CHECK(front_call(port, false, "PUT", "/me/before", {{"Authorization", basic(u.name, u.password)}}, json{{"v", 1}}.dump()).status == 201);
+  REQUIRE(delete_user(u.name).status == 200);
+  REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(db)).status == 404; }, std::chrono::seconds(30)), tail(cg.log()));
+  // A user outside the selection, known to the front door (it looked at them and made nothing).
+  const user other{unique("fb"), "pw-" + unique("p"), ""};
+  const std::string other_db = couchgate::policy::user_db_name(n.prefix, other.name);
+  REQUIRE(create_user(other.name, {"not-" + n.role}, other.password).status == 201);
+  const header_list other_auth{{"Authorization", basic(other.name, other.password)}};
+  CHECK(front_call(port, false, "GET", "/me", other_auth).status == 404);
+
+  // From now on the provisioner's feed sees nothing.
+  proxy.answer_next(1000, http_answer("200 OK", "", R"({"unreadable":true})"), "/_users/_changes");
+  proxy.cut();
+
+  // Recreated under the same name (a new password): the first request finds a database.
+  const std::string again_password = "pw-" + unique("p");
+  REQUIRE(create_user(u.name, {n.role}, again_password).status == 201);
+  auto put = front_call(port, false, "PUT", "/me/after", {{"Authorization", basic(u.name, again_password)}}, json{{"v", 2}}.dump());
+  CHECK_MESSAGE(put.status == 201, put.raw << tail(cg.log()));
+  CHECK(db_usable_by(db, u.name));
+  CHECK(couch().get("/" + enc(db) + "/before").status == 404);  // a new database, not the old one
+
+  // The other user is given the selected role (their document as stored, password fields kept):
+  // once their cached `_session` answer expires (1 s here), a request finds their database.
+  auto doc = couch().get("/_users/" + enc("org.couchdb.user:" + other.name));
+  REQUIRE(doc.status == 200);
+  json changed = doc.body;
+  changed["roles"] = json::array({n.role});
+  REQUIRE(couch().put("/_users/" + enc("org.couchdb.user:" + other.name), changed).status == 201);
+  int last = 0;
+  CHECK_MESSAGE(eventually(
+                    [&] {
+                      last = front_call(port, false, "GET", "/me", other_auth).status;
+                      return last == 200;
+                    },
+                    std::chrono::seconds(20)),
+                "last status " << last << tail(cg.log()));
+  CHECK(db_usable_by(other_db, other.name));
+}
+
 TEST_CASE("front door: a JWT user without _users document gets a database by the policy before the first request") {
   if (env().pouchdb) {
     MESSAGE("skipped: pouchdb-server has no JWT authentication (CouchDB's jwt_authentication_handler with [jwt_keys]); "
