@@ -195,6 +195,10 @@ int main(int argc, char** argv) {
   app.add_option("--front-users", front_users, "front door: concurrent replicating clients (default 32; 2 with --smoke)");
   app.add_option("--front-docs", front_docs, "front door: documents each client pushes and pulls per segment (default 200; 10 with --smoke)");
   app.add_flag("--front-tls", o.front_tls, "front door phase over TLS (front.tls with a certificate made by `openssl req`) instead of plain HTTP");
+  app.add_option("--front-direct-tls-port", o.front_direct_tls_port,
+                 "with --front-tls: the server's own TLS port (CouchDB's [ssl] listener, same host) for the direct segments, "
+                 "so both sides pay for TLS (default: the direct segments use the server's plain HTTP URL)")
+      ->check(CLI::Range(1, 65535));
   app.add_option("--live-clients", live_clients, "live feeds: longpoll clients, one per user database (default 10000; 10 with --smoke)");
   app.add_option("--live-rate", live_rate, "live feeds: writes per second into random user databases (default 100; 10 with --smoke)");
   app.add_option("--live-seconds", live_seconds, "live feeds: seconds of writing per half (default 600; 0.5 with --smoke)");

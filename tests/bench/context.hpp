@@ -52,6 +52,7 @@ struct options {
   int front_docs = 200;       // front door: documents each client pushes (and pulls) per segment
   int front_batch = 100;      // front door: PouchDB's batch_size
   bool front_tls = false;     // front door over TLS (a self-signed certificate) instead of plain HTTP
+  int front_direct_tls_port = 0;  // with front_tls: the server's own TLS port ([ssl]) for the direct segments
   int live_clients = 10000;   // live feeds: longpoll clients, one per user database
   int live_rate = 100;        // live feeds: writes per second into random user databases
   double live_seconds = 600;  // live feeds: seconds of writing, per half (direct, through couchgate)

@@ -172,8 +172,12 @@ double at(const json& j, const char* a, const char* b) {
 json run_front(context& ctx) {
   const int k = ctx.opt.front_users, docs = ctx.opt.front_docs, batch = std::max(1, ctx.opt.front_batch);
   const bool tls = ctx.opt.front_tls;
+  // Both sides over TLS when the server has its own listener ([ssl]); else the direct side is plain.
+  const int direct_tls_port = tls ? ctx.opt.front_direct_tls_port : 0;
   json out{{"users", k}, {"docs_per_user_per_segment", docs}, {"batch", batch},
            {"transport", tls ? "TLS (front.tls, self-signed RSA-2048 certificate; the bench does not verify it)" : "plain HTTP (front.allow_insecure)"},
+           {"direct_transport", direct_tls_port > 0 ? "TLS (the server's [ssl] listener, port " + std::to_string(direct_tls_port) + ")"
+                                                    : std::string("plain HTTP (the server's URL)")},
            {"segments", {"direct", "front", "front", "direct"}}};
   if (k <= 0 || docs <= 0) return out;
   test::names n = ctx.fresh("bench-front");
@@ -227,7 +231,8 @@ json run_front(context& ctx) {
           pool.emplace_back([&, i] {
             const auto& u = users[static_cast<std::size_t>(i)];
             endpoint to = via_front ? endpoint{"127.0.0.1", port, u.name, u.password, tls}
-                                    : endpoint{server.host, server.port, u.name, u.password, false};
+                                    : endpoint{server.host, direct_tls_port > 0 ? direct_tls_port : server.port, u.name,
+                                               u.password, direct_tls_port > 0};
             replicate(to, via_front ? std::string("/me") : db_path(u.db), u, seg, docs, batch, rec);
           });
         }
