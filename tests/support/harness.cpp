@@ -279,9 +279,7 @@ void couchgate_process::start() {
     dup2(out, 1);
     for (const auto& [k, v] : env_) setenv(k.c_str(), v.c_str(), 1);
     std::string cfg = dir_ + "/config.yaml";
-    // COUCHGATE_TEST_BINARY: another build of couchgate (e.g. to measure an older one).
-    const char* bin = std::getenv("COUCHGATE_TEST_BINARY");
-    if (!bin || !*bin) bin = COUCHGATE_BINARY;
+    const char* bin = couchgate_binary();
     execl(bin, bin, "run", "--config", cfg.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -457,6 +455,11 @@ int connections_to_server(pid_t pid) {
   return n;
 }
 
+const char* couchgate_binary() {
+  const char* bin = std::getenv("COUCHGATE_TEST_BINARY");
+  return bin && *bin ? bin : COUCHGATE_BINARY;
+}
+
 run_result run_couchgate(const std::vector<std::string>& args, const std::map<std::string, std::string>& extra_env) {
   std::string dir = make_temp_dir("couchgate-run");
   pid_t child = fork();
@@ -467,10 +470,10 @@ run_result run_couchgate(const std::vector<std::string>& args, const std::map<st
     dup2(err, 2);
     for (const auto& [k, v] : extra_env) setenv(k.c_str(), v.c_str(), 1);
     std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(COUCHGATE_BINARY));
+    argv.push_back(const_cast<char*>(couchgate_binary()));
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    execv(COUCHGATE_BINARY, argv.data());
+    execv(couchgate_binary(), argv.data());
     _exit(127);
   }
   int status = 0;

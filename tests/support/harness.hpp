@@ -187,5 +187,8 @@ struct run_result {
   std::string out, err;
 };
 run_result run_couchgate(const std::vector<std::string>& args, const std::map<std::string, std::string>& extra_env = {});
+// The couchgate binary every test runs: COUCHGATE_TEST_BINARY when set (another build, e.g. an
+// older one to compare), else the one built with the tests.
+const char* couchgate_binary();
 
 }  // namespace couchgate::test
