@@ -132,15 +132,18 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   // read (its document count). A dry run reads instead of creating. Then, together: the
   // policy's _security per database and one state-database request recording them all as under
   // way (before any revision is written: a database that has revisions and no record was not
-  // left by an interrupted restore).
-  auto prepare_all = [&](const std::vector<std::string>& users) {
-    struct step {
-      target* t;
-      std::string user;
-      r::pending_json create, info, security;
-      std::uint64_t count = 0;
-      bool exists = false;
-    };
+  // left by an interrupted restore). begin_prepare sends the first step's requests and returns;
+  // end_prepare waits for them and does the rest, so the creates of the next page's users run
+  // while this page's revisions are written (a database created and not yet recorded is empty:
+  // a rerun after a crash in between writes its _security and records it, as below).
+  struct step {
+    target* t;
+    std::string user;
+    r::pending_json create, info, security;
+    std::uint64_t count = 0;
+    bool exists = false;
+  };
+  auto begin_prepare = [&](const std::vector<std::string>& users) {
     std::vector<step> fresh;
     for (const auto& user : users) {
       auto [it, is_new] = targets.try_emplace(user);
@@ -154,6 +157,9 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       else s.create = client.create_db(t.res.db, cfg.provisioning.q, cfg.provisioning.n);
       fresh.push_back(std::move(s));
     }
+    return fresh;
+  };
+  auto end_prepare = [&](std::vector<step>& fresh) {
     auto fail = [](target& t, std::string why) {
       t.st = target_state::failed;
       t.res.error = std::move(why);
@@ -231,7 +237,10 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     }
   };
 
-  prepare_all(opts.users);
+  {
+    auto given = begin_prepare(opts.users);
+    end_prepare(given);
+  }
 
   std::size_t total = 0;
   if (auto info = client.db_info(central).get(); info.ok()) {
@@ -293,34 +302,50 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   };
   std::size_t limit = page_limit(0);
   r::pending_json next = ask_page(since, limit);
-  for (;;) {
+  std::size_t read = 0;  // changes read so far, the page ahead included
+  // A page in hand: read, the next one asked for, its new users' databases being created.
+  struct page_in_hand {
+    r::result<r::feed_page> page = r::result<r::feed_page>(r::feed_page{});
+    std::size_t limit = 0;
+    bool last = true;     // no page after it is read
+    bool reached = false;  // last because opts.max_docs was reached, not because central ended
+    std::vector<step> prep;
+  };
+  auto take_page = [&]() {
+    page_in_hand p;
+    p.limit = limit;
     auto a = next.text();
-    r::result<r::feed_page> page = a.ok() ? r::parse_changes(a.value()) : r::result<r::feed_page>(a.error());
-    if (!page.ok()) {
+    p.page = a.ok() ? r::parse_changes(a.value()) : r::result<r::feed_page>(a.error());
+    if (!p.page.ok()) return p;
+    const auto& changes = p.page.value().changes;
+    read += changes.size();
+    const bool ended = changes.size() < p.limit || p.page.value().last_seq.is_null();
+    p.reached = !ended && opts.max_docs && read >= opts.max_docs;
+    p.last = ended || p.reached;
+    if (!p.last) {
+      limit = page_limit(read);
+      next = ask_page(p.page.value().last_seq, limit);
+    }
+    // The page's new users, all at once (see begin_prepare).
+    std::vector<std::string> users;
+    for (const auto& c : changes) {
+      auto ref = policy::from_central_id(c.id);
+      if (!ref || ref->who.what != policy::owner::kind::user) continue;
+      if ((opts.all || selected.count(ref->who.name)) && !targets.count(ref->who.name)) users.push_back(ref->who.name);
+    }
+    p.prep = begin_prepare(users);
+    return p;
+  };
+  page_in_hand cur = take_page();
+  for (;;) {
+    if (!cur.page.ok()) {
       summary.interrupted = true;
-      progress << "\nrestore: reading " << central << " failed: " << page.error().describe() << "\n";
+      progress << "\nrestore: reading " << central << " failed: " << cur.page.error().describe() << "\n";
       break;
     }
-    const std::size_t read = summary.central_changes + page.value().changes.size();
-    const bool last = page.value().changes.size() < limit || page.value().last_seq.is_null() ||
-                      (opts.max_docs && read >= opts.max_docs);
-    const std::size_t this_limit = limit;
-    if (!last) {
-      limit = page_limit(read);
-      next = ask_page(page.value().last_seq, limit);
-    }
-    // The page's new users first, all at once (see prepare_all).
-    {
-      std::vector<std::string> users;
-      for (const auto& c : page.value().changes) {
-        auto ref = policy::from_central_id(c.id);
-        if (!ref || ref->who.what != policy::owner::kind::user) continue;
-        if ((opts.all || selected.count(ref->who.name)) && !targets.count(ref->who.name)) users.push_back(ref->who.name);
-      }
-      prepare_all(users);
-    }
+    end_prepare(cur.prep);
     std::vector<r::change_row> rows;
-    for (auto& c : page.value().changes) {
+    for (auto& c : cur.page.value().changes) {
       auto ref = policy::from_central_id(c.id);
       if (!ref) {
         // Central's own design documents start with '_'; anything else names no owner.
@@ -341,14 +366,18 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       (design ? design_rows : rows)
           .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), r::inline_revision(c)});
     }
+    // The next page is read (and its new users' databases created) before this one's revisions
+    // are written, so both go on at once over the pool's connections.
+    page_in_hand ahead;
+    if (!cur.last) ahead = take_page();
     if (!rows.empty()) run_transfer(rows);
-    summary.central_changes += page.value().changes.size();
+    summary.central_changes += cur.page.value().changes.size();
     pr.update(targets.size(), summary.central_changes, total, written);
-    if (page.value().changes.size() < this_limit || page.value().last_seq.is_null()) break;
-    if (opts.max_docs && summary.central_changes >= opts.max_docs) {
-      summary.interrupted = true;
+    if (cur.last) {
+      summary.interrupted = summary.interrupted || cur.reached;
       break;
     }
+    cur = std::move(ahead);
   }
   // (only into databases whose data all arrived: a failed one is left for the rerun to finish).
   std::erase_if(design_rows, [&](const r::change_row& row) { return targets[row.unit].st != target_state::ready; });

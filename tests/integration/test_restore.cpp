@@ -95,6 +95,9 @@ TEST_CASE("restore rebuilds user databases from the central database exactly") {
     CHECK(cg.terminate() == 0);
   }
   for (const auto& [db, owner] : db_owner) REQUIRE(couch().del("/" + enc(db)).status == 200);
+  // Restore reads central in pages of fanin.batch_docs: small pages here, so users span pages
+  // and each page's new users are prepared while the page before is written.
+  cfg["fanin"]["batch_docs"] = 7;
   std::string path = write_config(cfg);
 
   {
