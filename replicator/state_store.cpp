@@ -22,6 +22,7 @@ result<bool> state_store::ensure_db() {
   if (!created.ok() && created.error().kind != couch_error_kind::conflict) return created.error();
   auto sec = client_.put_security(db_, policy::render_admin_only_security()).get();
   if (!sec.ok()) return sec.error();
+  existed_.store(true);
   return created.ok();
 }
 
@@ -32,6 +33,7 @@ result<json> state_store::docs_with_prefix(const std::string& prefix) {
   auto r = client_.all_docs(db_, "include_docs=true&startkey=" + encode_query_value(startkey) +
                                      "&endkey=" + encode_query_value(endkey)).get();
   if (!r.ok()) return r.error();
+  existed_.store(true);
   json& j = r.value();
   if (!j.contains("rows") || !j["rows"].is_array()) {
     return couch_error{couch_error_kind::protocol, 200, "_all_docs answer has no rows", ""};
@@ -368,11 +370,19 @@ bool state_store::recreate_db() {
   // Another caller may have just done it: look before creating.
   auto info = client_.db_info(db_).get();
   if (info.ok()) {
+    existed_.store(true);
     missing_.store(false);
     return true;
   }
   if (info.error().kind != couch_error_kind::not_found) return false;
-  if (!missing_.exchange(true)) log()->warn("state database {} is missing; creating it again", db_);
+  // Never seen by this process (a `couchgate restore` on a server couchgate has not run on):
+  // made for the first time, nothing lost. Seen before: someone deleted it.
+  const bool first_time = !existed_.load();
+  if (first_time) {
+    if (!missing_.exchange(true)) log()->info("state database {} does not exist yet; creating it", db_);
+  } else if (!missing_.exchange(true)) {
+    log()->warn("state database {} is missing; creating it again", db_);
+  }
   auto made = ensure_db();
   if (!made.ok()) {
     log()->debug("state database {} not created yet: {}", db_, made.error().describe());
@@ -388,8 +398,12 @@ bool state_store::recreate_db() {
     }
   }
   missing_.store(false);
-  log()->warn("state database {} created again; {} checkpoints held in memory are written back (feed positions with their next move)",
-              db_, n);
+  if (first_time) {
+    log()->info("state database {} created", db_);
+  } else {
+    log()->warn("state database {} created again; {} checkpoints held in memory are written back (feed positions with their next move)",
+                db_, n);
+  }
   return true;
 }
 

@@ -151,6 +151,7 @@ class state_store {
   std::mutex flush_mu_;
   std::optional<epoch_stamp> marker_;                     // guarded by mu_
   std::atomic<bool> missing_{false};
+  std::atomic<bool> existed_{false};  // seen or made by this process (a later 404 means it was deleted)
   std::mutex recreate_mu_;
 };
 

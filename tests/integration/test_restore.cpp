@@ -276,6 +276,10 @@ TEST_CASE("restore sends per database only its creation, its _security and its _
   CHECK(requests.size() <= static_cast<std::size_t>(3 * users + 16));
   CHECK(r.out.find(std::to_string(requests.size()) + " requests") != std::string::npos);
   CHECK(restore_records(n.state).empty());
+  // The state database did not exist (couchgate never ran on this server): made, not "again".
+  CHECK_MESSAGE((r.out + r.err).find("does not exist yet; creating it") != std::string::npos, r.out << r.err);
+  CHECK((r.out + r.err).find("creating it again") == std::string::npos);
+  CHECK((r.out + r.err).find("created again") == std::string::npos);
   // Each restored database's fan-in checkpoint starts again from 0.
   for (const auto& db : dbs) {
     auto cp = couch().get("/" + enc(n.state) + "/" + enc("checkpoint:" + db));
