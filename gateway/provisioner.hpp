@@ -2,7 +2,9 @@
 // Owns: per-user databases. Follows `_users/_changes` (longpoll, resumed from the position
 // stored in the state database at most every second: feed_position; never replayed from 0
 // after the first start), applies the policy to every user document, and reconciles everything
-// at start and periodically.
+// at start and periodically. The feed is pipelined (issue #18, see follow()): the next read goes
+// out at once, each user's requests start as soon as its row arrives, and the stored position
+// only covers users who are done. Reconcile runs on the same thread and holds the feed meanwhile.
 // The policy (select, security, on_delete, reconcile_interval) can be replaced while it runs
 // (update_policy, on SIGHUP): a reconcile then brings every user database in line at once.
 // All writes are idempotent (412 on create is success, `_security` written only when it
