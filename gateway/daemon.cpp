@@ -518,7 +518,8 @@ int daemon::run() {
       hooks.admit = [&d](const std::vector<const policy::user_doc*>& users) { return d.ids->admit(users); };
       hooks.user_gone = [&d](const std::string& name) { return d.ids->release_deleted(name); };
     }
-    d.prov = std::make_unique<provisioner>(*d.client, *d.state, d.metrics, cfg.provisioning, std::move(hooks));
+    // Twice the work connections in users at once: the pool always has the next request queued.
+    d.prov = std::make_unique<provisioner>(*d.client, *d.state, d.metrics, cfg.provisioning, std::move(hooks), 2 * budget.work);
   }
 
   if (cfg.identities.enabled) {

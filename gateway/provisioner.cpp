@@ -2,6 +2,7 @@
 #include "gateway/provisioner.hpp"
 
 
+#include <algorithm>
 #include <set>
 #include <variant>
 #include <unordered_map>
@@ -25,15 +26,18 @@ std::shared_ptr<spdlog::logger> log() {
   return l;
 }
 constexpr const char* users_feed_key = "users";
-constexpr std::size_t pipeline_chunk = 256;  // users in flight at once inside one apply()
+constexpr std::size_t pipeline_chunk = 256;  // users in flight at once inside one apply() (reconcile)
 }  // namespace
 
 provisioner::provisioner(replicator::couch_client& client, replicator::state_store& state,
-                         replicator::registry& metrics, provisioning_config cfg, provisioner_hooks hooks)
+                         replicator::registry& metrics, provisioning_config cfg, provisioner_hooks hooks, std::size_t window)
     : client_(client),
       state_(state),
       cfg_(std::move(cfg)),
       hooks_(std::move(hooks)),
+      waking_(client.wire(), bell_),
+      feed_client_(waking_, client.limits()),
+      window_(window == 0 ? 1 : window),
       policy_(live_policy::of(cfg_)),
       users_seen_(metrics.add_counter("couchgate_users_seen_total", "User documents processed (feed and reconcile)")),
       dbs_created_(metrics.add_counter("couchgate_databases_provisioned_total", "User databases created")),
@@ -59,7 +63,7 @@ void provisioner::update_policy(const provisioning_config& fresh) {
     policy_ = live_policy::of(fresh);
     reconcile_requested_ = true;
   }
-  wake_.notify_all();
+  bell_->ring();
   log()->info("policy updated; reconciling every user database");
 }
 
@@ -94,7 +98,7 @@ void provisioner::database_created(const std::string& db, bool recreated) {
     }
     created_queue_.push_back(db);
   }
-  wake_.notify_all();
+  bell_->ring();
 }
 
 bool provisioner::caller_ready(const std::string& name) const {
@@ -198,6 +202,170 @@ std::size_t provisioner::known_users() const {
   return users_.size();
 }
 
+std::vector<std::optional<policy::direct_verdict>> provisioner::verdicts(const std::vector<const policy::user_doc*>& users,
+                                                                        const live_policy& p, std::vector<bool>& unreleased) {
+  std::vector<std::optional<policy::direct_verdict>> out(users.size(), policy::direct_verdict{});
+  unreleased.assign(users.size(), false);
+  if (!hooks_.admit || !hooks_.user_gone) return out;
+  // A deleted user's reservations are released; a selected live user gets its reservations and
+  // may be excluded (identities.on_duplicate: exclude).
+  std::vector<const policy::user_doc*> live;
+  std::vector<std::size_t> at;
+  for (std::size_t i = 0; i < users.size(); ++i) {
+    if (users[i]->deleted) {
+      {
+        std::lock_guard lk(mu_);
+        look_again_.erase(users[i]->name);
+      }
+      if (!hooks_.user_gone(users[i]->name)) unreleased[i] = true;  // its database is still handled
+    } else if (policy::decide(p.select, p.on_delete, *users[i]) == policy::user_action::ensure) {
+      live.push_back(users[i]);
+      at.push_back(i);
+    }
+  }
+  if (!live.empty()) {
+    auto v = hooks_.admit(live);
+    for (std::size_t k = 0; k < at.size() && k < v.size(); ++k) out[at[k]] = std::move(v[k]);
+  }
+  return out;
+}
+
+std::optional<provisioner::user_chain> provisioner::begin_chain(const policy::user_doc& u,
+                                                                const std::optional<policy::direct_verdict>& v,
+                                                                const live_policy& p, const std::set<std::string>* existing,
+                                                                replicator::couch_client& via, std::size_t& retryable) {
+  user_chain j;
+  j.u = u;
+  j.action = policy::decide(p.select, p.on_delete, u);
+  j.db = db_for(u.name);
+  j.via = &via;
+  users_seen_.inc();
+  if (!policy::user_from_db_name(cfg_.db_prefix, j.db)) {
+    std::lock_guard lk(mu_);
+    hashed_owner_[j.db] = u.name;
+  }
+  if (j.action == policy::user_action::ensure) {
+    {
+      std::lock_guard lk(mu_);
+      if (v && v->look_again) look_again_[u.name] = u;
+      else look_again_.erase(u.name);
+    }
+    if (!v) {
+      ++retryable;
+      record(u.name, j.db, j.action, "its name and e-mail reservations could not be checked (retried)");
+      return std::nullopt;
+    }
+    if (!v->provision) {
+      record(u.name, j.db, j.action, "excluded: its name or e-mail address is reserved by another user (identities.on_duplicate: exclude)");
+      return std::nullopt;
+    }
+  } else if (!u.deleted) {
+    bool was_conflicting = false;
+    {
+      std::lock_guard lk(mu_);
+      was_conflicting = look_again_.erase(u.name) > 0;
+    }
+    // No longer selected: it is not listed as a conflict any more (its reservations stay).
+    if (was_conflicting && hooks_.user_gone) hooks_.user_gone(u.name);
+  }
+  // Reconcile knows which databases exist: a user who is not (or no longer) selected and
+  // has no database needs nothing, and thousands of unselected users cost no request.
+  if (existing && j.action != policy::user_action::ensure && !existing->count(j.db)) return std::nullopt;
+  if (j.action == policy::user_action::ensure) {
+    j.want = policy::render_security(p.security, u.name);
+    if (hooks_.creating) hooks_.creating(j.db, true);
+    j.call = via.create_db(j.db, cfg_.q, cfg_.n);
+  } else if (j.action == policy::user_action::revoke_owner) {
+    j.want = policy::render_security(p.security, std::nullopt);
+    j.call = via.get_security(j.db);
+  } else {
+    // Look first: some servers answer 200 to deleting a database that does not exist.
+    j.call = via.db_info(j.db);
+  }
+  return j;
+}
+
+void provisioner::advance(user_chain& j) {
+  using stage = user_chain::stage;
+  auto r = j.call.get();
+  auto& via = *j.via;
+  if (j.at == stage::first) {
+    j.at = stage::over;
+    if (j.action == policy::user_action::ensure) {
+      if (r.ok()) {
+        j.second_writes = true;
+        dbs_created_.inc();
+        note_self_created(j.db);
+        j.call = via.put_security(j.db, j.want);
+        j.at = stage::second;
+      } else if (r.error().kind == couch_error_kind::conflict) {  // it existed: read its _security
+        if (hooks_.creating) hooks_.creating(j.db, false);
+        j.call = via.get_security(j.db);
+        j.at = stage::second;
+      } else {
+        if (hooks_.creating) hooks_.creating(j.db, false);
+        j.error = r.error();
+      }
+    } else if (j.action == policy::user_action::revoke_owner) {
+      if (r.ok()) {
+        if (!policy::security_equal(r.value(), j.want)) {
+          j.second_writes = true;
+          j.call = via.put_security(j.db, j.want);
+          j.at = stage::second;
+        }
+      } else if (r.error().kind != couch_error_kind::not_found) {
+        j.error = r.error();
+      }
+    } else {
+      if (r.ok()) {
+        j.call = via.delete_db(j.db);
+        j.at = stage::second;
+      } else if (r.error().kind != couch_error_kind::not_found) {
+        j.error = r.error();
+      }
+    }
+    return;
+  }
+  const bool repair = j.at == stage::repair;
+  j.at = stage::over;
+  if (!r.ok()) {
+    j.error = r.error();
+    return;
+  }
+  if (repair) {
+    security_writes_.inc();
+    log()->info("user={} db={} _security repaired", j.u.name, j.db);
+  } else if (j.action == policy::user_action::delete_db) {
+    dbs_deleted_.inc();
+    log()->info("user={} db={} deleted (on_delete: delete)", j.u.name, j.db);
+  } else if (j.second_writes) {
+    security_writes_.inc();
+  } else if (!policy::security_equal(r.value(), j.want)) {
+    j.call = via.put_security(j.db, j.want);
+    j.at = stage::repair;
+  }
+}
+
+bool provisioner::conclude(const user_chain& j) {
+  if (j.error) {
+    if (j.error->kind == couch_error_kind::cancelled) return true;
+    errors_.inc();
+    log()->log(replicator::outage_error(*j.error) ? spdlog::level::debug : spdlog::level::warn,
+               "user={} db={} provisioning failed: {}", j.u.name, j.db, j.error->describe());
+    record(j.u.name, j.db, j.action, j.error->describe());
+    return j.error->retryable() || j.error->kind == couch_error_kind::conflict;
+  }
+  record(j.u.name, j.db, j.action, "");
+  if (j.action == policy::user_action::delete_db) {
+    if (hooks_.source_removed) hooks_.source_removed(j.db);
+  } else if (j.action == policy::user_action::ensure && hooks_.source_added) {
+    // A revoked user's database keeps its data and stays a source; reconcile registers it.
+    hooks_.source_added(j.db, policy::owner{policy::owner::kind::user, j.u.name});
+  }
+  if (j.second_writes && j.action == policy::user_action::ensure) log()->debug("user={} db={} provisioned", j.u.name, j.db);
+  return j.unreleased;
+}
+
 std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const std::set<std::string>* existing) {
   // Last document per name wins (a feed batch may hold several revisions of one user).
   std::vector<policy::user_doc> users;
@@ -213,175 +381,26 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
   std::size_t retryable = 0;
   for (std::size_t off = 0; off < users.size(); off += pipeline_chunk) {
     const std::size_t end = std::min(users.size(), off + pipeline_chunk);
-    struct job {
-      const policy::user_doc* u;
-      policy::user_action action;
-      std::string db;
-      json want;
-      pending_json first, second;
-      bool created = false;
-      std::optional<replicator::couch_error> error;
-    };
-    // Unique identities first (when on): a deleted user's reservations are released; a selected
-    // live user gets its reservations and may be excluded (identities.on_duplicate: exclude).
-    std::vector<std::optional<policy::direct_verdict>> verdicts(end - off, policy::direct_verdict{});
-    if (hooks_.admit && hooks_.user_gone) {
-      std::vector<const policy::user_doc*> live;
-      std::vector<std::size_t> at;
-      for (std::size_t i = off; i < end; ++i) {
-        if (users[i].deleted) {
-          {
-            std::lock_guard lk(mu_);
-            look_again_.erase(users[i].name);
-          }
-          if (!hooks_.user_gone(users[i].name)) ++retryable;  // its database is still handled below
-        } else if (policy::decide(p.select, p.on_delete, users[i]) == policy::user_action::ensure) {
-          live.push_back(&users[i]);
-          at.push_back(i - off);
-        }
-      }
-      if (!live.empty()) {
-        auto v = hooks_.admit(live);
-        for (std::size_t k = 0; k < at.size() && k < v.size(); ++k) verdicts[at[k]] = std::move(v[k]);
+    std::vector<const policy::user_doc*> chunk;
+    for (std::size_t i = off; i < end; ++i) chunk.push_back(&users[i]);
+    std::vector<bool> unreleased;
+    const auto v = verdicts(chunk, p, unreleased);
+    retryable += static_cast<std::size_t>(std::count(unreleased.begin(), unreleased.end(), true));
+    std::vector<user_chain> chains;
+    for (std::size_t i = 0; i < chunk.size(); ++i) {
+      if (auto c = begin_chain(*chunk[i], v[i], p, existing, client_, retryable)) chains.push_back(std::move(*c));
+    }
+    // In rounds: every chain's request of a round is in flight together.
+    for (bool left = true; left;) {
+      left = false;
+      for (auto& c : chains) {
+        if (c.at == user_chain::stage::over) continue;
+        advance(c);
+        left = left || c.at != user_chain::stage::over;
       }
     }
-    std::vector<job> jobs;
-    for (std::size_t i = off; i < end; ++i) {
-      job j;
-      j.u = &users[i];
-      j.action = policy::decide(p.select, p.on_delete, users[i]);
-      j.db = db_for(users[i].name);
-      users_seen_.inc();
-      if (!policy::user_from_db_name(cfg_.db_prefix, j.db)) {
-        std::lock_guard lk(mu_);
-        hashed_owner_[j.db] = users[i].name;
-      }
-      if (j.action == policy::user_action::ensure) {
-        const auto& v = verdicts[i - off];
-        {
-          std::lock_guard lk(mu_);
-          if (v && v->look_again) look_again_[users[i].name] = users[i];
-          else look_again_.erase(users[i].name);
-        }
-        if (!v) {
-          ++retryable;
-          record(users[i].name, j.db, j.action, "its name and e-mail reservations could not be checked (retried)");
-          continue;
-        }
-        if (!v->provision) {
-          record(users[i].name, j.db, j.action,
-                 "excluded: its name or e-mail address is reserved by another user (identities.on_duplicate: exclude)");
-          continue;
-        }
-      } else if (!users[i].deleted) {
-        bool was_conflicting = false;
-        {
-          std::lock_guard lk(mu_);
-          was_conflicting = look_again_.erase(users[i].name) > 0;
-        }
-        // No longer selected: it is not listed as a conflict any more (its reservations stay).
-        if (was_conflicting && hooks_.user_gone) hooks_.user_gone(users[i].name);
-      }
-      // Reconcile knows which databases exist: a user who is not (or no longer) selected and
-      // has no database needs nothing, and thousands of unselected users cost no request.
-      if (existing && j.action != policy::user_action::ensure && !existing->count(j.db)) continue;
-      if (j.action == policy::user_action::ensure) {
-        j.want = policy::render_security(p.security, users[i].name);
-        if (hooks_.creating) hooks_.creating(j.db, true);
-        j.first = client_.create_db(j.db, cfg_.q, cfg_.n);
-      } else if (j.action == policy::user_action::revoke_owner) {
-        j.want = policy::render_security(p.security, std::nullopt);
-        j.first = client_.get_security(j.db);
-      } else {
-        // Look first: some servers answer 200 to deleting a database that does not exist.
-        j.first = client_.db_info(j.db);
-      }
-      jobs.push_back(std::move(j));
-    }
-    // Phase 2: read _security where the database already existed.
-    for (auto& j : jobs) {
-      auto r = j.first.get();
-      if (j.action == policy::user_action::ensure) {
-        if (r.ok()) {
-          j.created = true;
-          dbs_created_.inc();
-          note_self_created(j.db);
-          j.second = client_.put_security(j.db, j.want);
-        } else if (r.error().kind == couch_error_kind::conflict) {
-          if (hooks_.creating) hooks_.creating(j.db, false);
-          j.second = client_.get_security(j.db);
-        } else {
-          if (hooks_.creating) hooks_.creating(j.db, false);
-          j.error = r.error();
-        }
-      } else if (j.action == policy::user_action::revoke_owner) {
-        if (r.ok()) {
-          if (!policy::security_equal(r.value(), j.want)) {
-            j.second = client_.put_security(j.db, j.want);
-            j.created = true;  // marks "second is a write"
-          }
-        } else if (r.error().kind != couch_error_kind::not_found) {
-          j.error = r.error();
-        }
-      } else {
-        if (r.ok()) {
-          j.second = client_.delete_db(j.db);
-        } else if (r.error().kind != couch_error_kind::not_found) {
-          j.error = r.error();
-        }
-      }
-    }
-    // Phase 3: write _security where it differs.
-    std::vector<std::pair<job*, pending_json>> writes;
-    for (auto& j : jobs) {
-      if (!j.second.valid()) continue;
-      auto r = j.second.get();
-      if (!r.ok()) {
-        j.error = r.error();
-        continue;
-      }
-      if (j.action == policy::user_action::delete_db) {
-        dbs_deleted_.inc();
-        log()->info("user={} db={} deleted (on_delete: delete)", j.u->name, j.db);
-        continue;
-      }
-      if (j.created) {
-        security_writes_.inc();
-        continue;
-      }
-      if (!policy::security_equal(r.value(), j.want)) writes.emplace_back(&j, client_.put_security(j.db, j.want));
-    }
-    for (auto& [j, call] : writes) {
-      auto r = call.get();
-      if (!r.ok()) j->error = r.error();
-      else {
-        security_writes_.inc();
-        log()->info("user={} db={} _security repaired", j->u->name, j->db);
-      }
-    }
-    for (auto& j : jobs) {
-      if (j.error) {
-        if (j.error->kind == couch_error_kind::cancelled) {
-          ++retryable;
-          continue;
-        }
-        errors_.inc();
-        if (j.error->retryable() || j.error->kind == couch_error_kind::conflict) ++retryable;
-        log()->log(replicator::outage_error(*j.error) ? spdlog::level::debug : spdlog::level::warn,
-                   "user={} db={} provisioning failed: {}", j.u->name, j.db, j.error->describe());
-        record(j.u->name, j.db, j.action, j.error->describe());
-        continue;
-      }
-      record(j.u->name, j.db, j.action, "");
-      if (j.action == policy::user_action::delete_db) {
-        if (hooks_.source_removed) hooks_.source_removed(j.db);
-      } else if (j.action == policy::user_action::ensure && hooks_.source_added) {
-        // A revoked user's database keeps its data and stays a source; reconcile registers it.
-        hooks_.source_added(j.db, policy::owner{policy::owner::kind::user, j.u->name});
-      }
-      if (j.created && j.action == policy::user_action::ensure) {
-        log()->debug("user={} db={} provisioned", j.u->name, j.db);
-      }
+    for (const auto& c : chains) {
+      if (conclude(c)) ++retryable;
     }
   }
   return retryable;
@@ -468,10 +487,7 @@ void provisioner::start() {
 
 void provisioner::stop() {
   stop_.request();
-  {
-    std::lock_guard lk(mu_);  // a waiter in idle() is either before its check or in wait_for
-  }
-  wake_.notify_all();
+  bell_->ring();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -549,19 +565,8 @@ void provisioner::look_again_if_due() {
   apply(docs);
 }
 
-bool provisioner::idle(const std::function<bool()>& done, std::chrono::steady_clock::time_point until) {
-  for (;;) {
-    reconcile_if_due();
-    apply_created();
-    look_again_if_due();
-    std::unique_lock lk(mu_);
-    if (stop_.requested()) return false;
-    if (done() || std::chrono::steady_clock::now() >= until) return true;
-    wake_.wait_for(lk, feed_wait_slice, [this] { return reconcile_requested_ || !created_queue_.empty() || stop_.requested(); });
-  }
-}
-
 void provisioner::follow(json since) {
+  using clock = std::chrono::steady_clock;
   feed_position position(state_, users_feed_key);
   // However the feed ends (stopping): what is done is not applied again at the next start.
   struct save_at_exit {
@@ -569,72 +574,142 @@ void provisioner::follow(json since) {
     ~save_at_exit() { p.save_now(); }
   } saved_at_exit{position};
   const auto rnd = replicator::random_uniform_source();
-  replicator::backoff_policy bp{};
-  std::uint32_t failures = 0;
-  // Backoff sleeps, like the longpoll, leave room for a requested reconcile.
-  auto rest = [this](std::chrono::milliseconds d) { return idle([] { return false; }, std::chrono::steady_clock::now() + d); };
+  const replicator::backoff_policy bp{};
+  feed_work work(window_);
+  pending_json feed;                      // the _users read in flight, if any
+  auto feed_at = clock::time_point::min();  // when the next read may go (backoff after a failure)
+  std::uint32_t feed_failures = 0;
+  // Chains with a request in flight, by their row; rows whose chain failed, waiting to retry.
+  std::map<feed_work::ticket, user_chain> running;
+  struct retry {
+    policy::user_doc u;
+    std::uint32_t failures = 0;
+    clock::time_point at{};
+  };
+  std::map<feed_work::ticket, retry> retrying;
+  std::map<feed_work::ticket, std::uint32_t> failures;  // of the rows in flight that failed before
+
   while (!stop_.requested()) {
-    replicator::changes_query q;
-    q.since = since;
-    q.limit = cfg_.batch;
-    q.include_docs = true;
-    q.all_docs_style = false;
-    q.feed = replicator::changes_query::feed_kind::longpoll;
-    auto call = client_.changes(cfg_.users_db, q);
-    // The position is stored while the longpoll waits, at most every position_save_interval.
-    for (;;) {
-      const auto due = position.due();
-      if (!idle([&call] { return call.ready(); }, due)) return;
-      if (call.ready()) break;
-      position.save_now();
+    const std::uint64_t seen = bell_->rings();
+    reconcile_if_due();
+    apply_created();
+    look_again_if_due();
+    auto now = clock::now();
+
+    // 1. The feed's answer: its rows join the work; the next read goes out at once (below).
+    if (feed.valid() && feed.ready()) {
+      auto r = feed.text();
+      feed = pending_json();
+      if (!r.ok()) {
+        if (r.error().kind == couch_error_kind::cancelled) return;
+        reconnects_.inc();
+        if (r.error().kind == couch_error_kind::timeout) {
+          // The longpoll ended on the client's clock (some servers ignore `timeout`, and a silent
+          // connection is cut after three missed heartbeats): the wait itself spaced the attempts,
+          // so reconnect at once.
+          log()->debug("_users feed: {}; reconnecting", r.error().describe());
+        } else {
+          auto delay = replicator::backoff_delay(bp, ++feed_failures, rnd);
+          log()->log(replicator::outage_error(r.error()) ? spdlog::level::debug : spdlog::level::warn,
+                     "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
+          feed_at = now + delay;
+        }
+      } else if (auto page = replicator::parse_changes(r.value()); !page.ok()) {
+        reconnects_.inc();
+        log()->warn("_users feed answer unreadable: {}", page.error().describe());
+        feed_at = now + replicator::backoff_delay(bp, ++feed_failures, rnd);
+      } else {
+        feed_failures = 0;
+        for (const auto& row : page.value().changes) {
+          auto parsed = replicator::user_of(row);
+          if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
+            user_ok(*u);
+            work.arrived(std::move(*u));
+          } else if (auto* e = std::get_if<policy::user_doc_error>(&parsed)) {
+            skip_malformed(*e, "");
+          }
+        }
+        if (page.value().pending) pending_.set(*page.value().pending);
+        if (!page.value().last_seq.is_null() && page.value().last_seq != since) {
+          since = page.value().last_seq;
+          work.reached(since);
+        }
+      }
     }
-    auto r = call.text();
-    if (!r.ok()) {
-      if (r.error().kind == couch_error_kind::cancelled) return;
-      reconnects_.inc();
-      if (r.error().kind == couch_error_kind::timeout) {
-        // The longpoll ended on the client's clock (some servers ignore `timeout`, and a silent
-        // connection is cut after three missed heartbeats): the wait itself spaced the attempts,
-        // so reconnect at once.
-        log()->debug("_users feed: {}; reconnecting", r.error().describe());
+    // 2. The next read, unless enough rows wait already (back-pressure: at most two batches).
+    if (!feed.valid() && now >= feed_at && work.waiting() < cfg_.batch) {
+      replicator::changes_query q;
+      q.since = since;
+      q.limit = cfg_.batch;
+      q.include_docs = true;
+      q.all_docs_style = false;
+      q.feed = replicator::changes_query::feed_kind::longpoll;
+      feed = feed_client_.changes(cfg_.users_db, q);
+    }
+    // 3. Answers to the chains: each takes its next step; a finished one frees its name.
+    for (auto it = running.begin(); it != running.end();) {
+      auto& c = it->second;
+      while (c.at != user_chain::stage::over && c.call.ready()) advance(c);
+      if (c.at != user_chain::stage::over) {
+        ++it;
         continue;
       }
-      auto delay = replicator::backoff_delay(bp, ++failures, rnd);
-      log()->log(replicator::outage_error(r.error()) ? spdlog::level::debug : spdlog::level::warn,
-                 "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
-      if (!rest(delay)) return;
-      continue;
+      if (conclude(c)) {
+        // Retried alone, after a backoff; the position stays before it meanwhile.
+        const auto n = ++failures[it->first];
+        retrying[it->first] = retry{std::move(c.u), n, now + replicator::backoff_delay(bp, n, rnd)};
+      } else {
+        failures.erase(it->first);
+        work.finished(it->first);
+      }
+      it = running.erase(it);
     }
-    auto page = replicator::parse_changes(r.value());
-    if (!page.ok()) {
-      reconnects_.inc();
-      log()->warn("_users feed answer unreadable: {}", page.error().describe());
-      if (!rest(replicator::backoff_delay(bp, ++failures, rnd))) return;
-      continue;
+    // 4. Chains to start: retries that are due, then the rows the window lets in.
+    std::vector<feed_work::started> start;
+    for (auto it = retrying.begin(); it != retrying.end();) {
+      if (it->second.at > now) {
+        ++it;
+        continue;
+      }
+      start.push_back({it->first, std::move(it->second.u)});
+      it = retrying.erase(it);
     }
-    std::vector<policy::user_doc> users;
-    for (const auto& row : page.value().changes) {
-      auto parsed = replicator::user_of(row);
-      if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
-        user_ok(*u);
-        users.push_back(std::move(*u));
-      } else if (auto* e = std::get_if<policy::user_doc_error>(&parsed)) {
-        skip_malformed(*e, "");
+    for (auto& s : work.take()) start.push_back(std::move(s));
+    if (!start.empty()) {
+      const live_policy p = policy();
+      std::vector<const policy::user_doc*> users;
+      for (const auto& s : start) users.push_back(&s.user);
+      std::vector<bool> unreleased;
+      const auto v = verdicts(users, p, unreleased);
+      for (std::size_t i = 0; i < start.size(); ++i) {
+        std::size_t retryable = 0;
+        if (auto c = begin_chain(start[i].user, v[i], p, nullptr, feed_client_, retryable)) {
+          c->unreleased = unreleased[i];
+          running.emplace(start[i].id, std::move(*c));
+        } else if (retryable > 0) {
+          const auto n = ++failures[start[i].id];
+          retrying[start[i].id] = retry{std::move(start[i].user), n, now + replicator::backoff_delay(bp, n, rnd)};
+        } else {
+          failures.erase(start[i].id);
+          work.finished(start[i].id);
+        }
       }
     }
-    if (page.value().pending) pending_.set(*page.value().pending);
-    if (!users.empty() && apply(users) > 0) {
-      // Something retryable failed: do not move past it; the batch is idempotent.
-      auto delay = replicator::backoff_delay(bp, ++failures, rnd);
-      if (!rest(delay)) return;
-      continue;
+    // 5. The position: to where every user before it is done, stored at most every second.
+    if (auto done = work.moved()) position.moved(*done);
+    if (clock::now() >= position.due()) position.save_now();
+    // 6. Sleep until an answer, a request from another thread, or the next thing due.
+    if (!start.empty()) continue;  // answers given before submit returned are looked at at once
+    auto until = position.due();
+    if (!feed.valid() && work.waiting() < cfg_.batch) until = std::min(until, feed_at);
+    for (const auto& [id, r] : retrying) until = std::min(until, r.at);
+    until = std::min(until, next_reconcile_);
+    {
+      std::lock_guard lk(mu_);
+      if (!look_again_.empty()) until = std::min(until, next_look_again_);
+      if (reconcile_requested_ || !created_queue_.empty()) continue;
     }
-    failures = 0;
-    json next = page.value().last_seq;
-    if (!next.is_null() && next != since) {
-      since = next;
-      position.moved(since);
-    }
+    bell_->wait(seen, until);
   }
 }
 

@@ -2,7 +2,9 @@
 // Owns: per-user databases. Follows `_users/_changes` (longpoll, resumed from the position
 // stored in the state database at most every second: feed_position; never replayed from 0
 // after the first start), applies the policy to every user document, and reconciles everything
-// at start and periodically.
+// at start and periodically. The feed is pipelined (issue #18, see follow()): the next read goes
+// out at once, each user's requests start as soon as its row arrives, and the stored position
+// only covers users who are done. Reconcile runs on the same thread and holds the feed meanwhile.
 // The policy (select, security, on_delete, reconcile_interval) can be replaced while it runs
 // (update_policy, on SIGHUP): a reconcile then brings every user database in line at once.
 // All writes are idempotent (412 on create is success, `_security` written only when it
@@ -21,11 +23,13 @@
 #include <vector>
 
 #include "gateway/config.hpp"
+#include "gateway/feed_work.hpp"
 #include "policy/id_map.hpp"
 #include "policy/identity.hpp"
 #include "policy/users.hpp"
 #include "replicator/backoff.hpp"
 #include "replicator/transport/couch_client.hpp"
+#include "replicator/transport/waking_transport.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/report_once.hpp"
 #include "replicator/state_store.hpp"
@@ -77,10 +81,10 @@ struct provisioner_hooks {
 };
 
 // The `_users` feed's position in the state database, stored at most every
-// provisioner::position_save_interval instead of after every batch (issue #18): moved() after a
-// batch whose users all have their database and `_security` (so the stored position never
-// covers a user who is not done; a crash only means the batches since are applied again, which
-// is idempotent). The provisioner's thread only.
+// provisioner::position_save_interval instead of after every batch (issue #18): moved() to where
+// every user before it has its database and `_security` (feed_work's done-up-to position, so the
+// stored position never covers a user who is not done; a crash only means the users since are
+// applied again, which is idempotent). The provisioner's thread only.
 class feed_position {
  public:
   feed_position(replicator::state_store& state, std::string key) : state_(state), key_(std::move(key)) {}
@@ -103,13 +107,14 @@ class provisioner {
  public:
   // The `_users` feed position is stored at most this often (see feed_position).
   static constexpr std::chrono::milliseconds position_save_interval{1000};
-  // How often a wait for the _users feed looks whether its answer arrived.
-  static constexpr std::chrono::milliseconds feed_wait_slice{20};
   // How often users whose reservations conflict (or wait on an intent) are looked at again.
   static constexpr std::chrono::seconds look_again_interval{2};
 
+  // `window`: users the `_users` feed provisions at once (each a chain of requests, one at a
+  // time: create, then `_security`); the daemon gives twice its work connections, so that the
+  // pool always has the next request queued.
   provisioner(replicator::couch_client& client, replicator::state_store& state, replicator::registry& metrics,
-              provisioning_config cfg, provisioner_hooks hooks);
+              provisioning_config cfg, provisioner_hooks hooks, std::size_t window = 16);
   ~provisioner();
 
   void start();
@@ -151,8 +156,8 @@ class provisioner {
   std::optional<std::string> owner_of(const std::string& db) const;
   // A database was created (a `_db_updates` event, or seen again by the sweep): if it belongs
   // to a user, its `_security` is brought in line with the policy at once (a recreated database
-  // has CouchDB's admin-only default). Queued; the provisioner's thread applies it within
-  // feed_wait_slice (a few databases at a time, pipelined). Unless `recreated` (it surely existed
+  // has CouchDB's admin-only default). Queued; the provisioner's thread, woken, applies it at
+  // once (a few databases at a time, pipelined). Unless `recreated` (it surely existed
   // before), a database this provisioner has just created itself is skipped: that is the event
   // of its own create, whose _security it writes itself.
   void database_created(const std::string& db, bool recreated);
@@ -162,11 +167,45 @@ class provisioner {
   // Where the _users feed starts: the stored position, or on a first start the current
   // update_seq. Null when neither can be read yet.
   replicator::json start_position();
+  // The `_users` feed, pipelined (issue #18): the next read goes out while the users of the last
+  // are provisioned, each user's chain starts as soon as its row arrives (feed_work: the window,
+  // one revision per name), every answer wakes the thread (waking_transport), and the position
+  // moves to where every user before it is done. Reconcile, created databases and look-agains
+  // run on the same thread between answers.
   void follow(replicator::json since);
-  // Waits until `done` (checked every feed_wait_slice: it looks at the _users longpoll, open for
-  // up to feed_timeout) or `until`, running any reconcile requested or due meanwhile. False when
-  // stopping.
-  bool idle(const std::function<bool()>& done, std::chrono::steady_clock::time_point until);
+
+  // One user's requests, one after the other: create (or read _security, or look at the
+  // database before deleting it), then _security (write, or read), then a repair write if it
+  // differs. Many users' chains are in flight at once.
+  struct user_chain {
+    enum class stage { first, second, repair, over };
+    policy::user_doc u;
+    policy::user_action action = policy::user_action::ensure;
+    std::string db;
+    replicator::json want;
+    replicator::couch_client* via = nullptr;
+    replicator::pending_json call;
+    stage at = stage::first;
+    bool second_writes = false;  // the second request writes _security (created, or revoked)
+    bool unreleased = false;     // its reservations could not be released: retried after it ends
+    std::optional<replicator::couch_error> error;
+  };
+  // Identities first (when on): a deleted user's reservations are released (when that fails,
+  // `unreleased` says so for it); a selected live user gets its reservations and a verdict
+  // (nullopt: could not be checked). One entry per user, the default verdict for users not asked about.
+  std::vector<std::optional<policy::direct_verdict>> verdicts(const std::vector<const policy::user_doc*>& users,
+                                                              const live_policy& p, std::vector<bool>& unreleased);
+  // The chain for one user, its first request sent through `via`; nullopt when the user needs
+  // nothing now (excluded, not selected and without a database, or its verdict could not be had:
+  // then `retryable` is counted).
+  std::optional<user_chain> begin_chain(const policy::user_doc& u, const std::optional<policy::direct_verdict>& v,
+                                        const live_policy& p, const std::set<std::string>* existing,
+                                        replicator::couch_client& via, std::size_t& retryable);
+  // Takes the answer of the chain's request (waiting for it) and sends the next one, if any.
+  void advance(user_chain& c);
+  // Records, logs and tells the hooks how a finished chain ended. True when it failed in a way
+  // worth retrying (or its reservations are still to be released).
+  bool conclude(const user_chain& c);
   // Runs a reconcile if one was requested or is due, and schedules the next one.
   void reconcile_if_due();
   void record(const std::string& name, const std::string& db, policy::user_action a, const std::string& error);
@@ -183,7 +222,11 @@ class provisioner {
   std::atomic<bool> ready_{false};
 
   mutable std::mutex mu_;  // guards users_, policy_, reconcile_requested_
-  std::condition_variable wake_;  // reconcile requested, or stopping
+  // Rung on every answer of the feed pipeline, a reconcile requested, a database created, stop.
+  std::shared_ptr<replicator::doorbell> bell_ = std::make_shared<replicator::doorbell>();
+  replicator::waking_transport waking_;
+  replicator::couch_client feed_client_;  // client_'s transport, behind waking_
+  const std::size_t window_;
   live_policy policy_;
   bool reconcile_requested_ = false;
   replicator::stop_flag stop_;

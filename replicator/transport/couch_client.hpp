@@ -79,6 +79,8 @@ class couch_client {
   pending_json db_updates(const json& since, bool longpoll, std::optional<std::size_t> limit);
 
   const timeouts& limits() const { return t_; }
+  // The transport the calls go through (to put another in front of it: waking_transport.hpp).
+  transport& wire() const { return wire_; }
 
   // Seq values are opaque; for CouchDB strings "N-..." the N before the dash is a sum of shard
   // positions, comparable for "has anything changed" checks. nullopt when not recognisable.

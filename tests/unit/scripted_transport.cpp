@@ -95,6 +95,10 @@ void scripted_transport::submit(r::http_request req, callback done) {
     }
     if (!f && req.target.find("feed=longpoll") != std::string::npos) {
       cv_.notify_all();
+      if (park_feeds_ && !closed_) {
+        parked_.push_back(std::move(done));
+        return;
+      }
       cv_.wait(lk, [this] { return closed_; });
       lk.unlock();
       done(failure(r::error_kind::cancelled, "closed"));
@@ -147,9 +151,21 @@ bool scripted_transport::wait_for(const std::function<bool()>& pred, std::chrono
 }
 
 void scripted_transport::close() {
-  std::lock_guard lk(mu_);
-  closed_ = true;
-  cv_.notify_all();
+  std::vector<callback> parked;
+  {
+    std::lock_guard lk(mu_);
+    closed_ = true;
+    parked.swap(parked_);
+    cv_.notify_all();
+  }
+  for (auto& done : parked) done(failure(r::error_kind::cancelled, "closed"));
 }
+
+void scripted_transport::park_quiet_feeds() {
+  std::lock_guard lk(mu_);
+  park_feeds_ = true;
+}
+
+scripted_transport::~scripted_transport() { close(); }
 
 }  // namespace couchgate::test

@@ -67,6 +67,11 @@ class scripted_transport final : public r::transport {
   bool wait_for(const std::function<bool()>& pred, std::chrono::milliseconds limit = std::chrono::seconds(5));
   // Unblocks the feeds waiting for a rule, and every later one, with error_kind::cancelled.
   void close();
+  // From now on a longpoll no rule answers does not hold the submitting thread: submit returns
+  // and the answer (cancelled) comes at close(), as with a real, asynchronous transport. For
+  // callers that keep working while a feed waits (the provisioner's pipeline).
+  void park_quiet_feeds();
+  ~scripted_transport() override;
 
  private:
   struct rule {
@@ -80,6 +85,8 @@ class scripted_transport final : public r::transport {
   std::vector<recorded> log_;
   std::vector<std::string> unexpected_;
   bool closed_ = false;
+  bool park_feeds_ = false;
+  std::vector<callback> parked_;  // quiet feeds waiting for close() (park_quiet_feeds)
 };
 
 // The lines a named logger (replicator/logger.hpp) writes while this lives.

@@ -1,0 +1,59 @@
+// Owns: the `_users` feed's work order and done-up-to position (see feed_work.hpp).
+#include "gateway/feed_work.hpp"
+
+#include <algorithm>
+
+namespace couchgate::gateway {
+
+void feed_work::arrived(policy::user_doc u) {
+  const ticket id = next_++;
+  open_.insert(id);
+  // A waiting row of the same name is superseded: the newer revision is what counts, and it
+  // lies after the older one, so the position cannot pass it before the newer one is done.
+  auto same = std::find_if(waiting_.begin(), waiting_.end(), [&](const auto& w) { return w.second.name == u.name; });
+  if (same != waiting_.end()) {
+    end(same->first);
+    waiting_.erase(same);
+  }
+  waiting_.emplace_back(id, std::move(u));
+}
+
+void feed_work::reached(nlohmann::json position) { marks_[next_] = std::move(position); }
+
+std::vector<feed_work::started> feed_work::take() {
+  std::vector<started> out;
+  for (auto it = waiting_.begin(); it != waiting_.end() && names_.size() < window_;) {
+    if (names_.count(it->second.name)) {
+      ++it;  // waits for the revision in flight
+      continue;
+    }
+    names_.emplace(it->second.name, it->first);
+    flying_.emplace(it->first, it->second.name);
+    out.push_back({it->first, std::move(it->second)});
+    it = waiting_.erase(it);
+  }
+  return out;
+}
+
+void feed_work::finished(ticket id) {
+  auto f = flying_.find(id);
+  if (f == flying_.end()) return;
+  names_.erase(f->second);
+  flying_.erase(f);
+  end(id);
+}
+
+void feed_work::end(ticket id) { open_.erase(id); }
+
+std::optional<nlohmann::json> feed_work::moved() {
+  // Every row before the oldest open one has ended: the newest mark at or before it is done.
+  const ticket oldest_open = open_.empty() ? next_ : *open_.begin();
+  std::optional<nlohmann::json> out;
+  while (!marks_.empty() && marks_.begin()->first <= oldest_open) {
+    out = std::move(marks_.begin()->second);
+    marks_.erase(marks_.begin());
+  }
+  return out;
+}
+
+}  // namespace couchgate::gateway

@@ -1,0 +1,64 @@
+#pragma once
+// Owns: the order of the `_users` feed's work (issue #18): which rows the provisioner may start
+// now, and how far the stored feed position may move. Rows are started as soon as they arrive,
+// up to `window` users in flight, never two revisions of one name at once (a later row of a name
+// in flight waits for it; a later row of a name waiting replaces the waiting one, whose revision
+// is superseded). The position given back is "done up to here": the newest position the feed
+// reported (reached) such that every row that arrived before it has finished, so a crash never
+// skips a user. Pure: no I/O, no clock.
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "policy/users.hpp"
+
+namespace couchgate::gateway {
+
+class feed_work {
+ public:
+  using ticket = std::uint64_t;
+  struct started {
+    ticket id;
+    policy::user_doc user;
+  };
+
+  explicit feed_work(std::size_t window) : window_(window == 0 ? 1 : window) {}
+
+  // A row of the feed, in the feed's order.
+  void arrived(policy::user_doc u);
+  // Every row of the feed up to `position` has arrived.
+  void reached(nlohmann::json position);
+  // The rows to start now (oldest first), each now in flight: at most window minus those in
+  // flight, none whose name is in flight.
+  std::vector<started> take();
+  // A started row is finished (done, or failed for good): its name may start again.
+  void finished(ticket id);
+  // The done-up-to position, when it moved since the last call.
+  std::optional<nlohmann::json> moved();
+
+  std::size_t waiting() const { return waiting_.size(); }    // arrived, not started
+  std::size_t in_flight() const { return names_.size(); }
+  std::size_t window() const { return window_; }
+
+ private:
+  void end(ticket id);  // the row's work is over (finished or superseded)
+
+  std::size_t window_;
+  ticket next_ = 0;
+  std::deque<std::pair<ticket, policy::user_doc>> waiting_;  // arrival order
+  std::unordered_map<std::string, ticket> names_;            // name -> its row in flight
+  std::unordered_map<ticket, std::string> flying_;           // ticket -> name, for finished()
+  std::set<ticket> open_;                                    // rows arrived and not ended
+  std::map<ticket, nlohmann::json> marks_;                   // boundary (first ticket after) -> position
+};
+
+}  // namespace couchgate::gateway
