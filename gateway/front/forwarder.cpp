@@ -407,8 +407,8 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
     metrics_.session_cache_hits.inc();
     co_return identity{identity::kind::user, std::move(*name), std::nullopt};
   }
-  // A live feed only routes with the name: its first check (or, parked at once, the answer it
-  // resumes from, at most session_cache_ttl old) is a `_changes` read with the credential, and a
+  // A live feed only routes with the name: before it parks, CouchDB accepts the credential (its
+  // first check, a `_changes` read with it; or GET /_session when that check is skipped), and a
   // 401 there ends the feed with 401 and forgets the credential here (serve_feed's refuse).
   if (live_feed) {
     if (auto name = routes_.lookup(key, now_())) {

@@ -94,7 +94,8 @@ class forwarder {
     std::string name;
     std::optional<policy::session_user> session;  // when just asked (not from the cache)
     // false: named by the route memo only; CouchDB has not accepted the credential within
-    // session_cache_ttl (a live feed then makes its first check, never skipped).
+    // session_cache_ttl (a live feed then parks only after its first check, or after GET
+    // /_session accepted the credential when that check may be skipped).
     bool verified = true;
   };
   struct upstream_answer {

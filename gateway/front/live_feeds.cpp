@@ -215,8 +215,6 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const auto refuse = [&](unsigned status, std::string text) -> net::awaitable<bool> {
     if (status == 401 || status == 403) forget_credential(credential_key);
     if (status == 401) {
-      feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401 (CouchDB refused a "
-                       "_changes read)", db, user.empty() ? "-" : user);
       failures_.record_failure(ex.conn.peer, now_());
       metrics_.auth_failures.inc();
     }
@@ -268,11 +266,25 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   // database was announced since that answer's read: parked at once, no first check. The mark
   // is taken before the look (a change announced after it forgets the record or wakes us).
   // Only for a credential CouchDB accepted within session_cache_ttl (cached, or read with): one
-  // routed by the route memo alone is checked by this first read.
+  // routed by the route memo alone is asked about first (GET /_session, lighter for CouchDB than
+  // a `_changes` read, which opens the database), or else checked by the first read.
+  const auto still_accepted = [&](const identity& who) {
+    return !(who.k == identity::kind::rejected || (who.k == identity::kind::user && !user.empty() && who.name != user));
+  };
   bool skip_read = false;
-  if (!memo_key.empty() && verified) {
+  if (!memo_key.empty()) {
     const feed_read_mark mark = feeds.mark_read(db, false);
-    if (feeds.skip_first_check(db, memo_key, request, now_())) {
+    bool may_skip = feeds.skip_first_check(db, memo_key, request, now_());
+    if (may_skip && !verified) {
+      const identity who = co_await who_is(ex, credential);
+      if (!still_accepted(who)) {
+        feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
+                         user.empty() ? "-" : user);
+        co_return co_await refuse(401, json_error("unauthorized", "Name or password is incorrect."));
+      }
+      may_skip = who.k == identity::kind::user;  // CouchDB unavailable: the first read decides
+    }
+    if (may_skip) {
       skip_read = true;
       since_mark = mark;
       first_read = false;
@@ -328,6 +340,10 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
         co_return co_await refuse(502, json_error("bad_gateway", "CouchDB is not reachable"));
       }
       if (!got.set_cookie.empty()) fresh_cookie = std::move(got.set_cookie);
+      if (got.status == 401) {
+        feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401 (CouchDB refused a "
+                         "_changes read)", db, user.empty() ? "-" : user);
+      }
       if (got.status != 200) co_return co_await refuse(got.status, std::move(got.body));
       // CouchDB accepted the credential just now (the read carried it): what it names is known
       // to be valid for session_cache_ttl more, and the parked feed re-validates from now.
@@ -412,7 +428,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
             break;
           }
           const identity who = co_await who_is(ex, credential);
-          if (who.k == identity::kind::rejected || (who.k == identity::kind::user && !user.empty() && who.name != user)) {
+          if (!still_accepted(who)) {
             feeds.unpark(*id);
             feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
                              user.empty() ? "-" : user);
