@@ -562,9 +562,10 @@ constexpr key_spec table[] = {
          .min = 0,
          .help = "How long a re-issued live _changes feed (longpoll, continuous, eventsource) finds the caller's "
                  "database from the credential's last GET /_session, past session_cache_ttl (same hashed keys, the "
-                 "100 000 most recently used). Safe because each of the feed's _changes reads carries the client's "
-                 "own credential: a 401 there answers the client 401 and forgets the credential in both caches. "
-                 "0 = live feeds ask GET /_session like any request."}),
+                 "100 000 most recently used). The credential is still checked before the feed parks (its first "
+                 "_changes read carries it; GET /_session when that read is skipped), so a parked feed is re-checked "
+                 "at the latest after session_cache_ttl; a 401 to a read answers the client 401 and forgets the "
+                 "credential in both caches. 0 = live feeds ask GET /_session like any request."}),
     key<&config::front, &frc::max_requests_per_user>({.name = "front.max_requests_per_user",
                                                       .kind = k::integer,
                                                       .on_reload = live,
