@@ -555,6 +555,17 @@ constexpr key_spec table[] = {
          .min = 0,
          .help = "How long the user name learned from CouchDB's GET /_session is reused for one credential (kept "
                  "under a SHA-256 of the credential, never the credential itself)."}),
+    key<&config::front, &frc::route_cache_ttl>(
+        {.name = "front.route_cache_ttl",
+         .kind = k::duration_ms,
+         .on_reload = live,
+         .min = 0,
+         .help = "How long a re-issued live _changes feed (longpoll, continuous, eventsource) finds the caller's "
+                 "database from the credential's last GET /_session, past session_cache_ttl (same hashed keys, the "
+                 "100 000 most recently used). The credential is still checked before the feed parks (its first "
+                 "_changes read carries it; GET /_session when that read is skipped), so a parked feed is re-checked "
+                 "at the latest after session_cache_ttl; a 401 to a read answers the client 401 and forgets the "
+                 "credential in both caches. 0 = live feeds ask GET /_session like any request."}),
     key<&config::front, &frc::max_requests_per_user>({.name = "front.max_requests_per_user",
                                                       .kind = k::integer,
                                                       .on_reload = live,

@@ -14,11 +14,13 @@ std::optional<std::string> session_cache::lookup(const std::string& key, clock_t
   std::lock_guard lk(mu_);
   const auto it = entries_.find(key);
   if (it == entries_.end()) return std::nullopt;
-  if (now >= it->second.expires) {
+  if (now >= it->second->expires) {
+    order_.erase(it->second);
     entries_.erase(it);
     return std::nullopt;
   }
-  return it->second.user;
+  order_.splice(order_.begin(), order_, it->second);
+  return it->second->user;
 }
 
 std::chrono::milliseconds session_cache::ttl() const {
@@ -30,17 +32,24 @@ std::optional<clock_type::time_point> session_cache::expires(const std::string& 
   std::lock_guard lk(mu_);
   const auto it = entries_.find(key);
   if (it == entries_.end()) return std::nullopt;
-  return it->second.expires;
+  return it->second->expires;
 }
 
 void session_cache::store(const std::string& key, std::string user, clock_type::time_point now) {
   std::lock_guard lk(mu_);
-  if (ttl_.count() <= 0) return;
-  if (entries_.size() >= max_entries_) {
-    std::erase_if(entries_, [now](const auto& kv) { return now >= kv.second.expires; });
-    if (entries_.size() >= max_entries_) entries_.clear();  // all live: start over rather than grow
+  if (ttl_.count() <= 0 || max_entries_ == 0) return;
+  if (const auto it = entries_.find(key); it != entries_.end()) {
+    it->second->user = std::move(user);
+    it->second->expires = now + ttl_;
+    order_.splice(order_.begin(), order_, it->second);
+    return;
   }
-  entries_[key] = entry{std::move(user), now + ttl_};
+  while (entries_.size() >= max_entries_) {  // full: the least recently used goes
+    entries_.erase(order_.back().key);
+    order_.pop_back();
+  }
+  order_.push_front(entry{key, std::move(user), now + ttl_});
+  entries_.emplace(key, order_.begin());
 }
 
 void session_cache::set_ttl(std::chrono::milliseconds ttl) {
@@ -50,7 +59,10 @@ void session_cache::set_ttl(std::chrono::milliseconds ttl) {
 
 void session_cache::forget(const std::string& key) {
   std::lock_guard lk(mu_);
-  entries_.erase(key);
+  const auto it = entries_.find(key);
+  if (it == entries_.end()) return;
+  order_.erase(it->second);
+  entries_.erase(it);
 }
 
 std::size_t session_cache::size() const {

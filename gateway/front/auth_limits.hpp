@@ -1,7 +1,11 @@
 #pragma once
 // Owns: the front door's per-client bookkeeping that decides refusals, with an injected clock:
 //  - session_cache: what CouchDB's GET /_session proved for a credential (the user name), kept
-//    under a SHA-256 of the credential (never the credential) for a short time;
+//    under a SHA-256 of the credential (never the credential) for its ttl, at most max_entries
+//    of them (the least recently used goes first). The forwarder keeps two: the short-lived one
+//    every request trusts (front.session_cache_ttl), and the long-lived route memo that only a
+//    re-issued live feed trusts to find its database (front.route_cache_ttl), since each of its
+//    `_changes` reads carries the credential itself and CouchDB refuses it there;
 //  - auth_failures: failed authentications per client address in a fixed window (429 above the
 //    limit, with the seconds until the window ends);
 //  - user_slots: concurrent requests per user; beyond the cap a request waits in the user's FIFO
@@ -11,6 +15,7 @@
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -39,13 +44,16 @@ class session_cache {
 
  private:
   struct entry {
+    std::string key;
     std::string user;
     clock_type::time_point expires;
   };
+  using lru_list = std::list<entry>;  // most recently used first
   std::chrono::milliseconds ttl_;
   std::size_t max_entries_;
   mutable std::mutex mu_;
-  std::unordered_map<std::string, entry> entries_;
+  lru_list order_;
+  std::unordered_map<std::string, lru_list::iterator> entries_;
 };
 
 class auth_failures {

@@ -171,6 +171,7 @@ forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metri
       metrics_(metrics),
       now_(std::move(now)),
       sessions_(options_.session_cache_ttl, 100000),
+      routes_(options_.route_cache_ttl, 100000),
       failures_(options_.auth_failure_limit, options_.auth_failure_window),
       slots_(options_.max_requests_per_user, options_.user_queue_length),
       local_attempts_(options_.local_rate_limit, options_.local_rate_window),
@@ -181,6 +182,7 @@ forwarder::forwarder(forwarder_options options, upstream_pool& pool, front_metri
 void forwarder::apply_limits(const forwarder_options& o) {
   client_timeout_ms_.store(o.client_timeout.count(), std::memory_order_relaxed);
   sessions_.set_ttl(o.session_cache_ttl);
+  routes_.set_ttl(o.route_cache_ttl);
   slots_.set_per_user(o.max_requests_per_user);
   failures_.set_limit(o.auth_failure_limit, o.auth_failure_window);
   local_attempts_.set_limit(o.local_rate_limit, o.local_rate_window);
@@ -279,6 +281,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
 
   // 4. Who is calling? CouchDB says, for the caller's own database and own identity.
   std::string user;
+  bool verified = true;
   if (rt.kind == route_kind::user_db || (local && rt.target.starts_with("/_identity/"))) {
     if (credential.empty()) {
       co_return co_await answer(http::status::unauthorized, "unauthorized",
@@ -287,11 +290,15 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     // A live feed's first exchange queues for the pool up to the feed's own timeout: many
     // clients connecting at once wait their turn instead of getting 503.
     std::optional<std::chrono::milliseconds> pool_wait;
+    bool live_feed = false;
     if (options_.feeds && rt.rest == "/_changes" && live_feed_kind(rt.query)) {
       auto parsed = parse_feed_request(rt.query);
-      if (auto* r = std::get_if<feed_request>(&parsed)) pool_wait = feed_pool_wait(*r, pool_.wait_timeout());
+      if (auto* r = std::get_if<feed_request>(&parsed)) {
+        pool_wait = feed_pool_wait(*r, pool_.wait_timeout());
+        live_feed = rt.kind == route_kind::user_db;
+      }
     }
-    const identity who = co_await who_is(ex, credential, pool_wait);
+    const identity who = co_await who_is(ex, credential, pool_wait, live_feed);
     if (who.k == identity::kind::unavailable) {
       co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                 "CouchDB did not answer who the caller is", retry_after("1"));
@@ -303,6 +310,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     }
     user = who.name;
     out.user = who.name;
+    verified = who.verified;
     // A caller just authenticated may have no usable database yet: a `_users` document written
     // a moment ago (the provisioner has not applied it yet: no database, or CouchDB's admin-only
     // default `_security`), or a JWT caller with no `_users` document at all.
@@ -315,7 +323,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
         const bool ok = co_await net::co_spawn(
             local_pool_->get_executor(), [&fn, &s]() -> net::awaitable<bool> { co_return fn(s); }, net::use_awaitable);
         if (!ok) {
-          sessions_.forget(session_cache::key_of(credential));  // asked again (and provisioned) next time
+          forget_credential(session_cache::key_of(credential));  // asked again (and provisioned) next time
           co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                     "couchgate could not make this user's database", retry_after("1"));
         }
@@ -333,7 +341,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
                                                                 : options_.shared_db;
     if (options_.feeds && rt.rest == "/_changes" && (req.method() == http::verb::get || req.method() == http::verb::post) &&
         live_feed_kind(rt.query)) {
-      co_return co_await serve_feed(ex, rt, feed_db, user, credential, out);
+      co_return co_await serve_feed(ex, rt, feed_db, user, credential, verified, out);
     }
   }
   if (rt.kind == route_kind::user_db) {
@@ -380,12 +388,27 @@ net::awaitable<forwarder::admitted> forwarder::admit(const std::string& user) {
   co_return slots_.abandon(user, w) ? admitted::timed_out : admitted::yes;
 }
 
+void forwarder::forget_credential(const std::string& key) {
+  sessions_.forget(key);
+  routes_.forget(key);
+}
+
 net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const std::string& credential,
-                                                     std::optional<std::chrono::milliseconds> pool_wait) {
+                                                     std::optional<std::chrono::milliseconds> pool_wait,
+                                                     bool live_feed) {
   const std::string key = session_cache::key_of(credential);
   if (auto name = sessions_.lookup(key, now_())) {
     metrics_.session_cache_hits.inc();
     co_return identity{identity::kind::user, std::move(*name), std::nullopt};
+  }
+  // A live feed only routes with the name: before it parks, CouchDB accepts the credential (its
+  // first check, a `_changes` read with it; or GET /_session when that check is skipped), and a
+  // 401 there ends the feed with 401 and forgets the credential here (serve_feed's refuse).
+  if (live_feed) {
+    if (auto name = routes_.lookup(key, now_())) {
+      metrics_.route_cache_hits.inc();
+      co_return identity{identity::kind::user, std::move(*name), std::nullopt, false};
+    }
   }
   metrics_.session_cache_misses.inc();
   const auto& req = ex.parser.get();
@@ -401,6 +424,7 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
   auto who = policy::parse_session_answer(nlohmann::json::parse(res.body, nullptr, false));
   if (!who) co_return identity{identity::kind::rejected, {}};
   sessions_.store(key, who->name, now_());
+  routes_.store(key, who->name, now_());
   co_return identity{identity::kind::user, who->name, std::move(who)};
 }
 
@@ -634,7 +658,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
     out.status = status;
     if (status == 401) {
       // A cached identity CouchDB no longer accepts is asked about again on the next request.
-      if (!db.empty()) sessions_.forget(session_cache::key_of(credential_of(req)));
+      if (!db.empty()) forget_credential(session_cache::key_of(credential_of(req)));
       failures_.record_failure(ex.conn.peer, now_());
       metrics_.auth_failures.inc();
     }

@@ -42,6 +42,7 @@ struct forwarder_options {
   std::chrono::milliseconds client_timeout{60000};   // each body read/write on the client side
   std::chrono::milliseconds upstream_timeout{300000};  // each read/write on the upstream side
   std::chrono::milliseconds session_cache_ttl{10000};
+  std::chrono::milliseconds route_cache_ttl{600000};  // live feeds only: credential -> user, see who_is()
   std::size_t max_requests_per_user = 16;            // in flight per user; more wait in the user's queue
   std::size_t user_queue_length = 1024;              // waiting per user; more get 429
   std::chrono::milliseconds user_queue_timeout{60000};  // longest wait in that queue, then 503
@@ -91,6 +92,10 @@ class forwarder {
     enum class kind { user, rejected, unavailable } k = kind::unavailable;
     std::string name;
     std::optional<policy::session_user> session;  // when just asked (not from the cache)
+    // false: named by the route memo only; CouchDB has not accepted the credential within
+    // session_cache_ttl (a live feed then parks only after its first check, or after GET
+    // /_session accepted the credential when that check may be skipped).
+    bool verified = true;
   };
   struct upstream_answer {
     enum class kind { answered, busy, unreachable, too_large } k = kind::unreachable;
@@ -103,15 +108,22 @@ class forwarder {
   // A slot among the user's max_requests_per_user, waiting in the user's FIFO queue if need be.
   net::awaitable<admitted> admit(const std::string& user);
   // `pool_wait`: how long to wait for an upstream connection (default: the pool's own wait).
+  // `live_feed`: the request is a live `_changes` feed, whose every upstream read carries the
+  // credential: past the session cache, the route memo (routes_) may name the user.
   net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential,
-                                  std::optional<std::chrono::milliseconds> pool_wait = std::nullopt);
+                                  std::optional<std::chrono::milliseconds> pool_wait = std::nullopt,
+                                  bool live_feed = false);
+  // CouchDB refused the credential (`key`: its session_cache key): forgotten in both caches, so
+  // the next request asks GET /_session again.
+  void forget_credential(const std::string& key);
   // One complete request/response over a leased connection (a stale reused one retried once).
   net::awaitable<upstream_answer> exchange(std::size_t context, const http::request<http::string_body>& request,
                                            std::size_t body_limit,
                                            std::optional<std::chrono::milliseconds> pool_wait = std::nullopt);
   // A live `_changes` feed, parked between reads (live_feeds.cpp).
+  // `verified`: identity::verified (false: the first check may not be skipped).
   net::awaitable<bool> serve_feed(server_exchange& ex, const route& rt, const std::string& db, const std::string& user,
-                                  const std::string& credential, outcome& out);
+                                  const std::string& credential, bool verified, outcome& out);
   // The caller's request slot (a user's /me request holds one), given back once: by forward() as
   // soon as CouchDB's answer is all read, before its last bytes go to the client (who may send
   // the next request, on another connection, the moment they have them), or at the latest when
@@ -141,6 +153,7 @@ class forwarder {
   front_metrics& metrics_;
   clock_fn now_;
   session_cache sessions_;
+  session_cache routes_;  // credential -> user for re-issued live feeds (front.route_cache_ttl)
   auth_failures failures_;
   user_slots slots_;
   auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)

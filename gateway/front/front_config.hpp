@@ -52,6 +52,9 @@ struct front_config {
   std::chrono::milliseconds header_timeout{10000};  // a request's header must arrive within this
   std::chrono::milliseconds idle_timeout{60000};    // keep-alive idle, and each body read/write
   std::chrono::milliseconds session_cache_ttl{10000};
+  // How long a re-issued live feed finds its database from the credential's last GET /_session
+  // (each of its `_changes` reads carries the credential, so CouchDB still refuses a revoked one).
+  std::chrono::milliseconds route_cache_ttl{600000};
   // Requests of one user in flight; more wait in the user's FIFO queue (PouchDB fetches a
   // batch's attachments all at once and does not retry a 429), up to user_queue_length of them
   // for up to user_queue_timeout (then 429 / 503, with Retry-After).

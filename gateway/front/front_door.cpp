@@ -56,6 +56,7 @@ forwarder_options forwarder_options_of(const config& cfg) {
   fo.client_timeout = cfg.front.idle_timeout;
   fo.upstream_timeout = cfg.front.upstream.read_timeout;
   fo.session_cache_ttl = cfg.front.session_cache_ttl;
+  fo.route_cache_ttl = cfg.front.route_cache_ttl;
   fo.max_requests_per_user = cfg.front.max_requests_per_user;
   fo.user_queue_length = cfg.front.user_queue_length;
   fo.user_queue_timeout = cfg.front.user_queue_timeout;

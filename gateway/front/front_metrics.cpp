@@ -19,6 +19,9 @@ front_metrics::front_metrics(replicator::registry& r)
                                        "Front door requests whose user came from the _session cache")),
       session_cache_misses(r.add_counter("couchgate_front_session_cache_misses_total",
                                          "Front door requests that asked CouchDB's GET /_session who the caller is")),
+      route_cache_hits(r.add_counter("couchgate_front_route_cache_hits_total",
+                                     "Live _changes feeds whose user came from the route memo (front.route_cache_ttl) "
+                                     "after the _session cache had expired")),
       tls_refusals(r.add_counter("couchgate_front_tls_refusals_total",
                                  "Requests refused with 403 because they did not arrive over TLS")),
       rate_limited(r.add_counter("couchgate_front_rate_limited_total",

@@ -25,6 +25,7 @@ class front_metrics {
 
   replicator::counter& session_cache_hits;
   replicator::counter& session_cache_misses;
+  replicator::counter& route_cache_hits;    // live feeds routed by the route memo, no GET /_session
   replicator::counter& tls_refusals;        // 403: not over TLS and not allowed
   replicator::counter& rate_limited;        // 429: too many failed authentications from an address
   replicator::counter& user_limited;        // 429/503: the user's queue full, or its wait deadline passed

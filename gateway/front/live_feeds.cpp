@@ -79,7 +79,8 @@ header_list one_header(const char* name, std::string value) {
 }  // namespace
 
 net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt, const std::string& db,
-                                           const std::string& user, const std::string& credential, outcome& out) {
+                                           const std::string& user, const std::string& credential, bool verified,
+                                           outcome& out) {
   auto& req = ex.parser.get();
   feed_registry& feeds = *options_.feeds;
   bool keep = req.keep_alive() && ex.parser.is_done();
@@ -118,6 +119,11 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     }
     keep = req.keep_alive();
   }
+
+  // The connection's read buffer (4 KB or more, grown for the header) is not needed while the
+  // feed waits: given back unless it holds the client's next pipelined request. The session
+  // allocates a fresh one for the next request. With 10 000 parked clients this is ~40 MB.
+  if (ex.buffer.size() == 0) ex.buffer.shrink_to_fit();
 
   // Subscribed before the first read.
   const std::string credential_key = session_cache::key_of(credential);
@@ -202,10 +208,13 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     if (!co_await send_chunk(std::move(text))) co_return false;
     co_return co_await end_body();
   };
-  // CouchDB refused the credential (or another error): passed on while it still can be.
+  // CouchDB refused the credential (or another error): passed on while it still can be. A 401
+  // (credential no longer valid) or 403 (no longer a member of the database) to a read made
+  // with the client's own credential forgets it in both caches (the route memo too): the next
+  // request asks GET /_session again. A 403 stays a 403: the credential itself may be fine.
   const auto refuse = [&](unsigned status, std::string text) -> net::awaitable<bool> {
+    if (status == 401 || status == 403) forget_credential(credential_key);
     if (status == 401) {
-      sessions_.forget(credential_key);
       failures_.record_failure(ex.conn.peer, now_());
       metrics_.auth_failures.inc();
     }
@@ -256,10 +265,26 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   // The client re-issues a longpoll couchgate answered from this `since`, and nothing of the
   // database was announced since that answer's read: parked at once, no first check. The mark
   // is taken before the look (a change announced after it forgets the record or wakes us).
+  // Only for a credential CouchDB accepted within session_cache_ttl (cached, or read with): one
+  // routed by the route memo alone is asked about first (GET /_session, lighter for CouchDB than
+  // a `_changes` read, which opens the database), or else checked by the first read.
+  const auto still_accepted = [&](const identity& who) {
+    return !(who.k == identity::kind::rejected || (who.k == identity::kind::user && !user.empty() && who.name != user));
+  };
   bool skip_read = false;
   if (!memo_key.empty()) {
     const feed_read_mark mark = feeds.mark_read(db, false);
-    if (feeds.skip_first_check(db, memo_key, request, now_())) {
+    bool may_skip = feeds.skip_first_check(db, memo_key, request, now_());
+    if (may_skip && !verified) {
+      const identity who = co_await who_is(ex, credential);
+      if (!still_accepted(who)) {
+        feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
+                         user.empty() ? "-" : user);
+        co_return co_await refuse(401, json_error("unauthorized", "Name or password is incorrect."));
+      }
+      may_skip = who.k == identity::kind::user;  // CouchDB unavailable: the first read decides
+    }
+    if (may_skip) {
       skip_read = true;
       since_mark = mark;
       first_read = false;
@@ -315,7 +340,18 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
         co_return co_await refuse(502, json_error("bad_gateway", "CouchDB is not reachable"));
       }
       if (!got.set_cookie.empty()) fresh_cookie = std::move(got.set_cookie);
+      if (got.status == 401) {
+        feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401 (CouchDB refused a "
+                         "_changes read)", db, user.empty() ? "-" : user);
+      }
       if (got.status != 200) co_return co_await refuse(got.status, std::move(got.body));
+      // CouchDB accepted the credential just now (the read carried it): what it names is known
+      // to be valid for session_cache_ttl more, and the parked feed re-validates from now.
+      if (!user.empty() && !credential.empty()) {
+        sessions_.store(credential_key, user, now_());
+        routes_.store(credential_key, user, now_());
+        state.revalidated(next_validation(sessions_, credential_key, now_()));
+      }
       if (first_read && options_.test_check_delay.count() > 0) {
         feed_log()->warn("db={}: test fail point: first check answered, held {} ms before it is looked at", db,
                          options_.test_check_delay.count());
@@ -392,7 +428,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
             break;
           }
           const identity who = co_await who_is(ex, credential);
-          if (who.k == identity::kind::rejected || (who.k == identity::kind::user && !user.empty() && who.name != user)) {
+          if (!still_accepted(who)) {
             feeds.unpark(*id);
             feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
                              user.empty() ? "-" : user);

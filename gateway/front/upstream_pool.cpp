@@ -69,6 +69,7 @@ struct upstream_pool::waiter {
   std::size_t context;
   net::steady_timer timer;
   std::chrono::steady_clock::time_point deadline;  // when it gives up (503 for a plain request)
+  deadline_queue<std::shared_ptr<waiter>>::handle place{};  // in waiters_
   state st = state::waiting;
   std::unique_ptr<upstream_connection> conn;
 };
@@ -97,7 +98,7 @@ upstream_stats upstream_pool::stats() const {
 
 void upstream_pool::close() {
   std::vector<std::unique_ptr<upstream_connection>> idle;
-  std::deque<std::shared_ptr<waiter>> waiters;
+  std::vector<std::shared_ptr<waiter>> waiters;
   {
     std::lock_guard lk(mu_);
     closed_ = true;
@@ -106,7 +107,7 @@ void upstream_pool::close() {
       list.clear();
     }
     stats_.open -= idle.size();
-    waiters.swap(waiters_);
+    waiters = waiters_.take_all();
     stats_.waiting = 0;
     for (auto& w : waiters) w->st = waiter::state::closed;
   }
@@ -114,24 +115,6 @@ void upstream_pool::close() {
   // Called with the I/O threads stopped (or from the connection's own thread): no operation is
   // pending on an idle connection, so it may be destroyed here.
   idle.clear();
-}
-
-std::size_t earliest_deadline(std::span<const std::chrono::steady_clock::time_point> deadlines) {
-  std::size_t best = 0;
-  for (std::size_t i = 1; i < deadlines.size(); ++i) {
-    if (deadlines[i] < deadlines[best]) best = i;  // strictly earlier: ties stay FIFO
-  }
-  return best;
-}
-
-std::shared_ptr<upstream_pool::waiter> upstream_pool::take_next_waiter() {
-  std::vector<std::chrono::steady_clock::time_point> deadlines;
-  deadlines.reserve(waiters_.size());
-  for (const auto& w : waiters_) deadlines.push_back(w->deadline);
-  const auto it = waiters_.begin() + static_cast<std::ptrdiff_t>(earliest_deadline(deadlines));
-  auto w = *it;
-  waiters_.erase(it);
-  return w;
 }
 
 void upstream_pool::wake(const std::shared_ptr<waiter>& w) {
@@ -181,7 +164,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
   auto w = std::make_shared<waiter>(context, io_.context(context));
   w->deadline = now + wait.value_or(wait_timeout_);
   w->timer.expires_at(w->deadline);
-  waiters_.push_back(w);
+  w->place = waiters_.push(w->deadline, w);
   ++stats_.waiting;
   lk.unlock();
   error_code ec;
@@ -189,7 +172,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
   lk.lock();
   switch (w->st) {
     case waiter::state::waiting:
-      waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), w), waiters_.end());
+      waiters_.erase(w->place);
       --stats_.waiting;
       ++stats_.wait_timeouts;
       co_return result{std::nullopt, acquire_error::timeout};
@@ -243,7 +226,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
       --stats_.in_use;
       ++stats_.connect_failures;
       if (!waiters_.empty() && !closed_) {  // the slot goes on to the next waiter
-        next = take_next_waiter();
+        next = waiters_.pop();
         --stats_.waiting;
         ++stats_.in_use;
         next->st = waiter::state::got_slot;
@@ -268,7 +251,7 @@ void upstream_pool::release(std::unique_ptr<upstream_connection> conn, bool reus
       --stats_.open;
       drop = std::move(conn);
     } else if (!waiters_.empty()) {
-      next = take_next_waiter();
+      next = waiters_.pop();
       --stats_.waiting;
       ++stats_.in_use;
       if (reusable && next->context == conn->context) {

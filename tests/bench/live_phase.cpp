@@ -265,9 +265,11 @@ json run_live(context& ctx) {
       out["couchgate_front_upstream_peak"] = m.count("couchgate_front_upstream_peak") ? json(m["couchgate_front_upstream_peak"]) : json(nullptr);
       out["couchgate_front_upstream_busy"] = m.count("couchgate_front_upstream_busy_total") ? json(m["couchgate_front_upstream_busy_total"]) : json(nullptr);
       // What each delivery cost CouchDB: live feeds' upstream `_changes` reads (first checks and
-      // wake fetches) and the first checks of re-issued longpolls skipped (issue 14).
+      // wake fetches), the first checks of re-issued longpolls skipped (issue 14), the GET
+      // /_session checks and the live feeds routed by the route memo instead.
       for (const char* name : {"couchgate_front_feed_reads_total", "couchgate_front_feed_checks_skipped_total",
-                               "couchgate_front_feed_wake_fetches_total"}) {
+                               "couchgate_front_feed_wake_fetches_total", "couchgate_front_session_cache_misses_total",
+                               "couchgate_front_route_cache_hits_total"}) {
         out[name] = m.count(name) ? json(m[name]) : json(nullptr);
       }
     }

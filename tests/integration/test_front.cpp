@@ -1115,6 +1115,117 @@ TEST_CASE("live feeds: a re-issued longpoll couchgate answered itself parks with
   CHECK(run.process->terminate() == 0);
 }
 
+namespace {
+// GET /_session requests that reached the server through `proxy`.
+int session_checks(const fault_proxy& proxy) {
+  int count = 0;
+  for (const auto& r : proxy.requests()) count += r.target.find("/_session") != std::string::npos ? 1 : 0;
+  return count;
+}
+}  // namespace
+
+TEST_CASE("live feeds: a re-issued live feed finds its database from the route memo past the session cache; plain requests ask _session") {
+  auto n = fresh_names("frontroute");
+  const std::string dir = temp_dir();
+  fault_proxy proxy;  // counts the GET /_session requests that reach the server
+  // No session cache at all: every plain request asks CouchDB who the caller is.
+  auto run = start_front(n, json{{"allow_insecure", true}, {"session_cache_ttl", "0ms"}, {"route_cache_ttl", "10m"}},
+                         dir, json{{"couchdb", {{"url", proxy.url()}}}}, proxy_env(proxy));
+  auto& cg = *run.process;
+  const auto users = provisioned_users(n, 1);
+  const header_list alice{{"Authorization", basic(users[0].name, users[0].password)}};
+  const auto longpoll = [&](const std::string& since) {
+    return front_call(run.port, false, "GET", "/me/_changes?feed=longpoll&timeout=200&since=" + enc(since), alice);
+  };
+  const auto first = longpoll("now");
+  REQUIRE_MESSAGE(first.status == 200, first.raw);
+  const int asked = session_checks(proxy);
+  CHECK(asked >= 1);
+  const std::string since =
+      first.body["last_seq"].is_string() ? first.body["last_seq"].get<std::string>() : first.body["last_seq"].dump();
+  const std::string changes_of_db = "/" + enc(users[0].db) + "/_changes";
+  const auto reads = [&] {
+    int count = 0;
+    for (const auto& r : proxy.requests()) count += r.target.find(changes_of_db) != std::string::npos ? 1 : 0;
+    return count;
+  };
+  for (int i = 0; i < 3; ++i) {
+    const int before = reads();
+    const auto again = longpoll(since);
+    REQUIRE_MESSAGE(again.status == 200, again.raw);
+    // Routed by the memo alone, the feed is not parked without a first check: that read, made
+    // with the credential, is what CouchDB refuses once the credential is revoked.
+    CHECK(reads() > before);
+  }
+  CHECK(session_checks(proxy) == asked);  // the re-issued feeds did not ask
+  CHECK(cg.metric("couchgate_front_route_cache_hits_total").value_or(0) >= 3);
+  // A plain request keeps session_cache_ttl's meaning (here: ask every time).
+  REQUIRE(front_call(run.port, false, "GET", "/me", alice).status == 200);
+  CHECK(session_checks(proxy) == asked + 1);
+  // A wrong password is never routed by the memo: CouchDB is asked, and says 401.
+  const auto wrong = front_call(run.port, false, "GET", "/me/_changes?feed=longpoll&timeout=200&since=now",
+                                {{"Authorization", basic(users[0].name, "not-the-password")}});
+  CHECK(wrong.status == 401);
+  CHECK(session_checks(proxy) == asked + 2);
+  CHECK(run.process->terminate() == 0);
+}
+
+TEST_CASE("live feeds: a parked client whose password changed gets 401 from its wake's _changes read; the next request asks _session") {
+  auto n = fresh_names("frontwake401");
+  const std::string dir = temp_dir();
+  fault_proxy proxy;
+  // Session cache and route memo both outlive the test: the only thing that can end the feed
+  // with 401 is the wake's own `_changes` read, made with the client's credential.
+  auto run = start_front(n,
+                         json{{"allow_insecure", true}, {"session_cache_ttl", "10m"}, {"route_cache_ttl", "10m"},
+                              {"feed_sweep_interval", "200ms"}},
+                         dir, json{{"couchdb", {{"url", proxy.url()}}}}, proxy_env(proxy));
+  auto& cg = *run.process;
+  const auto users = provisioned_users(n, 1);
+  const header_list old_credential{{"Authorization", basic(users[0].name, users[0].password)}};
+  const auto longpoll = [&](const header_list& who, const std::string& since, int timeout_ms) {
+    return front_call(run.port, false, "GET",
+                      "/me/_changes?feed=longpoll&timeout=" + std::to_string(timeout_ms) + "&since=" + enc(since), who);
+  };
+  const auto first = longpoll(old_credential, "now", 200);
+  REQUIRE_MESSAGE(first.status == 200, first.raw);
+  const std::string since =
+      first.body["last_seq"].is_string() ? first.body["last_seq"].get<std::string>() : first.body["last_seq"].dump();
+  const int asked = session_checks(proxy);
+
+  front_reply woken;
+  std::thread client([&] { woken = longpoll(old_credential, since, 60000); });
+  const bool parked =
+      eventually([&] { return cg.metric("couchgate_front_feeds_parked").value_or(0) >= 1; }, std::chrono::seconds(20));
+  // The password changes on the server; once the server takes the new one, it refuses the old.
+  const std::string new_password = "pw-" + unique("changed");
+  register_basic_secret(users[0].name, new_password);
+  const std::string user_doc = "/_users/" + enc("org.couchdb.user:" + users[0].name);
+  auto doc = couch().get(user_doc);
+  REQUIRE(doc.status == 200);
+  doc.body["password"] = new_password;
+  REQUIRE(couch().put(user_doc, doc.body).status == 201);
+  const bool taken = eventually([&] { return couch(users[0].name, new_password).get("/_session").status == 200; },
+                                std::chrono::seconds(20));
+  // A write to the client's database wakes it.
+  REQUIRE(couch().put("/" + enc(users[0].db) + "/wakes-the-client", json{{"n", 1}}).status == 201);
+  client.join();
+  CHECK(parked);
+  CHECK(taken);
+  CHECK_MESSAGE(woken.status == 401, woken.raw);
+  CHECK(session_checks(proxy) == asked);  // the 401 came from the wake's read, not from a _session check
+  CHECK(cg.log().find("credential no longer accepted; live feed ended with 401 (CouchDB refused a _changes read)") !=
+        std::string::npos);
+  // Forgotten in both caches: the next request, a live feed too, asks GET /_session again.
+  const auto again = longpoll(old_credential, since, 200);
+  CHECK_MESSAGE(again.status == 401, again.raw);
+  CHECK(session_checks(proxy) == asked + 1);
+  // The new password is served.
+  const auto renewed = longpoll({{"Authorization", basic(users[0].name, new_password)}}, since, 200);
+  CHECK_MESSAGE(renewed.status == 200, renewed.raw);
+  CHECK(run.process->terminate() == 0);
+}
+
 TEST_CASE("live feeds: CouchDB's refreshed session cookie reaches a cookie client that only syncs live") {
   if (env().pouchdb) {
     MESSAGE("skipped: pouchdb-server has no [chttpd_auth] timeout whose 10% mark refreshes a cookie session");

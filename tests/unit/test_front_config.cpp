@@ -64,7 +64,7 @@ TEST_CASE("front config: every key is read") {
                       "  allow_insecure: false\n  require_secure: false\n"
                       "  trusted_proxies: [10.0.0.0/8, '::1', 192.168.1.7]\n  scheme_header: $WSIS\n"
                       "  threads: 2\n  max_connections: 500\n  max_body_bytes: 64MiB\n  max_header_bytes: 16KiB\n"
-                      "  header_timeout: 5s\n  idle_timeout: 2m\n  session_cache_ttl: 1500ms\n"
+                      "  header_timeout: 5s\n  idle_timeout: 2m\n  session_cache_ttl: 1500ms\n  route_cache_ttl: 15m\n"
                       "  max_requests_per_user: 8\n  user_queue_length: 100\n  user_queue_timeout: 20s\n"
                       "  auth_failure_limit: 5\n  auth_failure_window: 30s\n"
                       "  cors:\n    enable: true\n    origins: ['https://a.example', '*']\n    credentials: true\n"
@@ -88,6 +88,8 @@ TEST_CASE("front config: every key is read") {
   CHECK(f.header_timeout == seconds{5});
   CHECK(f.idle_timeout == seconds{120});
   CHECK(f.session_cache_ttl == milliseconds{1500});
+  CHECK(f.route_cache_ttl == std::chrono::minutes{15});
+  CHECK(cg::config{}.front.route_cache_ttl == std::chrono::minutes{10});  // the default
   CHECK(f.max_requests_per_user == 8);
   CHECK(f.user_queue_length == 100);
   CHECK(f.user_queue_timeout == seconds{20});
@@ -177,6 +179,7 @@ TEST_CASE("front config: certificate paths, client limits and rate limits are ap
       {"front.header_timeout", [](cg::config& c) { c.front.header_timeout = milliseconds{500}; }},
       {"front.idle_timeout", [](cg::config& c) { c.front.idle_timeout = milliseconds{500}; }},
       {"front.session_cache_ttl", [](cg::config& c) { c.front.session_cache_ttl = milliseconds{0}; }},
+      {"front.route_cache_ttl", [](cg::config& c) { c.front.route_cache_ttl = milliseconds{0}; }},
       {"front.max_requests_per_user", [](cg::config& c) { c.front.max_requests_per_user = 2; }},
       {"front.auth_failure_limit", [](cg::config& c) { c.front.auth_failure_limit = 2; }},
       {"front.auth_failure_window", [](cg::config& c) { c.front.auth_failure_window = milliseconds{2000}; }},

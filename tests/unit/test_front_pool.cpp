@@ -49,13 +49,31 @@ TEST_CASE("front upstream: a freed connection goes to the waiter whose wait ends
   const tp t0{};
   // A thousand live feeds' first checks (waiting up to their 30 s timeout) came first; a plain
   // request (the pool's 5 s wait) arrived after them: it is served next, not after them all.
-  std::vector<tp> waiting(1000, t0 + std::chrono::seconds(30));
-  waiting.push_back(t0 + std::chrono::seconds(6));
-  CHECK(f::earliest_deadline(waiting) == 1000);
-  // Equal deadlines: the first to arrive.
-  CHECK(f::earliest_deadline(std::vector<tp>{t0 + std::chrono::seconds(5), t0 + std::chrono::seconds(5)}) == 0);
+  f::deadline_queue<int> waiting;
+  for (int i = 0; i < 1000; ++i) waiting.push(t0 + std::chrono::seconds(30), i);
+  waiting.push(t0 + std::chrono::seconds(6), 1000);
+  CHECK(waiting.size() == 1001);
+  CHECK(waiting.pop() == 1000);
+  // Equal deadlines: the first to arrive, in arrival order.
+  for (int i = 0; i < 1000; ++i) CHECK(waiting.pop() == i);
+  CHECK(waiting.empty());
   // A feed close to its end moves ahead of a plain request that arrived later.
-  CHECK(f::earliest_deadline(std::vector<tp>{t0 + std::chrono::seconds(7), t0 + std::chrono::seconds(2),
-                                                 t0 + std::chrono::seconds(4)}) == 1);
-  CHECK(f::earliest_deadline(std::vector<tp>{t0}) == 0);
+  f::deadline_queue<int> mixed;
+  mixed.push(t0 + std::chrono::seconds(7), 0);
+  const auto gives_up = mixed.push(t0 + std::chrono::seconds(2), 1);
+  mixed.push(t0 + std::chrono::seconds(4), 2);
+  mixed.push(t0 + std::chrono::seconds(4), 3);
+  // A waiter whose deadline passed leaves the queue; removing it twice (or after it was served) is a no-op.
+  CHECK(mixed.erase(gives_up));
+  CHECK_FALSE(mixed.erase(gives_up));
+  CHECK(mixed.pop() == 2);
+  CHECK(mixed.pop() == 3);
+  const auto served = std::pair{t0 + std::chrono::seconds(7), std::uint64_t{0}};
+  CHECK(mixed.pop() == 0);
+  CHECK_FALSE(mixed.erase(served));
+  // close(): every waiter, the queue empty after.
+  mixed.push(t0, 5);
+  mixed.push(t0, 6);
+  CHECK(mixed.take_all().size() == 2);
+  CHECK(mixed.empty());
 }

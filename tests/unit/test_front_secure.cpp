@@ -94,6 +94,52 @@ TEST_CASE("front session cache: keyed by a hash, expires after its ttl, 0 = no c
   CHECK(small.lookup("c", t0) == "3");
 }
 
+TEST_CASE("front session cache: bounded by its least recently used entry; a stored key is refreshed in place") {
+  const auto t0 = f::clock_type::time_point{} + 1h;
+  f::session_cache lru(10min, 3);
+  lru.store("a", "alice", t0);
+  lru.store("b", "bob", t0 + 1s);
+  lru.store("c", "carol", t0 + 2s);
+  CHECK(lru.lookup("a", t0 + 3s) == "alice");  // "a" used: "b" is now the least recently used
+  lru.store("d", "dave", t0 + 4s);
+  CHECK(lru.size() == 3);
+  CHECK_FALSE(lru.lookup("b", t0 + 5s));
+  CHECK(lru.lookup("a", t0 + 5s) == "alice");
+  CHECK(lru.lookup("c", t0 + 5s) == "carol");
+  CHECK(lru.lookup("d", t0 + 5s) == "dave");
+  // Stored again: a new lifetime from then, still one entry.
+  lru.store("a", "alice", t0 + 9min);
+  CHECK(lru.size() == 3);
+  CHECK(lru.expires("a") == t0 + 19min);
+  CHECK(lru.lookup("a", t0 + 18min) == "alice");
+  CHECK_FALSE(lru.lookup("c", t0 + 10min + 2s));  // its own lifetime ended
+  CHECK(lru.size() == 2);
+  lru.forget("a");
+  lru.forget("a");
+  CHECK_FALSE(lru.lookup("a", t0 + 9min));
+  CHECK(lru.size() == 1);
+  // A lowered ttl (SIGHUP) applies to what is stored from then on.
+  lru.set_ttl(1s);
+  lru.store("e", "eve", t0 + 20min);
+  CHECK(lru.lookup("e", t0 + 20min + 999ms) == "eve");
+  CHECK_FALSE(lru.lookup("e", t0 + 20min + 1s));
+}
+
+TEST_CASE("front route memo: outlives the session cache for the same credential, forgotten with it") {
+  // The forwarder's two caches over one key: every request trusts the short one; a re-issued
+  // live feed may fall back on the long one (its reads carry the credential to CouchDB).
+  const auto t0 = f::clock_type::time_point{} + 1h;
+  f::session_cache sessions(60s, 100);
+  f::session_cache routes(10min, 100);
+  const std::string key = f::session_cache::key_of("Basic YWxpY2U6cHc=");
+  sessions.store(key, "alice", t0);
+  routes.store(key, "alice", t0);
+  CHECK_FALSE(sessions.lookup(key, t0 + 61s));
+  CHECK(routes.lookup(key, t0 + 61s) == "alice");
+  CHECK(routes.lookup(key, t0 + 9min) == "alice");
+  CHECK_FALSE(routes.lookup(key, t0 + 10min));
+}
+
 TEST_CASE("front auth failures: the limit per address within the window, then the window ends") {
   f::auth_failures limiter(3, 60s);
   const auto t0 = f::clock_type::time_point{} + 1h;
