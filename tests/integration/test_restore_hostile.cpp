@@ -240,6 +240,9 @@ void stemmed_history_case(bool attachment) {
     CHECK(entry.value("reason", "").find(old_leaf) != std::string::npos);
     CHECK(cg.metric("couchgate_stemmed_histories_total") == 1.0);
     CHECK(cg.terminate() == 0);
+    // Said once in the log, a single line (it names the leaf central keeps beside the new one).
+    CHECK_MESSAGE(count_lines(cg.log(), "stemmed history") == 1, tail(cg.log()));
+    CHECK(count_lines(cg.log(), "doc=d rev=" + new_leaf + ": stemmed history: ") == 1);
   }
   // The user's database is lost; restore brings back the one leaf the user had.
   REQUIRE(couch().del(base).status == 200);

@@ -1,9 +1,12 @@
 #include "tests/unit/scripted_transport.hpp"
 
+#include <doctest/doctest.h>
+
 #include <nlohmann/json.hpp>
 #include <algorithm>
 #include <utility>
 
+#include "replicator/answers.hpp"
 #include "replicator/logger.hpp"
 
 namespace couchgate::test {
@@ -34,6 +37,30 @@ r::http_response all_missing(const r::http_request& q) {
   auto a = nlohmann::json::object();
   for (const auto& [id, revs] : asked.items()) a[id] = {{"missing", revs}};
   return answer(200, a.dump());
+}
+
+std::vector<r::change_row> feed_rows(const row_route& route, const std::vector<std::string>& ids) {
+  auto rows = nlohmann::json::array();
+  int i = 0;
+  for (const auto& id : ids) {
+    const std::string rev = "1-" + std::string(31, 'a') + std::to_string(++i % 10);
+    const std::string source_id = route.source_prefix + id;
+    rows.push_back({{"seq", std::to_string(i) + "-s"},
+                    {"id", source_id},
+                    {"changes", {{{"rev", rev}}}},
+                    {"doc", {{"_id", source_id}, {"_rev", rev}, {"n", i}}}});
+  }
+  auto page = r::parse_changes(nlohmann::json{{"results", rows}, {"last_seq", std::to_string(i) + "-s"}}.dump());
+  REQUIRE(page.ok());
+  std::vector<r::change_row> out;
+  for (std::size_t k = 0; k < page.value().changes.size(); ++k) {
+    auto& c = page.value().changes[k];
+    auto body = r::inline_revision(c);
+    REQUIRE(body);
+    out.push_back(r::change_row{route.unit, route.source_db, c.id, route.target_db, route.target_prefix + ids[k], c.revs,
+                                std::move(body)});
+  }
+  return out;
 }
 
 captured_log::captured_log(const std::string& logger)

@@ -25,6 +25,7 @@
 #include "replicator/fanin.hpp"
 #include "replicator/metrics.hpp"
 #include "replicator/state_store.hpp"
+#include "replicator/transfer.hpp"
 #include "replicator/transport/couch_client.hpp"
 #include "replicator/transport/transport.hpp"
 
@@ -43,6 +44,17 @@ inline const r::timeouts quick_timeouts{std::chrono::milliseconds(5000), std::ch
 r::http_response all_missing(const r::http_request& q);
 // A transport failure (error_kind::network unless told).
 r::http_response failure(r::error_kind kind = r::error_kind::network, std::string error = "connection reset by peer");
+
+// Where feed_rows' documents come from and go to: read from `source_db` as source_prefix + id,
+// written to `target_db` as target_prefix + id, in the unit `unit` (fan-in: the source database;
+// restore: the target).
+struct row_route {
+  std::string unit, source_db, target_db;
+  std::string source_prefix, target_prefix;
+};
+// Rows for transfer(), one per id: a first-generation document ({"n": its position, from 1})
+// whose body came with the feed (parsed by parse_changes, so no _bulk_get is needed).
+std::vector<r::change_row> feed_rows(const row_route& route, const std::vector<std::string>& ids);
 
 class scripted_transport final : public r::transport {
  public:

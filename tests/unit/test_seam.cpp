@@ -17,7 +17,6 @@
 
 #include "gateway/provisioner.hpp"
 #include "policy/security.hpp"
-#include "replicator/answers.hpp"
 #include "replicator/change_detector.hpp"
 #include "replicator/fanin.hpp"
 #include "replicator/state_store.hpp"
@@ -177,31 +176,14 @@ TEST_CASE("_db_updates answering 404 mid-way: the mode is decided again (here: s
 }
 
 namespace {
-// Rows for transfer(): first-generation documents whose bodies came with the feed.
-std::vector<r::change_row> feed_rows(const std::vector<std::string>& ids) {
-  json rows = json::array();
-  int i = 0;
-  for (const auto& id : ids) {
-    const std::string rev = "1-" + std::string(31, 'a') + std::to_string(++i % 10);
-    rows.push_back({{"seq", std::to_string(i) + "-s"}, {"id", id}, {"changes", {{{"rev", rev}}}},
-                    {"doc", {{"_id", id}, {"_rev", rev}, {"n", i}}}});
-  }
-  auto page = r::parse_changes(json{{"results", rows}, {"last_seq", "9-s"}}.dump());
-  REQUIRE(page.ok());
-  std::vector<r::change_row> out;
-  for (auto& c : page.value().changes) {
-    auto body = r::inline_revision(c);
-    REQUIRE(body);
-    out.push_back(r::change_row{"userdb-a", "userdb-a", c.id, "central", "a:" + c.id, c.revs, std::move(body)});
-  }
-  return out;
-}
+// fan-in's rows: userdb-a's documents into central as "a:<id>".
+const row_route user_a{"userdb-a", "userdb-a", "central", "", "a:"};
 }  // namespace
 
 TEST_CASE("transfer: a batch refused with 413 is split in halves until the one document too large is alone and refused") {
   scripted_couch c;
   auto& s = c.server;
-  auto rows = feed_rows({"d1", "d2", "d3", "d4"});
+  auto rows = feed_rows(user_a, {"d1", "d2", "d3", "d4"});
   s.on("POST", "/central/_revs_diff", all_missing);
   std::vector<std::size_t> batch_sizes;
   s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
@@ -229,7 +211,7 @@ TEST_CASE("transfer: a batch refused with 413 is split in halves until the one d
 TEST_CASE("transfer: a 503 for the batch fails the unit (retried later), nothing is refused") {
   scripted_couch c;
   auto& s = c.server;
-  auto rows = feed_rows({"d1", "d2"});
+  auto rows = feed_rows(user_a, {"d1", "d2"});
   s.on("POST", "/central/_revs_diff", answer(200, json{{"a:d1", {{"missing", rows[0].revs}}}, {"a:d2", {{"missing", rows[1].revs}}}}.dump()));
   s.on("POST", "/central/_bulk_docs", answer(503, R"({"error":"service_unavailable","reason":"busy"})"));
   r::protocol_caps caps;

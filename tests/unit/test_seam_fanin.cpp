@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -27,15 +28,16 @@ const std::string rev1 = "1-" + std::string(32, 'a');
 const std::string rev2 = "2-" + std::string(32, 'b');
 
 // The fan-in pieces over a scripted server: one worker, checkpoints written inside the round,
-// no periodic look at the central database.
+// no periodic look at the central database (`tweak` may change these options).
 struct fan_engine : scripted_fanin {
-  fan_engine()
-      : scripted_fanin([] {
+  explicit fan_engine(const std::function<void(r::fanin_options&)>& tweak = {})
+      : scripted_fanin([&] {
           auto o = central_options();
           o.workers = 1;
           o.checkpoint_interval = 0ms;
           o.target_check_interval = 0ms;
           o.backoff = r::backoff_policy{60s, 120s};  // a failed source stays backing off during the test
+          if (tweak) tweak(o);
           return o;
         }()) {}
 
@@ -68,6 +70,16 @@ struct fan_engine : scripted_fanin {
                   {"_revisions", {{"start", 2}, {"ids", {std::string(32, 'b'), std::string(32, 'a')}}}}};
       return answer(200, json{{"results", {{{"id", "d2"}, {"docs", {{{"ok", doc}}}}}}}}.dump());
     });
+  }
+  // The marker moved and the checkpoint written, every time asked.
+  void script_checkpoints() {
+    server.on("PUT", "/central/_local/couchgate-epoch", answer(201, R"({"ok":true,"id":"_local/couchgate-epoch","rev":"0-4"})"), -1);
+    server.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"checkpoint:userdb-a","rev":"2-c"}])"), -1);
+  }
+  void start_user_a() {
+    REQUIRE(fan.load().ok());
+    fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+    fan.start();  // a new source is dirty: one turn
   }
 };
 
@@ -240,5 +252,95 @@ TEST_CASE("fanin: a database couchgate created empty is not read at its creation
   e.fan.add_source("userdb-x", o);
   CHECK(s.wait_for([&] { return s.count("GET", "/userdb-x/_changes?since=0") == 1 && e.fan.idle(); }));
   e.fan.stop();
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("fanin: design documents in unchanged-id mode never reach central; couchgate_replication_skipped_docs_total counts them; the checkpoint passes them") {
+  fan_engine e([](r::fanin_options& o) { o.ids = couchgate::policy::id_mode::unchanged; });
+  auto& s = e.server;
+  e.script_load();
+  e.script_checkpoints();
+  // Two design documents (one with its body in the feed, one without) around an ordinary one.
+  s.on("GET", "/userdb-a/_changes?since=2-x",
+       answer(200, json{{"results",
+                         {{{"seq", "3-x"}, {"id", "_design/v"}, {"changes", {{{"rev", rev1}}}},
+                           {"doc", {{"_id", "_design/v"}, {"_rev", rev1}, {"views", json::object()}}}},
+                          {{"seq", "4-x"}, {"id", "d1"}, {"changes", {{{"rev", rev1}}}}, {"doc", {{"_id", "d1"}, {"_rev", rev1}, {"n", 1}}}},
+                          {{"seq", "5-x"}, {"id", "_design/w"}, {"changes", {{{"rev", rev2}}}}}}},
+                        {"last_seq", "5-x"},
+                        {"pending", 0}}
+                           .dump()));
+  json asked;
+  s.on("POST", "/central/_revs_diff", [&](const r::http_request& q) {
+    asked = json::parse(q.body_text());
+    return all_missing(q);
+  });
+  std::vector<std::string> written;
+  s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
+    const json body = json::parse(q.body_text());
+    for (const auto& d : body["docs"]) written.push_back(d["_id"].get<std::string>());
+    return answer(201, "[]");
+  });
+  CHECK(metric_value(e.metrics, "couchgate_replication_skipped_docs_total") == 0);
+
+  e.start_user_a();
+  REQUIRE(s.wait_for([&] { return e.fan.idle() && s.count("POST", "/cg_state/_bulk_docs") == 1; }));
+  e.fan.stop();
+  CHECK(metric_value(e.metrics, "couchgate_replication_skipped_docs_total") == 2);
+  CHECK(written == std::vector<std::string>{"d1"});
+  CHECK(asked.size() == 1);
+  CHECK(asked.contains("d1"));
+  CHECK(s.count("POST", "_bulk_get") == 0);  // the design document without a body is not fetched either
+  CHECK(e.state.checkpoint("userdb-a") == json("5-x"));  // not read again
+  CHECK(e.fan.refused("userdb-a").empty());  // skipped by rule, not a failure
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("fanin: a stemmed history found in two rounds is logged once, listed once in the failures, counted once") {
+  // userdb-a's d2 at generation 9, its history stemmed to generations 5..9 (revs_limit 5);
+  // central's leaf of it is rev1 (generation 1), which that history no longer reaches.
+  const std::string rev9 = "9-" + std::string(32, '9');
+  json revisions = {{"start", 9}, {"ids", json::array()}};
+  for (char c : std::string("98765")) revisions["ids"].push_back(std::string(32, c));
+  fan_engine e([](r::fanin_options& o) { o.backoff = r::backoff_policy{10ms, 20ms}; });  // the failed round is retried soon
+  auto& s = e.server;
+  captured_log log("fanin");
+  e.script_load();
+  s.on("GET", "/userdb-a/_changes?since=2-x",
+       answer(200, json{{"results", {{{"seq", "3-x"}, {"id", "d2"}, {"changes", {{{"rev", rev9}}}}}}}, {"last_seq", "3-x"}, {"pending", 0}}
+                       .dump()),
+       -1);
+  s.on("POST", "/central/_revs_diff", answer(200, json{{"a:d2", {{"missing", {rev9}}, {"possible_ancestors", {rev1}}}}}.dump()), -1);
+  s.on("POST", "/userdb-a/_bulk_get",
+       answer(200, json{{"results",
+                         {{{"id", "d2"}, {"docs", {{{"ok", {{"_id", "d2"}, {"_rev", rev9}, {"n", 9}, {"_revisions", revisions}}}}}}}}}}
+                       .dump()),
+       -1);
+  // The first round's write fails (the turn is retried and meets the same history again).
+  s.on("POST", "/central/_bulk_docs", answer(500, R"({"error":"internal_server_error","reason":"boom"})"));
+  std::vector<std::string> written;
+  s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
+    const json body = json::parse(q.body_text());
+    for (const auto& d : body["docs"]) written.push_back(d["_rev"].get<std::string>());
+    return answer(201, "[]");
+  });
+  e.script_checkpoints();
+
+  e.start_user_a();
+  REQUIRE(s.wait_for([&] { return e.fan.idle() && s.count("POST", "/cg_state/_bulk_docs") == 1; }));
+  e.fan.stop();
+  INFO(log.all());
+  CHECK(s.count("POST", "/central/_bulk_docs") == 2);
+  CHECK(written == std::vector<std::string>{rev9});  // written: nothing lost
+  CHECK(log.count("stemmed history") == 1);
+  CHECK(log.count("doc=d2 rev=" + rev9 + ": stemmed history") == 1);
+  CHECK(metric_value(e.metrics, "couchgate_stemmed_histories_total") == 1);
+  const auto listed = e.fan.refused("userdb-a");
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].id == "d2");
+  CHECK(listed[0].rev == rev9);
+  CHECK(listed[0].error == "stemmed_history");
+  CHECK(listed[0].reason.find(rev1) != std::string::npos);
+  CHECK(e.state.checkpoint("userdb-a") == json("3-x"));
   CHECK(s.unexpected().empty());
 }

@@ -8,7 +8,6 @@
 #include <unordered_set>
 #include <vector>
 
-#include "replicator/answers.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/transfer.hpp"
 #include "replicator/transport/couch_client.hpp"
@@ -23,26 +22,9 @@ namespace {
 
 const r::timeouts quick = couchgate::test::quick_timeouts;
 
-// Restore's rows: central documents "<user>:<id>" whose bodies came with the feed, into `target`.
+// Restore's rows: central documents "u:<id>" whose bodies came with the feed, into `target`.
 std::vector<r::change_row> restore_rows(const std::string& target, const std::vector<std::string>& ids) {
-  json rows = json::array();
-  int i = 0;
-  for (const auto& id : ids) {
-    const std::string rev = "1-" + std::string(31, 'b') + std::to_string(++i % 10);
-    rows.push_back({{"seq", std::to_string(i) + "-s"},
-                    {"id", "u:" + id},
-                    {"changes", {{{"rev", rev}}}},
-                    {"doc", {{"_id", "u:" + id}, {"_rev", rev}, {"n", i}}}});
-  }
-  auto page = r::parse_changes(json{{"results", rows}, {"last_seq", "9-s"}}.dump());
-  REQUIRE(page.ok());
-  std::vector<r::change_row> out;
-  for (auto& c : page.value().changes) {
-    auto body = r::inline_revision(c);
-    REQUIRE(body);
-    out.push_back(r::change_row{target, "central", c.id, target, c.id.substr(2), c.revs, std::move(body)});
-  }
-  return out;
+  return couchgate::test::feed_rows({target, "central", target, "u:", ""}, ids);
 }
 
 // _bulk_docs answered "written" for every document of the request.
