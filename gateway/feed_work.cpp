@@ -2,6 +2,7 @@
 #include "gateway/feed_work.hpp"
 
 #include <algorithm>
+#include <iterator>
 
 namespace couchgate::gateway {
 
@@ -18,7 +19,13 @@ void feed_work::arrived(policy::user_doc u) {
   waiting_.emplace_back(id, std::move(u));
 }
 
-void feed_work::reached(nlohmann::json position) { marks_[next_] = std::move(position); }
+void feed_work::reached(nlohmann::json position) {
+  marks_[next_] = std::move(position);
+  // While one row stays open (a user retried for a long time) the feed goes on and marks pile
+  // up: bounded by dropping the second oldest. A dropped mark only means the position moves
+  // less far at that moment; the newer marks still carry it on.
+  if (marks_.size() > max_marks) marks_.erase(std::next(marks_.begin()));
+}
 
 std::vector<feed_work::started> feed_work::take() {
   std::vector<started> out;
@@ -41,6 +48,10 @@ void feed_work::finished(ticket id) {
   names_.erase(f->second);
   flying_.erase(f);
   end(id);
+}
+
+bool feed_work::superseded(const std::string& name) const {
+  return std::any_of(waiting_.begin(), waiting_.end(), [&](const auto& w) { return w.second.name == name; });
 }
 
 void feed_work::end(ticket id) { open_.erase(id); }

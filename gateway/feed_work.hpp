@@ -45,9 +45,15 @@ class feed_work {
   // The done-up-to position, when it moved since the last call.
   std::optional<nlohmann::json> moved();
 
+  // A row of `name` arrived after the one in flight and waits for it: a failed row of that name
+  // need not be retried, the newer revision supersedes it (finished() it instead).
+  bool superseded(const std::string& name) const;
+
   std::size_t waiting() const { return waiting_.size(); }    // arrived, not started
   std::size_t in_flight() const { return names_.size(); }
   std::size_t window() const { return window_; }
+  std::size_t marks() const { return marks_.size(); }   // positions reached, not yet passed
+  static constexpr std::size_t max_marks = 1024;
 
  private:
   void end(ticket id);  // the row's work is over (finished or superseded)

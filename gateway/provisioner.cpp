@@ -129,6 +129,11 @@ bool provisioner::ensure_caller(const policy::session_user& who, policy::token_u
   return apply({policy::user_doc{who.name, who.roles, false}}) == 0;
 }
 
+void provisioner::forget_self_created(const std::string& db) {
+  std::lock_guard lk(mu_);
+  self_created_.erase(db);
+}
+
 void provisioner::note_self_created(const std::string& db) {
   const auto now = std::chrono::steady_clock::now();
   std::lock_guard lk(mu_);
@@ -274,6 +279,8 @@ std::optional<provisioner::user_chain> provisioner::begin_chain(const policy::us
   if (j.action == policy::user_action::ensure) {
     j.want = policy::render_security(p.security, u.name);
     if (hooks_.creating) hooks_.creating(j.db, true);
+    // Noted before the PUT: `_db_updates` may announce the creation before its 201 is read here.
+    note_self_created(j.db);
     j.call = via.create_db(j.db, cfg_.q, cfg_.n);
   } else if (j.action == policy::user_action::revoke_owner) {
     j.want = policy::render_security(p.security, std::nullopt);
@@ -295,14 +302,17 @@ void provisioner::advance(user_chain& j) {
       if (r.ok()) {
         j.second_writes = true;
         dbs_created_.inc();
-        note_self_created(j.db);
         j.call = via.put_security(j.db, j.want);
         j.at = stage::second;
       } else if (r.error().kind == couch_error_kind::conflict) {  // it existed: read its _security
+        forget_self_created(j.db);
         if (hooks_.creating) hooks_.creating(j.db, false);
         j.call = via.get_security(j.db);
         j.at = stage::second;
       } else {
+        // (A create the server made but whose answer was lost is announced, not forgotten: then
+        // the announcement applies the user once more, which is harmless.)
+        forget_self_created(j.db);
         if (hooks_.creating) hooks_.creating(j.db, false);
         j.error = r.error();
       }
@@ -535,6 +545,11 @@ std::chrono::milliseconds reconcile_retry_delay(std::uint32_t failures, std::chr
   return replicator::backoff_delay(bp, failures, rnd);
 }
 
+bool provisioner::reconcile_due() const {
+  std::lock_guard lk(mu_);
+  return reconcile_requested_ || std::chrono::steady_clock::now() >= next_reconcile_;
+}
+
 void provisioner::reconcile_if_due() {
   {
     std::lock_guard lk(mu_);
@@ -591,7 +606,11 @@ void provisioner::follow(json since) {
 
   while (!stop_.requested()) {
     const std::uint64_t seen = bell_->rings();
-    reconcile_if_due();
+    // A reconcile (periodic, or a reload's) waits for the chains in flight and starts none
+    // meanwhile: a chain carries the policy it started with, and one that finished after the
+    // reconcile would write the old policy's _security back.
+    const bool reconcile_waits = reconcile_due() && !running.empty();
+    if (!reconcile_waits) reconcile_if_due();
     apply_created();
     look_again_if_due();
     auto now = clock::now();
@@ -664,17 +683,29 @@ void provisioner::follow(json since) {
       }
       it = running.erase(it);
     }
-    // 4. Chains to start: retries that are due, then the rows the window lets in.
+    // 4. Chains to start: retries that are due, then the rows the window lets in (none while a
+    // reconcile waits for the chains in flight). A failed row whose name has a newer row waiting
+    // is not retried: the newer revision supersedes it (a deletion is not held up by the user's
+    // older, failing revision).
     std::vector<feed_work::started> start;
     for (auto it = retrying.begin(); it != retrying.end();) {
-      if (it->second.at > now) {
+      if (work.superseded(it->second.u.name)) {
+        log()->debug("user {}: a newer revision arrived; the failed one is not retried", it->second.u.name);
+        failures.erase(it->first);
+        work.finished(it->first);
+        it = retrying.erase(it);
+        continue;
+      }
+      if (reconcile_waits || it->second.at > now) {
         ++it;
         continue;
       }
       start.push_back({it->first, std::move(it->second.u)});
       it = retrying.erase(it);
     }
-    for (auto& s : work.take()) start.push_back(std::move(s));
+    if (!reconcile_waits) {
+      for (auto& s : work.take()) start.push_back(std::move(s));
+    }
     if (!start.empty()) {
       const live_policy p = policy();
       std::vector<const policy::user_doc*> users;
@@ -702,12 +733,16 @@ void provisioner::follow(json since) {
     if (!start.empty()) continue;  // answers given before submit returned are looked at at once
     auto until = position.due();
     if (!feed.valid() && work.waiting() < cfg_.batch) until = std::min(until, feed_at);
-    for (const auto& [id, r] : retrying) until = std::min(until, r.at);
-    until = std::min(until, next_reconcile_);
+    if (reconcile_waits) {
+      if (running.empty()) continue;  // the last chain just ended: reconcile now
+    } else {
+      for (const auto& [id, r] : retrying) until = std::min(until, r.at);
+      until = std::min(until, next_reconcile_);
+    }
     {
       std::lock_guard lk(mu_);
       if (!look_again_.empty()) until = std::min(until, next_look_again_);
-      if (reconcile_requested_ || !created_queue_.empty()) continue;
+      if ((reconcile_requested_ && !reconcile_waits) || !created_queue_.empty()) continue;
     }
     bell_->wait(seen, until);
   }

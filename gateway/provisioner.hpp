@@ -208,10 +208,12 @@ class provisioner {
   bool conclude(const user_chain& c);
   // Runs a reconcile if one was requested or is due, and schedules the next one.
   void reconcile_if_due();
+  bool reconcile_due() const;  // requested by a reload, or the periodic pass is due
   void record(const std::string& name, const std::string& db, policy::user_action a, const std::string& error);
   // Applies the queued database_created() calls.
   void apply_created();
   void note_self_created(const std::string& db);
+  void forget_self_created(const std::string& db);  // the create did not happen (412, an error)
   // Applies again the users admit() asked to look at again, when due.
   void look_again_if_due();
 

@@ -880,7 +880,23 @@ TEST_CASE("front door: a JWT user without _users document gets a database by the
   const header_list bearer{{"Authorization", "Bearer " + token}};
   const std::string db = couchgate::policy::user_db_name(n.prefix, name);
 
-  // CouchDB itself takes the token (a server that does not is a setup problem, said so).
+  // CouchDB itself takes the token, asked directly: a server that does not is a setup problem,
+  // said so and skipped. CouchDB 3.5 reads [chttpd] authentication_handlers at start, so the
+  // configuration made above through the admin API only works on a server started with the JWT
+  // handler already listed (then [jwt_keys] set at run time is enough).
+  const bool server_takes_jwt = eventually(
+      [&] {
+        auto s = front_call(env().port, false, "GET", "/_session", bearer);
+        return s.status == 200 && s.body["info"]["authenticated"] == "jwt";
+      },
+      std::chrono::seconds(5));
+  if (!server_takes_jwt) {
+    MESSAGE("skipped: the server does not accept the test's HS256 JWT: start it with "
+            "{chttpd_auth, jwt_authentication_handler} in [chttpd] authentication_handlers, and set "
+            "COUCHGATE_TEST_JWT_KEY to its [jwt_keys] hmac:_default (base64) or let the test set the key");
+    return;
+  }
+  // And through couchgate's /_session passthrough.
   REQUIRE_MESSAGE(eventually(
                       [&] {
                         auto s = front_call(run.port, false, "GET", "/_session", bearer);

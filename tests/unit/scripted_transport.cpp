@@ -114,6 +114,13 @@ void scripted_transport::submit(r::http_request req, callback done) {
     std::unique_lock lk(mu_);
     log_.push_back(recorded{req.method, req.target, std::string(req.body_text()), req.cookie, req.authorization,
                             req.cookie_may_be_stale});
+    for (auto& h : holds_) {
+      if (h.used || h.method != req.method || req.target.find(h.target) == std::string::npos) continue;
+      h.used = true;
+      held_.emplace_back(std::move(done), h.answer);
+      cv_.notify_all();
+      return;
+    }
     for (auto& rl : rules_) {
       if (rl.times == 0 || rl.method != req.method || req.target.find(rl.target) == std::string::npos) continue;
       if (rl.times > 0) --rl.times;
@@ -179,13 +186,37 @@ bool scripted_transport::wait_for(const std::function<bool()>& pred, std::chrono
 
 void scripted_transport::close() {
   std::vector<callback> parked;
+  std::vector<std::pair<callback, r::http_response>> held;
   {
     std::lock_guard lk(mu_);
     closed_ = true;
     parked.swap(parked_);
+    held.swap(held_);
     cv_.notify_all();
   }
   for (auto& done : parked) done(failure(r::error_kind::cancelled, "closed"));
+  for (auto& h : held) h.first(failure(r::error_kind::cancelled, "closed"));
+}
+
+void scripted_transport::hold(std::string method, std::string target_contains, r::http_response a) {
+  std::lock_guard lk(mu_);
+  holds_.push_back(hold_rule{std::move(method), std::move(target_contains), std::move(a)});
+}
+
+std::size_t scripted_transport::held() const {
+  std::lock_guard lk(mu_);
+  return held_.size();
+}
+
+void scripted_transport::release_held() {
+  std::vector<std::pair<callback, r::http_response>> held;
+  {
+    std::lock_guard lk(mu_);
+    held.swap(held_);
+  }
+  for (auto& [done, a] : held) done(std::move(a));
+  std::lock_guard lk(mu_);
+  cv_.notify_all();
 }
 
 void scripted_transport::park_quiet_feeds() {

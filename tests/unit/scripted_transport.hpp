@@ -83,6 +83,12 @@ class scripted_transport final : public r::transport {
   // and the answer (cancelled) comes at close(), as with a real, asynchronous transport. For
   // callers that keep working while a feed waits (the provisioner's pipeline).
   void park_quiet_feeds();
+  // The next request matching (method, target) is not answered when submitted: submit returns,
+  // and `a` is given when release_held() is called (from the test's thread), as a slow server's
+  // answer would come; cancelled at close() if never released.
+  void hold(std::string method, std::string target_contains, r::http_response a);
+  std::size_t held() const;  // submitted and waiting for release_held()
+  void release_held();
   ~scripted_transport() override;
 
  private:
@@ -99,6 +105,13 @@ class scripted_transport final : public r::transport {
   bool closed_ = false;
   bool park_feeds_ = false;
   std::vector<callback> parked_;  // quiet feeds waiting for close() (park_quiet_feeds)
+  struct hold_rule {
+    std::string method, target;
+    r::http_response answer;
+    bool used = false;
+  };
+  std::vector<hold_rule> holds_;
+  std::vector<std::pair<callback, r::http_response>> held_;  // submitted, waiting for release_held()
 };
 
 // The lines a named logger (replicator/logger.hpp) writes while this lives.

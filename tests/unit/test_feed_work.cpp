@@ -120,3 +120,43 @@ TEST_CASE("feed_work: a superseded row does not hold the position; its replaceme
   w.finished(b[0].id);  // twice: ignored
   CHECK(!w.moved());
 }
+
+TEST_CASE("feed_work: a name with a newer row waiting is superseded; finishing the old row lets the new one start") {
+  feed_work w(8);
+  w.arrived(user("a"));
+  auto a1 = w.take();
+  REQUIRE(a1.size() == 1);
+  CHECK(!w.superseded("a"));  // in flight, nothing newer
+  w.arrived(user("b"));
+  w.arrived(user("a", true));
+  CHECK(w.superseded("a"));
+  auto b = w.take();
+  CHECK(names(b) == std::vector<std::string>{"b"});
+  w.reached("p1");
+  w.finished(a1[0].id);  // the failing row given up for the newer one
+  CHECK(!w.moved());     // the deletion is open: the position waits for it
+  auto a2 = w.take();
+  CHECK(names(a2) == std::vector<std::string>{"a(deleted)"});
+  CHECK(!w.superseded("a"));
+  w.finished(b[0].id);
+  w.finished(a2[0].id);
+  CHECK(w.moved() == json("p1"));
+}
+
+TEST_CASE("feed_work: while one row stays open the positions reached stay bounded, and the newest is reached once it ends") {
+  feed_work w(4);
+  w.arrived(user("stuck"));
+  auto stuck = w.take();
+  REQUIRE(stuck.size() == 1);
+  const std::size_t pages = feed_work::max_marks * 3;
+  for (std::size_t i = 0; i < pages; ++i) {
+    w.arrived(user("u" + std::to_string(i)));
+    for (const auto& s : w.take()) w.finished(s.id);
+    w.reached(json(std::to_string(i) + "-p"));
+    CHECK(w.marks() <= feed_work::max_marks);
+    CHECK(!w.moved());  // the stuck row is before all of them
+  }
+  w.finished(stuck[0].id);
+  CHECK(w.moved() == json(std::to_string(pages - 1) + "-p"));
+  CHECK(w.marks() == 0);
+}

@@ -96,19 +96,20 @@ TEST_CASE("provisioner _users feed: from the stored position; a new user's datab
   // Each position is stored after the _security of the users it covers (the last one while the
   // next longpoll waits, or at the latest when stopping: see feed_position).
   std::vector<json> positions;
-  std::size_t carol_done = 0, dave_done = 0;  // the request that finished each one
+  std::size_t carol_done = 0;          // the request that finished carol
+  std::size_t dave_security_sent = 0;  // dave's _security writes so far: the 1st fails, the 2nd succeeds
   const auto all = s.requests();
   for (std::size_t i = 0; i < all.size(); ++i) {
     const auto& q = all[i];
     if (q.method == "PUT" && q.target == "/" + carol + "/_security") carol_done = i;
-    if (q.method == "PUT" && q.target == "/" + dave + "/_security") dave_done = i;
+    if (q.method == "PUT" && q.target == "/" + dave + "/_security") ++dave_security_sent;
     if (q.target == "/cg_state/_bulk_docs") {
       positions.push_back(json::parse(q.body)["docs"][0]["value"]);
-      // 6-u covers carol, 7-u both: never stored before their _security, nor past dave's failure.
+      // 6-u covers carol, 7-u both: never stored before their _security, nor past dave's failure
+      // (7-u only after dave's second, successful, _security write).
       CHECK(carol_done > 0);
       CHECK(i > carol_done);
-      if (positions.back() == "7-u") CHECK(i > dave_done);
-      if (positions.back() == "7-u") CHECK(s.count("PUT", "/" + dave + "/_security") == 2);
+      if (positions.back() == "7-u") CHECK(dave_security_sent == 2);
     }
     if (q.method == "PUT" && q.target == "/" + carol + "/_security") {
       CHECK(json::parse(q.body) == couchgate::policy::render_security(cfg.security, "carol"));
@@ -238,5 +239,130 @@ TEST_CASE("provisioner _users feed: batches in quick succession store their posi
     REQUIRE(p.user(n));
     CHECK(p.user(n)->done);
   }
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("provisioner _users feed: a user whose creation keeps failing is not retried once a newer revision (its deletion) arrives") {
+  scripted_couch c;
+  auto& s = c.server;
+  couchgate::gateway::provisioning_config cfg;
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+  const std::string dave = p.db_for("dave");
+  const std::string id = "org.couchdb.user:dave";
+  const std::string deleted_page =
+      json{{"results",
+            {{{"seq", "7-u"}, {"id", id}, {"deleted", true}, {"changes", {{{"rev", "2-b"}}}},
+              {"doc", {{"_id", id}, {"_rev", "2-b"}, {"_deleted", true}}}}}},
+           {"last_seq", "7-u"},
+           {"pending", 0}}
+          .dump();
+
+  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
+  s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
+  s.on("GET", "/_all_dbs", answer(200, "[]"));
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, users_page("dave", "6-u")));
+  s.on("GET", "/_users/_changes?since=6-u", answer(200, deleted_page));
+  // dave's database cannot be made (every attempt fails): the chain would be retried forever.
+  s.on("PUT", "/" + dave + "?q=1", answer(500, R"({"error":"internal_server_error","reason":"boom"})"), -1);
+  // The deletion (on_delete: keep) takes the owner out of the database's _security: it has none.
+  s.on("GET", "/" + dave + "/_security", answer(404, R"({"error":"not_found","reason":"Database does not exist."})"));
+  std::mutex mu;
+  std::vector<json> positions;
+  s.on("POST", "/cg_state/_bulk_docs", [&](const r::http_request& q) {
+    std::lock_guard lk(mu);
+    positions.push_back(json::parse(q.body_text())["docs"][0]["value"]);
+    return answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])");
+  }, -1);
+  auto last_stored = [&] {
+    std::lock_guard lk(mu);
+    return positions.empty() ? json() : positions.back();
+  };
+
+  s.park_quiet_feeds();
+  p.start();
+  // The deletion supersedes the failing creation: the
+  // position passes both rows; before, the creation was retried with backoff and held it at 5-u.
+  const bool passed = s.wait_for([&] { return last_stored() == "7-u"; }, 10s);
+  const auto attempts = s.count("PUT", "/" + dave + "?q=1");
+  s.close();
+  p.stop();
+  CHECK_MESSAGE(passed, "stored: ", last_stored().dump(), ", creation attempts: ", attempts);
+  CHECK(attempts >= 1);
+  CHECK(attempts <= 3);
+  REQUIRE(p.user("dave"));
+  CHECK(p.user("dave")->done);
+  CHECK(s.count("GET", "/" + dave + "/_security") == 1);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("provisioner _users feed: a policy reload's reconcile waits for the chains in flight, so the new _security is the last written") {
+  scripted_couch c;
+  auto& s = c.server;
+  couchgate::gateway::provisioning_config cfg;
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+  const std::string carol = p.db_for("carol");
+  const std::string id = "org.couchdb.user:carol";
+  auto reloaded = cfg;
+  reloaded.security.member_roles = {"support"};
+  const json old_want = couchgate::policy::render_security(cfg.security, "carol");
+  const json new_want = couchgate::policy::render_security(reloaded.security, "carol");
+  REQUIRE(old_want != new_want);
+
+  std::mutex mu;
+  json current = json::object();  // carol's _security as the server holds it
+  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
+  // The first reconcile (at start) finds nobody; the reload's finds carol and her database.
+  s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
+  s.on("GET", "/_all_dbs", answer(200, "[]"));
+  s.on("GET", "/_users/_all_docs",
+       answer(200, json{{"total_rows", 1}, {"offset", 0},
+                        {"rows", {{{"id", id}, {"key", id}, {"value", {{"rev", "1-a"}}},
+                                   {"doc", {{"_id", id}, {"_rev", "1-a"}, {"name", "carol"}, {"type", "user"}, {"roles", {"app"}}}}}}}}
+                       .dump()));
+  s.on("GET", "/_all_dbs", answer(200, json::array({carol}).dump()));
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, users_page("carol", "6-u")));
+  // carol's creation is answered late (held), after the reload.
+  s.hold("PUT", "/" + carol + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + carol + "?q=1", answer(412, R"({"error":"file_exists","reason":"exists"})"), -1);
+  s.on("GET", "/" + carol + "/_security", [&](const r::http_request&) {
+    std::lock_guard lk(mu);
+    return answer(200, current.dump());
+  }, -1);
+  s.on("PUT", "/" + carol + "/_security", [&](const r::http_request& q) {
+    std::lock_guard lk(mu);
+    current = json::parse(q.body_text());
+    return answer(200, R"({"ok":true})");
+  }, -1);
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])"), -1);
+
+  s.park_quiet_feeds();
+  p.start();
+  REQUIRE(s.wait_for([&] { return s.held() == 1; }, 10s));
+  p.update_policy(reloaded);  // while carol's chain (made with the old policy) waits for its create
+  s.release_held();
+  // The reload's reconcile lists the users again; then carol ends with the new policy.
+  const bool reconciled = s.wait_for([&] {
+    std::lock_guard lk(mu);
+    return s.count("GET", "/_users/_all_docs") == 2 && current == new_want;
+  }, 10s);
+  REQUIRE(s.wait_for([&] { return p.user("carol") && p.user("carol")->done; }, 5s));
+  s.close();
+  p.stop();
+  {
+    std::lock_guard lk(mu);
+    CHECK_MESSAGE(reconciled, "carol's _security: ", current.dump());
+    CHECK(current == new_want);
+  }
+  // The reconcile came after the chain's own _security write (with the old policy), not before it.
+  const auto seq = sequence(s, {"/_users/_all_docs", "/" + carol + "/_security"});
+  std::size_t chain_write = seq.size(), second_listing = seq.size(), listings = 0;
+  for (std::size_t i = 0; i < seq.size(); ++i) {
+    if (seq[i] == "PUT /" + carol + "/_security" && chain_write == seq.size()) chain_write = i;
+    if (seq[i].starts_with("GET /_users/_all_docs") && ++listings == 2) second_listing = i;
+  }
+  std::string seen;
+  for (const auto& x : seq) seen += x + "\n";
+  INFO(seen);
+  CHECK(chain_write < second_listing);
   CHECK(s.unexpected().empty());
 }
