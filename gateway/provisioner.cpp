@@ -109,6 +109,14 @@ bool provisioner::caller_ready(const std::string& name) const {
 bool provisioner::ensure_caller(const policy::session_user& who, policy::token_user_action& decided) {
   decided = policy::token_user_action::not_token;
   if (caller_ready(who.name)) return true;
+  // Applied already, as a user the policy does not select (or a deleted one): while CouchDB's
+  // answer gives roles the policy still does not select, nothing changed and nothing is asked
+  // (the selection reads only the name and the roles). Given the selected role, or recreated
+  // with it, the caller's database is made below.
+  if (auto u = user(who.name); u && u->done && u->action != policy::user_action::ensure &&
+                               !policy::matches(policy().select, policy::user_doc{who.name, who.roles, false})) {
+    return true;
+  }
   // Not applied yet: a `_users` document written a moment ago (the feed has not brought it yet),
   // or a JWT caller with none. Until its `_security` is written the database is CouchDB's
   // admin-only default (or missing), so the caller's request would get 403 or 404.

@@ -61,12 +61,17 @@ std::optional<security_sets> read_security(const nlohmann::json& j) {
 nlohmann::json render_security(const security_template& t, std::optional<std::string_view> owner) {
   std::vector<std::string> member_names = t.member_names;
   std::vector<std::string> admin_names = t.admin_names;
+  std::vector<std::string> member_roles = t.member_roles;
   if (owner) {
     member_names.emplace_back(*owner);
     if (t.owner_is_admin) admin_names.emplace_back(*owner);
   }
+  // No member at all makes a CouchDB database public (anyone may read it, anonymous callers
+  // included): a database whose owner was taken out (revoked) stays closed to all but server
+  // admins, as CouchDB's own default for new databases (`_admin` as the member role).
+  if (member_names.empty() && member_roles.empty()) member_roles.emplace_back("_admin");
   return security(section(std::move(admin_names), t.admin_roles),
-                  section(std::move(member_names), t.member_roles));
+                  section(std::move(member_names), std::move(member_roles)));
 }
 
 nlohmann::json render_shared_security(const std::vector<std::string>& member_roles,

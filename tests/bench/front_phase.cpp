@@ -183,7 +183,7 @@ json run_front(context& ctx) {
   test::names n = ctx.fresh("bench-front");
   auto users = make_users(n.prefix, "f", k);
   note("front door: creating " + std::to_string(k) + " users and their databases");
-  if (auto e = create_users(ctx, users); !e.empty()) {
+  if (auto e = create_users(ctx, users, n.role); !e.empty()) {
     ctx.fail("front door: " + e);
     delete_users(ctx, users);
     return out;

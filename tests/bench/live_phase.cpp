@@ -232,7 +232,7 @@ json run_live(context& ctx) {
   auto users = make_users(n.prefix, "l", c);
   note("live feeds: creating " + std::to_string(c) + " users and their databases");
   auto t_users = steady::now();
-  if (auto e = create_users(ctx, users); !e.empty()) {
+  if (auto e = create_users(ctx, users, n.role); !e.empty()) {
     ctx.fail("live feeds: " + e);
     delete_users(ctx, users);
     return out;

@@ -51,12 +51,12 @@ std::vector<bench_user> make_users(const std::string& prefix, const std::string&
   return out;
 }
 
-std::string create_users(context& ctx, std::vector<bench_user>& users) {
+std::string create_users(context& ctx, std::vector<bench_user>& users, const std::string& role) {
   bench_client admin(std::chrono::seconds(120));
   for (std::size_t off = 0; off < users.size(); off += 100) {
     json docs = json::array();
     for (std::size_t i = off; i < std::min(users.size(), off + 100); ++i) {
-      json d{{"_id", "org.couchdb.user:" + users[i].name}, {"name", users[i].name}, {"type", "user"}, {"roles", json::array()}};
+      json d{{"_id", "org.couchdb.user:" + users[i].name}, {"name", users[i].name}, {"type", "user"}, {"roles", {role}}};
       if (ctx.pouchdb) d["password"] = users[i].password;
       else d.update(prehashed(users[i].password));
       docs.push_back(std::move(d));

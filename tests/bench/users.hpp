@@ -21,11 +21,12 @@ struct bench_user {
 // count users named stem + zero-padded index, with their databases under prefix.
 std::vector<bench_user> make_users(const std::string& prefix, const std::string& stem, int count);
 
-// Creates every user's `_users` document (no roles) and its database with `_security`
+// Creates every user's `_users` document (roles: [role], the role couchgate's config selects,
+// as a real deployment's users have) and its database with `_security`
 // members.names = [user]. On Apache CouchDB the password is stored pre-hashed (PBKDF2-SHA1, 10
 // iterations: the server's own 600 000 would measure its hashing, not the clients); on
 // pouchdb-server as a plain `password` (it hashes cheaply). Returns the first error ("" = ok).
-std::string create_users(context& ctx, std::vector<bench_user>& users);
+std::string create_users(context& ctx, std::vector<bench_user>& users, const std::string& role);
 
 // Deletes `_users` documents by (id, rev), 500 per request; failures are noted, not fatal.
 void delete_user_docs(bench_client& c, const std::vector<std::pair<std::string, std::string>>& id_revs);

@@ -194,6 +194,37 @@ TEST_CASE("deleted users: keep revokes the owner, delete removes the database; u
   }
 }
 
+TEST_CASE("a user who loses the selected role keeps the data, and the database is not left public") {
+  // The default template's only member is the owner: taken out, CouchDB would make a database
+  // with no member readable by anyone, anonymous callers included.
+  auto n = fresh_names("demote");
+  json cfg = base_config(n);
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  const std::string u = "demote-" + n.role;
+  REQUIRE(create_user(u, {n.role}).status == 201);
+  REQUIRE(eventually([&] { return provisioned(n, cfg, u); }, 60s));
+  const std::string db = user_db_name(n.prefix, u);
+  REQUIRE(couch().put("/" + enc(db) + "/kept", json{{"v", 1}}).status == 201);
+  const std::string path = "/_users/" + enc("org.couchdb.user:" + u);
+  auto doc = couch().get(path);
+  REQUIRE(doc.status == 200);
+  doc.body["roles"] = json::array();
+  REQUIRE(couch().put(path, doc.body).status == 201);
+  REQUIRE_MESSAGE(eventually([&] { return security_of(db)["members"]["roles"] == json{"_admin"}; }, 60s),
+                  security_of(db).dump() << "\n" << cg.log());
+  CHECK(security_of(db)["members"]["names"] == json::array());
+  CHECK(couch().get("/" + enc(db) + "/kept").status == 200);  // the data stays
+  if (env().pouchdb) {
+    MESSAGE("pouchdb-server does not enforce _security members on reads; the anonymous read is checked on CouchDB");
+  } else {
+    CHECK(couch("", "").get("/" + enc(db) + "/kept").status == 401);  // closed to anonymous callers
+    CHECK(couch(u, "pw-123456").get("/" + enc(db) + "/kept").status == 403);  // and to the former owner
+  }
+  CHECK(cg.terminate() == 0);
+}
+
 TEST_CASE("a burst of users is provisioned while the feed goes on; users deleted right after creation end without a database") {
   // The _users feed is pipelined (issue #18): users are provisioned while the next rows are read,
   // and a deletion read while its user's creation is in flight waits for it (one revision of a

@@ -34,8 +34,23 @@ TEST_CASE("render_security: owner_is_admin") {
   t.owner_is_admin = true;
   const json s = render_security(t, std::string_view("alice"));
   CHECK(s.dump() == R"({"admins":{"names":["alice"],"roles":[]},"members":{"names":["alice"],"roles":[]}})");
+  // Without its owner the database would have no member, i.e. be public: server admins only.
   CHECK(render_security(t, std::nullopt).dump() ==
-        R"({"admins":{"names":[],"roles":[]},"members":{"names":[],"roles":[]}})");
+        R"({"admins":{"names":[],"roles":[]},"members":{"names":[],"roles":["_admin"]}})");
+}
+
+TEST_CASE("render_security: a database is never left without members (CouchDB makes such a database public)") {
+  security_template t;  // the default template: the owner is the only member
+  CHECK(render_security(t, std::string_view("alice"))["members"] == json{{"names", {"alice"}}, {"roles", json::array()}});
+  const json revoked = render_security(t, std::nullopt);
+  CHECK(revoked["members"] == json{{"names", json::array()}, {"roles", {"_admin"}}});
+  CHECK(revoked["admins"] == json{{"names", json::array()}, {"roles", json::array()}});
+  // A template with members of its own needs no such guard.
+  t.member_roles = {"support"};
+  CHECK(render_security(t, std::nullopt)["members"] == json{{"names", json::array()}, {"roles", {"support"}}});
+  t.member_roles.clear();
+  t.member_names = {"auditor"};
+  CHECK(render_security(t, std::nullopt)["members"] == json{{"names", {"auditor"}}, {"roles", json::array()}});
 }
 
 TEST_CASE("render_admin_only_security and render_shared_security") {

@@ -49,19 +49,58 @@ std::vector<std::string> sequence(const scripted_transport& s, const std::vector
   }
   return out;
 }
+
+// The provisioner over scripted exchanges (default config) from the stored position 5-u, after a
+// first reconcile that finds no user and no database.
+struct users_feed {
+  scripted_couch c;
+  scripted_transport& s = c.server;
+  couchgate::gateway::provisioning_config cfg;
+  couchgate::gateway::provisioner p{c.client, c.state, c.metrics, cfg, {}};
+  users_feed() {
+    s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
+    s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
+    s.on("GET", "/_all_dbs", answer(200, "[]"));
+  }
+};
+
+// The feed positions the provisioner stores (its writes to the state database), in order, each
+// with the number of _security writes sent before it.
+class stored_positions {
+ public:
+  explicit stored_positions(scripted_transport& s) {
+    s.on("POST", "/cg_state/_bulk_docs", [this, &s](const r::http_request& q) {
+      const std::size_t secured = s.count("PUT", "/_security");
+      std::lock_guard lk(mu_);
+      positions_.push_back(json::parse(q.body_text())["docs"][0]["value"]);
+      secured_.push_back(secured);
+      return answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])");
+    }, -1);
+  }
+  std::vector<json> positions() const {
+    std::lock_guard lk(mu_);
+    return positions_;
+  }
+  std::vector<std::size_t> secured() const {
+    std::lock_guard lk(mu_);
+    return secured_;
+  }
+  json last() const {
+    std::lock_guard lk(mu_);
+    return positions_.empty() ? json() : positions_.back();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<json> positions_;
+  std::vector<std::size_t> secured_;
+};
 }  // namespace
 
-TEST_CASE("provisioner _users feed: from the stored position; a new user's database and _security before the position moves") {
-  scripted_couch c;
-  auto& s = c.server;
-  couchgate::gateway::provisioning_config cfg;
-  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: from the stored position; a new user's database and _security before the position moves") {
   const std::string carol = p.db_for("carol");
   const std::string dave = p.db_for("dave");
 
-  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
-  s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
-  s.on("GET", "/_all_dbs", answer(200, "[]"));
   s.on("GET", "/_users/_changes?since=5-u", answer(200, users_page("carol", "6-u")));
   s.on("PUT", "/" + carol + "?q=1", answer(201, R"({"ok":true})"));
   s.on("PUT", "/" + carol + "/_security", answer(200, R"({"ok":true})"));
@@ -183,57 +222,35 @@ TEST_CASE("malformed _users documents: each logged and counted once however ofte
   CHECK(s.unexpected().empty());
 }
 
-TEST_CASE("provisioner _users feed: batches in quick succession store their position once, after their users") {
-  scripted_couch c;
-  auto& s = c.server;
-  couchgate::gateway::provisioning_config cfg;
-  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: batches in quick succession store their position once, after their users") {
   const std::vector<std::string> names{"carol", "dave", "erin", "fred"};
 
-  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
-  s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
-  s.on("GET", "/_all_dbs", answer(200, "[]"));
   for (std::size_t i = 0; i < names.size(); ++i) {
     s.on("GET", "/_users/_changes?since=" + std::to_string(5 + i) + "-u", answer(200, users_page(names[i], std::to_string(6 + i) + "-u")));
     s.on("PUT", "/" + p.db_for(names[i]) + "?q=1", answer(201, R"({"ok":true})"));
     s.on("PUT", "/" + p.db_for(names[i]) + "/_security", answer(200, R"({"ok":true})"));
   }
-  std::mutex mu;
-  std::vector<json> positions;
-  std::vector<std::size_t> users_done;  // _security written when each position was stored
-  s.on("POST", "/cg_state/_bulk_docs", [&](const r::http_request& q) {
-    const std::size_t secured = s.count("PUT", "/_security");
-    std::lock_guard lk(mu);
-    users_done.push_back(secured);
-    positions.push_back(json::parse(q.body_text())["docs"][0]["value"]);
-    return answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])");
-  }, -1);
-  auto stored = [&] {
-    std::lock_guard lk(mu);
-    return positions;
-  };
+  stored_positions stored(s);
 
   s.park_quiet_feeds();
   p.start();
   // The feed waits on 9-u (no rule answers it) while the position is stored once due.
   const bool reached = s.wait_for([&] { return s.count("GET", "/_users/_changes?since=9-u") == 1; }, 15s);
-  REQUIRE(s.wait_for([&] { return !stored().empty() && stored().back() == "9-u"; }, 5s));
+  REQUIRE(s.wait_for([&] { return stored.last() == "9-u"; }, 5s));
   s.close();
   p.stop();
   REQUIRE(reached);
   // The four pages came at once: their users were provisioned together and their positions
   // stored together: at most two writes (the first may come before the last user is done)
   // where there were four pages, the last one 9-u, stored while the feed waits.
-  const auto at = stored();
+  const auto at = stored.positions();
+  const auto secured = stored.secured();
   CHECK(at.size() <= 2);
   CHECK(at.back() == "9-u");
-  {
-    std::lock_guard lk(mu);
-    for (std::size_t i = 0; i < positions.size(); ++i) {
-      // N-u covers the users before it: N - 5 of them.
-      const auto covered = static_cast<std::size_t>(std::stoi(positions[i].get<std::string>()) - 5);
-      CHECK(users_done[i] >= covered);
-    }
+  for (std::size_t i = 0; i < at.size(); ++i) {
+    // N-u covers the users before it: N - 5 of them.
+    const auto covered = static_cast<std::size_t>(std::stoi(at[i].get<std::string>()) - 5);
+    CHECK(secured[i] >= covered);
   }
   for (const auto& n : names) {
     REQUIRE(p.user(n));
@@ -242,11 +259,7 @@ TEST_CASE("provisioner _users feed: batches in quick succession store their posi
   CHECK(s.unexpected().empty());
 }
 
-TEST_CASE("provisioner _users feed: a user whose creation keeps failing is not retried once a newer revision (its deletion) arrives") {
-  scripted_couch c;
-  auto& s = c.server;
-  couchgate::gateway::provisioning_config cfg;
-  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: a user whose creation keeps failing is not retried once a newer revision (its deletion) arrives") {
   const std::string dave = p.db_for("dave");
   const std::string id = "org.couchdb.user:dave";
   const std::string deleted_page =
@@ -257,36 +270,22 @@ TEST_CASE("provisioner _users feed: a user whose creation keeps failing is not r
            {"pending", 0}}
           .dump();
 
-  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
-  s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
-  s.on("GET", "/_all_dbs", answer(200, "[]"));
   s.on("GET", "/_users/_changes?since=5-u", answer(200, users_page("dave", "6-u")));
   s.on("GET", "/_users/_changes?since=6-u", answer(200, deleted_page));
   // dave's database cannot be made (every attempt fails): the chain would be retried forever.
   s.on("PUT", "/" + dave + "?q=1", answer(500, R"({"error":"internal_server_error","reason":"boom"})"), -1);
   // The deletion (on_delete: keep) takes the owner out of the database's _security: it has none.
   s.on("GET", "/" + dave + "/_security", answer(404, R"({"error":"not_found","reason":"Database does not exist."})"));
-  std::mutex mu;
-  std::vector<json> positions;
-  s.on("POST", "/cg_state/_bulk_docs", [&](const r::http_request& q) {
-    std::lock_guard lk(mu);
-    positions.push_back(json::parse(q.body_text())["docs"][0]["value"]);
-    return answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])");
-  }, -1);
-  auto last_stored = [&] {
-    std::lock_guard lk(mu);
-    return positions.empty() ? json() : positions.back();
-  };
+  stored_positions stored(s);
 
   s.park_quiet_feeds();
   p.start();
-  // The deletion supersedes the failing creation: the
-  // position passes both rows; before, the creation was retried with backoff and held it at 5-u.
-  const bool passed = s.wait_for([&] { return last_stored() == "7-u"; }, 10s);
+  // The deletion supersedes the failing creation: the position passes both rows; before, the creation was retried with backoff and held it at 5-u.
+  const bool passed = s.wait_for([&] { return stored.last() == "7-u"; }, 10s);
   const auto attempts = s.count("PUT", "/" + dave + "?q=1");
   s.close();
   p.stop();
-  CHECK_MESSAGE(passed, "stored: ", last_stored().dump(), ", creation attempts: ", attempts);
+  CHECK_MESSAGE(passed, "stored: ", stored.last().dump(), ", creation attempts: ", attempts);
   CHECK(attempts >= 1);
   CHECK(attempts <= 3);
   REQUIRE(p.user("dave"));
@@ -295,11 +294,7 @@ TEST_CASE("provisioner _users feed: a user whose creation keeps failing is not r
   CHECK(s.unexpected().empty());
 }
 
-TEST_CASE("provisioner _users feed: a policy reload's reconcile waits for the chains in flight, so the new _security is the last written") {
-  scripted_couch c;
-  auto& s = c.server;
-  couchgate::gateway::provisioning_config cfg;
-  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: a policy reload's reconcile waits for the chains in flight, so the new _security is the last written") {
   const std::string carol = p.db_for("carol");
   const std::string id = "org.couchdb.user:carol";
   auto reloaded = cfg;
@@ -310,10 +305,7 @@ TEST_CASE("provisioner _users feed: a policy reload's reconcile waits for the ch
 
   std::mutex mu;
   json current = json::object();  // carol's _security as the server holds it
-  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
-  // The first reconcile (at start) finds nobody; the reload's finds carol and her database.
-  s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
-  s.on("GET", "/_all_dbs", answer(200, "[]"));
+  // The first reconcile (at start) found nobody (users_feed); the reload's finds carol and her database.
   s.on("GET", "/_users/_all_docs",
        answer(200, json{{"total_rows", 1}, {"offset", 0},
                         {"rows", {{{"id", id}, {"key", id}, {"value", {{"rev", "1-a"}}},
@@ -364,5 +356,45 @@ TEST_CASE("provisioner _users feed: a policy reload's reconcile waits for the ch
   for (const auto& x : seq) seen += x + "\n";
   INFO(seen);
   CHECK(chain_write < second_listing);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("provisioner: a caller the policy does not select costs no request while CouchDB's roles say the same; given the role, the database is made") {
+  scripted_couch c;
+  auto& s = c.server;
+  couchgate::gateway::provisioning_config cfg;
+  cfg.select.roles_any = {"member"};
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+  const std::string carol = p.db_for("carol");
+  s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
+  s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
+  s.on("GET", "/_all_dbs", answer(200, "[]"));
+  // carol (roles: app) is not selected: her database, if any, loses its owner; she has none.
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, users_page("carol", "6-u")));
+  s.on("GET", "/" + carol + "/_security", answer(404, R"({"error":"not_found","reason":"Database does not exist."})"));
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])"), -1);
+  s.park_quiet_feeds();
+  p.start();
+  REQUIRE(s.wait_for([&] { return p.user("carol") && p.user("carol")->done; }, 10s));
+  CHECK(p.user("carol")->action == couchgate::policy::user_action::revoke_owner);
+  CHECK_FALSE(p.caller_ready("carol"));
+
+  // Her requests through the front door: CouchDB's _session says roles [app], still not selected.
+  couchgate::policy::token_user_action decided{};
+  for (int i = 0; i < 3; ++i) CHECK(p.ensure_caller({"carol", {"app"}, "cookie"}, decided));
+  CHECK(s.count("GET", "/_users/org.couchdb.user") == 0);
+  CHECK(s.count("PUT", "/" + carol) == 0);
+
+  // Given the selected role (the feed has not brought that revision yet): read and applied now.
+  s.on("GET", "/_users/org.couchdb.user",
+       answer(200, json{{"_id", "org.couchdb.user:carol"}, {"_rev", "2-b"}, {"name", "carol"}, {"type", "user"}, {"roles", {"app", "member"}}}.dump()));
+  s.on("PUT", "/" + carol + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + carol + "/_security", answer(200, R"({"ok":true})"));
+  CHECK(p.ensure_caller({"carol", {"app", "member"}, "cookie"}, decided));
+  CHECK(s.count("GET", "/_users/org.couchdb.user") == 1);
+  CHECK(s.count("PUT", "/" + carol + "/_security") == 1);
+  CHECK(p.caller_ready("carol"));
+  s.close();
+  p.stop();
   CHECK(s.unexpected().empty());
 }
