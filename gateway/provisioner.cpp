@@ -637,8 +637,12 @@ void provisioner::follow(json since) {
           log()->debug("_users feed: {}; reconnecting", r.error().describe());
         } else {
           auto delay = replicator::backoff_delay(bp, ++feed_failures, rnd);
-          log()->log(replicator::outage_error(r.error()) ? spdlog::level::debug : spdlog::level::warn,
-                     "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
+          // An outage is logged once by the transport; a single failed read (a server answering
+          // 500 while it starts, say) is info; failing again in a row is a warning.
+          const auto level = replicator::outage_error(r.error()) ? spdlog::level::debug
+                             : feed_failures > 1                 ? spdlog::level::warn
+                                                                 : spdlog::level::info;
+          log()->log(level, "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
           feed_at = now + delay;
         }
       } else if (auto page = replicator::parse_changes(r.value()); !page.ok()) {
