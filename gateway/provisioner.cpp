@@ -108,14 +108,13 @@ bool provisioner::caller_ready(const std::string& name) const {
 
 bool provisioner::ensure_caller(const policy::session_user& who, policy::token_user_action& decided) {
   decided = policy::token_user_action::not_token;
-  if (caller_ready(who.name)) return true;
-  // Applied already, as a user the policy does not select (or a deleted one): while CouchDB's
-  // answer gives roles the policy still does not select, nothing changed and nothing is asked
-  // (the selection reads only the name and the roles). Given the selected role, or recreated
-  // with it, the caller's database is made below.
-  if (auto u = user(who.name); u && u->done && u->action != policy::user_action::ensure &&
-                               !policy::matches(policy().select, policy::user_doc{who.name, who.roles, false})) {
-    return true;
+  if (auto u = user(who.name); u && u->done) {
+    if (u->action == policy::user_action::ensure) return true;  // caller_ready
+    // Applied as a user the policy does not select (or a deleted one): while CouchDB's answer
+    // gives roles the policy still does not select, nothing changed and nothing is asked (the
+    // selection reads only the name and the roles). Given the selected role, or recreated with
+    // it, the caller's database is made below.
+    if (!policy::matches(policy().select, policy::user_doc{who.name, who.roles, false})) return true;
   }
   // Not applied yet: a `_users` document written a moment ago (the feed has not brought it yet),
   // or a JWT caller with none. Until its `_security` is written the database is CouchDB's
@@ -606,11 +605,21 @@ void provisioner::follow(json since) {
   std::map<feed_work::ticket, user_chain> running;
   struct retry {
     policy::user_doc u;
-    std::uint32_t failures = 0;
     clock::time_point at{};
   };
   std::map<feed_work::ticket, retry> retrying;
   std::map<feed_work::ticket, std::uint32_t> failures;  // of the rows in flight that failed before
+  // A row whose chain failed in a way worth retrying: retried alone, after a backoff that grows
+  // with its failures; the position stays before it meanwhile.
+  const auto retry_later = [&](feed_work::ticket id, policy::user_doc u, clock::time_point now) {
+    const auto n = ++failures[id];
+    retrying[id] = retry{std::move(u), now + replicator::backoff_delay(bp, n, rnd)};
+  };
+  // A row done with (finished, failed for good, or superseded): its name may start again.
+  const auto row_over = [&](feed_work::ticket id) {
+    failures.erase(id);
+    work.finished(id);
+  };
 
   while (!stop_.requested()) {
     const std::uint64_t seen = bell_->rings();
@@ -686,12 +695,9 @@ void provisioner::follow(json since) {
         continue;
       }
       if (conclude(c)) {
-        // Retried alone, after a backoff; the position stays before it meanwhile.
-        const auto n = ++failures[it->first];
-        retrying[it->first] = retry{std::move(c.u), n, now + replicator::backoff_delay(bp, n, rnd)};
+        retry_later(it->first, std::move(c.u), now);
       } else {
-        failures.erase(it->first);
-        work.finished(it->first);
+        row_over(it->first);
       }
       it = running.erase(it);
     }
@@ -703,8 +709,7 @@ void provisioner::follow(json since) {
     for (auto it = retrying.begin(); it != retrying.end();) {
       if (work.superseded(it->second.u.name)) {
         log()->debug("user {}: a newer revision arrived; the failed one is not retried", it->second.u.name);
-        failures.erase(it->first);
-        work.finished(it->first);
+        row_over(it->first);
         it = retrying.erase(it);
         continue;
       }
@@ -730,11 +735,9 @@ void provisioner::follow(json since) {
           c->unreleased = unreleased[i];
           running.emplace(start[i].id, std::move(*c));
         } else if (retryable > 0) {
-          const auto n = ++failures[start[i].id];
-          retrying[start[i].id] = retry{std::move(start[i].user), n, now + replicator::backoff_delay(bp, n, rnd)};
+          retry_later(start[i].id, std::move(start[i].user), now);
         } else {
-          failures.erase(start[i].id);
-          work.finished(start[i].id);
+          row_over(start[i].id);
         }
       }
     }
