@@ -149,6 +149,12 @@ std::optional<std::string> header_value(const http::fields& fields, std::string_
   return std::string(it->value());
 }
 
+// A header's value, empty when absent (the first of repeated ones).
+std::string field_or_empty(const http::fields& fields, http::field name) {
+  const auto it = fields.find(name);
+  return it == fields.end() ? std::string() : std::string(it->value());
+}
+
 bool retryable(const error_code& ec) {
   return ec == net::error::eof || ec == http::error::end_of_stream || ec == net::error::connection_reset ||
          ec == net::error::broken_pipe || ec == net::error::connection_aborted;
@@ -412,12 +418,20 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
   }
   metrics_.session_cache_misses.inc();
   const auto& req = ex.parser.get();
+  co_return co_await ask_session(ex.conn.context, key, field_or_empty(req, http::field::authorization),
+                                 field_or_empty(req, http::field::cookie), pool_wait, pool_priority::normal);
+}
+
+net::awaitable<forwarder::identity> forwarder::ask_session(std::size_t context, std::string key,
+                                                          std::string authorization, std::string cookie,
+                                                          std::optional<std::chrono::milliseconds> pool_wait,
+                                                          pool_priority priority) {
   http::request<http::string_body> probe{http::verb::get, pool_.address().base_path + "/_session", 11};
   probe.set(http::field::host, pool_.address().host_header);
   probe.set(http::field::accept, "application/json");
-  if (auto it = req.find(http::field::authorization); it != req.end()) probe.set(http::field::authorization, it->value());
-  if (auto it = req.find(http::field::cookie); it != req.end()) probe.set(http::field::cookie, it->value());
-  const upstream_answer res = co_await exchange(ex.conn.context, probe, 64 * 1024, pool_wait);
+  if (!authorization.empty()) probe.set(http::field::authorization, authorization);
+  if (!cookie.empty()) probe.set(http::field::cookie, cookie);
+  const upstream_answer res = co_await exchange(context, probe, 64 * 1024, pool_wait, priority);
   if (res.k != upstream_answer::kind::answered) co_return identity{};
   if (res.status == 401) co_return identity{identity::kind::rejected, {}};
   if (res.status != 200) co_return identity{};
@@ -428,12 +442,61 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
   co_return identity{identity::kind::user, who->name, std::move(who)};
 }
 
+std::shared_ptr<forwarder::credential_check> forwarder::recheck(net::any_io_executor executor, std::size_t context,
+                                                                const http::fields& request, const std::string& key,
+                                                                std::function<void()> notify) {
+  std::shared_ptr<credential_check> check;
+  {
+    std::lock_guard lk(checks_mu_);
+    auto& slot = checks_[key];
+    if (slot) {
+      slot->notify.push_back(std::move(notify));
+      return slot;
+    }
+    slot = check = std::make_shared<credential_check>();
+    check->notify.push_back(std::move(notify));
+  }
+  metrics_.feed_rechecks.inc();
+  net::co_spawn(executor,
+                run_recheck(context, field_or_empty(request, http::field::authorization),
+                            field_or_empty(request, http::field::cookie), key, check),
+                net::detached);
+  return check;
+}
+
+std::optional<forwarder::identity> forwarder::recheck_result(const credential_check& check) {
+  std::lock_guard lk(checks_mu_);
+  return check.result;
+}
+
+net::awaitable<void> forwarder::run_recheck(std::size_t context, std::string authorization, std::string cookie,
+                                            std::string key, std::shared_ptr<credential_check> check) {
+  identity who;
+  try {
+    // Background work waits long for a connection: the feed stays parked (and is served its
+    // writes) meanwhile; only the re-check is late, and only while the pool is saturated.
+    who = co_await ask_session(context, key, std::move(authorization), std::move(cookie), std::chrono::minutes(5),
+                               pool_priority::background);
+  } catch (const std::exception&) {
+    who = identity{};  // asked again by the feed
+  }
+  std::vector<std::function<void()>> notify;
+  {
+    std::lock_guard lk(checks_mu_);
+    check->result = std::move(who);
+    notify = std::move(check->notify);
+    if (auto it = checks_.find(key); it != checks_.end() && it->second == check) checks_.erase(it);
+  }
+  for (auto& n : notify) n();
+}
+
 net::awaitable<forwarder::upstream_answer> forwarder::exchange(std::size_t context,
                                                                const http::request<http::string_body>& request,
                                                                std::size_t body_limit,
-                                                               std::optional<std::chrono::milliseconds> pool_wait) {
+                                                               std::optional<std::chrono::milliseconds> pool_wait,
+                                                               pool_priority priority) {
   for (int attempt = 0; attempt < 2; ++attempt) {
-    auto [lease, why] = co_await pool_.acquire(context, pool_wait);
+    auto [lease, why] = co_await pool_.acquire(context, pool_wait, priority);
     if (!lease) {
       if (why == acquire_error::timeout) {
         metrics_.upstream_busy.inc();

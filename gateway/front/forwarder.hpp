@@ -15,9 +15,12 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "gateway/front/auth_limits.hpp"
 #include "gateway/front/cors.hpp"
@@ -113,13 +116,33 @@ class forwarder {
   net::awaitable<identity> who_is(server_exchange& ex, const std::string& credential,
                                   std::optional<std::chrono::milliseconds> pool_wait = std::nullopt,
                                   bool live_feed = false);
+  // One GET /_session with the caller's `Authorization` and `Cookie` header values: who CouchDB
+  // says the credential names (stored in both caches under `key` when accepted).
+  net::awaitable<identity> ask_session(std::size_t context, std::string key, std::string authorization, std::string cookie,
+                                       std::optional<std::chrono::milliseconds> pool_wait, pool_priority priority);
+  // A parked live feed's credential re-check (issue 14), asked apart from the feed as background
+  // work on the pool (upstream_pool.hpp: below every normal request, at most half the pool): the
+  // feed keeps serving wakes while it waits, a write's delivery never queues behind re-checks,
+  // and the feeds of one credential share one check. recheck() joins the credential's check in
+  // flight or starts one on `executor`; `notify` is called (from any thread) once it is answered.
+  struct credential_check {
+    std::optional<identity> result;             // under checks_mu_
+    std::vector<std::function<void()>> notify;  // under checks_mu_
+  };
+  std::shared_ptr<credential_check> recheck(net::any_io_executor executor, std::size_t context,
+                                            const http::fields& request, const std::string& key,
+                                            std::function<void()> notify);
+  std::optional<identity> recheck_result(const credential_check& check);
+  net::awaitable<void> run_recheck(std::size_t context, std::string authorization, std::string cookie, std::string key,
+                                   std::shared_ptr<credential_check> check);
   // CouchDB refused the credential (`key`: its session_cache key): forgotten in both caches, so
   // the next request asks GET /_session again.
   void forget_credential(const std::string& key);
   // One complete request/response over a leased connection (a stale reused one retried once).
   net::awaitable<upstream_answer> exchange(std::size_t context, const http::request<http::string_body>& request,
                                            std::size_t body_limit,
-                                           std::optional<std::chrono::milliseconds> pool_wait = std::nullopt);
+                                           std::optional<std::chrono::milliseconds> pool_wait = std::nullopt,
+                                           pool_priority priority = pool_priority::normal);
   // A live `_changes` feed, parked between reads (live_feeds.cpp).
   // `verified`: identity::verified (false: the first check may not be skipped).
   net::awaitable<bool> serve_feed(server_exchange& ex, const route& rt, const std::string& db, const std::string& user,
@@ -158,6 +181,8 @@ class forwarder {
   user_slots slots_;
   auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)
   std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_caller
+  std::mutex checks_mu_;
+  std::unordered_map<std::string, std::shared_ptr<credential_check>> checks_;  // credential key -> check in flight
 };
 
 }  // namespace couchgate::gateway::front

@@ -164,6 +164,13 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         [self] { return static_cast<double>(self->pool->stats().in_use); });
   registry.add_callback("couchgate_front_upstream_waiting", "Requests waiting for a connection to CouchDB",
                         [self] { return static_cast<double>(self->pool->stats().waiting); });
+  registry.add_callback("couchgate_front_upstream_background_in_use",
+                        "Front door connections to CouchDB in use by background work (parked live feeds' credential "
+                        "re-checks; at most half the pool)",
+                        [self] { return static_cast<double>(self->pool->stats().background_in_use); });
+  registry.add_callback("couchgate_front_upstream_background_waiting",
+                        "Parked live feeds' credential re-checks waiting for a connection to CouchDB",
+                        [self] { return static_cast<double>(self->pool->stats().background_waiting); });
   registry.add_callback("couchgate_front_upstream_max", "front.upstream.max_connections",
                         [self] { return static_cast<double>(self->pool->max_connections()); });
   registry.add_callback("couchgate_front_upstream_peak", "Most front door connections to CouchDB open at once",

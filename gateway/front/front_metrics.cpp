@@ -31,7 +31,10 @@ front_metrics::front_metrics(replicator::registry& r)
                                  "(429), or waited in the user's queue past front.user_queue_timeout (503)")),
       upstream_busy(r.add_counter("couchgate_front_upstream_busy_total",
                                   "Requests answered 503 because no upstream connection freed up in time")),
-      auth_failures(r.add_counter("couchgate_front_auth_failures_total", "Credentials CouchDB did not accept")) {
+      auth_failures(r.add_counter("couchgate_front_auth_failures_total", "Credentials CouchDB did not accept")),
+      feed_rechecks(r.add_counter("couchgate_front_feed_rechecks_total",
+                                  "Credential re-checks (GET /_session) of parked live _changes feeds, asked as "
+                                  "background work (one per credential at a time)")) {
   for (const auto route : routes) {
     std::vector<replicator::counter*> row;
     for (const unsigned s : statuses) {

@@ -31,6 +31,7 @@ class front_metrics {
   replicator::counter& user_limited;        // 429/503: the user's queue full, or its wait deadline passed
   replicator::counter& upstream_busy;       // 503: no upstream connection within the wait deadline
   replicator::counter& auth_failures;       // credentials CouchDB did not accept
+  replicator::counter& feed_rechecks;       // parked feeds' credential re-checks sent (GET /_session, background)
 
  private:
   static constexpr std::array<double, 17> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,

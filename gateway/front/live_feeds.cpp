@@ -129,15 +129,14 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const std::string credential_key = session_cache::key_of(credential);
   const std::string cap_key = user.empty() ? "credential:" + credential_key : "user:" + user;
   auto waiter = std::make_shared<feed_waiter>(ex.stream.get_executor());
+  // Ends the parked wait from any thread: a wake, or the answer of a credential re-check.
+  const auto wake_me = [w = std::weak_ptr<feed_waiter>(waiter)] {
+    if (auto s = w.lock()) net::post(s->timer.get_executor(), [s] { s->timer.cancel(); });
+  };
   const std::size_t estimate = sizeof(feed_state) + sizeof(feed_request) + sizeof(feed_waiter) +
                                request.since.capacity() + request.passthrough.capacity() + body.capacity() +
                                ex.buffer.capacity() + 2 * credential_key.capacity();
-  const auto id = feeds.subscribe(
-      db, cap_key,
-      [w = std::weak_ptr<feed_waiter>(waiter)] {
-        if (auto s = w.lock()) net::post(s->timer.get_executor(), [s] { s->timer.cancel(); });
-      },
-      estimate);
+  const auto id = feeds.subscribe(db, cap_key, wake_me, estimate);
   if (!id) {
     metrics_.user_limited.inc();
     co_return co_await answer(http::status::too_many_requests, "too_many_requests",
@@ -265,32 +264,27 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   // The client re-issues a longpoll couchgate answered from this `since`, and nothing of the
   // database was announced since that answer's read: parked at once, no first check. The mark
   // is taken before the look (a change announced after it forgets the record or wakes us).
-  // Only for a credential CouchDB accepted within session_cache_ttl (cached, or read with): one
-  // routed by the route memo alone is asked about first (GET /_session, lighter for CouchDB than
-  // a `_changes` read, which opens the database), or else checked by the first read.
+  // A credential CouchDB has not accepted within session_cache_ttl (routed by the route memo
+  // alone) is asked about at once, in the background (GET /_session, lighter for CouchDB than a
+  // `_changes` read, which opens the database), while the feed parks: a 401 there ends the feed
+  // (with a real 401 while the longpoll's header is still held back), and a write meanwhile is
+  // read with the credential itself, which CouchDB judges.
   const auto still_accepted = [&](const identity& who) {
     return !(who.k == identity::kind::rejected || (who.k == identity::kind::user && !user.empty() && who.name != user));
   };
   bool skip_read = false;
   if (!memo_key.empty()) {
     const feed_read_mark mark = feeds.mark_read(db, false);
-    bool may_skip = feeds.skip_first_check(db, memo_key, request, now_());
-    if (may_skip && !verified) {
-      const identity who = co_await who_is(ex, credential);
-      if (!still_accepted(who)) {
-        feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
-                         user.empty() ? "-" : user);
-        co_return co_await refuse(401, json_error("unauthorized", "Name or password is incorrect."));
-      }
-      may_skip = who.k == identity::kind::user;  // CouchDB unavailable: the first read decides
-    }
-    if (may_skip) {
+    if (feeds.skip_first_check(db, memo_key, request, now_())) {
       skip_read = true;
       since_mark = mark;
       first_read = false;
       state.on_fetched(0, {}, false, now_());  // as a first check that found nothing new
+      if (!verified) state.revalidated(now_());
     }
   }
+  // The credential's re-check in flight (forwarder::recheck), if any; its answer ends the wait.
+  std::shared_ptr<credential_check> check;
   for (;; skip_read = false) {
     if (!skip_read) {
       // 1. One normal read from where the client is.
@@ -413,6 +407,20 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     feeds.park(*id, replicator::couch_client::seq_number(nlohmann::json(state.since())));
     bool woken = false;
     while (!woken) {
+      if (check) {
+        if (auto who = recheck_result(*check)) {
+          check.reset();
+          if (!still_accepted(*who)) {
+            feeds.unpark(*id);
+            feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
+                             user.empty() ? "-" : user);
+            co_return co_await refuse(401, json_error("unauthorized", "Name or password is incorrect."));
+          }
+          // CouchDB unavailable (or the pool saturated for minutes): asked again soon.
+          state.revalidated(who->k == identity::kind::user ? next_validation(sessions_, credential_key, now_())
+                                                           : now_() + std::chrono::seconds(1));
+        }
+      }
       if (feeds.take_wake(*id)) {
         woken = true;
         break;
@@ -427,16 +435,13 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
             state.revalidated(now + std::chrono::hours(24 * 365));  // anonymous: nothing to re-validate
             break;
           }
-          const identity who = co_await who_is(ex, credential);
-          if (!still_accepted(who)) {
-            feeds.unpark(*id);
-            feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
-                             user.empty() ? "-" : user);
-            co_return co_await refuse(401, json_error("unauthorized", "Name or password is incorrect."));
+          // The session cache may already hold it (another request, or a read, was accepted).
+          if (sessions_.expires(credential_key).value_or(now) > now) {
+            state.revalidated(next_validation(sessions_, credential_key, now));
+            break;
           }
-          // CouchDB unavailable: the feed stays; asked again soon.
-          state.revalidated(who.k == identity::kind::user ? next_validation(sessions_, credential_key, now_())
-                                                          : now_() + std::chrono::seconds(1));
+          if (!check) check = recheck(ex.stream.get_executor(), ex.conn.context, req, credential_key, wake_me);
+          state.revalidated(now + std::chrono::hours(24));  // the check's answer sets the next one
           break;
         }
         case feed_due::heartbeat:

@@ -65,17 +65,18 @@ bool still_open(upstream_connection& c) {
 
 struct upstream_pool::waiter {
   enum class state { waiting, got_connection, got_slot, closed };
-  waiter(std::size_t ctx, net::io_context& io) : context(ctx), timer(io) {}
+  waiter(std::size_t ctx, net::io_context& io, pool_priority p) : context(ctx), priority(p), timer(io) {}
   std::size_t context;
+  pool_priority priority;
   net::steady_timer timer;
   std::chrono::steady_clock::time_point deadline;  // when it gives up (503 for a plain request)
-  deadline_queue<std::shared_ptr<waiter>>::handle place{};  // in waiters_
+  waiter_queues<std::shared_ptr<waiter>>::handle place{};  // in waiters_
   state st = state::waiting;
   std::unique_ptr<upstream_connection> conn;
 };
 
 upstream_lease::~upstream_lease() {
-  if (pool_ != nullptr && conn_) pool_->release(std::move(conn_), keep_);
+  if (pool_ != nullptr && conn_) pool_->release(std::move(conn_), keep_, priority_);
 }
 
 upstream_pool::upstream_pool(io_threads& io, upstream_address address, std::size_t max_connections,
@@ -87,7 +88,8 @@ upstream_pool::upstream_pool(io_threads& io, upstream_address address, std::size
       wait_timeout_(wait_timeout),
       connect_timeout_(connect_timeout),
       client_tls_(std::move(client_tls)),
-      idle_(io.size()) {}
+      idle_(io.size()),
+      waiters_(max_connections / 2) {}
 
 upstream_pool::~upstream_pool() { close(); }
 
@@ -109,6 +111,7 @@ void upstream_pool::close() {
     stats_.open -= idle.size();
     waiters = waiters_.take_all();
     stats_.waiting = 0;
+    stats_.background_waiting = 0;
     for (auto& w : waiters) w->st = waiter::state::closed;
   }
   for (auto& w : waiters) wake(w);
@@ -121,19 +124,36 @@ void upstream_pool::wake(const std::shared_ptr<waiter>& w) {
   net::post(io_.context(w->context), [w] { w->timer.cancel(); });
 }
 
+std::shared_ptr<upstream_pool::waiter> upstream_pool::next_waiter_locked() {
+  if (closed_) return nullptr;
+  auto next = waiters_.pop(stats_.background_in_use);
+  if (!next) return nullptr;
+  --stats_.waiting;
+  ++stats_.in_use;
+  if (next->second == pool_priority::background) {
+    --stats_.background_waiting;
+    ++stats_.background_in_use;
+  }
+  return std::move(next->first);
+}
+
 void upstream_pool::retire(std::unique_ptr<upstream_connection> conn) {
   std::shared_ptr<upstream_connection> c(conn.release());
   net::post(io_.context(c->context), [c]() mutable { c.reset(); });
 }
 
-net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::acquire(std::size_t context,
-                                                                                               std::optional<std::chrono::milliseconds> wait) {
+net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::acquire(
+    std::size_t context, std::optional<std::chrono::milliseconds> wait, pool_priority priority) {
   using result = std::pair<std::optional<upstream_lease>, acquire_error>;
   std::unique_lock lk(mu_);
   if (closed_) co_return result{std::nullopt, acquire_error::closed};
   const auto now = std::chrono::steady_clock::now();
+  const bool background = priority == pool_priority::background;
+  // Background work over its share waits, even with a connection idle.
+  const bool may_take = waiters_.may_take(priority, stats_.background_in_use);
+  if (may_take && background) ++stats_.background_in_use;  // given back below if it waits after all
   auto& idle = idle_[context];
-  while (!idle.empty()) {
+  while (may_take && !idle.empty()) {
     auto c = std::move(idle.back());
     idle.pop_back();
     const auto limit = c->server_idle_limit.count() > 0 ? std::min(idle_limit_, c->server_idle_limit) : idle_limit_;
@@ -143,52 +163,56 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
       continue;
     }
     ++stats_.in_use;
-    co_return result{upstream_lease(this, std::move(c)), acquire_error::none};
+    co_return result{upstream_lease(this, std::move(c), priority), acquire_error::none};
   }
-  if (stats_.open < max_) {
+  if (may_take && stats_.open < max_) {
     ++stats_.open;
     ++stats_.in_use;
     stats_.peak_open = std::max(stats_.peak_open, stats_.open);
     lk.unlock();
-    co_return co_await open_new(context);
+    co_return co_await open_new(context, priority);
   }
   for (auto& other : idle_) {  // an idle connection on another context: trade it for a new one here
-    if (other.empty()) continue;
+    if (!may_take || other.empty()) continue;
     auto c = std::move(other.back());
     other.pop_back();
     ++stats_.in_use;
     lk.unlock();
     retire(std::move(c));
-    co_return co_await open_new(context);
+    co_return co_await open_new(context, priority);
   }
-  auto w = std::make_shared<waiter>(context, io_.context(context));
+  if (may_take && background) --stats_.background_in_use;
+  auto w = std::make_shared<waiter>(context, io_.context(context), priority);
   w->deadline = now + wait.value_or(wait_timeout_);
   w->timer.expires_at(w->deadline);
-  w->place = waiters_.push(w->deadline, w);
+  w->place = waiters_.push(priority, w->deadline, w);
   ++stats_.waiting;
+  if (background) ++stats_.background_waiting;
   lk.unlock();
   error_code ec;
   co_await w->timer.async_wait(ec_token(ec));
   lk.lock();
   switch (w->st) {
     case waiter::state::waiting:
-      waiters_.erase(w->place);
+      waiters_.erase(priority, w->place);
       --stats_.waiting;
+      if (background) --stats_.background_waiting;
       ++stats_.wait_timeouts;
       co_return result{std::nullopt, acquire_error::timeout};
     case waiter::state::got_connection:
-      co_return result{upstream_lease(this, std::move(w->conn)), acquire_error::none};
+      co_return result{upstream_lease(this, std::move(w->conn), priority), acquire_error::none};
     case waiter::state::got_slot:
       lk.unlock();
-      co_return co_await open_new(context);
+      co_return co_await open_new(context, priority);
     case waiter::state::closed:
       break;
   }
   co_return result{std::nullopt, acquire_error::closed};
 }
 
-// The slot (open and in_use) is already counted for this connection.
-net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::open_new(std::size_t context) {
+// The slot (open and in_use, background_in_use for background work) is already counted for this connection.
+net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::open_new(std::size_t context,
+                                                                                               pool_priority priority) {
   using result = std::pair<std::optional<upstream_lease>, acquire_error>;
   auto& io = io_.context(context);
   beast::tcp_stream tcp_stream(io);
@@ -224,11 +248,10 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     {
       std::lock_guard lk(mu_);
       --stats_.in_use;
+      if (priority == pool_priority::background) --stats_.background_in_use;
       ++stats_.connect_failures;
-      if (!waiters_.empty() && !closed_) {  // the slot goes on to the next waiter
-        next = waiters_.pop();
-        --stats_.waiting;
-        ++stats_.in_use;
+      next = next_waiter_locked();  // the slot goes on to the next waiter
+      if (next) {
         next->st = waiter::state::got_slot;
       } else {
         --stats_.open;
@@ -238,22 +261,20 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     co_return result{std::nullopt, acquire_error::connect_failed};
   }
   conn->connected = true;
-  co_return result{upstream_lease(this, std::move(conn)), acquire_error::none};
+  co_return result{upstream_lease(this, std::move(conn), priority), acquire_error::none};
 }
 
-void upstream_pool::release(std::unique_ptr<upstream_connection> conn, bool reusable) {
+void upstream_pool::release(std::unique_ptr<upstream_connection> conn, bool reusable, pool_priority priority) {
   std::shared_ptr<waiter> next;
   std::unique_ptr<upstream_connection> drop;
   {
     std::lock_guard lk(mu_);
     --stats_.in_use;
+    if (priority == pool_priority::background) --stats_.background_in_use;
     if (closed_) {
       --stats_.open;
       drop = std::move(conn);
-    } else if (!waiters_.empty()) {
-      next = waiters_.pop();
-      --stats_.waiting;
-      ++stats_.in_use;
+    } else if ((next = next_waiter_locked())) {
       if (reusable && next->context == conn->context) {
         ++conn->uses;
         next->conn = std::move(conn);

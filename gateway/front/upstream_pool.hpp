@@ -12,6 +12,7 @@
 //
 // The pool knows nothing of requests: a lease is held exactly while one request/response
 // exchange uses the socket, so a parked feed (issue 14) holds no upstream connection.
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -90,12 +91,61 @@ class deadline_queue {
   std::uint64_t next_arrival_ = 0;
 };
 
+// Who waits for a freed connection, and how urgently. `background` is work no client waits on
+// (a parked live feed's credential re-check, issue 14): it is served only when no normal
+// request waits, and holds at most its share of the pool at once, so that the writes a parked
+// feed must deliver (normal requests) always find most of the pool, however many re-checks are
+// due. Under overload the re-checks lag instead of the deliveries.
+enum class pool_priority { normal, background };
+
+// The waiters of both priorities and the rule above. `background_in_use`: background leases
+// out now. Pure (no locking, no I/O): the pool calls it under its lock.
+template <class T>
+class waiter_queues {
+ public:
+  using time_point = std::chrono::steady_clock::time_point;
+  using handle = typename deadline_queue<T>::handle;
+  explicit waiter_queues(std::size_t background_limit) : background_limit_(std::max<std::size_t>(background_limit, 1)) {}
+  handle push(pool_priority p, time_point deadline, T value) { return queue(p).push(deadline, std::move(value)); }
+  bool erase(pool_priority p, const handle& h) { return queue(p).erase(h); }
+  // May a request of priority `p` take an idle connection or a free slot now (rather than wait)?
+  bool may_take(pool_priority p, std::size_t background_in_use) const {
+    return p == pool_priority::normal || background_in_use < background_limit_;
+  }
+  // The waiter a freed connection goes to, and its priority; nullopt when none may have it.
+  std::optional<std::pair<T, pool_priority>> pop(std::size_t background_in_use) {
+    if (!normal_.empty()) return std::pair<T, pool_priority>{normal_.pop(), pool_priority::normal};
+    if (!background_.empty() && background_in_use < background_limit_) {
+      return std::pair<T, pool_priority>{background_.pop(), pool_priority::background};
+    }
+    return std::nullopt;
+  }
+  std::size_t size() const { return normal_.size() + background_.size(); }
+  std::size_t background_waiting() const { return background_.size(); }
+  std::size_t background_limit() const { return background_limit_; }
+  std::vector<T> take_all() {
+    std::vector<T> out = normal_.take_all();
+    for (auto& v : background_.take_all()) out.push_back(std::move(v));
+    return out;
+  }
+
+ private:
+  deadline_queue<T>& queue(pool_priority p) { return p == pool_priority::normal ? normal_ : background_; }
+  std::size_t background_limit_;
+  deadline_queue<T> normal_;
+  deadline_queue<T> background_;
+};
+
 // Exclusive use of one connection. keep() before destruction returns it for reuse; otherwise it
 // is closed (an exchange that did not finish cleanly leaves the socket in an unknown state).
 class upstream_lease {
  public:
-  upstream_lease(upstream_pool* pool, std::unique_ptr<upstream_connection> c) : pool_(pool), conn_(std::move(c)) {}
-  upstream_lease(upstream_lease&& o) noexcept : pool_(o.pool_), conn_(std::move(o.conn_)), keep_(o.keep_) { o.pool_ = nullptr; }
+  upstream_lease(upstream_pool* pool, std::unique_ptr<upstream_connection> c, pool_priority p = pool_priority::normal)
+      : pool_(pool), conn_(std::move(c)), priority_(p) {}
+  upstream_lease(upstream_lease&& o) noexcept
+      : pool_(o.pool_), conn_(std::move(o.conn_)), keep_(o.keep_), priority_(o.priority_) {
+    o.pool_ = nullptr;
+  }
   upstream_lease& operator=(upstream_lease&&) = delete;
   ~upstream_lease();
   upstream_connection& conn() { return *conn_; }
@@ -105,12 +155,15 @@ class upstream_lease {
   upstream_pool* pool_;
   std::unique_ptr<upstream_connection> conn_;
   bool keep_ = false;
+  pool_priority priority_;
 };
 
 struct upstream_stats {
   std::size_t open = 0;      // sockets open (or being opened)
   std::size_t in_use = 0;    // leased
   std::size_t waiting = 0;   // requests waiting for a connection
+  std::size_t background_in_use = 0;  // of in_use: background work (see pool_priority)
+  std::size_t background_waiting = 0;  // of waiting: background work
   std::size_t peak_open = 0;
   std::uint64_t wait_timeouts = 0;
   std::uint64_t connect_failures = 0;
@@ -126,9 +179,12 @@ class upstream_pool {
   ~upstream_pool();
 
   // A connected connection on `context` (the caller's I/O context), or why not. A waiter waits
-  // `wait` (default: the pool's wait_timeout); the earliest deadline is served first.
+  // `wait` (default: the pool's wait_timeout); the earliest deadline is served first, normal
+  // requests before background work (waiter_queues). Background work holds at most half the
+  // pool (at least one connection).
   net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> acquire(
-      std::size_t context, std::optional<std::chrono::milliseconds> wait = std::nullopt);
+      std::size_t context, std::optional<std::chrono::milliseconds> wait = std::nullopt,
+      pool_priority priority = pool_priority::normal);
   upstream_stats stats() const;
   std::size_t max_connections() const { return max_; }
   std::chrono::milliseconds wait_timeout() const { return wait_timeout_; }
@@ -139,9 +195,12 @@ class upstream_pool {
  private:
   friend class upstream_lease;
   struct waiter;
-  void release(std::unique_ptr<upstream_connection> conn, bool reusable);
+  void release(std::unique_ptr<upstream_connection> conn, bool reusable, pool_priority priority);
   void wake(const std::shared_ptr<waiter>& w);
-  net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> open_new(std::size_t context);
+  // The next waiter, counted as holding the slot (in_use, background_in_use); nullptr if none. Under mu_.
+  std::shared_ptr<waiter> next_waiter_locked();
+  net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> open_new(std::size_t context,
+                                                                                  pool_priority priority);
   void retire(std::unique_ptr<upstream_connection> conn);
 
   io_threads& io_;
@@ -155,7 +214,7 @@ class upstream_pool {
   mutable std::mutex mu_;
   bool closed_ = false;
   std::vector<std::vector<std::unique_ptr<upstream_connection>>> idle_;  // per context
-  deadline_queue<std::shared_ptr<waiter>> waiters_;
+  waiter_queues<std::shared_ptr<waiter>> waiters_;
   upstream_stats stats_;
 };
 

@@ -1138,6 +1138,18 @@ int session_checks(const fault_proxy& proxy) {
   for (const auto& r : proxy.requests()) count += r.target.find("/_session") != std::string::npos ? 1 : 0;
   return count;
 }
+
+// Changes `user`'s password on the server (the new one registered for the log scan); returns it.
+std::string change_password(const std::string& user, const std::string& tag) {
+  const std::string new_password = "pw-" + unique(tag);
+  register_basic_secret(user, new_password);
+  const std::string user_doc = "/_users/" + enc("org.couchdb.user:" + user);
+  auto doc = couch().get(user_doc);
+  REQUIRE(doc.status == 200);
+  doc.body["password"] = new_password;
+  REQUIRE(couch().put(user_doc, doc.body).status == 201);
+  return new_password;
+}
 }  // namespace
 
 TEST_CASE("live feeds: a re-issued live feed finds its database from the route memo past the session cache; plain requests ask _session") {
@@ -1214,13 +1226,7 @@ TEST_CASE("live feeds: a parked client whose password changed gets 401 from its 
   const bool parked =
       eventually([&] { return cg.metric("couchgate_front_feeds_parked").value_or(0) >= 1; }, std::chrono::seconds(20));
   // The password changes on the server; once the server takes the new one, it refuses the old.
-  const std::string new_password = "pw-" + unique("changed");
-  register_basic_secret(users[0].name, new_password);
-  const std::string user_doc = "/_users/" + enc("org.couchdb.user:" + users[0].name);
-  auto doc = couch().get(user_doc);
-  REQUIRE(doc.status == 200);
-  doc.body["password"] = new_password;
-  REQUIRE(couch().put(user_doc, doc.body).status == 201);
+  const std::string new_password = change_password(users[0].name, "changed");
   const bool taken = eventually([&] { return couch(users[0].name, new_password).get("/_session").status == 200; },
                                 std::chrono::seconds(20));
   // A write to the client's database wakes it.
@@ -1239,6 +1245,83 @@ TEST_CASE("live feeds: a parked client whose password changed gets 401 from its 
   // The new password is served.
   const auto renewed = longpoll({{"Authorization", basic(users[0].name, new_password)}}, since, 200);
   CHECK_MESSAGE(renewed.status == 200, renewed.raw);
+  CHECK(run.process->terminate() == 0);
+}
+
+TEST_CASE("live feeds: a parked feed's credential re-check never holds up its deliveries; its 401 ends the feed") {
+  auto n = fresh_names("frontrecheck");
+  const std::string dir = temp_dir();
+  fault_proxy proxy;  // holds the GET /_session re-checks, lets everything else through
+  // A session cache of 1 s: a parked feed's credential is asked about again a second after
+  // it was accepted. Two upstream connections: a re-check may hold one of them, never both.
+  auto run = start_front(n,
+                         json{{"allow_insecure", true},
+                              {"session_cache_ttl", "1s"},
+                              {"route_cache_ttl", "10m"},
+                              {"feed_sweep_interval", "200ms"},
+                              {"upstream", {{"max_connections", 2}}}},
+                         dir, json{{"couchdb", {{"url", proxy.url()}}}}, proxy_env(proxy));
+  auto& cg = *run.process;
+  const auto users = provisioned_users(n, 1);
+  const header_list alice{{"Authorization", basic(users[0].name, users[0].password)}};
+  const auto longpoll = [&](const std::string& since, int timeout_ms) {
+    return front_call(run.port, false, "GET",
+                      "/me/_changes?feed=longpoll&timeout=" + std::to_string(timeout_ms) + "&since=" + enc(since), alice);
+  };
+  const auto seq_of = [](const front_reply& r) {
+    return r.body["last_seq"].is_string() ? r.body["last_seq"].get<std::string>() : r.body["last_seq"].dump();
+  };
+  const auto has_row = [](const front_reply& r, const std::string& id) {
+    bool found = false;
+    if (r.body.contains("results") && r.body["results"].is_array()) {
+      for (const auto& row : r.body["results"]) found = found || row.value("id", "") == id;
+    }
+    return found;
+  };
+  const auto first = longpoll("now", 200);
+  REQUIRE_MESSAGE(first.status == 200, first.raw);
+  std::string since = seq_of(first);
+
+  // 1. From now on CouchDB's answer to a GET /_session is late. The parked feed's re-check goes
+  // out (and hangs), yet a write to its database is delivered at once by the wake's own read.
+  proxy.hold("/_session");
+  std::atomic<bool> answered{false};
+  front_reply woken;
+  std::thread client([&] {
+    woken = longpoll(since, 60000);
+    answered = true;
+  });
+  const bool rechecking = eventually([&] { return proxy.held() >= 1; }, std::chrono::seconds(20));
+  CHECK_MESSAGE(rechecking, tail(cg.log()));
+  CHECK(cg.metric("couchgate_front_feed_rechecks_total").value_or(0) >= 1);
+  REQUIRE(couch().put("/" + enc(users[0].db) + "/during-recheck", json{{"n", 1}}).status == 201);
+  const bool delivered = eventually([&] { return answered.load(); }, std::chrono::seconds(20));
+  CHECK_MESSAGE(delivered, "the write waited for the held credential re-check");
+  CHECK(proxy.held() >= 1);  // still held: the delivery did not wait for it
+  if (!delivered) proxy.hold({});
+  client.join();
+  REQUIRE_MESSAGE(woken.status == 200, woken.raw);
+  CHECK_MESSAGE(has_row(woken, "during-recheck"), woken.raw);
+  since = seq_of(woken);
+
+  // 2. The password changes while the (shared, still held) re-check waits: once it reaches
+  // CouchDB, its 401 ends the parked feed with a real 401 (no heartbeat was due yet).
+  front_reply refused;
+  std::atomic<bool> ended{false};
+  std::thread second([&] {
+    refused = longpoll(since, 60000);
+    ended = true;
+  });
+  CHECK(eventually([&] { return cg.metric("couchgate_front_feeds_parked").value_or(0) >= 1; }, std::chrono::seconds(20)));
+  change_password(users[0].name, "rechecked");
+  // (The server's own check is asked directly, not through the proxy.)
+  CHECK(eventually([&] { return couch(users[0].name, users[0].password).get("/_session").status == 401; },
+                   std::chrono::seconds(20)));
+  proxy.hold({});
+  CHECK(eventually([&] { return ended.load(); }, std::chrono::seconds(30)));
+  second.join();
+  CHECK_MESSAGE(refused.status == 401, refused.raw);
+  CHECK(cg.log().find("credential no longer accepted; live feed ended with 401\n") != std::string::npos);
   CHECK(run.process->terminate() == 0);
 }
 

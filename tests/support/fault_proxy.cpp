@@ -44,6 +44,7 @@ struct connection {
   fault_proxy::close_mode close_as = fault_proxy::close_mode::graceful;
   std::string inbox;   // client bytes not yet split into requests
   bool raw = false;    // could not follow the requests: forward bytes as they come
+  bool held = false;   // the request at the start of inbox is recorded and held (hold())
   std::size_t pass = 0;  // bytes of the current request still to forward
   std::size_t skip = 0;  // bytes of the current request still to drop (answered by the proxy)
   bool close_when_sent = false;  // an injected answer that ends the connection once written
@@ -150,6 +151,18 @@ void fault_proxy::answer_next(int n, std::string raw_response, std::string targe
   inject_close_as_ = close_as;
   inject_response_ = std::move(raw_response);
   inject_match_ = std::move(target_contains);
+}
+
+void fault_proxy::hold(std::string target_contains) {
+  control([&] {
+    std::lock_guard lk(http_mu_);
+    hold_match_ = std::move(target_contains);
+  });
+}
+
+int fault_proxy::held() const {
+  std::lock_guard lk(http_mu_);
+  return held_;
 }
 
 std::vector<fault_proxy::request_record> fault_proxy::requests() const {
@@ -269,6 +282,8 @@ void fault_proxy::run() {
     if (do_cut) {
       for (auto& c : conns) c->close_both(cut_as);
       conns.clear();
+      std::lock_guard lk(http_mu_);
+      held_ = 0;
     }
     open_ = static_cast<int>(conns.size());
     {
@@ -364,47 +379,57 @@ void fault_proxy::run() {
         }
         c.connecting = false;
       }
-      if (cr & (POLLIN | POLLHUP)) {
-        if (c.raw) {
-          read_into(c.client, c.c2s, c.client_eof, c);
-        } else {
-          read_into(c.client, c.inbox, c.client_eof, c);
-          while (!c.inbox.empty()) {
-            if (c.pass > 0 || c.skip > 0) {  // the rest of a request already decided on
-              std::size_t& left = c.pass > 0 ? c.pass : c.skip;
-              const std::size_t take = std::min(left, c.inbox.size());
-              if (c.pass > 0) c.c2s.append(c.inbox, 0, take);
-              c.inbox.erase(0, take);
-              left -= take;
-              continue;
-            }
-            request_record rec;
-            const std::size_t len = request_length(c.inbox, rec.method, rec.target, rec.has_authorization, rec.has_session_cookie);
-            if (len == 0) break;
-            if (len == std::string::npos) {  // not followable: forward the rest as it comes
-              c.raw = true;
-              c.c2s += c.inbox;
-              c.inbox.clear();
-              break;
-            }
-            rec.at = std::chrono::steady_clock::now();
-            {
-              std::lock_guard lk(http_mu_);
-              if (inject_left_ > 0 && rec.target.find(inject_match_) != std::string::npos) {
-                --inject_left_;
-                rec.answered_by_proxy = true;
-                c.s2c += inject_response_;
-                if (inject_close_ && !c.close_when_sent) c.close_sent_as = inject_close_as_;
-                c.close_when_sent = c.close_when_sent || inject_close_;
-              }
-              requests_.push_back(rec);
-            }
-            (rec.answered_by_proxy ? c.skip : c.pass) = len;
+      if (cr & (POLLIN | POLLHUP)) read_into(c.client, c.raw ? c.c2s : c.inbox, c.client_eof, c);
+      if (!c.raw) {
+        while (!c.inbox.empty()) {
+          if (c.pass > 0 || c.skip > 0) {  // the rest of a request already decided on
+            std::size_t& left = c.pass > 0 ? c.pass : c.skip;
+            const std::size_t take = std::min(left, c.inbox.size());
+            if (c.pass > 0) c.c2s.append(c.inbox, 0, take);
+            c.inbox.erase(0, take);
+            left -= take;
+            continue;
           }
-          if (c.client_eof && !c.inbox.empty()) {  // a partial request, then EOF: pass it on
+          request_record rec;
+          const std::size_t len = request_length(c.inbox, rec.method, rec.target, rec.has_authorization, rec.has_session_cookie);
+          if (len == 0) break;
+          if (len == std::string::npos) {  // not followable: forward the rest as it comes
+            c.raw = true;
             c.c2s += c.inbox;
             c.inbox.clear();
+            break;
           }
+          if (c.held) {  // recorded when it came; goes on once no hold is set
+            std::lock_guard lk(http_mu_);
+            if (!hold_match_.empty()) break;
+            c.held = false;
+            --held_;
+            c.pass = len;
+            continue;
+          }
+          rec.at = std::chrono::steady_clock::now();
+          {
+            std::lock_guard lk(http_mu_);
+            if (!hold_match_.empty() && rec.target.find(hold_match_) != std::string::npos) {
+              requests_.push_back(rec);
+              c.held = true;
+              ++held_;
+              break;
+            }
+            if (inject_left_ > 0 && rec.target.find(inject_match_) != std::string::npos) {
+              --inject_left_;
+              rec.answered_by_proxy = true;
+              c.s2c += inject_response_;
+              if (inject_close_ && !c.close_when_sent) c.close_sent_as = inject_close_as_;
+              c.close_when_sent = c.close_when_sent || inject_close_;
+            }
+            requests_.push_back(rec);
+          }
+          (rec.answered_by_proxy ? c.skip : c.pass) = len;
+        }
+        if (c.client_eof && !c.inbox.empty() && !c.held) {  // a partial request, then EOF: pass it on
+          c.c2s += c.inbox;
+          c.inbox.clear();
         }
       }
       if (!c.connecting && (sr & (POLLIN | POLLHUP))) {
@@ -463,8 +488,14 @@ void fault_proxy::run() {
       }
     }
 
-    for (auto& c : conns)
-      if (c->dead) c->close_both(c->close_as);
+    for (auto& c : conns) {
+      if (!c->dead) continue;
+      if (c->held) {
+        std::lock_guard lk(http_mu_);
+        --held_;
+      }
+      c->close_both(c->close_as);
+    }
     std::erase_if(conns, [](const std::unique_ptr<connection>& c) { return c->dead; });
     open_ = static_cast<int>(conns.size());
   }

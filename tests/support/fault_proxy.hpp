@@ -65,6 +65,13 @@ class fault_proxy {
   // `close_as`: how that close looks (reset: the peer sees "connection reset by peer" mid-answer).
   void answer_next(int n, std::string raw_response, std::string target_contains = {}, bool close_after = false,
                    close_mode close_as = close_mode::graceful);
+  // While set (non-empty), a request whose target contains `target_contains` is held: recorded
+  // when it arrives, but neither it nor what follows on its connection reaches the server until
+  // hold({}) lets every held request go. One slow path (a late `_session` answer, say) while
+  // every other request flows.
+  void hold(std::string target_contains);
+  // Requests held now.
+  int held() const;
   struct request_record {
     std::chrono::steady_clock::time_point at;  // when its last byte arrived
     std::string method, target;
@@ -112,12 +119,14 @@ class fault_proxy {
   bool cut_pending_ = false;
   close_mode cut_mode_ = close_mode::reset;
 
-  mutable std::mutex http_mu_;  // guards the three below (the proxy thread and callers)
+  mutable std::mutex http_mu_;  // guards the members below (the proxy thread and callers)
   int inject_left_ = 0;
   std::string inject_response_, inject_match_;
   bool inject_close_ = false;
   close_mode inject_close_as_ = close_mode::graceful;
   std::vector<request_record> requests_;
+  std::string hold_match_;
+  int held_ = 0;
 
   std::thread thread_;
 };

@@ -77,3 +77,53 @@ TEST_CASE("front upstream: a freed connection goes to the waiter whose wait ends
   CHECK(mixed.take_all().size() == 2);
   CHECK(mixed.empty());
 }
+
+TEST_CASE("front upstream: background work (feeds' credential re-checks) is served after every normal request, within its share") {
+  using tp = std::chrono::steady_clock::time_point;
+  const tp t0{};
+  const auto normal = f::pool_priority::normal;
+  const auto background = f::pool_priority::background;
+  // A pool of 16: background work holds at most 8 connections.
+  f::waiter_queues<int> q(16 / 2);
+  CHECK(q.background_limit() == 8);
+  CHECK(q.may_take(normal, 8));
+  CHECK(q.may_take(background, 7));
+  CHECK_FALSE(q.may_take(background, 8));  // over its share it waits, even with a connection idle
+  // A thousand re-checks queued first, waiting minutes; then two deliveries with a short wait.
+  for (int i = 0; i < 1000; ++i) q.push(background, t0 + std::chrono::seconds(1), i);
+  q.push(normal, t0 + std::chrono::seconds(30), 2000);
+  const auto late = q.push(normal, t0 + std::chrono::seconds(30), 2001);
+  CHECK(q.size() == 1002);
+  CHECK(q.background_waiting() == 1000);
+  // Deliveries first, though the re-checks' deadlines are earlier and they came first.
+  auto next = q.pop(0);
+  REQUIRE(next);
+  CHECK(next->first == 2000);
+  CHECK(next->second == normal);
+  // A normal waiter that gave up leaves; then the re-checks, in their own order.
+  CHECK(q.erase(normal, late));
+  CHECK_FALSE(q.erase(background, late));  // not in that queue: a no-op
+  next = q.pop(3);
+  REQUIRE(next);
+  CHECK(next->first == 0);
+  CHECK(next->second == background);
+  // With the background share in use, a freed connection goes to no re-check (it stays idle
+  // for the next normal request).
+  CHECK_FALSE(q.pop(8));
+  q.push(normal, t0 + std::chrono::seconds(60), 3000);
+  next = q.pop(8);
+  REQUIRE(next);
+  CHECK(next->first == 3000);
+  // A pool of 1 still serves background work (share of at least one), never two at once.
+  f::waiter_queues<int> tiny(1 / 2);
+  CHECK(tiny.background_limit() == 1);
+  tiny.push(background, t0, 1);
+  tiny.push(background, t0, 2);
+  CHECK_FALSE(tiny.pop(1));
+  next = tiny.pop(0);
+  REQUIRE(next);
+  CHECK(next->first == 1);
+  // close(): every waiter of both kinds.
+  CHECK(q.take_all().size() == 999);
+  CHECK(q.size() == 0);
+}
