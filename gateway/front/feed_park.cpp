@@ -194,7 +194,9 @@ std::chrono::milliseconds feed_pool_wait(const feed_request& r, std::chrono::mil
   return std::max(pool_wait, r.heartbeat.value_or(r.timeout));
 }
 
-std::chrono::milliseconds feed_state::pool_wait(feed_clock::time_point now, std::chrono::milliseconds pool_wait) const {
+std::chrono::milliseconds feed_state::pool_wait(feed_clock::time_point now, std::chrono::milliseconds pool_wait,
+                                                bool delivering) const {
+  if (delivering) return pool_wait;
   const auto until = ends_at_ ? *ends_at_ : next_heartbeat_;
   return std::max(pool_wait, std::chrono::ceil<std::chrono::milliseconds>(until - now));
 }

@@ -96,9 +96,15 @@ class feed_state {
   void heartbeat_sent(feed_clock::time_point now);
   void revalidated(feed_clock::time_point next);
   void finish() { phase_ = feed_phase::done; }
-  // How long the next read may wait for an upstream connection: up to the feed's end (timeout)
-  // or its next heartbeat, never less than the pool's own `pool_wait`.
-  std::chrono::milliseconds pool_wait(feed_clock::time_point now, std::chrono::milliseconds pool_wait) const;
+  // How long the next read may wait for an upstream connection. A first check: up to the
+  // feed's end (timeout) or its next heartbeat, never less than the pool's own `pool_wait`
+  // (the pool serves the earliest deadline first, so many clients connecting at once queue
+  // behind plain requests). A read after a wake (`delivering`: a write the client is waiting
+  // for): the pool's own `pool_wait`, so it queues with plain requests, first come first
+  // served, and not behind every feed closer to its end (with a full pool that left deliveries
+  // waiting for up to a longpoll's timeout); when that wait runs out it queues again (on_busy).
+  std::chrono::milliseconds pool_wait(feed_clock::time_point now, std::chrono::milliseconds pool_wait,
+                                      bool delivering = false) const;
   // That wait ran out at `now` with every connection still busy.
   feed_busy on_busy(feed_clock::time_point now) const;
 

@@ -121,7 +121,7 @@ class forwarder {
   net::awaitable<identity> ask_session(std::size_t context, std::string key, std::string authorization, std::string cookie,
                                        std::optional<std::chrono::milliseconds> pool_wait, pool_priority priority);
   // A parked live feed's credential re-check (issue 14), asked apart from the feed as background
-  // work on the pool (upstream_pool.hpp: below every normal request, at most half the pool): the
+  // work on the pool (upstream_pool.hpp: below every normal request, at most a quarter of the pool): the
   // feed keeps serving wakes while it waits, a write's delivery never queues behind re-checks,
   // and the feeds of one credential share one check. recheck() joins the credential's check in
   // flight or starts one on `executor`; `notify` is called (from any thread) once it is answered.

@@ -166,7 +166,7 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         [self] { return static_cast<double>(self->pool->stats().waiting); });
   registry.add_callback("couchgate_front_upstream_background_in_use",
                         "Front door connections to CouchDB in use by background work (parked live feeds' credential "
-                        "re-checks; at most half the pool)",
+                        "re-checks; at most a quarter of the pool)",
                         [self] { return static_cast<double>(self->pool->stats().background_in_use); });
   registry.add_callback("couchgate_front_upstream_background_waiting",
                         "Parked live feeds' credential re-checks waiting for a connection to CouchDB",

@@ -307,7 +307,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
       upstream_answer got;
       for (bool queued = true; queued;) {
         got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
-                                state.pool_wait(now_(), pool_.wait_timeout()));
+                                state.pool_wait(now_(), pool_.wait_timeout(), !first_read));
         if (got.k != upstream_answer::kind::busy) break;
         switch (state.on_busy(now_())) {
           case feed_busy::retry:

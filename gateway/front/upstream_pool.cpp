@@ -89,7 +89,7 @@ upstream_pool::upstream_pool(io_threads& io, upstream_address address, std::size
       connect_timeout_(connect_timeout),
       client_tls_(std::move(client_tls)),
       idle_(io.size()),
-      waiters_(max_connections / 2) {}
+      waiters_(background_share(max_connections)) {}
 
 upstream_pool::~upstream_pool() { close(); }
 

@@ -98,6 +98,9 @@ class deadline_queue {
 // due. Under overload the re-checks lag instead of the deliveries.
 enum class pool_priority { normal, background };
 
+// Background work's share of a pool of `max_connections`: a quarter, at least one connection.
+inline std::size_t background_share(std::size_t max_connections) { return std::max<std::size_t>(max_connections / 4, 1); }
+
 // The waiters of both priorities and the rule above. `background_in_use`: background leases
 // out now. Pure (no locking, no I/O): the pool calls it under its lock.
 template <class T>
@@ -180,8 +183,8 @@ class upstream_pool {
 
   // A connected connection on `context` (the caller's I/O context), or why not. A waiter waits
   // `wait` (default: the pool's wait_timeout); the earliest deadline is served first, normal
-  // requests before background work (waiter_queues). Background work holds at most half the
-  // pool (at least one connection).
+  // requests before background work (waiter_queues). Background work holds at most a quarter
+  // of the pool (at least one connection).
   net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> acquire(
       std::size_t context, std::optional<std::chrono::milliseconds> wait = std::nullopt,
       pool_priority priority = pool_priority::normal);

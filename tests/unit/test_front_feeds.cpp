@@ -256,6 +256,10 @@ TEST_CASE("feeds: a busy pool makes a read queue up to the feed's own end, not 5
     CHECK(s.pool_wait(t0, pool_wait) == 30000ms);
     CHECK(s.pool_wait(t0 + 20s, pool_wait) == 10000ms);  // what is left of it
     CHECK(s.pool_wait(t0 + 29s, pool_wait) == pool_wait);
+    // A read after a wake carries a write: it waits as a plain request does, whatever is left
+    // of the feed, and queues again while the feed goes on.
+    CHECK(s.pool_wait(t0, pool_wait, true) == pool_wait);
+    CHECK(s.pool_wait(t0 + 20s, pool_wait, true) == pool_wait);
     CHECK(s.on_busy(t0 + 10s) == f::feed_busy::retry);  // woken early: queue again
     CHECK(s.on_busy(t0 + 30s) == f::feed_busy::timeout);
   }

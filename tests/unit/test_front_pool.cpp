@@ -83,12 +83,16 @@ TEST_CASE("front upstream: background work (feeds' credential re-checks) is serv
   const tp t0{};
   const auto normal = f::pool_priority::normal;
   const auto background = f::pool_priority::background;
-  // A pool of 16: background work holds at most 8 connections.
-  f::waiter_queues<int> q(16 / 2);
-  CHECK(q.background_limit() == 8);
-  CHECK(q.may_take(normal, 8));
-  CHECK(q.may_take(background, 7));
-  CHECK_FALSE(q.may_take(background, 8));  // over its share it waits, even with a connection idle
+  // A pool of 16: background work holds at most 4 connections.
+  CHECK(f::background_share(16) == 4);
+  CHECK(f::background_share(8) == 2);
+  CHECK(f::background_share(2) == 1);
+  CHECK(f::background_share(1) == 1);
+  f::waiter_queues<int> q(f::background_share(16));
+  CHECK(q.background_limit() == 4);
+  CHECK(q.may_take(normal, 4));
+  CHECK(q.may_take(background, 3));
+  CHECK_FALSE(q.may_take(background, 4));  // over its share it waits, even with a connection idle
   // A thousand re-checks queued first, waiting minutes; then two deliveries with a short wait.
   for (int i = 0; i < 1000; ++i) q.push(background, t0 + std::chrono::seconds(1), i);
   q.push(normal, t0 + std::chrono::seconds(30), 2000);
@@ -109,13 +113,13 @@ TEST_CASE("front upstream: background work (feeds' credential re-checks) is serv
   CHECK(next->second == background);
   // With the background share in use, a freed connection goes to no re-check (it stays idle
   // for the next normal request).
-  CHECK_FALSE(q.pop(8));
+  CHECK_FALSE(q.pop(4));
   q.push(normal, t0 + std::chrono::seconds(60), 3000);
-  next = q.pop(8);
+  next = q.pop(4);
   REQUIRE(next);
   CHECK(next->first == 3000);
   // A pool of 1 still serves background work (share of at least one), never two at once.
-  f::waiter_queues<int> tiny(1 / 2);
+  f::waiter_queues<int> tiny(f::background_share(1));
   CHECK(tiny.background_limit() == 1);
   tiny.push(background, t0, 1);
   tiny.push(background, t0, 2);
