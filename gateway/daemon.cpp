@@ -462,8 +462,9 @@ int daemon::run() {
   // The credential is session_auth's to send (cookie, or Basic as it decides); the pool has none.
   // fanin.max_connections for work plus one socket per change feed (connection_budget.hpp).
   const connection_budget budget = budget_for(cfg);
-  d.pool = std::make_unique<r::http_pool>(
-      r::http_pool::options{cfg.couchdb.url, "", "", budget.total(), std::string("couchgate/") + COUCHGATE_VERSION});
+  r::http_pool::options pool_options{cfg.couchdb.url, "", "", budget.total(), std::string("couchgate/") + COUCHGATE_VERSION};
+  pool_options.feed_connections = budget.feeds;  // kept for the feeds: work never queues them
+  d.pool = std::make_unique<r::http_pool>(std::move(pool_options));
   d.auth = std::make_unique<r::session_auth>(*d.pool, r::session_options_for(cfg.couchdb.username, cfg.couchdb.password,
                                                                              cfg.couchdb.auth, cfg.couchdb.request_timeout));
   r::register_transport_metrics(d.metrics, *d.pool, *d.auth);

@@ -43,6 +43,7 @@ pending_json couch_client::feed_request(const std::string& target) {
   // heartbeats means the connection is dead.
   req.timeout = t_.feed + std::chrono::seconds(15);
   req.idle_timeout = 3 * t_.heartbeat;
+  req.feed = true;
   return pending_json(wire_.request(std::move(req)));
 }
 

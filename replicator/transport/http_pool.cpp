@@ -9,6 +9,7 @@
 #include <cctype>
 #include <chrono>
 #include <deque>
+#include <limits>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
@@ -31,6 +32,7 @@ struct transfer {
   std::chrono::steady_clock::time_point started{};  // when it was handed to libcurl (outage.hpp)
   bool idle_expired = false;
   bool probe = false;  // server_gate: this request tests the credential
+  bool work = false;   // counted among the work requests in flight (options::feed_connections)
 };
 
 // The value of header line `line` when its name is `name` (lower case, with the colon); nullopt
@@ -237,7 +239,12 @@ struct http_pool::impl {
 
   void run() {
     std::unordered_map<transfer*, std::unique_ptr<transfer>> active;
-    std::deque<std::unique_ptr<transfer>> waiting;  // submitted, not yet admitted by the gate
+    // Submitted, not started yet (the gate, or no work connection free), each in submission order.
+    std::deque<std::unique_ptr<transfer>> waiting_feeds, waiting_work;
+    const std::size_t work_cap = opts.feed_connections > 0 && opts.feed_connections < opts.max_connections
+                                     ? opts.max_connections - opts.feed_connections
+                                     : std::numeric_limits<std::size_t>::max();
+    std::size_t work_active = 0;
     for (;;) {
       std::deque<std::unique_ptr<transfer>> fresh;
       bool stop;
@@ -247,8 +254,10 @@ struct http_pool::impl {
         stop = stopping;
       }
       if (stop) {
-        for (auto& t : waiting) cancel(*t);
-        queued -= static_cast<std::int64_t>(waiting.size());
+        for (auto* waiting : {&waiting_feeds, &waiting_work}) {
+          for (auto& t : *waiting) cancel(*t);
+          queued -= static_cast<std::int64_t>(waiting->size());
+        }
         for (auto& t : fresh) cancel(*t);
         for (auto& entry : active) {
           auto& t = entry.second;
@@ -261,31 +270,38 @@ struct http_pool::impl {
         return;
       }
       queued += static_cast<std::int64_t>(fresh.size());
-      for (auto& t : fresh) waiting.push_back(std::move(t));
-      // Start what the gate lets through, in submission order.
+      for (auto& t : fresh) (t->req.feed ? waiting_feeds : waiting_work).push_back(std::move(t));
+      // Start what the gate lets through: feeds first, then work while a work connection is free.
       auto wake_at = std::chrono::steady_clock::time_point::max();
-      while (!waiting.empty()) {
-        gate_decision d;
-        {
-          std::lock_guard lk(gate_mu);
-          d = gate.admit(std::chrono::steady_clock::now());
+      const auto admit = [&](std::deque<std::unique_ptr<transfer>>& waiting, bool work) {
+        while (!waiting.empty() && wake_at == std::chrono::steady_clock::time_point::max()) {
+          if (work && work_active >= work_cap) return;
+          gate_decision d;
+          {
+            std::lock_guard lk(gate_mu);
+            d = gate.admit(std::chrono::steady_clock::now());
+          }
+          if (d.action == gate_action::wait) {
+            wake_at = d.at;
+            return;
+          }
+          auto t = std::move(waiting.front());
+          waiting.pop_front();
+          --queued;
+          if (d.action == gate_action::refuse) {
+            refuse(*t, d.at);
+            continue;
+          }
+          t->probe = d.probe;
+          t->work = work;
+          if (work) ++work_active;
+          start(t.get());
+          auto* key = t.get();
+          active.emplace(key, std::move(t));
         }
-        if (d.action == gate_action::wait) {
-          wake_at = d.at;
-          break;
-        }
-        auto t = std::move(waiting.front());
-        waiting.pop_front();
-        --queued;
-        if (d.action == gate_action::refuse) {
-          refuse(*t, d.at);
-          continue;
-        }
-        t->probe = d.probe;
-        start(t.get());
-        auto* key = t.get();
-        active.emplace(key, std::move(t));
-      }
+      };
+      admit(waiting_feeds, false);
+      admit(waiting_work, true);
       int running = 0;
       curl_multi_perform(multi, &running);
       int left = 0;
@@ -299,13 +315,14 @@ struct http_pool::impl {
         if (it == active.end()) continue;
         auto owned = std::move(it->second);
         active.erase(it);
+        if (owned->work) --work_active;
         if (owned->done) owned->done(std::move(owned->resp));
         answered = true;
       }
       // Poll at most 1 s; less when the gate lets the next request start sooner, not at all when
       // an answer may have opened the gate for the queue.
       int timeout_ms = 1000;
-      if (!waiting.empty()) {
+      if (!waiting_feeds.empty() || !waiting_work.empty()) {
         if (answered) {
           timeout_ms = 0;
         } else if (wake_at != std::chrono::steady_clock::time_point::max()) {

@@ -3,6 +3,11 @@
 // with keep-alive and a hard cap on connections (CURLMOPT_MAX_TOTAL_CONNECTIONS): requests past
 // the cap wait inside libcurl for a free connection, they never open another. Feeds, replication
 // and provisioning all go through the same pool, so the cap holds for the whole process.
+// `feed_connections` of the cap are kept for change feeds (http_request::feed): other requests
+// start at most max_connections - feed_connections at once and wait here, in submission order,
+// beyond that, so a feed's next longpoll never queues behind work in libcurl's own FIFO (the
+// `_db_updates` feed wakes the front door's parked clients: behind the fan-in's requests, the
+// wake waited for the fan-in).
 // The real implementation of the transport seam (transport.hpp).
 //
 // Errors are values (http_response::kind); nothing here throws after construction.
@@ -32,7 +37,7 @@ struct http_pool_stats {
   std::int64_t peak_sockets = 0;
   std::uint64_t sockets_opened = 0;
   std::int64_t in_flight = 0;
-  std::int64_t queued = 0;          // submitted, not started (paced or waiting for the credential probe)
+  std::int64_t queued = 0;          // submitted, not started (paced, waiting for the credential probe, or for a work connection)
   // The server_gate's state (see server_gate.hpp).
   std::uint64_t overloaded = 0;        // 429/503 answers
   std::uint64_t auth_rejections = 0;   // answers refusing the credential
@@ -56,6 +61,7 @@ class http_pool final : public transport {
     std::size_t max_connections = 8;
     std::string user_agent = "couchgate";
     gate_options gate{};    // pacing on overload, hold on a refused credential
+    std::size_t feed_connections = 0;  // of max_connections, kept for feeds (0: none kept)
   };
 
   explicit http_pool(options opts);

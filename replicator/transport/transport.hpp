@@ -38,6 +38,10 @@ struct http_request {
   // A 401 to this request may only mean that its session cookie expired: http_pool's gate does
   // not take it for a refused credential (session_auth logs in again and retries once).
   bool cookie_may_be_stale = false;
+  // A change feed's longpoll (`_changes`, `_db_updates`), which holds its connection while
+  // nothing happens: http_pool keeps connections for these that other requests never take
+  // (http_pool::options::feed_connections), so a feed never waits behind a queue of work.
+  bool feed = false;
 
   void set_body(std::string b) { body = std::make_shared<const std::string>(std::move(b)); }
   std::string_view body_text() const { return body ? std::string_view(*body) : std::string_view(); }

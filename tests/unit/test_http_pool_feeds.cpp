@@ -1,0 +1,146 @@
+// http_pool's connections kept for change feeds (options::feed_connections), against a local
+// HTTP server (cpp-httplib on 127.0.0.1, a free port) whose work endpoint holds every answer
+// until the test lets them go: with more work submitted than the pool has connections, a feed's
+// longpoll submitted after it still starts at once (the daemon's `_db_updates` feed, which wakes
+// the front door's parked clients, must never queue behind the fan-in's requests), while work
+// never holds more than its share.
+#include <doctest/doctest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "replicator/transport/http_pool.hpp"
+
+namespace r = couchgate::replicator;
+
+namespace {
+struct holding_server {
+  httplib::Server srv;
+  int port = 0;
+  std::thread th;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool released = false;
+  int work_in_server = 0;  // work requests the server is holding now
+  int work_peak = 0;
+  holding_server() {
+    srv.new_task_queue = [] { return new httplib::ThreadPool(16); };
+    srv.Get("/work", [this](const httplib::Request&, httplib::Response& res) {
+      std::unique_lock lk(mu);
+      ++work_in_server;
+      work_peak = std::max(work_peak, work_in_server);
+      cv.notify_all();
+      cv.wait(lk, [this] { return released; });
+      --work_in_server;
+      res.set_content(R"({"ok":true})", "application/json");
+    });
+    srv.Get("/feed", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(R"({"results":[],"last_seq":"1"})", "application/json");
+    });
+    port = srv.bind_to_any_port("127.0.0.1");
+    th = std::thread([this] { srv.listen_after_bind(); });
+  }
+  ~holding_server() {
+    release();
+    srv.stop();
+    th.join();
+  }
+  void release() {
+    std::lock_guard lk(mu);
+    released = true;
+    cv.notify_all();
+  }
+  // Waits (with a deadline) until the server holds `n` work requests.
+  bool holding(int n) {
+    std::unique_lock lk(mu);
+    return cv.wait_for(lk, std::chrono::seconds(10), [&] { return work_in_server >= n; });
+  }
+};
+
+r::http_request get(const std::string& target, bool feed);
+
+// One quick answer first: the pool's gate sends a single request until the server has accepted
+// its credential (server_gate.hpp), and the held work must not be that one.
+void accepted(r::http_pool& pool) {
+  std::promise<r::http_response> p;
+  auto f = p.get_future();
+  pool.submit(get("/feed", false), [&p](r::http_response res) { p.set_value(std::move(res)); });
+  REQUIRE(f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  REQUIRE(f.get().status == 200);
+}
+
+r::http_request get(const std::string& target, bool feed) {
+  r::http_request req;
+  req.target = target;
+  req.feed = feed;
+  req.timeout = std::chrono::seconds(20);
+  return req;
+}
+
+// `n` work requests (GET /work), their answers to come.
+std::vector<std::future<r::http_response>> submit_work(r::http_pool& pool, int n) {
+  std::vector<std::future<r::http_response>> work;
+  for (int i = 0; i < n; ++i) {
+    auto p = std::make_shared<std::promise<r::http_response>>();
+    work.push_back(p->get_future());
+    pool.submit(get("/work", false), [p](r::http_response res) { p->set_value(std::move(res)); });
+  }
+  return work;
+}
+
+void all_answered(std::vector<std::future<r::http_response>>& work) {
+  for (auto& f : work) {
+    REQUIRE(f.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
+    CHECK(f.get().status == 200);
+  }
+}
+}  // namespace
+
+TEST_CASE("http_pool: a change feed's longpoll starts at once though more work waits than there are connections") {
+  holding_server server;
+  // Four connections, one kept for the feed: work holds at most three at once.
+  r::http_pool::options o{"http://127.0.0.1:" + std::to_string(server.port), "", "", 4, "couchgate-test"};
+  o.feed_connections = 1;
+  r::http_pool pool(o);
+  accepted(pool);
+  auto work = submit_work(pool, 6);
+  REQUIRE(server.holding(3));
+  // The other three wait in the pool, not in libcurl's queue.
+  CHECK(pool.stats().queued == 3);
+  auto feed = std::make_shared<std::promise<r::http_response>>();
+  auto feed_answer = feed->get_future();
+  pool.submit(get("/feed", true), [feed](r::http_response res) { feed->set_value(std::move(res)); });
+  const bool answered = feed_answer.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  CHECK_MESSAGE(answered, "the feed waited behind the work");
+  if (answered) {
+    const auto res = feed_answer.get();
+    CHECK(res.kind == r::error_kind::none);
+    CHECK(res.status == 200);
+  }
+  // Work never took the feed's connection.
+  {
+    std::lock_guard lk(server.mu);
+    CHECK(server.work_peak == 3);
+  }
+  server.release();
+  all_answered(work);
+  CHECK(pool.stats().queued == 0);
+  CHECK(pool.stats().peak_sockets <= 4);
+}
+
+TEST_CASE("http_pool: with no connection kept for feeds, work may use them all (the restore tool's pool)") {
+  holding_server server;
+  r::http_pool pool(r::http_pool::options{"http://127.0.0.1:" + std::to_string(server.port), "", "", 4, "couchgate-test"});
+  accepted(pool);
+  auto work = submit_work(pool, 4);
+  CHECK(server.holding(4));
+  server.release();
+  all_answered(work);
+}
