@@ -300,8 +300,21 @@ struct http_pool::impl {
           active.emplace(key, std::move(t));
         }
       };
-      admit(waiting_feeds, false);
-      admit(waiting_work, true);
+      // While the credential is unproven, the next request to start tests it and holds all the
+      // others until it is answered (server_gate.hpp): a longpoll, which may take a minute to
+      // answer, is not made that probe while work waits.
+      bool proving = false;
+      {
+        std::lock_guard lk(gate_mu);
+        proving = gate.snapshot().credential != credential_state::accepted;
+      }
+      if (proving && !waiting_work.empty()) {
+        admit(waiting_work, true);
+        admit(waiting_feeds, false);
+      } else {
+        admit(waiting_feeds, false);
+        admit(waiting_work, true);
+      }
       int running = 0;
       curl_multi_perform(multi, &running);
       int left = 0;

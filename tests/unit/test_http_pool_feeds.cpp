@@ -144,3 +144,34 @@ TEST_CASE("http_pool: with no connection kept for feeds, work may use them all (
   server.release();
   all_answered(work);
 }
+
+TEST_CASE("http_pool: while the credential is unproven, work (not a feed's longpoll) is sent as the probe") {
+  holding_server server;
+  r::http_pool::options o{"http://127.0.0.1:" + std::to_string(server.port), "", "", 4, "couchgate-test"};
+  o.feed_connections = 1;
+  r::http_pool pool(o);
+  // A first probe that gets no answer (the request times out): the credential stays unproven,
+  // so the next request to start is a probe again, and everything else waits for it.
+  auto first = get("/work", false);
+  first.timeout = std::chrono::milliseconds(1500);
+  std::promise<r::http_response> first_p;
+  auto first_f = first_p.get_future();
+  pool.submit(first, [&first_p](r::http_response res) { first_p.set_value(std::move(res)); });
+  REQUIRE(server.holding(1));
+  // Meanwhile a feed's longpoll (held by the server until the end) and a quick work request wait.
+  auto feed = std::make_shared<std::promise<r::http_response>>();
+  auto feed_f = feed->get_future();
+  pool.submit(get("/work", true), [feed](r::http_response res) { feed->set_value(std::move(res)); });
+  std::promise<r::http_response> quick_p;
+  auto quick_f = quick_p.get_future();
+  pool.submit(get("/feed", false), [&quick_p](r::http_response res) { quick_p.set_value(std::move(res)); });
+  REQUIRE(first_f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  CHECK(first_f.get().kind != r::error_kind::none);
+  // The quick request is the next probe: answered while the longpoll is still held.
+  const bool answered = quick_f.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  CHECK_MESSAGE(answered, "the longpoll was sent as the probe and held everything behind it");
+  if (answered) CHECK(quick_f.get().status == 200);
+  server.release();
+  REQUIRE(feed_f.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
+  CHECK(feed_f.get().status == 200);
+}
