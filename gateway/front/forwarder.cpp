@@ -149,12 +149,6 @@ std::optional<std::string> header_value(const http::fields& fields, std::string_
   return std::string(it->value());
 }
 
-// A header's value, empty when absent (the first of repeated ones).
-std::string field_or_empty(const http::fields& fields, http::field name) {
-  const auto it = fields.find(name);
-  return it == fields.end() ? std::string() : std::string(it->value());
-}
-
 bool retryable(const error_code& ec) {
   return ec == net::error::eof || ec == http::error::end_of_stream || ec == net::error::connection_reset ||
          ec == net::error::broken_pipe || ec == net::error::connection_aborted;
@@ -418,8 +412,8 @@ net::awaitable<forwarder::identity> forwarder::who_is(server_exchange& ex, const
   }
   metrics_.session_cache_misses.inc();
   const auto& req = ex.parser.get();
-  co_return co_await ask_session(ex.conn.context, key, field_or_empty(req, http::field::authorization),
-                                 field_or_empty(req, http::field::cookie), pool_wait, pool_priority::normal);
+  co_return co_await ask_session(ex.conn.context, key, header_value(req, "Authorization").value_or(std::string()),
+                                 header_value(req, "Cookie").value_or(std::string()), pool_wait, pool_priority::normal);
 }
 
 net::awaitable<forwarder::identity> forwarder::ask_session(std::size_t context, std::string key,
@@ -458,8 +452,8 @@ std::shared_ptr<forwarder::credential_check> forwarder::recheck(net::any_io_exec
   }
   metrics_.feed_rechecks.inc();
   net::co_spawn(executor,
-                run_recheck(context, field_or_empty(request, http::field::authorization),
-                            field_or_empty(request, http::field::cookie), key, check),
+                run_recheck(context, header_value(request, "Authorization").value_or(std::string()),
+                            header_value(request, "Cookie").value_or(std::string()), key, check),
                 net::detached);
   return check;
 }

@@ -65,9 +65,8 @@ bool still_open(upstream_connection& c) {
 
 struct upstream_pool::waiter {
   enum class state { waiting, got_connection, got_slot, closed };
-  waiter(std::size_t ctx, net::io_context& io, pool_priority p) : context(ctx), priority(p), timer(io) {}
+  waiter(std::size_t ctx, net::io_context& io) : context(ctx), timer(io) {}
   std::size_t context;
-  pool_priority priority;
   net::steady_timer timer;
   std::chrono::steady_clock::time_point deadline;  // when it gives up (503 for a plain request)
   waiter_queues<std::shared_ptr<waiter>>::handle place{};  // in waiters_
@@ -95,7 +94,10 @@ upstream_pool::~upstream_pool() { close(); }
 
 upstream_stats upstream_pool::stats() const {
   std::lock_guard lk(mu_);
-  return stats_;
+  upstream_stats s = stats_;
+  s.waiting = waiters_.size();
+  s.background_waiting = waiters_.background_waiting();
+  return s;
 }
 
 void upstream_pool::close() {
@@ -110,8 +112,6 @@ void upstream_pool::close() {
     }
     stats_.open -= idle.size();
     waiters = waiters_.take_all();
-    stats_.waiting = 0;
-    stats_.background_waiting = 0;
     for (auto& w : waiters) w->st = waiter::state::closed;
   }
   for (auto& w : waiters) wake(w);
@@ -128,12 +128,8 @@ std::shared_ptr<upstream_pool::waiter> upstream_pool::next_waiter_locked() {
   if (closed_) return nullptr;
   auto next = waiters_.pop(stats_.background_in_use);
   if (!next) return nullptr;
-  --stats_.waiting;
   ++stats_.in_use;
-  if (next->second == pool_priority::background) {
-    --stats_.background_waiting;
-    ++stats_.background_in_use;
-  }
+  if (next->second == pool_priority::background) ++stats_.background_in_use;
   return std::move(next->first);
 }
 
@@ -182,12 +178,10 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     co_return co_await open_new(context, priority);
   }
   if (may_take && background) --stats_.background_in_use;
-  auto w = std::make_shared<waiter>(context, io_.context(context), priority);
+  auto w = std::make_shared<waiter>(context, io_.context(context));
   w->deadline = now + wait.value_or(wait_timeout_);
   w->timer.expires_at(w->deadline);
   w->place = waiters_.push(priority, w->deadline, w);
-  ++stats_.waiting;
-  if (background) ++stats_.background_waiting;
   lk.unlock();
   error_code ec;
   co_await w->timer.async_wait(ec_token(ec));
@@ -195,8 +189,6 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
   switch (w->st) {
     case waiter::state::waiting:
       waiters_.erase(priority, w->place);
-      --stats_.waiting;
-      if (background) --stats_.background_waiting;
       ++stats_.wait_timeouts;
       co_return result{std::nullopt, acquire_error::timeout};
     case waiter::state::got_connection:

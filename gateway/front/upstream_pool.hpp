@@ -164,9 +164,9 @@ class upstream_lease {
 struct upstream_stats {
   std::size_t open = 0;      // sockets open (or being opened)
   std::size_t in_use = 0;    // leased
-  std::size_t waiting = 0;   // requests waiting for a connection
+  std::size_t waiting = 0;   // requests waiting for a connection (from the queues, in stats())
   std::size_t background_in_use = 0;  // of in_use: background work (see pool_priority)
-  std::size_t background_waiting = 0;  // of waiting: background work
+  std::size_t background_waiting = 0;  // of waiting: background work (from the queues, in stats())
   std::size_t peak_open = 0;
   std::uint64_t wait_timeouts = 0;
   std::uint64_t connect_failures = 0;
