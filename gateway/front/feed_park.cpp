@@ -207,8 +207,8 @@ feed_busy feed_state::on_busy(feed_clock::time_point now) const {
   return feed_busy::retry;
 }
 
-feed_registry::feed_registry(std::size_t max_per_user)
-    : max_per_user_(max_per_user), memo_(std::make_unique<answered_feeds>()) {}
+feed_registry::feed_registry(std::size_t max_per_user, std::function<feed_clock::time_point()> clock)
+    : max_per_user_(max_per_user), clock_(std::move(clock)), memo_(std::make_unique<answered_feeds>()) {}
 
 feed_registry::~feed_registry() = default;
 
@@ -271,13 +271,13 @@ void feed_registry::unpark(id s) {
   --parked_;
 }
 
-bool feed_registry::take_wake(id s) {
+std::optional<feed_clock::time_point> feed_registry::take_wake(id s) {
   std::lock_guard lk(mu_);
   const auto it = subs_.find(s);
-  if (it == subs_.end() || !it->second.pending) return false;
+  if (it == subs_.end() || !it->second.pending) return std::nullopt;
   it->second.pending = false;
   ++fetches_;
-  return true;
+  return it->second.pending_since;
 }
 
 bool feed_registry::mark(subscriber& s) {
@@ -286,6 +286,7 @@ bool feed_registry::mark(subscriber& s) {
     return false;
   }
   s.pending = true;
+  s.pending_since = clock_();
   ++wakes_;
   return s.parked;  // a reading subscriber sees the mark before it parks
 }

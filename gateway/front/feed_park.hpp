@@ -150,7 +150,8 @@ class feed_registry {
  public:
   using id = std::uint64_t;
   using wake_fn = std::function<void()>;  // called outside the lock, from any thread
-  explicit feed_registry(std::size_t max_per_user);
+  // `clock` stamps each wake (when its first change was announced), for the wake latency metric.
+  explicit feed_registry(std::size_t max_per_user, std::function<feed_clock::time_point()> clock = feed_clock::now);
   ~feed_registry();
 
   // nullopt when `user` has max_per_user feeds open already.
@@ -160,8 +161,9 @@ class feed_registry {
   void park(id s, std::optional<std::uint64_t> known);
   // It is reading (or writing) now: wakes only leave a pending mark.
   void unpark(id s);
-  // Takes the pending wake (true when there was one); a taken wake counts as one fetch.
-  bool take_wake(id s);
+  // Takes the pending wake: when its first change was announced, nullopt when none was pending.
+  // A taken wake counts as one fetch.
+  std::optional<feed_clock::time_point> take_wake(id s);
 
   // `db` changed (the `_db_updates` follower).
   void notify(const std::string& db);
@@ -197,6 +199,7 @@ class feed_registry {
     std::size_t bytes = 0;
     bool parked = false;
     bool pending = false;
+    feed_clock::time_point pending_since{};  // when the pending wake's first change was announced
     std::optional<std::uint64_t> known;
     std::uint64_t wake_seq = 0;  // highest update_seq a wake was observed at
   };
@@ -205,6 +208,7 @@ class feed_registry {
   void call(std::vector<wake_fn>& fns);
 
   std::size_t max_per_user_;
+  std::function<feed_clock::time_point()> clock_;
   mutable std::mutex mu_;
   id next_ = 1;
   std::unordered_map<id, subscriber> subs_;

@@ -484,21 +484,31 @@ net::awaitable<void> forwarder::run_recheck(std::size_t context, std::string aut
   for (auto& n : notify) n();
 }
 
+net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> forwarder::take_connection(
+    std::size_t context, std::optional<std::chrono::milliseconds> wait, pool_priority priority) {
+  const auto start = now_();
+  auto got = co_await pool_.acquire(context, wait, priority);
+  if (priority == pool_priority::normal) {
+    metrics_.upstream_wait.observe(std::chrono::duration<double>(now_() - start).count());
+  }
+  co_return got;
+}
+
 net::awaitable<forwarder::upstream_answer> forwarder::exchange(std::size_t context,
                                                                const http::request<http::string_body>& request,
                                                                std::size_t body_limit,
                                                                std::optional<std::chrono::milliseconds> pool_wait,
                                                                pool_priority priority) {
   for (int attempt = 0; attempt < 2; ++attempt) {
-    auto [lease, why] = co_await pool_.acquire(context, pool_wait, priority);
-    if (!lease) {
+    auto [leased, why] = co_await take_connection(context, pool_wait, priority);
+    if (!leased) {
       if (why == acquire_error::timeout) {
         metrics_.upstream_busy.inc();
         co_return upstream_answer{upstream_answer::kind::busy};
       }
       co_return upstream_answer{};
     }
-    auto& conn = lease->conn();
+    auto& conn = leased->conn();
     const bool reused = conn.uses > 0;
     error_code ec;
     conn.stream.tcp().expires_after(options_.upstream_timeout);
@@ -516,7 +526,7 @@ net::awaitable<forwarder::upstream_answer> forwarder::exchange(std::size_t conte
     }
     auto& res = parser.get();
     note_keep_alive(conn, std::string_view(res[http::field::keep_alive].data(), res[http::field::keep_alive].size()));
-    if (parser.keep_alive()) lease->keep();
+    if (parser.keep_alive()) leased->keep();
     upstream_answer answered{upstream_answer::kind::answered, res.result_int(), std::move(res.body()), {}};
     const auto [first, last] = res.equal_range(http::field::set_cookie);
     for (auto it = first; it != last; ++it) {
@@ -619,7 +629,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
   // memory of 10 000 live clients (64 KB each; freed, it stays scattered in the malloc arenas).
   std::vector<char> buffer;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    auto acquired = co_await pool_.acquire(ex.conn.context);
+    auto acquired = co_await take_connection(ex.conn.context);
     auto& lease = acquired.first;
     if (!lease) {
       if (acquired.second == acquire_error::timeout) {

@@ -138,6 +138,11 @@ class forwarder {
   // CouchDB refused the credential (`key`: its session_cache key): forgotten in both caches, so
   // the next request asks GET /_session again.
   void forget_credential(const std::string& key);
+  // A connection of the pool (upstream_pool::acquire), the wait of normal requests observed in
+  // couchgate_front_upstream_wait_seconds.
+  net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> take_connection(
+      std::size_t context, std::optional<std::chrono::milliseconds> wait = std::nullopt,
+      pool_priority priority = pool_priority::normal);
   // One complete request/response over a leased connection (a stale reused one retried once).
   net::awaitable<upstream_answer> exchange(std::size_t context, const http::request<http::string_body>& request,
                                            std::size_t body_limit,

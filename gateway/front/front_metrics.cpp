@@ -34,7 +34,13 @@ front_metrics::front_metrics(replicator::registry& r)
       auth_failures(r.add_counter("couchgate_front_auth_failures_total", "Credentials CouchDB did not accept")),
       feed_rechecks(r.add_counter("couchgate_front_feed_rechecks_total",
                                   "Credential re-checks (GET /_session) of parked live _changes feeds, asked as "
-                                  "background work (one per credential at a time)")) {
+                                  "background work (one per credential at a time)")),
+      upstream_wait(r.add_histogram("couchgate_front_upstream_wait_seconds",
+                                    "Time front-door requests (not background re-checks) waited for a connection "
+                                    "of the upstream pool")),
+      feed_wake(r.add_histogram("couchgate_front_feed_wake_seconds",
+                                "Time from a change announced to a parked live feed (_db_updates or the sweep) "
+                                "to the feed's answer written to its client")) {
   for (const auto route : routes) {
     std::vector<replicator::counter*> row;
     for (const unsigned s : statuses) {

@@ -32,6 +32,8 @@ class front_metrics {
   replicator::counter& upstream_busy;       // 503: no upstream connection within the wait deadline
   replicator::counter& auth_failures;       // credentials CouchDB did not accept
   replicator::counter& feed_rechecks;       // parked feeds' credential re-checks sent (GET /_session, background)
+  replicator::histogram& upstream_wait;     // seconds a request (not background work) waited for a pool connection
+  replicator::histogram& feed_wake;         // seconds from a change announced to a parked feed to its answer sent
 
  private:
   static constexpr std::array<double, 17> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,

@@ -285,6 +285,13 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   }
   // The credential's re-check in flight (forwarder::recheck), if any; its answer ends the wait.
   std::shared_ptr<credential_check> check;
+  // When the change that ended the last park was announced: the wake's latency, observed once
+  // the rows it brought are written to the client (couchgate_front_feed_wake_seconds).
+  std::optional<feed_clock::time_point> woken_since;
+  const auto rows_written = [&] {
+    if (woken_since) metrics_.feed_wake.observe(std::chrono::duration<double>(feed_clock::now() - *woken_since).count());
+    woken_since.reset();
+  };
   for (;; skip_read = false) {
     if (!skip_read) {
       // 1. One normal read from where the client is.
@@ -361,7 +368,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
       auto& rows = answer_json["results"];
       since_mark = read_mark;  // state.since() now comes from this read
       const nlohmann::json resume = replicator::couch_client::resume_seq(answer_json);
-      const bool pending = feeds.take_wake(*id);
+      const bool pending = feeds.take_wake(*id).has_value();
       const fetch_decision d = state.on_fetched(rows.size(), seq_text(resume), pending, now_());
 
       // 2. What the client gets.
@@ -376,7 +383,9 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
                                         ? std::optional<long long>(answer_json["pending"].get<long long>())
                                         : std::nullopt;
           if (answer_complete(rows.size(), state.fetch_limit(), pending_rows)) remember(seq_text(resume));
-          co_return co_await finish(std::move(got.body));
+          const bool ok = co_await finish(std::move(got.body));
+          rows_written();
+          co_return ok;
         }
         std::string text;
         for (const auto& row : rows) {
@@ -388,9 +397,12 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
         }
         if (d.end) {
           if (request.kind == feed_kind::continuous) text += last_seq_line(resume, answer_json.value("pending", 0));
-          co_return co_await finish(std::move(text));
+          const bool ok = co_await finish(std::move(text));
+          rows_written();
+          co_return ok;
         }
         if (!co_await send_chunk(std::move(text))) co_return false;
+        rows_written();
       } else if (d.end) {  // limit=0
         if (request.kind == feed_kind::longpoll) co_return co_await finish(std::move(got.body));
         std::string text = request.kind == feed_kind::continuous ? last_seq_line(resume, 0) : std::string();
@@ -405,6 +417,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
 
     // 3. Parked: no upstream connection, one timer.
     feeds.park(*id, replicator::couch_client::seq_number(nlohmann::json(state.since())));
+    woken_since.reset();  // a wake that brought no rows
     bool woken = false;
     while (!woken) {
       if (check) {
@@ -421,7 +434,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
                                                            : now_() + std::chrono::seconds(1));
         }
       }
-      if (feeds.take_wake(*id)) {
+      if (auto announced = feeds.take_wake(*id)) {
+        woken_since = announced;
         woken = true;
         break;
       }

@@ -1,8 +1,10 @@
 // Owns: a measured couchgate daemon (see daemon_run.hpp).
 #include "tests/bench/daemon_run.hpp"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "tests/bench/runner.hpp"
@@ -89,6 +91,57 @@ std::map<std::string, double> daemon_run::metrics() {
     } catch (...) {
     }
   }
+  return out;
+}
+
+std::map<double, double> daemon_run::histogram(const std::string& name) {
+  std::map<double, double> out;
+  auto r = proc_->admin_get("/metrics");
+  if (r.status != 200) return out;
+  const std::string prefix = name + "_bucket{le=\"";
+  std::istringstream in(r.raw);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(prefix, 0) != 0) continue;
+    const auto close = line.find('"', prefix.size());
+    const auto sp = line.rfind(' ');
+    if (close == std::string::npos || sp == std::string::npos) continue;
+    const std::string le = line.substr(prefix.size(), close - prefix.size());
+    try {
+      const double bound = le == "+Inf" ? std::numeric_limits<double>::infinity() : std::stod(le);
+      out[bound] = std::stod(line.substr(sp + 1));
+    } catch (...) {
+    }
+  }
+  return out;
+}
+
+json histogram_summary(const std::map<double, double>& before, const std::map<double, double>& after) {
+  std::vector<std::pair<double, double>> cum;  // (bound, count observed between the readings)
+  for (const auto& [bound, n] : after) {
+    const auto b = before.find(bound);
+    cum.emplace_back(bound, n - (b == before.end() ? 0.0 : b->second));
+  }
+  const double count = cum.empty() ? 0 : cum.back().second;
+  json out{{"count", static_cast<long long>(count)}};
+  if (count <= 0) return out;
+  const auto quantile = [&](double q) -> json {
+    const double rank = q * count;
+    double lower = 0, below = 0;
+    for (const auto& [bound, n] : cum) {
+      if (n >= rank) {
+        if (std::isinf(bound)) return json{{"above_ms", round_to(lower * 1000, 1)}};
+        const double share = n > below ? (rank - below) / (n - below) : 1.0;
+        return round_to((lower + (bound - lower) * share) * 1000, 1);
+      }
+      lower = bound;
+      below = n;
+    }
+    return nullptr;
+  };
+  out["p50"] = quantile(0.50);
+  out["p95"] = quantile(0.95);
+  out["p99"] = quantile(0.99);
   return out;
 }
 

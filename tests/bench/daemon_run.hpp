@@ -18,6 +18,10 @@ namespace couchgate::bench {
 // defaults for the rest (upstream pool, timeouts, per-user limits).
 json front_door_config(const std::string& port_file, std::size_t max_clients);
 
+// Counts and quantiles (ms, interpolated inside the bucket as Prometheus' histogram_quantile
+// does) of what a histogram observed between two readings of daemon_run::histogram.
+json histogram_summary(const std::map<double, double>& before, const std::map<double, double>& after);
+
 class daemon_run {
  public:
   // label names the log file kept under --logs (e.g. "fanin-200x50").
@@ -36,6 +40,8 @@ class daemon_run {
   sampler& samples() { return *sampler_; }
 
   std::map<std::string, double> metrics();  // name -> value summed over label sets
+  // An unlabelled histogram of its /metrics: cumulative count by upper bound (le; +Inf last).
+  std::map<double, double> histogram(const std::string& name);
   json status();                            // GET /status, null when unavailable
   // Stops the sampler, reads the process's usage, sends SIGTERM; a non-zero exit is a failure.
   json stop(const std::string& phase);

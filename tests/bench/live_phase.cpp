@@ -16,9 +16,12 @@
 // upstream pool is held by waiting clients: that is the figure).
 #include <sys/resource.h>
 
+#include <httplib.h>
+
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -54,6 +57,66 @@ long open_files_limit(pid_t pid) {
   }
   return -1;
 }
+
+// The server's own announcement latency, the floor under any parked design: the bench reads
+// a continuous `_db_updates` feed (as couchgate's follower reads one) and keeps each event's
+// arrival time by database. A write's announcement is the first event of its database at or
+// after the write's start (writes go to random databases among thousands: two writes to one
+// database within the same second are rare). Servers without `_db_updates` (pouchdb-server):
+// `supported()` is false and no figure is given.
+class db_updates_watch {
+ public:
+  explicit db_updates_watch(steady::time_point base) : base_(base), thread_([this] { run(); }) {}
+  ~db_updates_watch() { stop(); }
+  db_updates_watch(const db_updates_watch&) = delete;
+  db_updates_watch& operator=(const db_updates_watch&) = delete;
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  bool supported() const { return supported_.load(); }
+  // The first event of `db` at or after `t` (ns since base), -1 when none.
+  std::int64_t first_at_or_after(const std::string& db, std::int64_t t) const {
+    std::lock_guard lk(mu_);
+    const auto it = events_.find(db);
+    if (it == events_.end()) return -1;
+    const auto e = std::lower_bound(it->second.begin(), it->second.end(), t);
+    return e == it->second.end() ? -1 : *e;
+  }
+
+ private:
+  void run() {
+    const auto ep = endpoint::server_admin();
+    httplib::Client cli(ep.host, ep.port);
+    if (!ep.user.empty()) cli.set_basic_auth(ep.user.c_str(), ep.password.c_str());
+    cli.set_read_timeout(std::chrono::seconds(30));
+    std::string pending;
+    while (!stop_) {
+      pending.clear();
+      auto res = cli.Get("/_db_updates?feed=continuous&since=now&heartbeat=1000", [&](const char* data, std::size_t n) {
+        const auto t = std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now() - base_).count();
+        pending.append(data, n);
+        for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
+          const auto row = json::parse(pending.substr(0, nl), nullptr, false);
+          pending.erase(0, nl + 1);
+          if (!row.is_object() || !row.contains("db_name") || !row["db_name"].is_string()) continue;
+          supported_ = true;
+          std::lock_guard lk(mu_);
+          events_[row["db_name"].get<std::string>()].push_back(t);  // arrival order: sorted
+        }
+        return !stop_.load();
+      });
+      if (res && res->status != 200) return;  // no _db_updates on this server
+      if (!stop_) std::this_thread::sleep_for(100ms);
+    }
+  }
+
+  steady::time_point base_;
+  std::atomic<bool> stop_{false}, supported_{false};
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, std::vector<std::int64_t>> events_;
+  std::thread thread_;
+};
 
 struct half_setup {
   std::string name;  // "direct" or "front"
@@ -123,6 +186,26 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   // The first longpolls sent before the first write (a write before one is still delivered: its
   // since= is the update_seq read before).
   poll_until([&] { return fleet.polling() >= fleet.waiting(); }, 10s, 20ms);
+  // Through the front door, a longpoll sent is not yet a longpoll parked: couchgate first checks
+  // the client's credential and its database (two upstream reads each over the capped pool), so
+  // after a connect burst of C clients it parks them over tens of seconds. The writes start once
+  // couchgate reports them parked (or the deadline passes); the time to get there is a figure
+  // of its own, and a write made before its client is parked would be delivered by that client's
+  // first check, which measures the connect burst, not the delivery of a parked client's wake.
+  if (h.via_front) {
+    auto parked = [&] {
+      auto m = d.metrics();
+      auto it = m.find("couchgate_front_feeds_parked");
+      return it == m.end() ? 0.0 : it->second;
+    };
+    const double park_deadline = 60 + c / 50.0;
+    const bool all_parked = poll_until([&] { return parked() >= fleet.polling(); }, std::chrono::duration<double>(park_deadline), 500ms);
+    out["park_seconds"] = round_to(seconds_since(t_connect), 1);
+    if (!all_parked) {
+      note("live feeds (" + h.name + "): couchgate parked " + std::to_string(static_cast<long long>(parked())) + " of " +
+           std::to_string(fleet.polling()) + " longpolls within " + std::to_string(static_cast<int>(park_deadline)) + " s; writing anyway");
+    }
+  }
   // Memory per waiting client: couchgate's RSS now (every client connected and waiting, parked
   // in the front half) against before the clients connected.
   const proc_usage cg_waiting = read_usage(d.pid());
@@ -142,6 +225,11 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   std::atomic<std::size_t> write_errors{0};
   std::string first_write_error;
   std::mutex err_mu;
+  // Where a delivery's time goes: the server's own announcement (_db_updates, read by the bench
+  // as couchgate reads it), and couchgate's share (its histograms, over the writes only).
+  db_updates_watch announced(base);
+  const auto wake_before = d.histogram("couchgate_front_feed_wake_seconds");
+  const auto wait_before = d.histogram("couchgate_front_upstream_wait_seconds");
   auto t_writes = steady::now();
   paced_for(total, rate, ctx.opt.threads, t_writes, [&](std::size_t i, bench_client& cl) {
     const auto& u = users[static_cast<std::size_t>(client_of[i])];
@@ -162,6 +250,11 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   const auto drain = longpoll_timeout + 5s;
   poll_until([&] { return delivered.load() >= written; }, drain, 50ms);
   const double window = seconds_since(t_connect);
+  announced.stop();
+  if (h.via_front) {
+    out["couchgate_wake_to_answer_ms"] = histogram_summary(wake_before, d.histogram("couchgate_front_feed_wake_seconds"));
+    out["couchgate_upstream_wait_ms"] = histogram_summary(wait_before, d.histogram("couchgate_front_upstream_wait_seconds"));
+  }
   out["load_average_after_writes"] = load_average();
   const proc_usage cg1 = read_usage(d.pid());
   s.stop();
@@ -180,6 +273,21 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   out["missing"] = written - std::min(written, delivered.load());
   out["foreign_rows"] = foreign.load();
   out["delivery_ms"] = latency_summary(lat);
+  if (announced.supported()) {
+    std::vector<double> ann;
+    std::size_t unseen = 0;
+    for (std::size_t i = 0; i < total; ++i) {
+      if (sent[i] < 0) continue;
+      const auto at = announced.first_at_or_after(users[static_cast<std::size_t>(client_of[i])].db, sent[i]);
+      if (at < 0) {
+        ++unseen;
+        continue;
+      }
+      ann.push_back(static_cast<double>(at - sent[i]) / 1e6);
+    }
+    out["server_db_updates_ms"] = latency_summary(ann);
+    out["server_db_updates_unseen"] = unseen;
+  }
   out["longpoll_answers"] = fleet.answers();
   out["transport_errors"] = fleet.transport_errors();
   json refusals = json::object();

@@ -573,6 +573,9 @@ TEST_CASE("live feeds: 50 PouchDB live syncs park in couchgate; every write reac
   CHECK(max_sockets < clients);  // a socket per waiting client would be `clients`
   CHECK(cg.metric("couchgate_front_feed_wakes_total").value_or(0) >= clients);
   CHECK(cg.metric("couchgate_front_feed_wake_fetches_total").value_or(0) >= clients);
+  // The wakes that brought rows are timed (announced -> answer written), the pool's waits too.
+  CHECK(cg.metric("couchgate_front_feed_wake_seconds_count").value_or(0) >= 1);
+  CHECK(cg.metric("couchgate_front_upstream_wait_seconds_count").value_or(0) >= clients);
   if (rss_parked > 0 && rss_before > 0) {
     MESSAGE("memory: RSS " << rss_before << " KiB before, " << rss_parked << " KiB with " << clients
                            << " feeds parked: about " << (rss_parked - rss_before) * 1024 / clients

@@ -175,6 +175,25 @@ TEST_CASE("feed registry: a change wakes each parked subscriber of its database 
   CHECK(reg.stats().wakes == 2);
 }
 
+TEST_CASE("feed registry: a taken wake says when the first change of its burst was announced") {
+  auto t = f::feed_clock::time_point{} + std::chrono::seconds(100);
+  f::feed_registry reg(10, [&] { return t; });
+  const auto s = reg.subscribe("db", "u", [] {}, 0);
+  REQUIRE(s);
+  reg.park(*s, 1);
+  reg.notify("db");
+  t += std::chrono::milliseconds(700);
+  reg.notify("db");  // coalesced: the wake's latency counts from the first change
+  t += std::chrono::milliseconds(300);
+  const auto first = reg.take_wake(*s);
+  REQUIRE(first);
+  CHECK(*first == f::feed_clock::time_point{} + std::chrono::seconds(100));
+  reg.notify("db");  // a new burst after the take
+  const auto second = reg.take_wake(*s);
+  REQUIRE(second);
+  CHECK(*second == f::feed_clock::time_point{} + std::chrono::seconds(101));
+}
+
 TEST_CASE("feed registry: a change while reading leaves a pending wake that the reader takes before parking") {
   f::feed_registry reg(10);
   int calls = 0;
