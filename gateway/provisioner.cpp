@@ -626,8 +626,11 @@ void provisioner::follow(json since) {
     // A reconcile (periodic, or a reload's) waits for the chains in flight and starts none
     // meanwhile: a chain carries the policy it started with, and one that finished after the
     // reconcile would write the old policy's _security back.
-    const bool reconcile_waits = reconcile_due() && !running.empty();
-    if (!reconcile_waits) reconcile_if_due();
+    // (Decided on `running` alone, which only this thread changes: testing reconcile_due() here
+    // and again in reconcile_if_due() let a reload that landed between the two run its
+    // reconcile beside the chains in flight; the ASan build's timing showed it.)
+    const bool reconcile_waits = !running.empty() && reconcile_due();
+    if (running.empty()) reconcile_if_due();
     apply_created();
     look_again_if_due();
     auto now = clock::now();
