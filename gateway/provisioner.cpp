@@ -600,7 +600,8 @@ void provisioner::follow(json since) {
   feed_work work(window_);
   pending_json feed;                      // the _users read in flight, if any
   auto feed_at = clock::time_point::min();  // when the next read may go (backoff after a failure)
-  std::uint32_t feed_failures = 0;
+  std::uint32_t feed_failures = 0;   // in a row, for the backoff
+  std::uint32_t failed_reads = 0;    // in a row, not counting the outage's (for the log level)
   // Chains with a request in flight, by their row; rows whose chain failed, waiting to retry.
   std::map<feed_work::ticket, user_chain> running;
   struct retry {
@@ -650,10 +651,11 @@ void provisioner::follow(json since) {
         } else {
           auto delay = replicator::backoff_delay(bp, ++feed_failures, rnd);
           // An outage is logged once by the transport; a single failed read (a server answering
-          // 500 while it starts, say) is info; failing again in a row is a warning.
-          const auto level = replicator::outage_error(r.error()) ? spdlog::level::debug
-                             : feed_failures > 1                 ? spdlog::level::warn
-                                                                 : spdlog::level::info;
+          // 500 while it starts, say, right after an outage) is info; failing again in a row is
+          // a warning.
+          const bool outage = replicator::outage_error(r.error());
+          if (!outage) ++failed_reads;
+          const auto level = outage ? spdlog::level::debug : failed_reads > 1 ? spdlog::level::warn : spdlog::level::info;
           log()->log(level, "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
           feed_at = now + delay;
         }
@@ -663,6 +665,7 @@ void provisioner::follow(json since) {
         feed_at = now + replicator::backoff_delay(bp, ++feed_failures, rnd);
       } else {
         feed_failures = 0;
+        failed_reads = 0;
         for (const auto& row : page.value().changes) {
           auto parsed = replicator::user_of(row);
           if (auto* u = std::get_if<policy::user_doc>(&parsed)) {

@@ -243,7 +243,9 @@ TEST_CASE("a document the central validate function refuses is recorded, the che
   auto count = [&] { return central_count(n.central, user); };
   CHECK_MESSAGE(eventually([&] { return count() == 99; }, 90s), tail(cg.log()));
   CHECK(eventually([&] { return listed_in(cg.admin_get("/failures").body, "refuse-me", "forbidden"); }, 30s));
-  for (const auto& f : cg.admin_get("/failures").body["refused_docs"]) {
+  // (The reply is kept: a range-for over a member of a temporary would read it after its end.)
+  const auto failures = cg.admin_get("/failures");
+  for (const auto& f : failures.body["refused_docs"]) {
     if (f["id"] == "refuse-me") {
       CHECK(f["db"] == db);
       CHECK(f["reason"] == R"({"code":7})");
