@@ -173,6 +173,14 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         [self] { return static_cast<double>(self->pool->stats().background_waiting); });
   registry.add_callback("couchgate_front_upstream_max", "front.upstream.max_connections",
                         [self] { return static_cast<double>(self->pool->max_connections()); });
+  registry.add_counter_callback("couchgate_front_upstream_connects_total",
+                                "Front door connections to CouchDB opened (the first ones, and each reopened after "
+                                "CouchDB closed one or a freed one went to a request on another I/O thread)",
+                                [self] { return static_cast<double>(self->pool->stats().connects); });
+  registry.add_counter_callback("couchgate_front_upstream_moved_total",
+                                "Freed front door connections to CouchDB handed to a request waiting on another "
+                                "I/O thread (its socket moves; plain HTTP only)",
+                                [self] { return static_cast<double>(self->pool->stats().moved); });
   registry.add_callback("couchgate_front_upstream_peak", "Most front door connections to CouchDB open at once",
                         [self] { return static_cast<double>(self->pool->stats().peak_open); });
   registry.add_callback("couchgate_front_feeds_open", "Live _changes feeds open through the front door",

@@ -2,6 +2,7 @@
 #include "gateway/front/upstream_pool.hpp"
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -63,16 +64,68 @@ bool still_open(upstream_connection& c) {
 }
 }  // namespace
 
+// A plain connection freed on one I/O thread for a waiter on another: its socket, detached on
+// its own thread, is adopted on the waiter's (no new TCP connection to CouchDB).
+struct moved_socket {
+  tcp::socket::native_handle_type fd = -1;
+  tcp protocol = tcp::v4();
+  std::size_t uses = 0;
+  std::chrono::milliseconds server_idle_limit{0};
+};
+
 struct upstream_pool::waiter {
-  enum class state { waiting, got_connection, got_slot, closed };
+  enum class state { waiting, got_connection, got_socket, got_slot, closed };
   waiter(std::size_t ctx, net::io_context& io) : context(ctx), timer(io) {}
+  ~waiter() {
+    if (moved.fd >= 0) ::close(moved.fd);  // handed over, never adopted (the pool closed first)
+  }
+  waiter(const waiter&) = delete;
+  waiter& operator=(const waiter&) = delete;
   std::size_t context;
   net::steady_timer timer;
   std::chrono::steady_clock::time_point deadline;  // when it gives up (503 for a plain request)
   waiter_queues<std::shared_ptr<waiter>>::handle place{};  // in waiters_
   state st = state::waiting;
   std::unique_ptr<upstream_connection> conn;
+  moved_socket moved;  // got_socket
 };
+
+namespace {
+// Detaches the socket of a plain, idle connection (on the connection's own thread); nullopt when
+// it cannot move (TLS: the session lives in the stream; bytes left in its buffer; an error).
+std::optional<moved_socket> detach(upstream_connection& c) {
+  if (c.stream.is_tls() || c.buffer.size() > 0) return std::nullopt;
+  error_code ec;
+  auto& socket = c.stream.tcp().socket();
+  const auto endpoint = socket.local_endpoint(ec);
+  if (ec) return std::nullopt;
+  moved_socket m;
+  m.protocol = endpoint.protocol();
+  m.fd = socket.release(ec);
+  if (ec) return std::nullopt;
+  m.uses = c.uses;
+  m.server_idle_limit = c.server_idle_limit;
+  return m;
+}
+
+// Adopts the detached socket `fd` (of `m`) on `io`, the waiter's thread; nullptr when it cannot
+// (the fd is closed then).
+std::unique_ptr<upstream_connection> adopt(tcp::socket::native_handle_type fd, const moved_socket& m,
+                                           net::io_context& io, std::size_t context) {
+  tcp::socket socket(io);
+  error_code ec;
+  socket.assign(m.protocol, fd, ec);
+  if (ec) {
+    ::close(fd);
+    return nullptr;
+  }
+  auto c = std::make_unique<upstream_connection>(any_stream(beast::tcp_stream(std::move(socket))), context);
+  c->connected = true;
+  c->uses = m.uses;
+  c->server_idle_limit = m.server_idle_limit;
+  return c;
+}
+}  // namespace
 
 upstream_lease::~upstream_lease() {
   if (pool_ != nullptr && conn_) pool_->release(std::move(conn_), keep_, priority_);
@@ -193,6 +246,12 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
       co_return result{std::nullopt, acquire_error::timeout};
     case waiter::state::got_connection:
       co_return result{upstream_lease(this, std::move(w->conn), priority), acquire_error::none};
+    case waiter::state::got_socket:
+      if (auto c = adopt(std::exchange(w->moved.fd, -1), w->moved, io_.context(context), context)) {
+        co_return result{upstream_lease(this, std::move(c), priority), acquire_error::none};
+      }
+      lk.unlock();
+      co_return co_await open_new(context, priority);  // the slot is counted: a fresh connection
     case waiter::state::got_slot:
       lk.unlock();
       co_return co_await open_new(context, priority);
@@ -206,6 +265,10 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
 net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::open_new(std::size_t context,
                                                                                                pool_priority priority) {
   using result = std::pair<std::optional<upstream_lease>, acquire_error>;
+  {
+    std::lock_guard lk(mu_);
+    ++stats_.connects;
+  }
   auto& io = io_.context(context);
   beast::tcp_stream tcp_stream(io);
   error_code ec;
@@ -271,6 +334,14 @@ void upstream_pool::release(std::unique_ptr<upstream_connection> conn, bool reus
         ++conn->uses;
         next->conn = std::move(conn);
         next->st = waiter::state::got_connection;
+      } else if (auto moved = reusable ? detach(*conn) : std::nullopt) {
+        // Another I/O thread's waiter: the socket moves there (under the lock, so that the
+        // waiter, whose own deadline may end its wait meanwhile, sees it complete).
+        ++moved->uses;
+        next->moved = *moved;
+        next->st = waiter::state::got_socket;
+        ++stats_.moved;
+        drop = std::move(conn);  // its socket detached: nothing to close
       } else {
         next->st = waiter::state::got_slot;  // the socket budget moves to the waiter's context
         drop = std::move(conn);

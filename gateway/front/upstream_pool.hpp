@@ -170,6 +170,8 @@ struct upstream_stats {
   std::size_t peak_open = 0;
   std::uint64_t wait_timeouts = 0;
   std::uint64_t connect_failures = 0;
+  std::uint64_t connects = 0;  // connections opened (attempts), the first ones and every reopening
+  std::uint64_t moved = 0;     // freed connections handed to a waiter on another I/O thread
 };
 
 enum class acquire_error { none, timeout, connect_failed, closed };
