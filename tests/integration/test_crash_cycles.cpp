@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -202,21 +203,40 @@ TEST_CASE("crash cycles: kill -9 at random moments during provisioning and fan-i
   char tmpl[] = "/tmp/couchgate-chaos-XXXXXX";
   const std::string path = std::string(mkdtemp(tmpl)) + "/config.yaml";
   std::ofstream(path) << cfg.dump(2) << "\n";
-  // Killed until one run gets to the end by itself. A run killed after it had finished a
-  // database (restored, marker removed) leaves it complete: the next run rightly refuses it
-  // without --merge and exits 1 — then the state check below is what counts.
-  int restore_kills = 0;
+  // `cycles` runs are killed at random moments. A run killed after it had finished a database
+  // (restored, marker removed) leaves it complete: the next run rightly refuses it without
+  // --merge and exits 1 — the state check below is what counts. A run that gets to the end
+  // before its kill tells how long a whole restore takes here: later kills land within that
+  // time, and the user databases are dropped again so the next run starts over (otherwise the
+  // cycles would end with the first run that was faster than its kill).
+  int restore_kills = 0, restore_runs = 0, completed_runs = 0;
   bool finished = false;
-  for (int cycle = 0; cycle < cycles && !finished; ++cycle) {
-    // The window doubles each cycle (300 ms, 600 ms, ... up to 19 s): the first kills land while
-    // the run starts and creates databases, later ones while it writes revisions, whatever the
-    // run's length on this machine (a run that ends first ends the loop).
-    const auto after = std::chrono::milliseconds(10 + rng() % (300u << std::min(cycle, 6)));
+  std::optional<std::chrono::milliseconds> whole_run;
+  while (restore_kills < cycles && restore_runs < 3 * cycles) {
+    ++restore_runs;
+    // Before a whole run was seen the window doubles (300 ms, 600 ms, ... up to 19 s): the first
+    // kills land while the run starts and creates databases, later ones while it writes revisions.
+    const auto window = whole_run ? *whole_run : std::chrono::milliseconds(300u << std::min(restore_runs - 1, 6));
+    const auto after = std::chrono::milliseconds(10 + rng() % static_cast<std::uint64_t>(window.count() + 1));
+    const auto began = std::chrono::steady_clock::now();
     const int status = restore_killed_after(path, after);
-    restore_kills += status == -9;
-    finished = status == 0 || status == 1;
     CHECK_MESSAGE((status == -9 || status == 0 || status == 1), "seed " << seed << ": restore exited " << status);
+    if (status == -9) {
+      ++restore_kills;
+      finished = false;
+      continue;
+    }
+    finished = true;
+    ++completed_runs;
+    if (!whole_run) {
+      whole_run = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began);
+    }
+    if (restore_kills < cycles) {
+      for (const auto& [db, owner] : db_owner) couch().del("/" + enc(db));
+      finished = false;
+    }
   }
+  CHECK(restore_kills >= cycles);
   if (!finished) {
     auto full = run_couchgate({"restore", "--config", path, "--all"});
     bool only_finished_refused = full.status == 1;
@@ -237,6 +257,7 @@ TEST_CASE("crash cycles: kill -9 at random moments during provisioning and fan-i
     if (auto p = user_db_problem(n.prefix, owner); !p.empty()) restore_diff += p + "\n";
   }
   CHECK_MESSAGE(restore_diff.empty(), "seed " << seed << ": after " << restore_kills << " killed restores:\n" << restore_diff);
-  MESSAGE("seed " << seed << ": restore killed " << restore_kills << " times of " << cycles << ", then completed; "
+  MESSAGE("seed " << seed << ": restore killed " << restore_kills << " times in " << restore_runs << " runs ("
+                  << completed_runs << " ran to the end first, the databases dropped again after each), then completed; "
                   << restored << " user databases with documents " << std::string(restore_diff.empty() ? "equal to before" : "DIFFER"));
 }
