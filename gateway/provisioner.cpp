@@ -654,7 +654,7 @@ void provisioner::follow(json since) {
           // 500 while it starts, say, right after an outage) is info; failing again in a row is
           // a warning.
           const bool outage = replicator::outage_error(r.error());
-          if (!outage) ++failed_reads;
+          failed_reads = outage ? 0 : failed_reads + 1;  // an outage between two failed reads separates them
           const auto level = outage ? spdlog::level::debug : failed_reads > 1 ? spdlog::level::warn : spdlog::level::info;
           log()->log(level, "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
           feed_at = now + delay;

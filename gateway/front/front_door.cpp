@@ -175,7 +175,7 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         [self] { return static_cast<double>(self->pool->max_connections()); });
   registry.add_counter_callback("couchgate_front_upstream_connects_total",
                                 "Front door connections to CouchDB opened (the first ones, and each reopened after "
-                                "CouchDB closed one or a freed one went to a request on another I/O thread)",
+                                "CouchDB closed one, or a TLS one went to a request on another I/O thread)",
                                 [self] { return static_cast<double>(self->pool->stats().connects); });
   registry.add_counter_callback("couchgate_front_upstream_moved_total",
                                 "Freed front door connections to CouchDB handed to a request waiting on another "

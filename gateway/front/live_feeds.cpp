@@ -368,7 +368,9 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
       auto& rows = answer_json["results"];
       since_mark = read_mark;  // state.since() now comes from this read
       const nlohmann::json resume = replicator::couch_client::resume_seq(answer_json);
-      const bool pending = feeds.take_wake(*id).has_value();
+      const auto pending_wake = feeds.take_wake(*id);  // a change announced while this read ran
+      const bool pending = pending_wake.has_value();
+      if (pending && !woken_since) woken_since = pending_wake;
       const fetch_decision d = state.on_fetched(rows.size(), seq_text(resume), pending, now_());
 
       // 2. What the client gets.
@@ -384,7 +386,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
                                         : std::nullopt;
           if (answer_complete(rows.size(), state.fetch_limit(), pending_rows)) remember(seq_text(resume));
           const bool ok = co_await finish(std::move(got.body));
-          rows_written();
+          rows_written();  // (ok is whether the connection stays open, not whether it was written)
           co_return ok;
         }
         std::string text;
@@ -398,7 +400,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
         if (d.end) {
           if (request.kind == feed_kind::continuous) text += last_seq_line(resume, answer_json.value("pending", 0));
           const bool ok = co_await finish(std::move(text));
-          rows_written();
+          rows_written();  // (ok is whether the connection stays open, not whether it was written)
           co_return ok;
         }
         if (!co_await send_chunk(std::move(text))) co_return false;

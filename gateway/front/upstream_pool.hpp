@@ -5,10 +5,11 @@
 // asks for), then gets nothing (the caller answers 503 with Retry-After). A freed connection
 // goes to the waiter whose wait ends first (FIFO among equals): a plain request that gives up
 // after the pool's short wait is not stuck behind a thousand live feeds' first checks, which
-// may wait up to their own timeout (issue 14); a feed near its end moves up in turn. A connection lives on the I/O context that
-// opened it and is only lent to requests on that context; a waiter on another context gets the
-// freed socket budget instead and opens its own connection. Idle connections older than
-// idle_limit are closed rather than reused (the server may have dropped them).
+// may wait up to their own timeout (issue 14); a feed near its end moves up in turn. A connection
+// is used on the I/O context it lives on; one freed for a waiter on another context moves there
+// with its socket (plain HTTP; a TLS connection's session lives in its stream, so the waiter gets
+// the socket budget instead and opens its own). Idle connections older than idle_limit are
+// closed rather than reused (the server may have dropped them).
 //
 // The pool knows nothing of requests: a lease is held exactly while one request/response
 // exchange uses the socket, so a parked feed (issue 14) holds no upstream connection.

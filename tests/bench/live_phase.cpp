@@ -75,6 +75,12 @@ class db_updates_watch {
     if (thread_.joinable()) thread_.join();
   }
   bool supported() const { return supported_.load(); }
+  // The feed answered (its header arrived): announcements from now on are seen. False for a
+  // server without `_db_updates` (the thread has ended).
+  bool wait_open(std::chrono::seconds deadline) const {
+    return poll_until([&] { return open_.load() || ended_.load(); }, deadline, 20ms) && open_.load();
+  }
+  int reconnects() const { return reconnects_.load(); }
   // The first event of `db` at or after `t` (ns since base), -1 when none.
   std::int64_t first_at_or_after(const std::string& db, std::int64_t t) const {
     std::lock_guard lk(mu_);
@@ -90,10 +96,17 @@ class db_updates_watch {
     httplib::Client cli(ep.host, ep.port);
     if (!ep.user.empty()) cli.set_basic_auth(ep.user.c_str(), ep.password.c_str());
     cli.set_read_timeout(std::chrono::seconds(30));
-    std::string pending;
-    while (!stop_) {
+    std::string pending, since = "now";
+    for (int attempt = 0; !stop_; ++attempt) {
       pending.clear();
-      auto res = cli.Get("/_db_updates?feed=continuous&since=now&heartbeat=1000", [&](const char* data, std::size_t n) {
+      if (attempt > 0) ++reconnects_;
+      // After a break the feed resumes from the last seq seen (events replayed then arrive late:
+      // `reconnects` says whether that happened).
+      const auto on_response = [&](const httplib::Response& r) {
+        if (r.status == 200) open_ = true;
+        return true;
+      };
+      auto res = cli.Get("/_db_updates?feed=continuous&heartbeat=1000&since=" + since, on_response, [&](const char* data, std::size_t n) {
         const auto t = std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now() - base_).count();
         pending.append(data, n);
         for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
@@ -101,18 +114,24 @@ class db_updates_watch {
           pending.erase(0, nl + 1);
           if (!row.is_object() || !row.contains("db_name") || !row["db_name"].is_string()) continue;
           supported_ = true;
+          if (row.contains("seq") && (row["seq"].is_string() || row["seq"].is_number())) since = seq_param(row["seq"]);
           std::lock_guard lk(mu_);
           events_[row["db_name"].get<std::string>()].push_back(t);  // arrival order: sorted
         }
         return !stop_.load();
       });
-      if (res && res->status != 200) return;  // no _db_updates on this server
+      if (res && res->status != 200) {  // no _db_updates on this server
+        ended_ = true;
+        return;
+      }
       if (!stop_) std::this_thread::sleep_for(100ms);
     }
+    ended_ = true;
   }
 
   steady::time_point base_;
-  std::atomic<bool> stop_{false}, supported_{false};
+  std::atomic<bool> stop_{false}, supported_{false}, open_{false}, ended_{false};
+  std::atomic<int> reconnects_{0};
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::vector<std::int64_t>> events_;
   std::thread thread_;
@@ -228,6 +247,7 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   // Where a delivery's time goes: the server's own announcement (_db_updates, read by the bench
   // as couchgate reads it), and couchgate's share (its histograms, over the writes only).
   db_updates_watch announced(base);
+  if (!announced.wait_open(10s)) note("live feeds (" + h.name + "): no _db_updates feed on this server: no announcement figure");
   const auto wake_before = d.histogram("couchgate_front_feed_wake_seconds");
   const auto wait_before = d.histogram("couchgate_front_upstream_wait_seconds");
   auto t_writes = steady::now();
@@ -287,6 +307,7 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
     }
     out["server_db_updates_ms"] = latency_summary(ann);
     out["server_db_updates_unseen"] = unseen;
+    out["server_db_updates_reconnects"] = announced.reconnects();
   }
   out["longpoll_answers"] = fleet.answers();
   out["transport_errors"] = fleet.transport_errors();

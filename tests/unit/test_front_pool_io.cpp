@@ -152,6 +152,6 @@ TEST_CASE("front upstream: a plain connection freed on one I/O thread goes to a 
   CHECK(server.accepted() == 1);  // closing and reopening it would make two
   CHECK(st.open == 1);
   CHECK(st.in_use == 0);
-  pool.close();
-  io.stop();
+  io.stop();     // the I/O threads first: close() then destroys the idle connections of every
+  pool.close();  // context from this thread, with nothing running on them (front_door::stop's order)
 }
