@@ -601,7 +601,7 @@ void provisioner::follow(json since) {
   pending_json feed;                      // the _users read in flight, if any
   auto feed_at = clock::time_point::min();  // when the next read may go (backoff after a failure)
   std::uint32_t feed_failures = 0;   // in a row, for the backoff
-  std::uint32_t failed_reads = 0;    // in a row, not counting the outage's (for the log level)
+  std::uint32_t failed_reads = 0;    // in a row, an outage between them resets it (for the log level)
   // Chains with a request in flight, by their row; rows whose chain failed, waiting to retry.
   std::map<feed_work::ticket, user_chain> running;
   struct retry {
