@@ -77,6 +77,13 @@ std::string credential_of(const http::fields& fields) {
 
 enum class relay_result { done, read_failed, write_failed };
 
+// Bytes are waiting in the socket's receive queue: a read now completes without waiting.
+bool readable_now(any_stream& s) {
+  error_code ec;
+  const std::size_t n = s.tcp().socket().available(ec);
+  return !ec && n > 0;
+}
+
 // Streams one message body from `in` (its parser has read the header) to `out` (its serializer
 // holds the header to send) through `buffer`: never more than the buffer in memory.
 // `in_done` runs once, as soon as `in` has given the whole message (before the last write to
@@ -105,16 +112,27 @@ net::awaitable<relay_result> relay(any_stream& in, beast::flat_buffer& in_buffer
     co_return !ec;
   };
   if (!parser.is_done() && in_buffer.size() == 0 && !co_await header_alone()) co_return relay_result::write_failed;
+  // A flat_buffer reads at most its free capacity at a time: a client connection's is sized for
+  // a request header (4 KB) until a body comes (http_server gives the room back after the request).
+  if (!parser.is_done() && in_buffer.capacity() < buffer.size()) in_buffer.reserve(buffer.size());
   while (!serializer.is_done()) {
     if (!parser.is_done()) {
-      parser.get().body().data = buffer.data();
-      parser.get().body().size = buffer.size();
-      in.tcp().expires_after(in_timeout);
-      co_await http::async_read_some(in, in_buffer, parser, ec_token(ec));
-      if (ec == http::error::need_buffer) ec = {};
-      if (ec) co_return relay_result::read_failed;
-      note_in_done();
-      const std::size_t n = buffer.size() - parser.get().body().size;
+      // Read, then read again while more has already arrived and the buffer has room: CouchDB
+      // sends a row (of _changes, _all_docs, _bulk_get) per chunk, often a TCP segment each, and
+      // relaying each alone cost a write, a wake-up of the client and a chunk header per row.
+      // Nothing waits for bytes that are not here yet, so no answer is held back.
+      std::size_t n = 0;
+      for (;;) {
+        parser.get().body().data = buffer.data() + n;
+        parser.get().body().size = buffer.size() - n;
+        in.tcp().expires_after(in_timeout);
+        co_await http::async_read_some(in, in_buffer, parser, ec_token(ec));
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) co_return relay_result::read_failed;
+        note_in_done();
+        n = buffer.size() - parser.get().body().size;
+        if (parser.is_done() || n == buffer.size() || !readable_now(in)) break;
+      }
       if (n == 0 && !parser.is_done()) {  // framing only (a chunk header): nothing to pass on yet
         if (!co_await header_alone()) co_return relay_result::write_failed;
         continue;

@@ -151,6 +151,10 @@ net::awaitable<void> http_server::session(tcp::socket socket, std::size_t contex
   stream.close();
 }
 
+namespace {
+constexpr std::size_t idle_buffer_limit = 8u << 10;
+}  // namespace
+
 net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& buffer, connection_info& info) {
   bool first = true;
   for (;;) {
@@ -197,6 +201,9 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
     server_exchange exchange{stream, buffer, parser, info};
     const bool keep = co_await handler_(exchange);
     if (!keep) co_return;
+    // A body relayed through this connection's buffer grew it (forwarder's relay): an idle
+    // keep-alive connection keeps only what a header needs (thousands of them may be open).
+    if (buffer.size() == 0 && buffer.capacity() > idle_buffer_limit) buffer.shrink_to_fit();
   }
 }
 

@@ -41,7 +41,13 @@ struct upstream_address {
 std::optional<upstream_address> parse_upstream_url(const std::string& url);
 
 struct upstream_connection {
-  explicit upstream_connection(any_stream s, std::size_t ctx) : stream(std::move(s)), context(ctx) {}
+  // Room for a whole read of what the server has sent: a flat_buffer reads at most its free
+  // capacity at a time, so one grown only to a header's size took a large answer a few KB
+  // (a recvmsg and a wake-up) at a time. A few connections, so the 64 KB each are cheap.
+  static constexpr std::size_t read_buffer = 64u << 10;
+  explicit upstream_connection(any_stream s, std::size_t ctx) : stream(std::move(s)), context(ctx) {
+    buffer.reserve(read_buffer);
+  }
   any_stream stream;
   beast::flat_buffer buffer;
   std::size_t context;

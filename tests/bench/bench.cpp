@@ -190,10 +190,13 @@ int main(int argc, char** argv) {
   app.add_flag("--user-passwords", o.user_passwords, "provisioning: create users with passwords (the server's hashing cost is then included)");
   app.add_option("--threads", o.threads, "bench-side threads for seeding, deleting, verifying and steady-state writes")->capture_default_str();
   // Client phases (issues #13 and #14).
-  std::optional<int> front_users, front_docs, live_clients, live_rate;
+  std::optional<int> front_users, front_docs, front_rounds, live_clients, live_rate;
   std::optional<double> live_seconds;
   app.add_option("--front-users", front_users, "front door: concurrent replicating clients (default 32; 2 with --smoke)");
   app.add_option("--front-docs", front_docs, "front door: documents each client pushes and pulls per segment (default 200; 10 with --smoke)");
+  app.add_option("--front-rounds", front_rounds,
+                 "front door: rounds of the four segments direct, front, front, direct (default 3; 1 with --smoke)")
+      ->check(CLI::Range(1, 100));
   app.add_flag("--front-tls", o.front_tls, "front door phase over TLS (front.tls with a certificate made by `openssl req`) instead of plain HTTP");
   app.add_option("--front-direct-tls-port", o.front_direct_tls_port,
                  "with --front-tls: the server's own TLS port (CouchDB's [ssl] listener, same host) for the direct segments, "
@@ -243,6 +246,7 @@ int main(int argc, char** argv) {
   o.front_users = front_users.value_or(o.smoke ? 2 : 32);
   o.front_docs = front_docs.value_or(o.smoke ? 10 : 200);
   o.front_batch = o.smoke ? 10 : 100;
+  o.front_rounds = front_rounds.value_or(o.smoke ? 1 : 3);
   o.live_clients = live_clients.value_or(o.smoke ? 10 : 10000);
   o.live_rate = live_rate.value_or(o.smoke ? 10 : 100);
   o.live_seconds = live_seconds.value_or(o.smoke ? 0.5 : 600);

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <atomic>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -178,6 +179,7 @@ json run_front(context& ctx) {
            {"transport", tls ? "TLS (front.tls, self-signed RSA-2048 certificate; the bench does not verify it)" : "plain HTTP (front.allow_insecure)"},
            {"direct_transport", direct_tls_port > 0 ? "TLS (the server's [ssl] listener, port " + std::to_string(direct_tls_port) + ")"
                                                     : std::string("plain HTTP (the server's URL)")},
+           {"rounds", std::max(1, ctx.opt.front_rounds)},
            {"segments", {"direct", "front", "front", "direct"}}};
   if (k <= 0 || docs <= 0) return out;
   test::names n = ctx.fresh("bench-front");
@@ -219,11 +221,16 @@ json run_front(context& ctx) {
       side_record direct, front;
       const endpoint server = endpoint::server_admin();
       const char* order[] = {"direct", "front", "front", "direct"};
-      for (int seg = 0; seg < 4 && !interrupted(); ++seg) {
-        const bool via_front = std::string(order[seg]) == "front";
-        side_record& rec = via_front ? front : direct;
-        note("front door: segment " + std::to_string(seg + 1) + "/4 (" + order[seg] + "), " + std::to_string(k) +
-             " clients x " + std::to_string(docs) + " documents each way");
+      // Each round is the four segments again (fresh ids): the server's pace drifts by several
+      // ms of p50 between segments, so one round's figures scatter; every round is reported
+      // alone, and the headline pools them all.
+      const int rounds = std::max(1, ctx.opt.front_rounds), segments = 4 * rounds;
+      std::deque<side_record> round_direct(static_cast<std::size_t>(rounds)), round_front(static_cast<std::size_t>(rounds));
+      for (int seg = 0; seg < segments && !interrupted(); ++seg) {
+        const bool via_front = std::string(order[seg % 4]) == "front";
+        side_record& round_rec = via_front ? round_front[static_cast<std::size_t>(seg / 4)] : round_direct[static_cast<std::size_t>(seg / 4)];
+        note("front door: segment " + std::to_string(seg + 1) + "/" + std::to_string(segments) + " (" + order[seg % 4] +
+             "), " + std::to_string(k) + " clients x " + std::to_string(docs) + " documents each way");
         sampler s(ctx.server_pid);
         auto t0 = steady::now();
         std::vector<std::thread> pool;
@@ -233,16 +240,30 @@ json run_front(context& ctx) {
             endpoint to = via_front ? endpoint{"127.0.0.1", port, u.name, u.password, tls}
                                     : endpoint{server.host, direct_tls_port > 0 ? direct_tls_port : server.port, u.name,
                                                u.password, direct_tls_port > 0};
-            replicate(to, via_front ? std::string("/me") : db_path(u.db), u, seg, docs, batch, rec);
+            replicate(to, via_front ? std::string("/me") : db_path(u.db), u, seg, docs, batch, round_rec);
           });
         }
         for (auto& t : pool) t.join();
-        rec.seconds += seconds_since(t0);
+        round_rec.seconds += seconds_since(t0);
         s.stop();
-        if (s.result().server_cpu_seconds >= 0) rec.server_cpu_seconds += s.result().server_cpu_seconds;
-        else rec.server_cpu_known = false;
+        if (s.result().server_cpu_seconds >= 0) round_rec.server_cpu_seconds += s.result().server_cpu_seconds;
+        else round_rec.server_cpu_known = false;
+        if (seg % 4 == 3 || seg + 1 == segments) {  // the round is complete: its figures join the whole run's
+          for (auto* r : {&round_direct[static_cast<std::size_t>(seg / 4)], &round_front[static_cast<std::size_t>(seg / 4)]}) {
+            side_record& all = r == &round_direct[static_cast<std::size_t>(seg / 4)] ? direct : front;
+            for (auto& [kind, v] : r->ms_by_kind) all.ms_by_kind[kind].insert(all.ms_by_kind[kind].end(), v.begin(), v.end());
+            all.docs_pushed += r->docs_pushed;
+            all.docs_pulled += r->docs_pulled;
+            all.errors += r->errors;
+            all.seconds += r->seconds;
+            all.server_cpu_seconds += r->server_cpu_seconds;
+            all.server_cpu_known = all.server_cpu_known && r->server_cpu_known;
+            if (all.first_error.empty()) all.first_error = r->first_error;
+          }
+        }
       }
-      const std::uint64_t expected = 2ull * static_cast<std::uint64_t>(k) * static_cast<std::uint64_t>(docs);
+      const std::uint64_t expected = 2ull * static_cast<std::uint64_t>(k) * static_cast<std::uint64_t>(docs) *
+                                     static_cast<std::uint64_t>(rounds);
       out["direct"] = side_json(direct, expected);
       out["front"] = side_json(front, expected);
       auto m = d.metrics();
@@ -261,6 +282,37 @@ json run_front(context& ctx) {
         added[p] = f >= 0 && dr >= 0 ? json(round_to(f - dr, 2)) : json(nullptr);
       }
       out["added_latency_ms"] = added;
+      // Round by round (each direct, front, front, direct), and the spread between them.
+      json per_round = json::array();
+      std::vector<double> round_loss, round_p50;
+      const std::uint64_t round_expected = expected / static_cast<std::uint64_t>(rounds);
+      for (int r = 0; r < rounds; ++r) {
+        json dj = side_json(round_direct[static_cast<std::size_t>(r)], round_expected);
+        json fj = side_json(round_front[static_cast<std::size_t>(r)], round_expected);
+        const double rd = dj.value("docs_per_s", 0.0), rf = fj.value("docs_per_s", 0.0);
+        const double dp = at(dj, "latency_ms", "p50"), fp = at(fj, "latency_ms", "p50");
+        json row{{"direct_docs_per_s", rd}, {"front_docs_per_s", rf}, {"direct_p50_ms", dp}, {"front_p50_ms", fp}};
+        if (rd > 0 && rf > 0 && dp >= 0 && fp >= 0) {
+          row["throughput_loss_percent"] = round_to((1 - rf / rd) * 100, 1);
+          row["added_p50_ms"] = round_to(fp - dp, 2);
+          round_loss.push_back((1 - rf / rd) * 100);
+          round_p50.push_back(fp - dp);
+        }
+        per_round.push_back(row);
+      }
+      out["by_round"] = per_round;
+      const auto median = [](std::vector<double> v) -> json {
+        if (v.empty()) return nullptr;
+        std::sort(v.begin(), v.end());
+        const std::size_t mid = v.size() / 2;
+        return round_to(v.size() % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2, 2);
+      };
+      out["round_median"] = {{"throughput_loss_percent", median(round_loss)}, {"added_p50_ms", median(round_p50)}};
+      // couchgate's CPU per request it relayed (its idle time in the direct segments included).
+      const double cg_cpu = out["couchgate"].value("cpu_seconds", -1.0);
+      const double front_requests = out["front"].value("requests", 0.0);
+      out["couchgate"]["cpu_ms_per_front_request"] =
+          cg_cpu >= 0 && front_requests > 0 ? json(round_to(cg_cpu * 1000 / front_requests, 3)) : json(nullptr);
       for (const char* side : {"direct", "front"}) {
         if (out[side].value("errors", 0) > 0) {
           ctx.fail(std::string("front door: ") + side + " replication had " + std::to_string(out[side].value("errors", 0)) +

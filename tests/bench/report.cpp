@@ -111,8 +111,8 @@ std::string client_tables(const json& results) {
   if (results.contains("front") && results["front"].contains("front")) {
     const json& f = results["front"];
     o += fmt("\nFRONT DOOR  %.0f clients, each pushing and pulling %.0f documents per segment (batches of %.0f), "
-             "segments direct, front, front, direct\n",
-             num(f, {"users"}), num(f, {"docs_per_user_per_segment"}), num(f, {"batch"}));
+             "segments direct, front, front, direct, %.0f round(s)\n",
+             num(f, {"users"}), num(f, {"docs_per_user_per_segment"}), num(f, {"batch"}), num(f, {"rounds"}));
     o += fmt("%-8s %9s %9s %9s %9s %9s %9s %9s %7s\n", "side", "seconds", "requests", "req/s", "docs/s", "p50 ms", "p99 ms",
              "srv CPU s", "errors");
     for (const char* side : {"direct", "front"}) {
@@ -130,6 +130,16 @@ std::string client_tables(const json& results) {
              f["added_latency_ms"].value("p50", json(nullptr)).dump().c_str(), f["added_latency_ms"].value("p95", json(nullptr)).dump().c_str(),
              f["added_latency_ms"].value("p99", json(nullptr)).dump().c_str(), cell(num(f, {"couchgate", "sockets_peak"}), "%.0f").c_str(),
              cell(num(f, {"couchgate", "cpu_seconds"})).c_str(), cell(num(f, {"couchgate", "rss_peak_mb"}), "%.1f").c_str());
+    if (f.contains("by_round") && f["by_round"].is_array() && f["by_round"].size() > 1) {
+      o += "  by round (loss %, added p50 ms):";
+      for (const auto& r : f["by_round"]) {
+        o += fmt(" %s/%s", r.value("throughput_loss_percent", json(nullptr)).dump().c_str(),
+                 r.value("added_p50_ms", json(nullptr)).dump().c_str());
+      }
+      o += fmt("; median %s/%s\n", f["round_median"].value("throughput_loss_percent", json(nullptr)).dump().c_str(),
+               f["round_median"].value("added_p50_ms", json(nullptr)).dump().c_str());
+    }
+    o += fmt("  couchgate CPU per front request: %s ms\n", cell(num(f, {"couchgate", "cpu_ms_per_front_request"}), "%.3f").c_str());
   }
   if (results.contains("live") && (results["live"].contains("direct") || results["live"].contains("front"))) {
     const json& l = results["live"];
