@@ -217,7 +217,13 @@ net::awaitable<bool> forwarder::handle(server_exchange& ex) {
   const std::string target(req.target());
   const route rt = route_request(method, target, options_.shared_enabled);
   outcome out;
-  const bool keep = co_await dispatch(ex, rt, out);
+  next_step next;
+  bool keep = co_await dispatch(ex, rt, out, next);
+  if (next.k == next_step::kind::feed) {
+    keep = co_await serve_feed(ex, rt, next.db, next.user, next.credential, next.verified, out);
+  } else if (next.k == next_step::kind::forward) {
+    keep = co_await forward(ex, next.target, next.db, next.mount, out, next.slot);
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics_.request(rt.label, out.status, seconds);
   // The path only (a query may carry anything), the user name, never a credential.
@@ -227,7 +233,7 @@ net::awaitable<bool> forwarder::handle(server_exchange& ex) {
   co_return keep;
 }
 
-net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, outcome& out) {
+net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, outcome& out, next_step& next) {
   const auto& req = ex.parser.get();
   // A request whose body we do not read cannot leave the connection reusable.
   const bool keep_if_answered_now = req.keep_alive() && ex.parser.is_done();
@@ -351,15 +357,15 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
   if (local) co_return co_await serve_local(ex, rt, user, out);
 
   // 5. Whose database?
-  std::string db;
-  std::string mount;
-  slot_hold slot;
   if (rt.kind == route_kind::user_db || rt.kind == route_kind::shared_db) {
-    const std::string feed_db = rt.kind == route_kind::user_db ? policy::user_db_name(options_.db_prefix, user)
-                                                                : options_.shared_db;
     if (options_.feeds && rt.rest == "/_changes" && (req.method() == http::verb::get || req.method() == http::verb::post) &&
         live_feed_kind(rt.query)) {
-      co_return co_await serve_feed(ex, rt, feed_db, user, credential, verified, out);
+      next.k = next_step::kind::feed;
+      next.db = rt.kind == route_kind::user_db ? policy::user_db_name(options_.db_prefix, user) : options_.shared_db;
+      next.user = std::move(user);
+      next.credential = credential;
+      next.verified = verified;
+      co_return true;
     }
   }
   if (rt.kind == route_kind::user_db) {
@@ -373,16 +379,17 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
       co_return co_await answer(http::status::service_unavailable, "service_unavailable",
                                 "this user's earlier requests did not finish in time", retry_after("1"));
     }
-    slot.slots = &slots_;
-    slot.user = user;
-    db = policy::user_db_name(options_.db_prefix, user);
-    mount = "/me";
+    next.slot.slots = &slots_;
+    next.slot.user = user;
+    next.db = policy::user_db_name(options_.db_prefix, user);
+    next.mount = "/me";
   } else if (rt.kind == route_kind::shared_db) {
-    db = options_.shared_db;
-    mount = "/shared";
+    next.db = options_.shared_db;
+    next.mount = "/shared";
   }
-  const std::string upstream_target = pool_.address().base_path + (db.empty() ? rt.target : db_target(db, rt));
-  co_return co_await forward(ex, upstream_target, db, mount, out, slot);
+  next.target = pool_.address().base_path + (next.db.empty() ? rt.target : db_target(next.db, rt));
+  next.k = next_step::kind::forward;
+  co_return true;
 }
 
 net::awaitable<forwarder::admitted> forwarder::admit(const std::string& user) {

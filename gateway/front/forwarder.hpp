@@ -106,7 +106,12 @@ class forwarder {
     std::string body;
     std::string set_cookie;  // CouchDB's refreshed `Set-Cookie: AuthSession=...`, if it sent one
   };
-  net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out);
+  // What a request becomes once dispatch() has checked it: answered there, or a parked live
+  // feed, or forwarded. handle() runs the last two after dispatch()'s frame is gone: a parked
+  // feed or a request queued for the pool (10 000 at once) holds only what this names.
+  struct slot_hold;
+  struct next_step;
+  net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out, next_step& next);
   enum class admitted { yes, queue_full, timed_out };
   // A slot among the user's max_requests_per_user, waiting in the user's FIFO queue if need be.
   net::awaitable<admitted> admit(const std::string& user);
@@ -166,6 +171,16 @@ class forwarder {
     slot_hold(const slot_hold&) = delete;
     slot_hold& operator=(const slot_hold&) = delete;
     ~slot_hold() { release(); }
+  };
+  struct next_step {
+    enum class kind { answered, feed, forward } k = kind::answered;
+    std::string db;          // feed, forward: the database ("" for a pass-through route)
+    std::string user;        // feed: the caller
+    std::string credential;  // feed: credential_of(request)
+    bool verified = true;    // feed: identity::verified
+    std::string target;      // forward: the upstream target
+    std::string mount;       // forward: "/me", "/shared" or ""
+    slot_hold slot;          // forward: the caller's request slot (a /me request)
   };
   net::awaitable<bool> forward(server_exchange& ex, const std::string& target, const std::string& db,
                                const std::string& mount, outcome& out, slot_hold& slot);

@@ -152,7 +152,33 @@ net::awaitable<void> http_server::session(tcp::socket socket, std::size_t contex
 }
 
 namespace {
-constexpr std::size_t idle_buffer_limit = 8u << 10;
+
+// Waits until `stream` has bytes to read (or the peer closed), at most `timeout`; false when the
+// time ran out or the wait failed. Nothing is read and no buffer is held meanwhile.
+net::awaitable<bool> wait_readable(any_stream& stream, std::chrono::milliseconds timeout) {
+  // TLS: bytes already read off the socket (into Asio's TLS engine, which holds a 17 KB buffer
+  // each way per connection whatever this does, or into OpenSSL) never make the socket readable
+  // again; only a plain connection waits here.
+  if (stream.is_tls()) co_return true;
+  auto& socket = stream.tcp().socket();
+  // The timer's handler may run after this frame is gone (it is only cancelled here): it
+  // shares the flag, and cancels the socket's wait only while that wait is still on.
+  auto waiting = std::make_shared<bool>(true);
+  net::steady_timer deadline(stream.get_executor());
+  deadline.expires_after(timeout);
+  deadline.async_wait([waiting, &socket](const error_code& e) {
+    if (!e && *waiting) {
+      error_code ignored;
+      socket.cancel(ignored);
+    }
+  });
+  error_code ec;
+  co_await socket.async_wait(tcp::socket::wait_read, ec_token(ec));
+  *waiting = false;
+  deadline.cancel();
+  co_return !ec;
+}
+
 }  // namespace
 
 net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& buffer, connection_info& info) {
@@ -160,9 +186,15 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
   for (;;) {
     error_code ec;
     const server_limits lim = limits();  // this request's (a reload may change them)
-    // Idle until the first byte of the next request (the first request gets header_timeout).
+    // Idle until the first byte of the next request (the first request gets header_timeout),
+    // with no read buffer: thousands of idle keep-alive connections may be open.
     if (buffer.size() == 0) {
-      stream.tcp().expires_after(first ? lim.header_timeout : lim.idle_timeout);
+      const auto idle = first ? lim.header_timeout : lim.idle_timeout;
+      if (!co_await wait_readable(stream, idle)) {
+        counters_.timeouts.fetch_add(1);
+        co_return;
+      }
+      stream.tcp().expires_after(stream.is_tls() ? idle : lim.header_timeout);
       const std::size_t n = co_await stream.async_read_some(buffer.prepare(4096), ec_token(ec));
       if (ec) {
         if (is_timeout(ec)) counters_.timeouts.fetch_add(1);
@@ -198,12 +230,13 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
       }
       co_return;
     }
+    // A request without a body, all read (no pipelined bytes behind it): the buffer is not
+    // needed while the answer is awaited (a queued request, a parked live feed).
+    if (parser.is_done() && buffer.size() == 0) buffer.shrink_to_fit();
     server_exchange exchange{stream, buffer, parser, info};
     const bool keep = co_await handler_(exchange);
     if (!keep) co_return;
-    // A body relayed through this connection's buffer grew it (forwarder's relay): an idle
-    // keep-alive connection keeps only what a header needs (thousands of them may be open).
-    if (buffer.size() == 0 && buffer.capacity() > idle_buffer_limit) buffer.shrink_to_fit();
+    if (buffer.size() == 0) buffer.shrink_to_fit();  // what the request's body grew, too
   }
 }
 

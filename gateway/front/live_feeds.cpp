@@ -292,129 +292,149 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     if (woken_since) metrics_.feed_wake.observe(std::chrono::duration<double>(feed_clock::now() - *woken_since).count());
     woken_since.reset();
   };
+  // 1 and 2: one normal read from where the client is, and what the client gets of it. A
+  // coroutine of its own: what a read needs (the request, CouchDB's answer, its parse) is
+  // allocated for the read and gone while the feed is parked (10 000 parked feeds).
+  struct read_step {
+    enum kind { park, again, end } k = park;
+    bool keep = false;  // end: whether the connection carries another request
+  };
+  const auto read_once = [&]() -> net::awaitable<read_step> {
+    // 1. One normal read from where the client is.
+    http::request<http::string_body> up{body.empty() && req.method() == http::verb::get ? http::verb::get
+                                                                                        : http::verb::post,
+                                        changes_path + upstream_changes_query(request, state.since(), state.fetch_limit()),
+                                        11};
+    up.set(http::field::host, pool_.address().host_header);
+    up.set(http::field::accept, "application/json");
+    if (auto it = req.find(http::field::authorization); it != req.end()) up.set(http::field::authorization, it->value());
+    if (auto it = req.find(http::field::cookie); it != req.end()) up.set(http::field::cookie, it->value());
+    if (up.method() == http::verb::post) {
+      up.set(http::field::content_type, "application/json");
+      up.body() = body;
+      up.prepare_payload();
+    }
+    // Every connection busy: the read queues again (heartbeats written meanwhile) until the
+    // feed's own timeout, never a 503 for a feed that can still wait.
+    const feed_read_mark read_mark = feeds.mark_read(db);
+    upstream_answer got;
+    for (bool queued = true; queued;) {
+      got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
+                              state.pool_wait(now_(), pool_.wait_timeout(), !first_read));
+      if (got.k != upstream_answer::kind::busy) break;
+      switch (state.on_busy(now_())) {
+        case feed_busy::retry:
+          break;
+        case feed_busy::heartbeat:
+          if (!co_await send_chunk(heartbeat_text)) co_return read_step{read_step::end, false};
+          state.heartbeat_sent(now_());
+          break;
+        case feed_busy::timeout: {
+          const bool k = co_await time_out();
+          co_return read_step{read_step::end, k};
+        }
+        case feed_busy::refuse:
+          queued = false;
+          break;
+      }
+    }
+    if (got.k == upstream_answer::kind::busy) {
+      const bool k = co_await refuse(503, json_error("service_unavailable", "all of couchgate's connections to CouchDB are busy"));
+      co_return read_step{read_step::end, k};
+    }
+    if (got.k == upstream_answer::kind::too_large) {
+      const bool k = co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer is larger than couchgate "
+                                                                   "reads for a live feed: ask with a limit"));
+      co_return read_step{read_step::end, k};
+    }
+    if (got.k != upstream_answer::kind::answered) {
+      const bool k = co_await refuse(502, json_error("bad_gateway", "CouchDB is not reachable"));
+      co_return read_step{read_step::end, k};
+    }
+    if (!got.set_cookie.empty()) fresh_cookie = std::move(got.set_cookie);
+    if (got.status == 401) {
+      feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401 (CouchDB refused a "
+                       "_changes read)", db, user.empty() ? "-" : user);
+    }
+    if (got.status != 200) {
+      const bool k = co_await refuse(got.status, std::move(got.body));
+      co_return read_step{read_step::end, k};
+    }
+    // CouchDB accepted the credential just now (the read carried it): what it names is known
+    // to be valid for session_cache_ttl more, and the parked feed re-validates from now.
+    if (!user.empty() && !credential.empty()) {
+      sessions_.store(credential_key, user, now_());
+      routes_.store(credential_key, user, now_());
+      state.revalidated(next_validation(sessions_, credential_key, now_()));
+    }
+    if (first_read && options_.test_check_delay.count() > 0) {
+      feed_log()->warn("db={}: test fail point: first check answered, held {} ms before it is looked at", db,
+                       options_.test_check_delay.count());
+      net::steady_timer hold(ex.stream.get_executor(), options_.test_check_delay);
+      error_code ec;
+      co_await hold.async_wait(ec_token(ec));
+    }
+    first_read = false;
+    auto answer_json = nlohmann::json::parse(got.body, nullptr, false);
+    if (!answer_json.is_object() || !answer_json.contains("results") || !answer_json["results"].is_array()) {
+      const bool k = co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer has no results array"));
+      co_return read_step{read_step::end, k};
+    }
+    auto& rows = answer_json["results"];
+    since_mark = read_mark;  // state.since() now comes from this read
+    const nlohmann::json resume = replicator::couch_client::resume_seq(answer_json);
+    const auto pending_wake = feeds.take_wake(*id);  // a change announced while this read ran
+    const bool pending = pending_wake.has_value();
+    if (pending && !woken_since) woken_since = pending_wake;
+    const fetch_decision d = state.on_fetched(rows.size(), seq_text(resume), pending, now_());
+
+    // 2. What the client gets.
+    if (d.send_rows) {
+      if (request.kind == feed_kind::longpoll) {
+        // Resume from the last row: a last_seq past it may count a write the answer did not carry.
+        if (answer_json.contains("last_seq") && answer_json["last_seq"] != resume) {
+          answer_json["last_seq"] = resume;
+          got.body = answer_json.dump();
+        }
+        const auto pending_rows = answer_json.contains("pending") && answer_json["pending"].is_number_integer()
+                                      ? std::optional<long long>(answer_json["pending"].get<long long>())
+                                      : std::nullopt;
+        if (answer_complete(rows.size(), state.fetch_limit(), pending_rows)) remember(seq_text(resume));
+        const bool ok = co_await finish(std::move(got.body));
+        rows_written();  // (ok is whether the connection stays open, not whether it was written)
+        co_return read_step{read_step::end, ok};
+      }
+      std::string text;
+      for (const auto& row : rows) {
+        if (request.kind == feed_kind::eventsource) {
+          text += "data: " + row.dump() + "\nid: " + (row.contains("seq") ? seq_text(row["seq"]) : std::string()) + "\n\n";
+        } else {
+          text += row.dump() + "\n";
+        }
+      }
+      if (d.end) {
+        if (request.kind == feed_kind::continuous) text += last_seq_line(resume, answer_json.value("pending", 0));
+        const bool ok = co_await finish(std::move(text));
+        rows_written();  // (ok is whether the connection stays open, not whether it was written)
+        co_return read_step{read_step::end, ok};
+      }
+      if (!co_await send_chunk(std::move(text))) co_return read_step{read_step::end, false};
+      rows_written();
+    } else if (d.end) {  // limit=0
+      std::string text = request.kind == feed_kind::longpoll     ? std::move(got.body)
+                         : request.kind == feed_kind::continuous ? last_seq_line(resume, 0)
+                                                                 : std::string();
+      const bool k = co_await finish(std::move(text));
+      co_return read_step{read_step::end, k};
+    }
+    co_return read_step{d.fetch_again ? read_step::again : read_step::park, false};
+  };
+
   for (;; skip_read = false) {
     if (!skip_read) {
-      // 1. One normal read from where the client is.
-      http::request<http::string_body> up{body.empty() && req.method() == http::verb::get ? http::verb::get
-                                                                                          : http::verb::post,
-                                          changes_path + upstream_changes_query(request, state.since(), state.fetch_limit()),
-                                          11};
-      up.set(http::field::host, pool_.address().host_header);
-      up.set(http::field::accept, "application/json");
-      if (auto it = req.find(http::field::authorization); it != req.end()) up.set(http::field::authorization, it->value());
-      if (auto it = req.find(http::field::cookie); it != req.end()) up.set(http::field::cookie, it->value());
-      if (up.method() == http::verb::post) {
-        up.set(http::field::content_type, "application/json");
-        up.body() = body;
-        up.prepare_payload();
-      }
-      // Every connection busy: the read queues again (heartbeats written meanwhile) until the
-      // feed's own timeout, never a 503 for a feed that can still wait.
-      const feed_read_mark read_mark = feeds.mark_read(db);
-      upstream_answer got;
-      for (bool queued = true; queued;) {
-        got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
-                                state.pool_wait(now_(), pool_.wait_timeout(), !first_read));
-        if (got.k != upstream_answer::kind::busy) break;
-        switch (state.on_busy(now_())) {
-          case feed_busy::retry:
-            break;
-          case feed_busy::heartbeat:
-            if (!co_await send_chunk(heartbeat_text)) co_return false;
-            state.heartbeat_sent(now_());
-            break;
-          case feed_busy::timeout:
-            co_return co_await time_out();
-          case feed_busy::refuse:
-            queued = false;
-            break;
-        }
-      }
-      if (got.k == upstream_answer::kind::busy) {
-        co_return co_await refuse(503, json_error("service_unavailable", "all of couchgate's connections to CouchDB are busy"));
-      }
-      if (got.k == upstream_answer::kind::too_large) {
-        co_return co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer is larger than couchgate reads "
-                                                                "for a live feed: ask with a limit"));
-      }
-      if (got.k != upstream_answer::kind::answered) {
-        co_return co_await refuse(502, json_error("bad_gateway", "CouchDB is not reachable"));
-      }
-      if (!got.set_cookie.empty()) fresh_cookie = std::move(got.set_cookie);
-      if (got.status == 401) {
-        feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401 (CouchDB refused a "
-                         "_changes read)", db, user.empty() ? "-" : user);
-      }
-      if (got.status != 200) co_return co_await refuse(got.status, std::move(got.body));
-      // CouchDB accepted the credential just now (the read carried it): what it names is known
-      // to be valid for session_cache_ttl more, and the parked feed re-validates from now.
-      if (!user.empty() && !credential.empty()) {
-        sessions_.store(credential_key, user, now_());
-        routes_.store(credential_key, user, now_());
-        state.revalidated(next_validation(sessions_, credential_key, now_()));
-      }
-      if (first_read && options_.test_check_delay.count() > 0) {
-        feed_log()->warn("db={}: test fail point: first check answered, held {} ms before it is looked at", db,
-                         options_.test_check_delay.count());
-        net::steady_timer hold(ex.stream.get_executor(), options_.test_check_delay);
-        error_code ec;
-        co_await hold.async_wait(ec_token(ec));
-      }
-      first_read = false;
-      auto answer_json = nlohmann::json::parse(got.body, nullptr, false);
-      if (!answer_json.is_object() || !answer_json.contains("results") || !answer_json["results"].is_array()) {
-        co_return co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer has no results array"));
-      }
-      auto& rows = answer_json["results"];
-      since_mark = read_mark;  // state.since() now comes from this read
-      const nlohmann::json resume = replicator::couch_client::resume_seq(answer_json);
-      const auto pending_wake = feeds.take_wake(*id);  // a change announced while this read ran
-      const bool pending = pending_wake.has_value();
-      if (pending && !woken_since) woken_since = pending_wake;
-      const fetch_decision d = state.on_fetched(rows.size(), seq_text(resume), pending, now_());
-
-      // 2. What the client gets.
-      if (d.send_rows) {
-        if (request.kind == feed_kind::longpoll) {
-          // Resume from the last row: a last_seq past it may count a write the answer did not carry.
-          if (answer_json.contains("last_seq") && answer_json["last_seq"] != resume) {
-            answer_json["last_seq"] = resume;
-            got.body = answer_json.dump();
-          }
-          const auto pending_rows = answer_json.contains("pending") && answer_json["pending"].is_number_integer()
-                                        ? std::optional<long long>(answer_json["pending"].get<long long>())
-                                        : std::nullopt;
-          if (answer_complete(rows.size(), state.fetch_limit(), pending_rows)) remember(seq_text(resume));
-          const bool ok = co_await finish(std::move(got.body));
-          rows_written();  // (ok is whether the connection stays open, not whether it was written)
-          co_return ok;
-        }
-        std::string text;
-        for (const auto& row : rows) {
-          if (request.kind == feed_kind::eventsource) {
-            text += "data: " + row.dump() + "\nid: " + (row.contains("seq") ? seq_text(row["seq"]) : std::string()) + "\n\n";
-          } else {
-            text += row.dump() + "\n";
-          }
-        }
-        if (d.end) {
-          if (request.kind == feed_kind::continuous) text += last_seq_line(resume, answer_json.value("pending", 0));
-          const bool ok = co_await finish(std::move(text));
-          rows_written();  // (ok is whether the connection stays open, not whether it was written)
-          co_return ok;
-        }
-        if (!co_await send_chunk(std::move(text))) co_return false;
-        rows_written();
-      } else if (d.end) {  // limit=0
-        if (request.kind == feed_kind::longpoll) co_return co_await finish(std::move(got.body));
-        std::string text = request.kind == feed_kind::continuous ? last_seq_line(resume, 0) : std::string();
-        co_return co_await finish(std::move(text));
-      }
-      if (d.fetch_again) continue;
-
-      got.body.clear();
-      got.body.shrink_to_fit();
-      answer_json = nullptr;
+      const read_step r = co_await read_once();
+      if (r.k == read_step::end) co_return r.keep;
+      if (r.k == read_step::again) continue;
     }
 
     // 3. Parked: no upstream connection, one timer.

@@ -566,6 +566,61 @@ TEST_CASE("front door: keep-alive connections carry many requests; HEAD; gzip pa
   CHECK(json::parse(shared_info.body(), nullptr, false)["db_name"] == shared_db);
 }
 
+TEST_CASE("front door: pipelined requests are answered in order; idle connections close at their timeouts") {
+  auto n = fresh_names("frontidle");
+  auto run = start_front(n, {{"allow_insecure", true}, {"idle_timeout", "3s"}, {"header_timeout", "500ms"}},
+                         temp_dir());
+  const int port = run.port;
+  const auto users = provisioned_users(n, 1);
+  const std::string authorization = basic(users[0].name, users[0].password);
+  {
+    keep_alive_connection conn(port, authorization);
+    for (const char* id : {"pipe-a", "pipe-b"}) {
+      REQUIRE(conn.exchange(http::verb::put, std::string("/me/") + id, json{{"id", id}}.dump()).result_int() == 201);
+    }
+  }
+  const auto closed_after = [](tcp::socket& socket) {  // blocks until couchgate closes; how long that took
+    const auto start = std::chrono::steady_clock::now();
+    char byte;
+    boost::system::error_code ec;
+    const std::size_t n_read = socket.read_some(net::buffer(&byte, 1), ec);
+    CHECK(n_read == 0);
+    CHECK(ec);  // closed, nothing more sent
+    return std::chrono::steady_clock::now() - start;
+  };
+  net::io_context io;
+  // Two requests in one write: both answered, in order, on the same connection; then, idle, the
+  // connection is closed at idle_timeout (not at header_timeout, and not never).
+  {
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    std::string both;
+    for (const char* id : {"pipe-a", "pipe-b"}) {
+      both += std::string("GET /me/") + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: " + authorization + "\r\n\r\n";
+    }
+    net::write(socket, net::buffer(both));
+    beast::flat_buffer buffer;
+    for (const char* id : {"pipe-a", "pipe-b"}) {
+      http::response<http::string_body> res;
+      http::read(socket, buffer, res);
+      CHECK(res.result_int() == 200);
+      CHECK(json::parse(res.body(), nullptr, false).value("id", "") == id);
+      CHECK(res.keep_alive());
+    }
+    const auto idle = closed_after(socket);
+    CHECK(idle >= std::chrono::milliseconds(2700));
+    CHECK(idle < std::chrono::seconds(15));
+  }
+  // A connection that never sends a byte is closed at header_timeout.
+  {
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    const auto silent = closed_after(socket);
+    CHECK(silent >= std::chrono::milliseconds(400));
+    CHECK(silent < std::chrono::milliseconds(2500));  // well before idle_timeout
+  }
+}
+
 TEST_CASE("front door: per-user concurrent requests and client connections are capped") {
   auto n = fresh_names("frontcap");
   // user_queue_length 0: over the cap is refused at once (the queue has its own test below).
