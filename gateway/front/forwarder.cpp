@@ -77,8 +77,11 @@ std::string credential_of(const http::fields& fields) {
 
 enum class relay_result { done, read_failed, write_failed };
 
-// Bytes are waiting in the socket's receive queue: a read now completes without waiting.
+// Bytes are waiting in a plain socket's receive queue: a read now completes without waiting.
+// Never for TLS: raw bytes there may be part of a record, or a record with no application data
+// (a session ticket), and the read would wait for the rest while what was read sits unsent.
 bool readable_now(any_stream& s) {
+  if (s.is_tls()) return false;
   error_code ec;
   const std::size_t n = s.tcp().socket().available(ec);
   return !ec && n > 0;
@@ -120,7 +123,8 @@ net::awaitable<relay_result> relay(any_stream& in, beast::flat_buffer& in_buffer
       // Read, then read again while more has already arrived and the buffer has room: CouchDB
       // sends a row (of _changes, _all_docs, _bulk_get) per chunk, often a TCP segment each, and
       // relaying each alone cost a write, a wake-up of the client and a chunk header per row.
-      // Nothing waits for bytes that are not here yet, so no answer is held back.
+      // Nothing waits for bytes that are not here yet, so no answer is held back (plain
+      // connections only: readable_now).
       std::size_t n = 0;
       for (;;) {
         parser.get().body().data = buffer.data() + n;

@@ -7,9 +7,9 @@
 // credential is forwarded unchanged and CouchDB decides; couchgate's own admin credentials are
 // never used here. Access log lines name the user, never a credential.
 //
-// Parked live feeds (issue 14) plug in at dispatch(): once the route and the caller's database
-// are known, a `_changes` longpoll/continuous/eventsource request goes to serve_feed()
-// (live_feeds.cpp) instead of forward(). Nothing here ties a client connection to an upstream
+// Parked live feeds (issue 14) plug in after dispatch(): once it knows the route and the
+// caller's database, handle() runs a `_changes` longpoll/continuous/eventsource request as
+// serve_feed() (live_feeds.cpp) instead of forward(). Nothing here ties a client connection to an upstream
 // socket: leases are taken per upstream exchange (who_is, forward, each feed read), so a parked
 // client holds only its session coroutine.
 #include <chrono>
@@ -108,7 +108,8 @@ class forwarder {
   };
   // What a request becomes once dispatch() has checked it: answered there, or a parked live
   // feed, or forwarded. handle() runs the last two after dispatch()'s frame is gone: a parked
-  // feed or a request queued for the pool (10 000 at once) holds only what this names.
+  // feed or a request queued for the pool (10 000 at once) holds handle()'s frame with this in
+  // it and serve_feed()'s or forward()'s, not dispatch()'s.
   struct slot_hold;
   struct next_step;
   net::awaitable<bool> dispatch(server_exchange& ex, const route& rt, outcome& out, next_step& next);

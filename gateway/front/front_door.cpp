@@ -39,7 +39,8 @@ std::shared_ptr<ssl::context> load_server_tls(const front_tls_config& tls, std::
   }
   // OpenSSL keeps a read and a write buffer (about 34 KB) per connection for its whole life;
   // with this it frees them whenever a connection has nothing buffered: a parked live feed or
-  // an idle keep-alive client holds none (10 000 of them would otherwise hold 340 MB).
+  // an idle keep-alive client holds none of OpenSSL's (Asio's TLS engine still holds its own
+  // 17 KB each way per connection, and the connection its read buffer).
   SSL_CTX_set_mode(ctx->native_handle(), SSL_MODE_RELEASE_BUFFERS);
   return ctx;
 }

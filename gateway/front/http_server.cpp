@@ -153,30 +153,38 @@ net::awaitable<void> http_server::session(tcp::socket socket, std::size_t contex
 
 namespace {
 
-// Waits until `stream` has bytes to read (or the peer closed), at most `timeout`; false when the
-// time ran out or the wait failed. Nothing is read and no buffer is held meanwhile.
-net::awaitable<bool> wait_readable(any_stream& stream, std::chrono::milliseconds timeout) {
+enum class readiness { readable, timed_out, failed };
+
+// Waits until `stream` has bytes to read (or the peer closed), at most `timeout`. Nothing is
+// read and no buffer is held meanwhile.
+net::awaitable<readiness> wait_readable(any_stream& stream, std::chrono::milliseconds timeout) {
   // TLS: bytes already read off the socket (into Asio's TLS engine, which holds a 17 KB buffer
   // each way per connection whatever this does, or into OpenSSL) never make the socket readable
   // again; only a plain connection waits here.
-  if (stream.is_tls()) co_return true;
+  if (stream.is_tls()) co_return readiness::readable;
   auto& socket = stream.tcp().socket();
   // The timer's handler may run after this frame is gone (it is only cancelled here): it
-  // shares the flag, and cancels the socket's wait only while that wait is still on.
-  auto waiting = std::make_shared<bool>(true);
+  // shares the state, and cancels the socket's wait only while that wait is still on.
+  struct shared_state {
+    bool waiting = true;
+    bool fired = false;
+  };
+  auto state = std::make_shared<shared_state>();
   net::steady_timer deadline(stream.get_executor());
   deadline.expires_after(timeout);
-  deadline.async_wait([waiting, &socket](const error_code& e) {
-    if (!e && *waiting) {
+  deadline.async_wait([state, &socket](const error_code& e) {
+    if (!e && state->waiting) {
+      state->fired = true;
       error_code ignored;
       socket.cancel(ignored);
     }
   });
   error_code ec;
   co_await socket.async_wait(tcp::socket::wait_read, ec_token(ec));
-  *waiting = false;
+  state->waiting = false;
   deadline.cancel();
-  co_return !ec;
+  if (!ec) co_return readiness::readable;
+  co_return state->fired ? readiness::timed_out : readiness::failed;
 }
 
 }  // namespace
@@ -187,11 +195,13 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
     error_code ec;
     const server_limits lim = limits();  // this request's (a reload may change them)
     // Idle until the first byte of the next request (the first request gets header_timeout),
-    // with no read buffer: thousands of idle keep-alive connections may be open.
+    // with no read buffer on a plain connection: thousands of idle keep-alive connections may
+    // be open. (A TLS connection waits in its read, buffer and TLS engine allocated.)
     if (buffer.size() == 0) {
       const auto idle = first ? lim.header_timeout : lim.idle_timeout;
-      if (!co_await wait_readable(stream, idle)) {
-        counters_.timeouts.fetch_add(1);
+      const readiness ready = co_await wait_readable(stream, idle);
+      if (ready != readiness::readable) {
+        if (ready == readiness::timed_out) counters_.timeouts.fetch_add(1);
         co_return;
       }
       stream.tcp().expires_after(stream.is_tls() ? idle : lim.header_timeout);
