@@ -141,6 +141,18 @@ void replicate(const endpoint& to, const std::string& base, const bench_user& u,
   if (rec.first_error.empty()) rec.first_error = first_error;
 }
 
+// One round's figures added to the whole run's.
+void add_round(side_record& all, const side_record& r) {
+  for (const auto& [kind, v] : r.ms_by_kind) all.ms_by_kind[kind].insert(all.ms_by_kind[kind].end(), v.begin(), v.end());
+  all.docs_pushed += r.docs_pushed;
+  all.docs_pulled += r.docs_pulled;
+  all.errors += r.errors;
+  all.seconds += r.seconds;
+  all.server_cpu_seconds += r.server_cpu_seconds;
+  all.server_cpu_known = all.server_cpu_known && r.server_cpu_known;
+  if (all.first_error.empty()) all.first_error = r.first_error;
+}
+
 json side_json(side_record& r, std::uint64_t expected_docs) {
   std::vector<double> all;
   json kinds = json::object();
@@ -248,20 +260,9 @@ json run_front(context& ctx) {
         s.stop();
         if (s.result().server_cpu_seconds >= 0) round_rec.server_cpu_seconds += s.result().server_cpu_seconds;
         else round_rec.server_cpu_known = false;
-        if (seg % 4 == 3 || seg + 1 == segments) {  // the round is complete: its figures join the whole run's
-          for (auto* r : {&round_direct[static_cast<std::size_t>(seg / 4)], &round_front[static_cast<std::size_t>(seg / 4)]}) {
-            side_record& all = r == &round_direct[static_cast<std::size_t>(seg / 4)] ? direct : front;
-            for (auto& [kind, v] : r->ms_by_kind) all.ms_by_kind[kind].insert(all.ms_by_kind[kind].end(), v.begin(), v.end());
-            all.docs_pushed += r->docs_pushed;
-            all.docs_pulled += r->docs_pulled;
-            all.errors += r->errors;
-            all.seconds += r->seconds;
-            all.server_cpu_seconds += r->server_cpu_seconds;
-            all.server_cpu_known = all.server_cpu_known && r->server_cpu_known;
-            if (all.first_error.empty()) all.first_error = r->first_error;
-          }
-        }
       }
+      for (const auto& r : round_direct) add_round(direct, r);
+      for (const auto& r : round_front) add_round(front, r);
       const std::uint64_t expected = 2ull * static_cast<std::uint64_t>(k) * static_cast<std::uint64_t>(docs) *
                                      static_cast<std::uint64_t>(rounds);
       out["direct"] = side_json(direct, expected);
@@ -301,11 +302,10 @@ json run_front(context& ctx) {
         per_round.push_back(row);
       }
       out["by_round"] = per_round;
-      const auto median = [](std::vector<double> v) -> json {
+      const auto median = [](std::vector<double> v) -> json {  // nearest rank, as every p50 here
         if (v.empty()) return nullptr;
         std::sort(v.begin(), v.end());
-        const std::size_t mid = v.size() / 2;
-        return round_to(v.size() % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2, 2);
+        return round_to(percentile(v, 50), 2);
       };
       out["round_median"] = {{"throughput_loss_percent", median(round_loss)}, {"added_p50_ms", median(round_p50)}};
       // couchgate's CPU per request it relayed (its idle time in the direct segments included).
