@@ -519,6 +519,11 @@ int daemon::run() {
       hooks.admit = [&d](const std::vector<const policy::user_doc*>& users) { return d.ids->admit(users); };
       hooks.user_gone = [&d](const std::string& name) { return d.ids->release_deleted(name); };
     }
+    // A user's document changed: the front door (created below, before the provisioner starts)
+    // asks about their credentials again, so a parked live feed of a revoked password ends now.
+    hooks.user_changed = [&d](const std::string& name) {
+      if (d.front) d.front->user_changed(name);
+    };
     // Twice the work connections in users at once: the pool always has the next request queued.
     d.prov = std::make_unique<provisioner>(*d.client, *d.state, d.metrics, cfg.provisioning, std::move(hooks), 2 * budget.work);
   }

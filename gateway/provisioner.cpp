@@ -669,9 +669,11 @@ void provisioner::follow(json since) {
         for (const auto& row : page.value().changes) {
           auto parsed = replicator::user_of(row);
           if (auto* u = std::get_if<policy::user_doc>(&parsed)) {
+            if (hooks_.user_changed) hooks_.user_changed(u->name);
             user_ok(*u);
             work.arrived(std::move(*u));
           } else if (auto* e = std::get_if<policy::user_doc_error>(&parsed)) {
+            if (auto name = policy::user_name_from_doc_id(e->doc_id); name && hooks_.user_changed) hooks_.user_changed(*name);
             skip_malformed(*e, "");
           }
         }

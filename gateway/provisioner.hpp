@@ -78,6 +78,10 @@ struct provisioner_hooks {
   // conflicts are forgotten and, if it no longer exists, its reservations released (false: retried).
   std::function<std::vector<std::optional<policy::direct_verdict>>(const std::vector<const policy::user_doc*>&)> admit;
   std::function<bool(const std::string& name)> user_gone;
+  // Every user document the `_users` feed reads (written, deleted, or malformed now), by name,
+  // whether selected or not: the front door asks about that user's credentials again
+  // (front_door::user_changed). Called on the provisioner's thread; must not block.
+  std::function<void(const std::string& name)> user_changed;
 };
 
 // The `_users` feed's position in the state database, stored at most every

@@ -14,7 +14,7 @@ std::optional<std::string> session_cache::lookup(const std::string& key, clock_t
   std::lock_guard lk(mu_);
   const auto it = entries_.find(key);
   if (it == entries_.end()) return std::nullopt;
-  if (now >= it->second->expires) {
+  if (now >= it->second->expires || outdated(*it->second)) {
     order_.erase(it->second);
     entries_.erase(it);
     return std::nullopt;
@@ -31,15 +31,32 @@ std::chrono::milliseconds session_cache::ttl() const {
 std::optional<clock_type::time_point> session_cache::expires(const std::string& key) const {
   std::lock_guard lk(mu_);
   const auto it = entries_.find(key);
-  if (it == entries_.end()) return std::nullopt;
+  if (it == entries_.end() || outdated(*it->second)) return std::nullopt;
   return it->second->expires;
+}
+
+bool session_cache::outdated(const entry& e) const {
+  const auto c = changed_.find(e.user);
+  return c != changed_.end() && e.stored <= c->second;
+}
+
+void session_cache::forget_user(const std::string& user, clock_type::time_point now) {
+  std::lock_guard lk(mu_);
+  changed_[user] = now;
+  // A mark older than the longest ttl matches no entry still alive: dropped (amortised O(1)).
+  if (changed_.size() >= prune_at_) {
+    std::erase_if(changed_, [&](const auto& m) { return m.second + longest_ttl_ < now; });
+    prune_at_ = std::max<std::size_t>(64, 2 * changed_.size());
+  }
 }
 
 void session_cache::store(const std::string& key, std::string user, clock_type::time_point now) {
   std::lock_guard lk(mu_);
   if (ttl_.count() <= 0 || max_entries_ == 0) return;
+  longest_ttl_ = std::max(longest_ttl_, ttl_);
   if (const auto it = entries_.find(key); it != entries_.end()) {
     it->second->user = std::move(user);
+    it->second->stored = now;
     it->second->expires = now + ttl_;
     order_.splice(order_.begin(), order_, it->second);
     return;
@@ -48,7 +65,7 @@ void session_cache::store(const std::string& key, std::string user, clock_type::
     entries_.erase(order_.back().key);
     order_.pop_back();
   }
-  order_.push_front(entry{key, std::move(user), now + ttl_});
+  order_.push_front(entry{key, std::move(user), now, now + ttl_});
   entries_.emplace(key, order_.begin());
 }
 
@@ -68,6 +85,11 @@ void session_cache::forget(const std::string& key) {
 std::size_t session_cache::size() const {
   std::lock_guard lk(mu_);
   return entries_.size();
+}
+
+std::size_t session_cache::user_marks() const {
+  std::lock_guard lk(mu_);
+  return changed_.size();
 }
 
 std::optional<long long> auth_failures::refused(const std::string& address, clock_type::time_point now) {

@@ -40,20 +40,31 @@ class session_cache {
   void store(const std::string& key, std::string user, clock_type::time_point now);
   // CouchDB refused a cached credential (password changed, session expired): ask again next time.
   void forget(const std::string& key);
+  // `user`'s `_users` document changed at `now` (a new password, say): every credential cached
+  // as theirs before it is asked about again. O(1): a mark per changed user, compared with an
+  // entry's store time when it is looked up, and dropped once every entry it can match is gone.
+  void forget_user(const std::string& user, clock_type::time_point now);
   std::size_t size() const;
+  std::size_t user_marks() const;  // forget_user() marks kept (bounded: see forget_user)
 
  private:
   struct entry {
     std::string key;
     std::string user;
+    clock_type::time_point stored;
     clock_type::time_point expires;
   };
+  // Whether `e` was stored before its user's last change (under mu_).
+  bool outdated(const entry& e) const;
   using lru_list = std::list<entry>;  // most recently used first
   std::chrono::milliseconds ttl_;
   std::size_t max_entries_;
   mutable std::mutex mu_;
   lru_list order_;
   std::unordered_map<std::string, lru_list::iterator> entries_;
+  std::unordered_map<std::string, clock_type::time_point> changed_;  // user -> when forget_user() was told
+  std::chrono::milliseconds longest_ttl_{0};  // of every ttl entries were stored with
+  std::size_t prune_at_ = 64;                 // changed_'s size at which old marks are dropped
 };
 
 class auth_failures {

@@ -215,13 +215,13 @@ feed_registry::~feed_registry() = default;
 std::optional<feed_registry::id> feed_registry::subscribe(const std::string& db, const std::string& user,
                                                           wake_fn wake, std::size_t bytes) {
   std::lock_guard lk(mu_);
-  auto& n = per_user_[user];
-  if (n >= max_per_user_) {
-    if (n == 0) per_user_.erase(user);
+  auto& mine = per_user_[user];
+  if (mine.size() >= max_per_user_) {
+    if (mine.empty()) per_user_.erase(user);
     return std::nullopt;
   }
-  ++n;
   const id s = next_++;
+  mine.push_back(s);
   subscriber sub;
   sub.db = db;
   sub.user = user;
@@ -241,7 +241,10 @@ void feed_registry::unsubscribe(id s) {
   auto& sub = it->second;
   if (sub.parked) --parked_;
   bytes_ -= sub.bytes;
-  if (auto u = per_user_.find(sub.user); u != per_user_.end() && --u->second == 0) per_user_.erase(u);
+  if (auto u = per_user_.find(sub.user); u != per_user_.end()) {
+    std::erase(u->second, s);
+    if (u->second.empty()) per_user_.erase(u);
+  }
   if (auto d = by_db_.find(sub.db); d != by_db_.end()) {
     std::erase(d->second, s);
     if (d->second.empty()) {
@@ -340,6 +343,30 @@ void feed_registry::observe(const std::string& db, std::uint64_t update_seq) {
     }
   }
   call(fns);
+}
+
+void feed_registry::recheck_user(const std::string& user) {
+  std::vector<wake_fn> fns;
+  {
+    std::lock_guard lk(mu_);
+    const auto u = per_user_.find(user);
+    if (u == per_user_.end()) return;
+    for (const id s : u->second) {
+      auto& sub = subs_.at(s);
+      if (sub.recheck) continue;
+      sub.recheck = true;
+      if (sub.parked) fns.push_back(sub.wake);  // a reading one sees the mark before it parks
+    }
+  }
+  call(fns);
+}
+
+bool feed_registry::take_recheck(id s) {
+  std::lock_guard lk(mu_);
+  const auto it = subs_.find(s);
+  if (it == subs_.end() || !it->second.recheck) return false;
+  it->second.recheck = false;
+  return true;
 }
 
 std::vector<std::string> feed_registry::watched() const {

@@ -146,6 +146,17 @@ struct feed_read_mark {
   bool live = false;             // the `_db_updates` follower was live
 };
 
+// The key a feed's per-user cap (feed_registry::subscribe) and feed_registry::recheck_user go
+// by: the user's name, or for a credential CouchDB names no user by, the credential's key.
+inline std::string feed_owner(const std::string& user, const std::string& credential_key) {
+  return user.empty() ? "credential:" + credential_key : "user:" + user;
+}
+
+// How long after a user's `_users` document changed its parked feeds ask about their credential:
+// CouchDB's own credential cache (chttpd_auth_cache) forgets the old document from a `_users`
+// feed of its own, which couchgate's may read before it.
+inline constexpr std::chrono::milliseconds user_change_settle{1000};
+
 class feed_registry {
  public:
   using id = std::uint64_t;
@@ -174,6 +185,14 @@ class feed_registry {
   // The databases with subscribers (the sweep's work list).
   std::vector<std::string> watched() const;
 
+  // The credential of `user`'s feeds (the key subscribe() was given) may no longer be valid:
+  // its `_users` document changed (password, roles, deletion). Each of its feeds is marked and a
+  // parked one woken, without a pending change: it asks CouchDB about its credential again
+  // rather than waiting for the session cache lifetime.
+  void recheck_user(const std::string& user);
+  // Takes that mark: true when the feed's credential is to be asked about again.
+  bool take_recheck(id s);
+
   // Whether `_db_updates` events reach notify() now (false: sweep mode or undecided). Any change
   // starts a new generation: what was remembered before is forgotten.
   void set_follower_live(bool live);
@@ -199,6 +218,7 @@ class feed_registry {
     std::size_t bytes = 0;
     bool parked = false;
     bool pending = false;
+    bool recheck = false;  // recheck_user() marked it
     feed_clock::time_point pending_since{};  // when the pending wake's first change was announced
     std::optional<std::uint64_t> known;
     std::uint64_t wake_seq = 0;  // highest update_seq a wake was observed at
@@ -213,7 +233,7 @@ class feed_registry {
   id next_ = 1;
   std::unordered_map<id, subscriber> subs_;
   std::unordered_map<std::string, std::vector<id>> by_db_;
-  std::unordered_map<std::string, std::size_t> per_user_;
+  std::unordered_map<std::string, std::vector<id>> per_user_;  // at most max_per_user_ each
   std::size_t parked_ = 0;
   std::size_t bytes_ = 0;
   std::uint64_t wakes_ = 0;

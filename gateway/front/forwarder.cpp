@@ -417,6 +417,13 @@ net::awaitable<forwarder::admitted> forwarder::admit(const std::string& user) {
   co_return slots_.abandon(user, w) ? admitted::timed_out : admitted::yes;
 }
 
+void forwarder::user_changed(const std::string& name) {
+  const auto now = now_();
+  sessions_.forget_user(name, now);
+  routes_.forget_user(name, now);
+  if (options_.feeds != nullptr) options_.feeds->recheck_user(feed_owner(name, {}));
+}
+
 void forwarder::forget_credential(const std::string& key) {
   sessions_.forget(key);
   routes_.forget(key);
@@ -467,11 +474,12 @@ net::awaitable<forwarder::identity> forwarder::ask_session(std::size_t context, 
 
 std::shared_ptr<forwarder::credential_check> forwarder::recheck(net::any_io_executor executor, std::size_t context,
                                                                 const http::fields& request, const std::string& key,
-                                                                std::function<void()> notify) {
+                                                                std::function<void()> notify, bool urgent) {
   std::shared_ptr<credential_check> check;
+  std::string slot_key = urgent ? "urgent:" + key : key;
   {
     std::lock_guard lk(checks_mu_);
-    auto& slot = checks_[key];
+    auto& slot = checks_[slot_key];
     if (slot) {
       slot->notify.push_back(std::move(notify));
       return slot;
@@ -482,7 +490,8 @@ std::shared_ptr<forwarder::credential_check> forwarder::recheck(net::any_io_exec
   metrics_.feed_rechecks.inc();
   net::co_spawn(executor,
                 run_recheck(context, header_value(request, "Authorization").value_or(std::string()),
-                            header_value(request, "Cookie").value_or(std::string()), key, check),
+                            header_value(request, "Cookie").value_or(std::string()), key, std::move(slot_key), urgent,
+                            check),
                 net::detached);
   return check;
 }
@@ -493,13 +502,20 @@ std::optional<forwarder::identity> forwarder::recheck_result(const credential_ch
 }
 
 net::awaitable<void> forwarder::run_recheck(std::size_t context, std::string authorization, std::string cookie,
-                                            std::string key, std::shared_ptr<credential_check> check) {
+                                            std::string key, std::string slot, bool urgent,
+                                            std::shared_ptr<credential_check> check) {
   identity who;
   try {
     // Background work waits long for a connection: the feed stays parked (and is served its
-    // writes) meanwhile; only the re-check is late, and only while the pool is saturated.
-    who = co_await ask_session(context, key, std::move(authorization), std::move(cookie), std::chrono::minutes(5),
-                               pool_priority::background);
+    // writes) meanwhile; only the re-check is late, and only while the pool is saturated. An
+    // urgent one waits as a normal request does (asked again a second later if it gives up).
+    if (urgent) {
+      who = co_await ask_session(context, key, std::move(authorization), std::move(cookie), std::nullopt,
+                                 pool_priority::normal);
+    } else {
+      who = co_await ask_session(context, key, std::move(authorization), std::move(cookie), std::chrono::minutes(5),
+                                 pool_priority::background);
+    }
   } catch (const std::exception&) {
     who = identity{};  // asked again by the feed
   }
@@ -508,7 +524,7 @@ net::awaitable<void> forwarder::run_recheck(std::size_t context, std::string aut
     std::lock_guard lk(checks_mu_);
     check->result = std::move(who);
     notify = std::move(check->notify);
-    if (auto it = checks_.find(key); it != checks_.end() && it->second == check) checks_.erase(it);
+    if (auto it = checks_.find(slot); it != checks_.end() && it->second == check) checks_.erase(it);
   }
   for (auto& n : notify) n();
 }

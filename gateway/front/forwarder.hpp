@@ -81,6 +81,10 @@ class forwarder {
   net::awaitable<bool> handle(server_exchange& exchange);
 
   const session_cache& sessions() const { return sessions_; }
+  // `name`'s `_users` document changed (from the provisioner's `_users` feed, any thread): the
+  // credentials cached as theirs are asked about again, and their parked live feeds ask now
+  // (feed_registry::recheck_user) rather than at the session cache lifetime.
+  void user_changed(const std::string& name);
   std::size_t user_queued() const { return slots_.queued(); }
   // SIGHUP: takes the limits a reload may change from `options` (client_timeout,
   // session_cache_ttl, max_requests_per_user, auth_failure_*, local_rate_*); the rest is ignored.
@@ -131,16 +135,18 @@ class forwarder {
   // feed keeps serving wakes while it waits, a write's delivery never queues behind re-checks,
   // and the feeds of one credential share one check. recheck() joins the credential's check in
   // flight or starts one on `executor`; `notify` is called (from any thread) once it is answered.
+  // `urgent`: the user's `_users` document changed (feed_registry::recheck_user), so the check
+  // is a normal request with the pool's normal wait, apart from a background check in flight.
   struct credential_check {
     std::optional<identity> result;             // under checks_mu_
     std::vector<std::function<void()>> notify;  // under checks_mu_
   };
   std::shared_ptr<credential_check> recheck(net::any_io_executor executor, std::size_t context,
                                             const http::fields& request, const std::string& key,
-                                            std::function<void()> notify);
+                                            std::function<void()> notify, bool urgent = false);
   std::optional<identity> recheck_result(const credential_check& check);
   net::awaitable<void> run_recheck(std::size_t context, std::string authorization, std::string cookie, std::string key,
-                                   std::shared_ptr<credential_check> check);
+                                   std::string slot, bool urgent, std::shared_ptr<credential_check> check);
   // CouchDB refused the credential (`key`: its session_cache key): forgotten in both caches, so
   // the next request asks GET /_session again.
   void forget_credential(const std::string& key);
@@ -203,7 +209,8 @@ class forwarder {
   auth_failures local_attempts_;  // per-address window counter for local routes (sign-up)
   std::unique_ptr<net::thread_pool> local_pool_;  // local handlers and provision_caller
   std::mutex checks_mu_;
-  std::unordered_map<std::string, std::shared_ptr<credential_check>> checks_;  // credential key -> check in flight
+  // Checks in flight: by credential key (background) or "urgent:" + key.
+  std::unordered_map<std::string, std::shared_ptr<credential_check>> checks_;
 };
 
 }  // namespace couchgate::gateway::front

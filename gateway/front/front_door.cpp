@@ -219,6 +219,8 @@ front_door::~front_door() { stop(); }
 
 feed_registry& front_door::feeds() { return impl_->feeds; }
 
+void front_door::user_changed(const std::string& name) { impl_->handler->user_changed(name); }
+
 int front_door::start(std::string& error) {
   auto& d = *impl_;
   const int port = d.server->listen(d.cfg.address, d.cfg.port, error);

@@ -38,6 +38,9 @@ class front_door {
   std::string render_metrics() const;
   // The parked live feeds' subscriptions: the change notifier wakes them (gateway/feed_notifier.hpp).
   front::feed_registry& feeds();
+  // `name`'s `_users` document changed (password, roles, deletion; any thread): what the front
+  // door remembers of their credentials is asked about again (forwarder::user_changed).
+  void user_changed(const std::string& name);
 
   struct impl;
 

@@ -127,7 +127,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
 
   // Subscribed before the first read.
   const std::string credential_key = session_cache::key_of(credential);
-  const std::string cap_key = user.empty() ? "credential:" + credential_key : "user:" + user;
+  const std::string cap_key = feed_owner(user, credential_key);
   auto waiter = std::make_shared<feed_waiter>(ex.stream.get_executor());
   // Ends the parked wait from any thread: a wake, or the answer of a credential re-check.
   const auto wake_me = [w = std::weak_ptr<feed_waiter>(waiter)] {
@@ -285,6 +285,11 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   }
   // The credential's re-check in flight (forwarder::recheck), if any; its answer ends the wait.
   std::shared_ptr<credential_check> check;
+  // The user's `_users` document changed (feed_registry::recheck_user): the credential is asked
+  // about again user_change_settle later, whatever the session cache holds, as a normal request
+  // (a background check lags under load), until CouchDB answers yes or no.
+  bool user_changed = false;
+  bool check_urgent = false;  // `check` is such a check
   // When the change that ended the last park was announced: the wake's latency, observed once
   // the rows it brought are written to the client (couchgate_front_feed_wake_seconds).
   std::optional<feed_clock::time_point> woken_since;
@@ -442,9 +447,14 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     woken_since.reset();  // a wake that brought no rows
     bool woken = false;
     while (!woken) {
+      if (feeds.take_recheck(*id) && !credential.empty()) {
+        user_changed = true;
+        state.revalidated(now_() + user_change_settle);
+      }
       if (check) {
         if (auto who = recheck_result(*check)) {
           check.reset();
+          if (check_urgent && who->k != identity::kind::unavailable) user_changed = false;
           if (!still_accepted(*who)) {
             feeds.unpark(*id);
             feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
@@ -472,11 +482,15 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
             break;
           }
           // The session cache may already hold it (another request, or a read, was accepted).
-          if (sessions_.expires(credential_key).value_or(now) > now) {
+          if (!user_changed && sessions_.expires(credential_key).value_or(now) > now) {
             state.revalidated(next_validation(sessions_, credential_key, now));
             break;
           }
-          if (!check) check = recheck(ex.stream.get_executor(), ex.conn.context, req, credential_key, wake_me);
+          if (check && user_changed && !check_urgent) check.reset();  // its answer may predate the change
+          if (!check) {
+            check = recheck(ex.stream.get_executor(), ex.conn.context, req, credential_key, wake_me, user_changed);
+            check_urgent = user_changed;
+          }
           state.revalidated(now + std::chrono::hours(24));  // the check's answer sets the next one
           break;
         }

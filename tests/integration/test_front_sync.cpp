@@ -610,13 +610,17 @@ TEST_CASE("live feeds: many clients connecting at once queue for the pool: no 50
 
 namespace {
 // A parked PouchDB live sync whose credential stops being valid on the server (`how`: the
-// password changes, or the user is deleted) must end with a 401.
-void check_revoked_while_parked(const std::string& how) {
+// password changes, or the user is deleted) must end with a 401. PouchDB's live pull sends
+// `heartbeat=10000` and no timeout, so the parked feed never ends by itself: the 401 comes from
+// couchgate asking about the credential again, at the session cache lifetime (`ttl`) at the
+// latest, or when the provisioner's `_users` feed reads the user's changed document.
+void check_revoked_while_parked(const std::string& how, const std::string& ttl, int deadline_ms) {
   install_client_deps();
   stage st;
   auto n = fresh_names("live-revoke");
   json cfg = live_config(n, st, 4);
-  cfg["front"]["session_cache_ttl"] = "1s";
+  cfg["front"]["session_cache_ttl"] = ttl;
+  cfg["front"]["route_cache_ttl"] = ttl;
   cfg["provisioning"]["on_delete"] = "keep";  // a deleted user's database stays: only the credential goes
   couchgate_process cg(cfg);
   cg.start();
@@ -625,6 +629,7 @@ void check_revoked_while_parked(const std::string& how) {
   wait_provisioned(users, cg);
   json p = live_params(st, front_port(st, cg), cg, users, "revoke");
   p["revoke"] = how;
+  p["deadline_ms"] = deadline_ms;
   run_script(st, "live.js", p, cg, 120s);
   CHECK(cg.log().find("credential no longer accepted; live feed ended with 401") != std::string::npos);
   CHECK(cg.running());
@@ -635,12 +640,25 @@ void check_revoked_while_parked(const std::string& how) {
 
 TEST_CASE("live feeds: a parked client whose password changes gets 401 within the session cache lifetime") {
   SKIP_WITHOUT_FRONT_DOOR();
-  check_revoked_while_parked("password");
+  check_revoked_while_parked("password", "1s", 30000);
 }
 
 TEST_CASE("live feeds: a parked client whose user is deleted gets 401 within the session cache lifetime") {
   SKIP_WITHOUT_FRONT_DOOR();
-  check_revoked_while_parked("delete");
+  check_revoked_while_parked("delete", "1s", 30000);
+}
+
+// With a session cache lifetime of 10 minutes the only way to a 401 within the deadline is the
+// changed `_users` document (front_door::user_changed): the check waits 1 s for CouchDB's own
+// credential cache, then goes as a normal request.
+TEST_CASE("live feeds: a parked client gets 401 soon after its password changes, long before the session cache lifetime") {
+  SKIP_WITHOUT_FRONT_DOOR();
+  check_revoked_while_parked("password", "10m", 20000);
+}
+
+TEST_CASE("live feeds: a parked client gets 401 soon after its user is deleted, long before the session cache lifetime") {
+  SKIP_WITHOUT_FRONT_DOOR();
+  check_revoked_while_parked("delete", "10m", 20000);
 }
 
 TEST_CASE("live feeds: a write between the first check and the park is delivered; filters, continuous, eventsource, cap") {

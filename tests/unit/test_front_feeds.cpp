@@ -261,6 +261,47 @@ TEST_CASE("feed registry: per-user cap, unsubscribe releases; notify_all wakes e
   CHECK(reg.stats().subscribed == 1);
 }
 
+TEST_CASE("feed registry: a user's changed document marks each of their feeds for a credential check; parked ones are woken") {
+  f::feed_registry reg(3);
+  int woken_a = 0, woken_b = 0, woken_bob = 0;
+  const auto a = reg.subscribe("db-alice", f::feed_owner("alice", "k1"), [&] { ++woken_a; }, 0);
+  const auto b = reg.subscribe("db-shared", f::feed_owner("alice", "k2"), [&] { ++woken_b; }, 0);
+  const auto bob = reg.subscribe("db-bob", f::feed_owner("bob", "k3"), [&] { ++woken_bob; }, 0);
+  const auto anon = reg.subscribe("db-shared", f::feed_owner("", "k4"), nullptr, 0);
+  REQUIRE(a);
+  REQUIRE(b);
+  REQUIRE(bob);
+  REQUIRE(anon);
+  CHECK(f::feed_owner("", "k4") != f::feed_owner("k4", ""));  // a name never passes for a credential key
+  reg.park(*a, 1);
+  reg.park(*bob, 1);
+  // b is reading: it is not woken, and sees the mark before it parks.
+  reg.recheck_user(f::feed_owner("alice", {}));
+  CHECK(woken_a == 1);
+  CHECK(woken_b == 0);
+  CHECK(woken_bob == 0);
+  CHECK_FALSE(reg.take_wake(*a));  // no change of the database is pending: no read
+  CHECK(reg.take_recheck(*a));
+  CHECK_FALSE(reg.take_recheck(*a));  // taken once
+  CHECK(reg.take_recheck(*b));
+  CHECK_FALSE(reg.take_recheck(*bob));
+  CHECK_FALSE(reg.take_recheck(*anon));
+  // Twice before it is taken: one wake.
+  reg.recheck_user(f::feed_owner("alice", {}));
+  reg.recheck_user(f::feed_owner("alice", {}));
+  CHECK(woken_a == 2);
+  // Unsubscribed feeds are no longer the user's; the cap counts what is left.
+  reg.unsubscribe(*a);
+  reg.unsubscribe(*b);
+  reg.recheck_user(f::feed_owner("alice", {}));
+  CHECK(woken_a == 2);
+  CHECK(reg.subscribe("db-alice", f::feed_owner("alice", "k1"), nullptr, 0));
+  CHECK(reg.subscribe("db-alice", f::feed_owner("alice", "k1"), nullptr, 0));
+  CHECK(reg.subscribe("db-alice", f::feed_owner("alice", "k1"), nullptr, 0));
+  CHECK_FALSE(reg.subscribe("db-alice", f::feed_owner("alice", "k1"), nullptr, 0));
+  reg.recheck_user(f::feed_owner("nobody", {}));  // no feeds: nothing happens
+}
+
 TEST_CASE("feeds: a busy pool makes a read queue up to the feed's own end, not 503 after the pool's wait") {
   const auto t0 = f::feed_clock::time_point{} + 1h;
   const auto pool_wait = 5000ms;

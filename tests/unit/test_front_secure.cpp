@@ -94,6 +94,36 @@ TEST_CASE("front session cache: keyed by a hash, expires after its ttl, 0 = no c
   CHECK(small.lookup("c", t0) == "3");
 }
 
+TEST_CASE("front session cache: a user's changed document outdates the credentials cached as theirs before it") {
+  const auto t0 = f::clock_type::time_point{} + 1h;
+  f::session_cache cache(10min, 100);
+  cache.store("alice-old", "alice", t0);
+  cache.store("alice-cookie", "alice", t0 + 1s);
+  cache.store("bob", "bob", t0);
+  cache.forget_user("alice", t0 + 2s);
+  CHECK_FALSE(cache.lookup("alice-old", t0 + 3s));
+  CHECK_FALSE(cache.expires("alice-cookie"));  // a parked feed does not count on it either
+  CHECK_FALSE(cache.lookup("alice-cookie", t0 + 3s));
+  CHECK(cache.lookup("bob", t0 + 3s) == "bob");
+  // Accepted again after the change: cached as before.
+  cache.store("alice-new", "alice", t0 + 4s);
+  CHECK(cache.lookup("alice-new", t0 + 5s) == "alice");
+  CHECK(cache.expires("alice-new") == t0 + 4s + 10min);
+  // A change at the same instant as a store counts as after it.
+  cache.store("alice-new", "alice", t0 + 6s);
+  cache.forget_user("alice", t0 + 6s);
+  CHECK_FALSE(cache.lookup("alice-new", t0 + 7s));
+  // Marks are dropped once no entry they could outdate is alive (one mark per changed user).
+  for (int i = 0; i < 1000; ++i) cache.forget_user("user" + std::to_string(i), t0 + 7s + std::chrono::seconds(i));
+  CHECK(cache.user_marks() > 64);
+  const auto later = t0 + 7s + 1000s + 11min;
+  for (int i = 0; i < 200; ++i) cache.forget_user("late" + std::to_string(i), later);
+  CHECK(cache.user_marks() <= 200);
+  // The late marks still hold.
+  cache.store("late5-key", "late5", later - 1s);
+  CHECK_FALSE(cache.lookup("late5-key", later + 1s));
+}
+
 TEST_CASE("front session cache: bounded by its least recently used entry; a stored key is refreshed in place") {
   const auto t0 = f::clock_type::time_point{} + 1h;
   f::session_cache lru(10min, 3);

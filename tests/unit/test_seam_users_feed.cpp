@@ -184,7 +184,16 @@ TEST_CASE("malformed _users documents: each logged and counted once however ofte
   auto& s = c.server;
   captured_log log("provision");
   couchgate::gateway::provisioning_config cfg;
-  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+  // Every document the feed reads is told to the front door by name (user_changed), a
+  // malformed one too when its id names the user; reconcile's listing is not a change.
+  std::mutex changed_mu;
+  std::vector<std::string> changed;
+  couchgate::gateway::provisioner_hooks hooks;
+  hooks.user_changed = [&](const std::string& name) {
+    std::lock_guard lk(changed_mu);
+    changed.push_back(name);
+  };
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, std::move(hooks));
   const json no_name = user_doc_of("mal1", {{"name", nullptr}});
   const json type_7 = user_doc_of("mal2", {{"type", 7}});
   const json roles_text = user_doc_of("mal3", {{"roles", "app"}});
@@ -220,6 +229,8 @@ TEST_CASE("malformed _users documents: each logged and counted once however ofte
   CHECK(log.count("org.couchdb.user:mal3:") == 1);
   REQUIRE(p.user("mal2"));
   CHECK(s.unexpected().empty());
+  std::lock_guard lk(changed_mu);
+  CHECK(changed == std::vector<std::string>{"mal1", "mal2", "mal2"});
 }
 
 TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: batches in quick succession store their position once, after their users") {
