@@ -1,6 +1,7 @@
 // Owns: wiring the components together and the start/stop sequence (see daemon.hpp).
 #include "gateway/daemon.hpp"
 
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -66,6 +67,22 @@ std::string iso_time(std::chrono::system_clock::time_point t) {
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
 }
+
+// Resident set size from /proc/self/statm (0 when it cannot be read).
+std::size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t pages_total = 0, pages_resident = 0;
+  if (!(statm >> pages_total >> pages_resident)) return 0;
+  return pages_resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
+#if defined(__GLIBC__)
+// malloc's bytes in use (small blocks and mmapped ones) and bytes it keeps free.
+std::pair<std::size_t, std::size_t> heap_use() {
+  const struct mallinfo2 m = mallinfo2();
+  return {m.uordblks + m.hblkhd, m.fordblks};
+}
+#endif
 
 void notify(const char* state) {
 #ifdef COUCHGATE_HAVE_SYSTEMD
@@ -207,6 +224,17 @@ struct daemon::impl {
   }
 
   void register_daemon_metrics() {
+    // Memory: what the kernel counts (RSS) beside what malloc holds for live objects and keeps
+    // free without giving it back; RSS far above the live heap is fragmentation, not a leak.
+    metrics.add_callback("process_resident_memory_bytes", "Resident memory size in bytes (/proc/self/statm)",
+                         [] { return static_cast<double>(resident_bytes()); });
+#if defined(__GLIBC__)
+    metrics.add_callback("couchgate_heap_in_use_bytes", "Bytes malloc has handed out and not had back (mallinfo2)",
+                         [] { return static_cast<double>(heap_use().first); });
+    metrics.add_callback("couchgate_heap_free_bytes",
+                         "Bytes malloc holds free without returning them to the system (mallinfo2 fordblks)",
+                         [] { return static_cast<double>(heap_use().second); });
+#endif
     metrics.add_counter_callback(
         "couchgate_wire_rejected_total",
         "Answers, rows and documents from CouchDB refused as malformed (wrong types, not JSON, too deep)",

@@ -159,6 +159,10 @@ result<epoch_stamp> central_epoch::bump() {
 }
 
 result<central_verdict> central_epoch::check() {
+  // Not beside a bump() or renew(): a marker read before our own bump and answered after it
+  // (a slow server) would look like a rollback, `older`, and reset every checkpoint. Measured:
+  // at 10 000 sources under load a 10-minute bench run saw exactly that.
+  std::lock_guard one(bump_mu_);
   auto found = read();
   if (!found.ok()) {
     if (found.error().kind == couch_error_kind::not_found) return central_verdict::missing_db;

@@ -59,7 +59,8 @@ class central_epoch {
   // marker is no longer ours (check() tells what happened).
   result<epoch_stamp> bump();
   // Reads the marker (and on a 404 the database) and judges it. A later generation of our epoch
-  // and a replaced epoch are adopted (current() returns them).
+  // and a replaced epoch are adopted (current() returns them). Serialised with bump() and
+  // renew(): what it reads is judged against the marker we held when the read went out.
   result<central_verdict> check();
   // The marker held (empty epoch before load_or_create).
   epoch_stamp current() const;

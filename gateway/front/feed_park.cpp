@@ -190,6 +190,11 @@ void feed_state::heartbeat_sent(feed_clock::time_point now) {
 
 void feed_state::revalidated(feed_clock::time_point next) { revalidate_at_ = next; }
 
+feed_clock::time_point feed_state::turn_deadline() const {
+  if (heartbeat_) return next_heartbeat_;
+  return ends_at_.value_or(revalidate_at_);
+}
+
 std::chrono::milliseconds feed_pool_wait(const feed_request& r, std::chrono::milliseconds pool_wait) {
   return std::max(pool_wait, r.heartbeat.value_or(r.timeout));
 }
@@ -421,6 +426,66 @@ feed_registry_stats feed_registry::stats() const {
   st.remembered = memo_->size();
   st.remembered_bytes = memo_->bytes();
   return st;
+}
+
+bool feed_read_gate::enter(id who, bool delivery, std::function<void()> wake) {
+  std::lock_guard lk(mu_);
+  if (turns_.contains(who)) return true;
+  if (auto w = waiting_.find(who); w != waiting_.end()) {
+    w->second = std::move(wake);
+    return false;
+  }
+  if (turns_.size() < limit_ && waiting_.empty()) {
+    turns_.insert(who);
+    return true;
+  }
+  auto& line = delivery ? deliveries_ : checks_;
+  // Ids that left the line stay in it until reached: compacted when they are most of it.
+  if (line.size() > 64 && line.size() > 2 * waiting_.size()) {
+    std::erase_if(line, [&](id x) { return !waiting_.contains(x); });
+  }
+  line.push_back(who);
+  waiting_.emplace(who, std::move(wake));
+  return false;
+}
+
+std::optional<std::pair<feed_read_gate::id, std::function<void()>>> feed_read_gate::next_locked() {
+  for (auto* line : {&deliveries_, &checks_}) {
+    while (!line->empty()) {
+      const id next = line->front();
+      line->pop_front();
+      if (auto w = waiting_.find(next); w != waiting_.end()) {
+        auto wake = std::move(w->second);
+        waiting_.erase(w);
+        return std::pair<id, std::function<void()>>{next, std::move(wake)};
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+void feed_read_gate::leave(id who) {
+  std::function<void()> wake;
+  {
+    std::lock_guard lk(mu_);
+    if (waiting_.erase(who) != 0) return;
+    if (turns_.erase(who) == 0) return;
+    auto next = next_locked();
+    if (!next) return;
+    turns_.insert(next->first);
+    wake = std::move(next->second);
+  }
+  if (wake) wake();
+}
+
+std::size_t feed_read_gate::reading() const {
+  std::lock_guard lk(mu_);
+  return turns_.size();
+}
+
+std::size_t feed_read_gate::waiting() const {
+  std::lock_guard lk(mu_);
+  return waiting_.size();
 }
 
 }  // namespace couchgate::gateway::front

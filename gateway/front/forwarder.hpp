@@ -60,6 +60,7 @@ struct forwarder_options {
   cors_policy cors;                      // CORS headers on couchgate's own answers and preflights
   caller_provisioner provision_caller;  // empty: callers' databases are left to the provisioner
   feed_registry* feeds = nullptr;        // parked live feeds; null: feeds are forwarded like any request
+  feed_read_gate* feed_gate = nullptr;   // turns to read among the live feeds (required with `feeds`)
   std::size_t feed_body_limit = 64u << 10;  // a POST _changes body (doc_ids, selector) kept for every read
   std::size_t feed_answer_limit = 64u << 20;  // one upstream `_changes` answer read for a feed
   // Test fail point (COUCHGATE_TEST_FEED_CHECK_DELAY_MS): each feed's first answer is held this

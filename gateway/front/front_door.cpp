@@ -90,6 +90,7 @@ struct front_door::impl {
   std::mutex tls_mu;
   std::shared_ptr<ssl::context> tls;  // guarded by tls_mu; null = no TLS
   feed_registry feeds;                // outlives the contexts: parked sessions unsubscribe when destroyed
+  feed_read_gate feed_gate;           // likewise: a feed leaves it when destroyed
   // Declaration order is destruction order reversed: the pool and the forwarder outlive the
   // contexts (a coroutine destroyed with its context still returns its lease to the pool).
   // The contexts go first: sessions destroyed with them still reach the server's counters.
@@ -100,7 +101,11 @@ struct front_door::impl {
   bool running = false;
 
   impl(const config& c, replicator::registry& registry)
-      : cfg(c.front), metrics(registry), feeds(c.front.max_parked_per_user) {}
+      : cfg(c.front),
+        metrics(registry),
+        feeds(c.front.max_parked_per_user),
+        // Twice the pool: every connection busy with a feed read and one more read waiting for it.
+        feed_gate(2 * c.front.upstream.max_connections) {}
 };
 
 front_door::front_door(const config& cfg, replicator::registry& registry, front::local_handler local,
@@ -127,6 +132,7 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   fo.local = std::move(local);
   fo.provision_caller = std::move(provision_caller);
   fo.feeds = &d.feeds;
+  fo.feed_gate = &d.feed_gate;
   if (const char* hold = std::getenv("COUCHGATE_TEST_FEED_CHECK_DELAY_MS"); hold != nullptr && *hold != '\0') {
     fo.test_check_delay = std::chrono::milliseconds(std::strtoll(hold, nullptr, 10));
   }
@@ -192,6 +198,13 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         [self] { return static_cast<double>(self->feeds.stats().subscribed); });
   registry.add_callback("couchgate_front_feeds_parked", "Live _changes feeds parked (no upstream connection)",
                         [self] { return static_cast<double>(self->feeds.stats().parked); });
+  registry.add_callback("couchgate_front_feed_reads_in_progress",
+                        "Live feeds reading from CouchDB now (waiting for a pool connection or for the answer); at "
+                        "most twice front.upstream.max_connections",
+                        [self] { return static_cast<double>(self->feed_gate.reading()); });
+  registry.add_callback("couchgate_front_feed_reads_waiting",
+                        "Live feeds waiting parked for their turn to read (deliveries first, then first checks)",
+                        [self] { return static_cast<double>(self->feed_gate.waiting()); });
   registry.add_counter_callback("couchgate_front_feed_wakes_total", "Parked live feeds woken by a database change",
                         [self] { return static_cast<double>(self->feeds.stats().wakes); });
   registry.add_counter_callback("couchgate_front_feed_wake_fetches_total", "Upstream _changes reads made because of a wake",

@@ -143,11 +143,16 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
                               "too many live _changes feeds of this user are open (front.max_parked_per_user)",
                               one_header("Retry-After", "5"));
   }
+  feed_read_gate& gate = *options_.feed_gate;
   struct unsubscribe {
     feed_registry& feeds;
+    feed_read_gate& gate;
     feed_registry::id id;
-    ~unsubscribe() { feeds.unsubscribe(id); }
-  } unsubscribe_at_end{feeds, *id};
+    ~unsubscribe() {
+      gate.leave(id);  // a turn held or a place in line, whichever way the feed ends
+      feeds.unsubscribe(id);
+    }
+  } unsubscribe_at_end{feeds, gate, *id};
 
   feed_state state(request, now_(), next_validation(sessions_, credential_key, now_()));
 
@@ -323,24 +328,32 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     // feed's own timeout, never a 503 for a feed that can still wait.
     const feed_read_mark read_mark = feeds.mark_read(db);
     upstream_answer got;
-    for (bool queued = true; queued;) {
-      got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
-                              state.pool_wait(now_(), pool_.wait_timeout(), !first_read));
-      if (got.k != upstream_answer::kind::busy) break;
-      switch (state.on_busy(now_())) {
-        case feed_busy::retry:
-          break;
-        case feed_busy::heartbeat:
-          if (!co_await send_chunk(heartbeat_text)) co_return read_step{read_step::end, false};
-          state.heartbeat_sent(now_());
-          break;
-        case feed_busy::timeout: {
-          const bool k = co_await time_out();
-          co_return read_step{read_step::end, k};
+    struct end_turn {
+      feed_read_gate& gate;
+      feed_registry::id id;
+      ~end_turn() { gate.leave(id); }
+    };
+    {
+      const end_turn turn_ends_with_the_exchange{gate, *id};  // the answer (or none) is in: the next feed's turn
+      for (bool queued = true; queued;) {
+        got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
+                                state.pool_wait(now_(), pool_.wait_timeout(), !first_read));
+        if (got.k != upstream_answer::kind::busy) break;
+        switch (state.on_busy(now_())) {
+          case feed_busy::retry:
+            break;
+          case feed_busy::heartbeat:
+            if (!co_await send_chunk(heartbeat_text)) co_return read_step{read_step::end, false};
+            state.heartbeat_sent(now_());
+            break;
+          case feed_busy::timeout: {
+            const bool k = co_await time_out();
+            co_return read_step{read_step::end, k};
+          }
+          case feed_busy::refuse:
+            queued = false;
+            break;
         }
-        case feed_busy::refuse:
-          queued = false;
-          break;
       }
     }
     if (got.k == upstream_answer::kind::busy) {
@@ -437,6 +450,31 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
 
   for (;; skip_read = false) {
     if (!skip_read) {
+      // 0. A turn to read (feed_read_gate), waited for parked: heartbeats and the feed's end
+      // go on meanwhile; a change announced meanwhile is read with the turn.
+      while (!gate.enter(*id, !first_read, wake_me)) {
+        const auto deadline = state.turn_deadline();
+        waiter->timer.expires_at(deadline);
+        error_code ec;
+        co_await waiter->timer.async_wait(ec_token(ec));  // cancelled when the turn comes
+        const auto now = now_();
+        if (now < deadline) continue;
+        switch (state.on_busy(now)) {
+          case feed_busy::retry:
+            break;
+          case feed_busy::heartbeat:
+            if (!co_await send_chunk(heartbeat_text)) co_return false;
+            state.heartbeat_sent(now_());
+            break;
+          case feed_busy::timeout:
+            gate.leave(*id);
+            co_return co_await time_out();
+          case feed_busy::refuse:
+            gate.leave(*id);
+            co_return co_await refuse(503, json_error("service_unavailable",
+                                                      "all of couchgate's connections to CouchDB are busy"));
+        }
+      }
       const read_step r = co_await read_once();
       if (r.k == read_step::end) co_return r.keep;
       if (r.k == read_step::again) continue;

@@ -1443,8 +1443,9 @@ TEST_CASE("live feeds: CouchDB's refreshed session cookie reaches a cookie clien
 TEST_CASE("live feeds: a plain request during a burst of live feeds' first checks is served before them, not 503") {
   // couchgate reaches the server through a slow proxy (every answer 300 ms late) with ONE
   // upstream connection whose wait is 2 s: 20 live feeds' first checks queue for it (each may
-  // wait up to its own timeout); a plain GET /me that arrives after them must get the next
-  // free connection (FIFO would leave it behind them all: 503 after 2 s).
+  // wait up to its own timeout; two at the pool, the others parked for their turn to read,
+  // feed_read_gate); a plain GET /me that arrives after them must get the next free connection
+  // (FIFO would leave it behind them all: 503 after 2 s).
   auto n = fresh_names("frontfair");
   const std::string dir = temp_dir();
   fault_proxy proxy;
@@ -1470,8 +1471,15 @@ TEST_CASE("live feeds: a plain request during a burst of live feeds' first check
       if (r.status != 200) ++feed_errors;
     });
   }
-  const bool queued = eventually([&] { return cg.metric("couchgate_front_upstream_waiting").value_or(0) >= 10; },
-                                 std::chrono::seconds(20));
+  const bool queued = eventually(
+      [&] {
+        return cg.metric("couchgate_front_upstream_waiting").value_or(0) +
+                   cg.metric("couchgate_front_feed_reads_waiting").value_or(0) >= 10;
+      },
+      std::chrono::seconds(20));
+  // Twice the pool's one connection read at once; the rest wait for their turn, not at the pool.
+  CHECK(cg.metric("couchgate_front_feed_reads_in_progress").value_or(99) <= 2);
+  CHECK(cg.metric("couchgate_front_upstream_waiting").value_or(99) <= 2);
   const auto started = std::chrono::steady_clock::now();
   const auto me = front_call(run.port, false, "GET", "/me", plain);
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);

@@ -1,9 +1,14 @@
-// The pure decisions that tie checkpoints to the central database (replicator/central_epoch.hpp).
+// The decisions that tie checkpoints to the central database (replicator/central_epoch.hpp), and
+// the marker's reads and writes over scripted exchanges.
 #include <doctest/doctest.h>
 
+#include <chrono>
+#include <optional>
 #include <set>
+#include <thread>
 
 #include "replicator/central_epoch.hpp"
+#include "tests/unit/scripted_transport.hpp"
 
 using namespace couchgate::replicator;
 
@@ -45,4 +50,41 @@ TEST_CASE("central epoch: stamps parse only when well-formed; epoch ids are rand
     ids.insert(id);
   }
   CHECK(ids.size() == 50);
+}
+
+TEST_CASE("central epoch: a slow marker read is not taken for a rollback by our own bump made meanwhile") {
+  couchgate::test::scripted_couch c;
+  auto& s = c.server;
+  const auto marker = [](int generation, const std::string& rev) {
+    return couchgate::test::answer(200, json{{"_id", "_local/couchgate-epoch"}, {"_rev", rev}, {"epoch", "e1"},
+                                             {"generation", generation}}.dump());
+  };
+  s.on("GET", "/central/_local/couchgate-epoch", marker(3, "0-3"));
+  central_epoch e(c.client, "central");
+  bool created = true;
+  REQUIRE(e.load_or_create(created).ok());
+  CHECK_FALSE(created);
+  REQUIRE(e.current() == epoch_stamp{"e1", 3});
+  // The fan-in's look at the central database reads the marker, and the server answers late.
+  s.hold("GET", "/central/_local/couchgate-epoch", marker(3, "0-3"));
+  s.on("PUT", "/central/_local/couchgate-epoch", couchgate::test::answer(201, R"({"ok":true,"id":"_local/couchgate-epoch","rev":"0-4"})"));
+  std::optional<result<central_verdict>> verdict;
+  std::thread checker([&] { verdict.emplace(e.check()); });
+  REQUIRE(s.wait_for([&] { return s.held() == 1; }, std::chrono::seconds(5)));
+  // A checkpoint write raises the generation meanwhile: it waits for the look in flight.
+  std::optional<result<epoch_stamp>> bumped;
+  std::thread bumper([&] { bumped.emplace(e.bump()); });
+  CHECK_FALSE(s.wait_for([&] { return s.count("PUT", "/central/_local/couchgate-epoch") > 0; },
+                         std::chrono::milliseconds(300)));
+  s.release_held();
+  checker.join();
+  bumper.join();
+  REQUIRE(verdict);
+  REQUIRE(verdict->ok());
+  CHECK(verdict->value() == central_verdict::same);  // before: `older`, and every checkpoint reset
+  REQUIRE(bumped);
+  REQUIRE(bumped->ok());
+  CHECK(bumped->value() == epoch_stamp{"e1", 4});
+  CHECK(e.current() == epoch_stamp{"e1", 4});
+  CHECK(s.unexpected().empty());
 }

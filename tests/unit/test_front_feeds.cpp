@@ -302,6 +302,76 @@ TEST_CASE("feed registry: a user's changed document marks each of their feeds fo
   reg.recheck_user(f::feed_owner("nobody", {}));  // no feeds: nothing happens
 }
 
+TEST_CASE("feed read gate: at most `limit` turns; the rest wait in line, deliveries before first checks, each in order") {
+  f::feed_read_gate gate(2);
+  std::vector<int> woken;
+  const auto wake = [&](int who) { return [&woken, who] { woken.push_back(who); }; };
+  CHECK(gate.enter(1, false, wake(1)));
+  CHECK(gate.enter(2, true, wake(2)));
+  CHECK(gate.enter(1, false, wake(1)));  // asked again while holding it: still its turn
+  CHECK_FALSE(gate.enter(3, false, wake(3)));
+  CHECK_FALSE(gate.enter(4, true, wake(4)));
+  CHECK_FALSE(gate.enter(5, false, wake(5)));
+  CHECK_FALSE(gate.enter(6, true, wake(6)));
+  CHECK_FALSE(gate.enter(3, false, wake(3)));  // asked again while in line: one place
+  CHECK(gate.reading() == 2);
+  CHECK(gate.waiting() == 4);
+  // A turn ends: handed to the oldest delivery, then the next, then the first checks in order.
+  gate.leave(1);
+  CHECK(woken == std::vector<int>{4});
+  CHECK(gate.enter(4, true, wake(4)));
+  CHECK(gate.reading() == 2);
+  gate.leave(2);
+  CHECK(woken == std::vector<int>{4, 6});
+  // One that leaves the line (its feed ended) is skipped.
+  gate.leave(3);
+  CHECK(gate.waiting() == 1);
+  gate.leave(4);
+  CHECK(woken == std::vector<int>{4, 6, 5});
+  // A handed-over turn counts before it is taken; leaving without taking it passes it on.
+  CHECK(gate.reading() == 2);
+  gate.leave(5);
+  gate.leave(6);
+  CHECK(gate.reading() == 0);
+  CHECK(gate.waiting() == 0);
+  gate.leave(6);  // neither: nothing happens
+  CHECK(gate.enter(7, false, wake(7)));
+  // A new feed does not pass those in line: with the line empty it reads at once, otherwise waits.
+  CHECK(gate.enter(8, false, wake(8)));
+  CHECK_FALSE(gate.enter(9, false, wake(9)));
+  gate.leave(7);
+  CHECK(woken.back() == 9);
+  CHECK(f::feed_read_gate(0).limit() == 1);
+}
+
+TEST_CASE("feed read gate: ten thousand feeds that left the line are skipped; the one still waiting gets the turn") {
+  f::feed_read_gate gate(1);
+  REQUIRE(gate.enter(0, false, nullptr));
+  for (std::uint64_t i = 1; i <= 10000; ++i) {
+    CHECK_FALSE(gate.enter(i, false, nullptr));
+    gate.leave(i);
+  }
+  CHECK(gate.waiting() == 0);
+  CHECK_FALSE(gate.enter(20000, false, nullptr));
+  gate.leave(0);  // the only one still waiting gets the turn
+  CHECK(gate.enter(20000, false, nullptr));
+  CHECK(gate.reading() == 1);
+}
+
+TEST_CASE("feeds: a feed waiting for its turn to read looks up at its next heartbeat, or at its end without one") {
+  const auto t0 = f::feed_clock::time_point{} + 1h;
+  f::feed_state beating(parsed("feed=longpoll&since=5&heartbeat=1000"), t0, t0 + 10s);
+  CHECK(beating.turn_deadline() == t0 + 1s);
+  CHECK(beating.on_busy(t0 + 1s) == f::feed_busy::heartbeat);
+  beating.heartbeat_sent(t0 + 1s);
+  CHECK(beating.turn_deadline() == t0 + 2s);
+  f::feed_state quiet(parsed("feed=longpoll&since=5&timeout=3000"), t0, t0 + 1s);
+  CHECK(quiet.turn_deadline() == t0 + 3s);  // not the re-validation: that waits for the parked loop
+  CHECK(quiet.on_busy(t0 + 3s) == f::feed_busy::timeout);
+  f::feed_state now(parsed("feed=longpoll&since=now&timeout=3000"), t0, t0 + 10s);
+  CHECK(now.on_busy(t0 + 3s) == f::feed_busy::refuse);  // never read: no position to answer with
+}
+
 TEST_CASE("feeds: a busy pool makes a read queue up to the feed's own end, not 503 after the pool's wait") {
   const auto t0 = f::feed_clock::time_point{} + 1h;
   const auto pool_wait = 5000ms;
