@@ -192,6 +192,7 @@ class provisioner {
     stage at = stage::first;
     bool second_writes = false;  // the second request writes _security (created, or revoked)
     bool unreleased = false;     // its reservations could not be released: retried after it ends
+    bool listed = false;         // reconcile listed its database: `_security` read first, no create
     std::optional<replicator::couch_error> error;
   };
   // Identities first (when on): a deleted user's reservations are released (when that fails,

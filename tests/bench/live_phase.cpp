@@ -370,6 +370,12 @@ json run_live(context& ctx) {
   std::string dir = make_temp_dir("couchgate-bench-live");
   json cfg = ctx.couchgate_config(n);
   cfg["front"] = front_door_config(dir + "/front.port", static_cast<std::size_t>(c) + 256);
+  // As the README sizes it for thousands of live clients: the 16 sockets, and a session
+  // cache of minutes (a changed `_users` document still ends a parked feed within a second; with
+  // the 10 s default, 10 000 clients ask CouchDB ~1 000 credential checks a second, more than a
+  // 2-core server answers). --couchgate-config may say otherwise.
+  cfg["front"]["upstream"] = {{"max_connections", 16}};
+  cfg["front"]["session_cache_ttl"] = "10m";
   cfg.merge_patch(ctx.opt.couchgate_overrides);
   ctx.created(n.central);
   ctx.created(n.state);

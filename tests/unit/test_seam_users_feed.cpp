@@ -409,3 +409,39 @@ TEST_CASE("provisioner: a caller the policy does not select costs no request whi
   p.stop();
   CHECK(s.unexpected().empty());
 }
+
+TEST_CASE("provisioner reconcile: a listed database's _security is read first, no create asked; one gone since is made again") {
+  scripted_couch c;
+  auto& s = c.server;
+  couchgate::gateway::provisioning_config cfg;
+  couchgate::gateway::provisioner p(c.client, c.state, c.metrics, cfg, {});
+  const auto want = [&](const std::string& name) { return couchgate::policy::render_security(cfg.security, name).dump(); };
+  json listing = json::array();
+  for (const std::string name : {"ann", "bob", "cy", "dee"}) {
+    const json d = user_doc_of(name, json::object());
+    listing.push_back({{"id", d["_id"]}, {"key", d["_id"]}, {"value", {{"rev", d["_rev"]}}}, {"doc", d}});
+  }
+  s.on("GET", "/_users/_all_docs", answer(200, json{{"total_rows", 4}, {"offset", 0}, {"rows", listing}}.dump()));
+  // ann's and bob's databases are listed, and cy's (deleted before its _security is read); dee's is not.
+  s.on("GET", "/_all_dbs", answer(200, json::array({p.db_for("ann"), p.db_for("bob"), p.db_for("cy")}).dump()));
+  s.on("GET", "/" + p.db_for("ann") + "/_security", answer(200, want("ann")));
+  s.on("GET", "/" + p.db_for("bob") + "/_security", answer(200, R"({"members":{"names":["someone"]}})"));
+  s.on("PUT", "/" + p.db_for("bob") + "/_security", answer(200, R"({"ok":true})"));
+  s.on("GET", "/" + p.db_for("cy") + "/_security", answer(404, R"({"error":"not_found","reason":"Database does not exist."})"));
+  s.on("PUT", "/" + p.db_for("cy") + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + p.db_for("cy") + "/_security", answer(200, R"({"ok":true})"));
+  s.on("PUT", "/" + p.db_for("dee") + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + p.db_for("dee") + "/_security", answer(200, R"({"ok":true})"));
+
+  CHECK(p.reconcile());
+  CHECK(s.unexpected().empty());
+  CHECK(s.pending() == 0);  // every scripted answer was asked for
+  CHECK(s.count("PUT", "/" + p.db_for("ann") + "?") == 0);
+  CHECK(s.count("PUT", "/" + p.db_for("bob") + "?") == 0);
+  for (const std::string name : {"ann", "bob", "cy", "dee"}) {
+    CAPTURE(name);
+    REQUIRE(p.user(name));
+    CHECK(p.user(name)->done);
+  }
+  CHECK(metric_value(c.metrics, "couchgate_security_writes_total") == 3);  // bob repaired; cy and dee made
+}
