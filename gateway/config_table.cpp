@@ -554,7 +554,10 @@ constexpr key_spec table[] = {
          .on_reload = live,
          .min = 0,
          .help = "How long the user name learned from CouchDB's GET /_session is reused for one credential (kept "
-                 "under a SHA-256 of the credential, never the credential itself)."}),
+                 "under a SHA-256 of the credential, never the credential itself). A parked live feed asks again "
+                 "when it runs out: with thousands of live clients use minutes (each costs CouchDB a check per "
+                 "ttl). A changed _users document (followed when provisioning is on) ends that user's cached "
+                 "credentials and parked feeds within about a second whatever the ttl."}),
     key<&config::front, &frc::route_cache_ttl>(
         {.name = "front.route_cache_ttl",
          .kind = k::duration_ms,
