@@ -76,7 +76,7 @@ std::size_t resident_bytes() {
   return pages_resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
 }
 
-#if defined(__GLIBC__)
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 33)
 // malloc's bytes in use (small blocks and mmapped ones) and bytes it keeps free.
 std::pair<std::size_t, std::size_t> heap_use() {
   const struct mallinfo2 m = mallinfo2();
@@ -228,7 +228,7 @@ struct daemon::impl {
     // free without giving it back; RSS far above the live heap is fragmentation, not a leak.
     metrics.add_callback("process_resident_memory_bytes", "Resident memory size in bytes (/proc/self/statm)",
                          [] { return static_cast<double>(resident_bytes()); });
-#if defined(__GLIBC__)
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 33)
     metrics.add_callback("couchgate_heap_in_use_bytes", "Bytes malloc has handed out and not had back (mallinfo2)",
                          [] { return static_cast<double>(heap_use().first); });
     metrics.add_callback("couchgate_heap_free_bytes",

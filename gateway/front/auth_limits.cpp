@@ -40,9 +40,10 @@ bool session_cache::outdated(const entry& e) const {
   return c != changed_.end() && e.stored <= c->second;
 }
 
-void session_cache::forget_user(const std::string& user, clock_type::time_point now) {
+void session_cache::forget_user(const std::string& user, clock_type::time_point until, clock_type::time_point now) {
   std::lock_guard lk(mu_);
-  changed_[user] = now;
+  auto& mark = changed_[user];
+  mark = std::max(mark, until);
   // A mark older than the longest ttl matches no entry still alive: dropped (amortised O(1)).
   if (changed_.size() >= prune_at_) {
     std::erase_if(changed_, [&](const auto& m) { return m.second + longest_ttl_ < now; });

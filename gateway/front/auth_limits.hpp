@@ -40,10 +40,11 @@ class session_cache {
   void store(const std::string& key, std::string user, clock_type::time_point now);
   // CouchDB refused a cached credential (password changed, session expired): ask again next time.
   void forget(const std::string& key);
-  // `user`'s `_users` document changed at `now` (a new password, say): every credential cached
-  // as theirs before it is asked about again. O(1): a mark per changed user, compared with an
-  // entry's store time when it is looked up, and dropped once every entry it can match is gone.
-  void forget_user(const std::string& user, clock_type::time_point now);
+  // `user`'s `_users` document changed (a new password, say): every credential cached as theirs
+  // and stored up to `until` (at least now) is asked about again. O(1): a mark per changed user,
+  // compared with an entry's store time when it is looked up, and dropped once every entry it
+  // can match is gone.
+  void forget_user(const std::string& user, clock_type::time_point until, clock_type::time_point now);
   std::size_t size() const;
   std::size_t user_marks() const;  // forget_user() marks kept (bounded: see forget_user)
 

@@ -418,9 +418,13 @@ net::awaitable<forwarder::admitted> forwarder::admit(const std::string& user) {
 }
 
 void forwarder::user_changed(const std::string& name) {
+  // What is stored from now on counts: the user's first requests right after a sign-up (which
+  // is a change too) stay cached. A parked feed's own check waits user_change_settle for
+  // CouchDB's cache; a request answered by CouchDB inside that second is cached as CouchDB
+  // answered it, and every forwarded request carries the credential to CouchDB anyway.
   const auto now = now_();
-  sessions_.forget_user(name, now);
-  routes_.forget_user(name, now);
+  sessions_.forget_user(name, now, now);
+  routes_.forget_user(name, now, now);
   if (options_.feeds != nullptr) options_.feeds->recheck_user(feed_owner(name, {}));
 }
 
@@ -474,17 +478,22 @@ net::awaitable<forwarder::identity> forwarder::ask_session(std::size_t context, 
 
 std::shared_ptr<forwarder::credential_check> forwarder::recheck(net::any_io_executor executor, std::size_t context,
                                                                 const http::fields& request, const std::string& key,
-                                                                std::function<void()> notify, bool urgent) {
+                                                                std::function<void()> notify,
+                                                                std::optional<clock_type::time_point> urgent_since) {
   std::shared_ptr<credential_check> check;
+  const bool urgent = urgent_since.has_value();
   std::string slot_key = urgent ? "urgent:" + key : key;
   {
     std::lock_guard lk(checks_mu_);
     auto& slot = checks_[slot_key];
-    if (slot) {
+    // An urgent check sent before the change it is asked for may carry the old answer: not joined
+    // (it goes on, and leaves the slot alone when it ends).
+    if (slot && (!urgent || slot->sent >= *urgent_since)) {
       slot->notify.push_back(std::move(notify));
       return slot;
     }
     slot = check = std::make_shared<credential_check>();
+    check->sent = now_();
     check->notify.push_back(std::move(notify));
   }
   metrics_.feed_rechecks.inc();

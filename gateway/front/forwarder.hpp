@@ -136,15 +136,18 @@ class forwarder {
   // feed keeps serving wakes while it waits, a write's delivery never queues behind re-checks,
   // and the feeds of one credential share one check. recheck() joins the credential's check in
   // flight or starts one on `executor`; `notify` is called (from any thread) once it is answered.
-  // `urgent`: the user's `_users` document changed (feed_registry::recheck_user), so the check
-  // is a normal request with the pool's normal wait, apart from a background check in flight.
+  // `urgent_since`: the user's `_users` document changed then (feed_registry::recheck_user), so
+  // the check is a normal request with the pool's normal wait, apart from a background check in
+  // flight, and joins only an urgent check sent at or after that moment.
   struct credential_check {
     std::optional<identity> result;             // under checks_mu_
     std::vector<std::function<void()>> notify;  // under checks_mu_
+    clock_type::time_point sent{};
   };
   std::shared_ptr<credential_check> recheck(net::any_io_executor executor, std::size_t context,
                                             const http::fields& request, const std::string& key,
-                                            std::function<void()> notify, bool urgent = false);
+                                            std::function<void()> notify,
+                                            std::optional<clock_type::time_point> urgent_since = std::nullopt);
   std::optional<identity> recheck_result(const credential_check& check);
   net::awaitable<void> run_recheck(std::size_t context, std::string authorization, std::string cookie, std::string key,
                                    std::string slot, bool urgent, std::shared_ptr<credential_check> check);

@@ -290,11 +290,18 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   }
   // The credential's re-check in flight (forwarder::recheck), if any; its answer ends the wait.
   std::shared_ptr<credential_check> check;
-  // The user's `_users` document changed (feed_registry::recheck_user): the credential is asked
-  // about again user_change_settle later, whatever the session cache holds, as a normal request
-  // (a background check lags under load), until CouchDB answers yes or no.
-  bool user_changed = false;
-  bool check_urgent = false;  // `check` is such a check
+  // The user's `_users` document changed (feed_registry::recheck_user) at `changed_at`: the
+  // credential is asked about again at `urgent_due` (user_change_settle later), whatever the
+  // session cache holds, as a normal request (a background check lags under load), until a check
+  // sent after the change is answered yes or no. Until then nothing moves the re-validation later
+  // than `urgent_due`: an answer that came in meanwhile may predate CouchDB's own cache forgetting
+  // the old document.
+  std::optional<clock_type::time_point> changed_at;
+  std::optional<clock_type::time_point> urgent_due;
+  bool check_urgent = false;  // `check` is such a check, sent after `changed_at`
+  const auto revalidate_at = [&](clock_type::time_point t) {
+    state.revalidated(urgent_due ? std::min(t, *urgent_due) : t);
+  };
   // When the change that ended the last park was announced: the wake's latency, observed once
   // the rows it brought are written to the client (couchgate_front_feed_wake_seconds).
   std::optional<feed_clock::time_point> woken_since;
@@ -327,6 +334,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     // Every connection busy: the read queues again (heartbeats written meanwhile) until the
     // feed's own timeout, never a 503 for a feed that can still wait.
     const feed_read_mark read_mark = feeds.mark_read(db);
+    // A change announced while the feed waited for its turn is read now, not once more after.
+    if (auto announced = feeds.take_wake(*id); announced && !woken_since) woken_since = announced;
     upstream_answer got;
     struct end_turn {
       feed_read_gate& gate;
@@ -383,7 +392,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     if (!user.empty() && !credential.empty()) {
       sessions_.store(credential_key, user, now_());
       routes_.store(credential_key, user, now_());
-      state.revalidated(next_validation(sessions_, credential_key, now_()));
+      revalidate_at(next_validation(sessions_, credential_key, now_()));
     }
     if (first_read && options_.test_check_delay.count() > 0) {
       feed_log()->warn("db={}: test fail point: first check answered, held {} ms before it is looked at", db,
@@ -486,13 +495,19 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     bool woken = false;
     while (!woken) {
       if (feeds.take_recheck(*id) && !credential.empty()) {
-        user_changed = true;
-        state.revalidated(now_() + user_change_settle);
+        changed_at = now_();
+        urgent_due = *changed_at + user_change_settle;
+        check.reset();  // whatever is in flight may have been answered before the change
+        state.revalidated(*urgent_due);
       }
       if (check) {
         if (auto who = recheck_result(*check)) {
           check.reset();
-          if (check_urgent && who->k != identity::kind::unavailable) user_changed = false;
+          if (check_urgent) {
+            // Unanswered (CouchDB unavailable, the pool full): asked again urgently a second later.
+            urgent_due.reset();
+            if (who->k == identity::kind::unavailable) urgent_due = now_() + std::chrono::seconds(1);
+          }
           if (!still_accepted(*who)) {
             feeds.unpark(*id);
             feed_log()->info("db={} user={}: credential no longer accepted; live feed ended with 401", db,
@@ -500,8 +515,8 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
             co_return co_await refuse(401, json_error("unauthorized", "Name or password is incorrect."));
           }
           // CouchDB unavailable (or the pool saturated for minutes): asked again soon.
-          state.revalidated(who->k == identity::kind::user ? next_validation(sessions_, credential_key, now_())
-                                                           : now_() + std::chrono::seconds(1));
+          revalidate_at(who->k == identity::kind::user ? next_validation(sessions_, credential_key, now_())
+                                                       : now_() + std::chrono::seconds(1));
         }
       }
       if (auto announced = feeds.take_wake(*id)) {
@@ -519,17 +534,23 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
             state.revalidated(now + std::chrono::hours(24 * 365));  // anonymous: nothing to re-validate
             break;
           }
-          // The session cache may already hold it (another request, or a read, was accepted).
-          if (!user_changed && sessions_.expires(credential_key).value_or(now) > now) {
-            state.revalidated(next_validation(sessions_, credential_key, now));
+          if (urgent_due && now >= *urgent_due) {
+            urgent_due.reset();
+            check = recheck(ex.stream.get_executor(), ex.conn.context, req, credential_key, wake_me, changed_at);
+            check_urgent = true;
+            state.revalidated(now + std::chrono::hours(24));  // the check's answer sets the next one
             break;
           }
-          if (check && user_changed && !check_urgent) check.reset();  // its answer may predate the change
-          if (!check) {
-            check = recheck(ex.stream.get_executor(), ex.conn.context, req, credential_key, wake_me, user_changed);
-            check_urgent = user_changed;
+          // The session cache may already hold it (another request, or a read, was accepted).
+          if (sessions_.expires(credential_key).value_or(now) > now) {
+            revalidate_at(next_validation(sessions_, credential_key, now));
+            break;
           }
-          state.revalidated(now + std::chrono::hours(24));  // the check's answer sets the next one
+          if (!check) {
+            check = recheck(ex.stream.get_executor(), ex.conn.context, req, credential_key, wake_me);
+            check_urgent = false;
+          }
+          revalidate_at(now + std::chrono::hours(24));  // the check's answer sets the next one
           break;
         }
         case feed_due::heartbeat:

@@ -1485,6 +1485,13 @@ TEST_CASE("live feeds: a plain request during a burst of live feeds' first check
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   for (auto& t : feeds) t.join();
   proxy.slow(std::chrono::milliseconds(0));
+  // Every turn to read was given back once the feeds ended.
+  CHECK(eventually(
+      [&] {
+        return cg.metric("couchgate_front_feed_reads_in_progress").value_or(-1) == 0 &&
+               cg.metric("couchgate_front_feed_reads_waiting").value_or(-1) == 0;
+      },
+      std::chrono::seconds(10)));
   CHECK_MESSAGE(queued, "the feeds' first checks never queued for the pool");
   CHECK_MESSAGE(me.status == 200, "GET /me during the burst: " << me.status << " after " << took.count() << " ms: " << me.raw);
   CHECK(feed_errors.load() == 0);  // the feeds queue up to their own timeout, then answer as CouchDB: no 503

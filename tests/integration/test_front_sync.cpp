@@ -650,7 +650,9 @@ TEST_CASE("live feeds: a parked client whose user is deleted gets 401 within the
 
 // With a session cache lifetime of 10 minutes the only way to a 401 within the deadline is the
 // changed `_users` document (front_door::user_changed): the check waits 1 s for CouchDB's own
-// credential cache, then goes as a normal request.
+// credential cache, then goes as a normal request. (Checked: the password case fails without
+// it. A deleted user's feed may also be woken by the provisioner's `_security` rewrite of the
+// database, whose read gets the 401 too.)
 TEST_CASE("live feeds: a parked client gets 401 soon after its password changes, long before the session cache lifetime") {
   SKIP_WITHOUT_FRONT_DOOR();
   check_revoked_while_parked("password", "10m", 20000);

@@ -141,13 +141,13 @@ TEST_CASE("metrics: promtool check metrics accepts /metrics of a daemon that pro
   REQUIRE(metrics.status == 200);
   CHECK(metrics.raw.find("couchgate_replication_lag_seconds_bucket{le=\"+Inf\"}") != std::string::npos);
   // Memory: the resident size is the process's own (a few MB at least, below what a test
-  // daemon could reach), and the live heap is part of it.
+  // daemon could reach); the heap figures are malloc's (allocated bytes need not be resident).
   const double rss = cg.metric("process_resident_memory_bytes").value_or(-1);
   const double heap = cg.metric("couchgate_heap_in_use_bytes").value_or(-1);
   CHECK(rss > 4e6);
   CHECK(rss < 4e9);
   CHECK(heap > 1e5);
-  CHECK(heap < rss);
+  CHECK(heap < 4e9);
   CHECK(cg.metric("couchgate_heap_free_bytes").value_or(-1) >= 0);
   const std::string file = cg.dir() + "/metrics.txt";
   { std::ofstream(file) << metrics.raw; }

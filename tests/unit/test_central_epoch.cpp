@@ -70,15 +70,17 @@ TEST_CASE("central epoch: a slow marker read is not taken for a rollback by our 
   s.on("PUT", "/central/_local/couchgate-epoch", couchgate::test::answer(201, R"({"ok":true,"id":"_local/couchgate-epoch","rev":"0-4"})"));
   std::optional<result<central_verdict>> verdict;
   std::thread checker([&] { verdict.emplace(e.check()); });
-  REQUIRE(s.wait_for([&] { return s.held() == 1; }, std::chrono::seconds(5)));
+  const bool held = s.wait_for([&] { return s.held() == 1; }, std::chrono::seconds(5));
+  CHECK(held);
   // A checkpoint write raises the generation meanwhile: it waits for the look in flight.
   std::optional<result<epoch_stamp>> bumped;
   std::thread bumper([&] { bumped.emplace(e.bump()); });
   CHECK_FALSE(s.wait_for([&] { return s.count("PUT", "/central/_local/couchgate-epoch") > 0; },
                          std::chrono::milliseconds(300)));
-  s.release_held();
+  s.release_held();  // (also when the read was never held: the threads are joined either way)
   checker.join();
   bumper.join();
+  REQUIRE(held);
   REQUIRE(verdict);
   REQUIRE(verdict->ok());
   CHECK(verdict->value() == central_verdict::same);  // before: `older`, and every checkpoint reset

@@ -100,7 +100,7 @@ TEST_CASE("front session cache: a user's changed document outdates the credentia
   cache.store("alice-old", "alice", t0);
   cache.store("alice-cookie", "alice", t0 + 1s);
   cache.store("bob", "bob", t0);
-  cache.forget_user("alice", t0 + 2s);
+  cache.forget_user("alice", t0 + 2s, t0 + 2s);
   CHECK_FALSE(cache.lookup("alice-old", t0 + 3s));
   CHECK_FALSE(cache.expires("alice-cookie"));  // a parked feed does not count on it either
   CHECK_FALSE(cache.lookup("alice-cookie", t0 + 3s));
@@ -111,13 +111,27 @@ TEST_CASE("front session cache: a user's changed document outdates the credentia
   CHECK(cache.expires("alice-new") == t0 + 4s + 10min);
   // A change at the same instant as a store counts as after it.
   cache.store("alice-new", "alice", t0 + 6s);
-  cache.forget_user("alice", t0 + 6s);
+  cache.forget_user("alice", t0 + 6s, t0 + 6s);
   CHECK_FALSE(cache.lookup("alice-new", t0 + 7s));
+  // Told at 8 s that what is stored until 9 s does not count (CouchDB's own cache may still take
+  // the old password for a second): stored at 8.5 s, a miss; stored at 9.5 s, a hit.
+  cache.forget_user("alice", t0 + 9s, t0 + 8s);
+  cache.store("alice-late", "alice", t0 + 8500ms);
+  CHECK_FALSE(cache.lookup("alice-late", t0 + 8600ms));
+  cache.store("alice-late", "alice", t0 + 9500ms);
+  CHECK(cache.lookup("alice-late", t0 + 9600ms) == "alice");
+  // A later change never moves a mark back.
+  cache.forget_user("alice", t0 + 5s, t0 + 5s);
+  cache.store("alice-early", "alice", t0 + 8700ms);
+  CHECK_FALSE(cache.lookup("alice-early", t0 + 8800ms));
   // Marks are dropped once no entry they could outdate is alive (one mark per changed user).
-  for (int i = 0; i < 1000; ++i) cache.forget_user("user" + std::to_string(i), t0 + 7s + std::chrono::seconds(i));
+  for (int i = 0; i < 1000; ++i) {
+    const auto at = t0 + 10s + std::chrono::seconds(i);
+    cache.forget_user("user" + std::to_string(i), at, at);
+  }
   CHECK(cache.user_marks() > 64);
-  const auto later = t0 + 7s + 1000s + 11min;
-  for (int i = 0; i < 200; ++i) cache.forget_user("late" + std::to_string(i), later);
+  const auto later = t0 + 10s + 1000s + 11min;
+  for (int i = 0; i < 200; ++i) cache.forget_user("late" + std::to_string(i), later, later);
   CHECK(cache.user_marks() <= 200);
   // The late marks still hold.
   cache.store("late5-key", "late5", later - 1s);
