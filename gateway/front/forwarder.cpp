@@ -518,13 +518,10 @@ net::awaitable<void> forwarder::run_recheck(std::size_t context, std::string aut
     // Background work waits long for a connection: the feed stays parked (and is served its
     // writes) meanwhile; only the re-check is late, and only while the pool is saturated. An
     // urgent one waits as a normal request does (asked again a second later if it gives up).
-    if (urgent) {
-      who = co_await ask_session(context, key, std::move(authorization), std::move(cookie), std::nullopt,
-                                 pool_priority::normal);
-    } else {
-      who = co_await ask_session(context, key, std::move(authorization), std::move(cookie), std::chrono::minutes(5),
-                                 pool_priority::background);
-    }
+    const auto wait = urgent ? std::optional<std::chrono::milliseconds>()
+                             : std::optional<std::chrono::milliseconds>(std::chrono::minutes(5));
+    const auto priority = urgent ? pool_priority::normal : pool_priority::background;
+    who = co_await ask_session(context, key, std::move(authorization), std::move(cookie), wait, priority);
   } catch (const std::exception&) {
     who = identity{};  // asked again by the feed
   }

@@ -309,6 +309,27 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     if (woken_since) metrics_.feed_wake.observe(std::chrono::duration<double>(feed_clock::now() - *woken_since).count());
     woken_since.reset();
   };
+  // The pool, or the turn to read, still busy at the feed's deadline (feed_state::on_busy): a
+  // heartbeat and wait on (nullopt), or the feed ends with its timeout's answer or 503, out of
+  // the gate first (whether the connection carries another request).
+  const auto still_busy = [&](feed_clock::time_point now) -> net::awaitable<std::optional<bool>> {
+    switch (state.on_busy(now)) {
+      case feed_busy::retry:
+        break;
+      case feed_busy::heartbeat:
+        if (!co_await send_chunk(heartbeat_text)) co_return false;
+        state.heartbeat_sent(now_());
+        break;
+      case feed_busy::timeout:
+        gate.leave(*id);
+        co_return co_await time_out();
+      case feed_busy::refuse:
+        gate.leave(*id);
+        co_return co_await refuse(503, json_error("service_unavailable",
+                                                  "all of couchgate's connections to CouchDB are busy"));
+    }
+    co_return std::nullopt;
+  };
   // 1 and 2: one normal read from where the client is, and what the client gets of it. A
   // coroutine of its own: what a read needs (the request, CouchDB's answer, its parse) is
   // allocated for the read and gone while the feed is parked (10 000 parked feeds).
@@ -344,30 +365,12 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     };
     {
       const end_turn turn_ends_with_the_exchange{gate, *id};  // the answer (or none) is in: the next feed's turn
-      for (bool queued = true; queued;) {
+      for (;;) {
         got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
                                 state.pool_wait(now_(), pool_.wait_timeout(), !first_read));
         if (got.k != upstream_answer::kind::busy) break;
-        switch (state.on_busy(now_())) {
-          case feed_busy::retry:
-            break;
-          case feed_busy::heartbeat:
-            if (!co_await send_chunk(heartbeat_text)) co_return read_step{read_step::end, false};
-            state.heartbeat_sent(now_());
-            break;
-          case feed_busy::timeout: {
-            const bool k = co_await time_out();
-            co_return read_step{read_step::end, k};
-          }
-          case feed_busy::refuse:
-            queued = false;
-            break;
-        }
+        if (const auto ended = co_await still_busy(now_())) co_return read_step{read_step::end, *ended};
       }
-    }
-    if (got.k == upstream_answer::kind::busy) {
-      const bool k = co_await refuse(503, json_error("service_unavailable", "all of couchgate's connections to CouchDB are busy"));
-      co_return read_step{read_step::end, k};
     }
     if (got.k == upstream_answer::kind::too_large) {
       const bool k = co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer is larger than couchgate "
@@ -468,21 +471,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
         co_await waiter->timer.async_wait(ec_token(ec));  // cancelled when the turn comes
         const auto now = now_();
         if (now < deadline) continue;
-        switch (state.on_busy(now)) {
-          case feed_busy::retry:
-            break;
-          case feed_busy::heartbeat:
-            if (!co_await send_chunk(heartbeat_text)) co_return false;
-            state.heartbeat_sent(now_());
-            break;
-          case feed_busy::timeout:
-            gate.leave(*id);
-            co_return co_await time_out();
-          case feed_busy::refuse:
-            gate.leave(*id);
-            co_return co_await refuse(503, json_error("service_unavailable",
-                                                      "all of couchgate's connections to CouchDB are busy"));
-        }
+        if (const auto ended = co_await still_busy(now)) co_return *ended;
       }
       const read_step r = co_await read_once();
       if (r.k == read_step::end) co_return r.keep;
