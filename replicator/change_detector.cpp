@@ -5,6 +5,7 @@
 
 #include "replicator/logger.hpp"
 #include "replicator/outage.hpp"
+#include "replicator/transport/url.hpp"
 #include "replicator/wire_json.hpp"
 
 
@@ -153,12 +154,79 @@ void change_detector::run() {
   }
 }
 
+bool events_may_be_lost(const json& membership, const std::map<std::string, json>& systems,
+                        std::chrono::steady_clock::duration since_answer) {
+  if (!membership.is_object()) return true;
+  const auto nodes = [&](const char* key) {
+    std::set<std::string> out;
+    auto it = membership.find(key);
+    if (it == membership.end() || !it->is_array()) return out;
+    for (const auto& n : *it) {
+      if (!n.is_string()) return std::set<std::string>{};
+      out.insert(n.get<std::string>());
+    }
+    return out;
+  };
+  const auto cluster = nodes("cluster_nodes");
+  const auto up = nodes("all_nodes");
+  if (cluster.empty()) return true;
+  // Whole seconds, and a margin for the clocks of two machines.
+  const auto window = std::chrono::duration_cast<std::chrono::seconds>(since_answer).count() + 2;
+  for (const auto& node : cluster) {
+    if (!up.contains(node)) return true;  // down: what it held is gone
+    auto it = systems.find(node);
+    if (it == systems.end() || !it->second.is_object()) return true;
+    auto uptime = it->second.find("uptime");
+    if (uptime == it->second.end() || !uptime->is_number()) return true;
+    if (uptime->get<double>() <= static_cast<double>(window)) return true;
+  }
+  return false;
+}
+
+bool change_detector::judge_break(std::chrono::steady_clock::time_point answered) {
+  // A cluster of more nodes than this is not asked node by node: counted as lost.
+  constexpr std::size_t max_nodes = 64;
+  const auto fetch = [&](const std::string& target) -> std::optional<json> {
+    auto r = client_.request("GET", target).get();
+    if (r.ok()) return std::move(r.value());
+    if (outage_error(r.error()) || r.error().kind == couch_error_kind::cancelled) return std::nullopt;
+    return json();  // refused (not an admin, not CouchDB): judged lost
+  };
+  const auto membership = fetch("/_membership");
+  if (!membership) return false;
+  std::map<std::string, json> systems;
+  if (membership->is_object() && membership->contains("cluster_nodes") && (*membership)["cluster_nodes"].is_array() &&
+      (*membership)["cluster_nodes"].size() <= max_nodes) {
+    for (const auto& node : (*membership)["cluster_nodes"]) {
+      if (!node.is_string()) break;
+      const auto name = node.get<std::string>();
+      auto system = fetch("/_node/" + encode_segment(name) + "/_system");
+      if (!system) return false;
+      systems.emplace(name, std::move(*system));
+    }
+  }
+  const auto since = now() - answered;
+  if (events_may_be_lost(*membership, systems, since)) {
+    log()->warn("_db_updates feed is back after a break of {} s; the server may have lost events meanwhile (a node "
+                "restarted, is down, or could not be asked): every source is looked at",
+                std::chrono::duration_cast<std::chrono::seconds>(since).count());
+    lost();
+  } else {
+    log()->info("_db_updates feed is back after a break of {} s; every node was up throughout: nothing was lost",
+                std::chrono::duration_cast<std::chrono::seconds>(since).count());
+  }
+  return true;
+}
+
 void change_detector::follow_db_updates() {
   json since = "now";
   if (auto stored = state_.get_value(db_updates_key); stored.ok() && stored.value()) since = *stored.value();
   json saved = since;
   auto last_save = now();
   std::uint32_t failures = 0;
+  auto answered = now();
+  // Set while the feed is broken: when it last answered (judge_break before the next read).
+  std::optional<std::chrono::steady_clock::time_point> broken_since;
   auto save = [&](bool force) {
     const auto at = now();
     if (since == saved || (!force && at - last_save < std::chrono::seconds(2))) return;
@@ -167,6 +235,7 @@ void change_detector::follow_db_updates() {
   };
   while (true) {
     if (stop_.requested()) break;
+    if (broken_since && judge_break(*broken_since)) broken_since.reset();
     auto r = client_.db_updates(since, true, 1000).get();
     if (!r.ok()) {
       const auto& e = r.error();
@@ -193,13 +262,12 @@ void change_detector::follow_db_updates() {
       auto delay = backoff(++failures);
       log()->log(outage_error(e) ? spdlog::level::debug : spdlog::level::warn, "_db_updates feed failed: {} (retry in {} ms)",
                  e.describe(), delay.count());
+      if (!broken_since) broken_since = answered;
       if (!sleep(delay)) break;
-      if (failures == 1) continue;
-      // After an outage, events may have been lost with the connection: catch up every source.
-      lost();
       continue;
     }
     failures = 0;
+    answered = now();
     auto page = parse_db_updates(r.value());
     if (!page.ok()) {
       reconnects_.inc();

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <set>
 #include <unordered_map>
@@ -61,6 +62,16 @@ struct db_updates_page {
   json last_seq;
 };
 result<db_updates_page> parse_db_updates(const json& answer);
+
+// After the `_db_updates` feed broke: whether events may have been lost. CouchDB's
+// global_changes app keeps the events it has not yet written to `_global_changes` in each node's
+// memory (its docs: an event is not guaranteed to reach the feed): a node that restarted or is
+// down lost them. A dropped connection loses nothing: the feed resumes from its stored position
+// and reads what was written meanwhile. `membership` is the answer to GET /_membership,
+// `systems` each node's answer to GET /_node/<node>/_system (its `uptime` in seconds), and
+// `since_answer` how long ago the feed last answered. Anything not as expected counts as lost.
+bool events_may_be_lost(const json& membership, const std::map<std::string, json>& systems,
+                        std::chrono::steady_clock::duration since_answer);
 
 // Who else hears of changes (the front door's parked live feeds, gateway/feed_notifier.hpp):
 // every `_db_updates` event's database, and "events may have been lost" when the feed broke.
@@ -109,6 +120,10 @@ class change_detector {
   std::chrono::steady_clock::time_point now() const;
   bool sleep(std::chrono::steady_clock::duration d);
   std::chrono::milliseconds backoff(std::uint32_t failures) const;
+  // The feed broke after answering at `answered`: lost() unless every node of the server has
+  // been up since (events_may_be_lost). False: the server cannot be asked now (asked again
+  // before the next read).
+  bool judge_break(std::chrono::steady_clock::time_point answered);
   void lost() {
     fanin_.mark_all_dirty();
     if (listener_.lost) listener_.lost();

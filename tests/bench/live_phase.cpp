@@ -361,7 +361,12 @@ json run_live(context& ctx) {
   auto users = make_users(n.prefix, "l", c);
   note("live feeds: creating " + std::to_string(c) + " users and their databases");
   auto t_users = steady::now();
-  if (auto e = create_users(ctx, users, n.role); !e.empty()) {
+  // The databases as couchgate's provisioning makes them (provisioning.q, one shard by default):
+  // a client waiting on CouchDB directly keeps its database's shard files open.
+  json prov = ctx.couchgate_config(n);
+  prov.merge_patch(ctx.opt.couchgate_overrides);
+  out["q"] = couchgate_q(prov);
+  if (auto e = create_users(ctx, users, n.role, q_query(couchgate_q(prov))); !e.empty()) {
     ctx.fail("live feeds: " + e);
     delete_users(ctx, users);
     return out;

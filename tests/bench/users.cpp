@@ -51,7 +51,8 @@ std::vector<bench_user> make_users(const std::string& prefix, const std::string&
   return out;
 }
 
-std::string create_users(context& ctx, std::vector<bench_user>& users, const std::string& role) {
+std::string create_users(context& ctx, std::vector<bench_user>& users, const std::string& role,
+                         const std::string& db_query) {
   bench_client admin(std::chrono::seconds(120));
   for (std::size_t off = 0; off < users.size(); off += 100) {
     json docs = json::array();
@@ -72,7 +73,7 @@ std::string create_users(context& ctx, std::vector<bench_user>& users, const std
   }
   return parallel_for(static_cast<int>(users.size()), ctx.opt.threads, [&](int i, bench_client& c) -> std::string {
     const auto& u = users[static_cast<std::size_t>(i)];
-    if (auto e = create_db(ctx, c, u.db); !e.empty()) return e;
+    if (auto e = create_db(ctx, c, u.db, db_query); !e.empty()) return e;
     json sec{{"admins", {{"names", json::array()}, {"roles", json::array()}}},
              {"members", {{"names", {u.name}}, {"roles", json::array()}}}};
     auto r = c.put(db_path(u.db) + "/_security", sec.dump());

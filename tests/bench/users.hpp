@@ -25,8 +25,10 @@ std::vector<bench_user> make_users(const std::string& prefix, const std::string&
 // as a real deployment's users have) and its database with `_security`
 // members.names = [user]. On Apache CouchDB the password is stored pre-hashed (PBKDF2-SHA1, 10
 // iterations: the server's own 600 000 would measure its hashing, not the clients); on
-// pouchdb-server as a plain `password` (it hashes cheaply). Returns the first error ("" = ok).
-std::string create_users(context& ctx, std::vector<bench_user>& users, const std::string& role);
+// pouchdb-server as a plain `password` (it hashes cheaply). `db_query` goes with each database's
+// PUT ("?q=1": one shard, as couchgate's provisioning creates them). Returns the first error ("" = ok).
+std::string create_users(context& ctx, std::vector<bench_user>& users, const std::string& role,
+                         const std::string& db_query = {});
 
 // Deletes `_users` documents by (id, rev), 500 per request; failures are noted, not fatal.
 void delete_user_docs(bench_client& c, const std::vector<std::pair<std::string, std::string>>& id_revs);

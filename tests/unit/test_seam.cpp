@@ -81,11 +81,16 @@ TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped 
                                     {"central", "deleted"}},
                                    "5-g1")));
   s.on("GET", "/_db_updates?since=5-g1&limit=1000&feed=longpoll", failure());  // the connection drops
+  // ... and the server has been up for a day: nothing was lost with it.
+  s.on("GET", "/_membership", answer(200, R"({"all_nodes":["couchdb@127.0.0.1"],"cluster_nodes":["couchdb@127.0.0.1"]})"));
+  s.on("GET", "/_node/couchdb%40127.0.0.1/_system", answer(200, R"({"uptime":86400,"memory":{}})"));
   s.on("GET", "/_db_updates?since=5-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"5-g1"})"));
   s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:db_updates","rev":"1-f"}])"), -1);
   s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"5-g1"})"), -1);
 
   r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
+  std::atomic<int> lost{0};
+  d.set_listener({nullptr, [&] { ++lost; }});
   d.start();
   // Two scripted answers and then a third request from the same position, which waits (a quiet feed).
   REQUIRE_MESSAGE(s.wait_for([&] { return s.count("GET", "since=5-g1&limit=1000&feed=longpoll") >= 3; }), s.requests().size());
@@ -94,6 +99,8 @@ TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped 
   CHECK(e.fan.knows("userdb-a"));
   // userdb-a is a source (marked dirty, no callback); created and unknown updated ones go to the daemon.
   CHECK(e.created_calls() == std::vector<std::pair<std::string, bool>>{{"userdb-new", false}, {"userdb-c", false}});
+  CHECK(lost == 0);  // the drop lost nothing: no source is looked at again, no live feed woken
+  CHECK(s.count("GET", "/_membership") == 1);
   s.close();
   d.stop();
   // The position was saved when the feed ended.
@@ -103,6 +110,68 @@ TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped 
   }
   CHECK(saved);
   CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("_db_updates feed broken: every source is looked at again only when a node restarted, is down, or cannot be asked") {
+  struct scenario {
+    const char* name;
+    const char* membership;  // answer body (status 200), or nullptr: 404 (not CouchDB, e.g. pouchdb-server)
+    const char* system;      // each node's _system answer
+    int lost;
+  };
+  const scenario cases[] = {
+      {"up for a day", R"({"all_nodes":["n1","n2"],"cluster_nodes":["n1","n2"]})", R"({"uptime":86400})", 0},
+      {"restarted just now", R"({"all_nodes":["n1"],"cluster_nodes":["n1"]})", R"({"uptime":1})", 1},
+      {"one node down", R"({"all_nodes":["n1"],"cluster_nodes":["n1","n2"]})", R"({"uptime":86400})", 1},
+      {"uptime not a number", R"({"all_nodes":["n1"],"cluster_nodes":["n1"]})", R"({"uptime":"long"})", 1},
+      {"no _membership", nullptr, R"({"uptime":86400})", 1},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    engine e;
+    e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+    auto& s = e.server;
+    s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
+    s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"7-g1"})"), -1);
+    s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"));
+    s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", failure());
+    // The server cannot be asked at first (still unreachable): asked again before the next read.
+    s.on("GET", "/_membership", failure());
+    s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", failure());
+    if (c.membership) {
+      s.on("GET", "/_membership", answer(200, c.membership));
+    } else {
+      s.on("GET", "/_membership", answer(404, R"({"error":"not_found","reason":"missing"})"));
+    }
+    s.on("GET", "/_system", answer(200, c.system), -1);
+    s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"));
+    r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
+    std::atomic<int> lost{0};
+    d.set_listener({nullptr, [&] { ++lost; }});
+    d.start();
+    // The feed read again after the break (the fourth read), then a fifth that waits.
+    REQUIRE(s.wait_for([&] { return s.count("GET", "since=7-g1&limit=1000&feed=longpoll") >= 5; }));
+    CHECK(lost == c.lost);
+    CHECK(s.count("GET", "/_membership") == 2);  // once unanswered, once answered: never again
+    s.close();
+    d.stop();
+    CHECK(s.unexpected().empty());
+  }
+}
+
+TEST_CASE("events_may_be_lost: every cluster node up for longer than the break, or else lost") {
+  const auto one = json::parse(R"({"all_nodes":["a"],"cluster_nodes":["a"]})");
+  const auto up = [](double s) { return std::map<std::string, json>{{"a", json{{"uptime", s}}}}; };
+  CHECK_FALSE(r::events_may_be_lost(one, up(100), 30s));
+  CHECK(r::events_may_be_lost(one, up(31), 30s));   // within the margin of two seconds
+  CHECK(r::events_may_be_lost(one, up(20), 30s));   // restarted during the break
+  CHECK_FALSE(r::events_may_be_lost(one, up(33), 30s));
+  CHECK(r::events_may_be_lost(one, {}, 30s));       // its _system not read
+  CHECK(r::events_may_be_lost(json::parse(R"({"all_nodes":[],"cluster_nodes":[]})"), {}, 1s));
+  CHECK(r::events_may_be_lost(json::parse(R"({"cluster_nodes":"a"})"), up(100), 1s));
+  CHECK(r::events_may_be_lost(json::parse(R"({"all_nodes":["a"],"cluster_nodes":["a",7]})"), up(100), 1s));
+  CHECK(r::events_may_be_lost(json::parse("[]"), up(100), 1s));
+  CHECK(r::events_may_be_lost(one, std::map<std::string, json>{{"a", json{{"uptime", nullptr}}}}, 1s));
 }
 
 TEST_CASE("a source deleted and created again (_db_updates created event): checkpoint reset, counted and logged once; a new database is neither") {
