@@ -410,12 +410,13 @@ void feed_registry::remember(const std::string& db, std::string key, std::string
   memo_->put(db, answered_feed{std::move(key), std::move(last_seq), generation_, expires});
 }
 
-bool feed_registry::skip_first_check(const std::string& db, const std::string& key, const feed_request& r,
-                                     feed_clock::time_point now) {
+std::optional<feed_clock::time_point> feed_registry::skip_first_check(const std::string& db, const std::string& key,
+                                                                      const feed_request& r, feed_clock::time_point now) {
   std::lock_guard lk(mu_);
-  if (!may_skip_first_check(memo_->find(db, key), r, follower_live_, generation_, now)) return false;
+  const answered_feed* record = memo_->find(db, key);
+  if (!may_skip_first_check(record, r, follower_live_, generation_, now)) return std::nullopt;
   ++skipped_;
-  return true;
+  return record->expires;
 }
 
 feed_registry_stats feed_registry::stats() const {

@@ -209,8 +209,13 @@ class feed_registry {
   // the follower stayed live in the same generation.
   void remember(const std::string& db, std::string key, std::string last_seq, const feed_read_mark& mark,
                 feed_clock::time_point expires);
-  // Whether the re-issued feed `r` (key `key`, already subscribed to `db`) may park at once.
-  bool skip_first_check(const std::string& db, const std::string& key, const feed_request& r, feed_clock::time_point now);
+  // Whether the re-issued feed `r` (key `key`, already subscribed to `db`) may park at once:
+  // then the record's expiry, which the feed remembers its own answer until (never later): a
+  // chain of answers without a read ends one session cache lifetime after its last real read,
+  // so an announcement CouchDB never made (`_db_updates` does not promise every event) hides a
+  // write for at most that long.
+  std::optional<feed_clock::time_point> skip_first_check(const std::string& db, const std::string& key,
+                                                         const feed_request& r, feed_clock::time_point now);
 
   feed_registry_stats stats() const;
   std::size_t max_per_user() const { return max_per_user_; }

@@ -248,9 +248,12 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
                           rt.query, body)
           : std::string();
   std::optional<feed_read_mark> since_mark;
+  // Until when an answer may be remembered: a session cache lifetime after the last real read
+  // (a feed that skipped its read keeps the record's expiry: feed_registry::skip_first_check).
+  feed_clock::time_point memo_expires{};
   const auto remember = [&](const std::string& last_seq) {
     if (memo_key.empty() || !since_mark) return;
-    feeds.remember(db, memo_key, last_seq, *since_mark, now_() + sessions_.ttl());
+    feeds.remember(db, memo_key, last_seq, *since_mark, memo_expires);
   };
 
   // The feed's timeout: CouchDB's answer when nothing changed.
@@ -280,9 +283,10 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   bool skip_read = false;
   if (!memo_key.empty()) {
     const feed_read_mark mark = feeds.mark_read(db, false);
-    if (feeds.skip_first_check(db, memo_key, request, now_())) {
+    if (const auto expires = feeds.skip_first_check(db, memo_key, request, now_())) {
       skip_read = true;
       since_mark = mark;
+      memo_expires = *expires;
       first_read = false;
       state.on_fetched(0, {}, false, now_());  // as a first check that found nothing new
       if (!verified) state.revalidated(now_());
@@ -412,6 +416,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     }
     auto& rows = answer_json["results"];
     since_mark = read_mark;  // state.since() now comes from this read
+    memo_expires = now_() + sessions_.ttl();
     const nlohmann::json resume = replicator::couch_client::resume_seq(answer_json);
     const auto pending_wake = feeds.take_wake(*id);  // a change announced while this read ran
     const bool pending = pending_wake.has_value();

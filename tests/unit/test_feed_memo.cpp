@@ -113,6 +113,19 @@ TEST_CASE("feed registry: a re-issued longpoll skips its first check only when n
     CHECK(reg.stats().reads == 1);
     CHECK(reg.stats().remembered == 1);
   }
+  SUBCASE("answers without a read pass the record's expiry on: the chain ends a lifetime after the last real read") {
+    answered_and_reissued();  // the real read, remembered until t0 + 1h
+    // The re-issued feed skips its read, times out and is remembered with what it was handed,
+    // again and again (a write whose announcement CouchDB never made stays unread meanwhile)...
+    for (auto at = t0; at < t0 + 1h; at += 20min) {
+      const auto expires = reg.skip_first_check("db", "k", r, at);
+      REQUIRE(expires.has_value());
+      CHECK(*expires == t0 + 1h);
+      reg.remember("db", "k", "7-x", reg.mark_read("db", false), *expires);
+    }
+    // ... until the first read's lifetime is over: the next one reads.
+    CHECK_FALSE(reg.skip_first_check("db", "k", r, t0 + 1h + 1s));
+  }
   SUBCASE("a change announced DURING the read (after its mark): not remembered") {
     sub();
     const auto mark = reg.mark_read("db");
