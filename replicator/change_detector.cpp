@@ -192,27 +192,28 @@ bool change_detector::judge_break(std::chrono::steady_clock::time_point answered
     if (outage_error(r.error()) || r.error().kind == couch_error_kind::cancelled) return std::nullopt;
     return json();  // refused (not an admin, not CouchDB): judged lost
   };
+  // The server unreachable: asked again before the next read. Once it answers, a node that
+  // does not (hung, or gone meanwhile) counts as one that may have lost events.
   const auto membership = fetch("/_membership");
   if (!membership) return false;
   std::map<std::string, json> systems;
   if (membership->is_object() && membership->contains("cluster_nodes") && (*membership)["cluster_nodes"].is_array() &&
       (*membership)["cluster_nodes"].size() <= max_nodes) {
     for (const auto& node : (*membership)["cluster_nodes"]) {
-      if (!node.is_string()) break;
+      if (!node.is_string() || stop_.requested()) break;
       const auto name = node.get<std::string>();
-      auto system = fetch("/_node/" + encode_segment(name) + "/_system");
-      if (!system) return false;
-      systems.emplace(name, std::move(*system));
+      systems.emplace(name, fetch("/_node/" + encode_segment(name) + "/_system").value_or(json()));
     }
   }
   const auto since = now() - answered;
   if (events_may_be_lost(*membership, systems, since)) {
-    log()->warn("_db_updates feed is back after a break of {} s; the server may have lost events meanwhile (a node "
-                "restarted, is down, or could not be asked): every source is looked at",
+    log()->warn("_db_updates feed broke for {} s and the server may have lost events meanwhile (a node restarted, "
+                "is down, or could not be asked): every source is looked at",
                 std::chrono::duration_cast<std::chrono::seconds>(since).count());
     lost();
   } else {
-    log()->info("_db_updates feed is back after a break of {} s; every node was up throughout: nothing was lost",
+    log()->info("_db_updates feed broke for {} s; every node was up throughout: nothing was lost, it resumes from "
+                "its position",
                 std::chrono::duration_cast<std::chrono::seconds>(since).count());
   }
   return true;
@@ -243,7 +244,9 @@ void change_detector::follow_db_updates() {
       reconnects_.inc();
       if (e.kind == couch_error_kind::timeout) {
         // Ended on the client's clock; the wait spaced the attempts (see provisioner::follow).
+        // A silent connection may be a node that died without a word: judged as a break.
         log()->debug("_db_updates feed: {}; reconnecting", e.describe());
+        if (!broken_since) broken_since = answered;
         continue;
       }
       if (e.kind == couch_error_kind::bad_request && since != json("now")) {

@@ -1225,8 +1225,9 @@ TEST_CASE("live feeds: a write whose _db_updates event never came is read within
   std::thread client([&] {
     while (!stop && !found) {
       const auto again = longpoll(since);
-      if (again.status != 200) {
+      if (again.status != 200) {  // a read cut with couchgate's connections by proxy.cut() below
         ++failures;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
         continue;
       }
       ++answers;
@@ -1290,8 +1291,11 @@ TEST_CASE("live feeds: a write whose _db_updates event never came is read within
   eventually([&] { return found.load(); }, std::chrono::seconds(20));
   stop = true;
   if (client.joinable()) client.join();
-  CHECK_MESSAGE(found, "the unannounced write was not handed over in " << answers.load() << " answers: " << tail(cg.log()));
-  CHECK(failures == 0);
+  CHECK_MESSAGE(found, "the unannounced write was not handed over in " << answers.load() << " answers ("
+                                                                           << failures.load() << " failed): " << tail(cg.log()));
+  // The break lost nothing by the server's word: no feed was woken for it (which would have
+  // read the write whatever the chain of skipped reads did).
+  CHECK_MESSAGE(cg.log().find("every node was up throughout: nothing was lost") != std::string::npos, tail(cg.log()));
   CHECK(cg.metric("couchgate_front_feed_checks_skipped_total").value_or(0) >= 1);
   CHECK(run.process->terminate() == 0);
 }

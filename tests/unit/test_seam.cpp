@@ -64,6 +64,24 @@ std::string db_updates_page(const std::vector<std::pair<std::string, std::string
   return json{{"results", rows}, {"last_seq", last}}.dump();
 }
 
+// A `_db_updates` follower over `e`, started, counting its "events may have been lost" calls.
+// Ended however the test ends: a failed REQUIRE still releases the feed waiting for a rule
+// before the detector's thread is joined (else the test hangs instead of failing).
+struct follower_run {
+  engine& e;
+  std::atomic<int> lost{0};
+  r::change_detector d;
+  explicit follower_run(engine& en)
+      : e(en), d(en.client, en.state, en.fan, en.metrics, detector_opts(r::detection::db_updates), en.on_created()) {
+    d.set_listener({nullptr, [this] { ++lost; }});
+    d.start();
+  }
+  ~follower_run() {
+    e.server.close();
+    d.stop();
+  }
+};
+
 }  // namespace
 
 TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped feed, an empty one; the position resumes and is saved") {
@@ -145,16 +163,48 @@ TEST_CASE("_db_updates feed broken: every source is looked at again only when a 
     }
     s.on("GET", "/_system", answer(200, c.system), -1);
     s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"));
-    r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
-    std::atomic<int> lost{0};
-    d.set_listener({nullptr, [&] { ++lost; }});
-    d.start();
+    follower_run run(e);
     // The feed read again after the break (the fourth read), then a fifth that waits.
     REQUIRE(s.wait_for([&] { return s.count("GET", "since=7-g1&limit=1000&feed=longpoll") >= 5; }));
-    CHECK(lost == c.lost);
+    CHECK(run.lost == c.lost);
     CHECK(s.count("GET", "/_membership") == 2);  // once unanswered, once answered: never again
     s.close();
-    d.stop();
+    run.d.stop();
+    CHECK(s.unexpected().empty());
+  }
+}
+
+TEST_CASE("_db_updates feed broken once: a restart within one retry is caught; a silent feed is a break; a node that does not answer counts as lost") {
+  struct scenario {
+    const char* name;
+    r::http_response broken;  // what the second read gets
+    r::http_response system;  // each node's _system answer
+    int lost;
+  };
+  const scenario cases[] = {
+      {"connection reset, restarted just now", failure(), answer(200, R"({"uptime":1})"), 1},
+      {"connection reset, up for a day", failure(), answer(200, R"({"uptime":86400})"), 0},
+      {"silent until the client's timeout, restarted", failure(r::error_kind::timeout, "timed out"),
+       answer(200, R"({"uptime":0})"), 1},
+      {"server back, its node does not answer _system", failure(), failure(r::error_kind::timeout, "timed out"), 1},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    engine e;
+    auto& s = e.server;
+    s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
+    s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"7-g1"})"), -1);
+    s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"));
+    s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", c.broken);
+    s.on("GET", "/_membership", answer(200, R"({"all_nodes":["n1"],"cluster_nodes":["n1"]})"));
+    s.on("GET", "/_node/n1/_system", c.system);
+    s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"));
+    follower_run run(e);
+    REQUIRE(s.wait_for([&] { return s.count("GET", "since=7-g1&limit=1000&feed=longpoll") >= 4; }));
+    CHECK(run.lost == c.lost);
+    CHECK(s.count("GET", "/_membership") == 1);
+    s.close();
+    run.d.stop();
     CHECK(s.unexpected().empty());
   }
 }
