@@ -365,8 +365,9 @@ json run_live(context& ctx) {
   // a client waiting on CouchDB directly keeps its database's shard files open.
   json prov = ctx.couchgate_config(n);
   prov.merge_patch(ctx.opt.couchgate_overrides);
-  out["q"] = couchgate_q(prov);
-  if (auto e = create_users(ctx, users, n.role, q_query(couchgate_q(prov))); !e.empty()) {
+  const std::size_t q = couchgate_q(prov);
+  out["q"] = q;
+  if (auto e = create_users(ctx, users, n.role, q_query(q)); !e.empty()) {
     ctx.fail("live feeds: " + e);
     delete_users(ctx, users);
     return out;
