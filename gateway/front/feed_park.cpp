@@ -321,6 +321,11 @@ void feed_registry::notify(const std::string& db) {
   call(fns);
 }
 
+void feed_registry::notify_written(const std::string& db) {
+  written_.fetch_add(1, std::memory_order_relaxed);
+  notify(db);
+}
+
 void feed_registry::notify_all() {
   std::vector<wake_fn> fns;
   {
@@ -424,6 +429,7 @@ feed_registry_stats feed_registry::stats() const {
   feed_registry_stats st{subs_.size(), parked_, wakes_, coalesced_, fetches_, bytes_};
   st.reads = reads_;
   st.skipped = skipped_;
+  st.written = written_.load(std::memory_order_relaxed);
   st.remembered = memo_->size();
   st.remembered_bytes = memo_->bytes();
   return st;

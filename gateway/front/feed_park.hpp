@@ -140,6 +140,7 @@ struct feed_registry_stats {
   std::size_t bytes = 0;        // estimated memory of the subscribed feeds
   std::uint64_t reads = 0;      // upstream _changes reads of live feeds (first checks included)
   std::uint64_t skipped = 0;    // first checks skipped: couchgate had answered that since itself
+  std::uint64_t written = 0;    // writes through the front door announced (notify_written)
   std::size_t remembered = 0;   // answered feeds remembered (feed_memo)
   std::size_t remembered_bytes = 0;
 };
@@ -183,6 +184,10 @@ class feed_registry {
 
   // `db` changed (the `_db_updates` follower).
   void notify(const std::string& db);
+  // A write to `db` through the front door was answered (may_add_changes in route.hpp): its
+  // feeds read at once rather than at the `_db_updates` event, which still comes (and wakes them
+  // again: what they read then is usually nothing).
+  void notify_written(const std::string& db);
   // Changes may have been missed (the follower reconnected): every subscriber reads again.
   void notify_all();
   // The sweep read `db`'s update_seq number: subscribers that know less are woken.
@@ -251,6 +256,7 @@ class feed_registry {
   std::uint64_t fetches_ = 0;
   std::uint64_t reads_ = 0;
   std::uint64_t skipped_ = 0;
+  std::atomic<std::uint64_t> written_{0};
   // Announcements per database with subscribers (erased with its last subscriber).
   std::unordered_map<std::string, std::uint64_t> announced_;
   bool follower_live_ = false;

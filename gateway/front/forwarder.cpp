@@ -226,7 +226,7 @@ net::awaitable<bool> forwarder::handle(server_exchange& ex) {
   if (next.k == next_step::kind::feed) {
     keep = co_await serve_feed(ex, rt, next.db, next.user, next.credential, next.verified, out);
   } else if (next.k == next_step::kind::forward) {
-    keep = co_await forward(ex, next.target, next.db, next.mount, out, next.slot);
+    keep = co_await forward(ex, next, out, next.slot);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics_.request(rt.label, out.status, seconds);
@@ -392,6 +392,8 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     next.mount = "/shared";
   }
   next.target = pool_.address().base_path + (next.db.empty() ? rt.target : db_target(next.db, rt));
+  next.announce = options_.feeds && !next.db.empty() &&
+                  may_add_changes(std::string_view(req.method_string().data(), req.method_string().size()), rt.rest);
   next.k = next_step::kind::forward;
   co_return true;
 }
@@ -637,8 +639,10 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
   co_return ok && keep;
 }
 
-net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& target, const std::string& db,
-                                        const std::string& mount, outcome& out, slot_hold& slot) {
+net::awaitable<bool> forwarder::forward(server_exchange& ex, const next_step& next, outcome& out, slot_hold& slot) {
+  const std::string& target = next.target;
+  const std::string& db = next.db;
+  const std::string& mount = next.mount;
   auto& req = ex.parser.get();
   const bool body_expected = !ex.parser.is_done();
   const auto answer = [&](http::status status, std::string_view error, std::string_view reason,
@@ -774,6 +778,8 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const std::string& 
     }
     res.keep_alive(client_keep);
     out.status = status;
+    // The write is committed (a 202 of batch=ok may not be yet: its `_db_updates` event covers it).
+    if (next.announce && status / 100 == 2) options_.feeds->notify_written(db);
     if (status == 401) {
       // A cached identity CouchDB no longer accepts is asked about again on the next request.
       if (!db.empty()) forget_credential(session_cache::key_of(credential_of(req)));

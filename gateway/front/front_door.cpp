@@ -218,6 +218,10 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
   registry.add_counter_callback("couchgate_front_feed_checks_skipped_total",
                         "Re-issued longpolls parked at once: couchgate had answered that since and nothing was announced",
                         [self] { return static_cast<double>(self->feeds.stats().skipped); });
+  registry.add_counter_callback("couchgate_front_writes_announced_total",
+                        "Writes through the front door that woke their database's live feeds at once (before "
+                        "CouchDB's _db_updates event)",
+                        [self] { return static_cast<double>(self->feeds.stats().written); });
   registry.add_callback("couchgate_front_feed_answers_remembered", "Answered longpolls remembered to skip a first check",
                         [self] { return static_cast<double>(self->feeds.stats().remembered); });
   registry.add_callback("couchgate_front_feed_bytes_estimate",

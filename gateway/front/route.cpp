@@ -154,6 +154,38 @@ route route_request(std::string_view method, std::string_view target, bool share
   return r;
 }
 
+bool may_add_changes(std::string_view method, std::string_view rest) {
+  if (!rest.empty() && rest.front() == '/') rest.remove_prefix(1);
+  // The path's segments, decoded one by one (a document id may hold an encoded '/': CouchDB
+  // reads "_design%2Fx" as "_design/x").
+  std::vector<std::string> parts;
+  while (!rest.empty()) {
+    const auto slash = rest.find('/');
+    auto decoded = percent_decode(rest.substr(0, slash));
+    if (!decoded) return false;
+    parts.push_back(std::move(*decoded));
+    rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+  }
+  if (parts.size() == 1 && parts[0].starts_with("_design/")) {  // "_design%2Fx[%2Fatt]" as one segment
+    auto id = std::move(parts[0]);
+    parts = {"_design", id.substr(8)};
+  }
+  const bool writes = is_one_of(method, {"PUT", "DELETE", "COPY"});
+  if (parts.empty()) return method == "POST";
+  const std::string& first = parts[0];
+  if (first == "_bulk_docs") return parts.size() == 1 && method == "POST";
+  if (first == "_index") return (parts.size() == 1 && method == "POST") || (parts.size() > 1 && method == "DELETE");
+  if (first == "_design") {
+    if (parts.size() < 2 || parts[1].empty()) return false;
+    if (parts.size() == 2) return writes;  // the design document
+    if (parts[2] == "_update") return is_one_of(method, {"PUT", "POST"});
+    return !parts[2].starts_with('_') && is_one_of(method, {"PUT", "DELETE"});  // an attachment
+  }
+  if (first.empty() || first.starts_with('_')) return false;  // _local/, _all_docs, _find, _changes, ...
+  if (parts.size() == 1) return writes;              // a document
+  return is_one_of(method, {"PUT", "DELETE"});       // one of its attachments
+}
+
 std::string encode_db_name(std::string_view db) {
   static constexpr char hex[] = "0123456789ABCDEF";
   std::string out;

@@ -1186,6 +1186,93 @@ TEST_CASE("live feeds: a re-issued longpoll couchgate answered itself parks with
   CHECK(run.process->terminate() == 0);
 }
 
+TEST_CASE("live feeds: a write through the front door wakes its database's parked feeds at once, before any announcement") {
+  // Fan-in off and a sweep once an hour: nothing but the front door's own writes can wake a feed
+  // within this test (on CouchDB and pouchdb-server alike).
+  auto n = fresh_names("frontwrite");
+  const std::string dir = temp_dir();
+  const std::string shared_db = "t" + unique("shared");
+  auto run = start_front(n, json{{"allow_insecure", true}, {"feed_sweep_interval", "1h"}}, dir,
+                         json{{"fanin", {{"enabled", false}}},
+                              {"shared", {{"enabled", true}, {"db", shared_db}, {"member_roles", {n.role}}}}});
+  const int port = run.port;
+  auto& cg = *run.process;
+  const auto p = alice_and_bob(n, port);
+  REQUIRE(eventually([&] { return couch().get("/" + shared_db).status == 200; }, std::chrono::seconds(30)));
+  const auto announced = [&] { return cg.metric("couchgate_front_writes_announced_total").value_or(-1); };
+  const auto parked = [&] { return cg.metric("couchgate_front_feeds_parked").value_or(0); };
+  const auto has_row = [](const front_reply& r, const std::string& id) {
+    for (const auto& row : r.body.value("results", json::array())) {
+      if (row.value("id", "") == id) return true;
+    }
+    return false;
+  };
+  // A longpoll parked on `path` (up to 30 s: the write must come long before), then `write`.
+  const auto woken_by = [&](const std::string& path, const header_list& who, const std::function<void()>& write,
+                            int timeout_ms = 30000) {
+    const double parked_before = parked();
+    front_reply reply;
+    std::thread waiter([&] {
+      reply = front_call(port, false, "GET",
+                         path + "/_changes?feed=longpoll&since=now&timeout=" + std::to_string(timeout_ms), who);
+    });
+    const bool waits = eventually([&] { return parked() > parked_before; }, std::chrono::seconds(20));
+    write();
+    waiter.join();
+    CHECK(waits);
+    return reply;
+  };
+
+  // 1. A document written through /me: alice's other device, parked, gets it.
+  const double before = announced();
+  REQUIRE(before >= 0);
+  auto got = woken_by("/me", p.alice, [&] {
+    CHECK(front_call(port, false, "PUT", "/me/through-front", p.alice, json{{"n", 1}}.dump()).status == 201);
+  });
+  REQUIRE_MESSAGE(got.status == 200, got.raw);
+  CHECK_MESSAGE(has_row(got, "through-front"), got.raw);
+  CHECK(announced() == before + 1);
+
+  // 2. _bulk_docs and a deletion wake too.
+  got = woken_by("/me", p.alice, [&] {
+    const json docs = {{"docs", json::array({json{{"_id", "bulk-1"}}, json{{"_id", "bulk-2"}}})}};
+    CHECK(front_call(port, false, "POST", "/me/_bulk_docs", p.alice, docs.dump()).status == 201);
+  });
+  CHECK_MESSAGE(has_row(got, "bulk-1"), got.raw);
+  const auto doc = front_call(port, false, "GET", "/me/through-front", p.alice);
+  REQUIRE(doc.status == 200);
+  got = woken_by("/me", p.alice, [&] {
+    const auto rev = doc.body.value("_rev", "");
+    CHECK(front_call(port, false, "DELETE", "/me/through-front?rev=" + rev, p.alice).status == 200);
+  });
+  CHECK_MESSAGE(has_row(got, "through-front"), got.raw);
+  CHECK(announced() == before + 3);
+
+  // 3. What adds no row announces nothing: a _local document, a read sent as POST, a refused write.
+  CHECK(front_call(port, false, "PUT", "/me/_local/checkpoint", p.alice, json{{"seq", 1}}.dump()).status == 201);
+  CHECK(front_call(port, false, "POST", "/me/_revs_diff", p.alice, json{{"x", {"1-a"}}}.dump()).status == 200);
+  CHECK(front_call(port, false, "PUT", "/me/bulk-1", p.alice, json{{"stale", true}}.dump()).status == 409);
+  CHECK(announced() == before + 3);
+  // 4. A write wakes the feeds of its own database only: bob, parked on his /me, is not woken
+  // by alice's write to hers (his longpoll ends by its own timeout, empty).
+  const double wakes_before = cg.metric("couchgate_front_feed_wakes_total").value_or(-1);
+  auto quiet = woken_by("/me", p.bob, [&] {
+    CHECK(front_call(port, false, "PUT", "/me/for-alice-only", p.alice, json{{"n", 2}}.dump()).status == 201);
+    CHECK(announced() == before + 4);
+    CHECK(cg.metric("couchgate_front_feed_wakes_total").value_or(-1) == wakes_before);
+  }, 1500);
+  REQUIRE_MESSAGE(quiet.status == 200, quiet.raw);
+  CHECK_MESSAGE(quiet.body["results"].empty(), quiet.raw);
+
+  // 5. /shared: bob, parked there, gets what alice writes to it.
+  got = woken_by("/shared", p.bob, [&] {
+    CHECK(front_call(port, false, "PUT", "/shared/from-alice", p.alice, json{{"n", 3}}.dump()).status == 201);
+  });
+  REQUIRE_MESSAGE(got.status == 200, got.raw);
+  CHECK_MESSAGE(has_row(got, "from-alice"), got.raw);
+  CHECK(run.process->terminate() == 0);
+}
+
 TEST_CASE("live feeds: a write whose _db_updates event never came is read within the session cache lifetime, however often the longpoll is re-issued") {
   // CouchDB does not promise that every database update reaches `_db_updates` (global_changes
   // drops what it fails to write). A re-issued longpoll that couchgate answered itself skips its

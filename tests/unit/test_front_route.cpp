@@ -225,3 +225,60 @@ TEST_CASE("front route: sign-up and identity endpoints are local, with their met
   CHECK_FALSE(f::query_param("?name=%zz", "name").has_value());
   CHECK_FALSE(f::query_param("?names=a", "name").has_value());
 }
+
+TEST_CASE("front route: which answered requests may add a row to the database's _changes") {
+  struct row {
+    const char* method;
+    const char* rest;
+    bool writes;
+  };
+  const row table[] = {
+      {"POST", "", true},                          // a new document
+      {"POST", "/", true},
+      {"GET", "", false},
+      {"POST", "/_bulk_docs", true},
+      {"GET", "/_bulk_docs", false},
+      {"PUT", "/doc1", true},
+      {"DELETE", "/doc1", true},
+      {"COPY", "/doc1", true},
+      {"GET", "/doc1", false},
+      {"HEAD", "/doc1", false},
+      {"POST", "/doc1", false},
+      {"PUT", "/doc1/photo.jpg", true},            // an attachment
+      {"DELETE", "/doc1/a%2Fb", true},
+      {"GET", "/doc1/photo.jpg", false},
+      {"PUT", "/a%2Fb", true},                     // an id with an encoded slash
+      {"PUT", "/_design/app", true},
+      {"DELETE", "/_design/app", true},
+      {"COPY", "/_design/app", true},
+      {"PUT", "/_design%2Fapp", true},             // CouchDB reads it as _design/app
+      {"PUT", "/_design/app/logo.png", true},
+      {"POST", "/_design/app/_update/bump/doc1", true},
+      {"PUT", "/_design/app/_update/bump", true},
+      {"GET", "/_design/app/_view/by_date", false},
+      {"POST", "/_design/app/_view/by_date", false},
+      {"GET", "/_design/app/_info", false},
+      {"PUT", "/_design/", false},
+      {"POST", "/_index", true},                   // writes a design document
+      {"DELETE", "/_index/_design/idx/json/by_name", true},
+      {"GET", "/_index", false},
+      {"PUT", "/_local/checkpoint", false},        // not in _changes
+      {"DELETE", "/_local/checkpoint", false},
+      {"PUT", "/_local%2Fcheckpoint", false},
+      {"POST", "/_revs_diff", false},
+      {"POST", "/_bulk_get", false},
+      {"POST", "/_all_docs", false},
+      {"POST", "/_find", false},
+      {"POST", "/_explain", false},
+      {"POST", "/_changes", false},
+      {"POST", "/_purge", false},
+      {"PUT", "/_security", false},
+      {"POST", "/_compact", false},
+      {"PUT", "/%zz", false},                      // bad encoding: never forwarded anyway
+  };
+  for (const auto& r : table) {
+    CAPTURE(r.method);
+    CAPTURE(r.rest);
+    CHECK(f::may_add_changes(r.method, r.rest) == r.writes);
+  }
+}
