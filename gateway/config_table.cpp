@@ -369,6 +369,14 @@ constexpr key_spec table[] = {
          .help = "Sweep mode: databases checked per second (greater than 0) and the minimum time between two "
                  "checks of the same database."}),
     key<&config::fanin, &fc::sweep_interval>({.name = "fanin.sweep_interval", .kind = k::duration_ms, .min = 0}),
+    key<&config::fanin, &fc::node_check_interval>(
+        {.name = "fanin.node_check_interval",
+         .kind = k::duration_ms,
+         .min = 0,
+         .help = "db_updates mode: how often couchgate asks the server's nodes (GET /_membership, each node's "
+                 "/_node/<node>/_system) whether one restarted while the _db_updates feed stayed up: a node keeps "
+                 "the events it has not yet written to _global_changes in memory, so after its restart every "
+                 "source is read and every live feed woken once. 0: never (a break of the feed is still judged)."}),
     key<&config::fanin, &fc::checkpoint_interval>(
         {.name = "fanin.checkpoint_interval",
          .kind = k::duration_ms,

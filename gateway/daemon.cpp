@@ -529,6 +529,7 @@ int daemon::run() {
     dop.create_global_changes = cfg.fanin.create_global_changes;
     dop.sweep_rate = cfg.fanin.sweep_rate;
     dop.sweep_interval = cfg.fanin.sweep_interval;
+    dop.node_check_interval = cfg.fanin.node_check_interval;
     d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
                                                       [&d](const std::string& db, bool recreated) { d.db_created(db, recreated); });
   }

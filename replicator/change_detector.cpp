@@ -154,37 +154,68 @@ void change_detector::run() {
   }
 }
 
+namespace {
+// membership[key] as a set of names; nullopt when it is not a list of strings.
+std::optional<std::set<std::string>> node_list(const json& membership, const char* key) {
+  if (!membership.is_object()) return std::nullopt;
+  auto it = membership.find(key);
+  if (it == membership.end() || !it->is_array()) return std::nullopt;
+  std::set<std::string> out;
+  for (const auto& n : *it) {
+    if (!n.is_string()) return std::nullopt;
+    out.insert(n.get<std::string>());
+  }
+  return out;
+}
+}  // namespace
+
+std::optional<std::set<std::string>> cluster_nodes(const json& membership) {
+  auto nodes = node_list(membership, "cluster_nodes");
+  if (!nodes || nodes->empty()) return std::nullopt;
+  return nodes;
+}
+
+node_doubts doubtful_nodes(const json& membership, const std::map<std::string, json>& systems,
+                           std::chrono::steady_clock::duration since) {
+  const auto cluster = cluster_nodes(membership);
+  if (!cluster) return {{"", node_doubt::unknown}};
+  const auto up = node_list(membership, "all_nodes").value_or(std::set<std::string>{});
+  // Whole seconds, and a margin for the clocks of two machines.
+  const auto window = std::chrono::duration_cast<std::chrono::seconds>(since).count() + 2;
+  node_doubts out;
+  for (const auto& node : *cluster) {
+    if (!up.contains(node)) {  // down: what it held is gone
+      out.emplace(node, node_doubt::down);
+      continue;
+    }
+    auto it = systems.find(node);
+    const json* uptime = it != systems.end() && it->second.is_object() && it->second.contains("uptime")
+                             ? &it->second["uptime"]
+                             : nullptr;
+    if (!uptime || !uptime->is_number()) {
+      out.emplace(node, node_doubt::unknown);
+    } else if (uptime->get<double>() <= static_cast<double>(window)) {
+      out.emplace(node, node_doubt::restarted);
+    }
+  }
+  return out;
+}
+
 bool events_may_be_lost(const json& membership, const std::map<std::string, json>& systems,
                         std::chrono::steady_clock::duration since_answer) {
-  if (!membership.is_object()) return true;
-  const auto nodes = [&](const char* key) {
-    std::set<std::string> out;
-    auto it = membership.find(key);
-    if (it == membership.end() || !it->is_array()) return out;
-    for (const auto& n : *it) {
-      if (!n.is_string()) return std::set<std::string>{};
-      out.insert(n.get<std::string>());
-    }
-    return out;
-  };
-  const auto cluster = nodes("cluster_nodes");
-  const auto up = nodes("all_nodes");
-  if (cluster.empty()) return true;
-  // Whole seconds, and a margin for the clocks of two machines.
-  const auto window = std::chrono::duration_cast<std::chrono::seconds>(since_answer).count() + 2;
-  for (const auto& node : cluster) {
-    if (!up.contains(node)) return true;  // down: what it held is gone
-    auto it = systems.find(node);
-    if (it == systems.end() || !it->second.is_object()) return true;
-    auto uptime = it->second.find("uptime");
-    if (uptime == it->second.end() || !uptime->is_number()) return true;
-    if (uptime->get<double>() <= static_cast<double>(window)) return true;
+  return !doubtful_nodes(membership, systems, since_answer).empty();
+}
+
+bool lost_since_last_look(const node_doubts& previous, const node_doubts& now) {
+  for (const auto& [node, doubt] : now) {
+    if (doubt == node_doubt::restarted) return true;
+    if (auto was = previous.find(node); was == previous.end() || was->second == node_doubt::restarted) return true;
   }
   return false;
 }
 
-bool change_detector::judge_break(std::chrono::steady_clock::time_point answered) {
-  // A cluster of more nodes than this is not asked node by node: counted as lost.
+std::optional<node_doubts> change_detector::ask_nodes(std::chrono::steady_clock::duration since) {
+  // A cluster of more nodes than this is not asked node by node: counted as unknown.
   constexpr std::size_t max_nodes = 64;
   const auto fetch = [&](const std::string& target) -> std::optional<json> {
     auto r = client_.request("GET", target).get();
@@ -192,30 +223,65 @@ bool change_detector::judge_break(std::chrono::steady_clock::time_point answered
     if (outage_error(r.error()) || r.error().kind == couch_error_kind::cancelled) return std::nullopt;
     return json();  // refused (not an admin, not CouchDB): judged lost
   };
-  // The server unreachable: asked again before the next read. Once it answers, a node that
-  // does not (hung, or gone meanwhile) counts as one that may have lost events.
+  // The server unreachable: asked again later. Once it answers, a node that does not (hung, or
+  // gone meanwhile) counts as one that may have lost events.
+  const auto started = now();
   const auto membership = fetch("/_membership");
-  if (!membership) return false;
+  if (!membership) return std::nullopt;
   std::map<std::string, json> systems;
-  if (membership->is_object() && membership->contains("cluster_nodes") && (*membership)["cluster_nodes"].is_array() &&
-      (*membership)["cluster_nodes"].size() <= max_nodes) {
-    for (const auto& node : (*membership)["cluster_nodes"]) {
-      if (!node.is_string() || stop_.requested()) break;
-      const auto name = node.get<std::string>();
+  if (const auto nodes = cluster_nodes(*membership); nodes && nodes->size() <= max_nodes) {
+    const auto up = node_list(*membership, "all_nodes").value_or(std::set<std::string>{});
+    for (const auto& name : *nodes) {
+      if (stop_.requested()) break;
+      if (!up.contains(name)) continue;  // down: not asked (its answer could only wait or fail)
       systems.emplace(name, fetch("/_node/" + encode_segment(name) + "/_system").value_or(json()));
     }
   }
+  // The answers took time too: a node that restarted while they were asked is within the window.
+  return doubtful_nodes(*membership, systems, since + (now() - started));
+}
+
+namespace {
+std::string describe(const node_doubts& doubts) {
+  std::string out;
+  for (const auto& [node, doubt] : doubts) {
+    if (!out.empty()) out += ", ";
+    out += (node.empty() ? std::string("the membership answer") : node) + " " +
+           (doubt == node_doubt::restarted ? "restarted" : doubt == node_doubt::down ? "is down" : "could not be asked");
+  }
+  return out;
+}
+}  // namespace
+
+bool change_detector::judge_break(std::chrono::steady_clock::time_point answered) {
   const auto since = now() - answered;
-  if (events_may_be_lost(*membership, systems, since)) {
-    log()->warn("_db_updates feed broke for {} s and the server may have lost events meanwhile (a node restarted, "
-                "is down, or could not be asked): every source is looked at",
-                std::chrono::duration_cast<std::chrono::seconds>(since).count());
+  const auto doubts = ask_nodes(since);
+  if (!doubts) return false;
+  const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(since).count();
+  if (!doubts->empty()) {
+    log()->warn("_db_updates feed broke for {} s and the server may have lost events meanwhile ({}): every source "
+                "is looked at",
+                seconds, describe(*doubts));
     lost();
   } else {
     log()->info("_db_updates feed broke for {} s; every node was up throughout: nothing was lost, it resumes from "
                 "its position",
-                std::chrono::duration_cast<std::chrono::seconds>(since).count());
+                seconds);
   }
+  nodes_ = *doubts;
+  return true;
+}
+
+bool change_detector::look_at_nodes(std::chrono::steady_clock::time_point last_look) {
+  const auto doubts = ask_nodes(now() - last_look);
+  if (!doubts) return false;
+  if (lost_since_last_look(nodes_, *doubts)) {
+    log()->warn("a CouchDB node may have lost _db_updates events while the feed stayed up ({}): every source is "
+                "looked at",
+                describe(*doubts));
+    lost();
+  }
+  nodes_ = *doubts;
   return true;
 }
 
@@ -234,9 +300,20 @@ void change_detector::follow_db_updates() {
     if (state_.put_value(db_updates_key, since).ok()) saved = since;
     last_save = at;
   };
+  // When the server's nodes were last asked about (a break's judgement counts).
+  auto nodes_asked = now();
   while (true) {
     if (stop_.requested()) break;
-    if (broken_since && judge_break(*broken_since)) broken_since.reset();
+    if (broken_since) {
+      const auto at = now();
+      if (judge_break(*broken_since)) {
+        broken_since.reset();
+        nodes_asked = at;
+      }
+    } else if (opts_.node_check_interval.count() > 0 && now() - nodes_asked >= opts_.node_check_interval) {
+      const auto at = now();
+      if (look_at_nodes(nodes_asked)) nodes_asked = at;
+    }
     auto r = client_.db_updates(since, true, 1000).get();
     if (!r.ok()) {
       const auto& e = r.error();

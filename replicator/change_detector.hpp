@@ -19,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <unordered_map>
 #include <string>
@@ -48,6 +49,9 @@ struct detector_options {
   bool create_global_changes = true;
   double sweep_rate = 200;                      // databases per second
   std::chrono::milliseconds sweep_interval{5000};
+  // db_updates mode: how often the server's nodes are asked whether one restarted while the feed
+  // stayed up (lost_since_last_look); 0: never.
+  std::chrono::milliseconds node_check_interval{60000};
   backoff_policy backoff{};
   detector_clock clock{};
 };
@@ -63,15 +67,32 @@ struct db_updates_page {
 };
 result<db_updates_page> parse_db_updates(const json& answer);
 
-// After the `_db_updates` feed broke: whether events may have been lost. CouchDB's
-// global_changes app keeps the events it has not yet written to `_global_changes` in each node's
-// memory (its docs: an event is not guaranteed to reach the feed): a node that restarted or is
-// down lost them. A dropped connection loses nothing: the feed resumes from its stored position
-// and reads what was written meanwhile. `membership` is the answer to GET /_membership,
-// `systems` each node's answer to GET /_node/<node>/_system (its `uptime` in seconds), and
-// `since_answer` how long ago the feed last answered. Anything not as expected counts as lost.
+// Why a node of the server may have lost `_db_updates` events: CouchDB's global_changes app
+// keeps the events it has not yet written to `_global_changes` in each node's memory (its docs:
+// an event is not guaranteed to reach the feed), so a node that restarted or is down lost them;
+// `unknown`: its `_system` answer is missing or not as expected.
+enum class node_doubt { restarted, down, unknown };
+using node_doubts = std::map<std::string, node_doubt>;
+
+// The cluster's nodes as GET /_membership names them (`cluster_nodes`); nullopt when the answer
+// is not as expected (not an object, no list, a name not a string, an empty list).
+std::optional<std::set<std::string>> cluster_nodes(const json& membership);
+// The nodes that may have lost events within the last `since` (plus two seconds for the clocks
+// of two machines): restarted since then (`uptime` from GET /_node/<node>/_system, in `systems`),
+// down (in cluster_nodes, not in all_nodes), or unknown. A membership answer not as expected is
+// one unknown node named "". Empty: every node has been up throughout.
+node_doubts doubtful_nodes(const json& membership, const std::map<std::string, json>& systems,
+                           std::chrono::steady_clock::duration since);
+// After the `_db_updates` feed broke: whether events may have been lost (`since_answer`: how long
+// ago the feed last answered). A dropped connection loses nothing: the feed resumes from its
+// stored position and reads what was written meanwhile.
 bool events_may_be_lost(const json& membership, const std::map<std::string, json>& systems,
                         std::chrono::steady_clock::duration since_answer);
+// The periodic look at the nodes while the feed stays up (a node other than the one serving the
+// feed may restart without breaking it): lost when a node restarted since the previous look, or
+// is down or unknown and was not at the previous look (a node down for hours counts once, not at
+// every look).
+bool lost_since_last_look(const node_doubts& previous, const node_doubts& now);
 
 // Who else hears of changes (the front door's parked live feeds, gateway/feed_notifier.hpp):
 // every `_db_updates` event's database, and "events may have been lost" when the feed broke.
@@ -120,10 +141,19 @@ class change_detector {
   std::chrono::steady_clock::time_point now() const;
   bool sleep(std::chrono::steady_clock::duration d);
   std::chrono::milliseconds backoff(std::uint32_t failures) const;
+  // The server's nodes that may have lost events within the last `since` (doubtful_nodes);
+  // nullopt when the server cannot be asked now.
+  std::optional<node_doubts> ask_nodes(std::chrono::steady_clock::duration since);
   // The feed broke after answering at `answered`: lost() unless every node of the server has
   // been up since (events_may_be_lost). False: the server cannot be asked now (asked again
   // before the next read).
   bool judge_break(std::chrono::steady_clock::time_point answered);
+  // The periodic look (opts_.node_check_interval) while the feed stays up, covering the time
+  // since `last_look`: lost() when lost_since_last_look says so. False: the server cannot be
+  // asked now.
+  bool look_at_nodes(std::chrono::steady_clock::time_point last_look);
+  // What the last look or judgement found (detector thread only).
+  node_doubts nodes_;
   void lost() {
     fanin_.mark_all_dirty();
     if (listener_.lost) listener_.lost();

@@ -9,7 +9,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -82,6 +84,12 @@ struct follower_run {
   }
 };
 
+// The probe answered and the feed's stored position 7-g1: the follower's first read is since=7-g1.
+void probe_and_position(scripted_transport& s) {
+  s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
+  s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"7-g1"})"), -1);
+}
+
 }  // namespace
 
 TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped feed, an empty one; the position resumes and is saved") {
@@ -149,8 +157,7 @@ TEST_CASE("_db_updates feed broken: every source is looked at again only when a 
     engine e;
     e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
     auto& s = e.server;
-    s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
-    s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"7-g1"})"), -1);
+    probe_and_position(s);
     s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"));
     s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", failure());
     // The server cannot be asked at first (still unreachable): asked again before the next read.
@@ -192,8 +199,7 @@ TEST_CASE("_db_updates feed broken once: a restart within one retry is caught; a
     CAPTURE(c.name);
     engine e;
     auto& s = e.server;
-    s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
-    s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"7-g1"})"), -1);
+    probe_and_position(s);
     s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"));
     s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", c.broken);
     s.on("GET", "/_membership", answer(200, R"({"all_nodes":["n1"],"cluster_nodes":["n1"]})"));
@@ -222,6 +228,86 @@ TEST_CASE("events_may_be_lost: every cluster node up for longer than the break, 
   CHECK(r::events_may_be_lost(json::parse(R"({"all_nodes":["a"],"cluster_nodes":["a",7]})"), up(100), 1s));
   CHECK(r::events_may_be_lost(json::parse("[]"), up(100), 1s));
   CHECK(r::events_may_be_lost(one, std::map<std::string, json>{{"a", json{{"uptime", nullptr}}}}, 1s));
+}
+
+TEST_CASE("doubtful_nodes and lost_since_last_look: a restart always counts, a node down or unanswering once") {
+  const auto two = json::parse(R"({"all_nodes":["a","b"],"cluster_nodes":["a","b"]})");
+  const auto b_down = json::parse(R"({"all_nodes":["a"],"cluster_nodes":["a","b"]})");
+  const auto up = [](double a, json b) {
+    return std::map<std::string, json>{{"a", json{{"uptime", a}}}, {"b", json{{"uptime", std::move(b)}}}};
+  };
+  using d = r::node_doubt;
+  CHECK(r::doubtful_nodes(two, up(100, 100), 30s).empty());
+  CHECK(r::doubtful_nodes(two, up(100, 10), 30s) == r::node_doubts{{"b", d::restarted}});
+  CHECK(r::doubtful_nodes(b_down, up(100, 100), 30s) == r::node_doubts{{"b", d::down}});
+  CHECK(r::doubtful_nodes(two, up(5, "x"), 30s) == r::node_doubts{{"a", d::restarted}, {"b", d::unknown}});
+  CHECK(r::doubtful_nodes(json::parse(R"({"cluster_nodes":[]})"), {}, 1s) == r::node_doubts{{"", d::unknown}});
+  CHECK(r::cluster_nodes(two) == std::set<std::string>{"a", "b"});
+  CHECK_FALSE(r::cluster_nodes(json::parse(R"({"cluster_nodes":["a",1]})")).has_value());
+
+  CHECK_FALSE(r::lost_since_last_look({}, {}));
+  CHECK(r::lost_since_last_look({}, {{"b", d::restarted}}));
+  CHECK(r::lost_since_last_look({{"b", d::restarted}}, {{"b", d::restarted}}));  // restarted again
+  CHECK(r::lost_since_last_look({}, {{"b", d::down}}));                          // newly down
+  CHECK_FALSE(r::lost_since_last_look({{"b", d::down}}, {{"b", d::down}}));      // still down: counted once
+  CHECK_FALSE(r::lost_since_last_look({{"b", d::unknown}}, {{"b", d::unknown}}));
+  CHECK(r::lost_since_last_look({{"b", d::restarted}}, {{"b", d::down}}));       // up, then down again
+  CHECK(r::lost_since_last_look({{"b", d::down}}, {{"a", d::down}, {"b", d::down}}));
+}
+
+TEST_CASE("_db_updates feed up: the nodes are looked at every node_check_interval; a node restarted meanwhile wakes everything once") {
+  // Each look: the membership answer and node b's _system answer (node a is up for a day).
+  struct look {
+    const char* membership;
+    const char* b_system;
+  };
+  const char* both = R"({"all_nodes":["a","b"],"cluster_nodes":["a","b"]})";
+  const char* b_gone = R"({"all_nodes":["a"],"cluster_nodes":["a","b"]})";
+  const char* day = R"({"uptime":86400})";
+  struct scenario {
+    const char* name;
+    std::vector<look> looks;
+    int lost;
+  };
+  const scenario cases[] = {
+      {"every node up throughout", {{both, day}, {both, day}, {both, day}}, 0},
+      {"b restarted between two looks", {{both, day}, {both, R"({"uptime":1})"}, {both, day}}, 1},
+      {"b down for three looks, then back", {{both, day}, {b_gone, day}, {b_gone, day}, {b_gone, day}, {both, R"({"uptime":1})"}}, 2},
+      {"b stops answering _system", {{both, day}, {both, R"({"error":"x"})"}, {both, R"({"error":"x"})"}}, 1},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    engine e;
+    auto& s = e.server;
+    probe_and_position(s);
+    s.on("GET", "/_node/a/_system", answer(200, day), -1);
+    for (const auto& l : c.looks) {
+      s.on("GET", "/_membership", answer(200, l.membership));
+      if (std::string(l.membership) == both) s.on("GET", "/_node/b/_system", answer(200, l.b_system));
+      // The feed answers (nothing new) after each look; the read after the last look waits.
+      s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"));
+    }
+    // The look before the read that waits: every node up for a day.
+    s.on("GET", "/_membership", answer(200, both));
+    s.on("GET", "/_node/b/_system", answer(200, day));
+    // A clock that moves a second at each look at it: every read is preceded by a look.
+    auto opts = detector_opts(r::detection::db_updates);
+    opts.node_check_interval = 1s;
+    auto ticks = std::make_shared<std::atomic<long>>(0);
+    opts.clock.now = [ticks] { return std::chrono::steady_clock::time_point{} + std::chrono::seconds(++*ticks); };
+    std::atomic<int> lost{0};
+    r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+    d.set_listener({nullptr, [&] { ++lost; }});
+    d.start();
+    const auto reads = c.looks.size() + 1;
+    const bool waited = s.wait_for([&] { return s.count("GET", "since=7-g1&limit=1000&feed=longpoll") >= reads; });
+    s.close();
+    d.stop();
+    REQUIRE(waited);
+    CHECK(lost == c.lost);
+    CHECK(s.count("GET", "/_membership") == c.looks.size() + 1);
+    CHECK(s.unexpected().empty());
+  }
 }
 
 TEST_CASE("a source deleted and created again (_db_updates created event): checkpoint reset, counted and logged once; a new database is neither") {
