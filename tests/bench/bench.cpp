@@ -209,6 +209,12 @@ int main(int argc, char** argv) {
   app.add_option("--live-halves", live_halves,
                  "live feeds: halves to run, 'direct,front' (default), 'direct' or 'front' (a server that cannot hold the "
                  "clients directly)");
+  std::string live_writes = "server";
+  app.add_option("--live-writes", live_writes,
+                 "live feeds: where the front half's writer writes: 'server' (default: straight to the server as its admin), "
+                 "'front' (PUT /me/<id> through couchgate's front door as the database's user, with an AuthSession cookie: the "
+                 "half 'front_write_through') or 'both' (the front half twice, server then front)")
+      ->check(CLI::IsMember({"server", "front", "both"}));
   try {
     app.parse(argc, argv);
     o.sizes = parse_sizes(sizes_text.empty() ? (o.smoke ? "20x5" : "200x50,1000x20") : sizes_text);
@@ -228,6 +234,8 @@ int main(int argc, char** argv) {
         else throw CLI::ValidationError("--live-halves", "unknown half '" + item + "' (direct, front)");
       }
       if (!o.live_direct && !o.live_front) throw CLI::ValidationError("--live-halves", "names no half (direct, front)");
+      o.live_writes_server = live_writes != "front";
+      o.live_writes_front = live_writes != "server";
     }
     if (!overrides_text.empty()) {
       o.couchgate_overrides = json::parse(overrides_text, nullptr, false);

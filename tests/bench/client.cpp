@@ -25,6 +25,8 @@ bench_client::~bench_client() = default;
 
 reply bench_client::call(const char* method, const std::string& target, const std::string* body) {
   httplib::Headers h{{"Accept", "application/json"}};
+  if (!cookie_.empty()) h.emplace("Cookie", cookie_);
+  session_cookie_.clear();
   httplib::Result res{nullptr, httplib::Error::Unknown};
   std::string m(method);
   if (m == "GET") res = cli_->Get(target.c_str(), h);
@@ -37,6 +39,10 @@ reply bench_client::call(const char* method, const std::string& target, const st
     return r;
   }
   r.status = res->status;
+  const auto [first, last] = res->headers.equal_range("Set-Cookie");
+  for (auto it = first; it != last; ++it) {
+    if (it->second.rfind("AuthSession=", 0) == 0) session_cookie_ = it->second.substr(0, it->second.find(';'));
+  }
   r.raw = std::move(res->body);
   r.body = json::parse(r.raw, nullptr, false);
   return r;

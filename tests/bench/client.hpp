@@ -43,9 +43,15 @@ class bench_client {
   reply post(const std::string& target, const std::string& body);
   reply del(const std::string& target);
 
+  // Cookie authentication: the Cookie header sent with the next requests ("" = none).
+  void use_cookie(std::string cookie) { cookie_ = std::move(cookie); }
+  // The AuthSession cookie ("AuthSession=...", no attributes) the last answer set, "" when none.
+  const std::string& session_cookie() const { return session_cookie_; }
+
  private:
   reply call(const char* method, const std::string& target, const std::string* body);
   std::unique_ptr<httplib::Client> cli_;
+  std::string cookie_, session_cookie_;
 };
 
 // "/" + percent-encoded database name.

@@ -60,6 +60,10 @@ struct options {
   // live feeds: which halves run (a server that cannot hold C direct clients, e.g. its open-files
   // limit below 2 x C, still lets the couchgate half be measured alone).
   bool live_direct = true, live_front = true;
+  // live feeds: where the front half's writer writes: straight to the server as its admin (the
+  // half "front"), and/or through couchgate's front door as each database's user (the half
+  // "front_write_through": couchgate's write-through wakes).
+  bool live_writes_server = true, live_writes_front = false;
   bool skipped(const std::string& what) const { return skip.count(what) > 0; }
 };
 

@@ -87,9 +87,9 @@ std::string parallel_for(int n, int threads, const std::function<std::string(int
   return first_error;
 }
 
-client_pool make_clients(int n) {
+client_pool make_clients(int n, const endpoint& to) {
   client_pool out;
-  for (int i = 0; i < std::max(1, n); ++i) out.push_back(std::make_unique<bench_client>());
+  for (int i = 0; i < std::max(1, n); ++i) out.push_back(std::make_unique<bench_client>(to, std::chrono::seconds(120)));
   return out;
 }
 
@@ -116,13 +116,15 @@ std::string parallel_for(int n, client_pool& clients, const std::function<std::s
   return first_error;
 }
 
+int paced_writers(double rate, int threads) { return std::clamp(static_cast<int>((rate + 1) / 2), std::max(1, threads), 64); }
+
 void paced_for(std::size_t total, double rate, int threads, steady::time_point t0,
-               const std::function<void(std::size_t, bench_client&)>& fn) {
-  const int writers = std::clamp(static_cast<int>((rate + 1) / 2), std::max(1, threads), 64);
+               const std::function<void(std::size_t, bench_client&)>& fn, const endpoint& to) {
+  const int writers = paced_writers(rate, threads);
   std::vector<std::thread> pool;
   for (int w = 0; w < writers; ++w) {
     pool.emplace_back([&, w] {
-      bench_client c(std::chrono::seconds(30));
+      bench_client c(to, std::chrono::seconds(30));
       for (std::size_t i = static_cast<std::size_t>(w); i < total; i += static_cast<std::size_t>(writers)) {
         if (interrupted()) return;
         std::this_thread::sleep_until(t0 + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(static_cast<double>(i) / rate)));

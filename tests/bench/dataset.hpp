@@ -37,17 +37,21 @@ std::string parallel_for(int n, int threads, const std::function<std::string(int
                          bool cleanup = false);
 
 // The same over connections that outlive the call (one thread per client): for loops that
-// fan out every few milliseconds and must not open new sockets each time.
+// fan out every few milliseconds and must not open new sockets each time. make_clients connects
+// to the server as its admin unless told otherwise.
 using client_pool = std::vector<std::unique_ptr<bench_client>>;
-client_pool make_clients(int n);
+client_pool make_clients(int n, const endpoint& to = endpoint::server_admin());
 std::string parallel_for(int n, client_pool& clients, const std::function<std::string(int, bench_client&)>& fn);
 
 // Calls fn(i, client) for i in [0, total), call i due at t0 + i/rate, over as many threads as a
 // slow server (500 ms per request) needs to keep the rate (rate/2, at least `threads`, at most
-// 64), each with its own keep-alive admin connection. Closed loop: a server slower than that
-// gets fewer calls per second than asked. Stops early when interrupted.
+// 64), each with its own keep-alive connection to `to` (the server as its admin unless told
+// otherwise). Closed loop: a server slower than that gets fewer calls per second than asked.
+// Stops early when interrupted.
 void paced_for(std::size_t total, double rate, int threads, steady::time_point t0,
-               const std::function<void(std::size_t, bench_client&)>& fn);
+               const std::function<void(std::size_t, bench_client&)>& fn, const endpoint& to = endpoint::server_admin());
+// How many connections paced_for uses for that rate and `threads`.
+int paced_writers(double rate, int threads);
 
 // Admin PUT /db (412 = already there is an error: names are unique per run).
 // query: "" or "?q=1" and the like (the server's defaults otherwise).

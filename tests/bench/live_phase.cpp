@@ -5,9 +5,12 @@
 // `_changes?feed=longpoll&since=<current>`. couchgate runs (its defaults, the front door on
 // plain HTTP) through both halves:
 //   direct  - the clients wait on /userdb-... at the server itself;
-//   front   - the same clients wait on /me through couchgate's front door.
-// In each half, once the clients wait, a writer (admin, straight to the server) writes W
-// documents/s into databases picked at random (fixed seed) for D seconds. Delivery latency =
+//   front   - the same clients wait on /me through couchgate's front door;
+//   front_write_through (--live-writes front|both) - the front half again, its writer writing
+//             through couchgate's front door (see live_writer.hpp).
+// In each half, once the clients wait, a writer (admin, straight to the server; as the user
+// through the front door in front_write_through) writes W documents/s into databases picked at
+// random (fixed seed) for D seconds. Delivery latency =
 // the moment the answer carrying a document was read completely - the start of its PUT (one
 // steady clock). A sampler reads /proc: couchgate's established connections to the server
 // (fan-in's included) and its RSS, the bench's own connections to the server, and the server's
@@ -21,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -30,6 +34,7 @@
 #include "tests/bench/daemon_run.hpp"
 #include "tests/bench/dataset.hpp"
 #include "tests/bench/live_clients.hpp"
+#include "tests/bench/live_writer.hpp"
 #include "tests/bench/phases.hpp"
 #include "tests/bench/probe.hpp"
 #include "tests/bench/runner.hpp"
@@ -138,11 +143,46 @@ class db_updates_watch {
 };
 
 struct half_setup {
-  std::string name;  // "direct" or "front"
+  std::string name;  // "direct", "front" or "front_write_through"
   std::string host;
   int port = 0;
   bool via_front = false;
+  bool writes_via_front = false;  // the writer too goes through the front door (host:port)
 };
+
+// couchgate's parked live feeds (0 when it does not report them).
+double parked_feeds(daemon_run& d) {
+  auto m = d.metrics();
+  auto it = m.find("couchgate_front_feeds_parked");
+  return it == m.end() ? 0.0 : it->second;
+}
+
+// A front half after another: the previous half's clients are gone, but couchgate notices only
+// when their feeds end (a wake or their timeout). Waiting for that keeps the next half's "all
+// parked" from counting them.
+void wait_parked_drained(const half_setup& h, daemon_run& d, std::chrono::milliseconds longpoll_timeout) {
+  if (parked_feeds(d) <= 0) return;
+  if (!poll_until([&] { return parked_feeds(d) <= 0; }, longpoll_timeout + 10s, 500ms)) {
+    note("live feeds (" + h.name + "): " + std::to_string(static_cast<long long>(parked_feeds(d))) +
+         " feeds of the previous half still parked; going on");
+  }
+}
+
+// The write-through writer's sessions: one POST /_session through the front door per user that
+// will be written to. Its figures go into out; "" or the first error.
+std::string login_writer(context& ctx, live_writer& writer, std::size_t users, const std::vector<int>& client_of, json& out) {
+  std::vector<char> seen(users, 0);
+  std::vector<std::size_t> which;
+  for (int k : client_of) {
+    if (!seen[static_cast<std::size_t>(k)]) which.push_back(static_cast<std::size_t>(k));
+    seen[static_cast<std::size_t>(k)] = 1;
+  }
+  const auto t0 = steady::now();
+  auto e = writer.login(which, ctx.opt.threads);
+  out["logins"] = writer.logins();
+  out["login_seconds"] = round_to(seconds_since(t0), 1);
+  return e;
+}
 
 json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& users, daemon_run& d, int half_index) {
   const int c = static_cast<int>(users.size());
@@ -151,6 +191,7 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   const std::size_t total = static_cast<std::size_t>(std::llround(rate * secs));
   const auto longpoll_timeout = std::chrono::milliseconds(ctx.opt.smoke ? 10000 : 30000);
   json out{{"clients", c}, {"target", h.via_front ? "/me through couchgate's front door" : "/{db} at the server"}};
+  if (h.writes_via_front) out["writes_through"] = "PUT /me/<id> through couchgate's front door, as the database's user (AuthSession cookie)";
 
   // The writes to come: database (client) and id of each, and the index of each id.
   std::mt19937 rng(static_cast<unsigned>(1234 + half_index));
@@ -190,6 +231,7 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   const auto period = std::chrono::milliseconds(c > 1000 ? 1000 : 200);
   sampler s(ctx.server_pid, period);
   s.watch(d.pid());
+  if (h.via_front) wait_parked_drained(h, d, longpoll_timeout);
   const proc_usage cg0 = read_usage(d.pid());
   note("live feeds (" + h.name + "): connecting " + std::to_string(c) + " clients");
   auto t_connect = steady::now();
@@ -212,16 +254,11 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   // of its own, and a write made before its client is parked would be delivered by that client's
   // first check, which measures the connect burst, not the delivery of a parked client's wake.
   if (h.via_front) {
-    auto parked = [&] {
-      auto m = d.metrics();
-      auto it = m.find("couchgate_front_feeds_parked");
-      return it == m.end() ? 0.0 : it->second;
-    };
     const double park_deadline = 60 + c / 50.0;
-    const bool all_parked = poll_until([&] { return parked() >= fleet.polling(); }, std::chrono::duration<double>(park_deadline), 500ms);
+    const bool all_parked = poll_until([&] { return parked_feeds(d) >= fleet.polling(); }, std::chrono::duration<double>(park_deadline), 500ms);
     out["park_seconds"] = round_to(seconds_since(t_connect), 1);
     if (!all_parked) {
-      note("live feeds (" + h.name + "): couchgate parked " + std::to_string(static_cast<long long>(parked())) + " of " +
+      note("live feeds (" + h.name + "): couchgate parked " + std::to_string(static_cast<long long>(parked_feeds(d))) + " of " +
            std::to_string(fleet.polling()) + " longpolls within " + std::to_string(static_cast<int>(park_deadline)) + " s; writing anyway");
     }
   }
@@ -238,6 +275,14 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   if (m_waiting.count("couchgate_front_feeds_parked")) out["couchgate_feeds_parked_before_writes"] = m_waiting["couchgate_front_feeds_parked"];
   if (m_waiting.count("couchgate_front_feed_bytes_estimate")) out["couchgate_feed_bytes_estimate"] = m_waiting["couchgate_front_feed_bytes_estimate"];
   out["load_average_before_writes"] = load_average();
+  auto writer = h.writes_via_front ? std::make_unique<live_writer>(users, h.host, h.port) : std::make_unique<live_writer>(users);
+  if (h.writes_via_front) {
+    note("live feeds (" + h.name + "): logging the writer in through the front door (POST /_session per user)");
+    if (auto e = login_writer(ctx, *writer, users.size(), client_of, out); !e.empty()) {
+      ctx.fail("live feeds (" + h.name + "): the writer could not log in: " + e);
+      return out;
+    }
+  }
 
   note("live feeds (" + h.name + "): writing " + std::to_string(total) + " documents at " + std::to_string(rate) +
        "/s into random user databases for " + std::to_string(static_cast<int>(secs)) + " s");
@@ -250,19 +295,24 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   if (!announced.wait_open(10s)) note("live feeds (" + h.name + "): no _db_updates feed on this server: no announcement figure");
   const auto wake_before = d.histogram("couchgate_front_feed_wake_seconds");
   const auto wait_before = d.histogram("couchgate_front_upstream_wait_seconds");
+  std::vector<double> put_ms(total, -1);  // each index written by one writer thread only
   auto t_writes = steady::now();
-  paced_for(total, rate, ctx.opt.threads, t_writes, [&](std::size_t i, bench_client& cl) {
-    const auto& u = users[static_cast<std::size_t>(client_of[i])];
-    json body{{"type", "live-write"}, {"i", i}, {"text", "live feed write " + std::to_string(i)}};
-    sent[i] = ns(steady::now());
-    auto r = cl.put(db_path(u.db) + "/" + id_of[i], body.dump());
-    if (r.status != 201 && r.status != 202) {
-      sent[i] = -1;
-      ++write_errors;
-      std::lock_guard lk(err_mu);
-      if (first_write_error.empty()) first_write_error = u.db + "/" + id_of[i] + ": " + describe(r);
-    }
-  });
+  paced_for(
+      total, rate, ctx.opt.threads, t_writes,
+      [&](std::size_t i, bench_client& cl) {
+        const auto k = static_cast<std::size_t>(client_of[i]);
+        json body{{"type", "live-write"}, {"i", i}, {"text", "live feed write " + std::to_string(i)}};
+        auto r = writer->put(cl, k, id_of[i], body.dump(), [&] { sent[i] = ns(steady::now()); });
+        put_ms[i] = static_cast<double>(ns(steady::now()) - sent[i]) / 1e6;
+        if (r.status != 201 && r.status != 202) {
+          sent[i] = -1;
+          ++write_errors;
+          std::lock_guard lk(err_mu);
+          const std::string where = writer->via_front() ? "/me/" + id_of[i] + " as " + users[k].name : users[k].db + "/" + id_of[i];
+          if (first_write_error.empty()) first_write_error = where + ": " + describe(r);
+        }
+      },
+      writer->to());
   const double write_secs = seconds_since(t_writes);
   std::size_t written = 0;
   for (std::size_t i = 0; i < total; ++i) written += sent[i] >= 0 ? 1 : 0;
@@ -293,6 +343,15 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   out["missing"] = written - std::min(written, delivered.load());
   out["foreign_rows"] = foreign.load();
   out["delivery_ms"] = latency_summary(lat);
+  if (h.writes_via_front) {
+    std::vector<double> put_ok;
+    for (std::size_t i = 0; i < total; ++i) {
+      if (sent[i] >= 0) put_ok.push_back(put_ms[i]);
+    }
+    out["write_ms"] = latency_summary(put_ok);
+    out["writer_connections"] = paced_writers(rate, ctx.opt.threads);
+    out["session_renewals"] = writer->renewals();
+  }
   if (announced.supported()) {
     std::vector<double> ann;
     std::size_t unseen = 0;
@@ -336,7 +395,8 @@ json run_live(context& ctx) {
   const int c = ctx.opt.live_clients;
   json out{{"clients", c}, {"rate", ctx.opt.live_rate}, {"seconds", ctx.opt.live_seconds}, {"order", json::array()}};
   if (ctx.opt.live_direct) out["order"].push_back("direct");
-  if (ctx.opt.live_front) out["order"].push_back("front");
+  if (ctx.opt.live_front && ctx.opt.live_writes_server) out["order"].push_back("front");
+  if (ctx.opt.live_front && ctx.opt.live_writes_front) out["order"].push_back("front_write_through");
   if (c <= 0 || ctx.opt.live_rate <= 0 || ctx.opt.live_seconds <= 0) return out;
   {
     // What 2*C sockets need: the bench's own limit (raised at start), the server's, the ports.
@@ -399,8 +459,11 @@ json run_live(context& ctx) {
     } else {
       const auto& e = test::env();
       if (ctx.opt.live_direct) out["direct"] = run_half(ctx, half_setup{"direct", e.host, e.port, false}, users, d, 0);
-      if (ctx.opt.live_front && !interrupted()) {
+      if (ctx.opt.live_front && ctx.opt.live_writes_server && !interrupted()) {
         out["front"] = run_half(ctx, half_setup{"front", "127.0.0.1", port, true}, users, d, 1);
+      }
+      if (ctx.opt.live_front && ctx.opt.live_writes_front && !interrupted()) {
+        out["front_write_through"] = run_half(ctx, half_setup{"front_write_through", "127.0.0.1", port, true, true}, users, d, 2);
       }
       auto m = d.metrics();
       out["couchgate_front_upstream_peak"] = m.count("couchgate_front_upstream_peak") ? json(m["couchgate_front_upstream_peak"]) : json(nullptr);

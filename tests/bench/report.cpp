@@ -141,20 +141,27 @@ std::string client_tables(const json& results) {
     }
     o += fmt("  couchgate CPU per front request: %s ms\n", cell(num(f, {"couchgate", "cpu_ms_per_front_request"}), "%.3f").c_str());
   }
-  if (results.contains("live") && (results["live"].contains("direct") || results["live"].contains("front"))) {
+  const char* const live_halves[] = {"direct", "front", "front_write_through"};
+  const auto has_live_half = [&](const json& l) {
+    return std::any_of(std::begin(live_halves), std::end(live_halves), [&](const char* h) { return l.contains(h); });
+  };
+  if (results.contains("live") && has_live_half(results["live"])) {
     const json& l = results["live"];
+    const bool write_through = l.contains("front_write_through");
     o += fmt("\nLIVE FEEDS  %.0f longpoll clients (one per user database), %.0f writes/s for %.0f s per half into random "
-             "databases, directly on the server\n",
-             num(l, {"clients"}), num(l, {"rate"}), num(l, {"seconds"}));
-    o += fmt("%-7s %8s %9s %9s %8s %8s %8s %8s %8s %8s %9s %8s\n", "half", "waiting", "writes", "delivered", "p50 ms", "p99 ms",
+             "databases, directly on the server%s\n",
+             num(l, {"clients"}), num(l, {"rate"}), num(l, {"seconds"}),
+             write_through ? " (front_write_through: through couchgate's front door)" : "");
+    const int w = write_through ? 19 : 7;  // the half's name
+    o += fmt("%-*s %8s %9s %9s %8s %8s %8s %8s %8s %8s %9s %8s\n", w, "half", "waiting", "writes", "delivered", "p50 ms", "p99 ms",
              "max ms", "cg sock", "cg RSS", "bench", "refusals", "errors");
-    for (const char* side : {"direct", "front"}) {
+    for (const char* side : live_halves) {
       if (!l.contains(side)) continue;
       const json& x = l[side];
       double refused = 0;
       const json refs = x.contains("refusals") && x["refusals"].is_object() ? x["refusals"] : json::object();
       for (const auto& item : refs.items()) refused += item.value().get<double>();
-      o += fmt("%-7s %8s %9s %9s %8s %8s %8s %8s %8s %8s %9.0f %8s\n", side,
+      o += fmt("%-*s %8s %9s %9s %8s %8s %8s %8s %8s %8s %9.0f %8s\n", w, side,
                cell(num(x, {"clients_waiting_before_writes"}), "%.0f").c_str(), cell(num(x, {"writes"}), "%.0f").c_str(),
                cell(num(x, {"delivered"}), "%.0f").c_str(), cell(num(x, {"delivery_ms", "p50"}), "%.0f").c_str(),
                cell(num(x, {"delivery_ms", "p99"}), "%.0f").c_str(), cell(num(x, {"delivery_ms", "max"}), "%.0f").c_str(),
@@ -163,17 +170,27 @@ std::string client_tables(const json& results) {
                refused, cell(num(x, {"transport_errors"}), "%.0f").c_str());
     }
     o += "  cg sock = couchgate's established connections to the server (fan-in's included); bench = the bench's own\n"
-         "  (clients in the direct half, plus the writers').\n";
-    if (l.contains("front")) {
-      const json& f = l["front"];
-      o += fmt("  front: front pool peak %s sockets (couchgate_front_upstream_peak); couchgate RSS %s MB before the clients, "
+         "  (clients in the direct half, plus the writers' when they write to the server).\n";
+    for (const char* side : {"front", "front_write_through"}) {
+      if (!l.contains(side)) continue;
+      const json& f = l[side];
+      o += fmt("  %s: front pool peak %s sockets (couchgate_front_upstream_peak, over the run); couchgate RSS %s MB before the clients, "
                "%s MB with them parked: %s bytes per parked client; load average %s before the writes, %s after\n",
-               cell(num(l, {"couchgate_front_upstream_peak"}), "%.0f").c_str(),
+               side, cell(num(l, {"couchgate_front_upstream_peak"}), "%.0f").c_str(),
                cell(num(f, {"couchgate_rss_before_clients_mb"}), "%.1f").c_str(),
                cell(num(f, {"couchgate_rss_clients_waiting_mb"}), "%.1f").c_str(),
                cell(num(f, {"couchgate_bytes_per_waiting_client"}), "%.0f").c_str(),
                f.value("load_average_before_writes", json(nullptr)).dump().c_str(),
                f.value("load_average_after_writes", json(nullptr)).dump().c_str());
+    }
+    if (write_through) {
+      const json& f = l["front_write_through"];
+      o += fmt("  front_write_through: each write PUT /me/<id> through the front door as the database's user (AuthSession "
+               "cookie): %s logins in %s s, %s renewed, %s writer connections; write round trip ms p50 %s p99 %s max %s\n",
+               cell(num(f, {"logins"}), "%.0f").c_str(), cell(num(f, {"login_seconds"}), "%.1f").c_str(),
+               cell(num(f, {"session_renewals"}), "%.0f").c_str(), cell(num(f, {"writer_connections"}), "%.0f").c_str(),
+               cell(num(f, {"write_ms", "p50"}), "%.1f").c_str(), cell(num(f, {"write_ms", "p99"}), "%.1f").c_str(),
+               cell(num(f, {"write_ms", "max"}), "%.1f").c_str());
     }
   }
   return o;
