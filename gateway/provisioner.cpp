@@ -660,9 +660,9 @@ void provisioner::follow(json since) {
         if (r.error().kind == couch_error_kind::cancelled) return;
         reconnects_.inc();
         if (r.error().kind == couch_error_kind::timeout) {
-          // The longpoll ended on the client's clock (some servers ignore `timeout`, and a silent
-          // connection is cut after three missed heartbeats): the wait itself spaced the attempts,
-          // so reconnect at once.
+          // The longpoll ended on the client's clock (CouchDB ignores `timeout` on a feed with a
+          // heartbeat): the wait itself spaced the attempts, so reconnect at once. (A connection
+          // silent for three heartbeats is a network failure: backed off below.)
           log()->debug("_users feed: {}; reconnecting", r.error().describe());
         } else {
           auto delay = replicator::backoff_delay(bp, ++feed_failures, rnd);

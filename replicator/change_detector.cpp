@@ -217,24 +217,33 @@ bool lost_since_last_look(const node_doubts& previous, const node_doubts& now) {
 std::optional<node_doubts> change_detector::ask_nodes(std::chrono::steady_clock::duration since) {
   // A cluster of more nodes than this is not asked node by node: counted as unknown.
   constexpr std::size_t max_nodes = 64;
-  const auto fetch = [&](const std::string& target) -> std::optional<json> {
-    auto r = client_.request("GET", target).get();
-    if (r.ok()) return std::move(r.value());
-    if (outage_error(r.error()) || r.error().kind == couch_error_kind::cancelled) return std::nullopt;
-    return json();  // refused (not an admin, not CouchDB): judged lost
-  };
+  constexpr std::chrono::milliseconds node_answer_timeout{5000};
   // The server unreachable: asked again later. Once it answers, a node that does not (hung, or
   // gone meanwhile) counts as one that may have lost events.
   const auto started = now();
-  const auto membership = fetch("/_membership");
-  if (!membership) return std::nullopt;
+  std::optional<json> membership;
+  if (auto r = client_.request("GET", "/_membership").get(); r.ok()) {
+    membership = std::move(r.value());
+  } else if (outage_error(r.error()) || r.error().kind == couch_error_kind::cancelled) {
+    return std::nullopt;
+  } else {
+    membership = json();  // refused (not an admin, not CouchDB): judged unknown
+  }
   std::map<std::string, json> systems;
   if (const auto nodes = cluster_nodes(*membership); nodes && nodes->size() <= max_nodes) {
+    // Asked all at once, each for at most node_answer_timeout: CouchDB relays the question to
+    // the node without a time limit of its own, and a hung node must not hold the feed for the
+    // request timeout at every look.
     const auto up = node_list(*membership, "all_nodes").value_or(std::set<std::string>{});
+    std::vector<std::pair<std::string, pending_json>> asked;
     for (const auto& name : *nodes) {
-      if (stop_.requested()) break;
       if (!up.contains(name)) continue;  // down: not asked (its answer could only wait or fail)
-      systems.emplace(name, fetch("/_node/" + encode_segment(name) + "/_system").value_or(json()));
+      asked.emplace_back(name, client_.request("GET", "/_node/" + encode_segment(name) + "/_system", {},
+                                               node_answer_timeout));
+    }
+    for (auto& [name, pending] : asked) {
+      auto r = pending.get();
+      systems.emplace(name, r.ok() ? std::move(r.value()) : json());  // unanswered: unknown
     }
   }
   // The answers took time too: a node that restarted while they were asked is within the window.
@@ -258,15 +267,19 @@ bool change_detector::judge_break(std::chrono::steady_clock::time_point answered
   const auto doubts = ask_nodes(since);
   if (!doubts) return false;
   const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(since).count();
-  if (!doubts->empty()) {
+  if (lost_since_last_look(nodes_, *doubts)) {
     log()->warn("_db_updates feed broke for {} s and the server may have lost events meanwhile ({}): every source "
                 "is looked at",
                 seconds, describe(*doubts));
     lost();
-  } else {
+  } else if (doubts->empty()) {
     log()->info("_db_updates feed broke for {} s; every node was up throughout: nothing was lost, it resumes from "
                 "its position",
                 seconds);
+  } else {
+    log()->info("_db_updates feed broke for {} s; no node restarted meanwhile ({}, as at the previous look): it "
+                "resumes from its position",
+                seconds, describe(*doubts));
   }
   nodes_ = *doubts;
   return true;
@@ -320,10 +333,12 @@ void change_detector::follow_db_updates() {
       if (e.kind == couch_error_kind::cancelled) break;
       reconnects_.inc();
       if (e.kind == couch_error_kind::timeout) {
-        // Ended on the client's clock; the wait spaced the attempts (see provisioner::follow).
-        // A silent connection may be a node that died without a word: judged as a break.
+        // Ended on the client's clock with its heartbeats flowing (CouchDB ignores `timeout` on a
+        // feed with a heartbeat: an idle server's longpoll ends here): the feed was up, nothing
+        // is missed, and the wait spaced the attempts. A connection silent for three heartbeats
+        // is a network failure instead (below), judged as a break.
         log()->debug("_db_updates feed: {}; reconnecting", e.describe());
-        if (!broken_since) broken_since = answered;
+        if (!broken_since) answered = now();
         continue;
       }
       if (e.kind == couch_error_kind::bad_request && since != json("now")) {

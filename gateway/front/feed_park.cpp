@@ -435,6 +435,16 @@ feed_registry_stats feed_registry::stats() const {
   return st;
 }
 
+bool delivery_lag_warning::due(feed_clock::time_point now, feed_clock::duration lag) {
+  if (lag <= threshold_) return false;
+  const auto at = now.time_since_epoch().count();
+  auto next = next_.load(std::memory_order_relaxed);
+  while (at >= next) {
+    if (next_.compare_exchange_weak(next, (now + every_).time_since_epoch().count(), std::memory_order_relaxed)) return true;
+  }
+  return false;
+}
+
 bool feed_read_gate::enter(id who, bool delivery, std::function<void()> wake) {
   std::lock_guard lk(mu_);
   if (turns_.contains(who)) return true;

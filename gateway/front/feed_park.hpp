@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -262,6 +263,22 @@ class feed_registry {
   bool follower_live_ = false;
   std::uint64_t generation_ = 1;
   std::unique_ptr<answered_feeds> memo_;  // feed_memo.hpp
+};
+
+// When to tell the operator that live feed deliveries fall behind: a change delivered more than
+// `threshold` after it was announced, at most once per `every` (the first such delivery in each
+// period). Thread-safe (one atomic); the caller logs.
+class delivery_lag_warning {
+ public:
+  delivery_lag_warning(feed_clock::duration threshold, feed_clock::duration every) : threshold_(threshold), every_(every) {}
+  // A delivery that took `lag` ended at `now`: true when it is to be warned about.
+  bool due(feed_clock::time_point now, feed_clock::duration lag);
+  feed_clock::duration threshold() const { return threshold_; }
+
+ private:
+  feed_clock::duration threshold_;
+  feed_clock::duration every_;
+  std::atomic<feed_clock::rep> next_{std::numeric_limits<feed_clock::rep>::min()};  // time_since_epoch ticks
 };
 
 // Turns to read from CouchDB among the live feeds: at most `limit` feeds at once are between

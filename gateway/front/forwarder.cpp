@@ -393,7 +393,9 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
   }
   next.target = pool_.address().base_path + (next.db.empty() ? rt.target : db_target(next.db, rt));
   next.announce = options_.feeds && !next.db.empty() &&
-                  may_add_changes(std::string_view(req.method_string().data(), req.method_string().size()), rt.rest);
+                  may_add_changes(couch_method(std::string_view(req.method_string().data(), req.method_string().size()),
+                                               header_value(req, "X-HTTP-Method-Override").value_or(std::string())),
+                                  rt.rest);
   next.k = next_step::kind::forward;
   co_return true;
 }
@@ -778,7 +780,8 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const next_step& ne
     }
     res.keep_alive(client_keep);
     out.status = status;
-    // The write is committed (a 202 of batch=ok may not be yet: its `_db_updates` event covers it).
+    // The write is committed (a 202 may not be everywhere yet, batch=ok's not at all; a read of
+    // another shard copy may not see it yet either: its `_db_updates` event still comes).
     if (next.announce && status / 100 == 2) options_.feeds->notify_written(db);
     if (status == 401) {
       // A cached identity CouchDB no longer accepts is asked about again on the next request.

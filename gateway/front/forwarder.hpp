@@ -207,6 +207,8 @@ class forwarder {
   front_metrics& metrics_;
   clock_fn now_;
   session_cache sessions_;
+  // Live feed deliveries slower than 5 s are logged, at most once a minute (serve_feed).
+  delivery_lag_warning delivery_lag_{std::chrono::seconds(5), std::chrono::minutes(1)};
   session_cache routes_;  // credential -> user for re-issued live feeds (front.route_cache_ttl)
   auth_failures failures_;
   user_slots slots_;

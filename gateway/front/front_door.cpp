@@ -219,8 +219,8 @@ front_door::front_door(const config& cfg, replicator::registry& registry, front:
                         "Re-issued longpolls parked at once: couchgate had answered that since and nothing was announced",
                         [self] { return static_cast<double>(self->feeds.stats().skipped); });
   registry.add_counter_callback("couchgate_front_writes_announced_total",
-                        "Writes through the front door that woke their database's live feeds at once (before "
-                        "CouchDB's _db_updates event)",
+                        "Writes through the front door CouchDB accepted, announced at once to their database's "
+                        "parked live feeds, if any (before CouchDB's _db_updates event)",
                         [self] { return static_cast<double>(self->feeds.stats().written); });
   registry.add_callback("couchgate_front_feed_answers_remembered", "Answered longpolls remembered to skip a first check",
                         [self] { return static_cast<double>(self->feeds.stats().remembered); });

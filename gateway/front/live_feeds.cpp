@@ -310,7 +310,21 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   // the rows it brought are written to the client (couchgate_front_feed_wake_seconds).
   std::optional<feed_clock::time_point> woken_since;
   const auto rows_written = [&] {
-    if (woken_since) metrics_.feed_wake.observe(std::chrono::duration<double>(feed_clock::now() - *woken_since).count());
+    if (woken_since) {
+      const auto now = feed_clock::now();
+      const auto lag = now - *woken_since;
+      metrics_.feed_wake.observe(std::chrono::duration<double>(lag).count());
+      if (delivery_lag_.due(now, lag)) {
+        const auto pool = pool_.stats();
+        feed_log()->warn(
+            "live feed deliveries are falling behind: a change reached its client {} ms after it was announced; {} "
+            "feeds wait for a turn to read (at most {} read at once), {} requests wait for one of the {} front door "
+            "connections to CouchDB. If CouchDB has CPU to spare, raise front.upstream.max_connections "
+            "(couchgate_front_feed_wake_seconds, couchgate_front_upstream_wait_seconds); warned at most once a minute",
+            std::chrono::duration_cast<std::chrono::milliseconds>(lag).count(), gate.waiting(), gate.limit(),
+            pool.waiting, pool_.max_connections());
+      }
+    }
     woken_since.reset();
   };
   // The pool, or the turn to read, still busy at the feed's deadline (feed_state::on_busy): a

@@ -154,6 +154,14 @@ route route_request(std::string_view method, std::string_view target, bool share
   return r;
 }
 
+std::string_view couch_method(std::string_view method, std::string_view override_header) {
+  if (method != "POST" || override_header.empty()) return method;
+  for (const std::string_view m : {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "COPY"}) {
+    if (override_header == m) return m;
+  }
+  return method;
+}
+
 bool may_add_changes(std::string_view method, std::string_view rest) {
   if (!rest.empty() && rest.front() == '/') rest.remove_prefix(1);
   // The path's segments, decoded one by one (a document id may hold an encoded '/': CouchDB
@@ -166,15 +174,23 @@ bool may_add_changes(std::string_view method, std::string_view rest) {
     parts.push_back(std::move(*decoded));
     rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
   }
-  if (parts.size() == 1 && parts[0].starts_with("_design/")) {  // "_design%2Fx[%2Fatt]" as one segment
-    auto id = std::move(parts[0]);
-    parts = {"_design", id.substr(8)};
+  if (!parts.empty() && parts[0].starts_with("_design/")) {  // "_design%2Fx[/att]"
+    auto name = parts[0].substr(8);
+    parts[0] = "_design";
+    parts.insert(parts.begin() + 1, std::move(name));
   }
-  const bool writes = is_one_of(method, {"PUT", "DELETE", "COPY"});
+  // A document or design document: PUT, DELETE, COPY, or POST (a multipart/form-data upload).
+  const bool writes = is_one_of(method, {"PUT", "DELETE", "COPY", "POST"});
   if (parts.empty()) return method == "POST";
   const std::string& first = parts[0];
-  if (first == "_bulk_docs") return parts.size() == 1 && method == "POST";
-  if (first == "_index") return (parts.size() == 1 && method == "POST") || (parts.size() > 1 && method == "DELETE");
+  // (A purge gives the revisions it leaves of a document new rows.)
+  if (first == "_bulk_docs" || first == "_purge") return parts.size() == 1 && method == "POST";
+  if (first == "_index") {
+    // POST _index writes a design document; DELETE _index/<ddoc>/json/<name> and POST
+    // _index/_bulk_delete delete them.
+    if (parts.size() == 1) return method == "POST";
+    return method == "DELETE" || (parts.size() == 2 && parts[1] == "_bulk_delete" && method == "POST");
+  }
   if (first == "_design") {
     if (parts.size() < 2 || parts[1].empty()) return false;
     if (parts.size() == 2) return writes;  // the design document

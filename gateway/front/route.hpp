@@ -35,13 +35,16 @@ route route_request(std::string_view method, std::string_view target, bool share
 
 // Whether a request to a database route (`method`, `rest` as in route::rest), once CouchDB has
 // answered it 2xx, may have added a row to the database's `_changes`: POST to the database,
-// `_bulk_docs`, a document or design document written, deleted or copied, one of their
-// attachments written or deleted, a design document's update handler, `_index` (writes or
-// deletes a design document). `_local/` documents (not in `_changes`), reads sent as POST
+// `_bulk_docs`, `_purge`, a document or design document written, deleted, copied or uploaded
+// (POST), one of their attachments written or deleted, a design document's update handler,
+// `_index` (writes or deletes design documents). `_local/` documents (not in `_changes`), reads sent as POST
 // (`_revs_diff`, `_bulk_get`, `_all_docs`, `_find`, views) and everything else: false. The front
 // door wakes the database's parked live feeds on such an answer instead of waiting for CouchDB's
 // `_db_updates` event; a write this misses is still announced by that event.
 bool may_add_changes(std::string_view method, std::string_view rest);
+// The method CouchDB runs a request as: a POST with an `X-HTTP-Method-Override` header naming
+// one of the methods chttpd accepts there runs as that method.
+std::string_view couch_method(std::string_view method, std::string_view override_header);
 
 // Percent-decoding of a path segment or query value; nullopt on a bad escape.
 using replicator::percent_decode;

@@ -26,20 +26,21 @@ result<std::string> pending_json::text() {
   return std::move(r.body);
 }
 
-pending_json couch_client::request(const std::string& method, const std::string& target, std::string body) {
+pending_json couch_client::request(const std::string& method, const std::string& target, std::string body,
+                                   std::optional<std::chrono::milliseconds> timeout) {
   http_request req;
   req.method = method;
   req.target = target;
   if (!body.empty()) req.set_body(std::move(body));
-  req.timeout = t_.request;
+  req.timeout = timeout.value_or(t_.request);
   return pending_json(wire_.request(std::move(req)));
 }
 
 pending_json couch_client::feed_request(const std::string& target) {
   http_request req;
   req.target = target;
-  // The server ends a longpoll after t_.feed; some servers ignore `timeout`, so the client
-  // ends it too, a little later. Heartbeats keep an idle feed alive; silence for three
+  // The server ends a longpoll after t_.feed, except CouchDB when a heartbeat is asked for (it
+  // ignores `timeout` then), so the client ends it too, a little later. Heartbeats keep an idle feed alive; silence for three
   // heartbeats means the connection is dead.
   req.timeout = t_.feed + std::chrono::seconds(15);
   req.idle_timeout = 3 * t_.heartbeat;

@@ -56,7 +56,9 @@ class couch_client {
  public:
   couch_client(transport& wire, timeouts t) : wire_(wire), t_(t) {}
 
-  pending_json request(const std::string& method, const std::string& target, std::string body = {});
+  // `timeout`: the whole exchange's limit (default: the configured request timeout).
+  pending_json request(const std::string& method, const std::string& target, std::string body = {},
+                       std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
   pending_json server_info() { return request("GET", "/"); }
   pending_json db_info(const std::string& db) { return request("GET", db_path(db)); }

@@ -223,7 +223,9 @@ struct http_pool::impl {
       }
       ++transport_errors;
       if (t->idle_expired) {
-        t->resp.kind = error_kind::timeout;
+        // Silent for longer than the heartbeats allow: the connection is taken for dead (a
+        // network failure), unlike a total timeout, which a feed reaches with heartbeats flowing.
+        t->resp.kind = error_kind::network;
         t->resp.error = "no data for " + std::to_string(t->req.idle_timeout.count()) + " ms";
       } else {
         t->resp.kind = (rc == CURLE_OPERATION_TIMEDOUT) ? error_kind::timeout : error_kind::network;

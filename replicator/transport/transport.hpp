@@ -16,8 +16,8 @@ namespace couchgate::replicator {
 
 enum class error_kind {
   none,      // a response arrived (look at the status)
-  network,   // could not connect, connection reset, DNS...
-  timeout,   // total or idle timeout
+  network,   // could not connect, connection reset, DNS..., or silent past idle_timeout
+  timeout,   // total timeout (the answer did not end in time)
   cancelled, // the pool shut down
   credential_held,  // not sent: CouchDB refused the credential recently (see server_gate.hpp)
 };

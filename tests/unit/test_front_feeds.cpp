@@ -407,3 +407,15 @@ TEST_CASE("feeds: a busy pool makes a read queue up to the feed's own end, not 5
     CHECK(s.pool_wait(t0 + 25s, pool_wait) == pool_wait);  // heartbeat overdue: at least the pool's wait
   }
 }
+
+TEST_CASE("feeds: a delivery slower than the threshold is warned about, at most once per period") {
+  f::delivery_lag_warning w(5s, 60s);
+  const auto t0 = f::feed_clock::time_point{} + 1000s;
+  CHECK_FALSE(w.due(t0, 5s));         // at the threshold: not late
+  CHECK(w.due(t0, 6s));               // the first late one
+  CHECK_FALSE(w.due(t0 + 1s, 30s));   // within the minute: once is enough
+  CHECK_FALSE(w.due(t0 + 59s, 6s));
+  CHECK_FALSE(w.due(t0 + 61s, 1s));   // the minute is over, but this one was on time
+  CHECK(w.due(t0 + 62s, 7s));         // late again: warned again
+  CHECK_FALSE(w.due(t0 + 63s, 7s));
+}

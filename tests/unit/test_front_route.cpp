@@ -243,7 +243,7 @@ TEST_CASE("front route: which answered requests may add a row to the database's 
       {"COPY", "/doc1", true},
       {"GET", "/doc1", false},
       {"HEAD", "/doc1", false},
-      {"POST", "/doc1", false},
+      {"POST", "/doc1", true},                     // multipart/form-data upload
       {"PUT", "/doc1/photo.jpg", true},            // an attachment
       {"DELETE", "/doc1/a%2Fb", true},
       {"GET", "/doc1/photo.jpg", false},
@@ -271,7 +271,10 @@ TEST_CASE("front route: which answered requests may add a row to the database's 
       {"POST", "/_find", false},
       {"POST", "/_explain", false},
       {"POST", "/_changes", false},
-      {"POST", "/_purge", false},
+      {"POST", "/_purge", true},                   // the revisions left get new rows
+      {"POST", "/_index/_bulk_delete", true},
+      {"PUT", "/_design%2Fapp/logo.png", true},    // an attachment of _design/app
+      {"DELETE", "/_design%2Fapp", true},
       {"PUT", "/_security", false},
       {"POST", "/_compact", false},
       {"PUT", "/%zz", false},                      // bad encoding: never forwarded anyway
@@ -281,4 +284,14 @@ TEST_CASE("front route: which answered requests may add a row to the database's 
     CAPTURE(r.rest);
     CHECK(f::may_add_changes(r.method, r.rest) == r.writes);
   }
+  // CouchDB runs a POST with X-HTTP-Method-Override as the method it names.
+  CHECK(f::couch_method("POST", "PUT") == "PUT");
+  CHECK(f::couch_method("POST", "DELETE") == "DELETE");
+  CHECK(f::couch_method("POST", "GET") == "GET");
+  CHECK(f::couch_method("POST", "") == "POST");
+  CHECK(f::couch_method("POST", "put") == "POST");    // not a method chttpd takes there
+  CHECK(f::couch_method("POST", "PATCH") == "POST");
+  CHECK(f::couch_method("PUT", "DELETE") == "PUT");   // only a POST is overridden
+  CHECK(f::may_add_changes(f::couch_method("POST", "PUT"), "/_local/x") == false);
+  CHECK(f::may_add_changes(f::couch_method("POST", "GET"), "/_bulk_docs") == false);
 }
