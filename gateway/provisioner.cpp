@@ -181,8 +181,10 @@ void provisioner::apply_created() {
     if (!r.ok()) {
       if (r.error().kind != couch_error_kind::not_found && r.error().kind != couch_error_kind::cancelled) {
         errors_.inc();
-        log()->warn("user={} db={} created again, but its _security cannot be read: {} (the next reconcile repairs it)", j.name,
-                    j.db, r.error().describe());
+        // An outage is logged once by the transport (outage.hpp): its failures at debug.
+        log()->log(replicator::outage_error(r.error()) ? spdlog::level::debug : spdlog::level::warn,
+                   "user={} db={} created again, but its _security cannot be read: {} (the next reconcile repairs it)",
+                   j.name, j.db, r.error().describe());
       }
       continue;
     }

@@ -201,7 +201,11 @@ void fanin::remove_source(const std::string& db) {
 
 void fanin::source_recreated(const std::string& db) {
   auto r = state_.reset_checkpoint(db);
-  if (!r.ok()) log()->warn("db={} could not reset checkpoint after recreation: {}", db, r.error().describe());
+  if (!r.ok()) {
+    // An outage is logged once by the transport (outage.hpp): its failures at debug.
+    log()->log(outage_error(r.error()) ? spdlog::level::debug : spdlog::level::warn,
+               "db={} could not reset checkpoint after recreation: {}", db, r.error().describe());
+  }
   mark_dirty(db);
 }
 
