@@ -201,11 +201,6 @@ node_doubts doubtful_nodes(const json& membership, const std::map<std::string, j
   return out;
 }
 
-bool events_may_be_lost(const json& membership, const std::map<std::string, json>& systems,
-                        std::chrono::steady_clock::duration since_answer) {
-  return !doubtful_nodes(membership, systems, since_answer).empty();
-}
-
 bool lost_since_last_look(const node_doubts& previous, const node_doubts& now) {
   for (const auto& [node, doubt] : now) {
     if (doubt == node_doubt::restarted) return true;

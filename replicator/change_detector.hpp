@@ -83,13 +83,9 @@ std::optional<std::set<std::string>> cluster_nodes(const json& membership);
 // one unknown node named "". Empty: every node has been up throughout.
 node_doubts doubtful_nodes(const json& membership, const std::map<std::string, json>& systems,
                            std::chrono::steady_clock::duration since);
-// After the `_db_updates` feed broke: whether events may have been lost (`since_answer`: how long
-// ago the feed last answered). A dropped connection loses nothing: the feed resumes from its
-// stored position and reads what was written meanwhile.
-bool events_may_be_lost(const json& membership, const std::map<std::string, json>& systems,
-                        std::chrono::steady_clock::duration since_answer);
 // The periodic look at the nodes while the feed stays up (a node other than the one serving the
-// feed may restart without breaking it): lost when a node restarted since the previous look, or
+// feed may restart without breaking it), and the judgement after a break (a dropped connection
+// alone loses nothing: the feed resumes from its stored position): lost when a node restarted since the previous look, or
 // is down or unknown and was not at the previous look (a node down for hours counts once, not at
 // every look).
 bool lost_since_last_look(const node_doubts& previous, const node_doubts& now);
@@ -145,7 +141,7 @@ class change_detector {
   // nullopt when the server cannot be asked now.
   std::optional<node_doubts> ask_nodes(std::chrono::steady_clock::duration since);
   // The feed broke after answering at `answered`: lost() unless every node of the server has
-  // been up since (events_may_be_lost). False: the server cannot be asked now (asked again
+  // been up since (doubtful_nodes, lost_since_last_look). False: the server cannot be asked now (asked again
   // before the next read).
   bool judge_break(std::chrono::steady_clock::time_point answered);
   // The periodic look (opts_.node_check_interval) while the feed stays up, covering the time

@@ -273,7 +273,6 @@ class delivery_lag_warning {
   delivery_lag_warning(feed_clock::duration threshold, feed_clock::duration every) : threshold_(threshold), every_(every) {}
   // A delivery that took `lag` ended at `now`: true when it is to be warned about.
   bool due(feed_clock::time_point now, feed_clock::duration lag);
-  feed_clock::duration threshold() const { return threshold_; }
 
  private:
   feed_clock::duration threshold_;

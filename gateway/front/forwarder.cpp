@@ -226,7 +226,7 @@ net::awaitable<bool> forwarder::handle(server_exchange& ex) {
   if (next.k == next_step::kind::feed) {
     keep = co_await serve_feed(ex, rt, next.db, next.user, next.credential, next.verified, out);
   } else if (next.k == next_step::kind::forward) {
-    keep = co_await forward(ex, next, out, next.slot);
+    keep = co_await forward(ex, next, out);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics_.request(rt.label, out.status, seconds);
@@ -641,7 +641,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
   co_return ok && keep;
 }
 
-net::awaitable<bool> forwarder::forward(server_exchange& ex, const next_step& next, outcome& out, slot_hold& slot) {
+net::awaitable<bool> forwarder::forward(server_exchange& ex, next_step& next, outcome& out) {
   const std::string& target = next.target;
   const std::string& db = next.db;
   const std::string& mount = next.mount;
@@ -795,7 +795,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, const next_step& ne
     const auto upstream_done = [&] {
       if (parser.keep_alive()) lease->keep();
       lease.reset();
-      slot.release();
+      next.slot.release();
     };
     http::response_serializer<http::buffer_body> response_writer{res};
     const relay_result relayed = co_await relay(conn.stream, conn.buffer, parser, options_.upstream_timeout, ex.stream,

@@ -194,7 +194,7 @@ class forwarder {
     slot_hold slot;          // forward: the caller's request slot (a /me request)
     bool announce = false;   // forward: a 2xx answer wakes the database's live feeds (may_add_changes)
   };
-  net::awaitable<bool> forward(server_exchange& ex, const next_step& next, outcome& out, slot_hold& slot);
+  net::awaitable<bool> forward(server_exchange& ex, next_step& next, outcome& out);
   // A local route, after dispatch() checked its rate and, for /_identity/, who the caller (`user`) is.
   net::awaitable<bool> serve_local(server_exchange& ex, const route& rt, const std::string& user, outcome& out);
   std::chrono::milliseconds client_timeout() const {

@@ -220,19 +220,19 @@ TEST_CASE("_db_updates feed broken once: a restart within one retry is caught; a
   }
 }
 
-TEST_CASE("events_may_be_lost: every cluster node up for longer than the break, or else lost") {
+TEST_CASE("doubtful_nodes: every cluster node up for longer than the break, or else lost") {
   const auto one = json::parse(R"({"all_nodes":["a"],"cluster_nodes":["a"]})");
   const auto up = [](double s) { return std::map<std::string, json>{{"a", json{{"uptime", s}}}}; };
-  CHECK_FALSE(r::events_may_be_lost(one, up(100), 30s));
-  CHECK(r::events_may_be_lost(one, up(31), 30s));   // within the margin of two seconds
-  CHECK(r::events_may_be_lost(one, up(20), 30s));   // restarted during the break
-  CHECK_FALSE(r::events_may_be_lost(one, up(33), 30s));
-  CHECK(r::events_may_be_lost(one, {}, 30s));       // its _system not read
-  CHECK(r::events_may_be_lost(json::parse(R"({"all_nodes":[],"cluster_nodes":[]})"), {}, 1s));
-  CHECK(r::events_may_be_lost(json::parse(R"({"cluster_nodes":"a"})"), up(100), 1s));
-  CHECK(r::events_may_be_lost(json::parse(R"({"all_nodes":["a"],"cluster_nodes":["a",7]})"), up(100), 1s));
-  CHECK(r::events_may_be_lost(json::parse("[]"), up(100), 1s));
-  CHECK(r::events_may_be_lost(one, std::map<std::string, json>{{"a", json{{"uptime", nullptr}}}}, 1s));
+  CHECK(r::doubtful_nodes(one, up(100), 30s).empty());
+  CHECK(!r::doubtful_nodes(one, up(31), 30s).empty());   // within the margin of two seconds
+  CHECK(!r::doubtful_nodes(one, up(20), 30s).empty());   // restarted during the break
+  CHECK(r::doubtful_nodes(one, up(33), 30s).empty());
+  CHECK(!r::doubtful_nodes(one, {}, 30s).empty());       // its _system not read
+  CHECK(!r::doubtful_nodes(json::parse(R"({"all_nodes":[],"cluster_nodes":[]})"), {}, 1s).empty());
+  CHECK(!r::doubtful_nodes(json::parse(R"({"cluster_nodes":"a"})"), up(100), 1s).empty());
+  CHECK(!r::doubtful_nodes(json::parse(R"({"all_nodes":["a"],"cluster_nodes":["a",7]})"), up(100), 1s).empty());
+  CHECK(!r::doubtful_nodes(json::parse("[]"), up(100), 1s).empty());
+  CHECK(!r::doubtful_nodes(one, std::map<std::string, json>{{"a", json{{"uptime", nullptr}}}}, 1s).empty());
 }
 
 TEST_CASE("_db_updates feed broken three times while a node is down for good: every source is looked at once, not at every break") {
