@@ -157,6 +157,33 @@ struct daemon::impl {
   std::atomic<std::uint64_t> shards_needed{0};
   std::atomic<std::uint64_t> shards_recommended{0};
   std::int64_t limits_warned_for = -2;  // main loop only: the value last warned about
+  // The server's [global_changes] (replicator/server_limits.hpp): -1 until read or when it
+  // cannot be read; update_db 1/0. Written by the main loop.
+  std::atomic<std::int64_t> max_write_delay_ms{-1};
+  std::atomic<int> update_db{-1};
+  std::string global_changes_warned;  // main loop only: the warning last given
+
+  // Judges the answer to GET /_node/_local/_config/global_changes (update_db off is the
+  // detector's to warn about): one warning when live feeds wait on _db_updates and its writes
+  // are delayed more than recommended; again only when the value changes.
+  void judge_global_changes(const r::result<json>& answer) {
+    const auto settings = r::parse_global_changes(answer);
+    if (!settings) {
+      max_write_delay_ms.store(-1);
+      update_db.store(-1);
+      return;  // no config API (pouchdb-server), or not now: the detector's probe judges the feed
+    }
+    max_write_delay_ms.store(static_cast<std::int64_t>(settings->max_write_delay_ms));
+    update_db.store(settings->update_db ? 1 : 0);
+    const auto warning = r::max_write_delay_warning(*settings, feeds != nullptr);
+    if (!warning) {
+      global_changes_warned.clear();
+      return;
+    }
+    if (*warning == global_changes_warned) return;
+    global_changes_warned = *warning;
+    log()->warn("{}", *warning);
+  }
 
   // Judges the answer to GET /_node/_local/_config/couchdb/max_dbs_open; one warning when it
   // becomes too small (or the configured value changed), none while it stays so.
@@ -246,6 +273,17 @@ struct daemon::impl {
                          [this] { return static_cast<double>(shards_needed.load()); });
     metrics.add_callback("couchgate_couchdb_max_dbs_open_recommended", "The max_dbs_open couchgate recommends",
                          [this] { return static_cast<double>(shards_recommended.load()); });
+    metrics.add_callback("couchgate_couchdb_global_changes_max_write_delay_seconds",
+                         "CouchDB's [global_changes] max_write_delay: how late _db_updates reports a change at most "
+                         "(-1 when it cannot be read)",
+                         [this] {
+                           const auto ms = max_write_delay_ms.load();
+                           return ms < 0 ? -1.0 : static_cast<double>(ms) / 1000.0;
+                         });
+    metrics.add_callback("couchgate_couchdb_global_changes_update_db",
+                         "CouchDB's [global_changes] update_db: 1 on, 0 off (_db_updates reports nothing: couchgate "
+                         "sweeps), -1 when it cannot be read",
+                         [this] { return static_cast<double>(update_db.load()); });
     metrics.add_callback("couchgate_up", "1 when ready", [this] { return ready().first ? 1.0 : 0.0; });
   }
 
@@ -274,6 +312,12 @@ struct daemon::impl {
                              {"shards_needed", shards_needed.load()},
                              {"recommended_max_dbs_open", shards_recommended.load()},
                              {"too_small", dbs_open >= 0 && static_cast<std::uint64_t>(dbs_open) < shards_needed.load()}};
+      const auto write_delay = max_write_delay_ms.load();
+      const int updates = update_db.load();
+      j["couchdb_limits"]["global_changes"] = {
+          {"update_db", updates < 0 ? json(nullptr) : json(updates == 1)},
+          {"max_write_delay_ms", write_delay >= 0 ? json(write_delay) : json(nullptr)},
+          {"recommended_max_write_delay_ms", r::recommended_max_write_delay_ms}};
     }
     if (prov) j["provisioning"] = {{"users_db", cfg.provisioning.users_db}, {"users", prov->known_users()}, {"ready", prov->ready()}};
     if (pool) {
@@ -639,9 +683,11 @@ int daemon::run() {
   auto tick = std::chrono::milliseconds(watchdog_usec ? std::max<std::uint64_t>(watchdog_usec / 3000, 100) : 2000);
   auto next_probe = std::chrono::steady_clock::now();
   r::pending_json probe;
-  // max_dbs_open: read at start and every 10 minutes (an operator may raise it meanwhile).
+  // max_dbs_open and [global_changes]: read at start and every 10 minutes (an operator may change
+  // them meanwhile).
   auto next_limits = std::chrono::steady_clock::now();
   r::pending_json limits;
+  r::pending_json global_changes;  // [global_changes], read with max_dbs_open
   while (ok) {
     {
       std::unique_lock lk(d.mu);
@@ -674,9 +720,15 @@ int daemon::run() {
       d.judge_limits(limits.get());
       limits = r::pending_json();
     }
-    if (!limits.valid() && std::chrono::steady_clock::now() >= next_limits && (!d.prov || d.prov->ready())) {
+    if (global_changes.valid() && global_changes.ready()) {
+      d.judge_global_changes(global_changes.get());
+      global_changes = r::pending_json();
+    }
+    if (!limits.valid() && !global_changes.valid() && std::chrono::steady_clock::now() >= next_limits &&
+        (!d.prov || d.prov->ready())) {
       next_limits = std::chrono::steady_clock::now() + std::chrono::minutes(10);
       limits = d.client->request("GET", "/_node/_local/_config/couchdb/max_dbs_open");
+      if (d.detector) global_changes = d.client->request("GET", "/_node/_local/_config/global_changes");
     }
     if (!notified_ready && d.ready().first) {
       notified_ready = true;

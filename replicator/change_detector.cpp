@@ -5,6 +5,7 @@
 
 #include "replicator/logger.hpp"
 #include "replicator/outage.hpp"
+#include "replicator/server_limits.hpp"
 #include "replicator/transport/url.hpp"
 #include "replicator/wire_json.hpp"
 
@@ -88,17 +89,30 @@ void change_detector::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-bool change_detector::probe() {
+bool change_detector::updates_off() {
+  auto r = client_.request("GET", "/_node/_local/_config/global_changes/update_db").get();
+  return update_db_in_effect(r) == std::optional<bool>(false);
+}
+
+bool change_detector::local_node_restarted_within(std::chrono::steady_clock::duration since) {
+  auto r = client_.request("GET", "/_node/_local/_system").get();
+  if (!r.ok() || !r.value().is_object()) return false;
+  auto it = r.value().find("uptime");
+  if (it == r.value().end() || !it->is_number()) return false;
+  return it->get<double>() <= std::chrono::duration<double>(since).count();
+}
+
+change_detector::feed_state change_detector::probe() {
   for (int attempt = 0; attempt < 2; ++attempt) {
     auto r = client_.db_updates(json("now"), false, 1).get();
-    if (r.ok()) return true;
+    if (r.ok()) return updates_off() ? feed_state::silent : feed_state::works;
     const auto& e = r.error();
     if (e.kind == couch_error_kind::not_found && opts_.create_global_changes && attempt == 0) {
       log()->info("_db_updates needs the _global_changes database; creating it");
       auto c = client_.create_db("_global_changes").get();
       if (!c.ok() && c.error().kind != couch_error_kind::conflict) {
         log()->warn("could not create _global_changes: {}", c.error().describe());
-        return false;
+        return feed_state::unavailable;
       }
       continue;
     }
@@ -106,9 +120,9 @@ bool change_detector::probe() {
       throw e;  // undecided: the caller retries
     }
     log()->info("_db_updates unavailable ({})", e.describe());
-    return false;
+    return feed_state::unavailable;
   }
-  return false;
+  return feed_state::unavailable;
 }
 
 void change_detector::run() {
@@ -117,15 +131,26 @@ void change_detector::run() {
     if (stop_.requested()) return;
     if (active_.load() == detection::automatic) {
       detection chosen = opts_.mode;
+      swept_for_silence_ = false;
       if (opts_.mode != detection::sweep) {
         try {
-          bool ok = probe();
-          if (!ok && opts_.mode == detection::db_updates) {
+          const feed_state feed = probe();
+          if (feed == feed_state::unavailable && opts_.mode == detection::db_updates) {
             log()->error("detection is db_updates but the server's _db_updates does not work; retrying");
             if (!sleep(backoff(++failures))) return;
             continue;
           }
-          chosen = ok ? detection::db_updates : detection::sweep;
+          if (feed == feed_state::silent) {
+            // Following a feed that never reports would lose every change, whatever the mode
+            // configured: sweep until the server records them again.
+            log()->warn("CouchDB's [global_changes] update_db is false: its _db_updates feed reports no change; "
+                        "sweeping every source instead until it is true and the node restarted (CouchDB ignores "
+                        "it turned on at runtime; looked at every {} s)",
+                        std::chrono::duration_cast<std::chrono::seconds>(opts_.node_check_interval).count());
+            swept_for_silence_ = true;
+            silence_checked_ = silent_since_ = now();
+          }
+          chosen = feed == feed_state::works ? detection::db_updates : detection::sweep;
         } catch (const couch_error& e) {
           reconnects_.inc();
           if (!sleep(backoff(++failures))) return;
@@ -140,6 +165,16 @@ void change_detector::run() {
     if (active_.load() == detection::db_updates) {
       follow_db_updates();
     } else {
+      if (swept_for_silence_ && opts_.node_check_interval.count() > 0 && now() - silence_checked_ >= opts_.node_check_interval) {
+        silence_checked_ = now();
+        if (!updates_off() && local_node_restarted_within(now() - silent_since_)) {
+          // What changed between the last sweep and the first recorded event is in neither.
+          log()->info("CouchDB's [global_changes] update_db is on again since the node restarted: following _db_updates");
+          active_.store(detection::automatic);
+          lost();
+          continue;
+        }
+      }
       auto started = now();
       // A server that cannot be reached ends the sweep: the next one waits with backoff (never
       // less than sweep_interval), not one request per source every interval meanwhile.
@@ -321,6 +356,13 @@ void change_detector::follow_db_updates() {
     } else if (opts_.node_check_interval.count() > 0 && now() - nodes_asked >= opts_.node_check_interval) {
       const auto at = now();
       if (look_at_nodes(nodes_asked)) nodes_asked = at;
+      if (updates_off()) {
+        // Turned off while followed: the feed goes silent from now on (and what the node held
+        // may never be written). Decided again: the sweep, until it is on.
+        active_.store(detection::automatic);
+        lost();
+        break;
+      }
     }
     auto r = client_.db_updates(since, true, 1000).get();
     if (!r.ok()) {

@@ -4,7 +4,11 @@
 //   stored in the state database. CouchDB 3.x needs the `_global_changes` database for it; when
 //   missing it is created (if allowed).
 // - sweep mode (servers without `_db_updates`): every known source's `update_seq` is read through
-//   the shared pool at a bounded rate and compared with its checkpoint.
+//   the shared pool at a bounded rate and compared with its checkpoint. Also while the node
+//   couchgate talks to has `[global_changes] update_db = false`: its feed answers but never
+//   reports a change (server_limits.hpp); looked at again every node_check_interval, and while
+//   the feed is followed too. Back to the feed once update_db is on and the node restarted
+//   since (CouchDB 3.5 ignores update_db turned on again at runtime).
 // Either way the result is fanin::mark_dirty; an idle database costs nothing but a map entry.
 // A database created again under a name that has a checkpoint is a new database: its checkpoint
 // is reset (fanin::source_recreated) and on_created is called (the daemon maps it to its owner,
@@ -119,7 +123,19 @@ class change_detector {
 
  private:
   void run();
-  bool probe();  // true when _db_updates works (creating _global_changes if allowed)
+  // What the server's `_db_updates` can do (creating _global_changes if allowed): `silent` when
+  // it answers but records nothing ([global_changes] update_db is false on the node couchgate
+  // talks to). Throws couch_error when the server cannot be reached (undecided).
+  enum class feed_state { works, unavailable, silent };
+  feed_state probe();
+  // True when the node couchgate talks to has [global_changes] update_db "false" (false when it
+  // is on or cannot be told: a server without the config API has its feed judged by the probe).
+  bool updates_off();
+  // True when the node couchgate talks to restarted within the last `since` (GET
+  // /_node/_local/_system `uptime`). CouchDB 3.5's global_changes_server drops every message
+  // while update_db is false, the one turning it on again included: a node records again only
+  // after a restart with update_db true.
+  bool local_node_restarted_within(std::chrono::steady_clock::duration since);
   void follow_db_updates();
   // False when it stopped early because the server could not be reached (outage_error).
   bool sweep_once();
@@ -157,6 +173,11 @@ class change_detector {
   // Sweep mode, detector thread only: sources that answered 404 (looked at again by every
   // sweep: when they answer, they were created again) and each source's instance_start_time.
   std::set<std::string> gone_;
+  // Sweeping because update_db is off (detector thread only): looked at again every
+  // node_check_interval; when it is on again, back to the feed.
+  bool swept_for_silence_ = false;
+  std::chrono::steady_clock::time_point silence_checked_{};
+  std::chrono::steady_clock::time_point silent_since_{};  // when update_db was first seen off
   std::unordered_map<std::string, std::string> instances_;
   std::atomic<detection> active_{detection::automatic};
   stop_flag stop_;

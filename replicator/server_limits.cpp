@@ -5,7 +5,7 @@
 
 namespace couchgate::replicator {
 
-std::optional<std::uint64_t> parse_max_dbs_open(const json& answer) {
+std::optional<std::uint64_t> parse_config_uint(const json& answer) {
   if (answer.is_number_unsigned()) return answer.get<std::uint64_t>();
   if (answer.is_number_integer()) {
     if (answer.get<std::int64_t>() < 0) return std::nullopt;
@@ -20,7 +20,7 @@ std::optional<std::uint64_t> parse_max_dbs_open(const json& answer) {
 }
 
 std::optional<std::uint64_t> max_dbs_open_in_effect(const result<json>& answer) {
-  if (answer.ok()) return parse_max_dbs_open(answer.value());
+  if (answer.ok()) return parse_config_uint(answer.value());
   const couch_error& e = answer.error();
   if (e.kind == couch_error_kind::not_found && e.reason == "unknown_config_value") return couchdb_default_max_dbs_open;
   return std::nullopt;
@@ -43,6 +43,42 @@ std::optional<std::string> max_dbs_open_warning(std::uint64_t max_dbs_open, cons
          " shards fan-in keeps busy (" + std::to_string(sources) + " databases x q=" + (q == 0 ? std::string("2 (server default)") : std::to_string(q)) +
          ", plus couchgate's own): the server reopens evicted shards on every pass. Set max_dbs_open to " + std::to_string(e.recommended) +
          " or more";
+}
+
+namespace {
+bool unset_key(const couch_error& e) { return e.kind == couch_error_kind::not_found && e.reason == "unknown_config_value"; }
+}  // namespace
+
+std::optional<bool> update_db_in_effect(const result<json>& answer) {
+  if (!answer.ok()) return unset_key(answer.error()) ? std::optional<bool>(true) : std::nullopt;
+  const json& v = answer.value();
+  if (!v.is_string()) return std::nullopt;
+  return v.get_ref<const std::string&>() != "false";
+}
+
+std::optional<global_changes_settings> parse_global_changes(const result<json>& answer) {
+  if (!answer.ok() || !answer.value().is_object()) return std::nullopt;
+  const json& section = answer.value();
+  global_changes_settings s;
+  if (auto it = section.find("update_db"); it != section.end() && it->is_string()) s.update_db = it->get_ref<const std::string&>() != "false";
+  auto number = [&section](const char* key, std::uint64_t fallback) {
+    auto it = section.find(key);
+    if (it == section.end()) return fallback;
+    return parse_config_uint(*it).value_or(fallback);
+  };
+  s.max_write_delay_ms = number("max_write_delay", couchdb_default_max_write_delay_ms);
+  s.max_event_delay_ms = number("max_event_delay", couchdb_default_max_event_delay_ms);
+  return s;
+}
+
+std::optional<std::string> max_write_delay_warning(const global_changes_settings& s, bool live_feeds) {
+  if (s.update_db && live_feeds && s.max_write_delay_ms > recommended_max_write_delay_ms) {
+    return "CouchDB's [global_changes] max_write_delay is " + std::to_string(s.max_write_delay_ms) +
+           " ms: a write made directly on the server reaches the clients' live feeds up to that much later "
+           "(writes through the front door are not delayed). Set max_write_delay to " +
+           std::to_string(recommended_max_write_delay_ms) + " or less";
+  }
+  return std::nullopt;
 }
 
 }  // namespace couchgate::replicator

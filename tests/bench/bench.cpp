@@ -83,6 +83,17 @@ json describe_environment(context& ctx, const json& server_root) {
   }
   e["server"] = server;
   e["server_is_couchdb"] = server_root.contains("couchdb");
+  if (server_root.contains("couchdb")) {
+    // The settings the figures depend on (README's recommended server): null when unset (the
+    // server's default) or unreadable.
+    json settings = json::object();
+    for (const char* key : {"couchdb/max_dbs_open", "cluster/q", "global_changes/max_write_delay", "global_changes/max_event_delay",
+                            "global_changes/update_db", "chttpd/server_options"}) {
+      auto r = test::couch().get(std::string("/_node/_local/_config/") + key);
+      settings[key] = r.status == 200 ? r.body : json(nullptr);
+    }
+    e["server_settings"] = settings;
+  }
   e["server_pid"] = ctx.server_pid > 0 ? json(ctx.server_pid) : json(nullptr);
   auto v = run_command({"--version"}, std::chrono::seconds(10));
   std::string ver = v.out;

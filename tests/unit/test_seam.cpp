@@ -37,6 +37,13 @@ namespace {
 struct engine : scripted_fanin {
   std::mutex mu;
   std::vector<std::pair<std::string, bool>> created;
+  // The node's [global_changes] update_db as CouchDB answers it: unset (on) unless a test sets it.
+  std::atomic<bool> updates_off{false};
+  engine() {
+    server.on("GET", "/_node/_local/_config/global_changes/update_db", [this](const r::http_request&) {
+      return updates_off ? answer(200, R"("false")") : answer(404, R"({"error":"not_found","reason":"unknown_config_value"})");
+    }, -1);
+  }
   r::change_detector::created_fn on_created() {
     return [this](const std::string& db, bool recreated) {
       std::lock_guard lk(mu);
@@ -404,6 +411,96 @@ TEST_CASE("_db_updates answering 404 mid-way: the mode is decided again (here: s
   CHECK(d.active_mode() == r::detection::sweep);
   // probe, the feed (its target contains the probe's), the second probe
   CHECK(s.count("GET", "/_db_updates?since=now&limit=1") == 3);
+  d.stop();
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("[global_changes] update_db false: a feed that records nothing is never followed; the sweep runs until it is on and the node restarted") {
+  struct scenario {
+    const char* name;
+    r::detection mode;
+  };
+  // Whatever the mode configured: following a silent feed would lose every change.
+  for (const scenario c : {scenario{"automatic", r::detection::automatic}, scenario{"db_updates", r::detection::db_updates}}) {
+    CAPTURE(c.name);
+    engine e;
+    e.updates_off = true;
+    e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+    auto& s = e.server;
+    s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"), -1);
+    s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"), -1);
+    s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x","instance_start_time":"0"})"), -1);
+    // Once followed: the feed's first answer (the probe's rule matches it too) is saved, and the
+    // nodes are looked at.
+    s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:db_updates","rev":"1-f"}])"), -1);
+    s.on("GET", "/_membership", answer(200, R"({"all_nodes":["a"],"cluster_nodes":["a"]})"), -1);
+    s.on("GET", "/_node/a/_system", answer(200, R"({"uptime":86400})"), -1);
+    auto opts = detector_opts(c.mode);
+    opts.node_check_interval = 100ms;  // the sweep looks at update_db again this often
+    r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+    std::atomic<int> lost{0};
+    d.set_listener({nullptr, [&] { ++lost; }});
+    d.start();
+    // Swept, and update_db looked at again while it stays off.
+    REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 2 && s.count("GET", "global_changes/update_db") >= 2; }));
+    CHECK(d.active_mode() == r::detection::sweep);
+    CHECK(s.count("GET", "feed=longpoll") == 0);
+    CHECK(lost == 0);
+    // Turned on at runtime: CouchDB 3.5 still records nothing until the node restarts, so the
+    // sweep goes on while the node has been up for a day.
+    std::atomic<double> uptime{86400};
+    s.on("GET", "/_node/_local/_system", [&uptime](const r::http_request&) {
+      return answer(200, json{{"uptime", uptime.load()}}.dump());
+    }, -1);
+    e.updates_off = false;
+    const auto asked = s.count("GET", "global_changes/update_db");
+    REQUIRE(s.wait_for([&] { return s.count("GET", "/_node/_local/_system") >= 2; }));
+    CHECK(s.count("GET", "global_changes/update_db") > asked);
+    CHECK(s.count("GET", "feed=longpoll") == 0);
+    CHECK(d.active_mode() == r::detection::sweep);
+    // Restarted with update_db on: back to the feed, every source looked at once (the changes
+    // between the last sweep and the first recorded event are in neither).
+    uptime = 0.05;
+    REQUIRE(s.wait_for([&] { return s.count("GET", "feed=longpoll") >= 1; }));
+    CHECK(d.active_mode() == r::detection::db_updates);
+    CHECK(lost == 1);
+    s.close();
+    d.stop();
+    CHECK(s.unexpected().empty());
+  }
+}
+
+TEST_CASE("[global_changes] update_db turned false while the feed is followed: noticed at the next look; every source looked at, then swept") {
+  engine e;
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  auto& s = e.server;
+  probe_and_position(s);
+  // The probe once more when the mode is decided again (answering: the feed works, the node
+  // records nothing).
+  s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
+  s.on("GET", "/_membership", answer(200, R"({"all_nodes":["a"],"cluster_nodes":["a"]})"), -1);
+  s.on("GET", "/_node/a/_system", answer(200, R"({"uptime":86400})"), -1);
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:db_updates","rev":"1-f"}])"), -1);
+  s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x","instance_start_time":"0"})"), -1);
+  // Each read of the feed answers at once (nothing new), and is followed by a look (the clock
+  // moves a second at each look at it, the interval is one second).
+  s.on("GET", "/_db_updates?since=7-g1&limit=1000&feed=longpoll", answer(200, R"({"results":[],"last_seq":"7-g1"})"), -1);
+  auto opts = detector_opts(r::detection::automatic);
+  opts.node_check_interval = 1s;
+  auto ticks = std::make_shared<std::atomic<long>>(0);
+  opts.clock.now = [ticks] { return std::chrono::steady_clock::time_point{} + std::chrono::seconds(++*ticks); };
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+  std::atomic<int> lost{0};
+  d.set_listener({nullptr, [&] { ++lost; }});
+  d.start();
+  REQUIRE(s.wait_for([&] { return s.count("GET", "feed=longpoll") >= 3; }));
+  CHECK(lost == 0);
+  CHECK(d.active_mode() == r::detection::db_updates);
+  e.updates_off = true;
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 1; }));
+  CHECK(d.active_mode() == r::detection::sweep);
+  CHECK(lost == 1);
+  s.close();
   d.stop();
   CHECK(s.unexpected().empty());
 }
