@@ -376,7 +376,10 @@ constexpr key_spec table[] = {
          .help = "db_updates mode: how often couchgate asks the server's nodes (GET /_membership, each node's "
                  "/_node/<node>/_system) whether one restarted while the _db_updates feed stayed up: a node keeps "
                  "the events it has not yet written to _global_changes in memory, so after its restart every "
-                 "source is read and every live feed woken once. 0: never (a break of the feed is still judged)."}),
+                 "source is read and every live feed woken once. 0: never (a break of the feed is still judged). "
+                 "The same interval paces the feed's own check (its [global_changes] update_db, and a write to the "
+                 "state database that the feed must report within 20 s, else couchgate sweeps; 60 s when this is "
+                 "0)."}),
     key<&config::fanin, &fc::checkpoint_interval>(
         {.name = "fanin.checkpoint_interval",
          .kind = k::duration_ms,

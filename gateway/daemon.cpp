@@ -175,7 +175,9 @@ struct daemon::impl {
     }
     max_write_delay_ms.store(static_cast<std::int64_t>(settings->max_write_delay_ms));
     update_db.store(settings->update_db ? 1 : 0);
-    const auto warning = r::max_write_delay_warning(*settings, feeds != nullptr);
+    // Live feeds wait on _db_updates only while the detector follows it.
+    const bool feeds_wait = feeds != nullptr && detector && detector->active_mode() == r::detection::db_updates;
+    const auto warning = r::max_write_delay_warning(*settings, feeds_wait);
     if (!warning) {
       global_changes_warned.clear();
       return;
@@ -281,8 +283,9 @@ struct daemon::impl {
                            return ms < 0 ? -1.0 : static_cast<double>(ms) / 1000.0;
                          });
     metrics.add_callback("couchgate_couchdb_global_changes_update_db",
-                         "CouchDB's [global_changes] update_db: 1 on, 0 off (_db_updates reports nothing: couchgate "
-                         "sweeps), -1 when it cannot be read",
+                         "CouchDB's [global_changes] update_db as configured on the node couchgate talks to: 1 on, 0 off "
+                         "(-1 when it cannot be read). Whether _db_updates records is the detector's to judge (its "
+                         "canary): couchgate_detection_mode",
                          [this] { return static_cast<double>(update_db.load()); });
     metrics.add_callback("couchgate_up", "1 when ready", [this] { return ready().first ? 1.0 : 0.0; });
   }

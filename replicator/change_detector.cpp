@@ -18,6 +18,8 @@ std::shared_ptr<spdlog::logger> log() {
   return l;
 }
 constexpr const char* db_updates_key = "db_updates";
+// The canary's state document (feed:db_updates_canary): a counter, rewritten at each canary.
+constexpr const char* canary_key = "db_updates_canary";
 }  // namespace
 
 const char* to_string(detection d) {
@@ -94,18 +96,42 @@ bool change_detector::updates_off() {
   return update_db_in_effect(r) == std::optional<bool>(false);
 }
 
-bool change_detector::local_node_restarted_within(std::chrono::steady_clock::duration since) {
-  auto r = client_.request("GET", "/_node/_local/_system").get();
-  if (!r.ok() || !r.value().is_object()) return false;
-  auto it = r.value().find("uptime");
-  if (it == r.value().end() || !it->is_number()) return false;
-  return it->get<double>() <= std::chrono::duration<double>(since).count();
+std::chrono::milliseconds change_detector::silence_check_interval() const {
+  return opts_.node_check_interval.count() > 0 ? opts_.node_check_interval : std::chrono::milliseconds(60000);
+}
+
+bool change_detector::feed_records() {
+  if (opts_.canary_wait.count() <= 0) return true;
+  auto start = client_.db_updates(json("now"), false, 1).get();
+  if (!start.ok()) return false;
+  auto first = parse_db_updates(start.value());
+  if (!first.ok()) return false;
+  json since = first.value().last_seq;
+  if (!state_.put_value(canary_key, json(++canaries_)).ok()) return false;
+  const auto deadline = now() + opts_.canary_wait;
+  while (now() < deadline) {
+    if (!sleep(std::chrono::milliseconds(500))) return false;
+    auto r = client_.db_updates(since, false, 1000).get();
+    if (!r.ok()) return false;
+    auto page = parse_db_updates(r.value());
+    if (!page.ok()) return false;
+    for (const auto& e : page.value().events) {
+      if (e.db == state_.db()) return true;
+    }
+    if (!page.value().last_seq.is_null()) since = page.value().last_seq;
+  }
+  return false;
 }
 
 change_detector::feed_state change_detector::probe() {
   for (int attempt = 0; attempt < 2; ++attempt) {
     auto r = client_.db_updates(json("now"), false, 1).get();
-    if (r.ok()) return updates_off() ? feed_state::silent : feed_state::works;
+    if (r.ok()) {
+      if (updates_off()) return feed_state::silent;
+      // Found silent before (this process): followed again only when it reports a canary.
+      if (silent_ && !feed_records()) return feed_state::silent;
+      return feed_state::works;
+    }
     const auto& e = r.error();
     if (e.kind == couch_error_kind::not_found && opts_.create_global_changes && attempt == 0) {
       log()->info("_db_updates needs the _global_changes database; creating it");
@@ -131,7 +157,6 @@ void change_detector::run() {
     if (stop_.requested()) return;
     if (active_.load() == detection::automatic) {
       detection chosen = opts_.mode;
-      swept_for_silence_ = false;
       if (opts_.mode != detection::sweep) {
         try {
           const feed_state feed = probe();
@@ -140,15 +165,17 @@ void change_detector::run() {
             if (!sleep(backoff(++failures))) return;
             continue;
           }
-          if (feed == feed_state::silent) {
+          if (feed == feed_state::silent && !silent_) {
             // Following a feed that never reports would lose every change, whatever the mode
             // configured: sweep until the server records them again.
             log()->warn("CouchDB's [global_changes] update_db is false: its _db_updates feed reports no change; "
-                        "sweeping every source instead until it is true and the node restarted (CouchDB ignores "
-                        "it turned on at runtime; looked at every {} s)",
-                        std::chrono::duration_cast<std::chrono::seconds>(opts_.node_check_interval).count());
-            swept_for_silence_ = true;
-            silence_checked_ = silent_since_ = now();
+                        "sweeping every source instead, and trying the feed again every {} s (CouchDB 3.5 records "
+                        "again only after the node restarted with update_db true)",
+                        std::chrono::duration_cast<std::chrono::seconds>(silence_check_interval()).count());
+          }
+          if (feed == feed_state::silent) {
+            silent_ = true;
+            silence_checked_ = now();
           }
           chosen = feed == feed_state::works ? detection::db_updates : detection::sweep;
         } catch (const couch_error& e) {
@@ -165,11 +192,13 @@ void change_detector::run() {
     if (active_.load() == detection::db_updates) {
       follow_db_updates();
     } else {
-      if (swept_for_silence_ && opts_.node_check_interval.count() > 0 && now() - silence_checked_ >= opts_.node_check_interval) {
+      if (silent_ && now() - silence_checked_ >= silence_check_interval()) {
+        const bool records = !updates_off() && feed_records();
         silence_checked_ = now();
-        if (!updates_off() && local_node_restarted_within(now() - silent_since_)) {
+        if (records) {
           // What changed between the last sweep and the first recorded event is in neither.
-          log()->info("CouchDB's [global_changes] update_db is on again since the node restarted: following _db_updates");
+          log()->info("CouchDB's _db_updates reports changes again (couchgate's own write was seen): following it");
+          silent_ = false;
           active_.store(detection::automatic);
           lost();
           continue;
@@ -345,6 +374,7 @@ void change_detector::follow_db_updates() {
   };
   // When the server's nodes were last asked about (a break's judgement counts).
   auto nodes_asked = now();
+  canary_sent_.reset();
   while (true) {
     if (stop_.requested()) break;
     if (broken_since) {
@@ -353,15 +383,31 @@ void change_detector::follow_db_updates() {
         broken_since.reset();
         nodes_asked = at;
       }
-    } else if (opts_.node_check_interval.count() > 0 && now() - nodes_asked >= opts_.node_check_interval) {
+    } else if ((opts_.node_check_interval.count() > 0 || opts_.canary_wait.count() > 0) &&
+               now() - nodes_asked >= silence_check_interval()) {
       const auto at = now();
-      if (look_at_nodes(nodes_asked)) nodes_asked = at;
-      if (updates_off()) {
-        // Turned off while followed: the feed goes silent from now on (and what the node held
-        // may never be written). Decided again: the sweep, until it is on.
+      if (opts_.node_check_interval.count() == 0 || look_at_nodes(nodes_asked)) nodes_asked = at;
+      // The feed is silent when update_db is off, or when the canary written at the previous
+      // look (an interval ago, at least canary_wait) was never reported. What the node held may
+      // never be written: every source is looked at, then swept until the feed records again.
+      const bool canary_lost = canary_sent_ && at - *canary_sent_ >= opts_.canary_wait;
+      if (updates_off() || canary_lost) {
+        if (canary_lost) {
+          log()->warn("CouchDB's _db_updates did not report couchgate's own write to {} within {} s: it records no "
+                      "change (was [global_changes] update_db false since the node started?); every source is "
+                      "looked at, then swept, and the feed tried again every {} s",
+                      state_.db(), std::chrono::duration_cast<std::chrono::seconds>(at - *canary_sent_).count(),
+                      std::chrono::duration_cast<std::chrono::seconds>(silence_check_interval()).count());
+        }
+        silent_ = true;
+        silence_checked_ = at;
+        canary_sent_.reset();
         active_.store(detection::automatic);
         lost();
         break;
+      }
+      if (opts_.canary_wait.count() > 0 && !canary_sent_ && state_.put_value(canary_key, json(++canaries_)).ok()) {
+        canary_sent_ = at;
       }
     }
     auto r = client_.db_updates(since, true, 1000).get();
@@ -410,6 +456,7 @@ void change_detector::follow_db_updates() {
     events_.inc(page.value().events.size());
     for (const auto& e : page.value().events) {
       if (listener_.changed) listener_.changed(e.db);
+      if (e.db == state_.db()) canary_sent_.reset();  // the feed records (the canary, or any state write)
       if (e.db == fanin_.central_db() || e.db == state_.db()) {
         // Our own databases: deleted or created again by someone, a look at once (fanin.hpp).
         if (e.type == "deleted" || e.type == "created") fanin_.request_target_check();

@@ -6,9 +6,10 @@
 // - sweep mode (servers without `_db_updates`): every known source's `update_seq` is read through
 //   the shared pool at a bounded rate and compared with its checkpoint. Also while the node
 //   couchgate talks to has `[global_changes] update_db = false`: its feed answers but never
-//   reports a change (server_limits.hpp); looked at again every node_check_interval, and while
-//   the feed is followed too. Back to the feed once update_db is on and the node restarted
-//   since (CouchDB 3.5 ignores update_db turned on again at runtime).
+//   reports a change (server_limits.hpp), or whose feed did not report couchgate's own write to
+//   the state database (a canary, detector_options::canary_wait): CouchDB 3.5 keeps a node
+//   silent after update_db was false at runtime, until it restarts, whatever the config says.
+//   Tried again every node_check_interval; back to the feed once it reports a canary.
 // Either way the result is fanin::mark_dirty; an idle database costs nothing but a map entry.
 // A database created again under a name that has a checkpoint is a new database: its checkpoint
 // is reset (fanin::source_recreated) and on_created is called (the daemon maps it to its owner,
@@ -56,6 +57,13 @@ struct detector_options {
   // db_updates mode: how often the server's nodes are asked whether one restarted while the feed
   // stayed up (lost_since_last_look); 0: never.
   std::chrono::milliseconds node_check_interval{60000};
+  // How long couchgate's own write to the state database may take to appear in `_db_updates`
+  // before the feed is judged silent (a node whose global_changes app records nothing, e.g.
+  // `[global_changes] update_db` turned off at runtime, which CouchDB 3.5 keeps until a restart
+  // whatever the config says later). Written once per look while the feed is followed (every
+  // node_check_interval, or 60 s when that is 0), and waited for when the sweep tries the feed
+  // again. 0: never written (the config is trusted).
+  std::chrono::milliseconds canary_wait{20000};
   backoff_policy backoff{};
   detector_clock clock{};
 };
@@ -129,13 +137,16 @@ class change_detector {
   enum class feed_state { works, unavailable, silent };
   feed_state probe();
   // True when the node couchgate talks to has [global_changes] update_db "false" (false when it
-  // is on or cannot be told: a server without the config API has its feed judged by the probe).
+  // is on or cannot be told: a server without the config API has its feed judged by the probe
+  // and the canary).
   bool updates_off();
-  // True when the node couchgate talks to restarted within the last `since` (GET
-  // /_node/_local/_system `uptime`). CouchDB 3.5's global_changes_server drops every message
-  // while update_db is false, the one turning it on again included: a node records again only
-  // after a restart with update_db true.
-  bool local_node_restarted_within(std::chrono::steady_clock::duration since);
+  // The active canary: writes to the state database and polls `_db_updates` (normal feed, every
+  // half second) for up to opts_.canary_wait for an event of it. True when seen (or canaries
+  // are off). CouchDB 3.5's global_changes_server drops every message while update_db is false,
+  // the one turning it on again included: only what the feed does tells.
+  bool feed_records();
+  // How often a silent feed is tried again, and how often the canary is written while following.
+  std::chrono::milliseconds silence_check_interval() const;
   void follow_db_updates();
   // False when it stopped early because the server could not be reached (outage_error).
   bool sweep_once();
@@ -173,11 +184,14 @@ class change_detector {
   // Sweep mode, detector thread only: sources that answered 404 (looked at again by every
   // sweep: when they answer, they were created again) and each source's instance_start_time.
   std::set<std::string> gone_;
-  // Sweeping because update_db is off (detector thread only): looked at again every
-  // node_check_interval; when it is on again, back to the feed.
-  bool swept_for_silence_ = false;
+  // The feed was found silent (update_db off, or the canary not reported): the sweep runs and
+  // the feed is tried again every silence_check_interval() with the active canary; followed
+  // again only once it reported one (detector thread only).
+  bool silent_ = false;
   std::chrono::steady_clock::time_point silence_checked_{};
-  std::chrono::steady_clock::time_point silent_since_{};  // when update_db was first seen off
+  // While following: when the passive canary was written and not yet reported.
+  std::optional<std::chrono::steady_clock::time_point> canary_sent_;
+  std::uint64_t canaries_ = 0;
   std::unordered_map<std::string, std::string> instances_;
   std::atomic<detection> active_{detection::automatic};
   stop_flag stop_;

@@ -62,8 +62,11 @@ struct global_changes_settings {
   std::uint64_t max_event_delay_ms = couchdb_default_max_event_delay_ms;
 };
 // From GET /_node/<node>/_config/global_changes (an object of strings; unset keys are absent and
-// take CouchDB's defaults, as does a number that is not one: CouchDB ignores such a change). nullopt
-// when the answer is not an object (no config API, refused, unreachable).
+// take CouchDB's defaults, as does a number that is not one: CouchDB ignores such a change at
+// runtime, and fails to start global_changes with it at boot). The values are the config's, not
+// necessarily what the node runs with: update_db turned on at runtime after being off is not
+// applied before a restart. nullopt when the answer is not an object (no config API, refused,
+// unreachable).
 std::optional<global_changes_settings> parse_global_changes(const result<json>& answer);
 
 // One line for the log when live feeds wait on the feed and max_write_delay is above the

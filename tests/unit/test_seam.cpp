@@ -14,6 +14,7 @@
 #include <set>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -63,6 +64,7 @@ r::detector_options detector_opts(r::detection mode) {
   o.backoff = r::backoff_policy{1ms, 5ms};
   o.sweep_interval = 50ms;
   o.sweep_rate = 10000;
+  o.canary_wait = 0ms;  // the canary tests turn it on
   return o;
 }
 
@@ -415,7 +417,43 @@ TEST_CASE("_db_updates answering 404 mid-way: the mode is decided again (here: s
   CHECK(s.unexpected().empty());
 }
 
-TEST_CASE("[global_changes] update_db false: a feed that records nothing is never followed; the sweep runs until it is on and the node restarted") {
+namespace {
+// A server's `_db_updates` for the canary tests: the position is "1-g0"; while `records`, every
+// read (normal or longpoll) reports an update of the state database (couchgate's canary or its
+// saved position), else nothing; a longpoll answers after 20 ms (a quiet feed, shortened).
+struct canary_server {
+  std::atomic<bool> records{false};
+  void script(scripted_transport& s) {
+    s.on("GET", "/_db_updates", [this](const r::http_request& q) {
+      if (q.target.find("feed=longpoll") != std::string::npos) std::this_thread::sleep_for(20ms);
+      const bool reads = q.target.find("since=now") == std::string::npos || q.target.find("feed=longpoll") != std::string::npos;
+      if (records && reads) return answer(200, db_updates_page({{"cg_state", "updated"}}, "1-g0"));
+      return answer(200, R"({"results":[],"last_seq":"1-g0"})");
+    }, -1);
+    s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"), -1);
+    s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:x","rev":"1-f"}])"), -1);
+    s.on("GET", "/_membership", answer(200, R"({"all_nodes":["a"],"cluster_nodes":["a"]})"), -1);
+    s.on("GET", "/_node/a/_system", answer(200, R"({"uptime":86400})"), -1);
+    s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x","instance_start_time":"0"})"), -1);
+  }
+  static std::size_t canaries(const scripted_transport& s) {
+    std::size_t n = 0;
+    for (const auto& q : s.requests()) {
+      if (q.method == "POST" && q.body.find("feed:db_updates_canary") != std::string::npos) ++n;
+    }
+    return n;
+  }
+};
+
+r::detector_options canary_opts(r::detection mode) {
+  auto o = detector_opts(mode);
+  o.node_check_interval = 100ms;  // looks, canaries and retries of a silent feed
+  o.canary_wait = 300ms;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("[global_changes] update_db false: a feed that records nothing is never followed; the sweep tries it again until it reports couchgate's own write") {
   struct scenario {
     const char* name;
     r::detection mode;
@@ -427,40 +465,27 @@ TEST_CASE("[global_changes] update_db false: a feed that records nothing is neve
     e.updates_off = true;
     e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
     auto& s = e.server;
-    s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"), -1);
-    s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"), -1);
-    s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x","instance_start_time":"0"})"), -1);
-    // Once followed: the feed's first answer (the probe's rule matches it too) is saved, and the
-    // nodes are looked at.
-    s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:db_updates","rev":"1-f"}])"), -1);
-    s.on("GET", "/_membership", answer(200, R"({"all_nodes":["a"],"cluster_nodes":["a"]})"), -1);
-    s.on("GET", "/_node/a/_system", answer(200, R"({"uptime":86400})"), -1);
-    auto opts = detector_opts(c.mode);
-    opts.node_check_interval = 100ms;  // the sweep looks at update_db again this often
-    r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+    canary_server server;
+    server.script(s);
+    r::change_detector d(e.client, e.state, e.fan, e.metrics, canary_opts(c.mode), e.on_created());
     std::atomic<int> lost{0};
     d.set_listener({nullptr, [&] { ++lost; }});
     d.start();
-    // Swept, and update_db looked at again while it stays off.
-    REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 2 && s.count("GET", "global_changes/update_db") >= 2; }));
+    // Swept, and update_db looked at again while it stays off (no canary meanwhile).
+    REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 2 && s.count("GET", "global_changes/update_db") >= 3; }));
+    CHECK(d.active_mode() == r::detection::sweep);
+    CHECK(s.count("GET", "feed=longpoll") == 0);
+    CHECK(canary_server::canaries(s) == 0);
+    // Turned on at runtime: CouchDB 3.5 still records nothing until the node restarts. The
+    // canary is written and not reported: the sweep goes on.
+    e.updates_off = false;
+    REQUIRE(s.wait_for([&] { return canary_server::canaries(s) >= 2; }));
     CHECK(d.active_mode() == r::detection::sweep);
     CHECK(s.count("GET", "feed=longpoll") == 0);
     CHECK(lost == 0);
-    // Turned on at runtime: CouchDB 3.5 still records nothing until the node restarts, so the
-    // sweep goes on while the node has been up for a day.
-    std::atomic<double> uptime{86400};
-    s.on("GET", "/_node/_local/_system", [&uptime](const r::http_request&) {
-      return answer(200, json{{"uptime", uptime.load()}}.dump());
-    }, -1);
-    e.updates_off = false;
-    const auto asked = s.count("GET", "global_changes/update_db");
-    REQUIRE(s.wait_for([&] { return s.count("GET", "/_node/_local/_system") >= 2; }));
-    CHECK(s.count("GET", "global_changes/update_db") > asked);
-    CHECK(s.count("GET", "feed=longpoll") == 0);
-    CHECK(d.active_mode() == r::detection::sweep);
-    // Restarted with update_db on: back to the feed, every source looked at once (the changes
-    // between the last sweep and the first recorded event are in neither).
-    uptime = 0.05;
+    // Restarted: the canary is reported. Back to the feed, every source looked at once (the
+    // changes between the last sweep and the first recorded event are in neither).
+    server.records = true;
     REQUIRE(s.wait_for([&] { return s.count("GET", "feed=longpoll") >= 1; }));
     CHECK(d.active_mode() == r::detection::db_updates);
     CHECK(lost == 1);
@@ -468,6 +493,33 @@ TEST_CASE("[global_changes] update_db false: a feed that records nothing is neve
     d.stop();
     CHECK(s.unexpected().empty());
   }
+}
+
+TEST_CASE("_db_updates followed while the node records nothing (update_db was false at runtime; its config says true): the canary is not reported, every source is looked at, then swept") {
+  engine e;
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  auto& s = e.server;
+  canary_server server;
+  server.script(s);
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, canary_opts(r::detection::automatic), e.on_created());
+  std::atomic<int> lost{0};
+  d.set_listener({nullptr, [&] { ++lost; }});
+  d.start();
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 1; }));
+  CHECK(d.active_mode() == r::detection::sweep);
+  CHECK(lost == 1);
+  CHECK(canary_server::canaries(s) >= 1);
+  CHECK(s.count("GET", "feed=longpoll") >= 1);  // it was followed until then
+  // Records again (restarted): followed, and its canaries are reported: it stays followed.
+  server.records = true;
+  REQUIRE(s.wait_for([&] { return d.active_mode() == r::detection::db_updates; }));
+  const auto canaries = canary_server::canaries(s);
+  REQUIRE(s.wait_for([&] { return canary_server::canaries(s) >= canaries + 3; }));
+  CHECK(d.active_mode() == r::detection::db_updates);
+  CHECK(lost == 2);
+  s.close();
+  d.stop();
+  CHECK(s.unexpected().empty());
 }
 
 TEST_CASE("[global_changes] update_db turned false while the feed is followed: noticed at the next look; every source looked at, then swept") {
