@@ -428,3 +428,44 @@ TEST_CASE("retryable answers to a batch (429, 408, 503, a transient row error) r
   CHECK(cg.admin_get("/failures").body["refused_docs"].empty());
   CHECK(cg.running());
 }
+
+TEST_CASE("a _db_updates feed that reports nothing (as CouchDB's after update_db was false at runtime) is found by the canary: swept, writes arrive; followed again once it records") {
+  if (env().pouchdb) {
+    MESSAGE("pouchdb-server has no _db_updates (HTTP 400): couchgate sweeps there from the start; the canary runs "
+            "against CouchDB only (COUCHDB_URL=...) and is unit-tested on scripted exchanges (test_seam.cpp)");
+    return;
+  }
+  // The real CouchDB 3.5 state (update_db false, then true, at runtime: _db_updates answers and
+  // stays empty until the node restarts) cannot be set up without restarting a shared server;
+  // the proxy gives couchgate the same view: every read of the feed answers nothing new.
+  auto [n, cfg, user, db] = with_user("silentfeed", "q");
+  cfg["fanin"]["detection"] = "auto";
+  cfg["fanin"]["node_check_interval"] = "1s";  // looks (and canaries) every second
+  scripted_proxy proxy;
+  cfg["couchdb"]["url"] = proxy.url();
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_provisioned(cg, db);
+  auto detection = [&] { return cg.admin_get("/status").body["fanin"].value("detection", ""); };
+  REQUIRE(eventually([&] { return detection() == "db_updates"; }, 30s));
+  const auto now = couch().get("/_db_updates?since=now&limit=1");
+  REQUIRE(now.status == 200);
+  const std::string silent = json{{"results", json::array()}, {"last_seq", now.body["last_seq"]}}.dump();
+  scripted_proxy::rule longpoll{"GET", "feed=longpoll", "", 200, silent};
+  longpoll.delay_ms = 1000;  // a quiet longpoll, shortened
+  proxy.add(longpoll);
+  proxy.add({"GET", "/_db_updates?since=", "", 200, silent});  // the canary's polls (normal feed)
+  // Its canary (written at a look) is not reported within 20 s: every source is looked at, then swept.
+  REQUIRE_MESSAGE(eventually([&] { return detection() == "sweep"; }, 90s), tail(cg.log()));
+  CHECK(count_lines(cg.log(), "did not report couchgate's own write") == 1);
+  REQUIRE(couch().put("/" + enc(db) + "/while-silent", json{{"x", 1}}).status == 201);
+  CHECK_MESSAGE(eventually([&] { return couch().get("/" + enc(n.central) + "/" + enc(user + ":while-silent")).status == 200; }, 60s),
+                tail(cg.log()));
+  // The server records again: the next try sees the canary; followed again.
+  proxy.clear();
+  REQUIRE_MESSAGE(eventually([&] { return detection() == "db_updates"; }, 90s), tail(cg.log()));
+  CHECK(count_lines(cg.log(), "reports changes again") == 1);
+  REQUIRE(couch().put("/" + enc(db) + "/after", json{{"x", 2}}).status == 201);
+  CHECK_MESSAGE(eventually([&] { return couch().get("/" + enc(n.central) + "/" + enc(user + ":after")).status == 200; }, 60s),
+                tail(cg.log()));
+  CHECK(cg.terminate() == 0);
+}

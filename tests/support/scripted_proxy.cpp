@@ -3,6 +3,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <strings.h>
 #include <set>
@@ -52,7 +53,26 @@ struct scripted_proxy::impl {
   bool stopping = false;
 
   // The scripted answer for req, if a rule matches (and counts it).
+  // Sleeps up to `ms` in slices, cut short when the proxy stops.
+  void pause(int ms) {
+    for (int waited = 0; waited < ms; waited += 50) {
+      {
+        std::lock_guard lk(mu);
+        if (stopping) return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(50, ms - waited)));
+    }
+  }
+
+  // The scripted answer for req, if a rule matches (and counts it), sent after the rule's delay.
   bool scripted(const httplib::Request& req, const std::string& target, httplib::Response& res) {
+    int delay = 0;
+    if (!match(req, target, res, delay)) return false;
+    pause(delay);
+    return true;
+  }
+
+  bool match(const httplib::Request& req, const std::string& target, httplib::Response& res, int& delay) {
     std::lock_guard lk(mu);
     for (std::size_t i = 0; i < rules.size(); ++i) {
       rule& r = rules[i];
@@ -64,6 +84,7 @@ struct scripted_proxy::impl {
       ++hits[i];
       res.status = r.status;
       res.set_content(r.body, r.content_type);
+      delay = r.delay_ms;
       return true;
     }
     return false;
@@ -119,15 +140,7 @@ struct scripted_proxy::impl {
     if (scripted(req, target, res)) return;
     const bool longpoll = target.find("feed=longpoll") != std::string::npos;
     forward(req, longpoll ? as_normal_feed(target) : target, res);
-    if (longpoll && res.status == 200 && res.body.find("\"results\":[]") != std::string::npos) {
-      for (int i = 0; i < 10; ++i) {
-        {
-          std::lock_guard lk(mu);
-          if (stopping) break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-    }
+    if (longpoll && res.status == 200 && res.body.find("\"results\":[]") != std::string::npos) pause(1000);
   }
 };
 

@@ -26,6 +26,7 @@ class scripted_proxy {
     std::string body;
     std::string content_type = "application/json";
     int times = -1;              // answers left; < 0: unlimited
+    int delay_ms = 0;            // the answer is sent this late (a longpoll that waits)
   };
 
   scripted_proxy();  // forwards to env().host:env().port
