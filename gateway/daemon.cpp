@@ -304,6 +304,7 @@ struct daemon::impl {
       j["fanin"] = {{"central_db", cfg.fanin.central_db},
                     {"ids", cfg.fanin.ids == policy::id_mode::namespaced ? "namespaced" : "unchanged"},
                     {"detection", detector ? r::to_string(detector->active_mode()) : "off"},
+                    {"db_updates_silent", detector && detector->feed_silent()},
                     {"sources", c.known},
                     {"dirty", c.dirty},
                     {"active", c.active},

@@ -61,7 +61,10 @@ change_detector::change_detector(couch_client& client, state_store& state, fanin
       reconnects_(metrics.add_counter("couchgate_feed_reconnects_total", "Feed reconnects after an error", "feed=\"db_updates\"")),
       mode_gauge_(metrics.add_gauge("couchgate_detection_mode", "Change detection in use: 0 undecided, 1 db_updates, 2 sweep")),
       recreations_(metrics.add_counter("couchgate_databases_recreated_total",
-                                       "Source databases found deleted and created again under the same name (checkpoint reset, read from the start)")) {
+                                       "Source databases found deleted and created again under the same name (checkpoint reset, read from the start)")),
+      silent_gauge_(metrics.add_gauge("couchgate_db_updates_silent",
+                                      "1 while the server's _db_updates is judged silent ([global_changes] update_db off, or "
+                                      "couchgate's canary write not reported): couchgate sweeps instead")) {
   if (!opts_.clock.jitter) opts_.clock.jitter = random_uniform_source();
 }
 
@@ -174,7 +177,7 @@ void change_detector::run() {
                         std::chrono::duration_cast<std::chrono::seconds>(silence_check_interval()).count());
           }
           if (feed == feed_state::silent) {
-            silent_ = true;
+            set_silent(true);
             silence_checked_ = now();
           }
           chosen = feed == feed_state::works ? detection::db_updates : detection::sweep;
@@ -198,7 +201,7 @@ void change_detector::run() {
         if (records) {
           // What changed between the last sweep and the first recorded event is in neither.
           log()->info("CouchDB's _db_updates reports changes again (couchgate's own write was seen): following it");
-          silent_ = false;
+          set_silent(false);
           active_.store(detection::automatic);
           lost();
           continue;
@@ -399,7 +402,7 @@ void change_detector::follow_db_updates() {
                       state_.db(), std::chrono::duration_cast<std::chrono::seconds>(at - *canary_sent_).count(),
                       std::chrono::duration_cast<std::chrono::seconds>(silence_check_interval()).count());
         }
-        silent_ = true;
+        set_silent(true);
         silence_checked_ = at;
         canary_sent_.reset();
         active_.store(detection::automatic);

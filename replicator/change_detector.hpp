@@ -128,6 +128,9 @@ class change_detector {
   // Before start(): also tell `l` what the `_db_updates` follower sees.
   void set_listener(change_listener l) { listener_ = std::move(l); }
   detection active_mode() const { return active_.load(); }
+  // True while the server's `_db_updates` is judged silent (update_db off, or the canary not
+  // reported) and couchgate sweeps instead.
+  bool feed_silent() const { return silent_seen_.load(); }
 
  private:
   void run();
@@ -200,6 +203,13 @@ class change_detector {
   counter& reconnects_;
   gauge& mode_gauge_;
   counter& recreations_;
+  gauge& silent_gauge_;  // couchgate_db_updates_silent: silent_, for /metrics
+  std::atomic<bool> silent_seen_{false};  // silent_, for feed_silent()
+  void set_silent(bool on) {
+    silent_ = on;
+    silent_seen_.store(on);
+    silent_gauge_.set(on ? 1 : 0);
+  }
 };
 
 }  // namespace couchgate::replicator

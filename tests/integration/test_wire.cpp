@@ -457,6 +457,8 @@ TEST_CASE("a _db_updates feed that reports nothing (as CouchDB's after update_db
   // Its canary (written at a look) is not reported within 20 s: every source is looked at, then swept.
   REQUIRE_MESSAGE(eventually([&] { return detection() == "sweep"; }, 90s), tail(cg.log()));
   CHECK(count_lines(cg.log(), "did not report couchgate's own write") == 1);
+  CHECK(cg.admin_get("/status").body["fanin"]["db_updates_silent"] == json(true));
+  CHECK(cg.metric("couchgate_db_updates_silent") == std::optional<double>(1));
   REQUIRE(couch().put("/" + enc(db) + "/while-silent", json{{"x", 1}}).status == 201);
   CHECK_MESSAGE(eventually([&] { return couch().get("/" + enc(n.central) + "/" + enc(user + ":while-silent")).status == 200; }, 60s),
                 tail(cg.log()));
@@ -464,6 +466,7 @@ TEST_CASE("a _db_updates feed that reports nothing (as CouchDB's after update_db
   proxy.clear();
   REQUIRE_MESSAGE(eventually([&] { return detection() == "db_updates"; }, 90s), tail(cg.log()));
   CHECK(count_lines(cg.log(), "reports changes again") == 1);
+  CHECK(cg.admin_get("/status").body["fanin"]["db_updates_silent"] == json(false));
   REQUIRE(couch().put("/" + enc(db) + "/after", json{{"x", 2}}).status == 201);
   CHECK_MESSAGE(eventually([&] { return couch().get("/" + enc(n.central) + "/" + enc(user + ":after")).status == 200; }, 60s),
                 tail(cg.log()));

@@ -474,6 +474,7 @@ TEST_CASE("[global_changes] update_db false: a feed that records nothing is neve
     // Swept, and update_db looked at again while it stays off (no canary meanwhile).
     REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 2 && s.count("GET", "global_changes/update_db") >= 3; }));
     CHECK(d.active_mode() == r::detection::sweep);
+    CHECK(d.feed_silent());
     CHECK(s.count("GET", "feed=longpoll") == 0);
     CHECK(canary_server::canaries(s) == 0);
     // Turned on at runtime: CouchDB 3.5 still records nothing until the node restarts. The
@@ -488,6 +489,7 @@ TEST_CASE("[global_changes] update_db false: a feed that records nothing is neve
     server.records = true;
     REQUIRE(s.wait_for([&] { return s.count("GET", "feed=longpoll") >= 1; }));
     CHECK(d.active_mode() == r::detection::db_updates);
+    CHECK_FALSE(d.feed_silent());
     CHECK(lost == 1);
     s.close();
     d.stop();
@@ -507,6 +509,7 @@ TEST_CASE("_db_updates followed while the node records nothing (update_db was fa
   d.start();
   REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 1; }));
   CHECK(d.active_mode() == r::detection::sweep);
+  CHECK(d.feed_silent());
   CHECK(lost == 1);
   CHECK(canary_server::canaries(s) >= 1);
   CHECK(s.count("GET", "feed=longpoll") >= 1);  // it was followed until then
