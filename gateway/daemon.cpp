@@ -285,7 +285,7 @@ struct daemon::impl {
     metrics.add_callback("couchgate_couchdb_global_changes_update_db",
                          "CouchDB's [global_changes] update_db as configured on the node couchgate talks to: 1 on, 0 off "
                          "(-1 when it cannot be read). Whether _db_updates records is the detector's to judge (its "
-                         "canary): couchgate_detection_mode",
+                         "canary): couchgate_db_updates_silent",
                          [this] { return static_cast<double>(update_db.load()); });
     metrics.add_callback("couchgate_up", "1 when ready", [this] { return ready().first ? 1.0 : 0.0; });
   }

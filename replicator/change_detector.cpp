@@ -110,7 +110,11 @@ bool change_detector::feed_records() {
   auto first = parse_db_updates(start.value());
   if (!first.ok()) return false;
   json since = first.value().last_seq;
-  if (!state_.put_value(canary_key, json(++canaries_)).ok()) return false;
+  if (auto w = state_.put_value(canary_key, json(++canaries_)); !w.ok() || !w.value()) {
+    log()->info("could not write the _db_updates canary to {} ({}): the feed is tried again later", state_.db(),
+                w.ok() ? "not written" : w.error().describe());
+    return false;
+  }
   const auto deadline = now() + opts_.canary_wait;
   while (now() < deadline) {
     if (!sleep(std::chrono::milliseconds(500))) return false;
@@ -132,7 +136,11 @@ change_detector::feed_state change_detector::probe() {
     if (r.ok()) {
       if (updates_off()) return feed_state::silent;
       // Found silent before (this process): followed again only when it reports a canary.
-      if (silent_ && !feed_records()) return feed_state::silent;
+      if (silent_) {
+        if (!feed_records()) return feed_state::silent;
+        log()->info("CouchDB's _db_updates reports changes again (couchgate's own write was seen): following it");
+        set_silent(false);
+      }
       return feed_state::works;
     }
     const auto& e = r.error();
@@ -377,6 +385,10 @@ void change_detector::follow_db_updates() {
   };
   // When the server's nodes were last asked about (a break's judgement counts).
   auto nodes_asked = now();
+  // When the feed's own check (update_db, the canary) last ran: first at once.
+  auto feed_checked = now() - silence_check_interval();
+  // When a read last reached the feed's end (fewer events than asked for, or an idle wait).
+  std::optional<std::chrono::steady_clock::time_point> caught_up_at;
   canary_sent_.reset();
   while (true) {
     if (stop_.requested()) break;
@@ -386,31 +398,47 @@ void change_detector::follow_db_updates() {
         broken_since.reset();
         nodes_asked = at;
       }
-    } else if ((opts_.node_check_interval.count() > 0 || opts_.canary_wait.count() > 0) &&
-               now() - nodes_asked >= silence_check_interval()) {
-      const auto at = now();
-      if (opts_.node_check_interval.count() == 0 || look_at_nodes(nodes_asked)) nodes_asked = at;
-      // The feed is silent when update_db is off, or when the canary written at the previous
-      // look (an interval ago, at least canary_wait) was never reported. What the node held may
-      // never be written: every source is looked at, then swept until the feed records again.
-      const bool canary_lost = canary_sent_ && at - *canary_sent_ >= opts_.canary_wait;
-      if (updates_off() || canary_lost) {
-        if (canary_lost) {
-          log()->warn("CouchDB's _db_updates did not report couchgate's own write to {} within {} s: it records no "
-                      "change (was [global_changes] update_db false since the node started?); every source is "
-                      "looked at, then swept, and the feed tried again every {} s",
-                      state_.db(), std::chrono::duration_cast<std::chrono::seconds>(at - *canary_sent_).count(),
-                      std::chrono::duration_cast<std::chrono::seconds>(silence_check_interval()).count());
-        }
-        set_silent(true);
-        silence_checked_ = at;
-        canary_sent_.reset();
-        active_.store(detection::automatic);
-        lost();
-        break;
+    } else {
+      if (opts_.node_check_interval.count() > 0 && now() - nodes_asked >= opts_.node_check_interval) {
+        const auto at = now();
+        if (look_at_nodes(nodes_asked)) nodes_asked = at;
       }
-      if (opts_.canary_wait.count() > 0 && !canary_sent_ && state_.put_value(canary_key, json(++canaries_)).ok()) {
-        canary_sent_ = at;
+      // The feed's own check, on its own clock (always moved on: a look that cannot be made
+      // does not make it run at every read), first at once.
+      if (now() - feed_checked >= silence_check_interval()) {
+        const auto at = now();
+        feed_checked = at;
+        // Silent when update_db is off, or when the canary written at a previous check (at least
+        // canary_wait ago) was not reported though the follower has read the feed to its end
+        // since then (a follower that lags, on a busy server, has simply not reached it yet).
+        // What the node held may never be written: every source is looked at, then swept until
+        // the feed records again.
+        const bool off = updates_off();
+        const bool canary_lost = canary_sent_ && at - *canary_sent_ >= opts_.canary_wait && caught_up_at &&
+                                 *caught_up_at - *canary_sent_ >= opts_.canary_wait;
+        if (off || canary_lost) {
+          if (off) {
+            log()->warn("CouchDB's [global_changes] update_db was turned false: its _db_updates feed reports no change "
+                        "from now on; every source is looked at, then swept, and the feed tried again every {} s "
+                        "(CouchDB 3.5 records again only after the node restarted with update_db true)",
+                        std::chrono::duration_cast<std::chrono::seconds>(silence_check_interval()).count());
+          } else {
+            log()->warn("CouchDB's _db_updates did not report couchgate's own write to {} within {} s: it records no "
+                        "change (was [global_changes] update_db false since the node started?); every source is "
+                        "looked at, then swept, and the feed tried again every {} s",
+                        state_.db(), std::chrono::duration_cast<std::chrono::seconds>(at - *canary_sent_).count(),
+                        std::chrono::duration_cast<std::chrono::seconds>(silence_check_interval()).count());
+          }
+          set_silent(true);
+          silence_checked_ = at;
+          canary_sent_.reset();
+          active_.store(detection::automatic);
+          lost();
+          break;
+        }
+        if (opts_.canary_wait.count() > 0 && !canary_sent_) {
+          if (auto w = state_.put_value(canary_key, json(++canaries_)); w.ok() && w.value()) canary_sent_ = at;
+        }
       }
     }
     auto r = client_.db_updates(since, true, 1000).get();
@@ -424,13 +452,14 @@ void change_detector::follow_db_updates() {
         // is missed, and the wait spaced the attempts. A connection silent for three heartbeats
         // is a network failure instead (below), judged as a break.
         log()->debug("_db_updates feed: {}; reconnecting", e.describe());
-        if (!broken_since) answered = now();
+        if (!broken_since) answered = caught_up_at.emplace(now());
         continue;
       }
       if (e.kind == couch_error_kind::bad_request && since != json("now")) {
         log()->warn("stored _db_updates position rejected ({}); restarting from now and sweeping every source once",
                     e.describe());
         since = "now";
+        canary_sent_.reset();  // its event may lie before "now"
         lost();
         continue;
       }
@@ -457,6 +486,7 @@ void change_detector::follow_db_updates() {
       continue;
     }
     events_.inc(page.value().events.size());
+    if (page.value().events.size() < 1000) caught_up_at = answered;
     for (const auto& e : page.value().events) {
       if (listener_.changed) listener_.changed(e.db);
       if (e.db == state_.db()) canary_sent_.reset();  // the feed records (the canary, or any state write)

@@ -431,7 +431,14 @@ struct canary_server {
       return answer(200, R"({"results":[],"last_seq":"1-g0"})");
     }, -1);
     s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"), -1);
-    s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:x","rev":"1-f"}])"), -1);
+    // Every document written is accepted (a row per id, as CouchDB answers).
+    s.on("POST", "/cg_state/_bulk_docs", [](const r::http_request& q) {
+      json rows = json::array();
+      for (const auto& d : json::parse(q.body ? *q.body : "{}").value("docs", json::array())) {
+        rows.push_back({{"ok", true}, {"id", d.value("_id", "")}, {"rev", "1-f"}});
+      }
+      return answer(201, rows.dump());
+    }, -1);
     s.on("GET", "/_membership", answer(200, R"({"all_nodes":["a"],"cluster_nodes":["a"]})"), -1);
     s.on("GET", "/_node/a/_system", answer(200, R"({"uptime":86400})"), -1);
     s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x","instance_start_time":"0"})"), -1);
