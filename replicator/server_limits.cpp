@@ -5,6 +5,13 @@
 
 namespace couchgate::replicator {
 
+namespace {
+// CouchDB 3.5's answer for a key set in no ini file: the server's built-in default is in effect.
+bool unset_key(const couch_error& e) { return e.kind == couch_error_kind::not_found && e.reason == "unknown_config_value"; }
+// How CouchDB reads [global_changes] update_db: off only for "false".
+bool update_db_on(const std::string& v) { return v != "false"; }
+}  // namespace
+
 std::optional<std::uint64_t> parse_config_uint(const json& answer) {
   if (answer.is_number_unsigned()) return answer.get<std::uint64_t>();
   if (answer.is_number_integer()) {
@@ -21,8 +28,7 @@ std::optional<std::uint64_t> parse_config_uint(const json& answer) {
 
 std::optional<std::uint64_t> max_dbs_open_in_effect(const result<json>& answer) {
   if (answer.ok()) return parse_config_uint(answer.value());
-  const couch_error& e = answer.error();
-  if (e.kind == couch_error_kind::not_found && e.reason == "unknown_config_value") return couchdb_default_max_dbs_open;
+  if (unset_key(answer.error())) return couchdb_default_max_dbs_open;
   return std::nullopt;
 }
 
@@ -45,22 +51,18 @@ std::optional<std::string> max_dbs_open_warning(std::uint64_t max_dbs_open, cons
          " or more";
 }
 
-namespace {
-bool unset_key(const couch_error& e) { return e.kind == couch_error_kind::not_found && e.reason == "unknown_config_value"; }
-}  // namespace
-
 std::optional<bool> update_db_in_effect(const result<json>& answer) {
   if (!answer.ok()) return unset_key(answer.error()) ? std::optional<bool>(true) : std::nullopt;
   const json& v = answer.value();
   if (!v.is_string()) return std::nullopt;
-  return v.get_ref<const std::string&>() != "false";
+  return update_db_on(v.get_ref<const std::string&>());
 }
 
 std::optional<global_changes_settings> parse_global_changes(const result<json>& answer) {
   if (!answer.ok() || !answer.value().is_object()) return std::nullopt;
   const json& section = answer.value();
   global_changes_settings s;
-  if (auto it = section.find("update_db"); it != section.end() && it->is_string()) s.update_db = it->get_ref<const std::string&>() != "false";
+  if (auto it = section.find("update_db"); it != section.end() && it->is_string()) s.update_db = update_db_on(it->get_ref<const std::string&>());
   auto number = [&section](const char* key, std::uint64_t fallback) {
     auto it = section.find(key);
     if (it == section.end()) return fallback;
