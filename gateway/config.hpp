@@ -85,6 +85,7 @@ struct fanin_config {
   double sweep_rate = 200;           // databases checked per second in sweep mode
   milliseconds sweep_interval{5000}; // minimum time between two sweeps of the same database
   milliseconds node_check_interval{60000};  // db_updates mode: ask whether a node restarted (0: never)
+  milliseconds verify_interval{std::chrono::minutes(30)};  // db_updates mode: read every source and live feed again (0: never)
   milliseconds checkpoint_interval{1000};  // checkpoints written to the state db at most this often (0 = every round)
   milliseconds target_check_interval{5000};  // central marker / state db looked at this often (0 = never)
   bool operator==(const fanin_config&) const = default;

@@ -380,6 +380,15 @@ constexpr key_spec table[] = {
                  "The same interval paces the feed's own check (its [global_changes] update_db, and a write to the "
                  "state database that the feed must report within 20 s, else couchgate sweeps; 60 s when this is "
                  "0)."}),
+    key<&config::fanin, &fc::verify_interval>(
+        {.name = "fanin.verify_interval",
+         .kind = k::duration_ms,
+         .min = 0,
+         .help = "db_updates mode: every this often each source database is read once more, and the databases "
+                 "with parked live feeds have their update_seq looked at, each pass spread over half of it: CouchDB "
+                 "does not promise that every change reaches _db_updates, and a lost event would otherwise wait for "
+                 "the database's next write. Changes found this way are counted (couchgate_fanin_unannounced_total) "
+                 "and logged. 0: never."}),
     key<&config::fanin, &fc::checkpoint_interval>(
         {.name = "fanin.checkpoint_interval",
          .kind = k::duration_ms,

@@ -578,6 +578,7 @@ int daemon::run() {
     dop.sweep_rate = cfg.fanin.sweep_rate;
     dop.sweep_interval = cfg.fanin.sweep_interval;
     dop.node_check_interval = cfg.fanin.node_check_interval;
+    dop.verify_interval = cfg.fanin.verify_interval;
     d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
                                                       [&d](const std::string& db, bool recreated) { d.db_created(db, recreated); });
   }
@@ -631,7 +632,8 @@ int daemon::run() {
       }
       d.front = std::make_unique<front_door>(cfg, d.metrics, std::move(local), std::move(provision));
       d.feeds = std::make_unique<feed_notifier>(*d.client, d.front->feeds(), d.detector.get(),
-                                                feed_notifier_options{cfg.front.feed_sweep_interval, cfg.fanin.sweep_rate});
+                                                feed_notifier_options{cfg.front.feed_sweep_interval, cfg.fanin.sweep_rate,
+                                                                      cfg.fanin.verify_interval});
       if (d.detector) d.detector->set_listener(d.feeds->listener());
     } catch (const std::exception& e) {
       log()->critical("front door: {}", e.what());

@@ -41,6 +41,7 @@ bool feed_notifier::db_updates_active() const {
 
 void feed_notifier::run() {
   std::optional<bool> sweeping;  // the first mode is logged too
+  auto verify_at = std::chrono::steady_clock::now() + opts_.verify_interval;
   while (!stop_.requested()) {
     const auto started = std::chrono::steady_clock::now();
     const bool sweep = !db_updates_active();
@@ -53,19 +54,25 @@ void feed_notifier::run() {
       // Changes made while the mode switched may have been announced to nobody.
       if (!sweep && switched) feeds_.notify_all();
     }
-    if (sweep) sweep_once();
+    if (sweep) {
+      sweep_once(opts_.sweep_rate, [] { return true; });
+    } else if (opts_.verify_interval.count() > 0 && started >= verify_at) {
+      const auto gap = replicator::verify_gap(feeds_.watched().size(), opts_.verify_interval, opts_.sweep_rate);
+      sweep_once(1000.0 / static_cast<double>(gap.count()), [this] { return db_updates_active(); });
+      verify_at = started + opts_.verify_interval;
+    }
     const auto next = started + opts_.sweep_interval;
     const auto now = std::chrono::steady_clock::now();
     if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
   }
 }
 
-void feed_notifier::sweep_once() {
+void feed_notifier::sweep_once(double rate_asked, const std::function<bool()>& go) {
   const auto dbs = feeds_.watched();
-  const double rate = opts_.sweep_rate > 0 ? opts_.sweep_rate : 1;
+  const double rate = rate_asked > 0 ? rate_asked : 1;
   const std::size_t window = std::max<std::size_t>(1, std::min<std::size_t>(64, static_cast<std::size_t>(rate / 10)));
   const auto window_time = std::chrono::duration<double>(static_cast<double>(window) / rate);
-  for (std::size_t off = 0; off < dbs.size(); off += window) {
+  for (std::size_t off = 0; off < dbs.size() && go(); off += window) {
     const auto started = std::chrono::steady_clock::now();
     std::vector<std::pair<std::string, replicator::pending_json>> calls;
     for (std::size_t i = off; i < std::min(dbs.size(), off + window); ++i) calls.emplace_back(dbs[i], client_.db_info(dbs[i]));

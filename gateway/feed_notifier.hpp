@@ -6,7 +6,11 @@
 // databases that have feeds open, shared database included, reading their update_seq with
 // couchgate's own client at a bounded rate (fanin.sweep_rate databases per second) every
 // front.feed_sweep_interval; the registry wakes the feeds that know less than that seq.
+// While the events flow, the same look is taken every fanin.verify_interval, spread over half of
+// it (replicator::verify_gap): a change whose event never came wakes its feeds then, instead of at
+// the database's next write (a continuous feed, or a longpoll with a heartbeat, would wait for it).
 #include <chrono>
+#include <functional>
 #include <thread>
 
 #include "gateway/front/feed_park.hpp"
@@ -19,6 +23,7 @@ namespace couchgate::gateway {
 struct feed_notifier_options {
   std::chrono::milliseconds sweep_interval{1000};
   double sweep_rate = 200;  // databases per second
+  std::chrono::milliseconds verify_interval{std::chrono::minutes(30)};  // 0: never
 };
 
 class feed_notifier {
@@ -34,7 +39,8 @@ class feed_notifier {
 
  private:
   void run();
-  void sweep_once();
+  // Reads each watched database's update_seq, at most `rate` a second, while `go` says so.
+  void sweep_once(double rate, const std::function<bool()>& go);
   bool db_updates_active() const;
 
   replicator::couch_client& client_;

@@ -2,6 +2,7 @@
 #include "replicator/change_detector.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "replicator/logger.hpp"
 #include "replicator/outage.hpp"
@@ -87,11 +88,36 @@ std::chrono::milliseconds change_detector::backoff(std::uint32_t failures) const
 void change_detector::start() {
   stop_.reset();
   thread_ = std::thread([this] { run(); });
+  if (opts_.verify_interval.count() > 0) verify_thread_ = std::thread([this] { verify_loop(); });
 }
 
 void change_detector::stop() {
   stop_.request();
   if (thread_.joinable()) thread_.join();
+  if (verify_thread_.joinable()) verify_thread_.join();
+}
+
+std::chrono::milliseconds verify_gap(std::size_t n, std::chrono::milliseconds interval, double rate) {
+  const double per_second = rate > 0 ? rate : 1;
+  const auto fastest = std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(1000.0 / per_second)));
+  if (n == 0) return std::max(fastest, interval);
+  const auto spread = interval / 2 / static_cast<std::int64_t>(n);
+  return std::max(fastest, spread);
+}
+
+void change_detector::verify_loop() {
+  while (stop_.sleep_for(opts_.verify_interval)) {
+    if (active_.load() != detection::db_updates) continue;  // the sweep reads every source already
+    const auto dbs = fanin_.sources();
+    const auto gap = verify_gap(dbs.size(), opts_.verify_interval, opts_.sweep_rate);
+    std::size_t marked = 0;
+    for (const auto& db : dbs) {
+      if (active_.load() != detection::db_updates) break;
+      if (fanin_.verify(db)) ++marked;
+      if (!stop_.sleep_for(gap)) return;
+    }
+    log()->debug("verify pass: {} of {} sources read again", marked, dbs.size());
+  }
 }
 
 bool change_detector::updates_off() {

@@ -11,6 +11,8 @@
 //   silent after update_db was false at runtime, until it restarts, whatever the config says.
 //   Tried again every node_check_interval; back to the feed once it reports a canary.
 // Either way the result is fanin::mark_dirty; an idle database costs nothing but a map entry.
+// While the feed is followed, a verify pass (detector_options::verify_interval, its own thread)
+// reads every source once more (fanin::verify): a lost event delays a change, it does not lose it.
 // A database created again under a name that has a checkpoint is a new database: its checkpoint
 // is reset (fanin::source_recreated) and on_created is called (the daemon maps it to its owner,
 // adds it as a source and re-applies its _security). db_updates mode sees `created`; the sweep
@@ -64,6 +66,12 @@ struct detector_options {
   // node_check_interval, or 60 s when that is 0), and waited for when the sweep tries the feed
   // again. 0: never written (the config is trusted).
   std::chrono::milliseconds canary_wait{20000};
+  // db_updates mode: every this often, each source is read once more, paced over half of it
+  // (verify_gap), whether or not an event announced a change (CouchDB does not guarantee that
+  // every change reaches `_db_updates`): a lost event delays a change by at most about this,
+  // instead of until the source's next announced write. 0: never. On the real clock (a thread
+  // of its own beside the feed's).
+  std::chrono::milliseconds verify_interval{std::chrono::minutes(30)};
   backoff_policy backoff{};
   detector_clock clock{};
 };
@@ -101,6 +109,11 @@ node_doubts doubtful_nodes(const json& membership, const std::map<std::string, j
 // is down or unknown and was not at the previous look (a node down for hours counts once, not at
 // every look).
 bool lost_since_last_look(const node_doubts& previous, const node_doubts& now);
+
+// The verify pass's pause between two of its `n` databases: the pass takes about half of
+// `interval` (the rest is the quiet before the next), at most `rate` databases a second (the
+// sweep's rate; 1 when not positive).
+std::chrono::milliseconds verify_gap(std::size_t n, std::chrono::milliseconds interval, double rate);
 
 // Who else hears of changes (the front door's parked live feeds, gateway/feed_notifier.hpp):
 // every `_db_updates` event's database, and "events may have been lost" when the feed broke.
@@ -151,6 +164,9 @@ class change_detector {
   // How often a silent feed is tried again, and how often the canary is written while following.
   std::chrono::milliseconds silence_check_interval() const;
   void follow_db_updates();
+  // The verify thread (opts_.verify_interval): while the feed is followed, fanin::verify of every
+  // source, paced by verify_gap.
+  void verify_loop();
   // False when it stopped early because the server could not be reached (outage_error).
   bool sweep_once();
   // Resets its checkpoint (when it had one, or `surely` it existed before; then counted and
@@ -199,6 +215,7 @@ class change_detector {
   std::atomic<detection> active_{detection::automatic};
   stop_flag stop_;
   std::thread thread_;
+  std::thread verify_thread_;
   counter& events_;
   counter& reconnects_;
   gauge& mode_gauge_;

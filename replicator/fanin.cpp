@@ -47,7 +47,10 @@ fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_
       lag_(metrics.add_histogram("couchgate_replication_lag_seconds",
                                  "Time from a source becoming dirty to its changes being checkpointed in the central database")),
       central_resets_(metrics.add_counter("couchgate_central_resets_total",
-                                          "Times every source was re-read because the central database was new, replaced or older than the checkpoints")) {
+                                          "Times every source was re-read because the central database was new, replaced or older than the checkpoints")),
+      unannounced_(metrics.add_counter("couchgate_fanin_unannounced_total",
+                                       "Sources whose verify read (fanin.verify_interval) found changes no _db_updates event had "
+                                       "marked: an event lost, or one still on its way")) {
   for (auto k : all_couch_error_kinds) {
     errors_[k] = &metrics.add_counter("couchgate_replication_errors_total", "Replication errors by kind",
                                       std::string("kind=\"") + to_string(k) + "\"");
@@ -196,6 +199,7 @@ void fanin::remove_source(const std::string& db) {
   std::lock_guard lk(mu_);
   sources_.erase(db);
   created_empty_.erase(db);
+  verify_marked_.erase(db);
   sched_.remove(db);
 }
 
@@ -212,6 +216,7 @@ void fanin::source_recreated(const std::string& db) {
 bool fanin::mark_dirty(const std::string& db) {
   std::lock_guard lk(mu_);
   created_empty_.erase(db);  // a change: it holds something now (added later, it is added dirty)
+  verify_marked_.erase(db);  // announced
   auto it = sources_.find(db);
   if (it == sources_.end()) return false;
   sched_.mark_dirty(db, sched_clock::now());
@@ -219,8 +224,19 @@ bool fanin::mark_dirty(const std::string& db) {
   return true;
 }
 
+bool fanin::verify(const std::string& db) {
+  std::lock_guard lk(mu_);
+  if (!sources_.count(db) || sched_.phase(db) != source_phase::idle) return false;
+  created_empty_.erase(db);  // its first change may be the one whose event was lost
+  verify_marked_.insert(db);
+  sched_.mark_dirty(db, sched_clock::now());
+  cv_.notify_one();
+  return true;
+}
+
 void fanin::mark_all_dirty() {
   std::lock_guard lk(mu_);
+  verify_marked_.clear();  // every source is read for a known reason
   auto now = sched_clock::now();
   for (const auto& entry : sources_) sched_.mark_dirty(entry.first, now);
   cv_.notify_all();
@@ -490,8 +506,23 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
   {
     std::lock_guard lk(mu_);
     const auto now = sched_clock::now();
+    std::vector<std::string> unannounced;
     for (const auto& t : turns) {
-      if (t.page) sched_.progress(t.db, source_event::fetched, now);
+      if (!t.page) continue;
+      sched_.progress(t.db, source_event::fetched, now);
+      if (verify_marked_.erase(t.db) && !t.page->changes.empty()) unannounced.push_back(t.db);
+    }
+    if (!unannounced.empty()) {
+      unannounced_.inc(unannounced.size());
+      unannounced_unlogged_ += unannounced.size();
+      const auto at = std::chrono::steady_clock::now();
+      const bool warn = at - unannounced_logged_ >= std::chrono::minutes(1);
+      if (warn) unannounced_logged_ = at;
+      log()->log(warn ? spdlog::level::warn : spdlog::level::debug,
+                 "{} source(s) had changes no _db_updates event announced (found by the verify read; db={} the "
+                 "latest): the feed loses events, or announces them late",
+                 warn ? unannounced_unlogged_ : unannounced.size(), unannounced.back());
+      if (warn) unannounced_unlogged_ = 0;
     }
   }
 

@@ -122,6 +122,12 @@ class fanin {
   // Returns false for databases that are not sources.
   bool mark_dirty(const std::string& db);
   void mark_all_dirty();
+  // The verify pass (change_detector, db_updates mode) reads a source again that no event
+  // marked: dirty unless a turn is already due or running. When that read finds changes, no
+  // event had announced them (a `_db_updates` event lost, or one still on its way): counted in
+  // couchgate_fanin_unannounced_total and logged (at warn at most once a minute). False for
+  // databases that are not sources or already due.
+  bool verify(const std::string& db);
   bool knows(const std::string& db) const;
   std::vector<std::string> sources() const;
 
@@ -184,6 +190,10 @@ class fanin {
   scheduler sched_;
   std::unordered_map<std::string, source> sources_;
   std::unordered_set<std::string> created_empty_;  // see created_empty(); guarded by mu_
+  // Sources verify() marked, until their turn reads them or an event marks them; guarded by mu_.
+  std::unordered_set<std::string> verify_marked_;
+  std::uint64_t unannounced_unlogged_ = 0;                 // guarded by mu_
+  std::chrono::steady_clock::time_point unannounced_logged_{};  // guarded by mu_
   std::deque<refused_doc> refused_;
   std::vector<std::thread> threads_;
 
@@ -198,6 +208,7 @@ class fanin {
   counter& doc_write_failures_;
   histogram& lag_;
   counter& central_resets_;
+  counter& unannounced_;
 };
 
 }  // namespace couchgate::replicator

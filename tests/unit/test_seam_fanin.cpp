@@ -5,6 +5,7 @@
 // refusing the batch leaves the checkpoint where it was and the source backing off.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -12,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "gateway/feed_notifier.hpp"
+#include "gateway/front/feed_park.hpp"
+#include "replicator/change_detector.hpp"
 #include "replicator/fanin.hpp"
 #include "replicator/state_store.hpp"
 #include "replicator/transport/couch_client.hpp"
@@ -76,12 +80,46 @@ struct fan_engine : scripted_fanin {
     server.on("PUT", "/central/_local/couchgate-epoch", answer(201, R"({"ok":true,"id":"_local/couchgate-epoch","rev":"0-4"})"), -1);
     server.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"checkpoint:userdb-a","rev":"2-c"}])"), -1);
   }
+  // Central takes every batch, as often as asked.
+  void script_central_takes_all() {
+    server.on("POST", "/central/_revs_diff", all_missing, -1);
+    server.on("POST", "/central/_bulk_docs", answer(201, "[]"), -1);
+  }
+  // A server whose `_db_updates` works (the probe), is followed from a stored position (7-g1),
+  // and then reports nothing: the feed's longpoll gets no answer until the test ends.
+  void script_quiet_feed() {
+    server.on("GET", "/_node/_local/_config/global_changes/update_db",
+              answer(404, R"({"error":"not_found","reason":"unknown_config_value"})"), -1);
+    server.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));
+    server.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"7-g1"})"), -1);
+  }
   void start_user_a() {
     REQUIRE(fan.load().ok());
     fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
     fan.start();  // a new source is dirty: one turn
   }
 };
+
+// A `_changes` answer with one new document `id` (its body inline) at `seq`.
+r::http_response one_new_doc(const std::string& id, const std::string& seq) {
+  return answer(200, json{{"results", {{{"seq", seq}, {"id", id}, {"changes", {{{"rev", rev1}}}},
+                                        {"doc", {{"_id", id}, {"_rev", rev1}}}}}},
+                          {"last_seq", seq},
+                          {"pending", 0}}
+                         .dump());
+}
+
+// A detector that follows `_db_updates` alone: no canary, no node looks.
+r::detector_options followed_feed(std::chrono::milliseconds verify_interval) {
+  r::detector_options o;
+  o.mode = r::detection::db_updates;
+  o.create_global_changes = false;
+  o.canary_wait = 0ms;
+  o.node_check_interval = 0ms;
+  o.sweep_rate = 10000;
+  o.verify_interval = verify_interval;
+  return o;
+}
 
 std::vector<std::string> targets_in_order(const scripted_transport& s) {
   std::vector<std::string> out;
@@ -343,4 +381,149 @@ TEST_CASE("fanin: a stemmed history found in two rounds is logged once, listed o
   CHECK(listed[0].reason.find(rev1) != std::string::npos);
   CHECK(e.state.checkpoint("userdb-a") == json("3-x"));
   CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("fanin: a verify read that finds changes counts them as unannounced; one that finds nothing, one after an event, or one on a source already due does not") {
+  fan_engine e;
+  auto& s = e.server;
+  e.script_load();
+  e.script_changes();
+  e.script_checkpoints();
+  e.script_central_takes_all();
+  captured_log logged("fanin");
+  e.start_user_a();  // its first turn: checkpoint 4-x
+  REQUIRE(s.wait_for([&] { return e.fan.idle() && e.state.checkpoint("userdb-a") == json("4-x"); }));
+  const auto unannounced = [&] { return metric_value(e.metrics, "couchgate_fanin_unannounced_total"); };
+
+  SUBCASE("nothing new: not counted") {
+    s.on("GET", "/userdb-a/_changes?since=4-x", answer(200, R"({"results":[],"last_seq":"4-x","pending":0})"));
+    CHECK(e.fan.verify("userdb-a"));
+    REQUIRE(s.wait_for([&] { return e.fan.idle() && s.count("GET", "_changes?since=4-x") == 1; }));
+    CHECK(unannounced() == 0);
+    CHECK(logged.count("no _db_updates event announced") == 0);
+  }
+  SUBCASE("a change no event announced: counted and logged at warn") {
+    s.on("GET", "/userdb-a/_changes?since=4-x", one_new_doc("d3", "5-x"));
+    CHECK(e.fan.verify("userdb-a"));
+    REQUIRE(s.wait_for([&] { return e.fan.idle() && e.state.checkpoint("userdb-a") == json("5-x"); }));
+    CHECK(unannounced() == 1);
+    CHECK(logged.count("1 source(s) had changes no _db_updates event announced") == 1);
+    CHECK(logged.count("db=userdb-a the latest") == 1);
+    // A second one within the minute: counted, logged at debug only.
+    s.on("GET", "/userdb-a/_changes?since=5-x", one_new_doc("d4", "6-x"));
+    CHECK(e.fan.verify("userdb-a"));
+    REQUIRE(s.wait_for([&] { return e.fan.idle() && e.state.checkpoint("userdb-a") == json("6-x"); }));
+    CHECK(unannounced() == 2);
+  }
+  SUBCASE("an event marked it after the verify: the change was announced") {
+    // The verify's turn is held until the event came.
+    s.hold("GET", "/userdb-a/_changes?since=4-x", one_new_doc("d3", "5-x"));
+    CHECK(e.fan.verify("userdb-a"));
+    REQUIRE(s.wait_for([&] { return s.held() == 1; }));
+    e.fan.mark_dirty("userdb-a");  // the event, while the verify's read is on its way
+    s.on("GET", "/userdb-a/_changes?since=5-x", answer(200, R"({"results":[],"last_seq":"5-x","pending":0})"));
+    s.release_held();
+    REQUIRE(s.wait_for([&] { return e.fan.idle() && s.count("GET", "_changes?since=5-x") == 1; }));
+    CHECK(unannounced() == 0);
+  }
+  SUBCASE("a source already due, an unknown one: not marked") {
+    s.hold("GET", "/userdb-a/_changes?since=4-x", one_new_doc("d3", "5-x"));
+    e.fan.mark_dirty("userdb-a");
+    REQUIRE(s.wait_for([&] { return s.held() == 1; }));
+    CHECK_FALSE(e.fan.verify("userdb-a"));  // in its turn: read anyway
+    CHECK_FALSE(e.fan.verify("userdb-zz"));
+    s.release_held();
+    REQUIRE(s.wait_for([&] { return e.fan.idle() && e.state.checkpoint("userdb-a") == json("5-x"); }));
+    CHECK(unannounced() == 0);
+  }
+  e.fan.stop();
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("change detector: while the feed is followed and announces nothing, the verify pass reads every source again; a change found is counted as unannounced") {
+  fan_engine e;
+  auto& s = e.server;
+  e.script_load();
+  e.script_changes();
+  e.script_checkpoints();
+  e.script_central_takes_all();
+  e.script_quiet_feed();
+  e.start_user_a();
+  REQUIRE(s.wait_for([&] { return e.fan.idle() && e.state.checkpoint("userdb-a") == json("4-x"); }));
+  // A write whose event never comes, then nothing more.
+  s.on("GET", "/userdb-a/_changes?since=4-x", one_new_doc("d3", "5-x"));
+  s.on("GET", "/userdb-a/_changes?since=5-x", answer(200, R"({"results":[],"last_seq":"5-x","pending":0})"), -1);
+
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, followed_feed(200ms), [](const std::string&, bool) {});
+  d.start();
+  struct ended {
+    fan_engine& e;
+    r::change_detector& d;
+    ~ended() {
+      e.server.close();
+      d.stop();
+      e.fan.stop();
+    }
+  } at_end{e, d};
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/_db_updates?since=7-g1") == 1; }));
+  CHECK(d.active_mode() == r::detection::db_updates);
+  // Read again by the verify pass, the write found, and the passes go on (read again from 5-x).
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a/_changes?since=5-x") >= 2; }));
+  CHECK(e.state.checkpoint("userdb-a") == json("5-x"));
+  CHECK(metric_value(e.metrics, "couchgate_fanin_unannounced_total") == 1);
+  CHECK(s.count("GET", "/_db_updates?since=7-g1") == 1);  // the feed's one read still waits
+}
+
+TEST_CASE("verify_gap: a pass over half the interval, never faster than the sweep's rate") {
+  using ms = std::chrono::milliseconds;
+  CHECK(r::verify_gap(10000, std::chrono::minutes(30), 200) == ms(90));
+  CHECK(r::verify_gap(10, std::chrono::minutes(30), 200) == ms(90000));
+  CHECK(r::verify_gap(1000000, std::chrono::minutes(30), 200) == ms(5));  // 200 a second at most
+  CHECK(r::verify_gap(1000000, std::chrono::minutes(30), 0) == ms(1000));  // a rate not positive: 1 a second
+  CHECK(r::verify_gap(3, ms(600), 10000) == ms(100));
+  CHECK(r::verify_gap(0, ms(600), 10000) == ms(600));
+}
+
+TEST_CASE("live feeds: while _db_updates is followed and announces nothing, the verify look wakes a parked feed whose database moved on, and only it") {
+  fan_engine e;
+  auto& s = e.server;
+  e.script_load();
+  REQUIRE(e.fan.load().ok());
+  e.script_quiet_feed();
+  // userdb-a moved on to 5 with no event; userdb-b is where its feed already is.
+  s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"5-x"})"), -1);
+  s.on("GET", "/userdb-b", answer(200, R"({"db_name":"userdb-b","update_seq":"3-x"})"), -1);
+
+  // (fan-in's own pass is not what this test looks at)
+  r::change_detector d(e.client, e.state, e.fan, e.metrics, followed_feed(0ms), [](const std::string&, bool) {});
+  couchgate::gateway::front::feed_registry feeds(10);
+  std::atomic<int> woken_a{0}, woken_b{0};
+  const auto a = feeds.subscribe("userdb-a", "a", [&] { ++woken_a; }, 0);
+  const auto b = feeds.subscribe("userdb-b", "b", [&] { ++woken_b; }, 0);
+  REQUIRE(a);
+  REQUIRE(b);
+  feeds.park(*a, 4);
+  feeds.park(*b, 3);
+  couchgate::gateway::feed_notifier n(e.client, feeds, &d, {20ms, 10000, 300ms});
+  d.set_listener(n.listener());
+  d.start();
+  // The feed followed before the feeds' thread starts (a detector still probing means the sweep).
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/_db_updates?since=7-g1") == 1; }));
+  REQUIRE(d.active_mode() == r::detection::db_updates);
+  n.start();
+  struct ended {
+    fan_engine& e;
+    r::change_detector& d;
+    couchgate::gateway::feed_notifier& n;
+    ~ended() {
+      e.server.close();
+      n.stop();
+      d.stop();
+    }
+  } at_end{e, d, n};
+  REQUIRE(s.wait_for([&] { return woken_a.load() == 1; }));
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-b") >= 1; }));
+  CHECK(woken_b.load() == 0);
+  CHECK(d.active_mode() == r::detection::db_updates);
+  CHECK(s.count("GET", "/_db_updates?since=7-g1") == 1);  // looked at beside the feed's waiting read
 }
