@@ -129,8 +129,8 @@ std::chrono::milliseconds change_detector::silence_check_interval() const {
   return opts_.node_check_interval.count() > 0 ? opts_.node_check_interval : std::chrono::milliseconds(60000);
 }
 
-bool change_detector::feed_records() {
-  if (opts_.canary_wait.count() <= 0) return true;
+bool change_detector::start_canary() {
+  trial_.reset();
   auto start = client_.db_updates(json("now"), false, 1).get();
   if (!start.ok()) return false;
   auto first = parse_db_updates(start.value());
@@ -141,19 +141,41 @@ bool change_detector::feed_records() {
                 w.ok() ? "not written" : w.error().describe());
     return false;
   }
-  const auto deadline = now() + opts_.canary_wait;
-  while (now() < deadline) {
-    if (!sleep(std::chrono::milliseconds(500))) return false;
-    auto r = client_.db_updates(since, false, 1000).get();
-    if (!r.ok()) return false;
-    auto page = parse_db_updates(r.value());
-    if (!page.ok()) return false;
+  trial_ = canary_trial{std::move(since), now() + opts_.canary_wait};
+  return true;
+}
+
+std::optional<bool> change_detector::poll_canary() {
+  if (!trial_) return false;
+  const bool late = now() >= trial_->deadline;  // decided before the read: what it finds still counts
+  auto r = client_.db_updates(trial_->since, false, 1000).get();
+  std::optional<bool> out;
+  if (!r.ok()) {
+    out = false;
+  } else if (auto page = parse_db_updates(r.value()); !page.ok()) {
+    out = false;
+  } else {
     for (const auto& e : page.value().events) {
-      if (e.db == state_.db()) return true;
+      if (e.db == state_.db()) out = true;
     }
-    if (!page.value().last_seq.is_null()) since = page.value().last_seq;
+    if (!out && !page.value().last_seq.is_null()) trial_->since = page.value().last_seq;
+    // A full page may hold more after it: read on at once, not judged yet.
+    if (!out && late && page.value().events.size() < 1000) out = false;
   }
-  return false;
+  if (out) trial_.reset();
+  return out;
+}
+
+bool change_detector::feed_records() {
+  if (opts_.canary_wait.count() <= 0) return true;
+  if (!start_canary()) return false;
+  while (true) {
+    if (!sleep(std::chrono::milliseconds(500))) {
+      trial_.reset();
+      return false;
+    }
+    if (auto seen = poll_canary()) return *seen;
+  }
 }
 
 change_detector::feed_state change_detector::probe() {
@@ -229,17 +251,26 @@ void change_detector::run() {
     if (active_.load() == detection::db_updates) {
       follow_db_updates();
     } else {
-      if (silent_ && now() - silence_checked_ >= silence_check_interval()) {
-        const bool records = !updates_off() && feed_records();
+      // A silent feed is tried again every silence_check_interval(): a canary written, then one
+      // read of the feed per turn of the sweep (the sweep does not wait for it) until it reports
+      // the canary or canary_wait has passed.
+      bool records = false;
+      if (silent_ && !trial_ && now() - silence_checked_ >= silence_check_interval()) {
         silence_checked_ = now();
-        if (records) {
-          // What changed between the last sweep and the first recorded event is in neither.
-          log()->info("CouchDB's _db_updates reports changes again (couchgate's own write was seen): following it");
-          set_silent(false);
-          active_.store(detection::automatic);
-          lost();
-          continue;
+        if (!updates_off()) {
+          if (opts_.canary_wait.count() <= 0) records = true;  // canaries off: the config is trusted
+          else start_canary();
         }
+      } else if (silent_ && trial_) {
+        records = poll_canary() == std::optional<bool>(true);
+      }
+      if (records) {
+        // What changed between the last sweep and the first recorded event is in neither.
+        log()->info("CouchDB's _db_updates reports changes again (couchgate's own write was seen): following it");
+        set_silent(false);
+        active_.store(detection::automatic);
+        lost();
+        continue;
       }
       auto started = now();
       // A server that cannot be reached ends the sweep: the next one waits with backoff (never

@@ -161,6 +161,18 @@ class change_detector {
   // are off). CouchDB 3.5's global_changes_server drops every message while update_db is false,
   // the one turning it on again included: only what the feed does tells.
   bool feed_records();
+  // The active canary in steps, for the sweep's loop (which goes on meanwhile): start_canary
+  // writes it (false: the feed or the state database could not be asked); each poll_canary reads
+  // the feed once from where the last stopped: true when the canary (any state database write)
+  // was reported, false when canary_wait has passed without it (or the read failed), nullopt
+  // while it may still come. Detector thread only.
+  bool start_canary();
+  std::optional<bool> poll_canary();
+  struct canary_trial {
+    json since;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::optional<canary_trial> trial_;
   // How often a silent feed is tried again, and how often the canary is written while following.
   std::chrono::milliseconds silence_check_interval() const;
   void follow_db_updates();

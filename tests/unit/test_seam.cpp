@@ -443,6 +443,23 @@ struct canary_server {
     s.on("GET", "/_node/a/_system", answer(200, R"({"uptime":86400})"), -1);
     s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x","instance_start_time":"0"})"), -1);
   }
+  // Some source read (GET /userdb-a) lies between a canary's write and a later poll of the feed
+  // for it (a normal read, not a longpoll), with no other canary between them.
+  static bool swept_during_trial(const scripted_transport& s) {
+    bool in_trial = false, swept = false;
+    for (const auto& q : s.requests()) {
+      if (q.method == "POST" && q.body.find("feed:db_updates_canary") != std::string::npos) {
+        in_trial = true;
+        swept = false;
+      } else if (in_trial && q.target == "/userdb-a") {
+        swept = true;
+      } else if (in_trial && swept && q.target.find("/_db_updates?since=1-g0") == 0 &&
+                 q.target.find("feed=longpoll") == std::string::npos) {
+        return true;
+      }
+    }
+    return false;
+  }
   static std::size_t canaries(const scripted_transport& s) {
     std::size_t n = 0;
     for (const auto& q : s.requests()) {
@@ -491,6 +508,9 @@ TEST_CASE("[global_changes] update_db false: a feed that records nothing is neve
     CHECK(d.active_mode() == r::detection::sweep);
     CHECK(s.count("GET", "feed=longpoll") == 0);
     CHECK(lost == 0);
+    // The sweep went on while a canary was waited for: a source read between a canary's write
+    // and a later read of the feed for it.
+    CHECK(canary_server::swept_during_trial(s));
     // Restarted: the canary is reported. Back to the feed, every source looked at once (the
     // changes between the last sweep and the first recorded event are in neither).
     server.records = true;
