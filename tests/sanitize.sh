@@ -5,6 +5,8 @@
 #                                    UndefinedBehaviorSanitizer (+ LeakSanitizer), build-asan
 #                                    (only those two ctest entries: the package test would
 #                                    build a whole Release package again, 5 min on 2 cores)
+#        tests/sanitize.sh address-unit  the unit suite alone under ASan + UBSan, build-asan (what
+#                                    .ci/run runs when its time budget cannot fit the integration suite)
 #        tests/sanitize.sh thread    the unit suite under ThreadSanitizer, build-tsan
 #        (extra arguments go to ctest, e.g. -R unit)
 #
@@ -23,8 +25,9 @@ shift || true
 case "$mode" in
   address) dir=build-asan; sanitize=address,undefined; targets="unit_tests integration_tests couchgate"
            set -- -R '^(unit|integration)$' "$@" ;;
+  address-unit) dir=build-asan; sanitize=address,undefined; targets="unit_tests"; set -- -R '^unit$' "$@" ;;
   thread) dir=build-tsan; sanitize=thread; targets="unit_tests"; set -- -R '^unit$' "$@" ;;
-  *) echo "usage: tests/sanitize.sh address|thread [ctest args...]" >&2; exit 2 ;;
+  *) echo "usage: tests/sanitize.sh address|address-unit|thread [ctest args...]" >&2; exit 2 ;;
 esac
 log() { echo "sanitize($mode): $*" >&2; }
 
