@@ -442,6 +442,15 @@ TEST_CASE("answers cut short or reset, a feed that ends early, bodies that are n
     CHECK_MESSAGE(eventually([&] { return answered() > before; }, 60s), tail(cg.log()));
     injected += answered() - before;
     REQUIRE_MESSAGE(cg.running(), tail(cg.log()));
+    // Recovered before the next fault: the edit reached central. (Armed while the source still
+    // backs off, the next fault would fail its retry too, and the backoff would double at every
+    // fault: 30 s waits by the end, three minutes for the test.)
+    const std::string central_id = user + ":" + id;
+    CHECK_MESSAGE(eventually([&] {
+                    auto got = couch().get("/" + enc(n.central) + "/" + enc(central_id));
+                    return got.status == 200 && got.body.is_object() && got.body.value("v", 0) == 2;
+                  }, 60s),
+                  central_id << " did not reach central after the fault\n" << tail(cg.log()));
   }
   proxy.answer_next(0, "");
   for (const auto& u : created) db_owner[user_db_name(n.prefix, u)] = u;
