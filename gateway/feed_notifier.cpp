@@ -53,6 +53,7 @@ void feed_notifier::run() {
       log()->info("live feeds are woken by {}", sweep ? "a sweep of their databases' update_seq" : "_db_updates events");
       // Changes made while the mode switched may have been announced to nobody.
       if (!sweep && switched) feeds_.notify_all();
+      verify_at = started + opts_.verify_interval;  // notify_all just read everything
     }
     if (sweep) {
       sweep_once(opts_.sweep_rate, [] { return true; });
@@ -88,9 +89,14 @@ void feed_notifier::sweep_once(double rate_asked, const std::function<bool()>& g
       if (!info.is_object() || !info.contains("update_seq")) continue;
       if (const auto seq = replicator::couch_client::seq_number(info["update_seq"])) feeds_.observe(db, *seq);
     }
+    // The pause before the next window, in slices of at most sweep_interval: `go` is asked
+    // between them (a verify pass's pause can be minutes; a change of mode must not wait for it).
     const auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(window_time);
-    const auto now = std::chrono::steady_clock::now();
-    if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
+    for (auto now = std::chrono::steady_clock::now(); next > now && go(); now = std::chrono::steady_clock::now()) {
+      const auto slice = std::min(std::chrono::duration_cast<std::chrono::milliseconds>(next - now) + std::chrono::milliseconds(1),
+                                  std::max(opts_.sweep_interval, std::chrono::milliseconds(1)));
+      if (!stop_.sleep_for(slice)) return;
+    }
   }
 }
 

@@ -39,7 +39,8 @@ class feed_notifier {
 
  private:
   void run();
-  // Reads each watched database's update_seq, at most `rate` a second, while `go` says so.
+  // Reads each watched database's update_seq, at most `rate` a second, while `go` says so (asked
+  // at least every sweep_interval).
   void sweep_once(double rate, const std::function<bool()>& go);
   bool db_updates_active() const;
 

@@ -106,8 +106,15 @@ std::chrono::milliseconds verify_gap(std::size_t n, std::chrono::milliseconds in
 }
 
 void change_detector::verify_loop() {
-  while (stop_.sleep_for(opts_.verify_interval)) {
-    if (active_.load() != detection::db_updates) continue;  // the sweep reads every source already
+  // One pass every verify_interval, counted from the start of the one before (a pass takes about
+  // half of it); while the feed is not followed the sweep reads every source already.
+  auto pass_at = std::chrono::steady_clock::now() + opts_.verify_interval;
+  while (true) {
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(pass_at - std::chrono::steady_clock::now());
+    if (wait.count() > 0 && !stop_.sleep_for(wait)) return;
+    if (stop_.requested()) return;
+    pass_at = std::chrono::steady_clock::now() + opts_.verify_interval;
+    if (active_.load() != detection::db_updates) continue;
     const auto dbs = fanin_.sources();
     const auto gap = verify_gap(dbs.size(), opts_.verify_interval, opts_.sweep_rate);
     std::size_t marked = 0;
@@ -159,7 +166,7 @@ std::optional<bool> change_detector::poll_canary() {
       if (e.db == state_.db()) out = true;
     }
     if (!out && !page.value().last_seq.is_null()) trial_->since = page.value().last_seq;
-    // A full page may hold more after it: read on at once, not judged yet.
+    // A full page may hold more after it: read on at the next poll, not judged yet.
     if (!out && late && page.value().events.size() < 1000) out = false;
   }
   if (out) trial_.reset();
@@ -169,13 +176,15 @@ std::optional<bool> change_detector::poll_canary() {
 bool change_detector::feed_records() {
   if (opts_.canary_wait.count() <= 0) return true;
   if (!start_canary()) return false;
-  while (true) {
-    if (!sleep(std::chrono::milliseconds(500))) {
-      trial_.reset();
-      return false;
-    }
+  // Polled every half second; a feed whose pages stay full past the deadline is given up on after
+  // as many polls again (an answer that never moves `since` must not hold the probe for ever).
+  const auto polls = 2 * std::max<std::int64_t>(1, opts_.canary_wait.count() / 500);
+  for (std::int64_t i = 0; i < polls; ++i) {
+    if (!sleep(std::chrono::milliseconds(500))) break;
     if (auto seen = poll_canary()) return *seen;
   }
+  trial_.reset();
+  return false;
 }
 
 change_detector::feed_state change_detector::probe() {
@@ -262,7 +271,9 @@ void change_detector::run() {
           else start_canary();
         }
       } else if (silent_ && trial_) {
-        records = poll_canary() == std::optional<bool>(true);
+        const auto seen = poll_canary();
+        records = seen == std::optional<bool>(true);
+        if (seen) silence_checked_ = now();  // the next try an interval after this one ended
       }
       if (records) {
         // What changed between the last sweep and the first recorded event is in neither.

@@ -112,6 +112,7 @@ void fanin::restart_all(const epoch_stamp& marker, const char* why) {
     std::lock_guard lk(mu_);
     auto now = sched_clock::now();
     sched_.retry_backoffs(now);
+    verify_marked_.clear();  // every source is read from its start, for a known reason
     for (const auto& entry : sources_) sched_.mark_dirty(entry.first, now);
     sources = sources_.size();
     cv_.notify_all();
@@ -226,7 +227,9 @@ bool fanin::mark_dirty(const std::string& db) {
 
 bool fanin::verify(const std::string& db) {
   std::lock_guard lk(mu_);
-  if (!sources_.count(db) || sched_.phase(db) != source_phase::idle) return false;
+  if (!sources_.count(db)) return false;
+  // Due or in a turn: read anyway. (A source added while created_empty() has no entry yet.)
+  if (const auto phase = sched_.phase(db); phase && *phase != source_phase::idle) return false;
   created_empty_.erase(db);  // its first change may be the one whose event was lost
   verify_marked_.insert(db);
   sched_.mark_dirty(db, sched_clock::now());

@@ -426,7 +426,7 @@ TEST_CASE("fanin: a verify read that finds changes counts them as unannounced; o
     REQUIRE(s.wait_for([&] { return e.fan.idle() && s.count("GET", "_changes?since=5-x") == 1; }));
     CHECK(unannounced() == 0);
   }
-  SUBCASE("a source already due, an unknown one: not marked") {
+  SUBCASE("a source in its turn, an unknown one: not marked") {
     s.hold("GET", "/userdb-a/_changes?since=4-x", one_new_doc("d3", "5-x"));
     e.fan.mark_dirty("userdb-a");
     REQUIRE(s.wait_for([&] { return s.held() == 1; }));
@@ -472,6 +472,26 @@ TEST_CASE("change detector: while the feed is followed and announces nothing, th
   CHECK(e.state.checkpoint("userdb-a") == json("5-x"));
   CHECK(metric_value(e.metrics, "couchgate_fanin_unannounced_total") == 1);
   CHECK(s.count("GET", "/_db_updates?since=7-g1") == 1);  // the feed's one read still waits
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("fanin: a database couchgate created empty, whose first change was never announced, is read by a verify") {
+  fan_engine e;
+  auto& s = e.server;
+  e.script_load();  // userdb-a's checkpoint: 2-x
+  e.script_checkpoints();
+  e.script_central_takes_all();
+  REQUIRE(e.fan.load().ok());
+  e.fan.created_empty("userdb-a");
+  e.fan.add_source("userdb-a", couchgate::policy::owner{couchgate::policy::owner::kind::user, "a"});
+  e.fan.start();
+  CHECK(e.fan.idle());  // created empty: no read at its addition
+  s.on("GET", "/userdb-a/_changes?since=2-x", one_new_doc("d1", "3-x"));
+  CHECK(e.fan.verify("userdb-a"));
+  REQUIRE(s.wait_for([&] { return e.fan.idle() && e.state.checkpoint("userdb-a") == json("3-x"); }));
+  CHECK(metric_value(e.metrics, "couchgate_fanin_unannounced_total") == 1);
+  e.fan.stop();
+  CHECK(s.unexpected().empty());
 }
 
 TEST_CASE("verify_gap: a pass over half the interval, never faster than the sweep's rate") {
@@ -522,7 +542,8 @@ TEST_CASE("live feeds: while _db_updates is followed and announces nothing, the 
     }
   } at_end{e, d, n};
   REQUIRE(s.wait_for([&] { return woken_a.load() == 1; }));
-  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-b") >= 1; }));
+  // A second pass has begun: the first one's answer about userdb-b was handled.
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-b") >= 2; }));
   CHECK(woken_b.load() == 0);
   CHECK(d.active_mode() == r::detection::db_updates);
   CHECK(s.count("GET", "/_db_updates?since=7-g1") == 1);  // looked at beside the feed's waiting read
