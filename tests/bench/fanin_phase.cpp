@@ -98,14 +98,17 @@ json run_ceiling(context& ctx, const test::names& n, const std::vector<source_db
 // Issue #18's floor, the part the ceiling lacks: what the server needs to answer one
 // `_changes?style=all_docs&since=0` per source (what any replicator must read), over as many
 // keep-alive connections as couchgate may use, back to back.
-json run_changes_floor(context& ctx, const std::vector<source_db>& sources, int connections) {
-  json out{{"request", "GET /{source}/_changes?style=all_docs&since=0"}, {"connections", connections}};
+// `bodies`: with include_docs=true, the cheapest read of every body a replicator needs (what
+// fan-in's _changes asks for): the floor with bodies, beside the issue's floor without.
+json run_changes_floor(context& ctx, const std::vector<source_db>& sources, int connections, bool bodies) {
+  const std::string query = bodies ? "/_changes?style=all_docs&since=0&include_docs=true" : "/_changes?style=all_docs&since=0";
+  json out{{"request", "GET /{source}" + query}, {"connections", connections}};
   client_pool pool = make_clients(connections);
   sampler s(ctx.server_pid);
   auto t0 = steady::now();
   std::atomic<std::uint64_t> rows{0};
   std::string error = parallel_for(static_cast<int>(sources.size()), pool, [&](int i, bench_client& c) -> std::string {
-    auto r = c.get(db_path(sources[static_cast<std::size_t>(i)].db) + "/_changes?style=all_docs&since=0");
+    auto r = c.get(db_path(sources[static_cast<std::size_t>(i)].db) + query);
     if (r.status != 200 || !r.body.contains("results") || !r.body["results"].is_array()) return "_changes: " + describe(r);
     rows += r.body["results"].size();
     return "";
@@ -489,6 +492,23 @@ void set_ratios(json& out) {
                     {"what", "ceiling seconds + floor_changes seconds"}};
     double fl = out["floor"]["docs_per_s"].get<double>();
     out["ratio_couchgate_to_floor"] = cg > 0 && fl > 0 ? json(round_to(cg / fl)) : json(nullptr);
+    // The server's own work for the floor, to set beside what couchgate's run cost it.
+    const auto cpu = [&](const char* k) -> double {
+      const json* p = out[k].contains("profile") ? &out[k]["profile"] : nullptr;
+      return p && p->contains("server_cpu_seconds") && (*p)["server_cpu_seconds"].is_number() ? (*p)["server_cpu_seconds"].get<double>() : -1;
+    };
+    if (cpu("ceiling") >= 0 && cpu("floor_changes") >= 0) out["floor"]["server_cpu_seconds"] = round_to(cpu("ceiling") + cpu("floor_changes"));
+    if (out.contains("floor_changes_docs") && out["floor_changes_docs"].contains("seconds")) {
+      double with_s = out["ceiling"]["seconds"].get<double>() + out["floor_changes_docs"]["seconds"].get<double>();
+      out["floor_with_bodies"] = {{"seconds", round_to(with_s)},
+                                  {"docs_per_s", rate(out.value("docs_total", 0.0), with_s)},
+                                  {"what", "ceiling seconds + floor_changes_docs seconds"}};
+      if (cpu("ceiling") >= 0 && cpu("floor_changes_docs") >= 0) {
+        out["floor_with_bodies"]["server_cpu_seconds"] = round_to(cpu("ceiling") + cpu("floor_changes_docs"));
+      }
+      double fb = out["floor_with_bodies"]["docs_per_s"].get<double>();
+      out["ratio_couchgate_to_floor_with_bodies"] = cg > 0 && fb > 0 ? json(round_to(cg / fb)) : json(nullptr);
+    }
   }
   if (out.contains("restore") && out.contains("restore_ceiling")) {
     double r = out["restore"].value("docs_per_s", 0.0), rc = out["restore_ceiling"].value("docs_per_s", 0.0);
@@ -532,7 +552,9 @@ json run_fanin(context& ctx, const size_spec& size, plot_data& plots, fanin_sour
   if (!ctx.opt.skipped("ceiling") && !interrupted()) {
     note("fan-in " + label + ": floor (one _changes?style=all_docs&since=0 per source over " + std::to_string(connections) +
          " connections)");
-    out["floor_changes"] = run_changes_floor(ctx, sources, connections);
+    out["floor_changes"] = run_changes_floor(ctx, sources, connections, false);
+    note("fan-in " + label + ": floor with bodies (the same with include_docs=true)");
+    out["floor_changes_docs"] = run_changes_floor(ctx, sources, connections, true);
   }
   bool complete = false;
   if (!interrupted()) {

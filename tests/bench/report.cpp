@@ -320,16 +320,22 @@ void print_table(const json& results) {
                cell(num(f, {"ratio_couchgate_to_builtin"}), "%.2fx").c_str());
     }
     o += "\nFLOOR (issue #18)  floor = ceiling + one _changes?style=all_docs&since=0 per source over max_connections;\n"
-         "        requests = couchgate's to the server from its start to its stop; CPU s = couchgate / server over that window\n";
-    o += fmt("%-10s %9s %9s %7s %9s %9s %9s %9s %9s\n", "size", "changes s", "floor s", "%floor", "req/doc", "req/src",
-             "cg CPU s", "srv CPU s", "waiting s");
+         "        +bodies = the same _changes with include_docs=true (the cheapest read of the bodies a replicator needs);\n"
+         "        requests = couchgate's to the server from its start to its stop; CPU s = couchgate / server over that window;\n"
+         "        floor srv = the server's CPU s for the floor's requests (ceiling + _changes), +bodies likewise\n";
+    o += fmt("%-10s %9s %9s %7s %9s %7s %9s %9s %9s %9s %9s %9s %9s\n", "size", "changes s", "floor s", "%floor", "+bodies s",
+             "%fl+b", "req/doc", "req/src", "cg CPU s", "srv CPU s", "floor srv", "+b srv", "waiting s");
     for (const auto& f : fanin) {
       double r = num(f, {"ratio_couchgate_to_floor"});
-      o += fmt("%-10s %9s %9s %7s %9s %9s %9s %9s %9s\n", f.value("size", "").c_str(), cell(num(f, {"floor_changes", "seconds"})).c_str(),
-               cell(num(f, {"floor", "seconds"})).c_str(), r < 0 ? "-" : fmt("%.0f%%", r * 100).c_str(),
+      double rb = num(f, {"ratio_couchgate_to_floor_with_bodies"});
+      o += fmt("%-10s %9s %9s %7s %9s %7s %9s %9s %9s %9s %9s %9s %9s\n", f.value("size", "").c_str(),
+               cell(num(f, {"floor_changes", "seconds"})).c_str(), cell(num(f, {"floor", "seconds"})).c_str(),
+               r < 0 ? "-" : fmt("%.0f%%", r * 100).c_str(), cell(num(f, {"floor_with_bodies", "seconds"})).c_str(),
+               rb < 0 ? "-" : fmt("%.0f%%", rb * 100).c_str(),
                cell(num(f, {"couchgate", "requests_per_doc"}), "%.3f").c_str(), cell(num(f, {"couchgate", "requests_per_source"})).c_str(),
                cell(num(f, {"couchgate", "profile", "couchgate_cpu_seconds"})).c_str(),
                cell(num(f, {"couchgate", "profile", "server_cpu_seconds"})).c_str(),
+               cell(num(f, {"floor", "server_cpu_seconds"})).c_str(), cell(num(f, {"floor_with_bodies", "server_cpu_seconds"})).c_str(),
                cell(num(f, {"couchgate", "profile", "waiting_seconds"})).c_str());
     }
     bool any_restore = false;
