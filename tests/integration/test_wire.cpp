@@ -429,6 +429,51 @@ TEST_CASE("retryable answers to a batch (429, 408, 503, a transient row error) r
   CHECK(cg.running());
 }
 
+TEST_CASE("a change whose _db_updates event never came (dropped by a proxy) reaches central through the verify pass, counted as unannounced") {
+  if (env().pouchdb) {
+    MESSAGE("pouchdb-server has no _db_updates (HTTP 400): couchgate sweeps there, and the verify pass only runs while "
+            "the feed is followed; it runs against CouchDB only (COUCHDB_URL=...) and is unit-tested on scripted "
+            "exchanges (test_seam_fanin.cpp)");
+    return;
+  }
+  auto [n, cfg, user, db] = with_user("lostevent", "q");
+  cfg["fanin"]["detection"] = "db_updates";
+  cfg["fanin"]["node_check_interval"] = "10m";  // no canary or node look during the test (the first comes at once)
+  cfg["fanin"]["verify_interval"] = "4s";
+  // The proxy's held answers below send no heartbeat: couchgate gives up a feed silent for three
+  // of them (and would resume from its position, getting the events after all).
+  cfg["couchdb"]["heartbeat"] = "5s";
+  cfg["couchdb"]["feed_timeout"] = "30s";
+  scripted_proxy proxy;
+  cfg["couchdb"]["url"] = proxy.url();
+  couchgate_process cg(cfg, proxy_env(proxy));
+  start_provisioned(cg, db);
+  REQUIRE(eventually([&] { return cg.admin_get("/status").body["fanin"].value("detection", "") == "db_updates"; }, 30s));
+  const auto in_central = [&](const std::string& id) {
+    return couch().get("/" + enc(n.central) + "/" + enc(user + ":" + id)).status == 200;
+  };
+  // The source caught up and followed through its events.
+  REQUIRE(couch().put("/" + enc(db) + "/before", json{{"x", 1}}).status == 201);
+  REQUIRE_MESSAGE(eventually([&] { return in_central("before"); }, 30s), tail(cg.log()));
+  // From now on every read of the feed is held 1.5 s and answered "nothing; resume from now": the
+  // feed reports no change any more (its canary is only judged at the next look, in 10 min).
+  scripted_proxy::rule drop{"GET", "/_db_updates?since=", "", 200, R"({"results":[],"last_seq":"now"})"};
+  drop.delay_ms = 1500;
+  const auto dropping = proxy.add(drop);
+  // The read waiting at the server ends with this write's event (or an earlier one's); the next
+  // one is the proxy's. Its document arrives either way: by that event, or by the verify pass.
+  REQUIRE(couch().put("/" + enc(db) + "/flush", json{{"x", 2}}).status == 201);
+  REQUIRE_MESSAGE(eventually([&] { return proxy.hits(dropping) >= 1; }, 30s), tail(cg.log()));
+  REQUIRE_MESSAGE(eventually([&] { return in_central("flush"); }, 30s), tail(cg.log()));
+  const double unannounced_before = cg.metric("couchgate_fanin_unannounced_total").value_or(0);
+  REQUIRE(couch().put("/" + enc(db) + "/lost", json{{"x", 3}}).status == 201);
+  // No event will mark the source; the verify pass reads it within an interval and a half.
+  CHECK_MESSAGE(eventually([&] { return in_central("lost"); }, 30s), tail(cg.log()));
+  CHECK(cg.metric("couchgate_fanin_unannounced_total").value_or(0) >= unannounced_before + 1);
+  CHECK(count_lines(cg.log(), "no _db_updates event announced") >= 1);
+  CHECK(cg.terminate() == 0);
+}
+
 TEST_CASE("a _db_updates feed that reports nothing (as CouchDB's after update_db was false at runtime) is found by the canary: swept, writes arrive; followed again once it records") {
   if (env().pouchdb) {
     MESSAGE("pouchdb-server has no _db_updates (HTTP 400): couchgate sweeps there from the start; the canary runs "
