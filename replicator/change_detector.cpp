@@ -155,7 +155,7 @@ bool change_detector::start_canary() {
 std::optional<bool> change_detector::poll_canary() {
   if (!trial_) return false;
   const bool late = now() >= trial_->deadline;  // decided before the read: what it finds still counts
-  auto r = client_.db_updates(trial_->since, false, 1000).get();
+  auto r = client_.db_updates(trial_->since, false, db_updates_page).get();
   std::optional<bool> out;
   if (!r.ok()) {
     out = false;
@@ -167,7 +167,7 @@ std::optional<bool> change_detector::poll_canary() {
     }
     if (!out && !page.value().last_seq.is_null()) trial_->since = page.value().last_seq;
     // A full page may hold more after it: read on at the next poll, not judged yet.
-    if (!out && late && page.value().events.size() < 1000) out = false;
+    if (!out && late && page.value().events.size() < db_updates_page) out = false;
   }
   if (out) trial_.reset();
   return out;
@@ -509,7 +509,7 @@ void change_detector::follow_db_updates() {
         }
       }
     }
-    auto r = client_.db_updates(since, true, 1000).get();
+    auto r = client_.db_updates(since, true, db_updates_page).get();
     if (!r.ok()) {
       const auto& e = r.error();
       if (e.kind == couch_error_kind::cancelled) break;
@@ -554,7 +554,7 @@ void change_detector::follow_db_updates() {
       continue;
     }
     events_.inc(page.value().events.size());
-    if (page.value().events.size() < 1000) caught_up_at = answered;
+    if (page.value().events.size() < db_updates_page) caught_up_at = answered;
     for (const auto& e : page.value().events) {
       if (listener_.changed) listener_.changed(e.db);
       if (e.db == state_.db()) canary_sent_.reset();  // the feed records (the canary, or any state write)

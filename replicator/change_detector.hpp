@@ -176,6 +176,9 @@ class change_detector {
   // How often a silent feed is tried again, and how often the canary is written while following.
   std::chrono::milliseconds silence_check_interval() const;
   void follow_db_updates();
+  // Events asked for per read of `_db_updates` (the follower's and the canary's); a page this
+  // full may have more after it.
+  static constexpr std::size_t db_updates_page = 1000;
   // The verify thread (opts_.verify_interval): while the feed is followed, fanin::verify of every
   // source, paced by verify_gap.
   void verify_loop();

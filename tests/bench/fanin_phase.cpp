@@ -483,32 +483,31 @@ void set_ratios(json& out) {
   double cg = rate_of("couchgate"), ceil = rate_of("ceiling"), bi = rate_of("builtin");
   out["ratio_couchgate_to_ceiling"] = cg > 0 && ceil > 0 ? json(round_to(cg / ceil)) : json(nullptr);
   out["ratio_couchgate_to_builtin"] = cg > 0 && bi > 0 ? json(round_to(cg / bi)) : json(nullptr);
-  // The floor (issue #18): the ceiling's ingest plus one _changes per source, in seconds.
-  if (out.contains("ceiling") && out["ceiling"].contains("seconds") && out.contains("floor_changes") &&
-      out["floor_changes"].contains("seconds")) {
-    double floor_s = out["ceiling"]["seconds"].get<double>() + out["floor_changes"]["seconds"].get<double>();
-    out["floor"] = {{"seconds", round_to(floor_s)},
-                    {"docs_per_s", rate(out.value("docs_total", 0.0), floor_s)},
-                    {"what", "ceiling seconds + floor_changes seconds"}};
-    double fl = out["floor"]["docs_per_s"].get<double>();
-    out["ratio_couchgate_to_floor"] = cg > 0 && fl > 0 ? json(round_to(cg / fl)) : json(nullptr);
-    // The server's own work for the floor, to set beside what couchgate's run cost it.
-    const auto cpu = [&](const char* k) -> double {
-      const json* p = out[k].contains("profile") ? &out[k]["profile"] : nullptr;
-      return p && p->contains("server_cpu_seconds") && (*p)["server_cpu_seconds"].is_number() ? (*p)["server_cpu_seconds"].get<double>() : -1;
-    };
-    if (cpu("ceiling") >= 0 && cpu("floor_changes") >= 0) out["floor"]["server_cpu_seconds"] = round_to(cpu("ceiling") + cpu("floor_changes"));
-    if (out.contains("floor_changes_docs") && out["floor_changes_docs"].contains("seconds")) {
-      double with_s = out["ceiling"]["seconds"].get<double>() + out["floor_changes_docs"]["seconds"].get<double>();
-      out["floor_with_bodies"] = {{"seconds", round_to(with_s)},
-                                  {"docs_per_s", rate(out.value("docs_total", 0.0), with_s)},
-                                  {"what", "ceiling seconds + floor_changes_docs seconds"}};
-      if (cpu("ceiling") >= 0 && cpu("floor_changes_docs") >= 0) {
-        out["floor_with_bodies"]["server_cpu_seconds"] = round_to(cpu("ceiling") + cpu("floor_changes_docs"));
-      }
-      double fb = out["floor_with_bodies"]["docs_per_s"].get<double>();
-      out["ratio_couchgate_to_floor_with_bodies"] = cg > 0 && fb > 0 ? json(round_to(cg / fb)) : json(nullptr);
+  // The server's own CPU for a phase (-1: not measured).
+  const auto cpu = [&](const char* k) -> double {
+    const json* p = out[k].contains("profile") ? &out[k]["profile"] : nullptr;
+    return p && p->contains("server_cpu_seconds") && (*p)["server_cpu_seconds"].is_number() ? (*p)["server_cpu_seconds"].get<double>() : -1;
+  };
+  // A floor (issue #18): the ceiling's ingest plus the server's answers to one _changes per source
+  // (the phase `changes`), in seconds and, to set beside what couchgate's run cost it, in the
+  // server's CPU; couchgate's rate against it as `ratio`. False when either part is missing.
+  const auto add_floor = [&](const char* name, const char* changes, const char* ratio) {
+    if (!out.contains("ceiling") || !out["ceiling"].contains("seconds") || !out.contains(changes) ||
+        !out[changes].contains("seconds")) {
+      return false;
     }
+    const double secs = out["ceiling"]["seconds"].get<double>() + out[changes]["seconds"].get<double>();
+    out[name] = {{"seconds", round_to(secs)},
+                 {"docs_per_s", rate(out.value("docs_total", 0.0), secs)},
+                 {"what", std::string("ceiling seconds + ") + changes + " seconds"}};
+    if (cpu("ceiling") >= 0 && cpu(changes) >= 0) out[name]["server_cpu_seconds"] = round_to(cpu("ceiling") + cpu(changes));
+    const double fl = out[name]["docs_per_s"].get<double>();
+    out[ratio] = cg > 0 && fl > 0 ? json(round_to(cg / fl)) : json(nullptr);
+    return true;
+  };
+  // The issue's floor (no body read), then the one that reads the bodies as fan-in must.
+  if (add_floor("floor", "floor_changes", "ratio_couchgate_to_floor")) {
+    add_floor("floor_with_bodies", "floor_changes_docs", "ratio_couchgate_to_floor_with_bodies");
   }
   if (out.contains("restore") && out.contains("restore_ceiling")) {
     double r = out["restore"].value("docs_per_s", 0.0), rc = out["restore_ceiling"].value("docs_per_s", 0.0);
