@@ -11,8 +11,11 @@
 
 namespace couchgate::bench {
 
-daemon_run::daemon_run(context& ctx, json config, std::string label)
-    : ctx_(ctx), config_(std::move(config)), label_(std::move(label)), proc_(std::make_unique<test::couchgate_process>(config_)) {}
+daemon_run::daemon_run(context& ctx, json config, std::string label, std::map<std::string, std::string> extra_env)
+    : ctx_(ctx),
+      config_(std::move(config)),
+      label_(std::move(label)),
+      proc_(std::make_unique<test::couchgate_process>(config_, std::move(extra_env))) {}
 
 daemon_run::~daemon_run() {
   if (sampler_) sampler_->stop();

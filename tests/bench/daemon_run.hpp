@@ -24,8 +24,9 @@ json histogram_summary(const std::map<double, double>& before, const std::map<do
 
 class daemon_run {
  public:
-  // label names the log file kept under --logs (e.g. "fanin-200x50").
-  daemon_run(context& ctx, json config, std::string label);
+  // label names the log file kept under --logs (e.g. "fanin-200x50"); extra_env is set in its
+  // environment (e.g. COUCHDB_URL through a recording proxy).
+  daemon_run(context& ctx, json config, std::string label, std::map<std::string, std::string> extra_env = {});
   ~daemon_run();
 
   void start();                        // t0 = fork time

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <thread>
 #include <sstream>
 #include <string>
 #include <unordered_set>
@@ -77,6 +78,20 @@ socket_counts count_sockets(pid_t watched, pid_t server) {
     if (theirs.count(inode)) ++c.watched;
   }
   return c;
+}
+
+double wait_server_quiet(pid_t server, double max_percent, std::chrono::milliseconds window,
+                         std::chrono::duration<double> deadline) {
+  if (server <= 0 || read_usage(server).cpu_seconds < 0) return -1;
+  const auto t0 = steady::now();
+  for (;;) {
+    const double before = read_usage(server).cpu_seconds;
+    std::this_thread::sleep_for(window);  // the measuring window itself, not a wait for an outcome
+    const double used = read_usage(server).cpu_seconds - before;
+    if (before < 0 || used < 0) return -1;
+    const double secs = seconds_since(t0);
+    if (used * 100 <= max_percent * std::chrono::duration<double>(window).count() || secs >= deadline.count()) return secs;
+  }
 }
 
 sampler::sampler(pid_t server_pid, std::chrono::milliseconds period)

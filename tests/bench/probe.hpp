@@ -75,6 +75,12 @@ class sampler {
   std::thread thread_;
 };
 
+// Waits until the server process used at most `max_percent` of one core over a `window`
+// (work a phase left behind: deleting a thousand databases keeps CouchDB busy for seconds after
+// the last answer), at most `deadline`. Returns the seconds waited (-1: server pid unknown).
+double wait_server_quiet(pid_t server, double max_percent = 10, std::chrono::milliseconds window = std::chrono::milliseconds(500),
+                         std::chrono::duration<double> deadline = std::chrono::seconds(30));
+
 // summary.server_cpu_percent as JSON (null when unknown).
 nlohmann::json cpu_or_null(const sampler::summary& s);
 

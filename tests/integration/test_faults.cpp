@@ -4,6 +4,7 @@
 // reconnects by itself and provisions every user created while it could not see the server.
 // Users are always created directly on the real server, never through the proxy.
 #include <dirent.h>
+#include <unistd.h>
 #include <doctest/doctest.h>
 #include <httplib.h>
 
@@ -129,6 +130,7 @@ TEST_CASE("fault_proxy: forwards, refuses, stalls, slows and cuts on command, an
     REQUIRE(again);
     CHECK(again->status == 200);  // same connection (keep-alive)
     CHECK(proxy.accepted() == 1);
+    CHECK(proxy.peak_connections() == 1);
     CHECK(proxy.open_connections() == 1);
 
     for (auto mode : {fault_proxy::close_mode::reset, fault_proxy::close_mode::graceful}) {
@@ -179,6 +181,39 @@ TEST_CASE("fault_proxy: forwards, refuses, stalls, slows and cuts on command, an
   }
   CHECK(count_entries("/proc/self/task") == threads_before);
   CHECK(count_entries("/proc/self/fd") == fds_before);
+}
+
+TEST_CASE("fault_proxy: records when each answer began and its status, matched in order on a kept-alive connection") {
+  fault_proxy proxy;
+  httplib::Client cli("127.0.0.1", proxy.port());
+  cli.set_keep_alive(true);
+  cli.set_read_timeout(5, 0);
+  const auto t0 = steady_clock::now();
+  REQUIRE(cli.Get("/"));
+  auto missing = cli.Get("/couchgate-no-such-db-" + std::to_string(::getpid()));
+  REQUIRE(missing);
+  REQUIRE(missing->status == 404);
+  proxy.answer_next(1, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}", "_up");
+  auto injected = cli.Get("/_up");
+  REQUIRE(injected);
+  CHECK(injected->status == 503);
+  REQUIRE(cli.Get("/"));
+  const auto after = steady_clock::now();
+  auto recs = proxy.requests();
+  REQUIRE(recs.size() == 4);
+  CHECK(recs[0].status == 200);
+  CHECK(recs[1].status == 404);
+  CHECK(recs[2].answered_by_proxy);
+  CHECK_FALSE(recs[2].answered_at.has_value());  // the server never answered it
+  CHECK(recs[3].status == 200);
+  for (std::size_t i : {0u, 1u, 3u}) {
+    REQUIRE(recs[i].answered_at.has_value());
+    CHECK(*recs[i].answered_at >= recs[i].at);
+    CHECK(*recs[i].answered_at >= t0);
+    CHECK(*recs[i].answered_at <= after);
+  }
+  CHECK(*recs[1].answered_at <= recs[3].at);  // each answer before the next request
+  cli.stop();
 }
 
 TEST_CASE("network errors and server restarts: couchgate reconnects and provisions what was created meanwhile") {

@@ -47,6 +47,8 @@ struct connection {
   bool held = false;   // the request at the start of inbox is recorded and held (hold())
   std::size_t pass = 0;  // bytes of the current request still to forward
   std::size_t skip = 0;  // bytes of the current request still to drop (answered by the proxy)
+  // The record (index in requests_) of the request forwarded last whose answer has not begun.
+  std::optional<std::size_t> awaiting;
   bool close_when_sent = false;  // an injected answer that ends the connection once written
   fault_proxy::close_mode close_sent_as = fault_proxy::close_mode::graceful;  // ... this way
   // slow(): server bytes are held until s2c_ready (set when s2c stops being empty), then sent at
@@ -265,6 +267,23 @@ void fault_proxy::slow(std::chrono::milliseconds latency, std::size_t bytes_per_
 }
 
 void fault_proxy::run() {
+  // The first bytes of an answer arrived at s2c[from]: the request awaiting it is answered now.
+  const auto note_answer = [this](connection& c, std::size_t from) {
+    const auto now = std::chrono::steady_clock::now();
+    int status = 0;
+    // "HTTP/1.1 200 ...": the three digits after the first space.
+    const std::size_t sp = c.s2c.find(' ', from);
+    if (c.s2c.compare(from, 5, "HTTP/") == 0 && sp != std::string::npos && sp + 4 <= c.s2c.size()) {
+      for (std::size_t k = sp + 1; k < sp + 4 && std::isdigit(static_cast<unsigned char>(c.s2c[k])); ++k) status = status * 10 + (c.s2c[k] - '0');
+      if (status < 100) status = 0;
+    }
+    std::lock_guard lk(http_mu_);
+    if (*c.awaiting < requests_.size()) {
+      requests_[*c.awaiting].answered_at = now;
+      requests_[*c.awaiting].status = status;
+    }
+    c.awaiting.reset();
+  };
   std::vector<std::unique_ptr<connection>> conns;
   std::vector<pollfd> pfds;
   while (!stop_.load()) {
@@ -424,6 +443,11 @@ void fault_proxy::run() {
               c.close_when_sent = c.close_when_sent || inject_close_;
             }
             requests_.push_back(rec);
+            // A request sent before the last one's answer began: pipelined, so which answer
+            // is whose cannot be told here: neither is matched.
+            const bool pipelined = c.awaiting.has_value();
+            c.awaiting.reset();
+            if (!rec.answered_by_proxy && !pipelined) c.awaiting = requests_.size() - 1;
           }
           (rec.answered_by_proxy ? c.skip : c.pass) = len;
         }
@@ -434,8 +458,10 @@ void fault_proxy::run() {
       }
       if (!c.connecting && (sr & (POLLIN | POLLHUP))) {
         const bool was_empty = c.s2c.empty();
+        const std::size_t before = c.s2c.size();
         read_into(c.server, c.s2c, c.server_eof, c);
         if (was_empty && !c.s2c.empty()) c.s2c_ready = std::chrono::steady_clock::now() + latency;
+        if (c.awaiting && c.s2c.size() > before) note_answer(c, before);
       }
       if (c.dead) continue;
       if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);
@@ -485,6 +511,7 @@ void fault_proxy::run() {
           continue;
         }
         conns.push_back(std::move(c));
+        peak_ = std::max(peak_.load(), static_cast<int>(conns.size()));
       }
     }
 

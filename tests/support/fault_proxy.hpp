@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <sys/socket.h>
 #include <thread>
@@ -78,6 +79,13 @@ class fault_proxy {
     bool answered_by_proxy = false;
     bool has_authorization = false;
     bool has_session_cookie = false;  // a Cookie header with AuthSession=
+    // When the server's answer began (its first byte reached the proxy) and its status code
+    // (0 when the status line could not be read). Matched in order on the connection, one
+    // request in flight at a time (libcurl, couchgate and the bench never pipeline): when a
+    // second request comes before the first one's answer, neither is matched. Unset for a
+    // request answered by the proxy, held, or whose connection ended first.
+    std::optional<std::chrono::steady_clock::time_point> answered_at;
+    int status = 0;
   };
   std::vector<request_record> requests() const;
 
@@ -85,6 +93,8 @@ class fault_proxy {
   std::uint64_t accepted() const { return accepted_.load(); }
   // Connections being proxied now.
   int open_connections() const { return open_.load(); }
+  // The most connections proxied at once since construction.
+  int peak_connections() const { return peak_.load(); }
 
   static constexpr std::size_t max_connections = 256;
   static constexpr std::size_t buffer_cap = 256 * 1024;
@@ -110,6 +120,7 @@ class fault_proxy {
   std::atomic<std::size_t> rate_{0};
   std::atomic<std::uint64_t> accepted_{0};
   std::atomic<int> open_{0};
+  std::atomic<int> peak_{0};
 
   // Control requests: the caller bumps requested_, the thread acknowledges with seen_.
   std::mutex mu_;
