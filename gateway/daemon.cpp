@@ -602,8 +602,8 @@ int daemon::run() {
     hooks.user_changed = [&d](const std::string& name) {
       if (d.front) d.front->user_changed(name);
     };
-    // Twice the work connections in users at once: the pool always has the next request queued.
-    d.prov = std::make_unique<provisioner>(*d.client, *d.state, d.metrics, cfg.provisioning, std::move(hooks), 2 * budget.work);
+    d.prov = std::make_unique<provisioner>(*d.client, *d.state, d.metrics, cfg.provisioning, std::move(hooks),
+                                           budget.provisioning_window());
   }
 
   if (cfg.identities.enabled) {

@@ -115,8 +115,8 @@ class provisioner {
   static constexpr std::chrono::seconds look_again_interval{2};
 
   // `window`: users the `_users` feed provisions at once (each a chain of requests, one at a
-  // time: create, then `_security`); the daemon gives twice its work connections, so that the
-  // pool always has the next request queued.
+  // time: create, then `_security`); the daemon gives connection_budget::provisioning_window()
+  // (eight per work connection: enough in flight for the rate a busy server allows).
   provisioner(replicator::couch_client& client, replicator::state_store& state, replicator::registry& metrics,
               provisioning_config cfg, provisioner_hooks hooks, std::size_t window = 16);
   ~provisioner();

@@ -14,6 +14,14 @@ TEST_CASE("connection budget: the feeds' longpolls come on top of fanin.max_conn
     CHECK(b.feeds == 2);
     CHECK(b.total() == 10);
   }
+  SUBCASE("provisioning keeps more users in flight than there are work sockets, in step with them") {
+    auto b = budget_for(cfg);
+    CHECK(b.provisioning_window() > b.work);
+    cfg.fanin.max_connections = 2;
+    auto small = budget_for(cfg);
+    CHECK(small.provisioning_window() > small.work);
+    CHECK(small.provisioning_window() < b.provisioning_window());
+  }
   SUBCASE("sweep detection has no longpoll") {
     cfg.fanin.detection = detection_mode::sweep;
     CHECK(budget_for(cfg).feeds == 1);
