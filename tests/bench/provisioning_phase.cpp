@@ -338,16 +338,17 @@ json run_provisioning(context& ctx, plot_data& plots) {
   out["seconds"] = round_to(total_secs);
   out["users_per_s"] = total_secs > 0 ? json(round_to(static_cast<double>(confirmed.load()) / total_secs, 1)) : json(nullptr);
   if (!ctx.opt.logs.empty()) {
-    // Every request couchgate made, for profiling: sent and answered (ms since the users were
-    // first sent), method, status, target.
+    // Every request couchgate made, for profiling: sent, answer begun, its last byte (ms since
+    // the users were first sent), method, status, target.
     std::error_code ec;
     std::filesystem::create_directories(ctx.opt.logs, ec);
     std::ofstream f(ctx.opt.logs + "/tap-provisioning.tsv");
-    f << "sent_ms\tanswered_ms\tmethod\tstatus\ttarget\n";
+    f << "sent_ms\tanswered_ms\tlast_byte_ms\tmethod\tstatus\ttarget\n";
     const auto ms = [&](steady::time_point t) { return std::chrono::duration<double, std::milli>(t - base).count(); };
     for (const auto& r : tap.requests()) {
-      f << ms(r.at) << '\t' << (r.answered_at ? std::to_string(ms(*r.answered_at)) : "-") << '\t' << r.method << '\t'
-        << r.status << '\t' << r.target << '\n';
+      f << ms(r.at) << '\t' << (r.answered_at ? std::to_string(ms(*r.answered_at)) : "-") << '\t'
+        << (r.last_byte_at ? std::to_string(ms(*r.last_byte_at)) : "-") << '\t' << r.method << '\t' << r.status << '\t'
+        << r.target << '\n';
     }
   }
   if (server_cpu0 >= 0 && server_cpu >= 0) out["server_cpu_ms_per_user"] = round_to(server_cpu * 1000 / u_count, 2);

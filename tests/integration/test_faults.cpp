@@ -211,6 +211,8 @@ TEST_CASE("fault_proxy: records when each answer began and its status, matched i
     CHECK(*recs[i].answered_at >= recs[i].at);
     CHECK(*recs[i].answered_at >= t0);
     CHECK(*recs[i].answered_at <= after);
+    REQUIRE(recs[i].last_byte_at.has_value());
+    CHECK(*recs[i].last_byte_at >= *recs[i].answered_at);
   }
   CHECK(*recs[1].answered_at <= recs[3].at);  // each answer before the next request
   cli.stop();

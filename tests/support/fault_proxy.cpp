@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -47,8 +48,9 @@ struct connection {
   bool held = false;   // the request at the start of inbox is recorded and held (hold())
   std::size_t pass = 0;  // bytes of the current request still to forward
   std::size_t skip = 0;  // bytes of the current request still to drop (answered by the proxy)
-  // The record (index in requests_) of the request forwarded last whose answer has not begun.
-  std::optional<std::size_t> awaiting;
+  // The record (index in requests_) of the request forwarded last whose answer has not begun,
+  // and of the one whose answer is arriving.
+  std::optional<std::size_t> awaiting, answering;
   bool close_when_sent = false;  // an injected answer that ends the connection once written
   fault_proxy::close_mode close_sent_as = fault_proxy::close_mode::graceful;  // ... this way
   // slow(): server bytes are held until s2c_ready (set when s2c stops being empty), then sent at
@@ -281,8 +283,15 @@ void fault_proxy::run() {
     if (*c.awaiting < requests_.size()) {
       requests_[*c.awaiting].answered_at = now;
       requests_[*c.awaiting].status = status;
+      c.answering = c.awaiting;
     }
     c.awaiting.reset();
+  };
+  // More of the answer arrived.
+  const auto note_more = [this](connection& c) {
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lk(http_mu_);
+    if (*c.answering < requests_.size()) requests_[*c.answering].last_byte_at = now;
   };
   std::vector<std::unique_ptr<connection>> conns;
   std::vector<pollfd> pfds;
@@ -447,6 +456,7 @@ void fault_proxy::run() {
             // is whose cannot be told here: neither is matched.
             const bool pipelined = c.awaiting.has_value();
             c.awaiting.reset();
+            c.answering.reset();
             if (!rec.answered_by_proxy && !pipelined) c.awaiting = requests_.size() - 1;
           }
           (rec.answered_by_proxy ? c.skip : c.pass) = len;
@@ -462,6 +472,7 @@ void fault_proxy::run() {
         read_into(c.server, c.s2c, c.server_eof, c);
         if (was_empty && !c.s2c.empty()) c.s2c_ready = std::chrono::steady_clock::now() + latency;
         if (c.awaiting && c.s2c.size() > before) note_answer(c, before);
+        if (c.answering && c.s2c.size() > before) note_more(c);
       }
       if (c.dead) continue;
       if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);
@@ -503,6 +514,12 @@ void fault_proxy::run() {
           c->close_both(close_mode::graceful);
           continue;
         }
+        // Bytes go on as they come, both ways: with Nagle's algorithm on, the small last part of
+        // an answer (a feed's closing chunk) waited for the peer's delayed ACK, ~40 ms, which
+        // neither side of a direct connection (libcurl, CouchDB) would wait.
+        int nodelay = 1;
+        ::setsockopt(c->client, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
+        ::setsockopt(c->server, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
         int rc = ::connect(c->server, reinterpret_cast<const sockaddr*>(&upstream_), upstream_len_);
         if (rc == 0) {
           c->connecting = false;

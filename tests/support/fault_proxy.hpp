@@ -86,6 +86,10 @@ class fault_proxy {
     // request answered by the proxy, held, or whose connection ended first.
     std::optional<std::chrono::steady_clock::time_point> answered_at;
     int status = 0;
+    // When the last byte of its answer seen so far arrived (until the next request on the
+    // connection): for a streamed answer (a longpoll with a heartbeat sends its headers at
+    // once, its rows when a change comes) the end, where answered_at is the start.
+    std::optional<std::chrono::steady_clock::time_point> last_byte_at;
   };
   std::vector<request_record> requests() const;
 
