@@ -750,7 +750,11 @@ int daemon::run() {
   // read again at the next start.
   if (d.front) d.front->stop();
   if (d.feeds) d.feeds->stop();
+  // The provisioner ends its feed and stores its position while the pool still runs (at most
+  // 2 s more: a server that hangs gets its requests cancelled by the pool's shutdown).
+  if (d.prov) d.prov->request_stop();
   if (d.fan) d.fan->drain(std::chrono::seconds(5));
+  if (d.prov) d.prov->wait_stopped(std::chrono::seconds(2));
   d.pool->shutdown();
   if (d.ids) d.ids->stop();
   if (d.prov) d.prov->stop();

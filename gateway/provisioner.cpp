@@ -517,12 +517,22 @@ bool provisioner::reconcile() {
 
 void provisioner::start() {
   stop_.reset();
-  thread_ = std::thread([this] { run(); });
+  ended_.reset();
+  thread_ = std::thread([this] {
+    run();
+    ended_.request();
+  });
 }
 
-void provisioner::stop() {
+void provisioner::request_stop() {
   stop_.request();
   bell_->ring();
+}
+
+bool provisioner::wait_stopped(std::chrono::milliseconds d) { return !thread_.joinable() || !ended_.sleep_for(d); }
+
+void provisioner::stop() {
+  request_stop();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -804,6 +814,13 @@ void feed_position::save_now() {
   last_save_ = std::chrono::steady_clock::now();
   auto saved = state_.put_value(key_, *pending_);
   if (!saved.ok()) {
+    if (saved.error().kind == couch_error_kind::cancelled) {
+      // Stopping, and the server did not answer in time: nothing is lost, the users since the
+      // stored position are applied again (idempotent) at the next start.
+      log()->info("stopping before the _users feed position was stored: the users since the last one stored are "
+                  "looked at again at the next start");
+      return;
+    }
     log()->warn("could not store the _users feed position: {}", saved.error().describe());
     return;  // kept: tried again when next due
   }

@@ -123,6 +123,11 @@ class provisioner {
 
   void start();
   void stop();
+  // Stopping in two steps, so the `_users` feed position is stored while the pool still runs
+  // (the daemon shuts the pool next): request_stop() asks the thread to end and returns at once;
+  // wait_stopped() waits at most `d` for it to have ended (true when it has).
+  void request_stop();
+  bool wait_stopped(std::chrono::milliseconds d);
   bool ready() const { return ready_.load(); }
 
   // Swaps in fresh's live policy (its other keys are ignored: they need a restart) and requests
@@ -237,6 +242,7 @@ class provisioner {
   live_policy policy_;
   bool reconcile_requested_ = false;
   replicator::stop_flag stop_;
+  replicator::stop_flag ended_;  // "requested" once the thread has ended
   std::map<std::string, user_state> users_;
   std::unordered_map<std::string, std::string> hashed_owner_;  // hashed db name -> user name
   std::vector<std::string> created_queue_;                    // see database_created
