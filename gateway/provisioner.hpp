@@ -116,7 +116,7 @@ class provisioner {
 
   // `window`: users the `_users` feed provisions at once (each a chain of requests, one at a
   // time: create, then `_security`); the daemon gives connection_budget::provisioning_window()
-  // (eight per work connection: enough in flight for the rate a busy server allows).
+  // (twice the work connections: the pool always has the next request queued).
   provisioner(replicator::couch_client& client, replicator::state_store& state, replicator::registry& metrics,
               provisioning_config cfg, provisioner_hooks hooks, std::size_t window = 16);
   ~provisioner();
