@@ -19,8 +19,9 @@ struct connection_budget {
   // request already queued; more only queues longer inside the pool, which sends at most `work`
   // at once. (Session 34 tried eight times: what looked like a window too small at 50 new
   // users/s was the bench's tap delaying each feed answer ~40 ms (Nagle); with the tap fixed,
-  // 16 and 64 measured alike within the server's noise: p99 270/1569 ms against 295/1123 ms,
-  // alternating on the same CouchDB 3.5.0.)
+  // alternating runs on the same CouchDB 3.5.0 gave p99 270/1569 ms for 16 and 295/1123 ms for
+  // 64: no difference beyond the spread of back-to-back runs, whose server was still busy with
+  // the previous run's work, 1-minute load 1-15.)
   std::size_t provisioning_window() const { return 2 * work; }
 };
 

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <thread>
@@ -750,11 +751,18 @@ int daemon::run() {
   // read again at the next start.
   if (d.front) d.front->stop();
   if (d.feeds) d.feeds->stop();
-  // The provisioner ends its feed and stores its position while the pool still runs (at most
-  // 2 s more: a server that hangs gets its requests cancelled by the pool's shutdown).
+  // The provisioner ends its feed (or its reconcile, between pages) and stores its position
+  // while the pool still runs, within 2 s of being asked (a server that hangs gets its requests
+  // cancelled by the pool's shutdown).
+  const auto prov_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   if (d.prov) d.prov->request_stop();
   if (d.fan) d.fan->drain(std::chrono::seconds(5));
-  if (d.prov) d.prov->wait_stopped(std::chrono::seconds(2));
+  if (d.prov) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(prov_deadline - std::chrono::steady_clock::now());
+    if (!d.prov->wait_stopped(std::max(left, std::chrono::milliseconds(0)))) {
+      log()->info("provisioning had not finished within 2 s of the stop; its requests in flight are cancelled");
+    }
+  }
   d.pool->shutdown();
   if (d.ids) d.ids->stop();
   if (d.prov) d.prov->stop();

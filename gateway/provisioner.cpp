@@ -415,6 +415,7 @@ std::size_t provisioner::apply(const std::vector<policy::user_doc>& input, const
   const live_policy p = policy();
   std::size_t retryable = 0;
   for (std::size_t off = 0; off < users.size(); off += pipeline_chunk) {
+    if (stop_.requested()) return retryable + (users.size() - off);  // stopping: the rest waits for the next start
     const std::size_t end = std::min(users.size(), off + pipeline_chunk);
     std::vector<const policy::user_doc*> chunk;
     for (std::size_t i = off; i < end; ++i) chunk.push_back(&users[i]);
@@ -456,6 +457,7 @@ bool provisioner::reconcile() {
   std::string startkey;
   bool ok = true;
   for (;;) {
+    if (stop_.requested()) return false;  // stopping: the next start reconciles
     std::string q = "include_docs=true&limit=1000";
     if (!startkey.empty()) q += "&skip=1&startkey=" + replicator::encode_query_value(json(startkey).dump());
     auto r = client_.all_docs(cfg_.users_db, q).text();
@@ -650,6 +652,23 @@ void provisioner::follow(json since) {
     work.finished(id);
   };
 
+  const auto take_answers = [&](clock::time_point now) {
+    for (auto it = running.begin(); it != running.end();) {
+      auto& c = it->second;
+      while (c.at != user_chain::stage::over && c.call.ready()) advance(c);
+      if (c.at != user_chain::stage::over) {
+        ++it;
+        continue;
+      }
+      if (conclude(c)) {
+        retry_later(it->first, std::move(c.u), now);
+      } else {
+        row_over(it->first);
+      }
+      it = running.erase(it);
+    }
+  };
+
   while (!stop_.requested()) {
     const std::uint64_t seen = bell_->rings();
     // A reconcile (periodic, or a reload's) waits for the chains in flight and starts none
@@ -723,20 +742,7 @@ void provisioner::follow(json since) {
       feed = feed_client_.changes(cfg_.users_db, q);
     }
     // 3. Answers to the chains: each takes its next step; a finished one frees its name.
-    for (auto it = running.begin(); it != running.end();) {
-      auto& c = it->second;
-      while (c.at != user_chain::stage::over && c.call.ready()) advance(c);
-      if (c.at != user_chain::stage::over) {
-        ++it;
-        continue;
-      }
-      if (conclude(c)) {
-        retry_later(it->first, std::move(c.u), now);
-      } else {
-        row_over(it->first);
-      }
-      it = running.erase(it);
-    }
+    take_answers(now);
     // 4. Chains to start: retries that are due, then the rows the window lets in (none while a
     // reconcile waits for the chains in flight). A failed row whose name has a newer row waiting
     // is not retried: the newer revision supersedes it (a deletion is not held up by the user's
@@ -797,6 +803,10 @@ void provisioner::follow(json since) {
     }
     bell_->wait(seen, until);
   }
+  // Stopping: the chains whose answers are in are counted, so the position stored at exit
+  // covers them (their users are not applied again at the next start). Nothing new starts.
+  take_answers(clock::now());
+  if (auto done = work.moved()) position.moved(*done);
 }
 
 void feed_position::moved(const json& to) {

@@ -52,10 +52,12 @@ bool security_names_user(const json& sec, const std::string& user) {
 // The users' documents, written as the phase writes them; shared by couchgate's run and the
 // ceiling with the user documents, so both give the server the same work.
 struct user_writes {
-  explicit user_writes(std::size_t n) : sent(n) {
+  explicit user_writes(std::size_t n) : sent(n), ok(n) {
     for (auto& s : sent) s = -1;
+    for (auto& o : ok) o = 0;
   }
   std::vector<std::atomic<std::int64_t>> sent;  // ns after `base` the request carrying each was sent
+  std::vector<std::atomic<char>> ok;             // 1: the server said it wrote it
   std::mutex mu;                                // guards revs and first_error
   std::vector<std::pair<std::string, std::string>> revs;  // (id, rev) written, for cleanup
   std::string first_error;
@@ -87,6 +89,7 @@ void write_users(const std::vector<json>& docs, double pace, steady::time_point 
           const std::string id = docs[i].value("_id", "");
           auto r = c.put("/_users/" + test::enc(id), docs[i].dump());
           if ((r.status == 201 || r.status == 202) && r.body.is_object() && r.body.contains("rev") && r.body["rev"].is_string()) {
+            w.ok[i] = 1;
             std::lock_guard lk(w.mu);
             w.revs.emplace_back(id, r.body["rev"].get<std::string>());
           } else {
@@ -109,12 +112,17 @@ void write_users(const std::vector<json>& docs, double pace, steady::time_point 
       if (r.status != 201 || !r.body.is_array()) {
         failed(static_cast<int>(end - off), describe(r));
       } else {
-        for (const auto& row : r.body) {
-          if (row.is_object() && row.contains("rev") && row["rev"].is_string() && row.contains("id") && row["id"].is_string()) {
+        // Rows in the order of the documents; one missing is a failed write.
+        for (std::size_t i = off; i < end; ++i) {
+          const std::size_t k = i - off;
+          const json row = k < r.body.size() ? r.body[k] : json();
+          if (row.is_object() && row.value("id", json()) == docs[i].value("_id", json()) && row.contains("rev") &&
+              row["rev"].is_string()) {
+            w.ok[i] = 1;
             std::lock_guard lk(w.mu);
             w.revs.emplace_back(row["id"].get<std::string>(), row["rev"].get<std::string>());
           } else {
-            failed(1, row.dump());
+            failed(1, row.is_null() ? "no row for " + docs[i].value("_id", std::string()) : row.dump());
           }
         }
       }
@@ -173,7 +181,10 @@ json run_provisioning(context& ctx, plot_data& plots) {
     std::string base = n.prefix.substr(0, n.prefix.size() - std::string("-userdb-").size());
     for (const bool with_users : {false, true}) {
       std::vector<std::string> cdbs;
-      for (int i = 0; i < u_count; ++i) cdbs.push_back(base + (with_users ? "-pceilu-" : "-pceil-") + pad(i, 5));
+      for (int i = 0; i < u_count; ++i) {
+        cdbs.push_back(base + (with_users ? "-pceilu-" : "-pceil-") + pad(i, 5));
+        ctx.created(cdbs.back());  // whatever happens, the run's cleanup looks for them
+      }
       note(std::string("provisioning: ceiling") + (with_users ? " with the user documents" : "") + " (the bench creates " +
            std::to_string(u_count) + " databases + _security over " + std::to_string(conns) + " connections)");
       wait_server_quiet(ctx.server_pid);
@@ -238,6 +249,8 @@ json run_provisioning(context& ctx, plot_data& plots) {
         delete_user_docs(c, w.revs);
       }
       if (auto err = delete_dbs(ctx, cdbs); !err.empty()) note("cleanup: " + err);
+      else
+        for (const auto& db : cdbs) ctx.dropped(db);
     }
   }
 
@@ -277,15 +290,16 @@ json run_provisioning(context& ctx, plot_data& plots) {
   // server from what it measured: 163% server CPU for 75 users/s, against 113 users/s unwatched.)
   std::unordered_map<std::string, std::size_t> by_target;
   for (std::size_t i = 0; i < dbs.size(); ++i) by_target.emplace(db_path(dbs[i]) + "/_security", i);
-  std::size_t answered = 0;
   std::size_t scanned = 0;  // records before this one are matched or never will be
-  const double deadline = 60 + u_count / 20.0;
+  const double deadline = 60 + u_count / 20.0 + (pace > 0 ? u_count / pace : 0);
   poll_until(
       [&] {
-        auto recs = tap.requests();
+        const auto recs = tap.requests_since(scanned);
+        const std::size_t first = scanned;
         bool pending = false;  // a record still waiting for its answer: scanned again next time
-        for (std::size_t k = scanned; k < recs.size(); ++k) {
-          const auto& rec = recs[k];
+        for (std::size_t j = 0; j < recs.size(); ++j) {
+          const std::size_t k = first + j;
+          const auto& rec = recs[j];
           if (rec.method != "PUT") continue;
           auto it = by_target.find(rec.target.substr(0, rec.target.find('?')));
           if (it == by_target.end()) continue;
@@ -296,13 +310,15 @@ json run_provisioning(context& ctx, plot_data& plots) {
           }
           if (rec.status != 200 && rec.status != 201) continue;
           const auto at = std::chrono::duration_cast<std::chrono::nanoseconds>(*rec.answered_at - base).count();
-          if (done[it->second] < 0) {
-            done[it->second] = at;
-            ++answered;
-          }
+          if (done[it->second] < 0) done[it->second] = at;
         }
-        if (!pending) scanned = recs.size();
-        return answered >= users.size() - static_cast<std::size_t>(w.errors.load()) && w.seconds.load() > 0;
+        if (!pending) scanned = first + recs.size();
+        // Done once every user is written and each one the server wrote is provisioned.
+        if (w.seconds.load() <= 0) return false;
+        for (std::size_t i = 0; i < users.size(); ++i) {
+          if (w.ok[i] != 0 && done[i] < 0) return false;
+        }
+        return true;
       },
       std::chrono::duration<double>(deadline), pace > 0 ? 25ms : 100ms);
   creator.join();
@@ -360,7 +376,8 @@ json run_provisioning(context& ctx, plot_data& plots) {
   out.update(d.stop("provisioning"));
   // couchgate's sockets go to the tap, not to the server's port: counted there.
   out["sockets_peak"] = tap.peak_connections();
-  std::size_t expected = users.size() - static_cast<std::size_t>(w.errors.load());
+  std::size_t expected = 0;
+  for (const auto& o : w.ok) expected += o != 0 ? 1 : 0;
   if (w.errors.load() > 0) ctx.fail("provisioning: creating " + std::to_string(w.errors.load()) + " users failed: " + w.first_error);
   if (confirmed.load() < expected) {
     ctx.fail("provisioning: only " + std::to_string(confirmed.load()) + " of " + std::to_string(expected) +

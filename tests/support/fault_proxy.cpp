@@ -49,8 +49,11 @@ struct connection {
   std::size_t pass = 0;  // bytes of the current request still to forward
   std::size_t skip = 0;  // bytes of the current request still to drop (answered by the proxy)
   // The record (index in requests_) of the request forwarded last whose answer has not begun,
-  // and of the one whose answer is arriving.
+  // and of the one whose answer is arriving; the start of that answer until its status line
+  // is read (it may come in pieces).
   std::optional<std::size_t> awaiting, answering;
+  std::string status_head;
+  bool status_read = true;
   bool close_when_sent = false;  // an injected answer that ends the connection once written
   fault_proxy::close_mode close_sent_as = fault_proxy::close_mode::graceful;  // ... this way
   // slow(): server bytes are held until s2c_ready (set when s2c stops being empty), then sent at
@@ -174,6 +177,12 @@ std::vector<fault_proxy::request_record> fault_proxy::requests() const {
   return requests_;
 }
 
+std::vector<fault_proxy::request_record> fault_proxy::requests_since(std::size_t from) const {
+  std::lock_guard lk(http_mu_);
+  if (from >= requests_.size()) return {};
+  return {requests_.begin() + static_cast<std::ptrdiff_t>(from), requests_.end()};
+}
+
 fault_proxy::fault_proxy() : fault_proxy(env().host, env().port) {}
 
 fault_proxy::fault_proxy(const std::string& host, int port) {
@@ -269,29 +278,42 @@ void fault_proxy::slow(std::chrono::milliseconds latency, std::size_t bytes_per_
 }
 
 void fault_proxy::run() {
-  // The first bytes of an answer arrived at s2c[from]: the request awaiting it is answered now.
-  const auto note_answer = [this](connection& c, std::size_t from) {
+  // The first bytes of an answer arrived: the request awaiting it is answered now.
+  const auto note_answer = [this](connection& c) {
     const auto now = std::chrono::steady_clock::now();
-    int status = 0;
-    // "HTTP/1.1 200 ...": the three digits after the first space.
-    const std::size_t sp = c.s2c.find(' ', from);
-    if (c.s2c.compare(from, 5, "HTTP/") == 0 && sp != std::string::npos && sp + 4 <= c.s2c.size()) {
-      for (std::size_t k = sp + 1; k < sp + 4 && std::isdigit(static_cast<unsigned char>(c.s2c[k])); ++k) status = status * 10 + (c.s2c[k] - '0');
-      if (status < 100) status = 0;
-    }
     std::lock_guard lk(http_mu_);
     if (*c.awaiting < requests_.size()) {
       requests_[*c.awaiting].answered_at = now;
-      requests_[*c.awaiting].status = status;
       c.answering = c.awaiting;
+      c.status_head.clear();
+      c.status_read = false;
     }
     c.awaiting.reset();
   };
-  // More of the answer arrived.
-  const auto note_more = [this](connection& c) {
+  // More of the answer arrived at s2c[from]: its last byte so far, and its status once the
+  // status line ("HTTP/1.1 200 ...") is whole.
+  const auto note_more = [this](connection& c, std::size_t from) {
     const auto now = std::chrono::steady_clock::now();
+    int status = -1;  // -1: not read yet
+    if (!c.status_read) {
+      c.status_head.append(c.s2c, from, std::min<std::size_t>(c.s2c.size() - from, 64 - c.status_head.size()));
+      const std::size_t eol = c.status_head.find("\r\n");
+      if (eol != std::string::npos || c.status_head.size() >= 64) {
+        c.status_read = true;
+        status = 0;
+        const std::size_t sp = c.status_head.find(' ');
+        if (c.status_head.compare(0, 5, "HTTP/") == 0 && sp != std::string::npos && sp + 4 <= c.status_head.size()) {
+          int v = 0;
+          std::size_t k = sp + 1;
+          for (; k < sp + 4 && std::isdigit(static_cast<unsigned char>(c.status_head[k])); ++k) v = v * 10 + (c.status_head[k] - '0');
+          if (k == sp + 4 && v >= 100) status = v;
+        }
+      }
+    }
     std::lock_guard lk(http_mu_);
-    if (*c.answering < requests_.size()) requests_[*c.answering].last_byte_at = now;
+    if (*c.answering >= requests_.size()) return;
+    requests_[*c.answering].last_byte_at = now;
+    if (status >= 0) requests_[*c.answering].status = status;
   };
   std::vector<std::unique_ptr<connection>> conns;
   std::vector<pollfd> pfds;
@@ -423,6 +445,8 @@ void fault_proxy::run() {
           if (len == 0) break;
           if (len == std::string::npos) {  // not followable: forward the rest as it comes
             c.raw = true;
+            c.awaiting.reset();  // nor are its answers matched any more
+            c.answering.reset();
             c.c2s += c.inbox;
             c.inbox.clear();
             break;
@@ -433,6 +457,8 @@ void fault_proxy::run() {
             c.held = false;
             --held_;
             c.pass = len;
+            c.awaiting.reset();  // a held request's answer is not matched (see request_record)
+            c.answering.reset();
             continue;
           }
           rec.at = std::chrono::steady_clock::now();
@@ -471,8 +497,8 @@ void fault_proxy::run() {
         const std::size_t before = c.s2c.size();
         read_into(c.server, c.s2c, c.server_eof, c);
         if (was_empty && !c.s2c.empty()) c.s2c_ready = std::chrono::steady_clock::now() + latency;
-        if (c.awaiting && c.s2c.size() > before) note_answer(c, before);
-        if (c.answering && c.s2c.size() > before) note_more(c);
+        if (c.awaiting && c.s2c.size() > before) note_answer(c);
+        if (c.answering && c.s2c.size() > before) note_more(c, before);
       }
       if (c.dead) continue;
       if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);
@@ -528,7 +554,6 @@ void fault_proxy::run() {
           continue;
         }
         conns.push_back(std::move(c));
-        peak_ = std::max(peak_.load(), static_cast<int>(conns.size()));
       }
     }
 
@@ -542,6 +567,7 @@ void fault_proxy::run() {
     }
     std::erase_if(conns, [](const std::unique_ptr<connection>& c) { return c->dead; });
     open_ = static_cast<int>(conns.size());
+    peak_ = std::max(peak_.load(), open_.load());
   }
   for (auto& c : conns) c->close_both(close_mode::reset);
   conns.clear();

@@ -80,10 +80,13 @@ class fault_proxy {
     bool has_authorization = false;
     bool has_session_cookie = false;  // a Cookie header with AuthSession=
     // When the server's answer began (its first byte reached the proxy) and its status code
-    // (0 when the status line could not be read). Matched in order on the connection, one
-    // request in flight at a time (libcurl, couchgate and the bench never pipeline): when a
-    // second request comes before the first one's answer, neither is matched. Unset for a
-    // request answered by the proxy, held, or whose connection ended first.
+    // (0 until its status line is whole, or when it is not one). Matched in order on the
+    // connection, one request in flight at a time (libcurl, couchgate and the bench never
+    // pipeline: a client sends its next request once it has read the whole answer, so what
+    // comes after that request is its answer); when a second request comes before the first
+    // one's answer began, neither is matched. Unset for a request answered by the proxy,
+    // held, sent on a connection the proxy no longer follows (a chunked request), or whose
+    // connection ended first.
     std::optional<std::chrono::steady_clock::time_point> answered_at;
     int status = 0;
     // When the last byte of its answer seen so far arrived (until the next request on the
@@ -92,6 +95,8 @@ class fault_proxy {
     std::optional<std::chrono::steady_clock::time_point> last_byte_at;
   };
   std::vector<request_record> requests() const;
+  // The records from index `from` on (a watcher that has looked at the first ones).
+  std::vector<request_record> requests_since(std::size_t from) const;
 
   // Connections accepted since construction (refused ones included).
   std::uint64_t accepted() const { return accepted_.load(); }
