@@ -600,6 +600,7 @@ int daemon::run() {
     }
     // A user's document changed: the front door (created below, before the provisioner starts)
     // asks about their credentials again, so a parked live feed of a revoked password ends now.
+    hooks.outages = [&d] { return static_cast<std::uint64_t>(d.pool->stats().outages); };
     hooks.user_changed = [&d](const std::string& name) {
       if (d.front) d.front->user_changed(name);
     };

@@ -574,6 +574,14 @@ void provisioner::run() {
   follow(std::move(since));
 }
 
+feed_failure_level feed_failure_log_level(feed_failure_count& f, bool outage_error, std::uint64_t outages_now) {
+  const bool outage_between = outages_now != f.outages_seen;
+  f.outages_seen = outages_now;
+  if (outage_error || outage_between) f.in_a_row = 0;
+  if (outage_error) return feed_failure_level::debug;
+  return ++f.in_a_row > 1 ? feed_failure_level::warn : feed_failure_level::info;
+}
+
 std::chrono::milliseconds reconcile_retry_delay(std::uint32_t failures, std::chrono::seconds interval,
                                                 const replicator::uniform_source& rnd) {
   constexpr std::uint32_t quick = 5;
@@ -631,7 +639,7 @@ void provisioner::follow(json since) {
   pending_json feed;                      // the _users read in flight, if any
   auto feed_at = clock::time_point::min();  // when the next read may go (backoff after a failure)
   std::uint32_t feed_failures = 0;   // in a row, for the backoff
-  std::uint32_t failed_reads = 0;    // in a row, an outage between them resets it (for the log level)
+  feed_failure_count failed_reads;    // in a row, for the log level
   // Chains with a request in flight, by their row; rows whose chain failed, waiting to retry.
   std::map<feed_work::ticket, user_chain> running;
   struct retry {
@@ -697,13 +705,12 @@ void provisioner::follow(json since) {
           log()->debug("_users feed: {}; reconnecting", r.error().describe());
         } else {
           auto delay = replicator::backoff_delay(bp, ++feed_failures, rnd);
-          // An outage is logged once by the transport; a single failed read (a server answering
-          // 500 while it starts, say, right after an outage) is info; failing again in a row is
-          // a warning.
-          const bool outage = replicator::outage_error(r.error());
-          failed_reads = outage ? 0 : failed_reads + 1;  // an outage between two failed reads separates them
-          const auto level = outage ? spdlog::level::debug : failed_reads > 1 ? spdlog::level::warn : spdlog::level::info;
-          log()->log(level, "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
+          const auto level = feed_failure_log_level(failed_reads, replicator::outage_error(r.error()),
+                                                    hooks_.outages ? hooks_.outages() : 0);
+          log()->log(level == feed_failure_level::debug  ? spdlog::level::debug
+                     : level == feed_failure_level::info ? spdlog::level::info
+                                                         : spdlog::level::warn,
+                     "_users feed failed: {} (retry in {} ms)", r.error().describe(), delay.count());
           feed_at = now + delay;
         }
       } else if (auto page = replicator::parse_changes(r.value()); !page.ok()) {
@@ -712,7 +719,7 @@ void provisioner::follow(json since) {
         feed_at = now + replicator::backoff_delay(bp, ++feed_failures, rnd);
       } else {
         feed_failures = 0;
-        failed_reads = 0;
+        failed_reads.in_a_row = 0;
         for (const auto& row : page.value().changes) {
           auto parsed = replicator::user_of(row);
           if (auto* u = std::get_if<policy::user_doc>(&parsed)) {

@@ -63,6 +63,18 @@ struct live_policy {
 std::chrono::milliseconds reconcile_retry_delay(std::uint32_t failures, std::chrono::seconds interval,
                                                 const replicator::uniform_source& rnd);
 
+// How a failed read of the `_users` feed is logged. A failure that is part of an outage at debug
+// (the transport logs the outage once); a single other failure (a server answering 500 while it
+// starts, right after an outage) at info; the second in a row at warning. An outage between two
+// failed reads separates them, whether the feed saw it or only other requests did (the feed may
+// be backing off all through one): `outages_now` is the transport's count of outages begun.
+struct feed_failure_count {
+  std::uint32_t in_a_row = 0;
+  std::uint64_t outages_seen = 0;  // outages begun when the last failed read was counted
+};
+enum class feed_failure_level { debug, info, warn };
+feed_failure_level feed_failure_log_level(feed_failure_count& f, bool outage_error, std::uint64_t outages_now);
+
 struct provisioner_hooks {
   std::function<void(const std::string& db, const policy::owner&)> source_added;
   std::function<void(const std::string& db)> source_removed;
@@ -82,6 +94,9 @@ struct provisioner_hooks {
   // whether selected or not: the front door asks about that user's credentials again
   // (front_door::user_changed). Called on the provisioner's thread; must not block.
   std::function<void(const std::string& name)> user_changed;
+  // The transport's count of outages begun (http_pool_stats::outages), for feed_failure_log_level;
+  // unset: only the feed's own failures separate its failed reads.
+  std::function<std::uint64_t()> outages;
 };
 
 // The `_users` feed's position in the state database, stored at most every

@@ -107,3 +107,34 @@ TEST_CASE("reconcile_retry_delay: quick retries first, then the reconcile interv
   CHECK(reconcile_retry_delay(6, std::chrono::seconds{0}, fixed(0.5)) == milliseconds{600000});
   CHECK(reconcile_retry_delay(1, std::chrono::seconds{0}, fixed(0.5)) == milliseconds{750});
 }
+
+TEST_CASE("_users feed failures: an outage's at debug, one at info, two in a row a warning, unless an outage came between") {
+  using couchgate::gateway::feed_failure_count;
+  using couchgate::gateway::feed_failure_level;
+  using couchgate::gateway::feed_failure_log_level;
+  feed_failure_count f;
+  SUBCASE("in a row, the server up all along") {
+    CHECK(feed_failure_log_level(f, false, 0) == feed_failure_level::info);
+    CHECK(feed_failure_log_level(f, false, 0) == feed_failure_level::warn);
+    CHECK(feed_failure_log_level(f, false, 0) == feed_failure_level::warn);
+  }
+  SUBCASE("an outage the feed itself saw separates them") {
+    CHECK(feed_failure_log_level(f, false, 0) == feed_failure_level::info);
+    CHECK(feed_failure_log_level(f, true, 1) == feed_failure_level::debug);
+    CHECK(feed_failure_log_level(f, false, 1) == feed_failure_level::info);
+  }
+  SUBCASE("an outage only other requests saw (the feed was backing off through it) separates them too") {
+    // pouchdb-server answers the first reads after a restart with 500s: one per restart is info.
+    CHECK(feed_failure_log_level(f, false, 1) == feed_failure_level::info);
+    CHECK(feed_failure_log_level(f, false, 2) == feed_failure_level::info);
+    CHECK(feed_failure_log_level(f, false, 2) == feed_failure_level::warn);
+  }
+  SUBCASE("outages before the first failure do not make it a second") {
+    CHECK(feed_failure_log_level(f, false, 5) == feed_failure_level::info);
+  }
+  SUBCASE("a success in between starts again (the caller resets in_a_row)") {
+    CHECK(feed_failure_log_level(f, false, 0) == feed_failure_level::info);
+    f.in_a_row = 0;
+    CHECK(feed_failure_log_level(f, false, 0) == feed_failure_level::info);
+  }
+}
