@@ -259,10 +259,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
   // server, so watching costs the server nothing.
   wait_server_quiet(ctx.server_pid);
   test::fault_proxy tap;
-  std::map<std::string, std::string> tap_env{{"COUCHDB_URL", tap.url()}};
-  if (!test::env().user.empty()) tap_env["COUCHDB_USER"] = test::env().user;
-  if (!test::env().password.empty()) tap_env["COUCHDB_PASSWORD"] = test::env().password;
-  daemon_run d(ctx, cfg, "provisioning", tap_env);
+  daemon_run d(ctx, cfg, "provisioning", test::proxy_env(tap));
   d.start();
   if (!d.wait_ready(60s)) {
     ctx.fail("provisioning: couchgate not ready; log tail:\n" + d.log_tail(30));

@@ -127,18 +127,6 @@ inline std::string http_answer(const std::string& status_line, const std::string
          std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
-// COUCHDB_URL in the environment overrides the file's url (and the test process has one, which
-// the child inherits), so the proxy goes there too. Credentials as the tests have them, in case
-// they only came inside the test's COUCHDB_URL; `password` replaces the password.
-inline std::map<std::string, std::string> proxy_env(const fault_proxy& proxy,
-                                                    const std::optional<std::string>& password = {}) {
-  std::map<std::string, std::string> e{{"COUCHDB_URL", proxy.url()}};
-  if (!env().user.empty()) e["COUCHDB_USER"] = env().user;
-  const std::string pw = password.value_or(env().password);
-  if (!pw.empty()) e["COUCHDB_PASSWORD"] = pw;
-  return e;
-}
-
 inline std::string tail(const std::string& s, std::size_t n = 4000) { return s.size() > n ? s.substr(s.size() - n) : s; }
 
 // Seeded chaos (kill -9 at random moments): COUCHGATE_CHAOS_SEED=<n> replays a run (tests print

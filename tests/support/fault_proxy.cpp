@@ -183,6 +183,14 @@ std::vector<fault_proxy::request_record> fault_proxy::requests_since(std::size_t
   return {requests_.begin() + static_cast<std::ptrdiff_t>(from), requests_.end()};
 }
 
+std::map<std::string, std::string> proxy_env(const fault_proxy& proxy, const std::optional<std::string>& password) {
+  std::map<std::string, std::string> e{{"COUCHDB_URL", proxy.url()}};
+  if (!env().user.empty()) e["COUCHDB_USER"] = env().user;
+  const std::string pw = password.value_or(env().password);
+  if (!pw.empty()) e["COUCHDB_PASSWORD"] = pw;
+  return e;
+}
+
 fault_proxy::fault_proxy() : fault_proxy(env().host, env().port) {}
 
 fault_proxy::fault_proxy(const std::string& host, int port) {

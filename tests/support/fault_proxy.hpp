@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -150,5 +151,11 @@ class fault_proxy {
 
   std::thread thread_;
 };
+
+// The environment that sends a couchgate child through `proxy`: COUCHDB_URL in the environment
+// overrides the config file's url (and the test process has one, which the child inherits).
+// Credentials as the tests have them, in case they only came inside the test's COUCHDB_URL;
+// `password` replaces the password.
+std::map<std::string, std::string> proxy_env(const fault_proxy& proxy, const std::optional<std::string>& password = {});
 
 }  // namespace couchgate::test
