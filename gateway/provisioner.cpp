@@ -627,11 +627,11 @@ void provisioner::look_again_if_due() {
 
 void provisioner::follow(json since) {
   using clock = std::chrono::steady_clock;
-  feed_position position(state_, users_feed_key);
+  feed_position position(state_, users_feed_key, [bell = bell_] { bell->ring(); });
   // However the feed ends (stopping): what is done is not applied again at the next start.
   struct save_at_exit {
     feed_position& p;
-    ~save_at_exit() { p.save_now(); }
+    ~save_at_exit() { p.finish(); }
   } saved_at_exit{position};
   const auto rnd = replicator::random_uniform_source();
   const replicator::backoff_policy bp{};
@@ -738,8 +738,11 @@ void provisioner::follow(json since) {
         }
       }
     }
-    // 2. The next read, unless enough rows wait already (back-pressure: at most two batches).
-    if (!feed.valid() && now >= feed_at && work.waiting() < cfg_.batch) {
+    // 2. The next read, unless a window's worth of rows waits already for the chains in flight:
+    // reading on while they wait only splits the same rows over more requests (at 100 new
+    // users/s on CouchDB 3.5.0, 572-635 `_users` reads for 1 000 users against 40-57 this way;
+    // each read costs the server a few ms). Rows written meanwhile come with the next read.
+    if (!feed.valid() && now >= feed_at && work.waiting() < window_) {
       replicator::changes_query q;
       q.since = since;
       q.limit = cfg_.batch;
@@ -792,11 +795,11 @@ void provisioner::follow(json since) {
     }
     // 5. The position: to where every user before it is done, stored at most every second.
     if (auto done = work.moved()) position.moved(*done);
-    if (clock::now() >= position.due()) position.save_now();
+    position.save_if_due();
     // 6. Sleep until an answer, a request from another thread, or the next thing due.
     if (!start.empty()) continue;  // answers given before submit returned are looked at at once
     auto until = position.due();
-    if (!feed.valid() && work.waiting() < cfg_.batch) until = std::min(until, feed_at);
+    if (!feed.valid() && work.waiting() < window_) until = std::min(until, feed_at);
     if (reconcile_waits) {
       if (running.empty()) continue;  // the last chain just ended: reconcile now
     } else {
@@ -816,32 +819,71 @@ void provisioner::follow(json since) {
   if (auto done = work.moved()) position.moved(*done);
 }
 
+feed_position::~feed_position() {
+  if (writer_.joinable()) writer_.join();
+}
+
 void feed_position::moved(const json& to) {
   pending_ = to;
-  if (std::chrono::steady_clock::now() >= due()) save_now();
+  save_if_due();
 }
 
 std::chrono::steady_clock::time_point feed_position::due() const {
-  if (!pending_) return std::chrono::steady_clock::time_point::max();
+  if (!pending_ || writing_) return std::chrono::steady_clock::time_point::max();
   return last_save_ + provisioner::position_save_interval;
 }
 
-void feed_position::save_now() {
-  if (!pending_) return;
-  last_save_ = std::chrono::steady_clock::now();
-  auto saved = state_.put_value(key_, *pending_);
-  if (!saved.ok()) {
-    if (saved.error().kind == couch_error_kind::cancelled) {
-      // Stopping, and the server did not answer in time: nothing is lost, the users since the
-      // stored position are applied again (idempotent) at the next start.
-      log()->info("stopping before the _users feed position was stored: the users since the last one stored are "
-                  "looked at again at the next start");
-      return;
-    }
-    log()->warn("could not store the _users feed position: {}", saved.error().describe());
-    return;  // kept: tried again when next due
-  }
+void feed_position::start_write() {
+  writing_ = std::move(pending_);
   pending_.reset();
+  last_save_ = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lk(mu_);
+    outcome_.reset();
+  }
+  writer_ = std::thread([this, value = *writing_] {
+    auto r = state_.put_value(key_, value);
+    {
+      std::lock_guard lk(mu_);
+      outcome_ = std::move(r);
+    }
+    if (ended_) ended_();
+  });
+}
+
+void feed_position::take_ended(bool wait) {
+  if (!writing_) return;
+  if (!wait) {
+    std::lock_guard lk(mu_);
+    if (!outcome_) return;
+  }
+  writer_.join();
+  auto saved = std::move(*outcome_);
+  auto value = std::move(*writing_);
+  writing_.reset();
+  if (saved.ok()) return;
+  if (saved.error().kind == couch_error_kind::cancelled) {
+    // Stopping, and the server did not answer in time: nothing is lost, the users since the
+    // stored position are applied again (idempotent) at the next start.
+    log()->info("stopping before the _users feed position was stored: the users since the last one stored are "
+                "looked at again at the next start");
+    return;
+  }
+  log()->warn("could not store the _users feed position: {}", saved.error().describe());
+  if (!pending_) pending_ = std::move(value);  // kept: written again when due, unless a newer one waits
+}
+
+void feed_position::save_if_due() {
+  take_ended(false);
+  if (writing_ || !pending_ || std::chrono::steady_clock::now() < due()) return;
+  start_write();
+}
+
+void feed_position::finish() {
+  take_ended(true);
+  if (!pending_) return;
+  start_write();
+  take_ended(true);
 }
 
 }  // namespace couchgate::gateway

@@ -56,8 +56,8 @@ struct users_feed {
   scripted_couch c;
   scripted_transport& s = c.server;
   couchgate::gateway::provisioning_config cfg;
-  couchgate::gateway::provisioner p{c.client, c.state, c.metrics, cfg, {}};
-  users_feed() {
+  couchgate::gateway::provisioner p;
+  explicit users_feed(std::size_t window = 16) : p{c.client, c.state, c.metrics, cfg, {}, window} {
     s.on("GET", "/cg_state/feed%3Ausers", answer(200, R"({"_id":"feed:users","_rev":"1-f","value":"5-u"})"));
     s.on("GET", "/_users/_all_docs", answer(200, R"({"total_rows":0,"offset":0,"rows":[]})"));
     s.on("GET", "/_all_dbs", answer(200, "[]"));
@@ -263,6 +263,84 @@ TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: batches in quick success
     const auto covered = static_cast<std::size_t>(std::stoi(at[i].get<std::string>()) - 5);
     CHECK(secured[i] >= covered);
   }
+  for (const auto& n : names) {
+    REQUIRE(p.user(n));
+    CHECK(p.user(n)->done);
+  }
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: a position write the server is slow to answer holds up no user") {
+  const std::string carol = p.db_for("carol");
+  const std::string dave = p.db_for("dave");
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, users_page("carol", "6-u")));
+  s.on("PUT", "/" + carol + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + carol + "/_security", answer(200, R"({"ok":true})"));
+  // The first position write (6-u, once carol is done) is held like a slow server's answer.
+  s.hold("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])"));
+  stored_positions stored(s);
+  // dave is written once that write is on its way: until then the feed finds nothing new.
+  s.on("GET", "/_users/_changes?since=6-u", [&](const r::http_request&) {
+    if (s.held() == 0) return answer(200, R"({"results":[],"last_seq":"6-u","pending":0})");
+    return answer(200, users_page("dave", "7-u"));
+  }, -1);
+  s.on("PUT", "/" + dave + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + dave + "/_security", answer(200, R"({"ok":true})"));
+
+  s.park_quiet_feeds();
+  p.start();
+  // dave is provisioned while the write of carol's position still waits for its answer.
+  const bool dave_while_held = s.wait_for([&] { return s.count("PUT", "/" + dave + "/_security") == 1; }, 10s);
+  const std::size_t held_then = s.held();
+  s.release_held();
+  // Then 7-u is written, after the write in flight has ended.
+  const bool stored_7 = s.wait_for([&] { return stored.last() == "7-u"; }, 5s);
+  s.close();
+  p.stop();
+  CHECK(dave_while_held);
+  CHECK(held_then == 1);
+  CHECK(stored_7);
+  REQUIRE(p.user("dave"));
+  CHECK(p.user("dave")->done);
+  CHECK(s.count("POST", "/cg_state/_bulk_docs") == 2);  // 6-u (held), then 7-u: one write at a time
+  CHECK(s.unexpected().empty());
+}
+
+namespace {
+struct users_feed_one_at_a_time : users_feed {
+  users_feed_one_at_a_time() : users_feed(1) {}
+};
+}  // namespace
+
+TEST_CASE_FIXTURE(users_feed_one_at_a_time, "provisioner _users feed: no next read while a window's worth of rows waits for the chains in flight") {
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])"), -1);
+  const std::vector<std::string> names{"carol", "dave", "erin"};
+  json rows = json::array();
+  for (const auto& n : names) {
+    const std::string id = "org.couchdb.user:" + n;
+    rows.push_back({{"seq", "6-u"}, {"id", id}, {"changes", {{{"rev", "1-a"}}}},
+                    {"doc", {{"_id", id}, {"_rev", "1-a"}, {"name", n}, {"type", "user"}, {"roles", {"app"}}}}});
+  }
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, json{{"results", rows}, {"last_seq", "6-u"}, {"pending", 0}}.dump()));
+  s.hold("PUT", "/" + p.db_for("carol") + "?q=1", answer(201, R"({"ok":true})"));
+  for (const auto& n : names) {
+    if (n != "carol") s.on("PUT", "/" + p.db_for(n) + "?q=1", answer(201, R"({"ok":true})"));
+    s.on("PUT", "/" + p.db_for(n) + "/_security", answer(200, R"({"ok":true})"));
+  }
+
+  s.park_quiet_feeds();
+  p.start();
+  REQUIRE(s.wait_for([&] { return s.held() == 1; }, 10s));
+  // carol's create is in flight, dave and erin wait: the feed is not read on meanwhile (it was
+  // decided before carol's create went out, in the same pass).
+  CHECK(s.count("GET", "/_users/_changes?since=6-u") == 0);
+  s.release_held();
+  REQUIRE(s.wait_for([&] { return s.count("GET", "/_users/_changes?since=6-u") == 1; }, 10s));
+  s.close();
+  p.stop();
+  // The next read went out once the last waiting row (erin) had started.
+  const auto seq = sequence(s, {"/_users/_changes?since=6-u", p.db_for("erin") + "?q=1"});
+  CHECK(seq == std::vector<std::string>{"PUT /" + p.db_for("erin") + "?q=1", "GET /_users/_changes?since=6-u"});
   for (const auto& n : names) {
     REQUIRE(p.user(n));
     CHECK(p.user(n)->done);
