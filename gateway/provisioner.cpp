@@ -318,12 +318,12 @@ void provisioner::advance(user_chain& j) {
       if (r.ok()) {
         j.second_writes = true;
         dbs_created_.inc();
-        j.call = via.put_security(j.db, j.want);
+        j.call = via.put_security(j.db, j.want, true);
         j.at = stage::second;
       } else if (r.error().kind == couch_error_kind::conflict) {  // it existed: read its _security
         forget_self_created(j.db);
         if (hooks_.creating) hooks_.creating(j.db, false);
-        j.call = via.get_security(j.db);
+        j.call = via.get_security(j.db, true);
         j.at = stage::second;
       } else {
         // (A create the server made but whose answer was lost is announced, not forgotten: then
@@ -336,7 +336,7 @@ void provisioner::advance(user_chain& j) {
       if (r.ok()) {
         if (!policy::security_equal(r.value(), j.want)) {
           j.second_writes = true;
-          j.call = via.put_security(j.db, j.want);
+          j.call = via.put_security(j.db, j.want, true);
           j.at = stage::second;
         }
       } else if (r.error().kind != couch_error_kind::not_found) {
@@ -344,7 +344,7 @@ void provisioner::advance(user_chain& j) {
       }
     } else {
       if (r.ok()) {
-        j.call = via.delete_db(j.db);
+        j.call = via.delete_db(j.db, true);
         j.at = stage::second;
       } else if (r.error().kind != couch_error_kind::not_found) {
         j.error = r.error();
@@ -376,7 +376,7 @@ void provisioner::advance(user_chain& j) {
   } else if (j.second_writes) {
     security_writes_.inc();
   } else if (!policy::security_equal(r.value(), j.want)) {
-    j.call = via.put_security(j.db, j.want);
+    j.call = via.put_security(j.db, j.want, true);
     j.at = stage::repair;
   }
 }

@@ -27,10 +27,11 @@ result<std::string> pending_json::text() {
 }
 
 pending_json couch_client::request(const std::string& method, const std::string& target, std::string body,
-                                   std::optional<std::chrono::milliseconds> timeout) {
+                                   std::optional<std::chrono::milliseconds> timeout, bool follow_up) {
   http_request req;
   req.method = method;
   req.target = target;
+  req.follow_up = follow_up;
   if (!body.empty()) req.set_body(std::move(body));
   req.timeout = timeout.value_or(t_.request);
   return pending_json(wire_.request(std::move(req)));
@@ -48,12 +49,12 @@ pending_json couch_client::feed_request(const std::string& target) {
   return pending_json(wire_.request(std::move(req)));
 }
 
-pending_json couch_client::get_security(const std::string& db) {
-  return request("GET", db_path(db) + "/_security");
+pending_json couch_client::get_security(const std::string& db, bool follow_up) {
+  return request("GET", db_path(db) + "/_security", {}, std::nullopt, follow_up);
 }
 
-pending_json couch_client::put_security(const std::string& db, const json& sec) {
-  return request("PUT", db_path(db) + "/_security", sec.dump());
+pending_json couch_client::put_security(const std::string& db, const json& sec, bool follow_up) {
+  return request("PUT", db_path(db) + "/_security", sec.dump(), std::nullopt, follow_up);
 }
 
 pending_json couch_client::get_doc(const std::string& db, const std::string& id, const std::string& query) {

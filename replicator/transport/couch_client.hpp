@@ -57,16 +57,19 @@ class couch_client {
   couch_client(transport& wire, timeouts t) : wire_(wire), t_(t) {}
 
   // `timeout`: the whole exchange's limit (default: the configured request timeout).
+  // `follow_up`: the next step of work already begun (http_request::follow_up).
   pending_json request(const std::string& method, const std::string& target, std::string body = {},
-                       std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+                       std::optional<std::chrono::milliseconds> timeout = std::nullopt, bool follow_up = false);
 
   pending_json server_info() { return request("GET", "/"); }
   pending_json db_info(const std::string& db) { return request("GET", db_path(db)); }
   // q (shards) and n (replicas): 0 = the server's default.
   pending_json create_db(const std::string& db, std::size_t q = 0, std::size_t n = 0);
-  pending_json delete_db(const std::string& db) { return request("DELETE", db_path(db)); }
-  pending_json get_security(const std::string& db);
-  pending_json put_security(const std::string& db, const json& sec);
+  pending_json delete_db(const std::string& db, bool follow_up = false) {
+    return request("DELETE", db_path(db), {}, std::nullopt, follow_up);
+  }
+  pending_json get_security(const std::string& db, bool follow_up = false);
+  pending_json put_security(const std::string& db, const json& sec, bool follow_up = false);
   pending_json get_doc(const std::string& db, const std::string& id, const std::string& query = {});
   pending_json put_doc(const std::string& db, const std::string& id, const json& doc);
   pending_json delete_doc(const std::string& db, const std::string& id, const std::string& rev);

@@ -242,10 +242,11 @@ struct http_pool::impl {
   void run() {
     std::unordered_map<transfer*, std::unique_ptr<transfer>> active;
     // Submitted, not started yet (the gate, or no work connection free), each in submission order.
-    std::deque<std::unique_ptr<transfer>> waiting_feeds, waiting_work;
-    const std::size_t work_cap = opts.feed_connections > 0 && opts.feed_connections < opts.max_connections
-                                     ? opts.max_connections - opts.feed_connections
-                                     : std::numeric_limits<std::size_t>::max();
+    // Follow-ups (http_request::follow_up) go before other work.
+    std::deque<std::unique_ptr<transfer>> waiting_feeds, waiting_follow_ups, waiting_work;
+    // Work waits here, not in libcurl's own queue, so follow-ups can pass it.
+    const std::size_t work_cap = opts.feed_connections < opts.max_connections ? opts.max_connections - opts.feed_connections
+                                                                               : std::numeric_limits<std::size_t>::max();
     std::size_t work_active = 0;
     for (;;) {
       std::deque<std::unique_ptr<transfer>> fresh;
@@ -256,7 +257,7 @@ struct http_pool::impl {
         stop = stopping;
       }
       if (stop) {
-        for (auto* waiting : {&waiting_feeds, &waiting_work}) {
+        for (auto* waiting : {&waiting_feeds, &waiting_follow_ups, &waiting_work}) {
           for (auto& t : *waiting) cancel(*t);
           queued -= static_cast<std::int64_t>(waiting->size());
         }
@@ -272,7 +273,7 @@ struct http_pool::impl {
         return;
       }
       queued += static_cast<std::int64_t>(fresh.size());
-      for (auto& t : fresh) (t->req.feed ? waiting_feeds : waiting_work).push_back(std::move(t));
+      for (auto& t : fresh) (t->req.feed ? waiting_feeds : t->req.follow_up ? waiting_follow_ups : waiting_work).push_back(std::move(t));
       // Start what the gate lets through: feeds first, then work while a work connection is free.
       auto wake_at = std::chrono::steady_clock::time_point::max();
       const auto admit = [&](std::deque<std::unique_ptr<transfer>>& waiting, bool work) {
@@ -310,11 +311,13 @@ struct http_pool::impl {
         std::lock_guard lk(gate_mu);
         proving = gate.snapshot().credential != credential_state::accepted;
       }
-      if (proving && !waiting_work.empty()) {
+      if (proving && (!waiting_follow_ups.empty() || !waiting_work.empty())) {
+        admit(waiting_follow_ups, true);
         admit(waiting_work, true);
         admit(waiting_feeds, false);
       } else {
         admit(waiting_feeds, false);
+        admit(waiting_follow_ups, true);
         admit(waiting_work, true);
       }
       int running = 0;
@@ -337,7 +340,7 @@ struct http_pool::impl {
       // Poll at most 1 s; less when the gate lets the next request start sooner, not at all when
       // an answer may have opened the gate for the queue.
       int timeout_ms = 1000;
-      if (!waiting_feeds.empty() || !waiting_work.empty()) {
+      if (!waiting_feeds.empty() || !waiting_follow_ups.empty() || !waiting_work.empty()) {
         if (answered) {
           timeout_ms = 0;
         } else if (wake_at != std::chrono::steady_clock::time_point::max()) {

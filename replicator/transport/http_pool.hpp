@@ -7,7 +7,8 @@
 // start at most max_connections - feed_connections at once and wait here, in submission order,
 // beyond that, so a feed's next longpoll never queues behind work in libcurl's own FIFO (the
 // `_db_updates` feed wakes the front door's parked clients: behind the fan-in's requests, the
-// wake waited for the fan-in).
+// wake waited for the fan-in). Among the work waiting, follow-ups (http_request::follow_up: the
+// next step of work already begun) start first, each kind in submission order.
 // The real implementation of the transport seam (transport.hpp).
 //
 // Errors are values (http_response::kind); nothing here throws after construction.

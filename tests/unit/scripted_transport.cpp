@@ -113,7 +113,7 @@ void scripted_transport::submit(r::http_request req, callback done) {
   {
     std::unique_lock lk(mu_);
     log_.push_back(recorded{req.method, req.target, std::string(req.body_text()), req.cookie, req.authorization,
-                            req.cookie_may_be_stale});
+                            req.cookie_may_be_stale, req.follow_up});
     for (auto& h : holds_) {
       if (h.used || h.method != req.method || req.target.find(h.target) == std::string::npos) continue;
       h.used = true;

@@ -62,6 +62,7 @@ class scripted_transport final : public r::transport {
   struct recorded {
     std::string method, target, body, cookie, authorization;
     bool cookie_may_be_stale = false;
+    bool follow_up = false;
   };
 
   // times < 0: unlimited.

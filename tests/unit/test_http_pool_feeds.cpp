@@ -30,10 +30,12 @@ struct holding_server {
   bool released = false;
   int work_in_server = 0;  // work requests the server is holding now
   int work_peak = 0;
+  std::vector<std::string> arrivals;  // the `n` of each work request, in the order they arrived
   holding_server() {
     srv.new_task_queue = [] { return new httplib::ThreadPool(16); };
-    srv.Get("/work", [this](const httplib::Request&, httplib::Response& res) {
+    srv.Get("/work", [this](const httplib::Request& req, httplib::Response& res) {
       std::unique_lock lk(mu);
+      arrivals.push_back(req.get_param_value("n"));
       ++work_in_server;
       work_peak = std::max(work_peak, work_in_server);
       cv.notify_all();
@@ -84,13 +86,15 @@ r::http_request get(const std::string& target, bool feed) {
   return req;
 }
 
-// `n` work requests (GET /work), their answers to come.
-std::vector<std::future<r::http_response>> submit_work(r::http_pool& pool, int n) {
+// `n` work requests (GET /work?n=<first + i>, follow-ups when told), their answers to come.
+std::vector<std::future<r::http_response>> submit_work(r::http_pool& pool, int n, int first = 0, bool follow_up = false) {
   std::vector<std::future<r::http_response>> work;
   for (int i = 0; i < n; ++i) {
     auto p = std::make_shared<std::promise<r::http_response>>();
     work.push_back(p->get_future());
-    pool.submit(get("/work", false), [p](r::http_response res) { p->set_value(std::move(res)); });
+    auto req = get("/work?n=" + std::to_string(first + i), false);
+    req.follow_up = follow_up;
+    pool.submit(std::move(req), [p](r::http_response res) { p->set_value(std::move(res)); });
   }
   return work;
 }
@@ -133,6 +137,28 @@ TEST_CASE("http_pool: a change feed's longpoll starts at once though more work w
   all_answered(work);
   CHECK(pool.stats().queued == 0);
   CHECK(pool.stats().peak_sockets <= 4);
+}
+
+TEST_CASE("http_pool: a follow-up starts before the work that waited longer, within the work connections") {
+  holding_server server;
+  // Two connections, one kept for feeds: work runs one request at a time.
+  r::http_pool::options o{"http://127.0.0.1:" + std::to_string(server.port), "", "", 2, "couchgate-test"};
+  o.feed_connections = 1;
+  r::http_pool pool(o);
+  accepted(pool);
+  auto work = submit_work(pool, 3, 0);              // 0 is held; 1 and 2 wait
+  REQUIRE(server.holding(1));
+  auto follow_ups = submit_work(pool, 2, 10, true);  // submitted last, waiting with them
+  // (submit hands them to the pool's thread, which queues them a moment later)
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (pool.stats().queued < 4 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  REQUIRE(pool.stats().queued == 4);
+  server.release();
+  all_answered(work);
+  all_answered(follow_ups);
+  std::lock_guard lk(server.mu);
+  CHECK(server.arrivals == std::vector<std::string>{"0", "10", "11", "1", "2"});
+  CHECK(server.work_peak == 1);
 }
 
 TEST_CASE("http_pool: with no connection kept for feeds, work may use them all (the restore tool's pool)") {

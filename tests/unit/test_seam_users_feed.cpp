@@ -129,6 +129,11 @@ TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: from the stored position
   CHECK(sequence(s, {"/_users/_changes"}) ==
         std::vector<std::string>{"GET /_users/_changes?since=5-u", "GET /_users/_changes?since=6-u", "GET /_users/_changes?since=7-u"});
   CHECK(sequence(s, {carol}) == std::vector<std::string>{"PUT /" + carol + "?q=1", "PUT /" + carol + "/_security"});
+  // A chain's later steps go before other users' creates in the pool (http_request::follow_up).
+  for (const auto& q : s.requests()) {
+    if (q.target.find(carol) == std::string::npos && q.target.find(dave) == std::string::npos) continue;
+    CHECK_MESSAGE(q.follow_up == (q.target.find("?q=1") == std::string::npos), q.method, " ", q.target);
+  }
   CHECK(sequence(s, {dave}) == std::vector<std::string>{"PUT /" + dave + "?q=1", "PUT /" + dave + "/_security",
                                                         "PUT /" + dave + "?q=1", "GET /" + dave + "/_security",
                                                         "PUT /" + dave + "/_security"});
