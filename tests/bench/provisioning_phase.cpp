@@ -322,15 +322,28 @@ json run_provisioning(context& ctx, plot_data& plots) {
   const double server_cpu = read_usage(ctx.server_pid).cpu_seconds - server_cpu0;
   // The server's word, after the timing: each database exists and its `_security` names the
   // user (a user the tap saw provisioned but the server does not confirm is not counted).
-  std::atomic<std::size_t> confirmed{0};
+  std::atomic<std::size_t> confirmed{0}, seen_unconfirmed{0};
+  std::mutex unconfirmed_mu;
+  std::string first_unconfirmed;  // what the server said of the first one it did not confirm
   {
     auto checkers = make_clients(ctx.opt.threads);
     parallel_for(u_count, checkers, [&](int k, bench_client& c) -> std::string {
       const auto i = static_cast<std::size_t>(k);
       if (done[i] < 0) return "";
-      auto sec = c.get(db_path(dbs[i]) + "/_security");
-      if (sec.status == 200 && security_names_user(sec.body, users[i])) ++confirmed;
-      else done[i] = -1;
+      // A read that failed (no answer, 5xx) is asked again: only the server's answer decides.
+      reply sec;
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        sec = c.get(db_path(dbs[i]) + "/_security");
+        if (sec.status > 0 && sec.status < 500) break;
+      }
+      if (sec.status == 200 && security_names_user(sec.body, users[i])) {
+        ++confirmed;
+        return "";
+      }
+      done[i] = -1;
+      ++seen_unconfirmed;
+      std::lock_guard lk(unconfirmed_mu);
+      if (first_unconfirmed.empty()) first_unconfirmed = dbs[i] + "/_security: " + describe(sec) + " " + sec.body.dump().substr(0, 200);
       return "";
     });
   }
@@ -377,8 +390,13 @@ json run_provisioning(context& ctx, plot_data& plots) {
   for (const auto& o : w.ok) expected += o != 0 ? 1 : 0;
   if (w.errors.load() > 0) ctx.fail("provisioning: creating " + std::to_string(w.errors.load()) + " users failed: " + w.first_error);
   if (confirmed.load() < expected) {
+    std::string why;
+    if (seen_unconfirmed.load() > 0) {
+      why = " (" + std::to_string(seen_unconfirmed.load()) + " of them answered 200 to couchgate's `_security` write, then " +
+            "the server did not confirm it; the first: " + first_unconfirmed + ")";
+    }
     ctx.fail("provisioning: only " + std::to_string(confirmed.load()) + " of " + std::to_string(expected) +
-             " users got their database and _security within " + std::to_string(static_cast<int>(deadline)) + " s");
+             " users got their database and _security within " + std::to_string(static_cast<int>(deadline)) + " s" + why);
   }
   cleanup(w.revs);
   return out;
