@@ -29,7 +29,7 @@ void feed_work::reached(nlohmann::json position) {
 
 std::vector<feed_work::started> feed_work::take() {
   std::vector<started> out;
-  for (auto it = waiting_.begin(); it != waiting_.end() && names_.size() < window_;) {
+  for (auto it = waiting_.begin(); it != waiting_.end() && taking_place() < window_;) {
     if (names_.count(it->second.name)) {
       ++it;  // waits for the revision in flight
       continue;
@@ -47,7 +47,24 @@ void feed_work::finished(ticket id) {
   if (f == flying_.end()) return;
   names_.erase(f->second);
   flying_.erase(f);
+  retrying_.erase(id);
   end(id);
+}
+
+std::size_t feed_work::taking_place() const {
+  const std::size_t resting = retrying_.size();
+  return flying_.size() - resting + (resting > window_ ? resting - window_ : 0);
+}
+
+void feed_work::retrying(ticket id) {
+  if (flying_.count(id)) retrying_.insert(id);
+}
+
+bool feed_work::resume(ticket id) {
+  if (retrying_.erase(id) == 0) return flying_.count(id) > 0;  // not retrying: nothing to decide
+  if (taking_place() <= window_) return true;
+  retrying_.insert(id);
+  return false;
 }
 
 bool feed_work::superseded(const std::string& name) const {

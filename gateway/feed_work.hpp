@@ -1,7 +1,8 @@
 #pragma once
 // Owns: the order of the `_users` feed's work (issue #18): which rows the provisioner may start
 // now, and how far the stored feed position may move. Rows are started as soon as they arrive,
-// up to `window` users in flight, never two revisions of one name at once (a later row of a name
+// up to `window` users in flight (users waiting to be retried
+// leave their place, see retrying()), never two revisions of one name at once (a later row of a name
 // in flight waits for it; a later row of a name waiting replaces the waiting one, whose revision
 // is superseded). The position given back is "done up to here": the newest position the feed
 // reported (reached) such that every row that arrived before it has finished, so a crash never
@@ -42,6 +43,15 @@ class feed_work {
   std::vector<started> take();
   // A started row is finished (done, or failed for good): its name may start again.
   void finished(ticket id);
+  // A started row failed and waits to be tried again: its name stays taken (a later row of it
+  // waits, superseded() says so) and the position stays before it, but it leaves its place in
+  // the window to the rows behind it, so a few users the server keeps refusing do not stop the
+  // others. Only `window` retrying rows leave their place: beyond that they count again, so a
+  // server refusing everyone (an outage) has at most twice the window in play.
+  void retrying(ticket id);
+  // A retrying row's next try is due: true when the window lets it start now (it counts as in
+  // flight again); false: it stays retrying, asked again later.
+  bool resume(ticket id);
   // The done-up-to position, when it moved since the last call.
   std::optional<nlohmann::json> moved();
 
@@ -50,13 +60,15 @@ class feed_work {
   bool superseded(const std::string& name) const;
 
   std::size_t waiting() const { return waiting_.size(); }    // arrived, not started
-  std::size_t in_flight() const { return names_.size(); }
+  std::size_t in_flight() const { return names_.size(); }   // started and not finished, retrying ones too
+  std::size_t retrying_rows() const { return retrying_.size(); }
   std::size_t window() const { return window_; }
   std::size_t marks() const { return marks_.size(); }   // positions reached, not yet passed
   static constexpr std::size_t max_marks = 1024;
 
  private:
   void end(ticket id);  // the row's work is over (finished or superseded)
+  std::size_t taking_place() const;  // rows counted against the window
 
   std::size_t window_;
   ticket next_ = 0;
@@ -64,6 +76,7 @@ class feed_work {
   std::unordered_map<std::string, ticket> names_;            // name -> its row in flight
   std::unordered_map<ticket, std::string> flying_;           // ticket -> name, for finished()
   std::set<ticket> open_;                                    // rows arrived and not ended
+  std::set<ticket> retrying_;                                // started rows waiting for a retry
   std::map<ticket, nlohmann::json> marks_;                   // boundary (first ticket after) -> position
 };
 

@@ -650,9 +650,11 @@ void provisioner::follow(json since) {
   std::map<feed_work::ticket, std::uint32_t> failures;  // of the rows in flight that failed before
   // A row whose chain failed in a way worth retrying: retried alone, after a backoff that grows
   // with its failures; the position stays before it meanwhile.
+  // Meanwhile it leaves its place in the window to the rows behind it (feed_work::retrying).
   const auto retry_later = [&](feed_work::ticket id, policy::user_doc u, clock::time_point now) {
     const auto n = ++failures[id];
     retrying[id] = retry{std::move(u), now + replicator::backoff_delay(bp, n, rnd)};
+    work.retrying(id);
   };
   // A row done with (finished, failed for good, or superseded): its name may start again.
   const auto row_over = [&](feed_work::ticket id) {
@@ -765,8 +767,8 @@ void provisioner::follow(json since) {
         it = retrying.erase(it);
         continue;
       }
-      if (reconcile_waits || it->second.at > now) {
-        ++it;
+      if (reconcile_waits || it->second.at > now || !work.resume(it->first)) {
+        ++it;  // (not resumed: the window is full; asked again when a chain ends)
         continue;
       }
       start.push_back({it->first, std::move(it->second.u)});
@@ -803,7 +805,10 @@ void provisioner::follow(json since) {
     if (reconcile_waits) {
       if (running.empty()) continue;  // the last chain just ended: reconcile now
     } else {
-      for (const auto& [id, r] : retrying) until = std::min(until, r.at);
+      // (A retry due but not resumed waits for a chain in flight to end: its answer wakes this.)
+      for (const auto& [id, r] : retrying) {
+        if (r.at > now) until = std::min(until, r.at);
+      }
       until = std::min(until, next_reconcile_);
     }
     {

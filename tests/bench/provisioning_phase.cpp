@@ -174,7 +174,8 @@ json run_provisioning(context& ctx, plot_data& plots) {
     // done by the bench itself over as many connections as couchgate may use: `ceiling` (the
     // issue's). `ceiling_with_users` adds the rest of the server's work in couchgate's run: the
     // same user documents written as that run writes them (POST _users/_bulk_docs, 100 at a
-    // time, one connection), each user's database made once its document is written.
+    // time, one connection), each user's database made once its document is written. Both
+    // go through a tap, as couchgate's run does (below).
     const int conns = cfg["fanin"].value("max_connections", 8);
     // The same shards couchgate creates (provisioning.q; its default when the config leaves it out).
     const std::size_t q = couchgate_q(cfg);
@@ -209,7 +210,14 @@ json run_provisioning(context& ctx, plot_data& plots) {
           });
         });
       }
-      auto e = parallel_for(u_count, conns, [&](int i, bench_client& c) -> std::string {
+      // Through a tap of its own, as couchgate's run reaches the server through one: all three
+      // pay the same loopback hop (and its CPU on the same cores).
+      test::fault_proxy ceiling_tap;
+      endpoint via_tap = endpoint::server_admin();
+      via_tap.host = "127.0.0.1";
+      via_tap.port = ceiling_tap.port();
+      auto tap_clients = make_clients(conns, via_tap);
+      auto e = parallel_for(u_count, tap_clients, [&](int i, bench_client& c) -> std::string {
         const auto k = static_cast<std::size_t>(i);
         {
           std::unique_lock lk(ready_mu);

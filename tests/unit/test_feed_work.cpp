@@ -160,3 +160,55 @@ TEST_CASE("feed_work: while one row stays open the positions reached stay bounde
   CHECK(w.moved() == json(std::to_string(pages - 1) + "-p"));
   CHECK(w.marks() == 0);
 }
+
+TEST_CASE("feed_work: a row waiting for its retry leaves its place to the rows behind it, and holds the position") {
+  feed_work w(2);
+  for (const char* n : {"bad", "b", "c", "d"}) w.arrived(user(n));
+  w.reached(json("4-u"));
+  auto first = w.take();
+  REQUIRE(names(first) == std::vector<std::string>{"bad", "b"});
+  w.retrying(first[0].id);  // the server refused bad: it waits for its retry
+  auto next = w.take();
+  CHECK(names(next) == std::vector<std::string>{"c"});  // c took bad's place
+  CHECK(w.retrying_rows() == 1);
+  // bad's retry is due while b and c hold the window: it waits.
+  CHECK(!w.resume(first[0].id));
+  CHECK(w.retrying_rows() == 1);
+  w.finished(first[1].id);
+  CHECK(w.resume(first[0].id));  // b finished: bad starts again, in d's way
+  CHECK(w.take().empty());
+  // A later row of bad waits for it, retrying or not.
+  w.arrived(user("bad", true));
+  CHECK(w.superseded("bad"));
+  w.finished(next[0].id);
+  auto d = w.take();
+  CHECK(names(d) == std::vector<std::string>{"d"});
+  // Everything but bad is done: the position stays before it.
+  CHECK(!w.moved());
+  w.finished(first[0].id);
+  auto deleted = w.take();
+  REQUIRE(names(deleted) == std::vector<std::string>{"bad(deleted)"});
+  w.finished(deleted[0].id);
+  // d is still in flight: the position waits for it, then moves past everyone.
+  CHECK(!w.moved());
+  REQUIRE(d.size() == 1);
+  w.finished(d[0].id);
+  CHECK(w.moved() == json("4-u"));
+}
+
+TEST_CASE("feed_work: when every row is refused (an outage), at most twice the window is in play") {
+  feed_work w(2);
+  for (int i = 0; i < 10; ++i) w.arrived(user("u" + std::to_string(i)));
+  std::size_t started = 0;
+  for (int round = 0; round < 10; ++round) {
+    auto s = w.take();
+    started += s.size();
+    for (const auto& x : s) w.retrying(x.id);
+  }
+  CHECK(started == 4);
+  CHECK(w.retrying_rows() == 4);
+  CHECK(w.in_flight() == 4);
+  CHECK(w.waiting() == 6);
+  // Past the window's worth, retrying rows count again: one of them may resume only in its own place.
+  CHECK(w.take().empty());
+}

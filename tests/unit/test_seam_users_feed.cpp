@@ -353,6 +353,37 @@ TEST_CASE_FIXTURE(users_feed_one_at_a_time, "provisioner _users feed: no next re
   CHECK(s.unexpected().empty());
 }
 
+TEST_CASE_FIXTURE(users_feed_one_at_a_time, "provisioner _users feed: a user the server keeps refusing does not hold up the users behind it") {
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:users","rev":"2-f"}])"), -1);
+  json rows = json::array();
+  for (const std::string n : {"bad", "good"}) {
+    const std::string id = "org.couchdb.user:" + n;
+    rows.push_back({{"seq", "6-u"}, {"id", id}, {"changes", {{{"rev", "1-a"}}}},
+                    {"doc", {{"_id", id}, {"_rev", "1-a"}, {"name", n}, {"type", "user"}, {"roles", {"app"}}}}});
+  }
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, json{{"results", rows}, {"last_seq", "6-u"}, {"pending", 0}}.dump()));
+  s.on("PUT", "/" + p.db_for("bad") + "?q=1", answer(500, R"({"error":"internal_server_error","reason":"boom"})"), -1);
+  s.on("PUT", "/" + p.db_for("good") + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + p.db_for("good") + "/_security", answer(200, R"({"ok":true})"));
+
+  s.park_quiet_feeds();
+  p.start();
+  // The window holds one user: good is provisioned while bad waits for its retries.
+  const bool good_done = s.wait_for([&] { return p.user("good") && p.user("good")->done; }, 10s);
+  const bool bad_retried = s.wait_for([&] { return s.count("PUT", "/" + p.db_for("bad") + "?q=1") >= 2; }, 10s);
+  s.close();
+  p.stop();
+  CHECK(good_done);
+  CHECK(bad_retried);
+  REQUIRE(p.user("bad"));
+  CHECK(!p.user("bad")->done);
+  // The position stays before bad: 6-u covers it, so it is never stored.
+  for (const auto& q : s.requests()) {
+    if (q.target == "/cg_state/_bulk_docs") CHECK(json::parse(q.body)["docs"][0]["value"] != "6-u");
+  }
+  CHECK(s.unexpected().empty());
+}
+
 TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: a user whose creation keeps failing is not retried once a newer revision (its deletion) arrives") {
   const std::string dave = p.db_for("dave");
   const std::string id = "org.couchdb.user:dave";
