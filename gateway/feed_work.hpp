@@ -1,10 +1,10 @@
 #pragma once
 // Owns: the order of the `_users` feed's work (issue #18): which rows the provisioner may start
 // now, and how far the stored feed position may move. Rows are started as soon as they arrive,
-// up to `window` users in flight (users waiting to be retried
-// leave their place, see retrying()), never two revisions of one name at once (a later row of a name
-// in flight waits for it; a later row of a name waiting replaces the waiting one, whose revision
-// is superseded). The position given back is "done up to here": the newest position the feed
+// up to `window` users in flight (users waiting to be retried leave their place, see
+// retrying()), never two revisions of one name at once (a later row of a name in flight waits
+// for it; a later row of a name waiting replaces the waiting one, whose revision is
+// superseded). The position given back is "done up to here": the newest position the feed
 // reported (reached) such that every row that arrived before it has finished, so a crash never
 // skips a user. Pure: no I/O, no clock.
 #include <cstddef>

@@ -649,8 +649,8 @@ void provisioner::follow(json since) {
   std::map<feed_work::ticket, retry> retrying;
   std::map<feed_work::ticket, std::uint32_t> failures;  // of the rows in flight that failed before
   // A row whose chain failed in a way worth retrying: retried alone, after a backoff that grows
-  // with its failures; the position stays before it meanwhile.
-  // Meanwhile it leaves its place in the window to the rows behind it (feed_work::retrying).
+  // with its failures. Meanwhile the position stays before it, and it leaves its place in the
+  // window to the rows behind it (feed_work::retrying).
   const auto retry_later = [&](feed_work::ticket id, policy::user_doc u, clock::time_point now) {
     const auto n = ++failures[id];
     retrying[id] = retry{std::move(u), now + replicator::backoff_delay(bp, n, rnd)};

@@ -274,7 +274,8 @@ struct http_pool::impl {
       }
       queued += static_cast<std::int64_t>(fresh.size());
       for (auto& t : fresh) (t->req.feed ? waiting_feeds : t->req.follow_up ? waiting_follow_ups : waiting_work).push_back(std::move(t));
-      // Start what the gate lets through: feeds first, then work while a work connection is free.
+      // Start what the gate lets through: feeds first, then follow-ups and other work while a work
+      // connection is free.
       auto wake_at = std::chrono::steady_clock::time_point::max();
       const auto admit = [&](std::deque<std::unique_ptr<transfer>>& waiting, bool work) {
         while (!waiting.empty() && wake_at == std::chrono::steady_clock::time_point::max()) {
