@@ -430,9 +430,15 @@ result<std::optional<json>> state_store::get_value(const std::string& key) {
 }
 
 result<bool> state_store::put_value(const std::string& key, const json& value) {
-  auto r = write({json{{"_id", "feed:" + key}, {"type", "feed"}, {"value", value}}}, true);
+  write_rows rows;
+  auto r = write({json{{"_id", "feed:" + key}, {"type", "feed"}, {"value", value}}}, true, &rows);
   if (!r.ok()) return r.error();
-  return r.value() == 1;
+  if (r.value() == 1) return true;
+  // Answered, not written (an error row, a conflict again after the one retry, no row): a failed
+  // write to the caller, who keeps the value to write again.
+  const bool conflict = !rows.conflicts.empty();
+  return couch_error{conflict ? couch_error_kind::conflict : couch_error_kind::protocol, 201,
+                     conflict ? "conflict" : "not written", rows.first_error};
 }
 
 result<std::unordered_set<std::string>> state_store::load_restores() {

@@ -112,6 +112,8 @@ class state_store {
   static std::string restore_id(const std::string& db) { return "restore:" + db; }
 
   result<std::optional<json>> get_value(const std::string& key);
+  // True once written; an error when it was not, also when the server answered (an error row, a
+  // conflict again after one retry with the current revision).
   result<bool> put_value(const std::string& key, const json& value);
 
   static std::string checkpoint_id(const std::string& source) { return "checkpoint:" + source; }

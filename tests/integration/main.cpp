@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <string>
 
 #include "tests/support/harness.hpp"
 
@@ -14,7 +15,17 @@ struct liveness_listener : doctest::IReporter {
   explicit liveness_listener(const doctest::ContextOptions&) {}
   void report_query(const doctest::QueryData&) override {}
   void test_run_start() override {}
-  void test_run_end(const doctest::TestRunStats&) override {}
+  // What the run made on the server is deleted at its end (COUCHGATE_TEST_KEEP=1 keeps it to
+  // look at after a failure); what could not be deleted is said, and does not fail the run.
+  void test_run_end(const doctest::TestRunStats&) override {
+    if (const char* keep = std::getenv("COUCHGATE_TEST_KEEP"); keep && *keep && std::string(keep) != "0") return;
+    if (!couchgate::test::server_alive()) return;
+    const auto left = couchgate::test::remove_leftovers(couchgate::test::run_token());
+    std::cerr << "integration run " << couchgate::test::run_token() << ": deleted " << left.databases
+              << " databases and " << left.users << " users it made on the server";
+    if (left.failed) std::cerr << "; " << left.failed << " could not be deleted";
+    std::cerr << "\n";
+  }
   void test_case_start(const doctest::TestCaseData& tc) override { check("before", tc.m_name); }
   void test_case_reenter(const doctest::TestCaseData&) override {}
   void test_case_end(const doctest::CurrentTestCaseStats&) override { check("after", current_); }

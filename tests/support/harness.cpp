@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -172,15 +173,82 @@ std::string enc(const std::string& s) {
   return out;
 }
 
-std::string unique(const std::string& stem) {
-  static std::atomic<int> n{0};
+const std::string& run_token() {
   static const std::string run = [] {
     std::mt19937 rng(std::random_device{}());
     std::string s;
     for (int i = 0; i < 6; ++i) s.push_back("abcdefghijklmnopqrstuvwxyz"[rng() % 26]);
     return s;
   }();
-  return stem + "-" + run + std::to_string(++n);
+  return run;
+}
+
+std::string unique(const std::string& stem) {
+  static std::atomic<int> n{0};
+  return stem + "-" + run_token() + std::to_string(++n);
+}
+
+namespace {
+std::string lower_hex(const std::string& s) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    out.push_back(hex[c >> 4]);
+    out.push_back(hex[c & 15]);
+  }
+  return out;
+}
+}  // namespace
+
+bool made_by_run(const std::string& name, const std::string& token) {
+  // unique() writes "-<token><n>": the token after a dash and before a digit, as it is or
+  // hex-encoded (couch_peruser's userdb-<hex> naming of a user name made by unique()).
+  for (std::size_t at = name.find("-" + token); at != std::string::npos; at = name.find("-" + token, at + 1)) {
+    const auto after = at + 1 + token.size();
+    if (after < name.size() && std::isdigit(static_cast<unsigned char>(name[after]))) return true;
+  }
+  const auto hex = lower_hex("-" + token);
+  for (std::size_t at = name.find(hex); at != std::string::npos; at = name.find(hex, at + 1)) {
+    const auto after = at + hex.size();
+    if (after + 1 < name.size() && name[after] == '3' && std::isdigit(static_cast<unsigned char>(name[after + 1])))
+      return true;
+  }
+  return false;
+}
+
+leftovers remove_leftovers(const std::string& token) {
+  leftovers out;
+  const couch c;
+  if (auto all = c.get("/_all_dbs"); all.status == 200 && all.body.is_array()) {
+    for (const auto& db : all.body) {
+      if (!db.is_string() || !made_by_run(db.get<std::string>(), token)) continue;
+      const auto r = c.del("/" + enc(db.get<std::string>()));
+      (r.status == 200 || r.status == 202 || r.status == 404 ? out.databases : out.failed) += 1;
+    }
+  } else {
+    ++out.failed;
+  }
+  const std::string users = "/_users/_all_docs?startkey=%22org.couchdb.user%3A%22&endkey=%22org.couchdb.user%3B%22";
+  if (auto all = c.get(users); all.status == 200 && all.body.is_object() && all.body["rows"].is_array()) {
+    json gone = json::array();
+    for (const auto& row : all.body["rows"]) {
+      if (!row.is_object() || !row["id"].is_string() || !row["value"].is_object() || !row["value"]["rev"].is_string())
+        continue;
+      if (!made_by_run(row["id"].get<std::string>(), token)) continue;
+      gone.push_back({{"_id", row["id"]}, {"_rev", row["value"]["rev"]}, {"_deleted", true}});
+    }
+    if (!gone.empty()) {
+      const auto r = c.post("/_users/_bulk_docs", json{{"docs", gone}});
+      if (r.status == 201 && r.body.is_array()) {
+        for (const auto& one : r.body) (one.is_object() && one.contains("ok") ? out.users : out.failed) += 1;
+      } else {
+        out.failed += static_cast<int>(gone.size());
+      }
+    }
+  } else {
+    ++out.failed;
+  }
+  return out;
 }
 
 bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds deadline) {

@@ -77,6 +77,19 @@ const std::string& signup_password();
 // $COUCHGATE_TEST_RUN_DIR when set (tests/run.sh scans it), else under /tmp.
 std::string make_temp_dir(const std::string& stem);
 std::string unique(const std::string& stem);  // lowercase, unique per run and call
+// The run's token in every unique() name ("<stem>-<token><n>").
+const std::string& run_token();
+// Whether a database or document name was made by unique() with `token` (as it is, or
+// hex-encoded as couch_peruser names a user's database).
+bool made_by_run(const std::string& name, const std::string& token);
+// Deletes the databases and `_users` documents whose names were made with `token` (run_token():
+// this run's, so a shared server keeps nothing of a run). Names hashed instead of hex-encoded
+// (policy/naming.hpp, long user names under the default prefix) are not recognised. Counts what
+// was deleted and what could not be.
+struct leftovers {
+  int databases = 0, users = 0, failed = 0;
+};
+leftovers remove_leftovers(const std::string& token);
 
 // Polls pred every 50 ms until it is true or the deadline passes. Returns pred's last value.
 bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds deadline);

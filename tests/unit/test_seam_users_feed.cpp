@@ -311,6 +311,26 @@ TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: a position write the ser
   CHECK(s.unexpected().empty());
 }
 
+TEST_CASE_FIXTURE(users_feed, "provisioner _users feed: a position write answered with an error row is written again, not taken as stored") {
+  const std::string carol = p.db_for("carol");
+  s.on("GET", "/_users/_changes?since=5-u", answer(200, users_page("carol", "6-u")));
+  s.on("PUT", "/" + carol + "?q=1", answer(201, R"({"ok":true})"));
+  s.on("PUT", "/" + carol + "/_security", answer(200, R"({"ok":true})"));
+  // The first write of 6-u: answered 201 with the document's row refused.
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"id":"feed:users","error":"forbidden","reason":"not now"}])"));
+  stored_positions stored(s);
+
+  s.park_quiet_feeds();
+  p.start();
+  // The feed waits on 6-u (nothing moves the position again): 6-u is written a second time.
+  const bool again = s.wait_for([&] { return stored.last() == "6-u"; }, 10s);
+  s.close();
+  p.stop();
+  CHECK(again);
+  CHECK(s.count("POST", "/cg_state/_bulk_docs") == 2);
+  CHECK(s.unexpected().empty());
+}
+
 namespace {
 struct users_feed_one_at_a_time : users_feed {
   users_feed_one_at_a_time() : users_feed(1) {}
