@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <set>
+#include <system_error>
 #include <variant>
 #include <unordered_map>
 
@@ -846,14 +847,21 @@ void feed_position::start_write() {
     std::lock_guard lk(mu_);
     outcome_.reset();
   }
-  writer_ = std::thread([this, value = *writing_] {
+  auto write = [this, value = *writing_] {
     auto r = state_.put_value(key_, value);
     {
       std::lock_guard lk(mu_);
       outcome_ = std::move(r);
     }
     if (ended_) ended_();
-  });
+  };
+  try {
+    writer_ = std::thread(write);
+  } catch (const std::system_error& e) {
+    // No thread to be had (the process's limit): this write waits here instead.
+    log()->warn("no thread for the _users feed position write ({}): written from the feed's own", e.what());
+    write();
+  }
 }
 
 void feed_position::take_ended(bool wait) {
@@ -862,7 +870,7 @@ void feed_position::take_ended(bool wait) {
     std::lock_guard lk(mu_);
     if (!outcome_) return;
   }
-  writer_.join();
+  if (writer_.joinable()) writer_.join();
   auto saved = std::move(*outcome_);
   auto value = std::move(*writing_);
   writing_.reset();
