@@ -117,7 +117,8 @@ std::optional<std::string> identities::transition(json& intent, const std::strin
 }
 
 replicator::result<bool> identities::reserve(unique_field f, const std::string& key, const std::string& user,
-                                             const std::string& intent_id, std::string& rev_out, const std::string& email) {
+                                             const std::string& intent_id, std::string& rev_out, const std::string& email,
+                                             bool retried) {
   const std::string id = policy::reservation_id(f, key);
   json doc{{"type", "reservation"}, {"field", policy::to_string(f)}, {"user", user}, {"intent", intent_id},
            {"created", stamp()}};
@@ -134,7 +135,29 @@ replicator::result<bool> identities::reserve(unique_field f, const std::string& 
     rev_out = str_field(cur.value(), "_rev");
     return true;
   }
+  // Or by a stale reservation (policy::reservation_stale): deleted by the revision read, and the
+  // value claimed again, once; a claim racing for it wins or loses on that PUT.
+  if (cur.ok() && !retried && stale(cur.value())) {
+    auto d = client_.delete_doc(cfg_.db, id, str_field(cur.value(), "_rev")).get();
+    if (d.ok() || d.error().kind == couch_error_kind::not_found) {
+      log()->info("reservation {} was left by intent {}, which was rolled back or is gone, for a user who does not "
+                  "exist: released", id, str_field(cur.value(), "intent"));
+      return reserve(f, key, user, intent_id, rev_out, email, true);
+    }
+  }
   return false;
+}
+
+bool identities::stale(const json& reservation) {
+  const std::string intent_id = str_field(reservation, "intent");
+  if (intent_id.empty()) return false;
+  auto st = intent_of(reservation);
+  if (!st.ok()) return false;
+  const std::string holder = str_field(reservation, "user");
+  if (holder.empty()) return false;
+  auto u = client_.get_doc(users_db_, policy::user_doc_id(holder)).get();
+  if (!u.ok() && u.error().kind != couch_error_kind::not_found) return false;
+  return policy::reservation_stale(true, st.value(), u.ok());
 }
 
 bool identities::release(const std::string& reservation_id, const char* holder_field, const std::string& holder) {
@@ -432,6 +455,13 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
     case policy::intent_action::leave:
       return action;
     case policy::intent_action::forget: {
+      // A rolled-back intent's reservations are released first: one whose PUT reached the server
+      // after the rollback (a slow answer) is still here, and would hold its value forever.
+      if (*state == intent_state::rolled_back) {
+        bool ok = type != "signup" || release(name_res, "intent", id);
+        ok = release(email_res, "intent", id) && ok;
+        if (!ok) return std::nullopt;
+      }
       auto d = client_.delete_doc(cfg_.db, id, rev).get();
       if (d.ok() || d.error().kind == couch_error_kind::not_found || is_conflict(d.error())) return action;
       return std::nullopt;
@@ -716,6 +746,12 @@ bool identities::release_if_held_by_deleted(const std::string& reservation_id, c
   auto st = intent_of(cur.value());
   if (!st.ok()) return false;
   if (!policy::may_release_for_deleted(false, str_field(cur.value(), "user"), user, st.value())) return true;
+  // The user is looked at again after the reservation was read (release_deleted's first look may
+  // be older than a sign-up of the same name that has completed since, and holds this reservation
+  // now); the delete is of the revision read, so nothing written after this look goes.
+  auto u = client_.get_doc(users_db_, policy::user_doc_id(user)).get();
+  if (!u.ok() && u.error().kind != couch_error_kind::not_found) return false;
+  if (!policy::may_release_for_deleted(u.ok(), str_field(cur.value(), "user"), user, st.value())) return true;
   auto d = client_.delete_doc(cfg_.db, reservation_id, str_field(cur.value(), "_rev")).get();
   if (d.ok() || d.error().kind == couch_error_kind::not_found) return true;
   return false;  // changed meanwhile (409) or a server error: the next pass looks again

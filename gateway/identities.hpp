@@ -104,10 +104,14 @@ class identities {
   // `reservation_ids` released, rolled_back. Losing the first move means a reconciler took the
   // intent over; it releases what the intent holds.
   void abandon(replicator::json& intent, std::string& rev, const std::vector<std::string>& reservation_ids);
-  // PUT a reservation; true when created, false when taken, error otherwise.
+  // PUT a reservation; true when created, false when taken, error otherwise. A stale one in the
+  // way (policy::reservation_stale) is deleted and the PUT made once more (`retried`).
   // A name reservation also records the user's address (`email`), so deleting the user finds it.
   replicator::result<bool> reserve(policy::unique_field f, const std::string& key, const std::string& user,
-                                   const std::string& intent_id, std::string& rev_out, const std::string& email = {});
+                                   const std::string& intent_id, std::string& rev_out, const std::string& email = {},
+                                   bool retried = false);
+  // Whether an existing reservation is stale (its intent and its user looked at on the server).
+  bool stale(const replicator::json& reservation);
   // Deletes the reservation if (and only if) its holder_field ("intent" or "user") is holder:
   // only what an intent (or, for an e-mail change's old address, the user) owns is released.
   bool release(const std::string& reservation_id, const char* holder_field, const std::string& holder);

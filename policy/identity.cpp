@@ -5,6 +5,7 @@
 #include "policy/identity.hpp"
 
 #include <unicase.h>
+#include <unictype.h>
 #include <uninorm.h>
 #include <unistr.h>
 
@@ -60,6 +61,38 @@ bool has_control(std::string_view s) {
   return false;
 }
 
+// Each code point of valid UTF-8, in order.
+template <typename F>
+void each_code_point(std::string_view s, F f) {
+  const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+  const auto* end = p + s.size();
+  while (p < end) {
+    ucs4_t uc = 0;
+    const int n = u8_mbtouc(&uc, p, static_cast<std::size_t>(end - p));
+    if (n <= 0) return;
+    f(uc);
+    p += n;
+  }
+}
+
+// Format characters (Unicode category Cf): invisible, so two names that look the same would be
+// two names (zero-width spaces and joiners, bidirectional overrides, the soft hyphen, the BOM).
+bool has_format_char(std::string_view s) {
+  bool found = false;
+  each_code_point(s, [&](ucs4_t uc) { found = found || uc_is_general_category(uc, UC_CATEGORY_Cf); });
+  return found;
+}
+
+// White space (any Unicode white space: U+00A0, U+3000...) as the first or the last character.
+bool space_at_edge(std::string_view s) {
+  std::optional<ucs4_t> first, last;
+  each_code_point(s, [&](ucs4_t uc) {
+    if (!first) first = uc;
+    last = uc;
+  });
+  return (first && uc_is_property_white_space(*first)) || (last && uc_is_property_white_space(*last));
+}
+
 bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v'; }
 
 std::string_view trim(std::string_view s) {
@@ -100,6 +133,8 @@ checked_value check_user_name(std::string_view name, const identity_rules& rules
     return fail("name is longer than " + std::to_string(rules.max_name_bytes) + " bytes");
   }
   if (has_control(*n)) return fail("name contains a control character");
+  if (has_format_char(*n)) return fail("name contains an invisible (format) character");
+  if (space_at_edge(*n)) return fail("name starts or ends with white space");
   if (n->front() == '_') return fail("name must not start with '_'");
   if (n->find(':') != std::string::npos) return fail("name must not contain ':'");
   return checked_value{std::move(*n), {}};
@@ -127,6 +162,10 @@ checked_value normalise_email(std::string_view email, const identity_rules& rule
     return fail("email is longer than " + std::to_string(rules.max_email_bytes) + " bytes");
   }
   if (has_control(e)) return fail("email contains a control character");
+  if (has_format_char(e)) return fail("email contains an invisible (format) character");
+  bool spaced = false;
+  each_code_point(e, [&](ucs4_t uc) { spaced = spaced || uc_is_property_white_space(uc); });
+  if (spaced) return fail("email contains white space");
   for (const char c : e) {
     if (is_space(static_cast<unsigned char>(c))) return fail("email contains white space");
   }
@@ -247,6 +286,11 @@ direct_verdict decide_direct_user(claim name, std::optional<claim> email, on_dup
 bool may_release_for_deleted(bool user_exists_now, std::string_view holder, std::string_view user,
                              std::optional<intent_state> intent) {
   return !user_exists_now && holder == user && !in_flight(intent);
+}
+
+bool reservation_stale(bool names_intent, std::optional<intent_state> intent, bool user_exists) {
+  if (!names_intent || user_exists) return false;
+  return !intent || *intent == intent_state::rolled_back;
 }
 
 }  // namespace couchgate::policy

@@ -34,7 +34,9 @@ struct checked_value {
 };
 
 // A user name: valid UTF-8, Unicode NFC (normalised here: the name stored is the NFC form),
-// no control characters, no ':' (CouchDB 3.5 refuses it), not starting with '_' (CouchDB's
+// no control characters, no invisible format characters (zero-width, bidirectional overrides,
+// soft hyphen: two names that look the same would be two names), no white space (any Unicode
+// white space) at either end, no ':' (CouchDB 3.5 refuses it), not starting with '_' (CouchDB's
 // reserved prefix), not empty, at most max_name_bytes.
 checked_value check_user_name(std::string_view name, const identity_rules& rules);
 // Password: valid UTF-8, min_password_chars code points, max_password_bytes bytes. The value
@@ -127,5 +129,14 @@ direct_verdict decide_direct_user(claim name, std::optional<claim> email, on_dup
 // and no intent that holds it is still running (a sign-up of the same name in flight owns it).
 bool may_release_for_deleted(bool user_exists_now, std::string_view holder, std::string_view user,
                              std::optional<intent_state> intent);
+
+// Whether a reservation a sign-up or an address change made (it names its intent) is stale, so a
+// new claim may delete it (by the revision read) and take the value: its intent was rolled back,
+// or is gone (forgotten after its retention), and the user it names does not exist now. A
+// reservation whose PUT reached the server only after its intent was rolled back (a slow
+// answer, a request that waited long in the pool) is such one: nothing else ever releases it.
+// intent: the intent's state, nullopt when its document is gone. A reservation with no intent (a
+// user made without couchgate) is never stale here: its user's deletion releases it.
+bool reservation_stale(bool names_intent, std::optional<intent_state> intent, bool user_exists);
 
 }  // namespace couchgate::policy

@@ -260,6 +260,81 @@ TEST_CASE("reconciler: every state a crashed sign-up can leave is finished or ro
   CHECK(later.forgotten == crashes.size());
 }
 
+TEST_CASE("a reservation left by a rolled-back or vanished intent is taken by a new sign-up; one whose user exists is not") {
+  fixture f("ids-stale");
+  couch c;
+  const std::string db = "/" + enc(f.cfg.db);
+  // A reservation whose PUT landed after its sign-up was rolled back (a slow answer): the intent
+  // says rolled_back, no user of that name exists, and nothing else would ever release it.
+  const std::string late = unique("late");
+  const std::string late_intent = "signup/" + unique("intent");
+  REQUIRE(c.put(db + "/" + enc(late_intent), json{{"type", "signup"}, {"state", "rolled_back"}, {"name", late},
+                                                   {"name_key", late}, {"email", late + "@example.org"}}).status == 201);
+  for (const auto& id : {"name/" + late, "email/" + late + "@example.org"}) {
+    REQUIRE(c.put(db + "/" + enc(id), json{{"type", "reservation"}, {"user", late}, {"intent", late_intent}}).status == 201);
+  }
+  auto a = f.ids->signup(signup_body(late, late + "@example.org"));
+  CHECK_MESSAGE(a.status == 201, a.body.dump());
+  CHECK(f.reservation("name/" + late).body.value("intent", "") != late_intent);
+  CHECK(f.reservation("email/" + late + "@example.org").body.value("user", "") == late);
+
+  // Its intent gone altogether (forgotten), no user: stale too.
+  const std::string gone = unique("gone");
+  REQUIRE(c.put(db + "/" + enc("name/" + gone), json{{"type", "reservation"}, {"user", gone},
+                                                     {"intent", "signup/" + unique("never")}}).status == 201);
+  auto b = f.ids->signup(signup_body(gone, gone + "@example.org"));
+  CHECK_MESSAGE(b.status == 201, b.body.dump());
+
+  // A rolled-back intent's reservation whose user exists (made since, without couchgate): held.
+  const std::string held = unique("held");
+  const std::string held_intent = "signup/" + unique("intent");
+  REQUIRE(c.put(db + "/" + enc(held_intent), json{{"type", "signup"}, {"state", "rolled_back"}, {"name", held},
+                                                   {"name_key", held}, {"email", held + "@example.org"}}).status == 201);
+  REQUIRE(c.put(db + "/" + enc("name/" + held), json{{"type", "reservation"}, {"user", held}, {"intent", held_intent}}).status == 201);
+  REQUIRE(create_user(held, {}).status / 100 == 2);
+  auto d = f.ids->signup(signup_body(held, unique("other") + "@example.org"));
+  CHECK(d.status == 409);
+  CHECK(f.reservation("name/" + held).body.value("intent", "") == held_intent);
+
+  // A reservation of a sign-up still running (pending): held.
+  const std::string running = unique("running");
+  const std::string running_intent = "signup/" + unique("intent");
+  REQUIRE(c.put(db + "/" + enc(running_intent), json{{"type", "signup"}, {"state", "pending"}, {"name", running},
+                                                      {"name_key", running}, {"email", running + "@example.org"}}).status == 201);
+  REQUIRE(c.put(db + "/" + enc("name/" + running), json{{"type", "reservation"}, {"user", running}, {"intent", running_intent}}).status == 201);
+  CHECK(f.ids->signup(signup_body(running, unique("other") + "@example.org")).status == 409);
+
+  for (const auto& n : {late, gone, held}) {
+    auto u = c.get("/_users/" + enc("org.couchdb.user:" + n));
+    if (u.status == 200) c.del("/_users/" + enc("org.couchdb.user:" + n) + "?rev=" + u.body["_rev"].get<std::string>());
+  }
+}
+
+TEST_CASE("reconciler: forgetting a rolled-back intent releases a reservation that landed after its rollback") {
+  fixture f("ids-forget");
+  couch c;
+  const std::string db = "/" + enc(f.cfg.db);
+  const auto old = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      (f.clock_now - 1h).time_since_epoch()).count());
+  const std::string name = unique("late");
+  const std::string email = name + "@example.org";
+  const std::string intent = "signup/" + unique("intent");
+  REQUIRE(c.put(db + "/" + enc(intent), json{{"type", "signup"}, {"state", "rolled_back"}, {"name", name},
+                                              {"name_key", name}, {"email", email}, {"updated", old}}).status == 201);
+  REQUIRE(c.put(db + "/" + enc("email/" + email), json{{"type", "reservation"}, {"user", name}, {"intent", intent}}).status == 201);
+  // Another user's reservation of the same name (not this intent's): left alone.
+  REQUIRE(c.put(db + "/" + enc("name/" + name), json{{"type", "reservation"}, {"user", name}}).status == 201);
+  CHECK(f.ids->reconcile().forgotten == 0);  // young enough: kept
+  CHECK(f.reservation("email/" + email).status == 200);
+  f.clock_now += 25h;
+  auto rep = f.ids->reconcile();
+  CHECK(rep.failed == 0);
+  CHECK(rep.forgotten == 1);
+  CHECK(f.reservation(intent).status == 404);
+  CHECK(f.reservation("email/" + email).status == 404);
+  CHECK(f.reservation("name/" + name).status == 200);
+}
+
 TEST_CASE("changing an e-mail address: two users racing for one address, one wins; the old one is freed") {
   fixture f("ids-change");
   const std::string a = unique("chga"), b = unique("chgb");

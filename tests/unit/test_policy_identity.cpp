@@ -151,3 +151,39 @@ TEST_CASE("a deleted user's reservation is released only if it is really gone, i
   CHECK_FALSE(may_release_for_deleted(false, "bob", "bob", intent_state::pending));
   CHECK_FALSE(may_release_for_deleted(false, "bob", "bob", intent_state::reserved));
 }
+
+TEST_CASE("a reservation is stale only when its intent was rolled back or is gone and its user does not exist") {
+  CHECK(reservation_stale(true, intent_state::rolled_back, false));
+  CHECK(reservation_stale(true, std::nullopt, false));
+  // Its user exists: held, whatever became of the intent (a done intent forgotten after retention).
+  CHECK_FALSE(reservation_stale(true, std::nullopt, true));
+  CHECK_FALSE(reservation_stale(true, intent_state::rolled_back, true));
+  // An intent still running or finishing owns it.
+  CHECK_FALSE(reservation_stale(true, intent_state::pending, false));
+  CHECK_FALSE(reservation_stale(true, intent_state::reserved, false));
+  CHECK_FALSE(reservation_stale(true, intent_state::rolling_back, false));
+  CHECK_FALSE(reservation_stale(true, intent_state::done, false));
+  // A user made without couchgate: released when that user is deleted, not here.
+  CHECK_FALSE(reservation_stale(false, std::nullopt, false));
+}
+
+TEST_CASE("names and addresses that would look like another's are refused: invisible characters, white space at an edge") {
+  const identity_rules r;
+  CHECK_FALSE(check_user_name("alice ", r).ok());
+  CHECK_FALSE(check_user_name(" alice", r).ok());
+  CHECK_FALSE(check_user_name("alice\xC2\xA0", r).ok());            // U+00A0 no-break space
+  CHECK_FALSE(check_user_name("\xE3\x80\x80" "alice", r).ok());       // U+3000 ideographic space
+  CHECK_FALSE(check_user_name("al\xE2\x80\x8Bice", r).ok());       // U+200B zero-width space
+  CHECK_FALSE(check_user_name("\xEF\xBB\xBF" "alice", r).ok());      // U+FEFF byte order mark
+  CHECK_FALSE(check_user_name("ecila\xE2\x80\xAE", r).ok());        // U+202E right-to-left override
+  CHECK_FALSE(check_user_name("al\xC2\xADice", r).ok());            // U+00AD soft hyphen
+  CHECK(check_user_name("alice", r).error.empty());
+  CHECK(check_user_name("alice ", r).error.find("white space") != std::string::npos);
+  CHECK(check_user_name("al\xE2\x80\x8Bice", r).error.find("invisible") != std::string::npos);
+  // White space inside a name, and letters beyond ASCII, stay allowed.
+  CHECK(check_user_name("ann smith", r).ok());
+  CHECK(check_user_name("Zo\xC3\xAB", r).ok());
+  CHECK_FALSE(normalise_email("ann@example.org\xC2\xA0", r).ok());
+  CHECK_FALSE(normalise_email("an\xE2\x80\x8Bn@example.org", r).ok());
+  CHECK(normalise_email("  ann@example.org ", r).ok());  // ASCII white space is trimmed
+}
