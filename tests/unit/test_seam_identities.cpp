@@ -13,17 +13,25 @@ namespace g = couchgate::gateway;
 using namespace couchgate::test;
 using nlohmann::json;
 
-TEST_CASE("a deleted user's reservations are not released when a sign-up of the same name completed after the first look") {
+namespace {
+// Identities over scripted exchanges, database "ids", and the paths of alice's documents.
+struct scripted_identities {
   scripted_couch c;
-  auto& s = c.server;
-  g::identities_config cfg;
-  cfg.enabled = true;
-  cfg.db = "ids";
-  g::identities ids(c.client, c.metrics, cfg, "_users", nullptr);
-
+  scripted_transport& s = c.server;
+  g::identities_config cfg = [] {
+    g::identities_config out;
+    out.enabled = true;
+    out.db = "ids";
+    return out;
+  }();
+  g::identities ids{c.client, c.metrics, cfg, "_users", nullptr};
   const std::string user_path = "/_users/" + r::encode_doc_id("org.couchdb.user:alice");
   const std::string name_res = "/ids/" + r::encode_doc_id("name/alice");
   const std::string email_res = "/ids/" + r::encode_doc_id("email/alice@example.org");
+};
+}  // namespace
+
+TEST_CASE_FIXTURE(scripted_identities, "a deleted user's reservations are not released when a sign-up of the same name completed after the first look") {
   // The feed's deletion of an earlier alice: gone at the first look; then a sign-up of alice
   // completes (its reservations, its intent done, its user), before the reservations are read.
   s.on("GET", user_path, answer(404, R"({"error":"not_found","reason":"deleted"})"));
@@ -40,17 +48,7 @@ TEST_CASE("a deleted user's reservations are not released when a sign-up of the 
   CHECK(s.unexpected().empty());
 }
 
-TEST_CASE("a deleted user's reservations are released when the user is still gone after they were read") {
-  scripted_couch c;
-  auto& s = c.server;
-  g::identities_config cfg;
-  cfg.enabled = true;
-  cfg.db = "ids";
-  g::identities ids(c.client, c.metrics, cfg, "_users", nullptr);
-
-  const std::string user_path = "/_users/" + r::encode_doc_id("org.couchdb.user:alice");
-  const std::string name_res = "/ids/" + r::encode_doc_id("name/alice");
-  const std::string email_res = "/ids/" + r::encode_doc_id("email/alice@example.org");
+TEST_CASE_FIXTURE(scripted_identities, "a deleted user's reservations are released when the user is still gone after they were read") {
   s.on("GET", user_path, answer(404, R"({"error":"not_found","reason":"deleted"})"), -1);
   s.on("GET", name_res,
        answer(200, R"({"_id":"name/alice","_rev":"1-n","type":"reservation","user":"alice","email":"alice@example.org"})"), -1);
