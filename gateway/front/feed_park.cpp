@@ -4,6 +4,7 @@
 #include "gateway/front/feed_memo.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 
 #include "replicator/transport/http_pool.hpp"
@@ -11,7 +12,18 @@
 namespace couchgate::gateway::front {
 namespace {
 
-// Calls fn(key, raw value, decoded value) for each parameter of a query ("?a=1&b" or "a=1&b").
+// A query parameter's key as CouchDB reads it (chttpd_db:parse_changes_query): decoded, then
+// lower-cased ("Feed", "%66eed" and "feed" are one key). An undecodable key stays as it came.
+std::string key_as_couchdb_reads_it(std::string_view raw) {
+  std::string k(raw);
+  std::replace(k.begin(), k.end(), '+', ' ');
+  std::string out = replicator::percent_decode(k).value_or(std::string(raw));
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// Calls fn(key, raw pair, decoded value) for each parameter of a query ("?a=1&b" or "a=1&b"),
+// the key as CouchDB reads it.
 template <class Fn>
 bool each_param(std::string_view query, Fn&& fn) {
   if (!query.empty() && query.front() == '?') query.remove_prefix(1);
@@ -21,11 +33,11 @@ bool each_param(std::string_view query, Fn&& fn) {
     query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
     if (pair.empty()) continue;
     const std::size_t eq = pair.find('=');
-    const std::string_view key = pair.substr(0, eq);
+    const std::string key = key_as_couchdb_reads_it(pair.substr(0, eq));
     std::string value(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
     std::replace(value.begin(), value.end(), '+', ' ');
     const auto decoded = replicator::percent_decode(value);
-    if (!fn(key, pair, decoded)) return false;
+    if (!fn(std::string_view(key), pair, decoded)) return false;
   }
   return true;
 }
@@ -48,7 +60,7 @@ std::optional<feed_kind> live_feed_kind(std::string_view query) {
   each_param(query, [&](std::string_view key, std::string_view, const std::optional<std::string>& v) {
     if (key == "feed" && v) {
       if (*v == "longpoll") kind = feed_kind::longpoll;
-      else if (*v == "continuous") kind = feed_kind::continuous;
+      else if (*v == "continuous" || *v == "live") kind = feed_kind::continuous;  // CouchDB: live = continuous
       else if (*v == "eventsource") kind = feed_kind::eventsource;
       else kind.reset();
     }
@@ -71,13 +83,13 @@ std::variant<feed_request, std::string> parse_feed_request(std::string_view quer
     }
     if (key == "feed") {
       if (*v == "longpoll") r.kind = feed_kind::longpoll;
-      else if (*v == "continuous") r.kind = feed_kind::continuous;
+      else if (*v == "continuous" || *v == "live") r.kind = feed_kind::continuous;
       else if (*v == "eventsource") r.kind = feed_kind::eventsource;
       else {
         error = "feed must be longpoll, continuous or eventsource here";
         return false;
       }
-    } else if (key == "since") {
+    } else if (key == "since" || key == "last-event-id") {  // CouchDB reads both as since, the last one winning
       r.since = *v;
       since_given = true;
     } else if (key == "limit") {

@@ -231,7 +231,7 @@ net::awaitable<bool> forwarder::handle(server_exchange& ex) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics_.request(rt.label, out.status, seconds);
   // The path only (a query may carry anything), the user name, never a credential.
-  access_log()->info("{} {} \"{} {}\" {} {:.1f}ms", ex.conn.peer.empty() ? "-" : ex.conn.peer,
+  access_log()->info("{} {} \"{} {}\" {} {:.1f}ms", ex.client_or_peer().empty() ? "-" : ex.client_or_peer(),
                      out.user.empty() ? "-" : out.user, method, target.substr(0, target.find('?')).substr(0, 512),
                      out.status, seconds * 1000);
   co_return keep;
@@ -252,10 +252,16 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
 
   // 1. Secure? Decided before anything is forwarded, the credential included.
   request_origin origin{ex.conn.tls, ex.conn.peer_ip, std::nullopt};
-  std::string scheme_value;
-  if (auto it = req.find(options_.scheme_header); it != req.end()) {
-    scheme_value = std::string(it->value());
-    origin.scheme_header = scheme_value;
+  // A field in several lines is one list (a proxy may add its line after the client's own).
+  const auto field_lines = [&](std::string_view name) {
+    std::vector<std::string_view> lines;
+    for (auto [it, end] = req.equal_range(beast::string_view(name.data(), name.size())); it != end; ++it) lines.emplace_back(it->value().data(), it->value().size());
+    return joined_field_lines(lines);
+  };
+  const std::string scheme_value = field_lines(options_.scheme_header);
+  if (req.find(options_.scheme_header) != req.end()) origin.scheme_header = scheme_value;
+  if (const std::string forwarded_for = field_lines("X-Forwarded-For"); !forwarded_for.empty()) {
+    ex.client = client_address(options_.secure, ex.conn.peer, ex.conn.peer_ip, forwarded_for);
   }
   if (decide_secure(options_.secure, origin) == secure_verdict::refused) {
     metrics_.tls_refusals.inc();
@@ -285,7 +291,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
   const std::string credential = credential_of(req);
   const bool logs_in = rt.label == "session" && req.method() == http::verb::post;
   if (!credential.empty() || logs_in) {
-    if (const auto wait = failures_.refused(ex.conn.peer, now_())) {
+    if (const auto wait = failures_.refused(ex.client_or_peer(), now_())) {
       metrics_.rate_limited.inc();
       co_return co_await answer(http::status::too_many_requests, "too_many_requests",
                                 "too many failed authentications from this address",
@@ -299,12 +305,12 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     co_return co_await answer(http::status::not_found, "not_found", "sign-up is not enabled on this couchgate");
   }
   if (local) {
-    if (const auto wait = local_attempts_.refused(ex.conn.peer, now_())) {
+    if (const auto wait = local_attempts_.refused(ex.client_or_peer(), now_())) {
       metrics_.rate_limited.inc();
       co_return co_await answer(http::status::too_many_requests, "too_many_requests",
                                 "too many sign-up requests from this address", retry_after(std::to_string(*wait)));
     }
-    local_attempts_.record_failure(ex.conn.peer, now_());  // every attempt counts, not only failed ones
+    local_attempts_.record_failure(ex.client_or_peer(), now_());  // every attempt counts, not only failed ones
   }
 
   // 4. Who is calling? CouchDB says, for the caller's own database and own identity.
@@ -319,7 +325,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     // clients connecting at once wait their turn instead of getting 503.
     std::optional<std::chrono::milliseconds> pool_wait;
     bool live_feed = false;
-    if (options_.feeds && rt.rest == "/_changes" && live_feed_kind(rt.query)) {
+    if (options_.feeds && is_changes_path(rt.rest) && live_feed_kind(rt.query)) {
       auto parsed = parse_feed_request(rt.query);
       if (auto* r = std::get_if<feed_request>(&parsed)) {
         pool_wait = feed_pool_wait(*r, pool_.wait_timeout());
@@ -332,7 +338,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
                                 "CouchDB did not answer who the caller is", retry_after("1"));
     }
     if (who.k == identity::kind::rejected) {
-      failures_.record_failure(ex.conn.peer, now_());
+      failures_.record_failure(ex.client_or_peer(), now_());
       metrics_.auth_failures.inc();
       co_return co_await answer(http::status::unauthorized, "unauthorized", "Name or password is incorrect.");
     }
@@ -362,7 +368,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
 
   // 5. Whose database?
   if (rt.kind == route_kind::user_db || rt.kind == route_kind::shared_db) {
-    if (options_.feeds && rt.rest == "/_changes" && (req.method() == http::verb::get || req.method() == http::verb::post) &&
+    if (options_.feeds && is_changes_path(rt.rest) && (req.method() == http::verb::get || req.method() == http::verb::post) &&
         live_feed_kind(rt.query)) {
       next.k = next_step::kind::feed;
       next.db = rt.kind == route_kind::user_db ? policy::user_db_name(options_.db_prefix, user) : options_.shared_db;
@@ -608,7 +614,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
   lr.method = std::string(req.method_string());
   lr.path = rt.target.substr(0, rt.target.find('?'));
   lr.query = rt.target.substr(lr.path.size());
-  lr.peer = ex.conn.peer;
+  lr.peer = ex.client_or_peer();
   lr.user = user;
 
   // The body, bounded (a sign-up is a few hundred bytes).
@@ -786,7 +792,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, next_step& next, ou
     if (status == 401) {
       // A cached identity CouchDB no longer accepts is asked about again on the next request.
       if (!db.empty()) forget_credential(session_cache::key_of(credential_of(req)));
-      failures_.record_failure(ex.conn.peer, now_());
+      failures_.record_failure(ex.client_or_peer(), now_());
       metrics_.auth_failures.inc();
     }
 

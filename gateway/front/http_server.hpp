@@ -37,6 +37,10 @@ struct server_exchange {
   beast::flat_buffer& buffer;  // bytes read past the header (the parser reads the body from here first)
   request_parser& parser;      // header parsed; body unread
   const connection_info& conn;
+  // The client's address for this request (secure_request.hpp client_address: behind a trusted
+  // proxy, from its X-Forwarded-For); empty until the handler has decided it: conn.peer.
+  std::string client{};
+  const std::string& client_or_peer() const { return client.empty() ? conn.peer : client; }
 };
 
 // True when the connection may carry another request (response complete, body consumed).

@@ -219,7 +219,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const auto refuse = [&](unsigned status, std::string text) -> net::awaitable<bool> {
     if (status == 401 || status == 403) forget_credential(credential_key);
     if (status == 401) {
-      failures_.record_failure(ex.conn.peer, now_());
+      failures_.record_failure(ex.client_or_peer(), now_());
       metrics_.auth_failures.inc();
     }
     if (!header_sent) {

@@ -138,7 +138,10 @@ route route_request(std::string_view method, std::string_view target, bool share
   }
   for (std::size_t i = 1; i < segments.size(); ++i) {
     // Rewrite handlers may route a request to another database: not served through the front door.
-    if (segments[i] == "_rewrite") return not_found("_rewrite is not served through couchgate");
+    // Compared decoded, as CouchDB dispatches ("%5Frewrite" is "_rewrite" to it).
+    const auto decoded = percent_decode(segments[i]);
+    if (!decoded) return bad_request("a path segment is not valid percent-encoding");
+    if (*decoded == "_rewrite") return not_found("_rewrite is not served through couchgate");
   }
   route r;
   r.rest = std::string(path.substr(first.size() + 1));
@@ -160,6 +163,13 @@ std::string_view couch_method(std::string_view method, std::string_view override
     if (override_header == m) return m;
   }
   return method;
+}
+
+bool is_changes_path(std::string_view rest) {
+  if (rest.empty() || rest.front() != '/') return false;
+  rest.remove_prefix(1);
+  if (rest.find('/') != std::string_view::npos) return false;
+  return percent_decode(rest) == std::optional<std::string>("_changes");
 }
 
 bool may_add_changes(std::string_view method, std::string_view rest) {

@@ -42,6 +42,9 @@ route route_request(std::string_view method, std::string_view target, bool share
 // door wakes the database's parked live feeds on such an answer instead of waiting for CouchDB's
 // `_db_updates` event; a write this misses is still announced by that event.
 bool may_add_changes(std::string_view method, std::string_view rest);
+// Whether a route's rest is the database's `_changes` as CouchDB dispatches it (its one segment
+// decoded: "/%5Fchanges" is "/_changes" to CouchDB, so also to the live feeds' parking).
+bool is_changes_path(std::string_view rest);
 // The method CouchDB runs a request as: a POST with an `X-HTTP-Method-Override` header naming
 // one of the methods chttpd accepts there runs as that method.
 std::string_view couch_method(std::string_view method, std::string_view override_header);

@@ -15,6 +15,15 @@ bool scheme_says_secure(std::string_view value) {
   return lower == "https" || lower == "true" || lower == "on";
 }
 
+std::string joined_field_lines(const std::vector<std::string_view>& lines) {
+  std::string out;
+  for (const auto line : lines) {
+    if (!out.empty()) out += ", ";
+    out += line;
+  }
+  return out;
+}
+
 bool is_trusted(const secure_policy& policy, const std::optional<ip_address>& peer) {
   if (!peer) return false;
   for (const auto& range : policy.trusted_proxies) {
@@ -30,6 +39,23 @@ secure_verdict decide_secure(const secure_policy& policy, const request_origin& 
   }
   if (policy.allow_insecure && !policy.require_secure) return secure_verdict::insecure_allowed;
   return secure_verdict::refused;
+}
+
+std::string client_address(const secure_policy& policy, std::string_view peer, const std::optional<ip_address>& peer_ip,
+                           std::string_view forwarded_for) {
+  if (forwarded_for.empty() || !is_trusted(policy, peer_ip)) return std::string(peer);
+  std::string_view rest = forwarded_for;
+  while (!rest.empty()) {
+    const std::size_t comma = rest.rfind(',');
+    std::string_view entry = comma == std::string_view::npos ? rest : rest.substr(comma + 1);
+    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(0, comma);
+    while (!entry.empty() && (entry.front() == ' ' || entry.front() == '\t')) entry.remove_prefix(1);
+    while (!entry.empty() && (entry.back() == ' ' || entry.back() == '\t')) entry.remove_suffix(1);
+    const auto ip = parse_ip(entry);
+    if (!ip) break;  // not an address (a port, "unknown", garbage): nothing further left is read
+    if (!is_trusted(policy, ip)) return std::string(entry);
+  }
+  return std::string(peer);
 }
 
 }  // namespace couchgate::gateway::front

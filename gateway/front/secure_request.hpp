@@ -6,6 +6,7 @@
 // front.allow_insecure (and never with front.require_secure); otherwise it is refused before
 // anything, its credentials included, is forwarded.
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -30,7 +31,19 @@ enum class secure_verdict { secure, insecure_allowed, refused };
 // The value a proxy sets: "https" (X-Forwarded-Proto), "true"/"on" (e.g. $WSIS). With several
 // proxies ("https, http") the last one, set by the proxy nearest to couchgate, counts.
 bool scheme_says_secure(std::string_view value);
+// The header's value when it came in several lines: one list, in their order ("a, b"), as HTTP
+// reads repeated fields. A proxy that adds its line rather than replacing the client's puts its
+// own last, so the nearest proxy's still counts (a client's "https" first does not).
+std::string joined_field_lines(const std::vector<std::string_view>& lines);
 bool is_trusted(const secure_policy& policy, const std::optional<ip_address>& peer);
 secure_verdict decide_secure(const secure_policy& policy, const request_origin& origin);
+// The client's address, for the per-address limits (authentication failures, sign-up attempts)
+// and the access log: from a trusted proxy, the nearest address in its X-Forwarded-For lines
+// (`forwarded_for`, joined) that is not a trusted proxy itself (each proxy appends the address it
+// got the request from; what a client wrote itself comes before and is never read); otherwise,
+// or when that list has no address to take, the peer. Behind a proxy every client would
+// otherwise be the proxy: one client's wrong passwords would lock out everyone.
+std::string client_address(const secure_policy& policy, std::string_view peer, const std::optional<ip_address>& peer_ip,
+                           std::string_view forwarded_for);
 
 }  // namespace couchgate::gateway::front

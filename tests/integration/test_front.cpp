@@ -14,9 +14,11 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sstream>
@@ -75,7 +77,14 @@ front_reply front_call(int port, bool tls, const std::string& method, const std:
     req.version(11);
     req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
     req.set(http::field::accept, "application/json");
-    for (const auto& [k, v] : headers) req.set(k, v);
+    // A name given twice is sent in two lines (as a proxy that adds its own would).
+    std::set<std::string> named;
+    for (const auto& [k, v] : headers) {
+      std::string lower_name = k;
+      for (auto& c : lower_name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (named.insert(lower_name).second) req.set(k, v);
+      else req.insert(k, v);
+    }
     if (!body.empty() || method == "PUT" || method == "POST") {
       req.body() = body;
       if (req.find(http::field::content_type) == req.end()) req.set(http::field::content_type, "application/json");
@@ -444,6 +453,11 @@ TEST_CASE("front door (require_secure): the scheme header counts from a trusted 
   CHECK_MESSAGE(proxied.status == 200, proxied.raw);
   CHECK(front_call(port, false, "GET", "/me", auth).status == 403);  // header missing
   CHECK(front_call(port, false, "GET", "/me", {auth[0], {"X-Forwarded-Proto", "http"}}).status == 403);
+  // A proxy that adds its line after the client's own "https": the proxy's "http" counts.
+  CHECK(front_call(port, false, "GET", "/me", {auth[0], {"X-Forwarded-Proto", "https"}, {"X-Forwarded-Proto", "http"}})
+            .status == 403);
+  CHECK(front_call(port, false, "GET", "/me", {auth[0], {"X-Forwarded-Proto", "http"}, {"X-Forwarded-Proto", "https"}})
+            .status == 200);
   cg.terminate();
 
   // The same header from a peer that is not a trusted proxy is ignored; nothing reaches CouchDB.
@@ -519,6 +533,35 @@ TEST_CASE("front door limits: 431, 413, slow headers cut off, auth failures 429,
   CHECK(cg.metric("couchgate_front_rate_limited_total").value_or(0) >= 1);
   // Anonymous pass-through requests carry no credential: still served.
   CHECK(front_call(port, false, "GET", "/_uuids").status == 200);
+}
+
+TEST_CASE("front door behind a trusted proxy: the auth failure limit counts each client (X-Forwarded-For), not the proxy") {
+  auto n = fresh_names("frontxff");
+  auto run = start_front(n,
+                         {{"require_secure", true},
+                          {"trusted_proxies", {"127.0.0.1/32"}},
+                          {"auth_failure_limit", 3},
+                          {"auth_failure_window", "60s"}},
+                         temp_dir());
+  const int port = run.port;
+  const auto users = provisioned_users(n, 1);
+  const std::pair<std::string, std::string> https{"X-Forwarded-Proto", "https"};
+  const std::pair<std::string, std::string> auth{"Authorization", basic(users[0].name, users[0].password)};
+  // One client behind the proxy guesses passwords: it is limited...
+  for (int i = 0; i < 3; ++i) {
+    CHECK(front_call(port, false, "GET", "/me",
+                     {{"Authorization", basic(users[0].name, "wrong-" + std::to_string(i))}, https,
+                      {"X-Forwarded-For", "198.51.100.7"}})
+              .status == 401);
+  }
+  CHECK(front_call(port, false, "GET", "/me", {auth, https, {"X-Forwarded-For", "198.51.100.7"}}).status == 429);
+  // ...a client that wrote its own X-Forwarded-For before the proxy's line is still that client...
+  CHECK(front_call(port, false, "GET", "/me", {auth, https, {"X-Forwarded-For", "203.0.113.1, 198.51.100.7"}}).status ==
+        429);
+  // ...and every other client behind the same proxy is served.
+  auto other = front_call(port, false, "GET", "/me", {auth, https, {"X-Forwarded-For", "198.51.100.8"}});
+  CHECK_MESSAGE(other.status == 200, other.raw);
+  CHECK(front_call(port, false, "GET", "/me", {auth, https}).status == 200);  // the proxy's own address
 }
 
 TEST_CASE("front door: keep-alive connections carry many requests; HEAD; gzip passed through; /shared") {

@@ -69,6 +69,32 @@ TEST_CASE("feeds: parameters parsed; the upstream read drops feed, heartbeat and
   }
 }
 
+TEST_CASE("feeds: keys read as CouchDB reads them (decoded, any case): none reaches the server's read as a live feed") {
+  // CouchDB lower-cases and decodes each key, the last one winning: "Feed=continuous" after
+  // "feed=longpoll" is a continuous feed to it. Passed through, each wake read would have been a
+  // continuous feed holding a pool connection.
+  const auto r = parsed("?feed=longpoll&Feed=continuous&Heartbeat=1000&TIMEOUT=5&%66eed=longpoll&Style=all_docs");
+  CHECK(r.kind == f::feed_kind::longpoll);
+  REQUIRE(r.heartbeat);
+  CHECK(*r.heartbeat == 1000ms);
+  CHECK(r.timeout == 5ms);
+  CHECK(r.passthrough == "Style=all_docs");
+  const auto q = f::upstream_changes_query(r, "0", std::nullopt);
+  for (const char* word : {"eed", "eartbeat", "IMEOUT", "imeout"}) {
+    CAPTURE(word);
+    CHECK(q.find(word) == std::string::npos);
+  }
+  CHECK(parsed("?%66eed=continuous").kind == f::feed_kind::continuous);
+  CHECK(parsed("?feed=live").kind == f::feed_kind::continuous);  // CouchDB: live is continuous
+  CHECK(parsed("?feed=longpoll&Last-Event-ID=9").since == "9");   // a since, to CouchDB
+  CHECK(parsed("?feed=longpoll&SINCE=4&limit=2").since == "4");
+  CHECK(f::live_feed_kind("?FEED=longpoll") == f::feed_kind::longpoll);
+  CHECK(f::live_feed_kind("?feed=live") == f::feed_kind::continuous);
+  CHECK(f::live_feed_kind("?%66eed=eventsource") == f::feed_kind::eventsource);
+  CHECK_FALSE(f::live_feed_kind("?feed=longpoll&Descending=true"));
+  CHECK_FALSE(f::live_feed_kind("?feed=longpoll&feed=normal"));  // the last one wins
+}
+
 TEST_CASE("feeds: longpoll answers rows at once, parks on none, times out without a heartbeat") {
   const auto t0 = f::feed_clock::time_point{} + 1h;
   f::feed_state s(parsed("feed=longpoll&since=5&timeout=3000"), t0, t0 + 10s);

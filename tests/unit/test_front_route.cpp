@@ -111,6 +111,8 @@ TEST_CASE("front route: crafted paths never reach another database") {
       {"GET", "/m%65"},
       {"GET", "/me/_design/x/_rewrite/../../userdb-626f62"},
       {"GET", "/me/_design/x/_rewrite/anything"},
+      {"GET", "/me/_design/x/%5Frewrite/anything"},
+      {"GET", "/me/_design/x/_r%65write/anything"},
       {"GET", "/shared"},
       {"GET", "/shared/../userdb-626f62"},
       {"GET", "/_replicate"},
@@ -158,6 +160,17 @@ TEST_CASE("front route: crafted paths never reach another database") {
   CHECK(home >= 10);  // the legitimate ones do route home
 }
 
+TEST_CASE("front route: the _changes path as CouchDB dispatches it, encoded or not") {
+  CHECK(f::is_changes_path("/_changes"));
+  CHECK(f::is_changes_path("/%5Fchanges"));
+  CHECK(f::is_changes_path("/_ch%61nges"));
+  CHECK_FALSE(f::is_changes_path("/_changes/x"));
+  CHECK_FALSE(f::is_changes_path("/changes"));
+  CHECK_FALSE(f::is_changes_path("/_design/x/_changes"));
+  CHECK_FALSE(f::is_changes_path("/%zz"));
+  CHECK_FALSE(f::is_changes_path(""));
+}
+
 TEST_CASE("front route: what is refused and what is 404") {
   using k = f::route_kind;
   CHECK(f::route_request("GET", "/me/../userdb-626f62", false).kind == k::bad_request);
@@ -171,6 +184,12 @@ TEST_CASE("front route: what is refused and what is 404") {
   CHECK(f::route_request("GET", "/shared/doc", false).kind == k::not_found);
   CHECK(f::route_request("PUT", "/_uuids", false).kind == k::not_found);
   CHECK(f::route_request("POST", "/", false).kind == k::not_found);
+  // CouchDB decodes each segment before dispatching: an encoded _rewrite is _rewrite.
+  CHECK(f::route_request("GET", "/me/_design/x/_rewrite/a", false).kind == k::not_found);
+  CHECK(f::route_request("GET", "/me/_design/x/%5Frewrite/a", false).kind == k::not_found);
+  CHECK(f::route_request("GET", "/me/_design/x/_r%65write", false).kind == k::not_found);
+  CHECK(f::route_request("GET", "/me/_design/x/%5frewrite", false).kind == k::not_found);
+  CHECK(f::route_request("GET", "/me/_design/x/_rewrites", false).kind == k::user_db);
 }
 
 TEST_CASE("front route: the served routes and their upstream targets") {

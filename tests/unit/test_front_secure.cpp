@@ -67,6 +67,33 @@ TEST_CASE("front secure: TLS, trusted proxy with the header, and everything else
   CHECK(f::decide_secure(tls_only, {false, stranger, std::nullopt}) == v::refused);
 }
 
+TEST_CASE("front secure: a scheme header in several lines is one list; the nearest proxy's line counts") {
+  // A proxy that adds its line after the client's own: the client's "https" does not count.
+  CHECK(f::joined_field_lines({"https", "http"}) == "https, http");
+  CHECK_FALSE(f::scheme_says_secure(f::joined_field_lines({"https", "http"})));
+  CHECK(f::scheme_says_secure(f::joined_field_lines({"http", "https"})));
+  CHECK(f::scheme_says_secure(f::joined_field_lines({"https"})));
+  CHECK(f::joined_field_lines({}).empty());
+}
+
+TEST_CASE("front secure: behind a trusted proxy the client is the nearest untrusted X-Forwarded-For address") {
+  f::secure_policy p;
+  p.trusted_proxies = {*f::parse_cidr("10.0.0.0/8")};
+  const auto proxy = f::parse_ip("10.0.0.5");
+  const auto stranger = f::parse_ip("203.0.113.9");
+  CHECK(f::client_address(p, "10.0.0.5", proxy, "198.51.100.7") == "198.51.100.7");
+  // A client's own entries come first; the proxies' appended ones are read from the right.
+  CHECK(f::client_address(p, "10.0.0.5", proxy, "1.2.3.4, 198.51.100.7") == "198.51.100.7");
+  CHECK(f::client_address(p, "10.0.0.5", proxy, "1.2.3.4, 198.51.100.7, 10.0.0.9") == "198.51.100.7");
+  CHECK(f::client_address(p, "10.0.0.5", proxy, "2001:db8::1") == "2001:db8::1");
+  // Nothing usable: the proxy itself.
+  CHECK(f::client_address(p, "10.0.0.5", proxy, "") == "10.0.0.5");
+  CHECK(f::client_address(p, "10.0.0.5", proxy, "10.0.0.7") == "10.0.0.5");
+  CHECK(f::client_address(p, "10.0.0.5", proxy, "1.2.3.4, unknown") == "10.0.0.5");
+  // From a peer that is not a trusted proxy the header is the client's own word: ignored.
+  CHECK(f::client_address(p, "203.0.113.9", stranger, "198.51.100.7") == "203.0.113.9");
+}
+
 TEST_CASE("front session cache: keyed by a hash, expires after its ttl, 0 = no caching") {
   f::session_cache cache(10s, 100);
   const auto t0 = f::clock_type::time_point{} + 1h;
