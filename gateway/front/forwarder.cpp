@@ -52,29 +52,6 @@ bool proxy_auth_header(beast::string_view name) {
   return name.size() >= 15 && beast::iequals(name.substr(0, 15), "X-Auth-CouchDB-");
 }
 
-// The credential a request carries: its Authorization value and its AuthSession cookie. Used
-// only as the cache key's input (hashed) and forwarded untouched in the headers themselves.
-std::string credential_of(const http::fields& fields) {
-  std::string out;
-  if (auto it = fields.find(http::field::authorization); it != fields.end()) out += std::string(it->value());
-  for (auto it = fields.find(http::field::cookie); it != fields.end() && it->name() == http::field::cookie; ++it) {
-    const std::string_view cookies(it->value().data(), it->value().size());
-    std::size_t pos = 0;
-    while (pos < cookies.size()) {
-      std::size_t end = cookies.find(';', pos);
-      if (end == std::string_view::npos) end = cookies.size();
-      std::string_view c = cookies.substr(pos, end - pos);
-      while (!c.empty() && c.front() == ' ') c.remove_prefix(1);
-      if (c.starts_with("AuthSession=")) {
-        out += "\ncookie:";
-        out += c.substr(12);
-      }
-      pos = end + 1;
-    }
-  }
-  return out;
-}
-
 enum class relay_result { done, read_failed, write_failed };
 
 // Bytes are waiting in a plain socket's receive queue: a read now completes without waiting.
@@ -177,6 +154,32 @@ bool retryable(const error_code& ec) {
 }
 
 }  // namespace
+
+std::string credential_of(const http::fields& fields) {
+  std::string out;
+  if (auto it = fields.find(http::field::authorization); it != fields.end()) out += std::string(it->value());
+  for (auto it = fields.find(http::field::cookie); it != fields.end() && it->name() == http::field::cookie; ++it) {
+    const std::string_view cookies(it->value().data(), it->value().size());
+    std::size_t pos = 0;
+    while (pos < cookies.size()) {
+      std::size_t end = cookies.find(';', pos);
+      if (end == std::string_view::npos) end = cookies.size();
+      std::string_view c = cookies.substr(pos, end - pos);
+      while (!c.empty() && c.front() == ' ') c.remove_prefix(1);
+      if (c.starts_with("AuthSession=")) {
+        // The first one only, as CouchDB reads it (mochiweb's cookie list, first match): more
+        // values after it change nothing for CouchDB, so they do not make another credential
+        // here (each would have been a fresh session check and a fresh per-credential cap).
+        out += "\ncookie:";
+        out += c.substr(12);
+        return out;
+      }
+      pos = end + 1;
+    }
+  }
+  return out;
+}
+
 
 header_list with_cors(const cors_policy& cors, const http::fields& request, header_list extra) {
   if (!cors.enable) return extra;

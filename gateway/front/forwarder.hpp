@@ -72,6 +72,11 @@ struct forwarder_options {
 // headers plus `extra`), appended to `extra`.
 header_list with_cors(const cors_policy& cors, const http::fields& request, header_list extra);
 
+// The credential a request carries: its Authorization value and its first AuthSession cookie
+// (the one CouchDB reads). Used only as the cache key's input (hashed) and forwarded untouched in
+// the headers themselves.
+std::string credential_of(const http::fields& fields);
+
 class forwarder {
  public:
   using clock_fn = std::function<clock_type::time_point()>;
