@@ -438,6 +438,12 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     const fetch_decision d = state.on_fetched(rows.size(), seq_text(resume), pending, now_());
 
     // 2. What the client gets.
+    // CouchDB's `pending` (rows left after a limit), when it is a whole number: read off the wire,
+    // never trusted to be one.
+    const auto pending_rows = answer_json.is_object() && answer_json.contains("pending") &&
+                                      answer_json["pending"].is_number_integer()
+                                  ? std::optional<long long>(answer_json["pending"].get<long long>())
+                                  : std::nullopt;
     if (d.send_rows) {
       if (request.kind == feed_kind::longpoll) {
         // Resume from the last row: a last_seq past it may count a write the answer did not carry.
@@ -445,9 +451,6 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
           answer_json["last_seq"] = resume;
           got.body = answer_json.dump();
         }
-        const auto pending_rows = answer_json.contains("pending") && answer_json["pending"].is_number_integer()
-                                      ? std::optional<long long>(answer_json["pending"].get<long long>())
-                                      : std::nullopt;
         if (answer_complete(rows.size(), state.fetch_limit(), pending_rows)) remember(seq_text(resume));
         const bool ok = co_await finish(std::move(got.body));
         rows_written();  // (ok is whether the connection stays open, not whether it was written)
@@ -462,7 +465,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
         }
       }
       if (d.end) {
-        if (request.kind == feed_kind::continuous) text += last_seq_line(resume, answer_json.value("pending", 0));
+        if (request.kind == feed_kind::continuous) text += last_seq_line(resume, pending_rows.value_or(0));
         const bool ok = co_await finish(std::move(text));
         rows_written();  // (ok is whether the connection stays open, not whether it was written)
         co_return read_step{read_step::end, ok};
