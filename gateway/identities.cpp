@@ -160,6 +160,18 @@ bool identities::stale(const json& reservation) {
   return policy::reservation_stale(true, st.value(), u.ok());
 }
 
+bool identities::record_address(const std::string& user_name, const std::string& email) {
+  const auto checked = policy::check_user_name(user_name, cfg_.rules);
+  if (!checked.ok()) return true;  // no name reservation for such a name
+  const std::string name_id = policy::reservation_id(unique_field::name, policy::name_key(checked.value));
+  auto nr = client_.get_doc(cfg_.db, name_id).get();
+  if (!nr.ok()) return nr.error().kind == couch_error_kind::not_found;
+  if (str_field(nr.value(), "user") != user_name || str_field(nr.value(), "email") == email) return true;
+  json d = nr.value();
+  d["email"] = email;
+  return client_.put_doc(cfg_.db, name_id, d).get().ok();
+}
+
 bool identities::release(const std::string& reservation_id, const char* holder_field, const std::string& holder) {
   auto cur = client_.get_doc(cfg_.db, reservation_id).get();
   if (!cur.ok()) return cur.error().kind == couch_error_kind::not_found;
@@ -404,19 +416,11 @@ identity_answer identities::change_email(const std::string& user_name, const jso
                        "the user changed meanwhile; try again");
   }
   fail_point("change:after_user");
-  // The old address is released (only if this user holds it), then done.
+  // The old address is released (only if this user holds it) and the name reservation records the
+  // new one, then done: until done, a crash leaves both to the reconciler's finish.
   if (!old_email.empty()) release(policy::reservation_id(unique_field::email, old_email), "user", user_name);
+  record_address(user_name, email.value);
   transition(intent, rev, intent_state::done);
-  // The name reservation records the address (where a deleted user's address is found again).
-  if (const auto checked = policy::check_user_name(user_name, cfg_.rules); checked.ok()) {
-    const std::string name_id = policy::reservation_id(unique_field::name, policy::name_key(checked.value));
-    auto nr = client_.get_doc(cfg_.db, name_id).get();
-    if (nr.ok() && str_field(nr.value(), "user") == user_name) {
-      json d = nr.value();
-      d["email"] = email.value;
-      client_.put_doc(cfg_.db, name_id, d).get();
-    }
-  }
   return identity_answer{200, json{{"ok", true}, {"email", email.value}}};
 }
 
@@ -484,6 +488,8 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
         if (!old_email.empty()) {
           ok = release(policy::reservation_id(unique_field::email, old_email), "user", name);
         }
+        // The name reservation records the new address (a deleted user's is found there).
+        ok = record_address(name, email) && ok;
       }
       if (ok && transition(intent, rev, intent_state::done)) return action;
       return std::nullopt;

@@ -112,6 +112,9 @@ class identities {
                                    bool retried = false);
   // Whether an existing reservation is stale (its intent and its user looked at on the server).
   bool stale(const replicator::json& reservation);
+  // The user's name reservation (when this user holds it) records `email`: where the address is
+  // found again when the user is deleted. True when done or nothing to do.
+  bool record_address(const std::string& user_name, const std::string& email);
   // Deletes the reservation if (and only if) its holder_field ("intent" or "user") is holder:
   // only what an intent (or, for an e-mail change's old address, the user) owns is released.
   bool release(const std::string& reservation_id, const char* holder_field, const std::string& holder);

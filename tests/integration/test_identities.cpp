@@ -335,6 +335,46 @@ TEST_CASE("reconciler: forgetting a rolled-back intent releases a reservation th
   CHECK(f.reservation("name/" + name).status == 200);
 }
 
+TEST_CASE("reconciler: an address change that crashed after the user was written is finished; deleting the user frees the new address") {
+  fixture f("ids-change-crash");
+  couch c;
+  const std::string db = "/" + enc(f.cfg.db);
+  const std::string name = unique("mover");
+  const std::string e0 = name + "@old.example.org";
+  const std::string e1 = name + "@new.example.org";
+  REQUIRE(f.ids->signup(signup_body(name, e0)).status == 201);
+  // What change:after_user leaves: the intent reserved, the new address reserved by it, the user
+  // carrying it; the old address and the name reservation's record not yet moved.
+  const auto old = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      (f.clock_now - 1h).time_since_epoch()).count());
+  const std::string intent = "change/" + unique("intent");
+  REQUIRE(c.put(db + "/" + enc(intent), json{{"type", "change"}, {"state", "reserved"}, {"name", name}, {"email", e1},
+                                              {"old_email", e0}, {"created", old}, {"updated", old}}).status == 201);
+  REQUIRE(c.put(db + "/" + enc("email/" + e1), json{{"type", "reservation"}, {"field", "email"}, {"user", name},
+                                                     {"intent", intent}}).status == 201);
+  auto user = c.get("/_users/" + enc("org.couchdb.user:" + name));
+  REQUIRE(user.status == 200);
+  json doc = user.body;
+  doc["email"] = e1;
+  doc["couchgate_intent"] = intent;
+  REQUIRE(c.put("/_users/" + enc("org.couchdb.user:" + name), doc).status == 201);
+  CHECK(f.reservation("name/" + name).body.value("email", "") == e0);
+
+  auto rep = f.ids->reconcile();
+  CHECK(rep.failed == 0);
+  CHECK(rep.finished == 1);
+  CHECK(f.reservation(intent).body.value("state", "") == "done");
+  CHECK(f.reservation("email/" + e0).status == 404);
+  CHECK(f.reservation("name/" + name).body.value("email", "") == e1);
+
+  // The user deleted: its name and its new address are free again.
+  user = c.get("/_users/" + enc("org.couchdb.user:" + name));
+  REQUIRE(c.del("/_users/" + enc("org.couchdb.user:" + name) + "?rev=" + user.body["_rev"].get<std::string>()).status == 200);
+  CHECK(f.ids->release_deleted(name));
+  CHECK(f.reservation("email/" + e1).status == 404);
+  CHECK(f.reservation("name/" + name).status == 404);
+}
+
 TEST_CASE("changing an e-mail address: two users racing for one address, one wins; the old one is freed") {
   fixture f("ids-change");
   const std::string a = unique("chga"), b = unique("chgb");
