@@ -453,6 +453,11 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
   json intent = doc;
   const std::string email_res = policy::reservation_id(unique_field::email, email);
   const std::string name_res = policy::reservation_id(unique_field::name, str_field(doc, "name_key"));
+  // What the intent holds: a sign-up its name and address, a change its new address.
+  const auto release_held = [&] {
+    bool ok = type != "signup" || release(name_res, "intent", id);
+    return release(email_res, "intent", id) && ok;
+  };
   log()->info("intent {} ({}): {}", id, policy::to_string(*state), policy::to_string(action));
   repaired_.inc(action == policy::intent_action::forget ? 0 : 1);
   switch (action) {
@@ -461,11 +466,7 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
     case policy::intent_action::forget: {
       // A rolled-back intent's reservations are released first: one whose PUT reached the server
       // after the rollback (a slow answer) is still here, and would hold its value forever.
-      if (*state == intent_state::rolled_back) {
-        bool ok = type != "signup" || release(name_res, "intent", id);
-        ok = release(email_res, "intent", id) && ok;
-        if (!ok) return std::nullopt;
-      }
+      if (*state == intent_state::rolled_back && !release_held()) return std::nullopt;
       auto d = client_.delete_doc(cfg_.db, id, rev).get();
       if (d.ok() || d.error().kind == couch_error_kind::not_found || is_conflict(d.error())) return action;
       return std::nullopt;
@@ -513,8 +514,7 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
           ok = client_.put_doc(users_db_, user_id, user).get().ok();
         }
       }
-      if (type == "signup") ok = release(name_res, "intent", id) && ok;
-      ok = release(email_res, "intent", id) && ok;
+      ok = release_held() && ok;
       if (!ok) return std::nullopt;
       if (*state == intent_state::rolled_back || transition(intent, rev, intent_state::rolled_back)) return action;
       return std::nullopt;

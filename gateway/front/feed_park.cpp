@@ -12,14 +12,27 @@
 namespace couchgate::gateway::front {
 namespace {
 
+// A query component decoded ('+' is a space, then %XX); nullopt when its encoding is invalid.
+std::optional<std::string> form_decode(std::string_view raw) {
+  std::string text(raw);
+  std::replace(text.begin(), text.end(), '+', ' ');
+  return replicator::percent_decode(text);
+}
+
 // A query parameter's key as CouchDB reads it (chttpd_db:parse_changes_query): decoded, then
 // lower-cased ("Feed", "%66eed" and "feed" are one key). An undecodable key stays as it came.
 std::string key_as_couchdb_reads_it(std::string_view raw) {
-  std::string k(raw);
-  std::replace(k.begin(), k.end(), '+', ' ');
-  std::string out = replicator::percent_decode(k).value_or(std::string(raw));
+  std::string out = form_decode(raw).value_or(std::string(raw));
   for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
+}
+
+// A live `feed` value (CouchDB's "live" is continuous); nullopt for any other.
+std::optional<feed_kind> live_kind_of(std::string_view value) {
+  if (value == "longpoll") return feed_kind::longpoll;
+  if (value == "continuous" || value == "live") return feed_kind::continuous;
+  if (value == "eventsource") return feed_kind::eventsource;
+  return std::nullopt;
 }
 
 // Calls fn(key, raw pair, decoded value) for each parameter of a query ("?a=1&b" or "a=1&b"),
@@ -34,9 +47,7 @@ bool each_param(std::string_view query, Fn&& fn) {
     if (pair.empty()) continue;
     const std::size_t eq = pair.find('=');
     const std::string key = key_as_couchdb_reads_it(pair.substr(0, eq));
-    std::string value(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
-    std::replace(value.begin(), value.end(), '+', ' ');
-    const auto decoded = replicator::percent_decode(value);
+    const auto decoded = form_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
     if (!fn(std::string_view(key), pair, decoded)) return false;
   }
   return true;
@@ -58,12 +69,7 @@ std::optional<feed_kind> live_feed_kind(std::string_view query) {
   std::optional<feed_kind> kind;
   bool descending = false;
   each_param(query, [&](std::string_view key, std::string_view, const std::optional<std::string>& v) {
-    if (key == "feed" && v) {
-      if (*v == "longpoll") kind = feed_kind::longpoll;
-      else if (*v == "continuous" || *v == "live") kind = feed_kind::continuous;  // CouchDB: live = continuous
-      else if (*v == "eventsource") kind = feed_kind::eventsource;
-      else kind.reset();
-    }
+    if (key == "feed" && v) kind = live_kind_of(*v);
     if (key == "descending" && v && *v == "true") descending = true;
     return true;
   });
@@ -82,13 +88,12 @@ std::variant<feed_request, std::string> parse_feed_request(std::string_view quer
       return false;
     }
     if (key == "feed") {
-      if (*v == "longpoll") r.kind = feed_kind::longpoll;
-      else if (*v == "continuous" || *v == "live") r.kind = feed_kind::continuous;
-      else if (*v == "eventsource") r.kind = feed_kind::eventsource;
-      else {
+      const auto kind = live_kind_of(*v);
+      if (!kind) {
         error = "feed must be longpoll, continuous or eventsource here";
         return false;
       }
+      r.kind = *kind;
     } else if (key == "since" || key == "last-event-id") {  // CouchDB reads both as since, the last one winning
       r.since = *v;
       since_given = true;

@@ -180,7 +180,6 @@ std::string credential_of(const http::fields& fields) {
   return out;
 }
 
-
 header_list with_cors(const cors_policy& cors, const http::fields& request, header_list extra) {
   if (!cors.enable) return extra;
   std::vector<std::string> names{"Server", "Content-Type", "Cache-Control"};  // write_response's own
@@ -255,16 +254,20 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
 
   // 1. Secure? Decided before anything is forwarded, the credential included.
   request_origin origin{ex.conn.tls, ex.conn.peer_ip, std::nullopt};
-  // A field in several lines is one list (a proxy may add its line after the client's own).
-  const auto field_lines = [&](std::string_view name) {
+  // A field in several lines is one list (a proxy may add its line after the client's own);
+  // nullopt when the request has none.
+  const auto field_lines = [&](std::string_view name) -> std::optional<std::string> {
     std::vector<std::string_view> lines;
-    for (auto [it, end] = req.equal_range(beast::string_view(name.data(), name.size())); it != end; ++it) lines.emplace_back(it->value().data(), it->value().size());
+    for (auto [it, end] = req.equal_range(beast::string_view(name.data(), name.size())); it != end; ++it) {
+      lines.emplace_back(it->value().data(), it->value().size());
+    }
+    if (lines.empty()) return std::nullopt;
     return joined_field_lines(lines);
   };
-  const std::string scheme_value = field_lines(options_.scheme_header);
-  if (req.find(options_.scheme_header) != req.end()) origin.scheme_header = scheme_value;
-  if (const std::string forwarded_for = field_lines("X-Forwarded-For"); !forwarded_for.empty()) {
-    ex.client = client_address(options_.secure, ex.conn.peer, ex.conn.peer_ip, forwarded_for);
+  const auto scheme_value = field_lines(options_.scheme_header);
+  if (scheme_value) origin.scheme_header = *scheme_value;
+  if (const auto forwarded_for = field_lines("X-Forwarded-For")) {
+    ex.client = client_address(options_.secure, ex.conn.peer, ex.conn.peer_ip, *forwarded_for);
   }
   if (decide_secure(options_.secure, origin) == secure_verdict::refused) {
     metrics_.tls_refusals.inc();

@@ -46,6 +46,12 @@ std::string segment_problem(std::string_view raw) {
   return {};
 }
 
+// Whether a raw (percent-encoded) segment is `name` as CouchDB reads it.
+bool decodes_to(std::string_view raw, std::string_view name) {
+  const auto decoded = percent_decode(raw);
+  return decoded && *decoded == name;
+}
+
 bool is_one_of(std::string_view method, std::initializer_list<std::string_view> methods) {
   for (const auto m : methods) {
     if (method == m) return true;
@@ -139,9 +145,7 @@ route route_request(std::string_view method, std::string_view target, bool share
   for (std::size_t i = 1; i < segments.size(); ++i) {
     // Rewrite handlers may route a request to another database: not served through the front door.
     // Compared decoded, as CouchDB dispatches ("%5Frewrite" is "_rewrite" to it).
-    const auto decoded = percent_decode(segments[i]);
-    if (!decoded) return bad_request("a path segment is not valid percent-encoding");
-    if (*decoded == "_rewrite") return not_found("_rewrite is not served through couchgate");
+    if (decodes_to(segments[i], "_rewrite")) return not_found("_rewrite is not served through couchgate");
   }
   route r;
   r.rest = std::string(path.substr(first.size() + 1));
@@ -168,8 +172,7 @@ std::string_view couch_method(std::string_view method, std::string_view override
 bool is_changes_path(std::string_view rest) {
   if (rest.empty() || rest.front() != '/') return false;
   rest.remove_prefix(1);
-  if (rest.find('/') != std::string_view::npos) return false;
-  return percent_decode(rest) == std::optional<std::string>("_changes");
+  return rest.find('/') == std::string_view::npos && decodes_to(rest, "_changes");
 }
 
 bool may_add_changes(std::string_view method, std::string_view rest) {

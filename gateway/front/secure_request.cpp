@@ -5,11 +5,18 @@
 #include <string>
 
 namespace couchgate::gateway::front {
+namespace {
+// A list element without the optional white space (spaces, tabs) around it.
+std::string_view trim_ows(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+}  // namespace
 
 bool scheme_says_secure(std::string_view value) {
   if (const std::size_t comma = value.rfind(','); comma != std::string_view::npos) value = value.substr(comma + 1);
-  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
-  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+  value = trim_ows(value);
   std::string lower;
   for (const char c : value) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return lower == "https" || lower == "true" || lower == "on";
@@ -47,10 +54,8 @@ std::string client_address(const secure_policy& policy, std::string_view peer, c
   std::string_view rest = forwarded_for;
   while (!rest.empty()) {
     const std::size_t comma = rest.rfind(',');
-    std::string_view entry = comma == std::string_view::npos ? rest : rest.substr(comma + 1);
+    const std::string_view entry = trim_ows(comma == std::string_view::npos ? rest : rest.substr(comma + 1));
     rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(0, comma);
-    while (!entry.empty() && (entry.front() == ' ' || entry.front() == '\t')) entry.remove_prefix(1);
-    while (!entry.empty() && (entry.back() == ' ' || entry.back() == '\t')) entry.remove_suffix(1);
     const auto ip = parse_ip(entry);
     if (!ip) break;  // not an address (a port, "unknown", garbage): nothing further left is read
     if (!is_trusted(policy, ip)) return std::string(entry);

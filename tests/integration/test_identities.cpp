@@ -40,6 +40,11 @@ struct fixture {
   ~fixture() { couch().del("/" + enc(cfg.db)); }
 
   reply reservation(const std::string& id) const { return couch().get("/" + enc(cfg.db) + "/" + enc(id)); }
+  // An intent's "created"/"updated" stamp (milliseconds since the epoch) `ago` before clock_now.
+  std::string stamp(std::chrono::system_clock::duration ago = {}) const {
+    return std::to_string(
+        std::chrono::duration_cast<std::chrono::milliseconds>((clock_now - ago).time_since_epoch()).count());
+  }
   // Every reservation in the database: id -> user.
   std::map<std::string, std::string> reservations() const {
     std::map<std::string, std::string> out;
@@ -190,8 +195,7 @@ TEST_CASE("reconciler: every state a crashed sign-up can leave is finished or ro
   fixture f("ids-repair");
   couch c;
   const std::string db = "/" + enc(f.cfg.db);
-  const auto old = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                      (f.clock_now - 1h).time_since_epoch()).count());
+  const auto old = f.stamp(1h);
   struct crash {
     std::string state;
     bool reserved_name, reserved_email, user;
@@ -228,8 +232,7 @@ TEST_CASE("reconciler: every state a crashed sign-up can leave is finished or ro
   }
   // A young pending intent (a sign-up still running) is left alone.
   const std::string young = "signup/" + unique("young");
-  const auto now_ms = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                         f.clock_now.time_since_epoch()).count());
+  const auto now_ms = f.stamp();
   REQUIRE(c.put(db + "/" + enc(young), json{{"type", "signup"}, {"state", "pending"}, {"name", "young"},
                                             {"name_key", "young"}, {"email", "y@example.org"},
                                             {"updated", now_ms}}).status == 201);
@@ -314,8 +317,7 @@ TEST_CASE("reconciler: forgetting a rolled-back intent releases a reservation th
   fixture f("ids-forget");
   couch c;
   const std::string db = "/" + enc(f.cfg.db);
-  const auto old = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                      (f.clock_now - 1h).time_since_epoch()).count());
+  const auto old = f.stamp(1h);
   const std::string name = unique("late");
   const std::string email = name + "@example.org";
   const std::string intent = "signup/" + unique("intent");
@@ -345,8 +347,7 @@ TEST_CASE("reconciler: an address change that crashed after the user was written
   REQUIRE(f.ids->signup(signup_body(name, e0)).status == 201);
   // What change:after_user leaves: the intent reserved, the new address reserved by it, the user
   // carrying it; the old address and the name reservation's record not yet moved.
-  const auto old = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                      (f.clock_now - 1h).time_since_epoch()).count());
+  const auto old = f.stamp(1h);
   const std::string intent = "change/" + unique("intent");
   REQUIRE(c.put(db + "/" + enc(intent), json{{"type", "change"}, {"state", "reserved"}, {"name", name}, {"email", e1},
                                               {"old_email", e0}, {"created", old}, {"updated", old}}).status == 201);

@@ -20,6 +20,8 @@
 #include <thread>
 #include <unordered_set>
 
+#include "policy/naming.hpp"
+
 namespace couchgate::test {
 
 namespace {
@@ -188,18 +190,6 @@ std::string unique(const std::string& stem) {
   return stem + "-" + run_token() + std::to_string(++n);
 }
 
-namespace {
-std::string lower_hex(const std::string& s) {
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : s) {
-    out.push_back(hex[c >> 4]);
-    out.push_back(hex[c & 15]);
-  }
-  return out;
-}
-}  // namespace
-
 bool made_by_run(const std::string& name, const std::string& token) {
   // unique() writes "-<token><n>": the token after a dash and before a digit, as it is or
   // hex-encoded (couch_peruser's userdb-<hex> naming of a user name made by unique()).
@@ -207,7 +197,7 @@ bool made_by_run(const std::string& name, const std::string& token) {
     const auto after = at + 1 + token.size();
     if (after < name.size() && std::isdigit(static_cast<unsigned char>(name[after]))) return true;
   }
-  const auto hex = lower_hex("-" + token);
+  const auto hex = policy::hex_encode("-" + token);
   for (std::size_t at = name.find(hex); at != std::string::npos; at = name.find(hex, at + 1)) {
     const auto after = at + hex.size();
     if (after + 1 < name.size() && name[after] == '3' && std::isdigit(static_cast<unsigned char>(name[after + 1])))
