@@ -131,13 +131,21 @@ replicator::result<bool> identities::reserve(unique_field f, const std::string& 
   if (!is_conflict(r.error())) return r.error();
   // Taken — unless by this very intent (a repeated step after a crash).
   auto cur = client_.get_doc(cfg_.db, id).get();
-  if (cur.ok() && str_field(cur.value(), "intent") == intent_id) {
+  if (!cur.ok()) {
+    // Not known to be taken: released between the PUT and this read (claimed again, once), or
+    // unreadable — an error, never "taken".
+    if (cur.error().kind == couch_error_kind::not_found && !retried) {
+      return reserve(f, key, user, intent_id, rev_out, email, true);
+    }
+    return cur.error();
+  }
+  if (str_field(cur.value(), "intent") == intent_id) {
     rev_out = str_field(cur.value(), "_rev");
     return true;
   }
   // Or by a stale reservation (policy::reservation_stale): deleted by the revision read, and the
   // value claimed again, once; a claim racing for it wins or loses on that PUT.
-  if (cur.ok() && !retried && stale(cur.value())) {
+  if (!retried && stale(cur.value())) {
     auto d = client_.delete_doc(cfg_.db, id, str_field(cur.value(), "_rev")).get();
     if (d.ok() || d.error().kind == couch_error_kind::not_found) {
       log()->info("reservation {} was left by intent {}, which was rolled back or is gone, for a user who does not "
@@ -338,7 +346,9 @@ identity_answer identities::available(const std::string& name, const std::string
     const std::string key = f == unique_field::name ? policy::name_key(v.value) : v.value;
     auto r = client_.get_doc(cfg_.db, policy::reservation_id(f, key)).get();
     if (!r.ok() && r.error().kind != couch_error_kind::not_found) return false;
-    bool taken = r.ok();
+    // A stale reservation (its intent rolled back or gone, its user absent) is released by the
+    // next claim: the value is available.
+    bool taken = r.ok() && !stale(r.value());
     if (!taken && f == unique_field::name) {  // a user made without couchgate, not reserved yet
       auto u = client_.get_doc(users_db_, policy::user_doc_id(v.value)).get();
       if (!u.ok() && u.error().kind != couch_error_kind::not_found) return false;

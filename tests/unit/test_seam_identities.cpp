@@ -61,3 +61,61 @@ TEST_CASE_FIXTURE(scripted_identities, "a deleted user's reservations are releas
   CHECK(s.count("DELETE", name_res) == 1);
   CHECK(s.unexpected().empty());
 }
+
+namespace {
+const auto created = [](const char* rev) { return answer(201, std::string(R"({"ok":true,"rev":")") + rev + "\"}"); };
+const json alice_signup{{"name", "alice"}, {"password", "correct horse battery"}, {"email", "alice@example.org"}};
+}  // namespace
+
+TEST_CASE_FIXTURE(scripted_identities, "a sign-up whose name is refused (409) and then unreadable answers 503, not taken") {
+  s.on("PUT", "/ids/signup", created("2-i"), -1);  // the intent and its transitions
+  s.on("PUT", name_res, answer(409, R"({"error":"conflict","reason":"Document update conflict."})"));
+  s.on("GET", name_res, answer(500, R"({"error":"internal_server_error","reason":"timeout"})"), -1);
+  s.on("PUT", email_res, created("1-e"));
+  s.on("GET", email_res, answer(404, R"({"error":"not_found","reason":"deleted"})"), -1);
+
+  const auto a = ids.signup(alice_signup);
+  CHECK(a.status == 503);
+  CHECK(a.body.value("error", "") == "service_unavailable");
+  CHECK(s.count("DELETE", name_res) == 0);  // a reservation not known to be ours is never touched
+  CHECK(s.count("PUT", user_path) == 0);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE_FIXTURE(scripted_identities, "a sign-up whose name was released between its refused claim and the read claims it again") {
+  cfg.provision_wait = std::chrono::seconds(0);
+  g::identities quick{c.client, c.metrics, cfg, "_users", nullptr};
+  s.on("PUT", "/ids/signup", created("2-i"), -1);
+  s.on("PUT", name_res, answer(409, R"({"error":"conflict","reason":"Document update conflict."})"));
+  s.on("GET", name_res, answer(404, R"({"error":"not_found","reason":"deleted"})"));
+  s.on("PUT", name_res, created("3-n"));
+  s.on("PUT", email_res, created("1-e"));
+  s.on("PUT", user_path, created("1-u"));
+
+  const auto a = quick.signup(alice_signup);
+  CHECK(a.status == 201);
+  CHECK(s.count("PUT", name_res) == 2);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE_FIXTURE(scripted_identities, "available: a name held by a stale reservation is available, one held by a sign-up in flight is not") {
+  s.on("GET", name_res,
+       answer(200, R"({"_id":"name/alice","_rev":"1-n","type":"reservation","user":"alice","intent":"signup/i1"})"), -1);
+  s.on("GET", user_path, answer(404, R"({"error":"not_found","reason":"missing"})"), -1);
+  const std::string intent_path = "/ids/" + r::encode_doc_id("signup/i1");
+  std::string state;
+  s.on("GET", intent_path,
+       [&](const r::http_request&) { return answer(200, R"({"_id":"signup/i1","_rev":"2-i","state":")" + state + "\"}"); },
+       -1);
+
+  state = "rolled_back";
+  auto a = ids.available("alice", "");
+  REQUIRE(a.status == 200);
+  CHECK(a.body["name"]["available"] == true);
+
+  state = "reserved";  // a sign-up between its reservations and its user: the name is not free
+  a = ids.available("alice", "");
+  REQUIRE(a.status == 200);
+  CHECK(a.body["name"]["available"] == false);
+  CHECK(s.unexpected().empty());
+}
