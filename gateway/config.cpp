@@ -1166,6 +1166,14 @@ class loader final : public value_reader {
               std::to_string((c.identities.signup_deadline + c.identities.provision_wait).count()) +
               " s), or the reconciler could roll back a sign-up that is still running");
     }
+    if (c.identities.enabled && !c.provisioning.enabled) {
+      int line = line_for("identities.enabled");
+      if (line == 0) line = line_for("provisioning.enabled");
+      add("identities.enabled", line,
+          "needs provisioning.enabled: true: couchgate hears of deleted users (whose name and address it frees) "
+          "and of users made without it (whose it reserves) on provisioning's _users feed; without it those "
+          "would stay reserved forever, or unreserved");
+    }
     if (c.shared.enabled && c.shared.member_roles.empty()) {
       int line = line_for("shared.member_roles");
       if (line == 0) line = line_for("shared.enabled");

@@ -418,7 +418,8 @@ constexpr key_spec table[] = {
     section("identities",
             "Sign-up with unique user names and e-mail addresses (POST /_signup on the front door). Each unique "
             "value is a reservation document in `db` (admin-only); every step is repaired by a reconciler after a "
-            "crash."),
+            "crash. Needs provisioning.enabled: its _users feed tells couchgate of deleted users (their values "
+            "are freed) and of users made without couchgate (theirs are reserved)."),
     key<&config::identities, &ic::enabled>({.name = "identities.enabled", .kind = k::boolean}),
     key<&config::identities, &ic::db>({.name = "identities.db"}),
     key<&config::identities, &ic::rules, &policy::identity_rules::max_name_bytes>(

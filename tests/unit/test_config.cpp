@@ -424,6 +424,13 @@ TEST_CASE("config: sweep_rate is a positive number") {
   check_single_error("fanin: {sweep_rate: 1e999}\n", "fanin.sweep_rate", "greater than 0");
 }
 
+TEST_CASE("config: identities without provisioning is refused, naming why") {
+  check_single_error("provisioning: {enabled: false}\nidentities: {enabled: true}\n", "identities.enabled",
+                     "needs provisioning.enabled: true");
+  CHECK(load("identities: {enabled: true}\n").errors.empty());
+  CHECK(load("provisioning: {enabled: false}\nidentities: {enabled: false}\n").errors.empty());
+}
+
 TEST_CASE("config: wrong types name what was expected and what was found") {
   check_single_error("fanin: {max_connections: abc}\n", "fanin.max_connections", "expected an integer, got 'abc'");
   check_single_error("fanin: {max_connections: 8.5}\n", "fanin.max_connections", "expected an integer, got '8.5'");
