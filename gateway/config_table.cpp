@@ -569,6 +569,14 @@ constexpr key_spec table[] = {
                  "each read/write of a body (slow clients are dropped)."}),
     key<&config::front, &frc::idle_timeout>(
         {.name = "front.idle_timeout", .kind = k::duration_ms, .on_reload = live, .min = 100}),
+    key<&config::front, &frc::drain_timeout>(
+        {.name = "front.drain_timeout",
+         .kind = k::duration_ms,
+         .on_reload = live,
+         .min = 0,
+         .help = "At a stop (SIGTERM) the listener closes at once and live feeds end; requests in flight (a "
+                 "sign-up, a _bulk_docs) get up to drain_timeout to finish before their connections close. Keep it "
+                 "well under the unit's TimeoutStopSec (30 s)."}),
     key<&config::front, &frc::session_cache_ttl>(
         {.name = "front.session_cache_ttl",
          .kind = k::duration_ms,

@@ -750,7 +750,7 @@ int daemon::run() {
   notify("STOPPING=1");
   // Rounds end and checkpoints are written while the pool still runs; whatever is cut off is
   // read again at the next start.
-  if (d.front) d.front->stop();
+  if (d.front) d.front->stop(d.cfg.front.drain_timeout);
   if (d.feeds) d.feeds->stop();
   // The provisioner ends its feed (or its reconcile, between pages) and stores its position
   // while the pool still runs, within 2 s of being asked (a server that hangs gets its requests

@@ -51,6 +51,9 @@ struct front_config {
   std::size_t max_header_bytes = 64u << 10;
   std::chrono::milliseconds header_timeout{10000};  // a request's header must arrive within this
   std::chrono::milliseconds idle_timeout{60000};    // keep-alive idle, and each body read/write
+  // At a stop: how long requests in flight (not live feeds) may take to finish after the
+  // listener closed, before their connections are closed too.
+  std::chrono::milliseconds drain_timeout{10000};
   std::chrono::milliseconds session_cache_ttl{10000};
   // How long a re-issued live feed finds its database from the credential's last GET /_session
   // (each of its `_changes` reads carries the credential, so CouchDB still refuses a revoked one).

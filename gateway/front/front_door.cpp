@@ -1,15 +1,18 @@
 // Owns: the front door's wiring (see front_door.hpp).
 #include "gateway/front/front_door.hpp"
 
+#include <chrono>
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 
 #include "gateway/front/forwarder.hpp"
 #include "gateway/front/front_metrics.hpp"
 #include "gateway/front/http_server.hpp"
 #include "gateway/front/io_threads.hpp"
 #include "gateway/front/upstream_pool.hpp"
+#include "replicator/logger.hpp"
 
 namespace couchgate::gateway {
 
@@ -82,6 +85,11 @@ server_limits server_limits_of(const front_config& f) {
   limits.idle_timeout = f.idle_timeout;
   return limits;
 }
+std::shared_ptr<spdlog::logger> log() {
+  static auto l = replicator::named_logger("front");
+  return l;
+}
+
 }  // namespace
 
 struct front_door::impl {
@@ -247,11 +255,30 @@ int front_door::start(std::string& error) {
   return port;
 }
 
-void front_door::stop() {
+void front_door::stop(std::chrono::milliseconds drain) {
   auto& d = *impl_;
   if (!d.running) return;
   d.running = false;
   d.server->close();
+  if (drain.count() > 0) {
+    // Requests in flight that are not live feeds (those end now; their clients read on from
+    // their since): a sign-up, a _bulk_docs, a document write.
+    d.server->begin_drain();
+    const auto plain = [&d] {
+      return d.server->counters().busy.load() - static_cast<std::int64_t>(d.feeds.stats().subscribed);
+    };
+    const auto deadline = std::chrono::steady_clock::now() + drain;
+    const std::int64_t at_start = plain();
+    while (plain() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (const std::int64_t left = plain(); left > 0) {
+      log()->warn("front door: {} request(s) still in flight after front.drain_timeout ({} ms): their connections "
+                  "are closed", left, drain.count());
+    } else if (at_start > 0) {
+      log()->info("front door: the {} request(s) in flight at the stop were answered", at_start);
+    }
+  }
   d.io->stop();
   d.server->release_acceptor();
   d.pool->close();

@@ -25,7 +25,9 @@ class front_door {
 
   // Binds and serves; returns the bound port, or -1 with the reason.
   int start(std::string& error);
-  void stop();
+  // Closes the listener, lets requests in flight (not live feeds) finish for up to `drain`, then
+  // stops the I/O threads (closing every connection) and the upstream pool.
+  void stop(std::chrono::milliseconds drain = std::chrono::milliseconds(0));
   // SIGHUP: (re-)reads the certificate and key named by `tls` (the same files rotated, or new
   // paths); new connections use them, open ones keep the old. False (with the reason; the old
   // ones stay) when they cannot be loaded, or when TLS would be turned on or off (a restart).

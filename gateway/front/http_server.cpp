@@ -244,8 +244,12 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
     // needed while the answer is awaited (a queued request, a parked live feed).
     if (parser.is_done() && buffer.size() == 0) buffer.shrink_to_fit();
     server_exchange exchange{stream, buffer, parser, info};
-    const bool keep = co_await handler_(exchange);
-    if (!keep) co_return;
+    bool keep = false;
+    {
+      open_guard busy(counters_.busy);
+      keep = co_await handler_(exchange);
+    }
+    if (!keep || draining_.load()) co_return;
     if (buffer.size() == 0) buffer.shrink_to_fit();  // what the request's body grew, too
   }
 }

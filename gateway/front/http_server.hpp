@@ -59,6 +59,7 @@ struct server_limits {
 
 struct server_counters {
   std::atomic<std::int64_t> open{0};
+  std::atomic<std::int64_t> busy{0};                 // requests in the handler (live feeds included)
   std::atomic<std::uint64_t> accepted{0};
   std::atomic<std::uint64_t> refused_full{0};        // over max_connections
   std::atomic<std::uint64_t> tls_handshake_failures{0};
@@ -78,6 +79,8 @@ class http_server {
   int listen(const std::string& address, int port, std::string& error);
   // Stops accepting (call while the contexts run); open connections end with the contexts.
   void close();
+  // From now on a connection closes once its request in flight is answered (no keep-alive).
+  void begin_drain() { draining_.store(true); }
   // Destroys the acceptor: after the contexts stopped, before they are destroyed.
   void release_acceptor() { acceptor_.reset(); }
   const server_counters& counters() const { return counters_; }
@@ -103,6 +106,7 @@ class http_server {
   answer_headers_fn answer_headers_;
   std::unique_ptr<tcp::acceptor> acceptor_;
   bool closed_ = false;
+  std::atomic<bool> draining_{false};
   std::atomic<std::size_t> next_context_{0};
   server_counters counters_;
 };

@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <future>
 #include <utility>  // before Boost.Asio (std::exchange in its awaitable.hpp)
 
 #include <boost/asio.hpp>
@@ -1740,4 +1741,47 @@ TEST_CASE("live feeds: a plain request during a burst of live feeds' first check
   CHECK_MESSAGE(me.status == 200, "GET /me during the burst: " << me.status << " after " << took.count() << " ms: " << me.raw);
   CHECK(feed_errors.load() == 0);  // the feeds queue up to their own timeout, then answer as CouchDB: no 503
   CHECK(run.process->terminate() == 0);
+}
+
+TEST_CASE("front door stop: a request in flight at SIGTERM is answered; one held past front.drain_timeout is cut") {
+  using namespace std::chrono_literals;
+  auto n = fresh_names("frontdrain");
+  fault_proxy proxy;  // holds the document write on its way to the server
+  const auto in_flight_at_stop = [&](const std::string& drain, const std::string& doc_id) {
+    const std::string dir = temp_dir();
+    auto run = start_front(n, json{{"allow_insecure", true}, {"drain_timeout", drain}}, dir,
+                           json{{"couchdb", {{"url", proxy.url()}}}}, proxy_env(proxy));
+    const auto users = provisioned_users(n, 1);
+    const header_list alice{{"Authorization", basic(users[0].name, users[0].password)}};
+    REQUIRE(front_call(run.port, false, "GET", "/me", alice).status == 200);
+    proxy.hold("/" + doc_id);
+    auto put = std::async(std::launch::async, [port = run.port, alice, doc_id] {
+      return front_call(port, false, "PUT", "/me/" + doc_id, alice, json{{"v", 1}}.dump());
+    });
+    REQUIRE(eventually([&] { return proxy.held() == 1; }, 30s));
+    auto stopped = std::async(std::launch::async, [cg = run.process.get()] { return cg->terminate(); });
+    // The listener closes at once: a new connection is refused while the write is still held.
+    CHECK(eventually([&] { return front_call(run.port, false, "GET", "/", {}).status == 0; }, 10s));
+    return std::tuple{std::move(run), users.front(), std::move(put), std::move(stopped)};
+  };
+
+  SUBCASE("answered within the drain") {
+    auto [run, alice, put, stopped] = in_flight_at_stop("30s", "drain-doc");
+    CHECK(stopped.wait_for(0s) == std::future_status::timeout);  // still draining
+    proxy.hold({});
+    const auto reply = put.get();
+    CHECK_MESSAGE(reply.status == 201, reply.raw);
+    CHECK(stopped.get() == 0);
+    CHECK_MESSAGE(run.process->log().find("request(s) in flight at the stop were answered") != std::string::npos,
+                  tail(run.process->log()));
+    CHECK(couch().get("/" + enc(alice.db) + "/drain-doc").status == 200);
+  }
+  SUBCASE("cut after the drain timeout") {
+    auto [run, alice, put, stopped] = in_flight_at_stop("1s", "drain-late");
+    CHECK(stopped.get() == 0);
+    CHECK(put.get().status == 0);  // its connection closed without an answer
+    CHECK_MESSAGE(run.process->log().find("1 request(s) still in flight after front.drain_timeout") != std::string::npos,
+                  tail(run.process->log()));
+    proxy.hold({});
+  }
 }

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -339,6 +340,15 @@ void couchgate_process::start() {
     std::string cfg = dir_ + "/config.yaml";
     const char* bin = couchgate_binary();
     execl(bin, bin, "run", "--config", cfg.c_str(), static_cast<char*>(nullptr));
+    // Said where the test shows the log (e.g. errno 26, ETXTBSY: the binary is being rebuilt);
+    // no allocation after fork.
+    char why[] = "harness: exec of the couchgate binary failed: errno 000\n";
+    const int e = errno;
+    const std::size_t at = sizeof(why) - 5;
+    why[at] = static_cast<char>('0' + e / 100 % 10);
+    why[at + 1] = static_cast<char>('0' + e / 10 % 10);
+    why[at + 2] = static_cast<char>('0' + e % 10);
+    (void)!write(2, why, sizeof(why) - 1);
     _exit(127);
   }
   pid_ = child;
@@ -355,9 +365,10 @@ bool couchgate_process::running() {
 }
 
 bool couchgate_process::wait_ready(std::chrono::milliseconds deadline) {
-  return eventually(
-      [this] {
-        if (!running()) return false;
+  bool exited = false;
+  const bool ready = eventually(
+      [this, &exited] {
+        if (!running()) return exited = true;  // no use waiting longer
         if (port_ == 0) {
           std::string p = read_file(dir_ + "/port");
           if (p.empty()) return false;
@@ -366,6 +377,7 @@ bool couchgate_process::wait_ready(std::chrono::milliseconds deadline) {
         return admin_get("/readyz").status == 200;
       },
       deadline);
+  return ready && !exited;
 }
 
 void couchgate_process::kill9() {
