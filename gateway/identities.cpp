@@ -188,7 +188,32 @@ bool identities::release(const std::string& reservation_id, const char* holder_f
   return d.ok() || d.error().kind == couch_error_kind::not_found;
 }
 
-identity_answer identities::signup(const json& body) {
+std::optional<identity_answer> identities::replay(const std::string& name, const std::string& name_key,
+                                                 const std::string& email, const std::string& idempotency_key) {
+  auto res = client_.get_doc(cfg_.db, policy::reservation_id(unique_field::name, name_key)).get();
+  if (!res.ok() || str_field(res.value(), "user") != name) return std::nullopt;
+  const std::string intent_id = str_field(res.value(), "intent");
+  if (intent_id.empty()) return std::nullopt;
+  auto intent = client_.get_doc(cfg_.db, intent_id).get();
+  if (!intent.ok() || str_field(intent.value(), "idempotency_key") != idempotency_key ||
+      str_field(intent.value(), "type") != "signup" || str_field(intent.value(), "name") != name ||
+      str_field(intent.value(), "email") != email) {
+    return std::nullopt;
+  }
+  const auto state = policy::intent_state_from(str_field(intent.value(), "state"));
+  if (state == intent_state::done) {
+    log()->info("sign-up: user {} was created by an earlier request with the same Idempotency-Key: answered again",
+                name);
+    return identity_answer{201, json{{"ok", true}, {"name", name}, {"ready", user_ready_ ? user_ready_(name) : true},
+                                     {"replayed", true}}};
+  }
+  if (state == intent_state::pending || state == intent_state::reserved) {
+    return fail_answer(503, "service_unavailable", "the sign-up with this Idempotency-Key is still running; try again");
+  }
+  return std::nullopt;
+}
+
+identity_answer identities::signup(const json& body, const std::string& idempotency_key) {
   const auto started = std::chrono::steady_clock::now();
   if (!body.is_object()) {
     rejected_.inc();
@@ -213,6 +238,9 @@ identity_answer identities::signup(const json& body) {
     problems["password"] = password.error;
   }
   if (email_in && !(email = policy::normalise_email(*email_in, cfg_.rules)).ok()) problems["email"] = email.error;
+  if (!idempotency_key.empty()) {
+    if (const auto k = policy::check_idempotency_key(idempotency_key); !k.ok()) problems["Idempotency-Key"] = k.error;
+  }
   json profile = json::object();
   for (const auto& [k, v] : body.items()) {
     if (k == "name" || k == "password" || k == "email") continue;
@@ -235,6 +263,7 @@ identity_answer identities::signup(const json& body) {
   json intent{{"_id", intent_id}, {"type", "signup"},  {"state", policy::to_string(intent_state::pending)},
               {"name", name.value}, {"name_key", key}, {"email", email.value},
               {"created", stamp()}, {"updated", stamp()}};
+  if (!idempotency_key.empty()) intent["idempotency_key"] = idempotency_key;
   auto put = client_.put_doc(cfg_.db, intent_id, intent).get();
   if (!put.ok()) {
     errors_.inc();
@@ -264,6 +293,9 @@ identity_answer identities::signup(const json& body) {
       const auto& e = !name_res.ok() ? name_res.error() : email_res.error();
       log()->warn("sign-up: reserving failed: {}", e.describe());
       return fail_answer(503, "service_unavailable", "the identities database is not available; try again");
+    }
+    if (!idempotency_key.empty() && taken.front() == "name") {
+      if (auto again = replay(name.value, key, email.value, idempotency_key)) return std::move(*again);
     }
     conflicts_.inc();
     json b{{"error", "conflict"}, {"reason", "already taken: " + taken.front() + (taken.size() > 1 ? " and email" : "")},
@@ -829,7 +861,7 @@ front::local_answer identities::serve(const front::local_request& r) {
   };
   if (r.method == "POST" && r.path == "/_signup") {
     auto j = body();
-    a = j ? signup(*j) : fail_answer(400, "bad_request", "the body is not JSON");
+    a = j ? signup(*j, r.idempotency_key) : fail_answer(400, "bad_request", "the body is not JSON");
   } else if (r.method == "GET" && r.path == "/_signup/available") {
     a = available(front::query_param(r.query, "name").value_or(""), front::query_param(r.query, "email").value_or(""));
   } else if (r.method == "PUT" && r.path == "/_identity/email") {

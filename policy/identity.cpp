@@ -151,6 +151,15 @@ checked_value check_password(std::string_view password, const identity_rules& ru
   return checked_value{std::string(password), {}};
 }
 
+checked_value check_idempotency_key(std::string_view key) {
+  if (key.empty()) return fail("Idempotency-Key is empty");
+  if (key.size() > 128) return fail("Idempotency-Key is longer than 128 characters");
+  for (const char c : key) {
+    if (c < 0x21 || c > 0x7e) return fail("Idempotency-Key may only hold visible ASCII characters");
+  }
+  return checked_value{std::string(key), {}};
+}
+
 checked_value normalise_email(std::string_view email, const identity_rules& rules) {
   const std::string_view t = trim(email);
   if (t.empty()) return fail("email is empty");

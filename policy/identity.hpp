@@ -47,6 +47,8 @@ checked_value check_password(std::string_view password, const identity_rules& ru
 // of dot-separated labels (letters, digits, '-', non-ASCII; no empty label, not starting or
 // ending with '-'), at most max_email_bytes in all.
 checked_value normalise_email(std::string_view email, const identity_rules& rules);
+// A sign-up's Idempotency-Key header: 1 to 128 visible ASCII characters (a UUID, say), kept as is.
+checked_value check_idempotency_key(std::string_view key);
 
 // The key under which a user name is unique: NFC and lower-cased, so "Alice" and "alice" (or
 // two spellings of "é") cannot both be taken — one would impersonate the other.

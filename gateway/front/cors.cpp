@@ -8,8 +8,9 @@
 namespace couchgate::gateway::front {
 namespace {
 
-// chttpd_cors.hrl
+// chttpd_cors.hrl, and couchgate's own: a sign-up's Idempotency-Key
 const std::vector<std::string> default_headers{
+    "idempotency-key",
     "accept",        "accept-language",     "authorization",    "content-length",
     "content-range", "content-type",        "destination",      "expires",
     "if-match",      "last-modified",       "origin",           "pragma",

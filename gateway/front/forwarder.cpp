@@ -622,6 +622,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
   lr.query = rt.target.substr(lr.path.size());
   lr.peer = ex.client_or_peer();
   lr.user = user;
+  if (const auto it = req.find("Idempotency-Key"); it != req.end()) lr.idempotency_key = std::string(it->value());
 
   // The body, bounded (a sign-up is a few hundred bytes).
   std::vector<char> chunk(16u << 10);

@@ -20,6 +20,7 @@ struct local_request {
   std::string body;   // at most forwarder_options::local_body_limit bytes
   std::string user;   // the caller CouchDB authenticated ("" when the route needs none)
   std::string peer;
+  std::string idempotency_key;  // the Idempotency-Key header's value, as sent ("" when absent)
 };
 struct local_answer {
   unsigned status = 500;

@@ -54,9 +54,10 @@ struct http_reply {
 };
 
 http_reply call(int port, const std::string& method, const std::string& path, const json& body = nullptr,
-                const std::string& user = {}, const std::string& password = {}) {
+                const std::string& user = {}, const std::string& password = {}, const httplib::Headers& headers = {}) {
   httplib::Client c("127.0.0.1", port);
   c.set_read_timeout(60, 0);
+  c.set_default_headers(headers);
   if (!user.empty()) c.set_basic_auth(user, password);
   httplib::Result r = method == "GET"    ? c.Get(path)
                       : method == "PUT"  ? c.Put(path, body.dump(), "application/json")
@@ -136,6 +137,45 @@ TEST_CASE("sign-up through the front door: the new user syncs /me at once; taken
 
   // Never a password in the log.
   CHECK(cg.log().find(password) == std::string::npos);
+  delete_user_doc(name);
+}
+
+TEST_CASE("sign-up with an Idempotency-Key: a repeat is answered 201 again; another key, none or other values get 409") {
+  auto n = fresh_names("signupidem");
+  const scratch_dir dir(n.state);
+  couchgate_process cg(signup_config(n, dir.path));
+  cg.start();
+  REQUIRE(cg.wait_ready(60s));
+  const int port = read_port(dir.path + "/front.port");
+  REQUIRE(port > 0);
+  const std::string name = unique("idem");
+  const std::string email = unique("idem") + "@example.org";
+  const std::string password = "secret-pw-" + unique("p");
+  register_basic_secret(name, password);
+  const json body{{"name", name}, {"password", password}, {"email", email}};
+  const httplib::Headers key{{"Idempotency-Key", "k-" + unique("key")}};
+
+  auto first = call(port, "POST", "/_signup", body, {}, {}, key);
+  REQUIRE_MESSAGE(first.status == 201, first.body.dump());
+  CHECK_FALSE(first.body.contains("replayed"));
+  // The answer was lost; the client sends the same request again.
+  auto again = call(port, "POST", "/_signup", body, {}, {}, key);
+  CHECK_MESSAGE(again.status == 201, again.body.dump());
+  CHECK(again.body["replayed"] == true);
+  CHECK(again.body["name"] == name);
+  // Anyone else asking for that name is refused as before.
+  CHECK(call(port, "POST", "/_signup", body).status == 409);
+  CHECK(call(port, "POST", "/_signup", body, {}, {}, {{"Idempotency-Key", "k-" + unique("other")}}).status == 409);
+  json other_address = body;
+  other_address["email"] = unique("idem2") + "@example.org";
+  auto moved = call(port, "POST", "/_signup", other_address, {}, {}, key);
+  CHECK(moved.status == 409);
+  CHECK(moved.body["fields"] == json::array({"name"}));
+  auto bad = call(port, "POST", "/_signup", body, {}, {}, {{"Idempotency-Key", std::string(129, 'k')}});
+  CHECK(bad.status == 400);
+  CHECK(bad.body["problems"].contains("Idempotency-Key"));
+  // One user, made once.
+  CHECK(couch().get(user_doc(name)).body["_rev"].get<std::string>().rfind("1-", 0) == 0);
   delete_user_doc(name);
 }
 

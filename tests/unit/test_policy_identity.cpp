@@ -187,3 +187,14 @@ TEST_CASE("names and addresses that would look like another's are refused: invis
   CHECK_FALSE(normalise_email("an\xE2\x80\x8Bn@example.org", r).ok());
   CHECK(normalise_email("  ann@example.org ", r).ok());  // ASCII white space is trimmed
 }
+
+TEST_CASE("identity: an Idempotency-Key is 1 to 128 visible ASCII characters, kept as sent") {
+  CHECK(check_idempotency_key("7b1e0c7a-1f7e-4a53-9d0e-0c1f3e1a2b3c").value == "7b1e0c7a-1f7e-4a53-9d0e-0c1f3e1a2b3c");
+  CHECK(check_idempotency_key(std::string(128, 'K')).ok());
+  CHECK_FALSE(check_idempotency_key(std::string(129, 'K')).ok());
+  CHECK_FALSE(check_idempotency_key("").ok());
+  CHECK_FALSE(check_idempotency_key("a b").ok());
+  CHECK_FALSE(check_idempotency_key("tab\there").ok());
+  CHECK_FALSE(check_idempotency_key("caf\xc3\xa9").ok());
+  CHECK(check_idempotency_key("caf\xc3\xa9").error.find("visible ASCII") != std::string::npos);
+}
