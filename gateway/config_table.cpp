@@ -540,7 +540,10 @@ constexpr key_spec table[] = {
                  "forwarded. A missing header counts as not secure."}),
     key<&config::front, &frc::trusted_proxies>(
         {.name = "front.trusted_proxies", .kind = k::string_list, .check = cidr_range}),
-    key<&config::front, &frc::scheme_header>({.name = "front.scheme_header", .check = http_header_name}),
+    key<&config::front, &frc::scheme_header>(
+        {.name = "front.scheme_header",
+         .check = http_header_name,
+         .help = "\"Forwarded\" (RFC 7239) reads the proto= of its last element (the nearest proxy's)."}),
     key<&config::front, &frc::threads>({.name = "front.threads",
                                         .kind = k::integer,
                                         .min = 0,

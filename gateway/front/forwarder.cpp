@@ -264,12 +264,20 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     if (lines.empty()) return std::nullopt;
     return joined_field_lines(lines);
   };
-  const auto scheme_value = field_lines(options_.scheme_header);
-  if (scheme_value) origin.scheme_header = *scheme_value;
+  // front.scheme_header "Forwarded" (RFC 7239) means its proto=; the client's address comes
+  // from X-Forwarded-For, or from Forwarded's for= when a proxy sends only that.
+  const bool rfc7239 = beast::iequals(options_.scheme_header, "Forwarded");
+  std::optional<std::string> scheme_value = field_lines(options_.scheme_header);
+  if (scheme_value && rfc7239) scheme_value = forwarded_proto(*scheme_value);
+  if (scheme_value) origin.scheme_header = *scheme_value;  // (a view of scheme_value)
   if (const auto forwarded_for = field_lines("X-Forwarded-For")) {
     ex.client = client_address(options_.secure, ex.conn.peer, ex.conn.peer_ip, *forwarded_for);
+  } else if (const auto forwarded = field_lines("Forwarded")) {
+    ex.client = client_address(options_.secure, ex.conn.peer, ex.conn.peer_ip, forwarded_for_list(*forwarded));
   }
-  if (decide_secure(options_.secure, origin) == secure_verdict::refused) {
+  const secure_verdict verdict = decide_secure(options_.secure, origin);
+  ex.secure = verdict == secure_verdict::secure;
+  if (verdict == secure_verdict::refused) {
     metrics_.tls_refusals.inc();
     co_return co_await answer(http::status::forbidden, "forbidden",
                               "couchgate requires TLS: this request did not arrive over TLS (nor from a trusted "
@@ -757,10 +765,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, next_step& next, ou
     const std::string client_base =
         req.find(http::field::host) == req.end()
             ? std::string()
-            : std::string(ex.conn.tls || scheme_says_secure(std::string_view(req[options_.scheme_header].data(),
-                                                                              req[options_.scheme_header].size()))
-                              ? "https://"
-                              : "http://") +
+            : std::string(ex.secure ? "https://" : "http://") +
                   std::string(req[http::field::host]);
     for (const auto& f : upstream_res) {
       if (hop_by_hop(f.name(), f.name_string())) continue;

@@ -40,6 +40,8 @@ struct server_exchange {
   // The client's address for this request (secure_request.hpp client_address: behind a trusted
   // proxy, from its X-Forwarded-For); empty until the handler has decided it: conn.peer.
   std::string client{};
+  // Arrived over TLS, or from a trusted proxy that says so; decided by the handler.
+  bool secure = false;
   const std::string& client_or_peer() const { return client.empty() ? conn.peer : client; }
 };
 

@@ -2,7 +2,9 @@
 #include "gateway/front/secure_request.hpp"
 
 #include <cctype>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace couchgate::gateway::front {
 namespace {
@@ -12,13 +14,91 @@ std::string_view trim_ows(std::string_view v) {
   while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
   return v;
 }
+
+std::string lower_ascii(std::string_view v) {
+  std::string out;
+  for (const char c : v) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// Splits at `sep` outside quoted strings (a quoted value may hold either separator).
+std::vector<std::string_view> split_unquoted(std::string_view v, char sep) {
+  std::vector<std::string_view> out;
+  bool quoted = false;
+  std::size_t start = 0;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == '\\' && quoted) {
+      ++i;
+    } else if (v[i] == '"') {
+      quoted = !quoted;
+    } else if (v[i] == sep && !quoted) {
+      out.push_back(v.substr(start, i - start));
+      start = i + 1;
+    }
+  }
+  out.push_back(v.substr(start));
+  return out;
+}
+
+// One element's parameter (for, proto, ...), unquoted; nullopt when absent.
+std::optional<std::string> forwarded_param(std::string_view element, std::string_view key) {
+  for (const auto pair : split_unquoted(element, ';')) {
+    const std::size_t eq = pair.find('=');
+    if (eq == std::string_view::npos || lower_ascii(trim_ows(pair.substr(0, eq))) != key) continue;
+    std::string_view value = trim_ows(pair.substr(eq + 1));
+    std::string out;
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
+      value = value.substr(1, value.size() - 2);
+      for (std::size_t i = 0; i < value.size(); ++i) {
+        if (value[i] == '\\' && i + 1 < value.size()) ++i;
+        out += value[i];
+      }
+    } else {
+      out = std::string(value);
+    }
+    return out;
+  }
+  return std::nullopt;
+}
+
+// A for= node as an address ("[2001:db8::17]:4711" -> "2001:db8::17", "192.0.2.60:80" ->
+// "192.0.2.60"); "unknown" for anything else.
+std::string node_address(const std::string& node) {
+  std::string_view v = node;
+  if (v.starts_with('[')) {
+    const std::size_t close = v.find(']');
+    if (close == std::string_view::npos) return "unknown";
+    v = v.substr(1, close - 1);
+  } else if (const std::size_t colon = v.find(':'); colon != std::string_view::npos && v.rfind(':') == colon) {
+    v = v.substr(0, colon);
+  }
+  return parse_ip(v) ? std::string(v) : std::string("unknown");
+}
 }  // namespace
+
+std::string forwarded_for_list(std::string_view forwarded) {
+  std::string out;
+  for (const auto element : split_unquoted(forwarded, ',')) {
+    if (trim_ows(element).empty()) continue;
+    const auto node = forwarded_param(element, "for");
+    if (!out.empty()) out += ", ";
+    out += node ? node_address(*node) : std::string("unknown");
+  }
+  return out;
+}
+
+std::string forwarded_proto(std::string_view forwarded) {
+  const auto elements = split_unquoted(forwarded, ',');
+  for (auto it = elements.rbegin(); it != elements.rend(); ++it) {
+    if (trim_ows(*it).empty()) continue;
+    return lower_ascii(forwarded_param(*it, "proto").value_or(""));
+  }
+  return {};
+}
 
 bool scheme_says_secure(std::string_view value) {
   if (const std::size_t comma = value.rfind(','); comma != std::string_view::npos) value = value.substr(comma + 1);
-  value = trim_ows(value);
-  std::string lower;
-  for (const char c : value) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string lower = lower_ascii(trim_ows(value));
   return lower == "https" || lower == "true" || lower == "on";
 }
 

@@ -45,5 +45,14 @@ secure_verdict decide_secure(const secure_policy& policy, const request_origin& 
 // otherwise be the proxy: one client's wrong passwords would lock out everyone.
 std::string client_address(const secure_policy& policy, std::string_view peer, const std::optional<ip_address>& peer_ip,
                            std::string_view forwarded_for);
+// RFC 7239's Forwarded header (`for=192.0.2.60;proto=https, for="[2001:db8::17]:4711"`), read
+// where a proxy sends it instead of X-Forwarded-For / -Proto:
+// - forwarded_for_list: each element's for= address in order, as an X-Forwarded-For list for
+//   client_address ("192.0.2.60, 2001:db8::17"; quotes, IPv6 brackets and ports removed); an
+//   element without one, or with "unknown" or an obfuscated name, is "unknown" there (where
+//   client_address stops reading).
+// - forwarded_proto: the last element's proto= (the nearest proxy's), lower-cased; "" without.
+std::string forwarded_for_list(std::string_view forwarded);
+std::string forwarded_proto(std::string_view forwarded);
 
 }  // namespace couchgate::gateway::front

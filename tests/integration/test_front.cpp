@@ -565,6 +565,35 @@ TEST_CASE("front door behind a trusted proxy: the auth failure limit counts each
   CHECK(front_call(port, false, "GET", "/me", {auth, https}).status == 200);  // the proxy's own address
 }
 
+TEST_CASE("front door behind a trusted proxy that sends RFC 7239 Forwarded: its proto decides, its for= is the client") {
+  auto n = fresh_names("frontfwd");
+  auto run = start_front(n,
+                         {{"require_secure", true},
+                          {"trusted_proxies", {"127.0.0.1/32"}},
+                          {"scheme_header", "Forwarded"},
+                          {"auth_failure_limit", 2},
+                          {"auth_failure_window", "60s"}},
+                         temp_dir());
+  const int port = run.port;
+  const auto users = provisioned_users(n, 1);
+  const std::pair<std::string, std::string> auth{"Authorization", basic(users[0].name, users[0].password)};
+  const auto from = [](const std::string& client, const std::string& proto) {
+    return std::pair<std::string, std::string>{"Forwarded", "for=" + client + ";proto=" + proto};
+  };
+  CHECK(front_call(port, false, "GET", "/me", {auth, from("198.51.100.7", "http")}).status == 403);
+  CHECK(front_call(port, false, "GET", "/me", {auth, {"Forwarded", "for=198.51.100.7"}}).status == 403);
+  auto ok = front_call(port, false, "GET", "/me", {auth, from("198.51.100.7", "https")});
+  CHECK_MESSAGE(ok.status == 200, ok.raw);
+  for (int i = 0; i < 2; ++i) {
+    CHECK(front_call(port, false, "GET", "/me",
+                     {{"Authorization", basic(users[0].name, "wrong-" + std::to_string(i))}, from("198.51.100.7", "https")})
+              .status == 401);
+  }
+  CHECK(front_call(port, false, "GET", "/me", {auth, from("198.51.100.7", "https")}).status == 429);
+  auto other = front_call(port, false, "GET", "/me", {auth, from("\"[2001:db8::8]:4711\"", "https")});
+  CHECK_MESSAGE(other.status == 200, other.raw);
+}
+
 TEST_CASE("front door: keep-alive connections carry many requests; HEAD; gzip passed through; /shared") {
   auto n = fresh_names("frontka");
   const std::string shared_db = "t" + unique("shared");

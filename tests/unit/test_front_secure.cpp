@@ -94,6 +94,31 @@ TEST_CASE("front secure: behind a trusted proxy the client is the nearest untrus
   CHECK(f::client_address(p, "203.0.113.9", stranger, "198.51.100.7") == "203.0.113.9");
 }
 
+TEST_CASE("front secure: RFC 7239 Forwarded gives the same list of addresses and the nearest proxy's proto") {
+  CHECK(f::forwarded_for_list("for=192.0.2.60;proto=http;by=203.0.113.43") == "192.0.2.60");
+  CHECK(f::forwarded_for_list(R"(for=192.0.2.43, for="[2001:db8:cafe::17]:4711")") == "192.0.2.43, 2001:db8:cafe::17");
+  CHECK(f::forwarded_for_list(R"(For="192.0.2.60:8080" ; proto=https)") == "192.0.2.60");
+  // Unknown, obfuscated, missing or broken nodes stop client_address where they stand.
+  CHECK(f::forwarded_for_list("for=unknown, for=_hidden, proto=https, for=\"[2001:db8::1\", for=198.51.100.7") ==
+        "unknown, unknown, unknown, unknown, 198.51.100.7");
+  // A quoted value may hold a comma or a semicolon: still one element.
+  CHECK(f::forwarded_for_list(R"(for="_a,b;c", for=198.51.100.7)") == "unknown, 198.51.100.7");
+  CHECK(f::forwarded_for_list("") == "");
+
+  CHECK(f::forwarded_proto("for=192.0.2.60;proto=HTTPS") == "https");
+  CHECK(f::forwarded_proto("for=1.2.3.4;proto=https, for=10.0.0.9;proto=http") == "http");  // the nearest proxy's
+  CHECK(f::forwarded_proto("for=1.2.3.4;proto=http, for=10.0.0.9;proto=\"https\"") == "https");
+  CHECK(f::forwarded_proto("for=1.2.3.4") == "");
+  CHECK(f::forwarded_proto("") == "");
+
+  f::secure_policy p;
+  p.trusted_proxies = {*f::parse_cidr("10.0.0.0/8")};
+  const auto proxy = f::parse_ip("10.0.0.5");
+  CHECK(f::client_address(p, "10.0.0.5", proxy, f::forwarded_for_list("for=1.2.3.4, for=198.51.100.7, for=10.0.0.9")) ==
+        "198.51.100.7");
+  CHECK(f::client_address(p, "10.0.0.5", proxy, f::forwarded_for_list("for=1.2.3.4, for=unknown")) == "10.0.0.5");
+}
+
 TEST_CASE("front session cache: keyed by a hash, expires after its ttl, 0 = no caching") {
   f::session_cache cache(10s, 100);
   const auto t0 = f::clock_type::time_point{} + 1h;
