@@ -812,6 +812,13 @@ class loader final : public value_reader {
       problem("must be at least " + format_duration_ms(min_ms) + ", got " + quote_value(s), s);
       return std::nullopt;
     }
+    if (const auto& max = current_.spec->max) {
+      const long long max_ms = whole_seconds ? *max * 1000 : *max;
+      if (ms > max_ms) {
+        problem("must be at most " + format_duration_ms(max_ms) + ", got " + quote_value(s), s);
+        return std::nullopt;
+      }
+    }
     return ms;
   }
 

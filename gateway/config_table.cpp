@@ -577,9 +577,10 @@ constexpr key_spec table[] = {
          .kind = k::duration_ms,
          .on_reload = live,
          .min = 0,
-         .help = "At a stop (SIGTERM) the listener closes at once and live feeds end; requests in flight (a "
-                 "sign-up, a _bulk_docs) get up to drain_timeout to finish before their connections close. Keep it "
-                 "well under the unit's TimeoutStopSec (30 s)."}),
+         .max = 20000,
+         .help = "At a stop (SIGTERM) the listener closes at once; requests in flight (a sign-up, a _bulk_docs) "
+                 "get up to drain_timeout to finish, then every connection closes, live feeds' included (their "
+                 "clients read on from their since). At most 20 s: the unit's TimeoutStopSec is 30 s."}),
     key<&config::front, &frc::session_cache_ttl>(
         {.name = "front.session_cache_ttl",
          .kind = k::duration_ms,

@@ -43,7 +43,7 @@ struct key_spec {
   key_kind kind = key_kind::string;
   reload on_reload = reload::restart;
   long long min = 0;                   // integer, size, seconds, milliseconds
-  std::optional<long long> max;        // integer: nullopt = no upper bound
+  std::optional<long long> max;        // integer, seconds, milliseconds: nullopt = no upper bound
   std::span<const key_choice> choices; // choice (and string: the accepted words)
   // string and string_list items: nullptr when the value is acceptable, else what is wrong
   // ("expected ..."); the value is appended as ", got '...'".

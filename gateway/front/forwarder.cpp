@@ -264,16 +264,16 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
     if (lines.empty()) return std::nullopt;
     return joined_field_lines(lines);
   };
-  // front.scheme_header "Forwarded" (RFC 7239) means its proto=; the client's address comes
-  // from X-Forwarded-For, or from Forwarded's for= when a proxy sends only that.
+  // front.scheme_header "Forwarded" (RFC 7239) means its proto=, and the client's address from
+  // its for=; otherwise the address comes from X-Forwarded-For. Never one for the other: the
+  // header the proxy does not set is the client's own word.
   const bool rfc7239 = beast::iequals(options_.scheme_header, "Forwarded");
   std::optional<std::string> scheme_value = field_lines(options_.scheme_header);
   if (scheme_value && rfc7239) scheme_value = forwarded_proto(*scheme_value);
   if (scheme_value) origin.scheme_header = *scheme_value;  // (a view of scheme_value)
-  if (const auto forwarded_for = field_lines("X-Forwarded-For")) {
-    ex.client = client_address(options_.secure, ex.conn.peer, ex.conn.peer_ip, *forwarded_for);
-  } else if (const auto forwarded = field_lines("Forwarded")) {
-    ex.client = client_address(options_.secure, ex.conn.peer, ex.conn.peer_ip, forwarded_for_list(*forwarded));
+  if (const auto forwarded_for = field_lines(rfc7239 ? "Forwarded" : "X-Forwarded-For")) {
+    ex.client = client_address(options_.secure, ex.conn.peer, ex.conn.peer_ip,
+                               rfc7239 ? forwarded_for_list(*forwarded_for) : *forwarded_for);
   }
   const secure_verdict verdict = decide_secure(options_.secure, origin);
   ex.secure = verdict == secure_verdict::secure;

@@ -269,8 +269,12 @@ void front_door::stop(std::chrono::milliseconds drain) {
     };
     const auto deadline = std::chrono::steady_clock::now() + drain;
     const std::int64_t at_start = plain();
-    while (plain() > 0 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    // Done when none is seen twice in a row: the two counters are read one after the other, so
+    // a feed ending between the reads can hide a request once.
+    int quiet = 0;
+    while (quiet < 2 && std::chrono::steady_clock::now() < deadline) {
+      quiet = plain() > 0 ? 0 : quiet + 1;
+      if (quiet < 2) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     if (const std::int64_t left = plain(); left > 0) {
       log()->warn("front door: {} request(s) still in flight after front.drain_timeout ({} ms): their connections "

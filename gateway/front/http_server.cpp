@@ -212,6 +212,9 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
       }
       buffer.commit(n);
     }
+    // Draining (a stop): a kept-alive connection takes no new request; the client sends it
+    // again elsewhere, as on any closed keep-alive connection.
+    if (!first && draining_.load()) co_return;
     first = false;
     request_parser parser;
     parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(lim.header_limit, UINT32_MAX)));

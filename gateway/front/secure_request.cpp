@@ -21,8 +21,9 @@ std::string lower_ascii(std::string_view v) {
   return out;
 }
 
-// Splits at `sep` outside quoted strings (a quoted value may hold either separator).
-std::vector<std::string_view> split_unquoted(std::string_view v, char sep) {
+// Splits at `sep` outside quoted strings (a quoted value may hold either separator); nullopt when
+// a quote is left open (a client's open quote would swallow what a proxy appended after it).
+std::optional<std::vector<std::string_view>> split_unquoted(std::string_view v, char sep) {
   std::vector<std::string_view> out;
   bool quoted = false;
   std::size_t start = 0;
@@ -36,13 +37,14 @@ std::vector<std::string_view> split_unquoted(std::string_view v, char sep) {
       start = i + 1;
     }
   }
+  if (quoted) return std::nullopt;
   out.push_back(v.substr(start));
   return out;
 }
 
 // One element's parameter (for, proto, ...), unquoted; nullopt when absent.
 std::optional<std::string> forwarded_param(std::string_view element, std::string_view key) {
-  for (const auto pair : split_unquoted(element, ';')) {
+  for (const auto pair : split_unquoted(element, ';').value_or(std::vector<std::string_view>{})) {
     const std::size_t eq = pair.find('=');
     if (eq == std::string_view::npos || lower_ascii(trim_ows(pair.substr(0, eq))) != key) continue;
     std::string_view value = trim_ows(pair.substr(eq + 1));
@@ -77,8 +79,10 @@ std::string node_address(const std::string& node) {
 }  // namespace
 
 std::string forwarded_for_list(std::string_view forwarded) {
+  const auto elements = split_unquoted(forwarded, ',');
+  if (!elements) return {};  // malformed: no address is read from it
   std::string out;
-  for (const auto element : split_unquoted(forwarded, ',')) {
+  for (const auto element : *elements) {
     if (trim_ows(element).empty()) continue;
     const auto node = forwarded_param(element, "for");
     if (!out.empty()) out += ", ";
@@ -89,7 +93,8 @@ std::string forwarded_for_list(std::string_view forwarded) {
 
 std::string forwarded_proto(std::string_view forwarded) {
   const auto elements = split_unquoted(forwarded, ',');
-  for (auto it = elements.rbegin(); it != elements.rend(); ++it) {
+  if (!elements) return {};  // malformed: not secure
+  for (auto it = elements->rbegin(); it != elements->rend(); ++it) {
     if (trim_ows(*it).empty()) continue;
     return lower_ascii(forwarded_param(*it, "proto").value_or(""));
   }

@@ -52,6 +52,7 @@ std::string client_address(const secure_policy& policy, std::string_view peer, c
 //   element without one, or with "unknown" or an obfuscated name, is "unknown" there (where
 //   client_address stops reading).
 // - forwarded_proto: the last element's proto= (the nearest proxy's), lower-cased; "" without.
+// A header with a quote left open is malformed: both give "" (the peer's address; not secure).
 std::string forwarded_for_list(std::string_view forwarded);
 std::string forwarded_proto(std::string_view forwarded);
 

@@ -590,6 +590,9 @@ TEST_CASE("front door behind a trusted proxy that sends RFC 7239 Forwarded: its 
               .status == 401);
   }
   CHECK(front_call(port, false, "GET", "/me", {auth, from("198.51.100.7", "https")}).status == 429);
+  // The proxy speaks Forwarded: an X-Forwarded-For it passed through is the client's own word.
+  CHECK(front_call(port, false, "GET", "/me", {auth, from("198.51.100.7", "https"), {"X-Forwarded-For", "192.0.2.99"}})
+            .status == 429);
   auto other = front_call(port, false, "GET", "/me", {auth, from("\"[2001:db8::8]:4711\"", "https")});
   CHECK_MESSAGE(other.status == 200, other.raw);
 }
@@ -1783,6 +1786,9 @@ TEST_CASE("front door stop: a request in flight at SIGTERM is answered; one held
     const auto users = provisioned_users(n, 1);
     const header_list alice{{"Authorization", basic(users[0].name, users[0].password)}};
     REQUIRE(front_call(run.port, false, "GET", "/me", alice).status == 200);
+    // A kept-alive connection, idle when the stop comes.
+    auto idle = std::make_unique<keep_alive_connection>(run.port, alice.front().second);
+    REQUIRE(idle->exchange(http::verb::get, "/me").result_int() == 200);
     proxy.hold("/" + doc_id);
     auto put = std::async(std::launch::async, [port = run.port, alice, doc_id] {
       return front_call(port, false, "PUT", "/me/" + doc_id, alice, json{{"v", 1}}.dump());
@@ -1791,12 +1797,14 @@ TEST_CASE("front door stop: a request in flight at SIGTERM is answered; one held
     auto stopped = std::async(std::launch::async, [cg = run.process.get()] { return cg->terminate(); });
     // The listener closes at once: a new connection is refused while the write is still held.
     CHECK(eventually([&] { return front_call(run.port, false, "GET", "/", {}).status == 0; }, 10s));
-    return std::tuple{std::move(run), users.front(), std::move(put), std::move(stopped)};
+    return std::tuple{std::move(run), users.front(), std::move(put), std::move(stopped), std::move(idle)};
   };
 
   SUBCASE("answered within the drain") {
-    auto [run, alice, put, stopped] = in_flight_at_stop("30s", "drain-doc");
+    auto [run, alice, put, stopped, idle] = in_flight_at_stop("20s", "drain-doc");
     CHECK(stopped.wait_for(0s) == std::future_status::timeout);  // still draining
+    // The idle connection takes no new request now: closed unanswered (its client sends it again).
+    CHECK_THROWS(idle->exchange(http::verb::get, "/me"));
     proxy.hold({});
     const auto reply = put.get();
     CHECK_MESSAGE(reply.status == 201, reply.raw);
@@ -1806,7 +1814,7 @@ TEST_CASE("front door stop: a request in flight at SIGTERM is answered; one held
     CHECK(couch().get("/" + enc(alice.db) + "/drain-doc").status == 200);
   }
   SUBCASE("cut after the drain timeout") {
-    auto [run, alice, put, stopped] = in_flight_at_stop("1s", "drain-late");
+    auto [run, alice, put, stopped, idle] = in_flight_at_stop("1s", "drain-late");
     CHECK(stopped.get() == 0);
     CHECK(put.get().status == 0);  // its connection closed without an answer
     CHECK_MESSAGE(run.process->log().find("1 request(s) still in flight after front.drain_timeout") != std::string::npos,

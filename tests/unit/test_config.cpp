@@ -424,6 +424,12 @@ TEST_CASE("config: sweep_rate is a positive number") {
   check_single_error("fanin: {sweep_rate: 1e999}\n", "fanin.sweep_rate", "greater than 0");
 }
 
+TEST_CASE("config: front.drain_timeout stays under the unit's stop timeout") {
+  check_single_error("front: {drain_timeout: 25s}\n", "front.drain_timeout", "must be at most 20s");
+  CHECK(load("front: {drain_timeout: 20s}\n").errors.empty());
+  CHECK(load("front: {drain_timeout: 0}\n").errors.empty());
+}
+
 TEST_CASE("config: identities without provisioning is refused, naming why") {
   check_single_error("provisioning: {enabled: false}\nidentities: {enabled: true}\n", "identities.enabled",
                      "needs provisioning.enabled: true");

@@ -104,6 +104,10 @@ TEST_CASE("front secure: RFC 7239 Forwarded gives the same list of addresses and
   // A quoted value may hold a comma or a semicolon: still one element.
   CHECK(f::forwarded_for_list(R"(for="_a,b;c", for=198.51.100.7)") == "unknown, 198.51.100.7");
   CHECK(f::forwarded_for_list("") == "");
+  // A quote a client left open would swallow what the proxy appended: the header is not read.
+  const std::string spoof = R"(for=198.51.100.9;proto=https;x=", for=203.0.113.5;proto=http)";
+  CHECK(f::forwarded_for_list(spoof) == "");
+  CHECK(f::forwarded_proto(spoof) == "");
 
   CHECK(f::forwarded_proto("for=192.0.2.60;proto=HTTPS") == "https");
   CHECK(f::forwarded_proto("for=1.2.3.4;proto=https, for=10.0.0.9;proto=http") == "http");  // the nearest proxy's
