@@ -186,9 +186,17 @@ std::shared_ptr<upstream_pool::waiter> upstream_pool::next_waiter_locked() {
   return std::move(next->first);
 }
 
-void upstream_pool::retire(std::unique_ptr<upstream_connection> conn) {
-  std::shared_ptr<upstream_connection> c(conn.release());
-  net::post(io_.context(c->context), [c]() mutable { c.reset(); });
+net::awaitable<void> upstream_pool::retire(std::unique_ptr<upstream_connection> conn) {
+  // Closed on its own context, and awaited: the connection opened in its place must not make one
+  // socket more than the pool's budget while this one is still open.
+  auto held = std::make_shared<std::unique_ptr<upstream_connection>>(std::move(conn));
+  auto& owner = io_.context((*held)->context);
+  co_await net::co_spawn(
+      owner, [held]() -> net::awaitable<void> {
+        held->reset();
+        co_return;
+      },
+      net::use_awaitable);
 }
 
 net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::acquire(
@@ -227,7 +235,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     other.pop_back();
     ++stats_.in_use;
     lk.unlock();
-    retire(std::move(c));
+    co_await retire(std::move(c));
     co_return co_await open_new(context, priority);
   }
   if (may_take && background) --stats_.background_in_use;

@@ -213,7 +213,8 @@ class upstream_pool {
   std::shared_ptr<waiter> next_waiter_locked();
   net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> open_new(std::size_t context,
                                                                                   pool_priority priority);
-  void retire(std::unique_ptr<upstream_connection> conn);
+  // Closes an idle connection of another context on that context; returns once it is closed.
+  net::awaitable<void> retire(std::unique_ptr<upstream_connection> conn);
 
   io_threads& io_;
   upstream_address address_;

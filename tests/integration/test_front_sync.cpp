@@ -539,11 +539,17 @@ TEST_CASE("live feeds: 50 PouchDB live syncs park in couchgate; every write reac
   // and memory once every feed is parked.
   std::atomic<bool> done{false};
   int max_sockets = 0;
+  std::string at_max;  // what the pools said when the most sockets were seen
   double max_front_open = 0, max_parked = 0;
   long rss_parked = -1;
   std::thread sampler([&] {
     while (!done.load()) {
-      max_sockets = std::max(max_sockets, connections_to_server(cg.pid()));
+      if (const int now = connections_to_server(cg.pid()); now > max_sockets) {
+        max_sockets = now;
+        at_max = "couchgate_couchdb_connections " +
+                 std::to_string(cg.metric("couchgate_couchdb_connections").value_or(-1)) +
+                 ", couchgate_front_upstream_open " + std::to_string(cg.metric("couchgate_front_upstream_open").value_or(-1));
+      }
       max_front_open = std::max(max_front_open, cg.metric("couchgate_front_upstream_open").value_or(0));
       const double parked = cg.metric("couchgate_front_feeds_parked").value_or(0);
       if (parked >= max_parked) {
@@ -565,7 +571,9 @@ TEST_CASE("live feeds: 50 PouchDB live syncs park in couchgate; every write reac
   CHECK(fanin_pool <= cfg["fanin"]["max_connections"].get<int>() + 2);
   MESSAGE("upstream sockets: at most " << max_sockets << " from couchgate (front pool " << pool << " + fan-in pool "
                                        << fanin_pool << "); front pool open at most " << max_front_open
-                                       << "; feeds parked at most " << max_parked);
+                                       << "; feeds parked at most " << max_parked << "; at the most: " << at_max
+                                       << "; peaks: couchgate_couchdb_connections_peak "
+                                       << cg.metric("couchgate_couchdb_connections_peak").value_or(-1));
   CHECK(max_parked >= clients);
   CHECK(max_front_open <= pool);
   CHECK(cg.metric("couchgate_front_upstream_peak").value_or(99) <= pool);
