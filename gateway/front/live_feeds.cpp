@@ -129,9 +129,12 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
   const std::string credential_key = session_cache::key_of(credential);
   const std::string cap_key = feed_owner(user, credential_key);
   auto waiter = std::make_shared<feed_waiter>(ex.stream.get_executor());
-  // Ends the parked wait from any thread: a wake, or the answer of a credential re-check.
-  const auto wake_me = [w = std::weak_ptr<feed_waiter>(waiter)] {
-    if (auto s = w.lock()) net::post(s->timer.get_executor(), [s] { s->timer.cancel(); });
+  // Ends the parked wait from any thread: a wake, or the answer of a credential re-check. The
+  // waiter is only looked at on its own thread, so it is never destroyed on the caller's.
+  const auto wake_me = [w = std::weak_ptr<feed_waiter>(waiter), on = waiter->timer.get_executor()] {
+    net::post(on, [w] {
+      if (auto s = w.lock()) s->timer.cancel();
+    });
   };
   const std::size_t estimate = sizeof(feed_state) + sizeof(feed_request) + sizeof(feed_waiter) +
                                request.since.capacity() + request.passthrough.capacity() + body.capacity() +

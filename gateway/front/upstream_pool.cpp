@@ -167,14 +167,17 @@ void upstream_pool::close() {
     waiters = waiters_.take_all();
     for (auto& w : waiters) w->st = waiter::state::closed;
   }
-  for (auto& w : waiters) wake(w);
+  for (auto& w : waiters) wake(std::move(w));
   // Called with the I/O threads stopped (or from the connection's own thread): no operation is
   // pending on an idle connection, so it may be destroyed here.
   idle.clear();
 }
 
-void upstream_pool::wake(const std::shared_ptr<waiter>& w) {
-  net::post(io_.context(w->context), [w] { w->timer.cancel(); });
+void upstream_pool::wake(std::shared_ptr<waiter> w) {
+  // The caller gives its reference away: the waiter (its timer belongs to its own context) is
+  // never destroyed here, on another thread, after its coroutine has ended.
+  auto& context = io_.context(w->context);
+  net::post(context, [w = std::move(w)] { w->timer.cancel(); });
 }
 
 std::shared_ptr<upstream_pool::waiter> upstream_pool::next_waiter_locked() {
@@ -186,17 +189,12 @@ std::shared_ptr<upstream_pool::waiter> upstream_pool::next_waiter_locked() {
   return std::move(next->first);
 }
 
-net::awaitable<void> upstream_pool::retire(std::unique_ptr<upstream_connection> conn) {
-  // Closed on its own context, and awaited: the connection opened in its place must not make one
-  // socket more than the pool's budget while this one is still open.
+void upstream_pool::retire(std::unique_ptr<upstream_connection> conn) {
+  // Destroyed on its own context, whichever reference to the holder goes last. (Not awaited: the
+  // connection opened in its place may overlap it by a moment, one socket over the budget.)
   auto held = std::make_shared<std::unique_ptr<upstream_connection>>(std::move(conn));
   auto& owner = io_.context((*held)->context);
-  co_await net::co_spawn(
-      owner, [held]() -> net::awaitable<void> {
-        held->reset();
-        co_return;
-      },
-      net::use_awaitable);
+  net::post(owner, [held] { held->reset(); });
 }
 
 net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream_pool::acquire(
@@ -235,7 +233,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     other.pop_back();
     ++stats_.in_use;
     lk.unlock();
-    co_await retire(std::move(c));
+    retire(std::move(c));
     co_return co_await open_new(context, priority);
   }
   if (may_take && background) --stats_.background_in_use;
@@ -320,7 +318,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
         --stats_.open;
       }
     }
-    if (next) wake(next);
+    if (next) wake(std::move(next));
     co_return result{std::nullopt, acquire_error::connect_failed};
   }
   conn->connected = true;
@@ -364,7 +362,7 @@ void upstream_pool::release(std::unique_ptr<upstream_connection> conn, bool reus
     }
   }
   drop.reset();  // on the connection's own thread: leases are released where they were used
-  if (next) wake(next);
+  if (next) wake(std::move(next));
 }
 
 }  // namespace couchgate::gateway::front

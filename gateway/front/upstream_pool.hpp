@@ -208,13 +208,13 @@ class upstream_pool {
   friend class upstream_lease;
   struct waiter;
   void release(std::unique_ptr<upstream_connection> conn, bool reusable, pool_priority priority);
-  void wake(const std::shared_ptr<waiter>& w);
+  void wake(std::shared_ptr<waiter> w);
   // The next waiter, counted as holding the slot (in_use, background_in_use); nullptr if none. Under mu_.
   std::shared_ptr<waiter> next_waiter_locked();
   net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> open_new(std::size_t context,
                                                                                   pool_priority priority);
-  // Closes an idle connection of another context on that context; returns once it is closed.
-  net::awaitable<void> retire(std::unique_ptr<upstream_connection> conn);
+  // Closes an idle connection of another context on that context (posted there).
+  void retire(std::unique_ptr<upstream_connection> conn);
 
   io_threads& io_;
   upstream_address address_;

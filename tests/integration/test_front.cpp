@@ -519,12 +519,17 @@ TEST_CASE("front door limits: 431, 413, slow headers cut off, auth failures 429,
   CHECK(cg.metric("couchgate_front_upstream_peak").value_or(99) <= 1);
   CHECK(cg.metric("couchgate_front_upstream_busy_total").value_or(0) >= 1);
   feed.reset();
+  // couchgate hears of the close when it next reads the upload: the connection is free after that.
+  CHECK(eventually([&] { return cg.metric("couchgate_front_upstream_in_use").value_or(1) == 0; }, std::chrono::seconds(10)));
 
   // Failed authentications from one address: after the limit, 429 with Retry-After, even with
   // the right password (the credential is not even checked).
   for (int i = 0; i < 3; ++i) {
-    CHECK(front_call(port, false, "GET", "/me", {{"Authorization", basic(users[0].name, "wrong-" + std::to_string(i))}})
-              .status == 401);
+    const auto wrong =
+        front_call(port, false, "GET", "/me", {{"Authorization", basic(users[0].name, "wrong-" + std::to_string(i))}});
+    CHECK_MESSAGE(wrong.status == 401, wrong.raw << " (front pool open " << cg.metric("couchgate_front_upstream_open").value_or(-1)
+                                                  << ", in use " << cg.metric("couchgate_front_upstream_in_use").value_or(-1)
+                                                  << ")");
   }
   auto limited = front_call(port, false, "GET", "/me", auth);
   CHECK(limited.status == 429);
