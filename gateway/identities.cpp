@@ -378,10 +378,10 @@ identity_answer identities::available(const std::string& name, const std::string
     const std::string key = f == unique_field::name ? policy::name_key(v.value) : v.value;
     auto r = client_.get_doc(cfg_.db, policy::reservation_id(f, key)).get();
     if (!r.ok() && r.error().kind != couch_error_kind::not_found) return false;
-    // A stale reservation (its intent rolled back or gone, its user absent) is released by the
-    // next claim: the value is available.
+    // A stale reservation (its intent rolled back or gone, its user absent: stale() read the user)
+    // is released by the next claim: the value is available.
     bool taken = r.ok() && !stale(r.value());
-    if (!taken && f == unique_field::name) {  // a user made without couchgate, not reserved yet
+    if (!r.ok() && f == unique_field::name) {  // a user made without couchgate, not reserved yet
       auto u = client_.get_doc(users_db_, policy::user_doc_id(v.value)).get();
       if (!u.ok() && u.error().kind != couch_error_kind::not_found) return false;
       taken = u.ok();

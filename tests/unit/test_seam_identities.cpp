@@ -112,6 +112,7 @@ TEST_CASE_FIXTURE(scripted_identities, "available: a name held by a stale reserv
   auto a = ids.available("alice", "");
   REQUIRE(a.status == 200);
   CHECK(a.body["name"]["available"] == true);
+  CHECK(s.count("GET", user_path) == 1);  // the user's absence, read once (by the stale check)
 
   state = "reserved";  // a sign-up between its reservations and its user: the name is not free
   a = ids.available("alice", "");
