@@ -2,13 +2,13 @@
 #include "gateway/admin_api.hpp"
 
 #include <algorithm>
-#include <cctype>
 #include <exception>
 
 #include "gateway/front/http_server.hpp"
 #include "gateway/front/io_threads.hpp"
 #include "gateway/front/responses.hpp"
 #include "gateway/front/route.hpp"
+#include "replicator/transport/header_text.hpp"
 
 namespace couchgate::gateway {
 
@@ -27,13 +27,10 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 admin_access authorize(std::string_view path, std::string_view authorization_header, std::string_view token) {
   if (token.empty() || path == "/healthz" || path == "/readyz") return admin_access::allowed;
   constexpr std::string_view scheme = "bearer ";
-  if (authorization_header.size() <= scheme.size()) return admin_access::missing_token;
-  for (std::size_t i = 0; i < scheme.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(authorization_header[i])) != scheme[i]) return admin_access::missing_token;
+  if (authorization_header.size() <= scheme.size() || !replicator::starts_with_ascii_ci(authorization_header, scheme)) {
+    return admin_access::missing_token;
   }
-  std::string_view presented = authorization_header.substr(scheme.size());
-  while (!presented.empty() && presented.front() == ' ') presented.remove_prefix(1);
-  while (!presented.empty() && (presented.back() == ' ' || presented.back() == '\t')) presented.remove_suffix(1);
+  const std::string_view presented = replicator::trim_ows(authorization_header.substr(scheme.size()));
   return constant_time_equal(presented, token) ? admin_access::allowed : admin_access::wrong_token;
 }
 
@@ -132,7 +129,7 @@ struct admin_api::impl {
     }
     if (req.method() == http::verb::head) a.body.clear();
     a.headers.emplace_back("Content-Type", a.content_type);
-    const bool ok = co_await write_response(ex.stream, a.status, std::move(a.body), keep, limits.idle_timeout, a.headers);
+    const bool ok = co_await write_response(ex.stream, a.status, std::move(a.body), ex.keep_alive(keep), limits.idle_timeout, a.headers);
     co_return ok && keep;
   }
 };

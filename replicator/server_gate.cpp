@@ -4,9 +4,10 @@
 #include <time.h>
 
 #include <algorithm>
-#include <cctype>
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "replicator/transport/header_text.hpp"
 
 namespace couchgate::replicator {
 
@@ -91,10 +92,7 @@ bool is_credential_rejection(long status, std::string_view target, std::string_v
 }
 
 std::optional<milliseconds> parse_retry_after(std::string_view value, std::chrono::system_clock::time_point now) {
-  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
-  while (!value.empty() && (value.back() == ' ' || value.back() == '\t' || value.back() == '\r' || value.back() == '\n')) {
-    value.remove_suffix(1);
-  }
+  value = trim_ows(value);
   if (value.empty()) return std::nullopt;
   if (std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     if (value.size() > 9) return milliseconds{999'999'999LL * 1000};  // absurdly long: the caller caps it

@@ -3,7 +3,8 @@
 #include "gateway/front/cors.hpp"
 
 #include <algorithm>
-#include <cctype>
+
+#include "replicator/transport/header_text.hpp"
 
 namespace couchgate::gateway::front {
 namespace {
@@ -21,12 +22,6 @@ const std::vector<std::string> simple_headers{"cache-control", "content-language
                                               "expires",       "last-modified",    "pragma"};
 const std::vector<std::string> couch_headers{"accept-ranges",      "etag", "server", "x-couch-request-id",
                                              "x-couch-update-newrev", "x-couchdb-body-time"};
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
 
 bool contains(const std::vector<std::string>& list, std::string_view value) {
   return std::find(list.begin(), list.end(), value) != list.end();
@@ -77,7 +72,7 @@ cors_policy make_cors_policy(const front_cors_config& cfg) {
   if (cfg.headers.empty()) {
     p.headers = default_headers;
   } else {
-    for (const auto& h : cfg.headers) p.headers.push_back(lower(h));
+    for (const auto& h : cfg.headers) p.headers.push_back(replicator::lower_ascii(h));
   }
   p.max_age = cfg.max_age;
   return p;
@@ -92,7 +87,7 @@ std::optional<cors_headers> cors_preflight(const cors_policy& p, const cors_requ
   if (r.request_headers && !r.request_headers->empty()) {
     requested = *r.request_headers;
     for (const auto& h : split_headers(requested)) {
-      if (!contains(p.headers, lower(h))) return std::nullopt;
+      if (!contains(p.headers, replicator::lower_ascii(h))) return std::nullopt;
     }
   }
   cors_headers h{{"Access-Control-Allow-Origin", origin},
@@ -112,7 +107,7 @@ cors_headers cors_answer_headers(const cors_policy& p, const std::optional<std::
   // then CouchDB's own headers.
   std::vector<std::string> exposed{"content-type"};
   for (const auto& name : answer_header_names) {
-    const std::string n = lower(name);
+    const std::string n = replicator::lower_ascii(name);
     if (n != "content-type" && contains(simple_headers, n)) exposed.push_back(n);
   }
   exposed.insert(exposed.end(), couch_headers.begin(), couch_headers.end());

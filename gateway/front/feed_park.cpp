@@ -4,9 +4,9 @@
 #include "gateway/front/feed_memo.hpp"
 
 #include <algorithm>
-#include <cctype>
 #include <charconv>
 
+#include "replicator/transport/header_text.hpp"
 #include "replicator/transport/http_pool.hpp"
 
 namespace couchgate::gateway::front {
@@ -22,9 +22,7 @@ std::optional<std::string> form_decode(std::string_view raw) {
 // A query parameter's key as CouchDB reads it (chttpd_db:parse_changes_query): decoded, then
 // lower-cased ("Feed", "%66eed" and "feed" are one key). An undecodable key stays as it came.
 std::string key_as_couchdb_reads_it(std::string_view raw) {
-  std::string out = form_decode(raw).value_or(std::string(raw));
-  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
+  return replicator::lower_ascii(form_decode(raw).value_or(std::string(raw)));
 }
 
 // A live `feed` value (CouchDB's "live" is continuous); nullopt for any other.

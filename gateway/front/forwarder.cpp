@@ -247,7 +247,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
     const header_list all = with_cors(options_.cors, req, std::move(headers));
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep_if_answered_now,
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, ex.keep_alive(keep_if_answered_now),
                                               client_timeout(), all);
     co_return ok && keep_if_answered_now;
   };
@@ -291,7 +291,7 @@ net::awaitable<bool> forwarder::dispatch(server_exchange& ex, const route& rt, o
                           header_value(req, "Access-Control-Request-Headers")};
     if (auto preflight = cors_preflight(options_.cors, cr)) {
       out.status = 204;
-      const bool ok = co_await write_response(ex.stream, http::status::no_content, {}, keep_if_answered_now,
+      const bool ok = co_await write_response(ex.stream, http::status::no_content, {}, ex.keep_alive(keep_if_answered_now),
                                               client_timeout(), *preflight);
       co_return ok && keep_if_answered_now;
     }
@@ -620,7 +620,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
     const header_list all = with_cors(options_.cors, req, std::move(headers));
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, ex.keep_alive(keep), client_timeout(), all);
     co_return ok && keep;
   };
 
@@ -657,7 +657,7 @@ net::awaitable<bool> forwarder::serve_local(server_exchange& ex, const route& rt
       net::use_awaitable);
   out.status = a.status;
   const header_list headers = with_cors(options_.cors, req, std::move(a.headers));
-  const bool ok = co_await write_response(ex.stream, static_cast<http::status>(a.status), std::move(a.body), keep,
+  const bool ok = co_await write_response(ex.stream, static_cast<http::status>(a.status), std::move(a.body), ex.keep_alive(keep),
                                           client_timeout(), headers);
   co_return ok && keep;
 }
@@ -673,7 +673,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, next_step& next, ou
     out.status = static_cast<unsigned>(status);
     const bool keep = req.keep_alive() && ex.parser.is_done();
     const header_list all = with_cors(options_.cors, req, std::move(headers));
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, ex.keep_alive(keep), client_timeout(), all);
     co_return ok && keep;
   };
 
@@ -796,6 +796,7 @@ net::awaitable<bool> forwarder::forward(server_exchange& ex, next_step& next, ou
     } else {
       client_keep = false;  // HTTP/1.0 client, length unknown: the end of the body is the end of the connection
     }
+    client_keep = ex.keep_alive(client_keep);
     res.keep_alive(client_keep);
     out.status = status;
     // The write is committed (a 202 may not be everywhere yet, batch=ok's not at all; a read of

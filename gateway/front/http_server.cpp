@@ -247,6 +247,7 @@ net::awaitable<void> http_server::serve(any_stream& stream, beast::flat_buffer& 
     // needed while the answer is awaited (a queued request, a parked live feed).
     if (parser.is_done() && buffer.size() == 0) buffer.shrink_to_fit();
     server_exchange exchange{stream, buffer, parser, info};
+    exchange.draining = &draining_;
     bool keep = false;
     {
       open_guard busy(counters_.busy);

@@ -42,7 +42,13 @@ struct server_exchange {
   std::string client{};
   // Arrived over TLS, or from a trusted proxy that says so; decided by the handler.
   bool secure = false;
+  // Set while the server drains (a stop, http_server::begin_drain).
+  const std::atomic<bool>* draining = nullptr;
   const std::string& client_or_peer() const { return client.empty() ? conn.peer : client; }
+  // Whether an answer written now may keep the connection open: what the handler would (`wanted`),
+  // unless the server drains: then it says `Connection: close`, so that the client sends its next
+  // request on a new connection (elsewhere) rather than racing the close of this one.
+  bool keep_alive(bool wanted) const { return wanted && !(draining != nullptr && draining->load()); }
 };
 
 // True when the connection may carry another request (response complete, body consumed).

@@ -88,7 +88,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
                           header_list headers = {}) -> net::awaitable<bool> {
     out.status = static_cast<unsigned>(status);
     const header_list all = with_cors(options_.cors, req, std::move(headers));
-    const bool ok = co_await write_json_error(ex.stream, status, error, reason, keep, client_timeout(), all);
+    const bool ok = co_await write_json_error(ex.stream, status, error, reason, ex.keep_alive(keep), client_timeout(), all);
     co_return ok && keep;
   };
 
@@ -175,6 +175,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
             request.kind == feed_kind::eventsource ? "text/event-stream" : "application/json");
     res.set(http::field::cache_control, "must-revalidate");
     res.chunked(true);
+    keep = ex.keep_alive(keep);
     res.keep_alive(keep);
     // couchgate writes this answer, not CouchDB: CORS headers as for its other own answers.
     for (auto& [name, value] : with_cors(options_.cors, req, {})) res.set(name, value);
@@ -209,7 +210,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
       out.status = 200;
       const header_list headers =
           with_cookie(with_cors(options_.cors, req, one_header("Cache-Control", "must-revalidate")));
-      const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), keep, client_timeout(), headers);
+      const bool ok = co_await write_response(ex.stream, http::status::ok, std::move(text), ex.keep_alive(keep), client_timeout(), headers);
       co_return ok && keep;
     }
     if (!co_await send_chunk(std::move(text))) co_return false;

@@ -1,25 +1,16 @@
 // Owns: the secure-request decision (see secure_request.hpp).
 #include "gateway/front/secure_request.hpp"
 
-#include <cctype>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "replicator/transport/header_text.hpp"
+
 namespace couchgate::gateway::front {
 namespace {
-// A list element without the optional white space (spaces, tabs) around it.
-std::string_view trim_ows(std::string_view v) {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  return v;
-}
-
-std::string lower_ascii(std::string_view v) {
-  std::string out;
-  for (const char c : v) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
+using replicator::lower_ascii;
+using replicator::trim_ows;
 
 // Splits at `sep` outside quoted strings (a quoted value may hold either separator); nullopt when
 // a quote is left open (a client's open quote would swallow what a proxy appended after it).

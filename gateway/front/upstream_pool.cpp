@@ -57,11 +57,12 @@ void note_keep_alive(upstream_connection& conn, std::string_view header) {
 namespace {
 // An idle connection the server has closed (or that has unexpected bytes waiting) reads as
 // readable; a live idle one would block. Checked before reuse, without blocking.
-bool still_open(upstream_connection& c) {
+bool still_open_fd(int fd) {
   char byte;
-  const ssize_t n = ::recv(c.stream.tcp().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
+bool still_open(upstream_connection& c) { return still_open_fd(c.stream.tcp().socket().native_handle()); }
 }  // namespace
 
 // A plain connection freed on one I/O thread for a waiter on another: its socket, detached on
@@ -91,8 +92,11 @@ struct upstream_pool::waiter {
 };
 
 namespace {
-// Detaches the socket of a plain, idle connection (on the connection's own thread); nullopt when
-// it cannot move (TLS: the session lives in the stream; bytes left in its buffer; an error).
+// Detaches the socket of a plain, idle connection; nullopt when it cannot move (TLS: the session
+// lives in the stream; bytes left in its buffer; an error). Any thread may detach a connection
+// the pool holds (idle or just released: no operation is pending on its socket and nothing else
+// reaches it); what is left of it is destroyed on its own thread (retire), where its stream's
+// timer lives.
 std::optional<moved_socket> detach(upstream_connection& c) {
   if (c.stream.is_tls() || c.buffer.size() > 0) return std::nullopt;
   error_code ec;
@@ -190,8 +194,9 @@ std::shared_ptr<upstream_pool::waiter> upstream_pool::next_waiter_locked() {
 }
 
 void upstream_pool::retire(std::unique_ptr<upstream_connection> conn) {
-  // Destroyed on its own context, whichever reference to the holder goes last. (Not awaited: the
-  // connection opened in its place may overlap it by a moment, one socket over the budget.)
+  // Destroyed on its own context, whichever reference to the holder goes last. (Not awaited: a
+  // TLS connection's replacement may overlap it by a moment, one socket over the budget; a plain
+  // one arrives here with its socket already moved.)
   auto held = std::make_shared<std::unique_ptr<upstream_connection>>(std::move(conn));
   auto& owner = io_.context((*held)->context);
   net::post(owner, [held] { held->reset(); });
@@ -227,13 +232,28 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     lk.unlock();
     co_return co_await open_new(context, priority);
   }
-  for (auto& other : idle_) {  // an idle connection on another context: trade it for a new one here
+  for (auto& other : idle_) {  // an idle connection on another context: it comes here
     if (!may_take || other.empty()) continue;
     auto c = std::move(other.back());
     other.pop_back();
     ++stats_.in_use;
+    // A plain one moves with its socket (no new connection to CouchDB, and never one socket over
+    // the budget while the old closes); a TLS one (its session lives in its stream) or one the
+    // server closed is closed on its own thread, and a new one opens here.
+    const auto limit = c->server_idle_limit.count() > 0 ? std::min(idle_limit_, c->server_idle_limit) : idle_limit_;
+    std::optional<moved_socket> moved = detach(*c);
+    if (moved && (now - c->idle_since > limit || !still_open_fd(moved->fd))) {
+      ::close(std::exchange(moved->fd, -1));
+      moved.reset();
+    }
+    if (moved) ++stats_.moved;
     lk.unlock();
-    retire(std::move(c));
+    retire(std::move(c));  // with its socket detached, only the stream's shell is left to destroy
+    if (moved) {
+      if (auto adopted = adopt(moved->fd, *moved, io_.context(context), context)) {
+        co_return result{upstream_lease(this, std::move(adopted), priority), acquire_error::none};
+      }
+    }
     co_return co_await open_new(context, priority);
   }
   if (may_take && background) --stats_.background_in_use;

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <deque>
 #include <limits>
@@ -16,6 +15,7 @@
 
 #include "replicator/logger.hpp"
 #include "replicator/outage.hpp"
+#include "replicator/transport/header_text.hpp"
 
 namespace couchgate::replicator {
 
@@ -38,14 +38,8 @@ struct transfer {
 // The value of header line `line` when its name is `name` (lower case, with the colon); nullopt
 // otherwise.
 std::optional<std::string_view> header_value(std::string_view line, std::string_view name) {
-  if (line.size() <= name.size()) return std::nullopt;
-  for (std::size_t i = 0; i < name.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return std::nullopt;
-  }
-  std::string_view v = line.substr(name.size());
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
-  return v;
+  if (line.size() <= name.size() || !starts_with_ascii_ci(line, name)) return std::nullopt;
+  return trim_ows(line.substr(name.size()));
 }
 
 // Keeps the two headers couchgate reads: Retry-After, and a Set-Cookie of CouchDB's session

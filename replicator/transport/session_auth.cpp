@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "replicator/logger.hpp"
+#include "replicator/transport/header_text.hpp"
 
 namespace couchgate::replicator {
 
@@ -16,21 +17,6 @@ std::shared_ptr<spdlog::logger> log() {
   return l;
 }
 
-bool iequals_prefix(std::string_view s, std::string_view lower_prefix) {
-  if (s.size() < lower_prefix.size()) return false;
-  for (std::size_t i = 0; i < lower_prefix.size(); ++i) {
-    char c = s[i];
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    if (c != lower_prefix[i]) return false;
-  }
-  return true;
-}
-
-std::string_view trim(std::string_view v) {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r' || v.back() == '\n')) v.remove_suffix(1);
-  return v;
-}
 }  // namespace
 
 const char* to_string(auth_mode m) {
@@ -52,11 +38,11 @@ session_options session_options_for(std::string username, std::string password, 
 }
 
 std::optional<session_cookie> parse_session_cookie(std::string_view set_cookie) {
-  set_cookie = trim(set_cookie);
+  set_cookie = trim_ows(set_cookie);
   constexpr std::string_view name = "AuthSession=";
   if (!set_cookie.starts_with(name)) return std::nullopt;
   const auto semi = set_cookie.find(';');
-  std::string_view pair = trim(set_cookie.substr(0, semi));
+  std::string_view pair = trim_ows(set_cookie.substr(0, semi));
   if (pair.size() == name.size()) return std::nullopt;  // "AuthSession=": the server ended the session
   for (char c : pair) {
     if (static_cast<unsigned char>(c) < 0x21 || c == 0x7f) return std::nullopt;  // no header injection
@@ -66,9 +52,9 @@ std::optional<session_cookie> parse_session_cookie(std::string_view set_cookie) 
   std::string_view rest = semi == std::string_view::npos ? std::string_view() : set_cookie.substr(semi + 1);
   while (!rest.empty()) {
     const auto next = rest.find(';');
-    std::string_view attr = trim(rest.substr(0, next));
+    std::string_view attr = trim_ows(rest.substr(0, next));
     rest = next == std::string_view::npos ? std::string_view() : rest.substr(next + 1);
-    if (!iequals_prefix(attr, "max-age=")) continue;
+    if (!starts_with_ascii_ci(attr, "max-age=")) continue;
     std::string_view v = attr.substr(8);
     long long secs = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);

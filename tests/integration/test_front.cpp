@@ -1790,7 +1790,9 @@ TEST_CASE("front door stop: a request in flight at SIGTERM is answered; one held
                            json{{"couchdb", {{"url", proxy.url()}}}}, proxy_env(proxy));
     const auto users = provisioned_users(n, 1);
     const header_list alice{{"Authorization", basic(users[0].name, users[0].password)}};
-    REQUIRE(front_call(run.port, false, "GET", "/me", alice).status == 200);
+    const auto before = front_call(run.port, false, "GET", "/me", alice);
+    REQUIRE(before.status == 200);
+    CHECK(std::string(before.headers[http::field::connection]) != "close");  // kept alive before the stop
     // A kept-alive connection, idle when the stop comes.
     auto idle = std::make_unique<keep_alive_connection>(run.port, alice.front().second);
     REQUIRE(idle->exchange(http::verb::get, "/me").result_int() == 200);
@@ -1813,6 +1815,8 @@ TEST_CASE("front door stop: a request in flight at SIGTERM is answered; one held
     proxy.hold({});
     const auto reply = put.get();
     CHECK_MESSAGE(reply.status == 201, reply.raw);
+    // Answered while draining: the answer says the connection ends (no request races its close).
+    CHECK(std::string(reply.headers[http::field::connection]) == "close");
     CHECK(stopped.get() == 0);
     CHECK_MESSAGE(run.process->log().find("request(s) in flight at the stop were answered") != std::string::npos,
                   tail(run.process->log()));

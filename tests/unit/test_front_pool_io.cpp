@@ -67,6 +67,30 @@ class local_server {
   std::thread thread_;
 };
 
+f::upstream_address address_of(const local_server& server) {
+  f::upstream_address a;
+  a.host = "127.0.0.1";
+  a.port = std::to_string(server.port());
+  a.host_header = a.host + ":" + a.port;
+  return a;
+}
+
+// Two I/O threads and a pool of one connection to a local server.
+struct two_threads {
+  f::io_threads io{2};
+  local_server server;
+  f::upstream_pool pool{io, address_of(server), 1, 5000ms, 5000ms, nullptr};
+  // Starts the threads; false (the test has nothing to check) on one core, with one I/O thread.
+  bool started() {
+    if (io.size() < 2) {
+      MESSAGE("one core, one I/O thread: no connection ever moves between threads");
+      return false;
+    }
+    io.start();
+    return true;
+  }
+};
+
 // One request over the lease's connection; true when it was answered 200 (and kept for reuse).
 net::awaitable<bool> exchange(f::upstream_lease& lease) {
   auto& c = lease.conn();
@@ -95,18 +119,9 @@ bool wait_for(Pred p, std::chrono::milliseconds deadline) {
 }  // namespace
 
 TEST_CASE("front upstream: a plain connection freed on one I/O thread goes to a waiter on another without a new connection") {
-  f::io_threads io(2);
-  if (io.size() < 2) {
-    MESSAGE("one core, one I/O thread: no connection ever moves between threads");
-    return;
-  }
-  local_server server;
-  f::upstream_address a;
-  a.host = "127.0.0.1";
-  a.port = std::to_string(server.port());
-  a.host_header = a.host + ":" + a.port;
-  f::upstream_pool pool(io, a, 1, 5000ms, 5000ms, nullptr);
-  io.start();
+  two_threads fx;
+  if (!fx.started()) return;
+  auto& [io, server, pool] = fx;
 
   // A (thread 0) holds the only connection until told to let it go; B (thread 1) waits for one.
   std::promise<bool> a_done, b_done;
@@ -154,4 +169,52 @@ TEST_CASE("front upstream: a plain connection freed on one I/O thread goes to a 
   CHECK(st.in_use == 0);
   io.stop();     // the I/O threads first: close() then destroys the idle connections of every
   pool.close();  // context from this thread, with nothing running on them (front_door::stop's order)
+}
+
+TEST_CASE("front upstream: an idle connection of another I/O thread moves to a request with its socket, the budget held") {
+  two_threads fx;
+  if (!fx.started()) return;
+  auto& [io, server, pool] = fx;
+
+  // One exchange on thread 0 leaves the pool's only connection idle there; a request on thread 1
+  // then takes it: its socket moves (one connection accepted in all), and the pool never counts
+  // more than its one socket open.
+  auto run_on = [&](std::size_t ctx) {
+    std::promise<std::pair<bool, std::size_t>> done;
+    auto f = done.get_future();
+    net::co_spawn(io.context(ctx), [&, ctx]() -> net::awaitable<void> {
+      auto got = co_await pool.acquire(ctx);
+      bool ok = got.first.has_value();
+      std::size_t where = 99;
+      if (ok) {
+        where = got.first->conn().context;
+        ok = co_await exchange(*got.first);
+      }
+      got.first.reset();
+      done.set_value({ok, where});
+    }, net::detached);
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    return f.get();
+  };
+  const auto first = run_on(0);
+  CHECK(first.first);
+  CHECK(first.second == 0);
+  const auto second = run_on(1);
+  CHECK(second.first);
+  CHECK(second.second == 1);
+  const auto st = pool.stats();
+  CHECK(st.moved == 1);
+  CHECK(st.connects == 1);
+  CHECK(server.accepted() == 1);
+  CHECK(st.peak_open == 1);
+  CHECK(st.open == 1);
+  CHECK(st.in_use == 0);
+  // And back: the connection now idle on thread 1 serves thread 0 the same way.
+  const auto third = run_on(0);
+  CHECK(third.first);
+  CHECK(third.second == 0);
+  CHECK(pool.stats().connects == 1);
+  CHECK(server.accepted() == 1);
+  io.stop();
+  pool.close();
 }
