@@ -8,6 +8,9 @@ namespace couchgate::gateway::front {
 io_threads::io_threads(std::size_t threads) {
   const std::size_t cores = std::max<std::size_t>(1, std::thread::hardware_concurrency());
   const std::size_t n = threads == 0 ? cores : std::min(threads, cores);
+  // Hint 1 (one thread runs each), which keeps Asio's locking: other threads post to a context and
+  // the upstream pool detaches an idle socket of one context from another's thread (never an
+  // UNSAFE hint here).
   for (std::size_t i = 0; i < n; ++i) contexts_.push_back(std::make_unique<net::io_context>(1));
 }
 

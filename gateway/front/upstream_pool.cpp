@@ -96,7 +96,11 @@ namespace {
 // lives in the stream; bytes left in its buffer; an error). Any thread may detach a connection
 // the pool holds (idle or just released: no operation is pending on its socket and nothing else
 // reaches it); what is left of it is destroyed on its own thread (retire), where its stream's
-// timer lives.
+// timer lives. Why another thread may: Asio deregisters the descriptor from its owner's reactor
+// under that reactor's locks (io_threads makes every context with the locking hint 1: an
+// UNSAFE concurrency hint there would make this a data race), and a Beast timeout handler still
+// queued on the owner after the connection's last exchange sees a cancelled or stale timer and
+// never touches the socket.
 std::optional<moved_socket> detach(upstream_connection& c) {
   if (c.stream.is_tls() || c.buffer.size() > 0) return std::nullopt;
   error_code ec;
@@ -241,16 +245,17 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     // the budget while the old closes); a TLS one (its session lives in its stream) or one the
     // server closed is closed on its own thread, and a new one opens here.
     const auto limit = c->server_idle_limit.count() > 0 ? std::min(idle_limit_, c->server_idle_limit) : idle_limit_;
+    lk.unlock();  // `c` is ours alone now: its system calls need no lock
     std::optional<moved_socket> moved = detach(*c);
     if (moved && (now - c->idle_since > limit || !still_open_fd(moved->fd))) {
       ::close(std::exchange(moved->fd, -1));
       moved.reset();
     }
-    if (moved) ++stats_.moved;
-    lk.unlock();
     retire(std::move(c));  // with its socket detached, only the stream's shell is left to destroy
     if (moved) {
       if (auto adopted = adopt(moved->fd, *moved, io_.context(context), context)) {
+        std::lock_guard counted(mu_);
+        ++stats_.moved;
         co_return result{upstream_lease(this, std::move(adopted), priority), acquire_error::none};
       }
     }

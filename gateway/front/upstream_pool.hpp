@@ -6,9 +6,10 @@
 // goes to the waiter whose wait ends first (FIFO among equals): a plain request that gives up
 // after the pool's short wait is not stuck behind a thousand live feeds' first checks, which
 // may wait up to their own timeout (issue 14); a feed near its end moves up in turn. A connection
-// is used on the I/O context it lives on; one freed for a waiter on another context moves there
-// with its socket (plain HTTP; a TLS connection's session lives in its stream, so the waiter gets
-// the socket budget instead and opens its own). Idle connections older than idle_limit are
+// is used on the I/O context it lives on; one freed for a waiter on another context, or idle
+// there when a request on another context finds the pool full, moves with its socket (plain
+// HTTP; a TLS connection's session lives in its stream, so the other context gets the socket
+// budget instead and opens its own). Idle connections older than idle_limit are
 // closed rather than reused (the server may have dropped them).
 //
 // The pool knows nothing of requests: a lease is held exactly while one request/response
@@ -178,7 +179,7 @@ struct upstream_stats {
   std::uint64_t wait_timeouts = 0;
   std::uint64_t connect_failures = 0;
   std::uint64_t connects = 0;  // connections opened (attempts), the first ones and every reopening
-  std::uint64_t moved = 0;     // freed connections handed to a waiter on another I/O thread
+  std::uint64_t moved = 0;     // connections (freed or idle) moved with their socket to another I/O thread
 };
 
 enum class acquire_error { none, timeout, connect_failed, closed };
@@ -213,7 +214,8 @@ class upstream_pool {
   std::shared_ptr<waiter> next_waiter_locked();
   net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> open_new(std::size_t context,
                                                                                   pool_priority priority);
-  // Closes an idle connection of another context on that context (posted there).
+  // Destroys a connection of another context on that context (posted there): a plain one with its
+  // socket already moved out (only the stream's shell is left), or one closed with its socket.
   void retire(std::unique_ptr<upstream_connection> conn);
 
   io_threads& io_;
