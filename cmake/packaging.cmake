@@ -44,6 +44,9 @@ install(FILES ${CMAKE_SOURCE_DIR}/deploy/couchgate.example.yaml DESTINATION /etc
 install(FILES ${COUCHGATE_PKG_DIR}/couchgate.8.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man8)
 install(FILES ${CMAKE_SOURCE_DIR}/deploy/debian/copyright ${COUCHGATE_PKG_DIR}/changelog.Debian.gz
         DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/couchgate)
+# For the operator's Prometheus and Grafana (README, Operations).
+install(FILES ${CMAKE_SOURCE_DIR}/deploy/prometheus-alerts.yml ${CMAKE_SOURCE_DIR}/deploy/grafana-dashboard.json
+        DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/couchgate)
 
 # ---- CPack: `cd build && cpack -G DEB` --------------------------------------------------
 set(CPACK_GENERATOR DEB)

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <iterator>
 #include <regex>
 #include <set>
 #include <vector>
@@ -109,6 +110,23 @@ int free_port() {
   return ntohs(addr.sin_port);
 }
 
+// The couchgate series a PromQL text names (a histogram by its family: `_bucket` dropped).
+std::set<std::string> series_named_in(const std::string& text) {
+  static const std::regex series_name("couchgate_[a-z0-9_]+");
+  std::set<std::string> out;
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), series_name); it != std::sregex_iterator(); ++it) {
+    std::string name = it->str();
+    if (name.ends_with("_bucket")) name.resize(name.size() - 7);
+    out.insert(name);
+  }
+  return out;
+}
+
+// Whether the /metrics text declares the family `name`.
+bool exports(const std::string& metrics_text, const std::string& name) {
+  return metrics_text.find("# TYPE " + name + " ") != std::string::npos;
+}
+
 std::string joined(const std::vector<std::string>& lines) {
   std::string out;
   for (const auto& l : lines) out += l + "\n";
@@ -123,8 +141,10 @@ TEST_CASE("metrics: promtool check metrics accepts /metrics of a daemon that pro
 
   auto n = fresh_names("promtool");
   json cfg = base_config(n);
-  // The front door too (plain HTTP on a free loopback port), so its families are checked as well.
+  // The front door and sign-up too (plain HTTP on a free loopback port), so their families are
+  // checked as well.
   cfg["front"] = {{"enabled", true}, {"allow_insecure", true}, {"address", "127.0.0.1"}, {"port", 0}};
+  cfg["identities"] = {{"enabled", true}, {"db", n.state + "-ids"}};
   couchgate_process cg(cfg);
   cg.start();
   REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
@@ -168,13 +188,7 @@ TEST_CASE("metrics: promtool check metrics accepts /metrics of a daemon that pro
   std::set<std::string> plotted;
   for (const auto& panel : dashboard["panels"]) {
     for (const auto& target : panel["targets"]) {
-      const std::string expr = target["expr"].get<std::string>();
-      static const std::regex metric_name("couchgate_[a-z0-9_]+");
-      for (auto it = std::sregex_iterator(expr.begin(), expr.end(), metric_name); it != std::sregex_iterator(); ++it) {
-        std::string name = it->str();
-        if (name.ends_with("_bucket")) name.resize(name.size() - 7);
-        plotted.insert(name);
-      }
+      plotted.merge(series_named_in(target["expr"].get<std::string>()));
     }
   }
   CHECK(plotted.size() >= 10);
@@ -187,8 +201,28 @@ TEST_CASE("metrics: promtool check metrics accepts /metrics of a daemon that pro
     CHECK(plotted.count(name) == 1);
   }
   for (const auto& name : plotted) {
-    const bool exported = metrics.raw.find("# TYPE " + name + " ") != std::string::npos;
-    CHECK_MESSAGE(exported, "deploy/grafana-dashboard.json plots " << name << ", which /metrics does not export");
+    CHECK_MESSAGE(exports(metrics.raw, name), "deploy/grafana-dashboard.json plots " << name << ", which /metrics does not export");
+  }
+
+  // deploy/prometheus-alerts.yml: valid rules, each firing when tests/alerts/alerts.test.yml says
+  // (and none on a healthy daemon), on series this daemon exports.
+  const std::string rules = std::string(COUCHGATE_SOURCE_DIR) + "/deploy/prometheus-alerts.yml";
+  {
+    auto [status, out] = shell("promtool check rules " + rules + " 2>&1");
+    INFO("promtool said:\n" << out);
+    CHECK(status == 0);
+  }
+  {
+    auto [status, out] = shell("cd " + std::string(COUCHGATE_SOURCE_DIR) + " && promtool test rules tests/alerts/alerts.test.yml 2>&1");
+    INFO("promtool said:\n" << out);
+    CHECK(status == 0);
+  }
+  std::ifstream rules_file(rules);
+  const std::set<std::string> alerted =
+      series_named_in(std::string((std::istreambuf_iterator<char>(rules_file)), std::istreambuf_iterator<char>()));
+  CHECK(alerted.size() >= 15);
+  for (const auto& name : alerted) {
+    CHECK_MESSAGE(exports(metrics.raw, name), "deploy/prometheus-alerts.yml names " << name << ", which /metrics does not export");
   }
   CHECK(cg.terminate() == 0);
 }

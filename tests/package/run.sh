@@ -73,7 +73,8 @@ fi
 # ---- files
 dpkg-deb -c "$deb" | awk '{print $NF}' >"$work/files"
 for f in ./usr/bin/couchgate ./lib/systemd/system/couchgate.service ./etc/couchgate/couchgate.yaml \
-         ./usr/share/man/man8/couchgate.8.gz ./usr/share/doc/couchgate/copyright ./usr/share/doc/couchgate/changelog.Debian.gz; do
+         ./usr/share/man/man8/couchgate.8.gz ./usr/share/doc/couchgate/copyright ./usr/share/doc/couchgate/changelog.Debian.gz \
+         ./usr/share/couchgate/prometheus-alerts.yml ./usr/share/couchgate/grafana-dashboard.json; do
   grep -qx "$f" "$work/files" || fail "the package lacks $f; it has:"$'\n'"$(cat "$work/files")"
 done
 
