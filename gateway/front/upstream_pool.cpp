@@ -57,16 +57,23 @@ void note_keep_alive(upstream_connection& conn, std::string_view header) {
 namespace {
 // An idle connection the server has closed (or that has unexpected bytes waiting) reads as
 // readable; a live idle one would block. Checked before reuse, without blocking.
-bool still_open_fd(int fd) {
+bool still_open(upstream_connection& c) {
   char byte;
-  const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  const ssize_t n = ::recv(c.stream.tcp().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
-bool still_open(upstream_connection& c) { return still_open_fd(c.stream.tcp().socket().native_handle()); }
+
+// Whether an idle connection may carry another request: idle no longer than the pool's limit
+// (or the server's announced one, when shorter) and not closed by the server.
+bool fit_for_reuse(upstream_connection& c, std::chrono::milliseconds pool_limit, std::chrono::steady_clock::time_point now) {
+  const auto limit = c.server_idle_limit.count() > 0 ? std::min(pool_limit, c.server_idle_limit) : pool_limit;
+  return now - c.idle_since <= limit && still_open(c);
+}
 }  // namespace
 
-// A plain connection freed on one I/O thread for a waiter on another: its socket, detached on
-// its own thread, is adopted on the waiter's (no new TCP connection to CouchDB).
+// A plain connection freed on one I/O thread for a waiter on another, or idle there when a
+// request on another finds the pool full: its socket, detached, is adopted on the other thread
+// (no new TCP connection to CouchDB).
 struct moved_socket {
   tcp::socket::native_handle_type fd = -1;
   tcp protocol = tcp::v4();
@@ -220,8 +227,7 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
   while (may_take && !idle.empty()) {
     auto c = std::move(idle.back());
     idle.pop_back();
-    const auto limit = c->server_idle_limit.count() > 0 ? std::min(idle_limit_, c->server_idle_limit) : idle_limit_;
-    if (now - c->idle_since > limit || !still_open(*c)) {
+    if (!fit_for_reuse(*c, idle_limit_, now)) {
       --stats_.open;
       c.reset();  // this thread owns it: the connection lives on our context
       continue;
@@ -244,10 +250,10 @@ net::awaitable<std::pair<std::optional<upstream_lease>, acquire_error>> upstream
     // A plain one moves with its socket (no new connection to CouchDB, and never one socket over
     // the budget while the old closes); a TLS one (its session lives in its stream) or one the
     // server closed is closed on its own thread, and a new one opens here.
-    const auto limit = c->server_idle_limit.count() > 0 ? std::min(idle_limit_, c->server_idle_limit) : idle_limit_;
     lk.unlock();  // `c` is ours alone now: its system calls need no lock
+    const bool fit = fit_for_reuse(*c, idle_limit_, now);
     std::optional<moved_socket> moved = detach(*c);
-    if (moved && (now - c->idle_since > limit || !still_open_fd(moved->fd))) {
+    if (moved && !fit) {
       ::close(std::exchange(moved->fd, -1));
       moved.reset();
     }

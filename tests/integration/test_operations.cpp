@@ -10,8 +10,8 @@
 
 #include <cstdio>
 #include <fstream>
-#include <memory>
 #include <iterator>
+#include <memory>
 #include <regex>
 #include <set>
 #include <vector>
