@@ -14,6 +14,7 @@
 
 #include "gateway/databases.hpp"
 #include "gateway/front/route.hpp"
+#include "gateway/password_check.hpp"
 #include "policy/naming.hpp"
 #include "replicator/logger.hpp"
 #include "replicator/wire_json.hpp"
@@ -189,7 +190,8 @@ bool identities::release(const std::string& reservation_id, const char* holder_f
 }
 
 std::optional<identity_answer> identities::replay(const std::string& name, const std::string& name_key,
-                                                 const std::string& email, const std::string& idempotency_key) {
+                                                 const std::string& email, const std::string& password,
+                                                 const std::string& idempotency_key) {
   auto res = client_.get_doc(cfg_.db, policy::reservation_id(unique_field::name, name_key)).get();
   if (!res.ok() || str_field(res.value(), "user") != name) return std::nullopt;
   const std::string intent_id = str_field(res.value(), "intent");
@@ -202,6 +204,17 @@ std::optional<identity_answer> identities::replay(const std::string& name, const
   }
   const auto state = policy::intent_state_from(str_field(intent.value(), "state"));
   if (state == intent_state::done) {
+    // The same sign-up carries the same password: the one the user now has. Checked here against
+    // the `_users` document's hash (CouchDB's `_session` would count a wrong one towards
+    // locking the account); anything else, or a hash that cannot be checked, is someone else's
+    // sign-up of a taken name.
+    auto user = client_.get_doc(users_db_, policy::user_doc_id(name)).get();
+    if (!user.ok()) return std::nullopt;
+    if (const auto m = check_couch_password(user.value(), password); m != password_match::matches) {
+      log()->info("sign-up: a repeat of user {}'s sign-up with the same Idempotency-Key carries {}: refused as taken",
+                  name, m == password_match::differs ? "another password" : "a password the stored hash cannot confirm");
+      return std::nullopt;
+    }
     log()->info("sign-up: user {} was created by an earlier request with the same Idempotency-Key: answered again",
                 name);
     return identity_answer{201, json{{"ok", true}, {"name", name}, {"ready", user_ready_ ? user_ready_(name) : true},
@@ -213,8 +226,10 @@ std::optional<identity_answer> identities::replay(const std::string& name, const
   return std::nullopt;
 }
 
-identity_answer identities::signup(const json& body, const std::string& idempotency_key) {
+identity_answer identities::signup(const json& body, const std::optional<std::string>& idempotency_header) {
   const auto started = std::chrono::steady_clock::now();
+  // Sent at all, it must be a valid key (an empty header is a client bug, not "no key").
+  const std::string idempotency_key = idempotency_header.value_or("");
   if (!body.is_object()) {
     rejected_.inc();
     return fail_answer(400, "bad_request", "the body must be a JSON object with name, password and email");
@@ -238,8 +253,8 @@ identity_answer identities::signup(const json& body, const std::string& idempote
     problems["password"] = password.error;
   }
   if (email_in && !(email = policy::normalise_email(*email_in, cfg_.rules)).ok()) problems["email"] = email.error;
-  if (!idempotency_key.empty()) {
-    if (const auto k = policy::check_idempotency_key(idempotency_key); !k.ok()) problems["Idempotency-Key"] = k.error;
+  if (idempotency_header) {
+    if (const auto k = policy::check_idempotency_key(*idempotency_header); !k.ok()) problems["Idempotency-Key"] = k.error;
   }
   json profile = json::object();
   for (const auto& [k, v] : body.items()) {
@@ -295,7 +310,7 @@ identity_answer identities::signup(const json& body, const std::string& idempote
       return fail_answer(503, "service_unavailable", "the identities database is not available; try again");
     }
     if (!idempotency_key.empty() && taken.front() == "name") {
-      if (auto again = replay(name.value, key, email.value, idempotency_key)) return std::move(*again);
+      if (auto again = replay(name.value, key, email.value, password.value, idempotency_key)) return std::move(*again);
     }
     conflicts_.inc();
     json b{{"error", "conflict"}, {"reason", "already taken: " + taken.front() + (taken.size() > 1 ? " and email" : "")},

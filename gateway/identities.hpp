@@ -57,10 +57,12 @@ class identities {
   std::optional<replicator::couch_error> ensure_db();
 
   // POST /_signup with this JSON body. With an Idempotency-Key (policy::check_idempotency_key),
-  // a repeated sign-up whose name is taken by the finished sign-up of the same key, name and
-  // address is answered 201 again ("replayed": true; within cfg.retention, while its intent is
-  // kept), and 503 while that sign-up is still running: a client whose answer was lost retries.
-  identity_answer signup(const replicator::json& body, const std::string& idempotency_key = {});
+  // a repeated sign-up whose name is taken by the finished sign-up of the same key, name,
+  // address and password (checked against the `_users` hash) is answered 201 again ("replayed":
+  // true; within cfg.retention, while its intent is kept), and 503 while that sign-up is still
+  // running: a client whose answer was lost retries. Any other repeat gets 409 as a stranger would.
+  // An Idempotency-Key header sent empty is refused (400) like any other invalid key.
+  identity_answer signup(const replicator::json& body, const std::optional<std::string>& idempotency_key = std::nullopt);
   // GET /_signup/available?name=&email= (either may be empty: not asked).
   identity_answer available(const std::string& name, const std::string& email);
   // PUT /_identity/email for an authenticated user.
@@ -101,10 +103,10 @@ class identities {
 
  private:
   identity_answer fail_answer(int status, const std::string& error, const std::string& reason);
-  // A repeated sign-up (same Idempotency-Key, name and address) whose name is held by the
-  // sign-up that key made: its answer again; nullopt when the name is someone else's.
+  // A repeated sign-up (same Idempotency-Key, name, address and password) whose name is held by
+  // the sign-up that key made: its answer again; nullopt when the name is someone else's.
   std::optional<identity_answer> replay(const std::string& name, const std::string& name_key, const std::string& email,
-                                        const std::string& idempotency_key);
+                                        const std::string& password, const std::string& idempotency_key);
   // Moves the intent to `to` if it still has `rev`; the new rev, or nullopt (lost the race or error).
   std::optional<std::string> transition(replicator::json& intent, const std::string& rev, policy::intent_state to);
   // Gives an intent up: rolling_back (conditional on `rev`), its reservations among

@@ -2,6 +2,7 @@
 // Owns: the shape of a request the front door answers itself (sign-up and identities) and of its
 // answer, kept free of Asio/Beast so the code that answers (gateway/identities) does not see them.
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,7 +21,7 @@ struct local_request {
   std::string body;   // at most forwarder_options::local_body_limit bytes
   std::string user;   // the caller CouchDB authenticated ("" when the route needs none)
   std::string peer;
-  std::string idempotency_key;  // the Idempotency-Key header's value, as sent ("" when absent)
+  std::optional<std::string> idempotency_key;  // the Idempotency-Key header's value, as sent (nullopt when absent)
 };
 struct local_answer {
   unsigned status = 500;

@@ -140,7 +140,7 @@ TEST_CASE("sign-up through the front door: the new user syncs /me at once; taken
   delete_user_doc(name);
 }
 
-TEST_CASE("sign-up with an Idempotency-Key: a repeat is answered 201 again; another key, none or other values get 409") {
+TEST_CASE("sign-up with an Idempotency-Key: a repeat is answered 201 again; another key, none or other values (the password too) get 409") {
   auto n = fresh_names("signupidem");
   const scratch_dir dir(n.state);
   couchgate_process cg(signup_config(n, dir.path));
@@ -171,9 +171,23 @@ TEST_CASE("sign-up with an Idempotency-Key: a repeat is answered 201 again; anot
   auto moved = call(port, "POST", "/_signup", other_address, {}, {}, key);
   CHECK(moved.status == 409);
   CHECK(moved.body["fields"] == json::array({"name"}));
+  // Same key, name and address with another password: not the same sign-up (the account has
+  // the first password; answering 201 would tell this client otherwise).
+  json other_password = body;
+  other_password["password"] = "other-pw-" + unique("p");
+  register_basic_secret(name, other_password["password"].get<std::string>());
+  auto repassword = call(port, "POST", "/_signup", other_password, {}, {}, key);
+  CHECK_MESSAGE(repassword.status == 409, repassword.body.dump());
+  CHECK(repassword.body["fields"] == json::array({"name", "email"}));
+  // ...and the first one still replays (the check is against the stored hash, every time).
+  CHECK(call(port, "POST", "/_signup", body, {}, {}, key).status == 201);
   auto bad = call(port, "POST", "/_signup", body, {}, {}, {{"Idempotency-Key", std::string(129, 'k')}});
   CHECK(bad.status == 400);
   CHECK(bad.body["problems"].contains("Idempotency-Key"));
+  // A header sent empty is a client bug, not "no key".
+  auto empty = call(port, "POST", "/_signup", body, {}, {}, {{"Idempotency-Key", ""}});
+  CHECK_MESSAGE(empty.status == 400, empty.body.dump());
+  CHECK(empty.body["problems"].contains("Idempotency-Key"));
   // One user, made once.
   CHECK(couch().get(user_doc(name)).body["_rev"].get<std::string>().rfind("1-", 0) == 0);
   delete_user_doc(name);
