@@ -40,7 +40,13 @@ front_metrics::front_metrics(replicator::registry& r)
                                     "of the upstream pool")),
       feed_wake(r.add_histogram("couchgate_front_feed_wake_seconds",
                                 "Time from a change announced to a parked live feed (_db_updates or the sweep) "
-                                "to the feed's answer written to its client")) {
+                                "to the feed's answer written to its client")),
+      feed_turn_wait(r.add_histogram("couchgate_front_feed_turn_wait_seconds",
+                                     "Time a woken live feed waited for a turn to read from CouchDB (at most twice "
+                                     "front.upstream.max_connections feeds read at once)")),
+      feed_read(r.add_histogram("couchgate_front_feed_read_seconds",
+                                "Time a woken live feed's _changes read took: waiting for a pool connection, then "
+                                "CouchDB's whole answer")) {
   for (const auto route : routes) {
     std::vector<replicator::counter*> row;
     for (const unsigned s : statuses) {

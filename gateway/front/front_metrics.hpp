@@ -34,6 +34,9 @@ class front_metrics {
   replicator::counter& feed_rechecks;       // parked feeds' credential re-checks sent (GET /_session, background)
   replicator::histogram& upstream_wait;     // seconds a request (not background work) waited for a pool connection
   replicator::histogram& feed_wake;         // seconds from a change announced to a parked feed to its answer sent
+  // Where feed_wake's time goes, for reads that deliver a change (a woken feed's read):
+  replicator::histogram& feed_turn_wait;    // waiting for a turn to read (feed_read_gate)
+  replicator::histogram& feed_read;         // the read: pool wait plus CouchDB's answer, read whole
 
  private:
   static constexpr std::array<double, 17> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,

@@ -295,6 +295,8 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   if (!announced.wait_open(10s)) note("live feeds (" + h.name + "): no _db_updates feed on this server: no announcement figure");
   const auto wake_before = d.histogram("couchgate_front_feed_wake_seconds");
   const auto wait_before = d.histogram("couchgate_front_upstream_wait_seconds");
+  const auto turn_before = d.histogram("couchgate_front_feed_turn_wait_seconds");
+  const auto read_before = d.histogram("couchgate_front_feed_read_seconds");
   std::vector<double> put_ms(total, -1);  // each index written by one writer thread only
   auto t_writes = steady::now();
   paced_for(
@@ -324,6 +326,8 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   if (h.via_front) {
     out["couchgate_wake_to_answer_ms"] = histogram_summary(wake_before, d.histogram("couchgate_front_feed_wake_seconds"));
     out["couchgate_upstream_wait_ms"] = histogram_summary(wait_before, d.histogram("couchgate_front_upstream_wait_seconds"));
+    out["couchgate_feed_turn_wait_ms"] = histogram_summary(turn_before, d.histogram("couchgate_front_feed_turn_wait_seconds"));
+    out["couchgate_feed_read_ms"] = histogram_summary(read_before, d.histogram("couchgate_front_feed_read_seconds"));
   }
   out["load_average_after_writes"] = load_average();
   const proc_usage cg1 = read_usage(d.pid());
@@ -380,6 +384,7 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
   out["couchgate_rss_peak_mb"] = sum.rss_peak_kb > 0 ? json(round_to(static_cast<double>(sum.rss_peak_kb) / 1024.0, 1)) : json(nullptr);
   out["couchgate_fds_peak"] = sum.fds_peak;
   out["sample_period_ms"] = period.count();
+  out["sample_longest_wait_ms"] = round_to(sum.longest_wait_ms, 0);
   out["longpoll_timeout_ms"] = longpoll_timeout.count();
   const double cg_cpu = cg0.cpu_seconds >= 0 && cg1.cpu_seconds >= 0 ? cg1.cpu_seconds - cg0.cpu_seconds : -1;
   out["profile"] = profile(window, cg_cpu, sum.server_cpu_seconds);

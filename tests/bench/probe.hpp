@@ -45,6 +45,8 @@ class sampler {
     long rss_peak_kb = -1;  // of the watched process
     int fds_peak = -1;
     int samples = 0;
+    double longest_wait_ms = 0;      // the longest wait between two samples (a sample costs more
+                                     // the more descriptors are open): shorter peaks may be missed
     double seconds = 0;              // from construction to stop()
     double server_cpu_percent = -1;  // the server process's CPU over that time (-1: pid unknown)
     double server_cpu_seconds = -1;  // the same in CPU seconds

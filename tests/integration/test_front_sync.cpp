@@ -587,6 +587,9 @@ TEST_CASE("live feeds: 50 PouchDB live syncs park in couchgate; every write reac
   CHECK(cg.metric("couchgate_front_feed_wake_fetches_total").value_or(0) >= clients);
   // The wakes that brought rows are timed (announced -> answer written), the pool's waits too.
   CHECK(cg.metric("couchgate_front_feed_wake_seconds_count").value_or(0) >= 1);
+  // Its parts: the turn to read and the read, observed for each delivering read.
+  CHECK(cg.metric("couchgate_front_feed_turn_wait_seconds_count").value_or(0) >= 1);
+  CHECK(cg.metric("couchgate_front_feed_read_seconds_count").value_or(0) >= 1);
   CHECK(cg.metric("couchgate_front_upstream_wait_seconds_count").value_or(0) >= clients);
   if (rss_parked > 0 && rss_before > 0) {
     MESSAGE("memory: RSS " << rss_before << " KiB before, " << rss_parked << " KiB with " << clients
