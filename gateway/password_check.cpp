@@ -8,19 +8,14 @@
 #include <cstdint>
 #include <string>
 
+#include "policy/naming.hpp"
+
 namespace couchgate::gateway {
 
 namespace {
 
 std::string to_hex(const unsigned char* p, std::size_t n) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(n * 2);
-  for (std::size_t i = 0; i < n; ++i) {
-    out.push_back(digits[p[i] >> 4]);
-    out.push_back(digits[p[i] & 0x0f]);
-  }
-  return out;
+  return policy::hex_encode(std::string_view(reinterpret_cast<const char*>(p), n));
 }
 
 // Lowercase hex of `expected` equal to `actual` (lowercase hex), in time independent of where
@@ -97,6 +92,7 @@ password_match check_couch_password(const nlohmann::json& user_doc, std::string_
 
   // `simple+pbkdf2`: a legacy SHA-1 hash upgraded in place; the key is derived from that hash.
   std::string input = scheme == "simple+pbkdf2" ? simple_hash(password, *salt) : std::string(password);
+  if (scheme == "simple+pbkdf2" && input.empty()) return password_match::unknown;  // SHA-1 failed
   std::array<unsigned char, EVP_MAX_MD_SIZE> key{};
   const int key_len = EVP_MD_get_size(md);
   const int ok = PKCS5_PBKDF2_HMAC(input.data(), static_cast<int>(input.size()),

@@ -392,17 +392,13 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
     {
       const end_turn turn_ends_with_the_exchange{gate, *id};  // the answer (or none) is in: the next feed's turn
       const auto read_started = now_();
-      const bool delivering = woken_since.has_value();
-      const auto observe_read = [&] {
-        if (delivering) metrics_.feed_read.observe(seconds_between(read_started, now_()));
-      };
       for (;;) {
         got = co_await exchange(ex.conn.context, up, options_.feed_answer_limit,
                                 state.pool_wait(now_(), pool_.wait_timeout(), !first_read));
         if (got.k != upstream_answer::kind::busy) break;
         if (const auto ended = co_await still_busy(now_())) co_return read_step{read_step::end, *ended};
       }
-      observe_read();
+      if (woken_since) metrics_.feed_read.observe(seconds_between(read_started, now_()));
     }
     if (got.k == upstream_answer::kind::too_large) {
       const bool k = co_await refuse(502, json_error("bad_gateway", "CouchDB's _changes answer is larger than couchgate "
@@ -501,9 +497,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
       // 0. A turn to read (feed_read_gate), waited for parked: heartbeats and the feed's end
       // go on meanwhile; a change announced meanwhile is read with the turn.
       const auto turn_asked = now_();
-      bool turn_waited = false;
       while (!gate.enter(*id, !first_read, wake_me)) {
-        turn_waited = true;
         const auto deadline = state.turn_deadline();
         waiter->timer.expires_at(deadline);
         error_code ec;
@@ -512,7 +506,7 @@ net::awaitable<bool> forwarder::serve_feed(server_exchange& ex, const route& rt,
         if (now < deadline) continue;
         if (const auto ended = co_await still_busy(now)) co_return *ended;
       }
-      if (woken_since) metrics_.feed_turn_wait.observe(turn_waited ? seconds_between(turn_asked, now_()) : 0.0);
+      if (woken_since) metrics_.feed_turn_wait.observe(seconds_between(turn_asked, now_()));
       const read_step r = co_await read_once();
       if (r.k == read_step::end) co_return r.keep;
       if (r.k == read_step::again) continue;

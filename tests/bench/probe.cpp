@@ -156,19 +156,6 @@ void sampler::run() {
     pid_t w = watched_.load();
     auto s = count_sockets(w, server_);
     proc_usage u = w > 0 ? read_usage(w) : proc_usage{};
-    {
-      std::lock_guard lk(mu_);
-      sum_.bench_peak = std::max(sum_.bench_peak, s.bench);
-      sum_.watched_peak = std::max(sum_.watched_peak, s.watched);
-      sum_.clients_peak = std::max(sum_.clients_peak, s.clients);
-      sum_.server_held_peak = std::max(sum_.server_held_peak, s.server_held);
-      if (u.rss_kb > 0) sum_.rss_peak_kb = std::max(sum_.rss_peak_kb, u.rss_kb);
-      if (u.hwm_kb > 0) sum_.rss_peak_kb = std::max(sum_.rss_peak_kb, u.hwm_kb);
-      if (u.fds > 0) sum_.fds_peak = std::max(sum_.fds_peak, u.fds);
-      if (u.cpu_seconds >= 0) sum_.watched_cpu_seconds = u.cpu_seconds;
-      ++sum_.samples;
-      if (series_.size() < 20000) series_.emplace_back(seconds_since(t0), s.clients);
-    }
     // A sample costs a readlink per open descriptor of the bench, couchgate and the server, and a
     // read of /proc/net/tcp: at 10 000 live clients about 40 000 system calls. Every 50 ms that
     // took half a core of the two away from the processes being measured (and their latency
@@ -180,6 +167,16 @@ void sampler::run() {
     {
       std::lock_guard lk(mu_);
       sum_.longest_wait_ms = std::max(sum_.longest_wait_ms, std::chrono::duration<double, std::milli>(wait).count());
+      sum_.bench_peak = std::max(sum_.bench_peak, s.bench);
+      sum_.watched_peak = std::max(sum_.watched_peak, s.watched);
+      sum_.clients_peak = std::max(sum_.clients_peak, s.clients);
+      sum_.server_held_peak = std::max(sum_.server_held_peak, s.server_held);
+      if (u.rss_kb > 0) sum_.rss_peak_kb = std::max(sum_.rss_peak_kb, u.rss_kb);
+      if (u.hwm_kb > 0) sum_.rss_peak_kb = std::max(sum_.rss_peak_kb, u.hwm_kb);
+      if (u.fds > 0) sum_.fds_peak = std::max(sum_.fds_peak, u.fds);
+      if (u.cpu_seconds >= 0) sum_.watched_cpu_seconds = u.cpu_seconds;
+      ++sum_.samples;
+      if (series_.size() < 20000) series_.emplace_back(seconds_since(t0), s.clients);
     }
     std::this_thread::sleep_for(wait);
   }
