@@ -38,6 +38,26 @@ std::string str_field(const json& j, const char* key) {
   return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+// POST <db>/_all_docs?include_docs=true for these keys: each document found, by its row's key
+// (a missing or deleted document has none). An answer without a rows array is a protocol error.
+replicator::result<std::map<std::string, json>> docs_by_key(replicator::couch_client& client, const std::string& db,
+                                                            const json& keys) {
+  auto r = client.request("POST", replicator::db_path(db) + "/_all_docs?include_docs=true",
+                          json{{"keys", keys}}.dump()).get();
+  if (!r.ok()) return r.error();
+  const auto rows = r.value().is_object() ? r.value().find("rows") : r.value().end();
+  if (rows == r.value().end() || !rows->is_array()) {
+    return couch_error{couch_error_kind::protocol, 200, "bad_answer", "_all_docs answer has no rows array"};
+  }
+  std::map<std::string, json> found;
+  for (auto& row : *rows) {
+    if (!row.is_object()) continue;
+    const auto doc = row.find("doc");
+    if (doc != row.end() && doc->is_object()) found[str_field(row, "key")] = std::move(*doc);
+  }
+  return found;
+}
+
 bool is_conflict(const couch_error& e) { return e.kind == couch_error_kind::conflict; }
 
 constexpr std::chrono::milliseconds poll_step{50};
@@ -68,7 +88,7 @@ identities::identities(replicator::couch_client& client, replicator::registry& m
                                     "Intents the reconciler finished or rolled back")),
       latency_(metrics.add_histogram("couchgate_signup_seconds", "Sign-up latency, provisioning included")),
       duplicates_found_(metrics.add_counter("couchgate_identity_duplicates_total",
-                                            "Users made without couchgate found with a name or address another user has reserved")),
+                                            "Users made without couchgate, or whose address was changed in _users, found with a name or address another user has reserved")),
       duplicates_(metrics.add_gauge("couchgate_identity_duplicates",
                                     "Such conflicts standing now (listed at the admin API's /identities/conflicts)")) {}
 
@@ -355,6 +375,7 @@ identity_answer identities::signup(const json& body, const std::optional<std::st
     return fail_answer(503, "service_unavailable", "the user could not be created; try again");
   }
   const std::string user_rev = str_field(created.value(), "rev");
+  settle(name.value, email.value);  // the provisioner's admit() has nothing to check for it
   fail_point("signup:after_user");
 
   // 5. Wait, bounded, for the user's database.
@@ -472,6 +493,7 @@ identity_answer identities::change_email(const std::string& user_name, const jso
                        is_conflict(upd.error()) ? "conflict" : "service_unavailable",
                        "the user changed meanwhile; try again");
   }
+  settle(user_name, email.value);
   fail_point("change:after_user");
   // The old address is released (only if this user holds it) and the name reservation records the
   // new one, then done: until done, a crash leaves both to the reconciler's finish.
@@ -618,7 +640,7 @@ identities::reconcile_report identities::reconcile() {
   return rep;
 }
 
-// ---- users made without couchgate ----
+// ---- users made without couchgate, and addresses changed in _users ----
 
 replicator::result<std::optional<intent_state>> identities::intent_of(const json& reservation) {
   const std::string intent_id = str_field(reservation, "intent");
@@ -631,9 +653,10 @@ replicator::result<std::optional<intent_state>> identities::intent_of(const json
   return policy::intent_state_from(str_field(r.value(), "state"));
 }
 
-replicator::result<policy::claim> identities::classify(const json& reservation, const std::string& user) {
+replicator::result<policy::claim> identities::classify(const json& reservation, const std::string& user, bool own) {
   const std::string holder = str_field(reservation, "user");
   if (holder != user) return policy::claim::taken;  // no need to look at its intent
+  if (own) return policy::claim::held;
   auto st = intent_of(reservation);
   if (!st.ok()) return st.error();
   return policy::classify_claim(holder, user, st.value());
@@ -647,7 +670,7 @@ replicator::pending_json identities::put_claim(unique_field f, const std::string
 }
 
 replicator::result<policy::claim> identities::settle_claim(replicator::pending_json& put, unique_field f,
-                                                           const std::string& key, const std::string& user) {
+                                                           const std::string& key, const std::string& user, bool own) {
   auto r = put.get();
   if (r.ok()) return policy::claim::held;
   if (!is_conflict(r.error())) return r.error();
@@ -657,11 +680,16 @@ replicator::result<policy::claim> identities::settle_claim(replicator::pending_j
     if (cur.error().kind == couch_error_kind::not_found) return policy::claim::in_flight;
     return cur.error();
   }
-  return classify(cur.value(), user);
+  return classify(cur.value(), user, own);
+}
+
+void identities::settle(const std::string& user, const std::string& email) {
+  std::lock_guard lk(direct_mu_);
+  settled_[user] = email;
 }
 
 void identities::note_conflicts(const std::string& user, const std::string& email, const std::string& name_key,
-                                const policy::direct_verdict& v, const std::map<unique_field, std::string>& holders) {
+                                bool own, const policy::direct_verdict& v, const std::map<unique_field, std::string>& holders) {
   std::lock_guard lk(direct_mu_);
   for (const auto f : {unique_field::name, unique_field::email}) {
     const auto key = std::pair{user, f};
@@ -674,7 +702,8 @@ void identities::note_conflicts(const std::string& user, const std::string& emai
     if (it != duplicate_values_.end() && it->second.value == c.value && it->second.holder == c.holder) continue;  // known
     duplicate_values_[key] = c;
     duplicates_found_.inc();
-    log()->warn("user {} (made without couchgate): its {} {} is already reserved by user {}; {}", user,
+    log()->warn("user {} ({}): its {} {} is already reserved by user {}; {}", user,
+                own ? "signed up, its address then changed in _users" : "made without couchgate",
                 policy::to_string(f), c.value, c.holder,
                 v.provision ? "provisioned anyway (identities.on_duplicate: flag)"
                             : "not provisioned until resolved (identities.on_duplicate: exclude)");
@@ -687,22 +716,64 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
   struct want {
     std::size_t i;
     std::string name_key, email;
+    bool own = false;  // made (or last changed) through sign-up: `couchgate_intent` set
+  };
+  // What a user document asks for; false when it asks for nothing (no valid name or address).
+  const auto wanted = [&](const policy::user_doc& u, want& w) {
+    w.name_key.clear();
+    w.email.clear();
+    w.own = u.from_intent;
+    if (auto n = policy::check_user_name(u.name, cfg_.rules); n.ok()) w.name_key = policy::name_key(n.value);
+    if (!u.email.empty()) {
+      if (auto e = policy::normalise_email(u.email, cfg_.rules); e.ok()) w.email = e.value;
+    }
+    return !(w.name_key.empty() && w.email.empty());
+  };
+  const auto settled = [&](const std::string& user, const std::string& email) {
+    const auto it = settled_.find(user);
+    return it != settled_.end() && it->second == email;
   };
   std::vector<want> todo;
   {
     std::lock_guard lk(direct_mu_);
     for (std::size_t i = 0; i < users.size(); ++i) {
       const auto& u = *users[i];
-      if (u.deleted || u.from_intent) continue;
+      if (u.deleted) continue;
       want w{i, {}, {}};
-      if (auto n = policy::check_user_name(u.name, cfg_.rules); n.ok()) w.name_key = policy::name_key(n.value);
-      if (!u.email.empty()) {
-        if (auto e = policy::normalise_email(u.email, cfg_.rules); e.ok()) w.email = e.value;
-      }
-      if (w.name_key.empty() && w.email.empty()) continue;
-      if (auto it = settled_.find(u.name); it != settled_.end() && it->second == w.email) continue;  // unchanged
-      todo.push_back(std::move(w));
+      if (wanted(u, w) && !settled(u.name, w.email)) todo.push_back(std::move(w));
     }
+  }
+  if (todo.empty()) return out;
+
+  // The users as they are now, in one request: a row read before an address changed (through
+  // PUT /_identity/email, or in _users) or before the user was deleted would reserve an address
+  // the user no longer has, and release the one it has.
+  {
+    json ids = json::array();
+    for (const auto& w : todo) ids.push_back(policy::user_doc_id(users[w.i]->name));
+    auto now_docs = docs_by_key(client_, users_db_, ids);
+    if (!now_docs.ok()) {
+      errors_.inc();
+      log()->warn("users' documents cannot be read again before their reservations are checked: {} (retried)",
+                  now_docs.error().describe());
+      for (const auto& w : todo) out[w.i] = std::nullopt;
+      return out;
+    }
+    std::map<std::string, policy::user_doc> current;  // by name; gone or unreadable users are absent
+    for (const auto& [id, doc] : now_docs.value()) {
+      auto parsed = policy::parse_user_doc(doc, false, doc.dump().size());
+      if (auto* u = std::get_if<policy::user_doc>(&parsed); u != nullptr && !u->deleted) current[u->name] = *u;
+    }
+    std::vector<want> still;
+    std::lock_guard lk(direct_mu_);
+    for (auto& w : todo) {
+      const auto it = current.find(users[w.i]->name);
+      // Gone since (its deletion is the feed's next row) or no longer a user document: nothing
+      // is reserved for it.
+      if (it == current.end()) continue;
+      if (wanted(it->second, w) && !settled(it->first, w.email)) still.push_back(std::move(w));
+    }
+    todo = std::move(still);
   }
   if (todo.empty()) return out;
 
@@ -712,25 +783,14 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     if (!w.name_key.empty()) keys.push_back(policy::reservation_id(unique_field::name, w.name_key));
     if (!w.email.empty()) keys.push_back(policy::reservation_id(unique_field::email, w.email));
   }
-  auto listed = client_.request("POST", replicator::db_path(cfg_.db) + "/_all_docs?include_docs=true",
-                                json{{"keys", keys}}.dump()).get();
-  const json* rows = nullptr;
-  if (listed.ok() && listed.value().is_object()) {
-    const auto it = listed.value().find("rows");
-    if (it != listed.value().end() && it->is_array()) rows = &*it;
-  }
-  if (rows == nullptr) {
+  auto listed = docs_by_key(client_, cfg_.db, keys);
+  if (!listed.ok()) {
     errors_.inc();
-    log()->warn("reservations of users made without couchgate cannot be read: {}",
-                listed.ok() ? std::string("answer has no rows array") : listed.error().describe());
+    log()->warn("users' reservations cannot be read: {} (retried)", listed.error().describe());
     for (const auto& w : todo) out[w.i] = std::nullopt;
     return out;
   }
-  std::map<std::string, json> found;
-  for (const auto& row : *rows) {
-    const auto doc = row.is_object() ? row.find("doc") : row.end();
-    if (doc != row.end() && doc->is_object()) found[str_field(row, "key")] = *doc;
-  }
+  const std::map<std::string, json>& found = listed.value();
   // The missing ones are created, all requests in flight at once.
   std::map<std::pair<std::size_t, unique_field>, replicator::pending_json> puts;
   for (const auto& w : todo) {
@@ -748,7 +808,8 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     // One field: an existing reservation is classified; a missing one is created.
     const auto claim_field = [&](unique_field f, const std::string& key) -> std::optional<policy::claim> {
       const auto it = found.find(policy::reservation_id(f, key));
-      auto c = it == found.end() ? settle_claim(puts.at({w.i, f}), f, key, user) : classify(it->second, user);
+      auto c = it == found.end() ? settle_claim(puts.at({w.i, f}), f, key, user, w.own)
+                                 : classify(it->second, user, w.own);
       if (!c.ok()) {
         failed = c.error();
         return std::nullopt;
@@ -777,7 +838,8 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
       auto it = found.find(name_id);
       std::optional<json> name_doc;
       if (it != found.end()) name_doc = it->second;
-      if (name_doc && str_field(*name_doc, "intent").empty() && str_field(*name_doc, "email") != w.email) {
+      // (Held: no intent of this name is in flight, or the user is the one its intent made.)
+      if (name_doc && str_field(*name_doc, "email") != w.email) {
         const std::string old = str_field(*name_doc, "email");
         bool ok = old.empty() || release(policy::reservation_id(unique_field::email, old), "user", user);
         if (ok) {
@@ -793,11 +855,8 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
       }
     }
     auto v = policy::decide_direct_user(*name_claim, email_claim, cfg_.on_duplicate);
-    note_conflicts(user, w.email, w.name_key, v, holders);
-    if (!v.look_again) {
-      std::lock_guard lk(direct_mu_);
-      settled_[user] = w.email;
-    }
+    note_conflicts(user, w.email, w.name_key, w.own, v, holders);
+    if (!v.look_again) settle(user, w.email);
     out[w.i] = std::move(v);
   }
   return out;

@@ -75,13 +75,18 @@ class identities {
 
   // ---- users made without couchgate (called on the provisioner's thread) ----
   //
-  // For each live user the provisioner selected: users made through sign-up (`couchgate_intent`)
-  // are admitted as they are (their reservations are their intent's); for any other one the
-  // `name/` and (with a valid `email`) `email/` reservations pointing at it are created — a
-  // 409 by the same user is success, so a crash anywhere is repaired by the next pass — and
-  // cfg.on_duplicate decides what a value reserved by another user means. nullopt for a user
-  // whose reservations could not be checked (server error: retried). The name reservation also
-  // records the address, so a deleted user's address can be found again.
+  // For each live user the provisioner selected whose address is not the one its reservations
+  // were last seen to hold: its `_users` document is read again (a feed row or a reconcile page
+  // may be older than a change made since: acting on it could reserve an address the user no
+  // longer has and release the one it has), then the `name/` and (with a valid `email`)
+  // `email/` reservations pointing at it are made — a 409 by the same user is success, so a
+  // crash anywhere is repaired by the next pass — and cfg.on_duplicate decides what a value
+  // reserved by another user means. An address changed in `_users` is reserved anew and the old
+  // one released. That holds for users made through sign-up (`couchgate_intent`) too: an
+  // administrator, the app's back end, or the user where `_users` was opened to users, may
+  // rewrite `email` there; `PUT /_identity/email` is not the only way an address changes. nullopt for a user whose reservations could not be
+  // checked (server error: retried). The name reservation also records the address, so a
+  // deleted user's address can be found again.
   std::vector<std::optional<policy::direct_verdict>> admit(const std::vector<const policy::user_doc*>& users);
   // A user deleted (or no longer selected): its conflicts are forgotten; if no user of that name
   // exists now, its reservations are released, only those pointing at it and held by no intent
@@ -132,18 +137,25 @@ class identities {
   std::string new_intent_id(const char* kind);
   // The state of the intent a reservation names; nullopt when it names none or the intent is gone.
   replicator::result<std::optional<policy::intent_state>> intent_of(const replicator::json& reservation);
-  // Where a reservation that exists stands for `user`.
-  replicator::result<policy::claim> classify(const replicator::json& reservation, const std::string& user);
+  // Where a reservation that exists stands for `user`. For a user an intent made (`own`), one
+  // it holds is held whatever that intent's state: the user exists, so the intent is finished,
+  // never rolled back, and its intent need not be read.
+  replicator::result<policy::claim> classify(const replicator::json& reservation, const std::string& user,
+                                             bool own = false);
   // PUTs a reservation for a user made without couchgate (answer awaited by settle_claim: on
   // 409 the holder is read and classified).
   replicator::pending_json put_claim(policy::unique_field f, const std::string& key, const std::string& user,
                                      const std::string& email);
   replicator::result<policy::claim> settle_claim(replicator::pending_json& put, policy::unique_field f,
-                                                 const std::string& key, const std::string& user);
+                                                 const std::string& key, const std::string& user, bool own);
   // Deletes a reservation if policy::may_release_for_deleted allows (the user is gone).
   bool release_if_held_by_deleted(const std::string& reservation_id, const std::string& user);
-  void note_conflicts(const std::string& user, const std::string& email, const std::string& name_key,
+  // `own`: the user was made through sign-up and its address was then changed in `_users`.
+  void note_conflicts(const std::string& user, const std::string& email, const std::string& name_key, bool own,
                       const policy::direct_verdict& v, const std::map<policy::unique_field, std::string>& holders);
+  // Records that `user`'s reservations hold `email` (normalised; "" for none): admit() passes over
+  // the user until its address in `_users` is another.
+  void settle(const std::string& user, const std::string& email);
   std::string stamp() const;
 
   replicator::couch_client& client_;

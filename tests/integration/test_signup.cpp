@@ -627,6 +627,76 @@ TEST_CASE("users made without couchgate: under on_duplicate exclude a duplicate 
   couch().del(f.ids_db);
 }
 
+TEST_CASE("a signed-up user whose address is rewritten in _users: the old one is freed, a taken one flagged, a free one reserved") {
+  direct_fixture f("flag");
+  couchgate_process cg(f.cfg);
+  cg.start();
+  REQUIRE(cg.wait_ready(60s));
+  const int port = read_port(f.dir.path + "/front.port");
+  const std::string s = unique("sown"), t = unique("tedit");
+  const std::string s_email = unique("sown") + "@example.org", t_email = unique("tedit") + "@example.org";
+  for (const auto& [name, email] : {std::pair{s, s_email}, std::pair{t, t_email}}) {
+    auto r = call(port, "POST", "/_signup", json{{"name", name}, {"password", signup_password()}, {"email", email}});
+    REQUIRE_MESSAGE(r.status == 201, r.body.dump());
+    f.made.push_back(name);
+  }
+  // Someone rewrites t's _users document (an administrator or the app's back end: CouchDB 3's
+  // _users is admin-only unless users_db_security_editable opened it; then t itself could).
+  const auto edit = [&](const std::string& field, const std::string& value) {
+    auto cur = couch().get(user_doc(t));
+    REQUIRE_MESSAGE(cur.status == 200, cur.raw);
+    json doc = cur.body;
+    doc[field] = value;
+    auto put = couch().put(user_doc(t), doc);
+    REQUIRE_MESSAGE(put.status == 201, put.raw);
+  };
+  std::string s_upper = s_email;
+  s_upper[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(s_upper[0])));
+  edit("email", " " + s_upper + " ");
+  CHECK(eventually([&] { return direct_fixture::listed(cg, t, "email", s_email, s); }, 30s));
+  CHECK(f.holder("email/" + s_email) == s);
+  // t's own old address is no longer in its document: released, as for any user whose address
+  // changed in _users (a new sign-up may take it).
+  CHECK(eventually([&] { return f.holder("email/" + t_email).empty(); }, 30s));
+  CHECK(f.provisioned(t));                   // on_duplicate flag
+  CHECK(count(cg.log(), "user " + t + " (signed up, its address then changed in _users): its email") == 1);
+
+  // A free address: reserved for t, t unlisted.
+  const std::string fresh = unique("tfresh") + "@example.org";
+  edit("email", fresh);
+  CHECK(eventually([&] {
+    return f.holder("email/" + fresh) == t && direct_fixture::unlisted(cg, t);
+  }, 30s));
+  auto name_res = couch().get(f.ids_db + "/" + enc("name/" + t));
+  REQUIRE(name_res.status == 200);
+  CHECK(name_res.body.value("email", "") == fresh);  // where a deletion finds the address again
+  CHECK(call(port, "GET", "/_signup/available?email=" + enc(fresh)).body["email"]["available"] == false);
+  const std::string u = unique("utakes");
+  auto took = call(port, "POST", "/_signup", json{{"name", u}, {"password", signup_password()}, {"email", t_email}});
+  CHECK_MESSAGE(took.status == 201, took.body.dump());
+  f.made.push_back(u);
+  CHECK(f.holder("email/" + t_email) == u);
+
+  // An address changed through couchgate afterwards is not undone when the provisioner sees t's
+  // document again (it reads the document as it is then, never acts on an older row).
+  const std::string via_api = unique("tapi") + "@example.org";
+  auto ch = call(port, "PUT", "/_identity/email", json{{"email", via_api}}, t, signup_password());
+  REQUIRE_MESSAGE(ch.status == 200, ch.body.dump());
+  edit("note", "seen again");
+  // A sign-up answers once the provisioner made its user's database: past t's rows by then.
+  const std::string later = unique("vlater");
+  auto v = call(port, "POST", "/_signup", json{{"name", later}, {"password", signup_password()},
+                                              {"email", later + "@example.org"}});
+  REQUIRE_MESSAGE(v.status == 201, v.body.dump());
+  f.made.push_back(later);
+  CHECK(v.body.value("ready", false));
+  CHECK(f.holder("email/" + via_api) == t);
+  CHECK(f.holder("email/" + fresh).empty());
+  CHECK(direct_fixture::unlisted(cg, t));
+  CHECK(cg.log().find(signup_password()) == std::string::npos);
+  couch().del(f.ids_db);
+}
+
 // ---- the race through HTTP ----
 
 TEST_CASE("sign-up race through the front door: 200 concurrent requests for 50 names and 50 addresses") {
