@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
   app.add_option("--front-users", front_users, "front door: concurrent replicating clients (default 32; 2 with --smoke)");
   app.add_option("--front-docs", front_docs, "front door: documents each client pushes and pulls per segment (default 200; 10 with --smoke)");
   app.add_option("--front-rounds", front_rounds,
-                 "front door: rounds of the four segments direct, front, front, direct (default 3; 1 with --smoke)")
+                 "front door: rounds of the four segments direct, front, front, direct (default 10: one round scatters by 10-30%; 1 with --smoke)")
       ->check(CLI::Range(1, 100));
   app.add_flag("--front-tls", o.front_tls, "front door phase over TLS (front.tls with a certificate made by `openssl req`) instead of plain HTTP");
   app.add_option("--front-direct-tls-port", o.front_direct_tls_port,
@@ -265,7 +265,7 @@ int main(int argc, char** argv) {
   o.front_users = front_users.value_or(o.smoke ? 2 : 32);
   o.front_docs = front_docs.value_or(o.smoke ? 10 : 200);
   o.front_batch = o.smoke ? 10 : 100;
-  o.front_rounds = front_rounds.value_or(o.smoke ? 1 : 3);
+  o.front_rounds = front_rounds.value_or(o.smoke ? 1 : 10);
   o.live_clients = live_clients.value_or(o.smoke ? 10 : 10000);
   o.live_rate = live_rate.value_or(o.smoke ? 10 : 100);
   o.live_seconds = live_seconds.value_or(o.smoke ? 0.5 : 600);

@@ -51,7 +51,7 @@ struct options {
   int front_users = 32;       // front door: concurrent replicating clients (one user each)
   int front_docs = 200;       // front door: documents each client pushes (and pulls) per segment
   int front_batch = 100;      // front door: PouchDB's batch_size
-  int front_rounds = 3;       // front door: rounds of the four segments (direct, front, front, direct)
+  int front_rounds = 10;      // front door: rounds of the four segments (direct, front, front, direct)
   bool front_tls = false;     // front door over TLS (a self-signed certificate) instead of plain HTTP
   int front_direct_tls_port = 0;  // with front_tls: the server's own TLS port ([ssl]) for the direct segments
   int live_clients = 10000;   // live feeds: longpoll clients, one per user database
