@@ -1,6 +1,6 @@
 // Owns: identity rules and the sign-up intent's decisions (see identity.hpp).
 //
-// Unicode normalisation (NFC) and lower-casing use GNU libunistring, which libcurl already
+// Unicode normalisation (NFC, NFKC), lower-casing and case folding use GNU libunistring, which libcurl already
 // brings in through libidn2: no new runtime library.
 #include "policy/identity.hpp"
 
@@ -20,32 +20,51 @@ struct free_deleter {
   void operator()(void* p) const { std::free(p); }
 };
 
-bool valid_utf8(std::string_view s) {
-  return u8_check(reinterpret_cast<const uint8_t*>(s.data()), s.size()) == nullptr;
+const uint8_t* bytes(std::string_view s) { return reinterpret_cast<const uint8_t*>(s.data()); }
+
+bool valid_utf8(std::string_view s) { return u8_check(bytes(s), s.size()) == nullptr; }
+
+// Takes a libunistring result (malloc'ed, `len` bytes; null when it failed, e.g. out of memory).
+std::optional<std::string> owned(uint8_t* out, std::size_t len) {
+  std::unique_ptr<uint8_t, free_deleter> held(out);
+  if (!held) return std::nullopt;
+  return std::string(reinterpret_cast<const char*>(held.get()), len);
 }
 
 // NFC form of valid UTF-8 (nullopt when libunistring fails, e.g. out of memory).
 std::optional<std::string> nfc(std::string_view s) {
   if (s.empty()) return std::string();
   std::size_t len = 0;
-  std::unique_ptr<uint8_t, free_deleter> out(
-      u8_normalize(UNINORM_NFC, reinterpret_cast<const uint8_t*>(s.data()), s.size(), nullptr, &len));
-  if (!out) return std::nullopt;
-  return std::string(reinterpret_cast<const char*>(out.get()), len);
+  uint8_t* out = u8_normalize(UNINORM_NFC, bytes(s), s.size(), nullptr, &len);
+  return owned(out, len);
 }
 
-// Full Unicode lower case, then NFC again (case mapping may denormalise).
-std::optional<std::string> lower_nfc(std::string_view s) {
+// NFKC, then full Unicode lower case, then NFKC again (case mapping may denormalise; lowering
+// first would miss capitals that only NFKC produces, such as U+210D DOUBLE-STRUCK CAPITAL H).
+// Compatibility forms (full-width letters, ligatures, circled or styled letters) become the
+// letters they stand for, so an address typed with them is the same address.
+std::optional<std::string> lower_nfkc(std::string_view s) {
   if (s.empty()) return std::string();
   std::size_t len = 0;
-  std::unique_ptr<uint8_t, free_deleter> out(u8_tolower(reinterpret_cast<const uint8_t*>(s.data()), s.size(),
-                                                        nullptr, UNINORM_NFC, nullptr, &len));
-  if (!out) return std::nullopt;
-  return std::string(reinterpret_cast<const char*>(out.get()), len);
+  uint8_t* out = u8_normalize(UNINORM_NFKC, bytes(s), s.size(), nullptr, &len);
+  const auto k = owned(out, len);
+  if (!k) return std::nullopt;
+  out = u8_tolower(bytes(*k), k->size(), nullptr, UNINORM_NFKC, nullptr, &len);
+  return owned(out, len);
+}
+
+// Unicode's compatibility caseless form (NFKC and full case folding, as UTS #39 compares
+// identifiers): "Alice", "ALICE", "ａｌｉｃｅ" (full width), "Straße" and "STRASSE" all fold to
+// one key.
+std::optional<std::string> casefold_nfkc(std::string_view s) {
+  if (s.empty()) return std::string();
+  std::size_t len = 0;
+  uint8_t* out = u8_casefold(bytes(s), s.size(), nullptr, UNINORM_NFKC, nullptr, &len);
+  return owned(out, len);
 }
 
 std::size_t code_points(std::string_view s) {
-  return u8_mbsnlen(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  return u8_mbsnlen(bytes(s), s.size());
 }
 
 // C0, DEL and C1 controls (the C1 range is U+0080..U+009F, encoded C2 80..C2 9F).
@@ -164,7 +183,7 @@ checked_value normalise_email(std::string_view email, const identity_rules& rule
   const std::string_view t = trim(email);
   if (t.empty()) return fail("email is empty");
   if (!valid_utf8(t)) return fail("email is not valid UTF-8");
-  auto low = lower_nfc(t);
+  auto low = lower_nfkc(t);
   if (!low) return fail("email could not be normalised");
   const std::string& e = *low;
   if (e.size() > rules.max_email_bytes) {
@@ -193,8 +212,8 @@ checked_value normalise_email(std::string_view email, const identity_rules& rule
 }
 
 std::string name_key(std::string_view checked_name) {
-  auto low = lower_nfc(checked_name);
-  return low ? *low : std::string(checked_name);
+  auto folded = casefold_nfkc(checked_name);
+  return folded ? *folded : std::string(checked_name);
 }
 
 const char* to_string(unique_field f) {

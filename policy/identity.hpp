@@ -42,7 +42,8 @@ checked_value check_user_name(std::string_view name, const identity_rules& rules
 // Password: valid UTF-8, min_password_chars code points, max_password_bytes bytes. The value
 // returned is the password unchanged.
 checked_value check_password(std::string_view password, const identity_rules& rules);
-// E-mail: trimmed, NFC, lower-cased (full Unicode lower case); then local@domain with exactly one
+// E-mail: trimmed, NFKC (compatibility forms such as full-width letters become the letters they
+// stand for), lower-cased (full Unicode lower case, not folded: "ß" stays); then local@domain with exactly one
 // '@', a non-empty local part of at most 64 bytes, no white space or control characters, a domain
 // of dot-separated labels (letters, digits, '-', non-ASCII; no empty label, not starting or
 // ending with '-'), at most max_email_bytes in all.
@@ -50,8 +51,11 @@ checked_value normalise_email(std::string_view email, const identity_rules& rule
 // A sign-up's Idempotency-Key header: 1 to 128 visible ASCII characters (a UUID, say), kept as is.
 checked_value check_idempotency_key(std::string_view key);
 
-// The key under which a user name is unique: NFC and lower-cased, so "Alice" and "alice" (or
-// two spellings of "é") cannot both be taken — one would impersonate the other.
+// The key under which a user name is unique: NFKC and full case folding (Unicode's compatibility
+// caseless form, as UTS #39 compares identifiers), so "Alice" and "alice", "ａｌｉｃｅ" in
+// full-width letters, "Straße" and "STRASSE", or two spellings of "é" cannot both be taken — one
+// would impersonate the other. Reservations made under an earlier key (NFC and lower case) differ
+// only for names with such characters; the provisioner reserves the new key on its first pass.
 std::string name_key(std::string_view checked_name);
 
 // Reservation document ids: "name/<name_key>", "email/<normalised address>".

@@ -38,7 +38,7 @@ TEST_CASE("check_password: length in characters, bytes bounded, never quoted in 
   CHECK_FALSE(check_password("12345678\xFF", r).ok());
 }
 
-TEST_CASE("normalise_email: trim, NFC, lower case, then syntax") {
+TEST_CASE("normalise_email: trim, NFKC, lower case, then syntax") {
   const identity_rules r{};
   CHECK(normalise_email("  Alice@Example.COM \n", r).value == "alice@example.com");
   CHECK(normalise_email("ÉLODIE@exemple.fr", r).value == "\xC3\xA9lodie@exemple.fr");
@@ -66,6 +66,34 @@ TEST_CASE("reservation ids: one per unique value, names compared without case") 
                        intent_state::rolling_back, intent_state::rolled_back}) {
     CHECK(intent_state_from(to_string(s)) == s);
   }
+}
+
+TEST_CASE("name keys: compatibility forms and case folding give one key (UTS #39); the name itself stays as typed, in NFC") {
+  const identity_rules r{};
+  CHECK(name_key("ａｌｉｃｅ") == "alice");             // U+FF41.. full-width letters
+  CHECK(name_key("ＡＬＩＣＥ") == "alice");             // full-width capitals
+  CHECK(name_key("Straße") == name_key("STRASSE"));   // ß folds to ss
+  CHECK(name_key("ﬁle") == name_key("file"));         // U+FB01 ligature fi
+  CHECK(name_key("ℍello") == name_key("hello"));      // U+210D double-struck capital H
+  CHECK(name_key("①") == name_key("1"));              // circled digit one
+  CHECK(name_key("ΣΑΣ") == name_key("σας"));          // final sigma
+  CHECK(name_key("re\xCC\x81my") == name_key("RÉMY"));  // combining acute / precomposed capital
+  CHECK(name_key("alice") != name_key("alicf"));
+  CHECK(name_key("ß") != name_key("s"));
+  CHECK(reservation_id(unique_field::name, name_key("ａｌｉｃｅ")) == "name/alice");
+  // The name a user chose is kept (NFC only); only the key under which it is unique folds.
+  CHECK(check_user_name("ａｌｉｃｅ", r).value == "ａｌｉｃｅ");
+  CHECK(check_user_name("Straße", r).value == "Straße");
+}
+
+TEST_CASE("normalise_email: compatibility forms become the characters they stand for (NFKC), then lower case") {
+  const identity_rules r{};
+  CHECK(normalise_email("ａ@example.org", r).value == "a@example.org");         // full-width a
+  CHECK(normalise_email("a＠example．org", r).value == "a@example.org");        // full-width @ and full stop
+  CHECK(normalise_email("ℍ@example.org", r).value == "h@example.org");          // a capital only NFKC makes
+  CHECK(normalise_email("ﬁ@example.org", r).value == "fi@example.org");
+  CHECK(normalise_email("Straße@Example.DE", r).value == "straße@example.de");  // lower case, not folded: another mailbox
+  CHECK_FALSE(normalise_email("a＠b＠example.org", r).ok());                     // two '@' once normalised
 }
 
 TEST_CASE("decide_intent: the reconciler never races a young sign-up and finishes every old one") {
