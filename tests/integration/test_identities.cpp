@@ -113,6 +113,28 @@ TEST_CASE("sign-up: creates the user with reservations; a taken name or address 
   CHECK(av.body["email"]["available"] == true);
   CHECK(f.ids->available("_bad", "").body["name"]["valid"] == false);
 
+  // The name in full-width letters (U+FF41 ...: it looks the same) and the address with a
+  // full-width '@' are the same name and address: both taken.
+  std::string wide;
+  for (const char ch : name) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte >= 'a' && byte <= 'z') {
+      const unsigned cp = 0xFF41 + (byte - 'a');  // three UTF-8 bytes: EF BD 81..9A
+      wide += static_cast<char>(0xE0 | (cp >> 12));
+      wide += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      wide += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      wide += ch;
+    }
+  }
+  REQUIRE(wide != name);
+  std::string wide_at = lower(email);
+  wide_at.replace(wide_at.find('@'), 1, "\xEF\xBC\xA0");  // U+FF20 FULLWIDTH COMMERCIAL AT
+  auto w = f.ids->signup(signup_body(wide, wide_at));
+  CHECK(w.status == 409);
+  CHECK(w.body["fields"] == json::array({"name", "email"}));
+  CHECK(f.ids->available(wide, "").body["name"]["available"] == false);
+
   couch().del("/_users/" + enc("org.couchdb.user:" + name) + "?rev=" + user.body["_rev"].get<std::string>());
 }
 
