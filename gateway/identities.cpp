@@ -493,12 +493,12 @@ identity_answer identities::change_email(const std::string& user_name, const jso
                        is_conflict(upd.error()) ? "conflict" : "service_unavailable",
                        "the user changed meanwhile; try again");
   }
-  settle(user_name, email.value);
   fail_point("change:after_user");
   // The old address is released (only if this user holds it) and the name reservation records the
   // new one, then done: until done, a crash leaves both to the reconciler's finish.
-  if (!old_email.empty()) release(policy::reservation_id(unique_field::email, old_email), "user", user_name);
-  record_address(user_name, email.value);
+  const bool released =
+      old_email.empty() || release(policy::reservation_id(unique_field::email, old_email), "user", user_name);
+  if (record_address(user_name, email.value) && released) settle(user_name, email.value);
   transition(intent, rev, intent_state::done);
   return identity_answer{200, json{{"ok", true}, {"email", email.value}}};
 }
@@ -653,10 +653,15 @@ replicator::result<std::optional<intent_state>> identities::intent_of(const json
   return policy::intent_state_from(str_field(r.value(), "state"));
 }
 
-replicator::result<policy::claim> identities::classify(const json& reservation, const std::string& user, bool own) {
+replicator::result<policy::claim> identities::classify(const json& reservation, const std::string& user,
+                                                       const std::string& users_intent) {
   const std::string holder = str_field(reservation, "user");
   if (holder != user) return policy::claim::taken;  // no need to look at its intent
-  if (own) return policy::claim::held;
+  // Made by the sign-up whose user exists: that intent is finished (the reconciler finishes a
+  // sign-up whose user exists), so it need not be read. A change intent may still roll back.
+  if (users_intent.rfind("signup/", 0) == 0 && str_field(reservation, "intent") == users_intent) {
+    return policy::claim::held;
+  }
   auto st = intent_of(reservation);
   if (!st.ok()) return st.error();
   return policy::classify_claim(holder, user, st.value());
@@ -670,7 +675,8 @@ replicator::pending_json identities::put_claim(unique_field f, const std::string
 }
 
 replicator::result<policy::claim> identities::settle_claim(replicator::pending_json& put, unique_field f,
-                                                           const std::string& key, const std::string& user, bool own) {
+                                                           const std::string& key, const std::string& user,
+                                                           const std::string& users_intent) {
   auto r = put.get();
   if (r.ok()) return policy::claim::held;
   if (!is_conflict(r.error())) return r.error();
@@ -680,7 +686,7 @@ replicator::result<policy::claim> identities::settle_claim(replicator::pending_j
     if (cur.error().kind == couch_error_kind::not_found) return policy::claim::in_flight;
     return cur.error();
   }
-  return classify(cur.value(), user, own);
+  return classify(cur.value(), user, users_intent);
 }
 
 void identities::settle(const std::string& user, const std::string& email) {
@@ -716,13 +722,15 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
   struct want {
     std::size_t i;
     std::string name_key, email;
-    bool own = false;  // made (or last changed) through sign-up: `couchgate_intent` set
+    bool own = false;    // made (or last changed) through sign-up: `couchgate_intent` set
+    std::string intent;  // that `couchgate_intent`
   };
   // What a user document asks for; false when it asks for nothing (no valid name or address).
   const auto wanted = [&](const policy::user_doc& u, want& w) {
     w.name_key.clear();
     w.email.clear();
     w.own = u.from_intent;
+    w.intent = u.intent;
     if (auto n = policy::check_user_name(u.name, cfg_.rules); n.ok()) w.name_key = policy::name_key(n.value);
     if (!u.email.empty()) {
       if (auto e = policy::normalise_email(u.email, cfg_.rules); e.ok()) w.email = e.value;
@@ -769,8 +777,11 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     for (auto& w : todo) {
       const auto it = current.find(users[w.i]->name);
       // Gone since (its deletion is the feed's next row) or no longer a user document: nothing
-      // is reserved for it.
-      if (it == current.end()) continue;
+      // is reserved for it, and its database is not made from an older row.
+      if (it == current.end()) {
+        out[w.i] = policy::direct_verdict{false, false, {}};
+        continue;
+      }
       if (wanted(it->second, w) && !settled(it->first, w.email)) still.push_back(std::move(w));
     }
     todo = std::move(still);
@@ -808,8 +819,8 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     // One field: an existing reservation is classified; a missing one is created.
     const auto claim_field = [&](unique_field f, const std::string& key) -> std::optional<policy::claim> {
       const auto it = found.find(policy::reservation_id(f, key));
-      auto c = it == found.end() ? settle_claim(puts.at({w.i, f}), f, key, user, w.own)
-                                 : classify(it->second, user, w.own);
+      auto c = it == found.end() ? settle_claim(puts.at({w.i, f}), f, key, user, w.intent)
+                                 : classify(it->second, user, w.intent);
       if (!c.ok()) {
         failed = c.error();
         return std::nullopt;
@@ -838,10 +849,13 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
       auto it = found.find(name_id);
       std::optional<json> name_doc;
       if (it != found.end()) name_doc = it->second;
-      // (Held: no intent of this name is in flight, or the user is the one its intent made.)
       if (name_doc && str_field(*name_doc, "email") != w.email) {
         const std::string old = str_field(*name_doc, "email");
-        bool ok = old.empty() || release(policy::reservation_id(unique_field::email, old), "user", user);
+        // The user is read once more right before: an address change that completed since the
+        // documents above were read (PUT /_identity/email) recorded its new address where this
+        // pass would see an "old" one, and releasing it would free an address the user has.
+        bool ok = still_has_address(user, w.email);
+        ok = ok && (old.empty() || release_old_address(policy::reservation_id(unique_field::email, old), user));
         if (ok) {
           json upd = *name_doc;
           if (w.email.empty()) upd.erase("email");
@@ -860,6 +874,30 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     out[w.i] = std::move(v);
   }
   return out;
+}
+
+bool identities::still_has_address(const std::string& user, const std::string& email) {
+  auto doc = client_.get_doc(users_db_, policy::user_doc_id(user)).get();
+  if (!doc.ok()) return false;
+  auto parsed = policy::parse_user_doc(doc.value(), false, doc.value().dump().size());
+  const auto* u = std::get_if<policy::user_doc>(&parsed);
+  if (u == nullptr || u->deleted) return false;
+  std::string now;
+  if (!u->email.empty()) {
+    if (auto e = policy::normalise_email(u->email, cfg_.rules); e.ok()) now = e.value;
+  }
+  return now == email;
+}
+
+bool identities::release_old_address(const std::string& reservation_id, const std::string& user) {
+  auto cur = client_.get_doc(cfg_.db, reservation_id).get();
+  if (!cur.ok()) return cur.error().kind == couch_error_kind::not_found;
+  if (str_field(cur.value(), "user") != user) return true;  // someone else's: never touched
+  auto st = intent_of(cur.value());
+  if (!st.ok()) return false;
+  if (!policy::may_release_old_address(str_field(cur.value(), "user"), user, st.value())) return false;
+  auto d = client_.delete_doc(cfg_.db, reservation_id, str_field(cur.value(), "_rev")).get();
+  return d.ok() || d.error().kind == couch_error_kind::not_found;
 }
 
 bool identities::release_if_held_by_deleted(const std::string& reservation_id, const std::string& user) {
@@ -897,22 +935,26 @@ bool identities::release_deleted(const std::string& name) {
   if (u.error().kind != couch_error_kind::not_found) return false;
 
   auto checked = policy::check_user_name(name, cfg_.rules);
-  std::string name_id;
+  std::vector<std::string> name_ids;  // under today's key, and under the key before NFKC
   std::vector<std::string> emails;
   if (!cached_email.empty()) emails.push_back(cached_email);
   if (checked.ok()) {
-    name_id = policy::reservation_id(unique_field::name, policy::name_key(checked.value));
+    name_ids.push_back(policy::reservation_id(unique_field::name, policy::name_key(checked.value)));
+    const std::string legacy = policy::reservation_id(unique_field::name, policy::legacy_name_key(checked.value));
+    if (legacy != name_ids.front()) name_ids.push_back(legacy);
+  }
+  for (const auto& name_id : name_ids) {
     auto cur = client_.get_doc(cfg_.db, name_id).get();
     if (!cur.ok() && cur.error().kind != couch_error_kind::not_found) return false;
     if (cur.ok() && str_field(cur.value(), "user") == name) {
       const std::string e = str_field(cur.value(), "email");
-      if (!e.empty() && e != cached_email) emails.push_back(e);
+      if (!e.empty() && std::find(emails.begin(), emails.end(), e) == emails.end()) emails.push_back(e);
     }
   }
   bool ok = true;
   for (const auto& e : emails) ok = release_if_held_by_deleted(policy::reservation_id(unique_field::email, e), name) && ok;
-  // The name reservation last: it is where the address is found again after a crash.
-  if (ok && !name_id.empty()) ok = release_if_held_by_deleted(name_id, name);
+  // The name reservations last: they are where the address is found again after a crash.
+  for (const auto& name_id : name_ids) ok = ok && release_if_held_by_deleted(name_id, name);
   return ok;
 }
 

@@ -137,17 +137,24 @@ class identities {
   std::string new_intent_id(const char* kind);
   // The state of the intent a reservation names; nullopt when it names none or the intent is gone.
   replicator::result<std::optional<policy::intent_state>> intent_of(const replicator::json& reservation);
-  // Where a reservation that exists stands for `user`. For a user an intent made (`own`), one
-  // it holds is held whatever that intent's state: the user exists, so the intent is finished,
-  // never rolled back, and its intent need not be read.
+  // Where a reservation that exists stands for `user`. users_intent: the `couchgate_intent` of the
+  // user's document; a reservation made by that sign-up is held without reading the intent.
   replicator::result<policy::claim> classify(const replicator::json& reservation, const std::string& user,
-                                             bool own = false);
+                                             const std::string& users_intent = {});
   // PUTs a reservation for a user made without couchgate (answer awaited by settle_claim: on
   // 409 the holder is read and classified).
   replicator::pending_json put_claim(policy::unique_field f, const std::string& key, const std::string& user,
                                      const std::string& email);
   replicator::result<policy::claim> settle_claim(replicator::pending_json& put, policy::unique_field f,
-                                                 const std::string& key, const std::string& user, bool own);
+                                                 const std::string& key, const std::string& user,
+                                                 const std::string& users_intent);
+  // Releases the reservation of an address `user` no longer has (policy::may_release_old_address):
+  // true when released or not this user's; false when it must wait (an intent still decides it)
+  // or on a server error.
+  bool release_old_address(const std::string& reservation_id, const std::string& user);
+  // Whether `user`'s document, read now, has this (normalised) address ("" for none); false when
+  // it cannot be read or is gone.
+  bool still_has_address(const std::string& user, const std::string& email);
   // Deletes a reservation if policy::may_release_for_deleted allows (the user is gone).
   bool release_if_held_by_deleted(const std::string& reservation_id, const std::string& user);
   // `own`: the user was made through sign-up and its address was then changed in `_users`.

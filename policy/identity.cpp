@@ -102,6 +102,14 @@ bool has_format_char(std::string_view s) {
   return found;
 }
 
+// Default-ignorable code points (Unicode's Default_Ignorable_Code_Point: format characters, and
+// also U+034F, variation selectors, the Hangul fillers): invisible when shown.
+bool has_default_ignorable(std::string_view s) {
+  bool found = false;
+  each_code_point(s, [&](ucs4_t uc) { found = found || uc_is_property_default_ignorable_code_point(uc); });
+  return found;
+}
+
 // White space (any Unicode white space: U+00A0, U+3000...) as the first or the last character.
 bool space_at_edge(std::string_view s) {
   std::optional<ucs4_t> first, last;
@@ -190,7 +198,7 @@ checked_value normalise_email(std::string_view email, const identity_rules& rule
     return fail("email is longer than " + std::to_string(rules.max_email_bytes) + " bytes");
   }
   if (has_control(e)) return fail("email contains a control character");
-  if (has_format_char(e)) return fail("email contains an invisible (format) character");
+  if (has_format_char(e) || has_default_ignorable(e)) return fail("email contains an invisible (format) character");
   bool spaced = false;
   each_code_point(e, [&](ucs4_t uc) { spaced = spaced || uc_is_property_white_space(uc); });
   if (spaced) return fail("email contains white space");
@@ -213,7 +221,26 @@ checked_value normalise_email(std::string_view email, const identity_rules& rule
 
 std::string name_key(std::string_view checked_name) {
   auto folded = casefold_nfkc(checked_name);
-  return folded ? *folded : std::string(checked_name);
+  if (!folded) return std::string(checked_name);
+  // NFKC_Casefold also drops default-ignorable code points (U+034F, variation selectors, the
+  // Hangul fillers...): invisible, so "ali<U+034F>ce" is "alice".
+  std::string key;
+  key.reserve(folded->size());
+  each_code_point(*folded, [&](ucs4_t uc) {
+    if (uc_is_property_default_ignorable_code_point(uc)) return;
+    uint8_t buf[6];
+    const int n = u8_uctomb(buf, uc, static_cast<int>(sizeof buf));
+    if (n > 0) key.append(reinterpret_cast<const char*>(buf), static_cast<std::size_t>(n));
+  });
+  return key;
+}
+
+std::string legacy_name_key(std::string_view checked_name) {
+  if (checked_name.empty()) return std::string();
+  std::size_t len = 0;
+  uint8_t* out = u8_tolower(bytes(checked_name), checked_name.size(), nullptr, UNINORM_NFC, nullptr, &len);
+  auto low = owned(out, len);
+  return low ? *low : std::string(checked_name);
 }
 
 const char* to_string(unique_field f) {
@@ -309,6 +336,10 @@ direct_verdict decide_direct_user(claim name, std::optional<claim> email, on_dup
   v.look_again = !v.conflicts.empty() || name == claim::in_flight || email == claim::in_flight;
   v.provision = v.conflicts.empty() || mode == on_duplicate::flag;
   return v;
+}
+
+bool may_release_old_address(std::string_view holder, std::string_view user, std::optional<intent_state> intent) {
+  return holder == user && !in_flight(intent) && intent != intent_state::rolling_back;
 }
 
 bool may_release_for_deleted(bool user_exists_now, std::string_view holder, std::string_view user,

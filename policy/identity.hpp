@@ -57,6 +57,9 @@ checked_value check_idempotency_key(std::string_view key);
 // would impersonate the other. Reservations made under an earlier key (NFC and lower case) differ
 // only for names with such characters; the provisioner reserves the new key on its first pass.
 std::string name_key(std::string_view checked_name);
+// The key before NFKC (NFC and lower case): what reservations made then are named by, so a
+// deleted user's old reservation is found and released too.
+std::string legacy_name_key(std::string_view checked_name);
 
 // Reservation document ids: "name/<name_key>", "email/<normalised address>".
 enum class unique_field { name, email };
@@ -133,6 +136,10 @@ direct_verdict decide_direct_user(claim name, std::optional<claim> email, on_dup
 // Whether a deleted user's reservation may be released: only when the user is really gone now
 // (a feed entry may be older than a user made again since), the reservation points at that user,
 // and no intent that holds it is still running (a sign-up of the same name in flight owns it).
+// Whether the reservation of an address a live user no longer has may be released: it is the
+// user's, and no intent naming it is pending, reserved or rolling back (such an intent still
+// decides what becomes of it).
+bool may_release_old_address(std::string_view holder, std::string_view user, std::optional<intent_state> intent);
 bool may_release_for_deleted(bool user_exists_now, std::string_view holder, std::string_view user,
                              std::optional<intent_state> intent);
 

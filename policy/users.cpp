@@ -123,7 +123,8 @@ parsed_user parse_user_doc(const nlohmann::json& doc, bool deleted, std::size_t 
     out.email = email->get<std::string>();
   }
   if (const nlohmann::json* intent = find_field(doc, "couchgate_intent"); intent != nullptr && intent->is_string()) {
-    out.from_intent = !intent->get_ref<const std::string&>().empty();
+    out.intent = intent->get<std::string>();
+    out.from_intent = !out.intent.empty();
   }
   return out;
 }

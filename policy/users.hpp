@@ -15,6 +15,7 @@ struct user_doc {
   bool deleted = false;  // a tombstone: only the name (from the id) is known
   std::string email;     // the `email` field as written (empty when absent or not a string)
   bool from_intent = false;  // made or changed by couchgate's sign-up (`couchgate_intent` set)
+  std::string intent;        // that `couchgate_intent` (an intent id), "" when none
 };
 
 struct user_doc_error {

@@ -78,6 +78,12 @@ TEST_CASE("name keys: compatibility forms and case folding give one key (UTS #39
   CHECK(name_key("①") == name_key("1"));              // circled digit one
   CHECK(name_key("ΣΑΣ") == name_key("σας"));          // final sigma
   CHECK(name_key("re\xCC\x81my") == name_key("RÉMY"));  // combining acute / precomposed capital
+  CHECK(name_key("ali\xCD\x8F" "ce") == "alice");       // U+034F COMBINING GRAPHEME JOINER: default-ignorable
+  CHECK(name_key("alice\xEF\xB8\x8F") == "alice");      // U+FE0F variation selector
+  CHECK(name_key("\xE3\x85\xA4" "alice") == "alice");    // U+3164 HANGUL FILLER
+  CHECK(legacy_name_key("Straße") == "straße");             // the key before NFKC, for releasing old reservations
+  CHECK(legacy_name_key("ALICE") == "alice");
+  CHECK(legacy_name_key("ＡＬＩＣＥ") == "ａｌｉｃｅ");
   CHECK(name_key("alice") != name_key("alicf"));
   CHECK(name_key("ß") != name_key("s"));
   CHECK(reservation_id(unique_field::name, name_key("ａｌｉｃｅ")) == "name/alice");
@@ -94,6 +100,18 @@ TEST_CASE("normalise_email: compatibility forms become the characters they stand
   CHECK(normalise_email("ﬁ@example.org", r).value == "fi@example.org");
   CHECK(normalise_email("Straße@Example.DE", r).value == "straße@example.de");  // lower case, not folded: another mailbox
   CHECK_FALSE(normalise_email("a＠b＠example.org", r).ok());                     // two '@' once normalised
+  CHECK_FALSE(normalise_email("a\xCD\x8F@example.org", r).ok());                  // U+034F: invisible
+  CHECK_FALSE(normalise_email("a\xEF\xB8\x8F@example.org", r).ok());             // U+FE0F: invisible
+}
+
+TEST_CASE("may_release_old_address: only the user's own, never while an intent still decides it") {
+  CHECK(may_release_old_address("u", "u", std::nullopt));
+  CHECK(may_release_old_address("u", "u", intent_state::done));
+  CHECK(may_release_old_address("u", "u", intent_state::rolled_back));
+  CHECK_FALSE(may_release_old_address("v", "u", intent_state::done));
+  CHECK_FALSE(may_release_old_address("u", "u", intent_state::pending));
+  CHECK_FALSE(may_release_old_address("u", "u", intent_state::reserved));
+  CHECK_FALSE(may_release_old_address("u", "u", intent_state::rolling_back));
 }
 
 TEST_CASE("decide_intent: the reconciler never races a young sign-up and finishes every old one") {
