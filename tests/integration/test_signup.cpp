@@ -697,6 +697,35 @@ TEST_CASE("a signed-up user whose address is rewritten in _users: the old one is
   couch().del(f.ids_db);
 }
 
+TEST_CASE("a deleted user's reservations made under the key before NFKC are released too") {
+  direct_fixture f("flag");
+  // Reservations as couchgate made them before names were keyed by NFKC and case folding:
+  // name/<NFC, lower case> recording the address.
+  const std::string stem = unique("stra");
+  const std::string name = stem + "\xC3\x9F" "e";   // ...ße
+  const std::string old_key = "name/" + stem + "\xC3\x9F" "e";
+  const std::string new_key = "name/" + stem + "sse";
+  const std::string email = unique("legacy") + "@example.org";
+  REQUIRE(couch().put(f.ids_db, json::object()).status / 100 == 2);
+  REQUIRE(couch().put(f.ids_db + "/" + enc(old_key),
+                      json{{"type", "reservation"}, {"field", "name"}, {"user", name}, {"email", email}}).status == 201);
+  REQUIRE(couch().put(f.ids_db + "/" + enc("email/" + email),
+                      json{{"type", "reservation"}, {"field", "email"}, {"user", name}}).status == 201);
+  couchgate_process cg(f.cfg);
+  cg.start();
+  REQUIRE(cg.wait_ready(60s));
+  f.create(name, email);
+  // The first pass reserves the new key for the existing user.
+  CHECK(eventually([&] { return f.holder(new_key) == name && f.provisioned(name); }, 30s));
+  CHECK(f.holder("email/" + email) == name);
+  CHECK(direct_fixture::unlisted(cg, name));
+  delete_user_doc(name);
+  CHECK(eventually([&] {
+    return f.holder(new_key).empty() && f.holder(old_key).empty() && f.holder("email/" + email).empty();
+  }, 30s));
+  couch().del(f.ids_db);
+}
+
 // ---- the race through HTTP ----
 
 TEST_CASE("sign-up race through the front door: 200 concurrent requests for 50 names and 50 addresses") {
