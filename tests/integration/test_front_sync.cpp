@@ -578,7 +578,11 @@ TEST_CASE("live feeds: 50 PouchDB live syncs park in couchgate; every write reac
                                        << "; feeds parked at most " << max_parked << "; at the most: " << at_max
                                        << "; peaks: couchgate_couchdb_connections_peak "
                                        << cg.metric("couchgate_couchdb_connections_peak").value_or(-1));
-  CHECK(max_parked >= clients);
+  // Every client parked at once is live.js's own check (it reads the gauge until it shows them
+  // all, then writes: run_script fails on any failed check). This sampler may miss that moment
+  // (it can be milliseconds before the first write wakes a feed; under ASan a sample takes
+  // long): it must at least have seen feeds parked.
+  CHECK(max_parked > 0);
   CHECK(max_front_open <= pool);
   CHECK(cg.metric("couchgate_front_upstream_peak").value_or(99) <= pool);
   CHECK(max_sockets <= pool + fanin_pool);
