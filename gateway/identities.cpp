@@ -58,6 +58,15 @@ replicator::result<std::map<std::string, json>> docs_by_key(replicator::couch_cl
   return found;
 }
 
+// A `_users` document read off the wire as a live user; nullopt when deleted, a design document
+// or malformed.
+std::optional<policy::user_doc> live_user(const json& doc) {
+  auto parsed = policy::parse_user_doc(doc, false, doc.dump().size());
+  auto* u = std::get_if<policy::user_doc>(&parsed);
+  if (u == nullptr || u->deleted) return std::nullopt;
+  return std::move(*u);
+}
+
 bool is_conflict(const couch_error& e) { return e.kind == couch_error_kind::conflict; }
 
 constexpr std::chrono::milliseconds poll_step{50};
@@ -722,19 +731,15 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
   struct want {
     std::size_t i;
     std::string name_key, email;
-    bool own = false;    // made (or last changed) through sign-up: `couchgate_intent` set
-    std::string intent;  // that `couchgate_intent`
+    std::string intent;  // the user document's `couchgate_intent` ("" for a user made without couchgate)
   };
   // What a user document asks for; false when it asks for nothing (no valid name or address).
   const auto wanted = [&](const policy::user_doc& u, want& w) {
     w.name_key.clear();
     w.email.clear();
-    w.own = u.from_intent;
     w.intent = u.intent;
     if (auto n = policy::check_user_name(u.name, cfg_.rules); n.ok()) w.name_key = policy::name_key(n.value);
-    if (!u.email.empty()) {
-      if (auto e = policy::normalise_email(u.email, cfg_.rules); e.ok()) w.email = e.value;
-    }
+    w.email = address_of(u);
     return !(w.name_key.empty() && w.email.empty());
   };
   const auto settled = [&](const std::string& user, const std::string& email) {
@@ -769,8 +774,7 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     }
     std::map<std::string, policy::user_doc> current;  // by name; gone or unreadable users are absent
     for (const auto& [id, doc] : now_docs.value()) {
-      auto parsed = policy::parse_user_doc(doc, false, doc.dump().size());
-      if (auto* u = std::get_if<policy::user_doc>(&parsed); u != nullptr && !u->deleted) current[u->name] = *u;
+      if (auto u = live_user(doc)) current[u->name] = std::move(*u);
     }
     std::vector<want> still;
     std::lock_guard lk(direct_mu_);
@@ -869,7 +873,7 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
       }
     }
     auto v = policy::decide_direct_user(*name_claim, email_claim, cfg_.on_duplicate);
-    note_conflicts(user, w.email, w.name_key, w.own, v, holders);
+    note_conflicts(user, w.email, w.name_key, !w.intent.empty(), v, holders);
     if (!v.look_again) settle(user, w.email);
     out[w.i] = std::move(v);
   }
@@ -879,14 +883,14 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
 bool identities::still_has_address(const std::string& user, const std::string& email) {
   auto doc = client_.get_doc(users_db_, policy::user_doc_id(user)).get();
   if (!doc.ok()) return false;
-  auto parsed = policy::parse_user_doc(doc.value(), false, doc.value().dump().size());
-  const auto* u = std::get_if<policy::user_doc>(&parsed);
-  if (u == nullptr || u->deleted) return false;
-  std::string now;
-  if (!u->email.empty()) {
-    if (auto e = policy::normalise_email(u->email, cfg_.rules); e.ok()) now = e.value;
-  }
-  return now == email;
+  const auto u = live_user(doc.value());
+  return u && address_of(*u) == email;
+}
+
+std::string identities::address_of(const policy::user_doc& u) const {
+  if (u.email.empty()) return {};
+  auto e = policy::normalise_email(u.email, cfg_.rules);
+  return e.ok() ? e.value : std::string();
 }
 
 bool identities::release_old_address(const std::string& reservation_id, const std::string& user) {

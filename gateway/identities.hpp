@@ -155,6 +155,9 @@ class identities {
   // Whether `user`'s document, read now, has this (normalised) address ("" for none); false when
   // it cannot be read or is gone.
   bool still_has_address(const std::string& user, const std::string& email);
+  // The user's address as reservations name it (policy::normalise_email); "" when it has none or
+  // an invalid one.
+  std::string address_of(const policy::user_doc& u) const;
   // Deletes a reservation if policy::may_release_for_deleted allows (the user is gone).
   bool release_if_held_by_deleted(const std::string& reservation_id, const std::string& user);
   // `own`: the user was made through sign-up and its address was then changed in `_users`.

@@ -136,12 +136,12 @@ direct_verdict decide_direct_user(claim name, std::optional<claim> email, on_dup
 // Whether a deleted user's reservation may be released: only when the user is really gone now
 // (a feed entry may be older than a user made again since), the reservation points at that user,
 // and no intent that holds it is still running (a sign-up of the same name in flight owns it).
+bool may_release_for_deleted(bool user_exists_now, std::string_view holder, std::string_view user,
+                             std::optional<intent_state> intent);
 // Whether the reservation of an address a live user no longer has may be released: it is the
 // user's, and no intent naming it is pending, reserved or rolling back (such an intent still
 // decides what becomes of it).
 bool may_release_old_address(std::string_view holder, std::string_view user, std::optional<intent_state> intent);
-bool may_release_for_deleted(bool user_exists_now, std::string_view holder, std::string_view user,
-                             std::optional<intent_state> intent);
 
 // Whether a reservation a sign-up or an address change made (it names its intent) is stale, so a
 // new claim may delete it (by the revision read) and take the value: its intent was rolled back,

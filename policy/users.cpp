@@ -124,7 +124,6 @@ parsed_user parse_user_doc(const nlohmann::json& doc, bool deleted, std::size_t 
   }
   if (const nlohmann::json* intent = find_field(doc, "couchgate_intent"); intent != nullptr && intent->is_string()) {
     out.intent = intent->get<std::string>();
-    out.from_intent = !out.intent.empty();
   }
   return out;
 }

@@ -14,8 +14,8 @@ struct user_doc {
   std::vector<std::string> roles;
   bool deleted = false;  // a tombstone: only the name (from the id) is known
   std::string email;     // the `email` field as written (empty when absent or not a string)
-  bool from_intent = false;  // made or changed by couchgate's sign-up (`couchgate_intent` set)
-  std::string intent;        // that `couchgate_intent` (an intent id), "" when none
+  std::string intent;  // `couchgate_intent`: the sign-up or address change that made or last changed it; "" when none
+  bool from_intent() const { return !intent.empty(); }
 };
 
 struct user_doc_error {

@@ -51,7 +51,7 @@ TEST_CASE("parse_user_change: a live user") {
   CHECK(u->roles == std::vector<std::string>{"staff", "friends"});
   CHECK_FALSE(u->deleted);
   CHECK(u->email.empty());
-  CHECK_FALSE(u->from_intent);
+  CHECK_FALSE(u->from_intent());
 }
 
 TEST_CASE("parse_user_change: the e-mail address and whether couchgate's sign-up made the user") {
@@ -62,14 +62,14 @@ TEST_CASE("parse_user_change: the e-mail address and whether couchgate's sign-up
   const auto* u = as_user(p);
   REQUIRE(u != nullptr);
   CHECK(u->email == " Alice@Example.org ");  // as written: normalising is identity's business
-  CHECK(u->from_intent);
+  CHECK(u->from_intent());
   // Other types read as absent, never as an error: the user is still provisioned.
   doc["email"] = 42;
   doc["couchgate_intent"] = json::array();
   const auto q = parse_user_change(row_for(doc));
   REQUIRE(as_user(q) != nullptr);
   CHECK(as_user(q)->email.empty());
-  CHECK_FALSE(as_user(q)->from_intent);
+  CHECK_FALSE(as_user(q)->from_intent());
 }
 
 TEST_CASE("parse_user_change: roles are optional; names keep odd characters") {
