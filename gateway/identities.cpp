@@ -99,7 +99,10 @@ identities::identities(replicator::couch_client& client, replicator::registry& m
       duplicates_found_(metrics.add_counter("couchgate_identity_duplicates_total",
                                             "Users made without couchgate, or whose address was changed in _users, found with a name or address another user has reserved")),
       duplicates_(metrics.add_gauge("couchgate_identity_duplicates",
-                                    "Such conflicts standing now (listed at the admin API's /identities/conflicts)")) {}
+                                    "Such conflicts standing now (listed at the admin API's /identities/conflicts)")),
+      unconfirmed_(metrics.add_counter("couchgate_identity_reservations_unconfirmed_total",
+                                       "Reservations the server stored on fewer copies than its write quorum (202): "
+                                       "withdrawn, the claim failed")) {}
 
 std::optional<couch_error> identities::ensure_db() { return ensure_private_db(client_, cfg_.db); }
 
@@ -153,9 +156,10 @@ replicator::result<bool> identities::reserve(unique_field f, const std::string& 
   json doc{{"type", "reservation"}, {"field", policy::to_string(f)}, {"user", user}, {"intent", intent_id},
            {"created", stamp()}};
   if (f == unique_field::name && !email.empty()) doc["email"] = email;
-  auto r = client_.put_doc(cfg_.db, id, doc).get();
+  auto r = client_.put_doc(cfg_.db, id, doc).get_write();
   if (r.ok()) {
-    rev_out = str_field(r.value(), "rev");
+    if (!r.value().quorum) return unconfirmed(id, str_field(r.value().body, "rev"));
+    rev_out = str_field(r.value().body, "rev");
     return true;
   }
   if (!is_conflict(r.error())) return r.error();
@@ -184,6 +188,23 @@ replicator::result<bool> identities::reserve(unique_field f, const std::string& 
     }
   }
   return false;
+}
+
+couch_error identities::unconfirmed(const std::string& reservation_id, const std::string& rev) {
+  unconfirmed_.inc();
+  auto withdrawn = client_.delete_doc(cfg_.db, reservation_id, rev).get();
+  log()->warn("reservation {}: the server stored it on fewer copies than its write quorum (202 Accepted), so a "
+              "concurrent claim of the same value may hold it; withdrawn{}, and the claim fails until the cluster "
+              "reaches its quorum again",
+              reservation_id,
+              withdrawn.ok() ? std::string()
+                             : " — withdrawing failed (" + withdrawn.error().describe() + "): released with its claim");
+  couch_error e;
+  e.kind = couch_error_kind::server;
+  e.status = 202;
+  e.error = "quorum_not_met";
+  e.reason = "the reservation reached fewer copies than the write quorum";
+  return e;
 }
 
 bool identities::stale(const json& reservation) {
@@ -686,8 +707,11 @@ replicator::pending_json identities::put_claim(unique_field f, const std::string
 replicator::result<policy::claim> identities::settle_claim(replicator::pending_json& put, unique_field f,
                                                            const std::string& key, const std::string& user,
                                                            const std::string& users_intent) {
-  auto r = put.get();
-  if (r.ok()) return policy::claim::held;
+  auto r = put.get_write();
+  if (r.ok()) {
+    if (!r.value().quorum) return unconfirmed(policy::reservation_id(f, key), str_field(r.value().body, "rev"));
+    return policy::claim::held;
+  }
   if (!is_conflict(r.error())) return r.error();
   auto cur = client_.get_doc(cfg_.db, policy::reservation_id(f, key)).get();
   if (!cur.ok()) {

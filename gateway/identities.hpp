@@ -124,6 +124,14 @@ class identities {
   replicator::result<bool> reserve(policy::unique_field f, const std::string& key, const std::string& user,
                                    const std::string& intent_id, std::string& rev_out, const std::string& email = {},
                                    bool retried = false);
+  // A reservation the server answered 202 Accepted (a cluster: fewer copies than the write quorum
+  // stored it) is not won: a concurrent claim of the same value through another node may have
+  // met the quorum, and both would become conflicting revisions whose winner neither chose.
+  // Its own revision is withdrawn at once (deleted by that revision, so a conflicting claim's
+  // stays and wins) and the claim fails as an unavailable server does (retried; a sign-up answers
+  // 503): unique values before availability while the cluster cannot reach its quorum. A 201
+  // is conclusive while the quorum is a majority of the copies (CouchDB's default, n/2 + 1).
+  replicator::couch_error unconfirmed(const std::string& reservation_id, const std::string& rev);
   // Whether an existing reservation is stale (its intent and its user looked at on the server).
   bool stale(const replicator::json& reservation);
   // The user's name reservation (when this user holds it) records `email`: where the address is
@@ -192,6 +200,7 @@ class identities {
   replicator::histogram& latency_;
   replicator::counter& duplicates_found_;
   replicator::gauge& duplicates_;
+  replicator::counter& unconfirmed_;
 };
 
 }  // namespace couchgate::gateway

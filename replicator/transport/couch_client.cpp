@@ -9,6 +9,12 @@
 namespace couchgate::replicator {
 
 result<json> pending_json::get() {
+  auto w = get_write();
+  if (!w.ok()) return w.error();
+  return std::move(w.value().body);
+}
+
+result<pending_json::write_answer> pending_json::get_write() {
   http_response r = f_.get();
   if (!r.ok()) return error_from(r);
   auto j = wire::parse(r.body, "answer");
@@ -17,7 +23,7 @@ result<json> pending_json::get() {
     e.status = r.status;
     return e;
   }
-  return j;
+  return write_answer{std::move(j.value()), r.status != 202};
 }
 
 result<std::string> pending_json::text() {

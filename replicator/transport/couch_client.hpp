@@ -26,6 +26,16 @@ class pending_json {
   // Success = 2xx with a JSON body (depth-limited, see wire_json.hpp). Everything else is an
   // error value.
   result<json> get();
+  // A document write's answer: success as get(); `quorum` false when the server answered 202
+  // Accepted. In a CouchDB cluster that means fewer copies than the write quorum (w) stored it:
+  // the revision exists, but a concurrent write of the same new document elsewhere may have met
+  // the quorum, and the two become conflicting revisions — the body is the same as a 201's, so
+  // only the status tells (CouchDB's cluster theory). A single node always answers 201.
+  struct write_answer {
+    json body;
+    bool quorum = true;
+  };
+  result<write_answer> get_write();
   // Success = 2xx; the body as the server sent it, for the parsers of answers.hpp.
   result<std::string> text();
   // The raw answer, for callers that inspect it themselves.

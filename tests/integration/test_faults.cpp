@@ -218,6 +218,37 @@ TEST_CASE("fault_proxy: records when each answer began and its status, matched i
   cli.stop();
 }
 
+TEST_CASE("fault_proxy: rewrite_status turns the server's 201 into 202 for matching writes only, as many as asked") {
+  const std::string db = unique("proxy-rewrite");
+  REQUIRE(couch().put("/" + db, json::object()).status == 201);
+  fault_proxy proxy;
+  httplib::Client cli("127.0.0.1", proxy.port());
+  cli.set_keep_alive(true);
+  cli.set_read_timeout(5, 0);
+  cli.set_basic_auth(env().user, env().password);
+  proxy.rewrite_status(1, "PUT", "/" + db + "/res-", 201, 202);
+  const auto put = [&](const std::string& id) {
+    auto r = cli.Put("/" + db + "/" + id, R"({"v":1})", "application/json");
+    REQUIRE(r);
+    return std::pair{r->status, json::parse(r->body, nullptr, false)};
+  };
+  CHECK(put("other-1").first == 201);  // does not match: passes unchanged
+  auto [st, body] = put("res-1");
+  CHECK(st == 202);  // the server's body, unchanged
+  CHECK(body.value("ok", false));
+  CHECK(body.value("id", "") == "res-1");
+  CHECK(body.value("rev", "").rfind("1-", 0) == 0);
+  CHECK(couch().get("/" + db + "/res-1").status == 200);  // the write reached the server
+  CHECK(proxy.rewritten() == 1);
+  proxy.rewrite_status(1, "PUT", "/" + db + "/res-", 201, 202);
+  CHECK(put("res-1").first == 409);  // another status: unchanged, does not count
+  CHECK(put("res-2").first == 202);
+  CHECK(put("res-3").first == 201);  // one was asked for
+  CHECK(proxy.rewritten() == 2);
+  cli.stop();
+  couch().del("/" + db);
+}
+
 TEST_CASE("network errors and server restarts: couchgate reconnects and provisions what was created meanwhile") {
   fault_proxy proxy;
   auto n = fresh_names("outage");

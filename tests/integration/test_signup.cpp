@@ -16,6 +16,7 @@
 
 #include "policy/naming.hpp"
 #include "tests/integration/fixtures.hpp"
+#include "tests/support/fault_proxy.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace couchgate::test;
@@ -723,6 +724,59 @@ TEST_CASE("a deleted user's reservations made under the key before NFKC are rele
   CHECK(eventually([&] {
     return f.holder(new_key).empty() && f.holder(old_key).empty() && f.holder("email/" + email).empty();
   }, 30s));
+  couch().del(f.ids_db);
+}
+
+TEST_CASE("a reservation the server stores below its write quorum (202 Accepted) is not won: withdrawn, the claim fails and is made again") {
+  // A CouchDB cluster answers 202 when fewer copies than the write quorum stored a write (nodes
+  // unreachable): two sign-ups through two nodes may then both hold "their" reservation of one
+  // address, as conflicting revisions. A single node always answers 201, so the proxy turns the
+  // server's 201 into a cluster's 202 (same body) for one reservation at a time.
+  fault_proxy proxy;
+  direct_fixture f("flag");
+  couchgate_process cg(f.cfg, proxy_env(proxy));
+  cg.start();
+  REQUIRE(cg.wait_ready(60s));
+  const int port = read_port(f.dir.path + "/front.port");
+  REQUIRE(port > 0);
+  const auto rev_generation = [&](const std::string& id) {
+    auto r = couch().get(f.ids_db + "/" + enc(id));
+    return r.status == 200 ? std::stoi(r.body.value("_rev", "0-")) : 0;
+  };
+
+  // Sign-up: its address's reservation answered 202.
+  const std::string name = unique("quorum");
+  const std::string local = unique("q202");
+  const std::string email = local + "@example.org";
+  proxy.rewrite_status(1, "PUT", local, 201, 202);
+  const json body{{"name", name}, {"password", signup_password()}, {"email", email}};
+  auto a = call(port, "POST", "/_signup", body);
+  CHECK_MESSAGE(a.status == 503, a.body.dump());
+  CHECK(proxy.rewritten() == 1);
+  CHECK(couch().get(user_doc(name)).status == 404);  // no user
+  // Its revision withdrawn (deleted by that revision) and the name released with the intent.
+  CHECK(couch().get(f.ids_db + "/" + enc("email/" + email)).status == 404);
+  CHECK(eventually([&] { return f.holder("name/" + name).empty(); }, 10s));
+  CHECK(cg.metric("couchgate_identity_reservations_unconfirmed_total") == 1.0);
+  CHECK(cg.log().find("202 Accepted") != std::string::npos);
+  // The client tries again once the cluster has its quorum: created; the address's reservation is
+  // the third revision of its document (made, withdrawn, made again).
+  auto b = call(port, "POST", "/_signup", body);
+  REQUIRE_MESSAGE(b.status == 201, b.body.dump());
+  f.made.push_back(name);
+  CHECK(f.holder("email/" + email) == name);
+  CHECK(rev_generation("email/" + email) == 3);
+
+  // A user made without couchgate: the provisioner's claim of its address answered 202 is
+  // withdrawn, and a later pass claims it again.
+  const std::string direct = unique("qdirect");
+  const std::string local2 = unique("q202d");
+  proxy.rewrite_status(1, "PUT", local2, 201, 202);
+  f.create(direct, local2 + "@example.org");
+  CHECK(eventually([&] { return f.holder("email/" + local2 + "@example.org") == direct && f.provisioned(direct); }, 30s));
+  CHECK(proxy.rewritten() == 2);
+  CHECK(rev_generation("email/" + local2 + "@example.org") == 3);
+  CHECK(cg.metric("couchgate_identity_reservations_unconfirmed_total") == 2.0);
   couch().del(f.ids_db);
 }
 

@@ -54,6 +54,10 @@ struct connection {
   std::optional<std::size_t> awaiting, answering;
   std::string status_head;
   bool status_read = true;
+  // rewrite_status(): the awaited answer may get another status line; its bytes wait in s2c,
+  // from answer_start, until the status line is whole.
+  bool rewrite_candidate = false;
+  std::size_t answer_start = 0;
   bool close_when_sent = false;  // an injected answer that ends the connection once written
   fault_proxy::close_mode close_sent_as = fault_proxy::close_mode::graceful;  // ... this way
   // slow(): server bytes are held until s2c_ready (set when s2c stops being empty), then sent at
@@ -158,6 +162,20 @@ void fault_proxy::answer_next(int n, std::string raw_response, std::string targe
   inject_close_as_ = close_as;
   inject_response_ = std::move(raw_response);
   inject_match_ = std::move(target_contains);
+}
+
+void fault_proxy::rewrite_status(int n, std::string method, std::string target_contains, int from, int to) {
+  std::lock_guard lk(http_mu_);
+  rewrite_left_ = n;
+  rewrite_method_ = std::move(method);
+  rewrite_match_ = std::move(target_contains);
+  rewrite_from_ = from;
+  rewrite_to_ = to;
+}
+
+int fault_proxy::rewritten() const {
+  std::lock_guard lk(http_mu_);
+  return rewritten_;
 }
 
 void fault_proxy::hold(std::string target_contains) {
@@ -287,7 +305,7 @@ void fault_proxy::slow(std::chrono::milliseconds latency, std::size_t bytes_per_
 
 void fault_proxy::run() {
   // The first bytes of an answer arrived: the request awaiting it is answered now.
-  const auto note_answer = [this](connection& c) {
+  const auto note_answer = [this](connection& c, std::size_t from) {
     const auto now = std::chrono::steady_clock::now();
     std::lock_guard lk(http_mu_);
     if (*c.awaiting < requests_.size()) {
@@ -295,12 +313,25 @@ void fault_proxy::run() {
       c.answering = c.awaiting;
       c.status_head.clear();
       c.status_read = false;
+      c.answer_start = from;
     }
     c.awaiting.reset();
   };
+  // The status line of a rewrite candidate's answer is whole: replaced if it is the one asked for.
+  const auto rewrite = [this](connection& c, int status) {
+    c.rewrite_candidate = false;
+    std::lock_guard lk(http_mu_);
+    if (rewrite_left_ <= 0 || status != rewrite_from_ || *c.answering >= requests_.size()) return;
+    const std::size_t eol = c.s2c.find("\r\n", c.answer_start);
+    if (eol == std::string::npos) return;
+    const char* reason = rewrite_to_ == 202 ? "Accepted" : rewrite_to_ == 201 ? "Created" : "Rewritten";
+    c.s2c.replace(c.answer_start, eol - c.answer_start, "HTTP/1.1 " + std::to_string(rewrite_to_) + " " + reason);
+    --rewrite_left_;
+    ++rewritten_;
+  };
   // More of the answer arrived at s2c[from]: its last byte so far, and its status once the
   // status line ("HTTP/1.1 200 ...") is whole.
-  const auto note_more = [this](connection& c, std::size_t from) {
+  const auto note_more = [this, &rewrite](connection& c, std::size_t from) {
     const auto now = std::chrono::steady_clock::now();
     int status = -1;  // -1: not read yet
     if (!c.status_read) {
@@ -318,6 +349,7 @@ void fault_proxy::run() {
         }
       }
     }
+    if (status >= 0 && c.rewrite_candidate) rewrite(c, status);
     std::lock_guard lk(http_mu_);
     if (*c.answering >= requests_.size()) return;
     requests_[*c.answering].last_byte_at = now;
@@ -492,6 +524,8 @@ void fault_proxy::run() {
             c.awaiting.reset();
             c.answering.reset();
             if (!rec.answered_by_proxy && !pipelined) c.awaiting = requests_.size() - 1;
+            c.rewrite_candidate = c.awaiting && rewrite_left_ > 0 && rec.method == rewrite_method_ &&
+                                  rec.target.find(rewrite_match_) != std::string::npos;
           }
           (rec.answered_by_proxy ? c.skip : c.pass) = len;
         }
@@ -505,12 +539,12 @@ void fault_proxy::run() {
         const std::size_t before = c.s2c.size();
         read_into(c.server, c.s2c, c.server_eof, c);
         if (was_empty && !c.s2c.empty()) c.s2c_ready = std::chrono::steady_clock::now() + latency;
-        if (c.awaiting && c.s2c.size() > before) note_answer(c);
+        if (c.awaiting && c.s2c.size() > before) note_answer(c, before);
         if (c.answering && c.s2c.size() > before) note_more(c, before);
       }
       if (c.dead) continue;
       if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);
-      if (!c.s2c.empty()) {
+      if (!c.s2c.empty() && !(c.rewrite_candidate && !c.status_read)) {  // a status line to rewrite waits whole
         const std::size_t limit = allowed(c);
         const std::size_t sent = limit > 0 ? write_from(c.client, c.s2c, c, limit) : 0;
         if (limit != std::string::npos) c.credit -= static_cast<double>(sent);

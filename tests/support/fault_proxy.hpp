@@ -67,6 +67,14 @@ class fault_proxy {
   // `close_as`: how that close looks (reset: the peer sees "connection reset by peer" mid-answer).
   void answer_next(int n, std::string raw_response, std::string target_contains = {}, bool close_after = false,
                    close_mode close_as = close_mode::graceful);
+  // The next `n` answers with status `from` to requests with this method whose target contains
+  // `target_contains` reach the client with status `to` (the status line replaced; headers and
+  // body as the server sent them). CouchDB answers a write that fewer copies than its quorum
+  // stored with 202 and the body of a 201: a cluster's degraded write made from a single node's.
+  // Other answers to matching requests pass unchanged and do not count.
+  void rewrite_status(int n, std::string method, std::string target_contains, int from, int to);
+  // Answers rewritten so far (rewrite_status).
+  int rewritten() const;
   // While set (non-empty), a request whose target contains `target_contains` is held: recorded
   // when it arrives, but neither it nor what follows on its connection reaches the server until
   // hold({}) lets every held request go. One slow path (a late `_session` answer, say) while
@@ -146,6 +154,8 @@ class fault_proxy {
   bool inject_close_ = false;
   close_mode inject_close_as_ = close_mode::graceful;
   std::vector<request_record> requests_;
+  int rewrite_left_ = 0, rewrite_from_ = 0, rewrite_to_ = 0, rewritten_ = 0;
+  std::string rewrite_method_, rewrite_match_;
   std::string hold_match_;
   int held_ = 0;
 

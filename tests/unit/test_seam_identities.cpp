@@ -82,6 +82,22 @@ TEST_CASE_FIXTURE(scripted_identities, "a sign-up whose name is refused (409) an
   CHECK(s.unexpected().empty());
 }
 
+TEST_CASE_FIXTURE(scripted_identities, "a reservation answered 202 (below the write quorum) is withdrawn by its revision and the sign-up answers 503") {
+  s.on("PUT", "/ids/signup", created("2-i"), -1);
+  s.on("PUT", name_res, answer(202, R"({"ok":true,"id":"name/alice","rev":"1-n"})"));
+  s.on("DELETE", name_res + "?rev=1-n", answer(202, R"({"ok":true,"rev":"2-n"})"));
+  s.on("PUT", email_res, created("1-e"));
+  // Giving the intent up reads what it may hold: the name is withdrawn already.
+  s.on("GET", name_res, answer(404, R"({"error":"not_found","reason":"deleted"})"), -1);
+  s.on("GET", email_res, answer(404, R"({"error":"not_found","reason":"deleted"})"), -1);
+
+  const auto a = ids.signup(alice_signup);
+  CHECK(a.status == 503);
+  CHECK(s.count("DELETE", name_res + "?rev=1-n") == 1);
+  CHECK(s.count("PUT", user_path) == 0);  // no user made on an unconfirmed reservation
+  CHECK(metric_value(c.metrics, "couchgate_identity_reservations_unconfirmed_total") == 1.0);
+}
+
 TEST_CASE_FIXTURE(scripted_identities, "a sign-up whose name was released between its refused claim and the read claims it again") {
   cfg.provision_wait = std::chrono::seconds(0);
   g::identities quick{c.client, c.metrics, cfg, "_users", nullptr};
