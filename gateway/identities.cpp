@@ -69,6 +69,39 @@ std::optional<policy::user_doc> live_user(const json& doc) {
 
 bool is_conflict(const couch_error& e) { return e.kind == couch_error_kind::conflict; }
 
+// Every document of `db` whose id starts with `prefix`, in id order, a page at a time: `each` is
+// called with each one read as an object and returns false to stop. An error when a page could not
+// be read (the documents before it were seen).
+std::optional<couch_error> for_each_doc(replicator::couch_client& client, const std::string& db,
+                                        const std::string& prefix, const std::function<bool(const json&)>& each) {
+  constexpr std::size_t page_size = 200;
+  std::string start = json(prefix).dump();
+  const std::string end = json(prefix + "\xEF\xBF\xB0").dump();  // U+FFF0: after every id with the prefix
+  for (;;) {
+    auto page = client.all_docs(db, "include_docs=true&limit=" + std::to_string(page_size) + "&startkey=" +
+                                        replicator::encode_segment(start) + "&endkey=" + replicator::encode_segment(end))
+                    .get();
+    if (!page.ok()) return page.error();
+    const auto rows = page.value().is_object() ? page.value().find("rows") : page.value().end();
+    if (rows == page.value().end() || !rows->is_array()) {
+      return couch_error{couch_error_kind::protocol, 200, "bad_answer", "_all_docs answer has no rows array"};
+    }
+    std::string last;
+    for (const auto& row : *rows) {
+      last = str_field(row, "id");
+      const auto doc = row.is_object() ? row.find("doc") : row.end();
+      if (doc == row.end() || !doc->is_object()) continue;
+      if (!each(*doc)) return std::nullopt;
+    }
+    if (rows->size() < page_size || last.empty()) return std::nullopt;
+    start = json(last + std::string(1, '\0')).dump();  // the next id after `last`
+  }
+}
+
+// Where ensure_db records that every name reservation has one under policy::name_key too.
+constexpr const char* name_keys_marker = "_local/couchgate-name-keys";
+constexpr const char* name_keys_version = "nfkc-casefold";
+
 constexpr std::chrono::milliseconds poll_step{50};
 
 }  // namespace
@@ -104,7 +137,63 @@ identities::identities(replicator::couch_client& client, replicator::registry& m
                                        "Reservations the server stored on fewer copies than its write quorum (202): "
                                        "withdrawn, the claim failed")) {}
 
-std::optional<couch_error> identities::ensure_db() { return ensure_private_db(client_, cfg_.db); }
+std::optional<couch_error> identities::ensure_db() {
+  if (auto e = ensure_private_db(client_, cfg_.db)) return e;
+  return rekey_names();
+}
+
+std::optional<couch_error> identities::rekey_names() {
+  auto marker = client_.get_doc(cfg_.db, name_keys_marker).get();
+  if (marker.ok() && str_field(marker.value(), "keys") == name_keys_version) {
+    names_current_ = true;
+    return std::nullopt;
+  }
+  if (!marker.ok() && marker.error().kind != couch_error_kind::not_found) return marker.error();
+  std::size_t made = 0, shared = 0;
+  std::optional<couch_error> failed;
+  const auto listed = for_each_doc(client_, cfg_.db, "name/", [&](const json& doc) {
+    const std::string id = str_field(doc, "_id");
+    const std::string user = str_field(doc, "user");
+    const auto checked = policy::check_user_name(user, cfg_.rules);
+    if (str_field(doc, "type") != "reservation" || !checked.ok()) return true;
+    const std::string key = policy::name_key(checked.value);
+    const std::string want = policy::reservation_id(unique_field::name, key);
+    if (want == id) return true;
+    json copy{{"type", "reservation"}, {"field", "name"}, {"user", user}, {"created", stamp()}, {"rekeyed_from", id}};
+    for (const char* k : {"email", "intent"}) {
+      if (auto v = str_field(doc, k); !v.empty()) copy[k] = v;
+    }
+    auto put = client_.put_doc(cfg_.db, want, copy).get_write();
+    if (put.ok() && !put.value().quorum) failed = unconfirmed(want, str_field(put.value().body, "rev"));
+    else if (put.ok()) ++made;
+    else if (!is_conflict(put.error())) failed = put.error();
+    if (!put.ok() && is_conflict(put.error())) {
+      auto cur = client_.get_doc(cfg_.db, want).get();  // not found: released meanwhile, the retry makes it
+      if (!cur.ok()) failed = cur.error();
+      else if (const std::string holder = str_field(cur.value(), "user"); holder != user) {
+        ++shared;
+        log()->warn("users {} and {} have the same name key {} (one reads as the other once compatibility forms and "
+                    "case are folded); {} holds it, {} keeps its reservation under the older key only: its sign-up "
+                    "predates the folding. Rename or remove one of them",
+                    user, holder, key, holder, user);
+      }
+    }
+    return !failed;
+  });
+  if (listed) return listed;
+  if (failed) return failed;
+  json done{{"keys", name_keys_version}, {"at", stamp()}, {"made", made}, {"shared", shared}};
+  if (marker.ok()) done["_rev"] = str_field(marker.value(), "_rev");
+  auto w = client_.put_doc(cfg_.db, name_keys_marker, done).get();
+  if (!w.ok()) return w.error();
+  if (made + shared > 0) {
+    log()->info("user names re-keyed (compatibility forms and case folded): {} reservations made under the new key, "
+                "{} names shared with another user",
+                made, shared);
+  }
+  names_current_ = true;
+  return std::nullopt;
+}
 
 std::string identities::stamp() const {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now_().time_since_epoch()).count());
@@ -320,6 +409,7 @@ identity_answer identities::signup(const json& body, const std::optional<std::st
     json b{{"error", "bad_request"}, {"reason", "invalid sign-up"}, {"problems", problems}};
     return identity_answer{400, std::move(b)};
   }
+  if (!names_current_) return fail_answer(503, "service_unavailable", "starting up; try again");
   const std::string key = policy::name_key(name.value);
   const auto deadline = started + cfg_.signup_deadline;
 
@@ -433,6 +523,7 @@ identity_answer identities::signup(const json& body, const std::optional<std::st
 }
 
 identity_answer identities::available(const std::string& name, const std::string& email) {
+  if (!names_current_) return fail_answer(503, "service_unavailable", "starting up; try again");
   json out = json::object();
   const auto look = [&](unique_field f, const std::string& raw) -> bool {
     policy::checked_value v = f == unique_field::name ? policy::check_user_name(raw, cfg_.rules)
@@ -635,36 +726,19 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
 identities::reconcile_report identities::reconcile() {
   reconcile_report rep;
   for (const std::string prefix : {"signup/", "change/"}) {
-    std::string start = json(prefix).dump();
-    const std::string end = json(prefix + "\xEF\xBF\xB0").dump();  // U+FFF0: after every id with the prefix
-    while (true) {
-      auto page = client_.all_docs(cfg_.db, "include_docs=true&limit=200&startkey=" + replicator::encode_segment(start) +
-                                                "&endkey=" + replicator::encode_segment(end)).get();
-      const json* rows = nullptr;
-      if (page.ok() && page.value().is_object()) {
-        const auto it = page.value().find("rows");
-        if (it != page.value().end() && it->is_array()) rows = &*it;
-      }
-      if (rows == nullptr) {
-        ++rep.failed;
-        log()->warn("intent reconcile: listing intents failed: {}",
-                    page.ok() ? std::string("answer has no rows array") : page.error().describe());
-        return rep;
-      }
-      std::string last;
-      for (const auto& row : *rows) {
-        last = str_field(row, "id");
-        const auto doc = row.is_object() ? row.find("doc") : row.end();
-        if (doc == row.end() || !doc->is_object()) continue;
-        ++rep.seen;
-        const auto done = act(*doc);
-        if (!done) ++rep.failed;
-        else if (*done == policy::intent_action::finish) ++rep.finished;
-        else if (*done == policy::intent_action::roll_back || *done == policy::intent_action::release) ++rep.rolled_back;
-        else if (*done == policy::intent_action::forget) ++rep.forgotten;
-      }
-      if (rows->size() < 200 || last.empty()) break;
-      start = json(last + std::string(1, '\0')).dump();  // the next id after `last`
+    const auto listed = for_each_doc(client_, cfg_.db, prefix, [&](const json& doc) {
+      ++rep.seen;
+      const auto done = act(doc);
+      if (!done) ++rep.failed;
+      else if (*done == policy::intent_action::finish) ++rep.finished;
+      else if (*done == policy::intent_action::roll_back || *done == policy::intent_action::release) ++rep.rolled_back;
+      else if (*done == policy::intent_action::forget) ++rep.forgotten;
+      return true;
+    });
+    if (listed) {
+      ++rep.failed;
+      log()->warn("intent reconcile: listing intents failed: {}", listed->describe());
+      return rep;
     }
   }
   return rep;

@@ -8,12 +8,14 @@
 //   signup/<uuid>, change/<uuid>   intents: {type, state, name, name_key, email, old_email,
 //                                  created, updated} — never a password
 //   name/<name_key>, email/<addr>  reservations: {type:"reservation", field, user, intent}
+//   _local/couchgate-name-keys     the name keys every reservation has (rekey_names)
 // A `_users` document made or changed through here carries `couchgate_intent: <intent id>`, so
 // the reconciler can tell a user an intent made from one someone else made.
 //
 // Invariants after any crash, once the reconciler ran over intents older than intent_timeout:
 // no reservation without its user, no user made here without its reservations, never two
 // users with the same name key or e-mail address.
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -53,7 +55,9 @@ class identities {
              std::string users_db, std::function<bool(const std::string&)> user_ready,
              clock_fn now = [] { return std::chrono::system_clock::now(); });
 
-  // Creates the identities database with an admin-only _security (idempotent).
+  // Creates the identities database with an admin-only _security (idempotent), then makes sure
+  // every user name is reserved under its current key (rekey_names). Sign-ups and availability
+  // answer 503 until that is done.
   std::optional<replicator::couch_error> ensure_db();
 
   // POST /_signup with this JSON body. With an Idempotency-Key (policy::check_idempotency_key),
@@ -124,6 +128,14 @@ class identities {
   replicator::result<bool> reserve(policy::unique_field f, const std::string& key, const std::string& user,
                                    const std::string& intent_id, std::string& rev_out, const std::string& email = {},
                                    bool retried = false);
+  // Names were keyed by NFC and lower case before policy::name_key folded compatibility forms and
+  // case (NFKC_Casefold): a user "Straße" signed up then holds only name/straße, and a sign-up of
+  // "STRASSE" (key strasse) would find nothing in its way. Once per identities database (recorded
+  // in its _local/couchgate-name-keys), every name reservation whose key is not its user's current
+  // one gets a copy under the current key (same user, address and intent; a 409 by another user
+  // is logged: two existing users that now fold to one name). Users no selection provisions are
+  // covered too: the provisioner's admit() sees only the selected ones.
+  std::optional<replicator::couch_error> rekey_names();
   // A reservation the server answered 202 Accepted (a cluster: fewer copies than the write quorum
   // stored it) is not won: a concurrent claim of the same value through another node may have
   // met the quorum, and both would become conflicting revisions whose winner neither chose.
@@ -182,6 +194,7 @@ class identities {
   std::function<bool(const std::string&)> user_ready_;
   clock_fn now_;
   std::mutex rnd_mu_;
+  std::atomic<bool> names_current_{false};  // rekey_names() finished: sign-ups may be taken
   replicator::stop_flag stop_;
   std::thread thread_;
 

@@ -55,7 +55,7 @@ checked_value check_idempotency_key(std::string_view key);
 // caseless form, as UTS #39 compares identifiers), so "Alice" and "alice", "ａｌｉｃｅ" in
 // full-width letters, "Straße" and "STRASSE", or two spellings of "é" cannot both be taken — one
 // would impersonate the other. Reservations made under an earlier key (NFC and lower case) differ
-// only for names with such characters; the provisioner reserves the new key on its first pass.
+// only for names with such characters; identities::rekey_names copies them under this key at start.
 std::string name_key(std::string_view checked_name);
 // The key before NFKC (NFC and lower case): what reservations made then are named by, so a
 // deleted user's old reservation is found and released too.

@@ -727,6 +727,41 @@ TEST_CASE("a deleted user's reservations made under the key before NFKC are rele
   couch().del(f.ids_db);
 }
 
+TEST_CASE("at start, names reserved under the key before NFKC get the current key, for users no selection provisions too") {
+  direct_fixture f("flag");
+  // Straße signed up when names were keyed by NFC and lower case, and is not selected for
+  // provisioning (no role): the provisioner never looks at it.
+  const std::string stem = unique("strb");
+  const std::string name = stem + "\xC3\x9F" "e";  // ...ße
+  const std::string email = unique("rekey") + "@example.org";
+  REQUIRE(couch().put(f.ids_db, json::object()).status / 100 == 2);
+  REQUIRE(couch().put(f.ids_db + "/" + enc("name/" + name),
+                      json{{"type", "reservation"}, {"field", "name"}, {"user", name}, {"email", email}}).status == 201);
+  REQUIRE(couch().put(user_doc(name), json{{"_id", "org.couchdb.user:" + name}, {"name", name}, {"type", "user"},
+                                           {"roles", json::array()}, {"password", "pw-123456"}}).status == 201);
+  f.made.push_back(name);
+  couchgate_process cg(f.cfg);
+  cg.start();
+  REQUIRE(cg.wait_ready(60s));
+  const int port = read_port(f.dir.path + "/front.port");
+  REQUIRE(port > 0);
+  // Ready means re-keyed: the current key is held, and STRASSE cannot sign up as a look-alike.
+  CHECK(f.holder("name/" + stem + "sse") == name);
+  auto r = call(port, "POST", "/_signup",
+                json{{"name", stem + "SSE"}, {"password", signup_password()}, {"email", unique("other") + "@example.org"}});
+  CHECK_MESSAGE(r.status == 409, r.body.dump());
+  CHECK(r.body["fields"] == json::array({"name"}));
+  CHECK(couch().get(f.ids_db + "/" + enc("_local/couchgate-name-keys")).body.value("made", 0) == 1);
+  CHECK(cg.log().find("user names re-keyed") != std::string::npos);
+  // Once recorded, a restart does not list the reservations again.
+  cg.terminate();
+  couchgate_process again(f.cfg);
+  again.start();
+  REQUIRE(again.wait_ready(60s));
+  CHECK(again.log().find("user names re-keyed") == std::string::npos);
+  couch().del(f.ids_db);
+}
+
 TEST_CASE("a reservation the server stores below its write quorum (202 Accepted) is not won: withdrawn, the claim fails and is made again") {
   // A CouchDB cluster answers 202 when fewer copies than the write quorum stored a write (nodes
   // unreachable): two sign-ups through two nodes may then both hold "their" reservation of one

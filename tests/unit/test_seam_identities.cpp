@@ -28,6 +28,20 @@ struct scripted_identities {
   const std::string user_path = "/_users/" + r::encode_doc_id("org.couchdb.user:alice");
   const std::string name_res = "/ids/" + r::encode_doc_id("name/alice");
   const std::string email_res = "/ids/" + r::encode_doc_id("email/alice@example.org");
+  const std::string marker = "/ids/" + r::encode_doc_id("_local/couchgate-name-keys");
+
+  // The identities database exists with its _security; `marker_answer` is what its re-key record
+  // reads as (404: never re-keyed).
+  void database_ready(std::string marker_answer = R"({"_id":"_local/couchgate-name-keys","_rev":"0-1","keys":"nfkc-casefold"})") {
+    s.on("PUT", "/ids", answer(412, R"({"error":"file_exists","reason":"The database could not be created, the file already exists."})"));
+    s.on("GET", "/ids/_security", answer(200, couchgate::policy::render_admin_only_security().dump()));
+    s.on("GET", marker, answer(marker_answer.find("not_found") == std::string::npos ? 200 : 404, std::move(marker_answer)));
+  }
+  // Ready as the daemon makes it before taking sign-ups.
+  void ready(g::identities& x) {
+    database_ready();
+    REQUIRE_FALSE(x.ensure_db().has_value());
+  }
 };
 }  // namespace
 
@@ -74,9 +88,11 @@ TEST_CASE_FIXTURE(scripted_identities, "a sign-up whose name is refused (409) an
   s.on("PUT", email_res, created("1-e"));
   s.on("GET", email_res, answer(404, R"({"error":"not_found","reason":"deleted"})"), -1);
 
+  ready(ids);
   const auto a = ids.signup(alice_signup);
   CHECK(a.status == 503);
   CHECK(a.body.value("error", "") == "service_unavailable");
+  CHECK(a.body.value("reason", "") != "starting up; try again");
   CHECK(s.count("DELETE", name_res) == 0);  // a reservation not known to be ours is never touched
   CHECK(s.count("PUT", user_path) == 0);
   CHECK(s.unexpected().empty());
@@ -91,6 +107,7 @@ TEST_CASE_FIXTURE(scripted_identities, "a reservation answered 202 (below the wr
   s.on("GET", name_res, answer(404, R"({"error":"not_found","reason":"deleted"})"), -1);
   s.on("GET", email_res, answer(404, R"({"error":"not_found","reason":"deleted"})"), -1);
 
+  ready(ids);
   const auto a = ids.signup(alice_signup);
   CHECK(a.status == 503);
   CHECK(s.count("DELETE", name_res + "?rev=1-n") == 1);
@@ -108,6 +125,7 @@ TEST_CASE_FIXTURE(scripted_identities, "a sign-up whose name was released betwee
   s.on("PUT", email_res, created("1-e"));
   s.on("PUT", user_path, created("1-u"));
 
+  ready(quick);
   const auto a = quick.signup(alice_signup);
   CHECK(a.status == 201);
   CHECK(s.count("PUT", name_res) == 2);
@@ -124,6 +142,7 @@ TEST_CASE_FIXTURE(scripted_identities, "available: a name held by a stale reserv
        [&](const r::http_request&) { return answer(200, R"({"_id":"signup/i1","_rev":"2-i","state":")" + state + "\"}"); },
        -1);
 
+  ready(ids);
   state = "rolled_back";
   auto a = ids.available("alice", "");
   REQUIRE(a.status == 200);
@@ -135,4 +154,62 @@ TEST_CASE_FIXTURE(scripted_identities, "available: a name held by a stale reserv
   REQUIRE(a.status == 200);
   CHECK(a.body["name"]["available"] == false);
   CHECK(s.unexpected().empty());
+}
+
+TEST_CASE_FIXTURE(scripted_identities, "until the name keys are current, sign-ups and availability answer 503 without a request") {
+  CHECK(ids.signup(alice_signup).status == 503);
+  CHECK(ids.available("alice", "").status == 503);
+  CHECK(s.requests().empty());
+  ready(ids);
+  CHECK(s.count("GET", marker) == 1);
+  CHECK(s.count("GET", "/ids/_all_docs") == 0);  // re-keyed before: nothing listed
+}
+
+TEST_CASE_FIXTURE(scripted_identities, "re-keying names: a reservation under the key before NFKC case folding gets one under the current key") {
+  // Straße signed up when names were keyed by NFC and lower case (name/straße); Ｂob (full-width
+  // B) and bob both exist; alice's reservation is current already.
+  database_ready(R"({"error":"not_found","reason":"missing"})");
+  const json page{{"rows", json::array({
+      json{{"id", "name/alice"}, {"doc", {{"_id", "name/alice"}, {"type", "reservation"}, {"user", "alice"}}}},
+      json{{"id", "name/stra\u00dfe"}, {"doc", {{"_id", "name/stra\u00dfe"}, {"type", "reservation"}, {"user", "Stra\u00dfe"},
+                                                  {"email", "s@example.org"}, {"intent", "signup/s1"}}}},
+      json{{"id", "name/\uff42ob"}, {"doc", {{"_id", "name/\uff42ob"}, {"type", "reservation"}, {"user", "\uff22ob"}}}},
+      json{{"id", "name/zed"}, {"doc", {{"_id", "name/zed"}, {"type", "reservation"}, {"user", 7}}}},  // malformed: left
+  })}};
+  s.on("GET", "/ids/_all_docs", answer(200, page.dump()));
+  std::vector<json> made;
+  s.on("PUT", "/ids/" + r::encode_doc_id("name/strasse"), [&](const r::http_request& q) {
+    made.push_back(json::parse(*q.body));
+    return answer(201, R"({"ok":true,"rev":"1-x"})");
+  });
+  s.on("PUT", "/ids/" + r::encode_doc_id("name/bob"), answer(409, R"({"error":"conflict","reason":"Document update conflict."})"));
+  s.on("GET", "/ids/" + r::encode_doc_id("name/bob"), answer(200, R"({"_id":"name/bob","_rev":"1-b","type":"reservation","user":"bob"})"));
+  json record;
+  s.on("PUT", marker, [&](const r::http_request& q) {
+    record = json::parse(*q.body);
+    return answer(201, R"({"ok":true,"rev":"0-1"})");
+  });
+
+  REQUIRE_FALSE(ids.ensure_db().has_value());
+  REQUIRE(made.size() == 1);
+  CHECK(made[0].value("user", "") == "Stra\u00dfe");
+  CHECK(made[0].value("email", "") == "s@example.org");
+  CHECK(made[0].value("intent", "") == "signup/s1");
+  CHECK(made[0].value("rekeyed_from", "") == "name/stra\u00dfe");
+  CHECK(record.value("keys", "") == "nfkc-casefold");
+  CHECK(record.value("made", 0) == 1);
+  CHECK(record.value("shared", 0) == 1);  // Ｂob and bob: logged, bob keeps the key
+  CHECK(s.count("PUT", "/ids/" + r::encode_doc_id("name/alice")) == 0);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE_FIXTURE(scripted_identities, "re-keying names fails on a server error and records nothing, so the next start does it again") {
+  database_ready(R"({"error":"not_found","reason":"missing"})");
+  s.on("GET", "/ids/_all_docs",
+       answer(200, R"({"rows":[{"id":"name/stra\u00dfe","doc":{"_id":"name/stra\u00dfe","type":"reservation","user":"Stra\u00dfe"}}]})"));
+  s.on("PUT", "/ids/" + r::encode_doc_id("name/strasse"), answer(500, R"({"error":"internal_server_error","reason":"x"})"));
+  const auto e = ids.ensure_db();
+  REQUIRE(e.has_value());
+  CHECK(s.count("PUT", marker) == 0);
+  CHECK(ids.signup(alice_signup).status == 503);
 }
