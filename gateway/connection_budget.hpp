@@ -12,7 +12,7 @@ namespace couchgate::gateway {
 
 struct connection_budget {
   std::size_t work = 0;   // fanin.max_connections
-  std::size_t feeds = 0;  // longpolls the config runs: _users (provisioning), _db_updates (fan-in, unless sweeping)
+  std::size_t feeds = 0;  // longpolls the config runs: _users (provisioning), _db_updates (fan-in or front door, unless sweeping)
   std::size_t total() const { return work + feeds; }  // the pool's hard cap
   // Users the `_users` feed provisions at once (each a chain: create, then `_security`, one
   // request in flight at a time): twice the work sockets keeps every socket busy with the next

@@ -300,6 +300,8 @@ struct daemon::impl {
     if (!ok) j["not_ready_reason"] = why;
     j["uptime_seconds"] = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count();
     j["state_db"] = cfg.state_db;
+    // How changed databases are heard of (the fan-in's and the front door's live feeds' one follower).
+    j["detection"] = detector ? r::to_string(detector->active_mode()) : "off";
     if (fan) {
       auto c = fan->counts();
       j["fanin"] = {{"central_db", cfg.fanin.central_db},
@@ -573,6 +575,11 @@ int daemon::run() {
     fo.target_check_interval = cfg.fanin.target_check_interval;
     fo.create_central = [&d] { return ensure_central_db(*d.client, d.cfg.fanin.central_db, d.cfg.fanin.central_guard); };
     d.fan = std::make_unique<r::fanin>(*d.client, *d.state, d.metrics, fo);
+  }
+  // One `_db_updates` follower for the fan-in and the front door's live feeds; the front door
+  // alone (fan-in off) needs it too: without it its parked feeds would only hear of a change
+  // from the bounded sweep (feed_notifier.hpp), minutes at thousands of databases.
+  if (cfg.fanin.enabled || cfg.front.enabled) {
     r::detector_options dop;
     dop.mode = to_detection(cfg.fanin.detection);
     dop.create_global_changes = cfg.fanin.create_global_changes;
@@ -580,7 +587,7 @@ int daemon::run() {
     dop.sweep_interval = cfg.fanin.sweep_interval;
     dop.node_check_interval = cfg.fanin.node_check_interval;
     dop.verify_interval = cfg.fanin.verify_interval;
-    d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, *d.fan, d.metrics, dop,
+    d.detector = std::make_unique<r::change_detector>(*d.client, *d.state, d.fan.get(), d.metrics, dop,
                                                       [&d](const std::string& db, bool recreated) { d.db_created(db, recreated); });
   }
   if (cfg.provisioning.enabled) {

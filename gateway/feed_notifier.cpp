@@ -40,8 +40,12 @@ bool feed_notifier::db_updates_active() const {
 }
 
 void feed_notifier::run() {
+  // The detector decides its mode after this thread starts and may change it later (a silent
+  // feed): the mode is looked at at least this often, whatever the sweep's interval.
+  constexpr std::chrono::milliseconds mode_check{1000};
   std::optional<bool> sweeping;  // the first mode is logged too
   auto verify_at = std::chrono::steady_clock::now() + opts_.verify_interval;
+  auto sweep_at = std::chrono::steady_clock::now();
   while (!stop_.requested()) {
     const auto started = std::chrono::steady_clock::now();
     const bool sweep = !db_updates_active();
@@ -55,14 +59,15 @@ void feed_notifier::run() {
       if (!sweep && switched) feeds_.notify_all();
       verify_at = started + opts_.verify_interval;  // notify_all just read everything
     }
-    if (sweep) {
+    if (sweep && started >= sweep_at) {
       sweep_once(opts_.sweep_rate, [] { return true; });
-    } else if (opts_.verify_interval.count() > 0 && started >= verify_at) {
+      sweep_at = started + opts_.sweep_interval;
+    } else if (!sweep && opts_.verify_interval.count() > 0 && started >= verify_at) {
       const auto gap = replicator::verify_gap(feeds_.watched().size(), opts_.verify_interval, opts_.sweep_rate);
       sweep_once(1000.0 / static_cast<double>(gap.count()), [this] { return db_updates_active(); });
       verify_at = started + opts_.verify_interval;
     }
-    const auto next = started + opts_.sweep_interval;
+    const auto next = std::min(sweep ? sweep_at : started + opts_.sweep_interval, started + mode_check);
     const auto now = std::chrono::steady_clock::now();
     if (next > now && !stop_.sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(next - now))) return;
   }

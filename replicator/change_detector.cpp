@@ -51,7 +51,7 @@ result<db_updates_page> parse_db_updates(const json& answer) {
   return page;
 }
 
-change_detector::change_detector(couch_client& client, state_store& state, fanin& target, registry& metrics,
+change_detector::change_detector(couch_client& client, state_store& state, fanin* target, registry& metrics,
                                  detector_options opts, created_fn on_created)
     : client_(client),
       state_(state),
@@ -88,7 +88,7 @@ std::chrono::milliseconds change_detector::backoff(std::uint32_t failures) const
 void change_detector::start() {
   stop_.reset();
   thread_ = std::thread([this] { run(); });
-  if (opts_.verify_interval.count() > 0) verify_thread_ = std::thread([this] { verify_loop(); });
+  if (fanin_ != nullptr && opts_.verify_interval.count() > 0) verify_thread_ = std::thread([this] { verify_loop(); });
 }
 
 void change_detector::stop() {
@@ -115,12 +115,12 @@ void change_detector::verify_loop() {
     if (stop_.requested()) return;
     pass_at = std::chrono::steady_clock::now() + opts_.verify_interval;
     if (active_.load() != detection::db_updates) continue;
-    const auto dbs = fanin_.sources();
+    const auto dbs = fanin_->sources();
     const auto gap = verify_gap(dbs.size(), opts_.verify_interval, opts_.sweep_rate);
     std::size_t marked = 0;
     for (const auto& db : dbs) {
       if (active_.load() != detection::db_updates) break;
-      if (fanin_.verify(db)) ++marked;
+      if (fanin_->verify(db)) ++marked;
       if (!stop_.sleep_for(gap)) return;
     }
     log()->debug("verify pass: {} of {} sources read again", marked, dbs.size());
@@ -558,19 +558,20 @@ void change_detector::follow_db_updates() {
     for (const auto& e : page.value().events) {
       if (listener_.changed) listener_.changed(e.db);
       if (e.db == state_.db()) canary_sent_.reset();  // the feed records (the canary, or any state write)
-      if (e.db == fanin_.central_db() || e.db == state_.db()) {
+      if (fanin_ == nullptr) continue;
+      if (e.db == fanin_->central_db() || e.db == state_.db()) {
         // Our own databases: deleted or created again by someone, a look at once (fanin.hpp).
-        if (e.type == "deleted" || e.type == "created") fanin_.request_target_check();
+        if (e.type == "deleted" || e.type == "created") fanin_->request_target_check();
         continue;
       }
       if (e.type == "deleted") {
-        if (fanin_.knows(e.db)) {
+        if (fanin_->knows(e.db)) {
           log()->info("db={} deleted; dropped from fan-in", e.db);
-          fanin_.remove_source(e.db);
+          fanin_->remove_source(e.db);
         }
       } else if (e.type == "created") {
         recreated(e.db, false, "a created event");
-      } else if (!fanin_.mark_dirty(e.db) && on_created_ && e.type == "updated") {
+      } else if (!fanin_->mark_dirty(e.db) && on_created_ && e.type == "updated") {
         on_created_(e.db, false);
       }
     }
@@ -590,17 +591,18 @@ void change_detector::recreated(const std::string& db, bool surely, const char* 
   if (had) {
     recreations_.inc();
     log()->info("db={} was created again ({}): read from its start", db, why);
-    fanin_.source_recreated(db);
+    fanin_->source_recreated(db);
   } else {
-    fanin_.mark_created(db);
+    fanin_->mark_created(db);
   }
   if (on_created_) on_created_(db, had);
 }
 
 bool change_detector::sweep_once() {
-  auto dbs = fanin_.sources();
+  if (fanin_ == nullptr) return true;  // no sources of its own: the listener's owner sweeps
+  auto dbs = fanin_->sources();
   for (const auto& db : gone_) {
-    if (!fanin_.knows(db)) dbs.push_back(db);
+    if (!fanin_->knows(db)) dbs.push_back(db);
   }
   const double rate = opts_.sweep_rate > 0 ? opts_.sweep_rate : 1;
   const std::size_t window = std::max<std::size_t>(1, std::min<std::size_t>(64, static_cast<std::size_t>(rate / 10)));
@@ -614,9 +616,9 @@ bool change_detector::sweep_once() {
       if (!r.ok()) {
         if (r.error().kind == couch_error_kind::cancelled) return true;
         if (outage_error(r.error())) return false;
-        if (r.error().kind == couch_error_kind::not_found && fanin_.knows(db)) {
+        if (r.error().kind == couch_error_kind::not_found && fanin_->knows(db)) {
           log()->info("db={} is gone; dropped from fan-in", db);
-          fanin_.remove_source(db);
+          fanin_->remove_source(db);
           gone_.insert(db);
           instances_.erase(db);
         }
@@ -641,12 +643,12 @@ bool change_detector::sweep_once() {
       auto cp = state_.checkpoint(db);
       auto done = cp ? couch_client::seq_number(*cp) : std::optional<std::uint64_t>(0);
       if (!current || !done) {
-        fanin_.mark_dirty(db);
+        fanin_->mark_dirty(db);
       } else if (*current < *done) {
         // The database is younger than its checkpoint: it was deleted and created again.
         recreated(db, true, "update_seq below its checkpoint");
       } else if (*current != *done) {
-        fanin_.mark_dirty(db);
+        fanin_->mark_dirty(db);
       }
     }
     auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(window_time);

@@ -130,7 +130,10 @@ class change_detector {
   // `recreated` is true when it surely existed before (it had a checkpoint, or the sweep saw it
   // gone or younger), false for a `created` event of a database that may be brand new.
   using created_fn = std::function<void(const std::string& db, bool recreated)>;
-  change_detector(couch_client& client, state_store& state, fanin& target, registry& metrics,
+  // `target` null: no fan-in (the front door's live feeds alone need to hear of changes): the
+  // `_db_updates` feed only tells the listener; no verify pass, no sweep (the listener's owner
+  // sweeps while this detector is not following the feed), on_created never called.
+  change_detector(couch_client& client, state_store& state, fanin* target, registry& metrics,
                   detector_options opts, created_fn on_created);
   ~change_detector();
 
@@ -190,7 +193,7 @@ class change_detector {
 
   couch_client& client_;
   state_store& state_;
-  fanin& fanin_;
+  fanin* fanin_;  // null: the feed for the listener only
   detector_options opts_;
   created_fn on_created_;
   change_listener listener_;
@@ -212,7 +215,7 @@ class change_detector {
   // What the last look or judgement found (detector thread only).
   node_doubts nodes_;
   void lost() {
-    fanin_.mark_all_dirty();
+    if (fanin_ != nullptr) fanin_->mark_all_dirty();
     if (listener_.lost) listener_.lost();
   }
   // Sweep mode, detector thread only: sources that answered 404 (looked at again by every

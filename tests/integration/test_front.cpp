@@ -1267,6 +1267,49 @@ TEST_CASE("live feeds: a re-issued longpoll couchgate answered itself parks with
   CHECK(run.process->terminate() == 0);
 }
 
+TEST_CASE("live feeds with fan-in off: the front door follows _db_updates itself, so a direct write wakes a parked feed long before a sweep") {
+  // An operator may run couchgate as the front door alone. Its parked feeds then need the
+  // `_db_updates` follower the fan-in would have run; the sweep (here every 60 s) is only the
+  // fallback for servers without the feed.
+  auto n = fresh_names("frontonly");
+  const std::string dir = temp_dir();
+  const bool events = !env().pouchdb;  // pouchdb-server has no _db_updates: it sweeps (here every 200 ms)
+  auto run = start_front(n, json{{"allow_insecure", true}, {"feed_sweep_interval", events ? "60s" : "200ms"}}, dir,
+                         json{{"fanin", {{"enabled", false}}}});
+  auto& cg = *run.process;
+  const auto users = provisioned_users(n, 1);
+  const header_list alice{{"Authorization", basic(users[0].name, users[0].password)}};
+  const std::string mode_line = events ? "live feeds are woken by _db_updates events" : "live feeds are woken by a sweep";
+  REQUIRE_MESSAGE(eventually([&] { return cg.log().find(mode_line) != std::string::npos; }, std::chrono::seconds(30)),
+                  tail(cg.log()));
+  auto first = front_call(run.port, false, "GET", "/me/_changes?feed=longpoll&timeout=200&since=now", alice);
+  REQUIRE_MESSAGE(first.status == 200, first.raw);
+  std::string since = first.body["last_seq"].is_string() ? first.body["last_seq"].get<std::string>() : first.body["last_seq"].dump();
+  for (int i = 0; i < 3; ++i) {
+    front_reply woken;
+    std::thread waiter([&] {
+      woken = front_call(run.port, false, "GET", "/me/_changes?feed=longpoll&timeout=30000&since=" + enc(since), alice);
+    });
+    const bool parked =
+        eventually([&] { return cg.metric("couchgate_front_feeds_parked").value_or(0) >= 1; }, std::chrono::seconds(20));
+    const auto wrote = std::chrono::steady_clock::now();
+    CHECK(couch().put("/" + enc(users[0].db) + "/direct-" + std::to_string(i), json{{"n", i}}).status == 201);
+    waiter.join();
+    const auto took = std::chrono::steady_clock::now() - wrote;
+    CHECK(parked);
+    REQUIRE_MESSAGE(woken.status == 200, woken.raw);
+    bool found = false;
+    for (const auto& row : woken.body["results"]) found = found || row.value("id", "") == "direct-" + std::to_string(i);
+    CHECK_MESSAGE(found, woken.raw);
+    // Within a generous bound that a 60 s sweep would miss, not a timing of the feed.
+    CHECK_MESSAGE(took < std::chrono::seconds(15), std::chrono::duration<double>(took).count() << " s");
+    since = woken.body["last_seq"].is_string() ? woken.body["last_seq"].get<std::string>() : woken.body["last_seq"].dump();
+  }
+  if (events) CHECK(cg.metric("couchgate_db_updates_events_total").value_or(0) >= 3);
+  CHECK(cg.admin_get("/status").body.value("detection", "") == (events ? "db_updates" : "sweep"));
+  CHECK(run.process->terminate() == 0);
+}
+
 TEST_CASE("live feeds: a write through the front door wakes its database's parked feeds at once, before any announcement") {
   // Fan-in off and a sweep once an hour: nothing but the front door's own writes can wake a feed
   // within this test (on CouchDB and pouchdb-server alike).

@@ -36,6 +36,13 @@ TEST_CASE("connection budget: the feeds' longpolls come on top of fanin.max_conn
     CHECK(b.feeds == 1);
     CHECK(b.work == 8);
   }
+  SUBCASE("fan-in off, front door on: its live feeds keep the _db_updates follower") {
+    cfg.fanin.enabled = false;
+    cfg.front.enabled = true;
+    CHECK(budget_for(cfg).feeds == 2);
+    cfg.fanin.detection = detection_mode::sweep;
+    CHECK(budget_for(cfg).feeds == 1);
+  }
   SUBCASE("provisioning off: only _db_updates") {
     cfg.provisioning.enabled = false;
     CHECK(budget_for(cfg).feeds == 1);

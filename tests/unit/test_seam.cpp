@@ -83,7 +83,7 @@ struct follower_run {
   std::atomic<int> lost{0};
   r::change_detector d;
   explicit follower_run(engine& en)
-      : e(en), d(en.client, en.state, en.fan, en.metrics, detector_opts(r::detection::db_updates), en.on_created()) {
+      : e(en), d(en.client, en.state, &en.fan, en.metrics, detector_opts(r::detection::db_updates), en.on_created()) {
     d.set_listener({nullptr, [this] { ++lost; }});
     d.start();
   }
@@ -123,7 +123,7 @@ TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped 
   s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:db_updates","rev":"1-f"}])"), -1);
   s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"5-g1"})"), -1);
 
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
   std::atomic<int> lost{0};
   d.set_listener({nullptr, [&] { ++lost; }});
   d.start();
@@ -144,6 +144,51 @@ TEST_CASE("_db_updates follower: updated, created and deleted events, a dropped 
     if (q.method == "POST" && q.target == "/cg_state/_bulk_docs" && q.body.find(R"("value":"5-g1")") != std::string::npos) saved = true;
   }
   CHECK(saved);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("_db_updates follower without fan-in (the front door's live feeds alone): every event reaches the listener, nothing else is done") {
+  engine e;
+  auto& s = e.server;
+  s.on("GET", "/_db_updates?since=now&limit=1", answer(200, R"({"results":[],"last_seq":"1-g0"})"));  // the probe
+  s.on("GET", "/cg_state/feed%3Adb_updates", answer(404, R"({"error":"not_found","reason":"missing"})"));
+  s.on("GET", "/_db_updates?since=now&limit=1000&feed=longpoll",
+       answer(200, db_updates_page({{"userdb-a", "updated"}, {"userdb-new", "created"}, {"userdb-b", "deleted"}}, "5-g1")));
+  s.on("GET", "/_membership", answer(200, R"({"all_nodes":["couchdb@127.0.0.1"],"cluster_nodes":["couchdb@127.0.0.1"]})"), -1);
+  s.on("GET", "/_node/couchdb%40127.0.0.1/_system", answer(200, R"({"uptime":86400,"memory":{}})"), -1);
+  s.on("POST", "/cg_state/_bulk_docs", answer(201, R"([{"ok":true,"id":"feed:db_updates","rev":"1-f"}])"), -1);
+  s.on("GET", "/cg_state/feed%3Adb_updates", answer(200, R"({"_id":"feed:db_updates","_rev":"1-f","value":"5-g1"})"), -1);
+
+  r::change_detector d(e.client, e.state, nullptr, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
+  struct ended {  // a failed REQUIRE still releases the waiting feed before the thread is joined
+    scripted_transport& s;
+    r::change_detector& d;
+    ~ended() {
+      s.close();
+      d.stop();
+    }
+  } end{s, d};
+  std::mutex mu;
+  std::vector<std::string> heard;
+  d.set_listener({[&](const std::string& db) {
+                    std::lock_guard lk(mu);
+                    heard.push_back(db);
+                  },
+                  nullptr});
+  d.start();
+  // Resumed from its last row (couch_client::resume_seq).
+  const bool waiting = s.wait_for([&] { return s.count("GET", "since=3-g1&limit=1000&feed=longpoll") >= 1; });
+  std::string asked;
+  for (const auto& q : s.requests()) asked += q.method + " " + q.target + "\n";
+  INFO(asked);
+  REQUIRE(waiting);
+  CHECK(d.active_mode() == r::detection::db_updates);
+  {
+    std::lock_guard lk(mu);
+    CHECK(heard == std::vector<std::string>{"userdb-a", "userdb-new", "userdb-b"});
+  }
+  CHECK(e.created_calls().empty());  // no fan-in: databases are nobody's sources here
+  CHECK_FALSE(e.fan.knows("userdb-a"));
   CHECK(s.unexpected().empty());
 }
 
@@ -329,7 +374,7 @@ TEST_CASE("_db_updates feed up: the nodes are looked at every node_check_interva
     auto ticks = std::make_shared<std::atomic<long>>(0);
     opts.clock.now = [ticks] { return std::chrono::steady_clock::time_point{} + std::chrono::seconds(++*ticks); };
     std::atomic<int> lost{0};
-    r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+    r::change_detector d(e.client, e.state, &e.fan, e.metrics, opts, e.on_created());
     d.set_listener({nullptr, [&] { ++lost; }});
     d.start();
     const auto reads = c.looks.size() + 1;
@@ -367,7 +412,7 @@ TEST_CASE("a source deleted and created again (_db_updates created event): check
     }
     return answer(201, rows.dump());
   }, -1);
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, detector_opts(r::detection::db_updates), e.on_created());
   d.start();
   REQUIRE(s.wait_for([&] { return s.count("GET", "since=4-g1&limit=1000&feed=longpoll") >= 1; }));
   s.close();
@@ -389,7 +434,7 @@ TEST_CASE("_db_updates probe answered 400 (no _db_updates): the sweep reads ever
   auto& s = e.server;
   s.on("GET", "/_db_updates", answer(400, R"({"error":"bad_request","reason":"unsupported"})"));
   s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x","instance_start_time":"0"})"), -1);
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::automatic), e.on_created());
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, detector_opts(r::detection::automatic), e.on_created());
   d.start();
   REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 2; }));
   CHECK(d.active_mode() == r::detection::sweep);
@@ -407,7 +452,7 @@ TEST_CASE("_db_updates answering 404 mid-way: the mode is decided again (here: s
   s.on("GET", "/_db_updates?since=now&limit=1000&feed=longpoll", answer(404, R"({"error":"not_found","reason":"Database does not exist."})"));
   s.on("GET", "/_db_updates?since=now&limit=1", answer(404, R"({"error":"not_found","reason":"Database does not exist."})"));
   s.on("GET", "/userdb-a", answer(200, R"({"db_name":"userdb-a","update_seq":"3-x"})"), -1);
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, detector_opts(r::detection::automatic), e.on_created());
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, detector_opts(r::detection::automatic), e.on_created());
   d.start();
   REQUIRE(s.wait_for([&] { return s.count("GET", "/userdb-a") >= 1; }));
   CHECK(d.active_mode() == r::detection::sweep);
@@ -491,7 +536,7 @@ TEST_CASE("[global_changes] update_db false: a feed that records nothing is neve
     auto& s = e.server;
     canary_server server;
     server.script(s);
-    r::change_detector d(e.client, e.state, e.fan, e.metrics, canary_opts(c.mode), e.on_created());
+    r::change_detector d(e.client, e.state, &e.fan, e.metrics, canary_opts(c.mode), e.on_created());
     std::atomic<int> lost{0};
     d.set_listener({nullptr, [&] { ++lost; }});
     d.start();
@@ -530,7 +575,7 @@ TEST_CASE("_db_updates followed while the node records nothing (update_db was fa
   auto& s = e.server;
   canary_server server;
   server.script(s);
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, canary_opts(r::detection::automatic), e.on_created());
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, canary_opts(r::detection::automatic), e.on_created());
   std::atomic<int> lost{0};
   d.set_listener({nullptr, [&] { ++lost; }});
   d.start();
@@ -571,7 +616,7 @@ TEST_CASE("[global_changes] update_db turned false while the feed is followed: n
   opts.node_check_interval = 1s;
   auto ticks = std::make_shared<std::atomic<long>>(0);
   opts.clock.now = [ticks] { return std::chrono::steady_clock::time_point{} + std::chrono::seconds(++*ticks); };
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, opts, e.on_created());
   std::atomic<int> lost{0};
   d.set_listener({nullptr, [&] { ++lost; }});
   d.start();
@@ -804,7 +849,7 @@ TEST_CASE("sweep through an outage: it stops after the first window that fails a
   opts.clock = clock.hooks();
   const int window = 10;
   const auto window_time = 100ms;
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, opts, e.on_created());
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, opts, e.on_created());
   d.start();
 
   // 10 s of outage: each sweep ends with its first window; the next starts

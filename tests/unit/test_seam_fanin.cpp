@@ -454,7 +454,7 @@ TEST_CASE("change detector: while the feed is followed and announces nothing, th
   s.on("GET", "/userdb-a/_changes?since=4-x", one_new_doc("d3", "5-x"));
   s.on("GET", "/userdb-a/_changes?since=5-x", answer(200, R"({"results":[],"last_seq":"5-x","pending":0})"), -1);
 
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, followed_feed(200ms), [](const std::string&, bool) {});
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, followed_feed(200ms), [](const std::string&, bool) {});
   d.start();
   struct ended {
     fan_engine& e;
@@ -515,7 +515,7 @@ TEST_CASE("live feeds: while _db_updates is followed and announces nothing, the 
   s.on("GET", "/userdb-b", answer(200, R"({"db_name":"userdb-b","update_seq":"3-x"})"), -1);
 
   // (fan-in's own pass is not what this test looks at)
-  r::change_detector d(e.client, e.state, e.fan, e.metrics, followed_feed(0ms), [](const std::string&, bool) {});
+  r::change_detector d(e.client, e.state, &e.fan, e.metrics, followed_feed(0ms), [](const std::string&, bool) {});
   couchgate::gateway::front::feed_registry feeds(10);
   std::atomic<int> woken_a{0}, woken_b{0};
   const auto a = feeds.subscribe("userdb-a", "a", [&] { ++woken_a; }, 0);
