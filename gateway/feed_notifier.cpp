@@ -7,7 +7,12 @@
 #include "replicator/logger.hpp"
 
 namespace couchgate::gateway {
+
 namespace {
+// The detector decides its mode after the notifier's thread starts and may change it later (a
+// silent feed): the mode is looked at at least this often, whatever the sweep's interval.
+constexpr std::chrono::milliseconds mode_check{1000};
+
 std::shared_ptr<spdlog::logger> log() {
   static auto l = replicator::named_logger("feeds");
   return l;
@@ -40,9 +45,6 @@ bool feed_notifier::db_updates_active() const {
 }
 
 void feed_notifier::run() {
-  // The detector decides its mode after this thread starts and may change it later (a silent
-  // feed): the mode is looked at at least this often, whatever the sweep's interval.
-  constexpr std::chrono::milliseconds mode_check{1000};
   std::optional<bool> sweeping;  // the first mode is logged too
   auto verify_at = std::chrono::steady_clock::now() + opts_.verify_interval;
   auto sweep_at = std::chrono::steady_clock::now();
@@ -94,12 +96,13 @@ void feed_notifier::sweep_once(double rate_asked, const std::function<bool()>& g
       if (!info.is_object() || !info.contains("update_seq")) continue;
       if (const auto seq = replicator::couch_client::seq_number(info["update_seq"])) feeds_.observe(db, *seq);
     }
-    // The pause before the next window, in slices of at most sweep_interval: `go` is asked
-    // between them (a verify pass's pause can be minutes; a change of mode must not wait for it).
+    // The pause before the next window, in slices of at most sweep_interval and mode_check: `go`
+    // is asked between them (a verify pass's pause can be minutes; a change of mode must not wait
+    // for it).
     const auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(window_time);
     for (auto now = std::chrono::steady_clock::now(); next > now && go(); now = std::chrono::steady_clock::now()) {
       const auto slice = std::min(std::chrono::duration_cast<std::chrono::milliseconds>(next - now) + std::chrono::milliseconds(1),
-                                  std::max(opts_.sweep_interval, std::chrono::milliseconds(1)));
+                                  std::clamp(opts_.sweep_interval, std::chrono::milliseconds(1), mode_check));
       if (!stop_.sleep_for(slice)) return;
     }
   }

@@ -1,8 +1,9 @@
 #pragma once
 // Owns: telling the front door's parked live feeds (front::feed_registry) that their database
-// changed. Where the server has `_db_updates`, the fan-in's change detector already follows it
-// and passes every event on (replicator::change_listener): nothing more is asked of the server.
-// Otherwise (pouchdb-server; fan-in disabled; detection still undecided) this thread sweeps the
+// changed. Where the server has `_db_updates`, the change detector (the fan-in's, or the front
+// door's own when fan-in is off) follows it and passes every event on
+// (replicator::change_listener): nothing more is asked of the server.
+// Otherwise (pouchdb-server; `fanin.detection: sweep`; detection still undecided) this thread sweeps the
 // databases that have feeds open, shared database included, reading their update_seq with
 // couchgate's own client at a bounded rate (fanin.sweep_rate databases per second) every
 // front.feed_sweep_interval; the registry wakes the feeds that know less than that seq.
@@ -28,7 +29,7 @@ struct feed_notifier_options {
 
 class feed_notifier {
  public:
-  // `detector` may be null (fan-in disabled): then the sweep is always used.
+  // `detector` may be null (a test, or a daemon without one): then the sweep is always used.
   feed_notifier(replicator::couch_client& client, front::feed_registry& feeds, replicator::change_detector* detector,
                 feed_notifier_options opts);
   ~feed_notifier();

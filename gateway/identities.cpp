@@ -76,10 +76,16 @@ std::optional<couch_error> for_each_doc(replicator::couch_client& client, const 
                                         const std::string& prefix, const std::function<bool(const json&)>& each) {
   constexpr std::size_t page_size = 200;
   std::string start = json(prefix).dump();
-  const std::string end = json(prefix + "\xEF\xBF\xB0").dump();  // U+FFF0: after every id with the prefix
+  // Up to the prefix's successor ("name/" -> "name0"), itself excluded: ids sort by their bytes,
+  // so every id with the prefix comes before it, whatever characters follow (an end key such as
+  // prefix + U+FFF0 would leave out ids going on with a character above it: "name/𝐀lice").
+  std::string after = prefix;
+  after.back() = static_cast<char>(after.back() + 1);
+  const std::string end = json(after).dump();
   for (;;) {
-    auto page = client.all_docs(db, "include_docs=true&limit=" + std::to_string(page_size) + "&startkey=" +
-                                        replicator::encode_segment(start) + "&endkey=" + replicator::encode_segment(end))
+    auto page = client.all_docs(db, "include_docs=true&inclusive_end=false&limit=" + std::to_string(page_size) +
+                                        "&startkey=" + replicator::encode_segment(start) +
+                                        "&endkey=" + replicator::encode_segment(end))
                     .get();
     if (!page.ok()) return page.error();
     const auto rows = page.value().is_object() ? page.value().find("rows") : page.value().end();
@@ -137,12 +143,10 @@ identities::identities(replicator::couch_client& client, replicator::registry& m
                                        "Reservations the server stored on fewer copies than its write quorum (202): "
                                        "withdrawn, the claim failed")) {}
 
-std::optional<couch_error> identities::ensure_db() {
-  if (auto e = ensure_private_db(client_, cfg_.db)) return e;
-  return rekey_names();
-}
+std::optional<couch_error> identities::ensure_db() { return ensure_private_db(client_, cfg_.db); }
 
 std::optional<couch_error> identities::rekey_names() {
+  if (names_current_) return std::nullopt;
   auto marker = client_.get_doc(cfg_.db, name_keys_marker).get();
   if (marker.ok() && str_field(marker.value(), "keys") == name_keys_version) {
     names_current_ = true;
@@ -152,33 +156,36 @@ std::optional<couch_error> identities::rekey_names() {
   std::size_t made = 0, shared = 0;
   std::optional<couch_error> failed;
   const auto listed = for_each_doc(client_, cfg_.db, "name/", [&](const json& doc) {
-    const std::string id = str_field(doc, "_id");
     const std::string user = str_field(doc, "user");
     const auto checked = policy::check_user_name(user, cfg_.rules);
     if (str_field(doc, "type") != "reservation" || !checked.ok()) return true;
     const std::string key = policy::name_key(checked.value);
-    const std::string want = policy::reservation_id(unique_field::name, key);
-    if (want == id) return true;
-    json copy{{"type", "reservation"}, {"field", "name"}, {"user", user}, {"created", stamp()}, {"rekeyed_from", id}};
-    for (const char* k : {"email", "intent"}) {
-      if (auto v = str_field(doc, k); !v.empty()) copy[k] = v;
+    if (policy::reservation_id(unique_field::name, key) == str_field(doc, "_id")) return true;
+    // Claimed as its sign-up would claim it now (same user, address and intent): a 202 is not
+    // won, a stale holder is replaced, the same holder is success (reserve()).
+    std::string rev;
+    auto claimed = reserve(unique_field::name, key, user, str_field(doc, "intent"), rev, str_field(doc, "email"));
+    if (!claimed.ok()) {
+      failed = claimed.error();
+      return false;
     }
-    auto put = client_.put_doc(cfg_.db, want, copy).get_write();
-    if (put.ok() && !put.value().quorum) failed = unconfirmed(want, str_field(put.value().body, "rev"));
-    else if (put.ok()) ++made;
-    else if (!is_conflict(put.error())) failed = put.error();
-    if (!put.ok() && is_conflict(put.error())) {
-      auto cur = client_.get_doc(cfg_.db, want).get();  // not found: released meanwhile, the retry makes it
-      if (!cur.ok()) failed = cur.error();
-      else if (const std::string holder = str_field(cur.value(), "user"); holder != user) {
-        ++shared;
-        log()->warn("users {} and {} have the same name key {} (one reads as the other once compatibility forms and "
-                    "case are folded); {} holds it, {} keeps its reservation under the older key only: its sign-up "
-                    "predates the folding. Rename or remove one of them",
-                    user, holder, key, holder, user);
-      }
+    if (claimed.value()) {
+      ++made;
+      return true;
     }
-    return !failed;
+    auto cur = client_.get_doc(cfg_.db, policy::reservation_id(unique_field::name, key)).get();
+    if (!cur.ok()) {  // not found: released meanwhile, the next pass claims it
+      failed = cur.error();
+      return false;
+    }
+    if (const std::string holder = str_field(cur.value(), "user"); holder != user) {
+      ++shared;
+      log()->warn("users {} and {} have the same name key {} (one reads as the other once compatibility forms and "
+                  "case are folded); {} holds it, {} keeps its reservation under the older key only: its sign-up "
+                  "predates the folding. Rename or remove one of them",
+                  user, holder, key, holder, user);
+    }
+    return true;
   });
   if (listed) return listed;
   if (failed) return failed;
@@ -193,6 +200,14 @@ std::optional<couch_error> identities::rekey_names() {
   }
   names_current_ = true;
   return std::nullopt;
+}
+
+bool identities::names_current(std::chrono::steady_clock::time_point until) const {
+  while (!names_current_) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(poll_step);
+  }
+  return true;
 }
 
 std::string identities::stamp() const {
@@ -242,8 +257,8 @@ replicator::result<bool> identities::reserve(unique_field f, const std::string& 
                                              const std::string& intent_id, std::string& rev_out, const std::string& email,
                                              bool retried) {
   const std::string id = policy::reservation_id(f, key);
-  json doc{{"type", "reservation"}, {"field", policy::to_string(f)}, {"user", user}, {"intent", intent_id},
-           {"created", stamp()}};
+  json doc{{"type", "reservation"}, {"field", policy::to_string(f)}, {"user", user}, {"created", stamp()}};
+  if (!intent_id.empty()) doc["intent"] = intent_id;
   if (f == unique_field::name && !email.empty()) doc["email"] = email;
   auto r = client_.put_doc(cfg_.db, id, doc).get_write();
   if (r.ok()) {
@@ -262,7 +277,7 @@ replicator::result<bool> identities::reserve(unique_field f, const std::string& 
     }
     return cur.error();
   }
-  if (str_field(cur.value(), "intent") == intent_id) {
+  if (str_field(cur.value(), "intent") == intent_id && (!intent_id.empty() || str_field(cur.value(), "user") == user)) {
     rev_out = str_field(cur.value(), "_rev");
     return true;
   }
@@ -409,7 +424,10 @@ identity_answer identities::signup(const json& body, const std::optional<std::st
     json b{{"error", "bad_request"}, {"reason", "invalid sign-up"}, {"problems", problems}};
     return identity_answer{400, std::move(b)};
   }
-  if (!names_current_) return fail_answer(503, "service_unavailable", "starting up; try again");
+  // Names are re-keyed at start (rekey_names, milliseconds when there is nothing to do).
+  if (!names_current(started + cfg_.signup_deadline)) {
+    return fail_answer(503, "service_unavailable", "starting up; try again");
+  }
   const std::string key = policy::name_key(name.value);
   const auto deadline = started + cfg_.signup_deadline;
 
@@ -523,7 +541,9 @@ identity_answer identities::signup(const json& body, const std::optional<std::st
 }
 
 identity_answer identities::available(const std::string& name, const std::string& email) {
-  if (!names_current_) return fail_answer(503, "service_unavailable", "starting up; try again");
+  if (!names_current(std::chrono::steady_clock::now() + cfg_.signup_deadline)) {
+    return fail_answer(503, "service_unavailable", "starting up; try again");
+  }
   json out = json::object();
   const auto look = [&](unique_field f, const std::string& raw) -> bool {
     policy::checked_value v = f == unique_field::name ? policy::check_user_name(raw, cfg_.rules)
@@ -653,9 +673,15 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
   json intent = doc;
   const std::string email_res = policy::reservation_id(unique_field::email, email);
   const std::string name_res = policy::reservation_id(unique_field::name, str_field(doc, "name_key"));
+  // The name's reservation under the current key, where the intent recorded an older one (a
+  // copy rekey_names made for it names the same intent).
+  const auto checked_name = policy::check_user_name(name, cfg_.rules);
+  const std::string name_now =
+      checked_name.ok() ? policy::reservation_id(unique_field::name, policy::name_key(checked_name.value)) : name_res;
   // What the intent holds: a sign-up its name and address, a change its new address.
   const auto release_held = [&] {
-    bool ok = type != "signup" || release(name_res, "intent", id);
+    bool ok = type != "signup" ||
+              (release(name_res, "intent", id) && (name_now == name_res || release(name_now, "intent", id)));
     return release(email_res, "intent", id) && ok;
   };
   log()->info("intent {} ({}): {}", id, policy::to_string(*state), policy::to_string(action));
@@ -1101,6 +1127,11 @@ front::local_answer identities::serve(const front::local_request& r) {
 void identities::start() {
   thread_ = std::thread([this] {
     for (;;) {
+      // Before the first pass; sign-ups wait for it (names_current). Not in the daemon's setup:
+      // a failing one must not hold up provisioning and fan-in.
+      if (auto e = rekey_names()) {
+        log()->warn("re-keying user names failed, sign-ups wait (tried again within 10 s): {}", e->describe());
+      }
       const auto rep = reconcile();
       if (rep.finished + rep.rolled_back + rep.failed > 0) {
         log()->info("intent reconcile: {} intents, {} finished, {} rolled back, {} forgotten, {} failed", rep.seen,
@@ -1109,6 +1140,7 @@ void identities::start() {
       // A failed pass is retried within a minute whatever the interval.
       auto next = cfg_.reconcile_interval;
       if (rep.failed > 0 && (next.count() == 0 || next > std::chrono::seconds(60))) next = std::chrono::seconds(60);
+      if (!names_current_ && (next.count() == 0 || next > std::chrono::seconds(10))) next = std::chrono::seconds(10);
       if (next.count() == 0 || !stop_.sleep_for(next)) return;
     }
   });

@@ -55,10 +55,18 @@ class identities {
              std::string users_db, std::function<bool(const std::string&)> user_ready,
              clock_fn now = [] { return std::chrono::system_clock::now(); });
 
-  // Creates the identities database with an admin-only _security (idempotent), then makes sure
-  // every user name is reserved under its current key (rekey_names). Sign-ups and availability
-  // answer 503 until that is done.
+  // Creates the identities database with an admin-only _security (idempotent).
   std::optional<replicator::couch_error> ensure_db();
+  // Names were keyed by NFC and lower case before policy::name_key folded compatibility forms and
+  // case (NFKC_Casefold): a user "Straße" signed up then holds only name/straße, and a sign-up of
+  // "STRASSE" (key strasse) would find nothing in its way. Once per identities database (recorded
+  // in its _local/couchgate-name-keys), every name reservation whose key is not its user's current
+  // one is claimed under the current key as reserve() claims (same user, address and intent; a
+  // 409 by another user is logged: two existing users that now fold to one name). Users no
+  // selection provisions are covered too: the provisioner's admit() sees only the selected ones.
+  // Run by start()'s thread before its first pass, retried; sign-ups and availability wait for
+  // it (bounded by signup_deadline, then 503). An error leaves nothing recorded.
+  std::optional<replicator::couch_error> rekey_names();
 
   // POST /_signup with this JSON body. With an Idempotency-Key (policy::check_idempotency_key),
   // a repeated sign-up whose name is taken by the finished sign-up of the same key, name,
@@ -122,20 +130,15 @@ class identities {
   // `reservation_ids` released, rolled_back. Losing the first move means a reconciler took the
   // intent over; it releases what the intent holds.
   void abandon(replicator::json& intent, std::string& rev, const std::vector<std::string>& reservation_ids);
-  // PUT a reservation; true when created, false when taken, error otherwise. A stale one in the
+  // PUT a reservation; true when created (or already held by this intent; with no intent, by
+  // this user), false when taken, error otherwise. A stale one in the
   // way (policy::reservation_stale) is deleted and the PUT made once more (`retried`).
   // A name reservation also records the user's address (`email`), so deleting the user finds it.
   replicator::result<bool> reserve(policy::unique_field f, const std::string& key, const std::string& user,
                                    const std::string& intent_id, std::string& rev_out, const std::string& email = {},
                                    bool retried = false);
-  // Names were keyed by NFC and lower case before policy::name_key folded compatibility forms and
-  // case (NFKC_Casefold): a user "Straße" signed up then holds only name/straße, and a sign-up of
-  // "STRASSE" (key strasse) would find nothing in its way. Once per identities database (recorded
-  // in its _local/couchgate-name-keys), every name reservation whose key is not its user's current
-  // one gets a copy under the current key (same user, address and intent; a 409 by another user
-  // is logged: two existing users that now fold to one name). Users no selection provisions are
-  // covered too: the provisioner's admit() sees only the selected ones.
-  std::optional<replicator::couch_error> rekey_names();
+  // Whether rekey_names() has finished, waiting for it until `until`.
+  bool names_current(std::chrono::steady_clock::time_point until) const;
   // A reservation the server answered 202 Accepted (a cluster: fewer copies than the write quorum
   // stored it) is not won: a concurrent claim of the same value through another node may have
   // met the quorum, and both would become conflicting revisions whose winner neither chose.

@@ -36,6 +36,7 @@ struct fixture {
     cfg.profile_fields = {"display_name"};
     ids = std::make_unique<g::identities>(client, metrics, cfg, "_users", nullptr, [this] { return clock_now; });
     REQUIRE_FALSE(ids->ensure_db().has_value());
+    REQUIRE_FALSE(ids->rekey_names().has_value());  // what start() does first
   }
   ~fixture() { couch().del("/" + enc(cfg.db)); }
 

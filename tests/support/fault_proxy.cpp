@@ -544,7 +544,8 @@ void fault_proxy::run() {
       }
       if (c.dead) continue;
       if (!c.connecting && !c.c2s.empty()) write_from(c.server, c.c2s, c);
-      if (!c.s2c.empty() && !(c.rewrite_candidate && !c.status_read)) {  // a status line to rewrite waits whole
+      // A status line to rewrite waits until it is whole (or the server has closed: then as it is).
+      if (!c.s2c.empty() && !(c.rewrite_candidate && !c.status_read && !c.server_eof)) {
         const std::size_t limit = allowed(c);
         const std::size_t sent = limit > 0 ? write_from(c.client, c.s2c, c, limit) : 0;
         if (limit != std::string::npos) c.credit -= static_cast<double>(sent);

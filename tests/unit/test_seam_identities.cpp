@@ -41,6 +41,7 @@ struct scripted_identities {
   void ready(g::identities& x) {
     database_ready();
     REQUIRE_FALSE(x.ensure_db().has_value());
+    REQUIRE_FALSE(x.rekey_names().has_value());
   }
 };
 }  // namespace
@@ -157,10 +158,12 @@ TEST_CASE_FIXTURE(scripted_identities, "available: a name held by a stale reserv
 }
 
 TEST_CASE_FIXTURE(scripted_identities, "until the name keys are current, sign-ups and availability answer 503 without a request") {
-  CHECK(ids.signup(alice_signup).status == 503);
-  CHECK(ids.available("alice", "").status == 503);
+  cfg.signup_deadline = std::chrono::seconds(0);  // how long they wait for it
+  g::identities quick{c.client, c.metrics, cfg, "_users", nullptr};
+  CHECK(quick.signup(alice_signup).status == 503);
+  CHECK(quick.available("alice", "").status == 503);
   CHECK(s.requests().empty());
-  ready(ids);
+  ready(quick);
   CHECK(s.count("GET", marker) == 1);
   CHECK(s.count("GET", "/ids/_all_docs") == 0);  // re-keyed before: nothing listed
 }
@@ -175,6 +178,8 @@ TEST_CASE_FIXTURE(scripted_identities, "re-keying names: a reservation under the
                                                   {"email", "s@example.org"}, {"intent", "signup/s1"}}}},
       json{{"id", "name/\uff42ob"}, {"doc", {{"_id", "name/\uff42ob"}, {"type", "reservation"}, {"user", "\uff22ob"}}}},
       json{{"id", "name/zed"}, {"doc", {{"_id", "name/zed"}, {"type", "reservation"}, {"user", 7}}}},  // malformed: left
+      // A name starting above U+FFF0 (mathematical bold B): listed too, its key is "beth".
+      json{{"id", "name/\U0001D401eth"}, {"doc", {{"_id", "name/\U0001D401eth"}, {"type", "reservation"}, {"user", "\U0001D401eth"}}}},
   })}};
   s.on("GET", "/ids/_all_docs", answer(200, page.dump()));
   std::vector<json> made;
@@ -182,8 +187,9 @@ TEST_CASE_FIXTURE(scripted_identities, "re-keying names: a reservation under the
     made.push_back(json::parse(*q.body));
     return answer(201, R"({"ok":true,"rev":"1-x"})");
   });
+  s.on("PUT", "/ids/" + r::encode_doc_id("name/beth"), created("1-y"));
   s.on("PUT", "/ids/" + r::encode_doc_id("name/bob"), answer(409, R"({"error":"conflict","reason":"Document update conflict."})"));
-  s.on("GET", "/ids/" + r::encode_doc_id("name/bob"), answer(200, R"({"_id":"name/bob","_rev":"1-b","type":"reservation","user":"bob"})"));
+  s.on("GET", "/ids/" + r::encode_doc_id("name/bob"), answer(200, R"({"_id":"name/bob","_rev":"1-b","type":"reservation","user":"bob"})"), -1);
   json record;
   s.on("PUT", marker, [&](const r::http_request& q) {
     record = json::parse(*q.body);
@@ -191,13 +197,23 @@ TEST_CASE_FIXTURE(scripted_identities, "re-keying names: a reservation under the
   });
 
   REQUIRE_FALSE(ids.ensure_db().has_value());
+  REQUIRE_FALSE(ids.rekey_names().has_value());
   REQUIRE(made.size() == 1);
   CHECK(made[0].value("user", "") == "Stra\u00dfe");
   CHECK(made[0].value("email", "") == "s@example.org");
   CHECK(made[0].value("intent", "") == "signup/s1");
-  CHECK(made[0].value("rekeyed_from", "") == "name/stra\u00dfe");
+  CHECK(s.count("PUT", "/ids/" + r::encode_doc_id("name/beth")) == 1);
+  // Listed up to the prefix's successor, excluded: every id starting "name/" sorts before "name0".
+  bool bounded = false;
+  for (const auto& q : s.requests()) {
+    if (q.target.find("/ids/_all_docs") == 0) {
+      bounded = q.target.find("inclusive_end=false") != std::string::npos &&
+                q.target.find("endkey=" + r::encode_segment("\"name0\"")) != std::string::npos;
+    }
+  }
+  CHECK(bounded);
   CHECK(record.value("keys", "") == "nfkc-casefold");
-  CHECK(record.value("made", 0) == 1);
+  CHECK(record.value("made", 0) == 2);
   CHECK(record.value("shared", 0) == 1);  // Ｂob and bob: logged, bob keeps the key
   CHECK(s.count("PUT", "/ids/" + r::encode_doc_id("name/alice")) == 0);
   CHECK(s.unexpected().empty());
@@ -208,8 +224,10 @@ TEST_CASE_FIXTURE(scripted_identities, "re-keying names fails on a server error 
   s.on("GET", "/ids/_all_docs",
        answer(200, R"({"rows":[{"id":"name/stra\u00dfe","doc":{"_id":"name/stra\u00dfe","type":"reservation","user":"Stra\u00dfe"}}]})"));
   s.on("PUT", "/ids/" + r::encode_doc_id("name/strasse"), answer(500, R"({"error":"internal_server_error","reason":"x"})"));
-  const auto e = ids.ensure_db();
-  REQUIRE(e.has_value());
+  REQUIRE_FALSE(ids.ensure_db().has_value());
+  REQUIRE(ids.rekey_names().has_value());
   CHECK(s.count("PUT", marker) == 0);
-  CHECK(ids.signup(alice_signup).status == 503);
+  cfg.signup_deadline = std::chrono::seconds(0);
+  g::identities quick{c.client, c.metrics, cfg, "_users", nullptr};
+  CHECK(quick.signup(alice_signup).status == 503);
 }
