@@ -157,9 +157,8 @@ std::optional<couch_error> identities::rekey_names() {
   std::optional<couch_error> failed;
   const auto listed = for_each_doc(client_, cfg_.db, "name/", [&](const json& doc) {
     const std::string user = str_field(doc, "user");
-    const auto checked = policy::check_user_name(user, cfg_.rules);
-    if (str_field(doc, "type") != "reservation" || !checked.ok()) return true;
-    const std::string key = policy::name_key(checked.value);
+    const std::string key = name_key_of(user);
+    if (str_field(doc, "type") != "reservation" || key.empty()) return true;
     if (policy::reservation_id(unique_field::name, key) == str_field(doc, "_id")) return true;
     // Claimed as its sign-up would claim it now (same user, address and intent): a 202 is not
     // won, a stale holder is replaced, the same holder is success (reserve()).
@@ -324,9 +323,9 @@ bool identities::stale(const json& reservation) {
 }
 
 bool identities::record_address(const std::string& user_name, const std::string& email) {
-  const auto checked = policy::check_user_name(user_name, cfg_.rules);
-  if (!checked.ok()) return true;  // no name reservation for such a name
-  const std::string name_id = policy::reservation_id(unique_field::name, policy::name_key(checked.value));
+  const std::string key = name_key_of(user_name);
+  if (key.empty()) return true;  // no name reservation for such a name
+  const std::string name_id = policy::reservation_id(unique_field::name, key);
   auto nr = client_.get_doc(cfg_.db, name_id).get();
   if (!nr.ok()) return nr.error().kind == couch_error_kind::not_found;
   if (str_field(nr.value(), "user") != user_name || str_field(nr.value(), "email") == email) return true;
@@ -424,12 +423,10 @@ identity_answer identities::signup(const json& body, const std::optional<std::st
     json b{{"error", "bad_request"}, {"reason", "invalid sign-up"}, {"problems", problems}};
     return identity_answer{400, std::move(b)};
   }
-  // Names are re-keyed at start (rekey_names, milliseconds when there is nothing to do).
-  if (!names_current(started + cfg_.signup_deadline)) {
-    return fail_answer(503, "service_unavailable", "starting up; try again");
-  }
-  const std::string key = policy::name_key(name.value);
   const auto deadline = started + cfg_.signup_deadline;
+  // Names are re-keyed at start (rekey_names, milliseconds when there is nothing to do).
+  if (!names_current(deadline)) return fail_answer(503, "service_unavailable", "starting up; try again");
+  const std::string key = policy::name_key(name.value);
 
   // 1. The intent (no password in it).
   const std::string intent_id = new_intent_id("signup");
@@ -675,9 +672,8 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
   const std::string name_res = policy::reservation_id(unique_field::name, str_field(doc, "name_key"));
   // The name's reservation under the current key, where the intent recorded an older one (a
   // copy rekey_names made for it names the same intent).
-  const auto checked_name = policy::check_user_name(name, cfg_.rules);
-  const std::string name_now =
-      checked_name.ok() ? policy::reservation_id(unique_field::name, policy::name_key(checked_name.value)) : name_res;
+  const std::string key_now = name_key_of(name);
+  const std::string name_now = key_now.empty() ? name_res : policy::reservation_id(unique_field::name, key_now);
   // What the intent holds: a sign-up its name and address, a change its new address.
   const auto release_held = [&] {
     bool ok = type != "signup" ||
@@ -862,7 +858,7 @@ std::vector<std::optional<policy::direct_verdict>> identities::admit(const std::
     w.name_key.clear();
     w.email.clear();
     w.intent = u.intent;
-    if (auto n = policy::check_user_name(u.name, cfg_.rules); n.ok()) w.name_key = policy::name_key(n.value);
+    w.name_key = name_key_of(u.name);
     w.email = address_of(u);
     return !(w.name_key.empty() && w.email.empty());
   };
@@ -1009,6 +1005,11 @@ bool identities::still_has_address(const std::string& user, const std::string& e
   if (!doc.ok()) return false;
   const auto u = live_user(doc.value());
   return u && address_of(*u) == email;
+}
+
+std::string identities::name_key_of(const std::string& name) const {
+  const auto checked = policy::check_user_name(name, cfg_.rules);
+  return checked.ok() ? policy::name_key(checked.value) : std::string();
 }
 
 std::string identities::address_of(const policy::user_doc& u) const {

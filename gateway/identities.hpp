@@ -178,6 +178,9 @@ class identities {
   // Whether `user`'s document, read now, has this (normalised) address ("" for none); false when
   // it cannot be read or is gone.
   bool still_has_address(const std::string& user, const std::string& email);
+  // The key a user name's reservation is under (policy::name_key of the checked name); "" for a
+  // name couchgate would not reserve.
+  std::string name_key_of(const std::string& name) const;
   // The user's address as reservations name it (policy::normalise_email); "" when it has none or
   // an invalid one.
   std::string address_of(const policy::user_doc& u) const;
