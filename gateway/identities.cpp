@@ -286,7 +286,7 @@ replicator::result<bool> identities::reserve(unique_field f, const std::string& 
     auto d = client_.delete_doc(cfg_.db, id, str_field(cur.value(), "_rev")).get();
     if (d.ok() || d.error().kind == couch_error_kind::not_found) {
       log()->info("reservation {} was left by intent {}, which was rolled back or is gone, for a user who does not "
-                  "exist: released", id, str_field(cur.value(), "intent"));
+                  "exist: released", policy::loggable_reservation_id(id), str_field(cur.value(), "intent"));
       return reserve(f, key, user, intent_id, rev_out, email, true);
     }
   }
@@ -299,7 +299,7 @@ couch_error identities::unconfirmed(const std::string& reservation_id, const std
   log()->warn("reservation {}: the server stored it on fewer copies than its write quorum (202 Accepted), so a "
               "concurrent claim of the same value may hold it; withdrawn{}, and the claim fails until the cluster "
               "reaches its quorum again",
-              reservation_id,
+              policy::loggable_reservation_id(reservation_id),
               withdrawn.ok() ? std::string()
                              : " — withdrawing failed (" + withdrawn.error().describe() + "): released with its claim");
   couch_error e;
@@ -839,7 +839,7 @@ void identities::note_conflicts(const std::string& user, const std::string& emai
     duplicates_found_.inc();
     log()->warn("user {} ({}): its {} {} is already reserved by user {}; {}", user,
                 own ? "signed up, its address then changed in _users" : "made without couchgate",
-                policy::to_string(f), c.value, c.holder,
+                policy::to_string(f), policy::loggable_value(f, c.value), c.holder,
                 v.provision ? "provisioned anyway (identities.on_duplicate: flag)"
                             : "not provisioned until resolved (identities.on_duplicate: exclude)");
   }

@@ -258,6 +258,27 @@ std::string reservation_id(unique_field f, std::string_view key) {
   return id;
 }
 
+std::string loggable_value(unique_field f, std::string_view key) {
+  if (f == unique_field::name) return std::string(key);
+  const auto at = key.rfind('@');
+  if (at == std::string_view::npos) return "…";
+  // The local part's first character: one UTF-8 sequence (its length from the lead byte; a stray
+  // continuation byte or a sequence cut short is left out rather than split).
+  std::string first;
+  if (at > 0) {
+    const auto lead = static_cast<unsigned char>(key[0]);
+    const std::size_t len = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
+    if (len > 0 && len <= at) first = std::string(key.substr(0, len));
+  }
+  return first + "…" + std::string(key.substr(at));
+}
+
+std::string loggable_reservation_id(std::string_view id) {
+  const std::string prefix = std::string(to_string(unique_field::email)) + "/";
+  if (id.substr(0, prefix.size()) != prefix) return std::string(id);
+  return prefix + loggable_value(unique_field::email, id.substr(prefix.size()));
+}
+
 const char* to_string(intent_state s) {
   switch (s) {
     case intent_state::pending: return "pending";

@@ -65,6 +65,13 @@ std::string legacy_name_key(std::string_view checked_name);
 enum class unique_field { name, email };
 const char* to_string(unique_field f);
 std::string reservation_id(unique_field f, std::string_view key);
+// How a unique value is named in logs: a name key as is (every log line names users), an e-mail
+// address masked to its local part's first character and its domain ("a…@example.com"; "…" for
+// something without '@'): an address is personal data, and the operator who needs it reads it
+// from the user's `_users` document. loggable_reservation_id does the same for a reservation id
+// ("email/a…@example.com"; any other id as is).
+std::string loggable_value(unique_field f, std::string_view key);
+std::string loggable_reservation_id(std::string_view id);
 
 // ---- the sign-up intent ----
 //

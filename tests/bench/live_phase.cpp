@@ -168,6 +168,23 @@ void wait_parked_drained(const half_setup& h, daemon_run& d, std::chrono::millis
   }
 }
 
+// A half after another: the previous half's clients have closed their connections, but CouchDB
+// lets go of a longpoll's socket only when the feed ends (its timeout), so for up to a timeout
+// the server still holds them, and the next half's server-socket peak would count them. Waits
+// until the server holds no more than it did before the first half (and a margin for the
+// writers and couchgate), or a timeout and a bit; the count at the start goes into out.
+void wait_server_sockets_settled(const context& ctx, const half_setup& h, int idle, std::chrono::milliseconds longpoll_timeout,
+                                 json& out) {
+  if (idle < 0) return;
+  const int margin = 64;
+  const bool settled = poll_until([&] { return server_sockets(ctx.server_pid) <= idle + margin; }, longpoll_timeout + 15s, 500ms);
+  out["server_sockets_at_start"] = server_sockets(ctx.server_pid);
+  if (!settled) {
+    note("live feeds (" + h.name + "): the server still holds " + std::to_string(server_sockets(ctx.server_pid)) +
+         " sockets (" + std::to_string(idle) + " before the first half); measuring anyway");
+  }
+}
+
 // The write-through writer's sessions: one POST /_session through the front door per user that
 // will be written to. Its figures go into out; "" or the first error.
 std::string login_writer(context& ctx, live_writer& writer, std::size_t users, const std::vector<int>& client_of, json& out) {
@@ -184,7 +201,8 @@ std::string login_writer(context& ctx, live_writer& writer, std::size_t users, c
   return e;
 }
 
-json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& users, daemon_run& d, int half_index) {
+json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& users, daemon_run& d, int half_index,
+              int server_sockets_idle) {
   const int c = static_cast<int>(users.size());
   const int rate = ctx.opt.live_rate;
   const double secs = ctx.opt.live_seconds;
@@ -229,6 +247,7 @@ json run_half(context& ctx, const half_setup& h, const std::vector<bench_user>& 
 
   // /proc sampling: every 50 ms reads ~C lines of /proc/net/tcp; slower for thousands.
   const auto period = std::chrono::milliseconds(c > 1000 ? 1000 : 200);
+  wait_server_sockets_settled(ctx, h, server_sockets_idle, longpoll_timeout, out);
   sampler s(ctx.server_pid, period);
   s.watch(d.pid());
   if (h.via_front) wait_parked_drained(h, d, longpoll_timeout);
@@ -427,7 +446,8 @@ json run_live(context& ctx) {
   note("live feeds: creating " + std::to_string(c) + " users and their databases");
   auto t_users = steady::now();
   // The databases as couchgate's provisioning makes them (provisioning.q, one shard by default):
-  // a client waiting on CouchDB directly keeps its database's shard files open.
+  // CouchDB keeps the shards it opened (up to its max_dbs_open), so in the direct half the server
+  // needs a descriptor per shard it keeps as well as one per client socket.
   json prov = ctx.couchgate_config(n);
   prov.merge_patch(ctx.opt.couchgate_overrides);
   const std::size_t q = couchgate_q(prov);
@@ -463,12 +483,14 @@ json run_live(context& ctx) {
       ctx.fail("live feeds: couchgate's front door did not start; log tail:\n" + d.log_tail(30));
     } else {
       const auto& e = test::env();
-      if (ctx.opt.live_direct) out["direct"] = run_half(ctx, half_setup{"direct", e.host, e.port, false}, users, d, 0);
+      const int idle = server_sockets(ctx.server_pid);
+      out["server_sockets_idle"] = idle >= 0 ? json(idle) : json(nullptr);
+      if (ctx.opt.live_direct) out["direct"] = run_half(ctx, half_setup{"direct", e.host, e.port, false}, users, d, 0, idle);
       if (ctx.opt.live_front && ctx.opt.live_writes_server && !interrupted()) {
-        out["front"] = run_half(ctx, half_setup{"front", "127.0.0.1", port, true}, users, d, 1);
+        out["front"] = run_half(ctx, half_setup{"front", "127.0.0.1", port, true}, users, d, 1, idle);
       }
       if (ctx.opt.live_front && ctx.opt.live_writes_front && !interrupted()) {
-        out["front_write_through"] = run_half(ctx, half_setup{"front_write_through", "127.0.0.1", port, true, true}, users, d, 2);
+        out["front_write_through"] = run_half(ctx, half_setup{"front_write_through", "127.0.0.1", port, true, true}, users, d, 2, idle);
       }
       auto m = d.metrics();
       out["couchgate_front_upstream_peak"] = m.count("couchgate_front_upstream_peak") ? json(m["couchgate_front_upstream_peak"]) : json(nullptr);

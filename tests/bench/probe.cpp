@@ -61,15 +61,18 @@ proc_usage read_usage(pid_t pid) {
   return u;
 }
 
+int server_sockets(pid_t server) {
+  if (server <= 0) return -1;
+  int fds = -1;
+  auto held = test::socket_inodes(server, &fds);
+  return fds < 0 ? -1 : static_cast<int>(held.size());
+}
+
 socket_counts count_sockets(pid_t watched, pid_t server) {
   socket_counts c;
   auto mine = test::socket_inodes(0);
   auto theirs = watched > 0 ? test::socket_inodes(watched) : std::unordered_set<std::string>{};
-  if (server > 0) {
-    int fds = -1;
-    auto held = test::socket_inodes(server, &fds);
-    c.server_held = fds < 0 ? -1 : static_cast<int>(held.size());
-  }
+  c.server_held = server_sockets(server);
   for (const auto& inode : test::connections_to_server_inodes()) {
     if (mine.count(inode)) {
       ++c.bench;

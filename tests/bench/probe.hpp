@@ -34,6 +34,9 @@ struct socket_counts {
 // /proc/net/tcp{,6}. `clients` sees any local process (couchgate, restore, the server's own
 // replicator connecting to itself), which is how the built-in replicator is measured.
 socket_counts count_sockets(pid_t watched, pid_t server);
+// Socket fds the server process holds (its listener and every connection to it; -1 when the
+// pid is unknown or /proc/<pid>/fd unreadable).
+int server_sockets(pid_t server);
 
 class sampler {
  public:

@@ -153,23 +153,24 @@ std::string client_tables(const json& results) {
              num(l, {"clients"}), num(l, {"rate"}), num(l, {"seconds"}),
              write_through ? " (front_write_through: through couchgate's front door)" : "");
     const int w = write_through ? 19 : 7;  // the half's name
-    o += fmt("%-*s %8s %9s %9s %8s %8s %8s %8s %8s %8s %9s %8s\n", w, "half", "waiting", "writes", "delivered", "p50 ms", "p99 ms",
-             "max ms", "cg sock", "cg RSS", "bench", "refusals", "errors");
+    o += fmt("%-*s %8s %9s %9s %8s %8s %8s %8s %8s %8s %8s %9s %8s\n", w, "half", "waiting", "writes", "delivered", "p50 ms", "p99 ms",
+             "max ms", "srv sock", "cg sock", "cg RSS", "bench", "refusals", "errors");
     for (const char* side : live_halves) {
       if (!l.contains(side)) continue;
       const json& x = l[side];
       double refused = 0;
       const json refs = x.contains("refusals") && x["refusals"].is_object() ? x["refusals"] : json::object();
       for (const auto& item : refs.items()) refused += item.value().get<double>();
-      o += fmt("%-*s %8s %9s %9s %8s %8s %8s %8s %8s %8s %9.0f %8s\n", w, side,
+      o += fmt("%-*s %8s %9s %9s %8s %8s %8s %8s %8s %8s %8s %9.0f %8s\n", w, side,
                cell(num(x, {"clients_waiting_before_writes"}), "%.0f").c_str(), cell(num(x, {"writes"}), "%.0f").c_str(),
                cell(num(x, {"delivered"}), "%.0f").c_str(), cell(num(x, {"delivery_ms", "p50"}), "%.0f").c_str(),
                cell(num(x, {"delivery_ms", "p99"}), "%.0f").c_str(), cell(num(x, {"delivery_ms", "max"}), "%.0f").c_str(),
-               cell(num(x, {"couchgate_sockets_to_server_peak"}), "%.0f").c_str(),
+               cell(num(x, {"server_sockets_peak"}), "%.0f").c_str(), cell(num(x, {"couchgate_sockets_to_server_peak"}), "%.0f").c_str(),
                cell(num(x, {"couchgate_rss_peak_mb"}), "%.1f").c_str(), cell(num(x, {"bench_sockets_to_server_peak"}), "%.0f").c_str(),
                refused, cell(num(x, {"transport_errors"}), "%.0f").c_str());
     }
-    o += "  cg sock = couchgate's established connections to the server (fan-in's included); bench = the bench's own\n"
+    o += "  srv sock = sockets the server process held (its listener and every connection to it; needs its pid);\n"
+         "  cg sock = couchgate's established connections to the server (fan-in's included); bench = the bench's own\n"
          "  (clients in the direct half, plus the writers' when they write to the server).\n";
     for (const char* side : {"front", "front_write_through"}) {
       if (!l.contains(side)) continue;

@@ -554,6 +554,9 @@ TEST_CASE("users made without couchgate: reservations made, a duplicate address 
   CHECK(cg.metric("couchgate_identity_duplicates_total") == 2.0);
   CHECK(cg.admin_get("/identities/conflicts").raw.find("pw-123456") == std::string::npos);
   CHECK(cg.log().find("pw-123456") == std::string::npos);
+  // The warning names the users; the address only masked (personal data: it is in _users).
+  CHECK(cg.log().find(email) == std::string::npos);
+  CHECK(cg.log().find(email.substr(0, 1) + "…" + email.substr(email.find('@'))) != std::string::npos);
 
   // A restart finds the conflict again (nothing stored but the reservations).
   cg.kill9();
@@ -799,6 +802,7 @@ TEST_CASE("a reservation the server stores below its write quorum (202 Accepted)
   CHECK(eventually([&] { return f.holder("name/" + name).empty(); }, 10s));
   CHECK(cg.metric("couchgate_identity_reservations_unconfirmed_total") == 1.0);
   CHECK(cg.log().find("202 Accepted") != std::string::npos);
+  CHECK(cg.log().find(local) == std::string::npos);  // the reservation named with its address masked
   // The client tries again once the cluster has its quorum: created; the address's reservation is
   // the third revision of its document (made, withdrawn, made again).
   auto b = call(port, "POST", "/_signup", body);

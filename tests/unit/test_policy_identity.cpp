@@ -55,6 +55,20 @@ TEST_CASE("normalise_email: trim, NFKC, lower case, then syntax") {
   CHECK_FALSE(normalise_email("a@" + std::string(250, 'b') + ".com", r).ok());
 }
 
+TEST_CASE("e-mail addresses are masked in what is logged; names and other ids are not") {
+  CHECK(loggable_value(unique_field::email, "alice@example.com") == "a…@example.com");
+  CHECK(loggable_value(unique_field::email, "\xC3\xA9mile@example.com") == "\xC3\xA9…@example.com");  // é kept whole
+  CHECK(loggable_value(unique_field::email, "@example.com") == "…@example.com");
+  CHECK(loggable_value(unique_field::email, "\xA9x@b.com") == "…@b.com");  // a stray continuation byte is left out
+  CHECK(loggable_value(unique_field::email, "\xE2\x82@b.com") == "…@b.com");  // a sequence cut short by the '@'
+  CHECK(loggable_value(unique_field::email, "no-at-sign") == "…");
+  CHECK(loggable_value(unique_field::name, "alice") == "alice");
+  CHECK(loggable_reservation_id(reservation_id(unique_field::email, "bob@b.org")) == "email/b…@b.org");
+  CHECK(loggable_reservation_id(reservation_id(unique_field::name, "bob")) == "name/bob");
+  CHECK(loggable_reservation_id("emailx/bob@b.org") == "emailx/bob@b.org");
+  CHECK(loggable_reservation_id("email/robert.smith@b.org").find("robert") == std::string::npos);
+}
+
 TEST_CASE("reservation ids: one per unique value, names compared without case") {
   CHECK(reservation_id(unique_field::name, name_key("Alice")) == "name/alice");
   CHECK(name_key("ALICE") == name_key("alice"));
