@@ -440,6 +440,28 @@ json run_live(context& ctx) {
       note("live feeds: warning: " + std::to_string(c) + " clients need about " + std::to_string(need) +
            " open files per process; limits: " + lim.dump());
     }
+    // The direct half on CouchDB: besides a socket per client the server keeps up to
+    // max_dbs_open shard files open (its cache; 500 when unset), each a descriptor too. More than
+    // its open-files limit ends in emfile and a server that stops answering (sessions 30, 32).
+    auto dbs_open = ctx.pouchdb ? test::reply{} : test::couch().get("/_node/_local/_config/couchdb/max_dbs_open");
+    if (!ctx.pouchdb && ctx.opt.live_direct && ctx.server_pid > 0 && (dbs_open.status == 200 || dbs_open.status == 404)) {
+      long max_dbs_open = 500;
+      if (dbs_open.status == 200 && dbs_open.body.is_string()) {
+        try {
+          max_dbs_open = std::stol(dbs_open.body.get<std::string>());
+        } catch (const std::exception&) {
+          max_dbs_open = -1;
+        }
+      }
+      out["limits"]["server_max_dbs_open"] = max_dbs_open;
+      const long server_need = need + std::min<long>(max_dbs_open, c);
+      if (max_dbs_open >= 0 && open_files_limit(ctx.server_pid) < server_need) {
+        note("live feeds: warning: in the direct half the server may need " + std::to_string(server_need) +
+             " descriptors (" + std::to_string(c) + " client sockets and up to max_dbs_open " + std::to_string(max_dbs_open) +
+             " shard files) but may open " + std::to_string(open_files_limit(ctx.server_pid)) +
+             ": lower [couchdb] max_dbs_open or raise its nofile limit");
+      }
+    }
   }
   test::names n = ctx.fresh("bench-live");
   auto users = make_users(n.prefix, "l", c);
