@@ -26,10 +26,12 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <unordered_map>
 
+#include "replicator/server_limits.hpp"
 #include "tests/bench/client.hpp"
 #include "tests/bench/daemon_run.hpp"
 #include "tests/bench/dataset.hpp"
@@ -177,11 +179,12 @@ void wait_server_sockets_settled(const context& ctx, const half_setup& h, int id
                                  json& out) {
   if (idle < 0) return;
   const int margin = 64;
-  const bool settled = poll_until([&] { return server_sockets(ctx.server_pid) <= idle + margin; }, longpoll_timeout + 15s, 500ms);
-  out["server_sockets_at_start"] = server_sockets(ctx.server_pid);
+  int held = server_sockets(ctx.server_pid);
+  const bool settled = poll_until([&] { return (held = server_sockets(ctx.server_pid)) <= idle + margin; }, longpoll_timeout + 15s, 500ms);
+  out["server_sockets_at_start"] = held;
   if (!settled) {
-    note("live feeds (" + h.name + "): the server still holds " + std::to_string(server_sockets(ctx.server_pid)) +
-         " sockets (" + std::to_string(idle) + " before the first half); measuring anyway");
+    note("live feeds (" + h.name + "): the server still holds " + std::to_string(held) + " sockets (" + std::to_string(idle) +
+         " before the first half); measuring anyway");
   }
 }
 
@@ -427,7 +430,8 @@ json run_live(context& ctx) {
     struct rlimit rl {};
     getrlimit(RLIMIT_NOFILE, &rl);
     json lim{{"bench_nofile_soft", static_cast<long long>(rl.rlim_cur)}, {"bench_nofile_hard", static_cast<long long>(rl.rlim_max)}};
-    if (ctx.server_pid > 0) lim["server_nofile_soft"] = open_files_limit(ctx.server_pid);
+    const long server_nofile = ctx.server_pid > 0 ? open_files_limit(ctx.server_pid) : -1;
+    if (ctx.server_pid > 0) lim["server_nofile_soft"] = server_nofile;
     std::ifstream ports("/proc/sys/net/ipv4/ip_local_port_range"), backlog("/proc/sys/net/core/somaxconn");
     long lo = 0, hi = 0, somaxconn = 0;
     ports >> lo >> hi;
@@ -436,30 +440,26 @@ json run_live(context& ctx) {
     lim["somaxconn"] = somaxconn;
     out["limits"] = lim;
     const long need = c + 256;
-    if (static_cast<long>(rl.rlim_cur) < need || (ctx.server_pid > 0 && open_files_limit(ctx.server_pid) < need)) {
+    if (static_cast<long>(rl.rlim_cur) < need || (ctx.server_pid > 0 && server_nofile < need)) {
       note("live feeds: warning: " + std::to_string(c) + " clients need about " + std::to_string(need) +
            " open files per process; limits: " + lim.dump());
     }
     // The direct half on CouchDB: besides a socket per client the server keeps up to
     // max_dbs_open shard files open (its cache; 500 when unset), each a descriptor too. More than
     // its open-files limit ends in emfile and a server that stops answering (sessions 30, 32).
-    auto dbs_open = ctx.pouchdb ? test::reply{} : test::couch().get("/_node/_local/_config/couchdb/max_dbs_open");
-    if (!ctx.pouchdb && ctx.opt.live_direct && ctx.server_pid > 0 && (dbs_open.status == 200 || dbs_open.status == 404)) {
-      long max_dbs_open = 500;
-      if (dbs_open.status == 200 && dbs_open.body.is_string()) {
-        try {
-          max_dbs_open = std::stol(dbs_open.body.get<std::string>());
-        } catch (const std::exception&) {
-          max_dbs_open = -1;
-        }
-      }
-      out["limits"]["server_max_dbs_open"] = max_dbs_open;
-      const long server_need = need + std::min<long>(max_dbs_open, c);
-      if (max_dbs_open >= 0 && open_files_limit(ctx.server_pid) < server_need) {
+    if (!ctx.pouchdb && ctx.opt.live_direct && ctx.server_pid > 0) {
+      // Read as the daemon reads it (replicator/server_limits.hpp): 404 is CouchDB's default.
+      const auto r = test::couch().get("/_node/_local/_config/couchdb/max_dbs_open");
+      const auto max_dbs_open = r.status == 404   ? std::optional<std::uint64_t>(replicator::couchdb_default_max_dbs_open)
+                                : r.status == 200 ? replicator::parse_config_uint(r.body)
+                                                  : std::nullopt;
+      if (r.status == 200 || r.status == 404) out["limits"]["server_max_dbs_open"] = max_dbs_open ? json(*max_dbs_open) : json(nullptr);
+      const long dbs = max_dbs_open ? static_cast<long>(*max_dbs_open) : -1;
+      const long server_need = need + std::min<long>(dbs, c);
+      if (dbs >= 0 && server_nofile < server_need) {
         note("live feeds: warning: in the direct half the server may need " + std::to_string(server_need) +
-             " descriptors (" + std::to_string(c) + " client sockets and up to max_dbs_open " + std::to_string(max_dbs_open) +
-             " shard files) but may open " + std::to_string(open_files_limit(ctx.server_pid)) +
-             ": lower [couchdb] max_dbs_open or raise its nofile limit");
+             " descriptors (" + std::to_string(c) + " client sockets and up to max_dbs_open " + std::to_string(dbs) +
+             " shard files) but may open " + std::to_string(server_nofile) + ": lower [couchdb] max_dbs_open or raise its nofile limit");
       }
     }
   }
