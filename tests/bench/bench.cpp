@@ -186,6 +186,10 @@ int main(int argc, char** argv) {
   app.add_option("--provision-rate", o.provision_rate,
                  "provisioning: create the users at this many per second, one PUT each, instead of all at once (0 = at once; "
                  "the latency goal is stated at 100)");
+  app.add_flag("--provision-backlog", o.provision_backlog,
+               "provisioning: write the users before couchgate starts, then time its first start provisioning them (a first "
+               "deployment on a server that has users: the reconcile's path), against the bare ceiling")
+      ->excludes(app.get_option("--provision-rate"));
   app.add_option("--signups", signups, "sign-up: sign-ups through the front door (default 200; 20 with --smoke)");
   app.add_option("--signup-concurrency", o.signup_concurrency, "sign-up: sign-ups in flight at once (default 16)");
   app.add_option("--builtin-timeout", builtin_timeout, "seconds CouchDB's own replicator gets per size (default 300; 60 with --smoke)");

@@ -35,6 +35,7 @@ struct options {
   double seconds = 60;        // steady-state write window
   int users = 1000;           // provisioning burst
   double provision_rate = 0;  // provisioning: users created per second, one request each (0 = all at once)
+  bool provision_backlog = false;  // provisioning: the users written before couchgate starts (its first reconcile)
   int signups = 200;          // sign-up phase: sign-ups through the front door
   int signup_concurrency = 16;  // ... sent this many at a time
   double builtin_timeout = 300;

@@ -9,7 +9,10 @@
 // proxy); the bench creates U users with the selection role at once (admin POST
 // _users/_bulk_docs, 100 users per request, back to back) or, with --provision-rate R, one
 // `PUT _users/org.couchdb.user:<name>` each, the i-th sent at start + i/R (writer threads, closed
-// loop; a slow server gives fewer per second: see `achieved_rate`). A user is provisioned when
+// loop; a slow server gives fewer per second: see `achieved_rate`). With --provision-backlog the
+// users are written first (at once, the server let settle), then couchgate starts: its first
+// reconcile provisions them, timed from its start (no `ceiling_with_users`: the users' writes are
+// outside the timing, so the bare ceiling is the server's whole work in it). A user is provisioned when
 // the server answered 200 to couchgate's `PUT /<db>/_security` (seen by the tap: watching costs
 // the server nothing); per-user latency runs from the send of the request carrying the user to
 // that answer. Afterwards each database's `_security` is read once from the server and must
@@ -137,8 +140,10 @@ void write_users(const std::vector<json>& docs, double pace, steady::time_point 
 json run_provisioning(context& ctx, plot_data& plots) {
   const int u_count = ctx.opt.users;
   const double pace = ctx.opt.provision_rate;
+  const bool backlog = ctx.opt.provision_backlog;
   json out{{"users", u_count}, {"passwords", ctx.opt.user_passwords}};
   if (pace > 0) out["rate"] = pace;
+  if (backlog) out["backlog"] = true;
   if (u_count <= 0) return out;
   test::names n = ctx.fresh("bench-prov");
   json cfg = ctx.couchgate_config(n);
@@ -169,21 +174,23 @@ json run_provisioning(context& ctx, plot_data& plots) {
     docs.push_back(std::move(doc));
   }
 
-  if (!ctx.opt.skipped("ceiling")) {
-    // Reference: the server work couchgate does per user (PUT /db, then PUT /db/_security),
-    // done by the bench itself over as many connections as couchgate may use: `ceiling` (the
-    // issue's). `ceiling_with_users` adds the rest of the server's work in couchgate's run: the
-    // same user documents written as that run writes them (POST _users/_bulk_docs, 100 at a
-    // time, one connection), each user's database made once its document is written. Both
-    // go through a tap, as couchgate's run does (below).
+  // Reference: the server work couchgate does per user (PUT /db, then PUT /db/_security), done by
+  // the bench itself over as many connections as couchgate may use: `ceiling` (the issue's),
+  // measured before couchgate's run and again after it (`ceiling_after`: the same server's pace
+  // drifts by tens of percent within minutes, so the ratio is taken to their mean).
+  // `ceiling_with_users` adds the rest of the server's work in couchgate's run: the same user
+  // documents written as that run writes them (POST _users/_bulk_docs, 100 at a time, one
+  // connection), each user's database made once its document is written. All go through a tap,
+  // as couchgate's run does (below).
+  const auto measure_ceiling = [&](const bool with_users, const std::string& key, const std::string& infix) {
     const int conns = cfg["fanin"].value("max_connections", 8);
     // The same shards couchgate creates (provisioning.q; its default when the config leaves it out).
     const std::size_t q = couchgate_q(cfg);
-    std::string base = n.prefix.substr(0, n.prefix.size() - std::string("-userdb-").size());
-    for (const bool with_users : {false, true}) {
+    const std::string base = n.prefix.substr(0, n.prefix.size() - std::string("-userdb-").size());
+    {
       std::vector<std::string> cdbs;
       for (int i = 0; i < u_count; ++i) {
-        cdbs.push_back(base + (with_users ? "-pceilu-" : "-pceil-") + pad(i, 5));
+        cdbs.push_back(base + infix + pad(i, 5));
         ctx.created(cdbs.back());  // whatever happens, the run's cleanup looks for them
       }
       note(std::string("provisioning: ceiling") + (with_users ? " with the user documents" : "") + " (the bench creates " +
@@ -237,7 +244,6 @@ json run_provisioning(context& ctx, plot_data& plots) {
       double secs = seconds_since(t);
       const double cpu = read_usage(ctx.server_pid).cpu_seconds - cpu0;
       if (e.empty() && w.errors.load() > 0) e = "writing the users: " + w.first_error;
-      const char* key = with_users ? "ceiling_with_users" : "ceiling";
       if (!e.empty()) ctx.fail(std::string("provisioning ") + key + ": " + e);
       else {
         out[key] = {{"seconds", round_to(secs)}, {"users_per_s", round_to(u_count / secs, 1)}, {"connections", conns}, {"q", q}};
@@ -260,31 +266,51 @@ json run_provisioning(context& ctx, plot_data& plots) {
       else
         for (const auto& db : cdbs) ctx.dropped(db);
     }
+  };
+  const bool ceilings = !ctx.opt.skipped("ceiling");
+  if (ceilings) {
+    measure_ceiling(false, "ceiling", "-pceil-");
+    // With a backlog the users are written before couchgate starts, outside its timing: the
+    // bare ceiling is the whole of the server's work in the timed part.
+    if (!backlog) measure_ceiling(true, "ceiling_with_users", "-pceilu-");
   }
 
   // couchgate reaches the server through the bench's tap (a recording TCP proxy on loopback):
   // when each user's `_security` write was answered is read off the wire, not asked of the
   // server, so watching costs the server nothing.
+  user_writes w(users.size());
+  for (const auto& db : dbs) ctx.created(db);  // whatever happens next, cleanup looks for them
+  if (backlog) {
+    // A first start on a server that has users: they are all written, the server let settle,
+    // then couchgate starts and its first reconcile provisions them (timed from its start).
+    note("provisioning: writing " + std::to_string(u_count) + " users before couchgate starts");
+    write_users(docs, 0, steady::now(), w, [](std::size_t) {});
+    for (auto& s : w.sent) s = 0;  // each user's latency runs from couchgate's start
+  }
   wait_server_quiet(ctx.server_pid);
   test::fault_proxy tap;
   daemon_run d(ctx, cfg, "provisioning", test::proxy_env(tap));
+  std::vector<std::atomic<std::int64_t>> done(users.size());
+  for (auto& d_ : done) d_ = -1;
+  double server_cpu0 = read_usage(ctx.server_pid).cpu_seconds;
+  auto base = steady::now();
   d.start();
-  if (!d.wait_ready(60s)) {
+  if (!backlog && !d.wait_ready(60s)) {
     ctx.fail("provisioning: couchgate not ready; log tail:\n" + d.log_tail(30));
     out.update(d.stop("provisioning"));
     cleanup({});
     return out;
   }
-  for (const auto& db : dbs) ctx.created(db);  // whatever happens next, cleanup looks for them
-
-  std::vector<std::atomic<std::int64_t>> done(users.size());
-  for (auto& d_ : done) d_ = -1;
-  user_writes w(users.size());
-  const double server_cpu0 = read_usage(ctx.server_pid).cpu_seconds;
-  const auto base = steady::now();
-  note("provisioning: creating " + std::to_string(u_count) + " users " +
-       (pace > 0 ? "at " + std::to_string(pace) + " per second, one PUT each" : std::string("at once")));
-  std::thread creator([&] { write_users(docs, pace, base, w, [](std::size_t) {}); });
+  std::thread creator;
+  if (!backlog) {
+    server_cpu0 = read_usage(ctx.server_pid).cpu_seconds;
+    base = steady::now();
+    note("provisioning: creating " + std::to_string(u_count) + " users " +
+         (pace > 0 ? "at " + std::to_string(pace) + " per second, one PUT each" : std::string("at once")));
+    creator = std::thread([&] { write_users(docs, pace, base, w, [](std::size_t) {}); });
+  } else {
+    note("provisioning: couchgate started with " + std::to_string(u_count) + " users to provision");
+  }
 
   // Watch without asking the server: every 25 ms (100 ms at once) the tap's records are read
   // for the server's 200 answers to couchgate's `PUT /<db>/_security`; a user is provisioned
@@ -326,7 +352,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
         return true;
       },
       std::chrono::duration<double>(deadline), pace > 0 ? 25ms : 100ms);
-  creator.join();
+  if (creator.joinable()) creator.join();
   const double server_cpu = read_usage(ctx.server_pid).cpu_seconds - server_cpu0;
   // The server's word, after the timing: each database exists and its `_security` names the
   // user (a user the tap saw provisioned but the server does not confirm is not counted).
@@ -387,7 +413,12 @@ json run_provisioning(context& ctx, plot_data& plots) {
   }
   if (server_cpu0 >= 0 && server_cpu >= 0) out["server_cpu_ms_per_user"] = round_to(server_cpu * 1000 / u_count, 2);
   out["observed"] = "the server's answers to couchgate's PUT _security, recorded by the bench's proxy; checked on the server after";
-  out["tap_requests"] = tap.requests().size();
+  {
+    const auto recs = tap.requests();
+    out["tap_requests"] = recs.size();
+    // With a backlog, how much of the time was couchgate starting before it asked the server anything.
+    if (!recs.empty()) out["first_request_ms"] = round_to(std::chrono::duration<double, std::milli>(recs.front().at - base).count(), 1);
+  }
   if (pace > 0 && w.seconds.load() > 0) out["achieved_rate"] = round_to(static_cast<double>(users.size()) / w.seconds.load(), 1);
   auto m = d.metrics();
   if (m.count("couchgate_databases_provisioned_total")) out["couchgate_databases_provisioned"] = m["couchgate_databases_provisioned_total"];
@@ -407,6 +438,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
              " users got their database and _security within " + std::to_string(static_cast<int>(deadline)) + " s" + why);
   }
   cleanup(w.revs);
+  if (ceilings && !interrupted()) measure_ceiling(false, "ceiling_after", "-pceila-");
   return out;
 }
 

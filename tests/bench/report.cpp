@@ -37,6 +37,14 @@ double num(const json& j, std::initializer_list<const char*> path) {
 
 std::string cell(double v, const char* f = "%.2f") { return v < 0 ? std::string("-") : fmt(f, v); }
 
+// The provisioning ceiling couchgate's rate is judged against: the mean of the one measured
+// before its run and the one after (the server's pace drifts within minutes), or the one there is.
+double provisioning_ceiling(const json& p) {
+  const double before = num(p, {"ceiling", "users_per_s"}), after = num(p, {"ceiling_after", "users_per_s"});
+  if (before > 0 && after > 0) return (before + after) / 2;
+  return before > 0 ? before : after;
+}
+
 json target(const std::string& what, const std::string& measured, json met, const std::string& note_text = {}) {
   json t{{"target", what}, {"measured", measured}, {"met", met}};
   if (!note_text.empty()) t["note"] = note_text;
@@ -276,11 +284,15 @@ json judge_targets(const json& results) {
   {
     std::string what = "provisioning >= 90% of the provisioning ceiling (issue #18)";
     const json& p = results.value("provisioning", json::object());
-    double ups = num(p, {"users_per_s"}), ceil = num(p, {"ceiling", "users_per_s"});
+    double ups = num(p, {"users_per_s"}), ceil = provisioning_ceiling(p);
     if (num(p, {"rate"}) > 0) out.push_back(target(what, "not measured (users created at a set rate)", nullptr));
     else if (ups < 0 || ceil <= 0) out.push_back(target(what, "not measured", nullptr));
     else {
       std::string m = fmt("%.0f%% (%.1f of %.1f users/s", 100 * ups / ceil, ups, ceil);
+      if (num(p, {"ceiling_after", "users_per_s"}) > 0)
+        m += fmt(", the mean of the ceiling before (%.1f) and after (%.1f) couchgate's run", num(p, {"ceiling", "users_per_s"}),
+                 num(p, {"ceiling_after", "users_per_s"}));
+      if (p.value("backlog", false)) m += "; the users written before couchgate started, timed from its start";
       if (num(p, {"ceiling_with_users", "users_per_s"}) > 0)
         m += fmt("; %.0f%% of the ceiling with the user documents", 100 * ups / num(p, {"ceiling_with_users", "users_per_s"}));
       m += ")";
@@ -395,19 +407,22 @@ void print_table(const json& results) {
   if (results.contains("provisioning")) {
     const json& p = results["provisioning"];
     o += fmt("\nPROVISIONING  %.0f users created %s (%s passwords)\n", num(p, {"users"}),
-             num(p, {"rate"}) > 0 ? fmt("at %.0f per second, one PUT each", num(p, {"rate"})).c_str() : "at once",
+             num(p, {"rate"}) > 0          ? fmt("at %.0f per second, one PUT each", num(p, {"rate"})).c_str()
+             : p.value("backlog", false) ? "before couchgate started (its first start provisions them; timed from its start)"
+                                         : "at once",
              p.value("passwords", false) ? "with" : "without");
     o += fmt("  %s users/s: all %s provisioned in %s s (creating them took %s s); per user ms p50 %s p99 %s max %s\n",
              cell(num(p, {"users_per_s"}), "%.1f").c_str(), cell(num(p, {"provisioned"}), "%.0f").c_str(),
              cell(num(p, {"seconds"})).c_str(), cell(num(p, {"create_seconds"})).c_str(),
              cell(num(p, {"latency_ms", "p50"}), "%.0f").c_str(), cell(num(p, {"latency_ms", "p99"}), "%.0f").c_str(),
              cell(num(p, {"latency_ms", "max"}), "%.0f").c_str());
-    o += fmt("  couchgate: sockets %s, RSS %s MB;  ceiling (bench: PUT db?q=%s + _security over %s connections) %s users/s%s\n",
+    o += fmt("  couchgate: sockets %s, RSS %s MB;  ceiling (bench: PUT db?q=%s + _security over %s connections) %s users/s before, "
+             "%s after%s\n",
              cell(num(p, {"sockets_peak"}), "%.0f").c_str(), cell(num(p, {"rss_peak_mb"}), "%.1f").c_str(),
              cell(num(p, {"ceiling", "q"}), "%.0f").c_str(), cell(num(p, {"ceiling", "connections"}), "%.0f").c_str(),
-             cell(num(p, {"ceiling", "users_per_s"}), "%.1f").c_str(),
-             num(p, {"ceiling", "users_per_s"}) > 0 && num(p, {"users_per_s"}) > 0 && num(p, {"rate"}) <= 0
-                 ? fmt(" (couchgate %.0f%% of it)", 100.0 * num(p, {"users_per_s"}) / num(p, {"ceiling", "users_per_s"})).c_str()
+             cell(num(p, {"ceiling", "users_per_s"}), "%.1f").c_str(), cell(num(p, {"ceiling_after", "users_per_s"}), "%.1f").c_str(),
+             provisioning_ceiling(p) > 0 && num(p, {"users_per_s"}) > 0 && num(p, {"rate"}) <= 0
+                 ? fmt(" (couchgate %.0f%% of their mean)", 100.0 * num(p, {"users_per_s"}) / provisioning_ceiling(p)).c_str()
                  : "");
     if (p.contains("ceiling_with_users")) {
       o += fmt("  ceiling with the user documents (the bench also writes them, as in couchgate's run) %s users/s%s; per user ms p50 %s p99 %s\n",
@@ -418,8 +433,9 @@ void print_table(const json& results) {
                cell(num(p, {"ceiling_with_users", "latency_ms", "p50"}), "%.0f").c_str(),
                cell(num(p, {"ceiling_with_users", "latency_ms", "p99"}), "%.0f").c_str());
     }
-    o += fmt("  server CPU per user (ms): couchgate's run %s, ceiling %s, ceiling with the user documents %s\n",
+    o += fmt("  server CPU per user (ms): couchgate's run %s, ceiling %s (after %s), ceiling with the user documents %s\n",
              cell(num(p, {"server_cpu_ms_per_user"}), "%.1f").c_str(), cell(num(p, {"ceiling", "server_cpu_ms_per_user"}), "%.1f").c_str(),
+             cell(num(p, {"ceiling_after", "server_cpu_ms_per_user"}), "%.1f").c_str(),
              cell(num(p, {"ceiling_with_users", "server_cpu_ms_per_user"}), "%.1f").c_str());
   }
   o += client_tables(results);
