@@ -480,26 +480,40 @@ void set_ratios(json& out) {
     if (out[k].contains("complete") && !out[k]["complete"].get<bool>()) return -1;
     return out[k]["docs_per_s"].get<double>();
   };
-  double cg = rate_of("couchgate"), ceil = rate_of("ceiling"), bi = rate_of("builtin");
+  // A reference measured before couchgate's run and again after it (`<k>_after`; the restore
+  // ceiling: `restore_ceiling_before` and `restore_ceiling`): the server's pace drifts within
+  // minutes, mostly slowing as databases are created and deleted, so couchgate is judged against
+  // the mean of the two (seconds), or the one there is (-1: neither).
+  const auto seconds_of = [&](const std::string& k) -> double {
+    return out.contains(k) && out[k].contains("seconds") && out[k]["seconds"].is_number() ? out[k]["seconds"].get<double>() : -1;
+  };
+  const auto mean_of = [](double a, double b) { return a >= 0 && b >= 0 ? (a + b) / 2 : (a >= 0 ? a : b); };
+  const auto mean_seconds = [&](const std::string& before, const std::string& after) {
+    return mean_of(seconds_of(before), seconds_of(after));
+  };
+  const double total = out.value("docs_total", 0.0);
+  const double ceil_secs = mean_seconds("ceiling", "ceiling_after");
+  double cg = rate_of("couchgate"), ceil = ceil_secs > 0 ? total / ceil_secs : -1, bi = rate_of("builtin");
   out["ratio_couchgate_to_ceiling"] = cg > 0 && ceil > 0 ? json(round_to(cg / ceil)) : json(nullptr);
   out["ratio_couchgate_to_builtin"] = cg > 0 && bi > 0 ? json(round_to(cg / bi)) : json(nullptr);
   // The server's own CPU for a phase (-1: not measured).
-  const auto cpu = [&](const char* k) -> double {
-    const json* p = out[k].contains("profile") ? &out[k]["profile"] : nullptr;
+  const auto cpu_of = [&](const std::string& k) -> double {
+    const json* p = out.contains(k) && out[k].contains("profile") ? &out[k]["profile"] : nullptr;
     return p && p->contains("server_cpu_seconds") && (*p)["server_cpu_seconds"].is_number() ? (*p)["server_cpu_seconds"].get<double>() : -1;
   };
+  const auto cpu = [&](const std::string& k) { return mean_of(cpu_of(k), cpu_of(k + "_after")); };
   // A floor (issue #18): the ceiling's ingest plus the server's answers to one _changes per source
   // (the phase `changes`), in seconds and, to set beside what couchgate's run cost it, in the
   // server's CPU; couchgate's rate against it as `ratio`. False when either part is missing.
-  const auto add_floor = [&](const char* name, const char* changes, const char* ratio) {
-    if (!out.contains("ceiling") || !out["ceiling"].contains("seconds") || !out.contains(changes) ||
-        !out[changes].contains("seconds")) {
-      return false;
-    }
-    const double secs = out["ceiling"]["seconds"].get<double>() + out[changes]["seconds"].get<double>();
+  const auto add_floor = [&](const char* name, const std::string& changes, const char* ratio) {
+    const double changes_secs = mean_seconds(changes, changes + "_after");
+    if (ceil_secs < 0 || changes_secs < 0) return false;
+    const double secs = ceil_secs + changes_secs;
+    const bool after = out.contains("ceiling_after") && out.contains(changes + "_after");
     out[name] = {{"seconds", round_to(secs)},
-                 {"docs_per_s", rate(out.value("docs_total", 0.0), secs)},
-                 {"what", std::string("ceiling seconds + ") + changes + " seconds"}};
+                 {"docs_per_s", rate(total, secs)},
+                 {"what", std::string("ceiling seconds + ") + changes + " seconds" +
+                              (after ? ", each the mean of the one before couchgate's run and the one after" : "")}};
     if (cpu("ceiling") >= 0 && cpu(changes) >= 0) out[name]["server_cpu_seconds"] = round_to(cpu("ceiling") + cpu(changes));
     const double fl = out[name]["docs_per_s"].get<double>();
     out[ratio] = cg > 0 && fl > 0 ? json(round_to(cg / fl)) : json(nullptr);
@@ -509,9 +523,11 @@ void set_ratios(json& out) {
   if (add_floor("floor", "floor_changes", "ratio_couchgate_to_floor")) {
     add_floor("floor_with_bodies", "floor_changes_docs", "ratio_couchgate_to_floor_with_bodies");
   }
-  if (out.contains("restore") && out.contains("restore_ceiling")) {
-    double r = out["restore"].value("docs_per_s", 0.0), rc = out["restore_ceiling"].value("docs_per_s", 0.0);
-    out["ratio_restore_to_ceiling"] = r > 0 && rc > 0 ? json(round_to(r / rc)) : json(nullptr);
+  const double restore_ceil_secs = mean_seconds("restore_ceiling_before", "restore_ceiling");
+  if (out.contains("restore") && restore_ceil_secs > 0) {
+    const double r = out["restore"].value("docs_per_s", 0.0), rc = total / restore_ceil_secs;
+    out["restore_ceiling_docs_per_s"] = round_to(rc, 1);  // the mean's rate, what the ratio is to
+    out["ratio_restore_to_ceiling"] = r > 0 ? json(round_to(r / rc)) : json(nullptr);
   }
 }
 
@@ -560,9 +576,21 @@ json run_fanin(context& ctx, const size_spec& size, plot_data& plots, fanin_sour
     note("fan-in " + label + ": couchgate");
     out["couchgate"] = run_couchgate(ctx, cfg, n, total, size.dbs, plots, label, complete);
   }
+  if (complete && !ctx.opt.skipped("ceiling") && !interrupted()) {
+    // The references again, after couchgate's run: the ratios are to the mean of the two.
+    note("fan-in " + label + ": ingest ceiling and floors again, after couchgate");
+    out["ceiling_after"] = run_ceiling(ctx, n, sources, size.docs_per_db, plots, label + " after");
+    out["floor_changes_after"] = run_changes_floor(ctx, sources, connections, false);
+    out["floor_changes_docs_after"] = run_changes_floor(ctx, sources, connections, true);
+  }
   // The sources hold their documents unless a restore deleted them and did not bring them all back.
   bool sources_intact = true;
   if (complete && !ctx.opt.skipped("restore") && !interrupted()) {
+    if (!ctx.opt.skipped("ceiling")) {
+      // Its ceiling both before the restore and after it (below); the ratio is to their mean.
+      note("fan-in " + label + ": restore ceiling, before the restore");
+      out["restore_ceiling_before"] = run_restore_ceiling(ctx, cfg, n, size.dbs, size.docs_per_db, connections);
+    }
     note("fan-in " + label + ": restore --all");
     out["restore"] = run_restore(ctx, cfg, sources, size.docs_per_db);
     sources_intact = out["restore"].value("verified", false);
