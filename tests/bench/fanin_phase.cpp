@@ -12,6 +12,7 @@
 //               thousands of replications leave pouchdb-server slower for everything after them.
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -95,6 +96,28 @@ json run_ceiling(context& ctx, const test::names& n, const std::vector<source_db
   return out;
 }
 
+// One request per source, made by `fn` (an error text, or empty), over `connections` keep-alive
+// connections back to back, timed with the server's CPU: `seconds` and `profile` go into `out`.
+// nullopt (and ctx.fail("<what>: <error>")) when a request failed.
+std::optional<sampler::summary> per_source_timed(context& ctx, const std::vector<source_db>& sources, int connections,
+                                                 const std::string& what,
+                                                 const std::function<std::string(const source_db&, bench_client&)>& fn, json& out) {
+  client_pool pool = make_clients(connections);
+  sampler s(ctx.server_pid);
+  auto t0 = steady::now();
+  std::string error = parallel_for(static_cast<int>(sources.size()), pool,
+                                   [&](int i, bench_client& c) { return fn(sources[static_cast<std::size_t>(i)], c); });
+  double secs = seconds_since(t0);
+  s.stop();
+  if (!error.empty()) {
+    ctx.fail(what + ": " + error);
+    return std::nullopt;
+  }
+  out["seconds"] = round_to(secs);
+  out["profile"] = profile(secs, -1, s.result().server_cpu_seconds);
+  return s.result();
+}
+
 // Issue #18's floor, the part the ceiling lacks: what the server needs to answer one
 // `_changes?style=all_docs&since=0` per source (what any replicator must read), over as many
 // keep-alive connections as couchgate may use, back to back.
@@ -103,30 +126,21 @@ json run_ceiling(context& ctx, const test::names& n, const std::vector<source_db
 json run_changes_floor(context& ctx, const std::vector<source_db>& sources, int connections, bool bodies) {
   const std::string query = bodies ? "/_changes?style=all_docs&since=0&include_docs=true" : "/_changes?style=all_docs&since=0";
   json out{{"request", "GET /{source}" + query}, {"connections", connections}};
-  client_pool pool = make_clients(connections);
-  sampler s(ctx.server_pid);
-  auto t0 = steady::now();
   std::atomic<std::uint64_t> rows{0};
-  std::string error = parallel_for(static_cast<int>(sources.size()), pool, [&](int i, bench_client& c) -> std::string {
-    auto r = c.get(db_path(sources[static_cast<std::size_t>(i)].db) + query);
+  auto res = per_source_timed(ctx, sources, connections, "floor", [&](const source_db& src, bench_client& c) -> std::string {
+    auto r = c.get(db_path(src.db) + query);
     if (r.status != 200 || !r.body.contains("results") || !r.body["results"].is_array()) return "_changes: " + describe(r);
     rows += r.body["results"].size();
     return "";
-  });
-  double secs = seconds_since(t0);
-  s.stop();
-  if (!error.empty()) {
-    ctx.fail("floor: " + error);
-    return out;
-  }
-  out["seconds"] = round_to(secs);
+  }, out);
+  if (!res) return out;
+  const double secs = out["seconds"].get<double>();
   out["requests"] = sources.size();
   out["rows"] = rows.load();
   out["ms_per_request"] = sources.empty() ? 0.0 : round_to(secs * 1000.0 / static_cast<double>(sources.size()), 2);
-  out["server_cpu_percent"] = cpu_or_null(s.result());
-  double cpu = s.result().server_cpu_seconds;
+  out["server_cpu_percent"] = cpu_or_null(*res);
+  double cpu = res->server_cpu_seconds;
   out["server_cpu_ms_per_request"] = cpu >= 0 && !sources.empty() ? json(round_to(cpu * 1000.0 / static_cast<double>(sources.size()), 2)) : json(nullptr);
-  out["profile"] = profile(secs, -1, cpu);
   return out;
 }
 
@@ -153,6 +167,57 @@ json run_restore_ceiling(context& ctx, const json& cfg, const test::names& n, in
   out["seconds"] = round_to(secs);
   out["docs_per_s"] = rate(static_cast<double>(dbs) * m, secs);
   out["server_cpu_percent"] = cpu_or_null(s.result());
+  out["profile"] = profile(secs, -1, s.result().server_cpu_seconds);
+  return out;
+}
+
+// The two parts of a restore's server work its ceiling lacks, each measured alone (as the fan-in
+// floor adds one `_changes` per source to its ceiling): `restore_security`, one `PUT _security`
+// per restored database over `connections` connections (restore gives each user its access;
+// the ceiling writes none), and `restore_central_read`, central's `_changes` with the bodies in
+// pages of fanin.batch_docs over one connection, back to back (what restore reads, the ceiling
+// having its documents in hand). Run after the restore, on its databases and before central is
+// deleted.
+json run_restore_security(context& ctx, const std::vector<source_db>& sources, int connections) {
+  json out{{"connections", connections}, {"requests", sources.size()}};
+  per_source_timed(ctx, sources, connections, "restore floor", [](const source_db& src, bench_client& c) -> std::string {
+    json sec{{"admins", {{"names", json::array()}, {"roles", json::array()}}}, {"members", {{"names", {src.user}}, {"roles", json::array()}}}};
+    auto r = c.put(db_path(src.db) + "/_security", sec.dump());
+    return r.status == 200 || r.status == 201 ? std::string() : "PUT " + src.db + "/_security: " + describe(r);
+  }, out);
+  return out;
+}
+
+json run_central_read(context& ctx, const std::string& central, std::size_t page) {
+  json out{{"page_docs", page}, {"connections", 1}};
+  bench_client c(120s);
+  sampler s(ctx.server_pid);
+  auto t0 = steady::now();
+  json since = 0;
+  std::uint64_t rows = 0, requests = 0;
+  std::string error;
+  for (;;) {
+    auto r = c.get(db_path(central) + "/_changes?style=all_docs&include_docs=true&limit=" + std::to_string(page) +
+                   "&since=" + test::enc(since.is_string() ? since.get<std::string>() : since.dump()));
+    ++requests;
+    if (r.status != 200 || !r.body.contains("results") || !r.body["results"].is_array() || !r.body.contains("last_seq")) {
+      error = "_changes of " + central + ": " + describe(r);
+      break;
+    }
+    const std::size_t got = r.body["results"].size();
+    rows += got;
+    since = r.body["last_seq"];
+    if (got < page || interrupted()) break;
+  }
+  double secs = seconds_since(t0);
+  s.stop();
+  if (!error.empty()) {
+    ctx.fail("restore floor: " + error);
+    return out;
+  }
+  out["seconds"] = round_to(secs);
+  out["rows"] = rows;
+  out["requests"] = requests;
   out["profile"] = profile(secs, -1, s.result().server_cpu_seconds);
   return out;
 }
@@ -528,6 +593,18 @@ void set_ratios(json& out) {
     const double r = out["restore"].value("docs_per_s", 0.0), rc = total / restore_ceil_secs;
     out["restore_ceiling_docs_per_s"] = round_to(rc, 1);  // the mean's rate, what the ratio is to
     out["ratio_restore_to_ceiling"] = r > 0 ? json(round_to(r / rc)) : json(nullptr);
+    // The restore floor: the ceiling plus the two parts of a restore's work it lacks.
+    const double sec_secs = seconds_of("restore_security"), read_secs = seconds_of("restore_central_read");
+    if (sec_secs >= 0 && read_secs >= 0) {
+      const double secs = restore_ceil_secs + sec_secs + read_secs;
+      out["restore_floor"] = {{"seconds", round_to(secs)},
+                              {"docs_per_s", rate(total, secs)},
+                              {"what", "restore ceiling seconds (the mean) + restore_security seconds + restore_central_read seconds"}};
+      const double cpu_sum = mean_of(cpu_of("restore_ceiling_before"), cpu_of("restore_ceiling")), c2 = cpu_of("restore_security"),
+                   c3 = cpu_of("restore_central_read");
+      if (cpu_sum >= 0 && c2 >= 0 && c3 >= 0) out["restore_floor"]["server_cpu_seconds"] = round_to(cpu_sum + c2 + c3);
+      out["ratio_restore_to_floor"] = r > 0 ? json(round_to(r * secs / total)) : json(nullptr);
+    }
   }
 }
 
@@ -595,6 +672,11 @@ json run_fanin(context& ctx, const size_spec& size, plot_data& plots, fanin_sour
     out["restore"] = run_restore(ctx, cfg, sources, size.docs_per_db);
     sources_intact = out["restore"].value("verified", false);
     if (!ctx.opt.skipped("ceiling") && !interrupted()) {
+      if (sources_intact && !interrupted()) {
+        note("fan-in " + label + ": restore floor parts (a _security per database; central's _changes with the bodies)");
+        out["restore_security"] = run_restore_security(ctx, sources, connections);
+        out["restore_central_read"] = run_central_read(ctx, n.central, static_cast<std::size_t>(cfg["fanin"].value("batch_docs", 1000)));
+      }
       note("fan-in " + label + ": restore ceiling (create + _bulk_docs new_edits:false over " + std::to_string(connections) +
            " connections)");
       out["restore_ceiling"] = run_restore_ceiling(ctx, cfg, n, size.dbs, size.docs_per_db, connections);
