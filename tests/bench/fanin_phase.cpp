@@ -82,9 +82,13 @@ json run_ceiling(context& ctx, const test::names& n, const std::vector<source_db
   s.stop();
   if (!error.empty()) {
     ctx.fail("ceiling: _bulk_docs failed: " + error);
+    out["complete"] = false;
   } else if (auto dc = doc_count(c, db); !dc || *dc != total) {
     ctx.fail("ceiling: " + db + " holds " + (dc ? std::to_string(*dc) : std::string("?")) + " documents, expected " +
              std::to_string(total));
+    out["complete"] = false;
+  } else if (written < total) {
+    out["complete"] = false;  // interrupted
   }
   out["seconds"] = round_to(secs);
   out["docs_per_s"] = rate(static_cast<double>(written), secs);
@@ -549,8 +553,10 @@ void set_ratios(json& out) {
   // ceiling: `restore_ceiling_before` and `restore_ceiling`): the server's pace drifts within
   // minutes, mostly slowing as databases are created and deleted, so couchgate is judged against
   // the mean of the two (seconds), or the one there is (-1: neither).
+  // (A reference that failed or stopped partway, `complete` false, counts as not measured.)
   const auto seconds_of = [&](const std::string& k) -> double {
-    return out.contains(k) && out[k].contains("seconds") && out[k]["seconds"].is_number() ? out[k]["seconds"].get<double>() : -1;
+    if (!out.contains(k) || !out[k].is_object() || !out[k].value("complete", true)) return -1;
+    return out[k].contains("seconds") && out[k]["seconds"].is_number() ? out[k]["seconds"].get<double>() : -1;
   };
   const auto mean_of = [](double a, double b) { return a >= 0 && b >= 0 ? (a + b) / 2 : (a >= 0 ? a : b); };
   const auto mean_seconds = [&](const std::string& before, const std::string& after) {
@@ -574,7 +580,7 @@ void set_ratios(json& out) {
     const double changes_secs = mean_seconds(changes, changes + "_after");
     if (ceil_secs < 0 || changes_secs < 0) return false;
     const double secs = ceil_secs + changes_secs;
-    const bool after = out.contains("ceiling_after") && out.contains(changes + "_after");
+    const bool after = seconds_of("ceiling_after") >= 0 && seconds_of(changes + "_after") >= 0;
     out[name] = {{"seconds", round_to(secs)},
                  {"docs_per_s", rate(total, secs)},
                  {"what", std::string("ceiling seconds + ") + changes + " seconds" +

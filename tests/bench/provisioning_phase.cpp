@@ -344,6 +344,12 @@ json run_provisioning(context& ctx, plot_data& plots) {
           if (done[it->second] < 0) done[it->second] = at;
         }
         if (!pending) scanned = first + recs.size();
+        // With a backlog nothing waited for couchgate to be ready: noted here (its admin port is
+        // read then, for its metrics), and a couchgate that exited ends the wait at once.
+        if (backlog) {
+          d.check_ready();
+          if (!d.running()) return true;
+        }
         // Done once every user is written and each one the server wrote is provisioned.
         if (w.seconds.load() <= 0) return false;
         for (std::size_t i = 0; i < users.size(); ++i) {
@@ -353,6 +359,8 @@ json run_provisioning(context& ctx, plot_data& plots) {
       },
       std::chrono::duration<double>(deadline), pace > 0 ? 25ms : 100ms);
   if (creator.joinable()) creator.join();
+  if (backlog && !d.running()) ctx.fail("provisioning: couchgate exited during its first start; log tail:\n" + d.log_tail(30));
+  else if (backlog && !d.wait_ready(30s)) ctx.fail("provisioning: couchgate not ready after its first reconcile; log tail:\n" + d.log_tail(30));
   const double server_cpu = read_usage(ctx.server_pid).cpu_seconds - server_cpu0;
   // The server's word, after the timing: each database exists and its `_security` names the
   // user (a user the tap saw provisioned but the server does not confirm is not counted).
@@ -417,7 +425,7 @@ json run_provisioning(context& ctx, plot_data& plots) {
     const auto recs = tap.requests();
     out["tap_requests"] = recs.size();
     // With a backlog, how much of the time was couchgate starting before it asked the server anything.
-    if (!recs.empty()) out["first_request_ms"] = round_to(std::chrono::duration<double, std::milli>(recs.front().at - base).count(), 1);
+    if (backlog && !recs.empty()) out["first_request_ms"] = round_to(std::chrono::duration<double, std::milli>(recs.front().at - base).count(), 1);
   }
   if (pace > 0 && w.seconds.load() > 0) out["achieved_rate"] = round_to(static_cast<double>(users.size()) / w.seconds.load(), 1);
   auto m = d.metrics();

@@ -296,7 +296,7 @@ json judge_targets(const json& results) {
     else if (ups < 0 || ceil <= 0) out.push_back(target(what, "not measured", nullptr));
     else {
       std::string m = fmt("%.0f%% (%.1f of %.1f users/s", 100 * ups / ceil, ups, ceil);
-      if (num(p, {"ceiling_after", "users_per_s"}) > 0)
+      if (num(p, {"ceiling_after", "users_per_s"}) > 0 && num(p, {"ceiling", "users_per_s"}) > 0)
         m += fmt(", the mean of the ceiling before (%.1f) and after (%.1f) couchgate's run", num(p, {"ceiling", "users_per_s"}),
                  num(p, {"ceiling_after", "users_per_s"}));
       if (p.value("backlog", false)) m += "; the users written before couchgate started, timed from its start";
