@@ -202,7 +202,7 @@ json run_central_read(context& ctx, const std::string& central, std::size_t page
   std::string error;
   for (;;) {
     auto r = c.get(db_path(central) + "/_changes?style=all_docs&include_docs=true&limit=" + std::to_string(page) +
-                   "&since=" + test::enc(since.is_string() ? since.get<std::string>() : since.dump()));
+                   "&since=" + seq_param(since));
     ++requests;
     if (r.status != 200 || !r.body.contains("results") || !r.body["results"].is_array() || !r.body.contains("last_seq")) {
       error = "_changes of " + central + ": " + describe(r);

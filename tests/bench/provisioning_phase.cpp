@@ -187,85 +187,83 @@ json run_provisioning(context& ctx, plot_data& plots) {
     // The same shards couchgate creates (provisioning.q; its default when the config leaves it out).
     const std::size_t q = couchgate_q(cfg);
     const std::string base = n.prefix.substr(0, n.prefix.size() - std::string("-userdb-").size());
-    {
-      std::vector<std::string> cdbs;
-      for (int i = 0; i < u_count; ++i) {
-        cdbs.push_back(base + infix + pad(i, 5));
-        ctx.created(cdbs.back());  // whatever happens, the run's cleanup looks for them
-      }
-      note(std::string("provisioning: ceiling") + (with_users ? " with the user documents" : "") + " (the bench creates " +
-           std::to_string(u_count) + " databases + _security over " + std::to_string(conns) + " connections)");
-      wait_server_quiet(ctx.server_pid);
-      // Users whose document is written (all of them at once without documents): each
-      // database is made once its user's is, as couchgate would at best.
-      std::vector<char> ready(users.size(), with_users ? 0 : 1);
-      std::mutex ready_mu;
-      std::condition_variable ready_cv;
-      user_writes w(users.size());
-      std::vector<std::int64_t> finished(users.size(), -1);
-      const double cpu0 = read_usage(ctx.server_pid).cpu_seconds;
-      const auto t = steady::now();
-      std::thread writer;
-      if (with_users) {
-        writer = std::thread([&] {
-          write_users(docs, pace, t, w, [&](std::size_t i) {
-            {
-              std::lock_guard lk(ready_mu);
-              ready[i] = 1;  // (a failed write too: its database does not wait for it)
-            }
-            ready_cv.notify_all();
-          });
-        });
-      }
-      // Through a tap of its own, as couchgate's run reaches the server through one: all three
-      // pay the same loopback hop (and its CPU on the same cores).
-      test::fault_proxy ceiling_tap;
-      endpoint via_tap = endpoint::server_admin();
-      via_tap.host = "127.0.0.1";
-      via_tap.port = ceiling_tap.port();
-      auto tap_clients = make_clients(conns, via_tap);
-      auto e = parallel_for(u_count, tap_clients, [&](int i, bench_client& c) -> std::string {
-        const auto k = static_cast<std::size_t>(i);
-        {
-          std::unique_lock lk(ready_mu);
-          while (!ready_cv.wait_for(lk, 100ms, [&] { return ready[k] != 0; })) {
-            if (interrupted()) return "interrupted";
-          }
-        }
-        const auto& db = cdbs[k];
-        if (auto err = create_db(ctx, c, db, q_query(q)); !err.empty()) return err;
-        json sec{{"admins", {{"names", json::array()}, {"roles", json::array()}}},
-                 {"members", {{"names", {users[k]}}, {"roles", json::array()}}}};
-        auto r = c.put(db_path(db) + "/_security", sec.dump());
-        finished[k] = std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now() - t).count();
-        return r.status == 200 || r.status == 201 ? std::string() : "PUT " + db + "/_security: " + describe(r);
-      });
-      if (writer.joinable()) writer.join();
-      double secs = seconds_since(t);
-      const double cpu = read_usage(ctx.server_pid).cpu_seconds - cpu0;
-      if (e.empty() && w.errors.load() > 0) e = "writing the users: " + w.first_error;
-      if (!e.empty()) ctx.fail(std::string("provisioning ") + key + ": " + e);
-      else {
-        out[key] = {{"seconds", round_to(secs)}, {"users_per_s", round_to(u_count / secs, 1)}, {"connections", conns}, {"q", q}};
-        if (cpu0 >= 0 && cpu >= 0) out[key]["server_cpu_ms_per_user"] = round_to(cpu * 1000 / u_count, 2);
-        if (with_users) {
-          // Per user, from the send of its document to the answer to its `_security`: the
-          // latency the server allows, for couchgate's own (latency_ms).
-          std::vector<double> ms;
-          for (std::size_t i = 0; i < users.size(); ++i) {
-            if (w.sent[i] >= 0 && finished[i] >= 0) ms.push_back(std::max(0.0, static_cast<double>(finished[i] - w.sent[i]) / 1e6));
-          }
-          out[key]["latency_ms"] = latency_summary(ms);
-        }
-      }
-      {
-        bench_client c(120s);
-        delete_user_docs(c, w.revs);
-      }
-      if (auto err = delete_dbs(ctx, cdbs); !err.empty()) note("cleanup: " + err);
-      else
-        for (const auto& db : cdbs) ctx.dropped(db);
+    std::vector<std::string> cdbs;
+    for (int i = 0; i < u_count; ++i) {
+      cdbs.push_back(base + infix + pad(i, 5));
+      ctx.created(cdbs.back());  // whatever happens, the run's cleanup looks for them
     }
+    note(std::string("provisioning: ceiling") + (with_users ? " with the user documents" : "") + " (the bench creates " +
+         std::to_string(u_count) + " databases + _security over " + std::to_string(conns) + " connections)");
+    wait_server_quiet(ctx.server_pid);
+    // Users whose document is written (all of them at once without documents): each
+    // database is made once its user's is, as couchgate would at best.
+    std::vector<char> ready(users.size(), with_users ? 0 : 1);
+    std::mutex ready_mu;
+    std::condition_variable ready_cv;
+    user_writes w(users.size());
+    std::vector<std::int64_t> finished(users.size(), -1);
+    const double cpu0 = read_usage(ctx.server_pid).cpu_seconds;
+    const auto t = steady::now();
+    std::thread writer;
+    if (with_users) {
+      writer = std::thread([&] {
+        write_users(docs, pace, t, w, [&](std::size_t i) {
+          {
+            std::lock_guard lk(ready_mu);
+            ready[i] = 1;  // (a failed write too: its database does not wait for it)
+          }
+          ready_cv.notify_all();
+        });
+      });
+    }
+    // Through a tap of its own, as couchgate's run reaches the server through one: all three
+    // pay the same loopback hop (and its CPU on the same cores).
+    test::fault_proxy ceiling_tap;
+    endpoint via_tap = endpoint::server_admin();
+    via_tap.host = "127.0.0.1";
+    via_tap.port = ceiling_tap.port();
+    auto tap_clients = make_clients(conns, via_tap);
+    auto e = parallel_for(u_count, tap_clients, [&](int i, bench_client& c) -> std::string {
+      const auto k = static_cast<std::size_t>(i);
+      {
+        std::unique_lock lk(ready_mu);
+        while (!ready_cv.wait_for(lk, 100ms, [&] { return ready[k] != 0; })) {
+          if (interrupted()) return "interrupted";
+        }
+      }
+      const auto& db = cdbs[k];
+      if (auto err = create_db(ctx, c, db, q_query(q)); !err.empty()) return err;
+      json sec{{"admins", {{"names", json::array()}, {"roles", json::array()}}},
+               {"members", {{"names", {users[k]}}, {"roles", json::array()}}}};
+      auto r = c.put(db_path(db) + "/_security", sec.dump());
+      finished[k] = std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now() - t).count();
+      return r.status == 200 || r.status == 201 ? std::string() : "PUT " + db + "/_security: " + describe(r);
+    });
+    if (writer.joinable()) writer.join();
+    double secs = seconds_since(t);
+    const double cpu = read_usage(ctx.server_pid).cpu_seconds - cpu0;
+    if (e.empty() && w.errors.load() > 0) e = "writing the users: " + w.first_error;
+    if (!e.empty()) ctx.fail(std::string("provisioning ") + key + ": " + e);
+    else {
+      out[key] = {{"seconds", round_to(secs)}, {"users_per_s", round_to(u_count / secs, 1)}, {"connections", conns}, {"q", q}};
+      if (cpu0 >= 0 && cpu >= 0) out[key]["server_cpu_ms_per_user"] = round_to(cpu * 1000 / u_count, 2);
+      if (with_users) {
+        // Per user, from the send of its document to the answer to its `_security`: the
+        // latency the server allows, for couchgate's own (latency_ms).
+        std::vector<double> ms;
+        for (std::size_t i = 0; i < users.size(); ++i) {
+          if (w.sent[i] >= 0 && finished[i] >= 0) ms.push_back(std::max(0.0, static_cast<double>(finished[i] - w.sent[i]) / 1e6));
+        }
+        out[key]["latency_ms"] = latency_summary(ms);
+      }
+    }
+    {
+      bench_client c(120s);
+      delete_user_docs(c, w.revs);
+    }
+    if (auto err = delete_dbs(ctx, cdbs); !err.empty()) note("cleanup: " + err);
+    else
+      for (const auto& db : cdbs) ctx.dropped(db);
   };
   const bool ceilings = !ctx.opt.skipped("ceiling");
   if (ceilings) {
