@@ -1,7 +1,9 @@
 // Owns: the restore command (see restore.hpp).
 #include "gateway/restore.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <cstdio>
 #include <map>
 #include <set>
@@ -337,14 +339,20 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     return p;
   };
   page_in_hand cur = take_page();
+  // Rows of a user whose documents go on in the page ahead wait for them, so each database gets
+  // one _bulk_docs (up to transfer's batch limits) and not one per page it spans (issue #18:
+  // central's pages split users, 3.2 requests per database instead of 3).
+  std::vector<r::change_row> carried;
   for (;;) {
     if (!cur.page.ok()) {
       summary.interrupted = true;
       progress << "\nrestore: reading " << central << " failed: " << cur.page.error().describe() << "\n";
+      if (!carried.empty()) run_transfer(carried);
       break;
     }
     end_prepare(cur.prep);
-    std::vector<r::change_row> rows;
+    std::vector<r::change_row> rows = std::move(carried);
+    carried.clear();
     for (auto& c : cur.page.value().changes) {
       auto ref = policy::from_central_id(c.id);
       if (!ref) {
@@ -363,13 +371,35 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       target& t = targets[user];
       if (t.st != target_state::ready) continue;
       const bool design = policy::is_design_id(ref->doc_id);
+      // The body is taken before the row is built: its leaf revisions move into the row, and
+      // inline_revision reads them (built in one go, it saw none and every body was fetched
+      // again with _bulk_get).
+      auto body = r::inline_revision(c);
       (design ? design_rows : rows)
-          .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), r::inline_revision(c)});
+          .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), std::move(body)});
     }
     // The next page is read (and its new users' databases created) before this one's revisions
     // are written, so both go on at once over the pool's connections.
     page_in_hand ahead;
-    if (!cur.last) ahead = take_page();
+    if (!cur.last) {
+      ahead = take_page();
+      if (ahead.page.ok()) {
+        std::unordered_set<std::string> continuing;
+        for (const auto& c : ahead.page.value().changes) {
+          if (auto ref = policy::from_central_id(c.id); ref && ref->who.what == policy::owner::kind::user) {
+            continuing.insert(ref->who.name);
+          }
+        }
+        auto waits = std::stable_partition(rows.begin(), rows.end(),
+                                           [&](const r::change_row& row) { return !continuing.count(row.unit); });
+        // At most a batch waits (a page's worth of bodies held once more): a user with more is
+        // written in batches anyway.
+        if (static_cast<std::size_t>(rows.end() - waits) <= topts.batch_docs) {
+          carried.assign(std::make_move_iterator(waits), std::make_move_iterator(rows.end()));
+          rows.erase(waits, rows.end());
+        }
+      }
+    }
     if (!rows.empty()) run_transfer(rows);
     summary.central_changes += cur.page.value().changes.size();
     pr.update(targets.size(), summary.central_changes, total, written);
