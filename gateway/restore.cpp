@@ -135,9 +135,10 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   // policy's _security per database and one state-database request recording them all as under
   // way (before any revision is written: a database that has revisions and no record was not
   // left by an interrupted restore). begin_prepare sends the first step's requests and returns;
-  // end_prepare waits for them and does the rest, so the creates of the next page's users run
-  // while this page's revisions are written (a database created and not yet recorded is empty:
-  // a rerun after a crash in between writes its _security and records it, as below).
+  // end_prepare waits for them and records, end_security collects the _security answers after
+  // the page's revisions, so the creates of the next page's users run while this page is
+  // recorded and written (a database created and not yet recorded is empty: a rerun after a
+  // crash in between writes its _security and records it, as below).
   struct step {
     target* t;
     std::string user;
@@ -220,15 +221,10 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (!t.recorded) to_record.push_back(t.res.db);
     }
     const auto not_recorded = to_record.empty() ? std::map<std::string, r::couch_error>{} : state.mark_restores(to_record, record);
-    // 3. Both in place, or the database is left alone.
+    // 3. Recorded, or the database is left alone. (Its _security is settled by end_security,
+    //    after the page's revisions: the writes need only the record before them.)
     for (auto& s : fresh) {
       target& t = *s.t;
-      if (s.security.valid()) {
-        auto sec = s.security.get();
-        if (!sec.ok() && t.st == target_state::ready) {
-          fail(t, "cannot write _security of " + t.res.db + ": " + sec.error().describe());
-        }
-      }
       if (opts.dry_run || t.st != target_state::ready || t.recorded) continue;
       if (auto e = not_recorded.find(t.res.db); e != not_recorded.end()) {
         fail(t, "cannot record the restore of " + t.res.db + " in " + cfg.state_db + ": " + e->second.describe());
@@ -238,10 +234,24 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (t.res.created) created_here.insert(t.res.db);
     }
   };
+  // 4. The _security writes' answers: one that failed fails its database (its revisions may be
+  //    written; the record stays, so a rerun writes the _security again and finishes it).
+  auto end_security = [&](std::vector<step>& fresh) {
+    for (auto& s : fresh) {
+      if (!s.security.valid()) continue;
+      auto sec = s.security.get();
+      target& t = *s.t;
+      if (!sec.ok() && t.st == target_state::ready) {
+        t.st = target_state::failed;
+        t.res.error = "cannot write _security of " + t.res.db + ": " + sec.error().describe();
+      }
+    }
+  };
 
   {
     auto given = begin_prepare(opts.users);
     end_prepare(given);
+    end_security(given);
   }
 
   std::size_t total = 0;
@@ -350,6 +360,11 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (!carried.empty()) run_transfer(carried);
       break;
     }
+    // The next page is read and its new users' databases are being created while this one's
+    // are recorded and given their _security and its revisions are written: all of it goes on at
+    // once over the pool's connections, with no pause between a page's steps.
+    page_in_hand ahead;
+    if (!cur.last) ahead = take_page();
     end_prepare(cur.prep);
     std::vector<r::change_row> rows = std::move(carried);
     carried.clear();
@@ -378,12 +393,8 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       (design ? design_rows : rows)
           .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), std::move(body)});
     }
-    // The next page is read (and its new users' databases created) before this one's revisions
-    // are written, so both go on at once over the pool's connections.
-    page_in_hand ahead;
-    if (!cur.last) {
-      ahead = take_page();
-      if (ahead.page.ok()) {
+    if (!cur.last && ahead.page.ok()) {
+      {
         std::unordered_set<std::string> continuing;
         for (const auto& c : ahead.page.value().changes) {
           if (auto ref = policy::from_central_id(c.id); ref && ref->who.what == policy::owner::kind::user) {
@@ -401,6 +412,7 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       }
     }
     if (!rows.empty()) run_transfer(rows);
+    end_security(cur.prep);
     summary.central_changes += cur.page.value().changes.size();
     pr.update(targets.size(), summary.central_changes, total, written);
     if (cur.last) {

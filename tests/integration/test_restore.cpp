@@ -303,3 +303,52 @@ TEST_CASE("restore sends per database only its creation, its _security and its _
     CHECK(cp.body.value("seq", json(1)) == json(0));
   }
 }
+
+TEST_CASE("restore: a _security the server refuses fails that database alone; its record stays and a rerun finishes it") {
+  auto n = fresh_names("rs-sec");
+  fault_proxy proxy;
+  json cfg = fault_config(n, proxy);
+  cfg["fanin"]["batch_docs"] = 4;  // pages of 4 changes: the refusal lands mid-run
+  const int users = 6, per_user = 2;
+  REQUIRE(couch().put("/" + enc(n.central) + "?q=1", json::object()).status == 201);
+  json docs = json::array();
+  std::vector<std::string> names;
+  for (int i = 0; i < users; ++i) {
+    names.push_back("sec" + std::to_string(i) + "-" + n.role);
+    const std::string token = couchgate::policy::owner_token(couchgate::policy::owner{couchgate::policy::owner::kind::user, names.back()});
+    for (int k = 0; k < per_user; ++k) docs.push_back(json{{"_id", token + ":d" + std::to_string(k)}, {"v", k}});
+  }
+  REQUIRE(couch().post("/" + enc(n.central) + "/_bulk_docs", json{{"docs", docs}}).status == 201);
+  const std::string bad_user = names[3];
+  const std::string bad_db = couchgate::policy::user_db_name(n.prefix, bad_user);
+  // That database's _security is refused (once: a server error is not retried).
+  proxy.answer_next(1, http_answer("500 Internal Server Error", "", R"({"error":"unknown_error","reason":"injected"})"),
+                    "/" + enc(bad_db) + "/_security");
+  const std::string path = write_config(cfg);
+  auto r = run_couchgate({"restore", "--config", path, "--all"}, proxy_env(proxy));
+  INFO(r.out << r.err);
+  CHECK(r.status != 0);
+  CHECK((r.out + r.err).find("cannot write _security of " + bad_db) != std::string::npos);
+  for (const auto& u : names) {
+    const std::string db = couchgate::policy::user_db_name(n.prefix, u);
+    CAPTURE(db);
+    // Every database got its documents; the others also their _security and no record.
+    CHECK(couch().get("/" + enc(db)).body.value("doc_count", 0) == per_user);
+    if (u == bad_user) continue;
+    auto sec = couch().get("/" + enc(db) + "/_security");
+    REQUIRE(sec.status == 200);
+    CHECK(sec.body.dump().find(u) != std::string::npos);
+  }
+  auto records = restore_records(n.state);
+  REQUIRE(records.size() == 1);
+  CHECK(records[0]["id"] == "restore:" + bad_db);
+  // The rerun (no more refusals) resumes into it without --merge and gives it its _security.
+  auto again = run_couchgate({"restore", "--config", path, "--user", bad_user}, proxy_env(proxy));
+  INFO(again.out << again.err);
+  CHECK(again.status == 0);
+  auto sec = couch().get("/" + enc(bad_db) + "/_security");
+  REQUIRE(sec.status == 200);
+  CHECK(sec.body.dump().find(bad_user) != std::string::npos);
+  CHECK(couch().get("/" + enc(bad_db)).body.value("doc_count", 0) == per_user);
+  CHECK(restore_records(n.state).empty());
+}
