@@ -135,10 +135,10 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   // policy's _security per database and one state-database request recording them all as under
   // way (before any revision is written: a database that has revisions and no record was not
   // left by an interrupted restore). begin_prepare sends the first step's requests and returns;
-  // end_prepare waits for them and records, end_security collects the _security answers after
-  // the page's revisions, so the creates of the next page's users run while this page is
-  // recorded and written (a database created and not yet recorded is empty: a rerun after a
-  // crash in between writes its _security and records it, as below).
+  // end_prepare waits for them and records, end_security collects the _security answers; the
+  // creates of the next page's users run while this page is recorded and written (a database
+  // created and not yet recorded is empty: a rerun after a crash in between writes its
+  // _security and records it, as below).
   struct step {
     target* t;
     std::string user;
@@ -234,8 +234,9 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (t.res.created) created_here.insert(t.res.db);
     }
   };
-  // 4. The _security writes' answers: one that failed fails its database (its revisions may be
-  //    written; the record stays, so a rerun writes the _security again and finishes it).
+  // 4. The _security writes' answers, before any of the page's revisions: one that failed fails
+  //    its database (nothing is written into it; the record stays, so a rerun writes the
+  //    _security again and finishes it).
   auto end_security = [&](std::vector<step>& fresh) {
     for (auto& s : fresh) {
       if (!s.security.valid()) continue;
@@ -357,17 +358,22 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     if (!cur.page.ok()) {
       summary.interrupted = true;
       progress << "\nrestore: reading " << central << " failed: " << cur.page.error().describe() << "\n";
-      if (!carried.empty()) run_transfer(carried);
-      break;
+      break;  // (nothing is carried into a page that could not be read)
     }
     // The next page is read and its new users' databases are being created while this one's
     // are recorded and given their _security and its revisions are written: all of it goes on at
-    // once over the pool's connections, with no pause between a page's steps.
+    // once over the pool's connections.
     page_in_hand ahead;
     if (!cur.last) ahead = take_page();
     end_prepare(cur.prep);
+    // No revision before its database's _security is in place: on a server whose new databases
+    // are open to everyone (default_security), or an empty database found with another
+    // _security, the data would be readable by others until it is.
+    end_security(cur.prep);
     std::vector<r::change_row> rows = std::move(carried);
     carried.clear();
+    // Rows carried for a user whose database failed since are not written (the rerun does).
+    std::erase_if(rows, [&](const r::change_row& row) { return targets[row.unit].st != target_state::ready; });
     for (auto& c : cur.page.value().changes) {
       auto ref = policy::from_central_id(c.id);
       if (!ref) {
@@ -412,7 +418,6 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       }
     }
     if (!rows.empty()) run_transfer(rows);
-    end_security(cur.prep);
     summary.central_changes += cur.page.value().changes.size();
     pr.update(targets.size(), summary.central_changes, total, written);
     if (cur.last) {
