@@ -400,21 +400,19 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
           .push_back(r::change_row{user, central, c.id, t.res.db, ref->doc_id, std::move(c.revs), std::move(body)});
     }
     if (!cur.last && ahead.page.ok()) {
-      {
-        std::unordered_set<std::string> continuing;
-        for (const auto& c : ahead.page.value().changes) {
-          if (auto ref = policy::from_central_id(c.id); ref && ref->who.what == policy::owner::kind::user) {
-            continuing.insert(ref->who.name);
-          }
+      std::unordered_set<std::string> continuing;
+      for (const auto& c : ahead.page.value().changes) {
+        if (auto ref = policy::from_central_id(c.id); ref && ref->who.what == policy::owner::kind::user) {
+          continuing.insert(ref->who.name);
         }
-        auto waits = std::stable_partition(rows.begin(), rows.end(),
-                                           [&](const r::change_row& row) { return !continuing.count(row.unit); });
-        // At most a batch waits (a page's worth of bodies held once more): a user with more is
-        // written in batches anyway.
-        if (static_cast<std::size_t>(rows.end() - waits) <= topts.batch_docs) {
-          carried.assign(std::make_move_iterator(waits), std::make_move_iterator(rows.end()));
-          rows.erase(waits, rows.end());
-        }
+      }
+      auto waits = std::stable_partition(rows.begin(), rows.end(),
+                                         [&](const r::change_row& row) { return !continuing.count(row.unit); });
+      // At most a batch waits (a page's worth of bodies held once more): a user with more is
+      // written in batches anyway.
+      if (static_cast<std::size_t>(rows.end() - waits) <= topts.batch_docs) {
+        carried.assign(std::make_move_iterator(waits), std::make_move_iterator(rows.end()));
+        rows.erase(waits, rows.end());
       }
     }
     if (!rows.empty()) run_transfer(rows);
