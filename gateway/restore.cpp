@@ -135,10 +135,12 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
   // policy's _security per database and one state-database request recording them all as under
   // way (before any revision is written: a database that has revisions and no record was not
   // left by an interrupted restore). begin_prepare sends the first step's requests and returns;
-  // end_prepare waits for them and records, end_security collects the _security answers; the
-  // creates of the next page's users run while this page is recorded and written (a database
-  // created and not yet recorded is empty: a rerun after a crash in between writes its
-  // _security and records it, as below).
+  // end_prepare waits for them and does the rest, so the creates of the next page's users run
+  // while this page is recorded and written (a database created and not yet recorded is empty:
+  // a rerun after a crash in between writes its _security and records it, as below). No
+  // revision is written before its database's _security is in place: on a server whose new
+  // databases are open to everyone (default_security), or into an empty database found with
+  // another _security, the data would be readable by others until it is.
   struct step {
     target* t;
     std::string user;
@@ -221,10 +223,16 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (!t.recorded) to_record.push_back(t.res.db);
     }
     const auto not_recorded = to_record.empty() ? std::map<std::string, r::couch_error>{} : state.mark_restores(to_record, record);
-    // 3. Recorded, or the database is left alone. (Its _security is settled by end_security,
-    //    after the page's revisions: the writes need only the record before them.)
+    // 3. Both in place, or the database is left alone (a refused _security: nothing is written
+    //    into it, its record stays, and a rerun writes the _security again and finishes it).
     for (auto& s : fresh) {
       target& t = *s.t;
+      if (s.security.valid()) {
+        auto sec = s.security.get();
+        if (!sec.ok() && t.st == target_state::ready) {
+          fail(t, "cannot write _security of " + t.res.db + ": " + sec.error().describe());
+        }
+      }
       if (opts.dry_run || t.st != target_state::ready || t.recorded) continue;
       if (auto e = not_recorded.find(t.res.db); e != not_recorded.end()) {
         fail(t, "cannot record the restore of " + t.res.db + " in " + cfg.state_db + ": " + e->second.describe());
@@ -234,25 +242,10 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
       if (t.res.created) created_here.insert(t.res.db);
     }
   };
-  // 4. The _security writes' answers, before any of the page's revisions: one that failed fails
-  //    its database (nothing is written into it; the record stays, so a rerun writes the
-  //    _security again and finishes it).
-  auto end_security = [&](std::vector<step>& fresh) {
-    for (auto& s : fresh) {
-      if (!s.security.valid()) continue;
-      auto sec = s.security.get();
-      target& t = *s.t;
-      if (!sec.ok() && t.st == target_state::ready) {
-        t.st = target_state::failed;
-        t.res.error = "cannot write _security of " + t.res.db + ": " + sec.error().describe();
-      }
-    }
-  };
 
   {
     auto given = begin_prepare(opts.users);
     end_prepare(given);
-    end_security(given);
   }
 
   std::size_t total = 0;
@@ -366,14 +359,10 @@ restore_summary run_restore(const config& cfg, const restore_options& opts, std:
     page_in_hand ahead;
     if (!cur.last) ahead = take_page();
     end_prepare(cur.prep);
-    // No revision before its database's _security is in place: on a server whose new databases
-    // are open to everyone (default_security), or an empty database found with another
-    // _security, the data would be readable by others until it is.
-    end_security(cur.prep);
+    // (Carried rows' databases were prepared with an earlier page and were in no write since:
+    // nothing failed them in between.)
     std::vector<r::change_row> rows = std::move(carried);
     carried.clear();
-    // Rows carried for a user whose database failed since are not written (the rerun does).
-    std::erase_if(rows, [&](const r::change_row& row) { return targets[row.unit].st != target_state::ready; });
     for (auto& c : cur.page.value().changes) {
       auto ref = policy::from_central_id(c.id);
       if (!ref) {
