@@ -3,6 +3,8 @@
 // and the leaf-revision maps the tests compare.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -128,6 +130,26 @@ inline std::string http_answer(const std::string& status_line, const std::string
 }
 
 inline std::string tail(const std::string& s, std::size_t n = 4000) { return s.size() > n ? s.substr(s.size() - n) : s; }
+
+// Whether couchgate's deletion of `user`'s database `db` (on_delete: delete) shows on the server
+// within `deadline`. On pouchdb-server a request that passed express-pouchdb's "does the database
+// exist" check (lib/utils.js setDBOnReq) just before the DELETE opens the database through the
+// same queue afterwards, which creates it again, empty: a fan-in or sweep request in flight does
+// that. couchgate did delete it when its log says so, and CouchDB has no such race; what matters
+// for the user then is that they are not a member of what pouchdb-server made again.
+inline bool deleted_by_couchgate(const std::string& db, const std::string& user, const couchgate_process& cg,
+                                 std::chrono::milliseconds deadline) {
+  const std::string path = "/" + enc(db);
+  if (eventually([&] { return couch().get(path).status == 404; }, deadline)) return true;
+  if (!env().pouchdb || cg.log().find("db=" + db + " deleted (on_delete: delete)") == std::string::npos) return false;
+  MESSAGE("pouchdb-server recreated " << db << " after couchgate deleted it");
+  const auto sec = couch().get(path + "/_security").body;
+  const json none = json::array();
+  const json* names = &none;
+  if (sec.is_object() && sec.contains("members") && sec["members"].is_object() && sec["members"].contains("names"))
+    names = &sec["members"]["names"];
+  return std::find(names->begin(), names->end(), json(user)) == names->end();
+}
 
 // Seeded chaos (kill -9 at random moments): COUCHGATE_CHAOS_SEED=<n> replays a run (tests print
 // the seed), else a fresh one. COUCHGATE_FULL=1 runs `full` cycles instead of `quick`.

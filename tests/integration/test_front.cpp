@@ -929,7 +929,7 @@ TEST_CASE("front door: a user recreated under the same name, or given the select
   REQUIRE(create_user(u.name, {n.role}, u.password).status == 201);
   CHECK(front_call(port, false, "PUT", "/me/before", {{"Authorization", basic(u.name, u.password)}}, json{{"v", 1}}.dump()).status == 201);
   REQUIRE(delete_user(u.name).status == 200);
-  REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(db)).status == 404; }, std::chrono::seconds(30)), tail(cg.log()));
+  REQUIRE_MESSAGE(deleted_by_couchgate(db, u.name, cg, std::chrono::seconds(30)), tail(cg.log()));
   // A user outside the selection, known to the front door (it looked at them and made nothing).
   const user other{unique("fb"), "pw-" + unique("p"), ""};
   const std::string other_db = couchgate::policy::user_db_name(n.prefix, other.name);

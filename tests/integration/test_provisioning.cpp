@@ -9,6 +9,7 @@
 
 #include "policy/naming.hpp"
 #include "policy/security.hpp"
+#include "tests/integration/fixtures.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace couchgate::test;
@@ -233,19 +234,7 @@ TEST_CASE("deleted users: keep revokes the owner, delete removes the database; u
                     60s),
                     cg.log());
     } else {
-      const bool gone = eventually([&] { return !db_exists(db); }, 60s);
-      if (!gone && env().pouchdb && cg.log().find("db=" + db + " deleted (on_delete: delete)") != std::string::npos) {
-        // pouchdb-server race (express-pouchdb lib/utils.js setDBOnReq): a request that passed its
-        // "does the database exist" check just before the DELETE opens the database through the
-        // same queue afterwards, which creates it again, empty. couchgate did delete it (logged);
-        // CouchDB has no such race. What matters for the user: they are not a member of it.
-        MESSAGE("pouchdb-server recreated " << db << " after couchgate deleted it");
-        auto sec = security_of(db);
-        const auto members = sec.value("members", json::object()).value("names", json::array());
-        CHECK(std::find(members.begin(), members.end(), json(u)) == members.end());
-      } else {
-        CHECK_MESSAGE(gone, cg.log());
-      }
+      CHECK_MESSAGE(deleted_by_couchgate(db, u, cg, 60s), cg.log());
     }
     CHECK(provisioned(n, cfg, stays));
     CHECK(cg.terminate() == 0);
@@ -337,15 +326,7 @@ TEST_CASE("a burst of users is provisioned while the feed goes on; users deleted
   for (const auto& u : gone) {
     const std::string db = user_db_name(n.prefix, u);
     INFO("user " << u << " db " << db);
-    const bool absent = eventually([&] { return !db_exists(db); }, 60s);
-    if (!absent && env().pouchdb && cg.log().find("db=" + db + " deleted (on_delete: delete)") != std::string::npos) {
-      // pouchdb-server's recreate race (see "deleted users" above): couchgate did delete it; the
-      // user is not a member of what pouchdb-server made again.
-      const auto members = security_of(db).value("members", json::object()).value("names", json::array());
-      CHECK(std::find(members.begin(), members.end(), json(u)) == members.end());
-    } else {
-      CHECK_MESSAGE(absent, cg.log());
-    }
+    CHECK_MESSAGE(deleted_by_couchgate(db, u, cg, 60s), cg.log());
   }
   auto created = cg.metric("couchgate_databases_provisioned_total");
   REQUIRE(created);
