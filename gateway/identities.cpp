@@ -38,6 +38,15 @@ std::string str_field(const json& j, const char* key) {
   return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+// When an intent (or one revision of it) was last moved: its "updated" field, milliseconds since
+// the epoch as a string; the epoch when absent or not a number (so it counts as old).
+std::chrono::system_clock::time_point updated_of(const json& intent) {
+  long long ms = 0;
+  const std::string updated = str_field(intent, "updated");
+  std::from_chars(updated.data(), updated.data() + updated.size(), ms);
+  return std::chrono::system_clock::time_point{std::chrono::milliseconds{ms}};
+}
+
 // POST <db>/_all_docs?include_docs=true for these keys: each document found, by its row's key
 // (a missing or deleted document has none). An answer without a rows array is a protocol error.
 replicator::result<std::map<std::string, json>> docs_by_key(replicator::couch_client& client, const std::string& db,
@@ -70,10 +79,12 @@ std::optional<policy::user_doc> live_user(const json& doc) {
 bool is_conflict(const couch_error& e) { return e.kind == couch_error_kind::conflict; }
 
 // Every document of `db` whose id starts with `prefix`, in id order, a page at a time: `each` is
-// called with each one read as an object and returns false to stop. An error when a page could not
+// called with each one read as an object and returns false to stop (`extra_query`: more
+// parameters, each ending with '&'). An error when a page could not
 // be read (the documents before it were seen).
 std::optional<couch_error> for_each_doc(replicator::couch_client& client, const std::string& db,
-                                        const std::string& prefix, const std::function<bool(const json&)>& each) {
+                                        const std::string& prefix, const std::function<bool(const json&)>& each,
+                                        const std::string& extra_query = {}) {
   constexpr std::size_t page_size = 200;
   std::string start = json(prefix).dump();
   // Up to the prefix's successor ("name/" -> "name0"), itself excluded: ids sort by their bytes,
@@ -83,7 +94,7 @@ std::optional<couch_error> for_each_doc(replicator::couch_client& client, const 
   after.back() = static_cast<char>(after.back() + 1);
   const std::string end = json(after).dump();
   for (;;) {
-    auto page = client.all_docs(db, "include_docs=true&inclusive_end=false&limit=" + std::to_string(page_size) +
+    auto page = client.all_docs(db, extra_query + "include_docs=true&inclusive_end=false&limit=" + std::to_string(page_size) +
                                         "&startkey=" + replicator::encode_segment(start) +
                                         "&endkey=" + replicator::encode_segment(end))
                     .get();
@@ -141,7 +152,13 @@ identities::identities(replicator::couch_client& client, replicator::registry& m
                                     "Such conflicts standing now (listed at the admin API's /identities/conflicts)")),
       unconfirmed_(metrics.add_counter("couchgate_identity_reservations_unconfirmed_total",
                                        "Reservations the server stored on fewer copies than its write quorum (202): "
-                                       "withdrawn, the claim failed")) {}
+                                       "withdrawn, the claim failed")),
+      forks_(metrics.add_counter("couchgate_identity_intent_forks_total",
+                                 "Intents found with several live revisions (transitions written on copies of a "
+                                 "cluster that did not see each other) and settled")),
+      unconfirmed_intents_(metrics.add_counter("couchgate_identity_intent_moves_unconfirmed_total",
+                                               "Intent moves the server stored on fewer copies than its write "
+                                               "quorum (202): checked against the intent's other revisions")) {}
 
 std::optional<couch_error> identities::ensure_db() { return ensure_private_db(client_, cfg_.db); }
 
@@ -240,14 +257,17 @@ std::optional<std::string> identities::transition(json& intent, const std::strin
   intent["state"] = policy::to_string(to);
   intent["updated"] = stamp();
   intent["_rev"] = rev;
-  auto r = client_.put_doc(cfg_.db, str_field(intent, "_id"), intent).get();
+  const std::string id = str_field(intent, "_id");
+  auto r = client_.put_doc(cfg_.db, id, intent).get_write();
   if (!r.ok()) {
-    if (!is_conflict(r.error())) log()->warn("intent {}: moving to {} failed: {}", str_field(intent, "_id"),
-                                             policy::to_string(to), r.error().describe());
+    if (!is_conflict(r.error())) log()->warn("intent {}: moving to {} failed: {}", id, policy::to_string(to),
+                                             r.error().describe());
     return std::nullopt;
   }
-  std::string nrev = str_field(r.value(), "rev");
+  std::string nrev = str_field(r.value().body, "rev");
   if (nrev.empty()) return std::nullopt;
+  // 202: stored on fewer copies than the quorum; another node may have moved the same revision.
+  if (!r.value().quorum && !confirm_transition(id, str_field(intent, "name"), nrev)) return std::nullopt;
   intent["_rev"] = nrev;
   return nrev;
 }
@@ -652,13 +672,12 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
     log()->warn("intent {}: malformed (type, state, name or _rev missing); left alone", id);
     return std::nullopt;
   }
-  long long updated_ms = 0;
-  const std::string updated = str_field(doc, "updated");
-  std::from_chars(updated.data(), updated.data() + updated.size(), updated_ms);
+  const auto conflicts = doc.find("_conflicts");
+  if (conflicts != doc.end() && conflicts->is_array() && !conflicts->empty()) return settle_fork(id, name);
 
   policy::intent_facts f;
   f.state = *state;
-  f.updated = std::chrono::system_clock::time_point{std::chrono::milliseconds{updated_ms}};
+  f.updated = updated_of(doc);
   const std::string user_id = policy::user_doc_id(name);
   auto u = client_.get_doc(users_db_, user_id).get();
   if (!u.ok() && u.error().kind != couch_error_kind::not_found) return std::nullopt;
@@ -668,6 +687,7 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
   const auto action = policy::decide_intent(f, now_(), cfg_.intent_timeout, cfg_.retention);
   if (action == policy::intent_action::leave) return action;
   json intent = doc;
+  intent.erase("_conflicts");  // read with the listing; never written back
   const std::string email_res = policy::reservation_id(unique_field::email, email);
   const std::string name_res = policy::reservation_id(unique_field::name, str_field(doc, "name_key"));
   // The name's reservation under the current key, where the intent recorded an older one (a
@@ -694,27 +714,7 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
       return std::nullopt;
     }
     case policy::intent_action::finish: {
-      bool ok = true;
-      if (type == "signup") {
-        for (const auto& [field, key] : {std::pair{unique_field::name, str_field(doc, "name_key")},
-                                         std::pair{unique_field::email, email}}) {
-          std::string r;
-          auto res = reserve(field, key, name, id, r, field == unique_field::name ? email : std::string());
-          if (!res.ok()) ok = false;
-          else if (!res.value()) {
-            log()->error("intent {}: user {} exists but its {} is reserved by another user", id, name,
-                         policy::to_string(field));
-          }
-        }
-      } else {
-        const std::string old_email = str_field(doc, "old_email");
-        if (!old_email.empty()) {
-          ok = release(policy::reservation_id(unique_field::email, old_email), "user", name);
-        }
-        // The name reservation records the new address (a deleted user's is found there).
-        ok = record_address(name, email) && ok;
-      }
-      if (ok && transition(intent, rev, intent_state::done)) return action;
+      if (ensure_held(doc) && transition(intent, rev, intent_state::done)) return action;
       return std::nullopt;
     }
     case policy::intent_action::roll_back: {
@@ -745,6 +745,113 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
   return action;
 }
 
+bool identities::ensure_held(const json& doc) {
+  const std::string id = str_field(doc, "_id");
+  const std::string name = str_field(doc, "name");
+  const std::string email = str_field(doc, "email");
+  bool ok = true;
+  if (str_field(doc, "type") == "signup") {
+    for (const auto& [field, key] : {std::pair{unique_field::name, str_field(doc, "name_key")},
+                                     std::pair{unique_field::email, email}}) {
+      std::string r;
+      auto res = reserve(field, key, name, id, r, field == unique_field::name ? email : std::string());
+      if (!res.ok()) ok = false;
+      else if (!res.value()) {
+        log()->error("intent {}: user {} exists but its {} is reserved by another user", id, name,
+                     policy::to_string(field));
+      }
+    }
+  } else {
+    const std::string old_email = str_field(doc, "old_email");
+    if (!old_email.empty()) ok = release(policy::reservation_id(unique_field::email, old_email), "user", name);
+    // The name reservation records the new address (a deleted user's is found there).
+    ok = record_address(name, email) && ok;
+  }
+  return ok;
+}
+
+std::optional<identities::intent_fork> identities::read_fork(const std::string& id, const std::string& name) {
+  auto leaves = client_.get_doc(cfg_.db, id, "open_revs=all").get();
+  if (!leaves.ok()) {
+    log()->warn("intent {}: reading its revisions failed: {}", id, leaves.error().describe());
+    return std::nullopt;
+  }
+  if (!leaves.value().is_array()) {
+    log()->warn("intent {}: its revisions answer is not a JSON array", id);
+    return std::nullopt;
+  }
+  intent_fork fork;
+  for (const auto& entry : leaves.value()) {
+    const auto ok = entry.is_object() ? entry.find("ok") : entry.end();
+    if (ok == entry.end() || !ok->is_object()) continue;  // {"missing": rev}
+    const auto deleted = ok->find("_deleted");
+    if (deleted != ok->end() && deleted->is_boolean() && deleted->get<bool>()) continue;
+    const std::string rev = str_field(*ok, "_rev");
+    const auto state = policy::intent_state_from(str_field(*ok, "state"));
+    if (rev.empty() || !state || str_field(*ok, "name") != name) {
+      log()->warn("intent {}: revision {} is malformed (state, name or _rev); the fork is left alone", id, rev);
+      return std::nullopt;
+    }
+    fork.live.push_back(policy::intent_leaf{rev, *state, updated_of(*ok)});
+    fork.docs[rev] = *ok;
+  }
+  auto u = client_.get_doc(users_db_, policy::user_doc_id(name)).get();
+  if (!u.ok() && u.error().kind != couch_error_kind::not_found) return std::nullopt;
+  fork.user_ours = u.ok() && str_field(u.value(), "couchgate_intent") == id;
+  return fork;
+}
+
+bool identities::apply_fork(const std::string& id, const intent_fork& fork, const policy::fork_verdict& verdict) {
+  std::string states;
+  for (const auto& l : fork.live) states += (states.empty() ? "" : ", ") + l.rev + " " + policy::to_string(l.state);
+  log()->warn("intent {}: {} live revisions ({}), written on copies that did not see each other; keeping {} "
+              "(the user {} this intent's){}",
+              id, fork.live.size(), states, verdict.keep, fork.user_ours ? "is" : "is not",
+              verdict.ensure_reservations ? ", its reservations ensured first" : "");
+  forks_.inc();
+  // What a dropped rollback released is held again before that rollback goes: a crash in between
+  // leaves the fork to the next pass, never a done intent without its reservations.
+  if (verdict.ensure_reservations && !ensure_held(fork.docs.at(verdict.keep))) return false;
+  for (const auto& rev : verdict.drop) {
+    auto d = client_.delete_doc(cfg_.db, id, rev).get();
+    if (!d.ok() && d.error().kind != couch_error_kind::not_found && !is_conflict(d.error())) {
+      log()->warn("intent {}: deleting its revision {} failed: {}", id, rev, d.error().describe());
+      return false;
+    }
+  }
+  return true;
+}
+
+std::optional<policy::intent_action> identities::settle_fork(const std::string& id, const std::string& name) {
+  const auto fork = read_fork(id, name);
+  if (!fork) return std::nullopt;
+  if (fork->live.empty()) return policy::intent_action::leave;  // deleted meanwhile
+  const auto verdict = policy::resolve_fork(fork->live, fork->user_ours, now_(), cfg_.intent_timeout);
+  if (verdict.wait || verdict.keep.empty()) return policy::intent_action::leave;
+  if (fork->live.size() > 1 && !apply_fork(id, *fork, verdict)) return std::nullopt;
+  return act(fork->docs.at(verdict.keep));  // the only live revision now
+}
+
+bool identities::confirm_transition(const std::string& id, const std::string& name, const std::string& own_rev) {
+  unconfirmed_intents_.inc();
+  const auto fork = read_fork(id, name);
+  // Unreadable: taken as written (the reconciler's pass decides on all revisions later).
+  if (!fork || fork->live.size() < 2) return true;
+  const auto verdict = policy::resolve_fork(fork->live, fork->user_ours, now_(), cfg_.intent_timeout, own_rev);
+  if (verdict.wait || verdict.keep.empty()) return true;
+  if (verdict.keep == own_rev) {
+    apply_fork(id, *fork, verdict);  // failing, the reconciler's next pass does it
+    return true;
+  }
+  // Another revision stands: this move did not happen. Withdrawn, so that one is the only one.
+  log()->warn("intent {}: its move to revision {} (answered 202) lost to revision {} written through another node; "
+              "withdrawn",
+              id, own_rev, verdict.keep);
+  forks_.inc();
+  client_.delete_doc(cfg_.db, id, own_rev).get();
+  return false;
+}
+
 identities::reconcile_report identities::reconcile() {
   reconcile_report rep;
   for (const std::string prefix : {"signup/", "change/"}) {
@@ -756,7 +863,7 @@ identities::reconcile_report identities::reconcile() {
       else if (*done == policy::intent_action::roll_back || *done == policy::intent_action::release) ++rep.rolled_back;
       else if (*done == policy::intent_action::forget) ++rep.forgotten;
       return true;
-    });
+    }, "conflicts=true&");
     if (listed) {
       ++rep.failed;
       log()->warn("intent reconcile: listing intents failed: {}", listed->describe());

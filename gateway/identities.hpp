@@ -125,6 +125,7 @@ class identities {
   std::optional<identity_answer> replay(const std::string& name, const std::string& name_key, const std::string& email,
                                         const std::string& password, const std::string& idempotency_key);
   // Moves the intent to `to` if it still has `rev`; the new rev, or nullopt (lost the race or error).
+  // A move answered 202 is checked against the intent's other revisions (confirm_transition).
   std::optional<std::string> transition(replicator::json& intent, const std::string& rev, policy::intent_state to);
   // Gives an intent up: rolling_back (conditional on `rev`), its reservations among
   // `reservation_ids` released, rolled_back. Losing the first move means a reconciler took the
@@ -157,6 +158,30 @@ class identities {
   bool release(const std::string& reservation_id, const char* holder_field, const std::string& holder);
   // What the reconciler did with one intent; nullopt when it failed (retried next pass).
   std::optional<policy::intent_action> act(const replicator::json& intent);
+  // An intent with several live revisions (transitions answered 202 on a cluster whose copies
+  // did not see each other): all of them and the user are read, policy::resolve_fork decides,
+  // the reservations are ensured when a rollback is dropped for a leaf that is not one, the other
+  // revisions are deleted, and the one kept is acted on as usual.
+  std::optional<policy::intent_action> settle_fork(const std::string& id, const std::string& name);
+  // An intent's live revisions (by revision, its document) and whether the user carries it;
+  // nullopt when either could not be read or a revision is malformed.
+  struct intent_fork {
+    std::vector<policy::intent_leaf> live;
+    std::map<std::string, replicator::json> docs;
+    bool user_ours = false;
+  };
+  std::optional<intent_fork> read_fork(const std::string& id, const std::string& name);
+  // Carries out a verdict on a fork: logged and counted, reservations ensured when asked, the
+  // dropped revisions deleted. False when a step failed (the reconciler's next pass retries).
+  bool apply_fork(const std::string& id, const intent_fork& fork, const policy::fork_verdict& verdict);
+  // A move answered 202 (`own_rev`): true when it stands (alone, or kept over the revisions
+  // another node wrote, which are then deleted), false when another revision stands (its own is
+  // withdrawn: the caller lost the race, as on a 409). Best effort: a read that misses a copy
+  // sees no fork, and the reconciler's pass over all revisions is what settles one.
+  bool confirm_transition(const std::string& id, const std::string& name, const std::string& own_rev);
+  // What an intent whose user stands must hold: a sign-up its name and address reserved, a change
+  // its old address released and the new one recorded on the name reservation. True when so.
+  bool ensure_held(const replicator::json& intent);
   std::string new_intent_id(const char* kind);
   // The state of the intent a reservation names; nullopt when it names none or the intent is gone.
   replicator::result<std::optional<policy::intent_state>> intent_of(const replicator::json& reservation);
@@ -220,6 +245,8 @@ class identities {
   replicator::counter& duplicates_found_;
   replicator::gauge& duplicates_;
   replicator::counter& unconfirmed_;
+  replicator::counter& forks_;
+  replicator::counter& unconfirmed_intents_;
 };
 
 }  // namespace couchgate::gateway

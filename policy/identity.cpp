@@ -9,6 +9,8 @@
 #include <uninorm.h>
 #include <unistr.h>
 
+#include <charconv>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 
@@ -315,13 +317,18 @@ intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::ti
   switch (f.state) {
     case intent_state::rolled_back:
       // A sign-up that lost its `done` transition to a rollback deletes the user it made; if it
-      // crashed first, that user is still here, without reservations: release removes it.
-      if (f.user_exists && f.user_from_this_intent) return intent_action::release;
+      // crashed first, that user is still here, without reservations: release removes it — once
+      // the rollback is older than the timeout: on a cluster the sign-up's `done`, written through
+      // another node (answered 202), may still be on its way, and then the user stays (see
+      // resolve_fork).
+      if (f.user_exists && f.user_from_this_intent) return age >= timeout ? intent_action::release : intent_action::leave;
       return age >= retention ? intent_action::forget : intent_action::leave;
     case intent_state::done:
       return age >= retention ? intent_action::forget : intent_action::leave;
     case intent_state::rolling_back:
-      // A rollback already won its transition: only finishing it is left, however young.
+      // A rollback already won its transition: only finishing it is left, however young; the
+      // user this intent made is deleted only once it is old (as for rolled_back).
+      if (f.user_exists && f.user_from_this_intent && age < timeout) return intent_action::leave;
       return intent_action::release;
     case intent_state::pending:
     case intent_state::reserved:
@@ -329,6 +336,62 @@ intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::ti
       return f.user_exists && f.user_from_this_intent ? intent_action::finish : intent_action::roll_back;
   }
   return intent_action::leave;
+}
+
+namespace {
+// A revision's generation (the number before '-'); 0 when it has none.
+std::uint64_t rev_generation(std::string_view rev) {
+  std::uint64_t g = 0;
+  const auto dash = rev.find('-');
+  std::from_chars(rev.data(), rev.data() + (dash == std::string_view::npos ? 0 : dash), g);
+  return g;
+}
+
+bool is_rollback(intent_state s) { return s == intent_state::rolling_back || s == intent_state::rolled_back; }
+
+// How much a leaf's state counts in a fork (higher stays).
+int fork_rank(intent_state s, bool user_from_this_intent) {
+  switch (s) {
+    case intent_state::done: return user_from_this_intent ? 5 : 3;
+    case intent_state::reserved: return user_from_this_intent ? 4 : 2;
+    case intent_state::pending: return user_from_this_intent ? 3 : 1;
+    case intent_state::rolled_back: return user_from_this_intent ? 2 : 5;
+    case intent_state::rolling_back: return user_from_this_intent ? 1 : 4;
+  }
+  return 0;
+}
+}  // namespace
+
+bool couch_leaf_before(const intent_leaf& a, const intent_leaf& b) {
+  const auto ga = rev_generation(a.rev), gb = rev_generation(b.rev);
+  if (ga != gb) return ga < gb;
+  return a.rev < b.rev;
+}
+
+fork_verdict resolve_fork(const std::vector<intent_leaf>& live, bool user_from_this_intent,
+                          std::chrono::system_clock::time_point now, std::chrono::seconds timeout,
+                          std::string_view own_rev) {
+  fork_verdict v;
+  if (live.empty()) return v;
+  for (const auto& l : live) {
+    if (l.rev == own_rev) continue;
+    if ((l.state == intent_state::pending || l.state == intent_state::reserved) && now - l.updated < timeout) {
+      v.wait = true;
+      return v;
+    }
+  }
+  const intent_leaf* best = &live.front();
+  for (const auto& l : live) {
+    const int rl = fork_rank(l.state, user_from_this_intent), rb = fork_rank(best->state, user_from_this_intent);
+    if (rl > rb || (rl == rb && couch_leaf_before(*best, l))) best = &l;
+  }
+  v.keep = best->rev;
+  for (const auto& l : live) {
+    if (&l == best) continue;
+    v.drop.push_back(l.rev);
+    if (is_rollback(l.state) && !is_rollback(best->state)) v.ensure_reservations = true;
+  }
+  return v;
 }
 
 const char* to_string(on_duplicate d) { return d == on_duplicate::flag ? "flag" : "exclude"; }

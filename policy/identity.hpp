@@ -108,6 +108,42 @@ const char* to_string(intent_action a);
 intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::time_point now,
                             std::chrono::seconds timeout, std::chrono::seconds retention);
 
+// ---- an intent with several live revisions ----
+//
+// On a cluster a transition answered 202 reached fewer than `w` copies: another writer (the
+// reconciler elsewhere, a sign-up's own rollback) may extend the same revision on other copies,
+// and once the copies meet the intent has two live leaves. CouchDB then shows one of them (the
+// highest generation, then the greatest revision string), which says nothing about which
+// transition really happened: a `done` leaf losing to a rollback would have the reconciler delete
+// a user who was answered 201. So a forked intent is decided on all its live leaves and the user:
+//   - the user exists and carries this intent: done > reserved > pending > rolled_back >
+//     rolling_back (the sign-up reached its user; a rollback beside it is the mistake);
+//   - otherwise: rolled_back > rolling_back > done > reserved > pending (nothing of it stands);
+//   - a tie goes to CouchDB's own winner.
+// The kept leaf stays, the others are deleted by revision; when a rollback leaf is dropped for a
+// leaf that is not one, the intent's reservations are ensured first (the rollback may have
+// released them). A pending or reserved leaf younger than the timeout means a sign-up may still
+// be running: nothing is decided yet.
+struct intent_leaf {
+  std::string rev;
+  intent_state state = intent_state::pending;
+  std::chrono::system_clock::time_point updated{};
+};
+// CouchDB's winner order among live leaves: true when `a` would lose to `b`.
+bool couch_leaf_before(const intent_leaf& a, const intent_leaf& b);
+
+struct fork_verdict {
+  bool wait = false;                 // a young pending / reserved leaf: decide later
+  std::string keep;                  // the leaf that stays (empty when waiting or no leaves)
+  std::vector<std::string> drop;     // the leaves to delete, by revision
+  bool ensure_reservations = false;  // a rollback leaf dropped for one that is not: reserve again
+};
+// own_rev: the leaf the caller just wrote itself (a transition answered 202 checking where it
+// stands), which never makes it wait however young.
+fork_verdict resolve_fork(const std::vector<intent_leaf>& live, bool user_from_this_intent,
+                          std::chrono::system_clock::time_point now, std::chrono::seconds timeout,
+                          std::string_view own_rev = {});
+
 // ---- users made without couchgate ----
 //
 // A user written straight into `_users` (no `couchgate_intent`) gets its reservations from the

@@ -12,7 +12,9 @@
 #include "replicator/transport/couch_client.hpp"
 #include "replicator/transport/http_pool.hpp"
 #include "replicator/metrics.hpp"
+#include "tests/support/fault_proxy.hpp"
 #include "tests/support/harness.hpp"
+#include "tests/support/metric_value.hpp"
 
 using namespace couchgate::test;
 namespace g = couchgate::gateway;
@@ -284,6 +286,204 @@ TEST_CASE("reconciler: every state a crashed sign-up can leave is finished or ro
   f.clock_now += 25h;
   auto later = f.ids->reconcile();
   CHECK(later.forgotten == crashes.size());
+}
+
+namespace {
+// The live revisions of a document (GET ?open_revs=all, deleted ones left out): rev -> state.
+std::map<std::string, std::string> live_states(const std::string& db, const std::string& id) {
+  std::map<std::string, std::string> out;
+  auto r = couch().get("/" + enc(db) + "/" + enc(id) + "?open_revs=all");
+  REQUIRE(r.status == 200);
+  REQUIRE(r.body.is_array());
+  for (const auto& e : r.body) {
+    if (!e.contains("ok") || e["ok"].value("_deleted", false)) continue;
+    out[e["ok"]["_rev"].get<std::string>()] = e["ok"].value("state", "");
+  }
+  return out;
+}
+}  // namespace
+
+// On a cluster, an intent moved through two nodes that did not see each other (each move
+// answered 202) has two live revisions once the copies meet. The fork is made here as
+// replication would leave it: `_bulk_docs` with `new_edits: false` and each branch's history.
+TEST_CASE("reconciler: a forked intent keeps done while its user stands, whichever revision CouchDB shows") {
+  fixture f("ids-fork");
+  couch c;
+  const std::string db = "/" + enc(f.cfg.db);
+  const auto old = f.stamp(1h);
+  struct fork_case {
+    const char* what;
+    bool user;                  // the user exists and carries the intent
+    const char* young_state;    // the shorter branch's state
+    bool young;                 // its leaf is younger than intent_timeout
+    std::string expect_state;   // the one live revision left ("" = both kept)
+  };
+  const std::vector<fork_case> cases{
+      {"done beside a rollback, the user stands", true, "done", false, "done"},
+      {"done beside a rollback, no user", false, "done", false, "rolled_back"},
+      {"old reserved beside a rollback, the user stands", true, "reserved", false, "reserved→done"},
+      {"young reserved beside a rollback", false, "reserved", true, ""},
+  };
+  struct made_fork {
+    fork_case k;
+    std::string name, email, intent;
+  };
+  std::vector<made_fork> made;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const auto& k = cases[i];
+    const std::string name = unique("fork" + std::to_string(i));
+    const std::string email = name + "@example.org";
+    const std::string intent = "signup/" + unique("intent");
+    const json base{{"type", "signup"}, {"name", name}, {"name_key", name}, {"email", email}, {"created", old}};
+    // 1-p pending → 2-r reserved, then 3-<x> (the sign-up's move) beside 3-b rolling_back →
+    // 4-c rolled_back: CouchDB shows 4-c, the longer branch.
+    auto leaf = [&](const char* state, const std::string& updated, int start, std::vector<std::string> ids) {
+      json d = base;
+      d["_id"] = intent;
+      d["state"] = state;
+      d["updated"] = updated;
+      d["_rev"] = std::to_string(start) + "-" + ids.front();
+      d["_revisions"] = json{{"start", start}, {"ids", ids}};
+      return d;
+    };
+    const std::string young_leaf = std::string(k.young_state) == "reserved" ? "2-r" : "3-d";
+    json docs = json::array();
+    if (young_leaf == "3-d") docs.push_back(leaf(k.young_state, k.young ? f.stamp() : old, 3, {"d", "r", "p"}));
+    docs.push_back(leaf("rolled_back", old, 4, {"c", "b", "r", "p"}));
+    if (young_leaf == "2-r") {
+      // The reserved leaf is 2-r itself: the rollback's branch goes on from 1-p instead.
+      docs = json::array({leaf(k.young_state, k.young ? f.stamp() : old, 2, {"r", "p"}),
+                          leaf("rolled_back", old, 4, {"c", "b", "a", "p"})});
+    }
+    auto put = c.post(db + "/_bulk_docs", json{{"docs", docs}, {"new_edits", false}});
+    REQUIRE_MESSAGE(put.status == 201, put.raw);
+    REQUIRE(live_states(f.cfg.db, intent).size() == 2);
+    REQUIRE(c.get(db + "/" + enc(intent)).body.value("state", "") == "rolled_back");  // CouchDB's pick
+    if (k.user) {
+      REQUIRE(c.put("/_users/" + enc("org.couchdb.user:" + name),
+                    json{{"name", name}, {"type", "user"}, {"roles", json::array()}, {"password", signup_password()},
+                         {"email", email}, {"couchgate_intent", intent}}).status == 201);
+    }
+    made.push_back({k, name, email, intent});
+  }
+
+  auto rep = f.ids->reconcile();
+  CHECK(rep.failed == 0);
+  CHECK(rep.seen == cases.size());
+  for (const auto& m : made) {
+    INFO(m.k.what);
+    const auto live = live_states(f.cfg.db, m.intent);
+    const bool user = c.get("/_users/" + enc("org.couchdb.user:" + m.name)).status == 200;
+    CHECK(user == m.k.user);  // a user answered 201 is never deleted
+    if (m.k.expect_state.empty()) {
+      CHECK(live.size() == 2);  // a sign-up may still be running: nothing decided
+      continue;
+    }
+    REQUIRE(live.size() == 1);
+    const std::string want = m.k.expect_state == "reserved→done" ? "done" : m.k.expect_state;
+    CHECK(live.begin()->second == want);
+    CHECK_FALSE(c.get(db + "/" + enc(m.intent) + "?conflicts=true").body.contains("_conflicts"));
+    // The user's reservations name the intent; without a user there are none.
+    for (const std::string& res : {"name/" + m.name, "email/" + m.email}) {
+      auto r = f.reservation(res);
+      CHECK((r.status == 200) == m.k.user);
+      if (m.k.user) CHECK(r.body.value("intent", "") == m.intent);
+    }
+  }
+  CHECK(metric_value(f.metrics, "couchgate_identity_intent_forks_total") == 3.0);
+  // Settled: a second pass finds no fork; after the retention the intents are forgotten and the
+  // users made by them stay.
+  CHECK(f.ids->reconcile().failed == 0);
+  CHECK(metric_value(f.metrics, "couchgate_identity_intent_forks_total") == 3.0);
+  for (const auto& m : made) {
+    if (m.k.user) delete_user(m.name);
+  }
+}
+
+// A sign-up's move to done answered 202 (the proxy rewrites the 201, as a cluster answers a write
+// fewer copies than its quorum stored) while a rollback written through another node stands
+// beside it (made with new_edits: false between the user's creation and the move). The sign-up
+// reads the intent's revisions: with its user standing, its done stays, the rollback goes and the
+// reservations it released are claimed again; with the user gone (the rollback's release deleted
+// it), the rollback stands, the done is withdrawn and the sign-up answers 503.
+TEST_CASE("sign-up: a done answered 202 beside a rollback from another node keeps the user it created, or yields") {
+  for (const bool user_deleted_by_rollback : {false, true}) {
+    INFO("the rollback deleted the user: " << user_deleted_by_rollback);
+    fault_proxy proxy;
+    r::http_pool pool{r::http_pool::options{proxy.url(), env().user, env().password, 4, "couchgate-test"}};
+    r::couch_client client{pool, r::timeouts{}};
+    r::registry metrics;
+    g::identities_config cfg;
+    cfg.enabled = true;
+    cfg.db = unique("ids-202");
+    cfg.provision_wait = 0s;
+    couch c;
+    const std::string db = "/" + enc(cfg.db);
+    const std::string name = unique("late");
+    const std::string email = name + "@example.org";
+    int forked = 0;
+    // Called once the user is created, before the move to done.
+    auto user_ready = [&](const std::string& who) {
+      if (who != name || forked++ > 0) return false;
+      auto all = c.get(db + "/_all_docs?include_docs=true");
+      json intent;
+      for (const auto& row : all.body["rows"]) {
+        if (row["doc"].value("type", "") == "signup") intent = row["doc"];
+      }
+      REQUIRE(intent.value("state", "") == "reserved");
+      const std::string first = c.get(db + "/" + enc(intent["_id"].get<std::string>()) + "?revs=true")
+                                    .body["_revisions"]["ids"]
+                                    .back()
+                                    .get<std::string>();
+      // Another node's reconciler: 1 → rolling_back → rolled_back, its release done.
+      json rb = intent;
+      rb.erase("_revisions");
+      rb["state"] = "rolled_back";
+      rb["_rev"] = "3-ffffffffffffffffffffffffffffffff";
+      rb["_revisions"] = json{{"start", 3}, {"ids", {"ffffffffffffffffffffffffffffffff", "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", first}}};
+      REQUIRE(c.post(db + "/_bulk_docs", json{{"docs", {rb}}, {"new_edits", false}}).status == 201);
+      for (const std::string& res : {std::string("name/") + name, "email/" + email}) {
+        auto got = c.get(db + "/" + enc(res));
+        REQUIRE(got.status == 200);
+        REQUIRE(c.del(db + "/" + enc(res) + "?rev=" + got.body["_rev"].get<std::string>()).status == 200);
+      }
+      if (user_deleted_by_rollback) REQUIRE(delete_user(name).status == 200);
+      proxy.rewrite_status(1, "PUT", "signup%2F", 201, 202);  // the move to done
+      return false;
+    };
+    g::identities ids{client, metrics, cfg, "_users", user_ready};
+    REQUIRE_FALSE(ids.ensure_db().has_value());
+    REQUIRE_FALSE(ids.rekey_names().has_value());
+    auto a = ids.signup(json{{"name", name}, {"password", signup_password()}, {"email", email}});
+    CHECK(forked == 1);
+    CHECK(proxy.rewritten() == 1);
+    CHECK(metric_value(metrics, "couchgate_identity_intent_moves_unconfirmed_total") == 1.0);
+    CHECK(metric_value(metrics, "couchgate_identity_intent_forks_total") == 1.0);
+    json intent_id;
+    const auto listing = c.get(db + "/_all_docs");
+    for (const auto& row : listing.body["rows"]) {
+      if (row["id"].get<std::string>().rfind("signup/", 0) == 0) intent_id = row["id"];
+    }
+    REQUIRE(intent_id.is_string());
+    const auto live = live_states(cfg.db, intent_id.get<std::string>());
+    REQUIRE(live.size() == 1);
+    const bool user = c.get("/_users/" + enc("org.couchdb.user:" + name)).status == 200;
+    if (!user_deleted_by_rollback) {
+      CHECK_MESSAGE(a.status == 201, a.body.dump());
+      CHECK(live.begin()->second == "done");
+      CHECK(user);
+      for (const std::string& res : {std::string("name/") + name, "email/" + email}) {
+        CHECK(c.get(db + "/" + enc(res)).body.value("intent", "") == intent_id.get<std::string>());
+      }
+      delete_user(name);
+    } else {
+      CHECK(a.status == 503);
+      CHECK(live.begin()->second == "rolled_back");
+      CHECK_FALSE(user);
+      CHECK(c.get(db + "/" + enc("name/" + name)).status == 404);
+    }
+    c.del(db);
+  }
 }
 
 TEST_CASE("a reservation left by a rolled-back or vanished intent is taken by a new sign-up; one whose user exists is not") {

@@ -85,13 +85,6 @@ std::size_t captured_log::count(const std::string& part) const {
   return n;
 }
 
-std::optional<double> metric_value(const r::registry& metrics, const std::string& name) {
-  const std::string text = "\n" + metrics.render();
-  const auto at = text.find("\n" + name + " ");
-  if (at == std::string::npos) return std::nullopt;
-  return std::stod(text.substr(at + name.size() + 2));
-}
-
 r::fanin_options central_options() {
   r::fanin_options o;
   o.central_db = "central";

@@ -28,6 +28,7 @@
 #include "replicator/transfer.hpp"
 #include "replicator/transport/couch_client.hpp"
 #include "replicator/transport/transport.hpp"
+#include "tests/support/metric_value.hpp"
 
 namespace couchgate::test {
 
@@ -129,10 +130,6 @@ class captured_log {
   std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
   std::shared_ptr<spdlog::logger> logger_;
 };
-
-// The value of a metric (its full name with labels, e.g. `x_total{a="b"}`) in r.render(), or
-// nullopt when it is not there.
-std::optional<double> metric_value(const r::registry& metrics, const std::string& name);
 
 // A scripted server with what every piece above the seam works with: a client with quick
 // timeouts, a metrics registry and the state database "cg_state" (nothing asked yet).

@@ -143,10 +143,19 @@ TEST_CASE("decide_intent: the reconciler never races a young sign-up and finishe
         intent_action::roll_back);
   // Old with its user: finish (reservations ensured, marked done).
   CHECK(decide_intent(facts(intent_state::reserved, 61s, true, true), t0, timeout, retention) == intent_action::finish);
-  // A started rollback is completed at once.
+  // A started rollback is completed at once (a user of the same name made by someone else counts as none).
   CHECK(decide_intent(facts(intent_state::rolling_back, 1s), t0, timeout, retention) == intent_action::release);
-  // A user made after its intent was rolled back is removed.
+  CHECK(decide_intent(facts(intent_state::rolling_back, 1s, true, false), t0, timeout, retention) ==
+        intent_action::release);
+  // A user made by a rolled-back intent is removed, once the rollback is older than the timeout
+  // (a `done` written through another node of a cluster may still be on its way).
   CHECK(decide_intent(facts(intent_state::rolled_back, 1s, true, true), t0, timeout, retention) ==
+        intent_action::leave);
+  CHECK(decide_intent(facts(intent_state::rolled_back, 60s, true, true), t0, timeout, retention) ==
+        intent_action::release);
+  CHECK(decide_intent(facts(intent_state::rolling_back, 59s, true, true), t0, timeout, retention) ==
+        intent_action::leave);
+  CHECK(decide_intent(facts(intent_state::rolling_back, 60s, true, true), t0, timeout, retention) ==
         intent_action::release);
   CHECK(decide_intent(facts(intent_state::rolled_back, 1s, true, false), t0, timeout, retention) ==
         intent_action::leave);
@@ -154,6 +163,65 @@ TEST_CASE("decide_intent: the reconciler never races a young sign-up and finishe
   CHECK(decide_intent(facts(intent_state::done, 3599s, true, true), t0, timeout, retention) == intent_action::leave);
   CHECK(decide_intent(facts(intent_state::done, 3600s, true, true), t0, timeout, retention) == intent_action::forget);
   CHECK(decide_intent(facts(intent_state::rolled_back, 3600s), t0, timeout, retention) == intent_action::forget);
+}
+
+TEST_CASE("resolve_fork: a forked intent is decided on all its leaves; done stays while its user does") {
+  const auto t0 = std::chrono::system_clock::time_point{} + 1000h;
+  const auto timeout = 60s;
+  const auto old = t0 - 3600s;
+  auto leaf = [&](std::string rev, intent_state s, std::chrono::system_clock::time_point at) {
+    return intent_leaf{std::move(rev), s, at};
+  };
+  // The sign-up's done (generation 3) beside a rollback that CouchDB shows as the winner
+  // (generation 4): with the user this intent made, done stays and the reservations are ensured.
+  const std::vector<intent_leaf> done_vs_rollback{leaf("3-d", intent_state::done, old),
+                                                  leaf("4-c", intent_state::rolled_back, old)};
+  auto v = resolve_fork(done_vs_rollback, true, t0, timeout);
+  CHECK_FALSE(v.wait);
+  CHECK(v.keep == "3-d");
+  CHECK(v.drop == std::vector<std::string>{"4-c"});
+  CHECK(v.ensure_reservations);
+  // With no user of this intent (none, or another's), the rollback stands: nothing to reserve.
+  v = resolve_fork(done_vs_rollback, false, t0, timeout);
+  CHECK(v.keep == "4-c");
+  CHECK(v.drop == std::vector<std::string>{"3-d"});
+  CHECK_FALSE(v.ensure_reservations);
+  // Two rollbacks: the finished one stays whoever the user is.
+  const std::vector<intent_leaf> rollbacks{leaf("3-a", intent_state::rolled_back, old),
+                                           leaf("3-b", intent_state::rolling_back, old)};
+  CHECK(resolve_fork(rollbacks, false, t0, timeout).keep == "3-a");
+  CHECK(resolve_fork(rollbacks, true, t0, timeout).keep == "3-a");
+  CHECK_FALSE(resolve_fork(rollbacks, true, t0, timeout).ensure_reservations);
+  // An old reserved leaf beside a rollback, the user made by this intent: reserved stays.
+  v = resolve_fork({leaf("3-r", intent_state::rolling_back, old), leaf("2-r", intent_state::reserved, old)}, true, t0,
+                   timeout);
+  CHECK(v.keep == "2-r");
+  CHECK(v.ensure_reservations);
+  // A young reserved leaf: the sign-up may still be running, nothing is decided.
+  v = resolve_fork({leaf("2-r", intent_state::reserved, t0 - 10s), leaf("3-b", intent_state::rolling_back, old)}, false,
+                   t0, timeout);
+  CHECK(v.wait);
+  CHECK(v.keep.empty());
+  CHECK(v.drop.empty());
+  // The caller's own young leaf (a transition answered 202 checking where it stands) does not
+  // make it wait: the sign-up's reserved beside an old rollback, the user not made yet.
+  v = resolve_fork({leaf("2-r", intent_state::reserved, t0 - 1s), leaf("3-b", intent_state::rolling_back, old)}, false,
+                   t0, timeout, "2-r");
+  CHECK_FALSE(v.wait);
+  CHECK(v.keep == "3-b");
+  CHECK(v.drop == std::vector<std::string>{"2-r"});
+  // Equal states: CouchDB's winner (the higher generation, then the greater revision string).
+  CHECK(resolve_fork({leaf("3-a", intent_state::done, old), leaf("3-b", intent_state::done, old)}, true, t0, timeout)
+            .keep == "3-b");
+  CHECK(resolve_fork({leaf("10-a", intent_state::done, old), leaf("9-z", intent_state::done, old)}, true, t0, timeout)
+            .keep == "10-a");
+  CHECK(couch_leaf_before(leaf("9-z", intent_state::done, old), leaf("10-a", intent_state::done, old)));
+  CHECK_FALSE(couch_leaf_before(leaf("3-b", intent_state::done, old), leaf("3-a", intent_state::done, old)));
+  // One leaf: kept, nothing dropped; none: nothing.
+  v = resolve_fork({leaf("5-x", intent_state::done, old)}, false, t0, timeout);
+  CHECK(v.keep == "5-x");
+  CHECK(v.drop.empty());
+  CHECK(resolve_fork({}, true, t0, timeout).keep.empty());
 }
 
 TEST_CASE("users made without couchgate: a value reserved by another user is a conflict; on_duplicate decides") {
