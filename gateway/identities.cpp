@@ -642,6 +642,11 @@ identity_answer identities::change_email(const std::string& user_name, const jso
     return fail_answer(503, "service_unavailable", "the change took too long; try again");
   }
   user["email"] = email.value;
+  // The sign-up that made the user stays named: a fork of that intent seen later (a cluster's
+  // copies meeting again) is still decided with the user as its own (read_fork).
+  if (const std::string made_by = str_field(user, "couchgate_intent"); made_by.rfind("signup/", 0) == 0) {
+    user["couchgate_signup"] = made_by;
+  }
   user["couchgate_intent"] = intent_id;
   auto upd = client_.put_doc(users_db_, user_id, user).get();
   if (!upd.ok()) {
@@ -762,6 +767,15 @@ bool identities::ensure_held(const json& doc) {
       }
     }
   } else {
+    // The new address (held since the change's start, unless a rollback of it released it), then
+    // the old one released and the new one recorded on the name reservation.
+    std::string r;
+    auto res = reserve(unique_field::email, email, name, id, r);
+    if (!res.ok()) return false;
+    if (!res.value()) {
+      log()->error("intent {}: user {} has the address its change gave it, but it is reserved by another user", id,
+                   name);
+    }
     const std::string old_email = str_field(doc, "old_email");
     if (!old_email.empty()) ok = release(policy::reservation_id(unique_field::email, old_email), "user", name);
     // The name reservation records the new address (a deleted user's is found there).
@@ -794,10 +808,11 @@ std::optional<identities::intent_fork> identities::read_fork(const std::string& 
     }
     fork.live.push_back(policy::intent_leaf{rev, *state, updated_of(*ok)});
     fork.docs[rev] = *ok;
+    fork.docs[rev].erase("_conflicts");  // acted on as the only revision (act would read a fork again)
   }
   auto u = client_.get_doc(users_db_, policy::user_doc_id(name)).get();
   if (!u.ok() && u.error().kind != couch_error_kind::not_found) return std::nullopt;
-  fork.user_ours = u.ok() && str_field(u.value(), "couchgate_intent") == id;
+  fork.user_ours = u.ok() && (str_field(u.value(), "couchgate_intent") == id || str_field(u.value(), "couchgate_signup") == id);
   return fork;
 }
 
@@ -808,17 +823,19 @@ bool identities::apply_fork(const std::string& id, const intent_fork& fork, cons
               "(the user {} this intent's){}",
               id, fork.live.size(), states, verdict.keep, fork.user_ours ? "is" : "is not",
               verdict.ensure_reservations ? ", its reservations ensured first" : "");
-  forks_.inc();
   // What a dropped rollback released is held again before that rollback goes: a crash in between
   // leaves the fork to the next pass, never a done intent without its reservations.
   if (verdict.ensure_reservations && !ensure_held(fork.docs.at(verdict.keep))) return false;
+  // A 409 means that revision is no leaf any more (its writer moved it on): the fork stands, and
+  // the next pass reads it again.
   for (const auto& rev : verdict.drop) {
     auto d = client_.delete_doc(cfg_.db, id, rev).get();
-    if (!d.ok() && d.error().kind != couch_error_kind::not_found && !is_conflict(d.error())) {
+    if (!d.ok() && d.error().kind != couch_error_kind::not_found) {
       log()->warn("intent {}: deleting its revision {} failed: {}", id, rev, d.error().describe());
       return false;
     }
   }
+  forks_.inc();
   return true;
 }
 
@@ -839,16 +856,13 @@ bool identities::confirm_transition(const std::string& id, const std::string& na
   if (!fork || fork->live.size() < 2) return true;
   const auto verdict = policy::resolve_fork(fork->live, fork->user_ours, now_(), cfg_.intent_timeout, own_rev);
   if (verdict.wait || verdict.keep.empty()) return true;
-  if (verdict.keep == own_rev) {
-    apply_fork(id, *fork, verdict);  // failing, the reconciler's next pass does it
-    return true;
-  }
-  // Another revision stands: this move did not happen. Withdrawn, so that one is the only one.
-  log()->warn("intent {}: its move to revision {} (answered 202) lost to revision {} written through another node; "
-              "withdrawn",
+  // Kept or not, the verdict is carried out (the reservations a dropped rollback released are
+  // claimed again, whether that rollback is this move or another's); failing, the reconciler's
+  // next pass does it.
+  apply_fork(id, *fork, verdict);
+  if (verdict.keep == own_rev) return true;
+  log()->warn("intent {}: its move to revision {} (answered 202) lost to revision {} written through another node",
               id, own_rev, verdict.keep);
-  forks_.inc();
-  client_.delete_doc(cfg_.db, id, own_rev).get();
   return false;
 }
 

@@ -375,7 +375,10 @@ fork_verdict resolve_fork(const std::vector<intent_leaf>& live, bool user_from_t
   if (live.empty()) return v;
   for (const auto& l : live) {
     if (l.rev == own_rev) continue;
-    if ((l.state == intent_state::pending || l.state == intent_state::reserved) && now - l.updated < timeout) {
+    // A young rolling_back leaf's writer is still releasing (it would delete what is claimed again).
+    if ((l.state == intent_state::pending || l.state == intent_state::reserved ||
+         l.state == intent_state::rolling_back) &&
+        now - l.updated < timeout) {
       v.wait = true;
       return v;
     }

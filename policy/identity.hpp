@@ -116,14 +116,14 @@ intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::ti
 // highest generation, then the greatest revision string), which says nothing about which
 // transition really happened: a `done` leaf losing to a rollback would have the reconciler delete
 // a user who was answered 201. So a forked intent is decided on all its live leaves and the user:
-//   - the user exists and carries this intent: done > reserved > pending > rolled_back >
+//   - the user exists and was made by this intent: done > reserved > pending > rolled_back >
 //     rolling_back (the sign-up reached its user; a rollback beside it is the mistake);
 //   - otherwise: rolled_back > rolling_back > done > reserved > pending (nothing of it stands);
 //   - a tie goes to CouchDB's own winner.
 // The kept leaf stays, the others are deleted by revision; when a rollback leaf is dropped for a
 // leaf that is not one, the intent's reservations are ensured first (the rollback may have
-// released them). A pending or reserved leaf younger than the timeout means a sign-up may still
-// be running: nothing is decided yet.
+// released them). A pending, reserved or rolling_back leaf younger than the timeout means its
+// writer (a sign-up, a reconciler releasing) may still be running: nothing is decided yet.
 struct intent_leaf {
   std::string rev;
   intent_state state = intent_state::pending;
@@ -133,7 +133,7 @@ struct intent_leaf {
 bool couch_leaf_before(const intent_leaf& a, const intent_leaf& b);
 
 struct fork_verdict {
-  bool wait = false;                 // a young pending / reserved leaf: decide later
+  bool wait = false;                 // a young pending / reserved / rolling_back leaf: decide later
   std::string keep;                  // the leaf that stays (empty when waiting or no leaves)
   std::vector<std::string> drop;     // the leaves to delete, by revision
   bool ensure_reservations = false;  // a rollback leaf dropped for one that is not: reserve again

@@ -24,19 +24,24 @@ using namespace std::chrono_literals;
 namespace {
 
 struct fixture {
-  r::http_pool pool{r::http_pool::options{env().url, env().user, env().password, 8, "couchgate-test"}};
+  r::http_pool pool;
   r::couch_client client{pool, r::timeouts{}};
   r::registry metrics;
   g::identities_config cfg;
   std::chrono::system_clock::time_point clock_now = std::chrono::system_clock::now();
   std::unique_ptr<g::identities> ids;
 
-  explicit fixture(const std::string& stem) {
+  // url: the server, or a fault proxy in front of it; user_ready: what the sign-up asks while it
+  // waits for provisioning (called once at least, between the user's creation and done).
+  explicit fixture(const std::string& stem, const std::string& url = env().url,
+                   std::function<bool(const std::string&)> user_ready = nullptr)
+      : pool(r::http_pool::options{url, env().user, env().password, 8, "couchgate-test"}) {
     cfg.enabled = true;
     cfg.db = unique(stem);
     cfg.provision_wait = 0s;
     cfg.profile_fields = {"display_name"};
-    ids = std::make_unique<g::identities>(client, metrics, cfg, "_users", nullptr, [this] { return clock_now; });
+    ids = std::make_unique<g::identities>(client, metrics, cfg, "_users", std::move(user_ready),
+                                          [this] { return clock_now; });
     REQUIRE_FALSE(ids->ensure_db().has_value());
     REQUIRE_FALSE(ids->rekey_names().has_value());  // what start() does first
   }
@@ -301,6 +306,28 @@ std::map<std::string, std::string> live_states(const std::string& db, const std:
   }
   return out;
 }
+
+// One live revision of a forked intent: its state, "updated" stamp and history (newest first).
+struct fork_leaf {
+  const char* state;
+  std::string updated;
+  std::vector<std::string> ids;
+};
+// Posts an intent forked as replication leaves it (`_bulk_docs` with `new_edits: false`, each
+// leaf with its history), `base` giving its id and fields.
+void post_fork(const std::string& db, const json& base, const std::vector<fork_leaf>& leaves) {
+  json docs = json::array();
+  for (const auto& l : leaves) {
+    json d = base;
+    d["state"] = l.state;
+    d["updated"] = l.updated;
+    d["_rev"] = std::to_string(l.ids.size()) + "-" + l.ids.front();
+    d["_revisions"] = json{{"start", l.ids.size()}, {"ids", l.ids}};
+    docs.push_back(d);
+  }
+  auto put = couch().post(db + "/_bulk_docs", json{{"docs", docs}, {"new_edits", false}});
+  REQUIRE_MESSAGE(put.status == 201, put.raw);
+}
 }  // namespace
 
 // On a cluster, an intent moved through two nodes that did not see each other (each move
@@ -334,29 +361,17 @@ TEST_CASE("reconciler: a forked intent keeps done while its user stands, whichev
     const std::string name = unique("fork" + std::to_string(i));
     const std::string email = name + "@example.org";
     const std::string intent = "signup/" + unique("intent");
-    const json base{{"type", "signup"}, {"name", name}, {"name_key", name}, {"email", email}, {"created", old}};
-    // 1-p pending → 2-r reserved, then 3-<x> (the sign-up's move) beside 3-b rolling_back →
-    // 4-c rolled_back: CouchDB shows 4-c, the longer branch.
-    auto leaf = [&](const char* state, const std::string& updated, int start, std::vector<std::string> ids) {
-      json d = base;
-      d["_id"] = intent;
-      d["state"] = state;
-      d["updated"] = updated;
-      d["_rev"] = std::to_string(start) + "-" + ids.front();
-      d["_revisions"] = json{{"start", start}, {"ids", ids}};
-      return d;
-    };
-    const std::string young_leaf = std::string(k.young_state) == "reserved" ? "2-r" : "3-d";
-    json docs = json::array();
-    if (young_leaf == "3-d") docs.push_back(leaf(k.young_state, k.young ? f.stamp() : old, 3, {"d", "r", "p"}));
-    docs.push_back(leaf("rolled_back", old, 4, {"c", "b", "r", "p"}));
-    if (young_leaf == "2-r") {
-      // The reserved leaf is 2-r itself: the rollback's branch goes on from 1-p instead.
-      docs = json::array({leaf(k.young_state, k.young ? f.stamp() : old, 2, {"r", "p"}),
-                          leaf("rolled_back", old, 4, {"c", "b", "a", "p"})});
+    const json base{{"_id", intent}, {"type", "signup"}, {"name", name}, {"name_key", name}, {"email", email},
+                    {"created", old}};
+    // 1-p pending → 2-r reserved, then 3-d (the sign-up's done) beside 3-b rolling_back → 4-c
+    // rolled_back: CouchDB shows 4-c, the longer branch. A reserved leaf is 2-r itself, the
+    // rollback's branch going on from 1-p instead.
+    const std::string stamp = k.young ? f.stamp() : old;
+    if (std::string(k.young_state) == "reserved") {
+      post_fork(db, base, {{k.young_state, stamp, {"r", "p"}}, {"rolled_back", old, {"c", "b", "a", "p"}}});
+    } else {
+      post_fork(db, base, {{k.young_state, stamp, {"d", "r", "p"}}, {"rolled_back", old, {"c", "b", "r", "p"}}});
     }
-    auto put = c.post(db + "/_bulk_docs", json{{"docs", docs}, {"new_edits", false}});
-    REQUIRE_MESSAGE(put.status == 201, put.raw);
     REQUIRE(live_states(f.cfg.db, intent).size() == 2);
     REQUIRE(c.get(db + "/" + enc(intent)).body.value("state", "") == "rolled_back");  // CouchDB's pick
     if (k.user) {
@@ -391,13 +406,68 @@ TEST_CASE("reconciler: a forked intent keeps done while its user stands, whichev
     }
   }
   CHECK(metric_value(f.metrics, "couchgate_identity_intent_forks_total") == 3.0);
-  // Settled: a second pass finds no fork; after the retention the intents are forgotten and the
-  // users made by them stay.
+  // Settled: a second pass finds no fork. After the retention the young fork is old and decided
+  // too (no user: the rollback), every intent is forgotten, and the users made by them stay.
   CHECK(f.ids->reconcile().failed == 0);
   CHECK(metric_value(f.metrics, "couchgate_identity_intent_forks_total") == 3.0);
+  f.clock_now += 25h;
+  const auto later = f.ids->reconcile();
+  CHECK(later.failed == 0);
+  CHECK(later.forgotten == cases.size());
+  CHECK(metric_value(f.metrics, "couchgate_identity_intent_forks_total") == 4.0);
   for (const auto& m : made) {
+    INFO(m.k.what);
+    CHECK((c.get("/_users/" + enc("org.couchdb.user:" + m.name)).status == 200) == m.k.user);
+    CHECK(f.reservation(m.intent).status == 404);
     if (m.k.user) delete_user(m.name);
   }
+}
+
+TEST_CASE("reconciler: a forked address change keeps done and claims its new address again; a sign-up fork counts a user an address change marked since as its own") {
+  fixture f("ids-fork2");
+  couch c;
+  const std::string db = "/" + enc(f.cfg.db);
+  const auto old = f.stamp(1h);
+  // An address change whose done met a rollback that released the new address: the user has it.
+  const std::string u = unique("moved"), change = "change/" + unique("intent");
+  const std::string old_email = u + "@old.example.org", new_email = u + "@new.example.org";
+  REQUIRE(c.put(db + "/" + enc("email/" + old_email), json{{"type", "reservation"}, {"user", u}}).status == 201);
+  REQUIRE(c.put(db + "/" + enc("name/" + u), json{{"type", "reservation"}, {"user", u}, {"email", old_email}}).status == 201);
+  post_fork(db, json{{"_id", change}, {"type", "change"}, {"name", u}, {"email", new_email}, {"old_email", old_email}},
+            {{"done", old, {"d", "r", "p"}}, {"rolled_back", old, {"c", "b", "r", "p"}}});
+  REQUIRE(c.put("/_users/" + enc("org.couchdb.user:" + u),
+                json{{"name", u}, {"type", "user"}, {"roles", json::array()}, {"password", signup_password()},
+                     {"email", new_email}, {"couchgate_intent", change}}).status == 201);
+  // A sign-up whose done met a rollback, its user since given another address through couchgate.
+  const std::string v = unique("signed"), signup = "signup/" + unique("intent");
+  const std::string v_email = v + "@example.org";
+  post_fork(db, json{{"_id", signup}, {"type", "signup"}, {"name", v}, {"name_key", v}, {"email", v_email}},
+            {{"done", old, {"d", "r", "p"}}, {"rolled_back", old, {"c", "b", "r", "p"}}});
+  REQUIRE(c.put("/_users/" + enc("org.couchdb.user:" + v),
+                json{{"name", v}, {"type", "user"}, {"roles", json::array()}, {"password", signup_password()},
+                     {"email", v_email}, {"couchgate_intent", "change/" + unique("later")},
+                     {"couchgate_signup", signup}}).status == 201);
+
+  auto rep = f.ids->reconcile();
+  CHECK(rep.failed == 0);
+  CHECK(metric_value(f.metrics, "couchgate_identity_intent_forks_total") == 2.0);
+  for (const auto& id : {change, signup}) {
+    INFO(id);
+    const auto live = live_states(f.cfg.db, id);
+    REQUIRE(live.size() == 1);
+    CHECK(live.begin()->second == "done");
+  }
+  // The change: its new address claimed again, the old one released, the name records the new one.
+  CHECK(f.reservation("email/" + new_email).body.value("user", "") == u);
+  CHECK(f.reservation("email/" + new_email).body.value("intent", "") == change);
+  CHECK(f.reservation("email/" + old_email).status == 404);
+  CHECK(f.reservation("name/" + u).body.value("email", "") == new_email);
+  // The sign-up: its user stays with both reservations.
+  CHECK(c.get("/_users/" + enc("org.couchdb.user:" + v)).status == 200);
+  CHECK(f.reservation("name/" + v).body.value("intent", "") == signup);
+  CHECK(f.reservation("email/" + v_email).body.value("intent", "") == signup);
+  delete_user(u);
+  delete_user(v);
 }
 
 // A sign-up's move to done answered 202 (the proxy rewrites the 201, as a cluster answers a write
@@ -410,15 +480,8 @@ TEST_CASE("sign-up: a done answered 202 beside a rollback from another node keep
   for (const bool user_deleted_by_rollback : {false, true}) {
     INFO("the rollback deleted the user: " << user_deleted_by_rollback);
     fault_proxy proxy;
-    r::http_pool pool{r::http_pool::options{proxy.url(), env().user, env().password, 4, "couchgate-test"}};
-    r::couch_client client{pool, r::timeouts{}};
-    r::registry metrics;
-    g::identities_config cfg;
-    cfg.enabled = true;
-    cfg.db = unique("ids-202");
-    cfg.provision_wait = 0s;
     couch c;
-    const std::string db = "/" + enc(cfg.db);
+    std::string db;  // set once the fixture named it
     const std::string name = unique("late");
     const std::string email = name + "@example.org";
     int forked = 0;
@@ -431,13 +494,10 @@ TEST_CASE("sign-up: a done answered 202 beside a rollback from another node keep
         if (row["doc"].value("type", "") == "signup") intent = row["doc"];
       }
       REQUIRE(intent.value("state", "") == "reserved");
-      const std::string first = c.get(db + "/" + enc(intent["_id"].get<std::string>()) + "?revs=true")
-                                    .body["_revisions"]["ids"]
-                                    .back()
-                                    .get<std::string>();
+      const auto revs = c.get(db + "/" + enc(intent["_id"].get<std::string>()) + "?revs=true");
+      const std::string first = revs.body["_revisions"]["ids"].back().get<std::string>();
       // Another node's reconciler: 1 → rolling_back → rolled_back, its release done.
       json rb = intent;
-      rb.erase("_revisions");
       rb["state"] = "rolled_back";
       rb["_rev"] = "3-ffffffffffffffffffffffffffffffff";
       rb["_revisions"] = json{{"start", 3}, {"ids", {"ffffffffffffffffffffffffffffffff", "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", first}}};
@@ -451,39 +511,88 @@ TEST_CASE("sign-up: a done answered 202 beside a rollback from another node keep
       proxy.rewrite_status(1, "PUT", "signup%2F", 201, 202);  // the move to done
       return false;
     };
-    g::identities ids{client, metrics, cfg, "_users", user_ready};
-    REQUIRE_FALSE(ids.ensure_db().has_value());
-    REQUIRE_FALSE(ids.rekey_names().has_value());
-    auto a = ids.signup(json{{"name", name}, {"password", signup_password()}, {"email", email}});
+    fixture f("ids-202", proxy.url(), user_ready);
+    db = "/" + enc(f.cfg.db);
+    auto a = f.ids->signup(json{{"name", name}, {"password", signup_password()}, {"email", email}});
     CHECK(forked == 1);
     CHECK(proxy.rewritten() == 1);
-    CHECK(metric_value(metrics, "couchgate_identity_intent_moves_unconfirmed_total") == 1.0);
-    CHECK(metric_value(metrics, "couchgate_identity_intent_forks_total") == 1.0);
+    CHECK(metric_value(f.metrics, "couchgate_identity_intent_moves_unconfirmed_total") == 1.0);
+    CHECK(metric_value(f.metrics, "couchgate_identity_intent_forks_total") == 1.0);
     json intent_id;
     const auto listing = c.get(db + "/_all_docs");
     for (const auto& row : listing.body["rows"]) {
       if (row["id"].get<std::string>().rfind("signup/", 0) == 0) intent_id = row["id"];
     }
     REQUIRE(intent_id.is_string());
-    const auto live = live_states(cfg.db, intent_id.get<std::string>());
+    const auto live = live_states(f.cfg.db, intent_id.get<std::string>());
     REQUIRE(live.size() == 1);
-    const bool user = c.get("/_users/" + enc("org.couchdb.user:" + name)).status == 200;
     if (!user_deleted_by_rollback) {
       CHECK_MESSAGE(a.status == 201, a.body.dump());
       CHECK(live.begin()->second == "done");
-      CHECK(user);
+      CHECK(c.get("/_users/" + enc("org.couchdb.user:" + name)).status == 200);
       for (const std::string& res : {std::string("name/") + name, "email/" + email}) {
-        CHECK(c.get(db + "/" + enc(res)).body.value("intent", "") == intent_id.get<std::string>());
+        CHECK(f.reservation(res).body.value("intent", "") == intent_id.get<std::string>());
       }
       delete_user(name);
     } else {
       CHECK(a.status == 503);
       CHECK(live.begin()->second == "rolled_back");
-      CHECK_FALSE(user);
-      CHECK(c.get(db + "/" + enc("name/" + name)).status == 404);
     }
-    c.del(db);
   }
+}
+
+// The reconciler's own move to rolled_back answered 202, while a done written through another
+// node and the user it made come in (both added while the reconciler reads the revisions, held
+// by the proxy): its rollback gives way, and the reservations it had just released are claimed
+// again before its revision goes.
+TEST_CASE("reconciler: its rollback answered 202 beside a done from another node gives way; the reservations are claimed again") {
+  fault_proxy proxy;
+  fixture f("ids-202r", proxy.url());
+  couch c;
+  const std::string db = "/" + enc(f.cfg.db);
+  const std::string name = unique("slow");
+  const std::string email = name + "@example.org";
+  const std::string intent = "signup/" + unique("intent");
+  const auto old = f.stamp(1h);
+  auto made = c.put(db + "/" + enc(intent), json{{"type", "signup"}, {"state", "rolling_back"}, {"name", name},
+                                                 {"name_key", name}, {"email", email}, {"created", old},
+                                                 {"updated", old}});
+  REQUIRE(made.status == 201);
+  const std::string first = made.body["rev"].get<std::string>();
+  for (const std::string& res : {std::string("name/") + name, "email/" + email}) {
+    REQUIRE(c.put(db + "/" + enc(res), json{{"type", "reservation"}, {"user", name}, {"intent", intent}}).status == 201);
+  }
+  proxy.rewrite_status(1, "PUT", "signup%2F", 201, 202);
+  proxy.hold("open_revs=all");
+  g::identities::reconcile_report rep;
+  std::thread pass([&] { rep = f.ids->reconcile(); });
+  const bool held = eventually([&] { return proxy.held() == 1; }, 20s);
+  if (held) {
+    // The other node's done (from the intent's first revision) and the user it made.
+    json done{{"_id", intent}, {"type", "signup"}, {"state", "done"}, {"name", name}, {"name_key", name},
+              {"email", email}, {"created", old}, {"updated", old}, {"_rev", "2-dddddddddddddddddddddddddddddddd"},
+              {"_revisions", {{"start", 2}, {"ids", {"dddddddddddddddddddddddddddddddd", first.substr(first.find('-') + 1)}}}}};
+    CHECK(c.post(db + "/_bulk_docs", json{{"docs", {done}}, {"new_edits", false}}).status == 201);
+    CHECK(c.put("/_users/" + enc("org.couchdb.user:" + name),
+                json{{"name", name}, {"type", "user"}, {"roles", json::array()}, {"password", signup_password()},
+                     {"email", email}, {"couchgate_intent", intent}}).status == 201);
+  }
+  proxy.hold({});
+  pass.join();
+  REQUIRE(held);
+  CHECK(proxy.rewritten() == 1);
+  CHECK(rep.failed == 1);  // its move lost: this pass did not finish the intent
+  const auto live = live_states(f.cfg.db, intent);
+  REQUIRE(live.size() == 1);
+  CHECK(live.begin()->second == "done");
+  for (const std::string& res : {std::string("name/") + name, "email/" + email}) {
+    CHECK(f.reservation(res).body.value("intent", "") == intent);
+  }
+  CHECK(metric_value(f.metrics, "couchgate_identity_intent_forks_total") == 1.0);
+  // The next pass finds a done intent whose user stands: nothing to do.
+  CHECK(f.ids->reconcile().failed == 0);
+  CHECK(c.get("/_users/" + enc("org.couchdb.user:" + name)).status == 200);
+  delete_user(name);
 }
 
 TEST_CASE("a reservation left by a rolled-back or vanished intent is taken by a new sign-up; one whose user exists is not") {
@@ -616,7 +725,12 @@ TEST_CASE("changing an e-mail address: two users racing for one address, one win
   CHECK(f.reservation("email/" + target).body.value("user", "") == winner);
   CHECK(f.reservation("email/" + winner + "@example.org").status == 404);  // freed
   CHECK(f.reservation("email/" + loser + "@example.org").body.value("user", "") == loser);
-  CHECK(couch().get("/_users/" + enc("org.couchdb.user:" + winner)).body.value("email", "") == target);
+  const auto won = couch().get("/_users/" + enc("org.couchdb.user:" + winner));
+  CHECK(won.body.value("email", "") == target);
+  // The user names its change now, and still the sign-up that made it (a fork of that sign-up's
+  // intent, seen later, is decided with the user as its own).
+  CHECK(won.body.value("couchgate_intent", "").rfind("change/", 0) == 0);
+  CHECK(won.body.value("couchgate_signup", "").rfind("signup/", 0) == 0);
   CHECK(couch().get("/_users/" + enc("org.couchdb.user:" + loser)).body.value("email", "") == loser + "@example.org");
   for (const auto& n : {a, b}) {
     auto u = couch().get("/_users/" + enc("org.couchdb.user:" + n));

@@ -203,6 +203,11 @@ TEST_CASE("resolve_fork: a forked intent is decided on all its leaves; done stay
   CHECK(v.wait);
   CHECK(v.keep.empty());
   CHECK(v.drop.empty());
+  // A young rolling_back leaf: its reconciler is still releasing; decided once it is old.
+  v = resolve_fork({leaf("3-d", intent_state::done, old), leaf("3-b", intent_state::rolling_back, t0 - 5s)}, true, t0,
+                   timeout);
+  CHECK(v.wait);
+  CHECK(v.drop.empty());
   // The caller's own young leaf (a transition answered 202 checking where it stands) does not
   // make it wait: the sign-up's reserved beside an old rollback, the user not made yet.
   v = resolve_fork({leaf("2-r", intent_state::reserved, t0 - 1s), leaf("3-b", intent_state::rolling_back, old)}, false,
@@ -210,6 +215,12 @@ TEST_CASE("resolve_fork: a forked intent is decided on all its leaves; done stay
   CHECK_FALSE(v.wait);
   CHECK(v.keep == "3-b");
   CHECK(v.drop == std::vector<std::string>{"2-r"});
+  // ... and its own young rollback neither.
+  v = resolve_fork({leaf("3-d", intent_state::done, old), leaf("4-c", intent_state::rolling_back, t0)}, true, t0,
+                   timeout, "4-c");
+  CHECK_FALSE(v.wait);
+  CHECK(v.keep == "3-d");
+  CHECK(v.ensure_reservations);
   // Equal states: CouchDB's winner (the higher generation, then the greater revision string).
   CHECK(resolve_fork({leaf("3-a", intent_state::done, old), leaf("3-b", intent_state::done, old)}, true, t0, timeout)
             .keep == "3-b");
