@@ -719,7 +719,7 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
       return std::nullopt;
     }
     case policy::intent_action::finish: {
-      if (ensure_held(doc) && transition(intent, rev, intent_state::done)) return action;
+      if (ensure_held(doc, str_field(u.value(), "email")) && transition(intent, rev, intent_state::done)) return action;
       return std::nullopt;
     }
     case policy::intent_action::roll_back: {
@@ -737,7 +737,11 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
         } else {  // a change that reached the user: put the old address back
           json user = u.value();
           user["email"] = str_field(doc, "old_email");
-          user.erase("couchgate_intent");
+          // The user names the sign-up that made it again, if one did (else no intent at all).
+          const std::string made_by = str_field(user, "couchgate_signup");
+          user.erase("couchgate_signup");
+          if (made_by.empty()) user.erase("couchgate_intent");
+          else user["couchgate_intent"] = made_by;
           ok = client_.put_doc(users_db_, user_id, user).get().ok();
         }
       }
@@ -750,32 +754,36 @@ std::optional<policy::intent_action> identities::act(const json& doc) {
   return action;
 }
 
-bool identities::ensure_held(const json& doc) {
+bool identities::ensure_held(const json& doc, const std::string& user_email) {
   const std::string id = str_field(doc, "_id");
   const std::string name = str_field(doc, "name");
   const std::string email = str_field(doc, "email");
-  bool ok = true;
-  if (str_field(doc, "type") == "signup") {
-    for (const auto& [field, key] : {std::pair{unique_field::name, str_field(doc, "name_key")},
-                                     std::pair{unique_field::email, email}}) {
-      std::string r;
-      auto res = reserve(field, key, name, id, r, field == unique_field::name ? email : std::string());
-      if (!res.ok()) ok = false;
-      else if (!res.value()) {
+  // Claims a value for this intent; false only on a server error. Held by another user: logged
+  // (the same user's claim without an intent, made by the provisioner, is no conflict).
+  const auto claim = [&](unique_field f, const std::string& key, const std::string& name_email) {
+    std::string r;
+    auto res = reserve(f, key, name, id, r, name_email);
+    if (!res.ok()) return false;
+    if (!res.value()) {
+      auto cur = client_.get_doc(cfg_.db, policy::reservation_id(f, key)).get();
+      if (!cur.ok() || str_field(cur.value(), "user") != name) {
         log()->error("intent {}: user {} exists but its {} is reserved by another user", id, name,
-                     policy::to_string(field));
+                     policy::to_string(f));
       }
     }
+    return true;
+  };
+  bool ok = true;
+  if (str_field(doc, "type") == "signup") {
+    // The name, recording the address the user has now; the sign-up's address only while the user
+    // still has it (one changed since through couchgate is its change's to hold).
+    const std::string address = user_email.empty() ? email : user_email;
+    ok = claim(unique_field::name, str_field(doc, "name_key"), address);
+    if (address == email) ok = claim(unique_field::email, email, std::string()) && ok;
   } else {
     // The new address (held since the change's start, unless a rollback of it released it), then
     // the old one released and the new one recorded on the name reservation.
-    std::string r;
-    auto res = reserve(unique_field::email, email, name, id, r);
-    if (!res.ok()) return false;
-    if (!res.value()) {
-      log()->error("intent {}: user {} has the address its change gave it, but it is reserved by another user", id,
-                   name);
-    }
+    if (!claim(unique_field::email, email, std::string())) return false;
     const std::string old_email = str_field(doc, "old_email");
     if (!old_email.empty()) ok = release(policy::reservation_id(unique_field::email, old_email), "user", name);
     // The name reservation records the new address (a deleted user's is found there).
@@ -813,6 +821,7 @@ std::optional<identities::intent_fork> identities::read_fork(const std::string& 
   auto u = client_.get_doc(users_db_, policy::user_doc_id(name)).get();
   if (!u.ok() && u.error().kind != couch_error_kind::not_found) return std::nullopt;
   fork.user_ours = u.ok() && (str_field(u.value(), "couchgate_intent") == id || str_field(u.value(), "couchgate_signup") == id);
+  if (fork.user_ours) fork.user_email = str_field(u.value(), "email");
   return fork;
 }
 
@@ -825,7 +834,7 @@ bool identities::apply_fork(const std::string& id, const intent_fork& fork, cons
               verdict.ensure_reservations ? ", its reservations ensured first" : "");
   // What a dropped rollback released is held again before that rollback goes: a crash in between
   // leaves the fork to the next pass, never a done intent without its reservations.
-  if (verdict.ensure_reservations && !ensure_held(fork.docs.at(verdict.keep))) return false;
+  if (verdict.ensure_reservations && !ensure_held(fork.docs.at(verdict.keep), fork.user_email)) return false;
   // A 409 means that revision is no leaf any more (its writer moved it on): the fork stands, and
   // the next pass reads it again.
   for (const auto& rev : verdict.drop) {

@@ -169,6 +169,7 @@ class identities {
     std::vector<policy::intent_leaf> live;
     std::map<std::string, replicator::json> docs;
     bool user_ours = false;
+    std::string user_email;  // the user's address, when it is this intent's
   };
   std::optional<intent_fork> read_fork(const std::string& id, const std::string& name);
   // Carries out a verdict on a fork: logged and counted, reservations ensured when asked, the
@@ -179,9 +180,11 @@ class identities {
   // withdrawn: the caller lost the race, as on a 409). Best effort: a read that misses a copy
   // sees no fork, and the reconciler's pass over all revisions is what settles one.
   bool confirm_transition(const std::string& id, const std::string& name, const std::string& own_rev);
-  // What an intent whose user stands must hold: a sign-up its name and address reserved, a change
-  // its old address released and the new one recorded on the name reservation. True when so.
-  bool ensure_held(const replicator::json& intent);
+  // What an intent whose user stands must hold: a sign-up its name reserved (recording
+  // `user_email`, the user's address now) and its address while the user still has it; a change
+  // its new address reserved, the old one released and the new one recorded on the name
+  // reservation. True unless a server error stopped it.
+  bool ensure_held(const replicator::json& intent, const std::string& user_email);
   std::string new_intent_id(const char* kind);
   // The state of the intent a reservation names; nullopt when it names none or the intent is gone.
   replicator::result<std::optional<policy::intent_state>> intent_of(const replicator::json& reservation);

@@ -373,27 +373,23 @@ fork_verdict resolve_fork(const std::vector<intent_leaf>& live, bool user_from_t
                           std::string_view own_rev) {
   fork_verdict v;
   if (live.empty()) return v;
-  for (const auto& l : live) {
-    if (l.rev == own_rev) continue;
-    // A young rolling_back leaf's writer is still releasing (it would delete what is claimed again).
-    if ((l.state == intent_state::pending || l.state == intent_state::reserved ||
-         l.state == intent_state::rolling_back) &&
-        now - l.updated < timeout) {
-      v.wait = true;
-      return v;
-    }
-  }
   const intent_leaf* best = &live.front();
   for (const auto& l : live) {
     const int rl = fork_rank(l.state, user_from_this_intent), rb = fork_rank(best->state, user_from_this_intent);
     if (rl > rb || (rl == rb && couch_leaf_before(*best, l))) best = &l;
   }
-  v.keep = best->rev;
   for (const auto& l : live) {
     if (&l == best) continue;
+    // A young pending / reserved / rolling_back leaf to be dropped: its writer (a sign-up, a
+    // reconciler releasing) may still be at work, and would undo what is settled now. The caller's
+    // own leaf never waits; one that is kept needs no wait.
+    const bool in_progress = l.state == intent_state::pending || l.state == intent_state::reserved ||
+                             l.state == intent_state::rolling_back;
+    if (l.rev != own_rev && in_progress && now - l.updated < timeout) return fork_verdict{true, {}, {}, false};
     v.drop.push_back(l.rev);
     if (is_rollback(l.state) && !is_rollback(best->state)) v.ensure_reservations = true;
   }
+  v.keep = best->rev;
   return v;
 }
 

@@ -122,8 +122,9 @@ intent_action decide_intent(const intent_facts& f, std::chrono::system_clock::ti
 //   - a tie goes to CouchDB's own winner.
 // The kept leaf stays, the others are deleted by revision; when a rollback leaf is dropped for a
 // leaf that is not one, the intent's reservations are ensured first (the rollback may have
-// released them). A pending, reserved or rolling_back leaf younger than the timeout means its
-// writer (a sign-up, a reconciler releasing) may still be running: nothing is decided yet.
+// released them). A pending, reserved or rolling_back leaf younger than the timeout that would be
+// dropped means its writer (a sign-up, a reconciler releasing) may still be at work: nothing is
+// decided yet (a young leaf that is kept needs no wait).
 struct intent_leaf {
   std::string rev;
   intent_state state = intent_state::pending;
@@ -133,7 +134,7 @@ struct intent_leaf {
 bool couch_leaf_before(const intent_leaf& a, const intent_leaf& b);
 
 struct fork_verdict {
-  bool wait = false;                 // a young pending / reserved / rolling_back leaf: decide later
+  bool wait = false;                 // a young pending / reserved / rolling_back leaf would go: decide later
   std::string keep;                  // the leaf that stays (empty when waiting or no leaves)
   std::vector<std::string> drop;     // the leaves to delete, by revision
   bool ensure_reservations = false;  // a rollback leaf dropped for one that is not: reserve again

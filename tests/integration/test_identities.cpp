@@ -440,12 +440,12 @@ TEST_CASE("reconciler: a forked address change keeps done and claims its new add
                      {"email", new_email}, {"couchgate_intent", change}}).status == 201);
   // A sign-up whose done met a rollback, its user since given another address through couchgate.
   const std::string v = unique("signed"), signup = "signup/" + unique("intent");
-  const std::string v_email = v + "@example.org";
+  const std::string v_email = v + "@example.org", v_now = v + "@now.example.org";
   post_fork(db, json{{"_id", signup}, {"type", "signup"}, {"name", v}, {"name_key", v}, {"email", v_email}},
             {{"done", old, {"d", "r", "p"}}, {"rolled_back", old, {"c", "b", "r", "p"}}});
   REQUIRE(c.put("/_users/" + enc("org.couchdb.user:" + v),
                 json{{"name", v}, {"type", "user"}, {"roles", json::array()}, {"password", signup_password()},
-                     {"email", v_email}, {"couchgate_intent", "change/" + unique("later")},
+                     {"email", v_now}, {"couchgate_intent", "change/" + unique("later")},
                      {"couchgate_signup", signup}}).status == 201);
 
   auto rep = f.ids->reconcile();
@@ -462,10 +462,12 @@ TEST_CASE("reconciler: a forked address change keeps done and claims its new add
   CHECK(f.reservation("email/" + new_email).body.value("intent", "") == change);
   CHECK(f.reservation("email/" + old_email).status == 404);
   CHECK(f.reservation("name/" + u).body.value("email", "") == new_email);
-  // The sign-up: its user stays with both reservations.
+  // The sign-up: its user stays, its name claimed again recording the address the user has now;
+  // the sign-up's own address, changed since, is not claimed (the change holds the new one).
   CHECK(c.get("/_users/" + enc("org.couchdb.user:" + v)).status == 200);
   CHECK(f.reservation("name/" + v).body.value("intent", "") == signup);
-  CHECK(f.reservation("email/" + v_email).body.value("intent", "") == signup);
+  CHECK(f.reservation("name/" + v).body.value("email", "") == v_now);
+  CHECK(f.reservation("email/" + v_email).status == 404);
   delete_user(u);
   delete_user(v);
 }
@@ -476,6 +478,32 @@ TEST_CASE("reconciler: a forked address change keeps done and claims its new add
 // reads the intent's revisions: with its user standing, its done stays, the rollback goes and the
 // reservations it released are claimed again; with the user gone (the rollback's release deleted
 // it), the rollback stands, the done is withdrawn and the sign-up answers 503.
+TEST_CASE("reconciler: an address change rolled back puts the old address back and the user names its sign-up again") {
+  fixture f("ids-chgback");
+  couch c;
+  const std::string db = "/" + enc(f.cfg.db);
+  const auto old = f.stamp(1h);
+  const std::string u = unique("back"), change = "change/" + unique("intent"), signup = "signup/" + unique("intent");
+  const std::string old_email = u + "@old.example.org", new_email = u + "@new.example.org";
+  REQUIRE(c.put(db + "/" + enc(change), json{{"type", "change"}, {"state", "rolling_back"}, {"name", u},
+                                             {"email", new_email}, {"old_email", old_email}, {"created", old},
+                                             {"updated", old}}).status == 201);
+  REQUIRE(c.put(db + "/" + enc("email/" + new_email), json{{"type", "reservation"}, {"user", u}, {"intent", change}}).status == 201);
+  REQUIRE(c.put("/_users/" + enc("org.couchdb.user:" + u),
+                json{{"name", u}, {"type", "user"}, {"roles", json::array()}, {"password", signup_password()},
+                     {"email", new_email}, {"couchgate_intent", change}, {"couchgate_signup", signup}}).status == 201);
+  auto rep = f.ids->reconcile();
+  CHECK(rep.failed == 0);
+  CHECK(rep.rolled_back == 1);
+  const auto user = c.get("/_users/" + enc("org.couchdb.user:" + u));
+  CHECK(user.body.value("email", "") == old_email);
+  CHECK(user.body.value("couchgate_intent", "") == signup);
+  CHECK_FALSE(user.body.contains("couchgate_signup"));
+  CHECK(f.reservation("email/" + new_email).status == 404);
+  CHECK(f.reservation(change).body.value("state", "") == "rolled_back");
+  delete_user(u);
+}
+
 TEST_CASE("sign-up: a done answered 202 beside a rollback from another node keeps the user it created, or yields") {
   for (const bool user_deleted_by_rollback : {false, true}) {
     INFO("the rollback deleted the user: " << user_deleted_by_rollback);
@@ -537,6 +565,10 @@ TEST_CASE("sign-up: a done answered 202 beside a rollback from another node keep
     } else {
       CHECK(a.status == 503);
       CHECK(live.begin()->second == "rolled_back");
+      // Nothing claimed again for a rollback that stands, no user made again.
+      CHECK(c.get("/_users/" + enc("org.couchdb.user:" + name)).status == 404);
+      CHECK(f.reservation("name/" + name).status == 404);
+      CHECK(f.reservation("email/" + email).status == 404);
     }
   }
 }

@@ -215,6 +215,17 @@ TEST_CASE("resolve_fork: a forked intent is decided on all its leaves; done stay
   CHECK_FALSE(v.wait);
   CHECK(v.keep == "3-b");
   CHECK(v.drop == std::vector<std::string>{"2-r"});
+  // A young rollback that is kept needs no wait: the caller's own young reserved gives way to it.
+  v = resolve_fork({leaf("2-r", intent_state::reserved, t0 - 1s), leaf("3-b", intent_state::rolling_back, t0 - 2s)},
+                   false, t0, timeout, "2-r");
+  CHECK_FALSE(v.wait);
+  CHECK(v.keep == "3-b");
+  // Nor does a young reserved that is kept (the user made by it), the old rollback beside it going.
+  v = resolve_fork({leaf("2-r", intent_state::reserved, t0 - 1s), leaf("3-b", intent_state::rolling_back, old)}, true,
+                   t0, timeout);
+  CHECK_FALSE(v.wait);
+  CHECK(v.keep == "2-r");
+  CHECK(v.ensure_reservations);
   // ... and its own young rollback neither.
   v = resolve_fork({leaf("3-d", intent_state::done, old), leaf("4-c", intent_state::rolling_back, t0)}, true, t0,
                    timeout, "4-c");
