@@ -143,12 +143,8 @@ inline bool deleted_by_couchgate(const std::string& db, const std::string& user,
   if (eventually([&] { return couch().get(path).status == 404; }, deadline)) return true;
   if (!env().pouchdb || cg.log().find("db=" + db + " deleted (on_delete: delete)") == std::string::npos) return false;
   MESSAGE("pouchdb-server recreated " << db << " after couchgate deleted it");
-  const auto sec = couch().get(path + "/_security").body;
-  const json none = json::array();
-  const json* names = &none;
-  if (sec.is_object() && sec.contains("members") && sec["members"].is_object() && sec["members"].contains("names"))
-    names = &sec["members"]["names"];
-  return std::find(names->begin(), names->end(), json(user)) == names->end();
+  const auto members = couch().get(path + "/_security").body.value("members", json::object()).value("names", json::array());
+  return std::find(members.begin(), members.end(), json(user)) == members.end();
 }
 
 // Seeded chaos (kill -9 at random moments): COUCHGATE_CHAOS_SEED=<n> replays a run (tests print
