@@ -271,3 +271,44 @@ TEST_CASE("the shared database: its role may read and write, and it is fanned in
   CHECK(couch().get("/" + enc(n.central) + "/" + enc(central_id)).body["text"] == "hello");
   CHECK(cg.terminate() == 0);
 }
+
+TEST_CASE("fan-in: new documents go to central without a _revs_diff each; a source read again from a lost checkpoint writes nothing central has") {
+  auto n = fresh_names("probe");
+  json cfg = base_config(n);
+  const std::string user = "probe-" + n.role;
+  REQUIRE(create_user(user, {n.role}).status == 201);
+  const std::string db = policy::user_db_name(n.prefix, user);
+  couchgate_process cg(cfg);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  REQUIRE_MESSAGE(eventually([&] { return couch().get("/" + enc(db)).status == 200; }, 60s), cg.log());
+  json docs = json::array();
+  for (int i = 0; i < 30; ++i) docs.push_back({{"_id", "doc-" + std::to_string(i)}, {"i", i}});
+  REQUIRE(couch().post("/" + enc(db) + "/_bulk_docs", json{{"docs", docs}}).status == 201);
+  std::map<std::string, std::string> db_owner{{db, user}};
+  const leaf_map want = expected_central(db_owner);
+  REQUIRE(want.size() == 30);
+  REQUIRE_MESSAGE(eventually([&] { return central_user_docs(n.central) == want; }, 60s), tail(cg.log()));
+  // New first-generation documents: only the last of each round was asked about.
+  CHECK(cg.metric("couchgate_replicated_unchecked_docs_total").value_or(0) >= 1);
+  CHECK(cg.metric("couchgate_replicated_docs_total").value_or(0) >= 30);
+  REQUIRE(cg.terminate() == 0);
+
+  // The checkpoint lost: the source is read from the start again. Central has its last change,
+  // so every row is asked about, and nothing is written again.
+  const std::string cp_path = "/" + enc(n.state) + "/" + enc("checkpoint:" + db);
+  auto cp = couch().get(cp_path);
+  REQUIRE(cp.status == 200);
+  REQUIRE(couch().del(cp_path + "?rev=" + enc(cp.body["_rev"].get<std::string>())).status == 200);
+  cg.start();
+  REQUIRE_MESSAGE(cg.wait_ready(60s), cg.log());
+  REQUIRE_MESSAGE(eventually([&] {
+                    auto again = couch().get(cp_path);
+                    return again.status == 200 && again.body.value("seq", json(0)) != json(0);
+                  }, 60s),
+                  tail(cg.log()));
+  CHECK(cg.metric("couchgate_replicated_docs_total") == 0.0);
+  CHECK(cg.metric("couchgate_replicated_unchecked_docs_total") == 0.0);
+  CHECK(central_user_docs(n.central) == want);
+  CHECK(cg.terminate() == 0);
+}

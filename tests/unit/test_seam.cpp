@@ -679,6 +679,128 @@ TEST_CASE("transfer: a 503 for the batch fails the unit (retried later), nothing
   CHECK(res.doc_failures.empty());
 }
 
+namespace {
+const row_route user_b{"userdb-b", "userdb-b", "central", "", "b:"};
+
+// The ids of a `_revs_diff` or `_bulk_docs` request, in order.
+std::vector<std::string> asked_ids(const r::http_request& q) {
+  const json body = json::parse(q.body_text());
+  std::vector<std::string> ids;
+  if (body.contains("docs")) {
+    for (const auto& d : body["docs"]) ids.push_back(d["_id"]);
+  } else {
+    for (const auto& [id, revs] : body.items()) ids.push_back(id);
+  }
+  return ids;
+}
+
+r::transfer_options probing() {
+  r::transfer_options o;
+  o.probe_first_generation = true;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("transfer, probe_first_generation: central lacks a unit's last row, so its other first-generation rows are written unasked") {
+  scripted_couch c;
+  auto& s = c.server;
+  auto rows = feed_rows(user_a, {"d1", "d2", "d3", "d4"});
+  std::vector<std::vector<std::string>> diffs, writes;
+  s.on("POST", "/central/_revs_diff", [&](const r::http_request& q) {
+    diffs.push_back(asked_ids(q));
+    return all_missing(q);
+  }, -1);
+  s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
+    writes.push_back(asked_ids(q));
+    return answer(201, "[]");
+  }, -1);
+  r::protocol_caps caps;
+  auto res = r::transfer(c.client, rows, probing(), caps);
+  CHECK(diffs == std::vector<std::vector<std::string>>{{"a:d4"}});  // the probe alone
+  REQUIRE(writes.size() == 1);
+  CHECK(writes[0].size() == 4);
+  CHECK(res.docs_written == 4);
+  CHECK(res.revs_missing == 4);
+  CHECK(res.revs_unchecked == 3);
+  CHECK(res.requests == 2);
+  CHECK(res.failed.empty());
+  CHECK(s.count("POST", "/_bulk_get") == 0);
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("transfer, probe_first_generation: central has a unit's last row (a source read again), the held rows are asked in a second _revs_diff and only what it lacks is written") {
+  scripted_couch c;
+  auto& s = c.server;
+  auto rows = feed_rows(user_a, {"d1", "d2", "d3", "d4"});
+  auto b_rows = feed_rows(user_b, {"e1", "e2", "e3"});
+  b_rows[1].body.reset();  // not from the feed: always asked (a later generation, a conflict, attachments)
+  rows.insert(rows.end(), b_rows.begin(), b_rows.end());
+  std::vector<std::vector<std::string>> diffs, writes;
+  s.on("POST", "/central/_revs_diff", [&](const r::http_request& q) {
+    diffs.push_back(asked_ids(q));
+    const json asked = json::parse(q.body_text());
+    json a = json::object();
+    // Central has userdb-a's documents but d2, and none of userdb-b's.
+    for (const auto& [id, revs] : asked.items()) {
+      if (id == "a:d2" || id.rfind("b:", 0) == 0) a[id] = {{"missing", revs}};
+    }
+    return answer(200, a.dump());
+  }, -1);
+  s.on("POST", "/central/_bulk_docs", [&](const r::http_request& q) {
+    writes.push_back(asked_ids(q));
+    return answer(201, "[]");
+  }, -1);
+  const std::string e2_rev = rows[5].revs.at(0);
+  s.on("POST", "/userdb-b/_bulk_get",
+       answer(200, R"({"results":[{"id":"e2","docs":[{"ok":{"_id":"e2","_rev":")" + e2_rev +
+                       R"(","_revisions":{"start":1,"ids":[")" + e2_rev.substr(2) + R"("]}}}]}]})"));
+  r::protocol_caps caps;
+  auto res = r::transfer(c.client, rows, probing(), caps);
+  REQUIRE(diffs.size() == 2);
+  CHECK(diffs[0] == std::vector<std::string>{"a:d4", "b:e2", "b:e3"});  // probes and rows not from the feed
+  CHECK(diffs[1] == std::vector<std::string>{"a:d1", "a:d2", "a:d3"});   // userdb-a's held rows: central has its probe
+  REQUIRE(writes.size() == 1);
+  std::sort(writes[0].begin(), writes[0].end());
+  CHECK(writes[0] == std::vector<std::string>{"a:d2", "b:e1", "b:e2", "b:e3"});
+  CHECK(res.revs_unchecked == 1);  // b:e1, held behind userdb-b's probe that central lacks
+  CHECK(res.revs_missing == 4);
+  CHECK(res.docs_written == 4);
+  CHECK(res.failed.empty());
+  CHECK(s.unexpected().empty());
+}
+
+TEST_CASE("transfer, probe_first_generation: a probe that cannot be asked fails its unit, and its held rows are not written; a dry run asks for every row") {
+  scripted_couch c;
+  auto& s = c.server;
+  auto rows = feed_rows(user_a, {"d1", "d2", "d3"});
+  std::vector<std::vector<std::string>> diffs;
+  s.on("POST", "/central/_revs_diff", [&](const r::http_request& q) {
+    diffs.push_back(asked_ids(q));
+    return answer(503, R"({"error":"service_unavailable","reason":"busy"})");
+  });
+  r::protocol_caps caps;
+  auto res = r::transfer(c.client, rows, probing(), caps);
+  CHECK(diffs == std::vector<std::vector<std::string>>{{"a:d3"}});
+  CHECK(res.failed.count("userdb-a") == 1);
+  CHECK(res.docs_written == 0);
+  CHECK(res.revs_missing == 0);
+  CHECK(s.count("POST", "/central/_bulk_docs") == 0);
+
+  s.on("POST", "/central/_revs_diff", [&](const r::http_request& q) {
+    diffs.push_back(asked_ids(q));
+    return all_missing(q);
+  });
+  auto dry = probing();
+  dry.dry_run = true;
+  res = r::transfer(c.client, rows, dry, caps);
+  REQUIRE(diffs.size() == 2);
+  CHECK(diffs[1] == std::vector<std::string>{"a:d1", "a:d2", "a:d3"});
+  CHECK(res.docs_written == 3);
+  CHECK(res.revs_unchecked == 0);
+  CHECK(s.count("POST", "/central/_bulk_docs") == 0);
+  CHECK(s.unexpected().empty());
+}
+
 TEST_CASE("state_store: a checkpoint write that conflicts adopts the other writer's checkpoint; a turn begun before cannot move it") {
   scripted_couch c;
   auto& s = c.server;
