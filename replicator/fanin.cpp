@@ -38,9 +38,6 @@ fanin::fanin(couch_client& client, state_store& state, registry& metrics, fanin_
                                    "stemmed it): central keeps both leaves; listed in GET /failures")),
       inline_(metrics.add_counter("couchgate_replicated_inline_docs_total",
                                   "Of the revisions written, those taken from the _changes body without a _bulk_get")),
-      unchecked_(metrics.add_counter("couchgate_replicated_unchecked_docs_total",
-                                     "Of the revisions written, first-generation ones sent without a _revs_diff (central lacked "
-                                     "their source's last change of the round, so it had not seen them; a copy it has is a no-op)")),
       rounds_(metrics.add_counter("couchgate_replication_batches_total", "Replication rounds (coalesced batches) run")),
       central_requests_(metrics.add_counter("couchgate_replication_requests_total", "HTTP requests made by replication rounds")),
       skipped_design_(metrics.add_counter("couchgate_replication_skipped_docs_total",
@@ -551,7 +548,6 @@ void fanin::run_round(const std::vector<std::string>& dbs) {
   docs_.inc(res.docs_written);
   bytes_.inc(res.bytes_written);
   inline_.inc(res.docs_inline);
-  unchecked_.inc(res.revs_unchecked);
 
   // 3. Checkpoint every source whose documents all arrived.
   std::vector<state_store::advance_to> cps;

@@ -46,7 +46,7 @@ struct fanin_options {
   // How often advanced checkpoints are written to the state database (0 = after every round,
   // inside it). In between they live in memory; see state_store::advance.
   std::chrono::milliseconds checkpoint_interval{1000};
-  transfer_options transfer{.probe_first_generation = true};
+  transfer_options transfer{};
   backoff_policy backoff{};
   // How often the central database's marker and the state database are looked at.
   std::chrono::milliseconds target_check_interval{5000};
@@ -201,7 +201,6 @@ class fanin {
   counter& bytes_;
   counter& stemmed_;
   counter& inline_;
-  counter& unchecked_;
   counter& rounds_;
   counter& central_requests_;
   std::map<couch_error_kind, counter*> errors_;

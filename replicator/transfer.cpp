@@ -94,8 +94,7 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   if (rows.empty()) return res;
   const std::size_t batch = std::max<std::size_t>(1, opts.batch_docs);
 
-  // 1. One _revs_diff per target and chunk (with opts.probe_first_generation, two rounds: the
-  // probes and everything else first, then the held-back rows of units whose probe the target has).
+  // 1. One _revs_diff per target and chunk.
   std::unordered_map<std::string, std::vector<std::size_t>> by_target_key;  // (target db, id) -> rows
   std::map<std::string, std::vector<std::size_t>> by_target;                // target db -> rows
   for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -109,7 +108,12 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     pending_json call;
   };
   std::vector<diff_call> diffs;
-  auto ask = [&](const std::string& target, const std::vector<std::size_t>& firsts) {
+  std::vector<std::string> fresh;  // targets asked nothing (opts.fresh_targets)
+  for (auto& [target, firsts] : by_target) {
+    if (opts.fresh_targets && opts.fresh_targets->count(target)) {
+      fresh.push_back(target);
+      continue;
+    }
     for (auto [from, to] : plan_batches(firsts.size(), batch)) {
       diff_call d;
       d.target = target;
@@ -127,41 +131,6 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
       ++res.requests;
       diffs.push_back(std::move(d));
     }
-  };
-  // A unit's rows held back from the first _revs_diff, and its probe (its last row there).
-  struct held_rows {
-    std::size_t probe = 0;
-    std::vector<std::size_t> firsts;
-  };
-  std::map<std::pair<std::string, std::string>, held_rows> held;  // (target, unit) -> held rows
-  auto holdable = [&](const std::string& target, std::size_t i) {
-    const change_row& r = rows[i];
-    return r.body && r.revs.size() == 1 && r.body->rev == r.revs.front() && r.revs.front().compare(0, 2, "1-") == 0 &&
-           by_target_key[key_of(target, r.target_id)].size() == 1;
-  };
-  std::vector<std::string> fresh;  // targets asked nothing (opts.fresh_targets)
-  for (auto& [target, firsts] : by_target) {
-    if (opts.fresh_targets && opts.fresh_targets->count(target)) {
-      fresh.push_back(target);
-      continue;
-    }
-    if (!opts.probe_first_generation || opts.dry_run) {
-      ask(target, firsts);
-      continue;
-    }
-    std::map<std::string, std::size_t> probe_of;  // unit -> its last row
-    for (std::size_t i : firsts) probe_of[rows[i].unit] = i;
-    std::vector<std::size_t> asked;
-    for (std::size_t i : firsts) {
-      if (i != probe_of[rows[i].unit] && holdable(target, i)) {
-        auto& h = held[{target, rows[i].unit}];
-        h.probe = probe_of[rows[i].unit];
-        h.firsts.push_back(i);
-      } else {
-        asked.push_back(i);
-      }
-    }
-    ask(target, asked);
   }
 
   // 2. What each source must send: (row, rev) for every missing revision, from the first row
@@ -195,15 +164,13 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
   auto target_key = [&](std::size_t row) { return key_of(rows[row].target_db, rows[row].target_id); };
   std::unordered_set<std::string> wanted;                                   // key_of(target key, rev): to be written
   std::unordered_map<std::string, std::vector<std::string>> ancestors_of;  // target key -> _revs_diff's possible_ancestors
-  // The revision `rev` of the document of key_rows is missing (or, `unchecked`, taken to be):
-  // from the feed's body or fetched.
-  auto need = [&](const std::vector<std::size_t>& key_rows, const std::string& rev, bool unchecked = false) {
+  // The revision `rev` of the document of key_rows is missing: from the feed's body or fetched.
+  auto need = [&](const std::vector<std::size_t>& key_rows, const std::string& rev) {
     for (std::size_t r : key_rows) {
       const auto& rr = rows[r].revs;
       if (std::find(rr.begin(), rr.end(), rev) == rr.end()) continue;
       if (!wanted.insert(key_of(target_key(r), rev)).second) return;
       ++res.revs_missing;
-      if (unchecked) ++res.revs_unchecked;
       if (rows[r].body && rows[r].body->rev == rev) {
         add_doc(r, *rows[r].body);
         ++res.docs_inline;
@@ -214,26 +181,27 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
     }
   };
   // A target that lacks everything: every revision its rows list is missing.
-  auto need_all = [&](const std::string& target, const std::vector<std::size_t>& firsts, bool unchecked = false) {
+  auto need_all = [&](const std::string& target, const std::vector<std::size_t>& firsts) {
     for (std::size_t i : firsts) {
       const auto& key_rows = by_target_key[key_of(target, rows[i].target_id)];
       for (std::size_t r : key_rows) {
-        for (const auto& rev : rows[r].revs) need(key_rows, rev, unchecked);
+        for (const auto& rev : rows[r].revs) need(key_rows, rev);
       }
     }
   };
-  auto settle = [&](diff_call& d) {
+  for (const auto& target : fresh) need_all(target, by_target[target]);
+  for (auto& d : diffs) {
     auto answer = d.call.get();
     if (!answer.ok() && opts.dry_run && answer.error().kind == couch_error_kind::not_found) {
       need_all(d.target, d.rows);  // no such target database yet
-      return;
+      continue;
     }
     auto entries = answer.ok() ? parse_revs_diff(answer.value()) : result<std::map<std::string, revs_diff_entry>>(answer.error());
     if (!entries.ok()) {
       for (std::size_t i : d.rows) {
         for (std::size_t r : by_target_key[key_of(d.target, rows[i].target_id)]) fail_unit(res, rows[r].unit, entries.error());
       }
-      return;
+      continue;
     }
     for (std::size_t i : d.rows) {
       auto entry = entries.value().find(rows[i].target_id);
@@ -242,29 +210,6 @@ transfer_result transfer(couch_client& client, const std::vector<change_row>& ro
       for (const auto& rev : entry->second.missing) need(by_target_key[key], rev);
       if (!entry->second.possible_ancestors.empty()) ancestors_of[key] = entry->second.possible_ancestors;
     }
-  };
-  for (const auto& target : fresh) need_all(target, by_target[target]);
-  for (auto& d : diffs) settle(d);
-  if (!held.empty()) {
-    // The held rows: unchecked where the target lacks their unit's probe, else asked now. (A unit
-    // whose probe could not be asked has failed: its held rows wait for the retry.)
-    diffs.clear();
-    std::map<std::string, std::vector<std::size_t>> again;  // target -> held rows to ask
-    for (const auto& [where, h] : held) {
-      if (res.failed.count(where.second)) continue;
-      const auto& probe_revs = rows[h.probe].revs;
-      const bool target_has_probe = std::none_of(probe_revs.begin(), probe_revs.end(), [&](const std::string& rev) {
-        return wanted.count(key_of(target_key(h.probe), rev)) > 0;
-      });
-      if (target_has_probe) {
-        auto& a = again[where.first];
-        a.insert(a.end(), h.firsts.begin(), h.firsts.end());
-      } else {
-        need_all(where.first, h.firsts, true);
-      }
-    }
-    for (auto& [target, firsts] : again) ask(target, firsts);
-    for (auto& d : diffs) settle(d);
   }
   // Restore: the histories of every leaf of a document with several, missing or not (step 3b).
   if (opts.skip_stemmed_ancestors) {

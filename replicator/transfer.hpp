@@ -67,15 +67,6 @@ struct transfer_options {
   // _revs_diff, every listed revision is taken as missing. Writing one they already have is
   // harmless (new_edits:false); asking would cost a request per target and batch (issue #18).
   const std::unordered_set<std::string>* fresh_targets = nullptr;
-  // Fan-in (issue #18): a unit's first-generation rows whose body the feed carried are not put
-  // in the first _revs_diff; only the unit's last row in the round is (its "probe"). When the
-  // target lacks the probe, the target has not seen the unit up to there, and those rows are
-  // written without asking (revs_unchecked: new_edits:false makes a revision it already has a
-  // no-op); when it has it (a source read again from an old or lost checkpoint, a database
-  // restored from central), they go into a second _revs_diff as usual. A first-generation
-  // revision has no ancestors, so nothing _revs_diff would tell beyond "present" is lost. Saves
-  // the target a revision-tree lookup per new document. Not in a dry run.
-  bool probe_first_generation = false;
 };
 
 // Copies of a document's bytes couchgate holds at once while copying it (the answer, the parser's
@@ -118,8 +109,7 @@ struct stemmed_history {
 struct transfer_result {
   std::size_t docs_written = 0;
   std::size_t bytes_written = 0;
-  std::size_t revs_missing = 0;        // revisions the targets lacked (or, unchecked, were taken to)
-  std::size_t revs_unchecked = 0;      // of those, written without a _revs_diff (probe_first_generation)
+  std::size_t revs_missing = 0;        // revisions the targets lacked
   std::size_t docs_inline = 0;         // of those, written from the feed's body without a fetch
   std::size_t docs_vanished = 0;       // revisions gone from the source meanwhile (newer ones follow)
   std::size_t requests = 0;

@@ -99,11 +99,11 @@ json describe_environment(context& ctx, const json& server_root) {
   std::string ver = v.out;
   while (!ver.empty() && (ver.back() == '\n' || ver.back() == '\r')) ver.pop_back();
   e["couchgate_version"] = ver;
-  e["couchgate_binary"] = COUCHGATE_BINARY;
+  e["couchgate_binary"] = test::couchgate_binary();
   {
     // Which build was measured (the bench target does not rebuild couchgate by itself).
     struct stat st {};
-    if (stat(COUCHGATE_BINARY, &st) == 0) {
+    if (stat(test::couchgate_binary(), &st) == 0) {
       std::tm tm{};
       gmtime_r(&st.st_mtime, &tm);
       char buf[32];

@@ -171,6 +171,11 @@ json daemon_run::stop(const std::string& phase) {
   // (POST /_session), which are among `requests` (issue 18: one login, not Basic per request).
   out["auth"] = config_.contains("couchdb") ? config_["couchdb"].value("auth", "cookie") : "cookie";
   out["logins"] = m.count("couchgate_couchdb_logins_total") ? json(m["couchgate_couchdb_logins_total"]) : json(nullptr);
+  // The revisions written, and of those the ones taken from the _changes body (no _bulk_get).
+  for (const auto& [key, family] : {std::pair{"docs_written", "couchgate_replicated_docs_total"},
+                                    std::pair{"docs_inline", "couchgate_replicated_inline_docs_total"}}) {
+    out[key] = m.count(family) ? json(m[family]) : json(nullptr);
+  }
   out["rss_peak_mb"] = s.rss_peak_kb > 0 || u.hwm_kb > 0 ? json(round_to(static_cast<double>(std::max(s.rss_peak_kb, u.hwm_kb)) / 1024.0, 1)) : json(nullptr);
   out["rss_end_mb"] = u.rss_kb > 0 ? json(round_to(static_cast<double>(u.rss_kb) / 1024.0, 1)) : json(nullptr);
   out["fds_peak"] = s.fds_peak;

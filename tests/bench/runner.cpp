@@ -51,7 +51,8 @@ command_result run_command(const std::vector<std::string>& args, std::chrono::du
   // Everything the child needs is prepared before fork(): other threads may hold malloc's lock.
   std::string out_path = dir + "/out", err_path = dir + "/err";
   std::vector<char*> argv;
-  argv.push_back(const_cast<char*>(COUCHGATE_BINARY));
+  const char* bin = test::couchgate_binary();  // COUCHGATE_TEST_BINARY, else the one built beside the bench
+  argv.push_back(const_cast<char*>(bin));
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   auto t0 = steady::now();
@@ -64,7 +65,7 @@ command_result run_command(const std::vector<std::string>& args, std::chrono::du
     signal(SIGPIPE, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    execv(COUCHGATE_BINARY, argv.data());
+    execv(bin, argv.data());
     _exit(127);
   }
   if (child < 0) {
