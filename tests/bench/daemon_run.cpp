@@ -158,24 +158,24 @@ json daemon_run::stop(const std::string& phase) {
   if (stopped_) return out;
   stopped_ = true;
   auto m = metrics();
+  // A family's value from couchgate's /metrics at its stop, null when it has none.
+  auto metric = [&m](const char* family) { return m.count(family) ? json(m[family]) : json(nullptr); };
   auto st = status();
   proc_usage u = read_usage(pid());
   sampler_->stop();
   auto s = sampler_->result();
   out["sockets_peak"] = s.watched_peak;
   out["server_cpu_percent"] = cpu_or_null(s);  // from couchgate's start to its stop
-  out["pool_connections_peak"] = m.count("couchgate_couchdb_connections_peak") ? json(m["couchgate_couchdb_connections_peak"]) : json(nullptr);
+  out["pool_connections_peak"] = metric("couchgate_couchdb_connections_peak");
   out["max_connections"] = config_["fanin"].value("max_connections", 8);
-  out["requests"] = m.count("couchgate_couchdb_requests_total") ? json(m["couchgate_couchdb_requests_total"]) : json(nullptr);
+  out["requests"] = metric("couchgate_couchdb_requests_total");
   // How couchgate authenticated (couchdb.auth; cookie unless the phase set it) and its logins
   // (POST /_session), which are among `requests` (issue 18: one login, not Basic per request).
   out["auth"] = config_.contains("couchdb") ? config_["couchdb"].value("auth", "cookie") : "cookie";
-  out["logins"] = m.count("couchgate_couchdb_logins_total") ? json(m["couchgate_couchdb_logins_total"]) : json(nullptr);
+  out["logins"] = metric("couchgate_couchdb_logins_total");
   // The revisions written, and of those the ones taken from the _changes body (no _bulk_get).
-  for (const auto& [key, family] : {std::pair{"docs_written", "couchgate_replicated_docs_total"},
-                                    std::pair{"docs_inline", "couchgate_replicated_inline_docs_total"}}) {
-    out[key] = m.count(family) ? json(m[family]) : json(nullptr);
-  }
+  out["docs_written"] = metric("couchgate_replicated_docs_total");
+  out["docs_inline"] = metric("couchgate_replicated_inline_docs_total");
   out["rss_peak_mb"] = s.rss_peak_kb > 0 || u.hwm_kb > 0 ? json(round_to(static_cast<double>(std::max(s.rss_peak_kb, u.hwm_kb)) / 1024.0, 1)) : json(nullptr);
   out["rss_end_mb"] = u.rss_kb > 0 ? json(round_to(static_cast<double>(u.rss_kb) / 1024.0, 1)) : json(nullptr);
   out["fds_peak"] = s.fds_peak;

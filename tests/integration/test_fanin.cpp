@@ -273,9 +273,9 @@ TEST_CASE("the shared database: its role may read and write, and it is fanned in
 }
 
 TEST_CASE("fan-in: a source read again from a lost checkpoint writes nothing central already has") {
-  auto n = fresh_names("probe");
+  auto n = fresh_names("reread");
   json cfg = base_config(n);
-  const std::string user = "probe-" + n.role;
+  const std::string user = "reread-" + n.role;
   REQUIRE(create_user(user, {n.role}).status == 201);
   const std::string db = policy::user_db_name(n.prefix, user);
   couchgate_process cg(cfg);
